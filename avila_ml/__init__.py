@@ -1,0 +1,45 @@
+"""Avila ML: a PyTorch-style deep-learning library for scientific computing on NumPy and CuPy.
+
+Example:
+    >>> import avila_ml as am
+    >>> x = am.tensor([1.0, 2.0], requires_grad=True)
+    >>> (x ** 2).sum().backward()
+    >>> x.grad
+    tensor([2., 4.])
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .dtypes import (  # noqa: F401
+    dtype, float16, float32, float64, int8, int16, int32, int64, uint8, bool, half, float,
+    double, int, long, short, get_default_dtype, set_default_dtype, result_type, promote_types,
+    is_floating_point,
+)
+from .backends import (  # noqa: F401
+    device, manual_seed, get_default_device, set_default_device,
+)
+from .tensor import Tensor  # noqa: F401
+from .autograd.grad_mode import no_grad, enable_grad, set_grad_enabled, is_grad_enabled  # noqa: F401
+from . import autograd, backends, cuda, ops  # noqa: F401
+from .ops import *  # noqa: F401,F403
+from .factories import *  # noqa: F401,F403
+from .io import save, load  # noqa: F401
+from . import nn, optim, data  # noqa: F401,E402
+
+utils = data  # PyTorch spells it torch.utils.data
+
+
+def is_tensor(obj) -> bool:
+    """True when ``obj`` is a :class:`Tensor` (``torch.is_tensor``)."""
+    return isinstance(obj, Tensor)
+
+
+def numel(input) -> int:
+    """Number of elements (``torch.numel``)."""
+    return input.numel()
+
+
+def initial_seed() -> int:
+    """The seed of the CPU generator (``torch.initial_seed``)."""
+    return backends._cpu.initial_seed()

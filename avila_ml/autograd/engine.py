@@ -1,0 +1,222 @@
+"""The backward pass: an iterative topological walk of the recorded graph.
+
+1. A depth-first walk (an explicit stack, never recursion, so a chain of 100,000 ops is
+   fine) counts, for each node, how many edges lead into it.
+2. Nodes whose count reaches zero are ready: their output gradients are complete. Each
+   ready node runs its ``backward`` and adds the results into its inputs' buffers.
+3. ``AccumulateGrad`` nodes add into the leaves' ``.grad`` — or, for ``autograd.grad``,
+   the gradients of the requested inputs are captured instead and ``.grad`` is untouched.
+"""
+from __future__ import annotations
+
+from .function import AccumulateGrad
+from .grad_mode import _state
+
+__all__ = ["run_backward"]
+
+
+def _check_grad(node, i, g, child, idx):
+    """A backward that returns a gradient of the wrong shape is a bug in that op: say which."""
+    if isinstance(child, AccumulateGrad):
+        shape = child.variable.array.shape
+    else:
+        shape = child._out_meta[idx]
+    if g.array.shape != shape:
+        raise RuntimeError(
+            f"{node._name()} returned a gradient of shape {tuple(g.array.shape)} for its input "
+            f"{i}, expected {tuple(shape)}"
+        )
+
+
+def _accumulate_leaf(leaf, g, create_graph):
+    if leaf.grad is None:
+        leaf.grad = g if create_graph else g.detach()
+    elif create_graph:
+        leaf.grad = leaf.grad + g
+    else:
+        leaf.grad = Tensor._wrap(leaf.grad.array + g.array)
+
+
+def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, allow_unused=False):
+    """Propagate ``root_grads`` from ``roots`` through the graph.
+
+    With ``inputs`` (a sequence of tensors), return their gradients in order and leave
+    ``.grad`` alone (``torch.autograd.grad``); without, accumulate into leaves' ``.grad``.
+    """
+    from .function import _edge_of
+
+    root_edges = []
+    for t in roots:
+        if not t._requires_grad:
+            raise RuntimeError(
+                "element of the tensors to differentiate does not require grad and has no grad_fn"
+            )
+        root_edges.append(_edge_of(t))
+
+    # 1. count incoming edges per node (iterative DFS)
+    deps: dict = {}
+    seen = set()
+    stack = []
+    for node, _ in root_edges:
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.append(node)
+    while stack:
+        node = stack.pop()
+        if node._freed and not isinstance(node, AccumulateGrad):
+            raise RuntimeError(
+                f"{node._name()}: trying to backward through the graph a second time (or to "
+                "directly access saved tensors after they have already been freed). Saved "
+                "tensors are freed after the first backward; specify retain_graph=True in the "
+                "first backward() or autograd.grad() call if you need to backward twice."
+            )
+        for e in node._next:
+            if e is None:
+                continue
+            child = e[0]
+            k = id(child)
+            deps[k] = deps.get(k, 0) + 1
+            if k not in seen:
+                seen.add(k)
+                stack.append(child)
+
+    # capture targets for autograd.grad: (id(node), output index) -> position
+    capture = None
+    results = None
+    needed = None
+    if inputs is not None:
+        capture = {}
+        for pos, t in enumerate(inputs):
+            if not t._requires_grad:
+                raise RuntimeError(f"autograd.grad: input {pos} does not require grad")
+            node, idx = _edge_of(t)
+            capture[(id(node), idx)] = pos
+        results = [None] * len(inputs)
+        needed = _needed_nodes([n for n, _ in root_edges], {k for k, _ in capture})
+
+    # 2. seed the buffers
+    buffers: dict = {}
+    nodes: dict = {}
+    for (node, idx), g in zip(root_edges, root_grads):
+        k = id(node)
+        buf = buffers.get(k)
+        if buf is None:
+            n_out = 1 if isinstance(node, AccumulateGrad) else len(node._out_meta)
+            buf = buffers[k] = [None] * n_out
+            nodes[k] = node
+        buf[idx] = g if buf[idx] is None else buf[idx] + g
+    ready = [nodes[k] for k in buffers if deps.get(k, 0) == 0]
+
+    prev_mode = _state.enabled
+    _state.enabled = create_graph
+    try:
+        while ready:
+            node = ready.pop()
+            k = id(node)
+            grads = buffers.pop(k, None)
+            nodes.pop(k, None)
+            if grads is None:
+                grads = [None]
+            hooks = node._pre_hooks
+            if hooks:
+                for idx, fns in hooks.items():
+                    for fn in fns:
+                        if grads[idx] is not None:
+                            new = fn(grads[idx])
+                            if new is not None:
+                                grads[idx] = new
+            if capture is not None:
+                for idx, g in enumerate(grads):
+                    pos = capture.get((k, idx))
+                    if pos is not None:
+                        results[pos] = g
+            if isinstance(node, AccumulateGrad):
+                if capture is None and grads[0] is not None:
+                    _accumulate_leaf(node.variable, grads[0], create_graph)
+                continue
+            next_edges = node._next
+            if (needed is not None and k not in needed) or all(g is None for g in grads):
+                # nothing to propagate (or nothing captured lies below): pass None along so
+                # the dependency counts below still reach zero
+                in_grads = (None,) * len(next_edges)
+            else:
+                if len(grads) > 1:
+                    for idx, g in enumerate(grads):
+                        if g is None:
+                            grads[idx] = _zeros_for(node, idx)
+                in_grads = node.backward(*grads)
+                if not isinstance(in_grads, tuple):
+                    in_grads = (in_grads,)
+                if len(in_grads) != len(next_edges):
+                    raise RuntimeError(
+                        f"{node._name()} returned {len(in_grads)} gradients, expected {len(next_edges)}"
+                    )
+                if not retain_graph:
+                    node.release()
+            for i, (e, g) in enumerate(zip(next_edges, in_grads)):
+                if e is None:
+                    continue
+                child, idx = e
+                ck = id(child)
+                if g is not None:
+                    if not isinstance(g, Tensor):
+                        g = Tensor._wrap(g)
+                    _check_grad(node, i, g, child, idx)
+                    buf = buffers.get(ck)
+                    if buf is None:
+                        n_out = 1 if isinstance(child, AccumulateGrad) else len(child._out_meta)
+                        buf = buffers[ck] = [None] * n_out
+                        nodes[ck] = child
+                    buf[idx] = g if buf[idx] is None else buf[idx] + g
+                else:
+                    nodes.setdefault(ck, child)
+                left = deps[ck] - 1
+                deps[ck] = left
+                if left == 0:
+                    ready.append(child)
+    finally:
+        _state.enabled = prev_mode
+
+    if results is not None:
+        for pos, g in enumerate(results):
+            if g is None and not allow_unused:
+                raise RuntimeError(
+                    f"autograd.grad: input {pos} was not used in the graph of the outputs; "
+                    "pass allow_unused=True to get None for it"
+                )
+        return tuple(results)
+    return None
+
+
+def _zeros_for(node, idx):
+    """Zero gradient for an output of a multi-output node that received none."""
+    return Tensor._wrap(node._out_xp.zeros(node._out_meta[idx], dtype=node._out_dtypes[idx]))
+
+
+def _needed_nodes(root_nodes, capture_ids):
+    """Ids of nodes from which some captured node is reachable (the rest need not run)."""
+    order = []
+    seen = set()
+    stack = [(n, False) for n in root_nodes]
+    while stack:  # iterative post-order: children are finished before their parent
+        node, done = stack.pop()
+        k = id(node)
+        if done:
+            order.append(node)
+            continue
+        if k in seen:
+            continue
+        seen.add(k)
+        stack.append((node, True))
+        for e in node._next:
+            if e is not None and id(e[0]) not in seen:
+                stack.append((e[0], False))
+    needed = set()
+    for node in order:
+        k = id(node)
+        if k in capture_ids or any(e is not None and id(e[0]) in needed for e in node._next):
+            needed.add(k)
+    return needed
+
+
+from ..tensor import Tensor  # noqa: E402

@@ -1,0 +1,85 @@
+"""The GPU backend: CuPy arrays on one CUDA device. Imported only when a CUDA device is used."""
+from __future__ import annotations
+
+import cupy  # noqa: F401 - this module is imported lazily by avila_ml.backends
+import cupyx
+import numpy as np
+
+from .device import device
+from .numpy_backend import DEFAULT_SEED
+
+
+class CupyBackend:
+    """Array namespace and RNG for ``device("cuda:N")``."""
+
+    name = "cupy"
+    xp = cupy
+
+    def __init__(self, index: int):
+        self.index = index
+        self.device = device("cuda", index)
+        self.seed(DEFAULT_SEED)
+
+    def seed(self, seed: int) -> None:
+        self._seed = int(seed)
+        with cupy.cuda.Device(self.index):
+            self.rng = cupy.random.RandomState(self._seed)
+
+    def initial_seed(self) -> int:
+        return self._seed
+
+    def get_rng_state(self):
+        return self._seed
+
+    def set_rng_state(self, state) -> None:
+        self.seed(state)
+
+    def rand(self, shape, np_dtype):
+        with cupy.cuda.Device(self.index):
+            dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
+            return self.rng.random_sample(shape, dtype=dt).astype(np_dtype, copy=False)
+
+    def randn(self, shape, np_dtype):
+        with cupy.cuda.Device(self.index):
+            dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
+            return self.rng.standard_normal(shape, dtype=dt).astype(np_dtype, copy=False)
+
+    def randint(self, low, high, shape, np_dtype):
+        with cupy.cuda.Device(self.index):
+            return self.rng.randint(low, high, size=shape, dtype=np_dtype)
+
+    def permutation(self, n: int):
+        with cupy.cuda.Device(self.index):
+            return self.rng.permutation(n)
+
+    @staticmethod
+    def scatter_add(target, key, values) -> None:
+        """``target[key] += values`` with repeated indices accumulating (``cupyx.scatter_add``)."""
+        cupyx.scatter_add(target, key, values)
+
+    @staticmethod
+    def index_add(target, axis, index, values) -> None:
+        """``target[..., index, ...] += values`` along ``axis`` (``cupyx.scatter_add``)."""
+        t = cupy.moveaxis(target, axis, 0)
+        v = cupy.moveaxis(values, axis, 0)
+        cupyx.scatter_add(t, index, v)
+
+    def to_numpy(self, array):
+        return cupy.asnumpy(array)
+
+    def from_numpy(self, array):
+        with cupy.cuda.Device(self.index):
+            return cupy.asarray(array)
+
+    def synchronize(self) -> None:
+        with cupy.cuda.Device(self.index):
+            cupy.cuda.Stream.null.synchronize()
+
+
+def erf(x):
+    """Elementwise error function of a CuPy array."""
+    from cupyx.scipy.special import erf as _erf
+    return _erf(x)
+
+
+CupyBackend.erf = staticmethod(erf)

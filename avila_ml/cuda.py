@@ -1,0 +1,35 @@
+"""``avila_ml.cuda``: GPU availability and synchronisation (``torch.cuda``)."""
+from __future__ import annotations
+
+from .backends import cuda_is_available, get_backend
+
+__all__ = ["is_available", "device_count", "synchronize", "manual_seed"]
+
+
+def is_available() -> bool:
+    """True when CuPy is installed and sees a GPU (``torch.cuda.is_available``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> isinstance(am.cuda.is_available(), bool)
+        True
+    """
+    return cuda_is_available()
+
+
+def device_count() -> int:
+    """Number of visible GPUs, 0 without CuPy or a GPU (``torch.cuda.device_count``)."""
+    if not cuda_is_available():
+        return 0
+    import cupy
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
+def synchronize(device=None) -> None:
+    """Wait for all work queued on a GPU (``torch.cuda.synchronize``)."""
+    get_backend(device or "cuda").synchronize()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator of the current GPU (``torch.cuda.manual_seed``)."""
+    get_backend("cuda").seed(seed)

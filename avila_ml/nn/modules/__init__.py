@@ -1,0 +1,1 @@
+"""nn layers, one file per family."""

@@ -1,0 +1,79 @@
+"""Differentiable operations, one module per family, and the Tensor methods that call them.
+
+``elementwise`` (arithmetic, math, comparisons), ``reduction`` (sum, mean, max, softmax, ...),
+``linalg`` (matmul, einsum), ``shape`` (reshape, permute, cat, pad, ...), ``indexing``
+(getitem, gather, scatter). Layers' ops (conv, pooling, attention, activations,
+normalization, losses) live in their own modules and are exported through
+``avila_ml.nn.functional``.
+"""
+from __future__ import annotations
+
+from . import elementwise, indexing, linalg, reduction, shape
+from .elementwise import *  # noqa: F401,F403
+from .indexing import *  # noqa: F401,F403
+from .linalg import *  # noqa: F401,F403
+from .reduction import *  # noqa: F401,F403
+from .shape import *  # noqa: F401,F403
+from ..tensor import Tensor
+
+__all__ = (elementwise.__all__ + reduction.__all__ + linalg.__all__ + shape.__all__
+           + indexing.__all__)
+
+E, R, S, I, L = elementwise, reduction, shape, indexing, linalg
+
+
+def _swap(fn):
+    return lambda self, other: fn(other, self)
+
+
+_METHODS = {
+    # operators
+    "__add__": E.add, "__radd__": _swap(E.add), "__sub__": E.sub, "__rsub__": _swap(E.sub),
+    "__mul__": E.mul, "__rmul__": _swap(E.mul), "__truediv__": E.div, "__rtruediv__": _swap(E.div),
+    "__floordiv__": E.floor_divide, "__rfloordiv__": _swap(E.floor_divide),
+    "__mod__": E.remainder, "__rmod__": _swap(E.remainder), "__pow__": E.pow,
+    "__rpow__": _swap(E.pow), "__matmul__": L.matmul, "__rmatmul__": _swap(L.matmul),
+    "__neg__": E.neg, "__pos__": lambda self: self, "__abs__": E.abs,
+    "__eq__": E.eq, "__ne__": E.ne, "__lt__": E.lt, "__le__": E.le, "__gt__": E.gt, "__ge__": E.ge,
+    "__and__": E.logical_and, "__or__": E.logical_or, "__xor__": E.logical_xor,
+    "__invert__": E.logical_not, "__getitem__": I.getitem,
+    # elementwise
+    "add": E.add, "sub": E.sub, "mul": E.mul, "div": E.div, "true_divide": E.div,
+    "floor_divide": E.floor_divide, "remainder": E.remainder, "pow": E.pow, "neg": E.neg,
+    "abs": E.abs, "sign": E.sign, "exp": E.exp, "log": E.log, "log2": E.log2, "log10": E.log10,
+    "log1p": E.log1p, "expm1": E.expm1, "sqrt": E.sqrt, "rsqrt": E.rsqrt, "sin": E.sin,
+    "cos": E.cos, "tan": E.tan, "tanh": E.tanh, "sigmoid": E.sigmoid, "erf": E.erf,
+    "clamp": E.clamp, "clip": E.clamp, "maximum": E.maximum, "minimum": E.minimum,
+    "square": E.square, "reciprocal": E.reciprocal, "eq": E.eq, "ne": E.ne, "lt": E.lt,
+    "le": E.le, "gt": E.gt, "ge": E.ge, "logical_and": E.logical_and,
+    "logical_or": E.logical_or, "logical_xor": E.logical_xor, "logical_not": E.logical_not,
+    "isnan": E.isnan, "isfinite": E.isfinite, "isinf": E.isinf, "floor": E.floor,
+    "ceil": E.ceil, "round": E.round, "trunc": E.trunc, "lerp": E.lerp, "atan2": E.atan2,
+    "where": lambda self, condition, other: E.where(condition, self, other),
+    # reductions
+    "sum": R.sum, "mean": R.mean, "var": R.var, "std": R.std, "prod": R.prod, "max": R.max,
+    "min": R.min, "argmax": R.argmax, "argmin": R.argmin, "amax": R.amax, "amin": R.amin,
+    "logsumexp": R.logsumexp, "norm": R.norm, "softmax": R.softmax,
+    "log_softmax": R.log_softmax, "cumsum": R.cumsum, "all": R.all, "any": R.any,
+    "count_nonzero": R.count_nonzero,
+    # linear algebra
+    "matmul": L.matmul, "mm": L.mm, "bmm": L.bmm, "dot": L.dot, "outer": L.outer,
+    # shape
+    "reshape": S.reshape, "view": S.view, "flatten": S.flatten, "unflatten": S.unflatten,
+    "squeeze": S.squeeze, "unsqueeze": S.unsqueeze, "transpose": S.transpose,
+    "swapaxes": S.transpose, "permute": S.permute, "movedim": S.movedim, "expand": S.expand,
+    "broadcast_to": S.broadcast_to, "repeat": S.repeat, "tile": S.tile, "split": S.split,
+    "chunk": S.chunk, "unbind": S.unbind, "flip": S.flip, "roll": S.roll, "narrow": S.narrow,
+    "expand_as": lambda self, other: S.expand(self, other.shape),
+    "view_as": lambda self, other: S.reshape(self, other.shape),
+    "reshape_as": lambda self, other: S.reshape(self, other.shape),
+    "type_as": lambda self, other: self.to(other.dtype),
+    # indexing
+    "gather": I.gather, "scatter_add": I.scatter_add, "scatter": I.scatter,
+    "index_select": I.index_select, "index_add": I.index_add, "masked_fill": I.masked_fill,
+    "take_along_dim": I.take_along_dim,
+}
+
+for _name, _fn in _METHODS.items():
+    setattr(Tensor, _name, _fn)
+Tensor.__hash__ = lambda self: id(self)  # __eq__ is elementwise, so hash by identity

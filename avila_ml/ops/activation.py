@@ -1,0 +1,2 @@
+"""(activation ops: being written)"""
+__all__ = []

@@ -1,0 +1,2 @@
+"""(attention ops: being written)"""
+__all__ = []

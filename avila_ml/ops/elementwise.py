@@ -1,0 +1,827 @@
+"""Elementwise arithmetic and math, with broadcasting and PyTorch's type promotion.
+
+Each op is one ``Function``: ``forward`` on arrays, ``backward`` with Tensor ops (so it is
+itself differentiable). Broadcasting is undone in backward by :func:`sum_to`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..autograd.function import Function
+from ..backends import backend_of
+from ..tensor import Tensor
+
+__all__ = [
+    "add", "sub", "mul", "div", "true_divide", "floor_divide", "remainder", "pow", "neg",
+    "abs", "sign", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan",
+    "tanh", "sigmoid", "erf", "clamp", "clip", "maximum", "minimum", "where", "square",
+    "reciprocal", "log2", "log10", "eq", "ne", "lt", "le", "gt", "ge", "logical_and",
+    "logical_or", "logical_xor", "logical_not", "isnan", "isfinite", "isinf", "cast",
+    "clone", "sum_to", "lerp", "addcmul", "atan2", "floor", "ceil", "round", "trunc",
+]
+
+
+def _xp(a):
+    return np if isinstance(a, np.ndarray) else backend_of(a).xp
+
+
+def _arr(o):
+    """Make ufunc results real arrays: NumPy returns scalars for 0-d inputs."""
+    return np.asarray(o) if isinstance(o, np.generic) else o
+
+
+def _scalar_tensor(value, dtype: _dt.dtype, like: Tensor) -> Tensor:
+    xp = _xp(like.array)
+    return Tensor._wrap(xp.asarray(value, dtype=dtype.np))
+
+
+def _prepare(a, b, op: str):
+    """Turn (a, b) into two Tensors of the promoted dtype on one device.
+
+    Python scalars become 0-d tensors; a 0-d CPU tensor may join a CUDA tensor (as in
+    PyTorch); any other device mix raises, naming the op and both devices.
+    """
+    ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and tb:
+        if a.array.dtype == b.array.dtype and type(a.array) is type(b.array):
+            if type(a.array) is np.ndarray:
+                return a, b
+            if a.array.device == b.array.device:
+                return a, b
+        da, db = a.device, b.device
+        if da != db:
+            if b.ndim == 0 and db.type == "cpu":
+                b = to_device_scalar(b, da)
+            elif a.ndim == 0 and da.type == "cpu":
+                a = to_device_scalar(a, db)
+            else:
+                raise RuntimeError(
+                    f"{op}: expected all tensors on the same device, but found {da} (shape "
+                    f"{tuple(a.shape)}) and {db} (shape {tuple(b.shape)})"
+                )
+        dt = _dt.result_type(a, b)
+        return (a if a.dtype is dt else cast(a, dt)), (b if b.dtype is dt else cast(b, dt))
+    if ta:
+        if not _is_scalar(b):
+            b = _from_other(b, a, op)
+            return _prepare(a, b, op)
+        dt = _dt.result_type(a, b)
+        return (a if a.dtype is dt else cast(a, dt)), _scalar_tensor(b, dt, a)
+    if tb:
+        if not _is_scalar(a):
+            a = _from_other(a, b, op)
+            return _prepare(a, b, op)
+        dt = _dt.result_type(a, b)
+        return _scalar_tensor(a, dt, b), (b if b.dtype is dt else cast(b, dt))
+    raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and {type(b).__name__}")
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, (int, float, bool, np.number, np.bool_))
+
+
+def _from_other(x, like: Tensor, op: str) -> Tensor:
+    """A list/array operand becomes a tensor on ``like``'s device (dtype inferred as ``tensor()``)."""
+    from ..factories import tensor
+    try:
+        return tensor(x, device=like.device)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{op}: unsupported operand of type {type(x).__name__}: {e}") from None
+
+
+def to_device_scalar(t: Tensor, dev) -> Tensor:
+    from .shape import to_device
+    return to_device(t, dev)
+
+
+def sum_to(g: Tensor, shape: tuple) -> Tensor:
+    """Sum ``g`` down to ``shape`` — the adjoint of broadcasting ``shape`` up to ``g.shape``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.ops.sum_to(am.ones(2, 3), (1, 3))
+        tensor([[2., 2., 2.]])
+    """
+    if g.shape == tuple(shape):
+        return g
+    return SumTo.apply(g, tuple(shape))
+
+
+class SumTo(Function):
+    def forward(self, g, shape):
+        self.in_shape = g.shape
+        lead = g.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1
+        )
+        out = g.sum(axis=axes, keepdims=True) if axes else g
+        return _arr(out.reshape(shape))
+
+    def backward(self, g):
+        from .shape import broadcast_to
+        return broadcast_to(g, self.in_shape)
+
+
+# --------------------------------------------------------------------------- binary arithmetic
+class Add(Function):
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape)
+        return _arr(a + b)
+
+    def backward(self, g):
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (sum_to(g, sa) if na else None), (sum_to(g, sb) if nb else None)
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape)
+        return _arr(a - b)
+
+    def backward(self, g):
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (sum_to(g, sa) if na else None), (sum_to(-g, sb) if nb else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(a * b)
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        na, nb = self.needs_input_grad
+        return (sum_to(g * b, a.shape) if na else None), (sum_to(g * a, b.shape) if nb else None)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(a / b)
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        na, nb = self.needs_input_grad
+        ga = sum_to(g / b, a.shape) if na else None
+        gb = sum_to(-g * a / (b * b), b.shape) if nb else None
+        return ga, gb
+
+
+class Pow(Function):
+    """``a ** b`` for two tensors."""
+
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(_xp(a).power(a, b))
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        na, nb = self.needs_input_grad
+        ga = sum_to(g * b * a ** (b - 1), a.shape) if na else None
+        gb = None
+        if nb:
+            # d/db a^b = a^b log a; PyTorch takes it as 0 where a == 0 (and b >= 0)
+            safe_a = where(a.array == 0, 1.0, a)
+            gb = sum_to(g * where(a.array == 0, 0.0, (a ** b) * log(safe_a)), b.shape)
+        return ga, gb
+
+
+class PowScalar(Function):
+    """``a ** c`` for a Python number ``c``."""
+
+    def forward(self, a, c):
+        self.save_inputs(0)
+        self.c = c
+        if c == 2:
+            return _arr(a * a)
+        return _arr(_xp(a).power(a, a.dtype.type(c) if a.dtype.kind == "f" else c))
+
+    def backward(self, g):
+        (a,) = self.saved_inputs
+        c = self.c
+        if c == 0:
+            return g * 0
+        if c == 1:
+            return g
+        if c == 2:
+            return g * 2 * a
+        return g * c * a ** (c - 1)
+
+
+class RPowScalar(Function):
+    """``c ** b`` for a Python number ``c``."""
+
+    def forward(self, b, c):
+        self.c = c
+        self.save_outputs(0)
+        return _arr(_xp(b).power(b.dtype.type(c), b))
+
+    def backward(self, g):
+        (out,) = self.saved_outputs
+        return g * out * math.log(self.c) if self.c > 0 else g * 0
+
+
+class Remainder(Function):
+    """Python-style modulus (sign of the divisor), like ``torch.remainder``."""
+
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(_xp(a).remainder(a, b))
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        na, nb = self.needs_input_grad
+        ga = sum_to(g, a.shape) if na else None
+        gb = sum_to(-g * floor(a / b).detach(), b.shape) if nb else None
+        return ga, gb
+
+
+class Maximum(Function):
+    """Elementwise max; on ties the gradient is split evenly (as PyTorch)."""
+
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(_xp(a).maximum(a, b))
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        return _minmax_grads(self, g, a, b, a.array > b.array)
+
+
+class Minimum(Function):
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(_xp(a).minimum(a, b))
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        return _minmax_grads(self, g, a, b, a.array < b.array)
+
+
+def _minmax_grads(node, g, a, b, a_wins):
+    xp = _xp(a.array)
+    tie = a.array == b.array
+    dt = g.array.dtype
+    wa = Tensor._wrap(xp.where(tie, dt.type(0.5), a_wins.astype(dt)))
+    na, nb = node.needs_input_grad
+    ga = sum_to(g * wa, a.shape) if na else None
+    gb = sum_to(g * (1 - wa), b.shape) if nb else None
+    return ga, gb
+
+
+class Atan2(Function):
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return _arr(_xp(a).arctan2(a, b))
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        d = a * a + b * b
+        na, nb = self.needs_input_grad
+        return (sum_to(g * b / d, a.shape) if na else None), (sum_to(-g * a / d, b.shape) if nb else None)
+
+
+def _binary(cls, a, b, op):
+    a, b = _prepare(a, b, op)
+    return cls.apply(a, b)
+
+
+def add(input, other, alpha=1):
+    """Elementwise ``input + alpha * other`` with broadcasting (``torch.add``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.add(am.tensor([1.0, 2.0]), 1)
+        tensor([2., 3.])
+    """
+    if alpha != 1:
+        other = mul(other, alpha) if isinstance(other, Tensor) else other * alpha
+    return _binary(Add, input, other, "add")
+
+
+def sub(input, other, alpha=1):
+    """Elementwise ``input - alpha * other`` (``torch.sub``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.sub(am.tensor([1.0, 2.0]), 1)
+        tensor([0., 1.])
+    """
+    if alpha != 1:
+        other = mul(other, alpha) if isinstance(other, Tensor) else other * alpha
+    return _binary(Sub, input, other, "sub")
+
+
+def mul(input, other):
+    """Elementwise product with broadcasting (``torch.mul``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.mul(am.tensor([1.0, 2.0]), am.tensor([[3.0], [4.0]]))
+        tensor([[3., 6.],
+                [4., 8.]])
+    """
+    return _binary(Mul, input, other, "mul")
+
+
+def div(input, other, rounding_mode=None):
+    """Elementwise true division; integers give floats (``torch.div``).
+
+    ``rounding_mode="floor"`` or ``"trunc"`` rounds the quotient (no gradient).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.div(am.tensor([1, 2]), 2)
+        tensor([0.5000, 1.0000])
+    """
+    if rounding_mode == "floor":
+        return floor_divide(input, other)
+    if rounding_mode == "trunc":
+        return trunc(div(input, other)).to(_dt.result_type(input, other))
+    if rounding_mode is not None:
+        raise ValueError(f"div: rounding_mode must be None, 'floor' or 'trunc', got {rounding_mode!r}")
+    a, b = _prepare(input, other, "div")
+    if not a.dtype.is_floating_point:
+        f = _dt.get_default_dtype()
+        a, b = cast(a, f), cast(b, f)
+    return Div.apply(a, b)
+
+
+true_divide = div
+
+
+def floor_divide(input, other):
+    """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable."""
+    a, b = _prepare(input, other, "floor_divide")
+    return _nondiff(_xp(a.array).floor_divide(a.array, b.array))
+
+
+def remainder(input, other):
+    """Elementwise modulus with the sign of the divisor (``torch.remainder``, Python's ``%``).
+
+    Math: ``a - floor(a / b) * b``; d/da = 1, d/db = -floor(a / b).
+    """
+    return _binary(Remainder, input, other, "remainder")
+
+
+def pow(input, exponent):
+    """Elementwise power (``torch.pow``).
+
+    Math: d/da a^b = b a^(b-1); d/db a^b = a^b ln a.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.pow(am.tensor([2.0, 3.0]), 2)
+        tensor([4., 9.])
+    """
+    if isinstance(input, Tensor) and _is_scalar(exponent):
+        dt = _dt.result_type(input, exponent)
+        x = input if input.dtype is dt else cast(input, dt)
+        return PowScalar.apply(x, exponent)
+    if _is_scalar(input) and isinstance(exponent, Tensor):
+        dt = _dt.result_type(input, exponent)
+        x = exponent if exponent.dtype is dt else cast(exponent, dt)
+        return RPowScalar.apply(x, input)
+    return _binary(Pow, input, exponent, "pow")
+
+
+def maximum(input, other):
+    """Elementwise maximum (``torch.maximum``); ties split the gradient evenly."""
+    return _binary(Maximum, input, other, "maximum")
+
+
+def minimum(input, other):
+    """Elementwise minimum (``torch.minimum``); ties split the gradient evenly."""
+    return _binary(Minimum, input, other, "minimum")
+
+
+def atan2(input, other):
+    """Elementwise ``atan(input / other)`` with quadrant (``torch.atan2``)."""
+    return _binary(Atan2, input, other, "atan2")
+
+
+# ------------------------------------------------------------------------------- unary math
+class Neg(Function):
+    def forward(self, x):
+        return _arr(-x)
+
+    def backward(self, g):
+        return -g
+
+
+class Abs(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).abs(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g * Tensor._wrap(_xp(x.array).sign(x.array))
+
+
+class Exp(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        return _arr(_xp(x).exp(x))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * y
+
+
+class Log(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).log(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g / x
+
+
+class Log2(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).log2(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g / (x * math.log(2.0))
+
+
+class Log10(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).log10(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g / (x * math.log(10.0))
+
+
+class Log1p(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).log1p(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g / (x + 1)
+
+
+class Expm1(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        return _arr(_xp(x).expm1(x))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * (y + 1)
+
+
+class Sqrt(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        return _arr(_xp(x).sqrt(x))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g / (2 * y)
+
+
+class Rsqrt(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        xp = _xp(x)
+        return _arr(xp.reciprocal(xp.sqrt(x)))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * -0.5 * y * y * y
+
+
+class Sin(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).sin(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g * cos(x)
+
+
+class Cos(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(_xp(x).cos(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return -g * sin(x)
+
+
+class Tan(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        return _arr(_xp(x).tan(x))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * (1 + y * y)
+
+
+class Tanh(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        return _arr(_xp(x).tanh(x))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * (1 - y * y)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        xp = _xp(x)
+        # 0.5 (1 + tanh(x/2)) never overflows, unlike 1 / (1 + exp(-x))
+        half = x.dtype.type(0.5)
+        return _arr(xp.tanh(x * half) * half + half)
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * y * (1 - y)
+
+
+class Erf(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(backend_of(x).erf(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g * (2.0 / math.sqrt(math.pi)) * exp(-(x * x))
+
+
+class Clamp(Function):
+    """Clamp to [lo, hi] (numbers); the gradient passes where lo <= x <= hi (as PyTorch)."""
+
+    def forward(self, x, lo, hi):
+        self.save_inputs(0)
+        self.lo, self.hi = lo, hi
+        return _arr(_xp(x).clip(x, lo, hi))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        a = x.array
+        mask = np.True_ if self.lo is None else a >= self.lo
+        if self.hi is not None:
+            mask = mask & (a <= self.hi)
+        return g * Tensor._wrap(_xp(a).asarray(mask, dtype=g.array.dtype))
+
+
+class Cast(Function):
+    def forward(self, x, dt):
+        self.src = x.dtype
+        return x.astype(dt)
+
+    def backward(self, g):
+        return Cast.apply(g, self.src)
+
+
+class Clone(Function):
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, g):
+        return g
+
+
+class Where(Function):
+    """``where(cond, a, b)``; ``cond`` is a boolean array, not differentiated."""
+
+    def forward(self, cond, a, b):
+        self.cond = cond
+        self.shapes = (a.shape, b.shape)
+        return _arr(_xp(a).where(cond, a, b))
+
+    def backward(self, g):
+        na, nb = self.needs_input_grad
+        zero = Tensor._wrap(_xp(g.array).zeros((), dtype=g.array.dtype))
+        ga = sum_to(where(self.cond, g, zero), self.shapes[0]) if na else None
+        gb = sum_to(where(self.cond, zero, g), self.shapes[1]) if nb else None
+        return ga, gb
+
+
+def _float_input(x, op):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    if x.array.dtype.kind != "f":
+        return cast(x, _dt.get_default_dtype())
+    return x
+
+
+def _unary_doc(name, math_text, torch_name, example_in, example_out):
+    return (f"Elementwise {name} (``{torch_name}``).\n\n    Math: {math_text}\n\n    Example:\n"
+            f"        >>> import avila_ml as am\n        >>> am.{name}(am.tensor({example_in}))\n"
+            f"        {example_out}\n    ")
+
+
+def _make_unary(cls, name, math_text, ex_in, ex_out, float_only=True):
+    def op(input):
+        x = _float_input(input, name) if float_only else input
+        return cls.apply(x)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = _unary_doc(name, math_text, f"torch.{name}", ex_in, ex_out)
+    return op
+
+
+exp = _make_unary(Exp, "exp", "y = e^x; dy/dx = y.", "[0.0]", "tensor([1.])")
+log = _make_unary(Log, "log", "y = ln x; dy/dx = 1/x.", "[1.0]", "tensor([0.])")
+log2 = _make_unary(Log2, "log2", "y = log2 x; dy/dx = 1/(x ln 2).", "[4.0]", "tensor([2.])")
+log10 = _make_unary(Log10, "log10", "y = log10 x; dy/dx = 1/(x ln 10).", "[100.0]", "tensor([2.])")
+log1p = _make_unary(Log1p, "log1p", "y = ln(1 + x), accurate for tiny x; dy/dx = 1/(1+x).", "[0.0]", "tensor([0.])")
+expm1 = _make_unary(Expm1, "expm1", "y = e^x - 1, accurate for tiny x; dy/dx = y + 1.", "[0.0]", "tensor([0.])")
+sqrt = _make_unary(Sqrt, "sqrt", "y = sqrt(x); dy/dx = 1/(2y).", "[4.0]", "tensor([2.])")
+rsqrt = _make_unary(Rsqrt, "rsqrt", "y = 1/sqrt(x); dy/dx = -y^3/2.", "[4.0]", "tensor([0.5000])")
+sin = _make_unary(Sin, "sin", "dy/dx = cos x.", "[0.0]", "tensor([0.])")
+cos = _make_unary(Cos, "cos", "dy/dx = -sin x.", "[0.0]", "tensor([1.])")
+tan = _make_unary(Tan, "tan", "dy/dx = 1 + y^2.", "[0.0]", "tensor([0.])")
+tanh = _make_unary(Tanh, "tanh", "dy/dx = 1 - y^2.", "[0.0]", "tensor([0.])")
+sigmoid = _make_unary(Sigmoid, "sigmoid", "y = 1/(1+e^-x), computed as (1+tanh(x/2))/2; dy/dx = y(1-y).", "[0.0]", "tensor([0.5000])")
+erf = _make_unary(Erf, "erf", "y = 2/sqrt(pi) int_0^x e^{-t^2} dt; dy/dx = 2/sqrt(pi) e^{-x^2}.", "[0.0]", "tensor([0.])")
+
+
+def neg(input):
+    """Elementwise negation ``-x`` (``torch.neg``)."""
+    return Neg.apply(input)
+
+
+def abs(input):
+    """Elementwise absolute value (``torch.abs``); d|x|/dx = sign(x), 0 at 0."""
+    return Abs.apply(input)
+
+
+def square(input):
+    """Elementwise ``x * x`` (``torch.square``)."""
+    return pow(input, 2)
+
+
+def reciprocal(input):
+    """Elementwise ``1 / x`` (``torch.reciprocal``)."""
+    return div(1.0, _float_input(input, "reciprocal"))
+
+
+def sign(input):
+    """Elementwise sign, -1, 0 or 1 (``torch.sign``); not differentiable."""
+    return _nondiff(_xp(input.array).sign(input.array))
+
+
+def _rounding(fn_name):
+    def op(input):
+        xp = _xp(input.array)
+        return _nondiff(getattr(xp, fn_name)(input.array))
+    op.__doc__ = f"Elementwise ``{fn_name}`` (``torch.{fn_name}``); not differentiable (zero gradient almost everywhere)."
+    return op
+
+
+floor = _rounding("floor")
+ceil = _rounding("ceil")
+trunc = _rounding("trunc")
+
+
+def round(input, decimals: int = 0):
+    """Round half to even (``torch.round``); not differentiable."""
+    return _nondiff(_xp(input.array).round(input.array, decimals))
+
+
+def clamp(input, min=None, max=None):
+    """Clamp every element into ``[min, max]`` (``torch.clamp``); bounds may be numbers or tensors.
+
+    Math: y = min(max(x, lo), hi); dy/dx = 1 where lo <= x <= hi, else 0.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.clamp(am.tensor([-2.0, 0.5, 3.0]), -1, 1)
+        tensor([-1.0000,  0.5000,  1.0000])
+    """
+    if min is None and max is None:
+        raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = input
+        if min is not None:
+            out = maximum(out, min)
+        if max is not None:
+            out = minimum(out, max)
+        return out
+    return Clamp.apply(input, min, max)
+
+
+clip = clamp
+
+
+def where(condition, input, other):
+    """Pick ``input`` where ``condition`` holds, else ``other`` (``torch.where``).
+
+    Math: gradient flows to ``input`` where the condition is true and to ``other`` elsewhere.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([-1.0, 2.0])
+        >>> am.where(x > 0, x, 0.0)
+        tensor([0., 2.])
+    """
+    cond = condition.array if isinstance(condition, Tensor) else condition
+    if not (isinstance(input, Tensor) or isinstance(other, Tensor)):
+        ref = condition if isinstance(condition, Tensor) else None
+        dt = _dt.result_type(input, other)
+        xp = _xp(cond) if ref is not None else np
+        return Tensor._wrap(_arr(xp.where(cond, xp.asarray(input, dt.np), xp.asarray(other, dt.np))))
+    a, b = _prepare(input, other, "where")
+    if getattr(cond, "dtype", None) is not None and cond.dtype != np.bool_:
+        cond = cond.astype(bool)
+    try:
+        np.broadcast_shapes(np.shape(cond), a.shape, b.shape)
+    except ValueError:
+        raise RuntimeError(
+            f"where: condition of shape {tuple(np.shape(cond))}, input of shape {tuple(a.shape)} and "
+            f"other of shape {tuple(b.shape)} cannot be broadcast together"
+        ) from None
+    return Where.apply(cond, a, b)
+
+
+def cast(input, dtype):
+    """Convert to ``dtype``; differentiable between floating types (``Tensor.to(dtype)``)."""
+    dt = _dt.to_dtype(dtype)
+    if input.array.dtype == dt.np:
+        return input
+    if not dt.is_floating_point:
+        return _nondiff(input.array.astype(dt.np))
+    return Cast.apply(input, dt.np)
+
+
+def clone(input):
+    """A copy with its own memory; gradient passes through unchanged (``torch.clone``)."""
+    return Clone.apply(input)
+
+
+def lerp(input, end, weight):
+    """``input + weight * (end - input)`` (``torch.lerp``)."""
+    return input + weight * (end - input)
+
+
+def addcmul(input, tensor1, tensor2, value=1):
+    """``input + value * tensor1 * tensor2`` (``torch.addcmul``)."""
+    return input + value * tensor1 * tensor2
+
+
+# ---------------------------------------------------------------- comparisons (no gradient)
+def _nondiff(array) -> Tensor:
+    return Tensor._wrap(_arr(array))
+
+
+def _compare(ufunc_name, op):
+    def fn(input, other):
+        a, b = _prepare(input, other, op)
+        return _nondiff(getattr(_xp(a.array), ufunc_name)(a.array, b.array))
+    fn.__name__ = op
+    fn.__doc__ = (f"Elementwise ``{op}`` comparison with broadcasting, a bool tensor (``torch.{op}``).\n\n"
+                  f"    Example:\n        >>> import avila_ml as am\n"
+                  f"        >>> am.{op}(am.tensor([1, 2]), 2).dtype\n        avila_ml.bool\n    ")
+    return fn
+
+
+eq = _compare("equal", "eq")
+ne = _compare("not_equal", "ne")
+lt = _compare("less", "lt")
+le = _compare("less_equal", "le")
+gt = _compare("greater", "gt")
+ge = _compare("greater_equal", "ge")
+logical_and = _compare("logical_and", "logical_and")
+logical_or = _compare("logical_or", "logical_or")
+logical_xor = _compare("logical_xor", "logical_xor")
+
+
+def logical_not(input):
+    """Elementwise logical not, a bool tensor (``torch.logical_not``)."""
+    return _nondiff(_xp(input.array).logical_not(input.array))
+
+
+def isnan(input):
+    """True where the element is NaN (``torch.isnan``)."""
+    return _nondiff(_xp(input.array).isnan(input.array))
+
+
+def isfinite(input):
+    """True where the element is neither inf nor NaN (``torch.isfinite``)."""
+    return _nondiff(_xp(input.array).isfinite(input.array))
+
+
+def isinf(input):
+    """True where the element is +-inf (``torch.isinf``)."""
+    return _nondiff(_xp(input.array).isinf(input.array))

@@ -1,0 +1,313 @@
+"""Indexing: ``x[key]``, gather/scatter, index_select/index_add, masked_fill, take_along_dim.
+
+Reading with an index is differentiable; its backward scatter-adds the gradient back to the
+positions read (repeated indices accumulate), and that scatter's backward reads again.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd.function import Function
+from ..backends import backend_of
+from ..tensor import Tensor, _norm_dim
+from .elementwise import where, _prepare
+
+__all__ = ["getitem", "gather", "scatter_add", "scatter", "index_select", "index_add",
+           "masked_fill", "take_along_dim", "normalize_key"]
+
+
+def _is_advanced(k) -> bool:
+    return not (k is None or k is Ellipsis or isinstance(k, (int, slice, np.integer)))
+
+
+def _to_index_array(k, xp):
+    if isinstance(k, Tensor):
+        a = k.array
+    elif isinstance(k, (list, tuple)):
+        a = np.asarray(k)
+        if a.dtype == object:
+            raise IndexError(f"index: ragged index list {k!r}")
+        if a.size == 0:
+            a = a.astype(np.int64)
+    else:
+        a = k
+    if isinstance(a, np.ndarray) and xp is not np:
+        a = xp.asarray(a)
+    if a.dtype.kind not in "iub":
+        raise IndexError(f"index: tensors used as indices must be long, int or bool, got {a.dtype}")
+    return a
+
+
+def normalize_key(key, xp=np):
+    """Turn a Python/Tensor index into one NumPy/CuPy accepts (tensors become arrays)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    out = []
+    for k in key:
+        if isinstance(k, Tensor) and k.ndim == 0 and k.array.dtype.kind in "iu":
+            out.append(int(k.item()))
+        elif _is_advanced(k):
+            out.append(_to_index_array(k, xp))
+        else:
+            out.append(k)
+    return tuple(out)
+
+
+class GetItem(Function):
+    def forward(self, x, key, advanced):
+        self.in_shape, self.key, self.advanced = x.shape, key, advanced
+        out = x[key]
+        return np.asarray(out) if isinstance(out, np.generic) else out
+
+    def backward(self, g):
+        return IndexPutAdd.apply(g, self.in_shape, self.key, self.advanced)
+
+
+class IndexPutAdd(Function):
+    """zeros(shape) with ``g`` added at ``key`` — the adjoint of ``x[key]``."""
+
+    def forward(self, g, shape, key, advanced):
+        self.key, self.advanced = key, advanced
+        b = backend_of(g)
+        z = b.xp.zeros(shape, dtype=g.dtype)
+        if advanced:
+            b.scatter_add(z, key, g)
+        else:
+            z[key] = g
+        return z
+
+    def backward(self, gg):
+        return GetItem.apply(gg, self.key, self.advanced)
+
+
+def getitem(input, key):
+    """``input[key]`` with ints, slices, None, Ellipsis, bool masks and integer arrays
+    (``Tensor.__getitem__``). Repeated integer indices accumulate in backward.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.arange(6.0).reshape(2, 3)
+        >>> x[:, [0, 0, 2]]
+        tensor([[0., 0., 2.],
+                [3., 3., 5.]])
+    """
+    xp = backend_of(input.array).xp
+    k = normalize_key(key, xp)
+    advanced = any(_is_advanced(p) for p in k)
+    try:
+        if not input._requires_grad:
+            out = input.array[k]
+            t = Tensor._wrap(np.asarray(out) if isinstance(out, np.generic) else out)
+            if not advanced:
+                t._version = input._version
+            return t
+        if advanced:
+            return GetItem.apply(input, k, True)
+        return _ViewItem.apply(input, k, False)
+    except IndexError as e:
+        raise IndexError(f"index {key!r} is invalid for a tensor of shape {tuple(input.shape)}: {e}") from None
+
+
+class _ViewItem(GetItem):
+    """Basic indexing returns a view that shares the version counter."""
+
+    is_view = True
+
+
+def _full_index(index, dim: int, xp):
+    """Index arrays selecting ``index`` along ``dim`` and every position elsewhere."""
+    nd = index.ndim
+    parts = []
+    for d in range(nd):
+        if d == dim:
+            parts.append(index)
+        else:
+            shape = [1] * nd
+            shape[d] = index.shape[d]
+            parts.append(xp.arange(index.shape[d]).reshape(shape))
+    return tuple(parts)
+
+
+def _check_index(op, input, dim, index):
+    if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu":
+        raise RuntimeError(f"{op}: index must be an integer tensor, got {getattr(index, 'dtype', type(index).__name__)}")
+    if index.ndim != input.ndim and not (index.ndim <= 1 and input.ndim <= 1):
+        raise RuntimeError(f"{op}: index tensor must have the same number of dimensions as input: index {tuple(index.shape)}, input {tuple(input.shape)}")
+    d = _norm_dim(dim, input.ndim, op)
+    for k, (si, sx) in enumerate(zip(index.shape, input.shape)):
+        if k != d and si > sx:
+            raise RuntimeError(f"{op}: size of index {tuple(index.shape)} exceeds input {tuple(input.shape)} at dim {k} (dim={dim})")
+    if index.array.size and (int(index.array.max()) >= input.shape[d] or int(index.array.min()) < -input.shape[d]):
+        raise IndexError(f"{op}: index out of range for dim {dim} of size {input.shape[d]}")
+    return d
+
+
+class Gather(Function):
+    def forward(self, x, index, dim):
+        self.in_shape, self.dim = x.shape, dim
+        self.key = _full_index(index, dim, backend_of(x).xp)
+        return x[self.key]
+
+    def backward(self, g):
+        return IndexPutAdd.apply(g, self.in_shape, self.key, True)
+
+
+def gather(input, dim: int, index):
+    """``out[i][j][k] = input[index[i][j][k]][j][k]`` for ``dim=0`` (``torch.gather``).
+
+    Math: backward scatter-adds the gradient to the gathered positions.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.gather(am.tensor([[1.0, 2.0], [3.0, 4.0]]), 1, am.tensor([[1], [0]]))
+        tensor([[2.],
+                [3.]])
+    """
+    d = _check_index("gather", input, dim, index)
+    return Gather.apply(input, index.array, d)
+
+
+class ScatterAdd(Function):
+    def forward(self, x, src, index, dim):
+        b = backend_of(x)
+        self.key = _full_index(index, dim, b.xp)
+        self.src_shape, self.index_shape = src.shape, index.shape
+        out = x.copy()
+        sl = tuple(slice(0, n) for n in index.shape)
+        b.scatter_add(out, self.key, src[sl])
+        return out
+
+    def backward(self, g):
+        ng_x, ng_src = self.needs_input_grad
+        gs = None
+        if ng_src:
+            gs = GetItem.apply(g, self.key, True)
+            if gs.shape != self.src_shape:
+                from .shape import pad
+                widths = []
+                for n_src, n_idx in reversed(list(zip(self.src_shape, self.index_shape))):
+                    widths += [0, n_src - n_idx]
+                gs = pad(gs, widths)
+        return (g if ng_x else None), gs
+
+
+def scatter_add(input, dim: int, index, src):
+    """Out-of-place ``input`` with ``src`` added at ``index`` along ``dim`` (``torch.scatter_add``).
+
+    Math: ``out[index[i][j]][j] += src[i][j]`` for ``dim=0``; repeated indices accumulate.
+    """
+    d = _check_index("scatter_add", input, dim, index)
+    x, s = _prepare(input, src, "scatter_add")
+    return ScatterAdd.apply(x, s, index.array, d)
+
+
+def scatter(input, dim: int, index, src=None, value=None):
+    """Out-of-place ``input`` with values written at ``index`` along ``dim`` (``torch.scatter``).
+
+    With repeated indices the winner is unspecified (as in PyTorch). Gradient flows to
+    ``input`` at unwritten positions and to ``src`` at the written ones.
+    """
+    d = _check_index("scatter", input, dim, index)
+    xp = backend_of(input.array).xp
+    key = _full_index(index.array, d, xp)
+    written = xp.zeros(input.shape, dtype=bool)
+    written[key] = True
+    if src is None:
+        src = value
+    if isinstance(src, Tensor):
+        placed = scatter_add(input * 0, d, index, src)
+        return where(written, placed, input)
+    return where(written, src, input)
+
+
+class IndexSelect(Function):
+    def forward(self, x, index, dim):
+        self.in_shape, self.dim, self.index = x.shape, dim, index
+        return backend_of(x).xp.take(x, index, axis=dim)
+
+    def backward(self, g):
+        return IndexAdd.apply(g, self.in_shape, self.dim, self.index)
+
+
+class IndexAdd(Function):
+    """zeros(shape) with ``g`` added at ``index`` along ``dim`` — the adjoint of index_select."""
+
+    def forward(self, g, shape, dim, index):
+        self.dim, self.index = dim, index
+        b = backend_of(g)
+        z = b.xp.zeros(shape, dtype=g.dtype)
+        b.index_add(z, dim, index, g)
+        return z
+
+    def backward(self, gg):
+        return IndexSelect.apply(gg, self.index, self.dim)
+
+
+def index_select(input, dim: int, index):
+    """Select entries along ``dim`` by a 1-d integer index (``torch.index_select``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.index_select(am.tensor([10.0, 20.0, 30.0]), 0, am.tensor([2, 0]))
+        tensor([30., 10.])
+    """
+    if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu" or index.ndim > 1:
+        raise RuntimeError(f"index_select: index must be a 0-d or 1-d integer tensor, got {getattr(index, 'shape', index)}")
+    d = _norm_dim(dim, input.ndim, "index_select")
+    n = input.shape[d] if input.ndim else 1
+    idx = index.array.reshape(-1)
+    if idx.size and (int(idx.max()) >= n or int(idx.min()) < -n):
+        raise IndexError(f"index_select: index out of range for dim {dim} of size {n}")
+    return IndexSelect.apply(input, idx, d)
+
+
+def index_add(input, dim: int, index, source, alpha=1):
+    """Out-of-place ``input`` with ``alpha * source`` added at ``index`` along ``dim`` (``torch.index_add``)."""
+    d = _norm_dim(dim, input.ndim, "index_add")
+    src = source * alpha if alpha != 1 else source
+    return input + IndexAdd.apply(src, input.shape, d, index.array.reshape(-1))
+
+
+def masked_fill(input, mask, value):
+    """Replace elements where ``mask`` is true by ``value`` (``torch.masked_fill``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([1.0, 2.0, 3.0])
+        >>> am.masked_fill(x, x > 1.5, 0.0)
+        tensor([1., 0., 0.])
+    """
+    m = mask.array if isinstance(mask, Tensor) else mask
+    if getattr(m, "dtype", None) is None or m.dtype != np.bool_:
+        raise RuntimeError(f"masked_fill: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    try:
+        shape = np.broadcast_shapes(m.shape, input.shape)
+    except ValueError:
+        shape = None
+    if shape != input.shape:
+        raise RuntimeError(f"masked_fill: mask of shape {tuple(m.shape)} does not broadcast to the input shape {tuple(input.shape)}")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise RuntimeError(f"masked_fill: only 0-d value tensors are supported, got shape {tuple(value.shape)}")
+        value = value.to(input.dtype)
+    elif input.dtype.is_floating_point or isinstance(value, (bool, int, np.integer, np.bool_)):
+        value = Tensor._wrap(backend_of(input.array).xp.asarray(value, dtype=input.array.dtype))
+    return where(m, value, input)
+
+
+def take_along_dim(input, indices, dim=None):
+    """Gather along ``dim`` with broadcasting of the other dims (``torch.take_along_dim``)."""
+    from .shape import broadcast_to, flatten
+    if dim is None:
+        return gather(flatten(input), 0, flatten(indices))
+    d = _norm_dim(dim, input.ndim, "take_along_dim")
+    shp_x = list(input.shape)
+    shp_i = list(indices.shape)
+    shp_x[d] = shp_i[d] = 1
+    common = np.broadcast_shapes(tuple(shp_x), tuple(shp_i))
+    tx = list(common)
+    tx[d] = input.shape[d]
+    ti = list(common)
+    ti[d] = indices.shape[d]
+    idx = Tensor._wrap(backend_of(indices.array).xp.broadcast_to(indices.array, tuple(ti)))
+    return gather(broadcast_to(input, tuple(tx)), d, idx)

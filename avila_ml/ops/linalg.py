@@ -1,0 +1,210 @@
+"""Linear algebra: ``matmul`` (1-d, 2-d, batched with broadcasting), ``einsum``, ``outer``."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd.function import Function
+from ..backends import backend_of
+from ..tensor import Tensor
+from .elementwise import sum_to, _prepare
+from .shape import reshape, squeeze, unsqueeze, broadcast_to
+
+__all__ = ["matmul", "mm", "bmm", "dot", "outer", "einsum", "linear"]
+
+
+class MatMul(Function):
+    """Batched matrix product of two tensors with ndim >= 2 (batch dims broadcast)."""
+
+    def forward(self, a, b):
+        self.save_inputs(0, 1)
+        return backend_of(a).xp.matmul(a, b)
+
+    def backward(self, g):
+        a, b = self.saved_inputs
+        na, nb = self.needs_input_grad
+        ga = sum_to(MatMul.apply(g, b.mT), a.shape) if na else None
+        gb = sum_to(MatMul.apply(a.mT, g), b.shape) if nb else None
+        return ga, gb
+
+
+def matmul(input, other):
+    """Matrix product with NumPy/PyTorch semantics (``torch.matmul``, the ``@`` operator).
+
+    1-d operands are promoted to a row (left) or column (right) and the added dim removed
+    afterwards; batch dims broadcast.
+
+    Math: C = A B; dA = dC B^T, dB = A^T dC (summed over broadcast batch dims).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.matmul(am.ones(2, 3), am.ones(3))
+        tensor([3., 3.])
+    """
+    a, b = _prepare(input, other, "matmul")
+    if a.ndim == 0 or b.ndim == 0:
+        raise RuntimeError(f"matmul: both arguments need at least 1 dimension, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    ka = a.shape[-1]
+    kb = b.shape[-2] if b.ndim >= 2 else b.shape[0]
+    if ka != kb:
+        raise RuntimeError(
+            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied "
+            f"({ka} != {kb} in the contracted dimension)"
+        )
+    if a.ndim > 2 and b.ndim > 2:
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise RuntimeError(f"matmul: batch dims of {tuple(a.shape)} and {tuple(b.shape)} do not broadcast") from None
+    a1, b1 = a.ndim == 1, b.ndim == 1
+    if a1:
+        a = unsqueeze(a, 0)
+    if b1:
+        b = unsqueeze(b, -1)
+    out = MatMul.apply(a, b)
+    if a1 and b1:
+        return reshape(out, out.shape[:-2])
+    if a1:
+        return squeeze(out, -2)
+    if b1:
+        return squeeze(out, -1)
+    return out
+
+
+def mm(input, mat2):
+    """2-d matrix product (``torch.mm``)."""
+    if input.ndim != 2 or mat2.ndim != 2:
+        raise RuntimeError(f"mm: expected 2-d tensors, got shapes {tuple(input.shape)} and {tuple(mat2.shape)}")
+    return matmul(input, mat2)
+
+
+def bmm(input, mat2):
+    """Batched product of 3-d tensors with equal batch size (``torch.bmm``)."""
+    if input.ndim != 3 or mat2.ndim != 3 or input.shape[0] != mat2.shape[0]:
+        raise RuntimeError(f"bmm: expected 3-d tensors with equal batch size, got {tuple(input.shape)} and {tuple(mat2.shape)}")
+    return matmul(input, mat2)
+
+
+def dot(input, other):
+    """Inner product of two 1-d tensors (``torch.dot``)."""
+    if input.ndim != 1 or other.ndim != 1 or input.shape != other.shape:
+        raise RuntimeError(f"dot: expected two 1-d tensors of equal size, got {tuple(input.shape)} and {tuple(other.shape)}")
+    return matmul(input, other)
+
+
+def outer(input, vec2):
+    """Outer product ``a_i b_j`` of two 1-d tensors (``torch.outer``)."""
+    if input.ndim != 1 or vec2.ndim != 1:
+        raise RuntimeError(f"outer: expected 1-d tensors, got {tuple(input.shape)} and {tuple(vec2.shape)}")
+    return unsqueeze(input, 1) * unsqueeze(vec2, 0)
+
+
+def linear(input, weight, bias=None):
+    """``input @ weight.T + bias`` (``torch.nn.functional.linear``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.linear(am.ones(2, 3), am.ones(4, 3)).shape
+        (2, 4)
+    """
+    if input.shape[-1:] != weight.shape[-1:]:
+        raise RuntimeError(
+            f"linear: input of shape {tuple(input.shape)} has {input.shape[-1] if input.ndim else 0} features "
+            f"but weight of shape {tuple(weight.shape)} expects {weight.shape[-1]}"
+        )
+    out = matmul(input, weight.mT if weight.ndim == 2 else weight)
+    return out if bias is None else out + bias
+
+
+class Einsum(Function):
+    def forward(self, spec, *ops):
+        self.spec = spec
+        self.save_inputs(*range(len(ops)))
+        return backend_of(ops[0]).xp.einsum(spec, *ops, optimize=len(ops) > 2)
+
+    def backward(self, g):
+        ins, out = self.spec.split("->")
+        subs = ins.split(",")
+        xs = self.saved_inputs
+        grads = []
+        for i, (sub, need) in enumerate(zip(subs, self.needs_input_grad)):
+            if not need:
+                grads.append(None)
+                continue
+            others = [s for j, s in enumerate(subs) if j != i]
+            other_ts = [t for j, t in enumerate(xs) if j != i]
+            uniq = "".join(dict.fromkeys(sub))
+            have = set(out).union(*others) if others else set(out)
+            kept = "".join(c for c in uniq if c in have)
+            r = einsum(",".join([out] + others) + "->" + kept, g, *other_ts)
+            if kept != uniq:
+                # letters summed away only in this operand: their gradient is broadcast
+                full = [xs[i].shape[sub.index(c)] for c in uniq]
+                shape_kept = [1 if c not in kept else full[k] for k, c in enumerate(uniq)]
+                r = broadcast_to(reshape(_order(r, kept, "".join(c for c in uniq if c in kept)), shape_kept), tuple(full))
+            if uniq != sub:
+                r = _expand_diagonal(r, uniq, sub, xs[i])
+            grads.append(r)
+        return tuple(grads)
+
+
+def _order(t, have: str, want: str):
+    return t if have == want else einsum(f"{have}->{want}", t)
+
+
+def _expand_diagonal(r, uniq: str, sub: str, x: Tensor):
+    """Gradient for an operand with a repeated letter (e.g. 'ii'): place it on the diagonal.
+
+    ``r`` has one axis per unique letter, in order of first appearance in ``sub``; those
+    axes go to the first-appearance positions, the repeats get size 1, and a 0/1 mask keeps
+    only the diagonal after broadcasting.
+    """
+    xp = backend_of(x.array).xp
+    mask = xp.ones(x.shape, dtype=x.array.dtype)
+    base = [1] * len(sub)
+    for c in uniq:
+        pos = [k for k, s in enumerate(sub) if s == c]
+        base[pos[0]] = x.shape[pos[0]]
+        for p in pos[1:]:
+            eye_shape = [1] * len(sub)
+            eye_shape[pos[0]] = eye_shape[p] = x.shape[p]
+            mask = mask * xp.eye(x.shape[p], dtype=x.array.dtype).reshape(eye_shape)
+    placed = broadcast_to(reshape(r, tuple(base)), tuple(x.shape))
+    return placed * Tensor._wrap(mask)
+
+
+def einsum(equation: str, *operands):
+    """Einstein summation (``torch.einsum``); ``->`` may be omitted (implicit output).
+
+    Math: the gradient for an operand is the einsum of the output gradient with the other
+    operands, back to that operand's subscripts.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.einsum("ij,jk->ik", am.ones(2, 3), am.ones(3, 4)).shape
+        (2, 4)
+    """
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    eq = equation.replace(" ", "")
+    if "..." in eq:
+        raise ValueError(f"einsum: ellipsis is not supported in {equation!r}; write the dims out")
+    if "->" not in eq:
+        ins = eq
+        letters = "".join(eq.split(","))
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        eq = f"{ins}->{out}"
+    subs = eq.split("->")[0].split(",")
+    if len(subs) != len(operands):
+        raise RuntimeError(f"einsum: {equation!r} names {len(subs)} operands but {len(operands)} were given")
+    for k, (s, t) in enumerate(zip(subs, operands)):
+        if len(s) != t.ndim:
+            raise RuntimeError(f"einsum: subscript {s!r} has {len(s)} letters but operand {k} has shape {tuple(t.shape)}")
+    sizes = {}
+    for k, (s, t) in enumerate(zip(subs, operands)):
+        for c, n in zip(s, t.shape):
+            if sizes.setdefault(c, n) != n:
+                raise RuntimeError(f"einsum: letter {c!r} has size {sizes[c]} in one operand and {n} in operand {k} ({equation!r})")
+    from .. import dtypes as _dt
+    dt = _dt.result_type(*operands)
+    ops = [t if t.dtype is dt else t.to(dt) for t in operands]
+    return Einsum.apply(eq, *ops)

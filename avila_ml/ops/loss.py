@@ -1,0 +1,2 @@
+"""(loss ops: being written)"""
+__all__ = []

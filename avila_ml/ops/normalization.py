@@ -1,0 +1,2 @@
+"""(normalization ops: being written)"""
+__all__ = []

@@ -1,0 +1,469 @@
+"""Reductions over one or several dims (with ``keepdim``), softmax/log-softmax and cumsum.
+
+Numerics: ``logsumexp``, ``softmax`` and ``log_softmax`` subtract the row maximum first, so
+logits of +-1e4 stay finite; rows that are entirely ``-inf`` give ``-inf`` (logsumexp).
+"""
+from __future__ import annotations
+
+import builtins
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..autograd.function import Function
+from ..backends import backend_of
+from ..tensor import Tensor, _norm_dim
+from .elementwise import _arr, abs as _abs, exp, log, sqrt, where, cast, pow as _pow, _nondiff
+from .shape import broadcast_to, reshape, flip, squeeze, unsqueeze
+
+__all__ = ["sum", "mean", "var", "std", "var_mean", "std_mean", "prod", "max", "min", "argmax",
+           "argmin", "amax", "amin", "logsumexp", "norm", "softmax", "log_softmax", "cumsum",
+           "all", "any", "count_nonzero", "aminmax"]
+
+values_indices = namedtuple("values_indices", ["values", "indices"])
+
+
+def _dims(dim, ndim: int, op: str):
+    """Normalise ``dim`` (None, int, or sequence) to a sorted tuple of axes; None = all."""
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(ndim))
+    if isinstance(dim, (int, np.integer)):
+        dim = (int(dim),)
+    axes = tuple(sorted({_norm_dim(int(d), ndim, op) for d in dim}))
+    if len(axes) != len(tuple(dim)):
+        raise RuntimeError(f"{op}: dim {tuple(dim)} appears multiple times in the list of dims")
+    return axes if ndim else ()
+
+
+def _keep_shape(shape, axes):
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+class Sum(Function):
+    def forward(self, x, axes, keepdim):
+        self.in_shape, self.axes = x.shape, axes
+        return _arr(x.sum(axis=axes, keepdims=keepdim))
+
+    def backward(self, g):
+        g = reshape(g, _keep_shape(self.in_shape, self.axes))
+        return broadcast_to(g, self.in_shape)
+
+
+def sum(input, dim=None, keepdim: bool = False, dtype=None):
+    """Sum over ``dim`` (all dims by default) (``torch.sum``). Integers and bools sum to int64.
+
+    Math: d(sum x)/dx_i = 1, so the gradient is broadcast back.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.sum(am.tensor([[1.0, 2.0], [3.0, 4.0]]), dim=0)
+        tensor([4., 6.])
+    """
+    if dtype is not None:
+        input = cast(input, dtype)
+    elif input.array.dtype.kind in "biu":
+        input = cast(input, _dt.int64)
+    axes = _dims(dim, input.ndim, "sum")
+    return Sum.apply(input, axes, keepdim)
+
+
+def _count(shape, axes) -> int:
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    return n
+
+
+def _float_check(input, op):
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{op}: could not infer output dtype; input dtype must be floating point, got {input.dtype}")
+
+
+def mean(input, dim=None, keepdim: bool = False, dtype=None):
+    """Arithmetic mean over ``dim`` (``torch.mean``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.mean(am.tensor([1.0, 2.0, 3.0]))
+        tensor(2.)
+    """
+    if dtype is not None:
+        input = cast(input, dtype)
+    _float_check(input, "mean")
+    axes = _dims(dim, input.ndim, "mean")
+    n = _count(input.shape, axes)
+    return Sum.apply(input, axes, keepdim) / (n if n else float("nan"))
+
+
+def var(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+    """Variance over ``dim`` with ``correction`` (1 = Bessel, the default) (``torch.var``).
+
+    Math: sum((x - mean)^2) / (N - correction).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.var(am.tensor([1.0, 2.0, 3.0, 4.0]))
+        tensor(1.6667)
+    """
+    _float_check(input, "var")
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    axes = _dims(dim, input.ndim, "var")
+    n = _count(input.shape, axes)
+    mu = Sum.apply(input, axes, True) / builtins.max(n, 1)
+    d = input - mu
+    denom = n - correction
+    return Sum.apply(d * d, axes, keepdim) / (denom if denom > 0 else float("nan") if n == 0 else 0.0)
+
+
+def std(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+    """Standard deviation, ``sqrt(var)`` (``torch.std``)."""
+    return sqrt(var(input, dim, unbiased, keepdim, correction=correction))
+
+
+def var_mean(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+    """``(var, mean)`` in one call (``torch.var_mean``)."""
+    return var(input, dim, unbiased, keepdim, correction=correction), mean(input, dim, keepdim)
+
+
+def std_mean(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+    """``(std, mean)`` in one call (``torch.std_mean``)."""
+    return std(input, dim, unbiased, keepdim, correction=correction), mean(input, dim, keepdim)
+
+
+class Prod(Function):
+    """Product along one axis (or all, flattened)."""
+
+    def forward(self, x, axis, keepdim):
+        self.axis, self.keepdim = axis, keepdim
+        self.save_inputs(0)
+        self.save_outputs(0)
+        return _arr(x.prod(axis=axis, keepdims=keepdim))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        (out,) = self.saved_outputs
+        axis = self.axis
+        if axis is None:
+            gk, ok = g, out
+        elif self.keepdim:
+            gk, ok = g, out
+        else:
+            gk, ok = unsqueeze(g, axis), unsqueeze(out, axis)
+        xa = x.array
+        if not (xa == 0).any():
+            return gk * ok / x
+        # with zeros, out / x is undefined: use the product of all the *other* elements
+        xp = backend_of(xa).xp
+        ax = 0 if axis is None else axis
+        flat = xa.reshape(-1) if axis is None else xa
+        ones = xp.ones_like(xp.take(flat, [0], axis=ax))
+        left = xp.cumprod(xp.concatenate([ones, xp.take(flat, range(flat.shape[ax] - 1), axis=ax)], axis=ax), axis=ax)
+        rev = xp.flip(flat, ax)
+        right = xp.flip(xp.cumprod(xp.concatenate([ones, xp.take(rev, range(flat.shape[ax] - 1), axis=ax)], axis=ax), axis=ax), ax)
+        others = Tensor._wrap((left * right).reshape(xa.shape))
+        return gk * others
+
+
+def prod(input, dim=None, keepdim: bool = False, dtype=None):
+    """Product of elements, over one ``dim`` or all (``torch.prod``).
+
+    Math: d/dx_i prod(x) = prod_{j != i} x_j (exact even when some x_j are 0).
+    """
+    if dtype is not None:
+        input = cast(input, dtype)
+    elif input.array.dtype.kind in "biu":
+        input = cast(input, _dt.int64)
+    if dim is None:
+        return Prod.apply(input, None, False)
+    return Prod.apply(input, _norm_dim(dim, input.ndim, "prod"), keepdim)
+
+
+class AMax(Function):
+    """Max over axes; the gradient is shared evenly among tied maxima (as ``torch.amax``)."""
+
+    def forward(self, x, axes, keepdim, is_min):
+        self.in_shape, self.axes = x.shape, axes
+        self.save_inputs(0)
+        self.save_outputs(0)
+        self.keepdim = keepdim
+        if x.size == 0:
+            raise RuntimeError(f"{'amin' if is_min else 'amax'}: expected a non-empty tensor, got shape {x.shape}")
+        r = x.min(axis=axes, keepdims=keepdim) if is_min else x.max(axis=axes, keepdims=keepdim)
+        return _arr(r)
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        (out,) = self.saved_outputs
+        ks = _keep_shape(self.in_shape, self.axes)
+        o = out.array.reshape(ks)
+        mask = x.array == o
+        cnt = mask.sum(axis=self.axes, keepdims=True)
+        w = Tensor._wrap((mask / cnt).astype(x.array.dtype))
+        return broadcast_to(reshape(g, ks), self.in_shape) * w
+
+
+def amax(input, dim=(), keepdim: bool = False):
+    """Maximum over ``dim`` (all dims when empty) (``torch.amax``); ties share the gradient."""
+    axes = _dims(dim if dim != () else None, input.ndim, "amax")
+    return AMax.apply(input, axes, keepdim, False)
+
+
+def amin(input, dim=(), keepdim: bool = False):
+    """Minimum over ``dim`` (all dims when empty) (``torch.amin``); ties share the gradient."""
+    axes = _dims(dim if dim != () else None, input.ndim, "amin")
+    return AMax.apply(input, axes, keepdim, True)
+
+
+def _arg(input, dim, keepdim, is_min, op):
+    a = input.array
+    if a.size == 0:
+        raise RuntimeError(f"{op}: expected a non-empty tensor, got shape {tuple(a.shape)}")
+    f = a.argmin if is_min else a.argmax
+    if dim is None:
+        r = f()
+        return _nondiff(np.asarray(r) if isinstance(r, np.generic) else r.astype(np.int64).reshape(()) if not keepdim else r.reshape((1,) * a.ndim))
+    d = _norm_dim(dim, input.ndim, op)
+    r = f(axis=d, keepdims=keepdim) if a.ndim else f()
+    return _nondiff(_arr(r).astype(np.int64))
+
+
+def argmax(input, dim=None, keepdim: bool = False):
+    """Index of the maximum (first on ties), flattened when ``dim`` is None (``torch.argmax``)."""
+    return _arg(input, dim, keepdim, False, "argmax")
+
+
+def argmin(input, dim=None, keepdim: bool = False):
+    """Index of the minimum (first on ties) (``torch.argmin``)."""
+    return _arg(input, dim, keepdim, True, "argmin")
+
+
+def _max_min(input, dim, keepdim, other, is_min):
+    op = "min" if is_min else "max"
+    if isinstance(dim, Tensor):
+        other, dim = dim, None
+    if other is not None:
+        from .elementwise import maximum, minimum
+        return (minimum if is_min else maximum)(input, other)
+    if dim is None:
+        return AMax.apply(input, tuple(range(input.ndim)), False, is_min)
+    from .indexing import gather
+    d = _norm_dim(dim, input.ndim, op)
+    if input.shape and input.shape[d] == 0:
+        raise IndexError(f"{op}: expected reduction dim {dim} to have non-zero size, shape {tuple(input.shape)}")
+    idx = _arg(input, d, True, is_min, op)
+    vals = gather(input, d, idx) if input.ndim else input
+    if not keepdim and input.ndim:
+        vals, idx = squeeze(vals, d), squeeze(idx, d)
+    return values_indices(vals, idx)
+
+
+def max(input, dim=None, keepdim: bool = False, *, other=None):
+    """Maximum: of all elements, or ``(values, indices)`` along ``dim``, or elementwise
+    against another tensor (``torch.max``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.max(am.tensor([[1.0, 5.0], [7.0, 2.0]]), dim=1).values
+        tensor([5., 7.])
+    """
+    return _max_min(input, dim, keepdim, other, False)
+
+
+def min(input, dim=None, keepdim: bool = False, *, other=None):
+    """Minimum, like :func:`max` (``torch.min``)."""
+    return _max_min(input, dim, keepdim, other, True)
+
+
+def aminmax(input, *, dim=None, keepdim: bool = False):
+    """``(min, max)`` over ``dim`` (``torch.aminmax``)."""
+    d = () if dim is None else dim
+    return namedtuple("aminmax", ["min", "max"])(amin(input, d, keepdim), amax(input, d, keepdim))
+
+
+def logsumexp(input, dim, keepdim: bool = False):
+    """``log(sum(exp(x)))`` over ``dim``, computed stably (``torch.logsumexp``).
+
+    Math: m + log(sum(exp(x - m))) with m = max(x); the gradient is softmax(x).
+    Rows of all ``-inf`` give ``-inf``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.logsumexp(am.tensor([1e4, 1e4]), dim=0)
+        tensor(10000.6934)
+    """
+    _float_check(input, "logsumexp")
+    axes = _dims(dim, input.ndim, "logsumexp")
+    xa = input.array
+    xp = backend_of(xa).xp
+    if xa.size == 0:
+        m = xp.zeros(_keep_shape(input.shape, axes), dtype=xa.dtype)
+    else:
+        m = xa.max(axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, xa.dtype.type(0))
+    mt = Tensor._wrap(_arr(m))
+    out = log(Sum.apply(exp(input - mt), axes, True)) + mt
+    return out if keepdim else reshape(out, tuple(s for i, s in enumerate(out.shape) if i not in axes))
+
+
+class Softmax(Function):
+    def forward(self, x, axis):
+        self.axis = axis
+        xp = backend_of(x).xp
+        m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        e = xp.exp(x - m)
+        s = e.sum(axis=axis, keepdims=True)
+        e /= s
+        self.save_outputs(0)
+        return e
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        gy = g * y
+        return gy - y * Sum.apply(gy, (self.axis,), True)
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis):
+        self.axis = axis
+        xp = backend_of(x).xp
+        m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        z = x - m
+        z -= xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        self.save_outputs(0)
+        return z
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g - exp(y) * Sum.apply(g, (self.axis,), True)
+
+
+def _softmax_input(input, dim, dtype, op):
+    if dtype is not None:
+        input = cast(input, dtype)
+    _float_check(input, op)
+    if dim is None:
+        raise TypeError(f"{op}: dim must be given (implicit dim choice is deprecated in PyTorch)")
+    return input, _norm_dim(dim, input.ndim, op)
+
+
+def softmax(input, dim, dtype=None):
+    """``exp(x_i) / sum_j exp(x_j)`` along ``dim`` (``torch.softmax``).
+
+    Math: computed as exp(x - max) / sum(exp(x - max)); dy = y * (g - sum(g * y)).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.softmax(am.tensor([0.0, 0.0]), dim=0)
+        tensor([0.5000, 0.5000])
+    """
+    input, d = _softmax_input(input, dim, dtype, "softmax")
+    if input.ndim == 0:
+        return Softmax.apply(reshape(input, (1,)), 0).reshape(())
+    return Softmax.apply(input, d)
+
+
+def log_softmax(input, dim, dtype=None):
+    """``x - logsumexp(x)`` along ``dim`` (``torch.log_softmax``), stable for huge logits.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.log_softmax(am.tensor([1e4, 0.0]), dim=0)
+        tensor([     0., -10000.])
+    """
+    input, d = _softmax_input(input, dim, dtype, "log_softmax")
+    if input.ndim == 0:
+        return LogSoftmax.apply(reshape(input, (1,)), 0).reshape(())
+    return LogSoftmax.apply(input, d)
+
+
+class CumSum(Function):
+    def forward(self, x, axis):
+        self.axis = axis
+        return backend_of(x).xp.cumsum(x, axis=axis)
+
+    def backward(self, g):
+        return flip(CumSum.apply(flip(g, (self.axis,)), self.axis), (self.axis,))
+
+
+def cumsum(input, dim: int, dtype=None):
+    """Running sum along ``dim`` (``torch.cumsum``); backward is a reversed cumsum."""
+    if dtype is not None:
+        input = cast(input, dtype)
+    elif input.array.dtype.kind in "biu":
+        input = cast(input, _dt.int64)
+    if input.ndim == 0:
+        return input
+    return CumSum.apply(input, _norm_dim(dim, input.ndim, "cumsum"))
+
+
+class Norm2(Function):
+    def forward(self, x, axes, keepdim):
+        self.in_shape, self.axes = x.shape, axes
+        self.save_inputs(0)
+        self.save_outputs(0)
+        xp = backend_of(x).xp
+        return _arr(xp.sqrt((x * x).sum(axis=axes, keepdims=keepdim)))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        (out,) = self.saved_outputs
+        ks = _keep_shape(self.in_shape, self.axes)
+        o = reshape(out, ks)
+        zero = o.array == 0
+        # the subgradient at the origin is taken as 0, as in PyTorch
+        safe = where(zero, 1.0, o)
+        scale = where(zero, 0.0, reshape(g, ks) / safe)
+        return x * scale
+
+
+def norm(input, p="fro", dim=None, keepdim: bool = False, dtype=None):
+    """Vector p-norm over ``dim`` (all elements by default) (``torch.norm`` /
+    ``torch.linalg.vector_norm``). ``p`` may be a number, ``inf``, ``-inf`` or ``"fro"`` (= 2).
+
+    Math: (sum |x|^p)^(1/p); for p=2 the gradient is x / ||x|| (0 at the origin).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.norm(am.tensor([3.0, 4.0]))
+        tensor(5.)
+    """
+    if dtype is not None:
+        input = cast(input, dtype)
+    _float_check(input, "norm")
+    axes = _dims(dim, input.ndim, "norm")
+    if p == "fro" or p == 2:
+        return Norm2.apply(input, axes, keepdim)
+    if p == math.inf or p == "inf":
+        return amax(_abs(input), axes, keepdim)
+    if p == -math.inf:
+        return amin(_abs(input), axes, keepdim)
+    if p == 0:
+        return cast(Sum.apply(cast(input != 0, input.dtype), axes, keepdim), input.dtype)
+    if p == 1:
+        return Sum.apply(_abs(input), axes, keepdim)
+    if not isinstance(p, (int, float)):
+        raise ValueError(f"norm: unsupported p={p!r}")
+    return _pow(Sum.apply(_pow(_abs(input), p), axes, keepdim), 1.0 / p)
+
+
+def all(input, dim=None, keepdim: bool = False):
+    """True where every element along ``dim`` is nonzero (``torch.all``)."""
+    axes = _dims(dim, input.ndim, "all")
+    return _nondiff(_arr(input.array.astype(bool).all(axis=axes, keepdims=keepdim)))
+
+
+def any(input, dim=None, keepdim: bool = False):
+    """True where some element along ``dim`` is nonzero (``torch.any``)."""
+    axes = _dims(dim, input.ndim, "any")
+    return _nondiff(_arr(input.array.astype(bool).any(axis=axes, keepdims=keepdim)))
+
+
+def count_nonzero(input, dim=None):
+    """Number of nonzero elements along ``dim`` (``torch.count_nonzero``)."""
+    axes = _dims(dim, input.ndim, "count_nonzero")
+    return _nondiff(_arr((input.array != 0).sum(axis=axes)).astype(np.int64))

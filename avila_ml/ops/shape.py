@@ -1,0 +1,534 @@
+"""Shape ops: reshape, permute, broadcast, repeat, concatenate, split, flip, roll, pad, device moves.
+
+Each backward is the adjoint reshuffle (reshape back, inverse permutation, sum over the
+broadcast axes, ...), written with these same ops so it differentiates again.
+"""
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+from ..autograd.function import Function
+from ..backends import backend_of, get_backend, device as _device
+from ..tensor import Tensor, _norm_dim
+from .elementwise import sum_to
+
+__all__ = [
+    "reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "swapaxes",
+    "permute", "movedim", "expand", "broadcast_to", "repeat", "tile", "cat", "concat",
+    "concatenate", "stack", "split", "chunk", "unbind", "flip", "roll", "pad", "to_device",
+    "narrow", "broadcast_tensors", "atleast_1d",
+]
+
+
+def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+class Reshape(Function):
+    is_view = True
+
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        return x.reshape(shape)
+
+    def backward(self, g):
+        return Reshape.apply(g, self.in_shape)
+
+
+def reshape(input, *shape):
+    """Same data, new shape; one size may be -1 (``torch.reshape``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.arange(6).reshape(2, 3)
+        tensor([[0, 1, 2],
+                [3, 4, 5]])
+    """
+    shape = _shape_arg(shape)
+    if shape == input.array.shape:
+        return input
+    try:
+        shape = _resolve_shape(shape, input.array.size)
+    except ValueError:
+        raise RuntimeError(f"reshape: shape {list(shape)} is invalid for input of size {input.array.size}") from None
+    if shape == input.array.shape:
+        return input
+    return Reshape.apply(input, shape)
+
+
+def _resolve_shape(shape, size):
+    neg = [i for i, s in enumerate(shape) if s == -1]
+    if len(neg) > 1 or any(s < -1 for s in shape):
+        raise ValueError
+    known = 1
+    for s in shape:
+        if s != -1:
+            known *= s
+    if neg:
+        if known == 0 or size % known:
+            raise ValueError
+        return tuple(size // known if s == -1 else s for s in shape)
+    if known != size:
+        raise ValueError
+    return shape
+
+
+def view(input, *shape):
+    """Reshape sharing memory (``Tensor.view``). Non-contiguous inputs are copied as ``reshape`` would."""
+    return reshape(input, *shape)
+
+
+def flatten(input, start_dim: int = 0, end_dim: int = -1):
+    """Merge dims ``start_dim..end_dim`` into one (``torch.flatten``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.zeros(2, 3, 4).flatten(1).shape
+        (2, 12)
+    """
+    nd = input.ndim
+    if nd == 0:
+        return reshape(input, 1)
+    s, e = _norm_dim(start_dim, nd, "flatten"), _norm_dim(end_dim, nd, "flatten")
+    if s > e:
+        raise RuntimeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+    shp = input.shape
+    n = 1
+    for d in shp[s:e + 1]:
+        n *= d
+    return reshape(input, shp[:s] + (n,) + shp[e + 1:])
+
+
+def unflatten(input, dim: int, sizes):
+    """Split dim ``dim`` into ``sizes`` (``torch.unflatten``)."""
+    d = _norm_dim(dim, input.ndim, "unflatten")
+    shp = input.shape
+    sizes = tuple(sizes)
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        sizes = tuple(shp[d] // known if s == -1 else s for s in sizes)
+    if int(np.prod(sizes)) != shp[d]:
+        raise RuntimeError(f"unflatten: sizes {list(sizes)} don't multiply up to the size of dim {dim} ({shp[d]}) of shape {tuple(shp)}")
+    return reshape(input, shp[:d] + sizes + shp[d + 1:])
+
+
+def squeeze(input, dim=None):
+    """Remove size-1 dims (all, or those in ``dim``) (``torch.squeeze``)."""
+    shp = input.shape
+    if dim is None:
+        new = tuple(s for s in shp if s != 1)
+    else:
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        dims = {_norm_dim(d, input.ndim, "squeeze") for d in dims}
+        new = tuple(s for i, s in enumerate(shp) if not (i in dims and s == 1))
+    return reshape(input, new)
+
+
+def unsqueeze(input, dim: int):
+    """Insert a size-1 dim at ``dim`` (``torch.unsqueeze``)."""
+    nd = input.ndim + 1
+    if not -nd <= dim < nd:
+        raise IndexError(f"unsqueeze: dimension out of range (expected to be in range of [{-nd}, {nd - 1}], but got {dim})")
+    d = dim % nd
+    shp = input.shape
+    return reshape(input, shp[:d] + (1,) + shp[d:])
+
+
+class Permute(Function):
+    is_view = True
+
+    def forward(self, x, dims):
+        self.dims = dims
+        return x.transpose(dims)
+
+    def backward(self, g):
+        inv = tuple(np.argsort(self.dims))
+        return Permute.apply(g, inv)
+
+
+def permute(input, *dims):
+    """Reorder dims (``torch.permute``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.zeros(2, 3, 4).permute(2, 0, 1).shape
+        (4, 2, 3)
+    """
+    dims = _shape_arg(dims)
+    nd = input.ndim
+    if len(dims) != nd:
+        raise RuntimeError(f"permute: number of dims {len(dims)} doesn't match the tensor's {nd} dims (shape {tuple(input.shape)})")
+    dims = tuple(_norm_dim(d, nd, "permute") for d in dims)
+    if len(set(dims)) != nd:
+        raise RuntimeError(f"permute: repeated dim in {dims}")
+    if dims == tuple(range(nd)):
+        return input
+    return Permute.apply(input, dims)
+
+
+def transpose(input, dim0: int, dim1: int):
+    """Swap two dims (``torch.transpose``)."""
+    nd = input.ndim
+    if nd < 2 and dim0 in (0, -1) and dim1 in (0, -1):
+        return input
+    a, b = _norm_dim(dim0, nd, "transpose"), _norm_dim(dim1, nd, "transpose")
+    dims = list(range(nd))
+    dims[a], dims[b] = dims[b], dims[a]
+    return permute(input, dims)
+
+
+swapaxes = transpose
+
+
+def movedim(input, source, destination):
+    """Move dims ``source`` to positions ``destination`` (``torch.movedim``)."""
+    src = source if isinstance(source, (tuple, list)) else (source,)
+    dst = destination if isinstance(destination, (tuple, list)) else (destination,)
+    if len(src) != len(dst):
+        raise RuntimeError(f"movedim: source {src} and destination {dst} must have the same length")
+    nd = input.ndim
+    src = [_norm_dim(d, nd, "movedim") for d in src]
+    dst = [_norm_dim(d, nd, "movedim") for d in dst]
+    order = [d for d in range(nd) if d not in src]
+    for d, s in sorted(zip(dst, src)):
+        order.insert(d, s)
+    return permute(input, order)
+
+
+class BroadcastTo(Function):
+    is_view = True
+
+    def forward(self, x, shape):
+        self.in_shape = x.shape
+        return backend_of(x).xp.broadcast_to(x, shape)
+
+    def backward(self, g):
+        return sum_to(g, self.in_shape)
+
+
+def broadcast_to(input, shape):
+    """Broadcast to ``shape`` without copying (``torch.broadcast_to``); backward sums."""
+    shape = tuple(int(s) for s in shape)
+    if input.shape == shape:
+        return input
+    try:
+        np.broadcast_shapes(input.shape, shape)
+        if np.broadcast_shapes(input.shape, shape) != shape:
+            raise ValueError
+    except ValueError:
+        raise RuntimeError(f"broadcast_to: shape {tuple(input.shape)} cannot be broadcast to {shape}") from None
+    return BroadcastTo.apply(input, shape)
+
+
+def expand(input, *sizes):
+    """Broadcast to ``sizes``; -1 keeps a dim (``Tensor.expand``)."""
+    sizes = _shape_arg(sizes)
+    lead = len(sizes) - input.ndim
+    if lead < 0:
+        raise RuntimeError(f"expand: the number of sizes {len(sizes)} is smaller than the tensor's dims (shape {tuple(input.shape)})")
+    shape = tuple(input.shape[i - lead] if (s == -1 and i >= lead) else s for i, s in enumerate(sizes))
+    return broadcast_to(input, shape)
+
+
+def broadcast_tensors(*tensors):
+    """Broadcast tensors to one common shape (``torch.broadcast_tensors``)."""
+    shape = np.broadcast_shapes(*(t.shape for t in tensors))
+    return tuple(broadcast_to(t, shape) for t in tensors)
+
+
+def repeat(input, *repeats):
+    """Tile the tensor ``repeats[i]`` times along dim i (``Tensor.repeat``).
+
+    Math: backward sums the gradient over the copies.
+    """
+    reps = _shape_arg(repeats)
+    if len(reps) < input.ndim:
+        raise RuntimeError(f"repeat: number of repeat dims {len(reps)} can not be smaller than the tensor's dims (shape {tuple(input.shape)})")
+    x = reshape(input, (1,) * (len(reps) - input.ndim) + input.shape)
+    # (r0, s0, r1, s1, ...): broadcast each dim against its repeat count, then merge pairs
+    inter = []
+    for r, s in zip(reps, x.shape):
+        inter += [r, s]
+    y = reshape(x, tuple(v for s in x.shape for v in (1, s)))
+    y = broadcast_to(y, tuple(inter))
+    return reshape(y, tuple(r * s for r, s in zip(reps, x.shape)))
+
+
+def tile(input, dims):
+    """Like ``repeat``, padding ``dims`` with leading ones (``torch.tile``)."""
+    dims = tuple(dims)
+    if len(dims) < input.ndim:
+        dims = (1,) * (input.ndim - len(dims)) + dims
+    return repeat(input, dims)
+
+
+class Cat(Function):
+    def forward(self, dim, *xs):
+        self.dim = dim
+        self.sizes = [x.shape[dim] for x in xs]
+        return backend_of(xs[0]).xp.concatenate(xs, axis=dim)
+
+    def backward(self, g):
+        outs = []
+        start = 0
+        for n, need in zip(self.sizes, self.needs_input_grad):
+            outs.append(narrow(g, self.dim, start, n) if need else None)
+            start += n
+        return tuple(outs)
+
+
+def cat(tensors, dim: int = 0):
+    """Concatenate along an existing dim (``torch.cat``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.cat([am.zeros(1, 2), am.ones(2, 2)]).shape
+        (3, 2)
+    """
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("cat: expected a non-empty list of tensors")
+    ref = tensors[0]
+    # PyTorch skips 1-d empty tensors in cat (a legacy rule that users rely on)
+    tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or [ref]
+    ref = tensors[0]
+    d = _norm_dim(dim, ref.ndim, "cat")
+    from .. import dtypes as _dt
+    dt = _dt.result_type(*[t for t in tensors])
+    for i, t in enumerate(tensors):
+        if t.ndim != ref.ndim or any(a != b for k, (a, b) in enumerate(zip(t.shape, ref.shape)) if k != d):
+            raise RuntimeError(
+                f"cat: sizes of tensors must match except in dimension {dim}: tensor 0 has shape "
+                f"{tuple(ref.shape)} and tensor {i} has shape {tuple(t.shape)}"
+            )
+        if t.device != ref.device:
+            raise RuntimeError(f"cat: expected all tensors on the same device, got {ref.device} (tensor 0) and {t.device} (tensor {i})")
+    tensors = [t if t.dtype is dt else t.to(dt) for t in tensors]
+    if len(tensors) == 1:
+        return tensors[0]
+    return Cat.apply(d, *tensors)
+
+
+concat = concatenate = cat
+
+
+def stack(tensors, dim: int = 0):
+    """Stack equal-shaped tensors along a new dim (``torch.stack``)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("stack: expected a non-empty list of tensors")
+    ref = tensors[0]
+    for i, t in enumerate(tensors):
+        if t.shape != ref.shape:
+            raise RuntimeError(f"stack: expects each tensor to be equal size, but got {tuple(ref.shape)} at entry 0 and {tuple(t.shape)} at entry {i}")
+    nd = ref.ndim + 1
+    if not -nd <= dim < nd:
+        raise IndexError(f"stack: dimension out of range (expected to be in range of [{-nd}, {nd - 1}], but got {dim})")
+    return cat([unsqueeze(t, dim) for t in tensors], dim)
+
+
+class Split(Function):
+    def forward(self, x, sizes, dim):
+        self.dim = dim
+        idx = np.cumsum(sizes)[:-1]
+        xp = backend_of(x).xp
+        return tuple(xp.split(x, idx, axis=dim))
+
+    def backward(self, *gs):
+        return cat(list(gs), self.dim)
+
+
+def split(tensor, split_size_or_sections, dim: int = 0):
+    """Split into chunks of a given size, or of the listed sizes (``torch.split``)."""
+    d = _norm_dim(dim, tensor.ndim, "split")
+    n = tensor.shape[d]
+    if isinstance(split_size_or_sections, int):
+        s = split_size_or_sections
+        if s <= 0:
+            raise RuntimeError(f"split: split_size must be positive, got {s}")
+        sizes = [s] * (n // s) + ([n % s] if n % s else [])
+        if not sizes:
+            sizes = [0]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if builtins.sum(sizes) != n:
+            raise RuntimeError(f"split: split sizes {sizes} don't sum to the size {n} of dim {dim}")
+    if len(sizes) == 1:
+        return (tensor,)
+    return Split.apply(tensor, tuple(sizes), d)
+
+
+def chunk(input, chunks: int, dim: int = 0):
+    """Split into ``chunks`` near-equal pieces (``torch.chunk``)."""
+    if chunks <= 0:
+        raise RuntimeError(f"chunk: chunks must be positive, got {chunks}")
+    n = input.shape[_norm_dim(dim, input.ndim, "chunk")]
+    size = -(-n // chunks) if n else 1
+    return split(input, max(size, 1), dim)
+
+
+def unbind(input, dim: int = 0):
+    """Remove a dim, returning the slices along it (``torch.unbind``)."""
+    d = _norm_dim(dim, input.ndim, "unbind")
+    return tuple(squeeze(p, d) for p in split(input, 1, d))
+
+
+def narrow(input, dim: int, start: int, length: int):
+    """The slice ``start:start+length`` along ``dim`` (``torch.narrow``)."""
+    d = _norm_dim(dim, input.ndim, "narrow")
+    key = (slice(None),) * d + (slice(start, start + length),)
+    return input[key]
+
+
+class Flip(Function):
+    is_view = True
+
+    def forward(self, x, dims):
+        self.dims = dims
+        return backend_of(x).xp.flip(x, dims)
+
+    def backward(self, g):
+        return Flip.apply(g, self.dims)
+
+
+def flip(input, dims):
+    """Reverse the order along ``dims`` (``torch.flip``)."""
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    dims = tuple(_norm_dim(d, input.ndim, "flip") for d in dims)
+    return Flip.apply(input, dims)
+
+
+class Roll(Function):
+    def forward(self, x, shifts, dims):
+        self.shifts, self.dims = shifts, dims
+        return backend_of(x).xp.roll(x, shifts, dims)
+
+    def backward(self, g):
+        return Roll.apply(g, tuple(-s for s in self.shifts) if isinstance(self.shifts, tuple) else -self.shifts, self.dims)
+
+
+def roll(input, shifts, dims=None):
+    """Shift elements cyclically (``torch.roll``); without ``dims`` the flattened tensor rolls."""
+    if dims is None:
+        return reshape(Roll.apply(flatten(input), int(shifts), 0), input.shape)
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"roll: shifts {shifts} and dims {dims} must have the same length")
+    dims = tuple(_norm_dim(d, input.ndim, "roll") for d in dims)
+    return Roll.apply(input, shifts, dims)
+
+
+class ConstantPad(Function):
+    def forward(self, x, widths, value):
+        self.widths = widths
+        xp = backend_of(x).xp
+        return xp.pad(x, widths, mode="constant", constant_values=value)
+
+    def backward(self, g):
+        key = tuple(slice(lo, g.shape[i] - hi) for i, (lo, hi) in enumerate(self.widths))
+        return g[key]
+
+
+def _pad_index(n: int, lo: int, hi: int, mode: str, op: str):
+    """Source index along one axis for each position of the padded axis."""
+    pos = np.arange(-lo, n + hi)
+    if mode == "circular":
+        if lo > n or hi > n:
+            raise RuntimeError(f"{op}: circular padding ({lo}, {hi}) can't exceed the input size {n}")
+        return pos % n
+    if mode == "replicate":
+        if n == 0:
+            raise RuntimeError(f"{op}: replicate padding needs a non-empty dimension")
+        return np.clip(pos, 0, n - 1)
+    if mode == "reflect":
+        if lo >= n or hi >= n:
+            raise RuntimeError(
+                f"{op}: padding size ({lo}, {hi}) should be less than the corresponding input dimension {n} "
+                "for reflect padding"
+            )
+        period = 2 * (n - 1)
+        if period == 0:
+            return np.zeros_like(pos)
+        m = pos % period
+        return np.where(m < n, m, period - m)
+    raise ValueError(f"{op}: unknown padding mode {mode!r}; expected 'constant', 'reflect', 'replicate' or 'circular'")
+
+
+def pad(input, pad, mode: str = "constant", value: float = 0.0):
+    """Pad the last ``len(pad) // 2`` dims (``torch.nn.functional.pad``).
+
+    ``pad = (left_last, right_last, left_2nd_last, right_2nd_last, ...)`` as in PyTorch; any
+    number of trailing dims (4 included). Modes: ``constant``, ``reflect``, ``replicate``,
+    ``circular``. Negative widths crop.
+
+    Math: non-constant modes gather with an index map per axis; the backward scatter-adds
+    the gradient back through that map.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.pad(am.tensor([[1.0, 2.0, 3.0]]), (1, 1), mode="reflect")
+        tensor([[2., 1., 2., 3., 2.]])
+    """
+    pad = tuple(int(p) for p in pad)
+    if len(pad) % 2:
+        raise RuntimeError(f"pad: padding length must be even, got {len(pad)} ({pad})")
+    k = len(pad) // 2
+    if k > input.ndim:
+        raise RuntimeError(f"pad: padding {pad} covers {k} dims but the input has only {input.ndim} (shape {tuple(input.shape)})")
+    per_axis = [(0, 0)] * (input.ndim - k) + [(pad[2 * (k - 1 - i)], pad[2 * (k - 1 - i) + 1]) for i in range(k)]
+    # negative padding crops first
+    if any(lo < 0 or hi < 0 for lo, hi in per_axis):
+        key = tuple(slice(-lo if lo < 0 else 0, (s + hi) if hi < 0 else s) for (lo, hi), s in zip(per_axis, input.shape))
+        input = input[key]
+        per_axis = [(max(lo, 0), max(hi, 0)) for lo, hi in per_axis]
+    if all(lo == 0 and hi == 0 for lo, hi in per_axis):
+        return input
+    if mode == "constant":
+        return ConstantPad.apply(input, tuple(per_axis), value)
+    from .indexing import index_select
+    out = input
+    for axis, (lo, hi) in enumerate(per_axis):
+        if lo or hi:
+            idx = _pad_index(input.shape[axis], lo, hi, mode, "pad")
+            xp = backend_of(out.array).xp
+            out = index_select(out, axis, Tensor._wrap(xp.asarray(idx)))
+    return out
+
+
+class ToDevice(Function):
+    def forward(self, x, dev):
+        self.src = backend_of(x).device
+        return _move(x, dev)
+
+    def backward(self, g):
+        return ToDevice.apply(g, self.src)
+
+
+def _move(array, dev):
+    src = backend_of(array)
+    dst = get_backend(dev)
+    if src is dst:
+        return array
+    if dst.name == "numpy":
+        return src.to_numpy(array)
+    return dst.from_numpy(src.to_numpy(array) if src.name != "numpy" else array)
+
+
+def to_device(input, dev):
+    """Move to a device, differentiably (``Tensor.to(device)``)."""
+    dev = _device(dev)
+    if input.device == dev:
+        return input
+    if not input._requires_grad:
+        return Tensor._wrap(_move(input.array, dev))
+    return ToDevice.apply(input, dev)
+
+
+def atleast_1d(input):
+    """The tensor, reshaped to 1-d if it was 0-d (``torch.atleast_1d``)."""
+    return reshape(input, 1) if input.ndim == 0 else input

@@ -1,0 +1,14 @@
+"""Root pytest configuration: doctests see `am` and run with a fixed seed on the CPU."""
+import numpy as np
+import pytest
+
+collect_ignore_glob = ["benchmarks/*", "examples/*"]
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace):
+    import avila_ml as am
+    am.manual_seed(0)
+    np.random.seed(0)
+    doctest_namespace["am"] = am
+    doctest_namespace["np"] = np
