@@ -7,10 +7,13 @@
 //
 // Layout shared by every kernel here: 256 threads as a 16 x 16 grid (tx = lane % 16, ty = lane / 16),
 // a 64 x 64 score tile gives each thread rows {ty, ty+16, ty+32, ty+48} and columns
-// {tx, tx+16, tx+32, tx+48}; head-dim columns of the outputs are {tx + 16c}. The 16 threads
-// sharing a row sit in one half-warp, so row reductions are four __shfl_xor_sync steps.
-// Shared tiles are stored as float with a row stride of D + 1, which keeps the column reads of
-// q k^T conflict free; float16 inputs are converted once on load and all arithmetic is float32.
+// {tx, tx+16, tx+32, tx+48}; its head-dim columns of an output row are given by OutputColumns.
+// The 16 threads sharing a row sit in one half-warp, so row reductions are four __shfl_xor_sync steps.
+// Shared tiles are float, rows padded to a multiple of 4 (zeros) plus 4 more floats: every inner
+// loop then reads float4 vectors (4 FMAs per loaded value pair instead of 1), and the extra 4
+// floats rotate successive rows across the banks. A thread's head-dim columns are kVec contiguous
+// values per group, so the p v product reads v as float4 (float2 for D <= 32) too. float16 inputs
+// are converted once on load and all arithmetic is float32.
 //
 // Backward (recomputation, no stored probabilities):
 //   preprocess: delta_i = sum_d do[i, d] * o[i, d]
@@ -20,9 +23,10 @@
 // dq is produced by its own pass instead of atomicAdd from the dk/dv blocks: it recomputes
 // q k^T and do v^T once more (7 instead of 5 tile products) but needs no float32 scratch buffer,
 // no atomics (L * D * S/64 of them per head) and is deterministic.
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #include <cuda_fp16.h>
 #define AVILA_DYNAMIC_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
+#define AVILA_CHECK_ALIGNED(pointer, bytes) ((void)0)
 #else
 #include "host_emulation/cuda_host.h"
 #endif
@@ -33,8 +37,43 @@ constexpr int kTile = 64;           // rows of a query tile and of a key tile
 constexpr int kThreads = 256;       // 16 x 16
 constexpr int kLanesPerRow = 16;
 constexpr int kPerThread = kTile / kLanesPerRow;
-constexpr int kScoreStride = kTile + 1;
+constexpr int kScoreStride = kTile + 4;  // float4-aligned rows of the 64 x 64 score tile
 constexpr unsigned int kFullWarp = 0xffffffffU;
+
+// Built from its bit pattern: NVRTC does not guarantee <math.h>'s INFINITY macro.
+__device__ __forceinline__ float negative_infinity() { return __int_as_float(static_cast<int>(0xff800000U)); }
+
+// Columns of the shared q/k/v/do tiles: D rounded up to a float4, then 4 floats of bank rotation.
+__device__ __forceinline__ int padded_head_dim(int head_dim) { return (head_dim + 3) & ~3; }
+__device__ __forceinline__ int tile_stride(int head_dim) { return padded_head_dim(head_dim) + 4; }
+
+// Head-dim columns owned by a thread: groups of kVec contiguous columns, group g starting at
+// g * 16 * kVec + tx * kVec. kVec = 2 for D <= 32 keeps all 16 lanes of a row busy.
+template <int HEAD_DIM_MAX>
+struct OutputColumns {
+    static constexpr int kVec = HEAD_DIM_MAX >= 64 ? 4 : 2;
+    static constexpr int kGroups = HEAD_DIM_MAX / (kLanesPerRow * kVec);
+    static constexpr int kCount = kVec * kGroups;
+    static_assert(kCount * kLanesPerRow == HEAD_DIM_MAX, "head-dim bucket must be a multiple of 32");
+
+    __device__ __forceinline__ static int first(int tx, int group) { return (group * kLanesPerRow + tx) * kVec; }
+};
+
+__device__ __forceinline__ void load_vector(const float* source, float (&values)[4]) {
+    AVILA_CHECK_ALIGNED(source, 16);
+    const float4 v = *reinterpret_cast<const float4*>(source);
+    values[0] = v.x;
+    values[1] = v.y;
+    values[2] = v.z;
+    values[3] = v.w;
+}
+
+__device__ __forceinline__ void load_vector(const float* source, float (&values)[2]) {
+    AVILA_CHECK_ALIGNED(source, 8);
+    const float2 v = *reinterpret_cast<const float2*>(source);
+    values[0] = v.x;
+    values[1] = v.y;
+}
 
 __device__ __forceinline__ float to_float(float value) { return value; }
 __device__ __forceinline__ float to_float(__half value) { return __half2float(value); }
@@ -67,63 +106,96 @@ __device__ __forceinline__ ThreadCoords thread_coords() {
     return ThreadCoords{static_cast<int>(threadIdx.x) % kLanesPerRow, static_cast<int>(threadIdx.x) / kLanesPerRow};
 }
 
-// Rows [first_row, first_row + 64) of a (rows x head_dim) matrix into dst[64][ld] as float; rows
-// past the end are zero so they add nothing to dot products.
+// Rows [first_row, first_row + 64) of a (rows x head_dim) matrix into dst[64][tile_stride] as
+// float; rows past the end and the padding columns up to a multiple of 4 are zero, so they add
+// nothing to the dot products that run over the padded width.
 template <typename T>
-__device__ void load_tile(float* dst, int ld, const T* __restrict__ src, int first_row, int rows, int head_dim) {
-    for (int index = threadIdx.x; index < kTile * head_dim; index += kThreads) {
-        const int row = index / head_dim;
-        const int col = index - row * head_dim;
+__device__ void load_tile(float* dst, const T* __restrict__ src, int first_row, int rows, int head_dim) {
+    const int width = padded_head_dim(head_dim);
+    const int ld = tile_stride(head_dim);
+    for (int index = threadIdx.x; index < kTile * width; index += kThreads) {
+        const int row = index / width;
+        const int col = index - row * width;
         const int source_row = first_row + row;
-        dst[row * ld + col] =
-            source_row < rows ? to_float(src[static_cast<long long>(source_row) * head_dim + col]) : 0.0f;
+        dst[row * ld + col] = source_row < rows && col < head_dim
+                                  ? to_float(src[static_cast<long long>(source_row) * head_dim + col])
+                                  : 0.0f;
     }
 }
 
-// acc[a][b] = sum_d A[ty + 16a][d] * B[tx + 16b][d]
-__device__ __forceinline__ void tile_dot(const float* A, const float* B, int ld, int head_dim, ThreadCoords t,
+// acc[a][b] = sum_d A[ty + 16a][d] * B[tx + 16b][d]. A row is broadcast to its 16 lanes and the 16
+// B rows of a half-warp are 16-byte reads spread over all banks by the +4 row padding.
+__device__ __forceinline__ void tile_dot(const float* A, const float* B, int head_dim, ThreadCoords t,
                                          float (&acc)[kPerThread][kPerThread]) {
+    const int ld = tile_stride(head_dim);
+    const int width = padded_head_dim(head_dim);
 #pragma unroll
     for (int a = 0; a < kPerThread; ++a)
 #pragma unroll
         for (int b = 0; b < kPerThread; ++b) acc[a][b] = 0.0f;
-    for (int d = 0; d < head_dim; ++d) {
-        float a_values[kPerThread], b_values[kPerThread];
+    for (int d = 0; d < width; d += 4) {
+        float a_values[kPerThread][4], b_values[kPerThread][4];
 #pragma unroll
         for (int r = 0; r < kPerThread; ++r) {
-            a_values[r] = A[(t.ty + kLanesPerRow * r) * ld + d];
-            b_values[r] = B[(t.tx + kLanesPerRow * r) * ld + d];
+            load_vector(A + (t.ty + kLanesPerRow * r) * ld + d, a_values[r]);
+            load_vector(B + (t.tx + kLanesPerRow * r) * ld + d, b_values[r]);
         }
 #pragma unroll
         for (int a = 0; a < kPerThread; ++a)
 #pragma unroll
-            for (int b = 0; b < kPerThread; ++b) acc[a][b] += a_values[a] * b_values[b];
+            for (int b = 0; b < kPerThread; ++b)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[a][b] += a_values[a][e] * b_values[b][e];
     }
 }
 
-// acc[a][c] += sum_r P[ty + 16a][r] * V[r][tx + 16c] over the columns tx + 16c < head_dim.
-template <int COLS>
-__device__ __forceinline__ void tile_accumulate(const float* P, const float* V, int ld, int head_dim, ThreadCoords t,
-                                                float (&acc)[kPerThread][COLS]) {
-    for (int r = 0; r < kTile; ++r) {
-        float p_values[kPerThread];
+// acc[a][.] += sum_r P[ty + 16a][r] * V[r][.] over this thread's head-dim columns (OutputColumns),
+// P a 64 x 64 tile with row stride kScoreStride, V a q/k/v-style tile.
+template <int HEAD_DIM_MAX>
+__device__ __forceinline__ void tile_accumulate(const float* P, const float* V, int head_dim, ThreadCoords t,
+                                                float (&acc)[kPerThread][OutputColumns<HEAD_DIM_MAX>::kCount]) {
+    using Columns = OutputColumns<HEAD_DIM_MAX>;
+    const int ld = tile_stride(head_dim);
+    const int width = padded_head_dim(head_dim);
+    for (int r = 0; r < kTile; r += 4) {
+        float p_values[kPerThread][4];
 #pragma unroll
-        for (int a = 0; a < kPerThread; ++a) p_values[a] = P[(t.ty + kLanesPerRow * a) * kScoreStride + r];
+        for (int a = 0; a < kPerThread; ++a) load_vector(P + (t.ty + kLanesPerRow * a) * kScoreStride + r, p_values[a]);
 #pragma unroll
-        for (int c = 0; c < COLS; ++c) {
-            const int col = t.tx + kLanesPerRow * c;
-            if (col < head_dim) {
-                const float v_value = V[r * ld + col];
+        for (int g = 0; g < Columns::kGroups; ++g) {
+            const int col = Columns::first(t.tx, g);
+            if (col >= width) continue;  // the padding columns inside `width` are zero
 #pragma unroll
-                for (int a = 0; a < kPerThread; ++a) acc[a][c] += p_values[a] * v_value;
+            for (int rr = 0; rr < 4; ++rr) {
+                float v_values[Columns::kVec];
+                load_vector(V + (r + rr) * ld + col, v_values);
+#pragma unroll
+                for (int a = 0; a < kPerThread; ++a)
+#pragma unroll
+                    for (int e = 0; e < Columns::kVec; ++e)
+                        acc[a][g * Columns::kVec + e] += p_values[a][rr] * v_values[e];
             }
         }
     }
 }
 
+// Writes acc[a][.] (already scaled) to row `row` of a (rows x head_dim) output.
+template <typename T, int HEAD_DIM_MAX>
+__device__ __forceinline__ void store_row(T* __restrict__ dst, long long row, int head_dim, ThreadCoords t,
+                                          const float (&values)[OutputColumns<HEAD_DIM_MAX>::kCount], float factor) {
+    using Columns = OutputColumns<HEAD_DIM_MAX>;
+#pragma unroll
+    for (int g = 0; g < Columns::kGroups; ++g)
+#pragma unroll
+        for (int e = 0; e < Columns::kVec; ++e) {
+            const int col = Columns::first(t.tx, g) + e;
+            if (col < head_dim) dst[row * head_dim + col] = from_float<T>(values[g * Columns::kVec + e] * factor);
+        }
+}
+
 // Scaled, masked score of query i against key j; -inf where the key is out of range or masked.
 __device__ __forceinline__ float masked_score(float dot, int i, int j, int bh, const Problem& p) {
-    if (i >= p.seq_q || j >= p.seq_k || (p.is_causal && j > i)) return -INFINITY;
+    if (i >= p.seq_q || j >= p.seq_k || (p.is_causal && j > i)) return negative_infinity();
     float score = dot * p.scale;
     if (p.has_mask) score += p.mask[bh * p.mask_stride_bh + i * p.mask_stride_l + j * p.mask_stride_s];
     return score;
@@ -131,7 +203,7 @@ __device__ __forceinline__ float masked_score(float dot, int i, int j, int bh, c
 
 // exp(score - lse), with fully masked rows (lse = -inf) and masked entries giving exactly 0.
 __device__ __forceinline__ float probability(float score, float lse) {
-    return (score == -INFINITY || lse == -INFINITY) ? 0.0f : __expf(score - lse);
+    return (score == negative_infinity() || lse == negative_infinity()) ? 0.0f : __expf(score - lse);
 }
 
 __device__ __forceinline__ float max_over_row(float value) {
@@ -152,16 +224,18 @@ __device__ __forceinline__ int key_tiles_end(const Problem& p, int query_first) 
     return p.is_causal ? (p.seq_k < query_first + kTile ? p.seq_k : query_first + kTile) : p.seq_k;
 }
 
-// grid (ceil(L / 64), BH), 256 threads; dynamic shared memory (3 * 64 * (D + 1) + 64 * 65) floats.
+// grid BH * ceil(L / 64) (query tiles fastest), 256 threads;
+// dynamic shared memory (3 * 64 * tile_stride(D) + 64 * 68) floats.
 template <typename T, int HEAD_DIM_MAX>
 __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
                         float* __restrict__ lse, const Problem& p) {
-    constexpr int COLS = HEAD_DIM_MAX / kLanesPerRow;
+    constexpr int COLS = OutputColumns<HEAD_DIM_MAX>::kCount;
     const ThreadCoords t = thread_coords();
-    const int bh = blockIdx.y;
-    const int query_first = blockIdx.x * kTile;
+    const int query_tiles = (p.seq_q + kTile - 1) / kTile;
+    const int bh = blockIdx.x / query_tiles;
+    const int query_first = (blockIdx.x % query_tiles) * kTile;
     const int head_dim = p.head_dim;
-    const int ld = head_dim + 1;
+    const int ld = tile_stride(head_dim);
     const long long q_base = static_cast<long long>(bh) * p.seq_q * head_dim;
     const long long k_base = static_cast<long long>(bh) * p.seq_k * head_dim;
 
@@ -171,12 +245,12 @@ __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const 
     float* v_tile = k_tile + kTile * ld;
     float* p_tile = v_tile + kTile * ld;  // [query][key]
 
-    load_tile(q_tile, ld, q + q_base, query_first, p.seq_q, head_dim);
+    load_tile(q_tile, q + q_base, query_first, p.seq_q, head_dim);
 
     float row_max[kPerThread], row_sum[kPerThread], acc[kPerThread][COLS];
 #pragma unroll
     for (int a = 0; a < kPerThread; ++a) {
-        row_max[a] = -INFINITY;
+        row_max[a] = negative_infinity();
         row_sum[a] = 0.0f;  // this thread's share; the 16 shares are summed once at the end
 #pragma unroll
         for (int c = 0; c < COLS; ++c) acc[a][c] = 0.0f;
@@ -185,16 +259,16 @@ __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const 
     const int key_end = key_tiles_end(p, query_first);
     for (int key_first = 0; key_first < key_end; key_first += kTile) {
         __syncthreads();  // everyone is done with the previous k, v and p tiles
-        load_tile(k_tile, ld, k + k_base, key_first, p.seq_k, head_dim);
-        load_tile(v_tile, ld, v + k_base, key_first, p.seq_k, head_dim);
+        load_tile(k_tile, k + k_base, key_first, p.seq_k, head_dim);
+        load_tile(v_tile, v + k_base, key_first, p.seq_k, head_dim);
         __syncthreads();
 
         float scores[kPerThread][kPerThread];
-        tile_dot(q_tile, k_tile, ld, head_dim, t, scores);
+        tile_dot(q_tile, k_tile, head_dim, t, scores);
 #pragma unroll
         for (int a = 0; a < kPerThread; ++a) {
             const int i = query_first + t.ty + kLanesPerRow * a;
-            float tile_max = -INFINITY;
+            float tile_max = negative_infinity();
 #pragma unroll
             for (int b = 0; b < kPerThread; ++b) {
                 scores[a][b] = masked_score(scores[a][b], i, key_first + t.tx + kLanesPerRow * b, bh, p);
@@ -202,7 +276,7 @@ __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const 
             }
             const float new_max = fmaxf(row_max[a], max_over_row(tile_max));
             // While a row has seen only masked keys, subtract 0 instead of -inf to avoid inf - inf.
-            const float reference = new_max == -INFINITY ? 0.0f : new_max;
+            const float reference = new_max == negative_infinity() ? 0.0f : new_max;
             const float rescale = __expf(row_max[a] - reference);
             row_max[a] = new_max;
             row_sum[a] *= rescale;
@@ -216,7 +290,7 @@ __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const 
             }
         }
         __syncthreads();
-        tile_accumulate(p_tile, v_tile, ld, head_dim, t, acc);
+        tile_accumulate<HEAD_DIM_MAX>(p_tile, v_tile, head_dim, t, acc);
     }
 
 #pragma unroll
@@ -225,12 +299,11 @@ __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const 
         const int i = query_first + t.ty + kLanesPerRow * a;
         if (i >= p.seq_q) continue;
         const float inverse = total > 0.0f ? 1.0f / total : 0.0f;  // fully masked rows give o = 0
-#pragma unroll
-        for (int c = 0; c < COLS; ++c) {
-            const int col = t.tx + kLanesPerRow * c;
-            if (col < head_dim) o[q_base + static_cast<long long>(i) * head_dim + col] = from_float<T>(acc[a][c] * inverse);
+        store_row<T, HEAD_DIM_MAX>(o + q_base, i, head_dim, t, acc[a], inverse);
+        if (t.tx == 0) {
+            const float log_sum_exp = total > 0.0f ? row_max[a] + logf(total) : negative_infinity();
+            lse[static_cast<long long>(bh) * p.seq_q + i] = log_sum_exp;
         }
-        if (t.tx == 0) lse[static_cast<long long>(bh) * p.seq_q + i] = total > 0.0f ? row_max[a] + logf(total) : -INFINITY;
     }
 }
 
@@ -242,26 +315,30 @@ __device__ void backward_preprocess(const T* __restrict__ o, const T* __restrict
     const int lane = threadIdx.x % 32;
     float sum = 0.0f;
     if (row < rows) {
-        for (int d = lane; d < head_dim; d += 32) sum += to_float(o[row * head_dim + d]) * to_float(d_o[row * head_dim + d]);
+        for (int d = lane; d < head_dim; d += 32) {
+            sum += to_float(o[row * head_dim + d]) * to_float(d_o[row * head_dim + d]);
+        }
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(kFullWarp, sum, offset);
     if (row < rows && lane == 0) delta[row] = sum;
 }
 
-// grid (ceil(S / 64), BH), 256 threads; dynamic shared memory (4 * 64 * (D + 1) + 64 * 65 + 128) floats.
+// grid BH * ceil(S / 64) (key tiles fastest), 256 threads;
+// dynamic shared memory (4 * 64 * tile_stride(D) + 64 * 68 + 128) floats.
 // Thread rows are keys here (j = ty + 16a) so the dk, dv accumulators stay in registers.
 template <typename T, int HEAD_DIM_MAX>
 __device__ void backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                               const T* __restrict__ d_o, const float* __restrict__ lse,
                               const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
                               const Problem& p) {
-    constexpr int COLS = HEAD_DIM_MAX / kLanesPerRow;
+    constexpr int COLS = OutputColumns<HEAD_DIM_MAX>::kCount;
     const ThreadCoords t = thread_coords();
-    const int bh = blockIdx.y;
-    const int key_first = blockIdx.x * kTile;
+    const int key_tiles = (p.seq_k + kTile - 1) / kTile;
+    const int bh = blockIdx.x / key_tiles;
+    const int key_first = (blockIdx.x % key_tiles) * kTile;
     const int head_dim = p.head_dim;
-    const int ld = head_dim + 1;
+    const int ld = tile_stride(head_dim);
     const long long q_base = static_cast<long long>(bh) * p.seq_q * head_dim;
     const long long k_base = static_cast<long long>(bh) * p.seq_k * head_dim;
     const long long row_base = static_cast<long long>(bh) * p.seq_q;
@@ -275,8 +352,8 @@ __device__ void backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, 
     float* lse_tile = score_tile + kTile * kScoreStride;
     float* delta_tile = lse_tile + kTile;
 
-    load_tile(k_tile, ld, k + k_base, key_first, p.seq_k, head_dim);
-    load_tile(v_tile, ld, v + k_base, key_first, p.seq_k, head_dim);
+    load_tile(k_tile, k + k_base, key_first, p.seq_k, head_dim);
+    load_tile(v_tile, v + k_base, key_first, p.seq_k, head_dim);
 
     float dk_acc[kPerThread][COLS], dv_acc[kPerThread][COLS];
 #pragma unroll
@@ -288,18 +365,18 @@ __device__ void backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, 
     const int query_begin = p.is_causal ? key_first : 0;
     for (int query_first = query_begin; query_first < p.seq_q; query_first += kTile) {
         __syncthreads();  // everyone is done with the previous q, do and score tiles
-        load_tile(q_tile, ld, q + q_base, query_first, p.seq_q, head_dim);
-        load_tile(do_tile, ld, d_o + q_base, query_first, p.seq_q, head_dim);
+        load_tile(q_tile, q + q_base, query_first, p.seq_q, head_dim);
+        load_tile(do_tile, d_o + q_base, query_first, p.seq_q, head_dim);
         if (threadIdx.x < kTile) {
             const int i = query_first + threadIdx.x;
-            lse_tile[threadIdx.x] = i < p.seq_q ? lse[row_base + i] : -INFINITY;
+            lse_tile[threadIdx.x] = i < p.seq_q ? lse[row_base + i] : negative_infinity();
             delta_tile[threadIdx.x] = i < p.seq_q ? delta[row_base + i] : 0.0f;
         }
         __syncthreads();
 
         float scores[kPerThread][kPerThread], d_probs[kPerThread][kPerThread];
-        tile_dot(k_tile, q_tile, ld, head_dim, t, scores);
-        tile_dot(v_tile, do_tile, ld, head_dim, t, d_probs);
+        tile_dot(k_tile, q_tile, head_dim, t, scores);
+        tile_dot(v_tile, do_tile, head_dim, t, d_probs);
         float d_scores[kPerThread][kPerThread];
 #pragma unroll
         for (int a = 0; a < kPerThread; ++a) {
@@ -314,7 +391,7 @@ __device__ void backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, 
             }
         }
         __syncthreads();
-        tile_accumulate(score_tile, do_tile, ld, head_dim, t, dv_acc);
+        tile_accumulate<HEAD_DIM_MAX>(score_tile, do_tile, head_dim, t, dv_acc);
         __syncthreads();
 #pragma unroll
         for (int a = 0; a < kPerThread; ++a)
@@ -322,36 +399,31 @@ __device__ void backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, 
             for (int b = 0; b < kPerThread; ++b)
                 score_tile[(t.ty + kLanesPerRow * a) * kScoreStride + t.tx + kLanesPerRow * b] = d_scores[a][b];
         __syncthreads();
-        tile_accumulate(score_tile, q_tile, ld, head_dim, t, dk_acc);
+        tile_accumulate<HEAD_DIM_MAX>(score_tile, q_tile, head_dim, t, dk_acc);
     }
 
 #pragma unroll
     for (int a = 0; a < kPerThread; ++a) {
         const int j = key_first + t.ty + kLanesPerRow * a;
         if (j >= p.seq_k) continue;
-#pragma unroll
-        for (int c = 0; c < COLS; ++c) {
-            const int col = t.tx + kLanesPerRow * c;
-            if (col < head_dim) {
-                const long long offset = k_base + static_cast<long long>(j) * head_dim + col;
-                dk[offset] = from_float<T>(dk_acc[a][c] * p.scale);
-                dv[offset] = from_float<T>(dv_acc[a][c]);
-            }
-        }
+        store_row<T, HEAD_DIM_MAX>(dk + k_base, j, head_dim, t, dk_acc[a], p.scale);
+        store_row<T, HEAD_DIM_MAX>(dv + k_base, j, head_dim, t, dv_acc[a], 1.0f);
     }
 }
 
-// grid (ceil(L / 64), BH), 256 threads; dynamic shared memory (4 * 64 * (D + 1) + 64 * 65) floats.
+// grid BH * ceil(L / 64) (query tiles fastest), 256 threads;
+// dynamic shared memory (4 * 64 * tile_stride(D) + 64 * 68) floats.
 template <typename T, int HEAD_DIM_MAX>
 __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                             const T* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
                             T* __restrict__ dq, const Problem& p) {
-    constexpr int COLS = HEAD_DIM_MAX / kLanesPerRow;
+    constexpr int COLS = OutputColumns<HEAD_DIM_MAX>::kCount;
     const ThreadCoords t = thread_coords();
-    const int bh = blockIdx.y;
-    const int query_first = blockIdx.x * kTile;
+    const int query_tiles = (p.seq_q + kTile - 1) / kTile;
+    const int bh = blockIdx.x / query_tiles;
+    const int query_first = (blockIdx.x % query_tiles) * kTile;
     const int head_dim = p.head_dim;
-    const int ld = head_dim + 1;
+    const int ld = tile_stride(head_dim);
     const long long q_base = static_cast<long long>(bh) * p.seq_q * head_dim;
     const long long k_base = static_cast<long long>(bh) * p.seq_k * head_dim;
 
@@ -362,14 +434,14 @@ __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, co
     float* v_tile = k_tile + kTile * ld;
     float* ds_tile = v_tile + kTile * ld;  // [query][key]
 
-    load_tile(q_tile, ld, q + q_base, query_first, p.seq_q, head_dim);
-    load_tile(do_tile, ld, d_o + q_base, query_first, p.seq_q, head_dim);
+    load_tile(q_tile, q + q_base, query_first, p.seq_q, head_dim);
+    load_tile(do_tile, d_o + q_base, query_first, p.seq_q, head_dim);
 
     float row_lse[kPerThread], row_delta[kPerThread], dq_acc[kPerThread][COLS];
 #pragma unroll
     for (int a = 0; a < kPerThread; ++a) {
         const int i = query_first + t.ty + kLanesPerRow * a;
-        row_lse[a] = i < p.seq_q ? lse[static_cast<long long>(bh) * p.seq_q + i] : -INFINITY;
+        row_lse[a] = i < p.seq_q ? lse[static_cast<long long>(bh) * p.seq_q + i] : negative_infinity();
         row_delta[a] = i < p.seq_q ? delta[static_cast<long long>(bh) * p.seq_q + i] : 0.0f;
 #pragma unroll
         for (int c = 0; c < COLS; ++c) dq_acc[a][c] = 0.0f;
@@ -378,13 +450,13 @@ __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, co
     const int key_end = key_tiles_end(p, query_first);
     for (int key_first = 0; key_first < key_end; key_first += kTile) {
         __syncthreads();  // everyone is done with the previous k, v and ds tiles
-        load_tile(k_tile, ld, k + k_base, key_first, p.seq_k, head_dim);
-        load_tile(v_tile, ld, v + k_base, key_first, p.seq_k, head_dim);
+        load_tile(k_tile, k + k_base, key_first, p.seq_k, head_dim);
+        load_tile(v_tile, v + k_base, key_first, p.seq_k, head_dim);
         __syncthreads();
 
         float scores[kPerThread][kPerThread], d_probs[kPerThread][kPerThread];
-        tile_dot(q_tile, k_tile, ld, head_dim, t, scores);
-        tile_dot(do_tile, v_tile, ld, head_dim, t, d_probs);
+        tile_dot(q_tile, k_tile, head_dim, t, scores);
+        tile_dot(do_tile, v_tile, head_dim, t, d_probs);
 #pragma unroll
         for (int a = 0; a < kPerThread; ++a) {
             const int i = query_first + t.ty + kLanesPerRow * a;
@@ -396,25 +468,22 @@ __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, co
             }
         }
         __syncthreads();
-        tile_accumulate(ds_tile, k_tile, ld, head_dim, t, dq_acc);
+        tile_accumulate<HEAD_DIM_MAX>(ds_tile, k_tile, head_dim, t, dq_acc);
     }
 
 #pragma unroll
     for (int a = 0; a < kPerThread; ++a) {
         const int i = query_first + t.ty + kLanesPerRow * a;
         if (i >= p.seq_q) continue;
-#pragma unroll
-        for (int c = 0; c < COLS; ++c) {
-            const int col = t.tx + kLanesPerRow * c;
-            if (col < head_dim) dq[q_base + static_cast<long long>(i) * head_dim + col] = from_float<T>(dq_acc[a][c] * p.scale);
-        }
+        store_row<T, HEAD_DIM_MAX>(dq + q_base, i, head_dim, t, dq_acc[a], p.scale);
     }
 }
 
 }  // namespace attention_detail
 
-#define AVILA_ATTENTION_MASK_PARAMS \
-    const float *__restrict__ mask, long long mask_stride_bh, long long mask_stride_l, long long mask_stride_s, int has_mask
+#define AVILA_ATTENTION_MASK_PARAMS                                                                \
+    const float *__restrict__ mask, long long mask_stride_bh, long long mask_stride_l, long long mask_stride_s, \
+        int has_mask
 #define AVILA_ATTENTION_SHAPE_PARAMS int seq_q, int seq_k, int head_dim, float scale, int is_causal
 #define AVILA_ATTENTION_PROBLEM                                                                              \
     attention_detail::Problem {                                                                              \

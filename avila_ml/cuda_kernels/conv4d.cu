@@ -13,7 +13,7 @@
 //     for a whole channel tile, and every thread of the block reads the same weight (broadcast).
 // Stages whose time slice falls into the padding are skipped as a whole (the branch is uniform
 // over the block, so the __syncthreads inside stay convergent).
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define AVILA_DYNAMIC_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
 #else
 #include "host_emulation/cuda_host.h"

@@ -14,3 +14,4 @@ from ..ops.loss import *  # noqa: F401,F403
 from ..ops.conv import *  # noqa: F401,F403
 from ..ops.pooling import *  # noqa: F401,F403
 from ..ops.attention import *  # noqa: F401,F403
+from ..ops.embedding import *  # noqa: F401,F403

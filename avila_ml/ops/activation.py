@@ -1,2 +1,447 @@
-"""(activation ops: being written)"""
-__all__ = []
+"""Activation functions (``torch.nn.functional``): relu, leaky_relu, elu/selu/celu, gelu,
+silu, mish, softplus, hardtanh/relu6, hardsigmoid, hardswish, softsign, logsigmoid.
+
+Each is one ``Function``: ``forward`` on arrays (written to stay finite for any finite
+input), ``backward`` with differentiable Tensor ops, so ``create_graph=True`` gives second
+derivatives. ``sigmoid``/``tanh`` live in ``ops.elementwise`` and ``softmax``/``log_softmax``
+in ``ops.reduction``; they are re-exported by ``avila_ml.nn.functional``.
+
+``inplace=True`` writes the result into ``input`` when autograd is not tracking it (no grad
+mode, or an input that does not require grad), like PyTorch; when the graph tracks
+``input`` the out-of-place result (same values) is returned, so gradients stay right
+(Avila ML does not record in-place ops; ``Tensor.__iadd__`` follows the same rule).
+"""
+from __future__ import annotations
+
+import math
+
+from .._grad_state import state as _state
+from ..autograd.function import Function
+from ..backends import backend_of
+from ..tensor import Tensor
+from .elementwise import _arr, _xp, erf, exp, sigmoid, tanh, where
+
+__all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
+           "softplus", "hardtanh", "hardsigmoid", "hardswish", "softsign", "logsigmoid"]
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+def _check(input, op: str, float_only: bool = True) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected a Tensor as input, got {type(input).__name__}")
+    if float_only and input.array.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point tensor, got dtype {input.dtype} "
+                        f"(shape {tuple(input.shape)}); convert with .float() or .double()")
+
+
+def _const(array, like: Tensor) -> Tensor:
+    """A constant (non-differentiable) tensor in ``like``'s dtype, e.g. a 0/1 mask."""
+    return Tensor._wrap(_arr(array.astype(like.array.dtype, copy=False)))
+
+
+def _finish(input: Tensor, out: Tensor, inplace: bool) -> Tensor:
+    if not inplace or (_state.enabled and input._requires_grad):
+        return out
+    input._check_inplace("inplace activation")
+    input.array[...] = out.array
+    return input._bump()
+
+
+def _softplus_array(z):
+    """log(1 + e^z) = max(z, 0) + log1p(e^-|z|): finite for every finite z."""
+    xp = _xp(z)
+    return _arr(xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z))))
+
+
+def _sigmoid_array(z):
+    """1 / (1 + e^-z) with e^-|z| only, so no overflow and full relative accuracy for z << 0."""
+    xp = _xp(z)
+    e = xp.exp(-xp.abs(z))
+    return _arr(xp.where(z >= 0, 1 / (1 + e), e / (1 + e)))
+
+
+# ------------------------------------------------------------------------------ piecewise linear
+class ReLU(Function):
+    def forward(self, x):
+        self.save_outputs(0)
+        return _arr(_xp(x).maximum(x, x.dtype.type(0)))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        return g * _const(y.array > 0, g)
+
+
+class Hardtanh(Function):
+    def forward(self, x, lo, hi):
+        self.mask = (x > lo) & (x < hi)
+        return _arr(_xp(x).clip(x, lo, hi))
+
+    def backward(self, g):
+        return g * _const(self.mask, g)
+
+
+class LeakyReLU(Function):
+    def forward(self, x, slope):
+        xp = _xp(x)
+        self.pos = x > 0
+        self.slope = slope
+        return _arr(xp.where(self.pos, x, x * x.dtype.type(slope)))
+
+    def backward(self, g):
+        xp = _xp(g.array)
+        return g * _const(xp.where(self.pos, 1.0, self.slope), g)
+
+
+class Hardsigmoid(Function):
+    def forward(self, x):
+        self.mask = (x > -3) & (x < 3)
+        xp = _xp(x)
+        return _arr(xp.clip(x / x.dtype.type(6) + x.dtype.type(0.5), 0, 1))
+
+    def backward(self, g):
+        return g * _const(self.mask * (1.0 / 6.0), g)
+
+
+class Hardswish(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        xp = _xp(x)
+        return _arr(x * xp.clip(x + x.dtype.type(3), 0, 6) / x.dtype.type(6))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        a = x.array
+        # dy/dx = 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, 1 for x >= 3 (PyTorch's boundaries)
+        slope = where(a >= 3, 1.0, where(a <= -3, 0.0, x * (1.0 / 3.0) + 0.5))
+        return g * slope
+
+
+# ------------------------------------------------------------------------------- exponential
+class ELU(Function):
+    """y = scale * (x if x > 0 else alpha * (exp(x * input_scale) - 1)): ELU, SELU and CELU."""
+
+    def forward(self, x, alpha, scale, input_scale):
+        xp = _xp(x)
+        t = x.dtype.type
+        self.pos = x > 0
+        self.consts = (alpha, scale, input_scale)
+        neg = t(alpha) * xp.expm1(xp.minimum(x, 0) * t(input_scale))  # min(): no overflow in the unused branch
+        self.save_outputs(0)
+        return _arr(xp.where(self.pos, x, neg) * t(scale))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        alpha, scale, input_scale = self.consts
+        # for x <= 0: dy/dx = scale*alpha*input_scale*exp(x*input_scale) = input_scale*(y + scale*alpha)
+        neg_slope = (y + scale * alpha) * input_scale
+        return g * where(self.pos, float(scale), neg_slope)
+
+
+class Softplus(Function):
+    def forward(self, x, beta, threshold):
+        xp = _xp(x)
+        t = x.dtype.type
+        z = x * t(beta)
+        self.linear = z > threshold
+        self.beta = beta
+        self.save_inputs(0)
+        return _arr(xp.where(self.linear, x, _softplus_array(z) / t(beta)))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g * where(self.linear, 1.0, sigmoid(x * self.beta))
+
+
+class LogSigmoid(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        xp = _xp(x)
+        return _arr(xp.minimum(x, 0) - xp.log1p(xp.exp(-xp.abs(x))))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        return g * sigmoid(-x)
+
+
+class GELU(Function):
+    def forward(self, x, approximate):
+        self.save_inputs(0)
+        self.approximate = approximate
+        t = x.dtype.type
+        if approximate == "tanh":
+            xp = _xp(x)
+            inner = t(_SQRT_2_OVER_PI) * (x + t(_GELU_C) * x * x * x)
+            return _arr(t(0.5) * x * (1 + xp.tanh(inner)))
+        cdf = t(0.5) * (1 + backend_of(x).erf(x * t(_INV_SQRT2)))
+        return _arr(x * cdf)
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        if self.approximate == "tanh":
+            x2 = x * x
+            th = tanh((x + _GELU_C * x2 * x) * _SQRT_2_OVER_PI)
+            d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * (_SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x2))
+        else:
+            d = 0.5 * (1 + erf(x * _INV_SQRT2)) + x * exp(-0.5 * (x * x)) * _INV_SQRT_2PI
+        return g * d
+
+
+class SiLU(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(x * _sigmoid_array(x))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        s = sigmoid(x)
+        return g * (s * (1 + x * (1 - s)))
+
+
+class Mish(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(x * _xp(x).tanh(_softplus_array(x)))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        tsp = tanh(Softplus.apply(x, 1.0, math.inf))
+        return g * (tsp + x * (1 - tsp * tsp) * sigmoid(x))
+
+
+class Softsign(Function):
+    def forward(self, x):
+        self.save_inputs(0)
+        return _arr(x / (1 + _xp(x).abs(x)))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        d = 1 + x.abs()
+        return g / (d * d)
+
+
+# ------------------------------------------------------------------------------ public functions
+def relu(input, inplace: bool = False):
+    """Rectified linear unit (``torch.nn.functional.relu``).
+
+    Math: y = max(x, 0); dy/dx = 1 for x > 0, else 0.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.relu(am.tensor([-1.0, 0.0, 2.0]))
+        tensor([0., 0., 2.])
+    """
+    _check(input, "relu", float_only=False)
+    return _finish(input, ReLU.apply(input), inplace)
+
+
+def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
+    """Clamp to ``[min_val, max_val]`` (``torch.nn.functional.hardtanh``).
+
+    Math: y = min(max(x, min_val), max_val); dy/dx = 1 for min_val < x < max_val, else 0.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.hardtanh(am.tensor([-3.0, 0.5, 3.0]))
+        tensor([-1.0000,  0.5000,  1.0000])
+    """
+    _check(input, "hardtanh")
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val ({min_val}) cannot be greater than max_val ({max_val})")
+    return _finish(input, Hardtanh.apply(input, float(min_val), float(max_val)), inplace)
+
+
+def relu6(input, inplace: bool = False):
+    """ReLU capped at 6, ``hardtanh(x, 0, 6)`` (``torch.nn.functional.relu6``).
+
+    Math: y = min(max(x, 0), 6); dy/dx = 1 for 0 < x < 6, else 0.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.relu6(am.tensor([-1.0, 3.0, 9.0]))
+        tensor([0., 3., 6.])
+    """
+    _check(input, "relu6")
+    return _finish(input, Hardtanh.apply(input, 0.0, 6.0), inplace)
+
+
+def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
+    """Leaky ReLU (``torch.nn.functional.leaky_relu``).
+
+    Math: y = x for x > 0, else negative_slope * x; dy/dx = 1 or negative_slope.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.leaky_relu(am.tensor([-2.0, 2.0]), 0.5)
+        tensor([-1.,  2.])
+    """
+    _check(input, "leaky_relu")
+    return _finish(input, LeakyReLU.apply(input, float(negative_slope)), inplace)
+
+
+def elu(input, alpha: float = 1.0, inplace: bool = False):
+    """Exponential linear unit (``torch.nn.functional.elu``).
+
+    Math: y = x for x > 0, else alpha (e^x - 1); dy/dx = 1, else y + alpha.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.elu(am.tensor([-1e4, 0.0, 1.0]))
+        tensor([-1.,  0.,  1.])
+    """
+    _check(input, "elu")
+    return _finish(input, ELU.apply(input, float(alpha), 1.0, 1.0), inplace)
+
+
+def selu(input, inplace: bool = False):
+    """Scaled ELU with the self-normalising constants (``torch.nn.functional.selu``).
+
+    Math: y = scale * (x for x > 0, else alpha (e^x - 1)), alpha = 1.6732632...,
+    scale = 1.0507009...
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.selu(am.tensor([0.0, 1.0]))
+        tensor([0.0000, 1.0507])
+    """
+    _check(input, "selu")
+    return _finish(input, ELU.apply(input, _SELU_ALPHA, _SELU_SCALE, 1.0), inplace)
+
+
+def celu(input, alpha: float = 1.0, inplace: bool = False):
+    """Continuously differentiable ELU (``torch.nn.functional.celu``).
+
+    Math: y = max(0, x) + min(0, alpha (e^{x/alpha} - 1)); dy/dx = 1, else e^{x/alpha}.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.celu(am.tensor([-1e4, 2.0]), alpha=2.0)
+        tensor([-2.,  2.])
+    """
+    _check(input, "celu")
+    if alpha == 0:
+        raise ValueError("celu: alpha must be non-zero (the formula divides by alpha)")
+    return _finish(input, ELU.apply(input, float(alpha), 1.0, 1.0 / alpha), inplace)
+
+
+def gelu(input, approximate: str = "none"):
+    """Gaussian error linear unit (``torch.nn.functional.gelu``).
+
+    Math: exact, y = x Φ(x) = x/2 (1 + erf(x/√2)), dy/dx = Φ(x) + x φ(x);
+    ``approximate='tanh'``, y = x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.gelu(am.tensor([-1e4, 0.0, 1.0]))
+        tensor([-0.0000,  0.0000,  0.8413])
+    """
+    _check(input, "gelu")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GELU.apply(input, approximate)
+
+
+def silu(input, inplace: bool = False):
+    """Sigmoid linear unit, a.k.a. swish (``torch.nn.functional.silu``).
+
+    Math: y = x σ(x); dy/dx = σ(x) (1 + x (1 - σ(x))).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.silu(am.tensor([0.0, 1e4]))
+        tensor([    0., 10000.])
+    """
+    _check(input, "silu")
+    return _finish(input, SiLU.apply(input), inplace)
+
+
+def mish(input, inplace: bool = False):
+    """Mish (``torch.nn.functional.mish``).
+
+    Math: y = x tanh(softplus(x)); dy/dx = tanh(sp) + x (1 - tanh²(sp)) σ(x).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.mish(am.tensor([-1e4, 0.0, 1e4]))
+        tensor([   -0.,     0., 10000.])
+    """
+    _check(input, "mish")
+    return _finish(input, Mish.apply(input), inplace)
+
+
+def softplus(input, beta: float = 1.0, threshold: float = 20.0):
+    """Smooth ReLU (``torch.nn.functional.softplus``).
+
+    Math: y = log(1 + e^{βx}) / β, computed as (max(βx, 0) + log1p(e^{-|βx|})) / β;
+    y = x where βx > threshold. dy/dx = σ(βx) (1 in the linear region).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.softplus(am.tensor([-1e4, 0.0, 1e4]))
+        tensor([0.0000e+00, 6.9315e-01, 1.0000e+04])
+    """
+    _check(input, "softplus")
+    if beta == 0:
+        raise ValueError("softplus: beta must be non-zero")
+    return Softplus.apply(input, float(beta), float(threshold))
+
+
+def hardsigmoid(input, inplace: bool = False):
+    """Piecewise-linear sigmoid (``torch.nn.functional.hardsigmoid``).
+
+    Math: y = clamp(x/6 + 1/2, 0, 1); dy/dx = 1/6 for -3 < x < 3, else 0.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.hardsigmoid(am.tensor([-4.0, 0.0, 4.0]))
+        tensor([0.0000, 0.5000, 1.0000])
+    """
+    _check(input, "hardsigmoid")
+    return _finish(input, Hardsigmoid.apply(input), inplace)
+
+
+def hardswish(input, inplace: bool = False):
+    """Hard swish (``torch.nn.functional.hardswish``).
+
+    Math: y = x · relu6(x + 3) / 6; dy/dx = 0 (x <= -3), x/3 + 1/2 (-3 < x < 3), 1 (x >= 3).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.hardswish(am.tensor([-4.0, 0.0, 4.0]))
+        tensor([-0.,  0.,  4.])
+    """
+    _check(input, "hardswish")
+    return _finish(input, Hardswish.apply(input), inplace)
+
+
+def softsign(input):
+    """Softsign (``torch.nn.functional.softsign``).
+
+    Math: y = x / (1 + |x|); dy/dx = 1 / (1 + |x|)².
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.softsign(am.tensor([-1.0, 3.0]))
+        tensor([-0.5000,  0.7500])
+    """
+    _check(input, "softsign")
+    return Softsign.apply(input)
+
+
+def logsigmoid(input):
+    """log σ(x), stable for any finite x (``torch.nn.functional.logsigmoid``).
+
+    Math: y = min(x, 0) - log1p(e^{-|x|}); dy/dx = σ(-x).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.logsigmoid(am.tensor([-1e4, 0.0, 1e4]))
+        tensor([-1.0000e+04, -6.9315e-01,  0.0000e+00])
+    """
+    _check(input, "logsigmoid")
+    return LogSigmoid.apply(input)

@@ -11,13 +11,15 @@
 //   * dynamic shared memory is poisoned with 0xFF bytes (NaN for float/double) before each block,
 //     so a kernel that reads shared memory it never wrote produces NaN instead of stale data;
 //   * the launch limits of an sm_80/sm_90 device are enforced, so a bad grid/block/shared-memory
-//     plan fails here exactly as it would fail on the GPU.
+//     plan fails here exactly as it would fail on the GPU, and so are the alignment rules of vector
+//     loads (AVILA_CHECK_ALIGNED), which x86 would otherwise forgive.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <barrier>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -38,6 +40,15 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 
+// Deliberately only float-aligned (CUDA's are 8/16): g++ then emits unaligned loads, so a misaligned
+// vector access is reported by AVILA_CHECK_ALIGNED instead of crashing the test process.
+struct float2 {
+    float x, y;
+};
+struct float4 {
+    float x, y, z, w;
+};
+
 struct dim3 {
     unsigned int x, y, z;
     constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -55,6 +66,7 @@ inline float __half2float(__half value) { return static_cast<float>(value); }
 inline __half __float2half(float value) { return static_cast<__half>(value); }
 inline __half __float2half_rn(float value) { return static_cast<__half>(value); }
 
+inline float __int_as_float(int bits) { return std::bit_cast<float>(bits); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
@@ -88,6 +100,13 @@ struct BlockState {
     unsigned char* dynamic_shared = nullptr;
     std::size_t dynamic_shared_bytes = 0;
     unsigned int threads = 0;
+    std::atomic<bool> failed{false};
+    std::string failure;  // written once, by the thread that flipped `failed`
+
+    void report(std::string message) {
+        bool expected = false;
+        if (failed.compare_exchange_strong(expected, true)) failure = std::move(message);
+    }
 
     void start_block() {
         block_barrier.emplace(static_cast<std::ptrdiff_t>(threads));
@@ -107,6 +126,15 @@ inline thread_local unsigned int thread_rank = 0;
 inline thread_local unsigned int shuffle_parity = 0;
 
 inline unsigned char* dynamic_shared_memory() { return current_block->dynamic_shared; }
+
+// The GPU faults on a vector access that is not aligned to its size; x86 would silently allow it.
+inline void check_aligned(const void* pointer, std::size_t bytes, const char* file, int line) {
+    if (reinterpret_cast<std::uintptr_t>(pointer) % bytes != 0) {
+        current_block->report(std::string("misaligned ") + std::to_string(bytes) + "-byte access at " + file + ":" +
+                              std::to_string(line) + " (block " + std::to_string(blockIdx.x) + ", thread " +
+                              std::to_string(thread_rank) + ")");
+    }
+}
 
 template <typename T>
 inline T warp_exchange(T value, int source_lane_in_warp) {
@@ -161,6 +189,7 @@ inline T __shfl_sync(unsigned int, T value, int source_lane, int width = 32) {
 
 // Dynamic shared memory: on the GPU `extern __shared__`, here the per-block buffer of the launch.
 #define AVILA_DYNAMIC_SHARED_BYTES(name) unsigned char* const name = avila_host::dynamic_shared_memory()
+#define AVILA_CHECK_ALIGNED(pointer, bytes) avila_host::check_aligned(pointer, bytes, __FILE__, __LINE__)
 
 namespace avila_host {
 
@@ -228,6 +257,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t dynami
     threads.reserve(state.threads);
     for (unsigned int rank = 0; rank < state.threads; ++rank) threads.emplace_back(run_thread, rank);
     for (auto& thread : threads) thread.join();
+    if (state.failed) throw std::runtime_error(state.failure);
 }
 
 }  // namespace avila_host
