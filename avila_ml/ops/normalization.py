@@ -1,2 +1,417 @@
-"""(normalization ops: being written)"""
-__all__ = []
+"""Normalization: batch, layer, group and instance norm (``torch.nn.functional``'s ``*_norm``).
+
+All four standardise ``x`` over some axes and apply an affine map. That is one op,
+:class:`Normalize`, with the closed-form backward (PyTorch's ``native_batch_norm_backward``):
+
+    xhat = (x - mean) * rstd,   rstd = 1 / sqrt(var + eps)   (biased var over M values)
+    y    = xhat * weight + bias
+    dx   = rstd * (gxh - mean(gxh) - xhat * mean(gxh * xhat)),   gxh = g * weight
+
+so a norm layer is one graph node instead of the nine of a composite mean / var / rsqrt /
+affine expression. Reductions of products use ``einsum`` (no full-size temporary): the fused
+op allocates two full-size arrays in the forward and two in the backward. On the CPU it ran
+1.5-3x faster than the composite, forward + backward in float32 (batch norm (32, 16, 32, 32),
+(8, 8, 8, 8, 8, 8); layer norm (256, 512), (4096, 64)); ``benchmarks/bench_mlp.py`` times
+it against PyTorch.
+
+Which axes are reduced is all that tells the norms apart, for ``x`` of shape (N, C, *spatial):
+batch norm over (N, *spatial) per channel, instance norm over *spatial per (sample, channel),
+group norm over (C/G, *spatial) per (sample, group), layer norm over the trailing
+``normalized_shape`` dims. Any number of spatial dims works, so (N, C, t, x, y, z) volumes
+normalise like images.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autograd.function import Function
+from ..autograd.grad_mode import no_grad, _state
+from ..backends import backend_of
+from ..tensor import Tensor
+from .elementwise import rsqrt, sum_to
+from .reduction import Sum
+from .shape import reshape
+
+__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm"]
+
+
+class Normalize(Function):
+    """Standardise over ``axes`` and apply the affine map: returns ``(y, mean, var)``.
+
+    y = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps); ``weight`` and
+    ``bias`` (optional) are already shaped to broadcast against ``x``. ``mean`` and ``var``
+    (biased, keepdim shape) are returned, not differentiable, for the running statistics.
+
+    Backward (closed form, ``native_batch_norm_backward``), with gxh = g * weight:
+        dx = rstd * (gxh - mean(gxh) - xhat * mean(gxh * xhat)),
+        dweight = sum(g * xhat), dbias = sum(g)  (over the broadcast dims).
+    The plain backward runs on raw arrays with two full-size temporaries; under
+    ``create_graph`` the same formula is written with Tensor ops and xhat, rstd recomputed
+    from ``x``, so second derivatives are exact (double backward). The op behind every norm
+    here (PyTorch's ``torch.native_batch_norm`` / ``torch.native_layer_norm``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.normalization import Normalize
+        >>> y, mean, var = Normalize.apply(am.tensor([[1.0, 3.0]]), None, None, (1,), 0.0)
+        >>> y, mean, var
+        (tensor([[-1.,  1.]]), tensor([[2.]]), tensor([[1.]]))
+    """
+
+    non_differentiable = (1, 2)
+
+    def forward(self, x, weight, bias, axes, eps):
+        xp = backend_of(x).xp
+        self.axes, self.eps = axes, eps
+        self.count = m = math.prod(x.shape[a] for a in axes)
+        inv_m = x.dtype.type(1.0 / m) if m else x.dtype.type(math.nan)
+        mean = _sum(x, axes)
+        mean *= inv_m
+        xhat = x - mean
+        var = _sum_prod(xhat, xhat, axes, xp)
+        var *= inv_m
+        rstd = var + x.dtype.type(eps)
+        xp.sqrt(rstd, out=rstd)
+        xp.reciprocal(rstd, out=rstd)
+        xhat *= rstd
+        self.rstd = rstd
+        self.has_weight, self.has_bias = weight is not None, bias is not None
+        if weight is not None:
+            y = xhat * weight
+            if bias is not None:
+                y += bias
+        elif bias is not None:
+            y = xhat + bias
+        else:
+            y, xhat = xhat, None
+            self.save_outputs(0)  # y is xhat: version-checked, so an in-place edit of y is caught
+        self.xhat = xhat
+        self.save_inputs(*range(1 + self.has_weight + self.has_bias))
+        return y, mean, var
+
+    def backward(self, g, _g_mean, _g_var):
+        saved = self.saved_inputs  # version-checked: x, [weight], [bias]
+        needs = self.needs_input_grad
+        w = saved[1] if self.has_weight else None
+        b_shape = saved[-1].shape if self.has_bias else None
+        need_x, need_w = needs[0], self.has_weight and needs[1]
+        need_b = self.has_bias and needs[-1]
+        if _state.enabled:
+            return self._backward_graph(g, saved[0], w, b_shape, need_x, need_w, need_b)
+        ga, axes = g.array, self.axes
+        xhat = self.xhat if self.xhat is not None else self.saved_outputs[0].array
+        xp = backend_of(ga).xp
+        out = [None] * len(saved)
+        if need_x:
+            gxh = ga * w.array if w is not None else ga
+            inv_m = ga.dtype.type(1.0 / self.count)
+            mean_g = _sum(gxh, axes)
+            mean_g *= inv_m
+            mean_gx = _sum_prod(gxh, xhat, axes, xp)
+            mean_gx *= inv_m
+            dx = xhat * mean_gx
+            xp.subtract(gxh, dx, out=dx)
+            dx -= mean_g
+            dx *= self.rstd
+            out[0] = Tensor._wrap(dx)
+        if need_w:
+            wa = w.array
+            out[1] = Tensor._wrap(_sum_prod(ga, xhat, _broadcast_axes(wa.shape, ga.shape), xp).reshape(wa.shape))
+        if need_b:
+            out[-1] = Tensor._wrap(_sum(ga, _broadcast_axes(b_shape, ga.shape)).reshape(b_shape))
+        return tuple(out) if len(out) > 1 else out[0]
+
+    def _backward_graph(self, g, x, w, b_shape, need_x, need_w, need_b):
+        """The same backward with differentiable Tensor ops (for ``create_graph=True``)."""
+        axes, m, eps = self.axes, self.count, self.eps
+        xc = x - Sum.apply(x, axes, True) / m
+        rstd = rsqrt(Sum.apply(xc * xc, axes, True) / m + eps)
+        xhat = xc * rstd
+        out = []
+        if need_x:
+            gxh = g * w if w is not None else g
+            mean_g = Sum.apply(gxh, axes, True) / m
+            mean_gx = Sum.apply(gxh * xhat, axes, True) / m
+            out.append((gxh - mean_g - xhat * mean_gx) * rstd)
+        else:
+            out.append(None)
+        if w is not None:
+            out.append(sum_to(g * xhat, w.shape) if need_w else None)
+        if b_shape is not None:
+            out.append(sum_to(g, b_shape) if need_b else None)
+        return tuple(out) if len(out) > 1 else out[0]
+
+
+def _merged(shape, axes):
+    """Collapse runs of adjacent dims that are all reduced or all kept (cheaper reductions)."""
+    sizes, flags = [], []
+    for i, s in enumerate(shape):
+        r = i in axes
+        if flags and flags[-1] == r:
+            sizes[-1] *= s
+        else:
+            sizes.append(s)
+            flags.append(r)
+    return tuple(sizes), tuple(i for i, r in enumerate(flags) if r)
+
+
+def _keep_shape(shape, axes):
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+def _sum(a, axes):
+    """``a.sum(axes, keepdims=True)`` over merged dims."""
+    shape, ax = _merged(a.shape, axes)
+    return a.reshape(shape).sum(axis=ax).reshape(_keep_shape(a.shape, axes))
+
+
+def _sum_prod(a, b, axes, xp):
+    """``(a * b).sum(axes, keepdims=True)`` without the full-size temporary (einsum)."""
+    shape, ax = _merged(a.shape, axes)
+    letters = "abcdefghijklmnopqrstuvwxyz"[:len(shape)]
+    kept = "".join(c for i, c in enumerate(letters) if i not in ax)
+    r = xp.einsum(f"{letters},{letters}->{kept}", a.reshape(shape), b.reshape(shape))
+    return r.reshape(_keep_shape(a.shape, axes))
+
+
+def _broadcast_axes(small, full):
+    """Axes along which an array of shape ``small`` (same ndim) is broadcast up to ``full``."""
+    return tuple(i for i, (s, f) in enumerate(zip(small, full)) if s == 1 and f != 1)
+
+
+# ----------------------------------------------------------------------------- input checks
+def _check_input(op: str, input, min_ndim: int) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected input to be a Tensor, got {type(input).__name__}")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{op}: expected a floating-point input, got dtype {input.dtype}")
+    if input.ndim < min_ndim:
+        raise ValueError(f"{op}: expected input with at least {min_ndim} dims, got shape {tuple(input.shape)}")
+
+
+def _check_vector(op: str, name: str, t, shape: tuple, input, float_dtype: bool = True) -> None:
+    """``t`` (weight, bias, running stat) must be a Tensor of ``shape`` on ``input``'s device."""
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: expected {name} to be a Tensor or None, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise RuntimeError(
+            f"{op}: expected {name} of shape {tuple(shape)} for input of shape {tuple(input.shape)}, "
+            f"got {name} of shape {tuple(t.shape)}"
+        )
+    if t.device != input.device:
+        raise RuntimeError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+    if float_dtype and t.dtype != input.dtype:
+        raise RuntimeError(
+            f"{op}: expected {name} to have the input's dtype {input.dtype}, got {t.dtype}"
+        )
+
+
+def _check_eps(op: str, eps) -> None:
+    if not eps >= 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+
+
+def _channel_shape(input) -> tuple:
+    """(1, C, 1, ..., 1): how a per-channel vector broadcasts against (N, C, *spatial)."""
+    return (1, input.shape[1]) + (1,) * (input.ndim - 2)
+
+
+def _as_broadcast(t, shape):
+    """``t`` reshaped to ``shape`` (None stays None)."""
+    return None if t is None else reshape(t, shape)
+
+
+def _update_running(running, batch_stat, momentum: float) -> None:
+    """``running <- (1 - momentum) * running + momentum * batch_stat``, in place, not recorded."""
+    if running is None:
+        return
+    with no_grad():
+        running.mul_(1.0 - momentum)
+        running.add_(batch_stat.astype(running.array.dtype, copy=False), alpha=momentum)
+
+
+def _check_momentum(op: str, momentum) -> float:
+    if momentum is None or isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(
+            f"{op}: momentum must be a float, got {momentum!r}; the cumulative average "
+            f"(momentum=None) needs the batch count and is done by the BatchNorm/InstanceNorm modules"
+        )
+    return float(momentum)
+
+
+# ------------------------------------------------------------------------------------- ops
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5):
+    """Batch normalization over (N, C, *spatial) (``torch.nn.functional.batch_norm``).
+
+    Math: per channel c, with the batch statistics over N and every spatial position
+    (M values), y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c, where var_c is the
+    biased variance. In training the running statistics, when given, are updated in place:
+    running_mean <- (1 - momentum) running_mean + momentum mean_c and
+    running_var <- (1 - momentum) running_var + momentum var_c M / (M - 1) (unbiased).
+    In evaluation (``training=False``) the running statistics replace the batch ones.
+
+    ``input`` may have 0 to 4 spatial dims, e.g. (N, C, t, x, y, z).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([[1.0, 10.0], [3.0, 30.0]])
+        >>> rm, rv = am.zeros(2), am.ones(2)
+        >>> am.nn.functional.batch_norm(x, rm, rv, training=True)
+        tensor([[-1.0000, -1.0000],
+                [ 1.0000,  1.0000]])
+        >>> rm
+        tensor([0.2000, 2.0000])
+    """
+    op = "batch_norm"
+    _check_input(op, input, 2)
+    _check_eps(op, eps)
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        _check_vector(op, name, t, (c,), input, float_dtype=False)
+        if t is not None and not t.dtype.is_floating_point:
+            raise RuntimeError(f"{op}: expected {name} to be floating point, got {t.dtype}")
+    _check_vector(op, "weight", weight, (c,), input)
+    _check_vector(op, "bias", bias, (c,), input)
+    shape = _channel_shape(input)
+    if training:
+        momentum = _check_momentum(op, momentum)
+        m = input.numel() // max(c, 1)
+        if m == 1:
+            raise ValueError(
+                f"{op}: Expected more than 1 value per channel when training, got input size "
+                f"{tuple(input.shape)}"
+            )
+        axes = (0,) + tuple(range(2, input.ndim))
+        y, mean, var = Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)
+        if running_mean is not None:
+            _update_running(running_mean, mean.array.reshape(c), momentum)
+        if running_var is not None:
+            _update_running(running_var, var.array.reshape(c) * (m / (m - 1)), momentum)
+        return y
+    if running_mean is None or running_var is None:
+        raise RuntimeError(f"{op}: running_mean and running_var must be defined in evaluation mode (training=False)")
+    # eval: one fused scale-and-shift per element, y = x * scale + shift
+    rm = running_mean if running_mean.dtype == input.dtype else running_mean.to(input.dtype)
+    rv = running_var if running_var.dtype == input.dtype else running_var.to(input.dtype)
+    scale = rsqrt(rv + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -rm * scale
+    if bias is not None:
+        shift = shift + bias
+    return input * reshape(scale, shape) + reshape(shift, shape)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """Layer normalization over the trailing ``normalized_shape`` dims
+    (``torch.nn.functional.layer_norm``).
+
+    Math: for each leading index, over the D = prod(normalized_shape) trailing values,
+    y = (x - mean) / sqrt(var + eps) * weight + bias (biased var; weight and bias have
+    shape ``normalized_shape``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.layer_norm(am.tensor([[1.0, 3.0], [0.0, 10.0]]), (2,))
+        tensor([[-1.0000,  1.0000],
+                [-1.0000,  1.0000]])
+    """
+    op = "layer_norm"
+    _check_input(op, input, 1)
+    _check_eps(op, eps)
+    ns = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) else tuple(int(s) for s in normalized_shape)
+    k = len(ns)
+    if k == 0 or input.ndim < k or tuple(input.shape[-k:]) != ns:
+        raise RuntimeError(
+            f"{op}: Given normalized_shape={list(ns)}, expected input with shape [*, "
+            f"{', '.join(map(str, ns))}], but got input of size {tuple(input.shape)}"
+        )
+    _check_vector(op, "weight", weight, ns, input)
+    _check_vector(op, "bias", bias, ns, input)
+    axes = tuple(range(input.ndim - k, input.ndim))
+    shape = (1,) * (input.ndim - k) + ns
+    return Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)[0]
+
+
+def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """Group normalization over (N, C, *spatial) (``torch.nn.functional.group_norm``).
+
+    Math: the C channels are split into ``num_groups`` groups of C/G; for each sample and
+    group, over its C/G * prod(spatial) values, y = (x - mean) / sqrt(var + eps), then the
+    per-channel affine y * weight_c + bias_c. Independent of the batch size, so it works for
+    batches of 1-2 large volumes.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([[1.0, 3.0, 0.0, 10.0]])
+        >>> am.nn.functional.group_norm(x, 2)
+        tensor([[-1.0000,  1.0000, -1.0000,  1.0000]])
+    """
+    op = "group_norm"
+    _check_input(op, input, 2)
+    _check_eps(op, eps)
+    n, c = input.shape[0], input.shape[1]
+    if not isinstance(num_groups, (int, np.integer)) or num_groups <= 0 or c % num_groups:
+        raise RuntimeError(
+            f"{op}: Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {tuple(input.shape)} and num_groups={num_groups}"
+        )
+    _check_vector(op, "weight", weight, (c,), input)
+    _check_vector(op, "bias", bias, (c,), input)
+    # (N, C, *spatial) -> (N, G, C/G, S): statistics over dims 2, 3; the affine per (G, C/G)
+    grouped = reshape(input, (n, num_groups, c // num_groups, math.prod(input.shape[2:])))
+    shape = (1, num_groups, c // num_groups, 1)
+    y = Normalize.apply(grouped, _as_broadcast(weight, shape), _as_broadcast(bias, shape), (2, 3), eps)[0]
+    return reshape(y, input.shape)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5):
+    """Instance normalization over the spatial dims of (N, C, *spatial)
+    (``torch.nn.functional.instance_norm``).
+
+    Math: for each sample n and channel c, over its M = prod(spatial) values,
+    y = (x - mean_nc) / sqrt(var_nc + eps) * weight_c + bias_c. With ``use_input_stats`` and
+    running statistics given, they are updated with the batch average of the per-instance
+    statistics (unbiased variance, M / (M - 1)), as batch norm does; with
+    ``use_input_stats=False`` the running statistics are used instead.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([[[1.0, 3.0], [0.0, 10.0]]])
+        >>> am.nn.functional.instance_norm(x)
+        tensor([[[-1.0000,  1.0000],
+                 [-1.0000,  1.0000]]])
+    """
+    op = "instance_norm"
+    _check_input(op, input, 3)
+    _check_eps(op, eps)
+    c = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        _check_vector(op, name, t, (c,), input, float_dtype=False)
+    _check_vector(op, "weight", weight, (c,), input)
+    _check_vector(op, "bias", bias, (c,), input)
+    if not use_input_stats:
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    m = math.prod(input.shape[2:])
+    if m == 1:
+        raise ValueError(
+            f"{op}: Expected more than 1 spatial element when training, got input size {tuple(input.shape)}"
+        )
+    axes = tuple(range(2, input.ndim))
+    shape = _channel_shape(input)
+    y, mean, var = Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)
+    if running_mean is not None or running_var is not None:
+        momentum = _check_momentum(op, momentum)
+        n = input.shape[0]
+        if running_mean is not None:
+            _update_running(running_mean, mean.array.reshape(n, c).mean(axis=0), momentum)
+        if running_var is not None:
+            unbiased = var.array.reshape(n, c).mean(axis=0) * (m / (m - 1))
+            _update_running(running_var, unbiased, momentum)
+    return y
