@@ -1,0 +1,376 @@
+"""Fused, allocation-free parameter updates: one body per algorithm, for NumPy and for CUDA.
+
+Every optimizer step ends in one call to :func:`update` per parameter, the one place where the
+parameter's device picks the implementation:
+
+* CPU (NumPy): ufunc calls with ``out=`` into the optimizer state and two scratch buffers, so no
+  array is allocated after the first step. A large contiguous parameter is cut into one slice
+  per core and the slices run in a small thread pool (NumPy releases the GIL inside ufuncs);
+  the arithmetic is elementwise, so the result is bitwise the same as in one thread;
+* CUDA (CuPy): one ``cupy.ElementwiseKernel`` per algorithm doing the same arithmetic in
+  registers, i.e. one read and one write of each array per step. Kernels are built on first use
+  and cached per dtype; CuPy is imported only then.
+
+The NumPy function and the CUDA body of each algorithm sit next to each other below, in the same
+order, and follow PyTorch's ``_single_tensor_<name>`` arithmetic (``torch/optim/<name>.py``): the
+same operations, the same operand order, so float64 trajectories match PyTorch's to rounding.
+Derived scalars (``1 - beta2``, bias corrections, ``-lr``) are computed once on the host in Python
+floats by the optimizer and passed to both paths, so the CPU and the GPU see the same numbers.
+The kernels are compiled with ``--fmad=false``: NumPy rounds each product before the sum, and
+contracting ``a * b + c`` into one FMA would change the last bit.
+
+Conventions of every algorithm (``a + b*c`` below always means: round ``b*c``, then add):
+
+* ``d`` is the gradient the step uses: ``-grad`` when maximizing, plus ``weight_decay * param``
+  for L2 (coupled) weight decay;
+* ``lerp(x, d, w)`` is PyTorch's ``x.lerp_(d, w)``: ``x + w*(d - x)`` when ``w < 0.5`` (the host
+  passes the flag ``lerp_low``), else ``d - (d - x)*(1 - w)``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from ..backends import backend_of
+
+__all__ = ["update", "Workspace", "KINDS"]
+
+
+# -- scratch memory --------------------------------------------------------------------------------
+class Workspace:
+    """Two scratch arrays shaped like a parameter, for the CPU updates.
+
+    All parameters of one dtype share one flat buffer as large as twice the largest of them
+    (updates run one parameter at a time), so scratch costs 2x the largest parameter, not 2x the
+    model. Views are cached per (shape, dtype): after the first step nothing is allocated.
+    """
+
+    def __init__(self):
+        self._flat: dict = {}   # dtype -> 1-D array of 2 * (largest numel seen)
+        self._views: dict = {}  # (shape, dtype) -> (s, t)
+
+    def scratch(self, like):
+        """The two scratch arrays ``(s, t)`` with the shape and dtype of the array ``like``."""
+        key = (like.shape, like.dtype)
+        views = self._views.get(key)
+        if views is None:
+            n = like.size
+            flat = self._flat.get(like.dtype)
+            if flat is None or flat.size < 2 * n:
+                flat = self._flat[like.dtype] = np.empty(2 * n, dtype=like.dtype)
+                # views into a smaller, older buffer stay valid; drop them so it can be freed
+                self._views = {k: v for k, v in self._views.items() if k[1] != like.dtype}
+            views = self._views[key] = (flat[:n].reshape(like.shape), flat[n:2 * n].reshape(like.shape))
+        return views
+
+
+# -- SGD (torch.optim.sgd._single_tensor_sgd) -------------------------------------------------------
+def _sgd_cpu(param, grad, s, t, momentum_buffer=None, *, lr, momentum, one_minus_dampening,
+             weight_decay, nesterov, maximize, first):
+    d = grad
+    if weight_decay != 0:
+        np.multiply(param, weight_decay, out=s)
+        (np.subtract if maximize else np.add)(s, grad, out=s)  # (-grad) + wd*param == wd*param - grad
+        d = s
+    elif maximize:
+        np.negative(grad, out=s)
+        d = s
+    if momentum_buffer is not None:
+        if first:
+            np.copyto(momentum_buffer, d)
+        else:
+            np.multiply(momentum_buffer, momentum, out=momentum_buffer)
+            if one_minus_dampening == 1:  # d * 1 == d exactly: skip a pass
+                np.add(momentum_buffer, d, out=momentum_buffer)
+            else:
+                np.multiply(d, one_minus_dampening, out=t)
+                np.add(momentum_buffer, t, out=momentum_buffer)
+        if nesterov:
+            np.multiply(momentum_buffer, momentum, out=t)
+            np.add(d, t, out=t)
+            d = t
+        else:
+            d = momentum_buffer
+    np.multiply(d, -lr, out=t)
+    np.add(param, t, out=param)
+
+
+_SGD_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) d = d + weight_decay * param;
+#if HAS_MOMENTUM_BUFFER
+if (first) momentum_buffer = d;
+else momentum_buffer = momentum_buffer * momentum + d * one_minus_dampening;
+d = nesterov ? d + momentum_buffer * momentum : momentum_buffer;
+#endif
+param = param + d * (-lr);
+"""
+
+
+# -- Adam / AdamW (torch.optim.adam._single_tensor_adam) ------------------------------------------
+def _adam_cpu(param, grad, s, t, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, weight, lerp_low,
+              one_minus_weight, beta2, one_minus_beta2, weight_decay, decoupled, decay, eps,
+              bias_correction2_sqrt, neg_step_size, maximize):
+    d = grad
+    if weight_decay != 0 and not decoupled:
+        np.multiply(param, weight_decay, out=s)
+        (np.subtract if maximize else np.add)(s, grad, out=s)
+        d = s
+    elif maximize:
+        np.negative(grad, out=s)
+        d = s
+    if weight_decay != 0 and decoupled:
+        np.multiply(param, decay, out=param)  # AdamW: param *= 1 - lr * weight_decay
+    np.subtract(d, exp_avg, out=t)  # exp_avg.lerp_(d, 1 - beta1)
+    if lerp_low:
+        np.multiply(t, weight, out=t)
+        np.add(exp_avg, t, out=exp_avg)
+    else:
+        np.multiply(t, one_minus_weight, out=t)
+        np.subtract(d, t, out=exp_avg)
+    np.multiply(exp_avg_sq, beta2, out=exp_avg_sq)  # exp_avg_sq.mul_(beta2).addcmul_(d, d, 1 - beta2)
+    np.multiply(d, one_minus_beta2, out=t)
+    np.multiply(t, d, out=t)
+    np.add(exp_avg_sq, t, out=exp_avg_sq)
+    source = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        source = max_exp_avg_sq
+    np.sqrt(source, out=t)  # denom = sqrt(v) / sqrt(1 - beta2^step) + eps
+    np.divide(t, bias_correction2_sqrt, out=t)
+    np.add(t, eps, out=t)
+    np.multiply(exp_avg, neg_step_size, out=s)  # param.addcdiv_(exp_avg, denom, -step_size); d is dead
+    np.divide(s, t, out=s)
+    np.add(param, s, out=param)
+
+
+_ADAM_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) {
+    if (decoupled) param = param * decay;
+    else d = d + weight_decay * param;
+}
+T diff = d - exp_avg;
+exp_avg = lerp_low ? exp_avg + diff * weight : d - diff * one_minus_weight;
+exp_avg_sq = exp_avg_sq * beta2 + (d * one_minus_beta2) * d;
+#if HAS_MAX_EXP_AVG_SQ
+T m = max_exp_avg_sq;
+max_exp_avg_sq = (m != m || m > exp_avg_sq) ? m : exp_avg_sq;  /* NaN-propagating, like np.maximum */
+T source = max_exp_avg_sq;
+#else
+T source = exp_avg_sq;
+#endif
+T denom = sqrt(source) / bias_correction2_sqrt + eps;
+param = param + (exp_avg * neg_step_size) / denom;
+"""
+
+
+# -- RMSprop (torch.optim.rmsprop._single_tensor_rmsprop) -----------------------------------------
+def _rmsprop_cpu(param, grad, s, t, square_avg, grad_avg=None, momentum_buffer=None, *, lr, alpha,
+                 one_minus_alpha, weight, lerp_low, one_minus_weight, eps, weight_decay, momentum,
+                 maximize):
+    d = grad
+    if weight_decay != 0:
+        np.multiply(param, weight_decay, out=s)
+        (np.subtract if maximize else np.add)(s, grad, out=s)
+        d = s
+    elif maximize:
+        np.negative(grad, out=s)
+        d = s
+    np.multiply(square_avg, alpha, out=square_avg)  # square_avg.mul_(alpha).addcmul_(d, d, 1 - alpha)
+    np.multiply(d, one_minus_alpha, out=t)
+    np.multiply(t, d, out=t)
+    np.add(square_avg, t, out=square_avg)
+    if grad_avg is not None:
+        np.subtract(d, grad_avg, out=t)  # grad_avg.lerp_(d, 1 - alpha)
+        if lerp_low:
+            np.multiply(t, weight, out=t)
+            np.add(grad_avg, t, out=grad_avg)
+        else:
+            np.multiply(t, one_minus_weight, out=t)
+            np.subtract(d, t, out=grad_avg)
+        np.multiply(grad_avg, grad_avg, out=t)  # avg = sqrt(square_avg - grad_avg^2) + eps
+        np.subtract(square_avg, t, out=t)
+        np.sqrt(t, out=t)
+    else:
+        np.sqrt(square_avg, out=t)
+    np.add(t, eps, out=t)
+    if momentum_buffer is not None:
+        np.divide(d, t, out=t)  # buf = buf * momentum + d / avg; param -= lr * buf
+        np.multiply(momentum_buffer, momentum, out=momentum_buffer)
+        np.add(momentum_buffer, t, out=momentum_buffer)
+        np.multiply(momentum_buffer, -lr, out=s)
+    else:
+        np.multiply(d, -lr, out=s)  # param.addcdiv_(d, avg, -lr)
+        np.divide(s, t, out=s)
+    np.add(param, s, out=param)
+
+
+_RMSPROP_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) d = d + weight_decay * param;
+square_avg = square_avg * alpha + (d * one_minus_alpha) * d;
+#if HAS_GRAD_AVG
+T diff = d - grad_avg;
+grad_avg = lerp_low ? grad_avg + diff * weight : d - diff * one_minus_weight;
+T avg = sqrt(square_avg - grad_avg * grad_avg) + eps;
+#else
+T avg = sqrt(square_avg) + eps;
+#endif
+#if HAS_MOMENTUM_BUFFER
+momentum_buffer = momentum_buffer * momentum + d / avg;
+T step_ = momentum_buffer * (-lr);
+#else
+T step_ = (d * (-lr)) / avg;
+#endif
+param = param + step_;
+"""
+
+
+# -- Adagrad (torch.optim.adagrad._single_tensor_adagrad) -----------------------------------------
+def _adagrad_cpu(param, grad, s, t, state_sum, *, neg_clr, weight_decay, eps, maximize):
+    d = grad
+    if weight_decay != 0:
+        np.multiply(param, weight_decay, out=s)
+        (np.subtract if maximize else np.add)(s, grad, out=s)
+        d = s
+    elif maximize:
+        np.negative(grad, out=s)
+        d = s
+    np.multiply(d, d, out=t)  # state_sum.addcmul_(d, d)
+    np.add(state_sum, t, out=state_sum)
+    np.sqrt(state_sum, out=t)  # std = sqrt(state_sum) + eps
+    np.add(t, eps, out=t)
+    np.multiply(d, neg_clr, out=s)  # param.addcdiv_(d, std, -clr)
+    np.divide(s, t, out=s)
+    np.add(param, s, out=param)
+
+
+_ADAGRAD_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) d = d + weight_decay * param;
+state_sum = state_sum + d * d;
+T std_ = sqrt(state_sum) + eps;
+param = param + (d * neg_clr) / std_;
+"""
+
+
+# -- the table: for each algorithm, its CPU function and its CUDA kernel's signature --------------
+# "scalars" are T (the parameter's dtype), "flags" int32; "buffers" are the state arrays updated
+# in place (optional ones switch a HAS_<NAME> macro in the kernel body).
+KINDS = {
+    "sgd": dict(cpu=_sgd_cpu, body=_SGD_CUDA,
+                scalars=("lr", "momentum", "one_minus_dampening", "weight_decay"),
+                flags=("nesterov", "maximize", "first"),
+                buffers=(), optional=("momentum_buffer",)),
+    "adam": dict(cpu=_adam_cpu, body=_ADAM_CUDA,
+                 scalars=("weight", "one_minus_weight", "beta2", "one_minus_beta2", "weight_decay",
+                          "decay", "eps", "bias_correction2_sqrt", "neg_step_size"),
+                 flags=("lerp_low", "decoupled", "maximize"),
+                 buffers=("exp_avg", "exp_avg_sq"), optional=("max_exp_avg_sq",)),
+    "rmsprop": dict(cpu=_rmsprop_cpu, body=_RMSPROP_CUDA,
+                    scalars=("lr", "alpha", "one_minus_alpha", "weight", "one_minus_weight", "eps",
+                             "weight_decay", "momentum"),
+                    flags=("lerp_low", "maximize"),
+                    buffers=("square_avg",), optional=("grad_avg", "momentum_buffer")),
+    "adagrad": dict(cpu=_adagrad_cpu, body=_ADAGRAD_CUDA,
+                    scalars=("neg_clr", "weight_decay", "eps"), flags=("maximize",),
+                    buffers=("state_sum",), optional=()),
+}
+
+_cuda_kernels: dict = {}
+
+
+def _cuda_kernel(kind: str, present: tuple, dtype):
+    """The ElementwiseKernel of ``kind`` with the optional buffers ``present``, for ``dtype``;
+    built on first use and cached."""
+    key = (kind, present, np.dtype(dtype).str)
+    kernel = _cuda_kernels.get(key)
+    if kernel is None:
+        import cupy  # only here: never at import time
+
+        spec = KINDS[kind]
+        ins = ["T grad"] + [f"T {n}" for n in spec["scalars"]] + [f"int32 {n}" for n in spec["flags"]]
+        outs = ["T param"] + [f"T {n}" for n in spec["buffers"]] + [f"T {n}" for n in present]
+        macros = "".join(f"#define HAS_{n.upper()} {int(n in present)}\n" for n in spec["optional"])
+        kernel = cupy.ElementwiseKernel(
+            ", ".join(ins), ", ".join(outs), spec["body"], name=f"avila_ml_{kind}_update",
+            preamble=macros, options=("--fmad=false",), no_return=True)
+        _cuda_kernels[key] = kernel
+    return kernel
+
+
+# -- CPU threads -----------------------------------------------------------------------------------
+PARALLEL_MIN_SIZE = 1 << 17  # elements; smaller parameters are updated in one thread
+_pool: list = [None, None]   # [executor, pid that created it]
+_pool_lock = threading.Lock()
+
+
+def _num_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _executor():
+    """The shared thread pool, created on first use (and again in a forked child)."""
+    with _pool_lock:
+        if _pool[0] is None or _pool[1] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+            _pool[0] = ThreadPoolExecutor(max_workers=_num_threads() - 1,
+                                          thread_name_prefix="avila_ml_optim")
+            _pool[1] = os.getpid()
+        return _pool[0]
+
+
+def _cpu_update(cpu, param, grad, s, t, buffers: dict, scalars: dict) -> None:
+    n = param.size
+    k = _num_threads() if n >= PARALLEL_MIN_SIZE else 1
+    arrays = (param, grad, s, t, *buffers.values())
+    if k == 1 or not all(a.flags.c_contiguous for a in arrays):
+        cpu(param, grad, s, t, **buffers, **scalars)
+        return
+    names = tuple(buffers)
+    flat = [a.reshape(-1) for a in arrays]  # views: every array is C-contiguous
+    bounds = [n * i // k for i in range(k + 1)]
+
+    def run(i):
+        lo, hi = bounds[i], bounds[i + 1]
+        p, g, s_, t_, *bufs = (a[lo:hi] for a in flat)
+        cpu(p, g, s_, t_, **dict(zip(names, bufs)), **scalars)
+
+    pending = [_executor().submit(run, i) for i in range(1, k)]
+    run(0)  # the calling thread takes the first slice
+    for f in pending:
+        f.result()
+
+
+def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Workspace) -> None:
+    """One in-place step of algorithm ``kind`` on the array ``param`` with gradient ``grad``.
+
+    ``buffers`` maps state names to arrays shaped like ``param`` (updated in place; optional
+    ones absent), ``scalars`` the hyper-parameters and flags of :data:`KINDS`. On a CUDA array
+    this is one fused kernel launch; on the CPU a fixed sequence of ``out=`` ufunc calls using
+    the scratch of ``workspace``.
+    """
+    spec = KINDS[kind]
+    # Python floats: NumPy treats them as "weak" and computes in the parameter's dtype, as the
+    # kernel does (a NumPy float64 scalar would promote a float32 update to float64)
+    scalars = {n: (float(v) if n in spec["scalars"] else v) for n, v in scalars.items()}
+    if backend_of(param).name == "cupy":
+        if param.dtype not in (np.float32, np.float64):
+            raise TypeError(f"optimizer step ({kind}): the fused CUDA update supports float32 and "
+                            f"float64 parameters, got {param.dtype}")
+        present = tuple(n for n in spec["optional"] if n in buffers)
+        args = [grad, *(scalars[n] for n in spec["scalars"]),
+                *(int(scalars[n]) for n in spec["flags"]),
+                param, *(buffers[n] for n in spec["buffers"]), *(buffers[n] for n in present)]
+        with param.device:  # launch on the parameter's GPU
+            _cuda_kernel(kind, present, param.dtype)(*args)
+    else:
+        s, t = workspace.scratch(param)
+        _cpu_update(spec["cpu"], param, grad, s, t, buffers, scalars)
