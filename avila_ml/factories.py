@@ -38,7 +38,10 @@ def _finish(array, requires_grad) -> Tensor:
 
 def _infer_np_dtype(data):
     """PyTorch's dtype for Python data: any float -> default float, else int64, bool -> bool."""
-    a = np.asarray(data)
+    try:
+        a = np.asarray(data)
+    except ValueError as e:  # NumPy's words for a ragged list
+        raise ValueError(f"tensor: expected a rectangular nested sequence of numbers (ragged data): {e}") from None
     if a.dtype == object:
         raise TypeError(f"tensor: could not infer dtype of {type(data).__name__} (ragged or non-numeric data)")
     if a.dtype.kind == "f":
@@ -72,9 +75,13 @@ def _convert(data, dtype, device, copy: bool):
         if src is not b:
             data = src.to_numpy(data)
     xp = b.xp
-    if copy:
-        return xp.array(data, dtype=np_dtype, copy=True)
-    return xp.asarray(data, dtype=np_dtype)
+    try:
+        if copy:
+            return xp.array(data, dtype=np_dtype, copy=True)
+        return xp.asarray(data, dtype=np_dtype)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"tensor: cannot convert {type(data).__name__} to a {np.dtype(np_dtype)} array "
+                      f"(ragged or non-numeric data?): {e}") from None
 
 
 def _flat(data):

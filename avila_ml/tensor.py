@@ -375,6 +375,15 @@ class Tensor:
             finite = arr[np.isfinite(arr)]
             if finite.size and not (finite == np.round(finite)).all():
                 opts = {"floatmode": "fixed", "precision": 4}
+            elif finite.size:
+                # whole numbers print as "1." unless PyTorch switches to scientific notation
+                mag = np.abs(finite[finite != 0]).astype(np.float64)
+                if mag.size and (mag.max() / mag.min() > 1000 or mag.max() > 1e8):
+                    opts = {"floatmode": "fixed", "precision": 4}
+        if arr.dtype == np.bool_:
+            # PyTorch pads True to the width of False only when a False is printed
+            width = 5 if arr.size and not arr.all() else 4
+            opts = {"formatter": {"bool": lambda b: repr(bool(b)).rjust(width)}}
         body = np.array2string(arr, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3, **opts)
         extras = []
         if arr.size == 0 and arr.shape != (0,):

@@ -35,6 +35,10 @@ def _root_grads(outputs, grad_outputs, op):
             raise RuntimeError(f"{op}: mismatch in shape: grad_output[{i}] has shape {tuple(g.shape)} but output[{i}] has shape {tuple(o.shape)}")
         if g.device != o.device:
             raise RuntimeError(f"{op}: grad_output[{i}] is on {g.device} but output[{i}] is on {o.device}")
+        if g.array.dtype != o.array.dtype:
+            # as PyTorch: the gradient of an output has the output's dtype
+            from ..ops.elementwise import cast
+            g = cast(g, o.dtype)
         result.append(g)
     return result
 

@@ -63,7 +63,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
             stack.append(node)
     while stack:
         node = stack.pop()
-        if node._freed and not isinstance(node, AccumulateGrad):
+        if node._freed:  # (AccumulateGrad._freed is always False)
             raise RuntimeError(
                 f"{node._name()}: trying to backward through the graph a second time (or to "
                 "directly access saved tensors after they have already been freed). Saved "
@@ -109,7 +109,10 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
 
     prev_mode = _state.enabled
     _state.enabled = create_graph
+    acc_type = AccumulateGrad
     try:
+        # the per-node loop: kept free of helper calls and generator expressions (it runs
+        # once per recorded op); _check_grad is inlined as a shape comparison
         while ready:
             node = ready.pop()
             k = id(node)
@@ -120,7 +123,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
             hooks = node._pre_hooks
             if hooks:
                 for idx, fns in hooks.items():
-                    for fn in fns:
+                    for fn in list(fns):
                         if grads[idx] is not None:
                             new = fn(grads[idx])
                             if new is not None:
@@ -130,12 +133,20 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                     pos = capture.get((k, idx))
                     if pos is not None:
                         results[pos] = g
-            if isinstance(node, AccumulateGrad):
+            if type(node) is acc_type:
                 if capture is None and grads[0] is not None:
                     _accumulate_leaf(node.variable, grads[0], create_graph)
                 continue
             next_edges = node._next
-            if (needed is not None and k not in needed) or all(g is None for g in grads):
+            if len(grads) == 1:
+                nothing = grads[0] is None
+            else:
+                nothing = True
+                for g in grads:
+                    if g is not None:
+                        nothing = False
+                        break
+            if nothing or (needed is not None and k not in needed):
                 # nothing to propagate (or nothing captured lies below): pass None along so
                 # the dependency counts below still reach zero
                 in_grads = (None,) * len(next_edges)
@@ -145,7 +156,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                         if g is None:
                             grads[idx] = _zeros_for(node, idx)
                 in_grads = node.backward(*grads)
-                if not isinstance(in_grads, tuple):
+                if type(in_grads) is not tuple:
                     in_grads = (in_grads,)
                 if len(in_grads) != len(next_edges):
                     raise RuntimeError(
@@ -153,21 +164,32 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                     )
                 if not retain_graph:
                     node.release()
-            for i, (e, g) in enumerate(zip(next_edges, in_grads)):
+            i = -1
+            for e, g in zip(next_edges, in_grads):
+                i += 1
                 if e is None:
                     continue
                 child, idx = e
                 ck = id(child)
                 if g is not None:
-                    if not isinstance(g, Tensor):
+                    if type(g) is not Tensor and not isinstance(g, Tensor):
                         g = Tensor._wrap(g)
-                    _check_grad(node, i, g, child, idx)
-                    buf = buffers.get(ck)
-                    if buf is None:
-                        n_out = 1 if isinstance(child, AccumulateGrad) else len(child._out_meta)
-                        buf = buffers[ck] = [None] * n_out
-                        nodes[ck] = child
-                    buf[idx] = g if buf[idx] is None else buf[idx] + g
+                    if type(child) is acc_type:
+                        if g.array.shape != child.variable.array.shape:
+                            _check_grad(node, i, g, child, idx)
+                        buf = buffers.get(ck)
+                        if buf is None:
+                            buf = buffers[ck] = [None]
+                            nodes[ck] = child
+                    else:
+                        if g.array.shape != child._out_meta[idx]:
+                            _check_grad(node, i, g, child, idx)
+                        buf = buffers.get(ck)
+                        if buf is None:
+                            buf = buffers[ck] = [None] * len(child._out_meta)
+                            nodes[ck] = child
+                    old = buf[idx]
+                    buf[idx] = g if old is None else old + g
                 else:
                     nodes.setdefault(ck, child)
                 left = deps[ck] - 1

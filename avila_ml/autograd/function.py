@@ -54,12 +54,14 @@ class Function:
     @classmethod
     def apply(cls, *args):
         """Run the op on ``args`` and, if any Tensor argument requires grad, record the node."""
+        # This is the hottest path of the library (every op of every step): one pass over
+        # the arguments, no generator expressions, and a single-output fast path.
         node = cls.__new__(cls)
         arrays = []
         tensors = []
         requires = False
         for a in args:
-            if isinstance(a, Tensor):
+            if type(a) is Tensor or isinstance(a, Tensor):
                 arrays.append(a.array)
                 tensors.append(a)
                 if a._requires_grad:
@@ -71,36 +73,46 @@ class Function:
         node._inputs = tensors
         out = node.forward(*arrays)
         node._inputs = None
+        wrap = Tensor._wrap
         if not recording:
             if type(out) is tuple:
-                return tuple(Tensor._wrap(o) for o in out)
+                return tuple([wrap(o) for o in out])
+            r = wrap(out)
             if cls.is_view:
-                r = Tensor._wrap(out)
                 r._version = tensors[0]._version
-                return r
-            return Tensor._wrap(out)
-        node.needs_input_grad = tuple(t._requires_grad for t in tensors)
-        node._next = tuple(_edge_of(t) if t._requires_grad else None for t in tensors)
-        multi = type(out) is tuple
-        outs = out if multi else (out,)
-        results = []
-        meta = []
-        nd = node.non_differentiable
-        for i, o in enumerate(outs):
-            if i in nd:
-                results.append(Tensor._wrap(o))
+            return r
+        needs = []
+        edges = []
+        for t in tensors:
+            if t._requires_grad:
+                needs.append(True)
+                edges.append(_edge_of(t))
             else:
-                results.append(Tensor._wrap(o, node, i))
-            meta.append(o.shape)
-        node._out_meta = meta
-        node._out_dtypes = [o.dtype for o in outs]
-        if multi:
-            node._out_xp = backend_of(outs[0]).xp
+                needs.append(False)
+                edges.append(None)
+        node.needs_input_grad = tuple(needs)
+        node._next = tuple(edges)
+        if type(out) is not tuple:
+            r = wrap(out, node, 0) if 0 not in node.non_differentiable else wrap(out)
+            node._out_meta = (out.shape,)
+            if cls.is_view:
+                r._version = tensors[0]._version
+            saved = node._saved_out
+            if saved is not None:
+                node._saved_out = [(0, out, r._version, r._version[0])] if saved else []
+            return r
+        results = []
+        nd = node.non_differentiable
+        for i, o in enumerate(out):
+            results.append(wrap(o) if i in nd else wrap(o, node, i))
+        node._out_meta = tuple([o.shape for o in out])
+        node._out_dtypes = tuple([o.dtype for o in out])
+        node._out_xp = backend_of(out[0]).xp
         if cls.is_view:
             results[0]._version = tensors[0]._version
         if node._saved_out is not None:
-            node._saved_out = [(i, outs[i], results[i]._version, results[i]._version[0]) for i in node._saved_out]
-        return tuple(results) if multi else results[0]
+            node._saved_out = [(i, out[i], results[i]._version, results[i]._version[0]) for i in node._saved_out]
+        return tuple(results)
 
     def forward(self, *args):  # pragma: no cover - documented interface
         raise TypeError(f"{type(self).__name__} must define forward()")

@@ -81,8 +81,8 @@ def jacobian_errors(func, inputs, eps: float = 1e-6):
         a = np.concatenate([b.ravel() for b in ana[n]]) if ana[n] else np.zeros(0)
         m = np.concatenate([b.ravel() for b in num[n]]) if num[n] else np.zeros(0)
         err = np.abs(a - m)
-        worst_abs = float(err.max()) if err.size else 0.0
-        worst_rel = float((err / np.maximum(np.abs(m), 1e-12)).max()) if err.size else 0.0
+        worst_abs = float(np.max(err)) if err.size else 0.0  # NaN if any entry is NaN
+        worst_rel = float(np.max(err / np.maximum(np.abs(m), 1e-12))) if err.size else 0.0
         report.append((i, worst_abs, worst_rel, a, m))
     return report
 
@@ -110,9 +110,10 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
     report = jacobian_errors(func, inputs, eps)
     failed = []
     for i, worst_abs, worst_rel, a, m in report:
-        bad = np.abs(a - m) > atol + rtol * np.abs(m)
+        # written as "not close" so a NaN on either side fails, as in torch.allclose
+        bad = ~(np.abs(a - m) <= atol + rtol * np.abs(m))
         if bad.any():
-            j = int(np.argmax(np.abs(a - m)))
+            j = int(np.argmax(np.where(bad, np.nan_to_num(np.abs(a - m), nan=np.inf), -1.0)))
             failed.append(
                 f"input {i}: worst abs error {worst_abs:.3e}, worst rel error {worst_rel:.3e} "
                 f"({int(bad.sum())} of {bad.size} Jacobian entries out of tolerance; e.g. "

@@ -83,7 +83,10 @@ def backend_of(array):
 
 def _initial_default():
     env = os.environ.get("AVILA_ML_DEVICE")
-    return device(env) if env else device("cpu")
+    try:
+        return device(env) if env else device("cpu")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"environment variable AVILA_ML_DEVICE={env!r} is not a device: {e}") from None
 
 
 _default_device = [_initial_default()]

@@ -1,8 +1,12 @@
-"""The GPU backend: CuPy arrays on one CUDA device. Imported only when a CUDA device is used."""
+"""The GPU backend: CuPy arrays on one CUDA device.
+
+``avila_ml.backends`` creates a :class:`CupyBackend` only after it has checked that CuPy is
+installed and sees a GPU. CuPy itself is imported inside the methods (an import of an already
+loaded module is a dictionary lookup), so this module can be imported, e.g. by the doctest
+collector, on machines without CuPy.
+"""
 from __future__ import annotations
 
-import cupy  # noqa: F401 - this module is imported lazily by avila_ml.backends
-import cupyx
 import numpy as np
 
 from .device import device
@@ -13,14 +17,16 @@ class CupyBackend:
     """Array namespace and RNG for ``device("cuda:N")``."""
 
     name = "cupy"
-    xp = cupy
 
     def __init__(self, index: int):
+        import cupy
+        self.xp = cupy
         self.index = index
         self.device = device("cuda", index)
         self.seed(DEFAULT_SEED)
 
     def seed(self, seed: int) -> None:
+        import cupy
         self._seed = int(seed)
         with cupy.cuda.Device(self.index):
             self.rng = cupy.random.RandomState(self._seed)
@@ -35,43 +41,53 @@ class CupyBackend:
         self.seed(state)
 
     def rand(self, shape, np_dtype):
+        import cupy
         with cupy.cuda.Device(self.index):
             dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
             return self.rng.random_sample(shape, dtype=dt).astype(np_dtype, copy=False)
 
     def randn(self, shape, np_dtype):
+        import cupy
         with cupy.cuda.Device(self.index):
             dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
             return self.rng.standard_normal(shape, dtype=dt).astype(np_dtype, copy=False)
 
     def randint(self, low, high, shape, np_dtype):
+        import cupy
         with cupy.cuda.Device(self.index):
             return self.rng.randint(low, high, size=shape, dtype=np_dtype)
 
     def permutation(self, n: int):
+        import cupy
         with cupy.cuda.Device(self.index):
             return self.rng.permutation(n)
 
     @staticmethod
     def scatter_add(target, key, values) -> None:
         """``target[key] += values`` with repeated indices accumulating (``cupyx.scatter_add``)."""
+        import cupyx
         cupyx.scatter_add(target, key, values)
 
     @staticmethod
     def index_add(target, axis, index, values) -> None:
         """``target[..., index, ...] += values`` along ``axis`` (``cupyx.scatter_add``)."""
+        import cupy
+        import cupyx
         t = cupy.moveaxis(target, axis, 0)
         v = cupy.moveaxis(values, axis, 0)
         cupyx.scatter_add(t, index, v)
 
     def to_numpy(self, array):
+        import cupy
         return cupy.asnumpy(array)
 
     def from_numpy(self, array):
+        import cupy
         with cupy.cuda.Device(self.index):
             return cupy.asarray(array)
 
     def synchronize(self) -> None:
+        import cupy
         with cupy.cuda.Device(self.index):
             cupy.cuda.Stream.null.synchronize()
 

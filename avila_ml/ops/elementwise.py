@@ -35,7 +35,10 @@ def _arr(o):
 
 def _scalar_tensor(value, dtype: _dt.dtype, like: Tensor) -> Tensor:
     xp = _xp(like.array)
-    return Tensor._wrap(xp.asarray(value, dtype=dtype.np))
+    try:
+        return Tensor._wrap(xp.asarray(value, dtype=dtype.np))
+    except OverflowError:  # e.g. -2 for uint8: wrap around as PyTorch (and C) do
+        return Tensor._wrap(xp.asarray(value).astype(dtype.np))
 
 
 def _prepare(a, b, op: str):
@@ -45,6 +48,14 @@ def _prepare(a, b, op: str):
     PyTorch); any other device mix raises, naming the op and both devices.
     """
     ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
+    if ta and not tb and (type(b) is float or type(b) is int):
+        arr = a.array
+        if arr.dtype.kind == "f":
+            # fast path (x * 0.5): a Python number never changes a float tensor's dtype
+            try:
+                return a, Tensor._wrap(_xp(arr).asarray(b, dtype=arr.dtype))
+            except OverflowError:
+                pass  # e.g. 1e300 in float16: the general path below reports it the same way
     if ta and tb:
         if a.array.dtype == b.array.dtype and type(a.array) is type(b.array):
             if type(a.array) is np.ndarray:
@@ -288,7 +299,21 @@ class Atan2(Function):
 
 def _binary(cls, a, b, op):
     a, b = _prepare(a, b, op)
-    return cls.apply(a, b)
+    try:
+        return cls.apply(a, b)
+    except ValueError:
+        _check_broadcast(a, b, op)  # a NumPy/CuPy broadcast error becomes one that names the op
+        raise
+
+
+def _check_broadcast(a, b, op):
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise RuntimeError(
+            f"{op}: the size of tensor a {tuple(a.shape)} must match the size of tensor b "
+            f"{tuple(b.shape)} at every non-singleton dimension (they cannot be broadcast together)"
+        ) from None
 
 
 def add(input, other, alpha=1):
@@ -312,6 +337,10 @@ def sub(input, other, alpha=1):
         >>> am.sub(am.tensor([1.0, 2.0]), 1)
         tensor([0., 1.])
     """
+    for t in (input, other):
+        if isinstance(t, Tensor) and t.array.dtype == np.bool_:
+            raise RuntimeError("sub: subtraction, the `-` operator, with a bool tensor is not supported; "
+                               "to invert a mask use `~` or logical_not()")
     if alpha != 1:
         other = mul(other, alpha) if isinstance(other, Tensor) else other * alpha
     return _binary(Sub, input, other, "sub")
@@ -349,7 +378,11 @@ def div(input, other, rounding_mode=None):
     if not a.dtype.is_floating_point:
         f = _dt.get_default_dtype()
         a, b = cast(a, f), cast(b, f)
-    return Div.apply(a, b)
+    try:
+        return Div.apply(a, b)
+    except ValueError:
+        _check_broadcast(a, b, "div")
+        raise
 
 
 true_divide = div
@@ -358,6 +391,7 @@ true_divide = div
 def floor_divide(input, other):
     """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable."""
     a, b = _prepare(input, other, "floor_divide")
+    _check_broadcast(a, b, "floor_divide")
     return _nondiff(_xp(a.array).floor_divide(a.array, b.array))
 
 
@@ -659,6 +693,9 @@ erf = _make_unary(Erf, "erf", "y = 2/sqrt(pi) int_0^x e^{-t^2} dt; dy/dx = 2/sqr
 
 def neg(input):
     """Elementwise negation ``-x`` (``torch.neg``)."""
+    if input.array.dtype == np.bool_:
+        raise RuntimeError("neg: negation, the `-` operator, on a bool tensor is not supported; "
+                           "to invert a mask use `~` or logical_not()")
     return Neg.apply(input)
 
 
@@ -719,6 +756,9 @@ def clamp(input, min=None, max=None):
         if max is not None:
             out = minimum(out, max)
         return out
+    dt = _dt.result_type(input, *(v for v in (min, max) if v is not None))
+    if input.dtype is not dt:
+        input = cast(input, dt)
     return Clamp.apply(input, min, max)
 
 
@@ -788,7 +828,11 @@ def _nondiff(array) -> Tensor:
 def _compare(ufunc_name, op):
     def fn(input, other):
         a, b = _prepare(input, other, op)
-        return _nondiff(getattr(_xp(a.array), ufunc_name)(a.array, b.array))
+        try:
+            return _nondiff(getattr(_xp(a.array), ufunc_name)(a.array, b.array))
+        except ValueError:
+            _check_broadcast(a, b, op)
+            raise
     fn.__name__ = op
     fn.__doc__ = (f"Elementwise ``{op}`` comparison with broadcasting, a bool tensor (``torch.{op}``).\n\n"
                   f"    Example:\n        >>> import avila_ml as am\n"

@@ -290,8 +290,10 @@ def masked_fill(input, mask, value):
         if value.ndim != 0:
             raise RuntimeError(f"masked_fill: only 0-d value tensors are supported, got shape {tuple(value.shape)}")
         value = value.to(input.dtype)
-    elif input.dtype.is_floating_point or isinstance(value, (bool, int, np.integer, np.bool_)):
-        value = Tensor._wrap(backend_of(input.array).xp.asarray(value, dtype=input.array.dtype))
+    else:
+        # as PyTorch, the result keeps the input's dtype (2.5 into an int tensor gives 2)
+        xp = backend_of(input.array).xp
+        value = Tensor._wrap(xp.asarray(value).astype(input.array.dtype))
     return where(m, value, input)
 
 

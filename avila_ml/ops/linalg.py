@@ -6,7 +6,7 @@ import numpy as np
 from ..autograd.function import Function
 from ..backends import backend_of
 from ..tensor import Tensor
-from .elementwise import sum_to, _prepare
+from .elementwise import sum_to, _prepare, _arr
 from .shape import reshape, squeeze, unsqueeze, broadcast_to
 
 __all__ = ["matmul", "mm", "bmm", "dot", "outer", "einsum", "linear"]
@@ -119,7 +119,7 @@ class Einsum(Function):
     def forward(self, spec, *ops):
         self.spec = spec
         self.save_inputs(*range(len(ops)))
-        return backend_of(ops[0]).xp.einsum(spec, *ops, optimize=len(ops) > 2)
+        return _arr(backend_of(ops[0]).xp.einsum(spec, *ops, optimize=len(ops) > 2))
 
     def backward(self, g):
         ins, out = self.spec.split("->")

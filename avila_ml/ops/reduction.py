@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
+from ..autograd.grad_mode import is_grad_enabled
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
 from .elementwise import _arr, abs as _abs, exp, log, sqrt, where, cast, pow as _pow, _nondiff
@@ -156,6 +157,9 @@ class Prod(Function):
         if not (xa == 0).any():
             return gk * ok / x
         # with zeros, out / x is undefined: use the product of all the *other* elements
+        if is_grad_enabled():
+            # create_graph: the array shortcut below would not differentiate again
+            return gk * _prod_of_others(x, axis)
         xp = backend_of(xa).xp
         ax = 0 if axis is None else axis
         flat = xa.reshape(-1) if axis is None else xa
@@ -165,6 +169,21 @@ class Prod(Function):
         right = xp.flip(xp.cumprod(xp.concatenate([ones, xp.take(rev, range(flat.shape[ax] - 1), axis=ax)], axis=ax), axis=ax), ax)
         others = Tensor._wrap((left * right).reshape(xa.shape))
         return gk * others
+
+
+def _prod_of_others(x, axis):
+    """``others[j] = prod_{k != j} x[k]`` along ``axis`` (all elements when None), written
+    with differentiable ops: row j of an (n, n) matrix is x with x[j] replaced by 1, and the
+    rows are multiplied out. O(n^2) memory, used only for higher derivatives with zeros."""
+    from .shape import movedim
+    shape = x.shape
+    flat, ax = (reshape(x, (-1,)), 0) if axis is None else (x, axis)
+    xm = movedim(flat, ax, -1)                                    # (..., n)
+    n = xm.shape[-1]
+    eye = backend_of(x.array).xp.eye(n, dtype=bool)               # (n, n)
+    rows = where(eye, 1.0, unsqueeze(xm, -2))                     # (..., n, n)
+    others = Prod.apply(rows, rows.ndim - 1, False)               # (..., n)
+    return reshape(movedim(others, -1, ax), shape)
 
 
 def prod(input, dim=None, keepdim: bool = False, dtype=None):
@@ -189,8 +208,10 @@ class AMax(Function):
         self.save_inputs(0)
         self.save_outputs(0)
         self.keepdim = keepdim
-        if x.size == 0:
-            raise RuntimeError(f"{'amin' if is_min else 'amax'}: expected a non-empty tensor, got shape {x.shape}")
+        if x.size == 0 and (not axes or builtins.any(x.shape[a] == 0 for a in axes)):
+            op = "amin" if is_min else "amax"
+            raise RuntimeError(f"{op}: expected a non-empty tensor (or reduction over non-empty dims), "
+                               f"got shape {tuple(x.shape)} reducing dims {axes}")
         r = x.min(axis=axes, keepdims=keepdim) if is_min else x.max(axis=axes, keepdims=keepdim)
         return _arr(r)
 
@@ -219,12 +240,13 @@ def amin(input, dim=(), keepdim: bool = False):
 
 def _arg(input, dim, keepdim, is_min, op):
     a = input.array
-    if a.size == 0:
-        raise RuntimeError(f"{op}: expected a non-empty tensor, got shape {tuple(a.shape)}")
+    if a.size == 0 and (dim is None or a.ndim == 0 or a.shape[_norm_dim(dim, a.ndim, op)] == 0):
+        raise RuntimeError(f"{op}: expected a non-empty tensor (or a non-empty dim), got shape "
+                           f"{tuple(a.shape)} and dim={dim}")
     f = a.argmin if is_min else a.argmax
     if dim is None:
-        r = f()
-        return _nondiff(np.asarray(r) if isinstance(r, np.generic) else r.astype(np.int64).reshape(()) if not keepdim else r.reshape((1,) * a.ndim))
+        r = _arr(f()).astype(np.int64)  # index into the flattened tensor
+        return _nondiff(r.reshape((1,) * a.ndim if keepdim else ()))
     d = _norm_dim(dim, input.ndim, op)
     r = f(axis=d, keepdims=keepdim) if a.ndim else f()
     return _nondiff(_arr(r).astype(np.int64))
@@ -314,7 +336,8 @@ class Softmax(Function):
         xp = backend_of(x).xp
         m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
         m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
-        e = xp.exp(x - m)
+        e = x - m
+        xp.exp(e, out=e)  # in place: one temporary instead of two
         s = e.sum(axis=axis, keepdims=True)
         e /= s
         self.save_outputs(0)

@@ -12,7 +12,7 @@ import numpy as np
 from ..autograd.function import Function
 from ..backends import backend_of, get_backend, device as _device
 from ..tensor import Tensor, _norm_dim
-from .elementwise import sum_to
+from .elementwise import sum_to, _arr
 
 __all__ = [
     "reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose", "swapaxes",
@@ -366,9 +366,11 @@ def chunk(input, chunks: int, dim: int = 0):
     """Split into ``chunks`` near-equal pieces (``torch.chunk``)."""
     if chunks <= 0:
         raise RuntimeError(f"chunk: chunks must be positive, got {chunks}")
-    n = input.shape[_norm_dim(dim, input.ndim, "chunk")]
-    size = -(-n // chunks) if n else 1
-    return split(input, max(size, 1), dim)
+    d = _norm_dim(dim, input.ndim, "chunk")
+    n = input.shape[d]
+    if n == 0:  # as PyTorch: `chunks` empty pieces
+        return Split.apply(input, (0,) * chunks, d) if chunks > 1 else (input,)
+    return split(input, -(-n // chunks), dim)
 
 
 def unbind(input, dim: int = 0):
@@ -389,7 +391,7 @@ class Flip(Function):
 
     def forward(self, x, dims):
         self.dims = dims
-        return backend_of(x).xp.flip(x, dims)
+        return _arr(backend_of(x).xp.flip(x, dims))
 
     def backward(self, g):
         return Flip.apply(g, self.dims)
