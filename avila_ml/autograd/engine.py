@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .function import AccumulateGrad
 from .grad_mode import _state
+from ..backends import nvtx as _nvtx
 
 __all__ = ["run_backward"]
 
@@ -155,7 +156,14 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                     for idx, g in enumerate(grads):
                         if g is None:
                             grads[idx] = _zeros_for(node, idx)
-                in_grads = node.backward(*grads)
+                if _nvtx.active:
+                    _nvtx.push(_nvtx.range_name(type(node), "backward"))
+                    try:
+                        in_grads = node.backward(*grads)
+                    finally:
+                        _nvtx.pop()
+                else:
+                    in_grads = node.backward(*grads)
                 if type(in_grads) is not tuple:
                     in_grads = (in_grads,)
                 if len(in_grads) != len(next_edges):

@@ -71,7 +71,14 @@ class Function:
         recording = requires and _state.enabled
         node._recording = recording
         node._inputs = tensors
-        out = node.forward(*arrays)
+        if _nvtx.active:
+            _nvtx.push(_nvtx.range_name(cls, "forward"))
+            try:
+                out = node.forward(*arrays)
+            finally:
+                _nvtx.pop()
+        else:
+            out = node.forward(*arrays)
         node._inputs = None
         wrap = Tensor._wrap
         if not recording:
@@ -236,5 +243,5 @@ def _edge_of(t):
     return (acc, 0)
 
 
-from ..backends import backend_of  # noqa: E402
+from ..backends import backend_of, nvtx as _nvtx  # noqa: E402
 from ..tensor import Tensor  # noqa: E402  (tensor.py imports this module first)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .device import device
 from .numpy_backend import NumpyBackend
+from . import nvtx
 
 __all__ = [
     "device", "get_backend", "backend_of", "cuda_is_available", "get_default_device",
@@ -67,6 +68,7 @@ def get_backend(dev=None):
             raise RuntimeError(f"CUDA device {dev} requested but only {n} GPU(s) are visible")
         from .cupy_backend import CupyBackend
         b = _cuda[dev.index] = CupyBackend(dev.index)
+        nvtx.activate()  # ranges on the GPU timeline when the nvtx package is installed
     return b
 
 
