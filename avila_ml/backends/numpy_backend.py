@@ -8,7 +8,32 @@ from .device import device
 DEFAULT_SEED = 67280421310721  # PyTorch's default initial seed
 
 
-class NumpyBackend:
+class PCG64Draws:
+    """The random draws the tensor factories ask of a generator, from ``self.rng`` (a NumPy
+    ``Generator``). Shared by the CPU backend and :class:`avila_ml.data.Generator`."""
+
+    def rand(self, shape, np_dtype):
+        """A NumPy array of U[0, 1) samples (what ``am.rand`` calls)."""
+        if np_dtype in (np.float32, np.float64):
+            return self.rng.random(shape, dtype=np_dtype)
+        return self.rng.random(shape).astype(np_dtype)
+
+    def randn(self, shape, np_dtype):
+        """A NumPy array of N(0, 1) samples (what ``am.randn`` calls)."""
+        if np_dtype in (np.float32, np.float64):
+            return self.rng.standard_normal(shape, dtype=np_dtype)
+        return self.rng.standard_normal(shape).astype(np_dtype)
+
+    def randint(self, low, high, shape, np_dtype):
+        """A NumPy array of integers uniform in ``[low, high)`` (what ``am.randint`` calls)."""
+        return self.rng.integers(low, high, size=shape, dtype=np_dtype)
+
+    def permutation(self, n: int):
+        """A uniform random permutation of ``0..n-1`` (what ``am.randperm`` calls)."""
+        return self.rng.permutation(n)
+
+
+class NumpyBackend(PCG64Draws):
     """Array namespace and RNG for ``device("cpu")``."""
 
     name = "numpy"
@@ -31,22 +56,6 @@ class NumpyBackend:
 
     def set_rng_state(self, state) -> None:
         self.rng.bit_generator.state = state
-
-    def rand(self, shape, np_dtype):
-        if np_dtype in (np.float32, np.float64):
-            return self.rng.random(shape, dtype=np_dtype)
-        return self.rng.random(shape).astype(np_dtype)
-
-    def randn(self, shape, np_dtype):
-        if np_dtype in (np.float32, np.float64):
-            return self.rng.standard_normal(shape, dtype=np_dtype)
-        return self.rng.standard_normal(shape).astype(np_dtype)
-
-    def randint(self, low, high, shape, np_dtype):
-        return self.rng.integers(low, high, size=shape, dtype=np_dtype)
-
-    def permutation(self, n: int):
-        return self.rng.permutation(n)
 
     # -- kernels the generic array API does badly ------------------------------------------
     @staticmethod

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..backends import get_backend
-from ..backends.numpy_backend import DEFAULT_SEED
+from ..backends.numpy_backend import DEFAULT_SEED, PCG64Draws
 
 __all__ = [
     "Generator", "Sampler", "SequentialSampler", "RandomSampler", "SubsetRandomSampler",
@@ -28,7 +28,7 @@ __all__ = [
 _U64 = 1 << 64
 
 
-class Generator:
+class Generator(PCG64Draws):
     """A private random-number generator for samplers and data splits (``torch.Generator``).
 
     It holds a NumPy ``PCG64`` bit generator, so two generators given the same seed give the
@@ -83,27 +83,6 @@ class Generator:
         """Restore a state returned by :meth:`get_state` (``Generator.set_state``)."""
         self.rng.bit_generator.state = state
         return self
-
-    # the draws the tensor factories ask of a generator (the CPU backend has the same methods)
-    def rand(self, shape, np_dtype):
-        """A NumPy array of U[0, 1) samples (what ``am.rand(..., generator=g)`` calls)."""
-        if np_dtype in (np.float32, np.float64):
-            return self.rng.random(shape, dtype=np_dtype)
-        return self.rng.random(shape).astype(np_dtype)
-
-    def randn(self, shape, np_dtype):
-        """A NumPy array of N(0, 1) samples (what ``am.randn(..., generator=g)`` calls)."""
-        if np_dtype in (np.float32, np.float64):
-            return self.rng.standard_normal(shape, dtype=np_dtype)
-        return self.rng.standard_normal(shape).astype(np_dtype)
-
-    def randint(self, low, high, shape, np_dtype):
-        """A NumPy array of integers uniform in ``[low, high)`` (``am.randint(..., generator=g)``)."""
-        return self.rng.integers(low, high, size=shape, dtype=np_dtype)
-
-    def permutation(self, n: int):
-        """A uniform random permutation of ``0..n-1`` as a NumPy array (``am.randperm``)."""
-        return self.rng.permutation(n)
 
     def __repr__(self) -> str:
         return f"Generator(seed={self._seed})"
