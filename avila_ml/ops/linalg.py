@@ -55,6 +55,12 @@ def matmul(input, other):
             np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         except ValueError:
             raise RuntimeError(f"matmul: batch dims of {tuple(a.shape)} and {tuple(b.shape)} do not broadcast") from None
+    if a.ndim > 2 and b.ndim == 2:
+        # (..., n, k) @ (k, m) as one (N n, k) @ (k, m) product: one BLAS call instead of one
+        # per batch entry (NumPy's stacked matmul), and dB is then one product as well
+        rows = int(np.prod(a.shape[:-1], dtype=np.int64))
+        out = MatMul.apply(reshape(a, (rows, ka)), b)
+        return reshape(out, tuple(a.shape[:-1]) + (b.shape[-1],))
     a1, b1 = a.ndim == 1, b.ndim == 1
     if a1:
         a = unsqueeze(a, 0)
