@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -50,3 +52,22 @@ class ConvGeometry:
     @property
     def no_padding(self) -> bool:
         return not any(self.pad_lo) and not any(self.pad_hi)
+
+
+def int_tuple(v, d: int, name: str, op: str, minimum=None) -> tuple:
+    """``v`` (an int, a 1-tuple or a d-tuple) as a d-tuple of ints, each >= ``minimum``;
+    bad values raise naming the op and the argument. Shared by convolution and pooling."""
+    if isinstance(v, (int, np.integer)):
+        v = (int(v),) * d
+    else:
+        try:
+            v = tuple(int(e) for e in v)
+        except TypeError:
+            raise TypeError(f"{op}: {name} must be an int or a tuple of {d} ints, got {v!r}") from None
+        if len(v) == 1:
+            v = v * d
+    if len(v) != d:
+        raise ValueError(f"{op}: {name} must be an int or a tuple of {d} ints, got {v}")
+    if minimum is not None and any(e < minimum for e in v):
+        raise ValueError(f"{op}: {name} must be >= {minimum} in every dimension, got {v}")
+    return v

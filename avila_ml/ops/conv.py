@@ -27,7 +27,7 @@ from ..autograd.function import Function
 from ..backends import backend_of, get_conv_algorithm
 from ..tensor import Tensor
 from . import _conv_direct, _conv_fft, _conv_gemm
-from ._conv_geometry import ConvGeometry
+from ._conv_geometry import ConvGeometry, int_tuple
 from .shape import pad as _pad
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv4d", "conv_transpose1d", "conv_transpose2d",
@@ -211,21 +211,6 @@ class ConvWeightGrad(Function):
 
 
 # ----------------------------------------------------------------------------- argument checks
-def _tuple(v, d, name, op, minimum):
-    if isinstance(v, (int, np.integer)):
-        v = (int(v),) * d
-    else:
-        try:
-            v = tuple(int(e) for e in v)
-        except TypeError:
-            raise TypeError(f"{op}: {name} must be an int or a tuple of {d} ints, got {v!r}") from None
-        if len(v) == 1:
-            v = v * d
-    if len(v) != d:
-        raise ValueError(f"{op}: {name} must be an int or a tuple of {d} ints, got {v}")
-    if any(e < minimum for e in v):
-        raise ValueError(f"{op}: {name} must be >= {minimum} in every dimension, got {v}")
-    return v
 
 
 def _modes(padding_mode, d, op):
@@ -273,8 +258,8 @@ def _check_extent(op, x_shape, kernel, geom):
 def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     """Shared body of conv1d..conv4d."""
     _check_tensors(op, input, weight, bias, d, False)
-    stride = _tuple(stride, d, "stride", op, 1)
-    dilation = _tuple(dilation, d, "dilation", op, 1)
+    stride = int_tuple(stride, d, "stride", op, 1)
+    dilation = int_tuple(dilation, d, "dilation", op, 1)
     modes = _modes(padding_mode, d, op)
     groups = int(groups)
     K = tuple(weight.shape[2:])
@@ -301,7 +286,7 @@ def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding
         else:
             raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a tuple of {d} ints, got {padding!r}")
     else:
-        lo = hi = _tuple(padding, d, "padding", op, 0)
+        lo = hi = int_tuple(padding, d, "padding", op, 0)
     lo, hi = list(lo), list(hi)
     # non-zero padding modes pad explicitly (differentiably), then the conv runs unpadded there
     by_mode = {}
@@ -330,13 +315,13 @@ def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding
 def _conv_transpose(op, d, input, weight, bias, stride, padding, output_padding, groups, dilation):
     """Shared body of conv_transpose1d..conv_transpose4d."""
     _check_tensors(op, input, weight, bias, d, True)
-    stride = _tuple(stride, d, "stride", op, 1)
-    dilation = _tuple(dilation, d, "dilation", op, 1)
+    stride = int_tuple(stride, d, "stride", op, 1)
+    dilation = int_tuple(dilation, d, "dilation", op, 1)
     if isinstance(padding, str):
         raise ValueError(f"{op}: padding must be an int or a tuple of {d} ints (no 'same'/'valid' for "
                          f"transposed convolutions, as in PyTorch), got {padding!r}")
-    padding = _tuple(padding, d, "padding", op, 0)
-    output_padding = _tuple(output_padding, d, "output_padding", op, 0)
+    padding = int_tuple(padding, d, "padding", op, 0)
+    output_padding = int_tuple(output_padding, d, "output_padding", op, 0)
     for a in range(d):
         if output_padding[a] >= max(stride[a], dilation[a]):
             raise ValueError(f"{op}: output_padding {output_padding} must be smaller than either stride "

@@ -20,6 +20,7 @@ import numpy as np
 from ..autograd.function import Function
 from ..backends import backend_of
 from ..tensor import Tensor
+from ._conv_geometry import int_tuple
 from .indexing import gather, index_select
 from .linalg import matmul
 from .shape import movedim
@@ -34,21 +35,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- helpers
-def _tuple(v, d, name, op, minimum=None):
-    if isinstance(v, (int, np.integer)):
-        v = (int(v),) * d
-    else:
-        try:
-            v = tuple(int(e) for e in v)
-        except TypeError:
-            raise TypeError(f"{op}: {name} must be an int or a tuple of {d} ints, got {v!r}") from None
-        if len(v) == 1:
-            v = v * d
-    if len(v) != d:
-        raise ValueError(f"{op}: {name} must be an int or a tuple of {d} ints, got {v}")
-    if minimum is not None and any(e < minimum for e in v):
-        raise ValueError(f"{op}: {name} must be >= {minimum} in every dimension, got {v}")
-    return v
 
 
 def _batched(op, input, d):
@@ -123,10 +109,10 @@ def _lowest(dtype):
 # ----------------------------------------------------------------------------- max pooling
 def _max_pool(op, d, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     x, unbatched = _batched(op, input, d)
-    k = _tuple(kernel_size, d, "kernel_size", op, 1)
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _tuple(stride, d, "stride", op, 1)
-    p = _tuple(padding, d, "padding", op, 0)
-    dl = _tuple(dilation, d, "dilation", op, 1)
+    k = int_tuple(kernel_size, d, "kernel_size", op, 1)
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else int_tuple(stride, d, "stride", op, 1)
+    p = int_tuple(padding, d, "padding", op, 0)
+    dl = int_tuple(dilation, d, "dilation", op, 1)
     for a in range(d):
         if p[a] > k[a] // 2:
             raise RuntimeError(f"{op}: pad should be at most half of kernel size, but got padding {p} and "
@@ -243,9 +229,9 @@ def _avg_pool(op, d, input, kernel_size, stride, padding, ceil_mode, count_inclu
     x, unbatched = _batched(op, input, d)
     if not x.is_floating_point():
         raise RuntimeError(f"{op}: expected a floating-point input, got {x.dtype}")
-    k = _tuple(kernel_size, d, "kernel_size", op, 1)
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _tuple(stride, d, "stride", op, 1)
-    p = _tuple(padding, d, "padding", op, 0)
+    k = int_tuple(kernel_size, d, "kernel_size", op, 1)
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else int_tuple(stride, d, "stride", op, 1)
+    p = int_tuple(padding, d, "padding", op, 0)
     for a in range(d):
         if p[a] > k[a] // 2:
             raise RuntimeError(f"{op}: pad should be at most half of kernel size, but got padding {p} and kernel_size {k}")
@@ -429,7 +415,7 @@ def _interp_sizes(op, x, size, scale_factor, recompute_scale_factor, d):
         raise ValueError(f"{op}: exactly one of size or scale_factor must be given (got size={size!r}, "
                          f"scale_factor={scale_factor!r})")
     if size is not None:
-        o = _tuple(size, d, "size", op, 1)
+        o = int_tuple(size, d, "size", op, 1)
         return o, (None,) * d
     if isinstance(scale_factor, (int, float, np.number)):
         sf = (float(scale_factor),) * d

@@ -45,9 +45,9 @@ class _ConvBase(Module):
             raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                              f"divisible by groups ({groups})")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _F._tuple(kernel_size, d, "kernel_size", name, 1)
-        self.stride = _F._tuple(stride, d, "stride", name, 1)
-        self.dilation = _F._tuple(dilation, d, "dilation", name, 1)
+        self.kernel_size = _F.int_tuple(kernel_size, d, "kernel_size", name, 1)
+        self.stride = _F.int_tuple(stride, d, "stride", name, 1)
+        self.dilation = _F.int_tuple(dilation, d, "dilation", name, 1)
         if isinstance(padding, str):
             if self._transposed or padding not in ("same", "valid"):
                 allowed = "" if self._transposed else ", 'same' or 'valid'"
@@ -56,8 +56,8 @@ class _ConvBase(Module):
                 raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
             self.padding = padding
         else:
-            self.padding = _F._tuple(padding, d, "padding", name, 0)
-        self.output_padding = _F._tuple(output_padding, d, "output_padding", name, 0)
+            self.padding = _F.int_tuple(padding, d, "padding", name, 0)
+        self.output_padding = _F.int_tuple(output_padding, d, "output_padding", name, 0)
         if self._transposed:
             if padding_mode != "zeros":
                 raise ValueError(f"{name}: only 'zeros' padding_mode is supported for transposed "
