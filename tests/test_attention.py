@@ -139,7 +139,7 @@ def test_blocked_path_at_block_edges(device, tiny_blocks, case):
 ], ids=lambda c: c[0])
 def test_blocked_path_on_threads(device, tiny_blocks, monkeypatch, case):
     """The tiles shared out among threads (private or disjoint dK/dV/d-mask sums) give PyTorch's values."""
-    if attn_mod._blas_controller() is None:
+    if attn_mod._cpu_threads.controller() is None:
         pytest.skip("threadpoolctl is not installed: the CPU path runs on one thread")
     monkeypatch.setattr(attn_mod, "_PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(attn_mod, "_NUM_THREADS", 3)

@@ -13,7 +13,7 @@ cropped away). The flat range is cut into chunks of a few thousand positions so 
 accumulator and the gathered columns stay in cache; the taps of trailing kernel axes are
 stacked into the GEMM's contraction (``K = taps x C_in / groups``, up to 256) so BLAS gets a
 useful shape, and when their offsets form a lattice (always for stride 1) they are gathered
-by one strided copy. Chunks are shared among threads (see ``_conv_threads``). Extra memory:
+by one strided copy. Chunks are shared among threads (see ``_cpu_threads``). Extra memory:
 the polyphase source (about the padded input) plus per-thread chunk buffers of ~1 MB.
 
 The transposed convolution (the input gradient) is the same correlation run once per output
@@ -26,7 +26,7 @@ import itertools
 import math
 
 from ..backends import backend_of
-from ._conv_threads import run_chunks
+from ._cpu_threads import run_chunks
 
 _MAX_K = 400            # taps x channels stacked into one GEMM contraction, at most
 _COL_BYTES = 2 << 20    # gathered-column buffer per chunk (per thread)

@@ -20,6 +20,7 @@ from ..autograd.function import Function
 from .._grad_state import state as _grad_state
 from ..backends import backend_of
 from ..tensor import Tensor
+from . import _cpu_threads
 from .elementwise import sum_to, where
 from .linalg import matmul
 from .reduction import softmax
@@ -121,18 +122,6 @@ def _cuda_kernels():
 # BLAS; without it the tiles run one after another on BLAS's own threads.
 _PARALLEL_MIN_WORK = 1 << 20  # scores per call below which one thread is faster
 _NUM_THREADS = None  # None: the CPUs this process may use
-_executor = []
-_blas_control = []
-
-
-def _blas_controller():
-    if not _blas_control:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _blas_control.append(ThreadpoolController())
-        except Exception:  # noqa: BLE001 - not installed, or an unusual BLAS build
-            _blas_control.append(None)
-    return _blas_control[0]
 
 
 def _num_workers(xp, work: int, units: int) -> int:
@@ -141,22 +130,12 @@ def _num_workers(xp, work: int, units: int) -> int:
         return 1
     n = _NUM_THREADS or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     n = min(int(n or 1), units)
-    return n if n > 1 and _blas_controller() is not None else 1
+    return n if n > 1 and _cpu_threads.controller() is not None else 1
 
 
 def _run_parallel(fn, parts) -> None:
-    """fn(part) for every part: on a thread pool, with BLAS single-threaded, when len(parts) > 1."""
-    if len(parts) == 1:
-        fn(parts[0])
-        return
-    if not _executor or _executor[1] < len(parts):
-        from concurrent.futures import ThreadPoolExecutor
-        if _executor:
-            _executor[0].shutdown(wait=False)
-        _executor[:] = [ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="avila_attention"), len(parts)]
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        for f in [_executor[0].submit(fn, p) for p in parts]:
-            f.result()
+    """fn(part) for every part: concurrently with BLAS single-threaded (``ops._cpu_threads``)."""
+    _cpu_threads.run_parts(fn, parts)
 
 
 class _BlockedAttention(Function):

@@ -1,0 +1,93 @@
+"""Threads for the CPU paths that issue many cache-sized BLAS calls (chunked convolution,
+blocked attention).
+
+A multi-threaded BLAS synchronises its threads on every call, which costs more than these
+small products gain -- and on a busy machine, where a BLAS thread waits for a time slice, many
+times more. So while such an op runs, BLAS is pinned to one thread (``threadpoolctl``) and the
+independent parts are shared among Python threads instead: NumPy releases the GIL in its copies,
+ufuncs and BLAS calls, so everything runs in parallel. Without ``threadpoolctl`` the parts run
+in the calling thread with BLAS as configured (announced once).
+"""
+from __future__ import annotations
+
+import atexit
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+__all__ = ["controller", "blas_threads", "run_parts", "run_chunks"]
+
+_state: dict = {}
+
+
+def _probe():
+    """``(threadpoolctl controller or None, number of BLAS threads)``, probed once."""
+    if "ctl" not in _state:
+        ctl, n = None, 1
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctl = ThreadpoolController()
+            blas = [m for m in ctl.info() if m.get("user_api") == "blas"]
+            n = max([int(m.get("num_threads") or 1) for m in blas] + [1])
+            if not blas:
+                ctl = None
+        except Exception:  # noqa: BLE001 - any failure just means "no thread control"
+            ctl = None
+        if ctl is None:
+            warnings.warn("avila_ml: threadpoolctl is not installed; the chunked CPU convolution and blocked "
+                          "attention run in one Python thread with BLAS threaded per call, which is slower "
+                          "(much slower on a busy machine). `pip install threadpoolctl` fixes it.", stacklevel=4)
+        _state["ctl"], _state["n"] = ctl, n
+    return _state["ctl"], _state["n"]
+
+
+def controller():
+    """The ``threadpoolctl`` controller, or None when thread control is unavailable."""
+    return _probe()[0]
+
+
+def blas_threads() -> int:
+    """How many threads BLAS was configured with (the parallelism to replace it by)."""
+    return _probe()[1]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    pool = _state.get("pool")
+    if pool is None or _state["pool_size"] < workers:
+        if pool is not None:
+            pool.shutdown(wait=False)
+        pool = _state["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="avila-cpu")
+        _state["pool_size"] = workers
+        if not _state.get("atexit"):
+            atexit.register(lambda: _state["pool"].shutdown(wait=False))
+            _state["atexit"] = True
+    return pool
+
+
+def run_parts(fn, parts) -> list:
+    """``[fn(p) for p in parts]``, the parts run concurrently with BLAS on one thread.
+
+    ``fn`` must only write to memory no other part writes (its own buffers, disjoint output
+    regions). One part, or no thread control, runs in the calling thread.
+    """
+    ctl = controller()
+    if ctl is None or len(parts) <= 1:
+        return [fn(p) for p in parts]
+    with ctl.limit(limits=1, user_api="blas"):
+        futures = [_pool(len(parts) - 1).submit(fn, p) for p in parts[1:]]
+        first = fn(parts[0])
+        return [first] + [f.result() for f in futures]
+
+
+def run_chunks(body, items, parallel: bool = True) -> list:
+    """``body`` over ``items`` split into one strided part per BLAS thread (``run_parts``).
+
+    ``parallel=False`` (non-NumPy arrays, tiny problems) runs one part in this thread.
+    """
+    ctl, n = _probe()
+    if ctl is None:
+        return [body(items)]
+    n = min(n, len(items)) if parallel else 1
+    if n <= 1:
+        with ctl.limit(limits=1, user_api="blas"):
+            return [body(items)]
+    return run_parts(body, [items[i::n] for i in range(n)])
