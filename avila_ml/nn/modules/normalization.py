@@ -29,6 +29,22 @@ def _check_count(who: str, name: str, value) -> int:
     return int(value)
 
 
+
+def _affine_parameters(module, shape, affine: bool, bias: bool, fkw) -> None:
+    """Register ``weight`` (and ``bias`` if asked) of ``shape``, or both as None, as PyTorch's
+    norm layers do (so state_dict keys match)."""
+    module.register_parameter("weight", Parameter(empty(*shape, **fkw)) if affine else None)
+    module.register_parameter("bias", Parameter(empty(*shape, **fkw)) if affine and bias else None)
+
+
+def _reset_affine(module) -> None:
+    """weight 1, bias 0 — every norm layer's default."""
+    with no_grad():
+        if module.weight is not None:
+            module.weight.fill_(1)
+        if module.bias is not None:
+            module.bias.zero_()
+
 class _NormBase(Module):
     """Parameters, buffers and bookkeeping shared by batch and instance norm (``torch.nn.modules.batchnorm._NormBase``)."""
 
@@ -49,15 +65,7 @@ class _NormBase(Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         fkw = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = Parameter(empty(num_features, **fkw))
-            if bias:
-                self.bias = Parameter(empty(num_features, **fkw))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, (num_features,), affine, bias, fkw)
         if track_running_stats:
             self.register_buffer("running_mean", zeros(num_features, **fkw))
             self.register_buffer("running_var", ones(num_features, **fkw))
@@ -79,11 +87,7 @@ class _NormBase(Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics and set weight 1, bias 0 (``_NormBase.reset_parameters``)."""
         self.reset_running_stats()
-        with no_grad():
-            if self.weight is not None:
-                self.weight.fill_(1)
-            if self.bias is not None:
-                self.bias.zero_()
+        _reset_affine(self)
 
     def _check_rank(self, input, ranks) -> None:
         if input.ndim not in ranks:
@@ -317,24 +321,12 @@ class LayerNorm(Module):
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         fkw = {"device": device, "dtype": dtype}
-        if elementwise_affine:
-            self.weight = Parameter(empty(*self.normalized_shape, **fkw))
-            if bias:
-                self.bias = Parameter(empty(*self.normalized_shape, **fkw))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, fkw)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight 1, bias 0 (``LayerNorm.reset_parameters``)."""
-        with no_grad():
-            if self.weight is not None:
-                self.weight.fill_(1)
-            if self.bias is not None:
-                self.bias.zero_()
+        _reset_affine(self)
 
     def forward(self, input):
         return _norm.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -371,24 +363,12 @@ class GroupNorm(Module):
         self.eps = eps
         self.affine = affine
         fkw = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = Parameter(empty(num_channels, **fkw))
-            if bias:
-                self.bias = Parameter(empty(num_channels, **fkw))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_parameters(self, (num_channels,), affine, bias, fkw)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight 1, bias 0 (``GroupNorm.reset_parameters``)."""
-        with no_grad():
-            if self.weight is not None:
-                self.weight.fill_(1)
-            if self.bias is not None:
-                self.bias.zero_()
+        _reset_affine(self)
 
     def forward(self, input):
         if input.ndim < 2 or input.shape[1] != self.num_channels:
