@@ -157,11 +157,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                         if g is None:
                             grads[idx] = _zeros_for(node, idx)
                 if _nvtx.active:
-                    _nvtx.push(_nvtx.range_name(type(node), "backward"))
-                    try:
-                        in_grads = node.backward(*grads)
-                    finally:
-                        _nvtx.pop()
+                    in_grads = _nvtx.call(type(node), "backward", node.backward, *grads)
                 else:
                     in_grads = node.backward(*grads)
                 if type(in_grads) is not tuple:

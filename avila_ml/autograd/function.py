@@ -71,14 +71,7 @@ class Function:
         recording = requires and _state.enabled
         node._recording = recording
         node._inputs = tensors
-        if _nvtx.active:
-            _nvtx.push(_nvtx.range_name(cls, "forward"))
-            try:
-                out = node.forward(*arrays)
-            finally:
-                _nvtx.pop()
-        else:
-            out = node.forward(*arrays)
+        out = _nvtx.call(cls, "forward", node.forward, *arrays) if _nvtx.active else node.forward(*arrays)
         node._inputs = None
         wrap = Tensor._wrap
         if not recording:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["active", "activate", "push", "pop", "range_name"]
+__all__ = ["active", "activate", "push", "pop", "range_name", "call"]
 
 active = False
 _nvtx = None
@@ -51,3 +51,13 @@ def pop() -> None:
     """Close the innermost range (no-op unless active)."""
     if active:
         _nvtx.pop_range(domain="avila_ml")
+
+
+def call(cls, phase: str, fn, *args):
+    """``fn(*args)`` inside the range ``range_name(cls, phase)`` (callers check ``active`` first,
+    so the inactive path costs one boolean test)."""
+    push(range_name(cls, phase))
+    try:
+        return fn(*args)
+    finally:
+        pop()
