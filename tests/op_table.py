@@ -114,6 +114,26 @@ class OpInfo:
         return list(self.samples(rng))
 
 
+
+@dataclass
+class FunctionalRow:
+    """A row of a functional-op table (losses, norms): our op, PyTorch's, and a sample
+    generator seeded from the row's name, so each row's inputs are stable across runs."""
+
+    name: str
+    op: Callable
+    ref: Callable
+    samples: Callable
+    gradgrad: bool = True
+
+    def sample_list(self):
+        return list(self.samples(np.random.default_rng(zlib.crc32(self.name.encode()))))
+
+
+def W(data):
+    """A tensor argument that is not differentiated (class weights, running statistics)."""
+    return T(data, grad=False)
+
 def _walk(obj, fn):
     if isinstance(obj, T):
         return fn(obj)

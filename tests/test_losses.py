@@ -9,9 +9,6 @@ extreme logits / probabilities 0 and 1, and the errors.
 from __future__ import annotations
 
 import warnings
-import zlib
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -19,7 +16,7 @@ import torch
 import torch.nn.functional as TF
 
 import avila_ml as am
-from op_table import Sample, T, materialize, to_numpy
+from op_table import FunctionalRow, Sample, T, W, materialize, to_numpy
 
 pytestmark = pytest.mark.filterwarnings("ignore:kl_div. reduction 'mean':UserWarning")
 
@@ -29,23 +26,7 @@ REDUCTIONS = ("none", "mean", "sum")
 SEG = (2, 4, 3, 5, 2)  # (N, C, d1, d2, d3): voxel-wise segmentation logits
 
 
-@dataclass
-class LossInfo:
-    """One row: our loss, PyTorch's, and the sample calls (``T`` markers for tensors)."""
-
-    name: str
-    op: Callable
-    ref: Callable
-    samples: Callable
-    gradgrad: bool = True
-
-    def sample_list(self):
-        return list(self.samples(np.random.default_rng(zlib.crc32(self.name.encode()))))
-
-
-def W(data):
-    """A tensor argument that is not differentiated (class weights, pos_weight)."""
-    return T(data, grad=False)
+LossInfo = FunctionalRow
 
 
 def _pair(rng, shape=(3, 4)):

@@ -10,9 +10,6 @@ BatchNorm4d / InstanceNorm4d have no PyTorch class; their twins are PyTorch's ow
 """
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -22,28 +19,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 import avila_ml as am
-from op_table import Sample, T, materialize, to_numpy
+from op_table import FunctionalRow, Sample, T, W, materialize, to_numpy
 
 F = am.nn.functional
 TOL = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-5)}
 SHAPES = [(4, 3), (3, 4, 5), (2, 3, 4, 4), (2, 3, 2, 3, 2), (2, 2, 2, 2, 2, 3)]  # 0..4 spatial dims
 
 
-@dataclass
-class NormInfo:
-    name: str
-    op: Callable
-    ref: Callable
-    samples: Callable
-    gradgrad: bool = True
-
-    def sample_list(self):
-        return list(self.samples(np.random.default_rng(zlib.crc32(self.name.encode()))))
-
-
-def W(data):
-    """A tensor argument that is not differentiated (running statistics)."""
-    return T(data, grad=False)
+NormInfo = FunctionalRow
 
 
 def _affine(rng, c):
