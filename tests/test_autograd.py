@@ -599,3 +599,24 @@ def test_gradcheck_several_inputs_names_the_bad_one():
     with pytest.raises(am.autograd.GradcheckError, match="input 1") as e:
         am.autograd.gradcheck(HalfWrong.apply, (a, b))
     assert "input 0" not in str(e.value)
+
+
+def test_leaf_grads_own_writable_memory(device):
+    """.grad is updated in place by optimizers and clip_grad_norm_: it must never be a read-only
+    broadcast view, nor share memory with another leaf's grad or the caller's gradient."""
+    x = am.ones(3, requires_grad=True, device=device)
+    x.sum().backward()  # the gradient is a broadcast of a 0-d one
+    x.grad.mul_(2)
+    np.testing.assert_array_equal(x.grad.cpu().numpy(), [2.0, 2.0, 2.0])
+
+    a = am.ones(2, requires_grad=True, device=device)
+    b = am.ones(2, requires_grad=True, device=device)
+    (a + b).sum().backward()  # Add hands the same gradient array to both leaves
+    a.grad.mul_(5)
+    np.testing.assert_array_equal(b.grad.cpu().numpy(), [1.0, 1.0])
+
+    c = am.ones(2, requires_grad=True, device=device)
+    v = am.tensor([3.0, 4.0], device=device)
+    c.backward(v)  # the caller's gradient reaches the leaf unchanged
+    c.grad.zero_()
+    np.testing.assert_array_equal(v.cpu().numpy(), [3.0, 4.0])

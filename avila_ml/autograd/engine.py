@@ -29,9 +29,26 @@ def _check_grad(node, i, g, child, idx):
         )
 
 
-def _accumulate_leaf(leaf, g, create_graph):
+def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
+    """Add ``g`` into ``leaf.grad``.
+
+    ``.grad`` must own its memory: optimizers and ``clip_grad_norm_`` update it in place. A
+    gradient array is taken as is only when it is fresh — writable, contiguous, not a view,
+    and not already given to another leaf or passed in by the caller in this backward
+    (``handed_out`` holds those ids; ``x + y`` hands the same array to both leaves). Otherwise
+    it is copied, as PyTorch's AccumulateGrad clones a gradient it cannot steal.
+    """
     if leaf.grad is None:
-        leaf.grad = g if create_graph else g.detach()
+        if create_graph:
+            leaf.grad = g
+            return
+        a = g.array
+        if (handed_out is None or id(a) in handed_out or a.base is not None
+                or not getattr(a.flags, "writeable", True) or not a.flags.c_contiguous):
+            a = a.copy()
+        if handed_out is not None:
+            handed_out.add(id(a))
+        leaf.grad = Tensor._wrap(a)
     elif create_graph:
         leaf.grad = leaf.grad + g
     else:
@@ -108,6 +125,9 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
         buf[idx] = g if buf[idx] is None else buf[idx] + g
     ready = [nodes[k] for k in buffers if deps.get(k, 0) == 0]
 
+    # ids of gradient arrays that leaves must not take without a copy (see _accumulate_leaf);
+    # the caller's own root gradients are among them
+    handed_out = {id(g.array) for g in root_grads}
     prev_mode = _state.enabled
     _state.enabled = create_graph
     acc_type = AccumulateGrad
@@ -136,7 +156,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                         results[pos] = g
             if type(node) is acc_type:
                 if capture is None and grads[0] is not None:
-                    _accumulate_leaf(node.variable, grads[0], create_graph)
+                    _accumulate_leaf(node.variable, grads[0], create_graph, handed_out)
                 continue
             next_edges = node._next
             if len(grads) == 1:
