@@ -146,15 +146,12 @@ class Einsum(Function):
                 # letters summed away only in this operand: their gradient is broadcast
                 full = [xs[i].shape[sub.index(c)] for c in uniq]
                 shape_kept = [1 if c not in kept else full[k] for k, c in enumerate(uniq)]
-                r = broadcast_to(reshape(_order(r, kept, "".join(c for c in uniq if c in kept)), shape_kept), tuple(full))
+                # ``kept`` lists its letters in ``uniq`` order, so a reshape inserts the size-1 axes
+                r = broadcast_to(reshape(r, tuple(shape_kept)), tuple(full))
             if uniq != sub:
                 r = _expand_diagonal(r, uniq, sub, xs[i])
             grads.append(r)
         return tuple(grads)
-
-
-def _order(t, have: str, want: str):
-    return t if have == want else einsum(f"{have}->{want}", t)
 
 
 def _expand_diagonal(r, uniq: str, sub: str, x: Tensor):
