@@ -27,7 +27,7 @@ from .factories import *  # noqa: F401,F403
 from .io import save, load  # noqa: F401
 from . import nn, optim, data  # noqa: F401,E402
 
-utils = data  # PyTorch spells it torch.utils.data
+from . import utils  # noqa: F401,E402  (utils.data is avila_ml.data, as torch.utils.data)
 
 
 def is_tensor(obj) -> bool:

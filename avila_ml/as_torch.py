@@ -1,0 +1,92 @@
+"""Run a PyTorch script on Avila ML unchanged: ``python -m avila_ml.as_torch script.py [args]``.
+
+A porting aid. It makes ``import torch`` (and ``import torch.nn.functional as F``, ``from
+torch.utils.data import DataLoader``, ...) resolve to the matching ``avila_ml`` module, then runs
+the script as ``__main__``. Nothing is patched inside Avila ML: ``torch.X.Y`` is simply
+``avila_ml.X.Y``. A name PyTorch has and Avila ML lacks raises the usual ``AttributeError`` /
+``ModuleNotFoundError`` naming it. Inside your own code ``import avila_ml as torch`` does the
+same for the top-level name.
+
+Example:
+    >>> import sys
+    >>> from avila_ml import as_torch
+    >>> as_torch.install()
+    >>> import torch.nn.functional as F
+    >>> F.relu is sys.modules["avila_ml.nn.functional"].relu
+    True
+    >>> as_torch.uninstall()
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import runpy
+import sys
+import types
+
+__all__ = ["install", "uninstall", "main"]
+
+
+class _TorchAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``torch`` / ``torch.X`` and loads them as ``avila_ml`` / ``avila_ml.X``."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "torch" and not fullname.startswith("torch."):
+            return None
+        if _resolve("avila_ml" + fullname[len("torch"):]) is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return _resolve("avila_ml" + spec.name[len("torch"):])
+
+    def exec_module(self, module):
+        # the module is the already-imported avila_ml module: nothing to execute
+        return None
+
+
+def _resolve(real: str):
+    """The avila_ml module called ``real``, or a module-valued attribute of that name, or None."""
+    try:
+        return importlib.import_module(real)
+    except ModuleNotFoundError:
+        parent, _, attr = real.rpartition(".")
+        if not parent:
+            return None
+        owner = _resolve(parent)
+        mod = getattr(owner, attr, None) if owner is not None else None
+        return mod if isinstance(mod, types.ModuleType) else None
+
+
+_finder = _TorchAlias()
+
+
+def install() -> None:
+    """Make ``import torch`` and ``import torch.<sub>`` import Avila ML (idempotent)."""
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+    for name in [n for n in sys.modules if n == "torch" or n.startswith("torch.")]:
+        del sys.modules[name]
+
+
+def uninstall() -> None:
+    """Undo :func:`install`: later ``import torch`` finds the real PyTorch again (if present)."""
+    if _finder in sys.meta_path:
+        sys.meta_path.remove(_finder)
+    for name in [n for n in sys.modules if n == "torch" or n.startswith("torch.")]:
+        del sys.modules[name]
+
+
+def main(argv=None) -> None:
+    """Entry point of ``python -m avila_ml.as_torch script.py [args...]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        raise SystemExit("usage: python -m avila_ml.as_torch script.py [args...]")
+    install()
+    sys.argv = argv
+    runpy.run_path(argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
