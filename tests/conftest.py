@@ -1,31 +1,47 @@
 """Shared fixtures: the `device` fixture runs a test on the CPU always and on CUDA when
-CuPy sees a GPU. `AVILA_ML_TEST_DEVICE=cuda` restricts the run to CUDA (GPU machines)."""
+CuPy sees a GPU. `AVILA_ML_TEST_DEVICE` chooses the legs (comma-separated):
+
+* ``cuda``: only the GPU leg (GPU machines; benchmarks/gpu_check.sh);
+* ``cuda-emulated``: only the cuda leg, on the strict emulated CUDA device of
+  ``tests/emulated_cupy`` (a NumPy-backed CuPy stand-in, installed before anything imports CuPy);
+* ``cpu,cuda-emulated``: both legs, the second on the emulated device.
+"""
 import os
+import sys
 
 import numpy as np
 import pytest
 
-import avila_ml as am
+_REQUESTED = [d.strip() for d in os.environ.get("AVILA_ML_TEST_DEVICE", "").split(",") if d.strip()]
+if "cuda-emulated" in _REQUESTED:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import emulated_cupy
+
+    emulated_cupy.install()  # before avila_ml (or anything) imports CuPy
+
+import avila_ml as am  # noqa: E402
 
 
 def _devices():
-    only = os.environ.get("AVILA_ML_TEST_DEVICE")
     devs = ["cpu"]
     if am.cuda.is_available():
         devs.append("cuda")
-    if only:
-        devs = [d for d in devs if d == only]
-        if not devs:
-            raise RuntimeError(f"AVILA_ML_TEST_DEVICE={only} but that device is not available")
+    if _REQUESTED:
+        wanted = ["cuda" if d == "cuda-emulated" else d for d in _REQUESTED]
+        missing = [d for d in wanted if d not in devs]
+        if missing:
+            raise RuntimeError(f"AVILA_ML_TEST_DEVICE={','.join(_REQUESTED)} but {missing} is not available")
+        devs = [d for d in devs if d in wanted]
     return devs
 
 
 DEVICES = _devices()
+CUDA_EMULATED = "cuda-emulated" in _REQUESTED
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """The device under test: 'cpu', and 'cuda' when a GPU is visible."""
+    """The device under test: 'cpu', and 'cuda' when a GPU (or the emulated device) is there."""
     return request.param
 
 
