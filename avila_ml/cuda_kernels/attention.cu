@@ -24,11 +24,29 @@
 // q k^T and do v^T once more (7 instead of 5 tile products) but needs no float32 scratch buffer,
 // no atomics (L * D * S/64 of them per head) and is deterministic.
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#include <cuda_fp16.h>
+// float16 without <cuda_fp16.h>: NVRTC has no built-in copy of that header and the CuPy wheels
+// ship no CUDA headers, so the kernels carry the 16 bits themselves and convert with the PTX
+// instructions the header's __half2float / __float2half wrap (round to nearest even).
+struct __align__(2) avila_half {
+    unsigned short bits;
+};
+__device__ __forceinline__ float avila_half_to_float(avila_half value) {
+    float result;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(result) : "h"(value.bits));
+    return result;
+}
+__device__ __forceinline__ avila_half avila_float_to_half(float value) {
+    avila_half result;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(result.bits) : "f"(value));
+    return result;
+}
 #define AVILA_DYNAMIC_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
 #define AVILA_CHECK_ALIGNED(pointer, bytes) ((void)0)
 #else
 #include "host_emulation/cuda_host.h"
+using avila_half = __half;  // the host's _Float16: same 16-bit layout, same rounding
+inline float avila_half_to_float(avila_half value) { return __half2float(value); }
+inline avila_half avila_float_to_half(float value) { return __float2half_rn(value); }
 #endif
 
 namespace attention_detail {
@@ -76,7 +94,7 @@ __device__ __forceinline__ void load_vector(const float* source, float (&values)
 }
 
 __device__ __forceinline__ float to_float(float value) { return value; }
-__device__ __forceinline__ float to_float(__half value) { return __half2float(value); }
+__device__ __forceinline__ float to_float(avila_half value) { return avila_half_to_float(value); }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float value);
@@ -85,8 +103,8 @@ __device__ __forceinline__ float from_float<float>(float value) {
     return value;
 }
 template <>
-__device__ __forceinline__ __half from_float<__half>(float value) {
-    return __float2half(value);
+__device__ __forceinline__ avila_half from_float<avila_half>(float value) {
+    return avila_float_to_half(value);
 }
 
 struct Problem {
@@ -519,10 +537,10 @@ __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, co
     }
 
 AVILA_DEFINE_ATTENTION_PREPROCESS(float, f32)
-AVILA_DEFINE_ATTENTION_PREPROCESS(__half, f16)
+AVILA_DEFINE_ATTENTION_PREPROCESS(avila_half, f16)
 AVILA_DEFINE_ATTENTION_KERNELS(float, f32, 32)
 AVILA_DEFINE_ATTENTION_KERNELS(float, f32, 64)
 AVILA_DEFINE_ATTENTION_KERNELS(float, f32, 128)
-AVILA_DEFINE_ATTENTION_KERNELS(__half, f16, 32)
-AVILA_DEFINE_ATTENTION_KERNELS(__half, f16, 64)
-AVILA_DEFINE_ATTENTION_KERNELS(__half, f16, 128)
+AVILA_DEFINE_ATTENTION_KERNELS(avila_half, f16, 32)
+AVILA_DEFINE_ATTENTION_KERNELS(avila_half, f16, 64)
+AVILA_DEFINE_ATTENTION_KERNELS(avila_half, f16, 128)
