@@ -26,6 +26,7 @@ from .ops import *  # noqa: F401,F403
 from .factories import *  # noqa: F401,F403
 from .io import save, load  # noqa: F401
 from . import nn, optim, data  # noqa: F401,E402
+from . import debug  # noqa: F401,E402  (sync-free value checks on CUDA: am.debug.set_sync_checks)
 
 from . import utils  # noqa: F401,E402  (utils.data is avila_ml.data, as torch.utils.data)
 

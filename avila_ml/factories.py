@@ -230,6 +230,18 @@ def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bo
     return _finish(b.xp.eye(n, m, dtype=_dtype_or_default(dtype)), requires_grad)
 
 
+def _draw(b, generator, method, *args):
+    """Random draws for backend ``b``: from its own stream, or from ``generator``.
+
+    A :class:`avila_ml.data.Generator` is a host (PCG64) stream: its numbers are the same for
+    every device, and they reach a CUDA device with one explicit copy (``torch.Generator`` is
+    per device instead; a host stream keeps a seeded pipeline identical on CPU and GPU).
+    """
+    if generator is None:
+        return getattr(b, method)(*args)
+    return b.from_numpy(getattr(generator, method)(*args))
+
+
 def rand(*size, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
     """Samples of U[0, 1) from the seeded generator (``torch.rand``).
 
@@ -239,14 +251,14 @@ def rand(*size, dtype=None, device=None, requires_grad: bool = False, generator=
         True
     """
     b = get_backend(device)
-    arr = (generator or b).rand(_shape(size), _dtype_or_default(dtype))
+    arr = _draw(b, generator, "rand", _shape(size), _dtype_or_default(dtype))
     return _finish(arr, requires_grad)
 
 
 def randn(*size, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
     """Samples of N(0, 1) (``torch.randn``)."""
     b = get_backend(device)
-    arr = (generator or b).randn(_shape(size), _dtype_or_default(dtype))
+    arr = _draw(b, generator, "randn", _shape(size), _dtype_or_default(dtype))
     return _finish(arr, requires_grad)
 
 
@@ -263,16 +275,16 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None) 
     b = get_backend(device)
     np_dtype = _dt.int64.np if dtype is None else _dt.to_dtype(dtype).np
     if np_dtype.kind == "f":
-        arr = (generator or b).randint(low, high, _shape((size,)), np.int64).astype(np_dtype)
+        arr = _draw(b, generator, "randint", low, high, _shape((size,)), np.int64).astype(np_dtype)
     else:
-        arr = (generator or b).randint(low, high, _shape((size,)), np_dtype)
+        arr = _draw(b, generator, "randint", low, high, _shape((size,)), np_dtype)
     return _finish(arr, False)
 
 
 def randperm(n: int, dtype=None, device=None, generator=None) -> Tensor:
     """A random permutation of ``0..n-1`` (``torch.randperm``)."""
     b = get_backend(device)
-    arr = (generator or b).permutation(int(n)).astype(_dt.int64.np if dtype is None else _dt.to_dtype(dtype).np)
+    arr = _draw(b, generator, "permutation", int(n)).astype(_dt.int64.np if dtype is None else _dt.to_dtype(dtype).np)
     return _finish(arr, False)
 
 
@@ -280,7 +292,7 @@ def bernoulli(input, p=None, generator=None) -> Tensor:
     """Draw 0/1 with probability ``input`` (or ``p``) (``torch.bernoulli``)."""
     b = input._backend
     probs = input.array if p is None else p
-    r = (generator or b).rand(input.shape, input.array.dtype)
+    r = _draw(b, generator, "rand", input.shape, input.array.dtype)
     return _finish((r < probs).astype(input.array.dtype), False)
 
 
@@ -308,7 +320,7 @@ def normal(mean, std, size=None, generator=None, device=None) -> Tensor:
     shape = size if size is not None else np.broadcast_shapes(np.shape(m), np.shape(s))
     dt = mean.dtype if isinstance(mean, Tensor) else _dt.get_default_dtype()
     b = get_backend(device if device is not None else (mean.device if isinstance(mean, Tensor) else None))
-    arr = (generator or b).randn(tuple(shape), dt.np) * s + m
+    arr = _draw(b, generator, "randn", tuple(shape), dt.np) * s + m
     return _finish(arr.astype(dt.np, copy=False), False)
 
 

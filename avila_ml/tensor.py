@@ -493,16 +493,22 @@ class Tensor:
     def copy_(self, src) -> "Tensor":
         """Copy ``src`` (broadcast, cast and moved as needed) into this tensor (``Tensor.copy_``)."""
         self._check_inplace("copy_")
-        a = src.array if isinstance(src, Tensor) else src
-        if isinstance(src, Tensor) and src.device != self.device:
-            a = get_backend(self.device).from_numpy(src._backend.to_numpy(a))
+        xp = self._backend.xp
+        if isinstance(src, Tensor):
+            a = src.array
+            if src.device != self.device:
+                a = self._backend.from_numpy(src._backend.to_numpy(a))
+        elif isinstance(src, (bool, int, float, complex)) or isinstance(src, xp.ndarray):
+            a = src
+        else:  # host data (NumPy, lists, PyTorch CPU tensors): one explicit copy to this device
+            a = self._backend.from_numpy(np.asarray(src))
+        shape = tuple(getattr(a, "shape", ()))
         try:
-            self._backend.xp.copyto(self.array, a, casting="unsafe")
+            xp.broadcast_shapes(shape, tuple(self.shape))
         except ValueError:
-            raise RuntimeError(
-                f"copy_: source of shape {tuple(getattr(a, 'shape', ()))} cannot be broadcast to "
-                f"the destination shape {tuple(self.shape)}"
-            ) from None
+            raise RuntimeError(f"copy_: source of shape {shape} cannot be broadcast to the "
+                               f"destination shape {tuple(self.shape)}") from None
+        xp.copyto(self.array, a, casting="unsafe")
         return self._bump()
 
     def clamp_(self, min=None, max=None) -> "Tensor":

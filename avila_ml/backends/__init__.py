@@ -23,6 +23,7 @@ __all__ = [
 _cpu = NumpyBackend()
 _cuda: dict[int, object] = {}
 _cuda_probe: list = []  # [error message or None], filled on first probe
+_manual_seed: list = [None]  # the last manual_seed, applied to CUDA backends created after it
 
 
 def _probe_cuda() -> str | None:
@@ -68,6 +69,8 @@ def get_backend(dev=None):
             raise RuntimeError(f"CUDA device {dev} requested but only {n} GPU(s) are visible")
         from .cupy_backend import CupyBackend
         b = _cuda[dev.index] = CupyBackend(dev.index)
+        if _manual_seed[0] is not None:  # manual_seed ran before this GPU's first use
+            b.seed(_manual_seed[0])
         nvtx.activate()  # ranges on the GPU timeline when the nvtx package is installed
     return b
 
@@ -118,7 +121,8 @@ def set_default_device(dev) -> None:
 def manual_seed(seed: int) -> None:
     """Seed the random generators of every backend (``torch.manual_seed``).
 
-    The same seed gives bit-identical tensors on the CPU.
+    The same seed gives bit-identical tensors on the CPU, and on a GPU whether or not it was
+    in use before the call (a CUDA backend created later starts from this seed).
 
     Example:
         >>> import avila_ml as am
@@ -126,6 +130,7 @@ def manual_seed(seed: int) -> None:
         True
     """
     seed = int(seed)
+    _manual_seed[0] = seed  # for CUDA backends created later
     _cpu.seed(seed)
     for b in _cuda.values():
         b.seed(seed)

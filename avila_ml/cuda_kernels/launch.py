@@ -32,6 +32,21 @@ _CUDA_ERROR_OUT_OF_MEMORY = 2  # cudaErrorMemoryAllocation and CUDA_ERROR_OUT_OF
 _modules: dict[tuple[str, tuple[tuple[str, int], ...], int], Any] = {}
 
 
+_optin_limits: dict[int, int] = {}
+
+
+def shared_memory_optin_limit() -> int:
+    """The current device's opt-in dynamic shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin),
+    asked once per device."""
+    import cupy
+
+    device = cupy.cuda.runtime.getDevice()
+    limit = _optin_limits.get(device)
+    if limit is None:
+        limit = _optin_limits[device] = int(cupy.cuda.Device(device).attributes["MaxSharedMemoryPerBlockOptin"])
+    return limit
+
+
 def _kernel_function(source: str, name: str, defines: tuple[tuple[str, int], ...]):
     import cupy
 
@@ -107,7 +122,7 @@ def conv4d_forward(x, w, stride=1, padding=0, dilation=1):
     """
     import cupy
 
-    return run_plan_on_gpu(*prepare_conv4d_forward(cupy, x, w, stride, padding, dilation))[0]
+    return run_plan_on_gpu(*prepare_conv4d_forward(cupy, x, w, stride, padding, dilation, shared_memory_optin_limit()))[0]
 
 
 def conv4d_grad_input(dy, w, x_shape, stride=1, padding=0, dilation=1):
@@ -128,7 +143,8 @@ def conv4d_grad_input(dy, w, x_shape, stride=1, padding=0, dilation=1):
     """
     import cupy
 
-    return run_plan_on_gpu(*prepare_conv4d_grad_input(cupy, dy, w, x_shape, stride, padding, dilation))[0]
+    return run_plan_on_gpu(*prepare_conv4d_grad_input(cupy, dy, w, x_shape, stride, padding, dilation,
+                                                     shared_memory_optin_limit()))[0]
 
 
 def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1):
@@ -149,7 +165,8 @@ def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1):
     """
     import cupy
 
-    return run_plan_on_gpu(*prepare_conv4d_grad_weight(cupy, x, dy, w_shape, stride, padding, dilation))[0]
+    return run_plan_on_gpu(*prepare_conv4d_grad_weight(cupy, x, dy, w_shape, stride, padding, dilation,
+                                                      shared_memory_optin_limit()))[0]
 
 
 def flash_attention_forward(q, k, v, scale, is_causal, mask=None):

@@ -34,8 +34,18 @@ CONV4D_MAX_TILE_Z = 32
 CONV4D_GRAD_WEIGHT_MAX_TAP_LANES = 32
 # Split-K target for conv4d_grad_weight: enough blocks to fill an H100 (132 SMs) several times.
 CONV4D_GRAD_WEIGHT_TARGET_BLOCKS = 1024
-# Staying under the default 48 KiB keeps conv4d launchable without the opt-in attribute.
+# Staying under the default 48 KiB keeps conv4d launchable without the opt-in attribute (and
+# leaves room for more blocks per SM); a kernel whose 1x1 tile needs more opts in, up to the
+# device's cudaDevAttrMaxSharedMemoryPerBlockOptin.
 CONV4D_SHARED_MEMORY_BUDGET = 48 * 1024
+# The opt-in limit assumed where no device is asked (host emulation, planning without a GPU):
+# the smallest of the sm_80+ GPUs (99 KiB on sm_86/sm_89; A100 has 163 KiB, H100 227 KiB).
+DEFAULT_SHARED_MEMORY_OPTIN = 99 * 1024
+
+
+class SharedMemoryLimitError(ValueError):
+    """A conv4d plan needs more shared memory than the device allows even for a 1x1 tile;
+    the caller falls back to the generic convolution."""
 
 ATTENTION_TILE = 64
 ATTENTION_THREADS = 256
@@ -221,22 +231,27 @@ def _conv_dtype_suffix(op: str, dtype: Any) -> str:
 
 
 def _shrink_tile_to_budget(
-    op: str, geometry: Conv4dGeometry, tile_y: int, tile_z: int, shared_bytes: Callable[[int, int], int]
+    op: str, geometry: Conv4dGeometry, tile_y: int, tile_z: int, shared_bytes: Callable[[int, int], int],
+    shared_memory_limit: int,
 ) -> tuple[int, int, int]:
-    """Halve tile_y, then tile_z, until the stage fits the shared-memory budget."""
+    """Halve tile_y, then tile_z, until the stage fits the shared-memory budget: 48 KiB when a
+    1x1 tile fits in it, else the device's opt-in limit ``shared_memory_limit``."""
+    budget = CONV4D_SHARED_MEMORY_BUDGET
+    if shared_bytes(1, 1) > budget:
+        budget = max(budget, shared_memory_limit)
     while True:
         needed = shared_bytes(tile_y, tile_z)
-        if needed <= CONV4D_SHARED_MEMORY_BUDGET:
+        if needed <= budget:
             return tile_y, tile_z, needed
         if tile_y > 1:
             tile_y //= 2
         elif tile_z > 1:
             tile_z //= 2
         else:
-            raise ValueError(
+            raise SharedMemoryLimitError(
                 f"{op}: kernel {geometry.kernel_size} with stride {geometry.stride} and dilation "
                 f"{geometry.dilation} needs {needed} bytes of shared memory even for a 1x1 tile "
-                f"(budget {CONV4D_SHARED_MEMORY_BUDGET}); use the generic conv4d path"
+                f"(the device allows {budget}); use the generic conv4d path"
             )
 
 
@@ -246,7 +261,7 @@ def _initial_tile(extent_y: int, extent_z: int, max_threads: int) -> tuple[int, 
     return tile_y, tile_z
 
 
-def plan_conv4d_forward(geometry: Conv4dGeometry, dtype: Any) -> LaunchPlan:
+def plan_conv4d_forward(geometry: Conv4dGeometry, dtype: Any, shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN) -> LaunchPlan:
     """Plan for y = conv4d(x, w): inputs ``x``, ``w``; output ``y``."""
     op = "conv4d_forward"
     suffix = _conv_dtype_suffix(op, dtype)
@@ -261,7 +276,7 @@ def plan_conv4d_forward(geometry: Conv4dGeometry, dtype: Any) -> LaunchPlan:
         return (taps * CONV4D_CHANNEL_TILE + k_x * rows * cols) * dtype.itemsize
 
     tile_y, tile_z = _initial_tile(g.out_size[2], g.out_size[3], CONV4D_MAX_THREADS)
-    tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes)
+    tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes, shared_memory_limit)
     empty = math.prod(g.y_shape) == 0 or g.in_channels == 0
     buffers = {"y": BufferSpec(g.y_shape, dtype, 0.0 if empty else None)}
     launches: tuple[KernelLaunch, ...] = ()
@@ -277,7 +292,7 @@ def plan_conv4d_forward(geometry: Conv4dGeometry, dtype: Any) -> LaunchPlan:
     return LaunchPlan(op, g.describe(dtype), buffers, launches, ("y",))
 
 
-def plan_conv4d_grad_input(geometry: Conv4dGeometry, dtype: Any) -> LaunchPlan:
+def plan_conv4d_grad_input(geometry: Conv4dGeometry, dtype: Any, shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN) -> LaunchPlan:
     """Plan for dx = d conv4d / dx: inputs ``dy``, ``w``; output ``dx``."""
     op = "conv4d_grad_input"
     suffix = _conv_dtype_suffix(op, dtype)
@@ -292,7 +307,7 @@ def plan_conv4d_grad_input(geometry: Conv4dGeometry, dtype: Any) -> LaunchPlan:
         return (taps * CONV4D_CHANNEL_TILE + k_x * rows * cols) * dtype.itemsize
 
     tile_y, tile_z = _initial_tile(g.in_size[2], g.in_size[3], CONV4D_MAX_THREADS)
-    tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes)
+    tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes, shared_memory_limit)
     empty = math.prod(g.x_shape) == 0 or g.out_channels == 0
     buffers = {"dx": BufferSpec(g.x_shape, dtype, 0.0 if empty else None)}
     launches: tuple[KernelLaunch, ...] = ()
@@ -311,7 +326,8 @@ def plan_conv4d_grad_input(geometry: Conv4dGeometry, dtype: Any) -> LaunchPlan:
 
 
 def plan_conv4d_grad_weight(
-    geometry: Conv4dGeometry, dtype: Any, target_blocks: int = CONV4D_GRAD_WEIGHT_TARGET_BLOCKS
+    geometry: Conv4dGeometry, dtype: Any, target_blocks: int = CONV4D_GRAD_WEIGHT_TARGET_BLOCKS,
+    shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN,
 ) -> LaunchPlan:
     """Plan for dw = d conv4d / dw: inputs ``x``, ``dy``; output ``dw`` (zero-filled, summed atomically)."""
     op = "conv4d_grad_weight"
@@ -334,7 +350,7 @@ def plan_conv4d_grad_weight(
     max_rows = max(1, CONV4D_MAX_THREADS // tap_lanes)
     tile_z = min(CONV4D_MAX_TILE_Z, _next_power_of_two(g.out_size[3]))
     tile_y = min(_next_power_of_two(g.out_size[2]), 1 << (max_rows.bit_length() - 1))
-    tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes)
+    tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes, shared_memory_limit)
     buffers = {"dw": BufferSpec(g.w_shape, dtype, 0.0)}
     launches: tuple[KernelLaunch, ...] = ()
     spatial_tiles = _ceil_div(g.out_size[2], tile_y) * _ceil_div(g.out_size[3], tile_z)
@@ -500,24 +516,27 @@ def plan_flash_attention_backward(g: AttentionGeometry) -> LaunchPlan:
 # Array preparation shared by the CuPy and host executors (``xp`` is cupy or numpy).
 
 
-def prepare_conv4d_forward(xp, x, w, stride, padding, dilation) -> tuple[LaunchPlan, dict[str, Any]]:
+def prepare_conv4d_forward(xp, x, w, stride, padding, dilation,
+                           shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN) -> tuple[LaunchPlan, dict[str, Any]]:
     geometry = conv4d_geometry("conv4d_forward", x.shape, w.shape, stride, padding, dilation)
     _check_same_dtype("conv4d_forward", x=x, w=w)
-    return plan_conv4d_forward(geometry, x.dtype), {"x": xp.ascontiguousarray(x), "w": xp.ascontiguousarray(w)}
+    return plan_conv4d_forward(geometry, x.dtype, shared_memory_limit), {"x": xp.ascontiguousarray(x), "w": xp.ascontiguousarray(w)}
 
 
-def prepare_conv4d_grad_input(xp, dy, w, x_shape, stride, padding, dilation) -> tuple[LaunchPlan, dict[str, Any]]:
+def prepare_conv4d_grad_input(xp, dy, w, x_shape, stride, padding, dilation,
+                              shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN) -> tuple[LaunchPlan, dict[str, Any]]:
     geometry = conv4d_geometry("conv4d_grad_input", x_shape, w.shape, stride, padding, dilation)
     _check_same_dtype("conv4d_grad_input", dy=dy, w=w)
     _check_shape("conv4d_grad_input", "dy", dy.shape, geometry.y_shape)
-    return plan_conv4d_grad_input(geometry, dy.dtype), {"dy": xp.ascontiguousarray(dy), "w": xp.ascontiguousarray(w)}
+    return plan_conv4d_grad_input(geometry, dy.dtype, shared_memory_limit), {"dy": xp.ascontiguousarray(dy), "w": xp.ascontiguousarray(w)}
 
 
-def prepare_conv4d_grad_weight(xp, x, dy, w_shape, stride, padding, dilation) -> tuple[LaunchPlan, dict[str, Any]]:
+def prepare_conv4d_grad_weight(xp, x, dy, w_shape, stride, padding, dilation,
+                               shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN) -> tuple[LaunchPlan, dict[str, Any]]:
     geometry = conv4d_geometry("conv4d_grad_weight", x.shape, w_shape, stride, padding, dilation)
     _check_same_dtype("conv4d_grad_weight", x=x, dy=dy)
     _check_shape("conv4d_grad_weight", "dy", dy.shape, geometry.y_shape)
-    return plan_conv4d_grad_weight(geometry, x.dtype), {"x": xp.ascontiguousarray(x), "dy": xp.ascontiguousarray(dy)}
+    return plan_conv4d_grad_weight(geometry, x.dtype, shared_memory_limit=shared_memory_limit), {"x": xp.ascontiguousarray(x), "dy": xp.ascontiguousarray(dy)}
 
 
 def prepare_attention_mask(xp, mask, geometry_mask_shape):

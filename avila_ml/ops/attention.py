@@ -18,6 +18,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from .._grad_state import state as _grad_state
+from ..backends.constants import device_constant
 from ..backends import backend_of
 from ..tensor import Tensor
 from . import _cpu_threads
@@ -62,7 +63,9 @@ class _Batched:
         self.shared = nb == 1 and int(np.prod(batch, dtype=np.int64)) != 1  # one entry for all
         self.index = None  # None: batch position b is entry b
         if not self.shared and bx != tuple(batch):
-            self.index = np.broadcast_to(np.arange(nb).reshape(bx), batch).ravel()
+            # batch position -> entry, an array of a's backend (copied to a GPU once per shape pair)
+            self.index = device_constant(backend_of(a), ("attention_batch_index", tuple(bx), tuple(batch)),
+                                         lambda: np.broadcast_to(np.arange(nb).reshape(bx), batch).ravel())
 
     def take(self, b0: int, b1: int, rows=slice(None), cols=slice(None)):
         a = self.array
@@ -71,8 +74,7 @@ class _Batched:
         if self.index is None:
             return a[b0:b1, rows, cols]
         # slice first, then gather: only the requested tile is copied
-        idx = self.index[b0:b1]
-        return a[:, rows, cols][backend_of(a).xp.asarray(idx) if not isinstance(a, np.ndarray) else idx]
+        return a[:, rows, cols][self.index[b0:b1]]
 
     def add_at(self, target, b0: int, b1: int, rows, cols, values) -> None:
         """target[entries of b0:b1, rows, cols] += values, summing batch positions that share one."""
@@ -81,9 +83,8 @@ class _Batched:
         elif self.index is None:
             target[b0:b1, rows, cols] += values
         else:
-            xp = backend_of(target).xp
             view = target[:, rows, cols]
-            backend_of(target).index_add(view, 0, xp.asarray(self.index[b0:b1]), values)
+            backend_of(target).index_add(view, 0, self.index[b0:b1], values)
 
 
 def _mask_slices(mask, i0, i1, j0, j1):

@@ -20,6 +20,7 @@ place that choice is made.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -96,24 +97,50 @@ def _choose(xp_name, N, C, O, G, S, K, geom):
     return _conv_gemm
 
 
+_warned_fallbacks: set = set()
+
+
 def _cuda_conv4d(kind, a, b, geom, extra):
-    """The hand-written CUDA kernels for 4-D, ungrouped, symmetric zero padding; None otherwise."""
+    """The hand-written CUDA kernels for 4-D, ungrouped float32/float64 convolutions under the
+    ``"auto"`` algorithm; None otherwise (a forced ``set_conv_algorithm`` choice runs that
+    generic algorithm). The kernels pad symmetrically: the asymmetric part of the zero padding
+    (causal axes, ``"same"`` with an even kernel) is added to the input first, and cropped off
+    the input gradient. A plan that does not fit the device's shared memory falls back to the
+    generic path (announced once)."""
     if (backend_of(a).name != "cupy" or geom.ndim != 4 or geom.groups != 1
-            or geom.pad_lo != geom.pad_hi or a.dtype not in (np.float32, np.float64)):
+            or a.dtype not in (np.float32, np.float64) or get_conv_algorithm() != "auto"):
         return None
     from ..cuda_kernels import conv4d_forward, conv4d_grad_input, conv4d_grad_weight
-    s, p, dl = geom.stride, geom.pad_lo, geom.dilation
-    if kind == "forward":
-        return conv4d_forward(a, b, s, p, dl)
-    if kind == "transpose":
-        x_shape = (a.shape[0], b.shape[1]) + tuple(extra)
-        if geom.out_size(extra, b.shape[2:]) != a.shape[2:]:
+    from ..cuda_kernels.launch_config import SharedMemoryLimitError
+    xp = backend_of(a).xp
+    s, dl = geom.stride, geom.dilation
+    p = tuple(min(lo, hi) for lo, hi in zip(geom.pad_lo, geom.pad_hi))
+    extra_lo = tuple(lo - q for lo, q in zip(geom.pad_lo, p))
+    extra_hi = tuple(hi - q for hi, q in zip(geom.pad_hi, p))
+    asymmetric = any(extra_lo) or any(extra_hi)
+    widths = ((0, 0), (0, 0)) + tuple(zip(extra_lo, extra_hi))
+    try:
+        if kind == "forward":
+            return conv4d_forward(xp.pad(a, widths) if asymmetric else a, b, s, p, dl)
+        if kind == "transpose":
+            if geom.out_size(extra, b.shape[2:]) != a.shape[2:]:
+                return None
+            padded = tuple(n + lo + hi for n, lo, hi in zip(extra, extra_lo, extra_hi))
+            dx = conv4d_grad_input(a, b, (a.shape[0], b.shape[1]) + padded, s, p, dl)
+            if asymmetric:
+                crop = tuple(slice(lo, lo + n) for lo, n in zip(extra_lo, extra))
+                dx = xp.ascontiguousarray(dx[(slice(None), slice(None)) + crop])
+            return dx
+        w_shape = (b.shape[1], a.shape[1]) + tuple(extra)
+        if geom.out_size(a.shape[2:], extra) != b.shape[2:]:
             return None
-        return conv4d_grad_input(a, b, x_shape, s, p, dl)
-    w_shape = (b.shape[1], a.shape[1]) + tuple(extra)
-    if geom.out_size(a.shape[2:], extra) != b.shape[2:]:
+        return conv4d_grad_weight(xp.pad(a, widths) if asymmetric else a, b, w_shape, s, p, dl)
+    except SharedMemoryLimitError as exc:
+        key = (kind, tuple(b.shape[2:]) if kind != "weight" else tuple(extra))
+        if key not in _warned_fallbacks:
+            _warned_fallbacks.add(key)
+            warnings.warn(f"conv4d: {exc}; running the generic (xp) convolution instead", stacklevel=4)
         return None
-    return conv4d_grad_weight(a, b, w_shape, s, p, dl)
 
 
 def _run(kind, a, b, geom, extra=None):

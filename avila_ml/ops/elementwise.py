@@ -35,8 +35,8 @@ def _arr(o):
 
 def _scalar_tensor(value, dtype: _dt.dtype, like: Tensor) -> Tensor:
     xp = _xp(like.array)
-    try:
-        return Tensor._wrap(xp.asarray(value, dtype=dtype.np))
+    try:  # full, not asarray: on a GPU a fill kernel, not a host->device copy per scalar
+        return Tensor._wrap(xp.full((), value, dtype=dtype.np))
     except OverflowError:  # e.g. -2 for uint8: wrap around as PyTorch (and C) do
         return Tensor._wrap(xp.asarray(value).astype(dtype.np))
 
@@ -53,7 +53,7 @@ def _prepare(a, b, op: str):
         if arr.dtype.kind == "f":
             # fast path (x * 0.5): a Python number never changes a float tensor's dtype
             try:
-                return a, Tensor._wrap(_xp(arr).asarray(b, dtype=arr.dtype))
+                return a, Tensor._wrap(_xp(arr).full((), b, dtype=arr.dtype))
             except OverflowError:
                 pass  # e.g. 1e300 in float16: the general path below reports it the same way
     if ta and tb:

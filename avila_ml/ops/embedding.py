@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..autograd.function import Function
+from ..debug import host_checks
 from ..autograd.grad_mode import no_grad
 from ..tensor import Tensor
 from .indexing import IndexAdd
@@ -75,7 +76,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type: float =
         raise ValueError("embedding: sparse gradients are not supported by Avila ML; use sparse=False")
     n = weight.shape[0]
     idx = input.array
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+    if idx.size and host_checks(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise IndexError(f"embedding: index out of range: indices must be in [0, {n}), got values in "
                          f"[{int(idx.min())}, {int(idx.max())}] (input shape {tuple(input.shape)})")
     if padding_idx is not None:

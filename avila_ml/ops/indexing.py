@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd.function import Function
+from ..debug import host_checks
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
 from .elementwise import where, _prepare
@@ -137,7 +138,8 @@ def _check_index(op, input, dim, index):
     for k, (si, sx) in enumerate(zip(index.shape, input.shape)):
         if k != d and si > sx:
             raise RuntimeError(f"{op}: size of index {tuple(index.shape)} exceeds input {tuple(input.shape)} at dim {k} (dim={dim})")
-    if index.array.size and (int(index.array.max()) >= input.shape[d] or int(index.array.min()) < -input.shape[d]):
+    if index.array.size and host_checks(index.array) and (
+            int(index.array.max()) >= input.shape[d] or int(index.array.min()) < -input.shape[d]):
         raise IndexError(f"{op}: index out of range for dim {dim} of size {input.shape[d]}")
     return d
 
@@ -256,7 +258,7 @@ def index_select(input, dim: int, index):
     d = _norm_dim(dim, input.ndim, "index_select")
     n = input.shape[d] if input.ndim else 1
     idx = index.array.reshape(-1)
-    if idx.size and (int(idx.max()) >= n or int(idx.min()) < -n):
+    if idx.size and host_checks(idx) and (int(idx.max()) >= n or int(idx.min()) < -n):
         raise IndexError(f"index_select: index out of range for dim {dim} of size {n}")
     return IndexSelect.apply(input, idx, d)
 

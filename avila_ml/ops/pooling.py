@@ -12,12 +12,14 @@ its adjoint) divided by a constant map of window sizes. Adaptive average pooling
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 
 from ..autograd.function import Function
+from ..backends.constants import device_constant
 from ..backends import backend_of
 from ..tensor import Tensor
 from ._conv_geometry import int_tuple
@@ -244,17 +246,19 @@ def _avg_pool(op, d, input, kernel_size, stride, padding, ceil_mode, count_inclu
     if divisor_override is not None:
         out = total * (1.0 / float(divisor_override))
     else:
-        xp = backend_of(x.array).xp
-        div = None
-        for a in range(d):
-            start = np.arange(o[a]) * s[a] - p[a]
-            end = np.minimum(start + k[a], S[a] + p[a])
-            size = end - start
-            if not count_include_pad:
-                size = np.minimum(end, S[a]) - np.maximum(start, 0)
-            v = size.reshape((-1,) + (1,) * (d - 1 - a)).astype(np.float64)
-            div = v if div is None else div * v
-        inv = xp.asarray((1.0 / div).astype(x.array.dtype))
+        def inverse_divisor():
+            div = None
+            for a in range(d):
+                start = np.arange(o[a]) * s[a] - p[a]
+                end = np.minimum(start + k[a], S[a] + p[a])
+                size = end - start
+                if not count_include_pad:
+                    size = np.minimum(end, S[a]) - np.maximum(start, 0)
+                v = size.reshape((-1,) + (1,) * (d - 1 - a)).astype(np.float64)
+                div = v if div is None else div * v
+            return (1.0 / div).astype(x.array.dtype)
+        inv = device_constant(backend_of(x.array), ("avg_pool_divisor", o, s, p, k, tuple(S),
+                                                    bool(count_include_pad), str(x.array.dtype)), inverse_divisor)
         out = total * Tensor._wrap(inv)
     return out.squeeze(0) if unbatched else out
 
@@ -342,12 +346,13 @@ def _adaptive_max(op, d, input, output_size, return_indices):
     xa = x.array
     xp = backend_of(xa).xp
     S = xa.shape[2:]
-    tables = []
-    for a in range(d):
-        start, end = _adaptive_windows(S[a], o[a])
+    def window_table(n, m):
+        start, end = _adaptive_windows(n, m)
         kmax = int((end - start).max())
-        t = np.minimum(start[:, None] + np.arange(kmax)[None, :], (end - 1)[:, None])
-        tables.append(xp.asarray(t))
+        return np.minimum(start[:, None] + np.arange(kmax)[None, :], (end - 1)[:, None])
+
+    tables = [device_constant(backend_of(xa), ("adaptive_window", S[a], o[a]),
+                              functools.partial(window_table, S[a], o[a])) for a in range(d)]
 
     def views():
         for kidx in itertools.product(*[range(t.shape[1]) for t in tables]):

@@ -10,6 +10,7 @@ import builtins
 import numpy as np
 
 from ..autograd.function import Function
+from ..backends.constants import device_constant
 from ..backends import backend_of, get_backend, device as _device
 from ..tensor import Tensor, _norm_dim
 from .elementwise import sum_to, _arr
@@ -496,9 +497,10 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0):
     out = input
     for axis, (lo, hi) in enumerate(per_axis):
         if lo or hi:
-            idx = _pad_index(input.shape[axis], lo, hi, mode, "pad")
-            xp = backend_of(out.array).xp
-            out = index_select(out, axis, Tensor._wrap(xp.asarray(idx)))
+            n = input.shape[axis]
+            idx = device_constant(backend_of(out.array), ("pad", n, lo, hi, mode),
+                                  lambda: np.asarray(_pad_index(n, lo, hi, mode, "pad")))
+            out = index_select(out, axis, Tensor._wrap(idx))
     return out
 
 

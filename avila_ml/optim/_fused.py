@@ -349,6 +349,19 @@ def _cpu_update(cpu, param, grad, s, t, buffers: dict, scalars: dict) -> None:
         f.result()
 
 
+def _cuda_update_half(kind, param, grad, buffers, scalars) -> None:
+    """float16 parameters on CUDA: the float32 kernel on float32 copies, results rounded back
+    into the float16 parameter and state (PyTorch's fused optimizers also compute half
+    parameters in float32). The CPU path rounds every operation to float16 instead, so the two
+    agree to float16 rounding, not bitwise."""
+    wide = {n: b.astype(np.float32) for n, b in buffers.items()}
+    p32 = param.astype(np.float32)
+    update(kind, p32, grad.astype(np.float32), wide, scalars, None)
+    param[...] = p32.astype(np.float16)
+    for n, b in buffers.items():
+        b[...] = wide[n].astype(np.float16)
+
+
 def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Workspace) -> None:
     """One in-place step of algorithm ``kind`` on the array ``param`` with gradient ``grad``.
 
@@ -362,9 +375,12 @@ def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Work
     # kernel does (a NumPy float64 scalar would promote a float32 update to float64)
     scalars = {n: (float(v) if n in spec["scalars"] else v) for n, v in scalars.items()}
     if backend_of(param).name == "cupy":
+        if param.dtype == np.float16:
+            _cuda_update_half(kind, param, grad, buffers, scalars)
+            return
         if param.dtype not in (np.float32, np.float64):
-            raise TypeError(f"optimizer step ({kind}): the fused CUDA update supports float32 and "
-                            f"float64 parameters, got {param.dtype}")
+            raise TypeError(f"optimizer step ({kind}): the fused CUDA update supports float16, float32 "
+                            f"and float64 parameters, got {param.dtype}")
         present = tuple(n for n in spec["optional"] if n in buffers)
         args = [grad, *(scalars[n] for n in spec["scalars"]),
                 *(int(scalars[n]) for n in spec["flags"]),

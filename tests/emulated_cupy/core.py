@@ -40,6 +40,13 @@ SYNCING_FUNCTIONS = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "
                                "trim_zeros"})
 
 
+# (function, argument position) pairs that are shapes, axes or split points, not array data:
+# CuPy turns any sequence there, a NumPy array included, into a tuple
+SHAPE_ARGUMENTS = {"split": (1,), "array_split": (1,), "pad": (1,), "tile": (1,), "reshape": (1,),
+                   "broadcast_to": (1,), "transpose": (1,), "zeros": (0,), "ones": (0,), "empty": (0,),
+                   "full": (0,), "moveaxis": (1, 2), "unravel_index": (1,), "ravel_multi_index": (1,)}
+
+
 def unsupported(value) -> TypeError:
     return TypeError(f"Unsupported type {type(value)}")
 
@@ -338,6 +345,9 @@ def wrap_function(func, name):
             record_sync("cupy.bincount without minlength")
         if name == "repeat" and isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), ndarray):
             record_sync("cupy.repeat with array repeats")
+        shape_positions = SHAPE_ARGUMENTS.get(name, ())
+        args = tuple(tuple(a.tolist()) if i in shape_positions and isinstance(a, np.ndarray) else a
+                     for i, a in enumerate(args))
         result = func(*to_numpy_operand(args), **to_numpy_operand(kwargs))
         if name in METADATA_FUNCTIONS:
             return result
@@ -350,11 +360,15 @@ def wrap_function(func, name):
 
 
 def copyto(dst, src, casting="same_kind", where=None):
-    """``cupy.copyto``: a host source must be a scalar (CuPy's own error otherwise)."""
+    """``cupy.copyto``: a host source must hold one element (CuPy raises ValueError otherwise)."""
     if not isinstance(dst, ndarray):
         raise TypeError(f"copyto: destination must be a cupy.ndarray, got {type(dst)}")
-    if isinstance(src, np.ndarray) and src.ndim > 0:
-        raise TypeError("non-scalar numpy.ndarray cannot be used for copyto")
+    if isinstance(src, np.ndarray):
+        if src.size != 1:
+            raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
+        src = src.reshape(())[()]
+    elif not isinstance(src, (ndarray, bool, int, float, complex, np.generic)):
+        raise AttributeError(f"'{type(src).__name__}' object has no attribute 'dtype'")
     np.copyto(dst._a, to_numpy_operand(src), casting=casting,
               where=True if where is None else to_numpy_operand(where))
 

@@ -1,0 +1,279 @@
+"""The GPU code path: regressions that only a CUDA device shows, run on a GPU or on the strict
+emulated device (AVILA_ML_TEST_DEVICE=cuda-emulated, see tests/emulated_cupy). Skipped on a
+CPU-only run without the emulator.
+
+Each test names the defect it guards against. Counting tests (syncs, host->device copies) need
+the emulated device, which counts them; on a real GPU they are skipped.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import avila_ml as am
+from avila_ml import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cuda():
+    if not am.cuda.is_available():
+        pytest.skip("needs a GPU or the emulated device (AVILA_ML_TEST_DEVICE=cuda-emulated)")
+    return "cuda"
+
+
+@pytest.fixture
+def transfers(cuda):
+    """count_transfers of the emulated device (skips on a real GPU, which does not count)."""
+    try:
+        import emulated_cupy
+    except ImportError:
+        emulated_cupy = None
+    if emulated_cupy is None or not emulated_cupy.installed():
+        pytest.skip("transfer counts need the emulated device")
+    return emulated_cupy.count_transfers
+
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- Module.load_state_dict / Tensor.copy_ with host values -------------------------------------
+def test_load_state_dict_from_numpy_and_torch_into_a_cuda_model(cuda):
+    """Was: cupy.copyto(gpu, numpy) -> ValueError, rewritten by copy_ into a broadcast error."""
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.Linear(3, 2).double()
+    model = nn.Linear(3, 2, dtype=am.float64).to(cuda)
+    model.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    np.testing.assert_array_equal(model.weight.detach().cpu().numpy(), ref.weight.detach().numpy())
+    model.load_state_dict({k: v.detach() for k, v in ref.state_dict().items()})  # PyTorch CPU tensors
+    np.testing.assert_array_equal(model.bias.detach().cpu().numpy(), ref.bias.detach().numpy())
+    x = torch.randn(4, 3, dtype=torch.float64)
+    np.testing.assert_allclose(model(am.tensor(x.numpy(), device=cuda)).detach().cpu().numpy(),
+                               ref(x).detach().numpy(), rtol=1e-12)
+
+
+def test_copy_reports_a_real_shape_mismatch_by_shape(device):
+    t = am.zeros(2, 3, device=device)
+    with pytest.raises(RuntimeError, match=r"copy_: source of shape \(4,\) cannot be broadcast to the destination shape \(2, 3\)"):
+        t.copy_(np.ones(4))
+    t.copy_(np.arange(3.0))  # broadcasts, from the host
+    np.testing.assert_array_equal(t.cpu().numpy(), np.tile(np.arange(3.0), (2, 1)))
+
+
+# -- random ops with generator= -----------------------------------------------------------------
+@pytest.mark.parametrize("factory", ["rand", "randn", "randint", "randperm"])
+def test_generator_draws_land_on_the_requested_device(cuda, factory):
+    """Was: rand/randn/randint/randperm(device='cuda', generator=g) returned CPU tensors."""
+    call = {"rand": lambda **kw: am.rand(2, 3, **kw), "randn": lambda **kw: am.randn(2, 3, **kw),
+            "randint": lambda **kw: am.randint(0, 9, (2, 3), **kw), "randperm": lambda **kw: am.randperm(7, **kw)}[factory]
+    on_gpu = call(device=cuda, generator=am.data.Generator(5))
+    on_cpu = call(device="cpu", generator=am.data.Generator(5))
+    assert on_gpu.device == am.device("cuda")
+    np.testing.assert_array_equal(on_gpu.cpu().numpy(), on_cpu.numpy())  # one host stream, any device
+
+
+def test_bernoulli_and_normal_with_a_generator_on_cuda(cuda):
+    """Was: TypeError (a host draw compared with a device array)."""
+    p = am.full((1000,), 0.3, device=cuda)
+    b = am.bernoulli(p, generator=am.data.Generator(1))
+    assert b.device == am.device("cuda")
+    np.testing.assert_array_equal(b.cpu().numpy(), am.bernoulli(p.cpu(), generator=am.data.Generator(1)).numpy())
+    mean = am.zeros(500, device=cuda)
+    n = am.normal(mean, 2.0, generator=am.data.Generator(2))
+    assert n.device == am.device("cuda")
+    np.testing.assert_allclose(n.cpu().numpy(), am.normal(mean.cpu(), 2.0, generator=am.data.Generator(2)).numpy())
+
+
+def test_manual_seed_before_the_first_cuda_use_seeds_the_gpu(cuda):
+    """Was: a CUDA backend created after manual_seed started from the default seed."""
+    from avila_ml import backends
+    saved = dict(backends._cuda)
+    try:
+        backends._cuda.clear()
+        am.manual_seed(1234)
+        a = am.rand(8, device=cuda).cpu().numpy()
+        assert am.backends.get_backend(cuda).initial_seed() == 1234
+        backends._cuda.clear()
+        am.manual_seed(1234)
+        b = am.rand(8, device=cuda).cpu().numpy()
+        np.testing.assert_array_equal(a, b)
+    finally:
+        backends._cuda.clear()
+        backends._cuda.update(saved)
+
+
+# -- conv4d kernels: shared memory opt-in, algorithm choice, asymmetric padding ------------------
+def _conv4d_cpu_and_cuda(cuda, x, w, **kw):
+    xc = am.tensor(x, requires_grad=True)
+    wc = am.tensor(w, requires_grad=True)
+    xg = am.tensor(x, device=cuda, requires_grad=True)
+    wg = am.tensor(w, device=cuda, requires_grad=True)
+    yc = nn.functional.conv4d(xc, wc, **kw)
+    yg = nn.functional.conv4d(xg, wg, **kw)
+    g = np.random.default_rng(3).standard_normal(yc.shape).astype(x.dtype)
+    yc.backward(am.tensor(g))
+    yg.backward(am.tensor(g, device=cuda))
+    return (yc, xc.grad, wc.grad), (yg, xg.grad, wg.grad)
+
+
+def _assert_same(cpu, gpu, rtol):
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().numpy(), rtol=rtol, atol=rtol)
+
+
+@pytest.fixture
+def kernel_launches(cuda, monkeypatch):
+    """Names of the conv4d CUDA launchers called (the kernels ran, not the generic path)."""
+    from avila_ml import cuda_kernels
+    calls = []
+    for name in ("conv4d_forward", "conv4d_grad_input", "conv4d_grad_weight"):
+        original = getattr(cuda_kernels, name)
+        monkeypatch.setattr(cuda_kernels, name, (lambda f, n: lambda *a, **k: calls.append(n) or f(*a, **k))(original, name))
+    return calls
+
+
+def test_conv4d_kernel_opts_in_to_more_than_48kib_of_shared_memory(cuda, kernel_launches):
+    """Was: a 1x9x9x9 float32 kernel needs 49,572 bytes for a 1x1 tile and raised."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 1, 9, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((2, 2, 1, 9, 9, 9)).astype(np.float32)
+    cpu, gpu = _conv4d_cpu_and_cuda(cuda, x, w, padding=(0, 1, 0, 1))
+    _assert_same(cpu, gpu, 1e-4)
+    assert kernel_launches == ["conv4d_forward", "conv4d_grad_input", "conv4d_grad_weight"]
+
+
+def test_conv4d_plan_beyond_the_device_limit_falls_back_to_the_generic_path(cuda, kernel_launches):
+    """A 1x15x15x15 float64 kernel needs 432 KB even for a 1x1 tile: the generic path runs, once announced."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 1, 1, 15, 15, 15))
+    w = rng.standard_normal((1, 1, 1, 15, 15, 15))
+    with pytest.warns(UserWarning, match="shared memory"):
+        cpu, gpu = _conv4d_cpu_and_cuda(cuda, x, w)
+    _assert_same(cpu, gpu, 1e-10)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+def test_set_conv_algorithm_is_honoured_on_cuda(cuda, kernel_launches, algorithm):
+    """Was: the CUDA kernel was tried before the algorithm choice, so 'direct' could not be forced."""
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((1, 2, 3, 4, 4, 4)), rng.standard_normal((3, 2, 2, 2, 2, 2))
+    am.backends.set_conv_algorithm(algorithm)
+    try:
+        cpu, gpu = _conv4d_cpu_and_cuda(cuda, x, w, padding=1)
+    finally:
+        am.backends.set_conv_algorithm("auto")
+    _assert_same(cpu, gpu, 1e-10)
+    assert kernel_launches == []
+
+
+def test_causal_and_circular_padding_run_the_conv4d_kernel(cuda, kernel_launches):
+    """Was: asymmetric (causal) padding never reached the kernel (README's main example)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 1, 5, 4, 4, 4))
+    model_cpu = nn.Conv4d(1, 3, 3, stride=(1, 2, 2, 2), padding=1, dtype=am.float64,
+                          padding_mode=("causal", "circular", "circular", "circular"))
+    model_gpu = nn.Conv4d(1, 3, 3, stride=(1, 2, 2, 2), padding=1, dtype=am.float64,
+                          padding_mode=("causal", "circular", "circular", "circular")).to(cuda)
+    model_gpu.load_state_dict(model_cpu.state_dict())
+    yc = model_cpu(am.tensor(x))
+    yg = model_gpu(am.tensor(x, device=cuda))
+    np.testing.assert_allclose(yg.detach().cpu().numpy(), yc.detach().numpy(), rtol=1e-12, atol=1e-12)
+    yg.sum().backward()
+    yc.sum().backward()
+    np.testing.assert_allclose(model_gpu.weight.grad.cpu().numpy(), model_cpu.weight.grad.numpy(), rtol=1e-10)
+    assert kernel_launches == ["conv4d_forward", "conv4d_grad_weight"]
+
+
+# -- optimizers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_float16_parameters_with_optimizers_on_cuda(cuda, name):
+    """Was: TypeError for float16 parameters on CUDA (the CPU path supports them). The CUDA step
+    computes in float32 (as PyTorch's fused optimizers do), the CPU one rounds each operation to
+    float16: they agree to float16 rounding over a few steps."""
+    kwargs = {"SGD": dict(lr=0.1, momentum=0.9), "Adam": dict(lr=1e-2), "AdamW": dict(lr=1e-2),
+              "RMSprop": dict(lr=1e-2), "Adagrad": dict(lr=1e-1)}[name]
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(64).astype(np.float16)
+    grads = [rng.standard_normal(64).astype(np.float16) for _ in range(3)]
+    results = []
+    for dev in ("cpu", cuda):
+        p = nn.Parameter(am.tensor(p0, device=dev))
+        opt = getattr(am.optim, name)([p], **kwargs)
+        for g in grads:
+            p.grad = am.tensor(g, device=dev)
+            opt.step()
+        assert p.dtype == am.float16
+        results.append(p.detach().cpu().numpy().astype(np.float64))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-2, atol=1e-2)
+    assert not np.array_equal(results[1], p0.astype(np.float64))
+
+
+# -- no device->host syncs in a steady-state training step ---------------------------------------
+def _assert_no_transfers(transfers, step):
+    step()
+    step()  # warm: kernels compiled, tables cached, optimizer state allocated
+    with transfers() as log:
+        loss = step()
+    assert not log.syncs, f"device->host syncs in one training step:\n{log.report()}"
+    assert not log.h2d, f"host->device copies in one training step:\n{log.report()}"
+    assert np.isfinite(loss.item())
+
+
+def test_conv4d_example_training_step_has_no_syncs(transfers):
+    example = _example("conv4d_spacetime")
+    model = example.SpacetimeNet().to("cuda")
+    opt = am.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    x = am.randn(2, 1, 4, 6, 6, 6, device="cuda")
+    y = am.tensor([1, 4], device="cuda")
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    _assert_no_transfers(transfers, step)
+
+
+def test_transformer_example_training_step_has_no_syncs(transfers):
+    example = _example("transformer_lm")
+    model = example.CharGPT(vocab=11, block_size=8, d_model=32, n_layer=2, n_head=2, dropout=0.1).to("cuda")
+    model.train()
+    opt = am.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    x = am.tensor(rng.integers(0, 11, (2, 8)), device="cuda")
+    y = am.tensor(rng.integers(0, 11, (2, 8)), device="cuda")
+
+    def step():
+        opt.zero_grad()
+        loss = example.loss_of(model, x, y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    _assert_no_transfers(transfers, step)
+
+
+def test_sync_checks_flag_turns_value_checks_on_for_cuda(cuda):
+    """Value checks (class index range) read the device only with am.debug.set_sync_checks(True)."""
+    logits = am.zeros(2, 3, device=cuda)
+    bad = am.tensor([0, 7], device=cuda)
+    am.debug.set_sync_checks(True)
+    try:
+        with pytest.raises(IndexError, match="Target 7 is out of bounds"):
+            nn.functional.cross_entropy(logits, bad)
+    finally:
+        am.debug.set_sync_checks(False)
+    with pytest.raises(IndexError, match="Target 7 is out of bounds"):
+        nn.functional.cross_entropy(logits.cpu(), bad.cpu())  # the CPU always checks
