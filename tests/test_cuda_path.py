@@ -277,3 +277,37 @@ def test_sync_checks_flag_turns_value_checks_on_for_cuda(cuda):
         am.debug.set_sync_checks(False)
     with pytest.raises(IndexError, match="Target 7 is out of bounds"):
         nn.functional.cross_entropy(logits.cpu(), bad.cpu())  # the CPU always checks
+
+
+# -- the CUDA generator: Philox, state restorable mid-stream ---------------------------------------
+def test_philox_matches_the_random123_known_answers():
+    """Philox4x32-10 known-answer vectors of Random123 (kat_vectors), on NumPy; the CUDA backend runs
+    the same integer code on CuPy."""
+    from avila_ml.backends.philox import philox_uint32
+    assert [hex(w) for w in philox_uint32(np, 0, 0, 4)] == ["0x6627e8d5", "0xe169c58d", "0xbc57ac4c", "0x9b00dbd8"]
+
+
+def test_cuda_rng_state_restores_mid_stream(cuda):
+    """Was: get_rng_state returned only the seed, so restoring replayed from the stream's start."""
+    backend = am.backends.get_backend(cuda)
+    am.manual_seed(3)
+    am.rand(5, device=cuda)
+    state = backend.get_rng_state()
+    a = am.randn(7, device=cuda).cpu().numpy()
+    am.rand(3, device=cuda)
+    backend.set_rng_state(state)
+    np.testing.assert_array_equal(am.randn(7, device=cuda).cpu().numpy(), a)
+    am.manual_seed(3)
+    assert not np.array_equal(am.randn(7, device=cuda).cpu().numpy(), a)  # not the start of the stream
+
+
+def test_cuda_draws_have_the_right_distribution(cuda):
+    am.manual_seed(0)
+    u = am.rand(200000, device=cuda).cpu().numpy()
+    z = am.randn(200000, device=cuda, dtype=am.float64).cpu().numpy()
+    k = am.randint(0, 5, (100000,), device=cuda).cpu().numpy()
+    p = am.randperm(50, device=cuda).cpu().numpy()
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 5e-3 and abs(u.var() - 1 / 12) < 2e-3
+    assert abs(z.mean()) < 1e-2 and abs(z.std() - 1) < 1e-2
+    assert set(np.unique(k)) == set(range(5)) and abs(np.bincount(k).min() / 20000 - 1) < 0.05
+    assert sorted(p.tolist()) == list(range(50))

@@ -25,37 +25,37 @@ class CupyBackend:
         self.device = device("cuda", index)
         self.seed(DEFAULT_SEED)
 
+    # -- random numbers: a Philox stream on the device, state {"seed", "offset"} ----------------
     def seed(self, seed: int) -> None:
         import cupy
+        from .philox import PhiloxDraws
         self._seed = int(seed)
-        with cupy.cuda.Device(self.index):
-            self.rng = cupy.random.RandomState(self._seed)
+        self.rng = PhiloxDraws(cupy, self._seed)
 
     def initial_seed(self) -> int:
         return self._seed
 
     def get_rng_state(self):
-        return self._seed
+        """``{"seed": s, "offset": o}``: restoring it replays the stream from this point."""
+        return self.rng.get_state()
 
     def set_rng_state(self, state) -> None:
-        self.seed(state)
+        self.rng.set_state(state)
 
     def rand(self, shape, np_dtype):
         import cupy
         with cupy.cuda.Device(self.index):
-            dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
-            return self.rng.random_sample(shape, dtype=dt).astype(np_dtype, copy=False)
+            return self.rng.rand(shape, np_dtype)
 
     def randn(self, shape, np_dtype):
         import cupy
         with cupy.cuda.Device(self.index):
-            dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
-            return self.rng.standard_normal(shape, dtype=dt).astype(np_dtype, copy=False)
+            return self.rng.randn(shape, np_dtype)
 
     def randint(self, low, high, shape, np_dtype):
         import cupy
         with cupy.cuda.Device(self.index):
-            return self.rng.randint(low, high, size=shape, dtype=np_dtype)
+            return self.rng.randint(low, high, shape, np_dtype)
 
     def permutation(self, n: int):
         import cupy
