@@ -444,13 +444,13 @@ class Tensor:
 
     def add_(self, other, alpha=1) -> "Tensor":
         """In place ``self += alpha * other`` (``Tensor.add_``)."""
-        if alpha != 1:
-            other = (other.array if isinstance(other, Tensor) else other) * alpha
+        if alpha != 1:  # device check first: a CPU operand must not reach a CUDA ufunc
+            other = self._other_array(other, "add_") * alpha
         return self._inplace("add_", self._backend.xp.add, other)
 
     def sub_(self, other, alpha=1) -> "Tensor":
-        if alpha != 1:
-            other = (other.array if isinstance(other, Tensor) else other) * alpha
+        if alpha != 1:  # device check first: a CPU operand must not reach a CUDA ufunc
+            other = self._other_array(other, "sub_") * alpha
         return self._inplace("sub_", self._backend.xp.subtract, other)
 
     def mul_(self, other) -> "Tensor":

@@ -21,6 +21,11 @@ if "cuda-emulated" in _REQUESTED:
 
 import avila_ml as am  # noqa: E402
 
+if os.environ.get("AVILA_ML_CUPY_NO_POOL") and "cuda" in _REQUESTED:
+    import cupy  # compute-sanitizer runs (benchmarks/gpu_check.sh): every buffer a real allocation
+
+    cupy.cuda.set_allocator(None)
+
 
 def _devices():
     devs = ["cpu"]

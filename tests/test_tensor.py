@@ -351,12 +351,14 @@ def _inplace_pair(device, requires_grad=False):
             torch.tensor(data, requires_grad=requires_grad))
 
 
+# a non-scalar operand lives on the updated tensor's device (PyTorch raises for a CUDA tensor
+# updated with a CPU one; only 0-d CPU tensors may join, as in fill_tensor)
 INPLACE_OPS = {
-    "add_": (lambda t, lib: t.add_(lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64)), None),
-    "add_alpha": (lambda t, lib: t.add_(lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64), alpha=-0.5), None),
+    "add_": (lambda t, lib: t.add_(lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64, device=t.device)), None),
+    "add_alpha": (lambda t, lib: t.add_(lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64, device=t.device), alpha=-0.5), None),
     "add_scalar": (lambda t, lib: t.add_(2), None),
     "sub_": (lambda t, lib: t.sub_(1.25), None),
-    "mul_": (lambda t, lib: t.mul_(lib.tensor([[2.0], [-1.0]], dtype=lib.float64)), None),
+    "mul_": (lambda t, lib: t.mul_(lib.tensor([[2.0], [-1.0]], dtype=lib.float64, device=t.device)), None),
     "mul_scalar": (lambda t, lib: t.mul_(0.5), None),
     "div_": (lambda t, lib: t.div_(4), None),
     "zero_": (lambda t, lib: t.zero_(), None),

@@ -72,7 +72,9 @@ def _scatter(op):
 
 def _pinned(fill):
     def make(shape, dtype=float, order="C"):
-        return np.full(shape, 0, dtype=dtype, order=order) if fill else np.empty(shape, dtype=dtype, order=order)
+        a = np.full(shape, 0, dtype=dtype, order=order) if fill else np.empty(shape, dtype=dtype, order=order)
+        cuda.PINNED.append((a.ctypes.data, a.ctypes.data + max(a.nbytes, 1)))
+        return a
     return make
 
 
@@ -111,8 +113,8 @@ def _build():
     _module("cupyx", {
         "scipy": scipy_mod, "scatter_add": _scatter(np.add), "scatter_max": _scatter(np.maximum),
         "scatter_min": _scatter(np.minimum), "empty_pinned": _pinned(False), "zeros_pinned": _pinned(True),
-        "empty_like_pinned": lambda a, dtype=None: np.empty_like(a, dtype=dtype),
-        "zeros_like_pinned": lambda a, dtype=None: np.zeros_like(a, dtype=dtype),
+        "empty_like_pinned": lambda a, dtype=None: _pinned(False)(a.shape, a.dtype if dtype is None else dtype),
+        "zeros_like_pinned": lambda a, dtype=None: _pinned(True)(a.shape, a.dtype if dtype is None else dtype),
     })
 
 

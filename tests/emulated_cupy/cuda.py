@@ -121,6 +121,17 @@ class Stream:
 Stream.null = Stream(null=True)
 
 
+# address ranges [start, end) of the pinned host buffers cupyx.empty_pinned handed out
+PINNED: list = []
+MEMORY_TYPE_UNREGISTERED, MEMORY_TYPE_HOST, MEMORY_TYPE_DEVICE = 0, 1, 2
+
+
+class _PointerAttributes:
+    def __init__(self, kind, device):
+        self.type, self.device = kind, device
+        self.devicePointer = self.hostPointer = 0
+
+
 def _runtime():
     def getDeviceCount():
         return DEVICE_COUNT
@@ -143,6 +154,11 @@ def _runtime():
                 "maxThreadsPerBlock": ATTRIBUTES["MaxThreadsPerBlock"],
                 "totalGlobalMem": 40 << 30, "multiProcessorCount": ATTRIBUTES["MultiProcessorCount"]}
 
+    def pointerGetAttributes(ptr):
+        """Pinned host buffers (cupyx.empty_pinned) report memoryTypeHost, others unregistered."""
+        pinned = any(start <= ptr < end for start, end in PINNED)
+        return _PointerAttributes(MEMORY_TYPE_HOST if pinned else MEMORY_TYPE_UNREGISTERED, 0)
+
     def runtimeGetVersion():
         return 13000
 
@@ -150,7 +166,9 @@ def _runtime():
         getDeviceCount=getDeviceCount, getDevice=getDevice, setDevice=setDevice,
         deviceSynchronize=deviceSynchronize, getDeviceProperties=getDeviceProperties,
         runtimeGetVersion=runtimeGetVersion, driverGetVersion=runtimeGetVersion,
-        CUDARuntimeError=CUDARuntimeError, is_hip=False,
+        CUDARuntimeError=CUDARuntimeError, is_hip=False, pointerGetAttributes=pointerGetAttributes,
+        memoryTypeUnregistered=MEMORY_TYPE_UNREGISTERED, memoryTypeHost=MEMORY_TYPE_HOST,
+        memoryTypeDevice=MEMORY_TYPE_DEVICE,
     )
 
 
