@@ -26,7 +26,7 @@ import numpy as np
 from . import core, cuda, kernels, random as _random
 from .transfers import count_transfers
 
-__all__ = ["install", "installed", "count_transfers", "NAMES"]
+__all__ = ["install", "installed", "build", "count_transfers", "NAMES"]
 NAMES = core.NAMES
 _MODULES: dict = {}
 
@@ -76,6 +76,14 @@ def _pinned(fill):
         cuda.PINNED.append((a.ctypes.data, a.ctypes.data + max(a.nbytes, 1)))
         return a
     return make
+
+
+def build() -> dict:
+    """The emulated modules by name (``"cupy"``, ``"cupy.cuda"``, ``"cupyx"``, ...), built once,
+    without touching ``sys.modules`` (tests of the emulator itself use this)."""
+    if not _MODULES:
+        _build()
+    return dict(_MODULES)
 
 
 def _build():
@@ -134,5 +142,4 @@ def install() -> None:
         return
     for name in [n for n in sys.modules if n.split(".")[0] in ("cupy", "cupyx", "cupy_backends")]:
         del sys.modules[name]
-    _build()
-    sys.modules.update(_MODULES)
+    sys.modules.update(build())
