@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backends import backend_of
 
-__all__ = ["update", "Workspace", "KINDS"]
+__all__ = ["update", "batched", "Workspace", "KINDS"]
 
 
 # -- scratch memory --------------------------------------------------------------------------------
@@ -302,6 +302,140 @@ def _cuda_kernel(kind: str, present: tuple, dtype):
     return kernel
 
 
+# -- CUDA multi-tensor updates (torch._foreach / fused=True) ----------------------------------------
+# Optimizer.step runs its parameter loop inside batched(): CUDA updates are queued, and at the
+# end of the loop the parameters that share (algorithm, optional buffers, dtype, device, scalars)
+# are updated by ONE kernel launch. The kernel walks the concatenated index space of all their
+# elements; a table of (param, grad, buffer...) device pointers and a table of element offsets
+# tell each index its tensor (binary search) and position. The body is the per-parameter body
+# verbatim, so results are bitwise those of one launch per parameter. No host->device copy in the
+# steady state: the offsets are copied once, the pointer table is written by a one-thread kernel
+# from its arguments when pointers changed (fresh gradients: one extra small launch per step).
+MULTI_TENSOR = True  # False: one launch per parameter (tests compare the two bitwise)
+_pending: list = []   # queued CUDA updates while a batched() block runs
+_batch_depth = [0]
+_pointer_tables: dict = {}  # (group, sizes) -> [device pointer table, device offsets, pointers written]
+_C_TYPE_NAMES = {np.dtype(np.float32): ("float32", "float"), np.dtype(np.float64): ("float64", "double")}
+
+
+class batched:
+    """Context manager: queue CUDA updates inside, launch them grouped at the end."""
+
+    def __enter__(self):
+        _batch_depth[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        _batch_depth[0] -= 1
+        if _batch_depth[0] == 0:
+            pending, _pending[:] = list(_pending), []
+            if exc[0] is None:
+                _flush(pending)
+        return False
+
+
+def _multi_kernel(kind: str, present: tuple, dtype):
+    """The multi-tensor ElementwiseKernel of ``kind`` for ``dtype``; built on first use and cached."""
+    key = ("multi", kind, present, np.dtype(dtype).str)
+    kernel = _cuda_kernels.get(key)
+    if kernel is None:
+        import cupy  # only here: never at import time
+
+        spec = KINDS[kind]
+        type_name, c_type = _C_TYPE_NAMES[np.dtype(dtype)]
+        arrays = ["param", "grad", *spec["buffers"], *present]
+        ins = ["raw uint64 pointers", "raw int64 offsets", "int32 n_tensors"]
+        ins += [f"{type_name} {n}" for n in spec["scalars"]] + [f"int32 {n}" for n in spec["flags"]]
+        k = len(arrays)
+        lookup = [
+            "int lo = 0, hi = n_tensors;",
+            "while (hi - lo > 1) { int mid = (lo + hi) >> 1; if (offsets[mid] <= (long long)i) lo = mid; else hi = mid; }",
+            "const long long j = (long long)i - offsets[lo];",
+            f"const T grad = reinterpret_cast<const T*>(pointers[lo * {k} + 1])[j];",
+        ]
+        lookup += [f"T& {n} = reinterpret_cast<T*>(pointers[lo * {k} + {a}])[j];"
+                   for a, n in enumerate(arrays) if n != "grad"]
+        macros = "".join(f"#define HAS_{n.upper()} {int(n in present)}\n" for n in spec["optional"])
+        kernel = cupy.ElementwiseKernel(
+            ", ".join(ins), "", "\n".join(lookup) + "\n{\n" + spec["body"] + "\n}",
+            name=f"avila_ml_{kind}_multi_tensor_update", preamble=f"typedef {c_type} T;\n" + macros,
+            options=("--fmad=false",), no_return=True)
+        _cuda_kernels[key] = kernel
+    return kernel
+
+
+_POINTERS_PER_FILL = 256  # uint64 kernel arguments per table-filling launch (2 KiB of parameters)
+
+
+def _pointer_fill_kernel(count: int):
+    """A one-thread kernel writing its ``count`` pointer arguments into ``table[start:]``: pointers
+    reach the device as kernel parameters (as in PyTorch's multi_tensor_apply), not as a copy."""
+    key = ("pointer_fill", count)
+    kernel = _cuda_kernels.get(key)
+    if kernel is None:
+        import cupy
+
+        ins = ", ".join([f"uint64 p{i}" for i in range(count)] + ["int64 start"])
+        body = "\n".join(f"table[start + {i}] = p{i};" for i in range(count))
+        kernel = _cuda_kernels[key] = cupy.ElementwiseKernel(
+            ins, "raw uint64 table", body, name=f"avila_ml_pointer_fill_{count}", no_return=True)
+    return kernel
+
+
+def _pointer_table(group_key, entries, arrays_of):
+    """Device tables of the entries' array pointers and element offsets. The offsets depend on
+    the sizes only and are copied once; the pointer table is rewritten on the device, by kernel
+    arguments, only when a pointer changed (gradients re-allocated by a backward pass)."""
+    import cupy
+
+    pointers = tuple(a.data.ptr for e in entries for a in arrays_of(e))
+    sizes = tuple(e[1].size for e in entries)
+    key = (group_key[:4], sizes)
+    cached = _pointer_tables.get(key)
+    if cached is None:
+        if len(_pointer_tables) > 64:
+            _pointer_tables.clear()
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        cached = _pointer_tables[key] = [cupy.empty(len(pointers), dtype=np.uint64), cupy.asarray(offsets), None]
+    table, offsets, written = cached
+    if written != pointers:
+        for start in range(0, len(pointers), _POINTERS_PER_FILL):
+            chunk = pointers[start:start + _POINTERS_PER_FILL]
+            _pointer_fill_kernel(len(chunk))(*(np.uint64(p) for p in chunk), np.int64(start), table, size=1)
+        cached[2] = pointers
+    return (table, offsets), sum(sizes)
+
+
+def _flush(pending) -> None:
+    groups: dict = {}
+    for entry in pending:
+        groups.setdefault(entry[0], []).append(entry)
+    for group_key, entries in groups.items():
+        kind, present, _dtype, _device, scalar_items = group_key
+        if len(entries) == 1:
+            _launch_single(*entries[0][1:])
+            continue
+        spec = KINDS[kind]
+        scalars = dict(scalar_items)
+        param = entries[0][1]
+        with param.device:
+            (pointers, offsets), total = _pointer_table(group_key, entries, lambda e: (
+                e[1], e[2], *(e[4][n] for n in spec["buffers"]), *(e[4][n] for n in present)))
+            args = [pointers, offsets, np.int32(len(entries)), *(scalars[n] for n in spec["scalars"]),
+                    *(int(scalars[n]) for n in spec["flags"])]
+            _multi_kernel(kind, present, param.dtype)(*args, size=total)
+
+
+def _launch_single(param, grad, kind, buffers, scalars) -> None:
+    spec = KINDS[kind]
+    present = tuple(n for n in spec["optional"] if n in buffers)
+    args = [grad, *(scalars[n] for n in spec["scalars"]),
+            *(int(scalars[n]) for n in spec["flags"]),
+            param, *(buffers[n] for n in spec["buffers"]), *(buffers[n] for n in present)]
+    with param.device:  # launch on the parameter's GPU
+        _cuda_kernel(kind, present, param.dtype)(*args)
+
+
 # -- CPU threads -----------------------------------------------------------------------------------
 PARALLEL_MIN_SIZE = 1 << 17  # elements; smaller parameters are updated in one thread
 _pool: list = [None, None]   # [executor, pid that created it]
@@ -356,7 +490,7 @@ def _cuda_update_half(kind, param, grad, buffers, scalars) -> None:
     agree to float16 rounding, not bitwise."""
     wide = {n: b.astype(np.float32) for n, b in buffers.items()}
     p32 = param.astype(np.float32)
-    update(kind, p32, grad.astype(np.float32), wide, scalars, None)
+    _launch_single(p32, grad.astype(np.float32), kind, wide, scalars)  # now: the copies are read back below
     param[...] = p32.astype(np.float16)
     for n, b in buffers.items():
         b[...] = wide[n].astype(np.float16)
@@ -382,11 +516,12 @@ def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Work
             raise TypeError(f"optimizer step ({kind}): the fused CUDA update supports float16, float32 "
                             f"and float64 parameters, got {param.dtype}")
         present = tuple(n for n in spec["optional"] if n in buffers)
-        args = [grad, *(scalars[n] for n in spec["scalars"]),
-                *(int(scalars[n]) for n in spec["flags"]),
-                param, *(buffers[n] for n in spec["buffers"]), *(buffers[n] for n in present)]
-        with param.device:  # launch on the parameter's GPU
-            _cuda_kernel(kind, present, param.dtype)(*args)
+        arrays = (param, grad, *buffers.values())
+        if MULTI_TENSOR and _batch_depth[0] and all(a.flags.c_contiguous for a in arrays):
+            key = (kind, present, param.dtype.str, param.device.id, tuple(sorted(scalars.items())))
+            _pending.append((key, param, grad, kind, dict(buffers), scalars))
+            return
+        _launch_single(param, grad, kind, buffers, scalars)
     else:
         s, t = workspace.scratch(param)
         _cpu_update(spec["cpu"], param, grad, s, t, buffers, scalars)

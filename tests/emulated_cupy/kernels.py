@@ -190,17 +190,14 @@ class ElementwiseKernel:
     def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
                  no_return=False, return_tuple=False, loop_prep="", after_loop="", options=()):
         self.in_params, self.out_params = _parse_params(in_params), _parse_params(out_params)
-        if any(raw for raw, _, _ in self.in_params + self.out_params):
-            raise NotImplementedError("emulated ElementwiseKernel: raw parameters are not emulated")
         self.operation, self.name, self.preamble = operation, name, preamble
         self.no_return, self.options = no_return, tuple(options)
 
     def __call__(self, *args, size=None, block_size=None):
         params = self.in_params + self.out_params
-        if len(args) not in (len(self.in_params), len(params)):
-            raise TypeError(f"{self.name}: wrong number of arguments ({len(args)} for {len(params)})")
         if len(args) != len(params):
-            raise NotImplementedError("emulated ElementwiseKernel: outputs must be passed")
+            raise TypeError(f"{self.name}: wrong number of arguments ({len(args)} for {len(params)}; "
+                            "the emulator needs every output passed)")
         types: dict[str, np.dtype] = {}
         for (_, t, n), a in zip(params, args):
             if isinstance(a, np.ndarray):
@@ -208,16 +205,32 @@ class ElementwiseKernel:
             if isinstance(a, ndarray) and t not in _C_TYPES:
                 if types.setdefault(t, a._a.dtype) != a._a.dtype:
                     raise TypeError(f"{self.name}: Type is mismatched. {n} {a._a.dtype} {types[t]}")
-        shape = np.broadcast_shapes(*(a._a.shape for a in args if isinstance(a, ndarray)))
+        shapes = [a._a.shape for (raw, _, _), a in zip(params, args) if isinstance(a, ndarray) and not raw]
+        if shapes:
+            shape = np.broadcast_shapes(*shapes)
+            if size is not None and int(np.prod(shape)) != size:
+                raise ValueError(f"{self.name}: size {size} does not match the arrays' shape {shape}")
+        elif size is None:
+            raise ValueError("Loop size is undecided")
+        else:
+            shape = (int(size),)
         buffers, writebacks = [], []
-        for i, ((_, t, n), a) in enumerate(zip(params, args)):
+        for i, ((raw, t, n), a) in enumerate(zip(params, args)):
             dt = np.dtype(t) if t in _C_TYPES else types.get(t)
+            if dt is None:
+                dt = _preamble_type(self.preamble, t)
             if dt is None:
                 raise TypeError(f"{self.name}: type {t} of {n} is not bound by an array argument")
             if not isinstance(a, ndarray):
+                if raw:
+                    raise TypeError(f"{self.name}: raw parameter {n} needs a cupy.ndarray")
                 buffers.append(np.array(a, dtype=dt).reshape(1))
                 continue
-            if i >= len(self.in_params):
+            if raw:  # the kernel indexes it itself: its own memory, as on the device
+                if a._a.dtype != dt:
+                    raise TypeError(f"{self.name}: Type is mismatched. {n} {a._a.dtype} {dt}")
+                buffers.append(a._a if a._a.flags.c_contiguous else np.ascontiguousarray(a._a))
+            elif i >= len(self.in_params):
                 if a._a.shape != shape:
                     raise ValueError(f"{self.name}: output {n} has shape {a._a.shape}, expected {shape}")
                 if a._a.flags.c_contiguous and a._a.dtype == dt:
@@ -228,10 +241,11 @@ class ElementwiseKernel:
                     writebacks.append((a._a, tmp))
             else:
                 buffers.append(np.ascontiguousarray(np.broadcast_to(a._a, shape), dtype=dt))
-        slots = frozenset(k for k, a in enumerate(args[:len(self.in_params)]) if isinstance(a, ndarray))
+        slots = frozenset(k for k, ((raw, _, _), a) in enumerate(zip(self.in_params, args))
+                          if isinstance(a, ndarray) and not raw)
         lib = _host_library(self._source(types, slots))
         n = int(np.prod(shape))
-        argv = (ctypes.c_void_p * len(buffers))(*(b.ctypes.data for b in buffers))
+        argv = (ctypes.c_void_p * max(1, len(buffers)))(*(b.ctypes.data for b in buffers))
         lib.avila_elementwise(argv, n)
         for dst, tmp in writebacks:
             dst[...] = tmp
@@ -244,13 +258,30 @@ class ElementwiseKernel:
         lines = ["#include <cmath>", "#include <cstdint>", "#include <algorithm>", "using namespace std;"]
         lines += [f"typedef {c} {n};" for n, c in _C_TYPES.items() if n not in ("bool",)]
         lines += [f"typedef {_C_TYPES[np.dtype(dt).name]} {t};" for t, dt in types.items()]
-        lines += [self.preamble, 'extern "C" void avila_elementwise(void** args, long long n) {',
-                  "  for (long long i = 0; i < n; ++i) {"]
-        for k, (_, t, name) in enumerate(self.in_params):
-            lines.append(f"    const {t} {name} = static_cast<const {t}*>(args[{k}])"
-                         f"[{'i' if k in array_slots else '0'}];")
+        lines += [self.preamble, 'extern "C" void avila_elementwise(void** args, long long n) {']
+        for k, (raw, t, name) in enumerate(self.in_params):  # raw arrays: indexable pointers
+            if raw:
+                lines.append(f"  const {t}* {name} = static_cast<const {t}*>(args[{k}]);")
         base = len(self.in_params)
-        for k, (_, t, name) in enumerate(self.out_params):
-            lines.append(f"    {t}& {name} = static_cast<{t}*>(args[{base + k}])[i];")
+        for k, (raw, t, name) in enumerate(self.out_params):
+            if raw:
+                lines.append(f"  {t}* {name} = static_cast<{t}*>(args[{base + k}]);")
+        lines.append("  for (long long i = 0; i < n; ++i) {")
+        for k, (raw, t, name) in enumerate(self.in_params):
+            if not raw:
+                lines.append(f"    const {t} {name} = static_cast<const {t}*>(args[{k}])"
+                             f"[{'i' if k in array_slots else '0'}];")
+        for k, (raw, t, name) in enumerate(self.out_params):
+            if not raw:
+                lines.append(f"    {t}& {name} = static_cast<{t}*>(args[{base + k}])[i];")
         lines += ["    {", self.operation, "    }", "  }", "}"]
         return "\n".join(lines)
+
+
+def _preamble_type(preamble: str, name: str):
+    """A type the preamble typedefs (``typedef float T;``), as a NumPy dtype."""
+    m = re.search(rf"typedef\s+(\w+)\s+{re.escape(name)}\s*;", preamble)
+    if m is None:
+        return None
+    back = {c: n for n, c in _C_TYPES.items()}
+    return np.dtype(back[m.group(1)]) if m.group(1) in back else None
