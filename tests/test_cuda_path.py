@@ -349,3 +349,22 @@ def test_multi_tensor_step_is_one_launch_and_bitwise_the_per_parameter_step(cuda
         assert launches == expected
     for a, b in zip(results[True], results[False]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_transformer_encoder_layer_training_step_with_dropout_has_no_syncs(transfers):
+    """Dropout 0.1 (the default) in training takes the composite attention path: no sync there
+    either (it asked the device whether a row was fully masked)."""
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True).to("cuda")
+    layer.train()
+    opt = am.optim.SGD(layer.parameters(), lr=1e-2, momentum=0.9)
+    x = am.randn(2, 5, 16, device="cuda")
+    mask = am.tensor(np.triu(np.ones((5, 5), dtype=bool), 1), device="cuda")
+
+    def step():
+        opt.zero_grad()
+        loss = (layer(x, src_mask=mask) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    _assert_no_transfers(transfers, step)
