@@ -55,3 +55,13 @@ def _seed():
     am.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def sync_checks():
+    """Value checks on for CUDA tensors too (am.debug.set_sync_checks): tests of value errors
+    (indices out of range, probabilities outside [0, 1]) run them on every device."""
+    before = am.debug.sync_checks_enabled()
+    am.debug.set_sync_checks(True)
+    yield
+    am.debug.set_sync_checks(before)

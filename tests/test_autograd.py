@@ -496,7 +496,7 @@ def test_where_and_masked_fill_mismatch_messages(device):
         am.ones(3, device=device).masked_fill(am.ones(2, device=device) > 0, 0.0)
 
 
-def test_index_dtype_errors_name_the_op(device):
+def test_index_dtype_errors_name_the_op(device, sync_checks):
     x = am.ones(3, 2, device=device)
     with pytest.raises(RuntimeError, match=r"gather.*integer.*float32"):
         am.gather(x, 0, am.zeros(1, 2, device=device))

@@ -187,7 +187,7 @@ def test_embedding_from_pretrained(device):
         am.nn.Embedding.from_pretrained(am.ones(3))
 
 
-def test_embedding_errors(device):
+def test_embedding_errors(device, sync_checks):
     emb = am.nn.Embedding(3, 2, device=device)
     with pytest.raises(IndexError, match=r"index out of range.*\[0, 3\)"):
         emb(am.tensor([0, 3], device=device))

@@ -433,7 +433,7 @@ def test_elementwise_target_shape_and_dtype_mismatch_raise(device):
         F.mse_loss(a, a, weight=am.ones(4, device=device))
 
 
-def test_cross_entropy_errors_name_both_shapes(device):
+def test_cross_entropy_errors_name_both_shapes(device, sync_checks):
     x = am.zeros(3, 4, device=device)
     with pytest.raises(IndexError, match=r"Target 5 is out of bounds"):
         F.cross_entropy(x, am.tensor([0, 5, 1], device=device))
@@ -457,7 +457,7 @@ def test_cross_entropy_errors_name_both_shapes(device):
         F.cross_entropy(x, am.tensor([0, 1, 2], device=device), label_smoothing=1.5)
 
 
-def test_binary_losses_errors(device):
+def test_binary_losses_errors(device, sync_checks):
     with pytest.raises(RuntimeError, match="between 0 and 1"):
         F.binary_cross_entropy(am.tensor([1.5], device=device), am.tensor([1.0], device=device))
     with pytest.raises(ValueError, match=r"\(3, 1\).*\(3,\)"):
