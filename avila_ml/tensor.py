@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes as _dt
-from ._grad_state import state as _state
+from ._grad_state import InferenceVersion, state as _state
 from .backends import backend_of, device as _device, get_backend
 
 __all__ = ["Tensor"]
@@ -45,7 +45,7 @@ class Tensor:
     """
 
     __slots__ = ("array", "_requires_grad", "grad", "grad_fn", "_output_nr", "_version",
-                 "_hooks", "_grad_accumulator", "_retains_grad", "__weakref__")
+                 "_hooks", "_grad_accumulator", "_retains_grad", "_view", "__weakref__")
     __array_priority__ = 1000  # NumPy scalars/arrays on the left defer to our operators
 
     def __init__(self, data, requires_grad: bool = False):
@@ -58,7 +58,8 @@ class Tensor:
         self.grad = None
         self.grad_fn = None
         self._output_nr = 0
-        self._version = [0]
+        self._version = [0] if not _state.inference else InferenceVersion([0])
+        self._view = None
         self._hooks = None
         self._grad_accumulator = None
         self._retains_grad = False
@@ -74,7 +75,8 @@ class Tensor:
         t.grad = None
         t.grad_fn = node
         t._output_nr = output_nr
-        t._version = [0]
+        t._version = [0] if not _state.inference else InferenceVersion([0])
+        t._view = None
         t._hooks = None
         t._grad_accumulator = None
         t._retains_grad = False
@@ -403,18 +405,15 @@ class Tensor:
         # pickling (DataLoader workers) ships the data only, like a detached tensor
         return (_rebuild, (self._backend.to_numpy(self.array), str(self.device), self._requires_grad and self.grad_fn is None))
 
-    # -- in-place updates (for use under no_grad: optimizers, initialisers) -----------------
+    # -- in-place updates ----------------------------------------------------------------------
+    # PyTorch's semantics (autograd/inplace.py): when autograd tracks the tensor or an argument,
+    # the op is recorded (the tensor takes the result's history; a view's base takes a
+    # CopySlices node); otherwise a ufunc writes straight into the array, allocation-free
+    # (optimizers and initialisers run here, under no_grad).
     def _check_inplace(self, op: str) -> None:
-        if _state.enabled and self._requires_grad:
-            if self.grad_fn is None:
-                raise RuntimeError(
-                    f"{op}: a leaf tensor that requires grad is being used in an in-place operation; "
-                    "wrap the update in `with avila_ml.no_grad():`"
-                )
-            raise RuntimeError(
-                f"{op}: in-place operations on tensors that are part of the autograd graph are not "
-                "supported; use the out-of-place op or wrap the update in no_grad()"
-            )
+        """Refuse an in-place write PyTorch refuses (leaf that requires grad, ...)."""
+        if _inplace.needs_graph(self, ()):
+            _inplace.check_inplace_allowed(self, op)
 
     def _bump(self) -> "Tensor":
         self._version[0] += 1
@@ -431,7 +430,6 @@ class Tensor:
         return other
 
     def _inplace(self, op, ufunc, other):
-        self._check_inplace(op)
         o = self._other_array(other, op)
         try:
             ufunc(self.array, o, out=self.array, casting="same_kind")
@@ -443,40 +441,68 @@ class Tensor:
         return self._bump()
 
     def add_(self, other, alpha=1) -> "Tensor":
-        """In place ``self += alpha * other`` (``Tensor.add_``)."""
+        """In place ``self += alpha * other`` (``Tensor.add_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.tensor([1.0, 2.0], requires_grad=True)
+            >>> y = x * 2
+            >>> y.add_(1)
+            tensor([3., 5.], grad_fn=<AddBackward0>)
+        """
+        if _inplace.needs_graph(self, (other,)):
+            return _inplace.inplace(self, "add_", _ops.elementwise.add, other, alpha=alpha)
         if alpha != 1:
             other = (other.array if isinstance(other, Tensor) else other) * alpha
         return self._inplace("add_", self._backend.xp.add, other)
 
     def sub_(self, other, alpha=1) -> "Tensor":
+        """In place ``self -= alpha * other`` (``Tensor.sub_``)."""
+        if _inplace.needs_graph(self, (other,)):
+            return _inplace.inplace(self, "sub_", _ops.elementwise.sub, other, alpha=alpha)
         if alpha != 1:
             other = (other.array if isinstance(other, Tensor) else other) * alpha
         return self._inplace("sub_", self._backend.xp.subtract, other)
 
     def mul_(self, other) -> "Tensor":
         """In place ``self *= other`` (``Tensor.mul_``)."""
+        if _inplace.needs_graph(self, (other,)):
+            return _inplace.inplace(self, "mul_", _ops.elementwise.mul, other)
         return self._inplace("mul_", self._backend.xp.multiply, other)
 
-    def div_(self, other) -> "Tensor":
+    def div_(self, other, rounding_mode=None) -> "Tensor":
+        """In place ``self /= other`` (``Tensor.div_``)."""
+        if rounding_mode is not None or _inplace.needs_graph(self, (other,)):
+            if _inplace.needs_graph(self, (other,)):
+                return _inplace.inplace(self, "div_", _ops.elementwise.div, other, rounding_mode=rounding_mode)
+            return _inplace.fast_inplace(self, "div_", _ops.elementwise.div, other, rounding_mode=rounding_mode)
         return self._inplace("div_", self._backend.xp.divide, other)
 
     def addcmul_(self, t1, t2, value=1) -> "Tensor":
         """In place ``self += value * t1 * t2`` (``Tensor.addcmul_``)."""
+        if _inplace.needs_graph(self, (t1, t2)):
+            return _inplace.inplace(self, "addcmul_", _ops.elementwise.addcmul, t1, t2, value=value)
         prod = self._other_array(t1, "addcmul_") * self._other_array(t2, "addcmul_")
         return self.add_(prod, alpha=value)
 
     def addcdiv_(self, t1, t2, value=1) -> "Tensor":
         """In place ``self += value * t1 / t2`` (``Tensor.addcdiv_``)."""
+        if _inplace.needs_graph(self, (t1, t2)):
+            return _inplace.inplace(self, "addcdiv_", _addcdiv, t1, t2, value=value)
         q = self._other_array(t1, "addcdiv_") / self._other_array(t2, "addcdiv_")
         return self.add_(q, alpha=value)
 
     def lerp_(self, end, weight) -> "Tensor":
         """In place ``self += weight * (end - self)`` (``Tensor.lerp_``)."""
+        if _inplace.needs_graph(self, (end, weight)):
+            return _inplace.inplace(self, "lerp_", _ops.elementwise.lerp, end, weight)
         e = self._other_array(end, "lerp_")
         return self.add_(e - self.array, alpha=weight)
 
     def sqrt_(self) -> "Tensor":
-        self._check_inplace("sqrt_")
+        """In place square root (``Tensor.sqrt_``)."""
+        if _inplace.needs_graph(self, ()):
+            return _inplace.inplace(self, "sqrt_", _ops.elementwise.sqrt)
         self._backend.xp.sqrt(self.array, out=self.array)
         return self._bump()
 
@@ -486,13 +512,28 @@ class Tensor:
 
     def fill_(self, value) -> "Tensor":
         """Fill with ``value`` in place (``Tensor.fill_``)."""
-        self._check_inplace("fill_")
+        if _inplace.needs_graph(self, (value,)):
+            return _inplace.inplace(self, "fill_", _ops.write.filled, value)
         self.array[...] = value.item() if isinstance(value, Tensor) else value
         return self._bump()
 
-    def copy_(self, src) -> "Tensor":
-        """Copy ``src`` (broadcast, cast and moved as needed) into this tensor (``Tensor.copy_``)."""
-        self._check_inplace("copy_")
+    def copy_(self, src, non_blocking: bool = False) -> "Tensor":
+        """Copy ``src`` (broadcast, cast and moved as needed) into this tensor (``Tensor.copy_``).
+
+        Recorded for autograd: the gradient flows to ``src`` (summed over broadcast dims).
+
+        Example:
+            >>> import avila_ml as am
+            >>> out = am.zeros(2, 3)
+            >>> w = am.tensor([1.0, 2.0], requires_grad=True)
+            >>> out[:, 0:2].copy_(w * 3)
+            tensor([[3., 6.],
+                    [3., 6.]], grad_fn=<AsStridedBackward0>)
+            >>> out.sum().backward(); w.grad
+            tensor([6., 6.])
+        """
+        if _inplace.needs_graph(self, (src,)):
+            return _inplace.inplace(self, "copy_", _ops.write.copied, src)
         a = src.array if isinstance(src, Tensor) else src
         if isinstance(src, Tensor) and src.device != self.device:
             a = get_backend(self.device).from_numpy(src._backend.to_numpy(a))
@@ -507,9 +548,10 @@ class Tensor:
 
     def clamp_(self, min=None, max=None) -> "Tensor":
         """Clamp in place to ``[min, max]`` (``Tensor.clamp_``)."""
-        self._check_inplace("clamp_")
         if min is None and max is None:
             raise RuntimeError("clamp_: at least one of min or max must be given")
+        if _inplace.needs_graph(self, (min, max)):
+            return _inplace.inplace(self, "clamp_", _ops.elementwise.clamp, min, max)
         lo = self._other_array(min, "clamp_") if min is not None else None
         hi = self._other_array(max, "clamp_") if max is not None else None
         xp = self._backend.xp
@@ -519,43 +561,64 @@ class Tensor:
             xp.minimum(self.array, hi, out=self.array)
         return self._bump()
 
-    def uniform_(self, a: float = 0.0, b: float = 1.0) -> "Tensor":
+    clip_ = clamp_
+
+    def clamp_min_(self, min) -> "Tensor":
+        """In place ``max(self, min)`` (``Tensor.clamp_min_``)."""
+        return self.clamp_(min=min)
+
+    def clamp_max_(self, max) -> "Tensor":
+        """In place ``min(self, max)`` (``Tensor.clamp_max_``)."""
+        return self.clamp_(max=max)
+
+    def uniform_(self, a: float = 0.0, b: float = 1.0, generator=None) -> "Tensor":
         """Fill with samples of U(a, b) in place (``Tensor.uniform_``)."""
-        self._check_inplace("uniform_")
-        r = self._backend.rand(self.array.shape, self.array.dtype)
-        self.array[...] = r * (b - a) + a
+        r = self._backend.rand(self.array.shape, self.array.dtype) * (b - a) + a
+        if _inplace.needs_graph(self, ()):
+            return _inplace.inplace(self, "uniform_", _ops.write.filled, r)
+        self.array[...] = r
         return self._bump()
 
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> "Tensor":
+    def normal_(self, mean: float = 0.0, std: float = 1.0, generator=None) -> "Tensor":
         """Fill with samples of N(mean, std^2) in place (``Tensor.normal_``)."""
-        self._check_inplace("normal_")
-        r = self._backend.randn(self.array.shape, self.array.dtype)
-        self.array[...] = r * std + mean
+        r = self._backend.randn(self.array.shape, self.array.dtype) * std + mean
+        if _inplace.needs_graph(self, ()):
+            return _inplace.inplace(self, "normal_", _ops.write.filled, r)
+        self.array[...] = r
         return self._bump()
-
-    def _augmented(self, inplace, outofplace, other):
-        # x += y updates in place like PyTorch, except on tensors the graph is tracking, where
-        # the out-of-place result (same values) keeps gradients right
-        if _state.enabled and self._requires_grad:
-            return outofplace(self, other)
-        return inplace(self, other)
 
     def __iadd__(self, other):
-        return self._augmented(Tensor.add_, Tensor.__add__, other)
+        return self.add_(other)
 
     def __isub__(self, other):
-        return self._augmented(Tensor.sub_, Tensor.__sub__, other)
+        return self.sub_(other)
 
     def __imul__(self, other):
-        return self._augmented(Tensor.mul_, Tensor.__mul__, other)
+        return self.mul_(other)
 
     def __itruediv__(self, other):
-        return self._augmented(Tensor.div_, Tensor.__truediv__, other)
+        return self.div_(other)
+
+    def __ipow__(self, other):
+        return self.pow_(other)
 
     def __setitem__(self, key, value) -> None:
-        self._check_inplace("__setitem__")
+        """``self[key] = value``, recorded like PyTorch: through a view's ``copy_`` for basic
+        keys (a ``CopySlices`` node on this tensor), ``index_put_`` for advanced ones."""
+        if _inplace.needs_graph(self, (value,)):
+            xp = self._backend.xp
+            k = _ops.indexing.normalize_key(key, xp)
+            if any(_ops.indexing._is_advanced(p) for p in k):
+                _inplace.inplace(self, "index_put_", _ops.write.index_put, k, value)
+            else:
+                self[key].copy_(value)
+            return
         self.array[_ops.indexing.normalize_key(key)] = value.array if isinstance(value, Tensor) else value
         self._bump()
+
+
+def _addcdiv(input, t1, t2, value=1):
+    return input + value * t1 / t2
 
 
 def _rebuild(arr, dev, requires_grad):
@@ -574,3 +637,4 @@ def _norm_dim(dim: int, ndim: int, op: str) -> int:
 
 
 from . import ops as _ops  # noqa: E402  (ops import Tensor from this module)
+from .autograd import inplace as _inplace  # noqa: E402
