@@ -139,6 +139,8 @@ class Tensor:
                     "use detach() to get a tensor that does not require grad"
                 )
             return self
+        if requires_grad and type(self._version) is InferenceVersion and not _state.inference:
+            raise RuntimeError("Setting requires_grad=True on inference tensor outside InferenceMode is not allowed.")
         if requires_grad and self.array.dtype.kind not in "fc":
             raise RuntimeError(
                 f"requires_grad_: only tensors of floating point dtype can require gradients, "
@@ -251,6 +253,34 @@ class Tensor:
             acc._pre_hooks = {0: []}
         acc._pre_hooks[0].append(hook)
         return _Handle(acc._pre_hooks[0], hook)
+
+    def register_post_accumulate_grad_hook(self, hook) -> _Handle:
+        """Call ``hook(tensor)`` after this leaf's ``.grad`` has been accumulated in a backward
+        (``Tensor.register_post_accumulate_grad_hook``); e.g. to step an optimizer per parameter.
+
+        Example:
+            >>> import avila_ml as am
+            >>> w = am.ones(2, requires_grad=True)
+            >>> seen = []
+            >>> h = w.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.sum().item()))
+            >>> (w * 3).sum().backward(); seen
+            [6.0]
+        """
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        from .autograd.function import _edge_of
+        acc = _edge_of(self)[0]
+        self._hooks = acc  # the leaf keeps its accumulator (and so its hooks) alive
+        if acc._post_hooks is None:
+            acc._post_hooks = []
+        acc._post_hooks.append(hook)
+        return _Handle(acc._post_hooks, hook)
+
+    def is_inference(self) -> bool:
+        """True for a tensor made inside ``inference_mode`` (``Tensor.is_inference``)."""
+        return type(self._version) is InferenceVersion
 
     # -- conversion -------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
@@ -528,7 +558,7 @@ class Tensor:
             >>> w = am.tensor([1.0, 2.0], requires_grad=True)
             >>> out[:, 0:2].copy_(w * 3)
             tensor([[3., 6.],
-                    [3., 6.]], grad_fn=<AsStridedBackward0>)
+                    [3., 6.]], grad_fn=<SliceBackward0>)
             >>> out.sum().backward(); w.grad
             tensor([6., 6.])
         """

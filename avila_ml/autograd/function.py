@@ -48,11 +48,25 @@ class Function:
 
     non_differentiable = ()
     is_view = False  # output shares memory (and so the version counter) with input 0
+    _materialize = True  # multi-output: outputs without a gradient get zeros in backward
+    _ctx_style = False
     _recording = False
     _saved_in = None
     _saved_out = None
     _freed = False
     _pre_hooks = None
+
+    def __init_subclass__(cls, **kwargs):
+        # PyTorch's form (static forward(ctx, ...) / backward(ctx, ...)): a user Function.
+        # Detected once per class; its apply and node class come from custom_function.py.
+        super().__init_subclass__(**kwargs)
+        if isinstance(inspect.getattr_static(cls, "forward", None), staticmethod):
+            from . import custom_function as _cf
+            cls._ctx_style = True
+            cls._setup_context_style = "setup_context" in _own_attrs(cls)
+            cls._backward_cls = type(f"{cls.__name__}Backward", (_cf.FunctionCtx,),
+                                     {"_forward_cls": cls, "__module__": cls.__module__})
+            cls.apply = classmethod(_cf.apply)
 
     @classmethod
     def apply(cls, *args):
@@ -208,9 +222,21 @@ _FREED_MSG = (
     "they were freed). Saved tensors are freed after the first backward; pass "
     "retain_graph=True to the first backward() or autograd.grad() call to keep them."
 )
+def _own_attrs(cls) -> set:
+    """Names defined by ``cls`` or its bases below ``Function``."""
+    names = set()
+    for k in cls.__mro__:
+        if k is Function:
+            break
+        names.update(vars(k))
+    return names
+
+
 _INFERENCE_SAVE_MSG = (
-    "Inference tensors cannot be saved for backward. To work around you can make a clone to get "
-    "a normal tensor and use it in autograd."
+    "Inference tensors cannot be saved for backward. Please do not use Tensors created in "
+    "inference mode in computation tracked by autograd. To work around this, you can make a "
+    "clone to get a normal tensor and use it in autograd, or use `avila_ml.no_grad()` instead "
+    "of `avila_ml.inference_mode()`."
 )
 
 

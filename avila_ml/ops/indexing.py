@@ -116,6 +116,10 @@ class _ViewItem(GetItem):
 
     is_view = True
 
+    @classmethod
+    def _name(cls) -> str:
+        return "SliceBackward0"
+
 
 def _full_index(index, dim: int, xp):
     """Index arrays selecting ``index`` along ``dim`` and every position elsewhere."""
