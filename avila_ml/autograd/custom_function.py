@@ -271,9 +271,9 @@ def once_differentiable(fn):
             _state.enabled = prev
         if not prev:
             return outputs
-        # what the results depend on: the incoming gradients and the saved tensors
+        # as PyTorch: only the incoming gradients count (a result computed from saved inputs
+        # alone has no graph)
         deps = [a for a in args if isinstance(a, _Tensor) and a._requires_grad]
-        deps += [t for t in ctx.saved_tensors if t is not None and t._requires_grad]
         if not deps:
             return outputs
         msg = ("trying to differentiate twice a function that was marked with "
