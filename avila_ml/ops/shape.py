@@ -461,7 +461,7 @@ class Flip(Function):
     def forward(self, x, dims):
         self.dims = dims
         # a copy, as PyTorch's flip (xp.flip alone would alias the input with negative strides)
-        return backend_of(x).xp.ascontiguousarray(backend_of(x).xp.flip(x, dims))
+        return _arr(backend_of(x).xp.flip(x, dims)).copy()
 
     def backward(self, g):
         return Flip.apply(g, self.dims)
