@@ -601,21 +601,114 @@ class Tensor:
         """In place ``min(self, max)`` (``Tensor.clamp_max_``)."""
         return self.clamp_(max=max)
 
+    def _fill_random(self, name: str, sample) -> "Tensor":
+        """Write ``sample`` (an array shaped like this tensor) in place; recorded like ``fill_``
+        (no gradient to the old value) when autograd tracks the tensor."""
+        if _inplace.needs_graph(self, ()):
+            return _inplace.inplace(self, name, _ops.write.filled, sample)
+        self.array[...] = sample
+        return self._bump()
+
     def uniform_(self, a: float = 0.0, b: float = 1.0, generator=None) -> "Tensor":
         """Fill with samples of U(a, b) in place (``Tensor.uniform_``)."""
-        r = self._backend.rand(self.array.shape, self.array.dtype) * (b - a) + a
-        if _inplace.needs_graph(self, ()):
-            return _inplace.inplace(self, "uniform_", _ops.write.filled, r)
-        self.array[...] = r
-        return self._bump()
+        return self._fill_random("uniform_", self._backend.rand(self.array.shape, self.array.dtype) * (b - a) + a)
 
     def normal_(self, mean: float = 0.0, std: float = 1.0, generator=None) -> "Tensor":
         """Fill with samples of N(mean, std^2) in place (``Tensor.normal_``)."""
-        r = self._backend.randn(self.array.shape, self.array.dtype) * std + mean
+        return self._fill_random("normal_", self._backend.randn(self.array.shape, self.array.dtype) * std + mean)
+
+    def bernoulli_(self, p=0.5, generator=None) -> "Tensor":
+        """Fill with 0/1 samples, 1 with probability ``p`` (a number or a tensor of
+        probabilities broadcast to this shape) (``Tensor.bernoulli_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> _ = am.manual_seed(0)
+            >>> x = am.empty(1000).bernoulli_(0.25)
+            >>> sorted(set(x.tolist())), abs(x.mean().item() - 0.25) < 0.05
+            ([0.0, 1.0], True)
+        """
+        prob = p.array if isinstance(p, Tensor) else p
+        u = self._backend.rand(self.array.shape, np.float64 if self.array.dtype.kind != "f" else self.array.dtype)
+        return self._fill_random("bernoulli_", (u < prob).astype(self.array.dtype))
+
+    def exponential_(self, lambd: float = 1.0, generator=None) -> "Tensor":
+        """Fill with samples of the exponential distribution of rate ``lambd``: ``-log(1 - U) / lambd``
+        (``Tensor.exponential_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> _ = am.manual_seed(0)
+            >>> x = am.empty(4000, dtype=am.float64).exponential_(2.0)
+            >>> bool(x.min() >= 0), abs(x.mean().item() - 0.5) < 0.05
+            (True, True)
+        """
+        if lambd <= 0:
+            raise RuntimeError(f"exponential_ expects lambd > 0.0, but found lambd={lambd}")
+        xp = self._backend.xp
+        u = self._backend.rand(self.array.shape, self.array.dtype)
+        return self._fill_random("exponential_", -xp.log1p(-u) / lambd)
+
+    def random_(self, from_=0, to=None, generator=None) -> "Tensor":
+        """Fill with integers drawn uniformly from ``[from_, to - 1]``; ``random_(to)`` draws from
+        ``[0, to - 1]``; without bounds, from ``[0, 2^mantissa]`` for floats or the dtype's
+        range for integers (``Tensor.random_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> _ = am.manual_seed(0)
+            >>> x = am.zeros(500, dtype=am.int64).random_(3, 7)
+            >>> sorted(set(x.tolist()))
+            [3, 4, 5, 6]
+        """
+        if to is None and from_ != 0:
+            from_, to = 0, from_
+        if to is None:
+            dt = self.array.dtype
+            to = (1 << (np.finfo(dt).nmant + 1)) + 1 if dt.kind == "f" else (2 if dt == np.bool_ else int(np.iinfo(dt).max) + 1)
+        if to <= from_:
+            raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={from_} >= to={to}")
+        r = self._backend.randint(int(from_), int(to), self.array.shape, np.int64)
+        return self._fill_random("random_", r.astype(self.array.dtype))
+
+    # -- in-place shape changes: the tensor becomes the view (PyTorch's t_, transpose_, ...) --
+    def _reshape_inplace(self, name: str, fn, *args) -> "Tensor":
         if _inplace.needs_graph(self, ()):
-            return _inplace.inplace(self, "normal_", _ops.write.filled, r)
-        self.array[...] = r
-        return self._bump()
+            _inplace.check_inplace_allowed(self, name)
+        r = fn(self, *args)
+        own_view = self._view
+        self.array = r.array
+        self.grad_fn, self._output_nr = r.grad_fn, r._output_nr
+        # a view stays a view of its base (with one more step); a base stays a base
+        self._view = r._view if own_view is not None else None
+        return self
+
+    def t_(self) -> "Tensor":
+        """Transpose a tensor of at most 2 dims in place (``Tensor.t_``)."""
+        if self.ndim > 2:
+            raise RuntimeError(f"t_() expects a tensor with <= 2 dimensions, but self is {self.ndim}D")
+        return self._reshape_inplace("t_", _ops.shape.transpose, 0, -1) if self.ndim == 2 else self
+
+    def transpose_(self, dim0: int, dim1: int) -> "Tensor":
+        """Swap two dims in place (``Tensor.transpose_``)."""
+        return self._reshape_inplace("transpose_", _ops.shape.transpose, dim0, dim1)
+
+    def squeeze_(self, dim=None) -> "Tensor":
+        """Remove size-1 dims in place (``Tensor.squeeze_``)."""
+        return self._reshape_inplace("squeeze_", _ops.shape.squeeze, dim)
+
+    def unsqueeze_(self, dim: int) -> "Tensor":
+        """Insert a size-1 dim in place (``Tensor.unsqueeze_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.zeros(2, 3)
+            >>> x.unsqueeze_(0).shape
+            (1, 2, 3)
+        """
+        return self._reshape_inplace("unsqueeze_", _ops.shape.unsqueeze, dim)
+
+    swapaxes_ = transpose_
 
     def __iadd__(self, other):
         return self.add_(other)

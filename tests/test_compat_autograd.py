@@ -634,3 +634,46 @@ def test_conv4d_from_conv3d_frames_trains():
         losses[lib] = hist
     assert losses[am][-1] < losses[am][0] * 0.9
     np.testing.assert_allclose(losses[am], losses[torch], rtol=1e-10)
+
+
+# ------------------------------------------------------------ in-place shape ops and random fills
+def test_in_place_shape_ops_match_torch():
+    def fn(lib, x, y):
+        h = x * 1
+        h.t_()
+        h.unsqueeze_(0)
+        h.squeeze_(0)
+        h.transpose_(0, 1)
+        h.mul_(x[0] + 1)
+        return h
+
+    _run_both(fn, X, Y)
+    for lib in LIBS:
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            _leaf(lib, X).t_()
+
+
+@pytest.mark.parametrize("fill", ["uniform_", "normal_", "bernoulli_", "exponential_", "random_"])
+def test_random_fill_on_a_graph_tensor_blocks_the_old_value_gradient(fill):
+    grads = {}
+    for lib in LIBS:
+        x = _leaf(lib, X)
+        h = x * 2
+        getattr(h[0], fill)()            # through a view: the base gets CopySlices
+        assert h.grad_fn is not None
+        (h[1:] ** 2).sum().backward()
+        grads[lib] = _np(x.grad)
+    np.testing.assert_allclose(grads[am], grads[torch], rtol=1e-12)
+    assert not grads[am][0].any()
+
+
+def test_random_fills_have_torch_semantics():
+    am.manual_seed(0)
+    b = am.empty(20000, dtype=am.float64).bernoulli_(am.full((20000,), 0.3, dtype=am.float64))
+    assert set(np.unique(_np(b))) <= {0.0, 1.0} and abs(_np(b).mean() - 0.3) < 0.02
+    e = am.empty(20000, dtype=am.float64).exponential_(4.0)
+    assert _np(e).min() >= 0 and abs(_np(e).mean() - 0.25) < 0.01
+    r = am.empty(2000, dtype=am.float32).random_(5)
+    assert set(np.unique(_np(r))) == {0.0, 1.0, 2.0, 3.0, 4.0}
+    with pytest.raises(RuntimeError, match="from=.*to="):
+        am.empty(3).random_(4, 2)
