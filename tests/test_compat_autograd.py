@@ -677,3 +677,22 @@ def test_random_fills_have_torch_semantics():
     assert set(np.unique(_np(r))) == {0.0, 1.0, 2.0, 3.0, 4.0}
     with pytest.raises(RuntimeError, match="from=.*to="):
         am.empty(3).random_(4, 2)
+
+
+def test_copy_slices_gradcheck_and_gradgradcheck():
+    """Finite differences through CopySlices, index_put and in-place ops, to second order."""
+    def f(x, y):
+        out = am.zeros(3, 4, dtype=am.float64)
+        out[:, 1:3] = x[:, :2] * y
+        out[0] += y[:, 0].sum()
+        out[[1, 2], 0] = x[0, 3] * y[1, 1]
+        h = out.T
+        h[2].mul_(x[1, :3])
+        v = out.view(-1)
+        v[5:9].exp_()
+        return out.sin()
+
+    x = am.tensor(rng.normal(size=(3, 4)) * 0.5, dtype=am.float64, requires_grad=True)
+    y = am.tensor(rng.normal(size=(3, 2)) * 0.5, dtype=am.float64, requires_grad=True)
+    assert am.autograd.gradcheck(f, (x, y))
+    assert am.autograd.gradgradcheck(f, (x, y))

@@ -32,6 +32,13 @@ class Function:
     ``self.non_differentiable`` lists output positions that get no gradient (indices, masks);
     ``is_view = True`` marks ops whose output aliases the first input's memory.
 
+    PyTorch's form is also accepted, and is the one for user code: ``@staticmethod
+    forward(ctx, *args)`` on Tensors and ``@staticmethod backward(ctx, *grads)`` returning one
+    gradient per ``forward`` argument, with ``ctx.save_for_backward`` / ``ctx.saved_tensors``,
+    ``ctx.needs_input_grad``, ``ctx.mark_dirty``, ``ctx.mark_non_differentiable``,
+    ``ctx.set_materialize_grads`` (see ``autograd/custom_function.py``). The library's own ops
+    use the array-level form above, which is faster.
+
     Example:
         >>> import avila_ml as am
         >>> class Square(am.autograd.Function):
@@ -44,6 +51,21 @@ class Function:
         >>> x = am.tensor([3.0], requires_grad=True)
         >>> Square.apply(x).sum().backward(); x.grad
         tensor([6.])
+        >>> class Cube(am.autograd.Function):      # PyTorch's form
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         ctx.save_for_backward(x)
+        ...         return x ** 3
+        ...     @staticmethod
+        ...     def backward(ctx, g):
+        ...         (x,) = ctx.saved_tensors
+        ...         return 3 * x ** 2 * g
+        >>> x = am.tensor([2.0], requires_grad=True)
+        >>> y = Cube.apply(x); y
+        tensor([8.], grad_fn=<CubeBackward>)
+        >>> (g,) = am.autograd.grad(y.sum(), x, create_graph=True)
+        >>> g, am.autograd.grad(g.sum(), x)[0]     # second derivative through it
+        (tensor([12.], grad_fn=<MulBackward0>), tensor([12.]))
     """
 
     non_differentiable = ()
