@@ -110,6 +110,7 @@ def _masked_fill_and_friends(lib, x, y):
         lambda h: h.scatter_add_(1, lib.tensor([[1, 0], [2, 2], [3, 1]]), y),
         lambda h: h.scatter_(1, lib.tensor([[1, 0], [2, 3], [3, 1]]), y),
         lambda h: h.mul_(3).add_(1).div_(y[0, 1]),
+        lambda h: h.index_fill_(1, lib.tensor([0, 2]), y[0, 0]), lambda h: h.index_fill_(0, lib.tensor([1]), -2.0),
     ]
     total = x * 0
     for k, op in enumerate(ops):

@@ -100,8 +100,9 @@ _INPLACE = {
     "pow_": E.pow, "remainder_": E.remainder, "floor_divide_": E.floor_divide,
     "atan2_": E.atan2, "relu_": _relu,
     "masked_fill_": I.masked_fill, "index_add_": I.index_add, "scatter_": I.scatter,
-    "scatter_add_": I.scatter_add,
+    "scatter_add_": I.scatter_add, "index_fill_": write.index_fill,
 }
+Tensor.index_fill = write.index_fill
 
 for _name, _fn in _INPLACE.items():
     setattr(Tensor, _name, _inplace_method(_name, _fn))

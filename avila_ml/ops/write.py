@@ -12,7 +12,7 @@ from ..autograd.function import Function
 from ..backends import backend_of
 from ..tensor import Tensor
 
-__all__ = ["filled", "copied", "index_put"]
+__all__ = ["filled", "copied", "index_put", "index_fill"]
 
 
 class Fill(Function):
@@ -181,3 +181,31 @@ def _np_key(p):
     if hasattr(p, "shape") and not isinstance(p, np.ndarray):
         return backend_of(p).to_numpy(p)
     return p
+
+
+def index_fill(input, dim: int, index, value):
+    """``input`` with the entries at ``index`` along ``dim`` set to ``value`` (``torch.index_fill``).
+
+    Math: the gradient of ``input`` is zero at the filled entries; a 0-d tensor ``value``
+    receives the sum of the gradient there.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.ops.write.index_fill(am.zeros(2, 3), 1, am.tensor([0, 2]), -1.0)
+        tensor([[-1.,  0., -1.],
+                [-1.,  0., -1.]])
+    """
+    from ..tensor import _norm_dim
+    if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu" or index.ndim > 1:
+        raise RuntimeError(f"index_fill_: index must be a 0-d or 1-d integer tensor, got {getattr(index, 'shape', index)}")
+    if isinstance(value, Tensor) and value.ndim != 0:
+        raise RuntimeError(
+            f"index_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.ndim} dimension(s)."
+        )
+    d = _norm_dim(dim, input.ndim, "index_fill_")
+    n = input.shape[d] if input.ndim else 1
+    idx = index.array.reshape(-1)
+    if idx.size and (int(idx.max()) >= n or int(idx.min()) < -n):
+        raise IndexError(f"index_fill_: index out of range for dim {dim} of size {n}")
+    key = (slice(None),) * d + (idx,)
+    return index_put(input, key, value)
