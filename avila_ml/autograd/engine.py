@@ -12,6 +12,7 @@ from __future__ import annotations
 from .._grad_state import anomaly as _anomaly
 from .function import AccumulateGrad
 from .grad_mode import _state
+from .inplace import _refresh_view
 from ..backends import nvtx as _nvtx
 
 __all__ = ["run_backward"]
@@ -66,6 +67,9 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
 
     root_edges = []
     for t in roots:
+        v = t._view
+        if v is not None and v[2] != t._version[0]:
+            _refresh_view(t)  # a view whose base was written in place since it was made
         if not t._requires_grad:
             raise RuntimeError(
                 "element of the tensors to differentiate does not require grad and has no grad_fn"
