@@ -21,6 +21,8 @@ from .backends import (  # noqa: F401
 )
 from .tensor import Tensor  # noqa: F401
 from .autograd.grad_mode import no_grad, enable_grad, set_grad_enabled, is_grad_enabled  # noqa: F401
+from .autograd.grad_mode import (inference_mode, is_inference_mode_enabled,  # noqa: F401
+                                 is_anomaly_enabled, is_anomaly_check_nan_enabled)
 from . import autograd, backends, cuda, ops  # noqa: F401
 from .ops import *  # noqa: F401,F403
 from .factories import *  # noqa: F401,F403

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes as _dt
-from ._grad_state import state as _state
+from ._grad_state import InferenceVersion, state as _state
 from .backends import backend_of, device as _device, get_backend
 
 __all__ = ["Tensor"]
@@ -45,7 +45,7 @@ class Tensor:
     """
 
     __slots__ = ("array", "_requires_grad", "grad", "grad_fn", "_output_nr", "_version",
-                 "_hooks", "_grad_accumulator", "_retains_grad", "__weakref__")
+                 "_hooks", "_grad_accumulator", "_retains_grad", "_view", "__weakref__")
     __array_priority__ = 1000  # NumPy scalars/arrays on the left defer to our operators
 
     def __init__(self, data, requires_grad: bool = False):
@@ -58,7 +58,8 @@ class Tensor:
         self.grad = None
         self.grad_fn = None
         self._output_nr = 0
-        self._version = [0]
+        self._version = [0] if not _state.inference else InferenceVersion([0])
+        self._view = None
         self._hooks = None
         self._grad_accumulator = None
         self._retains_grad = False
@@ -74,7 +75,8 @@ class Tensor:
         t.grad = None
         t.grad_fn = node
         t._output_nr = output_nr
-        t._version = [0]
+        t._version = [0] if not _state.inference else InferenceVersion([0])
+        t._view = None
         t._hooks = None
         t._grad_accumulator = None
         t._retains_grad = False
@@ -137,6 +139,8 @@ class Tensor:
                     "use detach() to get a tensor that does not require grad"
                 )
             return self
+        if requires_grad and type(self._version) is InferenceVersion and not _state.inference:
+            raise RuntimeError("Setting requires_grad=True on inference tensor outside InferenceMode is not allowed.")
         if requires_grad and self.array.dtype.kind not in "fc":
             raise RuntimeError(
                 f"requires_grad_: only tensors of floating point dtype can require gradients, "
@@ -249,6 +253,34 @@ class Tensor:
             acc._pre_hooks = {0: []}
         acc._pre_hooks[0].append(hook)
         return _Handle(acc._pre_hooks[0], hook)
+
+    def register_post_accumulate_grad_hook(self, hook) -> _Handle:
+        """Call ``hook(tensor)`` after this leaf's ``.grad`` has been accumulated in a backward
+        (``Tensor.register_post_accumulate_grad_hook``); e.g. to step an optimizer per parameter.
+
+        Example:
+            >>> import avila_ml as am
+            >>> w = am.ones(2, requires_grad=True)
+            >>> seen = []
+            >>> h = w.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.sum().item()))
+            >>> (w * 3).sum().backward(); seen
+            [6.0]
+        """
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        from .autograd.function import _edge_of
+        acc = _edge_of(self)[0]
+        self._hooks = acc  # the leaf keeps its accumulator (and so its hooks) alive
+        if acc._post_hooks is None:
+            acc._post_hooks = []
+        acc._post_hooks.append(hook)
+        return _Handle(acc._post_hooks, hook)
+
+    def is_inference(self) -> bool:
+        """True for a tensor made inside ``inference_mode`` (``Tensor.is_inference``)."""
+        return type(self._version) is InferenceVersion
 
     # -- conversion -------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
@@ -403,18 +435,15 @@ class Tensor:
         # pickling (DataLoader workers) ships the data only, like a detached tensor
         return (_rebuild, (self._backend.to_numpy(self.array), str(self.device), self._requires_grad and self.grad_fn is None))
 
-    # -- in-place updates (for use under no_grad: optimizers, initialisers) -----------------
+    # -- in-place updates ----------------------------------------------------------------------
+    # PyTorch's semantics (autograd/inplace.py): when autograd tracks the tensor or an argument,
+    # the op is recorded (the tensor takes the result's history; a view's base takes a
+    # CopySlices node); otherwise a ufunc writes straight into the array, allocation-free
+    # (optimizers and initialisers run here, under no_grad).
     def _check_inplace(self, op: str) -> None:
-        if _state.enabled and self._requires_grad:
-            if self.grad_fn is None:
-                raise RuntimeError(
-                    f"{op}: a leaf tensor that requires grad is being used in an in-place operation; "
-                    "wrap the update in `with avila_ml.no_grad():`"
-                )
-            raise RuntimeError(
-                f"{op}: in-place operations on tensors that are part of the autograd graph are not "
-                "supported; use the out-of-place op or wrap the update in no_grad()"
-            )
+        """Refuse an in-place write PyTorch refuses (leaf that requires grad, ...)."""
+        if _inplace.needs_graph(self, ()):
+            _inplace.check_inplace_allowed(self, op)
 
     def _bump(self) -> "Tensor":
         self._version[0] += 1
@@ -431,7 +460,6 @@ class Tensor:
         return other
 
     def _inplace(self, op, ufunc, other):
-        self._check_inplace(op)
         o = self._other_array(other, op)
         try:
             ufunc(self.array, o, out=self.array, casting="same_kind")
@@ -443,40 +471,68 @@ class Tensor:
         return self._bump()
 
     def add_(self, other, alpha=1) -> "Tensor":
-        """In place ``self += alpha * other`` (``Tensor.add_``)."""
+        """In place ``self += alpha * other`` (``Tensor.add_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.tensor([1.0, 2.0], requires_grad=True)
+            >>> y = x * 2
+            >>> y.add_(1)
+            tensor([3., 5.], grad_fn=<AddBackward0>)
+        """
+        if _inplace.needs_graph(self, (other,)):
+            return _inplace.inplace(self, "add_", _ops.elementwise.add, other, alpha=alpha)
         if alpha != 1:  # device check first: a CPU operand must not reach a CUDA ufunc
             other = self._other_array(other, "add_") * alpha
         return self._inplace("add_", self._backend.xp.add, other)
 
     def sub_(self, other, alpha=1) -> "Tensor":
+        """In place ``self -= alpha * other`` (``Tensor.sub_``)."""
+        if _inplace.needs_graph(self, (other,)):
+            return _inplace.inplace(self, "sub_", _ops.elementwise.sub, other, alpha=alpha)
         if alpha != 1:  # device check first: a CPU operand must not reach a CUDA ufunc
             other = self._other_array(other, "sub_") * alpha
         return self._inplace("sub_", self._backend.xp.subtract, other)
 
     def mul_(self, other) -> "Tensor":
         """In place ``self *= other`` (``Tensor.mul_``)."""
+        if _inplace.needs_graph(self, (other,)):
+            return _inplace.inplace(self, "mul_", _ops.elementwise.mul, other)
         return self._inplace("mul_", self._backend.xp.multiply, other)
 
-    def div_(self, other) -> "Tensor":
+    def div_(self, other, rounding_mode=None) -> "Tensor":
+        """In place ``self /= other`` (``Tensor.div_``)."""
+        if rounding_mode is not None or _inplace.needs_graph(self, (other,)):
+            if _inplace.needs_graph(self, (other,)):
+                return _inplace.inplace(self, "div_", _ops.elementwise.div, other, rounding_mode=rounding_mode)
+            return _inplace.fast_inplace(self, "div_", _ops.elementwise.div, other, rounding_mode=rounding_mode)
         return self._inplace("div_", self._backend.xp.divide, other)
 
     def addcmul_(self, t1, t2, value=1) -> "Tensor":
         """In place ``self += value * t1 * t2`` (``Tensor.addcmul_``)."""
+        if _inplace.needs_graph(self, (t1, t2)):
+            return _inplace.inplace(self, "addcmul_", _ops.elementwise.addcmul, t1, t2, value=value)
         prod = self._other_array(t1, "addcmul_") * self._other_array(t2, "addcmul_")
         return self.add_(prod, alpha=value)
 
     def addcdiv_(self, t1, t2, value=1) -> "Tensor":
         """In place ``self += value * t1 / t2`` (``Tensor.addcdiv_``)."""
+        if _inplace.needs_graph(self, (t1, t2)):
+            return _inplace.inplace(self, "addcdiv_", _addcdiv, t1, t2, value=value)
         q = self._other_array(t1, "addcdiv_") / self._other_array(t2, "addcdiv_")
         return self.add_(q, alpha=value)
 
     def lerp_(self, end, weight) -> "Tensor":
         """In place ``self += weight * (end - self)`` (``Tensor.lerp_``)."""
+        if _inplace.needs_graph(self, (end, weight)):
+            return _inplace.inplace(self, "lerp_", _ops.elementwise.lerp, end, weight)
         e = self._other_array(end, "lerp_")
         return self.add_(e - self.array, alpha=weight)
 
     def sqrt_(self) -> "Tensor":
-        self._check_inplace("sqrt_")
+        """In place square root (``Tensor.sqrt_``)."""
+        if _inplace.needs_graph(self, ()):
+            return _inplace.inplace(self, "sqrt_", _ops.elementwise.sqrt)
         self._backend.xp.sqrt(self.array, out=self.array)
         return self._bump()
 
@@ -486,12 +542,28 @@ class Tensor:
 
     def fill_(self, value) -> "Tensor":
         """Fill with ``value`` in place (``Tensor.fill_``)."""
-        self._check_inplace("fill_")
+        if _inplace.needs_graph(self, (value,)):
+            return _inplace.inplace(self, "fill_", _ops.write.filled, value)
         self.array[...] = value.item() if isinstance(value, Tensor) else value
         return self._bump()
 
-    def copy_(self, src) -> "Tensor":
-        """Copy ``src`` (broadcast, cast and moved as needed) into this tensor (``Tensor.copy_``)."""
+    def copy_(self, src, non_blocking: bool = False) -> "Tensor":
+        """Copy ``src`` (broadcast, cast and moved as needed) into this tensor (``Tensor.copy_``).
+
+        Recorded for autograd: the gradient flows to ``src`` (summed over broadcast dims).
+
+        Example:
+            >>> import avila_ml as am
+            >>> out = am.zeros(2, 3)
+            >>> w = am.tensor([1.0, 2.0], requires_grad=True)
+            >>> out[:, 0:2].copy_(w * 3)
+            tensor([[3., 6.],
+                    [3., 6.]], grad_fn=<SliceBackward0>)
+            >>> out.sum().backward(); w.grad
+            tensor([6., 6.])
+        """
+        if _inplace.needs_graph(self, (src,)):
+            return _inplace.inplace(self, "copy_", _ops.write.copied, src)
         self._check_inplace("copy_")
         xp = self._backend.xp
         if isinstance(src, Tensor):
@@ -513,9 +585,10 @@ class Tensor:
 
     def clamp_(self, min=None, max=None) -> "Tensor":
         """Clamp in place to ``[min, max]`` (``Tensor.clamp_``)."""
-        self._check_inplace("clamp_")
         if min is None and max is None:
             raise RuntimeError("clamp_: at least one of min or max must be given")
+        if _inplace.needs_graph(self, (min, max)):
+            return _inplace.inplace(self, "clamp_", _ops.elementwise.clamp, min, max)
         lo = self._other_array(min, "clamp_") if min is not None else None
         hi = self._other_array(max, "clamp_") if max is not None else None
         xp = self._backend.xp
@@ -525,43 +598,157 @@ class Tensor:
             xp.minimum(self.array, hi, out=self.array)
         return self._bump()
 
-    def uniform_(self, a: float = 0.0, b: float = 1.0) -> "Tensor":
+    clip_ = clamp_
+
+    def clamp_min_(self, min) -> "Tensor":
+        """In place ``max(self, min)`` (``Tensor.clamp_min_``)."""
+        return self.clamp_(min=min)
+
+    def clamp_max_(self, max) -> "Tensor":
+        """In place ``min(self, max)`` (``Tensor.clamp_max_``)."""
+        return self.clamp_(max=max)
+
+    def _fill_random(self, name: str, sample) -> "Tensor":
+        """Write ``sample`` (an array shaped like this tensor) in place; recorded like ``fill_``
+        (no gradient to the old value) when autograd tracks the tensor."""
+        if _inplace.needs_graph(self, ()):
+            return _inplace.inplace(self, name, _ops.write.filled, sample)
+        self.array[...] = sample
+        return self._bump()
+
+    def uniform_(self, a: float = 0.0, b: float = 1.0, generator=None) -> "Tensor":
         """Fill with samples of U(a, b) in place (``Tensor.uniform_``)."""
-        self._check_inplace("uniform_")
-        r = self._backend.rand(self.array.shape, self.array.dtype)
-        self.array[...] = r * (b - a) + a
-        return self._bump()
+        return self._fill_random("uniform_", self._backend.rand(self.array.shape, self.array.dtype) * (b - a) + a)
 
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> "Tensor":
+    def normal_(self, mean: float = 0.0, std: float = 1.0, generator=None) -> "Tensor":
         """Fill with samples of N(mean, std^2) in place (``Tensor.normal_``)."""
-        self._check_inplace("normal_")
-        r = self._backend.randn(self.array.shape, self.array.dtype)
-        self.array[...] = r * std + mean
-        return self._bump()
+        return self._fill_random("normal_", self._backend.randn(self.array.shape, self.array.dtype) * std + mean)
 
-    def _augmented(self, inplace, outofplace, other):
-        # x += y updates in place like PyTorch, except on tensors the graph is tracking, where
-        # the out-of-place result (same values) keeps gradients right
-        if _state.enabled and self._requires_grad:
-            return outofplace(self, other)
-        return inplace(self, other)
+    def bernoulli_(self, p=0.5, generator=None) -> "Tensor":
+        """Fill with 0/1 samples, 1 with probability ``p`` (a number or a tensor of
+        probabilities broadcast to this shape) (``Tensor.bernoulli_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> _ = am.manual_seed(0)
+            >>> x = am.empty(1000).bernoulli_(0.25)
+            >>> sorted(set(x.tolist())), abs(x.mean().item() - 0.25) < 0.05
+            ([0.0, 1.0], True)
+        """
+        prob = p.array if isinstance(p, Tensor) else p
+        u = self._backend.rand(self.array.shape, np.float64 if self.array.dtype.kind != "f" else self.array.dtype)
+        return self._fill_random("bernoulli_", (u < prob).astype(self.array.dtype))
+
+    def exponential_(self, lambd: float = 1.0, generator=None) -> "Tensor":
+        """Fill with samples of the exponential distribution of rate ``lambd``: ``-log(1 - U) / lambd``
+        (``Tensor.exponential_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> _ = am.manual_seed(0)
+            >>> x = am.empty(4000, dtype=am.float64).exponential_(2.0)
+            >>> bool(x.min() >= 0), abs(x.mean().item() - 0.5) < 0.05
+            (True, True)
+        """
+        if lambd <= 0:
+            raise RuntimeError(f"exponential_ expects lambd > 0.0, but found lambd={lambd}")
+        xp = self._backend.xp
+        u = self._backend.rand(self.array.shape, self.array.dtype)
+        return self._fill_random("exponential_", -xp.log1p(-u) / lambd)
+
+    def random_(self, from_=0, to=None, generator=None) -> "Tensor":
+        """Fill with integers drawn uniformly from ``[from_, to - 1]``; ``random_(to)`` draws from
+        ``[0, to - 1]``; without bounds, from ``[0, 2^mantissa]`` for floats or the dtype's
+        range for integers (``Tensor.random_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> _ = am.manual_seed(0)
+            >>> x = am.zeros(500, dtype=am.int64).random_(3, 7)
+            >>> sorted(set(x.tolist()))
+            [3, 4, 5, 6]
+        """
+        if to is None and from_ != 0:
+            from_, to = 0, from_
+        if to is None:
+            dt = self.array.dtype
+            to = (1 << (np.finfo(dt).nmant + 1)) + 1 if dt.kind == "f" else (2 if dt == np.bool_ else int(np.iinfo(dt).max) + 1)
+        if to <= from_:
+            raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={from_} >= to={to}")
+        r = self._backend.randint(int(from_), int(to), self.array.shape, np.int64)
+        return self._fill_random("random_", r.astype(self.array.dtype))
+
+    # -- in-place shape changes: the tensor becomes the view (PyTorch's t_, transpose_, ...) --
+    def _reshape_inplace(self, name: str, fn, *args) -> "Tensor":
+        if _inplace.needs_graph(self, ()):
+            _inplace.check_inplace_allowed(self, name)
+        r = fn(self, *args)
+        own_view = self._view
+        self.array = r.array
+        self.grad_fn, self._output_nr = r.grad_fn, r._output_nr
+        # a view stays a view of its base (with one more step); a base stays a base
+        self._view = r._view if own_view is not None else None
+        return self
+
+    def t_(self) -> "Tensor":
+        """Transpose a tensor of at most 2 dims in place (``Tensor.t_``)."""
+        if self.ndim > 2:
+            raise RuntimeError(f"t_() expects a tensor with <= 2 dimensions, but self is {self.ndim}D")
+        return self._reshape_inplace("t_", _ops.shape.transpose, 0, -1) if self.ndim == 2 else self
+
+    def transpose_(self, dim0: int, dim1: int) -> "Tensor":
+        """Swap two dims in place (``Tensor.transpose_``)."""
+        return self._reshape_inplace("transpose_", _ops.shape.transpose, dim0, dim1)
+
+    def squeeze_(self, dim=None) -> "Tensor":
+        """Remove size-1 dims in place (``Tensor.squeeze_``)."""
+        return self._reshape_inplace("squeeze_", _ops.shape.squeeze, dim)
+
+    def unsqueeze_(self, dim: int) -> "Tensor":
+        """Insert a size-1 dim in place (``Tensor.unsqueeze_``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.zeros(2, 3)
+            >>> x.unsqueeze_(0).shape
+            (1, 2, 3)
+        """
+        return self._reshape_inplace("unsqueeze_", _ops.shape.unsqueeze, dim)
+
+    swapaxes_ = transpose_
 
     def __iadd__(self, other):
-        return self._augmented(Tensor.add_, Tensor.__add__, other)
+        return self.add_(other)
 
     def __isub__(self, other):
-        return self._augmented(Tensor.sub_, Tensor.__sub__, other)
+        return self.sub_(other)
 
     def __imul__(self, other):
-        return self._augmented(Tensor.mul_, Tensor.__mul__, other)
+        return self.mul_(other)
 
     def __itruediv__(self, other):
-        return self._augmented(Tensor.div_, Tensor.__truediv__, other)
+        return self.div_(other)
+
+    def __ipow__(self, other):
+        return self.pow_(other)
 
     def __setitem__(self, key, value) -> None:
-        self._check_inplace("__setitem__")
+        """``self[key] = value``, recorded like PyTorch: through a view's ``copy_`` for basic
+        keys (a ``CopySlices`` node on this tensor), ``index_put_`` for advanced ones."""
+        if _inplace.needs_graph(self, (value,)):
+            xp = self._backend.xp
+            k = _ops.indexing.normalize_key(key, xp)
+            if any(_ops.indexing._is_advanced(p) for p in k):
+                _inplace.inplace(self, "index_put_", _ops.write.index_put, k, value)
+            else:
+                self[key].copy_(value)
+            return
         self.array[_ops.indexing.normalize_key(key)] = value.array if isinstance(value, Tensor) else value
         self._bump()
+
+
+def _addcdiv(input, t1, t2, value=1):
+    return input + value * t1 / t2
 
 
 def _rebuild(arr, dev, requires_grad):
@@ -580,3 +767,4 @@ def _norm_dim(dim: int, ndim: int, op: str) -> int:
 
 
 from . import ops as _ops  # noqa: E402  (ops import Tensor from this module)
+from .autograd import inplace as _inplace  # noqa: E402

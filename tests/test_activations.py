@@ -175,7 +175,7 @@ def test_inplace_repr_and_values(name, ours, ref, device):
 def test_inplace_on_tracked_input_keeps_gradients_right(device):
     w = am.tensor([-1.0, 2.0, -3.0, 4.0], dtype=am.float64, device=device, requires_grad=True)
     h = w * 2
-    y = F.relu(h, inplace=True)  # h is tracked: out-of-place result, same values
+    y = F.relu(h, inplace=True)  # h is tracked: the write is recorded (h is y now)
     y.sum().backward()
     np.testing.assert_array_equal(to_np(y), [0.0, 4.0, 0.0, 8.0])
     np.testing.assert_array_equal(to_np(w.grad), [0.0, 2.0, 0.0, 2.0])

@@ -379,7 +379,7 @@ def test_detach_then_in_place_is_seen_by_backward(device):
     x = am.tensor([1.0, 2.0], device=device, requires_grad=True)
     y = x.exp()
     y.detach().zero_()
-    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
 
 
@@ -396,7 +396,7 @@ def test_in_place_on_a_saved_output_raises(device):
     s = y.sum()
     with am.no_grad():
         y.add_(1)
-    with pytest.raises(RuntimeError, match=r"ExpBackward0.*modified by an in-place operation.*version 0.*version 1"):
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation.*output 0 of ExpBackward0, is at version 1; expected version 0"):
         s.backward()
 
 
@@ -405,7 +405,7 @@ def test_in_place_on_a_saved_input_raises(device):
     a = am.tensor([3.0, 4.0], device=device)
     y = (w * a).sum()  # Mul saves both inputs
     a.mul_(2)
-    with pytest.raises(RuntimeError, match="MulBackward0.*in-place"):
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation.*\[avila_ml\.(Float|Double)Tensor \[2\]\] is at version 1.*MulBackward0"):
         y.backward()
 
 
@@ -415,7 +415,7 @@ def test_in_place_through_a_view_of_a_saved_tensor_raises(device):
     s = y.sum()
     with am.no_grad():
         y[0:2].add_(1)  # a basic-indexing view shares y's memory and version
-    with pytest.raises(RuntimeError, match="in-place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         s.backward()
 
 
@@ -426,7 +426,7 @@ def test_in_place_on_an_unsaved_tensor_is_fine(device):
     with am.no_grad():
         y.add_(1)
     # Mul saved y (the version moved), so this must raise ...
-    with pytest.raises(RuntimeError, match="in-place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         s.backward()
     # ... while a graph that never saved y backpropagates
     x.grad = None
@@ -442,7 +442,7 @@ def test_in_place_on_a_leaf_that_requires_grad_raises_outside_no_grad(device):
     x = am.ones(2, device=device, requires_grad=True)
     for op in (lambda: x.add_(1), lambda: x.mul_(2), lambda: x.zero_(), lambda: x.fill_(3.0),
                lambda: x.copy_(am.zeros(2, device=device)), lambda: x.clamp_(0, 1)):
-        with pytest.raises(RuntimeError, match="leaf tensor that requires grad.*no_grad"):
+        with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
             op()
 
 

@@ -305,7 +305,7 @@ def test_dropout_inplace(device):
     assert y is x and set(np.unique(to_np(x)).tolist()) <= {0.0, 2.0}
     w = am.ones(10, device=device, requires_grad=True)
     h = w * 1
-    z = F.dropout(h, 0.5, inplace=True)  # tracked: out-of-place result, gradient right
+    z = F.dropout(h, 0.5, inplace=True)  # tracked: the write is recorded, gradient right
     z.sum().backward()
     np.testing.assert_array_equal(to_np(w.grad), to_np(z))
 

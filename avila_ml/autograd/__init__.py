@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from .function import Function, AccumulateGrad
-from .grad_mode import no_grad, enable_grad, set_grad_enabled, is_grad_enabled
+from .grad_mode import (no_grad, enable_grad, set_grad_enabled, is_grad_enabled, inference_mode,
+                        is_inference_mode_enabled, set_detect_anomaly, detect_anomaly,
+                        is_anomaly_enabled, is_anomaly_check_nan_enabled)
 from .engine import run_backward
 
 __all__ = ["Function", "backward", "grad", "no_grad", "enable_grad", "set_grad_enabled",
-           "is_grad_enabled", "gradcheck", "gradgradcheck", "GradcheckError", "functional"]
+           "is_grad_enabled", "inference_mode", "is_inference_mode_enabled", "set_detect_anomaly",
+           "detect_anomaly", "is_anomaly_enabled", "is_anomaly_check_nan_enabled", "gradcheck", "gradgradcheck", "GradcheckError", "functional"]
 
 
 def _as_list(x):
@@ -97,3 +100,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bo
 
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError  # noqa: E402
 from . import functional  # noqa: E402
+from . import function  # noqa: E402,F401  (am.autograd.function.once_differentiable)
+from .custom_function import once_differentiable, FunctionCtx  # noqa: E402
+
+function.once_differentiable = once_differentiable
+function.FunctionCtx = FunctionCtx

@@ -9,8 +9,10 @@
 """
 from __future__ import annotations
 
+from .._grad_state import anomaly as _anomaly
 from .function import AccumulateGrad
 from .grad_mode import _state
+from .inplace import _refresh_view
 from ..backends import nvtx as _nvtx
 
 __all__ = ["run_backward"]
@@ -65,6 +67,9 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
 
     root_edges = []
     for t in roots:
+        v = t._view
+        if v is not None and v[2] != t._version[0]:
+            _refresh_view(t)  # a view whose base was written in place since it was made
         if not t._requires_grad:
             raise RuntimeError(
                 "element of the tensors to differentiate does not require grad and has no grad_fn"
@@ -157,6 +162,9 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
             if type(node) is acc_type:
                 if capture is None and grads[0] is not None:
                     _accumulate_leaf(node.variable, grads[0], create_graph, handed_out)
+                    if node._post_hooks:
+                        for fn in list(node._post_hooks):
+                            fn(node.variable)
                 continue
             next_edges = node._next
             if len(grads) == 1:
@@ -172,11 +180,13 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                 # the dependency counts below still reach zero
                 in_grads = (None,) * len(next_edges)
             else:
-                if len(grads) > 1:
+                if len(grads) > 1 and node._materialize:
                     for idx, g in enumerate(grads):
                         if g is None:
                             grads[idx] = _zeros_for(node, idx)
-                if _nvtx.active:
+                if _anomaly.enabled:
+                    in_grads = _run_checked(node, grads)
+                elif _nvtx.active:
                     in_grads = _nvtx.call(type(node), "backward", node.backward, *grads)
                 else:
                     in_grads = node.backward(*grads)
@@ -235,8 +245,35 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
 
 
 def _zeros_for(node, idx):
-    """Zero gradient for an output of a multi-output node that received none."""
-    return Tensor._wrap(node._out_xp.zeros(node._out_meta[idx], dtype=node._out_dtypes[idx]))
+    """Zero gradient for an output of a multi-output node that received none (None for a
+    non-tensor output of a user Function)."""
+    dtype = node._out_dtypes[idx]
+    if dtype is None:
+        return None
+    return Tensor._wrap(node._out_xp.zeros(node._out_meta[idx], dtype=dtype))
+
+
+def _run_checked(node, grads):
+    """``node.backward`` under anomaly detection: a NaN in its results, or an error inside it,
+    is reported with the traceback of the forward call that created the node."""
+    import warnings
+    trace = "".join(getattr(node, "_trace", None) or ["  (created before anomaly detection was enabled)\n"])
+    try:
+        in_grads = node.backward(*grads)
+    except Exception:
+        warnings.warn(f"Error detected in {node._name()}. Traceback of forward call that caused "
+                      f"the error:\n{trace}", RuntimeWarning, stacklevel=3)
+        raise
+    if _anomaly.check_nan:
+        res = in_grads if type(in_grads) is tuple else (in_grads,)
+        for i, g in enumerate(res):
+            a = getattr(g, "array", g)
+            if a is not None and a.dtype.kind in "fc" and bool((a != a).any()):
+                raise RuntimeError(
+                    f"Function '{node._name()}' returned nan values in its {i}th output.\n"
+                    f"Traceback of forward call that caused the error:\n{trace}"
+                )
+    return in_grads
 
 
 def _needed_nodes(root_nodes, capture_ids):

@@ -10,11 +10,14 @@ producers and the tensors it was asked to keep.
 """
 from __future__ import annotations
 
+import inspect
+import traceback
 import weakref
 
+from .._grad_state import InferenceVersion, anomaly as _anomaly
 from .grad_mode import _state
 
-__all__ = ["Function", "AccumulateGrad"]
+__all__ = ["Function", "AccumulateGrad", "FunctionCtx", "once_differentiable"]
 
 
 class Function:
@@ -29,6 +32,13 @@ class Function:
     ``self.non_differentiable`` lists output positions that get no gradient (indices, masks);
     ``is_view = True`` marks ops whose output aliases the first input's memory.
 
+    PyTorch's form is also accepted, and is the one for user code: ``@staticmethod
+    forward(ctx, *args)`` on Tensors and ``@staticmethod backward(ctx, *grads)`` returning one
+    gradient per ``forward`` argument, with ``ctx.save_for_backward`` / ``ctx.saved_tensors``,
+    ``ctx.needs_input_grad``, ``ctx.mark_dirty``, ``ctx.mark_non_differentiable``,
+    ``ctx.set_materialize_grads`` (see ``autograd/custom_function.py``). The library's own ops
+    use the array-level form above, which is faster.
+
     Example:
         >>> import avila_ml as am
         >>> class Square(am.autograd.Function):
@@ -41,15 +51,44 @@ class Function:
         >>> x = am.tensor([3.0], requires_grad=True)
         >>> Square.apply(x).sum().backward(); x.grad
         tensor([6.])
+        >>> class Cube(am.autograd.Function):      # PyTorch's form
+        ...     @staticmethod
+        ...     def forward(ctx, x):
+        ...         ctx.save_for_backward(x)
+        ...         return x ** 3
+        ...     @staticmethod
+        ...     def backward(ctx, g):
+        ...         (x,) = ctx.saved_tensors
+        ...         return 3 * x ** 2 * g
+        >>> x = am.tensor([2.0], requires_grad=True)
+        >>> y = Cube.apply(x); y
+        tensor([8.], grad_fn=<CubeBackward>)
+        >>> (g,) = am.autograd.grad(y.sum(), x, create_graph=True)
+        >>> g, am.autograd.grad(g.sum(), x)[0]     # second derivative through it
+        (tensor([12.], grad_fn=<MulBackward0>), tensor([12.]))
     """
 
     non_differentiable = ()
     is_view = False  # output shares memory (and so the version counter) with input 0
+    _materialize = True  # multi-output: outputs without a gradient get zeros in backward
+    _ctx_style = False
     _recording = False
     _saved_in = None
     _saved_out = None
     _freed = False
     _pre_hooks = None
+
+    def __init_subclass__(cls, **kwargs):
+        # PyTorch's form (static forward(ctx, ...) / backward(ctx, ...)): a user Function.
+        # Detected once per class; its apply and node class come from custom_function.py.
+        super().__init_subclass__(**kwargs)
+        if isinstance(inspect.getattr_static(cls, "forward", None), staticmethod):
+            from . import custom_function as _cf
+            cls._ctx_style = True
+            cls._setup_context_style = "setup_context" in _own_attrs(cls)
+            cls._backward_cls = type(f"{cls.__name__}Backward", (_cf.FunctionCtx,),
+                                     {"_forward_cls": cls, "__module__": cls.__module__})
+            cls.apply = classmethod(_cf.apply)
 
     @classmethod
     def apply(cls, *args):
@@ -62,6 +101,9 @@ class Function:
         requires = False
         for a in args:
             if type(a) is Tensor or isinstance(a, Tensor):
+                v = a._view
+                if v is not None and v[2] != a._version[0]:
+                    _refresh_view(a)  # its base was written in place since: re-derive its graph
                 arrays.append(a.array)
                 tensors.append(a)
                 if a._requires_grad:
@@ -76,10 +118,14 @@ class Function:
         wrap = Tensor._wrap
         if not recording:
             if type(out) is tuple:
-                return tuple([wrap(o) for o in out])
+                results = tuple([wrap(o) for o in out])
+                if cls.is_view:
+                    for r in results:
+                        _mark_multi_view(r, tensors[0], cls)
+                return results
             r = wrap(out)
             if cls.is_view:
-                r._version = tensors[0]._version
+                _mark_view(r, tensors[0], cls, args)
             return r
         needs = []
         edges = []
@@ -92,11 +138,13 @@ class Function:
                 edges.append(None)
         node.needs_input_grad = tuple(needs)
         node._next = tuple(edges)
+        if _anomaly.enabled:
+            node._trace = traceback.format_stack()[:-1]
         if type(out) is not tuple:
             r = wrap(out, node, 0) if 0 not in node.non_differentiable else wrap(out)
             node._out_meta = (out.shape,)
             if cls.is_view:
-                r._version = tensors[0]._version
+                _mark_view(r, tensors[0], cls, args)
             saved = node._saved_out
             if saved is not None:
                 node._saved_out = [(0, out, r._version, r._version[0])] if saved else []
@@ -109,7 +157,8 @@ class Function:
         node._out_dtypes = tuple([o.dtype for o in out])
         node._out_xp = backend_of(out[0]).xp
         if cls.is_view:
-            results[0]._version = tensors[0]._version
+            for r in results:
+                _mark_multi_view(r, tensors[0], cls)
         if node._saved_out is not None:
             node._saved_out = [(i, out[i], results[i]._version, results[i]._version[0]) for i in node._saved_out]
         return tuple(results)
@@ -125,7 +174,11 @@ class Function:
         """Keep the Tensor arguments at ``positions`` (among Tensor arguments) for backward."""
         if self._recording:
             ts = self._inputs
-            self._saved_in = [(ts[p], ts[p]._version[0]) for p in positions]
+            saved = [(ts[p], ts[p]._version[0]) for p in positions]
+            for t, _ in saved:
+                if type(t._version) is InferenceVersion:
+                    raise RuntimeError(_INFERENCE_SAVE_MSG)
+            self._saved_in = saved
 
     def save_outputs(self, *positions: int) -> None:
         """Keep the outputs at ``positions`` for backward (no reference cycle is created)."""
@@ -139,7 +192,7 @@ class Function:
         out = []
         for t, v in self._saved_in or ():
             if t._version[0] != v:
-                raise RuntimeError(_VERSION_MSG.format(self._name(), tuple(t.shape), v, t._version[0]))
+                raise RuntimeError(_version_error(self, t.array, t.grad_fn, t._output_nr, v, t._version[0]))
             out.append(t)
         return tuple(out)
 
@@ -150,7 +203,7 @@ class Function:
         out = []
         for i, arr, vbox, v in self._saved_out or ():
             if vbox[0] != v:
-                raise RuntimeError(_VERSION_MSG.format(self._name(), tuple(arr.shape), v, vbox[0]))
+                raise RuntimeError(_version_error(self, arr, self, i, v, vbox[0]))
             # A fresh handle on the output: same array, same producer, no cycle through self.
             t = Tensor._wrap(arr, self, i)
             t._version = vbox
@@ -191,23 +244,57 @@ _FREED_MSG = (
     "they were freed). Saved tensors are freed after the first backward; pass "
     "retain_graph=True to the first backward() or autograd.grad() call to keep them."
 )
-_VERSION_MSG = (
-    "{}: a tensor of shape {} saved for backward was modified by an in-place operation "
-    "(it was at version {}, it is now at version {}); gradients would be wrong. "
-    "Use an out-of-place op, or clone() the tensor before modifying it."
+def _own_attrs(cls) -> set:
+    """Names defined by ``cls`` or its bases below ``Function``."""
+    names = set()
+    for k in cls.__mro__:
+        if k is Function:
+            break
+        names.update(vars(k))
+    return names
+
+
+_INFERENCE_SAVE_MSG = (
+    "Inference tensors cannot be saved for backward. Please do not use Tensors created in "
+    "inference mode in computation tracked by autograd. To work around this, you can make a "
+    "clone to get a normal tensor and use it in autograd, or use `avila_ml.no_grad()` instead "
+    "of `avila_ml.inference_mode()`."
 )
+
+
+def _type_name(arr) -> str:
+    """PyTorch's legacy tensor type name, e.g. ``avila_ml.DoubleTensor`` (in error messages)."""
+    from .. import dtypes as _dt
+    names = {"float32": "Float", "float64": "Double", "float16": "Half", "bfloat16": "BFloat16",
+             "int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte",
+             "bool": "Bool", "complex64": "ComplexFloat", "complex128": "ComplexDouble"}
+    name = names.get(_dt.from_numpy_dtype(arr.dtype).name, str(arr.dtype))
+    cuda = "" if type(arr).__module__.startswith("numpy") else "cuda."
+    return f"avila_ml.{cuda}{name}Tensor"
+
+
+def _version_error(consumer, arr, producer, output_nr, expected, actual) -> str:
+    """PyTorch's message for a saved tensor that was modified in place since it was saved."""
+    which = f", which is output {output_nr} of {producer._name()}," if producer is not None else ""
+    return (
+        "one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: [{_type_name(arr)} {list(arr.shape)}]{which} is at version {actual}; "
+        f"expected version {expected} instead. Hint: {consumer._name()} saved it for its "
+        "backward; use an out-of-place op there, or clone() the tensor before modifying it."
+    )
 
 
 class AccumulateGrad:
     """The graph node that adds incoming gradients into a leaf tensor's ``.grad``."""
 
-    __slots__ = ("variable", "_pre_hooks", "__weakref__")
+    __slots__ = ("variable", "_pre_hooks", "_post_hooks", "__weakref__")
     _next = ()
     _freed = False
 
     def __init__(self, variable):
         self.variable = variable
         self._pre_hooks = None
+        self._post_hooks = None
 
     @staticmethod
     def _name() -> str:
@@ -238,3 +325,4 @@ def _edge_of(t):
 
 from ..backends import backend_of, nvtx as _nvtx  # noqa: E402
 from ..tensor import Tensor  # noqa: E402  (tensor.py imports this module first)
+from .inplace import _mark_view, _mark_multi_view, _refresh_view  # noqa: E402

@@ -8,7 +8,7 @@ normalization, losses) live in their own modules and are exported through
 """
 from __future__ import annotations
 
-from . import elementwise, indexing, linalg, reduction, shape
+from . import elementwise, indexing, linalg, reduction, shape, write
 from .elementwise import *  # noqa: F401,F403
 from .indexing import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
@@ -65,7 +65,7 @@ _METHODS = {
     "broadcast_to": S.broadcast_to, "repeat": S.repeat, "tile": S.tile, "split": S.split,
     "chunk": S.chunk, "unbind": S.unbind, "flip": S.flip, "roll": S.roll, "narrow": S.narrow,
     "expand_as": lambda self, other: S.expand(self, other.shape),
-    "view_as": lambda self, other: S.reshape(self, other.shape),
+    "view_as": lambda self, other: S.view(self, other.shape),
     "reshape_as": lambda self, other: S.reshape(self, other.shape),
     "type_as": lambda self, other: self.to(other.dtype),
     # indexing
@@ -77,3 +77,32 @@ _METHODS = {
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
 Tensor.__hash__ = lambda self: id(self)  # __eq__ is elementwise, so hash by identity
+
+
+# In-place forms, each built from its out-of-place op by one generic mechanism
+# (autograd/inplace.py): recorded in the graph when autograd tracks the tensor or an argument,
+# computed and copied in otherwise. add_/mul_/copy_/fill_/clamp_/... live in tensor.py with an
+# allocation-free fast path for optimizers; adding `op_` for a new op is one row here.
+from ..autograd.inplace import inplace_method as _inplace_method  # noqa: E402
+
+
+def _relu(input):
+    from .activation import relu
+    return relu(input)
+
+
+_INPLACE = {
+    "neg_": E.neg, "abs_": E.abs, "sign_": E.sign, "exp_": E.exp, "log_": E.log,
+    "log2_": E.log2, "log10_": E.log10, "log1p_": E.log1p, "expm1_": E.expm1,
+    "rsqrt_": E.rsqrt, "sin_": E.sin, "cos_": E.cos, "tan_": E.tan, "tanh_": E.tanh,
+    "sigmoid_": E.sigmoid, "erf_": E.erf, "square_": E.square, "reciprocal_": E.reciprocal,
+    "floor_": E.floor, "ceil_": E.ceil, "round_": E.round, "trunc_": E.trunc,
+    "pow_": E.pow, "remainder_": E.remainder, "floor_divide_": E.floor_divide,
+    "atan2_": E.atan2, "relu_": _relu,
+    "masked_fill_": I.masked_fill, "index_add_": I.index_add, "scatter_": I.scatter,
+    "scatter_add_": I.scatter_add, "index_fill_": write.index_fill,
+}
+Tensor.index_fill = write.index_fill
+
+for _name, _fn in _INPLACE.items():
+    setattr(Tensor, _name, _inplace_method(_name, _fn))

@@ -6,16 +6,16 @@ input), ``backward`` with differentiable Tensor ops, so ``create_graph=True`` gi
 derivatives. ``sigmoid``/``tanh`` live in ``ops.elementwise`` and ``softmax``/``log_softmax``
 in ``ops.reduction``; they are re-exported by ``avila_ml.nn.functional``.
 
-``inplace=True`` writes the result into ``input`` when autograd is not tracking it (no grad
-mode, or an input that does not require grad), like PyTorch; when the graph tracks
-``input`` the out-of-place result (same values) is returned, so gradients stay right
-(Avila ML does not record in-place ops; ``Tensor.__iadd__`` follows the same rule).
+``inplace=True`` writes the result into ``input`` and returns ``input``, like PyTorch; when
+autograd tracks ``input`` the write is recorded in the graph (``autograd/inplace.py``), so a
+leaf that requires grad is refused and a tensor saved for a backward raises there.
 """
 from __future__ import annotations
 
 import math
 
 from .._grad_state import state as _state
+from ..autograd import inplace as _inplace
 from ..autograd.function import Function
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -45,10 +45,14 @@ def _const(array, like: Tensor) -> Tensor:
     return Tensor._wrap(_arr(array.astype(like.array.dtype, copy=False)))
 
 
-def _finish(input: Tensor, out: Tensor, inplace: bool) -> Tensor:
-    if not inplace or (_state.enabled and input._requires_grad):
-        return out
-    input._check_inplace("inplace activation")
+def _finish(input: Tensor, inplace: bool, fn, *args) -> Tensor:
+    """``fn(input, *args)``, or with ``inplace=True`` its result written into ``input`` (recorded
+    in the graph like PyTorch's in-place activations when autograd tracks ``input``)."""
+    if not inplace:
+        return fn(input, *args)
+    if _inplace.needs_graph(input, ()):
+        return _inplace.inplace(input, f"{fn.__self__.__name__.lower()}(inplace=True)", fn, *args)
+    out = fn(input, *args)
     input.array[...] = out.array
     return input._bump()
 
@@ -237,7 +241,7 @@ def relu(input, inplace: bool = False):
         tensor([0., 0., 2.])
     """
     _check(input, "relu", float_only=False)
-    return _finish(input, ReLU.apply(input), inplace)
+    return _finish(input, inplace, ReLU.apply)
 
 
 def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
@@ -253,7 +257,7 @@ def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool =
     _check(input, "hardtanh")
     if min_val > max_val:
         raise ValueError(f"hardtanh: min_val ({min_val}) cannot be greater than max_val ({max_val})")
-    return _finish(input, Hardtanh.apply(input, float(min_val), float(max_val)), inplace)
+    return _finish(input, inplace, Hardtanh.apply, float(min_val), float(max_val))
 
 
 def relu6(input, inplace: bool = False):
@@ -267,7 +271,7 @@ def relu6(input, inplace: bool = False):
         tensor([0., 3., 6.])
     """
     _check(input, "relu6")
-    return _finish(input, Hardtanh.apply(input, 0.0, 6.0), inplace)
+    return _finish(input, inplace, Hardtanh.apply, 0.0, 6.0)
 
 
 def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
@@ -281,7 +285,7 @@ def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
         tensor([-1.,  2.])
     """
     _check(input, "leaky_relu")
-    return _finish(input, LeakyReLU.apply(input, float(negative_slope)), inplace)
+    return _finish(input, inplace, LeakyReLU.apply, float(negative_slope))
 
 
 def elu(input, alpha: float = 1.0, inplace: bool = False):
@@ -295,7 +299,7 @@ def elu(input, alpha: float = 1.0, inplace: bool = False):
         tensor([-1.,  0.,  1.])
     """
     _check(input, "elu")
-    return _finish(input, ELU.apply(input, float(alpha), 1.0, 1.0), inplace)
+    return _finish(input, inplace, ELU.apply, float(alpha), 1.0, 1.0)
 
 
 def selu(input, inplace: bool = False):
@@ -310,7 +314,7 @@ def selu(input, inplace: bool = False):
         tensor([0.0000, 1.0507])
     """
     _check(input, "selu")
-    return _finish(input, ELU.apply(input, _SELU_ALPHA, _SELU_SCALE, 1.0), inplace)
+    return _finish(input, inplace, ELU.apply, _SELU_ALPHA, _SELU_SCALE, 1.0)
 
 
 def celu(input, alpha: float = 1.0, inplace: bool = False):
@@ -326,7 +330,7 @@ def celu(input, alpha: float = 1.0, inplace: bool = False):
     _check(input, "celu")
     if alpha == 0:
         raise ValueError("celu: alpha must be non-zero (the formula divides by alpha)")
-    return _finish(input, ELU.apply(input, float(alpha), 1.0, 1.0 / alpha), inplace)
+    return _finish(input, inplace, ELU.apply, float(alpha), 1.0, 1.0 / alpha)
 
 
 def gelu(input, approximate: str = "none"):
@@ -357,7 +361,7 @@ def silu(input, inplace: bool = False):
         tensor([    0., 10000.])
     """
     _check(input, "silu")
-    return _finish(input, SiLU.apply(input), inplace)
+    return _finish(input, inplace, SiLU.apply)
 
 
 def mish(input, inplace: bool = False):
@@ -371,7 +375,7 @@ def mish(input, inplace: bool = False):
         tensor([   -0.,     0., 10000.])
     """
     _check(input, "mish")
-    return _finish(input, Mish.apply(input), inplace)
+    return _finish(input, inplace, Mish.apply)
 
 
 def softplus(input, beta: float = 1.0, threshold: float = 20.0):
@@ -402,7 +406,7 @@ def hardsigmoid(input, inplace: bool = False):
         tensor([0.0000, 0.5000, 1.0000])
     """
     _check(input, "hardsigmoid")
-    return _finish(input, Hardsigmoid.apply(input), inplace)
+    return _finish(input, inplace, Hardsigmoid.apply)
 
 
 def hardswish(input, inplace: bool = False):
@@ -416,7 +420,7 @@ def hardswish(input, inplace: bool = False):
         tensor([-0.,  0.,  4.])
     """
     _check(input, "hardswish")
-    return _finish(input, Hardswish.apply(input), inplace)
+    return _finish(input, inplace, Hardswish.apply)
 
 
 def softsign(input):

@@ -3,7 +3,7 @@
 Masks come from the input's backend RNG (``input._backend.rand``), so ``am.manual_seed``
 makes them reproducible. In training mode each kept element (or whole channel) is scaled by
 1/(1-p) so the expectation is unchanged; outside training mode dropout is the identity.
-``inplace=True`` writes into ``input`` when autograd is not tracking it (see
+``inplace=True`` writes into ``input`` (recorded in the graph when autograd tracks it; see
 ``ops.activation``).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import warnings
 
 from .._grad_state import state as _state
+from ..autograd import inplace as _inplace
 from ..autograd.function import Function
 from ..tensor import Tensor
 
@@ -55,8 +56,9 @@ def _keep_mask(input, shape, p: float):
 
 
 def _apply(input, mask, inplace: bool):
-    if inplace and not (_state.enabled and input._requires_grad):
-        input._check_inplace("dropout (inplace)")
+    if inplace:
+        if _inplace.needs_graph(input, ()):
+            return _inplace.inplace(input, "dropout(inplace=True)", MaskScale.apply, mask)
         input.array *= mask
         return input._bump()
     return MaskScale.apply(input, mask)
@@ -161,8 +163,7 @@ def _alpha(input, p, training, inplace, mask_shape, op):
     b = Tensor._wrap((keep - 1) * dt.type(_SELU_ALPHA_PRIME * a) + dt.type(_SELU_ALPHA_PRIME * a * p))
     out = _apply(input, keep * dt.type(a), inplace)
     if out is input:
-        input.array += b.array
-        return input._bump()
+        return input.add_(b)
     return out + b
 
 

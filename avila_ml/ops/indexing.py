@@ -58,7 +58,11 @@ class GetItem(Function):
     def forward(self, x, key, advanced):
         self.in_shape, self.key, self.advanced = x.shape, key, advanced
         out = x[key]
-        return np.asarray(out) if isinstance(out, np.generic) else out
+        if isinstance(out, np.generic):
+            # NumPy gives a scalar copy for a full integer key; with a trailing ... it gives a
+            # 0-d view, which writes through like PyTorch's x[i, j]
+            out = x[key + (Ellipsis,)] if not advanced and Ellipsis not in key else np.asarray(out)
+        return out
 
     def backward(self, g):
         return IndexPutAdd.apply(g, self.in_shape, self.key, self.advanced)
@@ -97,11 +101,10 @@ def getitem(input, key):
     advanced = any(_is_advanced(p) for p in k)
     try:
         if not input._requires_grad:
-            out = input.array[k]
-            t = Tensor._wrap(np.asarray(out) if isinstance(out, np.generic) else out)
-            if not advanced:
-                t._version = input._version
-            return t
+            if advanced:
+                out = input.array[k]
+                return Tensor._wrap(np.asarray(out) if isinstance(out, np.generic) else out)
+            return _ViewItem.apply(input, k, False)  # a view: records no node, marks the base
         if advanced:
             return GetItem.apply(input, k, True)
         return _ViewItem.apply(input, k, False)
@@ -113,6 +116,10 @@ class _ViewItem(GetItem):
     """Basic indexing returns a view that shares the version counter."""
 
     is_view = True
+
+    @classmethod
+    def _name(cls) -> str:
+        return "SliceBackward0"
 
 
 def _full_index(index, dim: int, xp):

@@ -30,14 +30,56 @@ def _shape_arg(shape) -> tuple:
 
 
 class Reshape(Function):
-    is_view = True
+    """A reshape that copies: used when the input's strides do not allow a view."""
 
     def forward(self, x, shape):
         self.in_shape = x.shape
         return x.reshape(shape)
 
     def backward(self, g):
-        return Reshape.apply(g, self.in_shape)
+        return reshape(g, self.in_shape)
+
+
+class View(Reshape):
+    """A reshape that shares memory (and the version counter) with its input."""
+
+    is_view = True
+
+    @classmethod
+    def _name(cls) -> str:
+        return "ViewBackward0"
+
+
+def _viewable(shape, strides, new_shape) -> bool:
+    """Whether ``new_shape`` can address the same memory as (shape, strides) without a copy.
+
+    Size-1 dims are ignored; the remaining dims form chunks in which each dim's stride is the
+    next one's stride times its size (contiguous runs). Each chunk must be split into, or be
+    merged from, consecutive new dims with exactly the chunk's element count (PyTorch's
+    ``computeStride`` rule).
+    """
+    if 0 in shape:
+        return True
+    old = [(n, st) for n, st in zip(shape, strides) if n != 1]
+    new = [n for n in new_shape if n != 1]
+    i = j = 0
+    while i < len(old):
+        count = old[i][0]
+        while i + 1 < len(old) and old[i][1] == old[i + 1][1] * old[i + 1][0]:
+            i += 1
+            count *= old[i][0]
+        i += 1
+        got = 1
+        while got < count and j < len(new):
+            got *= new[j]
+            j += 1
+        if got != count:
+            return False
+    return j == len(new)
+
+
+def _can_view(array, shape) -> bool:
+    return bool(array.flags.c_contiguous) or _viewable(array.shape, array.strides, shape)
 
 
 def reshape(input, *shape):
@@ -58,7 +100,8 @@ def reshape(input, *shape):
         raise RuntimeError(f"reshape: shape {list(shape)} is invalid for input of size {input.array.size}") from None
     if shape == input.array.shape:
         return input
-    return Reshape.apply(input, shape)
+    # a view when the strides allow it (as PyTorch), a copy otherwise
+    return View.apply(input, shape) if _can_view(input.array, shape) else Reshape.apply(input, shape)
 
 
 def _resolve_shape(shape, size):
@@ -79,8 +122,34 @@ def _resolve_shape(shape, size):
 
 
 def view(input, *shape):
-    """Reshape sharing memory (``Tensor.view``). Non-contiguous inputs are copied as ``reshape`` would."""
-    return reshape(input, *shape)
+    """The same memory seen with a new shape; one size may be -1 (``Tensor.view``).
+
+    The result shares memory and version counter with ``input``: writes through either are
+    seen by both. Raises when ``input``'s strides cannot address the new shape (e.g.
+    ``x.T.view(-1)``), as PyTorch does; ``reshape`` copies in that case.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.zeros(2, 3)
+        >>> v = x.view(6)
+        >>> v[0] = 1.0
+        >>> x[0, 0].item()
+        1.0
+    """
+    shape = _shape_arg(shape)
+    try:
+        shape = _resolve_shape(shape, input.array.size)
+    except ValueError:
+        raise RuntimeError(f"view: shape {list(shape)} is invalid for input of size {input.array.size}") from None
+    if shape == input.array.shape:
+        return input
+    if not _can_view(input.array, shape):
+        raise RuntimeError(
+            f"view size is not compatible with input tensor's size and stride (at least one "
+            f"dimension spans across two contiguous subspaces). Use .reshape(...) instead. "
+            f"(view of a tensor of shape {list(input.shape)} as {list(shape)})"
+        )
+    return View.apply(input, shape)
 
 
 def flatten(input, start_dim: int = 0, end_dim: int = -1):
@@ -333,6 +402,8 @@ def stack(tensors, dim: int = 0):
 
 
 class Split(Function):
+    is_view = True  # every output is a view of the input (multi-output: not writable in place under autograd)
+
     def forward(self, x, sizes, dim):
         self.dim = dim
         idx = np.cumsum(sizes)[:-1]
@@ -388,11 +459,10 @@ def narrow(input, dim: int, start: int, length: int):
 
 
 class Flip(Function):
-    is_view = True
-
     def forward(self, x, dims):
         self.dims = dims
-        return _arr(backend_of(x).xp.flip(x, dims))
+        # a copy, as PyTorch's flip (xp.flip alone would alias the input with negative strides)
+        return _arr(backend_of(x).xp.flip(x, dims)).copy()
 
     def backward(self, g):
         return Flip.apply(g, self.dims)

@@ -348,7 +348,7 @@ class GroupNorm(Module):
         >>> import avila_ml as am
         >>> gn = am.nn.GroupNorm(2, 4)
         >>> gn(am.tensor([[1.0, 3.0, 0.0, 10.0]]))
-        tensor([[-1.0000,  1.0000, -1.0000,  1.0000]], grad_fn=<ReshapeBackward0>)
+        tensor([[-1.0000,  1.0000, -1.0000,  1.0000]], grad_fn=<ViewBackward0>)
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
