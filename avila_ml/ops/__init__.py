@@ -14,10 +14,16 @@ from .indexing import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .reduction import *  # noqa: F401,F403
 from .shape import *  # noqa: F401,F403
+from . import comparison, scatter_reduce as _scatter_reduce_mod, sorting, structured
+from .comparison import *  # noqa: F401,F403
+from .scatter_reduce import *  # noqa: F401,F403
+from .sorting import *  # noqa: F401,F403
+from .structured import *  # noqa: F401,F403
 from ..tensor import Tensor
 
 __all__ = (elementwise.__all__ + reduction.__all__ + linalg.__all__ + shape.__all__
-           + indexing.__all__)
+           + indexing.__all__ + comparison.__all__ + _scatter_reduce_mod.__all__ + sorting.__all__
+           + structured.__all__ + ["t"])
 
 E, R, S, I, L = elementwise, reduction, shape, indexing, linalg
 
@@ -77,3 +83,28 @@ _METHODS = {
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
 Tensor.__hash__ = lambda self: id(self)  # __eq__ is elementwise, so hash by identity
+
+
+def t(input):
+    """Transpose a tensor of at most 2 dims; 0-d and 1-d come back as they are (``torch.t``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.t(am.tensor([[1, 2, 3]])).shape
+        (3, 1)
+    """
+    if input.ndim > 2:
+        raise RuntimeError(f"t: expects a tensor with <= 2 dimensions, but got shape {tuple(input.shape)} "
+                           "(use transpose or mT)")
+    return input if input.ndim < 2 else S.transpose(input, 0, 1)
+
+
+# sorting, comparison, structured selections, scatter_reduce (issue 16)
+_C, _SO, _ST = comparison, sorting, structured
+for _name, _fn in {
+    "t": t, "sort": _SO.sort, "argsort": _SO.argsort, "topk": _SO.topk, "unique": _SO.unique,
+    "nonzero": _SO.nonzero, "bucketize": _SO.bucketize, "triu": _ST.triu, "tril": _ST.tril,
+    "repeat_interleave": _ST.repeat_interleave, "isclose": _C.isclose, "allclose": _C.allclose,
+    "equal": _C.equal, "scatter_reduce": _scatter_reduce_mod.scatter_reduce,
+}.items():
+    setattr(Tensor, _name, _fn)
