@@ -71,24 +71,35 @@ def _compare_tensors(actual, expected, rtol, atol, equal_nan, check_device, chec
         return
     bad = ~close
     n_bad, total = int(bad.sum()), close.size
+    exact = rtol == 0 and atol == 0
     kind = "Scalars" if a.ndim == 0 else "Tensor-likes"
-    lines = [f"{kind} are not close!", ""]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        absd = np.where(bad, np.nan_to_num(np.abs(a.astype(np.float64) - e.astype(np.float64)), nan=np.inf),
-                        -1.0)
-        reld = np.where(bad, np.nan_to_num(absd / np.abs(e.astype(np.float64)), nan=np.inf), -1.0)
+    lines = [f"{kind} are not {'equal' if exact else 'close'}!", ""]
+    # differences as PyTorch reports them: in the compared float dtype; for integers the
+    # absolute difference is an integer and the relative one a float32 (float64 for scalars)
+    if common.kind == "f":
+        work = common if a.ndim else np.dtype(np.float64)
+        rel_work = work
+    else:
+        work = np.dtype(np.int64) if common.kind in "iu" else np.dtype(np.float64)
+        rel_work = np.dtype(np.float32) if a.ndim else np.dtype(np.float64)
+    aw, ew = a.astype(work), e.astype(work)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        diff_w = np.abs(aw - ew) if work.kind == "f" else np.abs(aw.astype(np.int64) - ew.astype(np.int64))
+        absd = np.where(bad, np.nan_to_num(diff_w, nan=np.inf) if work.kind == "f" else diff_w, -1).astype(work)
+        reld = np.where(bad, np.nan_to_num(diff_w.astype(rel_work) / np.abs(ew.astype(rel_work)), nan=np.inf),
+                        -1.0).astype(rel_work)
+    up_a = "" if exact else f" (up to {atol} allowed)"
+    up_r = "" if exact else f" (up to {rtol} allowed)"
     if a.ndim == 0:
         lines.append(f"Expected {e.item()} but got {a.item()}.")
-        lines.append(f"Absolute difference: {float(absd)} (up to {atol} allowed)")
-        lines.append(f"Relative difference: {float(reld)} (up to {rtol} allowed)")
+        lines.append(f"Absolute difference: {absd.item()}{up_a}")
+        lines.append(f"Relative difference: {reld.item()}{up_r}")
     else:
         ia = np.unravel_index(int(np.argmax(absd)), a.shape)
         ir = np.unravel_index(int(np.argmax(reld)), a.shape)
         lines.append(f"Mismatched elements: {n_bad} / {total} ({100.0 * n_bad / total:.1f}%)")
-        lines.append(f"Greatest absolute difference: {float(absd[ia])} at index {tuple(int(i) for i in ia)} "
-                     f"(up to {atol} allowed)")
-        lines.append(f"Greatest relative difference: {float(reld[ir])} at index {tuple(int(i) for i in ir)} "
-                     f"(up to {rtol} allowed)")
+        lines.append(f"Greatest absolute difference: {absd[ia].item()} at index {tuple(int(i) for i in ia)}{up_a}")
+        lines.append(f"Greatest relative difference: {reld[ir].item()} at index {tuple(int(i) for i in ir)}{up_r}")
     _fail(msg, "\n".join(lines), where)
 
 
@@ -159,7 +170,7 @@ def assert_close(actual, expected, *, allow_subclasses: bool = True, rtol=None, 
         <BLANKLINE>
         Mismatched elements: 1 / 3 (33.3%)
         Greatest absolute difference: 0.5 at index (1,) (up to 1e-05 allowed)
-        Greatest relative difference: 0.2 at index (1,) (up to 1.3e-06 allowed)
+        Greatest relative difference: 0.20000000298023224 at index (1,) (up to 1.3e-06 allowed)
     """
     if (rtol is None) != (atol is None):
         raise ValueError(f"assert_close: both 'rtol' and 'atol' must be either specified or omitted, but got "

@@ -103,7 +103,7 @@ def t(input):
 _C, _SO, _ST = comparison, sorting, structured
 for _name, _fn in {
     "t": t, "sort": _SO.sort, "argsort": _SO.argsort, "topk": _SO.topk, "unique": _SO.unique,
-    "nonzero": _SO.nonzero, "bucketize": _SO.bucketize, "triu": _ST.triu, "tril": _ST.tril,
+    "nonzero": _SO.nonzero, "triu": _ST.triu, "tril": _ST.tril,
     "repeat_interleave": _ST.repeat_interleave, "isclose": _C.isclose, "allclose": _C.allclose,
     "equal": _C.equal, "scatter_reduce": _scatter_reduce_mod.scatter_reduce,
 }.items():
