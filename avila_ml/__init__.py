@@ -32,7 +32,7 @@ from .settings import (  # noqa: F401
     set_num_threads, get_num_threads, set_num_interop_threads, get_num_interop_threads,
     set_float32_matmul_precision, get_float32_matmul_precision, compile,
 )
-from . import accelerator, linalg, testing  # noqa: F401,E402
+from . import accelerator, linalg, testing, torch_format  # noqa: F401,E402
 
 # numeric constants, as torch.inf / torch.nan / torch.pi / torch.e
 import math as _math  # noqa: E402  (``float`` here is the dtype)
