@@ -396,6 +396,58 @@ class Tensor:
         """
         return self._new_filled("new_full", (size,), fill_value, dtype, device, requires_grad)
 
+    def nelement(self) -> int:
+        """The number of elements, as :meth:`numel` (``Tensor.nelement``)."""
+        return int(self.array.size)
+
+    def stride(self, dim: int | None = None):
+        """Steps in elements between neighbours along each dim (``Tensor.stride``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.zeros(2, 3)
+            >>> x.stride(), x.T.stride(), x.stride(-1)
+            ((3, 1), (1, 3), 1)
+        """
+        st = tuple(s // self.array.itemsize for s in self.array.strides)
+        return st if dim is None else st[_norm_dim(dim, self.array.ndim, "stride")]
+
+    def storage_offset(self) -> int:
+        """Offset in elements of the first element within its base allocation
+        (``Tensor.storage_offset``); 0 for a tensor that owns its memory.
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.arange(6)[2:].storage_offset()
+            2
+        """
+        base = self.array
+        while getattr(base, "base", None) is not None and hasattr(base.base, "dtype"):
+            base = base.base
+        return int((self.data_ptr() - _pointer(base)) // self.array.itemsize) if base is not self.array else 0
+
+    def data_ptr(self) -> int:
+        """The address of the first element (``Tensor.data_ptr``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.zeros(4); x[1:].data_ptr() - x.data_ptr()
+            4
+        """
+        return _pointer(self.array)
+
+    def byte(self) -> "Tensor":
+        """Convert to uint8 (``Tensor.byte``)."""
+        return self.to(_dt.uint8)
+
+    def char(self) -> "Tensor":
+        """Convert to int8 (``Tensor.char``)."""
+        return self.to(_dt.int8)
+
+    def short(self) -> "Tensor":
+        """Convert to int16 (``Tensor.short``)."""
+        return self.to(_dt.int16)
+
     def __format__(self, spec: str) -> str:
         """``f"{t:.4f}"`` formats a 0-d tensor's value; other tensors accept only an empty
         spec (``Tensor.__format__``).
@@ -684,6 +736,13 @@ class Tensor:
         self._check_inplace("__setitem__")
         self.array[_ops.indexing.normalize_key(key)] = value.array if isinstance(value, Tensor) else value
         self._bump()
+
+
+def _pointer(a) -> int:
+    """Address of an array's first element (NumPy or CuPy)."""
+    if isinstance(a, np.ndarray):
+        return int(a.__array_interface__["data"][0])
+    return int(a.data.ptr)
 
 
 def _rebuild(arr, dev, requires_grad):

@@ -1430,6 +1430,8 @@ OP_TABLE += [
     OpInfo("repeat_interleave", am.repeat_interleave, torch.repeat_interleave, _repeat_interleave_samples,
            dtypes=("float64", "float32", "int64")),
     OpInfo("isclose", am.isclose, torch.isclose, _isclose_samples, differentiable=False),
+    OpInfo("clamp_min", lambda x: am.clamp_min(x, 0.25), lambda x: torch.clamp_min(x, 0.25), unary_samples(U)),
+    OpInfo("clamp_max", lambda x: am.clamp_max(x, 0.25), lambda x: torch.clamp_max(x, 0.25), unary_samples(U)),
 ] + [
     OpInfo(f"scatter_reduce_{r}", am.scatter_reduce, torch.scatter_reduce, _scatter_reduce_samples(r))
     for r in ("sum", "prod", "mean", "amax", "amin")

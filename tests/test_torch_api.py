@@ -319,3 +319,14 @@ def test_numpy_asarray_is_zero_copy_and_cuda_interface_absent_on_cpu():
     assert np.asarray(x, dtype=np.float64).dtype == np.float64
     assert not hasattr(x, "__cuda_array_interface__")
     assert not hasattr(torch.ones(1), "__cuda_array_interface__")
+
+
+def test_strides_offsets_pointers_and_small_casts_match_torch():
+    a, t = am.arange(24.0).reshape(2, 3, 4), torch.arange(24.0).reshape(2, 3, 4)
+    for f in (lambda x: x, lambda x: x.transpose(0, 2), lambda x: x[:, 1:, ::2], lambda x: x[1]):
+        assert f(a).stride() == f(t).stride()
+        assert f(a).storage_offset() == f(t).storage_offset()
+        assert f(a).data_ptr() - a.data_ptr() == f(t).data_ptr() - t.data_ptr()
+    assert a.stride(1) == t.stride(1) and a.nelement() == t.nelement()
+    for name in ("byte", "char", "short"):
+        assert getattr(a, name)().dtype.name == str(getattr(t, name)().dtype).replace("torch.", "")

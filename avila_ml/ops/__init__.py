@@ -99,6 +99,30 @@ def t(input):
     return input if input.ndim < 2 else S.transpose(input, 0, 1)
 
 
+def clamp_min(input, min):
+    """``clamp(input, min=min)`` (``torch.clamp_min``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.clamp_min(am.tensor([-1.0, 2.0]), 0.0)
+        tensor([0., 2.])
+    """
+    return E.clamp(input, min=min)
+
+
+def clamp_max(input, max):
+    """``clamp(input, max=max)`` (``torch.clamp_max``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.clamp_max(am.tensor([-1.0, 2.0]), 0.0)
+        tensor([-1.,  0.])
+    """
+    return E.clamp(input, max=max)
+
+
+__all__ += ["clamp_min", "clamp_max"]
+
 # sorting, comparison, structured selections, scatter_reduce (issue 16)
 _C, _SO, _ST = comparison, sorting, structured
 for _name, _fn in {
@@ -106,5 +130,6 @@ for _name, _fn in {
     "nonzero": _SO.nonzero, "triu": _ST.triu, "tril": _ST.tril,
     "repeat_interleave": _ST.repeat_interleave, "isclose": _C.isclose, "allclose": _C.allclose,
     "equal": _C.equal, "scatter_reduce": _scatter_reduce_mod.scatter_reduce,
+    "clamp_min": clamp_min, "clamp_max": clamp_max,
 }.items():
     setattr(Tensor, _name, _fn)
