@@ -456,7 +456,7 @@ def _matmul_samples(rng):
         Sample((T(U(rng, (0, 3))), T(U(rng, (3, 2)))), desc="size-0 rows"),
         Sample((T(U(rng, (2, 0))), T(U(rng, (0, 3)))), desc="size-0 contraction"),
         Sample((T(U(rng, (1, 3))), T(U(rng, (3, 1)))), desc="size-1"),
-        Sample((T(U(rng, (3, 2)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
+        Sample((T(U(rng, (2, 3)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
     ]
 
 
@@ -1411,6 +1411,89 @@ def _scatter_reduce_samples(reduce):
     return samples
 
 
+def _diagonal_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 4))),), desc="main"),
+        Sample((T(U(rng, (3, 4))), 1), desc="offset 1"),
+        Sample((T(U(rng, (4, 3))), -2), desc="offset -2"),
+        Sample((T(U(rng, (2, 3, 3))), 0, 1, 2), desc="batched"),
+        Sample((T(U(rng, (2, 3, 4))), -1, 2, 0), desc="dims 2, 0"),
+        Sample((T(U(rng, (3, 3))), 5), desc="past the corner"),
+        Sample((T(U(rng, (0, 3))),), desc="size-0"),
+        Sample((T(U(rng, (1, 3))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"), 1), desc="strided view"),
+    ]
+
+
+def _diag_embed_samples(rng):
+    return [
+        Sample((T(U(rng, (3,))),), desc="1-d"),
+        Sample((T(U(rng, (2, 3))), 1), desc="batched, offset 1"),
+        Sample((T(U(rng, (2, 3))), -1, 0, 2), desc="dims 0, 2"),
+        Sample((T(U(rng, (0,))),), desc="size-0"),
+        Sample((T(U(rng, (1,))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"),), desc="strided view"),
+    ]
+
+
+def _diag_samples(rng):
+    return [
+        Sample((T(U(rng, (3,))),), desc="vector"),
+        Sample((T(U(rng, (3,))), -1), desc="vector, offset -1"),
+        Sample((T(U(rng, (3, 4))), 1), desc="matrix, offset 1"),
+        Sample((T(U(rng, (0,))),), desc="size-0"),
+        Sample((T(U(rng, (1, 1))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (4,)), view="step"),), desc="strided view"),
+    ]
+
+
+def _trace_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 3))),), desc="square"),
+        Sample((T(U(rng, (2, 4))),), desc="wide"),
+        Sample((T(U(rng, (0, 2))),), desc="size-0"),
+        Sample((T(U(rng, (1, 1))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+    ]
+
+
+def _stack_like_samples(rng):
+    return [
+        Sample((T(U(rng, (2, 3))), T(U(rng, (2, 3)))), desc="2-d"),
+        Sample((T(U(rng, (3,))), T(U(rng, (3,)))), desc="1-d"),
+        Sample((T(U(rng, ())), T(U(rng, ()))), desc="0-d"),
+        Sample((T(U(rng, (2, 0))), T(U(rng, (2, 0)))), desc="size-0"),
+        Sample((T(U(rng, (1, 3))), T(U(rng, (1, 3)))), desc="size-1"),
+        Sample((T(U(rng, (2, 3)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
+    ]
+
+
+def _masked_select_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 4))), _mask(rng.uniform(size=(3, 4)) < 0.5)), desc="same shape"),
+        Sample((T(U(rng, (3, 4))), _mask(rng.uniform(size=(4,)) < 0.5)), desc="broadcast mask"),
+        Sample((T(U(rng, (1, 4))), _mask(rng.uniform(size=(3, 1)) < 0.5)), desc="broadcast both"),
+        Sample((T(U(rng, ())), _mask(True)), desc="0-d"),
+        Sample((T(U(rng, (0, 2))), _mask(np.zeros((0, 2), bool))), desc="size-0"),
+        Sample((T(U(rng, (3, 2)), view="T"), _mask(rng.uniform(size=(3, 2)) < 0.5)), desc="transposed view"),
+    ]
+
+
+def _meshgrid_samples(rng):
+    out = []
+    for ix in ("ij", "xy"):
+        out += [
+            Sample((T(U(rng, (2,))), T(U(rng, (3,)))), {"indexing": ix}, desc=f"two {ix}"),
+            Sample((T(U(rng, (2,))), T(U(rng, (1,))), T(U(rng, (3,)))), {"indexing": ix}, desc=f"three {ix}"),
+            Sample((T(U(rng, ())), T(U(rng, (0,)))), {"indexing": ix}, desc=f"0-d, size-0 {ix}"),
+            Sample((T(U(rng, (4,)), view="step"), T(U(rng, (2,)))), {"indexing": ix}, desc=f"strided {ix}"),
+        ]
+    return out
+
+
 OP_TABLE += [
     OpInfo("sort", am.sort, torch.sort, _sort_samples),
     OpInfo("sort_int", am.sort, torch.sort, _sort_int_samples, differentiable=False, dtypes=("int64",)),
@@ -1430,6 +1513,15 @@ OP_TABLE += [
     OpInfo("repeat_interleave", am.repeat_interleave, torch.repeat_interleave, _repeat_interleave_samples,
            dtypes=("float64", "float32", "int64")),
     OpInfo("isclose", am.isclose, torch.isclose, _isclose_samples, differentiable=False),
+    OpInfo("diagonal", am.diagonal, torch.diagonal, _diagonal_samples, dtypes=("float64", "float32", "int64")),
+    OpInfo("diag_embed", am.diag_embed, torch.diag_embed, _diag_embed_samples, dtypes=("float64", "float32", "int64")),
+    OpInfo("diag", am.diag, torch.diag, _diag_samples),
+    OpInfo("trace", am.trace, torch.trace, _trace_samples),
+    OpInfo("hstack", lambda *xs: am.hstack(list(xs)), lambda *xs: torch.hstack(list(xs)), _stack_like_samples),
+    OpInfo("vstack", lambda *xs: am.vstack(list(xs)), lambda *xs: torch.vstack(list(xs)), _stack_like_samples),
+    OpInfo("masked_select", am.masked_select, torch.masked_select, _masked_select_samples),
+    OpInfo("meshgrid", lambda *xs, indexing: am.meshgrid(*xs, indexing=indexing),
+           lambda *xs, indexing: torch.meshgrid(*xs, indexing=indexing), _meshgrid_samples),
     OpInfo("clamp_min", lambda x: am.clamp_min(x, 0.25), lambda x: torch.clamp_min(x, 0.25), unary_samples(U)),
     OpInfo("clamp_max", lambda x: am.clamp_max(x, 0.25), lambda x: torch.clamp_max(x, 0.25), unary_samples(U)),
 ] + [

@@ -14,7 +14,8 @@ from .indexing import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .reduction import *  # noqa: F401,F403
 from .shape import *  # noqa: F401,F403
-from . import comparison, scatter_reduce as _scatter_reduce_mod, sorting, structured
+from . import comparison, diagonal as _diagonal_mod, scatter_reduce as _scatter_reduce_mod, sorting, structured
+from .diagonal import *  # noqa: F401,F403
 from .comparison import *  # noqa: F401,F403
 from .scatter_reduce import *  # noqa: F401,F403
 from .sorting import *  # noqa: F401,F403
@@ -23,7 +24,7 @@ from ..tensor import Tensor
 
 __all__ = (elementwise.__all__ + reduction.__all__ + linalg.__all__ + shape.__all__
            + indexing.__all__ + comparison.__all__ + _scatter_reduce_mod.__all__ + sorting.__all__
-           + structured.__all__ + ["t"])
+           + structured.__all__ + _diagonal_mod.__all__ + ["t"])
 
 E, R, S, I, L = elementwise, reduction, shape, indexing, linalg
 
@@ -130,6 +131,8 @@ for _name, _fn in {
     "nonzero": _SO.nonzero, "triu": _ST.triu, "tril": _ST.tril,
     "repeat_interleave": _ST.repeat_interleave, "isclose": _C.isclose, "allclose": _C.allclose,
     "equal": _C.equal, "scatter_reduce": _scatter_reduce_mod.scatter_reduce,
-    "clamp_min": clamp_min, "clamp_max": clamp_max,
+    "clamp_min": clamp_min, "clamp_max": clamp_max, "masked_select": _ST.masked_select,
+    "diagonal": _diagonal_mod.diagonal, "diag": _diagonal_mod.diag, "diag_embed": _diagonal_mod.diag_embed,
+    "trace": _diagonal_mod.trace,
 }.items():
     setattr(Tensor, _name, _fn)

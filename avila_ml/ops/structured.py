@@ -10,9 +10,10 @@ import numpy as np
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
 from .elementwise import where
-from .indexing import index_select
+from .indexing import getitem, index_select
+from .shape import broadcast_to, cat, expand, reshape
 
-__all__ = ["triu", "tril", "repeat_interleave"]
+__all__ = ["triu", "tril", "repeat_interleave", "hstack", "vstack", "masked_select", "meshgrid"]
 
 
 def _triangle(input, diagonal: int, upper: bool):
@@ -116,3 +117,87 @@ def repeat_interleave(input, repeats=None, dim=None, *, output_size=None):
     if output_size is not None and int(output_size) != index.size:
         raise RuntimeError(f"repeat_interleave: output_size={output_size} but the repeats give {index.size}")
     return index_select(input, d, Tensor._wrap(index))
+
+
+def hstack(tensors):
+    """Concatenate along dim 1 (dim 0 for 1-d tensors) (``torch.hstack``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.hstack([am.tensor([1, 2]), am.tensor([3])])
+        tensor([1, 2, 3])
+    """
+    ts = [t.reshape(1) if t.ndim == 0 else t for t in tensors]
+    if not ts:
+        raise RuntimeError("hstack: expected a non-empty list of tensors")
+    return cat(ts, dim=0 if ts[0].ndim == 1 else 1)
+
+
+def vstack(tensors):
+    """Stack rows: 1-d tensors become rows, then concatenate along dim 0 (``torch.vstack``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.vstack([am.tensor([1, 2]), am.tensor([3, 4])])
+        tensor([[1, 2],
+                [3, 4]])
+    """
+    ts = [t.reshape(1, -1) if t.ndim < 2 else t for t in tensors]
+    if not ts:
+        raise RuntimeError("vstack: expected a non-empty list of tensors")
+    return cat(ts, dim=0)
+
+
+def masked_select(input, mask):
+    """The elements where ``mask`` is true, as a 1-d tensor; both broadcast first
+    (``torch.masked_select``).
+
+    Math: the gradient flows back to the selected positions.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([[1.0, -2.0], [3.0, -4.0]])
+        >>> am.masked_select(x, x > 0)
+        tensor([1., 3.])
+    """
+    if not isinstance(mask, Tensor) or mask.array.dtype != np.bool_:
+        raise RuntimeError(f"masked_select: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    try:
+        shape = np.broadcast_shapes(tuple(input.shape), tuple(mask.shape))
+    except ValueError:
+        raise RuntimeError(f"masked_select: input {tuple(input.shape)} and mask {tuple(mask.shape)} do not broadcast") from None
+    x = input if tuple(input.shape) == shape else broadcast_to(input, shape)
+    m = mask.array if tuple(mask.shape) == shape else backend_of(mask.array).xp.broadcast_to(mask.array, shape)
+    return getitem(reshape(x, -1), Tensor._wrap(m.reshape(-1)))
+
+
+def meshgrid(*tensors, indexing: str = "ij"):
+    """Coordinate grids from 1-d tensors (``torch.meshgrid``).
+
+    ``indexing="ij"``: output ``k`` varies along dim ``k``; ``"xy"`` swaps the first two dims
+    (NumPy's default). Math: each output is its input expanded, so gradients sum over the grid.
+
+    Example:
+        >>> import avila_ml as am
+        >>> gx, gy = am.meshgrid(am.tensor([1, 2]), am.tensor([3, 4, 5]), indexing="ij")
+        >>> gx.shape, gy[0]
+        ((2, 3), tensor([3, 4, 5]))
+    """
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if indexing not in ("ij", "xy"):
+        raise RuntimeError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+    if any(not isinstance(t, Tensor) or t.ndim > 1 for t in tensors):
+        raise RuntimeError("meshgrid: expected 0-d or 1-d tensors")
+    ts = [t.reshape(-1) for t in tensors]
+    if indexing == "xy" and len(ts) >= 2:
+        ts[0], ts[1] = ts[1], ts[0]
+    shape = tuple(int(t.shape[0]) for t in ts)
+    out = []
+    for k, t in enumerate(ts):
+        view = [1] * len(ts)
+        view[k] = shape[k]
+        out.append(expand(reshape(t, tuple(view)), shape))
+    if indexing == "xy" and len(out) >= 2:
+        out[0], out[1] = out[1], out[0]
+    return tuple(out)
