@@ -27,6 +27,21 @@ from . import autograd, backends, cuda, ops  # noqa: F401
 from .ops import *  # noqa: F401,F403
 from .factories import *  # noqa: F401,F403
 from .io import save, load  # noqa: F401
+from .size import Size  # noqa: F401
+from .legacy import *  # noqa: F401,F403
+from .interop import from_dlpack  # noqa: F401
+from .settings import (  # noqa: F401
+    set_num_threads, get_num_threads, set_num_interop_threads, get_num_interop_threads,
+    set_float32_matmul_precision, get_float32_matmul_precision, compile,
+)
+from . import accelerator, linalg, testing, torch_format  # noqa: F401,E402
+
+# numeric constants, as torch.inf / torch.nan / torch.pi / torch.e
+import math as _math  # noqa: E402  (``float`` here is the dtype)
+inf = _math.inf
+nan = _math.nan
+pi = _math.pi
+e = _math.e
 from . import nn, optim, data  # noqa: F401,E402
 from . import debug  # noqa: F401,E402  (sync-free value checks on CUDA: am.debug.set_sync_checks)
 

@@ -46,7 +46,7 @@ from . import dtypes as _dt
 from .backends import backend_of, cuda_is_available, device as _device
 from .tensor import Tensor
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "CheckpointError", "load_safetensors", "save_safetensors"]
 
 FORMAT_VERSION = "1"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
@@ -545,7 +545,10 @@ def load(f, map_location=None, weights_only: bool = True):
     """Load an object saved by :func:`save` (``torch.load``).
 
     Loading parses JSON and copies raw bytes into arrays; it never runs code (no pickle), so a
-    checkpoint from an untrusted source is safe to open. ``weights_only`` is accepted for
+    checkpoint from an untrusted source is safe to open. Files from other tools are
+    recognised and read the same safe way: a ``torch.save`` file (zip or legacy; through
+    :func:`avila_ml.torch_format.load_torch`, whose unpickler runs no code) and a plain
+    ``.safetensors`` file (Hugging Face weights; :func:`load_safetensors`). ``weights_only`` is accepted for
     PyTorch compatibility and changes nothing: loading is always weights-only safe.
 
     Every check runs before anything is returned: the header length and JSON, each tensor's
@@ -573,6 +576,12 @@ def load(f, map_location=None, weights_only: bool = True):
         >>> tmp.cleanup()
     """
     where_to = _parse_map_location(map_location)
+    kind = _sniff(f)
+    if kind == "torch":
+        from .torch_format import load_torch
+        return load_torch(f, map_location)
+    if kind == "safetensors":
+        return load_safetensors(f, map_location)
     if hasattr(f, "read"):
         name = repr(getattr(f, "name", f"<{type(f).__name__}>"))
         start = f.tell()
@@ -602,3 +611,162 @@ def _load_from(f, name: str, size: int, where_to):
     if unused:
         raise reader.error(f"tensors {sorted(unused)[:5]} are not referenced by the object tree")
     return obj
+
+
+# ---------------------------------------------------------------------------------------
+# other formats: sniffing, plain safetensors
+# ---------------------------------------------------------------------------------------
+
+def _sniff(f) -> str:
+    """"torch" (zip or pickle), "safetensors" (a safetensors file not written by :func:`save`)
+    or "avila" (ours, or unrecognisable: the checkpoint reader reports what is wrong)."""
+    if hasattr(f, "read"):
+        start = f.tell()
+        try:
+            return _classify(f.read(8), f.read)
+        finally:
+            f.seek(start)
+    try:
+        with open(os.fspath(f), "rb") as fh:
+            return _classify(fh.read(8), fh.read)
+    except OSError:
+        return "avila"  # the regular path raises the proper error
+
+
+def _classify(head: bytes, read_more) -> str:
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
+    if len(head) == 8:
+        n = struct.unpack("<Q", head)[0]
+        if 2 <= n <= _MAX_HEADER:
+            raw = read_more(min(n, _MAX_HEADER))
+            try:
+                header = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                return "avila"
+            if isinstance(header, dict):
+                meta = header.get("__metadata__")
+                # any one of our metadata keys marks the file as ours, so a corrupted checkpoint
+                # is reported as corrupted rather than read as a plain safetensors file
+                ours = isinstance(meta, dict) and any(k in meta for k in _OUR_KEYS)
+                if not ours:
+                    return "safetensors"
+    return "avila"
+
+
+_OUR_KEYS = ("avila_ml", "format_version", "checksum", "header_checksum")
+
+
+def load_safetensors(f, map_location=None) -> dict:
+    """Read a plain ``.safetensors`` file (e.g. Hugging Face weights) as a dict of tensors
+    (``safetensors.torch.load_file``).
+
+    Every entry is checked as in :func:`load` (dtype, shape, offsets in bounds, no overlap,
+    no gaps); dtypes F16/F32/F64/I8/I16/I32/I64/U8/BOOL load as they are and BF16 is widened
+    to float32 (Avila ML has no bfloat16). The ``__metadata__`` strings are not returned.
+    ``map_location`` is as in :func:`load` (default: the CPU).
+
+    Math: none; bytes are copied into arrays.
+
+    Example:
+        >>> import avila_ml as am, tempfile, os
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "model.safetensors")
+        >>> am.io.save_safetensors({"w": am.ones(2), "n": am.tensor([3])}, path)
+        >>> am.io.load_safetensors(path)
+        {'n': tensor([3]), 'w': tensor([1., 1.])}
+        >>> tmp.cleanup()
+    """
+    where_to = _parse_map_location(map_location)
+    if hasattr(f, "read"):
+        name = repr(getattr(f, "name", f"<{type(f).__name__}>"))
+        start = f.tell()
+        f.seek(0, os.SEEK_END)
+        size = f.tell() - start
+        f.seek(start)
+        return _load_plain(f, name, size, where_to)
+    path = os.fspath(f)
+    with open(path, "rb") as fh:
+        return _load_plain(fh, repr(path), os.fstat(fh.fileno()).st_size, where_to)
+
+
+def _load_plain(f, name, size, where_to) -> dict:
+    reader = _Reader(f, name, size)
+    if size < 8:
+        raise reader.error(f"file is too short ({size} bytes) for a safetensors header")
+    n = struct.unpack("<Q", reader.read_exact(8, "header length"))[0]
+    if n < 2 or n > size - 8 or n > _MAX_HEADER:
+        raise reader.error(f"bad header length {n} for a file of {size} bytes; not a safetensors file")
+    header = _json(reader.read_exact(n, "header"), "header", reader.error)
+    if not isinstance(header, dict):
+        raise reader.error(f"header is a JSON {type(header).__name__}, expected an object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise reader.error("__metadata__ must be an object of strings")
+    bf16 = {k for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and v.get("dtype") == "BF16"}
+    # BF16 entries are validated as 2-byte I16 and widened after reading
+    checked = {k: (dict(v, dtype="I16") if k in bf16 else v) for k, v in header.items()}
+    entries = reader.entries(checked, size - 8 - n)
+    out = {}
+    for begin, end, key, dt, shape in entries:
+        arr = np.empty(shape, dtype=dt.newbyteorder("<"))
+        view = _bytes_of(arr)
+        if f.readinto(view) != len(view):
+            raise reader.error(f"file ended early inside tensor {key!r}")
+        if key in bf16:
+            arr = (arr.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        target = where_to("cpu")
+        if _device(target).type == "cuda" and not cuda_is_available():
+            raise RuntimeError(f"load_safetensors: {name}: map_location={target} but no CUDA device is available")
+        from .factories import as_tensor
+        out[key] = as_tensor(arr, device=target)
+    return dict(sorted(out.items()))
+
+
+def save_safetensors(tensors: dict, f, metadata: dict | None = None) -> None:
+    """Write a flat ``{name: tensor}`` dict as a plain ``.safetensors`` file, readable by
+    ``safetensors.torch.load_file`` / ``safetensors.numpy.load_file`` and Hugging Face tools
+    (``safetensors.torch.save_file``).
+
+    Tensors are written contiguous, little-endian, in sorted name order; ``metadata`` (a
+    dict of strings) goes to ``__metadata__``. Nested objects need :func:`save` (our format)
+    or :func:`avila_ml.torch_format.save_torch`; tensors sharing memory are written once each
+    (safetensors has no aliasing).
+
+    Math: none; ``load_safetensors(save_safetensors(d)) == d`` bit for bit.
+
+    Example:
+        >>> import avila_ml as am, io
+        >>> buf = io.BytesIO()
+        >>> am.io.save_safetensors({"w": am.zeros(2)}, buf, metadata={"format": "pt"})
+        >>> _ = buf.seek(0); am.io.load_safetensors(buf)["w"]
+        tensor([0., 0.])
+    """
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()):
+        raise TypeError("save_safetensors: expected a flat dict {str: Tensor}")
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise TypeError("save_safetensors: metadata must be a dict of strings")
+    header, arrays, pos = {}, [], 0
+    for key in sorted(tensors):
+        arr = _little_endian_c(tensors[key].detach().cpu().array)
+        if arr.dtype not in _CODE_OF:
+            raise TypeError(f"save_safetensors: tensor {key!r} has unsupported dtype {arr.dtype}")
+        header[key] = {"dtype": _CODE_OF[arr.dtype], "shape": list(arr.shape), "data_offsets": [pos, pos + arr.nbytes]}
+        pos += arr.nbytes
+        arrays.append(arr)
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    out = f if hasattr(f, "write") else open(os.fspath(f), "wb")
+    try:
+        out.write(struct.pack("<Q", len(text)))
+        out.write(text)
+        for arr in arrays:
+            out.write(_bytes_of(arr))
+    finally:
+        if out is not f:
+            out.close()

@@ -10,6 +10,7 @@ import numpy as np
 from . import dtypes as _dt
 from ._grad_state import InferenceVersion, state as _state
 from .backends import backend_of, device as _device, get_backend
+from .size import Size as _Size
 
 __all__ = ["Tensor"]
 
@@ -48,11 +49,16 @@ class Tensor:
                  "_hooks", "_grad_accumulator", "_retains_grad", "_view", "__weakref__")
     __array_priority__ = 1000  # NumPy scalars/arrays on the left defer to our operators
 
-    def __init__(self, data, requires_grad: bool = False):
-        if isinstance(data, Tensor):
-            data = data.array
-        elif not hasattr(data, "__array_interface__") and not hasattr(data, "__cuda_array_interface__"):
-            data = np.asarray(data)
+    def __init__(self, *args, device=None, requires_grad: bool = False):
+        if len(args) == 1 and (isinstance(args[0], Tensor) or hasattr(args[0], "__array_interface__")
+                               or hasattr(args[0], "__cuda_array_interface__")):
+            data = args[0]
+            # a Tensor or an array is wrapped as it is, sharing memory (PyTorch's
+            # torch.Tensor(ndarray) would cast to the default float dtype)
+            data = data.array if isinstance(data, Tensor) else data
+        else:
+            from .legacy import legacy_array
+            data = legacy_array(args, None, device, "Tensor")
         self.array = data
         self._requires_grad = False
         self.grad = None
@@ -84,14 +90,14 @@ class Tensor:
 
     # -- attributes ------------------------------------------------------------------------
     @property
-    def shape(self) -> tuple:
-        """The size of each dimension, a tuple (``torch.Size`` is a tuple too)."""
-        return self.array.shape
+    def shape(self) -> _Size:
+        """The size of each dimension, an :class:`avila_ml.Size` (a tuple, as ``torch.Size``)."""
+        return tuple.__new__(_Size, self.array.shape)
 
     def size(self, dim: int | None = None):
         """``shape``, or the size of one dimension (``Tensor.size``)."""
         if dim is None:
-            return self.array.shape
+            return tuple.__new__(_Size, self.array.shape)
         return self.array.shape[_norm_dim(dim, self.array.ndim, "size")]
 
     @property
@@ -302,8 +308,11 @@ class Tensor:
         return self._backend.to_numpy(self.array).tolist()
 
     def __array__(self, dtype=None, copy=None):
+        # np.asarray(cpu_tensor) shares memory; np.array(t) (copy=True) copies
         a = self._backend.to_numpy(self.array)
-        return a if dtype is None else a.astype(dtype)
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
     def to(self, *args, dtype=None, device=None, copy: bool = False) -> "Tensor":
         """Convert to a device and/or dtype, differentiably (``Tensor.to``).
@@ -356,6 +365,177 @@ class Tensor:
         if dtype is None:
             return f"avila_ml.{self.dtype.name}"
         return self.to(dtype)
+
+    # -- constructors like this one, formatting, interop (DLPack, CUDA array interface) ------
+    def new_tensor(self, data, dtype=None, device=None, requires_grad: bool = False) -> "Tensor":
+        """A new tensor holding a copy of ``data``, with this tensor's dtype and device unless
+        given (``Tensor.new_tensor``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.zeros(2, dtype=am.float64).new_tensor([1, 2])
+            tensor([1., 2.], dtype=avila_ml.float64)
+        """
+        from .factories import tensor
+        return tensor(data, dtype=self.dtype if dtype is None else dtype,
+                      device=self.device if device is None else device, requires_grad=requires_grad)
+
+    def _new_filled(self, op, size, fill, dtype, device, requires_grad):
+        from .factories import full, _shape
+        return full(_shape(size), fill, dtype=self.dtype if dtype is None else dtype,
+                    device=self.device if device is None else device, requires_grad=requires_grad)
+
+    def new_zeros(self, *size, dtype=None, device=None, requires_grad: bool = False) -> "Tensor":
+        """Zeros of ``size`` with this tensor's dtype and device unless given (``Tensor.new_zeros``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.ones(3, dtype=am.int64).new_zeros(2, 2)
+            tensor([[0, 0],
+                    [0, 0]])
+        """
+        return self._new_filled("new_zeros", size, 0, dtype, device, requires_grad)
+
+    def new_ones(self, *size, dtype=None, device=None, requires_grad: bool = False) -> "Tensor":
+        """Ones of ``size`` with this tensor's dtype and device unless given (``Tensor.new_ones``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.zeros(1).new_ones(2)
+            tensor([1., 1.])
+        """
+        return self._new_filled("new_ones", size, 1, dtype, device, requires_grad)
+
+    def new_empty(self, *size, dtype=None, device=None, requires_grad: bool = False) -> "Tensor":
+        """A tensor of ``size`` with this tensor's dtype and device (``Tensor.new_empty``); its
+        values are zeros here (PyTorch leaves them uninitialised).
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.zeros(1).new_empty(2, 3).shape
+            (2, 3)
+        """
+        return self._new_filled("new_empty", size, 0, dtype, device, requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, device=None, requires_grad: bool = False) -> "Tensor":
+        """``size`` filled with ``fill_value``, this tensor's dtype and device unless given
+        (``Tensor.new_full``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.zeros(1).new_full((2,), 7)
+            tensor([7., 7.])
+        """
+        return self._new_filled("new_full", (size,), fill_value, dtype, device, requires_grad)
+
+    def nelement(self) -> int:
+        """The number of elements, as :meth:`numel` (``Tensor.nelement``)."""
+        return int(self.array.size)
+
+    def stride(self, dim: int | None = None):
+        """Steps in elements between neighbours along each dim (``Tensor.stride``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.zeros(2, 3)
+            >>> x.stride(), x.T.stride(), x.stride(-1)
+            ((3, 1), (1, 3), 1)
+        """
+        st = tuple(s // self.array.itemsize for s in self.array.strides)
+        return st if dim is None else st[_norm_dim(dim, self.array.ndim, "stride")]
+
+    def storage_offset(self) -> int:
+        """Offset in elements of the first element within its base allocation
+        (``Tensor.storage_offset``); 0 for a tensor that owns its memory.
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.arange(6)[2:].storage_offset()
+            2
+        """
+        base = self.array
+        while getattr(base, "base", None) is not None and hasattr(base.base, "dtype"):
+            base = base.base
+        return int((self.data_ptr() - _pointer(base)) // self.array.itemsize) if base is not self.array else 0
+
+    def data_ptr(self) -> int:
+        """The address of the first element (``Tensor.data_ptr``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> x = am.zeros(4); x[1:].data_ptr() - x.data_ptr()
+            4
+        """
+        return _pointer(self.array)
+
+    def byte(self) -> "Tensor":
+        """Convert to uint8 (``Tensor.byte``)."""
+        return self.to(_dt.uint8)
+
+    def char(self) -> "Tensor":
+        """Convert to int8 (``Tensor.char``)."""
+        return self.to(_dt.int8)
+
+    def short(self) -> "Tensor":
+        """Convert to int16 (``Tensor.short``)."""
+        return self.to(_dt.int16)
+
+    def __format__(self, spec: str) -> str:
+        """``f"{t:.4f}"`` formats a 0-d tensor's value; other tensors accept only an empty
+        spec (``Tensor.__format__``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> f"loss {am.tensor(0.123456):.3f}", f"{am.tensor(3)}"
+            ('loss 0.123', '3')
+        """
+        if self.array.ndim == 0:
+            return self.item().__format__(spec)
+        if spec:
+            raise TypeError(f"unsupported format string {spec!r} passed to Tensor.__format__ (only 0-d "
+                            f"tensors take a format spec; this one has shape {tuple(self.shape)})")
+        return str(self)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """Export the data through DLPack, zero-copy (``Tensor.__dlpack__``): consumers such as
+        ``numpy.from_dlpack``, ``torch.from_dlpack``, ``cupy.from_dlpack`` or ``jax.dlpack``
+        see the same memory. Tensors that require grad must be ``detach()`` ed first (as in
+        PyTorch).
+
+        Example:
+            >>> import avila_ml as am, numpy as np
+            >>> t = am.arange(3.0)
+            >>> a = np.from_dlpack(t); a[0] = 9.0; t
+            tensor([9., 1., 2.])
+        """
+        if self._requires_grad:
+            raise RuntimeError("__dlpack__: can't export a tensor that requires grad; use tensor.detach()")
+        kwargs = {}
+        if stream is not None:
+            kwargs["stream"] = stream
+        if max_version is not None:
+            kwargs["max_version"] = max_version
+        if dl_device is not None:
+            kwargs["dl_device"] = dl_device
+        if copy is not None:
+            kwargs["copy"] = copy
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple:
+        """``(device type, index)`` in DLPack's codes: ``(1, 0)`` CPU, ``(2, n)`` CUDA."""
+        return self.array.__dlpack_device__()
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """The CUDA array interface of a CUDA tensor's memory (Numba, CuPy, PyTorch read it);
+        a CPU tensor has none, so ``hasattr`` is False (as in PyTorch)."""
+        if isinstance(self.array, np.ndarray):
+            raise AttributeError("Can't get __cuda_array_interface__ on a CPU tensor; use .cuda() or "
+                                 "__array_interface__ (np.asarray) instead")
+        if self._requires_grad:
+            raise RuntimeError("__cuda_array_interface__: can't export a tensor that requires grad; "
+                               "use tensor.detach()")
+        return self.array.__cuda_array_interface__
 
     def clone(self) -> "Tensor":
         """A copy with its own memory; gradients flow back to the source (``Tensor.clone``)."""
@@ -751,8 +931,15 @@ def _addcdiv(input, t1, t2, value=1):
     return input + value * t1 / t2
 
 
+def _pointer(a) -> int:
+    """Address of an array's first element (NumPy or CuPy)."""
+    if isinstance(a, np.ndarray):
+        return int(a.__array_interface__["data"][0])
+    return int(a.data.ptr)
+
+
 def _rebuild(arr, dev, requires_grad):
-    t = Tensor(get_backend(dev).from_numpy(arr) if dev != "cpu" else arr)
+    t = Tensor._wrap(get_backend(dev).from_numpy(arr) if dev != "cpu" else arr)
     if requires_grad:
         t.requires_grad_(True)
     return t

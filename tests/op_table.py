@@ -456,7 +456,7 @@ def _matmul_samples(rng):
         Sample((T(U(rng, (0, 3))), T(U(rng, (3, 2)))), desc="size-0 rows"),
         Sample((T(U(rng, (2, 0))), T(U(rng, (0, 3)))), desc="size-0 contraction"),
         Sample((T(U(rng, (1, 3))), T(U(rng, (3, 1)))), desc="size-1"),
-        Sample((T(U(rng, (3, 2)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
+        Sample((T(U(rng, (2, 3)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
     ]
 
 
@@ -1230,6 +1230,303 @@ OP_TABLE: list[OpInfo] = [
     OpInfo("to_float32", lambda x: x.to(am.float32), lambda x: x.to(torch.float32), unary_samples(U),
            dtypes=("float64",), gradcheck=False),
     OpInfo("contiguous", lambda x: x.contiguous(), lambda x: x.contiguous(), unary_samples(U)),
+]
+
+# ------------------------------------------------- sorting, selection, scatter_reduce (issue 16)
+def _sort_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 4))),), desc="last dim"),
+        Sample((T(U(rng, (3, 4))),), {"dim": 0, "descending": True}, desc="dim 0 descending"),
+        Sample((T(U(rng, (5,))),), {"descending": True, "stable": True}, desc="1-d"),
+        Sample((T(U(rng, ())),), desc="0-d"),
+        Sample((T(U(rng, (0, 3))),), desc="size-0"),
+        Sample((T(U(rng, (1, 3, 1))),), {"dim": 1}, desc="size-1 dims"),
+        Sample((T(U(rng, (3, 2)), view="T"),), {"dim": -1}, desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"),), {"descending": True}, desc="strided view"),
+    ]
+
+
+def _sort_int_samples(rng):
+    # integer data has ties: stable sorts agree on them
+    return [Sample(s.args, {**s.kwargs, "stable": True}, s.desc) for s in _sort_samples(rng)]
+
+
+def _topk_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 5))), 2), desc="k=2"),
+        Sample((T(U(rng, (4, 3))), 3), {"dim": 0, "largest": False}, desc="smallest, dim 0"),
+        Sample((T(U(rng, (4,))), 0), desc="k=0"),
+        Sample((T(U(rng, (0, 3))), 1), desc="size-0"),
+        Sample((T(U(rng, (1, 3))), 1), {"dim": 0}, desc="size-1"),
+        Sample((T(U(rng, ())), 1), desc="0-d"),
+        Sample((T(U(rng, (3, 2)), view="T"), 2), desc="transposed view"),
+        Sample((T(U(rng, (2, 4)), view="step"), 1), desc="strided view"),
+    ]
+
+
+def _small_ints(rng, shape):
+    return rng.integers(-2, 3, size=shape).astype(np.float64)
+
+
+def _unique_samples(rng):
+    return [
+        Sample((T(_small_ints(rng, (3, 4))),), desc="values"),
+        Sample((T(_small_ints(rng, (3, 4))),), {"return_inverse": True, "return_counts": True}, desc="inverse, counts"),
+        Sample((T(np.array([[1.0, 2.0], [1.0, 2.0], [0.0, 3.0]])),), {"dim": 0, "return_inverse": True,
+                                                                   "return_counts": True}, desc="dim 0"),
+        Sample((T(np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 3.0]])),), {"dim": 1, "return_counts": True}, desc="dim 1"),
+        Sample((T(_small_ints(rng, ())),), {"return_inverse": True}, desc="0-d"),
+        Sample((T(np.zeros((0, 3))),), {"return_counts": True}, desc="size-0"),
+        Sample((T(_small_ints(rng, (1, 3))),), desc="size-1"),
+        Sample((T(_small_ints(rng, (3, 2)), view="T"),), {"return_inverse": True}, desc="transposed view"),
+        Sample((T(_small_ints(rng, (2, 3)), view="step"),), {"dim": 1}, desc="strided view"),
+    ]
+
+
+def _sparse(rng, shape):
+    return np.where(rng.uniform(size=shape) < 0.5, 0.0, U(rng, shape))
+
+
+def _nonzero_samples(rng):
+    return [
+        Sample((T(_sparse(rng, (3, 4))),), desc="2-d"),
+        Sample((T(_sparse(rng, (3, 4))),), {"as_tuple": True}, desc="as_tuple"),
+        Sample((T(np.array(2.0)),), desc="0-d"),
+        Sample((T(np.array(2.0)),), {"as_tuple": True}, desc="0-d as_tuple"),
+        Sample((T(np.zeros((0, 3))),), desc="size-0"),
+        Sample((T(_sparse(rng, (1, 3, 1))),), desc="size-1"),
+        Sample((T(_sparse(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(_sparse(rng, (2, 3)), view="step"),), {"as_tuple": True}, desc="strided view"),
+    ]
+
+
+def _sorted_rows(rng, shape):
+    return np.sort(np.round(U(rng, shape), 1), axis=-1)
+
+
+def _searchsorted_samples(rng):
+    return [
+        Sample((T(_sorted_rows(rng, (6,))), T(np.round(U(rng, (2, 3)), 1))), desc="1-d sequence"),
+        Sample((T(_sorted_rows(rng, (6,))), T(np.round(U(rng, (4,)), 1))), {"right": True}, desc="right"),
+        Sample((T(_sorted_rows(rng, (2, 4))), T(np.round(U(rng, (2, 3)), 1))), {"side": "right"}, desc="batched"),
+        Sample((T(_sorted_rows(rng, (5,))), T(np.round(U(rng, ()), 1))), desc="0-d values"),
+        Sample((T(_sorted_rows(rng, (5,))), T(np.zeros((0,)))), desc="size-0 values"),
+        Sample((T(_sorted_rows(rng, (1,))), T(U(rng, (1, 3)))), desc="size-1 sequence"),
+        Sample((T(_sorted_rows(rng, (3, 2)), view="T"), T(U(rng, (3, 2)))), desc="transposed sequence view"),
+        Sample((T(_sorted_rows(rng, (6,)), view="step"), T(U(rng, (2, 3)), view="step")), desc="strided views"),
+        Sample((T(_sorted_rows(rng, (4,))), 0.25), desc="number"),
+    ]
+
+
+def _bucketize_samples(rng):
+    return [
+        Sample((T(np.round(U(rng, (2, 3)), 1)), T(_sorted_rows(rng, (5,)))), desc="2-d"),
+        Sample((T(np.round(U(rng, (4,)), 1)), T(_sorted_rows(rng, (5,)))), {"right": True}, desc="right"),
+        Sample((T(np.round(U(rng, (4,)), 1)), T(_sorted_rows(rng, (5,)))), {"out_int32": True}, desc="int32"),
+        Sample((T(U(rng, ())), T(_sorted_rows(rng, (3,)))), desc="0-d"),
+        Sample((T(np.zeros((0, 2))), T(_sorted_rows(rng, (3,)))), desc="size-0"),
+        Sample((T(U(rng, (1, 3))), T(_sorted_rows(rng, (1,)))), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"), T(_sorted_rows(rng, (6,)), view="step")), desc="views"),
+    ]
+
+
+def _triangle_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 4))),), desc="main diagonal"),
+        Sample((T(U(rng, (4, 3))), 1), desc="diagonal=1"),
+        Sample((T(U(rng, (2, 3, 3))), -1), desc="batched, diagonal=-1"),
+        Sample((T(U(rng, (3, 3))), 5), desc="diagonal past the corner"),
+        Sample((T(U(rng, (0, 3))),), desc="size-0"),
+        Sample((T(U(rng, (1, 3))), -1), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"), 1), desc="strided view"),
+    ]
+
+
+def _repeat_interleave_samples(rng):
+    return [
+        Sample((T(U(rng, (2, 3))), 2), desc="flattened"),
+        Sample((T(U(rng, (2, 3))), 2), {"dim": 0}, desc="dim 0"),
+        Sample((T(U(rng, (2, 3))), _idx([1, 0, 3])), {"dim": 1}, desc="tensor repeats"),
+        Sample((T(U(rng, (3,))), _idx([2])), {"dim": 0}, desc="one-element repeats"),
+        Sample((T(U(rng, ())), 3), desc="0-d"),
+        Sample((T(U(rng, (0, 3))), 2), {"dim": 1}, desc="size-0"),
+        Sample((T(U(rng, (1, 3))), _idx([2, 2, 0])), {"dim": -1}, desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"), 2), {"dim": 1}, desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"), _idx([1, 2])), {"dim": 0}, desc="strided view"),
+    ]
+
+
+def _isclose_samples(rng):
+    a = U(rng, (2, 4))
+    b = a + np.array([0.0, 1e-9, 1e-3, 1e-6])
+    nan = np.array([np.nan, 1.0, np.inf, -np.inf])
+    return [
+        Sample((T(a), T(b)), desc="near and far"),
+        Sample((T(a), T(b)), {"rtol": 1e-2, "atol": 0.0}, desc="rtol"),
+        Sample((T(nan), T(np.array([np.nan, 1.0, np.inf, np.inf]))), desc="nan, inf"),
+        Sample((T(nan), T(nan)), {"equal_nan": True}, desc="equal_nan"),
+        Sample((T(a), T(b[0])), desc="broadcast"),
+        Sample((T(U(rng, ())), T(U(rng, ()))), desc="0-d"),
+        Sample((T(U(rng, (0, 3))), T(U(rng, (1, 3)))), desc="size-0"),
+        Sample((T(a, view="T"), T(b, view="step")), desc="views"),
+    ]
+
+
+def _scatter_reduce_samples(reduce):
+    def samples(rng):
+        zeros = reduce == "prod"  # products with zeros take the exclusive-product path
+        src = U(rng, (3, 2))
+        if zeros:
+            src[0, 0] = 0.0
+        out = []
+        for include_self in (True, False):
+            kw = {"include_self": include_self}
+            out += [
+                Sample((T(U(rng, (3, 4))), 1, _idx([[0, 0], [3, 1], [2, 2]]), T(src), reduce), kw,
+                       desc=f"dim=1 repeats self={include_self}"),
+                Sample((T(U(rng, (3, 2))), 0, _idx([[2, 0], [2, 2], [1, 0], [2, 0]]), T(U(rng, (4, 2))), reduce),
+                       kw, desc=f"dim=0 three into one self={include_self}"),
+            ]
+        two_zeros = U(rng, (2, 3))
+        if zeros:
+            two_zeros[0, :2] = 0.0
+        out += [
+            Sample((T(U(rng, (2, 3))), 1, _idx([[0, 0, 0], [1, 2, 1]]), T(two_zeros), reduce),
+                   desc="one group gets every value"),
+            # PyTorch's backward fails when src is larger than index: finite differences only
+            Sample((T(U(rng, (2, 3)), view="T"), 1, _idx([[0], [2]]), T(U(rng, (2, 2))), reduce),
+                   desc="view, src larger", ref_grad=False),
+            Sample((T(U(rng, (2, 3))), 0, _idx([[1, 0, 1]]), T(U(rng, (2, 6)), view="step"), reduce),
+                   {"include_self": False}, desc="strided src, larger", ref_grad=False),
+            # ... and when src is a strided view (it expects the base's shape)
+            Sample((T(U(rng, (2, 3))), 0, _idx([[1, 0, 1], [1, 1, 0]]), T(U(rng, (2, 6)), view="step"), reduce),
+                   {"include_self": False}, desc="strided src", ref_grad=False),
+            Sample((T(U(rng, (2, 3)), view="T"), 1, _idx([[0], [2]]), T(U(rng, (2, 1))), reduce),
+                   desc="transposed input"),
+            Sample((T(U(rng, (0, 3))), 0, _idx(np.zeros((0, 3))), T(U(rng, (0, 3))), reduce), desc="size-0"),
+            Sample((T(U(rng, (1, 3))), 1, _idx([[2]]), T(U(rng, (1, 1))), reduce), desc="size-1"),
+        ]
+        return out
+    return samples
+
+
+def _diagonal_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 4))),), desc="main"),
+        Sample((T(U(rng, (3, 4))), 1), desc="offset 1"),
+        Sample((T(U(rng, (4, 3))), -2), desc="offset -2"),
+        Sample((T(U(rng, (2, 3, 3))), 0, 1, 2), desc="batched"),
+        Sample((T(U(rng, (2, 3, 4))), -1, 2, 0), desc="dims 2, 0"),
+        Sample((T(U(rng, (3, 3))), 5), desc="past the corner"),
+        Sample((T(U(rng, (0, 3))),), desc="size-0"),
+        Sample((T(U(rng, (1, 3))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"), 1), desc="strided view"),
+    ]
+
+
+def _diag_embed_samples(rng):
+    return [
+        Sample((T(U(rng, (3,))),), desc="1-d"),
+        Sample((T(U(rng, (2, 3))), 1), desc="batched, offset 1"),
+        Sample((T(U(rng, (2, 3))), -1, 0, 2), desc="dims 0, 2"),
+        Sample((T(U(rng, (0,))),), desc="size-0"),
+        Sample((T(U(rng, (1,))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (2, 3)), view="step"),), desc="strided view"),
+    ]
+
+
+def _diag_samples(rng):
+    return [
+        Sample((T(U(rng, (3,))),), desc="vector"),
+        Sample((T(U(rng, (3,))), -1), desc="vector, offset -1"),
+        Sample((T(U(rng, (3, 4))), 1), desc="matrix, offset 1"),
+        Sample((T(U(rng, (0,))),), desc="size-0"),
+        Sample((T(U(rng, (1, 1))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+        Sample((T(U(rng, (4,)), view="step"),), desc="strided view"),
+    ]
+
+
+def _trace_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 3))),), desc="square"),
+        Sample((T(U(rng, (2, 4))),), desc="wide"),
+        Sample((T(U(rng, (0, 2))),), desc="size-0"),
+        Sample((T(U(rng, (1, 1))),), desc="size-1"),
+        Sample((T(U(rng, (3, 2)), view="T"),), desc="transposed view"),
+    ]
+
+
+def _stack_like_samples(rng):
+    return [
+        Sample((T(U(rng, (2, 3))), T(U(rng, (2, 3)))), desc="2-d"),
+        Sample((T(U(rng, (3,))), T(U(rng, (3,)))), desc="1-d"),
+        Sample((T(U(rng, ())), T(U(rng, ()))), desc="0-d"),
+        Sample((T(U(rng, (2, 0))), T(U(rng, (2, 0)))), desc="size-0"),
+        Sample((T(U(rng, (1, 3))), T(U(rng, (1, 3)))), desc="size-1"),
+        Sample((T(U(rng, (2, 3)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
+    ]
+
+
+def _masked_select_samples(rng):
+    return [
+        Sample((T(U(rng, (3, 4))), _mask(rng.uniform(size=(3, 4)) < 0.5)), desc="same shape"),
+        Sample((T(U(rng, (3, 4))), _mask(rng.uniform(size=(4,)) < 0.5)), desc="broadcast mask"),
+        Sample((T(U(rng, (1, 4))), _mask(rng.uniform(size=(3, 1)) < 0.5)), desc="broadcast both"),
+        Sample((T(U(rng, ())), _mask(True)), desc="0-d"),
+        Sample((T(U(rng, (0, 2))), _mask(np.zeros((0, 2), bool))), desc="size-0"),
+        Sample((T(U(rng, (3, 2)), view="T"), _mask(rng.uniform(size=(3, 2)) < 0.5)), desc="transposed view"),
+    ]
+
+
+def _meshgrid_samples(rng):
+    out = []
+    for ix in ("ij", "xy"):
+        out += [
+            Sample((T(U(rng, (2,))), T(U(rng, (3,)))), {"indexing": ix}, desc=f"two {ix}"),
+            Sample((T(U(rng, (2,))), T(U(rng, (1,))), T(U(rng, (3,)))), {"indexing": ix}, desc=f"three {ix}"),
+            Sample((T(U(rng, ())), T(U(rng, (0,)))), {"indexing": ix}, desc=f"0-d, size-0 {ix}"),
+            Sample((T(U(rng, (4,)), view="step"), T(U(rng, (2,)))), {"indexing": ix}, desc=f"strided {ix}"),
+        ]
+    return out
+
+
+OP_TABLE += [
+    OpInfo("sort", am.sort, torch.sort, _sort_samples),
+    OpInfo("sort_int", am.sort, torch.sort, _sort_int_samples, differentiable=False, dtypes=("int64",)),
+    OpInfo("argsort", am.argsort, torch.argsort, _sort_int_samples, differentiable=False,
+           dtypes=("float64", "int64")),
+    OpInfo("topk", am.topk, torch.topk, _topk_samples),
+    OpInfo("unique", am.unique, torch.unique, _unique_samples, differentiable=False,
+           dtypes=("float64", "float32", "int64")),
+    OpInfo("nonzero", am.nonzero, torch.nonzero, _nonzero_samples, differentiable=False,
+           dtypes=("float64", "int64")),
+    OpInfo("searchsorted", am.searchsorted, torch.searchsorted, _searchsorted_samples, differentiable=False),
+    OpInfo("bucketize", am.bucketize, torch.bucketize, _bucketize_samples, differentiable=False),
+    OpInfo("triu", am.triu, torch.triu, _triangle_samples, dtypes=("float64", "float32", "int64")),
+    OpInfo("tril", am.tril, torch.tril, _triangle_samples, dtypes=("float64", "float32", "int64")),
+    OpInfo("t", am.t, torch.t, lambda rng: [s for s in unary_samples(U)(rng) if s.args[0].data.ndim <= 2]
+           + [Sample((T(U(rng, (3,))),), desc="1-d")]),
+    OpInfo("repeat_interleave", am.repeat_interleave, torch.repeat_interleave, _repeat_interleave_samples,
+           dtypes=("float64", "float32", "int64")),
+    OpInfo("isclose", am.isclose, torch.isclose, _isclose_samples, differentiable=False),
+    OpInfo("diagonal", am.diagonal, torch.diagonal, _diagonal_samples, dtypes=("float64", "float32", "int64")),
+    OpInfo("diag_embed", am.diag_embed, torch.diag_embed, _diag_embed_samples, dtypes=("float64", "float32", "int64")),
+    OpInfo("diag", am.diag, torch.diag, _diag_samples),
+    OpInfo("trace", am.trace, torch.trace, _trace_samples),
+    OpInfo("hstack", lambda *xs: am.hstack(list(xs)), lambda *xs: torch.hstack(list(xs)), _stack_like_samples),
+    OpInfo("vstack", lambda *xs: am.vstack(list(xs)), lambda *xs: torch.vstack(list(xs)), _stack_like_samples),
+    OpInfo("masked_select", am.masked_select, torch.masked_select, _masked_select_samples),
+    OpInfo("meshgrid", lambda *xs, indexing: am.meshgrid(*xs, indexing=indexing),
+           lambda *xs, indexing: torch.meshgrid(*xs, indexing=indexing), _meshgrid_samples),
+    OpInfo("clamp_min", lambda x: am.clamp_min(x, 0.25), lambda x: torch.clamp_min(x, 0.25), unary_samples(U)),
+    OpInfo("clamp_max", lambda x: am.clamp_max(x, 0.25), lambda x: torch.clamp_max(x, 0.25), unary_samples(U)),
+] + [
+    OpInfo(f"scatter_reduce_{r}", am.scatter_reduce, torch.scatter_reduce, _scatter_reduce_samples(r))
+    for r in ("sum", "prod", "mean", "amax", "amin")
 ]
 
 _names = [r.name for r in OP_TABLE]

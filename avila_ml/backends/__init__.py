@@ -160,3 +160,6 @@ def set_conv_algorithm(name: str) -> None:
 def get_conv_algorithm() -> str:
     """The convolution algorithm set by :func:`set_conv_algorithm`."""
     return _conv_algorithm[0]
+
+
+from . import cuda, cudnn, mps  # noqa: E402,F401  (PyTorch's torch.backends.* flags)

@@ -69,6 +69,28 @@ class CupyBackend:
         cupyx.scatter_add(target, key, values)
 
     @staticmethod
+    def scatter_reduce(target, key, values, how: str) -> None:
+        """``target[key] = reduce(target[key], values)`` with repeated indices combining
+        (``cupyx.scatter_add``/``scatter_max``/``scatter_min``). CuPy has no scatter-multiply:
+        products are applied in rounds, round ``r`` taking the ``r``-th value aimed at each
+        target, so no round writes one position twice. ``target`` must be C-contiguous."""
+        import cupy
+        import cupyx
+        if how != "prod":
+            {"sum": cupyx.scatter_add, "amax": cupyx.scatter_max, "amin": cupyx.scatter_min}[how](target, key, values)
+            return
+        idx = cupy.broadcast_arrays(*key)
+        lin = cupy.ravel_multi_index(tuple(i.ravel() for i in idx), target.shape)
+        vals = cupy.broadcast_to(values, idx[0].shape).ravel()
+        order = cupy.argsort(lin)
+        lin, vals = lin[order], vals[order]
+        rank = cupy.arange(lin.size) - cupy.searchsorted(lin, lin, side="left")
+        flat = target.reshape(-1)
+        for r in range(int(rank.max()) + 1 if rank.size else 0):
+            m = rank == r
+            flat[lin[m]] *= vals[m]
+
+    @staticmethod
     def index_add(target, axis, index, values) -> None:
         """``target[..., index, ...] += values`` along ``axis`` (``cupyx.scatter_add``)."""
         import cupy

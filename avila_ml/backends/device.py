@@ -10,10 +10,15 @@ class device:
     ``device("cpu")``, ``device("cuda")`` (the current GPU, index 0), ``device("cuda:1")``
     or ``device("cuda", 1)``. A device compares equal to its string form.
 
+    Used as a context manager it sets the default device of factories for the block.
+
     Example:
-        >>> from avila_ml import device
+        >>> from avila_ml import device, zeros
         >>> device("cuda:1").index, device("cpu") == "cpu"
         (1, True)
+        >>> with device("cpu"):
+        ...     zeros(2).device
+        device(type='cpu')
     """
 
     __slots__ = ("type", "index")
@@ -62,3 +67,18 @@ class device:
 
     def __reduce__(self):
         return (device, (str(self),))
+
+    def __enter__(self) -> "device":
+        """``with device("cuda"):`` makes this the default device of factories inside the
+        block (``torch.device`` as a context manager); the previous default comes back after."""
+        from . import get_default_device, set_default_device
+        _context_stack.append(get_default_device())
+        set_default_device(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from . import set_default_device
+        set_default_device(_context_stack.pop())
+
+
+_context_stack: list = []  # the defaults to restore, innermost last

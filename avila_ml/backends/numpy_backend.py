@@ -81,6 +81,12 @@ class NumpyBackend(PCG64Draws):
         np.add.at(target, key, values)
 
     @staticmethod
+    def scatter_reduce(target, key, values, how: str) -> None:
+        """``target[key] = reduce(target[key], values)`` with repeated indices combining;
+        ``how`` is "sum", "prod", "amax" or "amin" (``np.<ufunc>.at``)."""
+        _REDUCE_UFUNC[how].at(target, key, values)
+
+    @staticmethod
     def index_add(target, axis, index, values) -> None:
         """``target[..., index, ...] += values`` along ``axis``, repeated indices accumulating.
 
@@ -136,3 +142,6 @@ def erf(x):
 
 
 NumpyBackend.erf = staticmethod(erf)
+
+
+_REDUCE_UFUNC = {"sum": np.add, "prod": np.multiply, "amax": np.maximum, "amin": np.minimum}

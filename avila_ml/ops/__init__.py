@@ -14,10 +14,17 @@ from .indexing import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .reduction import *  # noqa: F401,F403
 from .shape import *  # noqa: F401,F403
+from . import comparison, diagonal as _diagonal_mod, scatter_reduce as _scatter_reduce_mod, sorting, structured
+from .diagonal import *  # noqa: F401,F403
+from .comparison import *  # noqa: F401,F403
+from .scatter_reduce import *  # noqa: F401,F403
+from .sorting import *  # noqa: F401,F403
+from .structured import *  # noqa: F401,F403
 from ..tensor import Tensor
 
 __all__ = (elementwise.__all__ + reduction.__all__ + linalg.__all__ + shape.__all__
-           + indexing.__all__)
+           + indexing.__all__ + comparison.__all__ + _scatter_reduce_mod.__all__ + sorting.__all__
+           + structured.__all__ + _diagonal_mod.__all__ + ["t"])
 
 E, R, S, I, L = elementwise, reduction, shape, indexing, linalg
 
@@ -105,4 +112,60 @@ _INPLACE = {
 Tensor.index_fill = write.index_fill
 
 for _name, _fn in _INPLACE.items():
+    setattr(Tensor, _name, _inplace_method(_name, _fn))
+
+def t(input):
+    """Transpose a tensor of at most 2 dims; 0-d and 1-d come back as they are (``torch.t``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.t(am.tensor([[1, 2, 3]])).shape
+        (3, 1)
+    """
+    if input.ndim > 2:
+        raise RuntimeError(f"t: expects a tensor with <= 2 dimensions, but got shape {tuple(input.shape)} "
+                           "(use transpose or mT)")
+    return input if input.ndim < 2 else S.transpose(input, 0, 1)
+
+
+def clamp_min(input, min):
+    """``clamp(input, min=min)`` (``torch.clamp_min``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.clamp_min(am.tensor([-1.0, 2.0]), 0.0)
+        tensor([0., 2.])
+    """
+    return E.clamp(input, min=min)
+
+
+def clamp_max(input, max):
+    """``clamp(input, max=max)`` (``torch.clamp_max``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.clamp_max(am.tensor([-1.0, 2.0]), 0.0)
+        tensor([-1.,  0.])
+    """
+    return E.clamp(input, max=max)
+
+
+__all__ += ["clamp_min", "clamp_max"]
+
+# sorting, comparison, structured selections, scatter_reduce (issue 16)
+_C, _SO, _ST = comparison, sorting, structured
+for _name, _fn in {
+    "t": t, "sort": _SO.sort, "argsort": _SO.argsort, "topk": _SO.topk, "unique": _SO.unique,
+    "nonzero": _SO.nonzero, "triu": _ST.triu, "tril": _ST.tril,
+    "repeat_interleave": _ST.repeat_interleave, "isclose": _C.isclose, "allclose": _C.allclose,
+    "equal": _C.equal, "scatter_reduce": _scatter_reduce_mod.scatter_reduce,
+    "clamp_min": clamp_min, "clamp_max": clamp_max, "masked_select": _ST.masked_select,
+    "diagonal": _diagonal_mod.diagonal, "diag": _diagonal_mod.diag, "diag_embed": _diagonal_mod.diag_embed,
+    "trace": _diagonal_mod.trace,
+}.items():
+    setattr(Tensor, _name, _fn)
+
+# in-place forms of the issue-16 ops, through the same generic mechanism
+for _name, _fn in {"clamp_min_": clamp_min, "clamp_max_": clamp_max, "triu_": _ST.triu, "tril_": _ST.tril,
+                   "scatter_reduce_": _scatter_reduce_mod.scatter_reduce}.items():
     setattr(Tensor, _name, _inplace_method(_name, _fn))

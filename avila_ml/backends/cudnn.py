@@ -1,0 +1,35 @@
+"""``avila_ml.backends.cudnn``: PyTorch's cuDNN flags (``torch.backends.cudnn``).
+
+Avila ML does not call cuDNN: its convolutions are its own GEMM/FFT/direct paths and CUDA
+kernels. The flags are accepted so scripts run, and they do nothing:
+
+- ``enabled`` (True): there is no cuDNN path to switch off.
+- ``benchmark`` (False): algorithm choice is :func:`avila_ml.backends.set_conv_algorithm`
+  (``"auto"`` picks by a cost model, no timing runs).
+- ``deterministic`` (False): CPU results are deterministic whatever it says; on the GPU the
+  scatter-adds of index backward (``cupyx.scatter_add``, atomics) may sum in varying order.
+- ``allow_tf32`` (True): no TF32 convolution is used.
+
+Example:
+    >>> import avila_ml as am
+    >>> am.backends.cudnn.benchmark = True
+    >>> am.backends.cudnn.benchmark, am.backends.cudnn.is_available()
+    (True, False)
+    >>> am.backends.cudnn.benchmark = False
+"""
+from __future__ import annotations
+
+enabled = True
+benchmark = False
+deterministic = False
+allow_tf32 = True
+
+
+def is_available() -> bool:
+    """False: Avila ML never uses cuDNN (``torch.backends.cudnn.is_available``)."""
+    return False
+
+
+def version():
+    """None: no cuDNN is linked (``torch.backends.cudnn.version``)."""
+    return None
