@@ -15,3 +15,4 @@ from .modules.upsampling import *  # noqa: F401,F403
 from .modules.attention import *  # noqa: F401,F403
 from .modules.transformer import *  # noqa: F401,F403
 from .modules.positional import *  # noqa: F401,F403
+from .modules.rnn import *  # noqa: F401,F403
