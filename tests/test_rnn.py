@@ -320,3 +320,26 @@ def test_repr_and_flatten_parameters():
     assert repr(m) == repr(torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True, proj_size=2))
     m.flatten_parameters()
     assert repr(am.nn.GRUCell(3, 4, bias=False)) == repr(torch.nn.GRUCell(3, 4, bias=False))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_packed_lstm_with_projection_matches_torch(batch_first):
+    kw = dict(input_size=3, hidden_size=5, proj_size=2, num_layers=2, bidirectional=True, batch_first=batch_first)
+    ours, theirs = _pair("LSTM", kw)
+    rng = np.random.default_rng(7)
+    lengths = [3, 5, 1, 4]
+    x = _packed_case(rng, lengths, batch_first)
+    h0, c0 = rng.standard_normal((4, 4, 2)), rng.standard_normal((4, 4, 5))
+    tx, th, tc = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    ax, ah, ac = (am.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    tout, (thn, tcn) = theirs(trnn.pack_padded_sequence(tx, lengths, batch_first, enforce_sorted=False), (th, tc))
+    aout, (ahn, acn) = ours(amrnn.pack_padded_sequence(ax, lengths, batch_first, enforce_sorted=False), (ah, ac))
+    tpad = trnn.pad_packed_sequence(tout, batch_first)[0]
+    apad = amrnn.pad_packed_sequence(aout, batch_first)[0]
+    for a, t in ((apad, tpad), (ahn, thn), (acn, tcn)):
+        _close(a, t)
+    ((tpad ** 2).sum() + thn.sum() + (tcn * 2).sum()).backward()
+    ((apad ** 2).sum() + ahn.sum() + (acn * 2).sum()).backward()
+    for a, t in ((ax, tx), (ah, th), (ac, tc)):
+        _close(a.grad, t.grad)
+    _compare_grads(ours, theirs)
