@@ -4,7 +4,8 @@ A recurrent layer spends its time in two places: the input-to-hidden products an
 per-step gate arithmetic. The loops below do the first for the whole sequence at once (one
 GEMM per layer and direction, ``x @ W_ihᵀ`` over all time steps) and the second in one
 ``Function`` per step (``LSTMGates``, ``GRUGates``) whose forward does every gate on arrays in
-one go and whose backward is written with differentiable Tensor ops, so double backward works.
+one go (on CUDA one fused kernel launch, :mod:`avila_ml.cuda_kernels.recurrent`) and whose
+backward is written with differentiable Tensor ops, so double backward works.
 Only the hidden-to-hidden product ``h @ W_hhᵀ`` has to stay inside the time loop.
 
 Variable-length batches arrive *packed* (PyTorch's ``PackedSequence`` layout): sequences sorted
@@ -42,7 +43,11 @@ class LSTMGates(Function):
 
     def forward(self, gates, c_prev):
         self.save_inputs(0, 1)
-        xp = backend_of(gates).xp
+        backend = backend_of(gates)
+        if backend.name == "cupy":  # one fused kernel launch instead of ~12
+            from ..cuda_kernels.recurrent import lstm_gates
+            return lstm_gates(gates, c_prev)
+        xp = backend.xp
         hs = c_prev.shape[-1]
         i = _sigmoid_array(gates[..., :hs], xp)
         f = _sigmoid_array(gates[..., hs:2 * hs], xp)
@@ -77,7 +82,11 @@ class GRUGates(Function):
 
     def forward(self, gi, gh, h_prev):
         self.save_inputs(0, 1, 2)
-        xp = backend_of(gi).xp
+        backend = backend_of(gi)
+        if backend.name == "cupy":  # one fused kernel launch instead of ~12
+            from ..cuda_kernels.recurrent import gru_gates
+            return gru_gates(gi, gh, h_prev)
+        xp = backend.xp
         hs = h_prev.shape[-1]
         r = _sigmoid_array(gi[..., :hs] + gh[..., :hs], xp)
         z = _sigmoid_array(gi[..., hs:2 * hs] + gh[..., hs:2 * hs], xp)
