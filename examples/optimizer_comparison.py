@@ -21,6 +21,10 @@ OPTIMIZERS = {
     "AdamW": lambda p: am.optim.AdamW(p, lr=3e-3, weight_decay=1e-2),
     "RMSprop": lambda p: am.optim.RMSprop(p, lr=1e-3),
     "Adagrad": lambda p: am.optim.Adagrad(p, lr=5e-2),
+    "NAdam": lambda p: am.optim.NAdam(p, lr=3e-3),
+    "RAdam": lambda p: am.optim.RAdam(p, lr=3e-3),
+    "Adamax": lambda p: am.optim.Adamax(p, lr=5e-3),
+    "Adadelta": lambda p: am.optim.Adadelta(p, lr=1.0),
 }
 
 

@@ -1529,5 +1529,98 @@ OP_TABLE += [
     for r in ("sum", "prod", "mean", "amax", "amin")
 ]
 
+# ------------------------------------------------- layers' functional ops: distances, geometry
+F_ = am.nn.functional
+
+
+def _normalize_samples(rng):
+    return [Sample((T(A(rng, (3, 4))),), dict(p=2.0, dim=1)),
+            Sample((T(A(rng, (3, 4)), view="T"),), dict(p=1.0, dim=0), desc="view, p=1"),
+            Sample((T(A(rng, (2, 3))),), dict(p=3.0, dim=-1), desc="p=3"),
+            Sample((T(A(rng, (4,))),), dict(dim=0), desc="1-d"),
+            Sample((T(A(rng, (0, 3))),), dict(dim=1), desc="size-0"),
+            Sample((T(A(rng, (1, 3))),), dict(dim=0), desc="size-1 dim")]
+
+
+def _cosine_samples(rng):
+    return [Sample((T(A(rng, (3, 4))), T(A(rng, (3, 4))))),
+            Sample((T(A(rng, (1, 4))), T(A(rng, (3, 4)))), desc="broadcast"),
+            Sample((T(A(rng, (3, 2)), view="T"), T(A(rng, (3, 2)))), dict(dim=0), desc="view, dim=0"),
+            Sample((T(A(rng, (0, 3))), T(A(rng, (0, 3)))), desc="size-0")]
+
+
+def _pairwise_samples(rng):
+    return [Sample((T(U(rng, (3, 4))), T(U(rng, (3, 4))))),
+            Sample((T(U(rng, (3, 4))), T(U(rng, (3, 4)))), dict(p=1.0, keepdim=True), desc="p=1, keepdim"),
+            Sample((T(U(rng, (4,))), T(U(rng, (4,)))), dict(p=3.0, eps=1e-3), desc="1-d, p=3"),
+            Sample((T(U(rng, (3, 4)), view="T"), T(U(rng, (3, 4)))), desc="view"),
+            Sample((T(U(rng, (0, 4))), T(U(rng, (1, 4)))), desc="size-0, broadcast")]
+
+
+def _rms_norm_samples(rng):
+    return [Sample((T(U(rng, (3, 4))), (4,), T(U(rng, (4,)))), dict(eps=1e-5)),
+            Sample((T(U(rng, (2, 2, 3))), (2, 3)), desc="2-d shape, eps=None"),
+            Sample((T(U(rng, (3, 4)), view="T"), [4], T(U(rng, (4,)))), dict(eps=0.1), desc="view"),
+            Sample((T(U(rng, (0, 1))), (1,)), desc="size-0, size-1")]
+
+
+def _unfold_samples(rng):
+    return [Sample((T(U(rng, (1, 1, 3, 4))), 2)),
+            Sample((T(U(rng, (1, 2, 3, 3))), (2, 1)), dict(padding=1, stride=2), desc="padding, stride"),
+            Sample((T(U(rng, (2, 3, 4))), 2), dict(dilation=(1, 2)), desc="unbatched, dilation"),
+            Sample((T(U(rng, (1, 1, 3, 3)), view="step"), 2), desc="view"),
+            Sample((T(U(rng, (0, 1, 3, 3))), 2), desc="size-0")]
+
+
+def _fold_samples(rng):
+    return [Sample((T(U(rng, (1, 4, 4))), (3, 3), 2)),
+            Sample((T(U(rng, (2, 4))), (3, 2), (2, 1)), dict(padding=(0, 1), stride=(1, 2)), desc="unbatched"),
+            Sample((T(U(rng, (1, 2, 4))), (4, 2)), dict(kernel_size=(2, 1), dilation=(2, 1)), desc="dilation"),
+            Sample((T(U(rng, (1, 4, 4)), view="T"), (3, 3), 2), desc="view"),
+            Sample((T(U(rng, (0, 4, 4))), (3, 3), 2), desc="size-0")]
+
+
+def _affine_grid_samples(rng):
+    return [Sample((T(U(rng, (1, 2, 3))), (1, 1, 2, 3)), dict(align_corners=False)),
+            Sample((T(U(rng, (2, 2, 3))), (2, 3, 3, 2)), dict(align_corners=True), desc="align_corners"),
+            Sample((T(U(rng, (1, 3, 4))), (1, 1, 2, 2, 2)), dict(align_corners=False), desc="3-d"),
+            Sample((T(U(rng, (1, 2, 3)), view="T"), (1, 1, 2, 2)), desc="view, default align_corners")]
+
+
+def _grid_sample_samples(padding_mode):
+    def gen(rng):
+        return [Sample((T(U(rng, (1, 1, 3, 3))), T(U(rng, (1, 2, 2, 2), -1.2, 1.2))),
+                       dict(padding_mode=padding_mode, align_corners=False)),
+                Sample((T(U(rng, (1, 2, 2, 3))), T(U(rng, (1, 1, 3, 2), -1.2, 1.2))),
+                       dict(padding_mode=padding_mode, align_corners=True), desc="align_corners"),
+                Sample((T(U(rng, (1, 1, 2, 2, 2))), T(U(rng, (1, 1, 1, 2, 3), -1.2, 1.2))),
+                       dict(padding_mode=padding_mode, align_corners=False), desc="3-d"),
+                Sample((T(U(rng, (1, 1, 2, 3)), view="step"), T(U(rng, (1, 2, 1, 2), -1.2, 1.2))),
+                       dict(padding_mode=padding_mode), desc="view"),
+                Sample((T(U(rng, (1, 1, 2, 2))), T(U(rng, (1, 0, 1, 2)))), dict(padding_mode=padding_mode),
+                       desc="size-0 output")]
+    return gen
+
+
+OP_TABLE += [
+    OpInfo("normalize", F_.normalize, TF.normalize, _normalize_samples),
+    OpInfo("cosine_similarity", F_.cosine_similarity, TF.cosine_similarity, _cosine_samples),
+    OpInfo("pairwise_distance", F_.pairwise_distance, TF.pairwise_distance, _pairwise_samples),
+    OpInfo("rms_norm", F_.rms_norm, TF.rms_norm, _rms_norm_samples),
+    OpInfo("unfold", F_.unfold, TF.unfold, _unfold_samples),
+    OpInfo("fold", F_.fold, TF.fold, _fold_samples),
+    OpInfo("pixel_shuffle", F_.pixel_shuffle, TF.pixel_shuffle,
+           lambda rng: [Sample((T(U(rng, (1, 4, 2, 2))), 2)), Sample((T(U(rng, (2, 9, 1, 1))), 3)),
+                        Sample((T(U(rng, (0, 4, 1, 1))), 2), desc="size-0", ref_grad=False),  # torch's backward errs
+                        Sample((T(U(rng, (2, 4, 1, 2)), view="step"), 2), desc="view")]),
+    OpInfo("pixel_unshuffle", F_.pixel_unshuffle, TF.pixel_unshuffle,
+           lambda rng: [Sample((T(U(rng, (1, 1, 2, 4))), 2)), Sample((T(U(rng, (2, 2, 3, 3))), 3)),
+                        Sample((T(U(rng, (1, 1, 4, 2)), view="T"), 2), desc="view")]),
+    OpInfo("affine_grid", F_.affine_grid, TF.affine_grid, _affine_grid_samples),
+    OpInfo("grid_sample_zeros", F_.grid_sample, TF.grid_sample, _grid_sample_samples("zeros")),
+    OpInfo("grid_sample_border", F_.grid_sample, TF.grid_sample, _grid_sample_samples("border")),
+    OpInfo("grid_sample_reflection", F_.grid_sample, TF.grid_sample, _grid_sample_samples("reflection")),
+]
+
 _names = [r.name for r in OP_TABLE]
 assert len(_names) == len(set(_names)), "op table: duplicate row names"

@@ -53,6 +53,29 @@ CONFIGS = [
     ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.5)),
     ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.1,
                      eps=1e-3, maximize=True)),
+    ("NAdam", dict(lr=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("NAdam", dict(lr=0.01, momentum_decay=0.05, maximize=True)),
+    ("NAdam", dict(lr=0.01, betas=(0.3, 0.99), eps=1e-6)),  # lerp weight >= 0.5 branch
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.01,
+                   maximize=True, betas=(0.8, 0.99))),
+    ("RAdam", dict(lr=0.01)),  # rho_t > 5 from step 6: both branches
+    ("RAdam", dict(lr=0.01, weight_decay=0.1)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=0.01, maximize=True, betas=(0.4, 0.99))),  # lerp weight >= 0.5
+    ("RAdam", dict(lr=0.01, betas=(0.9, 0.7))),  # rho_inf < 5: never rectified
+    ("RAdam", dict(lr=0.01, weight_decay=0.2, decoupled_weight_decay=True, maximize=True, eps=1e-4)),
+    ("Adamax", dict(lr=0.01)),
+    ("Adamax", dict(lr=0.01, weight_decay=0.1)),
+    ("Adamax", dict(lr=0.01, maximize=True)),
+    ("Adamax", dict(lr=0.01, betas=(0.4, 0.99), eps=1e-6)),  # lerp weight >= 0.5
+    ("Adamax", dict(lr=0.02, weight_decay=0.05, maximize=True, betas=(0.8, 0.99))),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8)),
+    ("Adadelta", dict(weight_decay=0.1)),
+    ("Adadelta", dict(maximize=True, eps=1e-5)),
+    ("Adadelta", dict(lr=1.0, rho=0.9, weight_decay=0.05, maximize=True, eps=1e-6)),
 ]
 
 
@@ -150,6 +173,10 @@ THREADED = [
     ("AdamW", dict(lr=0.01, amsgrad=True, weight_decay=0.2, maximize=True, betas=(0.4, 0.9))),
     ("RMSprop", dict(lr=0.005, centered=True, momentum=0.9, weight_decay=0.1)),
     ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, eps=1e-3, maximize=True)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("Adamax", dict(lr=0.02, weight_decay=0.05, maximize=True)),
+    ("Adadelta", dict(lr=2.0, weight_decay=0.05, maximize=True)),
 ]
 
 
@@ -176,6 +203,11 @@ GROUPS = {
                 dict(lr=0.01)),
     "Adagrad": ([((3, 2), dict(lr=0.5, lr_decay=0.1)), ((0, 1), dict(initial_accumulator_value=1.0))],
                 dict(lr=0.1)),
+    "NAdam": ([((0, 1), dict(lr=0.002, momentum_decay=0.01)), ((2, 3), dict(decoupled_weight_decay=True,
+                                                                          weight_decay=0.1))], dict(lr=0.01)),
+    "RAdam": ([((0, 2), dict(lr=0.002, betas=(0.5, 0.9))), ((1, 3), dict(weight_decay=0.1))], dict(lr=0.01)),
+    "Adamax": ([((0,), dict(lr=0.002)), ((1, 2, 3), dict(betas=(0.8, 0.99)))], dict(lr=0.01)),
+    "Adadelta": ([((0, 1), dict(rho=0.5)), ((2, 3), dict(lr=0.3))], dict(lr=1.0)),
 }
 
 
@@ -195,6 +227,10 @@ RESUME = [
     ("AdamW", dict(lr=0.01, amsgrad=True)),
     ("RMSprop", dict(lr=0.005, centered=True, momentum=0.9)),
     ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
+    ("Adamax", dict(lr=0.01)),
+    ("Adadelta", dict(lr=1.0, rho=0.8)),
 ]
 
 
@@ -325,6 +361,19 @@ BAD = [
     ("Adagrad", dict(lr_decay=-0.1), "lr_decay=-0.1"),
     ("Adagrad", dict(initial_accumulator_value=-1.0), "initial_accumulator_value=-1.0"),
     ("Adagrad", dict(eps=-1e-10), "eps=-1e-10"),
+    ("NAdam", dict(lr=-0.1), "lr=-0.1"),
+    ("NAdam", dict(betas=(1.0, 0.9)), r"betas\[0\]=1.0"),
+    ("NAdam", dict(momentum_decay=-0.1), "momentum_decay=-0.1"),
+    ("NAdam", dict(weight_decay=-0.1), "weight_decay=-0.1"),
+    ("RAdam", dict(eps=-1.0), "eps=-1.0"),
+    ("RAdam", dict(betas=(0.9, 1.0)), r"betas\[1\]=1.0"),
+    ("Adamax", dict(betas=(-0.1, 0.9)), r"betas\[0\]=-0.1"),
+    ("Adamax", dict(eps=-1e-8), "eps=-1e-08"),
+    ("Adadelta", dict(rho=1.5), "rho=1.5"),
+    ("Adadelta", dict(rho=-0.5), "rho=-0.5"),
+    ("Adadelta", dict(lr=-1.0), "lr=-1.0"),
+    ("Adadelta", dict(weight_decay=-1.0), "weight_decay=-1.0"),
+    ("LBFGS", dict(lr=-1.0), "lr=-1.0"),
 ]
 
 
@@ -336,7 +385,8 @@ def test_bad_hyperparameters_raise_like_torch(name, kwargs, match):
         getattr(torch.optim, name)([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
+                                  "Adadelta", "LBFGS"])
 def test_nan_learning_rate_raises(name):
     """Stricter than torch.optim.SGD, which accepts lr=nan (its check is `lr < 0`)."""
     with pytest.raises(ValueError, match="lr=nan"):
@@ -442,6 +492,13 @@ ALLOC = [
     ("RMSprop", dict(lr=0.01, centered=True, momentum=0.9, weight_decay=0.1, maximize=True)),
     ("RMSprop", dict(lr=0.01)),
     ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("Adamax", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("Adadelta", dict(weight_decay=0.1, maximize=True)),
+    ("Adadelta", dict()),
 ]
 
 

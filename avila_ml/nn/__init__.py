@@ -15,3 +15,6 @@ from .modules.upsampling import *  # noqa: F401,F403
 from .modules.attention import *  # noqa: F401,F403
 from .modules.transformer import *  # noqa: F401,F403
 from .modules.positional import *  # noqa: F401,F403
+from .modules.rnn import *  # noqa: F401,F403
+from .modules.vision import *  # noqa: F401,F403
+from .modules.distance import *  # noqa: F401,F403

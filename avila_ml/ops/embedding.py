@@ -9,7 +9,7 @@ from ..tensor import Tensor
 from .indexing import IndexAdd
 from .linalg import einsum
 
-__all__ = ["embedding", "bilinear"]
+__all__ = ["embedding", "bilinear", "one_hot"]
 
 
 class EmbeddingLookup(Function):
@@ -112,3 +112,38 @@ def bilinear(input1, input2, weight, bias=None):
     if bias is not None:
         out = out + bias
     return out.reshape(*lead, weight.shape[0])
+
+
+def one_hot(tensor, num_classes: int = -1):
+    """One-hot encoding of integer class indices (``torch.nn.functional.one_hot``).
+
+    Math: y[..., k] = 1 if x[...] == k else 0, for k < num_classes (``-1``: max(x) + 1);
+    the result is int64 with one more (last) dim. Not differentiable.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.one_hot(am.tensor([0, 2]), 3)
+        tensor([[1, 0, 0],
+                [0, 0, 1]])
+    """
+    from ..backends import backend_of
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"one_hot: expected a Tensor, got {type(tensor).__name__}")
+    a = tensor.array
+    if a.dtype.kind not in "iu":
+        raise RuntimeError(f"one_hot is only applicable to index tensor of an integer dtype, got {tensor.dtype}")
+    xp = backend_of(a).xp
+    if num_classes == -1:
+        if a.size == 0:
+            raise RuntimeError("one_hot: can not infer total number of classes from empty tensor.")
+        num_classes = int(a.max()) + 1
+    if not isinstance(num_classes, int) or num_classes < -1:
+        raise RuntimeError(f"one_hot: num_classes should be a non-negative int or -1, got {num_classes!r}")
+    if a.size:
+        if int(a.min()) < 0:
+            raise RuntimeError("one_hot: Class values must be non-negative.")
+        if int(a.max()) >= num_classes:
+            raise RuntimeError(f"one_hot: Class values must be smaller than num_classes ({num_classes}), "
+                               f"got {int(a.max())}.")
+    out = (a[..., None] == xp.arange(num_classes)).astype(xp.int64)
+    return Tensor._wrap(out)

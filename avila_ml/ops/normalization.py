@@ -34,7 +34,7 @@ from .elementwise import rsqrt, sum_to
 from .reduction import Sum
 from .shape import reshape
 
-__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm"]
+__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
 
 
 class Normalize(Function):
@@ -415,3 +415,34 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
             unbiased = var.array.reshape(n, c).mean(axis=0) * (m / (m - 1))
             _update_running(running_var, unbiased, momentum)
     return y
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dims
+    (``torch.nn.functional.rms_norm``).
+
+    Math: y = x / sqrt(mean(x²) + eps) * weight, the mean over the D = prod(normalized_shape)
+    trailing values; ``eps=None`` means the machine epsilon of the input's dtype (as PyTorch).
+    A composition of differentiable ops (no mean subtraction, unlike :func:`layer_norm`).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.nn.functional.rms_norm(am.tensor([[3.0, 4.0]]), (2,), eps=0.0)   # rms = √12.5
+        tensor([[0.8485, 1.1314]])
+    """
+    from .reduction import mean
+    op = "rms_norm"
+    _check_input(op, input, 1)
+    ns = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) else tuple(int(s) for s in normalized_shape)
+    k = len(ns)
+    if k == 0 or input.ndim < k or tuple(input.shape[-k:]) != ns:
+        raise RuntimeError(
+            f"{op}: Given normalized_shape={list(ns)}, expected input with shape [*, "
+            f"{', '.join(map(str, ns))}], but got input of size {tuple(input.shape)}")
+    _check_vector(op, "weight", weight, ns, input)
+    if eps is None:
+        eps = float(np.finfo(input.array.dtype).eps)
+    _check_eps(op, eps)
+    axes = tuple(range(input.ndim - k, input.ndim))
+    y = input * rsqrt(mean(input * input, axes, keepdim=True) + eps)
+    return y if weight is None else y * weight

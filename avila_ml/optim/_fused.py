@@ -43,26 +43,27 @@ class Workspace:
     """Two scratch arrays shaped like a parameter, for the CPU updates.
 
     All parameters of one dtype share one flat buffer as large as twice the largest of them
-    (updates run one parameter at a time), so scratch costs 2x the largest parameter, not 2x the
-    model. Views are cached per (shape, dtype): after the first step nothing is allocated.
+    (three times for Adadelta; updates run one parameter at a time), so scratch costs 2x the
+    largest parameter, not 2x the model. Views are cached per (shape, dtype): after the first step nothing is allocated.
     """
 
     def __init__(self):
         self._flat: dict = {}   # dtype -> 1-D array of 2 * (largest numel seen)
         self._views: dict = {}  # (shape, dtype) -> (s, t)
 
-    def scratch(self, like):
-        """The two scratch arrays ``(s, t)`` with the shape and dtype of the array ``like``."""
-        key = (like.shape, like.dtype)
+    def scratch(self, like, count: int = 2):
+        """``count`` scratch arrays (default the two ``(s, t)``) with the shape and dtype of the
+        array ``like``."""
+        key = (like.shape, like.dtype, count)
         views = self._views.get(key)
         if views is None:
             n = like.size
             flat = self._flat.get(like.dtype)
-            if flat is None or flat.size < 2 * n:
-                flat = self._flat[like.dtype] = np.empty(2 * n, dtype=like.dtype)
+            if flat is None or flat.size < count * n:
+                flat = self._flat[like.dtype] = np.empty(count * n, dtype=like.dtype)
                 # views into a smaller, older buffer stay valid; drop them so it can be freed
                 self._views = {k: v for k, v in self._views.items() if k[1] != like.dtype}
-            views = self._views[key] = (flat[:n].reshape(like.shape), flat[n:2 * n].reshape(like.shape))
+            views = self._views[key] = tuple(flat[i * n:(i + 1) * n].reshape(like.shape) for i in range(count))
         return views
 
 
@@ -257,6 +258,164 @@ param = param + (d * neg_clr) / std_;
 """
 
 
+# -- NAdam (torch.optim.nadam._single_tensor_nadam) -----------------------------------------------
+def _coupled_decay(param, grad, s, weight_decay, maximize):
+    """The gradient the step uses: -grad if maximizing, plus weight_decay·param (L2), in ``s``
+    when it differs from ``grad``."""
+    if weight_decay != 0:
+        np.multiply(param, weight_decay, out=s)
+        (np.subtract if maximize else np.add)(s, grad, out=s)
+        return s
+    if maximize:
+        np.negative(grad, out=s)
+        return s
+    return grad
+
+
+def _lerp_into(avg, d, t, weight, lerp_low, one_minus_weight):
+    np.subtract(d, avg, out=t)  # avg.lerp_(d, weight)
+    if lerp_low:
+        np.multiply(t, weight, out=t)
+        np.add(avg, t, out=avg)
+    else:
+        np.multiply(t, one_minus_weight, out=t)
+        np.subtract(d, t, out=avg)
+
+
+def _nadam_cpu(param, grad, s, t, exp_avg, exp_avg_sq, *, weight, lerp_low, one_minus_weight, beta2,
+               one_minus_beta2, weight_decay, decoupled, decay, eps, bias_correction2, grad_coef,
+               avg_coef, maximize):
+    d = _coupled_decay(param, grad, s, 0 if decoupled else weight_decay, maximize)
+    if weight_decay != 0 and decoupled:
+        np.multiply(param, decay, out=param)
+    _lerp_into(exp_avg, d, t, weight, lerp_low, one_minus_weight)
+    np.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
+    np.multiply(d, one_minus_beta2, out=t)
+    np.multiply(t, d, out=t)
+    np.add(exp_avg_sq, t, out=exp_avg_sq)
+    np.divide(exp_avg_sq, bias_correction2, out=t)  # denom = sqrt(v / (1 - beta2^t)) + eps
+    np.sqrt(t, out=t)
+    np.add(t, eps, out=t)
+    np.multiply(d, grad_coef, out=s)  # param.addcdiv_(d, denom, -lr(1 - mu)/(1 - prod mu))
+    np.divide(s, t, out=s)
+    np.add(param, s, out=param)
+    np.multiply(exp_avg, avg_coef, out=s)  # param.addcdiv_(m, denom, -lr mu_next/(1 - prod mu'))
+    np.divide(s, t, out=s)
+    np.add(param, s, out=param)
+
+
+_NADAM_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) {
+    if (decoupled) param = param * decay;
+    else d = d + weight_decay * param;
+}
+T diff = d - exp_avg;
+exp_avg = lerp_low ? exp_avg + diff * weight : d - diff * one_minus_weight;
+exp_avg_sq = exp_avg_sq * beta2 + (d * one_minus_beta2) * d;
+T denom = sqrt(exp_avg_sq / bias_correction2) + eps;
+param = param + (d * grad_coef) / denom;
+param = param + (exp_avg * avg_coef) / denom;
+"""
+
+
+# -- RAdam (torch.optim.radam._single_tensor_radam) -----------------------------------------------
+def _radam_cpu(param, grad, s, t, exp_avg, exp_avg_sq, *, weight, lerp_low, one_minus_weight, beta2,
+               one_minus_beta2, weight_decay, decoupled, decay, eps, bias_correction1,
+               bias_correction2_sqrt, lr, rect, rectified, maximize):
+    d = _coupled_decay(param, grad, s, 0 if decoupled else weight_decay, maximize)
+    if weight_decay != 0 and decoupled:
+        np.multiply(param, decay, out=param)
+    _lerp_into(exp_avg, d, t, weight, lerp_low, one_minus_weight)
+    np.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
+    np.multiply(d, one_minus_beta2, out=t)
+    np.multiply(t, d, out=t)
+    np.add(exp_avg_sq, t, out=exp_avg_sq)
+    np.divide(exp_avg, bias_correction1, out=s)  # bias-corrected m; d is dead from here
+    np.multiply(s, lr, out=s)
+    if rectified:  # ((m̂·lr)·(√(1-β2^t) / (√v + eps)))·rect
+        np.sqrt(exp_avg_sq, out=t)
+        np.add(t, eps, out=t)
+        np.divide(bias_correction2_sqrt, t, out=t)
+        np.multiply(s, t, out=s)
+        np.multiply(s, rect, out=s)
+    np.subtract(param, s, out=param)
+
+
+_RADAM_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) {
+    if (decoupled) param = param * decay;
+    else d = d + weight_decay * param;
+}
+T diff = d - exp_avg;
+exp_avg = lerp_low ? exp_avg + diff * weight : d - diff * one_minus_weight;
+exp_avg_sq = exp_avg_sq * beta2 + (d * one_minus_beta2) * d;
+T u = (exp_avg / bias_correction1) * lr;
+if (rectified) u = (u * (bias_correction2_sqrt / (sqrt(exp_avg_sq) + eps))) * rect;
+param = param - u;
+"""
+
+
+# -- Adamax (torch.optim.adamax._single_tensor_adamax) --------------------------------------------
+def _adamax_cpu(param, grad, s, t, exp_avg, exp_inf, *, weight, lerp_low, one_minus_weight, beta2,
+                weight_decay, eps, neg_clr, maximize):
+    d = _coupled_decay(param, grad, s, weight_decay, maximize)
+    _lerp_into(exp_avg, d, t, weight, lerp_low, one_minus_weight)
+    np.multiply(exp_inf, beta2, out=exp_inf)  # u = max(β2·u, |d| + eps)
+    np.abs(d, out=t)
+    np.add(t, eps, out=t)
+    np.maximum(exp_inf, t, out=exp_inf)
+    np.multiply(exp_avg, neg_clr, out=s)  # param.addcdiv_(m, u, -lr/(1 - β1^t))
+    np.divide(s, exp_inf, out=s)
+    np.add(param, s, out=param)
+
+
+_ADAMAX_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) d = d + weight_decay * param;
+T diff = d - exp_avg;
+exp_avg = lerp_low ? exp_avg + diff * weight : d - diff * one_minus_weight;
+T a = exp_inf * beta2;
+T b = fabs(d) + eps;
+exp_inf = (a != a || a > b) ? a : b;  /* NaN-propagating, like np.maximum */
+param = param + (exp_avg * neg_clr) / exp_inf;
+"""
+
+
+# -- Adadelta (torch.optim.adadelta._single_tensor_adadelta) --------------------------------------
+def _adadelta_cpu(param, grad, s, t, square_avg, acc_delta, scratch, *, rho, one_minus_rho, eps,
+                  weight_decay, neg_lr, maximize):
+    d = _coupled_decay(param, grad, s, weight_decay, maximize)
+    np.multiply(square_avg, rho, out=square_avg)  # v ← ρ·v + (1 - ρ)·d²
+    np.multiply(d, one_minus_rho, out=t)
+    np.multiply(t, d, out=t)
+    np.add(square_avg, t, out=square_avg)
+    np.add(square_avg, eps, out=t)  # std = √(v + eps)
+    np.sqrt(t, out=t)
+    np.add(acc_delta, eps, out=scratch)  # delta = √(u + eps) / std · d
+    np.sqrt(scratch, out=scratch)
+    np.divide(scratch, t, out=scratch)
+    np.multiply(scratch, d, out=scratch)
+    np.multiply(acc_delta, rho, out=acc_delta)  # u ← ρ·u + (1 - ρ)·delta²
+    np.multiply(scratch, one_minus_rho, out=t)
+    np.multiply(t, scratch, out=t)
+    np.add(acc_delta, t, out=acc_delta)
+    np.multiply(scratch, neg_lr, out=scratch)  # param.add_(delta, alpha=-lr)
+    np.add(param, scratch, out=param)
+
+
+_ADADELTA_CUDA = """
+T d = maximize ? -grad : grad;
+if (weight_decay != 0) d = d + weight_decay * param;
+square_avg = square_avg * rho + (d * one_minus_rho) * d;
+T std_ = sqrt(square_avg + eps);
+T delta = (sqrt(acc_delta + eps) / std_) * d;
+acc_delta = acc_delta * rho + (delta * one_minus_rho) * delta;
+param = param + delta * neg_lr;
+"""
+
+
 # -- the table: for each algorithm, its CPU function and its CUDA kernel's signature --------------
 # "scalars" are T (the parameter's dtype), "flags" int32; "buffers" are the state arrays updated
 # in place (optional ones switch a HAS_<NAME> macro in the kernel body).
@@ -278,6 +437,23 @@ KINDS = {
     "adagrad": dict(cpu=_adagrad_cpu, body=_ADAGRAD_CUDA,
                     scalars=("neg_clr", "weight_decay", "eps"), flags=("maximize",),
                     buffers=("state_sum",), optional=()),
+    "nadam": dict(cpu=_nadam_cpu, body=_NADAM_CUDA,
+                  scalars=("weight", "one_minus_weight", "beta2", "one_minus_beta2", "weight_decay",
+                           "decay", "eps", "bias_correction2", "grad_coef", "avg_coef"),
+                  flags=("lerp_low", "decoupled", "maximize"),
+                  buffers=("exp_avg", "exp_avg_sq"), optional=()),
+    "radam": dict(cpu=_radam_cpu, body=_RADAM_CUDA,
+                  scalars=("weight", "one_minus_weight", "beta2", "one_minus_beta2", "weight_decay",
+                           "decay", "eps", "bias_correction1", "bias_correction2_sqrt", "lr", "rect"),
+                  flags=("lerp_low", "decoupled", "rectified", "maximize"),
+                  buffers=("exp_avg", "exp_avg_sq"), optional=()),
+    "adamax": dict(cpu=_adamax_cpu, body=_ADAMAX_CUDA,
+                   scalars=("weight", "one_minus_weight", "beta2", "weight_decay", "eps", "neg_clr"),
+                   flags=("lerp_low", "maximize"), buffers=("exp_avg", "exp_inf"), optional=()),
+    "adadelta": dict(cpu=_adadelta_cpu, body=_ADADELTA_CUDA,
+                     scalars=("rho", "one_minus_rho", "eps", "weight_decay", "neg_lr"),
+                     flags=("maximize",), buffers=("square_avg", "acc_delta"), optional=(),
+                     cpu_scratch=1),  # a third scratch array on the CPU (the CUDA kernel uses registers)
 }
 
 _cuda_kernels: dict = {}
@@ -523,5 +699,8 @@ def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Work
             return
         _launch_single(param, grad, kind, buffers, scalars)
     else:
-        s, t = workspace.scratch(param)
+        extra = spec.get("cpu_scratch", 0)
+        s, t, *more = workspace.scratch(param, 2 + extra)
+        if more:  # passed with the buffers so that the threaded path slices it too
+            buffers = dict(buffers, scratch=more[0])
         _cpu_update(spec["cpu"], param, grad, s, t, buffers, scalars)

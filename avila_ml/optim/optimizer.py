@@ -343,9 +343,13 @@ class Optimizer:
         self.param_groups = saved_groups
         self.state = state
 
+    _float_state = ()  # per-parameter state kept as a Python float (PyTorch: a 0-d tensor)
+
     def _load_value(self, p: Tensor, index, key: str, value):
         if key == "step":
             return int(value.item() if hasattr(value, "item") else value)
+        if key in self._float_state:
+            return float(value.item() if hasattr(value, "item") else value)
         if isinstance(value, Tensor):
             value = value.array
         if not (hasattr(value, "__array_interface__") or hasattr(value, "__cuda_array_interface__")):

@@ -20,7 +20,7 @@ from .module import Module
 from .parameter import Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm4d", "InstanceNorm1d",
-           "InstanceNorm2d", "InstanceNorm3d", "InstanceNorm4d", "LayerNorm", "GroupNorm"]
+           "InstanceNorm2d", "InstanceNorm3d", "InstanceNorm4d", "LayerNorm", "GroupNorm", "RMSNorm"]
 
 
 def _check_count(who: str, name: str, value) -> int:
@@ -380,3 +380,44 @@ class GroupNorm(Module):
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}"
 
+
+
+class RMSNorm(Module):
+    """Root-mean-square normalization over the trailing ``normalized_shape`` dims (``torch.nn.RMSNorm``).
+
+    Math: y = x / sqrt(mean(x²) + eps) * weight, the mean over the last len(normalized_shape)
+    dims; ``weight`` (ones, shape ``normalized_shape``) if ``elementwise_affine``; ``eps=None``
+    uses the input dtype's machine epsilon. No bias and no mean subtraction.
+
+    Example:
+        >>> import avila_ml as am
+        >>> m = am.nn.RMSNorm(2, eps=0.0)
+        >>> m(am.tensor([[1.0, 1.0], [3.0, -3.0]]))
+        tensor([[ 1.,  1.],
+                [ 1., -1.]], grad_fn=<MulBackward0>)
+    """
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine: bool = True, device=None, dtype=None):
+        super().__init__()
+        if isinstance(normalized_shape, (int, np.integer)):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(_check_count("RMSNorm", "normalized_shape entry", s) for s in normalized_shape)
+        if not self.normalized_shape:
+            raise ValueError("RMSNorm: normalized_shape must have at least one dimension")
+        if eps is not None and not eps >= 0:
+            raise ValueError(f"RMSNorm: eps must be >= 0 or None, got {eps}")
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, False,
+                           {"device": device, "dtype": dtype})
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight 1 (``RMSNorm.reset_parameters``)."""
+        _reset_affine(self)
+
+    def forward(self, input):
+        return _norm.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -12,7 +12,8 @@ from .attention import MultiheadAttention
 from .module import Module
 from .normalization import LayerNorm
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder"]
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
+           "Transformer"]
 
 
 def _activation(activation, op: str):
@@ -214,3 +215,95 @@ class TransformerDecoder(Module):
                       memory_key_padding_mask=memory_key_padding_mask,
                       tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal)
         return self.norm(x) if self.norm is not None else x
+
+
+class Transformer(Module):
+    """The encoder-decoder transformer of "Attention Is All You Need" (``torch.nn.Transformer``).
+
+    Submodules as in PyTorch: ``encoder`` (:class:`TransformerEncoder` of
+    ``num_encoder_layers`` layers and a final ``LayerNorm``) and ``decoder``
+    (:class:`TransformerDecoder`, likewise), so a PyTorch ``state_dict`` loads directly; every
+    parameter with more than one dim starts Xavier-uniform, as PyTorch's ``_reset_parameters``.
+    ``custom_encoder`` / ``custom_decoder`` replace the stacks.
+
+    Math: memory = Encoder(src, src_mask, src_key_padding_mask);
+    out = Decoder(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+    memory_key_padding_mask). Shapes (S, N, E) / (T, N, E), or (N, S, E) / (N, T, E) with
+    ``batch_first``; out has tgt's shape.
+
+    Example:
+        >>> import avila_ml as am
+        >>> model = am.nn.Transformer(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+        ...                           dim_feedforward=16, batch_first=True)
+        >>> mask = am.nn.Transformer.generate_square_subsequent_mask(4)
+        >>> model(am.randn(2, 5, 8), am.randn(2, 4, 8), tgt_mask=mask).shape
+        (2, 4, 8)
+    """
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", custom_encoder=None, custom_decoder=None,
+                 layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
+                 bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        fkw = {"device": device, "dtype": dtype}
+        if custom_encoder is not None:
+            self.encoder = custom_encoder
+        else:
+            layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+                                            batch_first, norm_first, bias, **fkw)
+            self.encoder = TransformerEncoder(layer, num_encoder_layers,
+                                              LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fkw))
+        if custom_decoder is not None:
+            self.decoder = custom_decoder
+        else:
+            layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+                                            batch_first, norm_first, bias, **fkw)
+            self.decoder = TransformerDecoder(layer, num_decoder_layers,
+                                              LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fkw))
+        self._reset_parameters()
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
+
+    def _reset_parameters(self) -> None:
+        from .. import init
+        for p in self.parameters():
+            if p.ndim > 1:
+                init.xavier_uniform_(p)
+
+    def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None,
+                tgt_is_causal=None, memory_is_causal: bool = False):
+        """Encode ``src`` and decode ``tgt`` against it; masks follow :class:`MultiheadAttention`."""
+        batch_dim = 0 if self.batch_first else 1
+        if src.ndim == 3 and tgt.ndim == 3 and src.shape[batch_dim] != tgt.shape[batch_dim]:
+            raise RuntimeError(f"Transformer: the batch number of src and tgt must be equal, got src "
+                               f"{tuple(src.shape)} and tgt {tuple(tgt.shape)} (batch_first={self.batch_first})")
+        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
+            raise RuntimeError(f"Transformer: the feature number of src and tgt must be equal to d_model="
+                               f"{self.d_model}, got src {tuple(src.shape)} and tgt {tuple(tgt.shape)}")
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask,
+                              is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask,
+                            memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                            memory_is_causal=memory_is_causal)
+
+    @staticmethod
+    def generate_square_subsequent_mask(sz: int, device=None, dtype=None):
+        """The (sz, sz) causal mask: 0 on and below the diagonal, -inf above
+        (``Transformer.generate_square_subsequent_mask``).
+
+        Example:
+            >>> import avila_ml as am
+            >>> am.nn.Transformer.generate_square_subsequent_mask(3)
+            tensor([[  0., -inf, -inf],
+                    [  0.,   0., -inf],
+                    [  0.,   0.,   0.]])
+        """
+        from ... import dtypes as _dt
+        from ...backends import get_backend
+        from ...tensor import Tensor
+        dt = _dt.get_default_dtype() if dtype is None else _dt.to_dtype(dtype)
+        xp = get_backend(device).xp
+        mask = xp.triu(xp.full((sz, sz), -xp.inf, dtype=dt.np), 1)
+        return Tensor._wrap(mask)

@@ -1,0 +1,253 @@
+"""Recurrent cells: the per-step gate math of RNN, LSTM and GRU, and the sequence loops.
+
+A recurrent layer spends its time in two places: the input-to-hidden products and the
+per-step gate arithmetic. The loops below do the first for the whole sequence at once (one
+GEMM per layer and direction, ``x @ W_ihᵀ`` over all time steps) and the second in one
+``Function`` per step (``LSTMGates``, ``GRUGates``) whose forward does every gate on arrays in
+one go (on CUDA one fused kernel launch, :mod:`avila_ml.cuda_kernels.recurrent`) and whose
+backward is written with differentiable Tensor ops, so double backward works.
+Only the hidden-to-hidden product ``h @ W_hhᵀ`` has to stay inside the time loop.
+
+Variable-length batches arrive *packed* (PyTorch's ``PackedSequence`` layout): sequences sorted
+by decreasing length, time-major, ``batch_sizes[t]`` rows active at step ``t``. The loop then
+shrinks (forward direction) or grows (reverse direction) the hidden state as sequences end or
+begin; a padded batch is the special case where every ``batch_sizes[t]`` is the batch size.
+"""
+from __future__ import annotations
+
+from ..autograd.function import Function
+from ..backends import backend_of
+from .elementwise import sigmoid, tanh
+from .activation import relu
+from .linalg import linear, matmul
+from .shape import cat, split
+
+__all__ = ["lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"]
+
+
+def _sigmoid_array(x, xp):
+    # 0.5·(1 + tanh(x/2)): never overflows, unlike 1 / (1 + exp(-x))
+    half = x.dtype.type(0.5)
+    return xp.tanh(x * half) * half + half
+
+
+class LSTMGates(Function):
+    """The LSTM gate math of one step, fused: ``(gates, c_prev) -> (h, c)``.
+
+    ``gates`` is ``x W_ihᵀ + b_ih + h W_hhᵀ + b_hh`` of shape ``(B, 4H)`` in PyTorch's
+    order (input, forget, cell, output)::
+
+        i, f, o = σ(gates_i), σ(gates_f), σ(gates_o);  g = tanh(gates_g)
+        c = f·c_prev + i·g;  h = o·tanh(c)
+    """
+
+    def forward(self, gates, c_prev):
+        self.save_inputs(0, 1)
+        backend = backend_of(gates)
+        if backend.name == "cupy":  # one fused kernel launch instead of ~12
+            from ..cuda_kernels.recurrent import lstm_gates
+            return lstm_gates(gates, c_prev)
+        xp = backend.xp
+        hs = c_prev.shape[-1]
+        i = _sigmoid_array(gates[..., :hs], xp)
+        f = _sigmoid_array(gates[..., hs:2 * hs], xp)
+        g = xp.tanh(gates[..., 2 * hs:3 * hs])
+        o = _sigmoid_array(gates[..., 3 * hs:], xp)
+        c = f * c_prev + i * g
+        return o * xp.tanh(c), c
+
+    def backward(self, gh, gc):
+        gates, c_prev = self.saved_inputs
+        hs = c_prev.shape[-1]
+        pre_i, pre_f, pre_g, pre_o = split(gates, hs, -1)
+        i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), tanh(pre_g), sigmoid(pre_o)
+        tc = tanh(f * c_prev + i * g)
+        dc = gc + gh * o * (1 - tc * tc)
+        d_i = dc * g * i * (1 - i)
+        d_f = dc * c_prev * f * (1 - f)
+        d_g = dc * i * (1 - g * g)
+        d_o = gh * tc * o * (1 - o)
+        return cat([d_i, d_f, d_g, d_o], -1), dc * f
+
+
+class GRUGates(Function):
+    """The GRU gate math of one step, fused: ``(gi, gh, h_prev) -> h``.
+
+    ``gi = x W_ihᵀ + b_ih`` and ``gh = h_prev W_hhᵀ + b_hh``, each ``(B, 3H)`` in PyTorch's
+    order (reset, update, new)::
+
+        r = σ(gi_r + gh_r);  z = σ(gi_z + gh_z);  n = tanh(gi_n + r·gh_n)
+        h = (1 - z)·n + z·h_prev
+    """
+
+    def forward(self, gi, gh, h_prev):
+        self.save_inputs(0, 1, 2)
+        backend = backend_of(gi)
+        if backend.name == "cupy":  # one fused kernel launch instead of ~12
+            from ..cuda_kernels.recurrent import gru_gates
+            return gru_gates(gi, gh, h_prev)
+        xp = backend.xp
+        hs = h_prev.shape[-1]
+        r = _sigmoid_array(gi[..., :hs] + gh[..., :hs], xp)
+        z = _sigmoid_array(gi[..., hs:2 * hs] + gh[..., hs:2 * hs], xp)
+        n = xp.tanh(gi[..., 2 * hs:] + r * gh[..., 2 * hs:])
+        return n + z * (h_prev - n)
+
+    def backward(self, g):
+        gi, gh, h_prev = self.saved_inputs
+        hs = h_prev.shape[-1]
+        gi_r, gi_z, gi_n = split(gi, hs, -1)
+        gh_r, gh_z, gh_n = split(gh, hs, -1)
+        r, z = sigmoid(gi_r + gh_r), sigmoid(gi_z + gh_z)
+        n = tanh(gi_n + r * gh_n)
+        d_pre_n = g * (1 - z) * (1 - n * n)
+        d_pre_z = g * (h_prev - n) * z * (1 - z)
+        d_pre_r = d_pre_n * gh_n * r * (1 - r)
+        d_gi = cat([d_pre_r, d_pre_z, d_pre_n], -1)
+        d_gh = cat([d_pre_r, d_pre_z, d_pre_n * r], -1)
+        return d_gi, d_gh, g * z
+
+
+def _check_cell(op, input, hx, w_ih, w_hh, n_gates):
+    hs = w_hh.shape[1]
+    if input.ndim != 2 or input.shape[1] != w_ih.shape[1]:
+        raise RuntimeError(f"{op}: input has shape {tuple(input.shape)}, expected (batch, {w_ih.shape[1]})")
+    if hx.shape != (input.shape[0], hs):
+        raise RuntimeError(f"{op}: hidden state has shape {tuple(hx.shape)}, expected "
+                           f"({input.shape[0]}, {hs}) for input of shape {tuple(input.shape)}")
+    if w_ih.shape[0] != n_gates * hs:
+        raise RuntimeError(f"{op}: weight_ih has shape {tuple(w_ih.shape)}, expected ({n_gates * hs}, *)")
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
+    """One LSTM step on a batch (the function behind ``torch.nn.LSTMCell``).
+
+    Math: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh split into (i, f, g, o);
+    c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c') (then h' W_hrᵀ when ``w_hr`` is given).
+
+    ``input`` is ``(B, in)``, ``hx`` the pair ``(h, c)``; returns ``(h', c')``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.recurrent import lstm_cell
+        >>> h, c = lstm_cell(am.ones(2, 3), (am.zeros(2, 4), am.zeros(2, 4)),
+        ...                  am.zeros(16, 3), am.zeros(16, 4))
+        >>> h.shape, round(c[0, 0].item(), 4)   # g = tanh(0) = 0, so c' = 0
+        ((2, 4), 0.0)
+    """
+    h, c = hx
+    gates = linear(input, w_ih, b_ih) + matmul(h, w_hh.mT)
+    if b_hh is not None:
+        gates = gates + b_hh
+    h, c = LSTMGates.apply(gates, c)
+    if w_hr is not None:
+        h = matmul(h, w_hr.mT)
+    return h, c
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step on a batch (the function behind ``torch.nn.GRUCell``).
+
+    Math: r = σ(x W_irᵀ + b_ir + h W_hrᵀ + b_hr), z = σ(x W_izᵀ + b_iz + h W_hzᵀ + b_hz),
+    n = tanh(x W_inᵀ + b_in + r·(h W_hnᵀ + b_hn)), h' = (1 - z)·n + z·h.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.recurrent import gru_cell
+        >>> h = gru_cell(am.ones(2, 3), am.ones(2, 4), am.zeros(12, 3), am.zeros(12, 4))
+        >>> round(h[0, 0].item(), 4)   # z = 0.5, n = 0: h' = 0.5·h
+        0.5
+    """
+    gi = linear(input, w_ih, b_ih)
+    gh = linear(hx, w_hh, b_hh)
+    return GRUGates.apply(gi, gh, hx)
+
+
+def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One Elman RNN step with tanh (the function behind ``torch.nn.RNNCell``).
+
+    Math: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.recurrent import rnn_tanh_cell
+        >>> rnn_tanh_cell(am.ones(1, 2), am.zeros(1, 3), am.zeros(3, 2), am.zeros(3, 3)).shape
+        (1, 3)
+    """
+    return tanh(linear(input, w_ih, b_ih) + linear(hx, w_hh, b_hh))
+
+
+def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One Elman RNN step with ReLU (``torch.nn.RNNCell(nonlinearity='relu')``).
+
+    Math: h' = max(0, x W_ihᵀ + b_ih + h W_hhᵀ + b_hh).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.recurrent import rnn_relu_cell
+        >>> rnn_relu_cell(am.ones(1, 2), am.zeros(1, 3), am.ones(3, 2), am.zeros(3, 3))
+        tensor([[2., 2., 2.]])
+    """
+    return relu(linear(input, w_ih, b_ih) + linear(hx, w_hh, b_hh))
+
+
+# -- the sequence loop ------------------------------------------------------------------------
+def _step(mode, x_proj, h, c, w_hh, b_hh):
+    """One time step given the precomputed input projection ``x_proj`` (bias b_ih included)."""
+    if mode == "LSTM":
+        gates = x_proj + matmul(h, w_hh.mT)
+        if b_hh is not None:
+            gates = gates + b_hh
+        return LSTMGates.apply(gates, c)
+    if mode == "GRU":
+        return GRUGates.apply(x_proj, linear(h, w_hh, b_hh), h), None
+    pre = x_proj + matmul(h, w_hh.mT)
+    if b_hh is not None:
+        pre = pre + b_hh
+    return (tanh(pre) if mode == "RNN_TANH" else relu(pre)), None
+
+
+def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
+    """Run one layer in one direction over a packed sequence.
+
+    ``x`` is the packed data ``(N, in)`` (time-major rows, ``batch_sizes[t]`` rows at step t),
+    ``h0``/``c0`` ``(B, H)`` (``c0`` None unless LSTM), ``weights`` the tuple
+    ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` (biases and ``w_hr`` may be None). Returns the packed
+    output ``(N, H_out)`` and the final ``h`` (and ``c``), each ``(B, ·)``.
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    # one GEMM for the input projections of every time step, then cut per step
+    steps = split(linear(x, w_ih, b_ih), list(batch_sizes), 0)
+    n = len(batch_sizes)
+    outs = [None] * n
+    if not reverse:
+        h, c = h0, c0
+        done_h, done_c = [], []
+        for t in range(n):
+            bs = batch_sizes[t]
+            if bs < h.shape[0]:  # the shortest sequences ended: their state is final
+                done_h.append(h[bs:])
+                h = h[:bs]
+                if c is not None:
+                    done_c.append(c[bs:])
+                    c = c[:bs]
+            h, c = _step(mode, steps[t], h, c, w_hh, b_hh)
+            if w_hr is not None:
+                h = matmul(h, w_hr.mT)
+            outs[t] = h
+        h_n = cat([h] + done_h[::-1], 0) if done_h else h
+        c_n = (cat([c] + done_c[::-1], 0) if done_c else c) if c is not None else None
+    else:
+        h, c = h0[:batch_sizes[-1]], (c0[:batch_sizes[-1]] if c0 is not None else None)
+        for t in range(n - 1, -1, -1):
+            bs = batch_sizes[t]
+            if bs > h.shape[0]:  # longer sequences start here, from their initial state
+                h = cat([h, h0[h.shape[0]:bs]], 0)
+                if c is not None:
+                    c = cat([c, c0[c.shape[0]:bs]], 0)
+            h, c = _step(mode, steps[t], h, c, w_hh, b_hh)
+            if w_hr is not None:
+                h = matmul(h, w_hr.mT)
+            outs[t] = h
+        h_n, c_n = h, c
+    return cat(outs, 0) if n > 1 else outs[0], h_n, c_n
