@@ -25,42 +25,60 @@ class CupyBackend:
         self.device = device("cuda", index)
         self.seed(DEFAULT_SEED)
 
+    # -- random numbers --------------------------------------------------------------------
+    # A curand generator's position cannot be read back, so the state is ours: (seed, n), and
+    # draw number n comes from a generator re-seeded with a mix of (seed, n). get_rng_state /
+    # set_rng_state are then exact, which activation checkpointing needs to redraw the same
+    # dropout masks. Philox re-seeds without an initialisation kernel, so this costs two
+    # host calls per draw.
     def seed(self, seed: int) -> None:
-        import cupy
         self._seed = int(seed)
-        with cupy.cuda.Device(self.index):
-            self.rng = cupy.random.RandomState(self._seed)
+        self._draws = 0
 
     def initial_seed(self) -> int:
         return self._seed
 
     def get_rng_state(self):
-        return self._seed
+        return (self._seed, self._draws)
 
     def set_rng_state(self, state) -> None:
-        self.seed(state)
+        if isinstance(state, tuple) and len(state) == 2:
+            self._seed, self._draws = int(state[0]), int(state[1])
+        else:  # a bare seed, as this backend returned before it tracked draws
+            self.seed(state)
+
+    def _next_generator(self):
+        import cupy
+        from cupy_backends.cuda.libs import curand
+        gen = getattr(self, "_gen", None)
+        if gen is None:
+            with cupy.cuda.Device(self.index):
+                gen = self._gen = cupy.random.RandomState(0, method=curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+        gen.seed(_mix64(self._seed, self._draws))
+        self._draws += 1
+        return gen
 
     def rand(self, shape, np_dtype):
         import cupy
         with cupy.cuda.Device(self.index):
             dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
-            return self.rng.random_sample(shape, dtype=dt).astype(np_dtype, copy=False)
+            return self._next_generator().random_sample(shape, dtype=dt).astype(np_dtype, copy=False)
 
     def randn(self, shape, np_dtype):
         import cupy
         with cupy.cuda.Device(self.index):
             dt = np_dtype if np_dtype in (np.float32, np.float64) else np.float32
-            return self.rng.standard_normal(shape, dtype=dt).astype(np_dtype, copy=False)
+            return self._next_generator().standard_normal(shape, dtype=dt).astype(np_dtype, copy=False)
 
     def randint(self, low, high, shape, np_dtype):
         import cupy
         with cupy.cuda.Device(self.index):
-            return self.rng.randint(low, high, size=shape, dtype=np_dtype)
+            return self._next_generator().randint(low, high, size=shape, dtype=np_dtype)
 
     def permutation(self, n: int):
         import cupy
         with cupy.cuda.Device(self.index):
-            return self.rng.permutation(n)
+            return self._next_generator().permutation(n)
 
     @staticmethod
     def scatter_add(target, key, values) -> None:
@@ -90,6 +108,15 @@ class CupyBackend:
         import cupy
         with cupy.cuda.Device(self.index):
             cupy.cuda.Stream.null.synchronize()
+
+
+def _mix64(seed: int, n: int) -> int:
+    """SplitMix64 of ``seed + n * golden``: well-spread 64-bit seeds for consecutive draws."""
+    m = (1 << 64) - 1
+    z = (seed + (n + 1) * 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
 
 
 def erf(x):
