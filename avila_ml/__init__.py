@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .dtypes import (  # noqa: F401
-    dtype, float16, float32, float64, int8, int16, int32, int64, uint8, bool, half, float,
+    dtype, float16, bfloat16, float32, float64, int8, int16, int32, int64, uint8, bool, half, float,
     double, int, long, short, get_default_dtype, set_default_dtype, result_type, promote_types,
     is_floating_point,
 )

@@ -104,6 +104,26 @@ class CupyBackend:
         with cupy.cuda.Device(self.index):
             return cupy.asarray(array)
 
+    def from_numpy_async(self, array):
+        """Host-to-device copy queued on the current stream (``non_blocking=True``).
+
+        Asynchronous with respect to the host only when ``array`` lies in pinned memory
+        (:meth:`pin`); the caller must keep ``array`` unchanged until the stream reaches the copy.
+        """
+        import cupy
+        with cupy.cuda.Device(self.index):
+            out = cupy.empty(array.shape, dtype=array.dtype)
+            out.set(np.ascontiguousarray(array), stream=cupy.cuda.get_current_stream())
+            return out
+
+    @staticmethod
+    def pin(array):
+        """A copy of the NumPy ``array`` in page-locked (pinned) host memory."""
+        import cupyx
+        out = cupyx.empty_pinned(array.shape, dtype=array.dtype)
+        out[...] = array
+        return out
+
     def synchronize(self) -> None:
         import cupy
         with cupy.cuda.Device(self.index):

@@ -181,8 +181,8 @@ class _BlockedAttention(Function):
     # -- the blocked xp path -----------------------------------------------------------------
     @staticmethod
     def _compute_dtype(dtype):
-        # float16 matmuls are very slow on the CPU: accumulate in float32, like PyTorch
-        return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+        # float16 matmuls are very slow on the CPU and NumPy has no bfloat16 GEMM: accumulate in float32, like PyTorch
+        return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
 
     def _prepare(self, q, k, v, mask, ct):
         """Views of the inputs as (B, n, d) in the compute dtype; q carries the scale."""

@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from ..autograd.function import Function
+from ..dtypes import host_compute_dtype
 from ..backends import backend_of, get_conv_algorithm
 from ..tensor import Tensor
 from . import _conv_direct, _conv_fft, _conv_gemm
@@ -122,6 +123,9 @@ def _run(kind, a, b, geom, extra=None):
     out = _cuda_conv4d(kind, a, b, geom, extra)
     if out is not None:
         return out
+    ct = host_compute_dtype(a)
+    if ct is not None:  # 2-byte floats on the CPU: GEMMs in float32, the result rounded back
+        return _run(kind, a.astype(ct), b.astype(ct), geom, extra).astype(a.dtype)
     if kind == "forward":
         N, C, S, O, K = a.shape[0], a.shape[1], a.shape[2:], b.shape[0], b.shape[2:]
         return _choose(backend_of(a).name, N, C, O, geom.groups, S, K, geom).conv_forward(a, b, geom)

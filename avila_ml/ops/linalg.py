@@ -5,6 +5,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..backends import backend_of
+from ..dtypes import host_compute_dtype
 from ..tensor import Tensor
 from .elementwise import sum_to, _prepare, _arr
 from .shape import reshape, squeeze, unsqueeze, broadcast_to
@@ -17,6 +18,9 @@ class MatMul(Function):
 
     def forward(self, a, b):
         self.save_inputs(0, 1)
+        ct = host_compute_dtype(a)
+        if ct is not None:  # 2-byte floats on the CPU: float32 accumulation, rounded result
+            return np.matmul(a.astype(ct), b.astype(ct)).astype(a.dtype)
         return backend_of(a).xp.matmul(a, b)
 
     def backward(self, g):
@@ -125,6 +129,9 @@ class Einsum(Function):
     def forward(self, spec, *ops):
         self.spec = spec
         self.save_inputs(*range(len(ops)))
+        ct = host_compute_dtype(ops[0])
+        if ct is not None:  # 2-byte floats on the CPU: float32 accumulation, rounded result
+            return _arr(np.einsum(spec, *[o.astype(ct) for o in ops], optimize=len(ops) > 2).astype(ops[0].dtype))
         return _arr(backend_of(ops[0]).xp.einsum(spec, *ops, optimize=len(ops) > 2))
 
     def backward(self, g):

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from ..autograd.function import Function
+from ..dtypes import host_compute_dtype
 from ..autograd.grad_mode import no_grad, _state
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -172,6 +173,11 @@ def _sum_prod(a, b, axes, xp):
     shape, ax = _merged(a.shape, axes)
     letters = "abcdefghijklmnopqrstuvwxyz"[:len(shape)]
     kept = "".join(c for i, c in enumerate(letters) if i not in ax)
+    ct = host_compute_dtype(a)
+    if ct is not None:  # 2-byte floats on the CPU: sum in float32 (no bfloat16 einsum in NumPy)
+        r = xp.einsum(f"{letters},{letters}->{kept}", a.reshape(shape).astype(ct),
+                      b.reshape(shape).astype(ct)).astype(a.dtype)
+        return r.reshape(_keep_shape(a.shape, axes))
     r = xp.einsum(f"{letters},{letters}->{kept}", a.reshape(shape), b.reshape(shape))
     return r.reshape(_keep_shape(a.shape, axes))
 

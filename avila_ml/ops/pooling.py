@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from ..dtypes import np_is_floating as _np_is_floating
+
 from ..autograd.function import Function
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -103,7 +105,7 @@ def _gather_flat(x, idx, out_spatial):
 
 
 def _lowest(dtype):
-    return -np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).min
+    return -np.inf if _np_is_floating(np.dtype(dtype)) else np.iinfo(dtype).min
 
 
 # ----------------------------------------------------------------------------- max pooling
