@@ -28,6 +28,8 @@ from .io import save, load  # noqa: F401
 from . import nn, optim, data  # noqa: F401,E402
 
 from . import utils  # noqa: F401,E402  (utils.data is avila_ml.data, as torch.utils.data)
+from . import amp, cpu  # noqa: F401,E402
+from .amp import autocast, is_autocast_enabled, get_autocast_dtype  # noqa: F401,E402
 
 
 def is_tensor(obj) -> bool:

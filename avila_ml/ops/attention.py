@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from ..autograd.function import Function
+from ..amp.autocast_mode import autocast_op
 from .._grad_state import state as _grad_state
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -490,6 +491,7 @@ def _repeat_heads(t, groups: int):
     return reshape(e, shape[:-3] + (shape[-3] * groups,) + shape[-2:])
 
 
+@autocast_op("scaled_dot_product_attention")
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale=None, enable_gqa: bool = False):
     """Attention ``softmax(Q K^T * scale + mask) V``

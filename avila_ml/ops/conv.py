@@ -25,6 +25,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..dtypes import host_compute_dtype
+from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of, get_conv_algorithm
 from ..tensor import Tensor
 from . import _conv_direct, _conv_fft, _conv_gemm
@@ -393,7 +394,7 @@ def _conv_fn(d, extra, ex_x, ex_w, ex_sel, ex_out):
     fn.__doc__ = _CONV_DOC.format(d=d, dims=", ".join("S%d" % i for i in range(1, d + 1)),
                                   kdims=", ".join("K%d" % i for i in range(1, d + 1)), extra=extra,
                                   ex_x=ex_x, ex_w=ex_w, ex_sel=ex_sel, ex_out=ex_out)
-    return fn
+    return autocast_op(op)(fn)
 
 
 conv1d = _conv_fn(1, "", "1, 1, 4", "1, 1, 3", "", "tensor([[[2., 3., 3., 2.]]])")
@@ -433,7 +434,7 @@ def _convt_fn(d, extra, ex_x, ex_w, ex_sel, ex_out):
     fn.__doc__ = _CONVT_DOC.format(d=d, dims=", ".join("S%d" % i for i in range(1, d + 1)),
                                    kdims=", ".join("K%d" % i for i in range(1, d + 1)), extra=extra,
                                    ex_x=ex_x, ex_w=ex_w, ex_sel=ex_sel, ex_out=ex_out)
-    return fn
+    return autocast_op(op)(fn)
 
 
 conv_transpose1d = _convt_fn(1, "", "1, 1, 3", "1, 1, 3", "", "tensor([[[1., 1., 2., 1., 2., 1., 1.]]])")

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
+from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
 from ..tensor import Tensor
 
@@ -817,6 +818,7 @@ def lerp(input, end, weight):
     return input + weight * (end - input)
 
 
+@autocast_op("addcmul")
 def addcmul(input, tensor1, tensor2, value=1):
     """``input + value * tensor1 * tensor2`` (``torch.addcmul``)."""
     return input + value * tensor1 * tensor2

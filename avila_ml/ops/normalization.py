@@ -28,6 +28,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..dtypes import host_compute_dtype
+from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import no_grad, _state
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -313,6 +314,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return input * reshape(scale, shape) + reshape(shift, shape)
 
 
+@autocast_op("layer_norm")
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """Layer normalization over the trailing ``normalized_shape`` dims
     (``torch.nn.functional.layer_norm``).
@@ -344,6 +346,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     return Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)[0]
 
 
+@autocast_op("group_norm")
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """Group normalization over (N, C, *spatial) (``torch.nn.functional.group_norm``).
 

@@ -138,12 +138,16 @@ class CheckpointFunction(Function):
             rerun_args = _detached(_refill(args, real[:n_in]))
         rerun_inputs = [a for a in rerun_args if isinstance(a, Tensor)]
         before = _rng_states() if self._ckpt_rng is not None else None
+        # the rerun sees the forward's autocast state (backward itself runs with autocast off)
+        ac_before = (_state.autocast, _state.autocast_outer)
         try:
             if self._ckpt_rng is not None:
                 _set_rng_states(self._ckpt_rng)
+            _state.autocast, _state.autocast_outer = self._ckpt_autocast
             with enable_grad():
                 outs, _ = _as_outputs(fn(*rerun_args, **kwargs), "checkpoint")
         finally:
+            _state.autocast, _state.autocast_outer = ac_before
             if before is not None:
                 _set_rng_states(before)
         targets = []
@@ -186,6 +190,7 @@ def checkpoint(function, *args, use_reentrant: bool = False, preserve_rng_state:
     Math: the result and every gradient are those of ``function`` itself; memory for the
     block's saved activations is paid only while its backward runs.
 
+    The recomputation runs under the autocast state of the forward (PyTorch does the same).
     ``preserve_rng_state=True`` saves the CPU and CUDA generators' states before the forward
     and restores them around the recomputation, so dropout draws the same masks and the
     gradients equal the plain run's; the global generators are left as the plain run leaves
@@ -252,6 +257,7 @@ def checkpoint(function, *args, use_reentrant: bool = False, preserve_rng_state:
     node._ckpt_tensors = inputs + leaves
     node._ckpt_n_in = len(inputs)
     node._ckpt_rng = rng
+    node._ckpt_autocast = (_state.autocast, _state.autocast_outer)
     return rebuild(res)
 
 
