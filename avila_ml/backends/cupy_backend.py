@@ -124,6 +124,28 @@ class CupyBackend:
         out[...] = array
         return out
 
+    # -- host-to-device copies kept in flight (DevicePrefetcher) --------------------------------
+    def _copy_stream(self):
+        import cupy
+        stream = getattr(self, "_copy_stream_obj", None)
+        if stream is None:
+            with cupy.cuda.Device(self.index):
+                stream = self._copy_stream_obj = cupy.cuda.Stream(non_blocking=True)
+        return stream
+
+    def copy_context(self):
+        """Issue copies on a side stream, so they overlap kernels queued on the current one."""
+        return self._copy_stream()
+
+    def record_copy(self):
+        """An event recorded on the side stream after the copies."""
+        return self._copy_stream().record()
+
+    def wait_copy(self, event) -> None:
+        """Make the current stream wait (on the GPU, not the host) for ``event``'s copies."""
+        import cupy
+        cupy.cuda.get_current_stream().wait_event(event)
+
     def synchronize(self) -> None:
         import cupy
         with cupy.cuda.Device(self.index):
