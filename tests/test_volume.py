@@ -187,6 +187,12 @@ def test_positions_follow_manual_seed_and_epoch(tmp_path):
     assert [ds.position(i) for i in range(8)] == a
     ds.set_epoch(1)
     assert [ds.position(i) for i in range(8)] != a
+    split = VolumeDataset(path, (4, 4, 4, 4), num_patches=30, samples=[1])
+    assert {split.position(i)[0] for i in range(30)} == {1}
+    grid = VolumeDataset(path, (4, 4, 4, 4), positions="grid", samples=[1])
+    assert len(grid) == 16 and grid.position(0) == (1, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="samples"):
+        VolumeDataset(path, (4, 4, 4, 4), samples=[2])
 
 
 @pytest.mark.parametrize("fmt_", ["h5", "zarr"])

@@ -270,7 +270,8 @@ class VolumeDataset(Dataset):
 
     ``periodic``: a bool or one per axis (t, x, y, z): a periodic axis wraps around (random
     starts then range over the whole axis, grid starts go up to the end). ``cache_bytes``: LRU
-    cache of whole chunks (0: none).
+    cache of whole chunks (0: none). ``samples``: the sample indices to draw from (a
+    train/validation split of one file); default all.
 
     Math: patch = ``V[s, :, (t0 + i) mod T, (x0 + j) mod X, ...]`` (mod only on periodic axes).
 
@@ -287,7 +288,8 @@ class VolumeDataset(Dataset):
 
     def __init__(self, source, patch_shape, *, dataset: str = "data", positions: str = "random",
                  num_patches=None, stride=None, periodic=False, chunk_aligned: bool = False,
-                 cache_bytes: int = 0, seed=None, dtype=None, transform=None, return_position: bool = False):
+                 cache_bytes: int = 0, seed=None, dtype=None, transform=None, return_position: bool = False,
+                 samples=None):
         self._path = None
         self._array = None
         self._kind = None
@@ -341,13 +343,17 @@ class VolumeDataset(Dataset):
             from .sampler import _draw_seed
             seed = _draw_seed(None)
         self.seed = int(seed)
+        self.samples = list(range(self.shape[0])) if samples is None else [int(i) for i in samples]
+        if not self.samples or any(not 0 <= i < self.shape[0] for i in self.samples):
+            raise ValueError(f"VolumeDataset: samples must be a non-empty list of indices below {self.shape[0]}, "
+                             f"got {samples!r}")
         self._grid = [self._grid_starts(n, p, s, w) for n, p, s, w in
                       zip(self.spatial, self.patch_shape, self.stride, self.periodic)]
         if positions == "grid":
-            self._len = self.shape[0] * int(np.prod([len(g) for g in self._grid]))
+            self._len = len(self.samples) * int(np.prod([len(g) for g in self._grid]))
         else:
             per_sample = int(np.prod([max(1, n // p) for n, p in zip(self.spatial, self.patch_shape)]))
-            self._len = int(num_patches) if num_patches is not None else self.shape[0] * per_sample
+            self._len = int(num_patches) if num_patches is not None else len(self.samples) * per_sample
         self._reader = None
         self._pid = None
         self._handle = None
@@ -411,9 +417,9 @@ class VolumeDataset(Dataset):
             counts = [len(g) for g in self._grid]
             sample, rest = divmod(index, int(np.prod(counts)))
             idx = np.unravel_index(rest, counts)
-            return (int(sample),) + tuple(int(g[i]) for g, i in zip(self._grid, idx))
+            return (self.samples[sample],) + tuple(int(g[i]) for g, i in zip(self._grid, idx))
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        sample = int(rng.integers(self.shape[0]))
+        sample = self.samples[int(rng.integers(len(self.samples)))]
         starts = []
         for n, p, w, c in zip(self.spatial, self.patch_shape, self.periodic, self.chunks[2:]):
             hi = n if w else n - p + 1  # starts in [0, hi)

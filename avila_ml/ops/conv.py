@@ -260,6 +260,7 @@ def _check_extent(op, x_shape, kernel, geom):
             f"the padded input {P} (input {tuple(x_shape)}, padding low {geom.pad_lo} high {geom.pad_hi})")
 
 
+@autocast_op("convolution")  # conv1d..conv4d and the Conv layers all come through here
 def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     """Shared body of conv1d..conv4d."""
     _check_tensors(op, input, weight, bias, d, False)
@@ -317,6 +318,7 @@ def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding
     return y.squeeze(0) if unbatched else y
 
 
+@autocast_op("conv_transpose")
 def _conv_transpose(op, d, input, weight, bias, stride, padding, output_padding, groups, dilation):
     """Shared body of conv_transpose1d..conv_transpose4d."""
     _check_tensors(op, input, weight, bias, d, True)
@@ -394,7 +396,7 @@ def _conv_fn(d, extra, ex_x, ex_w, ex_sel, ex_out):
     fn.__doc__ = _CONV_DOC.format(d=d, dims=", ".join("S%d" % i for i in range(1, d + 1)),
                                   kdims=", ".join("K%d" % i for i in range(1, d + 1)), extra=extra,
                                   ex_x=ex_x, ex_w=ex_w, ex_sel=ex_sel, ex_out=ex_out)
-    return autocast_op(op)(fn)
+    return fn
 
 
 conv1d = _conv_fn(1, "", "1, 1, 4", "1, 1, 3", "", "tensor([[[2., 3., 3., 2.]]])")
@@ -434,7 +436,7 @@ def _convt_fn(d, extra, ex_x, ex_w, ex_sel, ex_out):
     fn.__doc__ = _CONVT_DOC.format(d=d, dims=", ".join("S%d" % i for i in range(1, d + 1)),
                                    kdims=", ".join("K%d" % i for i in range(1, d + 1)), extra=extra,
                                    ex_x=ex_x, ex_w=ex_w, ex_sel=ex_sel, ex_out=ex_out)
-    return autocast_op(op)(fn)
+    return fn
 
 
 conv_transpose1d = _convt_fn(1, "", "1, 1, 3", "1, 1, 3", "", "tensor([[[1., 1., 2., 1., 2., 1., 1.]]])")
