@@ -234,3 +234,29 @@ def test_nested_checkpoints():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         checkpoint(outer, x)
+
+
+def test_captured_non_leaf_tensor_is_correct_or_a_clear_error():
+    w = am.randn(3, requires_grad=True)
+    x = am.randn(3, requires_grad=True)
+    t = w * 2  # a non-leaf tensor used only inside the block: differentiated through
+    checkpoint(lambda u: (u * t).sin(), x).sum().backward()
+    gw = _np(w.grad)
+    w.grad = None
+    (x * (w * 2)).sin().sum().backward()
+    np.testing.assert_allclose(gw, _np(w.grad), rtol=1e-6)
+    # also used after the block: its graph is freed before the block's backward needs it
+    t = w * 2
+    loss = checkpoint(lambda u: (u * t).sin(), x).sum() + (t * t).sum()
+    with pytest.raises(RuntimeError, match="as arguments"):
+        loss.backward()
+    # passed as an argument instead, it works
+    w.grad = x.grad = None
+    t = w * 2
+    (checkpoint(lambda u, v: (u * v).sin(), x, t).sum() + (t * t).sum()).backward()
+    gw, gx = _np(w.grad), _np(x.grad)
+    w.grad = x.grad = None
+    t = w * 2
+    ((x * t).sin().sum() + (t * t).sum()).backward()
+    np.testing.assert_allclose(gw, _np(w.grad), rtol=1e-6)
+    np.testing.assert_allclose(gx, _np(x.grad), rtol=1e-6)

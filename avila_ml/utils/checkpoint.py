@@ -164,7 +164,21 @@ class CheckpointFunction(Function):
         result = [None] * len(self.needs_input_grad)
         if targets and roots:
             from ..autograd import grad as _grad
-            got = _grad(roots, targets, root_grads, create_graph=create_graph, allow_unused=True)
+            # retain_graph: a non-leaf tensor the function captured from outside (not an
+            # argument) is differentiated through here down to its leaves; its own graph belongs
+            # to the caller and must stay usable. The rerun's graph dies with this frame anyway.
+            try:
+                got = _grad(roots, targets, root_grads, retain_graph=True, create_graph=create_graph,
+                            allow_unused=True)
+            except RuntimeError as e:
+                if "second time" not in str(e):
+                    raise
+                raise RuntimeError(
+                    "checkpoint: the checkpointed function uses a tensor with a grad_fn that it did "
+                    "not receive as an argument (captured from outside), and the graph behind that "
+                    "tensor was already freed by this backward. Pass such tensors to checkpoint() as "
+                    "arguments (parameters and other leaves may stay captured)."
+                ) from e
             k = 0
             for i, need in enumerate(self.needs_input_grad):
                 if need:
@@ -191,6 +205,10 @@ def checkpoint(function, *args, use_reentrant: bool = False, preserve_rng_state:
     block's saved activations is paid only while its backward runs.
 
     The recomputation runs under the autocast state of the forward (PyTorch does the same).
+    Tensors the function captures from outside must be leaves (parameters); a captured tensor
+    with a ``grad_fn`` should be passed as an argument instead (when its graph is freed before
+    the block's backward runs, backward raises a ``RuntimeError`` saying so). Layers with
+    running statistics (BatchNorm) update them twice, once per forward, as in PyTorch.
     ``preserve_rng_state=True`` saves the CPU and CUDA generators' states before the forward
     and restores them around the recomputation, so dropout draws the same masks and the
     gradients equal the plain run's; the global generators are left as the plain run leaves
