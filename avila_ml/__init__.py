@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .dtypes import (  # noqa: F401
-    dtype, float16, float32, float64, int8, int16, int32, int64, uint8, bool, half, float,
+    dtype, float16, bfloat16, float32, float64, int8, int16, int32, int64, uint8, bool, half, float,
     double, int, long, short, get_default_dtype, set_default_dtype, result_type, promote_types,
     is_floating_point,
 )
@@ -46,6 +46,8 @@ from . import nn, optim, data  # noqa: F401,E402
 from . import debug  # noqa: F401,E402  (sync-free value checks on CUDA: am.debug.set_sync_checks)
 
 from . import utils  # noqa: F401,E402  (utils.data is avila_ml.data, as torch.utils.data)
+from . import amp, cpu  # noqa: F401,E402
+from .amp import autocast, is_autocast_enabled, get_autocast_dtype  # noqa: F401,E402
 
 
 def is_tensor(obj) -> bool:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .backends import cuda_is_available, get_backend
 
-__all__ = ["is_available", "device_count", "synchronize", "manual_seed"]
+from .amp.device_aliases import cuda_amp as amp  # noqa: F401  (torch.cuda.amp.autocast / GradScaler)
+
+__all__ = ["is_available", "device_count", "synchronize", "manual_seed", "amp"]
 
 
 def is_available() -> bool:

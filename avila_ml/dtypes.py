@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "dtype", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+    "dtype", "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
     "bool", "half", "float", "double", "int", "long", "short",
     "get_default_dtype", "set_default_dtype", "result_type", "promote_types",
     "is_floating_point",
@@ -50,6 +50,38 @@ class dtype:
 
 
 float16 = dtype("float16", np.float16, _FLOAT)
+
+
+class _MissingDtype:
+    """Stands in for ``bfloat16`` when ``ml_dtypes`` is not installed: every use says how to get it."""
+
+    __slots__ = ("name",)
+    category = _FLOAT
+    is_floating_point = True
+    is_signed = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr):
+        raise TypeError(
+            f"{self.name} on the CPU needs the ml_dtypes package (NumPy has no {self.name}); "
+            "install it with `pip install avila-ml[bf16]` or `pip install ml_dtypes`"
+        )
+
+    def __repr__(self) -> str:
+        return f"avila_ml.{self.name}"
+
+    def __reduce__(self):
+        return (_by_name, (self.name,))
+
+
+try:  # bfloat16 is not a NumPy dtype: ml_dtypes (JAX's) registers one NumPy understands
+    import ml_dtypes as _ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
+    bfloat16 = _MissingDtype("bfloat16")
+else:
+    bfloat16 = dtype("bfloat16", _ml_dtypes.bfloat16, _FLOAT)
 float32 = dtype("float32", np.float32, _FLOAT)
 float64 = dtype("float64", np.float64, _FLOAT)
 int8 = dtype("int8", np.int8, _INT)
@@ -61,10 +93,33 @@ bool = dtype("bool", np.bool_, _BOOL)  # noqa: A001 - PyTorch's public name
 half, float, double = float16, float32, float64  # noqa: A001
 int, long, short = int32, int64, int16  # noqa: A001
 
-_ALL = (float16, float32, float64, int8, int16, int32, int64, uint8, bool)
+_ALL = ((float16,) + ((bfloat16,) if isinstance(bfloat16, dtype) else ()) + (float32, float64, int8, int16, int32, int64, uint8, bool))
 _FROM_NP = {d.np: d for d in _ALL}
 _NAMES = {d.name: d for d in _ALL}
+_NAMES.setdefault("bfloat16", bfloat16)  # the stand-in, when ml_dtypes is missing, raises on use
 _default_float = [float32]
+
+
+BFLOAT16_CUDA_MSG = (
+    "{op}: bfloat16 is supported on the CPU only (through ml_dtypes): CuPy has no bfloat16 "
+    "dtype. On CUDA use float16 (e.g. autocast('cuda', dtype=avila_ml.float16) with a GradScaler)"
+)
+
+
+def np_is_floating(np_dtype) -> _pybool:
+    """True for NumPy floating dtypes, ml_dtypes' bfloat16 included (its NumPy kind is 'V')."""
+    return np_dtype.kind == "f" or np_dtype.name == "bfloat16"
+
+
+def host_compute_dtype(array):
+    """The dtype a NumPy GEMM/einsum on ``array`` runs in: float32 for the 2-byte floats
+    (NumPy has no BLAS for float16 and no einsum for bfloat16; accumulating in float32 and
+    rounding the result is what GPU tensor cores and PyTorch's CPU kernels do), else its own;
+    None for CuPy arrays (cuBLAS handles float16 itself)."""
+    d = array.dtype
+    if d.itemsize == 2 and np_is_floating(d) and isinstance(array, np.ndarray):
+        return np.dtype(np.float32)
+    return None
 
 
 def _by_name(name: str) -> dtype:
@@ -87,7 +142,10 @@ def to_dtype(d) -> dtype:
     if isinstance(d, dtype):
         return d
     if isinstance(d, str) and d in _NAMES:
-        return _NAMES[d]
+        d = _NAMES[d]
+        return d if isinstance(d, dtype) else d.np  # the stand-in raises, naming the fix
+    if isinstance(d, _MissingDtype):
+        return d.np
     if d is _pyfloat:
         return _default_float[0]
     if d is _pyint:
@@ -137,6 +195,8 @@ def promote_types(a: dtype, b: dtype) -> dtype:
         return a
     if a.category != b.category:
         return a if a.category > b.category else b
+    if a.itemsize == b.itemsize == 2 and a.category == _FLOAT:
+        return float32  # float16 with bfloat16: neither holds the other (PyTorch gives float32)
     return _FROM_NP[np.promote_types(a.np, b.np)]
 
 

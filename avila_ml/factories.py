@@ -44,7 +44,7 @@ def _infer_np_dtype(data):
         raise ValueError(f"tensor: expected a rectangular nested sequence of numbers (ragged data): {e}") from None
     if a.dtype == object:
         raise TypeError(f"tensor: could not infer dtype of {type(data).__name__} (ragged or non-numeric data)")
-    if a.dtype.kind == "f":
+    if _dt.np_is_floating(a.dtype):
         return _dt.get_default_dtype().np
     if a.dtype.kind in "iu":
         return np.int64
@@ -204,7 +204,7 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad: bool
     b = get_backend(device)
     np_dtype = _dt.to_dtype(dtype).np
     n = int(np.ceil((end - start) / step))
-    arr = (np.arange(n, dtype=np.float64) * step + start).astype(np_dtype) if np_dtype.kind == "f" else np.arange(start, end, step, dtype=np_dtype)
+    arr = (np.arange(n, dtype=np.float64) * step + start).astype(np_dtype) if _dt.np_is_floating(np_dtype) else np.arange(start, end, step, dtype=np_dtype)
     return _finish(b.from_numpy(arr) if b.name != "numpy" else arr, requires_grad)
 
 
@@ -274,7 +274,7 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None) 
         raise RuntimeError(f"randint: expected low < high, got low={low}, high={high}")
     b = get_backend(device)
     np_dtype = _dt.int64.np if dtype is None else _dt.to_dtype(dtype).np
-    if np_dtype.kind == "f":
+    if _dt.np_is_floating(np_dtype):
         arr = _draw(b, generator, "randint", low, high, _shape((size,)), np.int64).astype(np_dtype)
     else:
         arr = _draw(b, generator, "randint", low, high, _shape((size,)), np_dtype)

@@ -475,7 +475,7 @@ class _Decoder:
             saved = str(_device(saved))
         except ValueError as e:
             raise self.bad(f"tensor {spec['name']!r}: {e}") from None
-        if rg and arr.dtype.kind != "f":
+        if rg and not _dt.np_is_floating(arr.dtype):
             raise self.bad(f"tensor {spec['name']!r} of dtype {arr.dtype} cannot require grad")
         target = self.where_to(saved)
         key = (spec["name"], target)

@@ -126,7 +126,7 @@ class Tensor:
         return not isinstance(self.array, np.ndarray)
 
     def is_floating_point(self) -> bool:
-        return self.array.dtype.kind == "f"
+        return _dt.np_is_floating(self.array.dtype)
 
     @property
     def requires_grad(self) -> bool:
@@ -147,7 +147,7 @@ class Tensor:
             return self
         if requires_grad and type(self._version) is InferenceVersion and not _state.inference:
             raise RuntimeError("Setting requires_grad=True on inference tensor outside InferenceMode is not allowed.")
-        if requires_grad and self.array.dtype.kind not in "fc":
+        if requires_grad and not (_dt.np_is_floating(self.array.dtype) or self.array.dtype.kind == "c"):
             raise RuntimeError(
                 f"requires_grad_: only tensors of floating point dtype can require gradients, "
                 f"got {self.dtype}"
@@ -314,15 +314,17 @@ class Tensor:
             return a.astype(dtype)
         return a.copy() if copy else a
 
-    def to(self, *args, dtype=None, device=None, copy: bool = False) -> "Tensor":
+    def to(self, *args, dtype=None, device=None, copy: bool = False, non_blocking: bool = False) -> "Tensor":
         """Convert to a device and/or dtype, differentiably (``Tensor.to``).
 
         ``t.to("cuda")``, ``t.to(am.float64)``, ``t.to(other_tensor)``, ``t.to("cpu", am.float64)``.
+        ``non_blocking=True``: a host-to-GPU copy from pinned memory is queued on the current
+        stream and overlaps GPU work (see :func:`avila_ml.ops.shape.to_device`).
         """
         for a in args:
             if isinstance(a, Tensor):
                 dtype, device = a.dtype, a.device
-            elif isinstance(a, (_dt.dtype, type)) or (isinstance(a, str) and a in _dt._NAMES):
+            elif isinstance(a, (_dt.dtype, type, _dt._MissingDtype)) or (isinstance(a, str) and a in _dt._NAMES):
                 dtype = a
             elif isinstance(a, (str, _device)):
                 device = a
@@ -330,7 +332,7 @@ class Tensor:
                 raise TypeError(f"to: unexpected argument {a!r}")
         out = self
         if device is not None:
-            out = _ops.shape.to_device(out, device)
+            out = _ops.shape.to_device(out, device, non_blocking)
         if dtype is not None:
             out = _ops.elementwise.cast(out, dtype)
         if copy and out is self:
@@ -351,6 +353,10 @@ class Tensor:
 
     def half(self) -> "Tensor":
         return self.to(_dt.float16)
+
+    def bfloat16(self) -> "Tensor":
+        """Cast to bfloat16, differentiably (``Tensor.bfloat16``; needs ``ml_dtypes`` on the CPU)."""
+        return self.to(_dt.bfloat16)
 
     def long(self) -> "Tensor":
         return self.to(_dt.int64)
@@ -582,8 +588,10 @@ class Tensor:
 
     def __repr__(self) -> str:
         arr = self._backend.to_numpy(self.array)
+        if arr.dtype.name == "bfloat16":  # NumPy formats it as an opaque type; float32 holds it exactly
+            arr = arr.astype(np.float32)
         opts = {}
-        if arr.dtype.kind == "f" and arr.size:
+        if _dt.np_is_floating(arr.dtype) and arr.size:
             finite = arr[np.isfinite(arr)]
             if finite.size and not (finite == np.round(finite)).all():
                 opts = {"floatmode": "fixed", "precision": 4}

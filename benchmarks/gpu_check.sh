@@ -96,6 +96,11 @@ fi
 
 run_step "benchmarks" 90 "$python" benchmarks/bench_gpu_kernels.py --json "$bench_json"
 
+# --- issue 11 (h11): host-to-device overlap (pinned batches, DevicePrefetcher) and float16 autocast
+run_step "copy/compute overlap and autocast" "$python" benchmarks/gpu_overlap.py \
+    --json "$results/gpu_overlap_${gpu_tag}_${stamp}.json"
+# --- end issue 11 block
+
 if [ "${#failures[@]}" -ne 0 ]; then
     note "FAILED: ${failures[*]}"
     echo "log: $log"

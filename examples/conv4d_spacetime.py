@@ -12,6 +12,7 @@ voxel; the network reaches ~98% test accuracy (chance: 17%).
     python examples/conv4d_spacetime.py              # ~1-2 min on 2 CPU cores, asserts >= 90% test accuracy
     python examples/conv4d_spacetime.py --epochs 20
     python examples/conv4d_spacetime.py --quick      # tiny smoke run (< 20 s), no accuracy check
+    python examples/conv4d_spacetime.py --autocast   # mixed precision: bfloat16 convolutions (autocast)
 
 Writes examples/output/conv4d_spacetime.png: time slices of an input (clean and as the network
 sees it) and the learning curve.
@@ -85,9 +86,9 @@ class SpacetimeNet(nn.Module):
         return self.head(self.pool(x).flatten(1))           # (N, 6)
 
 
-def accuracy(model, x, y, batch=64):
+def accuracy(model, x, y, batch=64, autocast=False):
     correct = 0
-    with am.no_grad():
+    with am.no_grad(), am.autocast("cpu", enabled=autocast):
         for i in range(0, len(x), batch):
             logits = model(am.tensor(x[i:i + batch]))
             correct += int((logits.argmax(1).numpy() == y[i:i + batch]).sum())
@@ -124,6 +125,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny run for smoke tests (no accuracy check)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autocast", action="store_true", help="run the forward under autocast (bfloat16)")
     args = parser.parse_args()
     n_train, n_test, batch = (64, 32, 16) if args.quick else (1024, 256, 32)
     epochs = 1 if args.quick else args.epochs
@@ -147,7 +149,8 @@ def main():
         bar = tqdm(range(0, n_train - batch + 1, batch), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         for i in bar:
             idx = order[i:i + batch]
-            loss = loss_fn(model(am.tensor(x_train[idx])), am.tensor(y_train[idx]))
+            with am.autocast("cpu", enabled=args.autocast):  # bfloat16 needs no GradScaler
+                loss = loss_fn(model(am.tensor(x_train[idx])), am.tensor(y_train[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -156,7 +159,7 @@ def main():
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         history["loss"].append(total / (n_train // batch * batch))
-        history["test_acc"].append(accuracy(model, x_test, y_test))
+        history["test_acc"].append(accuracy(model, x_test, y_test, autocast=args.autocast))
         print(f"epoch {epoch + 1}: train loss {history['loss'][-1]:.4f}, "
               f"test accuracy {history['test_acc'][-1]:.3f} ({time.time() - start:.0f} s)")
 

@@ -16,3 +16,19 @@ def test_example_runs_quick(path, tmp_path):
     proc = subprocess.run([sys.executable, path, "--quick"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{os.path.basename(path)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_volume_from_disk_streams_the_file_it_wrote(tmp_path):
+    """The out-of-core example writes an HDF5 stack + labels, trains from it and reports figures."""
+    h5py = pytest.importorskip("h5py")
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "volume_from_disk.py"), "--quick",
+                           "--dir", str(tmp_path), "--workers", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with h5py.File(tmp_path / "wave_packets.h5", "r") as f:
+        assert f["data"].shape == (256, 1, 8, 12, 12, 12) and f["data"].chunks == (1, 1, 4, 6, 6, 6)
+        assert set(f["labels"][...].tolist()) <= set(range(6))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("throughput"))
+    assert float(line.split()[1]) > 0 and "patches/s" in line and "peak resident memory" in line
+    assert "autocast('cpu', avila_ml.bfloat16)" in proc.stdout

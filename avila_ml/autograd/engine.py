@@ -135,6 +135,8 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
     handed_out = {id(g.array) for g in root_grads}
     prev_mode = _state.enabled
     _state.enabled = create_graph
+    prev_autocast = _state.autocast
+    _state.autocast = None  # backward ops follow their forward's dtypes (as PyTorch's engine)
     acc_type = AccumulateGrad
     try:
         # the per-node loop: kept free of helper calls and generator expressions (it runs
@@ -232,6 +234,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                     ready.append(child)
     finally:
         _state.enabled = prev_mode
+        _state.autocast = prev_autocast
 
     if results is not None:
         for pos, g in enumerate(results):

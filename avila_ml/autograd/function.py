@@ -95,6 +95,8 @@ class Function:
         """Run the op on ``args`` and, if any Tensor argument requires grad, record the node."""
         # This is the hottest path of the library (every op of every step): one pass over
         # the arguments, no generator expressions, and a single-output fast path.
+        if _state.autocast is not None:  # an autocast region: cast args by the op policy
+            args = _state.autocast.cast_function_args(cls, args)
         node = cls.__new__(cls)
         arrays = []
         tensors = []

@@ -108,6 +108,48 @@ class CupyBackend:
         with cupy.cuda.Device(self.index):
             return cupy.asarray(array)
 
+    def from_numpy_async(self, array):
+        """Host-to-device copy queued on the current stream (``non_blocking=True``).
+
+        Asynchronous with respect to the host only when ``array`` lies in pinned memory
+        (:meth:`pin`); the caller must keep ``array`` unchanged until the stream reaches the copy.
+        """
+        import cupy
+        with cupy.cuda.Device(self.index):
+            out = cupy.empty(array.shape, dtype=array.dtype)
+            out.set(np.ascontiguousarray(array), stream=cupy.cuda.get_current_stream())
+            return out
+
+    @staticmethod
+    def pin(array):
+        """A copy of the NumPy ``array`` in page-locked (pinned) host memory."""
+        import cupyx
+        out = cupyx.empty_pinned(array.shape, dtype=array.dtype)
+        out[...] = array
+        return out
+
+    # -- host-to-device copies kept in flight (DevicePrefetcher) --------------------------------
+    def _copy_stream(self):
+        import cupy
+        stream = getattr(self, "_copy_stream_obj", None)
+        if stream is None:
+            with cupy.cuda.Device(self.index):
+                stream = self._copy_stream_obj = cupy.cuda.Stream(non_blocking=True)
+        return stream
+
+    def copy_context(self):
+        """Issue copies on a side stream, so they overlap kernels queued on the current one."""
+        return self._copy_stream()
+
+    def record_copy(self):
+        """An event recorded on the side stream after the copies."""
+        return self._copy_stream().record()
+
+    def wait_copy(self, event) -> None:
+        """Make the current stream wait (on the GPU, not the host) for ``event``'s copies."""
+        import cupy
+        cupy.cuda.get_current_stream().wait_event(event)
+
     def synchronize(self) -> None:
         import cupy
         with cupy.cuda.Device(self.index):

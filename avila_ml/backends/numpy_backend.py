@@ -115,6 +115,23 @@ class NumpyBackend(PCG64Draws):
     def synchronize() -> None:
         return None
 
+    # -- host-to-device copies kept in flight (DevicePrefetcher): nothing to overlap on the CPU
+    @staticmethod
+    def copy_context():
+        """Context in which a prefetcher issues its copies (the CPU: none needed)."""
+        import contextlib
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def record_copy():
+        """A marker the consumer waits on before using the copies (the CPU: none)."""
+        return None
+
+    @staticmethod
+    def wait_copy(event) -> None:
+        """Make later work wait for the copies behind ``event`` (the CPU: already done)."""
+        return None
+
 
 def _erf_numpy():
     """``erf`` for NumPy arrays: SciPy's when installed, else ``math.erf`` per element (announced)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from .. import dtypes as _dt
 from .._grad_state import state as _state
 from ..autograd import inplace as _inplace
 from ..autograd.function import Function
@@ -35,7 +36,7 @@ _GELU_C = 0.044715
 def _check(input, op: str, float_only: bool = True) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: expected a Tensor as input, got {type(input).__name__}")
-    if float_only and input.array.dtype.kind != "f":
+    if float_only and not _dt.np_is_floating(input.array.dtype):
         raise TypeError(f"{op}: expected a floating-point tensor, got dtype {input.dtype} "
                         f"(shape {tuple(input.shape)}); convert with .float() or .double()")
 

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from ..autograd.function import Function
+from ..amp.autocast_mode import autocast_op
 from .._grad_state import state as _grad_state
 from ..backends.constants import device_constant
 from ..backends import backend_of
@@ -182,8 +183,8 @@ class _BlockedAttention(Function):
     # -- the blocked xp path -----------------------------------------------------------------
     @staticmethod
     def _compute_dtype(dtype):
-        # float16 matmuls are very slow on the CPU: accumulate in float32, like PyTorch
-        return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+        # float16 matmuls are very slow on the CPU and NumPy has no bfloat16 GEMM: accumulate in float32, like PyTorch
+        return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
 
     def _prepare(self, q, k, v, mask, ct):
         """Views of the inputs as (B, n, d) in the compute dtype; q carries the scale."""
@@ -492,6 +493,7 @@ def _repeat_heads(t, groups: int):
     return reshape(e, shape[:-3] + (shape[-3] * groups,) + shape[-2:])
 
 
+@autocast_op("scaled_dot_product_attention")
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale=None, enable_gqa: bool = False):
     """Attention ``softmax(Q K^T * scale + mask) V``

@@ -25,6 +25,8 @@ import warnings
 import numpy as np
 
 from ..autograd.function import Function
+from ..dtypes import host_compute_dtype
+from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of, get_conv_algorithm
 from ..tensor import Tensor
 from . import _conv_direct, _conv_fft, _conv_gemm
@@ -149,6 +151,9 @@ def _run(kind, a, b, geom, extra=None):
     out = _cuda_conv4d(kind, a, b, geom, extra)
     if out is not None:
         return out
+    ct = host_compute_dtype(a)
+    if ct is not None:  # 2-byte floats on the CPU: GEMMs in float32, the result rounded back
+        return _run(kind, a.astype(ct), b.astype(ct), geom, extra).astype(a.dtype)
     if kind == "forward":
         N, C, S, O, K = a.shape[0], a.shape[1], a.shape[2:], b.shape[0], b.shape[2:]
         return _choose(backend_of(a).name, N, C, O, geom.groups, S, K, geom).conv_forward(a, b, geom)
@@ -282,6 +287,7 @@ def _check_extent(op, x_shape, kernel, geom):
             f"the padded input {P} (input {tuple(x_shape)}, padding low {geom.pad_lo} high {geom.pad_hi})")
 
 
+@autocast_op("convolution")  # conv1d..conv4d and the Conv layers all come through here
 def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     """Shared body of conv1d..conv4d."""
     _check_tensors(op, input, weight, bias, d, False)
@@ -339,6 +345,7 @@ def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding
     return y.squeeze(0) if unbatched else y
 
 
+@autocast_op("conv_transpose")
 def _conv_transpose(op, d, input, weight, bias, stride, padding, output_padding, groups, dilation):
     """Shared body of conv_transpose1d..conv_transpose4d."""
     _check_tensors(op, input, weight, bias, d, True)

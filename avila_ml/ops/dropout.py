@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 
+from .. import dtypes as _dt
 from .._grad_state import state as _state
 from ..autograd import inplace as _inplace
 from ..autograd.function import Function
@@ -41,7 +42,7 @@ def _check_p(p, op: str) -> float:
 def _check_input(input, op: str) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: expected a Tensor as input, got {type(input).__name__}")
-    if input.array.dtype.kind != "f":
+    if not _dt.np_is_floating(input.array.dtype):
         raise TypeError(f"{op}: expected a floating-point tensor, got dtype {input.dtype}")
 
 

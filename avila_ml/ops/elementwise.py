@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
+from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
 from ..tensor import Tensor
 
@@ -50,7 +51,7 @@ def _prepare(a, b, op: str):
     ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
     if ta and not tb and (type(b) is float or type(b) is int):
         arr = a.array
-        if arr.dtype.kind == "f":
+        if _dt.np_is_floating(arr.dtype):
             # fast path (x * 0.5): a Python number never changes a float tensor's dtype
             try:
                 return a, Tensor._wrap(_xp(arr).full((), b, dtype=arr.dtype))
@@ -210,7 +211,7 @@ class PowScalar(Function):
         self.c = c
         if c == 2:
             return _arr(a * a)
-        return _arr(_xp(a).power(a, a.dtype.type(c) if a.dtype.kind == "f" else c))
+        return _arr(_xp(a).power(a, a.dtype.type(c) if _dt.np_is_floating(a.dtype) else c))
 
     def backward(self, g):
         (a,) = self.saved_inputs
@@ -655,7 +656,7 @@ class Where(Function):
 def _float_input(x, op):
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
-    if x.array.dtype.kind != "f":
+    if not _dt.np_is_floating(x.array.dtype):
         return cast(x, _dt.get_default_dtype())
     return x
 
@@ -800,6 +801,8 @@ def cast(input, dtype):
     dt = _dt.to_dtype(dtype)
     if input.array.dtype == dt.np:
         return input
+    if dt.name == "bfloat16" and not isinstance(input.array, np.ndarray):
+        raise TypeError(_dt.BFLOAT16_CUDA_MSG.format(op="to"))
     if not dt.is_floating_point:
         return _nondiff(input.array.astype(dt.np))
     return Cast.apply(input, dt.np)
@@ -815,6 +818,7 @@ def lerp(input, end, weight):
     return input + weight * (end - input)
 
 
+@autocast_op("addcmul")
 def addcmul(input, tensor1, tensor2, value=1):
     """``input + value * tensor1 * tensor2`` (``torch.addcmul``)."""
     return input + value * tensor1 * tensor2

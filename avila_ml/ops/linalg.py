@@ -5,11 +5,13 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..backends import backend_of
+from ..dtypes import host_compute_dtype
+from ..amp.autocast_mode import autocast_op
 from ..tensor import Tensor
 from .elementwise import sum_to, _prepare, _arr
 from .shape import reshape, squeeze, unsqueeze, broadcast_to
 
-__all__ = ["matmul", "mm", "bmm", "dot", "outer", "einsum", "linear"]
+__all__ = ["matmul", "mm", "bmm", "dot", "outer", "einsum", "linear", "addmm", "baddbmm"]
 
 
 class MatMul(Function):
@@ -17,6 +19,9 @@ class MatMul(Function):
 
     def forward(self, a, b):
         self.save_inputs(0, 1)
+        ct = host_compute_dtype(a)
+        if ct is not None:  # 2-byte floats on the CPU: float32 accumulation, rounded result
+            return np.matmul(a.astype(ct), b.astype(ct)).astype(a.dtype)
         return backend_of(a).xp.matmul(a, b)
 
     def backward(self, g):
@@ -104,6 +109,7 @@ def outer(input, vec2):
     return unsqueeze(input, 1) * unsqueeze(vec2, 0)
 
 
+@autocast_op("linear")
 def linear(input, weight, bias=None):
     """``input @ weight.T + bias`` (``torch.nn.functional.linear``).
 
@@ -121,10 +127,48 @@ def linear(input, weight, bias=None):
     return out if bias is None else out + bias
 
 
+def _scaled_sum(input, product, beta, alpha):
+    """``beta * input + alpha * product``; beta = 0 ignores ``input`` (even NaN), as PyTorch."""
+    out = product if alpha == 1 else product * alpha
+    if beta == 0:
+        return out
+    return out + (input if beta == 1 else input * beta)
+
+
+@autocast_op("addmm")
+def addmm(input, mat1, mat2, *, beta=1, alpha=1):
+    """``beta * input + alpha * (mat1 @ mat2)`` for 2-d ``mat1``, ``mat2`` (``torch.addmm``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.addmm(am.ones(2), am.ones(2, 3), am.ones(3, 2), beta=0.5)
+        tensor([[3.5000, 3.5000],
+                [3.5000, 3.5000]])
+    """
+    if mat1.ndim != 2 or mat2.ndim != 2:
+        raise RuntimeError(f"addmm: expected 2-d mat1 and mat2, got shapes {tuple(mat1.shape)} and {tuple(mat2.shape)}")
+    return _scaled_sum(input, mm(mat1, mat2), beta, alpha)
+
+
+@autocast_op("baddbmm")
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    """``beta * input + alpha * (batch1 @ batch2)`` for 3-d batches (``torch.baddbmm``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.baddbmm(am.zeros(2, 1, 1), am.ones(2, 1, 3), am.ones(2, 3, 1), alpha=2).flatten()
+        tensor([6., 6.])
+    """
+    return _scaled_sum(input, bmm(batch1, batch2), beta, alpha)
+
+
 class Einsum(Function):
     def forward(self, spec, *ops):
         self.spec = spec
         self.save_inputs(*range(len(ops)))
+        ct = host_compute_dtype(ops[0])
+        if ct is not None:  # 2-byte floats on the CPU: float32 accumulation, rounded result
+            return _arr(np.einsum(spec, *[o.astype(ct) for o in ops], optimize=len(ops) > 2).astype(ops[0].dtype))
         return _arr(backend_of(ops[0]).xp.einsum(spec, *ops, optimize=len(ops) > 2))
 
     def backward(self, g):

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..debug import host_checks
+from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import _state
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -140,6 +141,7 @@ def _check_broadcast_weight(op: str, name: str, weight, input) -> None:
 
 
 # ------------------------------------------------------------------------ regression losses
+@autocast_op("mse_loss")
 def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", weight=None):
     """Mean squared error (``torch.nn.functional.mse_loss``).
 
@@ -162,6 +164,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "me
     return _weighted_reduce(d * d, weight, reduction, mean_by_weight=True)
 
 
+@autocast_op("l1_loss")
 def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", weight=None):
     """Mean absolute error (``torch.nn.functional.l1_loss``).
 
@@ -181,6 +184,7 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mea
     return _weighted_reduce(_abs(input - target), weight, reduction, mean_by_weight=True)
 
 
+@autocast_op("huber_loss")
 def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0, weight=None):
     """Huber loss (``torch.nn.functional.huber_loss``).
 
@@ -205,6 +209,7 @@ def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0, weigh
     return _weighted_reduce(loss, weight, reduction, mean_by_weight=False)
 
 
+@autocast_op("smooth_l1_loss")
 def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0):
     """Smooth L1 loss (``torch.nn.functional.smooth_l1_loss``).
 
@@ -414,6 +419,7 @@ def _squeeze_unbatched(loss, was_1d: bool, reduction: str):
     return reshape(loss, ()) if was_1d and reduction == "none" else loss
 
 
+@autocast_op("nll_loss")
 def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
              reduction: str = "mean"):
     """Negative log-likelihood of class indices given log-probabilities (``torch.nn.functional.nll_loss``).
@@ -435,6 +441,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
     return _squeeze_unbatched(NLLLoss.apply(x, safe, w_t, reduction), was_1d, reduction)
 
 
+@autocast_op("cross_entropy")
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0):
     """Cross entropy between logits and class indices or class probabilities
@@ -551,6 +558,7 @@ class BinaryCrossEntropy(Function):
         return gx, gy
 
 
+@autocast_op("binary_cross_entropy")
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
     """Binary cross entropy on probabilities (``torch.nn.functional.binary_cross_entropy``).
 
@@ -603,6 +611,7 @@ class LogSigmoid(Function):
         return g * sigmoid(-x)
 
 
+@autocast_op("binary_cross_entropy_with_logits")
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction: str = "mean", pos_weight=None):
     """Sigmoid + binary cross entropy in one stable expression
@@ -634,6 +643,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 
 
 # ------------------------------------------------------------------------------ others
+@autocast_op("kl_div")
 def kl_div(input, target, size_average=None, reduce=None, reduction: str = "mean", log_target: bool = False):
     """Kullback-Leibler divergence with ``input`` given as log-probabilities
     (``torch.nn.functional.kl_div``).
@@ -673,6 +683,7 @@ def kl_div(input, target, size_average=None, reduce=None, reduction: str = "mean
     return _reduce(loss, reduction)
 
 
+@autocast_op("cosine_embedding_loss")
 def cosine_embedding_loss(input1, input2, target, margin: float = 0.0, size_average=None, reduce=None,
                           reduction: str = "mean"):
     """Cosine embedding loss (``torch.nn.functional.cosine_embedding_loss``).

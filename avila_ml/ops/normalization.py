@@ -27,6 +27,8 @@ import math
 import numpy as np
 
 from ..autograd.function import Function
+from ..dtypes import host_compute_dtype
+from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import no_grad, _state
 from ..backends import backend_of
 from ..tensor import Tensor
@@ -172,6 +174,11 @@ def _sum_prod(a, b, axes, xp):
     shape, ax = _merged(a.shape, axes)
     letters = "abcdefghijklmnopqrstuvwxyz"[:len(shape)]
     kept = "".join(c for i, c in enumerate(letters) if i not in ax)
+    ct = host_compute_dtype(a)
+    if ct is not None:  # 2-byte floats on the CPU: sum in float32 (no bfloat16 einsum in NumPy)
+        r = xp.einsum(f"{letters},{letters}->{kept}", a.reshape(shape).astype(ct),
+                      b.reshape(shape).astype(ct)).astype(a.dtype)
+        return r.reshape(_keep_shape(a.shape, axes))
     r = xp.einsum(f"{letters},{letters}->{kept}", a.reshape(shape), b.reshape(shape))
     return r.reshape(_keep_shape(a.shape, axes))
 
@@ -307,6 +314,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return input * reshape(scale, shape) + reshape(shift, shape)
 
 
+@autocast_op("layer_norm")
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """Layer normalization over the trailing ``normalized_shape`` dims
     (``torch.nn.functional.layer_norm``).
@@ -338,6 +346,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     return Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)[0]
 
 
+@autocast_op("group_norm")
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """Group normalization over (N, C, *spatial) (``torch.nn.functional.group_norm``).
 

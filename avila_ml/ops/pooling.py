@@ -18,8 +18,11 @@ import math
 
 import numpy as np
 
+from ..dtypes import np_is_floating as _np_is_floating
+
 from ..autograd.function import Function
 from ..backends.constants import device_constant
+from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
 from ..tensor import Tensor
 from ._conv_geometry import int_tuple
@@ -105,7 +108,7 @@ def _gather_flat(x, idx, out_spatial):
 
 
 def _lowest(dtype):
-    return -np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).min
+    return -np.inf if _np_is_floating(np.dtype(dtype)) else np.iinfo(dtype).min
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -181,7 +184,7 @@ def _max_pool_fn(d, extra, n, shape, sel, out):
 
 max_pool1d = _max_pool_fn(1, "", 4, "1, 1, 4", "", "tensor([[[1., 3.]]])")
 max_pool2d = _max_pool_fn(2, "", 16, "1, 1, 4, 4", "", "tensor([[[[ 5.,  7.],\n              [13., 15.]]]])")
-max_pool3d = _max_pool_fn(3, "", 8, "1, 2, 2, 2", "", "tensor([[[[7.]]]])")
+max_pool3d = autocast_op("max_pool3d")(_max_pool_fn(3, "", 8, "1, 2, 2, 2", "", "tensor([[[[7.]]]])"))
 max_pool4d = _max_pool_fn(4, "; PyTorch has no 4-D version", 16, "1, 2, 2, 2, 2", "", "tensor([[[[[15.]]]]])")
 
 
@@ -295,7 +298,7 @@ def _avg_pool_fn(d, extra, n, shape, sel, out):
 
 avg_pool1d = _avg_pool_fn(1, "", 4, "1, 1, 4", "", "tensor([[[0.5000, 2.5000]]])")
 avg_pool2d = _avg_pool_fn(2, "", 16, "1, 1, 4, 4", "", "tensor([[[[ 2.5000,  4.5000],\n              [10.5000, 12.5000]]]])")
-avg_pool3d = _avg_pool_fn(3, "", 8, "1, 2, 2, 2", "", "tensor([[[[3.5000]]]])")
+avg_pool3d = autocast_op("avg_pool3d")(_avg_pool_fn(3, "", 8, "1, 2, 2, 2", "", "tensor([[[[3.5000]]]])"))
 avg_pool4d = _avg_pool_fn(4, "; PyTorch has no 4-D version", 16, "1, 2, 2, 2, 2", "", "tensor([[[[[7.5000]]]]])")
 
 
@@ -401,7 +404,7 @@ def _adaptive_fn(kind, d, extra, n, shape, sel, out):
 _NO4D = "; PyTorch has no 4-D version"
 adaptive_avg_pool1d = _adaptive_fn("avg", 1, "", 4, "1, 1, 4", "", "tensor([[[1.5000]]])")
 adaptive_avg_pool2d = _adaptive_fn("avg", 2, "", 4, "1, 2, 2", "", "tensor([[[1.5000]]])")
-adaptive_avg_pool3d = _adaptive_fn("avg", 3, "", 8, "1, 2, 2, 2", "", "tensor([[[[3.5000]]]])")
+adaptive_avg_pool3d = autocast_op("adaptive_avg_pool3d")(_adaptive_fn("avg", 3, "", 8, "1, 2, 2, 2", "", "tensor([[[[3.5000]]]])"))
 adaptive_avg_pool4d = _adaptive_fn("avg", 4, _NO4D, 16, "1, 2, 2, 2, 2", ".shape", "(1, 1, 1, 1, 1)")
 adaptive_max_pool1d = _adaptive_fn("max", 1, "", 4, "1, 1, 4", "", "tensor([[[3.]]])")
 adaptive_max_pool2d = _adaptive_fn("max", 2, "", 4, "1, 2, 2", "", "tensor([[[3.]]])")

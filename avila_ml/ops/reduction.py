@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..autograd.function import Function
+from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import is_grad_enabled
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
@@ -305,6 +306,7 @@ def aminmax(input, *, dim=None, keepdim: bool = False):
     return namedtuple("aminmax", ["min", "max"])(amin(input, d, keepdim), amax(input, d, keepdim))
 
 
+@autocast_op("logsumexp")
 def logsumexp(input, dim, keepdim: bool = False):
     """``log(sum(exp(x)))`` over ``dim``, computed stably (``torch.logsumexp``).
 

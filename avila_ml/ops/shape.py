@@ -575,32 +575,45 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0):
 
 
 class ToDevice(Function):
-    def forward(self, x, dev):
+    def forward(self, x, dev, non_blocking=False):
         self.src = backend_of(x).device
-        return _move(x, dev)
+        return _move(x, dev, non_blocking)
 
     def backward(self, g):
         return ToDevice.apply(g, self.src)
 
 
-def _move(array, dev):
+def _move(array, dev, non_blocking=False):
     src = backend_of(array)
     dst = get_backend(dev)
     if src is dst:
         return array
     if dst.name == "numpy":
         return src.to_numpy(array)
-    return dst.from_numpy(src.to_numpy(array) if src.name != "numpy" else array)
+    if array.dtype.name == "bfloat16":
+        from ..dtypes import BFLOAT16_CUDA_MSG
+        raise TypeError(BFLOAT16_CUDA_MSG.format(op="to"))
+    host = src.to_numpy(array) if src.name != "numpy" else array
+    if non_blocking:
+        return dst.from_numpy_async(host)
+    return dst.from_numpy(host)
 
 
-def to_device(input, dev):
-    """Move to a device, differentiably (``Tensor.to(device)``)."""
+def to_device(input, dev, non_blocking: bool = False):
+    """Move to a device, differentiably (``Tensor.to(device)``).
+
+    ``non_blocking=True`` on a host-to-GPU copy queues it on the current CUDA stream and
+    returns at once when the host array is in pinned memory (``DataLoader(pin_memory=True)``
+    makes such batches), so the copy overlaps GPU work already queued; from pageable memory
+    CUDA copies synchronously. GPU-to-host copies are always synchronous (the host array must
+    be valid when ``to`` returns). On the CPU it is a no-op flag.
+    """
     dev = _device(dev)
     if input.device == dev:
         return input
     if not input._requires_grad:
-        return Tensor._wrap(_move(input.array, dev))
-    return ToDevice.apply(input, dev)
+        return Tensor._wrap(_move(input.array, dev, non_blocking))
+    return ToDevice.apply(input, dev, non_blocking)
 
 
 def atleast_1d(input):

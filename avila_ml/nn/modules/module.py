@@ -606,7 +606,7 @@ class Module:
             out = arr
             if device is not None and backend_of(out).device != device:
                 out = _move(out, device)
-            if dtype is not None and out.dtype.kind == "f" and out.dtype != dtype.np:
+            if dtype is not None and _dt.np_is_floating(out.dtype) and out.dtype != dtype.np:
                 out = out.astype(dtype.np)
             return out
 
