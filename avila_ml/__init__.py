@@ -28,6 +28,7 @@ from .io import save, load  # noqa: F401
 from . import nn, optim, data  # noqa: F401,E402
 
 from . import utils  # noqa: F401,E402  (utils.data is avila_ml.data, as torch.utils.data)
+from . import distributed  # noqa: F401,E402  (torch.distributed; mpi4py loads at init_process_group)
 
 
 def is_tensor(obj) -> bool:

@@ -250,6 +250,31 @@ class Tensor:
         acc._pre_hooks[0].append(hook)
         return _Handle(acc._pre_hooks[0], hook)
 
+    def register_post_accumulate_grad_hook(self, hook) -> _Handle:
+        """Call ``hook(tensor)`` on this leaf after its ``.grad`` has been updated in a backward
+        (``Tensor.register_post_accumulate_grad_hook``); the hook's return value is ignored.
+
+        Example:
+            >>> import avila_ml as am
+            >>> w = am.ones(2, requires_grad=True)
+            >>> h = w.register_post_accumulate_grad_hook(lambda t: print("grad", t.grad))
+            >>> (2 * w).sum().backward()
+            grad tensor([2., 2.])
+        """
+        if not self._requires_grad:
+            raise RuntimeError("register_post_accumulate_grad_hook: cannot register a hook on a tensor "
+                               "that doesn't require gradient")
+        if self.grad_fn is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: post accumulate grad hooks cannot be "
+                               "registered on non-leaf tensors")
+        from .autograd.function import _edge_of
+        acc = _edge_of(self)[0]
+        self._hooks = acc  # the leaf keeps its accumulator (and so its hooks) alive
+        if acc._post_hooks is None:
+            acc._post_hooks = []
+        acc._post_hooks.append(hook)
+        return _Handle(acc._post_hooks, hook)
+
     # -- conversion -------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array, sharing memory on the CPU (``Tensor.numpy``)."""

@@ -201,13 +201,14 @@ _VERSION_MSG = (
 class AccumulateGrad:
     """The graph node that adds incoming gradients into a leaf tensor's ``.grad``."""
 
-    __slots__ = ("variable", "_pre_hooks", "__weakref__")
+    __slots__ = ("variable", "_pre_hooks", "_post_hooks", "__weakref__")
     _next = ()
     _freed = False
 
     def __init__(self, variable):
         self.variable = variable
         self._pre_hooks = None
+        self._post_hooks = None  # called with the leaf after .grad is updated
 
     @staticmethod
     def _name() -> str:

@@ -11,8 +11,10 @@ from .collate import *  # noqa: F401,F403
 from .dataloader import *  # noqa: F401,F403
 from .dataset import *  # noqa: F401,F403
 from .sampler import *  # noqa: F401,F403
+from .distributed import *  # noqa: F401,F403
 from ._worker import WorkerInfo, get_worker_info  # noqa: F401
 from . import collate as _collate, dataloader as _dataloader, dataset as _dataset, sampler as _sampler
+from . import distributed as _distributed
 
-__all__ = (_dataset.__all__ + _sampler.__all__ + _dataloader.__all__ + _collate.__all__
+__all__ = (_dataset.__all__ + _sampler.__all__ + _distributed.__all__ + _dataloader.__all__ + _collate.__all__
            + ["WorkerInfo", "get_worker_info"])

@@ -15,3 +15,6 @@ from .modules.upsampling import *  # noqa: F401,F403
 from .modules.attention import *  # noqa: F401,F403
 from .modules.transformer import *  # noqa: F401,F403
 from .modules.positional import *  # noqa: F401,F403
+from .modules.syncbatchnorm import *  # noqa: F401,F403
+from . import parallel  # noqa: F401
+from .parallel import DistributedDataParallel  # noqa: F401
