@@ -16,7 +16,7 @@ None of them: a single process, a world of size 1 (scripts run unchanged without
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["LaunchInfo", "detect_launch"]
 
@@ -29,8 +29,7 @@ _LAUNCHERS = (
 )
 
 
-@dataclass(frozen=True)
-class LaunchInfo:
+class LaunchInfo(NamedTuple):
     """What the launcher told this process: ``rank``, ``world_size``, ``local_rank`` and which
     ``launcher`` (``"torchrun"``, ``"openmpi"``, ``"mpich"``, ``"slurm"`` or ``"none"``)."""
 

@@ -306,14 +306,14 @@ class ProcessGroup:
         return f"<{type(self).__name__} backend={self.backend} ranks={self.ranks} rank={self._rank}>"
 
     # -- the check before each collective ----------------------------------------------------
-    def _agree(self, op: str, array=None, root: int = -1, redop=None, extra: int = -1) -> None:
+    def _agree(self, op: str, array=None, root: int = -1, redop=None, extra: int = -1, label=None) -> None:
         """Every rank must call the same collective on the same dtype/shape (see module doc)."""
         self._seq += 1
         if self._size == 1:
             return
         mine = _descriptor(self._seq, op, array, root, redop, extra)
         start = time.monotonic()
-        what = f"{op} (collective #{self._seq} on ranks {self.ranks})"
+        what = f"{label or op} (collective #{self._seq} on ranks {self.ranks})"
         if self._rank == 0:
             self._agree_as_root(mine, what, start)
         else:
@@ -395,14 +395,14 @@ class ProcessGroup:
         """``array`` <- reduction of every rank's ``array`` (in place)."""
         op = _check_op(name, op, array.dtype)
         self._need_contiguous(name, array)
-        self._agree("all_reduce", array, redop=op)
+        self._agree("all_reduce", array, redop=op, label=name)
         return self._launch_allreduce(array, op, name)
 
     def broadcast(self, array, root: int = 0, *, name: str = "broadcast") -> Work:
         """``array`` <- root's ``array`` on every rank."""
         root = self._root(name, root)
         self._need_contiguous(name, array)
-        self._agree("broadcast", array, root=root)
+        self._agree("broadcast", array, root=root, label=name)
         return self._launch_broadcast(array, root, name)
 
     def allgather(self, send, recv, *, name: str = "all_gather_into_tensor") -> Work:
@@ -412,7 +412,7 @@ class ProcessGroup:
         if recv.size != send.size * self._size:
             raise ValueError(f"{name}: output has {recv.size} elements, expected world size {self._size} "
                              f"x input's {send.size} = {send.size * self._size}")
-        self._agree("all_gather", send)
+        self._agree("all_gather", send, label=name)
         return self._launch_allgather(send, recv, name)
 
     def reduce_scatter(self, send, recv, op: ReduceOp = ReduceOp.SUM, *, name: str = "reduce_scatter_tensor") -> Work:
@@ -423,7 +423,7 @@ class ProcessGroup:
         if send.size != recv.size * self._size:
             raise ValueError(f"{name}: input has {send.size} elements, expected world size {self._size} "
                              f"x output's {recv.size} = {recv.size * self._size}")
-        self._agree("reduce_scatter_tensor", send, redop=op)
+        self._agree("reduce_scatter_tensor", send, redop=op, label=name)
         return self._launch_reduce_scatter(send, recv, op, name)
 
     def gather(self, send, recv, root: int = 0, *, name: str = "gather") -> Work:
@@ -436,7 +436,7 @@ class ProcessGroup:
             if recv.size != send.size * self._size:
                 raise ValueError(f"{name}: the gather buffer has {recv.size} elements, expected "
                                  f"{self._size} x {send.size}")
-        self._agree("gather", send, root=root)
+        self._agree("gather", send, root=root, label=name)
         return self._launch_gather(send, recv, root, name)
 
     def scatter(self, send, recv, root: int = 0, *, name: str = "scatter") -> Work:
@@ -449,7 +449,7 @@ class ProcessGroup:
             if send.size != recv.size * self._size:
                 raise ValueError(f"{name}: the scatter buffer has {send.size} elements, expected "
                                  f"{self._size} x {recv.size}")
-        self._agree("scatter", recv, root=root)
+        self._agree("scatter", recv, root=root, label=name)
         return self._launch_scatter(send, recv, root, name)
 
     def reduce(self, array, root: int = 0, op: ReduceOp = ReduceOp.SUM, *, name: str = "reduce") -> Work:
@@ -457,7 +457,7 @@ class ProcessGroup:
         root = self._root(name, root)
         op = _check_op(name, op, array.dtype)
         self._need_contiguous(name, array)
-        self._agree("reduce", array, root=root, redop=op)
+        self._agree("reduce", array, root=root, redop=op, label=name)
         return self._launch_reduce(array, root, op, name)
 
     def send(self, array, dst: int, tag: int = 0) -> Work:

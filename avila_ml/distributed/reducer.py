@@ -39,36 +39,32 @@ def plan_buckets(sizes, keys, first_cap: int = MIB, cap: int = 25 * MIB) -> list
     """Group parameter indices into buckets, in the order given.
 
     ``sizes[i]`` is parameter i's size in bytes, ``keys[i]`` its (dtype, device): a bucket holds
-    one key. The first bucket of each key closes at ``first_cap`` bytes, later ones at ``cap``;
-    a parameter never splits, so an oversized one fills a bucket alone.
+    one key. A bucket closes as soon as its bytes reach its cap: ``first_cap`` for the first
+    bucket of each key, ``cap`` after (PyTorch's ``compute_bucket_assignment_by_size``), so the
+    last parameter added may take it over the cap; a parameter never splits.
 
-    Math: bucket b of a key holds a maximal run of indices with total bytes <= its cap (or one
-    index when that alone exceeds it).
+    Math: bucket b of a key holds the shortest run of indices whose bytes reach its cap (the
+    remainder forms the last bucket).
 
     Example:
         >>> from avila_ml.distributed.reducer import plan_buckets
         >>> plan_buckets([400, 400, 400, 900, 100], ["f"] * 5, first_cap=800, cap=1000)
-        [[0, 1], [2], [3, 4]]
+        [[0, 1], [2, 3], [4]]
     """
-    open_buckets: dict = {}   # key -> (indices, bytes, cap)
+    open_buckets: dict = {}   # key -> [indices, bytes, cap]
     seen_keys: set = set()
     done: list = []
     for i, (size, key) in enumerate(zip(sizes, keys)):
         cur = open_buckets.get(key)
         if cur is None:
-            cur = open_buckets[key] = ([], 0, first_cap if key not in seen_keys else cap)
+            cur = open_buckets[key] = [[], 0, cap if key in seen_keys else first_cap]
             seen_keys.add(key)
-        idx, used, limit = cur
-        if idx and used + size > limit:
-            done.append(idx)
-            cur = open_buckets[key] = ([], 0, cap)
-            idx, used, limit = cur
-        idx.append(i)
-        open_buckets[key] = (idx, used + size, limit)
-        if used + size >= limit:
-            done.append(idx)
+        cur[0].append(i)
+        cur[1] += size
+        if cur[1] >= cur[2]:  # as PyTorch: the bucket closes once it reaches its cap
+            done.append(cur[0])
             del open_buckets[key]
-    done.extend(b[0] for b in open_buckets.values() if b[0])
+    done.extend(b[0] for b in open_buckets.values())
     return done
 
 
