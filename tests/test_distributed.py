@@ -227,3 +227,56 @@ def test_distributed_sampler_errors():
         am.data.DistributedSampler(range(4), num_replicas=2, rank=2)
     with pytest.raises(RuntimeError, match="init_process_group"):
         am.data.DistributedSampler(range(4))
+
+
+@needs_mpi
+def test_ddp_conv4d_example_two_ranks_equal_one_rank_with_doubled_batch(tmp_path):
+    script = os.path.join(ROOT, "examples", "ddp_conv4d.py")
+    ckpt = str(tmp_path / "ck.safetensors")
+    env = dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg")
+    one = subprocess.run([sys.executable, script, "--quick", "--batch", "16"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rc, two, _ = mpirun(2, script, "--quick", "--batch", "8", "--checkpoint", ckpt, timeout=300)
+    assert rc == 0, two[-3000:]
+
+    def final(text):
+        return float(text.split("final loss ")[1].split()[0])
+    assert "1 rank(s)" in one.stdout and "2 rank(s)" in two
+    assert abs(final(one.stdout) - final(two)) <= 1e-5 * abs(final(one.stdout)), (one.stdout, two)
+    # the checkpoint written by 2 ranks resumes on 3
+    rc, three, _ = mpirun(3, script, "--quick", "--checkpoint", ckpt, "--resume", "--epochs", "2", timeout=300)
+    assert rc == 0 and "written by 2 rank(s), now 3 rank(s)" in three and "epoch 2:" in three, three[-3000:]
+
+
+def test_run_launcher_command():
+    from avila_ml.distributed.run import build_command, main
+    cmd = build_command(3, "train.py", ["--lr", "0.1"], mpiexec="/x/mpiexec")
+    assert cmd == ["/x/mpiexec", "-n", "3", sys.executable, "train.py", "--lr", "0.1"]
+    with pytest.raises(ValueError, match="positive integer"):
+        build_command(0, "train.py", [])
+    with pytest.raises(SystemExit):
+        main(["-n", "2"])  # no script
+
+
+@needs_mpi
+def test_run_launcher_starts_ranks():
+    code = ("import avila_ml.distributed as dist; dist.init_process_group(); "
+            "print('hello from', dist.get_rank(), 'of', dist.get_world_size(), flush=True)")
+    script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"avila_run_{uuid.uuid4().hex}.py")
+    with open(script, "w") as f:
+        f.write(code)
+    try:
+        out = subprocess.run([sys.executable, "-m", "avila_ml.distributed.run", "-n", "2", script],
+                             env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    finally:
+        os.unlink(script)
+    assert out.returncode == 0 and "hello from 0 of 2" in out.stdout and "hello from 1 of 2" in out.stdout, out
+
+
+@pytest.mark.skipif(not dist.is_nccl_available(), reason="the nccl backend needs a CUDA GPU and the NCCL "
+                    "library (pip install avila-ml[cuda12]); its shared logic runs in the MPI tests above")
+@needs_mpi
+def test_nccl_backend_on_one_gpu():
+    rc, out, _ = mpirun(1, os.path.join(MPI_DIR, "checks.py"), "nccl", "60")
+    assert rc == 0 and "rank 0: nccl OK" in out, out[-4000:]

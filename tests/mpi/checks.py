@@ -348,6 +348,31 @@ def check_checkpoint(dist, am, np, path, mode):
     print(f"rank {r}: checkpoint {mode} OK", flush=True)
 
 
+def check_nccl(dist, am, np):
+    """The NCCL path on CUDA tensors: collectives vs NumPy and one DDP step vs one process."""
+    r, n = dist.get_rank(), dist.get_world_size()
+    assert dist.get_backend() == "nccl" and am.get_default_device() == f"cuda:{r}"
+    for dtype in (am.float16, am.float32, am.float64, am.int32, am.int64, am.uint8, am.bool):
+        base = data(r, 5, (33,), dtype.np)
+        for op in (dist.ReduceOp.SUM, dist.ReduceOp.MAX):
+            t = am.tensor(base.copy(), device="cuda")
+            dist.all_reduce(t, op)
+            every = [data(q, 5, (33,), dtype.np) for q in range(n)]
+            close(t.cpu().numpy(), reduce_ref(every, op, dtype.np), dtype.np, f"nccl all_reduce {dtype}")
+        t = am.tensor(base.copy(), device="cuda")
+        dist.broadcast(t, 0)
+        close(t.cpu().numpy(), data(0, 5, (33,), dtype.np), dtype.np, f"nccl broadcast {dtype}")
+    model = mlp(am, am.nn, seed=1).to("cuda")
+    ref = mlp(am, am.nn, seed=1)
+    ddp = am.nn.DistributedDataParallel(model, bucket_cap_mb=1e-3)
+    x, y = shards(np, n, 4, 0)
+    am.nn.MSELoss()(ddp(am.tensor(x[r * 4:(r + 1) * 4], device="cuda")), am.tensor(y[r * 4:(r + 1) * 4], device="cuda")).backward()
+    am.nn.MSELoss()(ref(am.tensor(x)), am.tensor(y)).backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert np.allclose(p.grad.cpu().numpy(), q.grad.numpy(), rtol=1e-12, atol=1e-14)
+    print(f"rank {r}: nccl OK", flush=True)
+
+
 def main():
     import numpy as np
     import avila_ml as am
@@ -358,13 +383,15 @@ def main():
         assert "init_process_group" in str(e)
     else:
         raise AssertionError("collective before init did not raise")
-    dist.init_process_group("mpi", timeout=float(sys.argv[2]) if len(sys.argv) > 2 else 30)
     what = sys.argv[1]
+    dist.init_process_group("nccl" if what == "nccl" else "mpi", timeout=float(sys.argv[2]) if len(sys.argv) > 2 else 30)
     if what == "all":
         check_collectives(dist, am, np)
         check_errors(dist, am, np)
         check_ddp(dist, am, np)
         check_syncbn(dist, am, np)
+    elif what == "nccl":
+        check_nccl(dist, am, np)
     elif what in ("ckpt-write", "ckpt-read"):
         check_checkpoint(dist, am, np, sys.argv[3], what[5:])
     dist.destroy_process_group()
