@@ -50,7 +50,7 @@ def _ours(tag):
     return pids
 
 
-def mpirun(n, *args, timeout=150, launcher_args=()):
+def mpirun(n, *args, timeout=150, launcher_args=(), cwd=ROOT):
     """Run ``mpiexec -n n python *args``; returns (returncode, stdout + stderr, seconds)."""
     tag = f"AVILA_TEST_TAG={uuid.uuid4().hex}"
     env = dict(os.environ, PYTHONPATH=ROOT, AVILA_TEST_TAG=tag.split("=")[1], OMP_NUM_THREADS="1",
@@ -58,7 +58,7 @@ def mpirun(n, *args, timeout=150, launcher_args=()):
     cmd = [MPIEXEC, *launcher_args, "-n", str(n), sys.executable, *args]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=ROOT, start_new_session=True)
+                            cwd=cwd, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -302,3 +302,16 @@ def test_slurm_script_launches_one_task_per_gpu_in_the_container():
     assert out.returncode == 0, out.stderr
     assert "srun --mpi=pmix" in text and "apptainer exec --nv" in text and "examples/ddp_conv4d.py" in text
     assert "--ntasks-per-node=4" in text and "--gpus-per-node=4" in text
+
+
+@needs_mpi
+def test_readme_distributed_snippet_runs_on_two_ranks(tmp_path):
+    import re
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    code = re.search(r"## Training on several processes.*?```python\n(.*?)```", text, re.S).group(1)
+    script = tmp_path / "readme_ddp.py"
+    script.write_text(code)
+    rc, out, _ = mpirun(2, str(script), timeout=200, cwd=str(tmp_path))
+    assert rc == 0, out[-3000:]
+    assert am.load(str(tmp_path / "ckpt.safetensors"))["epoch"] == 3
