@@ -179,6 +179,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--worker", nargs="*")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--only", choices=["allreduce", "ddp"], default=None, help="run one part (not saved)")
     args = p.parse_args()
     if args.worker is not None:
         kind = args.worker[0]
@@ -193,7 +194,7 @@ def main() -> None:
     lines = [f"== Distributed benchmarks (CPU ranks over MPI; {cpu_model()}, {os.cpu_count()} cpus; "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC) ==",
              f"load average before: {load_before} (1/5/15 min); 1 BLAS thread per rank"]
-    rows = _launch(2, "allreduce", "1" if args.quick else "0")
+    rows = _launch(2, "allreduce", "1" if args.quick else "0") if args.only != "ddp" else []
     lines.append("")
     lines.append("1. all_reduce (float32, SUM, 2 ranks): ours vs raw mpi4py Allreduce(IN_PLACE), median of interleaved rounds")
     lines.append(f"{'size':>10s} {'ours':>12s} {'raw mpi4py':>12s} {'overhead':>9s} {'reps':>5s}")
@@ -206,6 +207,9 @@ def main() -> None:
     lines.append(f"largest overhead at >= 1 MB: {100 * worst_big:.1f}% (target <= 5%: "
                  f"{'met' if worst_big <= 0.05 else 'NOT met'})")
 
+    if args.only == "allreduce":
+        print("\n".join(lines), flush=True)
+        return
     lines.append("")
     lines.append(f"2. DDP weak scaling: MLP {'-'.join(map(str, MODEL))} (8.4 M parameters), batch {batch} per rank, "
                  f"SGD step; median of {steps} steps")
@@ -224,7 +228,7 @@ def main() -> None:
     lines.append(f"load average after: {_load()}")
     text = "\n".join(lines)
     print(text, flush=True)
-    if not args.no_save and not args.quick:
+    if not args.no_save and not args.quick and args.only is None:
         tag = re.sub(r"[^A-Za-z0-9]+", "_", cpu_model()).strip("_")
         path = os.path.join(HERE, "results", f"distributed_cpu_{tag}_{datetime.date.today():%Y%m%d}.txt")
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -109,6 +109,16 @@ def test_rank_that_never_arrives_ends_every_rank_naming_it():
 
 
 @needs_mpi
+def test_rank_stalled_inside_a_collective_ends_the_job():
+    # past the check, a blocking wait cannot look at the clock: the watchdog thread does
+    rc, out, elapsed = mpirun(2, os.path.join(MPI_DIR, "failures.py"), "stall", "2", timeout=60)
+    assert rc != 0 and "reached the end" not in out
+    assert ("[rank 0] all_reduce on ranks [0, 1] did not complete within 2 s after every rank had entered it"
+            in out and "MPI_Abort" in out), out
+    assert elapsed < 30, elapsed
+
+
+@needs_mpi
 def test_killed_rank_ends_all_ranks_in_seconds():
     # Hydra (MPICH's mpiexec) tears the job down itself when a rank is killed
     rc, out, elapsed = mpirun(2, os.path.join(MPI_DIR, "failures.py"), "kill", "5", timeout=60)

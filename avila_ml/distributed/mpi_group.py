@@ -61,7 +61,7 @@ class MPIProcessGroup(ProcessGroup):
             c.Free()
 
     def _work(self, name, req, finish=None) -> Work:
-        return Work(self, name, req.Test, finish)
+        return Work(self, name, req.Test, finish, block=req.Wait)
 
     def _launch_allreduce(self, a, op, name) -> Work:
         from mpi4py import MPI
@@ -164,7 +164,7 @@ class MPIProcessGroup(ProcessGroup):
             if got != buf.nbytes:
                 _fail(self, f"{name}: received {got} bytes into a buffer of {buf.nbytes} bytes "
                       f"({a.dtype} {a.shape}); send and recv must use the same shape and dtype", False)
-        return Work(self, name, lambda: req.Test(status), finish)
+        return Work(self, name, lambda: req.Test(status), finish, block=lambda: req.Wait(status))
 
     def _split(self, members):
         from mpi4py import MPI

@@ -142,21 +142,37 @@ def _seconds(timeout) -> float:
 def _poll(done, deadline: float) -> bool:
     """Call ``done()`` until it is true (return True) or ``deadline`` passes (return False).
 
-    Spins for the first 2 ms (a collective on one node finishes in microseconds), then sleeps
-    with a growing pause up to 1 ms, so a rank waiting for a slow peer leaves the core to it.
+    For waiting on *peers* (the checks before a collective): spins for the first 2 ms (ranks
+    in step arrive within microseconds), then sleeps with a growing pause up to 200 us, so a
+    rank waiting for a slow peer leaves the core to it.
     """
     if done():
         return True
     spin_until = time.monotonic() + 2e-3
-    pause = 2e-5
+    pause = 1e-5
     while not done():
         now = time.monotonic()
         if now > deadline:
             return False
         if now > spin_until:
             time.sleep(pause)
-            pause = min(2 * pause, 1e-3)
+            pause = min(2 * pause, 2e-4)
     return True
+
+
+def _progress(test, deadline: float) -> bool:
+    """Call ``test()`` back to back until it is true or ``deadline`` passes.
+
+    For waiting on a started MPI operation: MPI moves data only inside its calls, so a large
+    all-reduce (many pipelined rounds) needs ``Test`` called continuously, as ``MPI_Wait``
+    would; sleeping between calls would stretch every round. The clock is read every 64 calls.
+    """
+    while True:
+        for _ in range(64):
+            if test():
+                return True
+        if time.monotonic() > deadline:
+            return test()
 
 
 # -- the broken state: print now, MPI_Abort at exit ------------------------------------------
@@ -169,6 +185,54 @@ def _abort_at_exit() -> None:
         sys.stderr.flush()
         time.sleep(0.5)  # let the peers print their own message before the job is torn down
         MPI.COMM_WORLD.Abort(1)
+
+
+class _Watchdog:
+    """A daemon thread that ends the job when a blocking wait passes its deadline.
+
+    ``Work.wait`` blocks inside ``MPI_Wait`` (as fast as MPI gets: no Python in the loop), so
+    it cannot look at the clock itself; like PyTorch's NCCL watchdog, this thread does, four
+    times a second: past a deadline it prints which operation on which ranks hung, then calls
+    ``MPI_Abort``. Registering a wait is a dictionary store — the thread is never woken per
+    operation (on a loaded machine each thread hand-off can cost a scheduler time slice).
+    Needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default); without it waits poll instead.
+    """
+
+    period = 0.25
+
+    def __init__(self):
+        self._items: dict = {}
+        self._thread = None
+
+    def watch(self, key, deadline: float, message: str) -> None:
+        self._items[key] = (deadline, message)  # a single dict store: atomic under the GIL
+        if self._thread is None:
+            import threading
+            self._thread = threading.Thread(target=self._run, name="avila-dist-watchdog", daemon=True)
+            self._thread.start()
+
+    def unwatch(self, key) -> None:
+        self._items.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.period)
+            now = time.monotonic()
+            for deadline, message in list(self._items.values()):
+                if deadline < now:
+                    print(f"avila_ml.distributed: {message}; ending the job (MPI_Abort)", file=sys.stderr,
+                          flush=True)
+                    from mpi4py import MPI
+                    time.sleep(0.5)
+                    MPI.COMM_WORLD.Abort(1)
+
+
+_watchdog = _Watchdog()
+
+
+def _thread_multiple() -> bool:
+    from mpi4py import MPI
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
 
 
 def _fail(group, message: str, fatal: bool):
@@ -197,9 +261,10 @@ class Work:
         >>> dist.destroy_process_group()
     """
 
-    def __init__(self, group, name: str, test, finish=None, outputs=()):
+    def __init__(self, group, name: str, test, finish=None, outputs=(), block=None):
         self._group, self._name = group, name
         self._test, self._finish = test, finish
+        self._block = block  # blocking wait (MPI_Wait), guarded by the watchdog
         self._outputs = list(outputs)
         self._deadline = time.monotonic() + group._timeout
         self._done = False
@@ -227,7 +292,20 @@ class Work:
         if self._done:
             return True
         deadline = self._deadline if timeout is None else time.monotonic() + _seconds(timeout)
-        if not _poll(self._run_test, deadline):
+        if self._block is not None and self._group._blocking_ok:
+            message = (f"[rank {self._group._world_rank}] {self._name} on ranks {self._group.ranks} did not "
+                       f"complete within {self._group._timeout:g} s after every rank had entered it: a "
+                       "rank died or stalled inside the collective")
+            _watchdog.watch(id(self), deadline, message)
+            try:
+                self._block()
+            except Exception as e:  # noqa: BLE001 - MPI errors become one exception type
+                _fail(self._group, f"{self._name} on ranks {self._group.ranks} failed: {type(e).__name__}: {e}", True)
+            finally:
+                _watchdog.unwatch(id(self))
+            self._complete()
+            return True
+        if not _progress(self._run_test, deadline):
             _fail(self._group, f"{self._name} on ranks {self._group.ranks} did not complete within "
                   f"{self._group._timeout:g} s after every rank had entered it: a rank died or stalled "
                   "inside the collective", True)
@@ -283,6 +361,7 @@ class ProcessGroup:
         self._world_rank = world_rank
         self._timeout = _seconds(timeout)
         self._seq = 0
+        self._blocking_ok = _thread_multiple()
         self._verdict = np.empty(2 + _WIDTH * self._size, dtype=np.int64)
         self._table = np.empty((self._size, _WIDTH), dtype=np.int64)
 

@@ -4,6 +4,7 @@ the collective and the ranks, within seconds, never hang.
     mpiexec -n N python tests/mpi/failures.py never TIMEOUT   # the last rank never calls all_reduce
     mpiexec -n N python tests/mpi/failures.py kill TIMEOUT    # rank 1 is killed in the middle of a DDP step
     mpiexec -n N python tests/mpi/failures.py exit TIMEOUT    # rank 1 exits silently (status 0) mid-step
+    mpiexec -n N python tests/mpi/failures.py stall TIMEOUT   # the last rank stalls inside an all_reduce
 """
 import os
 import signal
@@ -24,6 +25,13 @@ def main():
         dist.all_reduce(t)  # everyone arrives once
         if r == n - 1:
             time.sleep(120)  # stuck: never reaches the second all_reduce
+        dist.all_reduce(t)
+    elif mode == "stall":  # the last rank passes the check, then never joins the data transfer
+        t = am.ones(1000)
+        if r == n - 1:
+            g = dist.distributed_c10d._get_default_group()
+            g._agree("all_reduce", t.array, redop=dist.ReduceOp.SUM, label="all_reduce")
+            time.sleep(120)
         dist.all_reduce(t)
     elif mode in ("kill", "exit"):
         nn = am.nn
