@@ -14,12 +14,17 @@ from .process_group import ProcessGroup, ReduceOp, Work, _DoneWork, GroupMember,
 __all__ = ["MPIProcessGroup"]
 
 
+_MPI_OPS: dict = {}
+
+
 def _mpi_op(op: ReduceOp, np_dtype):
-    from mpi4py import MPI
-    if np.dtype(np_dtype) == np.bool_:
-        return MPI.LOR if op in (ReduceOp.SUM, ReduceOp.MAX) else MPI.LAND
-    return {ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
-            ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX}[op]
+    if not _MPI_OPS:
+        from mpi4py import MPI
+        _MPI_OPS.update({ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
+                         ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX, "or": MPI.LOR, "and": MPI.LAND})
+    if np_dtype == np.bool_:
+        return _MPI_OPS["or" if op in (ReduceOp.SUM, ReduceOp.MAX) else "and"]
+    return _MPI_OPS[op]
 
 
 def _moved(a):
@@ -57,6 +62,7 @@ class MPIProcessGroup(ProcessGroup):
 
     def destroy(self) -> None:
         """Free the communicators (``destroy_process_group``)."""
+        self._free_requests()
         for c in (self._comm, self._ctrl):
             c.Free()
 

@@ -90,18 +90,34 @@ _GO, _MISMATCH, _TIMEOUT = 1, 2, 3
 _TAG_DESC, _TAG_VERDICT = 7001, 7002
 
 
-def _descriptor(seq, op, array=None, root=-1, redop=None, extra=-1) -> np.ndarray:
-    d = np.full(_WIDTH, -1, dtype=np.int64)
-    d[0], d[1], d[2] = _MAGIC, seq, _OPS.index(op)
+_OP_CODE = {name: i for i, name in enumerate(_OPS)}
+_DTYPE_CODE = {d.np: i for i, d in enumerate(_DTYPES)}
+_REDOP_CODE = {op: i for i, op in enumerate(_REDOPS)}
+
+
+def _descriptor(seq, op, array=None, root=-1, redop=None, extra=-1, out=None) -> np.ndarray:
+    """The 16 numbers every rank sends before a collective (written into ``out`` if given)."""
+    d = np.empty(_WIDTH, dtype=np.int64) if out is None else out
+    d.fill(-1)
+    d[0] = _MAGIC
+    d[1] = seq
+    d[2] = _OP_CODE[op]
     if array is not None:
-        d[3] = _DTYPES.index(_dt.from_numpy_dtype(array.dtype))
-        d[6] = array.ndim
+        code = _DTYPE_CODE.get(array.dtype)
+        if code is None:
+            raise TypeError(f"{op}: dtype {array.dtype} is not supported; expected one of "
+                            f"{', '.join(d.name for d in _DTYPES)}")
+        d[3] = code
+        nd = array.ndim
+        d[6] = nd
         d[7] = array.size
-        d[8:8 + min(array.ndim, _MAXDIM)] = array.shape[:_MAXDIM]
-    d[4] = root
-    d[5] = -1 if redop is None else _REDOPS.index(redop)
-    if array is None:
+        if nd:
+            d[8:8 + min(nd, _MAXDIM)] = array.shape[:_MAXDIM]
+    else:
         d[15] = extra
+    d[4] = root
+    if redop is not None:
+        d[5] = _REDOP_CODE[redop]
     return d
 
 
@@ -204,8 +220,8 @@ class _Watchdog:
         self._items: dict = {}
         self._thread = None
 
-    def watch(self, key, deadline: float, message: str) -> None:
-        self._items[key] = (deadline, message)  # a single dict store: atomic under the GIL
+    def watch(self, key, deadline: float, work) -> None:
+        self._items[key] = (deadline, work)  # a single dict store: atomic under the GIL
         if self._thread is None:
             import threading
             self._thread = threading.Thread(target=self._run, name="avila-dist-watchdog", daemon=True)
@@ -218,8 +234,12 @@ class _Watchdog:
         while True:
             time.sleep(self.period)
             now = time.monotonic()
-            for deadline, message in list(self._items.values()):
+            for deadline, work in list(self._items.values()):
                 if deadline < now:
+                    g = work._group
+                    message = (f"[rank {g._world_rank}] {work._name} on ranks {g.ranks} did not complete "
+                               f"within {g._timeout:g} s after every rank had entered it: a rank died or "
+                               "stalled inside the collective")
                     print(f"avila_ml.distributed: {message}; ending the job (MPI_Abort)", file=sys.stderr,
                           flush=True)
                     from mpi4py import MPI
@@ -293,10 +313,7 @@ class Work:
             return True
         deadline = self._deadline if timeout is None else time.monotonic() + _seconds(timeout)
         if self._block is not None and self._group._blocking_ok:
-            message = (f"[rank {self._group._world_rank}] {self._name} on ranks {self._group.ranks} did not "
-                       f"complete within {self._group._timeout:g} s after every rank had entered it: a "
-                       "rank died or stalled inside the collective")
-            _watchdog.watch(id(self), deadline, message)
+            _watchdog.watch(id(self), deadline, self)  # the message is written only if it fires
             try:
                 self._block()
             except Exception as e:  # noqa: BLE001 - MPI errors become one exception type
@@ -362,8 +379,28 @@ class ProcessGroup:
         self._timeout = _seconds(timeout)
         self._seq = 0
         self._blocking_ok = _thread_multiple()
+        # the check's buffers and persistent requests, made once (a collective then costs two
+        # Start calls and a few Tests on each rank, not new request objects)
         self._verdict = np.empty(2 + _WIDTH * self._size, dtype=np.int64)
         self._table = np.empty((self._size, _WIDTH), dtype=np.int64)
+        self._go = np.empty(2, dtype=np.int64)
+        if self._size > 1:
+            c = ctrl_comm
+            if self._rank == 0:
+                self._p_recvs = [c.Recv_init(self._table[r], source=r, tag=_TAG_DESC) for r in range(1, self._size)]
+                self._p_go = [c.Send_init(self._go, dest=r, tag=_TAG_VERDICT) for r in range(1, self._size)]
+            else:
+                self._p_send = c.Send_init(self._table[0], dest=0, tag=_TAG_DESC)
+                self._p_recv = c.Recv_init(self._verdict, source=0, tag=_TAG_VERDICT)
+
+    def _free_requests(self) -> None:
+        for name in ("_p_recvs", "_p_go"):
+            for r in getattr(self, name, ()):
+                r.Free()
+        for name in ("_p_send", "_p_recv"):
+            r = getattr(self, name, None)
+            if r is not None:
+                r.Free()
 
     # -- identity --------------------------------------------------------------------------
     def rank(self) -> int:
@@ -390,69 +427,82 @@ class ProcessGroup:
         self._seq += 1
         if self._size == 1:
             return
-        mine = _descriptor(self._seq, op, array, root, redop, extra)
         start = time.monotonic()
-        what = f"{label or op} (collective #{self._seq} on ranks {self.ranks})"
+        mine = _descriptor(self._seq, op, array, root, redop, extra, out=self._table[0])
         if self._rank == 0:
-            self._agree_as_root(mine, what, start)
+            self._agree_as_root(mine, op, label, start)
         else:
-            self._agree_as_member(mine, what, start)
+            self._agree_as_member(mine, op, label, start)
 
-    def _agree_as_root(self, mine, what, start) -> None:
+    def _what(self, op, label) -> str:
+        return f"{label or op} (collective #{self._seq} on ranks {self.ranks})"
+
+    def _agree_as_root(self, mine, op, label, start) -> None:
+        from mpi4py import MPI
         table = self._table
-        table.fill(-1)
-        table[0] = mine
-        reqs = {r: self._ctrl.Irecv(table[r], source=r, tag=_TAG_DESC) for r in range(1, self._size)}
-
-        def all_in() -> bool:
-            for r in list(reqs):
-                if reqs[r].Test():
-                    del reqs[r]
-            return not reqs
-
-        arrived = _poll(all_in, start + self._timeout)
-        if not arrived:
-            missing = [self.ranks[r] for r in sorted(reqs)]
-            status = _TIMEOUT
-        else:
-            problem = _mismatch_message(table, self.ranks)
-            status = _GO if problem is None else _MISMATCH
-        verdict = self._verdict
-        verdict[0], verdict[1] = status, self._seq
-        n = 2 if status == _GO else verdict.size
-        if status != _GO:
+        recvs = self._p_recvs
+        MPI.Prequest.Startall(recvs)
+        if not _poll(lambda: MPI.Request.Testall(recvs), start + self._timeout):
+            missing_idx = [i + 1 for i, r in enumerate(recvs) if not r.Test()]
+            for r in recvs:  # cancel what never came, so the requests can be freed
+                if not r.Test():
+                    r.Cancel()
+            table[missing_idx] = -1
+            verdict = self._verdict
+            verdict[0], verdict[1] = _TIMEOUT, self._seq
             verdict[2:] = table.ravel()
-        sends = [self._ctrl.Isend(verdict[:n], dest=r, tag=_TAG_VERDICT)
-                 for r in range(1, self._size) if r not in reqs]
-        # small messages go out eagerly; bounded so a peer dying right now cannot hold us
-        _poll(lambda: all(s.Test() for s in sends), time.monotonic() + min(5.0, self._timeout))
-        if status == _TIMEOUT:
-            _fail(self, f"{what}: rank(s) {missing} did not arrive within {self._timeout:g} s "
+            sends = [self._ctrl.Isend(verdict, dest=r, tag=_TAG_VERDICT)
+                     for r in range(1, self._size) if r not in missing_idx]
+            _poll(lambda: MPI.Request.Testall(sends), time.monotonic() + min(5.0, self._timeout))
+            missing = [self.ranks[r] for r in missing_idx]
+            _fail(self, f"{self._what(op, label)}: rank(s) {missing} did not arrive within {self._timeout:g} s "
                   "(dead, stuck, or calling a different number of collectives)", True)
-        if status == _MISMATCH:
-            _fail(self, f"{what}: the ranks disagree — {problem}. Every rank must call the same "
-                  "collective with the same shape, dtype, op and root", False)
-
-    def _agree_as_member(self, mine, what, start) -> None:
+        flat = table.reshape(-1).view(np.uint8).tobytes()
+        width = _WIDTH * 8
+        if flat == flat[:width] * self._size:  # every descriptor equal: go
+            self._go[0], self._go[1] = _GO, self._seq
+            MPI.Prequest.Startall(self._p_go)
+            self._wait_sends(self._p_go, op, label)
+            return
+        problem = _mismatch_message(table, self.ranks)
         verdict = self._verdict
-        send = self._ctrl.Isend(mine, dest=0, tag=_TAG_DESC)
-        recv = self._ctrl.Irecv(verdict, source=0, tag=_TAG_VERDICT)
+        verdict[0], verdict[1] = _MISMATCH, self._seq
+        verdict[2:] = table.ravel()
+        self._wait_sends([self._ctrl.Isend(verdict, dest=r, tag=_TAG_VERDICT) for r in range(1, self._size)],
+                         op, label)
+        _fail(self, f"{self._what(op, label)}: the ranks disagree — {problem}. Every rank must call the same "
+              "collective with the same shape, dtype, op and root", False)
+
+    def _wait_sends(self, sends, op, label) -> None:
+        """The verdicts go to ranks whose receive is already posted: this returns at once
+        unless a peer died just now, which the watchdog then reports."""
+        from mpi4py import MPI
+        if MPI.Request.Testall(sends):
+            return
+        if not _poll(lambda: MPI.Request.Testall(sends), time.monotonic() + self._timeout):
+            _fail(self, f"{self._what(op, label)}: a rank stopped answering after it arrived", True)
+
+    def _agree_as_member(self, mine, op, label, start) -> None:
+        from mpi4py import MPI
+        verdict = self._verdict
+        recv = self._p_recv
+        MPI.Prequest.Startall([recv, self._p_send])
         grace = min(30.0, 2.0 + 0.1 * self._timeout)  # the coordinator's verdict normally comes first
         if not _poll(recv.Test, start + self._timeout + grace):
-            _fail(self, f"{what}: rank {self.ranks[0]} (this group's coordinator) did not answer "
-                  f"within {self._timeout:g} s (dead, stuck, or calling a different number of "
+            _fail(self, f"{self._what(op, label)}: rank {self.ranks[0]} (this group's coordinator) did not "
+                  f"answer within {self._timeout:g} s (dead, stuck, or calling a different number of "
                   "collectives)", True)
-        send.Wait()  # the verdict implies the coordinator received it
+        self._p_send.Wait()  # the verdict implies the coordinator received it
         status = int(verdict[0])
         if status == _GO:
             return
         table = verdict[2:].reshape(self._size, _WIDTH)
         if status == _TIMEOUT:
             missing = [self.ranks[r] for r in range(self._size) if table[r, 0] != _MAGIC]
-            _fail(self, f"{what}: rank(s) {missing} did not arrive within {self._timeout:g} s "
+            _fail(self, f"{self._what(op, label)}: rank(s) {missing} did not arrive within {self._timeout:g} s "
                   "(dead, stuck, or calling a different number of collectives)", True)
-        _fail(self, f"{what}: the ranks disagree — {_mismatch_message(table, self.ranks)}. Every "
-              "rank must call the same collective with the same shape, dtype, op and root", False)
+        _fail(self, f"{self._what(op, label)}: the ranks disagree — {_mismatch_message(table, self.ranks)}. "
+              "Every rank must call the same collective with the same shape, dtype, op and root", False)
 
     # -- array API ----------------------------------------------------------------------------
     def _need_contiguous(self, op, *arrays) -> None:
