@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from .mpi_group import MPIProcessGroup
-from .process_group import ReduceOp, Work, _DoneWork, _fail, _poll, GroupMember
+from .process_group import ReduceOp, Work, _DoneWork, _fail, _poll, _seconds, GroupMember
 
 __all__ = ["NCCLProcessGroup"]
 
@@ -81,7 +81,7 @@ class _NCCLWork(Work):
             return True
         import cupy
         if os.environ.get("AVILA_NCCL_BLOCKING_WAIT") == "1":
-            deadline = self._deadline if timeout is None else time.monotonic() + float(timeout)
+            deadline = self._deadline if timeout is None else time.monotonic() + _seconds(timeout)
             if not _poll(lambda: self._event.done, deadline):
                 self._group._comm_nccl.abort()
                 _fail(self._group, f"{self._name} on ranks {self._group.ranks} did not complete within "
@@ -122,7 +122,8 @@ class NCCLProcessGroup(MPIProcessGroup):
         current = cupy.cuda.get_current_stream()
         ready = current.record()
         self._stream.wait_event(ready)
-        body(self._stream.ptr)
+        with self._stream:  # copies inside body (gather/scatter's own block) run on it too
+            body(self._stream.ptr)
         done = self._stream.record()
         return _NCCLWork(self, name, done, finish, keep)
 

@@ -64,7 +64,10 @@ class DistributedDataParallel(Module):
     gradient raises an error naming it at the end of backward; ``True`` handles it.
     ``broadcast_buffers=True``: rank 0's buffers (e.g. BatchNorm running statistics) are sent
     to every rank before each forward. ``ddp.module`` is the wrapped model; state-dict keys get
-    the ``module.`` prefix as in PyTorch (see the module docstring).
+    the ``module.`` prefix as in PyTorch (see the module docstring). ``device_ids`` /
+    ``output_device`` are accepted for PyTorch compatibility and unused (a replica lives on one
+    device, its parameters' device); gradients are always copied into the buckets, so
+    ``gradient_as_bucket_view`` and ``static_graph`` change nothing.
 
     Example:
         >>> import avila_ml as am, avila_ml.distributed as dist
