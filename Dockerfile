@@ -1,14 +1,34 @@
-# CPU image by default; for GPUs build with --build-arg EXTRA=cuda12 on a CUDA base, e.g.
-#   docker build --build-arg BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 --build-arg EXTRA=cuda12 .
-# Apptainer/Singularity: `apptainer build avila.sif docker-daemon://avila-ml:latest`.
+# Avila ML image: CPU by default, CUDA with build arguments; MPICH (the mpich wheel) inside.
+#
+#   docker build -t avila-ml:cpu .
+#   docker build -t avila-ml:cuda12 --build-arg BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 \
+#       --build-arg EXTRAS=cuda12,distributed,examples .
+#
+# NCCL comes from the nvidia-nccl-cu12 wheel of the cuda12 extra; CuPy finds it at run time.
+# On a cluster, bind-mount the host's MPICH-ABI MPI (Cray MPICH, Intel MPI, MVAPICH) and point
+# mpi4py at it with MPI4PY_LIBMPI (see README, "Clusters"). Apptainer/Singularity:
+#   apptainer build avila.sif docker-daemon://avila-ml:cuda12
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-ARG EXTRA=examples
-RUN if ! command -v python3 >/dev/null; then apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv && rm -rf /var/lib/apt/lists/*; fi
+
+ARG EXTRAS=distributed,examples
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# CUDA base images have no Python: add the distribution's (the slim Python image skips this).
+# hadolint ignore=DL3008
+RUN if ! command -v python3 >/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 WORKDIR /opt/avila_ml
 COPY pyproject.toml README.md ./
 COPY avila_ml ./avila_ml
 COPY examples ./examples
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[${EXTRA}]"
-ENV PATH=/opt/venv/bin:$PATH MPLBACKEND=Agg
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir ".[${EXTRAS}]"
+
+ENV PATH=/opt/venv/bin:$PATH \
+    MPLBACKEND=Agg
 CMD ["python", "examples/conv4d_spacetime.py"]

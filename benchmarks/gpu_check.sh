@@ -73,6 +73,14 @@ if ! "$python" -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0" >
     failures+=("cupy unavailable")
 fi
 
+# NCCL for the distributed "nccl" backend: NVIDIA's wheel for the same CUDA major as CuPy
+if ! "$python" -c "from cupy.cuda import nccl; nccl.NcclCommunicator" >/dev/null 2>&1; then
+    note "installing NCCL (nvidia-nccl-cu${cuda_major:-12})"
+    "$python" -m pip install "nvidia-nccl-cu${cuda_major:-12}" 2>&1 | tee -a "$log"
+fi
+# mpiexec -n 1 on one GPU (NCCL refuses two ranks on one GPU); -n <GPUs> when there are several
+run_step "distributed: NCCL backend" "$python" -m pytest -x -q -rs -p no:cacheprovider tests/test_distributed.py -k nccl
+
 export AVILA_ML_TEST_DEVICE=cuda
 run_step "test suite on cuda" 360 "$python" -m pytest -q -p no:cacheprovider -p no:zarr tests
 

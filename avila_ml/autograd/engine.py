@@ -15,7 +15,29 @@ from .grad_mode import _state
 from .inplace import _refresh_view
 from ..backends import nvtx as _nvtx
 
-__all__ = ["run_backward"]
+__all__ = ["run_backward", "queue_callback"]
+
+# callbacks to run once the current backward pass has finished (DistributedDataParallel waits
+# for its gradient all-reduces there); see queue_callback
+_final_callbacks: list = []
+_depth = [0]
+
+
+def queue_callback(fn) -> None:
+    """Run ``fn()`` when the backward pass now running ends (after every ``.grad`` is written);
+    PyTorch's ``Variable._execution_engine.queue_callback``. Only valid during a backward.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.autograd.engine import queue_callback
+        >>> w = am.ones(1, requires_grad=True)
+        >>> h = w.register_hook(lambda g: queue_callback(lambda: print("backward done")))
+        >>> (2 * w).sum().backward()
+        backward done
+    """
+    if not _depth[0]:
+        raise RuntimeError("queue_callback: no backward pass is running")
+    _final_callbacks.append(fn)
 
 
 def _check_grad(node, i, g, child, idx):
@@ -138,6 +160,7 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
     prev_autocast = _state.autocast
     _state.autocast = None  # backward ops follow their forward's dtypes (as PyTorch's engine)
     acc_type = AccumulateGrad
+    _depth[0] += 1
     try:
         # the per-node loop: kept free of helper calls and generator expressions (it runs
         # once per recorded op); _check_grad is inlined as a shape comparison
@@ -235,6 +258,12 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
     finally:
         _state.enabled = prev_mode
         _state.autocast = prev_autocast
+        _depth[0] -= 1
+        callbacks = []
+        if not _depth[0]:
+            callbacks, _final_callbacks[:] = list(_final_callbacks), []
+    for fn in callbacks:  # the outermost backward ran to its end: run what was queued
+        fn()
 
     if results is not None:
         for pos, g in enumerate(results):

@@ -296,7 +296,7 @@ class AccumulateGrad:
     def __init__(self, variable):
         self.variable = variable
         self._pre_hooks = None
-        self._post_hooks = None
+        self._post_hooks = None  # called with the leaf after .grad is updated
 
     @staticmethod
     def _name() -> str:

@@ -18,3 +18,6 @@ from .modules.positional import *  # noqa: F401,F403
 from .modules.rnn import *  # noqa: F401,F403
 from .modules.vision import *  # noqa: F401,F403
 from .modules.distance import *  # noqa: F401,F403
+from .modules.syncbatchnorm import *  # noqa: F401,F403
+from . import parallel  # noqa: F401
+from .parallel import DistributedDataParallel  # noqa: F401
