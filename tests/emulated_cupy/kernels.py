@@ -55,7 +55,7 @@ class RawModule:
             raise TypeError("emulated RawModule: only code= is emulated")
         sources = {p.read_text(): p.name for p in KERNEL_SOURCE_DIR.glob("*.cu")}
         if code not in sources:
-            raise NotImplementedError("emulated RawModule runs the project's own .cu sources only")
+            raise ValueError("emulated RawModule: it runs the project's own .cu sources only (on the host emulation)")
         self.code, self.options = code, tuple(options)
         self.name_expressions = tuple(name_expressions or ())
         _nvrtc_compile(code, self.options, self.name_expressions)
