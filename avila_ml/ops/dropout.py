@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import warnings
 
-from .._grad_state import state as _state
 from ..autograd import inplace as _inplace
 from ..autograd.function import Function
 from ..tensor import Tensor
