@@ -230,6 +230,9 @@ class Tensor:
             return None
 
         self.grad_fn.register_prehook(self._output_nr, _retain)
+        # (a non-leaf's _hooks slot is free: it remembers where the hook sits, so an in-place
+        # op that gives this tensor a new history can move it, as PyTorch does)
+        self._hooks = (self.grad_fn, self._output_nr, _retain)
 
     @property
     def retains_grad(self) -> bool:

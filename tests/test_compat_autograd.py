@@ -709,3 +709,16 @@ def test_backward_from_a_view_made_before_a_write_into_its_base():
         v.sum().backward()  # v is the root: its history is re-derived from the written base
         grads[lib] = _np(y.grad)
     np.testing.assert_allclose(grads[am], grads[torch])
+
+
+def test_retain_grad_follows_an_in_place_op():
+    grads = {}
+    for lib in LIBS:
+        x = _leaf(lib, [1.0, -2.0])
+        y = x * 2
+        y.retain_grad()
+        y.mul_(3)
+        (y * y).sum().backward()
+        grads[lib] = (_np(y.grad), _np(x.grad))
+    for a, b in zip(grads[am], grads[torch]):
+        np.testing.assert_allclose(a, b)

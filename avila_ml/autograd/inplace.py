@@ -141,8 +141,20 @@ def rebase_history(t, result) -> None:
     """Give ``t`` (whose memory now holds ``result``'s value) ``result``'s graph history.
 
     For a view, its base takes a ``CopySlices`` node and the view's history is re-derived
-    from the base (PyTorch's ``rebase_history``).
+    from the base (PyTorch's ``rebase_history``). A ``retain_grad`` hook moves to the new node.
     """
+    _rebase(t, result)
+    if t._retains_grad and type(t._hooks) is tuple:
+        node, nr, hook = t._hooks
+        hooks = node._pre_hooks.get(nr, []) if node._pre_hooks else []
+        if hook in hooks:
+            hooks.remove(hook)
+        if t.grad_fn is not None:
+            t.grad_fn.register_prehook(t._output_nr, hook)
+            t._hooks = (t.grad_fn, t._output_nr, hook)
+
+
+def _rebase(t, result) -> None:
     v = t._view
     if v is None:
         t.grad_fn = result.grad_fn

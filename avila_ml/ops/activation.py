@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 from .. import dtypes as _dt
-from .._grad_state import state as _state
 from ..autograd import inplace as _inplace
 from ..autograd.function import Function
 from ..backends import backend_of

@@ -12,7 +12,6 @@ import math
 import warnings
 
 from .. import dtypes as _dt
-from .._grad_state import state as _state
 from ..autograd import inplace as _inplace
 from ..autograd.function import Function
 from ..tensor import Tensor
