@@ -51,3 +51,24 @@ def test_program_runs_unchanged_with_the_same_losses(program):
         assert abs(ours["accuracy"] - ref["accuracy"]) <= 0.05
     first, last = np.mean(ref["losses"][:5]), np.mean(ref["losses"][-5:])
     assert last < 0.9 * first, f"{program} does not train: {first:.3f} -> {last:.3f}"
+
+
+def test_as_torch_uninstall_restores_the_real_torch():
+    """install() sets an imported PyTorch aside and uninstall() puts the same modules back: a
+    second import of torch's C extension in one process crashes ("bad call flags")."""
+    import torch
+    import torch.nn.functional as real_functional
+
+    from avila_ml import as_torch
+
+    as_torch.install()
+    try:
+        import torch as aliased
+        import torch.nn.functional as aliased_functional
+        assert aliased.__name__ == "avila_ml" and aliased_functional.__name__ == "avila_ml.nn.functional"
+    finally:
+        as_torch.uninstall()
+    import torch as again
+    import torch.nn.functional as again_functional
+    assert again is torch and again_functional is real_functional
+    assert again.ones(2).sum().item() == 2.0

@@ -17,4 +17,3 @@ from ..ops.attention import *  # noqa: F401,F403
 from ..ops.embedding import *  # noqa: F401,F403
 from ..ops.distance import *  # noqa: F401,F403
 from ..ops.vision import *  # noqa: F401,F403
-from ..ops.recurrent import *  # noqa: F401,F403

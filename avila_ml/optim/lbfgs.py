@@ -159,7 +159,7 @@ class LBFGS(Optimizer):
         for n in ("max_iter", "max_eval", "history_size"):
             v = group.get(n)
             if n in group and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise self._bad(n, v, f"a positive int", where)
+                raise self._bad(n, v, "a positive int", where)
         ls = group.get("line_search_fn")
         if ls not in (None, "strong_wolfe"):
             raise ValueError(f"LBFGS: line_search_fn must be None or 'strong_wolfe', got {ls!r}")
