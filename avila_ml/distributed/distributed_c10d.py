@@ -117,7 +117,7 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     device is CUDA and NCCL is available, else MPI). Rank, world size and local rank come from
     the launcher's environment (see :mod:`avila_ml.distributed.env`: torchrun, Open MPI,
     MPICH/Hydra, Slurm, in that order) and must agree with the MPI world; without any launcher
-    the process is a world of size 1. With GPUs, each process binds ``cuda:<local rank>`` as
+    the process is a world of size 1, which needs neither MPI nor mpi4py. With GPUs, each process binds ``cuda:<local rank>`` as
     its default device. ``timeout`` (``datetime.timedelta`` or seconds, default 5 minutes)
     bounds every collective: mismatched shapes, a dead rank or one that never arrives end
     every process with an error naming the collective and the ranks.
@@ -140,19 +140,23 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
         if backend not in ("mpi", "nccl"):
             raise ValueError(f"init_process_group: unknown backend {backend!r}; expected 'mpi', 'nccl' or None")
     info = detect_launch()
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        raise ImportError("init_process_group: mpi4py is needed for every backend (it also carries the "
-                          "NCCL id and the collective checks); install it with "
-                          "`pip install avila-ml[distributed]`") from None
-    comm = MPI.COMM_WORLD
-    if (comm.Get_size(), comm.Get_rank()) != (info.world_size, info.rank) and info.launcher != "none":
-        raise RuntimeError(
-            f"init_process_group: the {info.launcher} environment says rank {info.rank} of "
-            f"{info.world_size}, but MPI sees rank {comm.Get_rank()} of {comm.Get_size()}. Start the "
-            "processes with an MPI launcher (mpiexec, srun --mpi=pmix, or "
-            "python -m avila_ml.distributed.run); torchrun alone starts no MPI job")
+    if info.launcher == "none":
+        from .mpi_group import SelfComm
+        comm = SelfComm()  # a world of size 1 needs no MPI (nor mpi4py)
+    else:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise ImportError("init_process_group: mpi4py is needed to run on several processes (it also "
+                              "carries the NCCL id and the collective checks); install it with "
+                              "`pip install avila-ml[distributed]`") from None
+        comm = MPI.COMM_WORLD
+        if (comm.Get_size(), comm.Get_rank()) != (info.world_size, info.rank):
+            raise RuntimeError(
+                f"init_process_group: the {info.launcher} environment says rank {info.rank} of "
+                f"{info.world_size}, but MPI sees rank {comm.Get_rank()} of {comm.Get_size()}. Start the "
+                "processes with an MPI launcher (mpiexec, srun --mpi=pmix, or "
+                "python -m avila_ml.distributed.run); torchrun alone starts no MPI job")
     for name, given, actual in (("world_size", world_size, comm.Get_size()), ("rank", rank, comm.Get_rank())):
         if given not in (-1, None) and given != actual:
             raise ValueError(f"init_process_group: {name}={given} but the launcher started {name} {actual}")

@@ -11,7 +11,32 @@ import numpy as np
 
 from .process_group import ProcessGroup, ReduceOp, Work, _DoneWork, GroupMember, _fail
 
-__all__ = ["MPIProcessGroup"]
+__all__ = ["MPIProcessGroup", "SelfComm"]
+
+
+class SelfComm:
+    """The communicator of a process started without a launcher: rank 0 of 1.
+
+    It stands in for ``MPI.COMM_WORLD`` so that a script run as ``python script.py`` needs
+    no MPI at all (nor mpi4py): every collective of a one-rank group is decided without
+    communication, and MPI is never initialized in the process (it matters in test runners
+    and notebooks, which fork and load other native libraries afterwards).
+    """
+
+    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 1
+
+    def Dup(self) -> "SelfComm":  # noqa: N802
+        return self
+
+    def Free(self) -> None:  # noqa: N802
+        return None
+
+    def bcast(self, obj, root: int = 0):
+        return obj
 
 
 _MPI_OPS: dict = {}
@@ -70,9 +95,9 @@ class MPIProcessGroup(ProcessGroup):
         return Work(self, name, req.Test, finish, block=req.Wait)
 
     def _launch_allreduce(self, a, op, name) -> Work:
-        from mpi4py import MPI
         if self._size == 1:
             return _DoneWork(self, name)
+        from mpi4py import MPI
         _sync_device(a)
         buf = a.astype(np.float32) if a.dtype == np.float16 else a
         req = self._comm.Iallreduce(MPI.IN_PLACE, buf, op=_mpi_op(op, a.dtype))
@@ -121,20 +146,26 @@ class MPIProcessGroup(ProcessGroup):
 
     def _launch_gather(self, send, recv, root, name) -> Work:
         _sync_device(send, recv)
+        if self._size == 1:
+            recv.reshape(-1)[...] = send.reshape(-1)
+            return _DoneWork(self, name)
         mine = self._rank == root
         req = self._comm.Igather(_moved(send), _moved(recv) if mine else None, root=root)
         return self._work(name, req)
 
     def _launch_scatter(self, send, recv, root, name) -> Work:
         _sync_device(send, recv)
+        if self._size == 1:
+            recv.reshape(-1)[...] = send.reshape(-1)
+            return _DoneWork(self, name)
         mine = self._rank == root
         req = self._comm.Iscatter(_moved(send) if mine else None, _moved(recv), root=root)
         return self._work(name, req)
 
     def _launch_reduce(self, a, root, op, name) -> Work:
-        from mpi4py import MPI
         if self._size == 1:
             return _DoneWork(self, name)
+        from mpi4py import MPI
         _sync_device(a)
         buf = a.astype(np.float32) if a.dtype == np.float16 else a
         mine = self._rank == root
@@ -173,6 +204,8 @@ class MPIProcessGroup(ProcessGroup):
         return Work(self, name, lambda: req.Test(status), finish, block=lambda: req.Wait(status))
 
     def _split(self, members):
+        if self._size == 1:  # members == [0]: a copy of this group
+            return MPIProcessGroup(self._comm, list(self.ranks), self._world_rank, self._timeout)
         from mpi4py import MPI
         mine = self._rank in members
         sub = self._comm.Split(0 if mine else MPI.UNDEFINED, key=self._rank)

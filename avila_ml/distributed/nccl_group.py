@@ -235,6 +235,8 @@ class NCCLProcessGroup(MPIProcessGroup):
             b.data.ptr, b.size, _nccl().NCCL_UINT8, src, s), keep=(a,))
 
     def _split(self, members):
+        if self._size == 1:
+            return NCCLProcessGroup(self._comm, list(self.ranks), self._world_rank, self._timeout)
         from mpi4py import MPI
         mine = self._rank in members
         sub = self._comm.Split(0 if mine else MPI.UNDEFINED, key=self._rank)

@@ -378,7 +378,7 @@ class ProcessGroup:
         self._world_rank = world_rank
         self._timeout = _seconds(timeout)
         self._seq = 0
-        self._blocking_ok = _thread_multiple()
+        self._blocking_ok = self._size > 1 and _thread_multiple()
         # the check's buffers and persistent requests, made once (a collective then costs two
         # Start calls and a few Tests on each rank, not new request objects)
         self._verdict = np.empty(2 + _WIDTH * self._size, dtype=np.int64)
