@@ -661,8 +661,10 @@ def _float_input(x, op):
 
 
 def _unary_doc(name, math_text, torch_name, example_in, example_out):
+    # the example prints rounded values: a CPU's math library may be one ulp off (float32
+    # log10(100) is 2.0000002 on some SIMD paths), which would switch the repr to "2.0000"
     return (f"Elementwise {name} (``{torch_name}``).\n\n    Math: {math_text}\n\n    Example:\n"
-            f"        >>> import avila_ml as am\n        >>> am.{name}(am.tensor({example_in}))\n"
+            f"        >>> import avila_ml as am\n        >>> am.{name}(am.tensor({example_in})).round(decimals=4)\n"
             f"        {example_out}\n    ")
 
 
@@ -675,16 +677,16 @@ def _make_unary(cls, name, math_text, ex_in, ex_out, float_only=True):
     return op
 
 
-exp = _make_unary(Exp, "exp", "y = e^x; dy/dx = y.", "[0.0]", "tensor([1.])")
+exp = _make_unary(Exp, "exp", "y = e^x; dy/dx = y.", "[0.0, 1.0]", "tensor([1.0000, 2.7183])")
 log = _make_unary(Log, "log", "y = ln x; dy/dx = 1/x.", "[1.0]", "tensor([0.])")
-log2 = _make_unary(Log2, "log2", "y = log2 x; dy/dx = 1/(x ln 2).", "[4.0]", "tensor([2.])")
-log10 = _make_unary(Log10, "log10", "y = log10 x; dy/dx = 1/(x ln 10).", "[100.0]", "tensor([2.])")
+log2 = _make_unary(Log2, "log2", "y = log2 x; dy/dx = 1/(x ln 2).", "[4.0, 10.0]", "tensor([2.0000, 3.3219])")
+log10 = _make_unary(Log10, "log10", "y = log10 x; dy/dx = 1/(x ln 10).", "[100.0, 2.0]", "tensor([2.0000, 0.3010])")
 log1p = _make_unary(Log1p, "log1p", "y = ln(1 + x), accurate for tiny x; dy/dx = 1/(1+x).", "[0.0]", "tensor([0.])")
 expm1 = _make_unary(Expm1, "expm1", "y = e^x - 1, accurate for tiny x; dy/dx = y + 1.", "[0.0]", "tensor([0.])")
 sqrt = _make_unary(Sqrt, "sqrt", "y = sqrt(x); dy/dx = 1/(2y).", "[4.0]", "tensor([2.])")
 rsqrt = _make_unary(Rsqrt, "rsqrt", "y = 1/sqrt(x); dy/dx = -y^3/2.", "[4.0]", "tensor([0.5000])")
 sin = _make_unary(Sin, "sin", "dy/dx = cos x.", "[0.0]", "tensor([0.])")
-cos = _make_unary(Cos, "cos", "dy/dx = -sin x.", "[0.0]", "tensor([1.])")
+cos = _make_unary(Cos, "cos", "dy/dx = -sin x.", "[0.0, 1.0]", "tensor([1.0000, 0.5403])")
 tan = _make_unary(Tan, "tan", "dy/dx = 1 + y^2.", "[0.0]", "tensor([0.])")
 tanh = _make_unary(Tanh, "tanh", "dy/dx = 1 - y^2.", "[0.0]", "tensor([0.])")
 sigmoid = _make_unary(Sigmoid, "sigmoid", "y = 1/(1+e^-x), computed as (1+tanh(x/2))/2; dy/dx = y(1-y).", "[0.0]", "tensor([0.5000])")
