@@ -202,7 +202,7 @@ def machine_limits() -> dict:
     return {"gemm_gflops": 2 * n ** 3 / t / 1e9, "copy_gbs": 2 * src.nbytes / tc / 1e9}
 
 
-def machine_header(limits: dict, load: tuple, threads: int | None) -> list:
+def machine_header(limits: dict, load: tuple, threads: int | None, started=None) -> list:
     """Lines that say on what, with what and in which state the table was measured."""
     cpus = os.cpu_count()
     try:
@@ -211,7 +211,7 @@ def machine_header(limits: dict, load: tuple, threads: int | None) -> list:
     except (OSError, subprocess.CalledProcessError):
         commit = "?"
     lines = [
-        f"date {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; commit {commit}",
+        f"started {(started or datetime.datetime.now().astimezone()):%Y-%m-%d %H:%M %Z}; commit {commit}",
         f"cpu: {cpu_model()}, {cpus} logical cores; float32 GEMM {limits['gemm_gflops']:.1f} GFLOP/s "
         f"(NumPy BLAS); copy bandwidth {limits['copy_gbs']:.1f} GB/s",
         f"versions: Python {platform.python_version()}, NumPy {_version('numpy')}, "
@@ -330,7 +330,7 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
         sys.exit(f"no case matches (--only {args.only!r}, --quick {args.quick})")
     rounds = 2 if args.quick else args.rounds
     idx = [i for i, _ in chosen]
-    load0 = os.getloadavg()[0]
+    load0, started = os.getloadavg()[0], datetime.datetime.now().astimezone()
     limits = machine_limits()
     results = {i: {lib: [] for lib in LIBS} for i in idx}
     for r in range(rounds):
@@ -339,7 +339,7 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
             for i, rec in _run_round(script, lib, idx, args).items():
                 results[i][lib].append(rec)
             print(f"  round {r + 1}/{rounds} {lib}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    header = machine_header(limits, (load0, os.getloadavg()[0]), args.threads)
+    header = machine_header(limits, (load0, os.getloadavg()[0]), args.threads, started)
     text = format_table(f"Avila ML vs PyTorch: {name} (CPU)", header, chosen, results)
     print(text, flush=True)
     if not args.no_save:
