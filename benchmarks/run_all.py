@@ -1,7 +1,7 @@
 """Run every ``bench_*.py`` in this folder (``make bench``); GPU ones skip themselves without a GPU.
 
 Extra arguments go to each benchmark (default ``--rounds 3``, which keeps the whole run near
-10 minutes on an idle 2-core machine; ``--rounds 5`` for tighter figures). Each CPU benchmark
+10 minutes on an idle 2-core machine by estimate; ``--rounds 5`` for tighter figures). Each CPU benchmark
 times Avila ML and PyTorch in separate processes, alternating rounds, and writes a new file
 ``benchmarks/results/<benchmark>_<cpu-model>_<date>.txt``; nothing tracked is overwritten.
 """
