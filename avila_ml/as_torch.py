@@ -62,6 +62,13 @@ def _resolve(real: str):
 _finder = _TorchAlias()
 
 
+_real_torch: dict = {}  # the real PyTorch modules set aside by install(), put back by uninstall()
+
+
+def _torch_names() -> list:
+    return [n for n in sys.modules if n == "torch" or n.startswith("torch.")]
+
+
 def install() -> None:
     """Make ``import torch`` and ``import torch.<sub>`` import Avila ML (idempotent).
 
@@ -76,7 +83,10 @@ def install() -> None:
     """
     if _finder not in sys.meta_path:
         sys.meta_path.insert(0, _finder)
-    for name in [n for n in sys.modules if n == "torch" or n.startswith("torch.")]:
+        # keep an already imported real PyTorch: its C extension cannot be imported twice in one
+        # process, so uninstall() must restore these very module objects
+        _real_torch.update({n: sys.modules[n] for n in _torch_names()})
+    for name in _torch_names():
         del sys.modules[name]
 
 
@@ -92,8 +102,10 @@ def uninstall() -> None:
     """
     if _finder in sys.meta_path:
         sys.meta_path.remove(_finder)
-    for name in [n for n in sys.modules if n == "torch" or n.startswith("torch.")]:
+    for name in _torch_names():
         del sys.modules[name]
+    sys.modules.update(_real_torch)
+    _real_torch.clear()
 
 
 def main(argv=None) -> None:
