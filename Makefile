@@ -1,13 +1,17 @@
 # Two entry points for a fresh machine: `make demo` (train the Conv4d example) and `make test`.
+# Each command installs only the extras it needs, with one stamp file per extra set, so
+# `make test` after `make demo` installs the rest (PyTorch, pytest) and nothing twice.
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
-$(STAMP): pyproject.toml
+$(VPY):
 	$(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q -e ".[test,examples]"
-	touch $(STAMP)
+
+# $(VENV)/.installed-<extras>: `pip install -e .[<extras>]`, redone when pyproject.toml changes
+$(VENV)/.installed-%: pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q -e ".[$*]"
+	touch $@
 
 # The cuda leg on the strict emulated CUDA device (tests/emulated_cupy): on every `make test`, the
 # GPU-path regressions (test_cuda_path.py: transfers, kernels, RNG, optimizers) and the files whose
@@ -16,18 +20,25 @@ $(STAMP): pyproject.toml
 CUDA_EMULATED_TESTS := tests/test_cuda_path.py tests/test_tensor.py tests/test_nn_module.py \
 	tests/test_layers.py tests/test_transformer.py tests/test_conv4d.py
 
-.PHONY: install demo test test-cuda-emulated bench
-install: $(STAMP)
+.PHONY: install demo test test-cuda-emulated bench docs docs-serve
+install: $(VENV)/.installed-test,examples
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-examples
 	$(VPY) examples/conv4d_spacetime.py
 
-test: $(STAMP)
+test: $(VENV)/.installed-test,examples
 	$(VPY) -m pytest avila_ml tests
 	AVILA_ML_TEST_DEVICE=cuda-emulated $(VPY) -m pytest -p no:cacheprovider -k cuda $(CUDA_EMULATED_TESTS)
 
-test-cuda-emulated: $(STAMP)
+test-cuda-emulated: $(VENV)/.installed-test,examples
 	AVILA_ML_TEST_DEVICE=cuda-emulated $(VPY) -m pytest -p no:cacheprovider -k "cuda and not nvcc" tests
 
-bench: $(STAMP)
+# PyTorch comes with the test extra: the benchmarks time it next to Avila ML
+bench: $(VENV)/.installed-test,examples
 	$(VPY) benchmarks/run_all.py
+
+docs: $(VENV)/.installed-docs
+	$(VPY) -m mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.installed-docs
+	$(VPY) -m mkdocs serve

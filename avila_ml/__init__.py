@@ -52,15 +52,33 @@ from . import distributed  # noqa: F401,E402  (torch.distributed; mpi4py loads a
 
 
 def is_tensor(obj) -> bool:
-    """True when ``obj`` is a :class:`Tensor` (``torch.is_tensor``)."""
+    """True when ``obj`` is a :class:`Tensor` (``torch.is_tensor``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.is_tensor(am.zeros(2)), am.is_tensor([0.0, 0.0])
+        (True, False)
+    """
     return isinstance(obj, Tensor)
 
 
 def numel(input) -> int:
-    """Number of elements (``torch.numel``)."""
+    """Number of elements (``torch.numel``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.numel(am.zeros(2, 3))
+        6
+    """
     return input.numel()
 
 
 def initial_seed() -> int:
-    """The seed of the CPU generator (``torch.initial_seed``)."""
+    """The seed of the CPU generator (``torch.initial_seed``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(7); am.initial_seed()
+        7
+    """
     return backends._cpu.initial_seed()

@@ -70,7 +70,17 @@ def _torch_names() -> list:
 
 
 def install() -> None:
-    """Make ``import torch`` and ``import torch.<sub>`` import Avila ML (idempotent)."""
+    """Make ``import torch`` and ``import torch.<sub>`` import Avila ML (idempotent).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml import as_torch
+        >>> as_torch.install()
+        >>> import torch
+        >>> torch.tensor([1.0, 2.0]).sum()
+        tensor(3.)
+        >>> as_torch.uninstall()
+    """
     if _finder not in sys.meta_path:
         sys.meta_path.insert(0, _finder)
         # keep an already imported real PyTorch: its C extension cannot be imported twice in one
@@ -81,7 +91,15 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Undo :func:`install`: later ``import torch`` finds the real PyTorch again (if present)."""
+    """Undo :func:`install`: later ``import torch`` finds the real PyTorch again (if present).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml import as_torch
+        >>> as_torch.install(); as_torch.uninstall()
+        >>> import sys; 'torch' in sys.modules and sys.modules['torch'].__name__ == 'avila_ml'
+        False
+    """
     if _finder in sys.meta_path:
         sys.meta_path.remove(_finder)
     for name in _torch_names():
@@ -91,7 +109,18 @@ def uninstall() -> None:
 
 
 def main(argv=None) -> None:
-    """Entry point of ``python -m avila_ml.as_torch script.py [args...]``."""
+    """Entry point of ``python -m avila_ml.as_torch script.py [args...]``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> import os, tempfile
+        >>> from avila_ml import as_torch
+        >>> path = os.path.join(tempfile.mkdtemp(), 'script.py')
+        >>> _ = open(path, 'w').write('import torch; print(torch.ones(2).sum())')
+        >>> as_torch.main([path])
+        tensor(2.)
+        >>> as_torch.uninstall()
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         raise SystemExit("usage: python -m avila_ml.as_torch script.py [args...]")

@@ -20,7 +20,13 @@ def is_available() -> bool:
 
 
 def device_count() -> int:
-    """Number of visible GPUs, 0 without CuPy or a GPU (``torch.cuda.device_count``)."""
+    """Number of visible GPUs, 0 without CuPy or a GPU (``torch.cuda.device_count``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.cuda.device_count() >= 0
+        True
+    """
     if not cuda_is_available():
         return 0
     import cupy
@@ -28,10 +34,24 @@ def device_count() -> int:
 
 
 def synchronize(device=None) -> None:
-    """Wait for all work queued on a GPU (``torch.cuda.synchronize``)."""
+    """Wait for all work queued on a GPU (``torch.cuda.synchronize``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> if am.cuda.is_available():
+        ...     am.cuda.synchronize()
+        ...
+    """
     get_backend(device or "cuda").synchronize()
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the generator of the current GPU (``torch.cuda.manual_seed``)."""
+    """Seed the generator of the current GPU (``torch.cuda.manual_seed``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> if am.cuda.is_available():
+        ...     am.cuda.manual_seed(0)
+        ...
+    """
     get_backend("cuda").seed(seed)

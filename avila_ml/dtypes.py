@@ -161,7 +161,13 @@ _pybool = (True).__class__
 
 
 def get_default_dtype() -> dtype:
-    """Return the default floating dtype (``torch.get_default_dtype``)."""
+    """Return the default floating dtype (``torch.get_default_dtype``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.get_default_dtype()
+        avila_ml.float32
+    """
     return _default_float[0]
 
 
@@ -181,7 +187,13 @@ def set_default_dtype(d) -> None:
 
 
 def is_floating_point(d) -> _pybool:
-    """True when ``d`` is a floating dtype."""
+    """True when ``d`` is a floating dtype.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.dtypes.is_floating_point(am.float32), am.dtypes.is_floating_point(am.int64)
+        (True, False)
+    """
     return to_dtype(d).is_floating_point
 
 
@@ -190,6 +202,11 @@ def promote_types(a: dtype, b: dtype) -> dtype:
 
     Math: higher category wins (bool < int < float); within a category the wider type,
     with signed/unsigned mixing as in NumPy (``uint8`` + ``int8`` -> ``int16``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.promote_types(am.int64, am.float16), am.promote_types(am.int8, am.uint8)
+        (avila_ml.float16, avila_ml.int16)
     """
     if a is b:
         return a

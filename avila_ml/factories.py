@@ -104,7 +104,15 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
-    """Like :func:`tensor` but shares memory when no conversion is needed (``torch.as_tensor``)."""
+    """Like :func:`tensor` but shares memory when no conversion is needed (``torch.as_tensor``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> import numpy as np
+        >>> a = np.array([1.0, 2.0], dtype=np.float32)
+        >>> t = am.as_tensor(a); a[0] = 5.0; t
+        tensor([5., 2.])
+    """
     if isinstance(data, Tensor) and dtype is None and device is None:
         return data
     if isinstance(data, Tensor):
@@ -158,12 +166,25 @@ def zeros(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
 
 def ones(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """A tensor of ones (``torch.ones``)."""
+    """A tensor of ones (``torch.ones``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.ones(2, 3)
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
     return _filled(1, size, dtype, device, requires_grad)
 
 
 def empty(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """An uninitialised tensor (``torch.empty``)."""
+    """An uninitialised tensor (``torch.empty``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.empty(2, 3).shape, am.empty(4, dtype=am.int64).dtype
+        ((2, 3), avila_ml.int64)
+    """
     return _filled(None, size, dtype, device, requires_grad)
 
 
@@ -209,7 +230,13 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad: bool
 
 
 def linspace(start, end, steps: int, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive (``torch.linspace``)."""
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive (``torch.linspace``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.linspace(0, 1, 5)
+        tensor([0.0000, 0.2500, 0.5000, 0.7500, 1.0000])
+    """
     if steps < 0:
         raise RuntimeError(f"linspace: number of steps must be non-negative, got {steps}")
     b = get_backend(device)
@@ -218,14 +245,27 @@ def linspace(start, end, steps: int, dtype=None, device=None, requires_grad: boo
 
 
 def logspace(start, end, steps: int, base: float = 10.0, dtype=None, device=None) -> Tensor:
-    """``base ** linspace(start, end, steps)`` (``torch.logspace``)."""
+    """``base ** linspace(start, end, steps)`` (``torch.logspace``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.logspace(0, 2, 3).round(decimals=4)
+        tensor([  1.,  10., 100.])
+    """
     b = get_backend(device)
     arr = (base ** b.xp.linspace(start, end, steps, dtype=np.float64)).astype(_dtype_or_default(dtype))
     return _finish(arr, False)
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """Identity matrix, ``n x m`` (``torch.eye``)."""
+    """Identity matrix, ``n x m`` (``torch.eye``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.eye(2, 3)
+        tensor([[1., 0., 0.],
+                [0., 1., 0.]])
+    """
     b = get_backend(device)
     return _finish(b.xp.eye(n, m, dtype=_dtype_or_default(dtype)), requires_grad)
 
@@ -256,14 +296,27 @@ def rand(*size, dtype=None, device=None, requires_grad: bool = False, generator=
 
 
 def randn(*size, dtype=None, device=None, requires_grad: bool = False, generator=None) -> Tensor:
-    """Samples of N(0, 1) (``torch.randn``)."""
+    """Samples of N(0, 1) (``torch.randn``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); am.randn(2, 3).shape
+        (2, 3)
+    """
     b = get_backend(device)
     arr = _draw(b, generator, "randn", _shape(size), _dtype_or_default(dtype))
     return _finish(arr, requires_grad)
 
 
 def randint(low, high=None, size=None, dtype=None, device=None, generator=None) -> Tensor:
-    """Integers uniform in ``[low, high)`` (``torch.randint``; ``randint(high, size)`` too)."""
+    """Integers uniform in ``[low, high)`` (``torch.randint``; ``randint(high, size)`` too).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); x = am.randint(0, 10, (100,))
+        >>> bool((x >= 0).all() and (x < 10).all()), x.dtype
+        (True, avila_ml.int64)
+    """
     if size is None:
         if high is None or not isinstance(high, (tuple, list)):
             raise TypeError("randint: size must be given, e.g. randint(0, 10, (3,))")
@@ -282,14 +335,26 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None) 
 
 
 def randperm(n: int, dtype=None, device=None, generator=None) -> Tensor:
-    """A random permutation of ``0..n-1`` (``torch.randperm``)."""
+    """A random permutation of ``0..n-1`` (``torch.randperm``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); sorted(am.randperm(5).tolist())
+        [0, 1, 2, 3, 4]
+    """
     b = get_backend(device)
     arr = _draw(b, generator, "permutation", int(n)).astype(_dt.int64.np if dtype is None else _dt.to_dtype(dtype).np)
     return _finish(arr, False)
 
 
 def bernoulli(input, p=None, generator=None) -> Tensor:
-    """Draw 0/1 with probability ``input`` (or ``p``) (``torch.bernoulli``)."""
+    """Draw 0/1 with probability ``input`` (or ``p``) (``torch.bernoulli``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); am.bernoulli(am.tensor([0.0, 1.0, 0.0]))
+        tensor([0., 1., 0.])
+    """
     b = input._backend
     probs = input.array if p is None else p
     r = _draw(b, generator, "rand", input.shape, input.array.dtype)
@@ -297,7 +362,13 @@ def bernoulli(input, p=None, generator=None) -> Tensor:
 
 
 def multinomial(input, num_samples: int, replacement: bool = False, generator=None) -> Tensor:
-    """Sample category indices from (unnormalised) row probabilities (``torch.multinomial``)."""
+    """Sample category indices from (unnormalised) row probabilities (``torch.multinomial``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); am.multinomial(am.tensor([0.0, 0.0, 1.0]), 2, replacement=True)
+        tensor([2, 2])
+    """
     p = input._backend.to_numpy(input.array).astype(np.float64)
     single = p.ndim == 1
     p = p.reshape(1, -1) if single else p
@@ -314,7 +385,13 @@ def multinomial(input, num_samples: int, replacement: bool = False, generator=No
 
 
 def normal(mean, std, size=None, generator=None, device=None) -> Tensor:
-    """Samples of N(mean, std^2) (``torch.normal``) for numbers or broadcastable tensors."""
+    """Samples of N(mean, std^2) (``torch.normal``) for numbers or broadcastable tensors.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); am.normal(2.0, 0.0, (3,))
+        tensor([2., 2., 2.])
+    """
     m = mean.array if isinstance(mean, Tensor) else mean
     s = std.array if isinstance(std, Tensor) else std
     shape = size if size is not None else np.broadcast_shapes(np.shape(m), np.shape(s))
@@ -330,7 +407,9 @@ def _like(fn):
                   requires_grad=requires_grad, **kw)
     like.__name__ = fn.__name__ + "_like"
     like.__doc__ = (f"Like ``{fn.__name__}`` with the shape, dtype and device of ``input`` "
-                    f"(``torch.{fn.__name__}_like``).")
+                    f"(``torch.{fn.__name__}_like``).\n\n    Example:\n        >>> import avila_ml as am\n"
+                    f"        >>> x = am.{fn.__name__}_like(am.ones(2, 3, dtype=am.float64)); x.shape, x.dtype\n"
+                    f"        ((2, 3), avila_ml.float64)\n    ")
     return like
 
 
@@ -342,13 +421,27 @@ randn_like = _like(randn)
 
 
 def full_like(input, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """A tensor shaped like ``input`` filled with ``fill_value`` (``torch.full_like``)."""
+    """A tensor shaped like ``input`` filled with ``fill_value`` (``torch.full_like``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.full_like(am.zeros(2, 2), 7.0)
+        tensor([[7., 7.],
+                [7., 7.]])
+    """
     return full(input.shape, fill_value, dtype=dtype or input.dtype, device=device or input.device,
                 requires_grad=requires_grad)
 
 
 def randint_like(input, low, high=None, dtype=None, device=None) -> Tensor:
-    """Random integers shaped like ``input`` (``torch.randint_like``)."""
+    """Random integers shaped like ``input`` (``torch.randint_like``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.manual_seed(0); x = am.randint_like(am.zeros(3, 2), 5)
+        >>> x.shape, bool((x < 5).all())
+        ((3, 2), True)
+    """
     if high is None:
         low, high = 0, low
     return randint(low, high, input.shape, dtype=dtype or input.dtype, device=device or input.device)

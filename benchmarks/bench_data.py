@@ -1,4 +1,5 @@
-"""DataLoader throughput: Avila ML vs torch.utils.data.DataLoader on the same dataset (CPU).
+"""DataLoader throughput: Avila ML vs torch.utils.data.DataLoader on the same dataset (CPU),
+each library in its own process.
 
 The dataset is in memory: 20,000 float32 samples of shape (3, 32, 32) (CIFAR-sized) with an
 int label, and a small per-item transform (per-channel normalisation and a random horizontal
@@ -10,7 +11,7 @@ at batch 64, shuffled; samples/s is 20,000 / epoch time. With workers, non-persi
 include starting the worker processes every epoch (as a training loop without
 ``persistent_workers`` pays); the persistent rows do not.
 
-    .venv/bin/python benchmarks/bench_data.py
+    python benchmarks/bench_data.py [--rounds N] [--quick]
 """
 from __future__ import annotations
 
@@ -19,17 +20,8 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-import os  # noqa: E402
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # PyTorch's spinning OpenMP threads starve the other library on 2 cores
-import torch  # noqa: E402
-import torch.utils.data as tud  # noqa: E402
-
-import avila_ml as am  # noqa: E402
-from harness import compare, machine_limits, print_table, save_results  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Case, is_torch, main  # noqa: E402
 
 N, SHAPE, BATCH = 20_000, (3, 32, 32), 64
 
@@ -54,35 +46,28 @@ class CifarLike:
         return np.ascontiguousarray(x, dtype=np.float32), int(self.labels[i])
 
 
-def epoch(loader) -> int:
-    n = 0
-    for x, y in loader:
-        n += len(y)
-    assert n == N
-    return n
-
-
-def main() -> None:
-    limits = machine_limits()
-    ds = CifarLike()
-    am.manual_seed(0)
-    torch.manual_seed(0)
-    rows = []
-    for workers, persistent in ((0, False), (2, False), (2, True)):
+def epoch_case(workers, persistent):
+    def make(L):
+        L.manual_seed(0)
         kw = dict(batch_size=BATCH, shuffle=True, num_workers=workers)
         if persistent:
             kw["persistent_workers"] = True
-        ours = am.data.DataLoader(ds, **kw)
-        theirs = tud.DataLoader(ds, multiprocessing_context="fork" if workers else None, **kw)
-        label = f"DataLoader epoch, {N} x (3,32,32) f32, batch {BATCH}, workers={workers}" + (
-            " persistent" if persistent else "")
-        row = compare(label, lambda: epoch(ours), lambda: epoch(theirs), repeats=3, warmup=1)
-        row["note"] = f"samples/s: {N / row['ours_s']:,.0f} / {N / row['torch_s']:,.0f}"
-        rows.append(row)
-        del ours, theirs
-    text = print_table(rows, limits, title="Avila ML vs PyTorch: DataLoader throughput (CPU)")
-    print("saved", save_results(text, "data_cpu"))
+        if is_torch(L) and workers:
+            kw["multiprocessing_context"] = "fork"
+        loader = L.utils.data.DataLoader(CifarLike(), **kw)  # avila_ml.utils.data is avila_ml.data
 
+        def epoch():
+            n = 0
+            for _, y in loader:
+                n += len(y)
+            assert n == N, n
+        return epoch
+    return make
+
+
+CASES = [Case(f"DataLoader epoch, {N} x (3,32,32) f32, batch {BATCH}, workers={w}" + (" persistent" if p else ""),
+              epoch_case(w, p), nbytes=N * 3 * 32 * 32 * 4, min_time=0.0, quick=w == 0)
+         for w, p in ((0, False), (2, False), (2, True))]
 
 if __name__ == "__main__":
-    main()
+    main("data", CASES, __doc__)

@@ -1,4 +1,9 @@
-"""Avila ML's CUDA kernels against PyTorch on the same GPU, in one process.
+"""Avila ML's CUDA kernels against PyTorch on the same GPU, IN ONE PROCESS (labelled as such).
+
+Unlike the CPU benchmarks (``harness.py``: each library in its own process), this one times
+both libraries in one process: on a GPU the work runs on the device, each call is timed with
+the device synchronised around it, and the two libraries' CPU thread pools sit idle, so the
+in-process comparison is fair there. Its output says "in-process" in the header.
 
 * conv4d forward + backward (dx, dw), float32, x (8, 16, 32, 32, 32, 32), w (16, 16, 3, 3, 3, 3),
   padding 1, against PyTorch's best 4-D convolution: the kT time offsets stacked into channels and
@@ -258,6 +263,7 @@ def main() -> None:
         return
     torch = _torch_cuda()
     limits = machine_limits(torch, args.repeats)
+    print("method: in-process (both libraries in this process), device-synchronised median of repeats")
     print("machine: " + ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                                   for key, value in limits.items()))
     if torch is None:

@@ -1,78 +1,98 @@
-"""Side-by-side timing of an Avila ML workload and its PyTorch twin in one process.
+"""Avila ML vs PyTorch, each library timed in its own process at its defaults.
 
-Each ``compare`` call runs the two callables interleaved (ours, theirs, ours, ...) after a
-warm-up, takes the median of the repeats, and reports time, achieved GFLOP/s or GB/s and
-the ratio ours/PyTorch (< 1 means we are faster). ``machine_limits`` measures this
-machine's own float32 GEMM GFLOP/s and copy bandwidth in the same run, so the figures can
-be read against what the hardware gives.
+Why separate processes: in one process the two libraries share cores and thread pools, and
+PyTorch's OpenMP threads spin-wait after every op, slowing whatever runs next. The old remedy,
+``OMP_WAIT_POLICY=PASSIVE``, slows PyTorch itself (its MLP step went from 1.3-1.6 ms to
+1.9-2.1 ms on a 2-core Xeon), so ratios measured that way flatter us. Here a user's view is
+measured instead: every round starts a fresh Python process that imports ONE library (the
+Avila ML process never imports torch), builds every case, warms it up and times it; rounds
+alternate (ours, torch, ours, torch, ...) so a slow phase of a shared machine hits both.
+``OMP_WAIT_POLICY`` is removed from the workers' environment, so both run at their defaults.
 
-Usage:
-    from harness import compare, machine_limits, print_table
-    rows = [compare("matmul 1024^3", lambda: a @ b, lambda: ta @ tb, flops=2 * 1024**3)]
-    print_table(rows, machine_limits())
+Per case the table gives, for each library, the median of the per-round times and their spread
+(min-max over rounds), the ratio of the medians (ours / PyTorch; < 1 means we are faster), and
+the header gives the CPU model, core count, Python/NumPy/PyTorch/Avila ML versions, the
+machine's float32 GEMM GFLOP/s and copy bandwidth, and the load average before and after (a
+load near the core count means another program competed: the figures are then indicative).
+
+A benchmark file declares cases and calls ``main``::
+
+    from harness import Case, main
+
+    def matmul(L):                       # L is the library module: avila_ml or torch
+        a = L.ones(1024, 1024); b = L.ones(1024, 1024)
+        return lambda: a @ b             # the callable that is timed
+
+    CASES = [Case("matmul 1024^3 f32", matmul, flops=2 * 1024**3)]
+    if __name__ == "__main__":
+        main("core", CASES, __doc__)
+
+Results go to ``benchmarks/results/<name>_<cpu-model>_<date>.txt`` (a new file each run, never
+overwriting a tracked one).
 """
 from __future__ import annotations
 
+import argparse
+import datetime
 import gc
+import importlib
+import importlib.metadata
+import json
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
+from dataclasses import dataclass, field
+from typing import Callable
 
-import numpy as np
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LIBS = ("avila_ml", "torch")
+_TAG = "@@bench-result "
 
 
-def _time_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+@dataclass
+class Case:
+    """One workload: ``make(L)`` builds it with library module ``L`` and returns the step.
 
-
-def compare(name: str, ours, theirs, *, flops: float | None = None, nbytes: float | None = None,
-            repeats: int = 7, warmup: int = 2, min_time: float = 0.05) -> dict:
-    """Time ``ours`` and ``theirs`` interleaved; return a result row.
-
-    Each repeat calls a function enough times to last ``min_time`` seconds (calibrated during
-    warm-up), so tiny workloads are not dominated by timer resolution.
+    ``flops``/``nbytes``: work of one step, for GFLOP/s or GB/s columns. ``memory``: also
+    report the peak memory of one step (NumPy allocations via tracemalloc for Avila ML, the
+    profiler's memory records for PyTorch). ``min_time``: each timed block calls the step enough
+    times to last this long. ``quick``: kept in ``--quick`` runs. ``target``: the ratio a
+    project issue asks for (printed as met / not met).
     """
-    for _ in range(warmup):
-        ours()
-        theirs()
-    calls = []
-    for fn in (ours, theirs):
-        t = max(_time_once(fn), 1e-7)
-        calls.append(max(1, int(min_time / t)))
-    t_ours, t_theirs = [], []
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            for fn, n, acc in ((ours, calls[0], t_ours), (theirs, calls[1], t_theirs)):
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                acc.append((time.perf_counter() - t0) / n)
-    finally:
-        if gc_was:
-            gc.enable()
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
-    row = {"name": name, "ours_s": mo, "torch_s": mt, "ratio": mo / mt}
-    if flops:
-        row["ours_gflops"] = flops / mo / 1e9
-        row["torch_gflops"] = flops / mt / 1e9
-    if nbytes:
-        row["ours_gbs"] = nbytes / mo / 1e9
-        row["torch_gbs"] = nbytes / mt / 1e9
-    return row
+
+    name: str
+    make: Callable
+    flops: float | None = None
+    nbytes: float | None = None
+    memory: bool = False
+    min_time: float = 0.05
+    quick: bool = True
+    target: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def is_torch(L) -> bool:
+    """True when the library module ``L`` is PyTorch (for cases whose code differs)."""
+    return L.__name__ == "torch"
+
+
+# -- worker side: one library, one process ---------------------------------------------------
+
+def _time_block(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
 
 
 def peak_python_memory(fn) -> int:
-    """Peak bytes allocated through Python/NumPy while ``fn`` runs (``tracemalloc``).
-
-    NumPy reports its array buffers to tracemalloc, so this is the NumPy-side peak.
-    PyTorch's allocator is not traced: compare PyTorch with ``torch_peak_memory``.
-    """
+    """Peak bytes allocated through Python/NumPy while ``fn`` runs (``tracemalloc``)."""
     gc.collect()
     tracemalloc.start()
     tracemalloc.reset_peak()
@@ -85,79 +105,249 @@ def peak_python_memory(fn) -> int:
 
 
 def torch_peak_memory(fn) -> int | None:
-    """Peak bytes of PyTorch CPU tensors allocated while ``fn`` runs, via the profiler's
-    memory records; None when the profiler is unavailable."""
-    try:
-        import torch
-        from torch.profiler import profile, ProfilerActivity
-    except ImportError:
-        return None
+    """Peak bytes of PyTorch CPU tensors allocated while ``fn`` runs (profiler memory records)."""
+    from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     cur = peak = 0
-    events = sorted(
-        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
-        key=lambda e: e.time_range.start,
-    )
+    events = sorted((e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
+                    key=lambda e: e.time_range.start)
     for e in events:
         cur += e.cpu_memory_usage
         peak = max(peak, cur)
-    del torch
     return peak
+
+
+def _worker(lib: str, cases: list, threads: int | None, inner: int) -> None:
+    L = importlib.import_module(lib)
+    if threads and lib == "torch":
+        L.set_num_threads(threads)
+    if threads and lib == "avila_ml":  # the blocked attention's tile threads (BLAS follows the env)
+        importlib.import_module("avila_ml.ops.attention")._NUM_THREADS = threads
+    out = {}
+    for i, case in cases:
+        fn = case.make(L)
+        fn()  # warm-up: first-call costs (allocations, caches, kernel choice) are not timed
+        t1 = max(_time_block(fn, 1), 1e-7)
+        n = max(1, int(case.min_time / t1))
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            times = [_time_block(fn, n) for _ in range(inner)]
+        finally:
+            if gc_was:
+                gc.enable()
+        rec = {"s": statistics.median(times)}
+        if case.memory:
+            rec["peak"] = torch_peak_memory(fn) if lib == "torch" else peak_python_memory(fn)
+        if lib == "torch":
+            rec["threads"] = L.get_num_threads()
+        out[i] = rec
+        del fn
+        gc.collect()
+    print(_TAG + json.dumps(out), flush=True)
+
+
+# -- parent side: rounds, machine facts, table -------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``, else ``platform``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            return subprocess.check_output(["sysctl", "-n", "machdep.cpu.brand_string"], text=True).strip()
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_slug(model: str | None = None) -> str:
+    """A file-name form of the CPU model: ``intel-xeon-platinum-8481c-2-70ghz``."""
+    s = (model or cpu_model()).lower()
+    s = re.sub(r"\((r|tm)\)|\bcpu\b|@", " ", s)
+    return re.sub(r"[^a-z0-9]+", "-", s).strip("-")[:48] or "unknown-cpu"
+
+
+def _version(dist: str, module: str | None = None) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if module:
+        try:
+            return getattr(importlib.import_module(module), "__version__", "?")
+        except ImportError:
+            return "not installed"
+    return "not installed"
 
 
 def machine_limits() -> dict:
     """This machine's float32 GEMM GFLOP/s (NumPy's BLAS, 1024^3) and copy bandwidth (GB/s)."""
+    import numpy as np
     n = 1024
     a = np.random.rand(n, n).astype(np.float32)
     b = np.random.rand(n, n).astype(np.float32)
     a @ b
-    t = min(_time_once(lambda: a @ b) for _ in range(5))
-    gemm = 2 * n ** 3 / t / 1e9
-    src = np.ones(64 * 2 ** 20 // 4, dtype=np.float32)  # 64 MiB
+    t = min(_time_block(lambda: a @ b, 1) for _ in range(5))
+    src = np.ones(64 * 2 ** 20 // 4, dtype=np.float32)  # 64 MiB, beyond any cache
     dst = np.empty_like(src)
     np.copyto(dst, src)
-    t = min(_time_once(lambda: np.copyto(dst, src)) for _ in range(5))
-    bw = 2 * src.nbytes / t / 1e9  # read + write
-    return {"gemm_gflops": gemm, "copy_gbs": bw, "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine()}
+    tc = min(_time_block(lambda: np.copyto(dst, src), 1) for _ in range(5))
+    return {"gemm_gflops": 2 * n ** 3 / t / 1e9, "copy_gbs": 2 * src.nbytes / tc / 1e9}
+
+
+def machine_header(limits: dict, load: tuple, threads: int | None, started=None) -> list:
+    """Lines that say on what, with what and in which state the table was measured."""
+    cpus = os.cpu_count()
+    try:
+        commit = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True,
+                                         stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "?"
+    lines = [
+        f"started {(started or datetime.datetime.now().astimezone()):%Y-%m-%d %H:%M %Z}; commit {commit}",
+        f"cpu: {cpu_model()}, {cpus} logical cores; float32 GEMM {limits['gemm_gflops']:.1f} GFLOP/s "
+        f"(NumPy BLAS); copy bandwidth {limits['copy_gbs']:.1f} GB/s",
+        f"versions: Python {platform.python_version()}, NumPy {_version('numpy')}, "
+        f"PyTorch {_version('torch')}, Avila ML {_version('avila-ml', 'avila_ml')}",
+        "method: each library in its own process at its defaults (OMP_WAIT_POLICY unset), rounds "
+        "alternating avila_ml/torch; per round the median of timed blocks; table: median over "
+        "rounds [min-max]; ratio = median ours / median torch",
+        f"threads: {'pinned to ' + str(threads) if threads else 'library defaults'}; load average "
+        f"{load[0]:.2f} before, {load[1]:.2f} after (on {cpus} cores)",
+    ]
+    if max(load) >= 0.5 * cpus:
+        lines.append(f"LOADED MACHINE: the load average reached {max(load):.1f} on {cpus} cores; "
+                     "other programs competed for the CPU, read these figures as indicative only")
+    return lines
 
 
 def _fmt_time(s: float) -> str:
     if s < 1e-3:
-        return f"{s * 1e6:8.1f} us"
+        return f"{s * 1e6:.1f} us"
     if s < 1:
-        return f"{s * 1e3:8.2f} ms"
-    return f"{s:8.3f} s "
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.3f} s"
 
 
-def print_table(rows, limits: dict | None = None, title: str = "Avila ML vs PyTorch (CPU)") -> str:
-    """Print (and return) the results as a fixed-width table."""
-    lines = [f"== {title} =="]
-    if limits:
-        lines.append(
-            f"machine: {limits['machine']}, {limits['cpus']} cpus; float32 GEMM {limits['gemm_gflops']:.1f} GFLOP/s; "
-            f"copy bandwidth {limits['copy_gbs']:.1f} GB/s"
-        )
-    lines.append(f"{'workload':46s} {'avila_ml':>11s} {'pytorch':>11s} {'ratio':>7s}  throughput (ours / torch)")
-    for r in rows:
-        thr = ""
-        if "ours_gflops" in r:
-            thr = f"{r['ours_gflops']:.1f} / {r['torch_gflops']:.1f} GFLOP/s"
-        elif "ours_gbs" in r:
-            thr = f"{r['ours_gbs']:.2f} / {r['torch_gbs']:.2f} GB/s"
-        extra = r.get("note", "")
-        lines.append(f"{r['name']:46s} {_fmt_time(r['ours_s'])} {_fmt_time(r['torch_s'])} {r['ratio']:6.2f}x  {thr} {extra}")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    return text
+def _cell(times: list) -> str:
+    med = statistics.median(times)
+    return f"{_fmt_time(med)} [{_fmt_time(min(times))}-{_fmt_time(max(times))}]"
 
 
-def save_results(text: str, name: str) -> str:
-    """Write a table under ``benchmarks/results/NAME.txt`` and return the path."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(here, "results", f"{name}.txt")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text + "\n")
+def format_table(title: str, header: list, cases: list, results: dict, loaded: bool = False) -> str:
+    """The result table as text (also used by the tests of this harness)."""
+    lines = [f"== {title} =="] + header
+    w = max([len(c.name) for _, c in cases] + [8])
+    lines.append(f"{'workload':{w}s}  {'avila_ml median [min-max]':>30s}  {'pytorch median [min-max]':>30s}  "
+                 f"{'ratio':>6s}  notes")
+    verdicts = []
+    for i, c in cases:
+        ours, theirs = results[i]["avila_ml"], results[i]["torch"]
+        to = [r["s"] for r in ours]
+        tt = [r["s"] for r in theirs]
+        ratio = statistics.median(to) / statistics.median(tt)
+        notes = []
+        if c.flops:
+            notes.append(f"{c.flops / statistics.median(to) / 1e9:.1f} / "
+                         f"{c.flops / statistics.median(tt) / 1e9:.1f} GFLOP/s")
+        if c.nbytes:
+            notes.append(f"{c.nbytes / statistics.median(to) / 1e9:.2f} / "
+                         f"{c.nbytes / statistics.median(tt) / 1e9:.2f} GB/s")
+        if c.memory:
+            mo, mt = ours[-1].get("peak"), theirs[-1].get("peak")
+            fmt = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"  # noqa: E731
+            notes.append(f"peak memory {fmt(mo)} / {fmt(mt)}")
+        lines.append(f"{c.name:{w}s}  {_cell(to):>30s}  {_cell(tt):>30s}  {ratio:5.2f}x  {'; '.join(notes)}")
+        if c.target:
+            verdict = "not judged (loaded machine)" if loaded else ("met" if ratio <= c.target else "NOT met")
+            verdicts.append(f"{c.name}: ratio {ratio:.2f}x, target <= {c.target}x {verdict}")
+    torch_threads = {r.get("threads") for i, _ in cases for r in results[i]["torch"]}
+    lines.append(f"(PyTorch intra-op threads: {', '.join(str(t) for t in sorted(torch_threads - {None}))})")
+    return "\n".join(lines + verdicts)
+
+
+def results_path(name: str, threads: int | None = None, when: datetime.date | None = None) -> str:
+    """``benchmarks/results/<name>[_<N>thread]_<cpu>_<date>[_<k>].txt``, a name not yet taken."""
+    stem = f"{name}{f'_{threads}thread' if threads else ''}_{cpu_slug()}_{(when or datetime.date.today()):%Y-%m-%d}"
+    path = os.path.join(HERE, "results", stem + ".txt")
+    k = 2
+    while os.path.exists(path):
+        path = os.path.join(HERE, "results", f"{stem}_{k}.txt")
+        k += 1
     return path
+
+
+def _child_env(threads: int | None) -> dict:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)  # each library at its defaults, as users run it
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
+def _run_round(script: str, lib: str, idx: list, args) -> dict:
+    cmd = [sys.executable, script, "--worker", lib, "--cases", ",".join(map(str, idx)),
+           "--inner", str(args.inner)] + (["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(_TAG):
+            return {int(k): v for k, v in json.loads(line[len(_TAG):]).items()}
+    raise RuntimeError(f"{os.path.basename(script)} worker for {lib} failed (exit {proc.returncode}):\n"
+                       f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def main(name: str, cases: list, doc: str | None = None, argv: list | None = None) -> str | None:
+    """Command line of a benchmark file: the parent runs the rounds, ``--worker`` times one library."""
+    p = argparse.ArgumentParser(description=(doc or name).strip().splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5, help="processes per library (default 5)")
+    p.add_argument("--inner", type=int, default=3, help="timed blocks per process (median taken)")
+    p.add_argument("--quick", action="store_true", help="2 rounds, the quick cases only")
+    p.add_argument("--only", default=None, help="run the cases whose name contains this text")
+    p.add_argument("--threads", type=int, default=None, help="pin both libraries to N threads")
+    p.add_argument("--no-save", action="store_true", help="print the table, write no file")
+    p.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
+    p.add_argument("--cases", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    script = os.path.abspath(sys.modules["__main__"].__file__)
+
+    if args.worker:
+        idx = [int(i) for i in args.cases.split(",") if i]
+        _worker(args.worker, [(i, cases[i]) for i in idx], args.threads, args.inner)
+        return None
+
+    chosen = [(i, c) for i, c in enumerate(cases)
+              if (not args.quick or c.quick) and (args.only is None or args.only in c.name)]
+    if not chosen:
+        sys.exit(f"no case matches (--only {args.only!r}, --quick {args.quick})")
+    rounds = 2 if args.quick else args.rounds
+    idx = [i for i, _ in chosen]
+    load0, started = os.getloadavg()[0], datetime.datetime.now().astimezone()
+    limits = machine_limits()
+    results = {i: {lib: [] for lib in LIBS} for i in idx}
+    for r in range(rounds):
+        for lib in LIBS:
+            t0 = time.perf_counter()
+            for i, rec in _run_round(script, lib, idx, args).items():
+                results[i][lib].append(rec)
+            print(f"  round {r + 1}/{rounds} {lib}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    load = (load0, os.getloadavg()[0])
+    header = machine_header(limits, load, args.threads, started)
+    text = format_table(f"Avila ML vs PyTorch: {name} (CPU)", header, chosen, results,
+                        loaded=max(load) >= 0.5 * os.cpu_count())
+    print(text, flush=True)
+    if not args.no_save:
+        path = results_path(name, args.threads)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+        print("saved", os.path.relpath(path, ROOT))
+    return text

@@ -287,7 +287,17 @@ def _version_error(consumer, arr, producer, output_nr, expected, actual) -> str:
 
 
 class AccumulateGrad:
-    """The graph node that adds incoming gradients into a leaf tensor's ``.grad``."""
+    """The graph node that adds incoming gradients into a leaf tensor's ``.grad``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([1.0, 2.0], requires_grad=True)
+        >>> y = x * 3
+        >>> type(y.grad_fn.next_functions[0][0]).__name__
+        'AccumulateGrad'
+        >>> y.sum().backward(); x.grad
+        tensor([3., 3.])
+    """
 
     __slots__ = ("variable", "_pre_hooks", "_post_hooks", "__weakref__")
     _next = ()

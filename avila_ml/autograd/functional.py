@@ -13,7 +13,14 @@ def _prep(inputs):
 
 
 def vjp(func, inputs, v=None, create_graph: bool = False):
-    """``(func(inputs), v^T J)`` (``torch.autograd.functional.vjp``)."""
+    """``(func(inputs), v^T J)`` (``torch.autograd.functional.vjp``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([1.0, 2.0])
+        >>> am.autograd.functional.vjp(lambda t: t ** 2, x, am.tensor([1.0, 1.0]))
+        (tensor([1., 4.], grad_fn=<PowScalarBackward0>), tensor([2., 4.]))
+    """
     from . import grad
     single, ins = _prep(inputs)
     out = func(*ins)
@@ -51,7 +58,14 @@ def jacobian(func, inputs, create_graph: bool = False):
 
 
 def hessian(func, inputs, create_graph: bool = False):
-    """The Hessian of a scalar ``func`` of one tensor (``torch.autograd.functional.hessian``)."""
+    """The Hessian of a scalar ``func`` of one tensor (``torch.autograd.functional.hessian``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.autograd.functional.hessian(lambda t: (t ** 3).sum(), am.tensor([1.0, 2.0]))
+        tensor([[ 6.,  0.],
+                [ 0., 12.]])
+    """
     from . import grad
     single, ins = _prep(inputs)
     if not single:
@@ -66,7 +80,13 @@ def hessian(func, inputs, create_graph: bool = False):
 
 def hvp(func, inputs, v, create_graph: bool = False):
     """``(func(x), H v)`` for a scalar ``func`` — two backward passes, no Hessian formed
-    (``torch.autograd.functional.hvp``)."""
+    (``torch.autograd.functional.hvp``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.autograd.functional.hvp(lambda t: (t * t * t).sum(), am.tensor([1.0, 2.0]), am.tensor([1.0, 0.0]))
+        (tensor(9., grad_fn=<SumBackward0>), tensor([6., 0.]))
+    """
     from . import grad
     single, ins = _prep(inputs)
     vs = (v,) if single else tuple(v)

@@ -15,7 +15,17 @@ _state = state
 
 
 def is_grad_enabled() -> bool:
-    """True when new operations are recorded for backward (``torch.is_grad_enabled``)."""
+    """True when new operations are recorded for backward (``torch.is_grad_enabled``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.is_grad_enabled()
+        True
+        >>> with am.no_grad():
+        ...     print(am.is_grad_enabled())
+        ...
+        False
+    """
     return _state.enabled
 
 

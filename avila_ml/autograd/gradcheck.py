@@ -14,7 +14,28 @@ __all__ = ["gradcheck", "gradgradcheck", "GradcheckError", "jacobian_errors"]
 
 
 class GradcheckError(RuntimeError):
-    """Raised when analytical and numerical Jacobians disagree (``torch.autograd.gradcheck``'s error)."""
+    """Raised when analytical and numerical Jacobians disagree (``torch.autograd.gradcheck``'s error).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.autograd import Function
+        >>> class BadSquare(Function):
+        ...     def forward(self, x):
+        ...         self.save_inputs(0)
+        ...         return x * x
+        ...     def backward(self, g):
+        ...         (x,) = self.saved_inputs
+        ...         return 3 * x * g
+        ...
+        >>> x = am.tensor([1.0, 2.0], dtype=am.float64, requires_grad=True)
+        >>> from avila_ml.autograd.gradcheck import GradcheckError
+        >>> try:
+        ...     am.autograd.gradcheck(BadSquare.apply, (x,))
+        ... except GradcheckError:
+        ...     print('caught')
+        ...
+        caught
+    """
 
 
 def _tuple(x):
@@ -70,7 +91,17 @@ def _analytical(func, inputs, diff_idx):
 
 
 def jacobian_errors(func, inputs, eps: float = 1e-6):
-    """For each differentiable input: (worst absolute error, worst relative error, analytical, numerical)."""
+    """For each differentiable input: (its index, worst absolute error, worst relative error,
+    analytical Jacobian, numerical Jacobian), both Jacobians flattened.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.autograd.gradcheck import jacobian_errors
+        >>> x = am.tensor([1.0, 2.0], dtype=am.float64, requires_grad=True)
+        >>> index, abs_err, rel_err, analytical, numerical = jacobian_errors(lambda t: t * t, (x,))[0]
+        >>> index, bool(abs_err < 1e-6), analytical.tolist()
+        (0, True, [2.0, 0.0, 0.0, 4.0])
+    """
     from ..tensor import Tensor
     inputs = _tuple(inputs)
     diff_idx = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]

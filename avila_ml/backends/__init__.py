@@ -46,12 +46,24 @@ def _probe_cuda() -> str | None:
 
 
 def cuda_is_available() -> bool:
-    """True when CuPy is installed and sees at least one GPU (``torch.cuda.is_available``)."""
+    """True when CuPy is installed and sees at least one GPU (``torch.cuda.is_available``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> isinstance(am.backends.cuda_is_available(), bool)
+        True
+    """
     return _probe_cuda() is None
 
 
 def get_backend(dev=None):
-    """Return the backend object for a device (string, :class:`device`, or None for the default)."""
+    """Return the backend object for a device (string, :class:`device`, or None for the default).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.get_backend('cpu').xp.__name__
+        'numpy'
+    """
     if dev is None:
         dev = _default_device[0]
     elif not isinstance(dev, device):
@@ -76,7 +88,14 @@ def get_backend(dev=None):
 
 
 def backend_of(array):
-    """The backend that owns ``array`` (a NumPy or CuPy array)."""
+    """The backend that owns ``array`` (a NumPy or CuPy array).
+
+    Example:
+        >>> import avila_ml as am
+        >>> import numpy as np
+        >>> am.backends.backend_of(np.zeros(3)).xp.__name__
+        'numpy'
+    """
     if isinstance(array, np.ndarray) or np.isscalar(array):
         return _cpu
     dev = getattr(array, "device", None)
@@ -98,7 +117,13 @@ _default_device = [_initial_default()]
 
 
 def get_default_device() -> device:
-    """The device factories use when none is given (``torch.get_default_device``)."""
+    """The device factories use when none is given (``torch.get_default_device``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.get_default_device()
+        device(type='cpu')
+    """
     return _default_device[0]
 
 
@@ -158,7 +183,16 @@ def set_conv_algorithm(name: str) -> None:
 
 
 def get_conv_algorithm() -> str:
-    """The convolution algorithm set by :func:`set_conv_algorithm`."""
+    """The convolution algorithm set by :func:`set_conv_algorithm`.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.get_conv_algorithm()
+        'auto'
+        >>> am.backends.set_conv_algorithm('fft'); am.backends.get_conv_algorithm()
+        'fft'
+        >>> am.backends.set_conv_algorithm('auto')
+    """
     return _conv_algorithm[0]
 
 

@@ -295,8 +295,8 @@ def elu(input, alpha: float = 1.0, inplace: bool = False):
 
     Example:
         >>> import avila_ml as am
-        >>> am.nn.functional.elu(am.tensor([-1e4, 0.0, 1.0]))
-        tensor([-1.,  0.,  1.])
+        >>> am.nn.functional.elu(am.tensor([-1e4, -1.0, 1.0])).round(decimals=4)
+        tensor([-1.0000, -0.6321,  1.0000])
     """
     _check(input, "elu")
     return _finish(input, inplace, ELU.apply, float(alpha), 1.0, 1.0)
@@ -324,8 +324,8 @@ def celu(input, alpha: float = 1.0, inplace: bool = False):
 
     Example:
         >>> import avila_ml as am
-        >>> am.nn.functional.celu(am.tensor([-1e4, 2.0]), alpha=2.0)
-        tensor([-2.,  2.])
+        >>> am.nn.functional.celu(am.tensor([-1e4, -2.0, 2.0]), alpha=2.0).round(decimals=4)
+        tensor([-2.0000, -1.2642,  2.0000])
     """
     _check(input, "celu")
     if alpha == 0:
@@ -371,8 +371,8 @@ def mish(input, inplace: bool = False):
 
     Example:
         >>> import avila_ml as am
-        >>> am.nn.functional.mish(am.tensor([-1e4, 0.0, 1e4]))
-        tensor([   -0.,     0., 10000.])
+        >>> am.nn.functional.mish(am.tensor([-1e4, 0.0, 1.0])).round(decimals=4)
+        tensor([-0.0000,  0.0000,  0.8651])
     """
     _check(input, "mish")
     return _finish(input, inplace, Mish.apply)

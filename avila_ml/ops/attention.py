@@ -533,7 +533,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     Example:
         >>> import avila_ml as am
         >>> q = am.ones(1, 2, 4); k = am.ones(1, 3, 4); v = am.arange(6.0).reshape(1, 3, 2)
-        >>> am.nn.functional.scaled_dot_product_attention(q, k, v)
+        >>> am.nn.functional.scaled_dot_product_attention(q, k, v).round(decimals=4)
         tensor([[[2., 3.],
                  [2., 3.]]])
         >>> am.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)

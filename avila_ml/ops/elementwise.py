@@ -390,7 +390,13 @@ true_divide = div
 
 
 def floor_divide(input, other):
-    """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable."""
+    """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.floor_divide(am.tensor([7.0, -7.0]), 2)
+        tensor([ 3., -4.])
+    """
     a, b = _prepare(input, other, "floor_divide")
     _check_broadcast(a, b, "floor_divide")
     return _nondiff(_xp(a.array).floor_divide(a.array, b.array))
@@ -400,6 +406,11 @@ def remainder(input, other):
     """Elementwise modulus with the sign of the divisor (``torch.remainder``, Python's ``%``).
 
     Math: ``a - floor(a / b) * b``; d/da = 1, d/db = -floor(a / b).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.remainder(am.tensor([7.0, -7.0]), 3)
+        tensor([1., 2.])
     """
     return _binary(Remainder, input, other, "remainder")
 
@@ -426,17 +437,35 @@ def pow(input, exponent):
 
 
 def maximum(input, other):
-    """Elementwise maximum (``torch.maximum``); ties split the gradient evenly."""
+    """Elementwise maximum (``torch.maximum``); ties split the gradient evenly.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.maximum(am.tensor([1.0, 5.0]), am.tensor([3.0, 2.0]))
+        tensor([3., 5.])
+    """
     return _binary(Maximum, input, other, "maximum")
 
 
 def minimum(input, other):
-    """Elementwise minimum (``torch.minimum``); ties split the gradient evenly."""
+    """Elementwise minimum (``torch.minimum``); ties split the gradient evenly.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.minimum(am.tensor([1.0, 5.0]), am.tensor([3.0, 2.0]))
+        tensor([1., 2.])
+    """
     return _binary(Minimum, input, other, "minimum")
 
 
 def atan2(input, other):
-    """Elementwise ``atan(input / other)`` with quadrant (``torch.atan2``)."""
+    """Elementwise ``atan(input / other)`` with quadrant (``torch.atan2``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.atan2(am.tensor([1.0, -1.0]), am.tensor([-1.0, -1.0])).round(decimals=4)
+        tensor([ 2.3562, -2.3562])
+    """
     return _binary(Atan2, input, other, "atan2")
 
 
@@ -662,8 +691,10 @@ def _float_input(x, op):
 
 
 def _unary_doc(name, math_text, torch_name, example_in, example_out):
+    # the example prints rounded values: a CPU's math library may be one ulp off (float32
+    # log10(100) is 2.0000002 on some SIMD paths), which would switch the repr to "2.0000"
     return (f"Elementwise {name} (``{torch_name}``).\n\n    Math: {math_text}\n\n    Example:\n"
-            f"        >>> import avila_ml as am\n        >>> am.{name}(am.tensor({example_in}))\n"
+            f"        >>> import avila_ml as am\n        >>> am.{name}(am.tensor({example_in})).round(decimals=4)\n"
             f"        {example_out}\n    ")
 
 
@@ -676,16 +707,16 @@ def _make_unary(cls, name, math_text, ex_in, ex_out, float_only=True):
     return op
 
 
-exp = _make_unary(Exp, "exp", "y = e^x; dy/dx = y.", "[0.0]", "tensor([1.])")
+exp = _make_unary(Exp, "exp", "y = e^x; dy/dx = y.", "[0.0, 1.0]", "tensor([1.0000, 2.7183])")
 log = _make_unary(Log, "log", "y = ln x; dy/dx = 1/x.", "[1.0]", "tensor([0.])")
-log2 = _make_unary(Log2, "log2", "y = log2 x; dy/dx = 1/(x ln 2).", "[4.0]", "tensor([2.])")
-log10 = _make_unary(Log10, "log10", "y = log10 x; dy/dx = 1/(x ln 10).", "[100.0]", "tensor([2.])")
+log2 = _make_unary(Log2, "log2", "y = log2 x; dy/dx = 1/(x ln 2).", "[4.0, 10.0]", "tensor([2.0000, 3.3219])")
+log10 = _make_unary(Log10, "log10", "y = log10 x; dy/dx = 1/(x ln 10).", "[100.0, 2.0]", "tensor([2.0000, 0.3010])")
 log1p = _make_unary(Log1p, "log1p", "y = ln(1 + x), accurate for tiny x; dy/dx = 1/(1+x).", "[0.0]", "tensor([0.])")
 expm1 = _make_unary(Expm1, "expm1", "y = e^x - 1, accurate for tiny x; dy/dx = y + 1.", "[0.0]", "tensor([0.])")
 sqrt = _make_unary(Sqrt, "sqrt", "y = sqrt(x); dy/dx = 1/(2y).", "[4.0]", "tensor([2.])")
 rsqrt = _make_unary(Rsqrt, "rsqrt", "y = 1/sqrt(x); dy/dx = -y^3/2.", "[4.0]", "tensor([0.5000])")
 sin = _make_unary(Sin, "sin", "dy/dx = cos x.", "[0.0]", "tensor([0.])")
-cos = _make_unary(Cos, "cos", "dy/dx = -sin x.", "[0.0]", "tensor([1.])")
+cos = _make_unary(Cos, "cos", "dy/dx = -sin x.", "[0.0, 1.0]", "tensor([1.0000, 0.5403])")
 tan = _make_unary(Tan, "tan", "dy/dx = 1 + y^2.", "[0.0]", "tensor([0.])")
 tanh = _make_unary(Tanh, "tanh", "dy/dx = 1 - y^2.", "[0.0]", "tensor([0.])")
 sigmoid = _make_unary(Sigmoid, "sigmoid", "y = 1/(1+e^-x), computed as (1+tanh(x/2))/2; dy/dx = y(1-y).", "[0.0]", "tensor([0.5000])")
@@ -693,7 +724,13 @@ erf = _make_unary(Erf, "erf", "y = 2/sqrt(pi) int_0^x e^{-t^2} dt; dy/dx = 2/sqr
 
 
 def neg(input):
-    """Elementwise negation ``-x`` (``torch.neg``)."""
+    """Elementwise negation ``-x`` (``torch.neg``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.neg(am.tensor([1.0, -2.0]))
+        tensor([-1.,  2.])
+    """
     if input.array.dtype == np.bool_:
         raise RuntimeError("neg: negation, the `-` operator, on a bool tensor is not supported; "
                            "to invert a mask use `~` or logical_not()")
@@ -701,22 +738,46 @@ def neg(input):
 
 
 def abs(input):
-    """Elementwise absolute value (``torch.abs``); d|x|/dx = sign(x), 0 at 0."""
+    """Elementwise absolute value (``torch.abs``); d|x|/dx = sign(x), 0 at 0.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.abs(am.tensor([-1.5, 2.0]))
+        tensor([1.5000, 2.0000])
+    """
     return Abs.apply(input)
 
 
 def square(input):
-    """Elementwise ``x * x`` (``torch.square``)."""
+    """Elementwise ``x * x`` (``torch.square``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.square(am.tensor([-2.0, 3.0]))
+        tensor([4., 9.])
+    """
     return pow(input, 2)
 
 
 def reciprocal(input):
-    """Elementwise ``1 / x`` (``torch.reciprocal``)."""
+    """Elementwise ``1 / x`` (``torch.reciprocal``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.reciprocal(am.tensor([2.0, 4.0]))
+        tensor([0.5000, 0.2500])
+    """
     return div(1.0, _float_input(input, "reciprocal"))
 
 
 def sign(input):
-    """Elementwise sign, -1, 0 or 1 (``torch.sign``); not differentiable."""
+    """Elementwise sign, -1, 0 or 1 (``torch.sign``); not differentiable.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.sign(am.tensor([-3.0, 0.0, 2.0]))
+        tensor([-1.,  0.,  1.])
+    """
     return _nondiff(_xp(input.array).sign(input.array))
 
 
@@ -724,7 +785,10 @@ def _rounding(fn_name):
     def op(input):
         xp = _xp(input.array)
         return _nondiff(getattr(xp, fn_name)(input.array))
-    op.__doc__ = f"Elementwise ``{fn_name}`` (``torch.{fn_name}``); not differentiable (zero gradient almost everywhere)."
+    out = {"floor": "[-2.,  1.]", "ceil": "[-1.,  2.]", "trunc": "[-1.,  1.]"}[fn_name]
+    op.__doc__ = (f"Elementwise ``{fn_name}`` (``torch.{fn_name}``); not differentiable (zero gradient almost "
+                  f"everywhere).\n\n    Example:\n        >>> import avila_ml as am\n"
+                  f"        >>> am.{fn_name}(am.tensor([-1.5, 1.5]))\n        tensor({out})\n    ")
     return op
 
 
@@ -734,7 +798,15 @@ trunc = _rounding("trunc")
 
 
 def round(input, decimals: int = 0):
-    """Round half to even (``torch.round``); not differentiable."""
+    """Round half to even (``torch.round``); not differentiable.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.round(am.tensor([0.5, 1.5, 2.567]))
+        tensor([0., 2., 3.])
+        >>> am.round(am.tensor([2.567]), decimals=2)
+        tensor([2.5700])
+    """
     return _nondiff(_xp(input.array).round(input.array, decimals))
 
 
@@ -797,7 +869,14 @@ def where(condition, input, other):
 
 
 def cast(input, dtype):
-    """Convert to ``dtype``; differentiable between floating types (``Tensor.to(dtype)``)."""
+    """Convert to ``dtype``; differentiable between floating types (``Tensor.to(dtype)``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.elementwise import cast
+        >>> cast(am.tensor([1.5, 2.0]), am.int64)
+        tensor([1, 2])
+    """
     dt = _dt.to_dtype(dtype)
     if input.array.dtype == dt.np:
         return input
@@ -809,18 +888,36 @@ def cast(input, dtype):
 
 
 def clone(input):
-    """A copy with its own memory; gradient passes through unchanged (``torch.clone``)."""
+    """A copy with its own memory; gradient passes through unchanged (``torch.clone``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([1.0, 2.0]); y = am.clone(x); y[0] = 9.0; x
+        tensor([1., 2.])
+    """
     return Clone.apply(input)
 
 
 def lerp(input, end, weight):
-    """``input + weight * (end - input)`` (``torch.lerp``)."""
+    """``input + weight * (end - input)`` (``torch.lerp``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.lerp(am.tensor([0.0, 10.0]), am.tensor([10.0, 20.0]), 0.5)
+        tensor([ 5., 15.])
+    """
     return input + weight * (end - input)
 
 
 @autocast_op("addcmul")
 def addcmul(input, tensor1, tensor2, value=1):
-    """``input + value * tensor1 * tensor2`` (``torch.addcmul``)."""
+    """``input + value * tensor1 * tensor2`` (``torch.addcmul``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.addcmul(am.tensor([1.0]), am.tensor([2.0]), am.tensor([3.0]), value=0.5)
+        tensor([4.])
+    """
     return input + value * tensor1 * tensor2
 
 
@@ -856,20 +953,44 @@ logical_xor = _compare("logical_xor", "logical_xor")
 
 
 def logical_not(input):
-    """Elementwise logical not, a bool tensor (``torch.logical_not``)."""
+    """Elementwise logical not, a bool tensor (``torch.logical_not``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.logical_not(am.tensor([True, False]))
+        tensor([False,  True])
+    """
     return _nondiff(_xp(input.array).logical_not(input.array))
 
 
 def isnan(input):
-    """True where the element is NaN (``torch.isnan``)."""
+    """True where the element is NaN (``torch.isnan``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.isnan(am.tensor([1.0, float('nan')]))
+        tensor([False,  True])
+    """
     return _nondiff(_xp(input.array).isnan(input.array))
 
 
 def isfinite(input):
-    """True where the element is neither inf nor NaN (``torch.isfinite``)."""
+    """True where the element is neither inf nor NaN (``torch.isfinite``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.isfinite(am.tensor([1.0, float('inf'), float('nan')]))
+        tensor([ True, False, False])
+    """
     return _nondiff(_xp(input.array).isfinite(input.array))
 
 
 def isinf(input):
-    """True where the element is +-inf (``torch.isinf``)."""
+    """True where the element is +-inf (``torch.isinf``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.isinf(am.tensor([1.0, float('-inf')]))
+        tensor([False,  True])
+    """
     return _nondiff(_xp(input.array).isinf(input.array))

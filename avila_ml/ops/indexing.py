@@ -40,7 +40,14 @@ def _to_index_array(k, xp):
 
 
 def normalize_key(key, xp=np):
-    """Turn a Python/Tensor index into one NumPy/CuPy accepts (tensors become arrays)."""
+    """Turn a Python/Tensor index into one NumPy/CuPy accepts (tensors become arrays).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.indexing import normalize_key
+        >>> normalize_key((am.tensor([0, 2]), slice(None)))
+        (array([0, 2]), slice(None, None, None))
+    """
     if not isinstance(key, tuple):
         key = (key,)
     out = []
@@ -204,6 +211,11 @@ def scatter_add(input, dim: int, index, src):
     """Out-of-place ``input`` with ``src`` added at ``index`` along ``dim`` (``torch.scatter_add``).
 
     Math: ``out[index[i][j]][j] += src[i][j]`` for ``dim=0``; repeated indices accumulate.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.scatter_add(am.zeros(3), 0, am.tensor([0, 2, 0]), am.tensor([1.0, 2.0, 3.0]))
+        tensor([4., 0., 2.])
     """
     d = _check_index("scatter_add", input, dim, index)
     x, s = _prepare(input, src, "scatter_add")
@@ -215,6 +227,11 @@ def scatter(input, dim: int, index, src=None, value=None):
 
     With repeated indices the winner is unspecified (as in PyTorch). Gradient flows to
     ``input`` at unwritten positions and to ``src`` at the written ones.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.scatter(am.zeros(3), 0, am.tensor([2, 0]), am.tensor([5.0, 6.0]))
+        tensor([6., 0., 5.])
     """
     d = _check_index("scatter", input, dim, index)
     xp = backend_of(input.array).xp
@@ -271,7 +288,13 @@ def index_select(input, dim: int, index):
 
 
 def index_add(input, dim: int, index, source, alpha=1):
-    """Out-of-place ``input`` with ``alpha * source`` added at ``index`` along ``dim`` (``torch.index_add``)."""
+    """Out-of-place ``input`` with ``alpha * source`` added at ``index`` along ``dim`` (``torch.index_add``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.index_add(am.zeros(3), 0, am.tensor([0, 2]), am.tensor([1.0, 2.0]), alpha=10)
+        tensor([10.,  0., 20.])
+    """
     d = _norm_dim(dim, input.ndim, "index_add")
     src = source * alpha if alpha != 1 else source
     return input + IndexAdd.apply(src, input.shape, d, index.array.reshape(-1))
@@ -307,7 +330,15 @@ def masked_fill(input, mask, value):
 
 
 def take_along_dim(input, indices, dim=None):
-    """Gather along ``dim`` with broadcasting of the other dims (``torch.take_along_dim``)."""
+    """Gather along ``dim`` with broadcasting of the other dims (``torch.take_along_dim``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([[10.0, 30.0, 20.0], [60.0, 40.0, 50.0]])
+        >>> am.take_along_dim(x, x.argmax(dim=1, keepdim=True), dim=1)
+        tensor([[30.],
+                [60.]])
+    """
     from .shape import broadcast_to, flatten
     if dim is None:
         return gather(flatten(input), 0, flatten(indices))

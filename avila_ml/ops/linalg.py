@@ -82,28 +82,53 @@ def matmul(input, other):
 
 
 def mm(input, mat2):
-    """2-d matrix product (``torch.mm``)."""
+    """2-d matrix product (``torch.mm``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.mm(am.tensor([[1.0, 2.0]]), am.tensor([[3.0], [4.0]]))
+        tensor([[11.]])
+    """
     if input.ndim != 2 or mat2.ndim != 2:
         raise RuntimeError(f"mm: expected 2-d tensors, got shapes {tuple(input.shape)} and {tuple(mat2.shape)}")
     return matmul(input, mat2)
 
 
 def bmm(input, mat2):
-    """Batched product of 3-d tensors with equal batch size (``torch.bmm``)."""
+    """Batched product of 3-d tensors with equal batch size (``torch.bmm``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.bmm(am.ones(2, 1, 3), am.ones(2, 3, 4)).shape
+        (2, 1, 4)
+    """
     if input.ndim != 3 or mat2.ndim != 3 or input.shape[0] != mat2.shape[0]:
         raise RuntimeError(f"bmm: expected 3-d tensors with equal batch size, got {tuple(input.shape)} and {tuple(mat2.shape)}")
     return matmul(input, mat2)
 
 
 def dot(input, other):
-    """Inner product of two 1-d tensors (``torch.dot``)."""
+    """Inner product of two 1-d tensors (``torch.dot``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.dot(am.tensor([1.0, 2.0]), am.tensor([3.0, 4.0]))
+        tensor(11.)
+    """
     if input.ndim != 1 or other.ndim != 1 or input.shape != other.shape:
         raise RuntimeError(f"dot: expected two 1-d tensors of equal size, got {tuple(input.shape)} and {tuple(other.shape)}")
     return matmul(input, other)
 
 
 def outer(input, vec2):
-    """Outer product ``a_i b_j`` of two 1-d tensors (``torch.outer``)."""
+    """Outer product ``a_i b_j`` of two 1-d tensors (``torch.outer``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.outer(am.tensor([1.0, 2.0]), am.tensor([3.0, 4.0]))
+        tensor([[3., 4.],
+                [6., 8.]])
+    """
     if input.ndim != 1 or vec2.ndim != 1:
         raise RuntimeError(f"outer: expected 1-d tensors, got {tuple(input.shape)} and {tuple(vec2.shape)}")
     return unsqueeze(input, 1) * unsqueeze(vec2, 0)

@@ -174,7 +174,13 @@ def flatten(input, start_dim: int = 0, end_dim: int = -1):
 
 
 def unflatten(input, dim: int, sizes):
-    """Split dim ``dim`` into ``sizes`` (``torch.unflatten``)."""
+    """Split dim ``dim`` into ``sizes`` (``torch.unflatten``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.unflatten(am.zeros(2, 12), 1, (3, 4)).shape
+        (2, 3, 4)
+    """
     d = _norm_dim(dim, input.ndim, "unflatten")
     shp = input.shape
     sizes = tuple(sizes)
@@ -187,7 +193,13 @@ def unflatten(input, dim: int, sizes):
 
 
 def squeeze(input, dim=None):
-    """Remove size-1 dims (all, or those in ``dim``) (``torch.squeeze``)."""
+    """Remove size-1 dims (all, or those in ``dim``) (``torch.squeeze``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.squeeze(am.zeros(2, 1, 3, 1)).shape, am.squeeze(am.zeros(2, 1, 3, 1), 1).shape
+        ((2, 3), (2, 3, 1))
+    """
     shp = input.shape
     if dim is None:
         new = tuple(s for s in shp if s != 1)
@@ -199,7 +211,13 @@ def squeeze(input, dim=None):
 
 
 def unsqueeze(input, dim: int):
-    """Insert a size-1 dim at ``dim`` (``torch.unsqueeze``)."""
+    """Insert a size-1 dim at ``dim`` (``torch.unsqueeze``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.unsqueeze(am.zeros(2, 3), 1).shape
+        (2, 1, 3)
+    """
     nd = input.ndim + 1
     if not -nd <= dim < nd:
         raise IndexError(f"unsqueeze: dimension out of range (expected to be in range of [{-nd}, {nd - 1}], but got {dim})")
@@ -241,7 +259,13 @@ def permute(input, *dims):
 
 
 def transpose(input, dim0: int, dim1: int):
-    """Swap two dims (``torch.transpose``)."""
+    """Swap two dims (``torch.transpose``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.transpose(am.zeros(2, 3, 4), 0, 2).shape
+        (4, 3, 2)
+    """
     nd = input.ndim
     if nd < 2 and dim0 in (0, -1) and dim1 in (0, -1):
         return input
@@ -255,7 +279,13 @@ swapaxes = transpose
 
 
 def movedim(input, source, destination):
-    """Move dims ``source`` to positions ``destination`` (``torch.movedim``)."""
+    """Move dims ``source`` to positions ``destination`` (``torch.movedim``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.movedim(am.zeros(2, 3, 4), 0, -1).shape
+        (3, 4, 2)
+    """
     src = source if isinstance(source, (tuple, list)) else (source,)
     dst = destination if isinstance(destination, (tuple, list)) else (destination,)
     if len(src) != len(dst):
@@ -281,7 +311,14 @@ class BroadcastTo(Function):
 
 
 def broadcast_to(input, shape):
-    """Broadcast to ``shape`` without copying (``torch.broadcast_to``); backward sums."""
+    """Broadcast to ``shape`` without copying (``torch.broadcast_to``); backward sums.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.broadcast_to(am.tensor([1.0, 2.0]), (2, 2))
+        tensor([[1., 2.],
+                [1., 2.]])
+    """
     shape = tuple(int(s) for s in shape)
     if input.shape == shape:
         return input
@@ -295,7 +332,14 @@ def broadcast_to(input, shape):
 
 
 def expand(input, *sizes):
-    """Broadcast to ``sizes``; -1 keeps a dim (``Tensor.expand``)."""
+    """Broadcast to ``sizes``; -1 keeps a dim (``Tensor.expand``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.tensor([[1.0], [2.0]]).expand(2, 3)
+        tensor([[1., 1., 1.],
+                [2., 2., 2.]])
+    """
     sizes = _shape_arg(sizes)
     lead = len(sizes) - input.ndim
     if lead < 0:
@@ -305,7 +349,13 @@ def expand(input, *sizes):
 
 
 def broadcast_tensors(*tensors):
-    """Broadcast tensors to one common shape (``torch.broadcast_tensors``)."""
+    """Broadcast tensors to one common shape (``torch.broadcast_tensors``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> a, b = am.broadcast_tensors(am.zeros(2, 1), am.zeros(3)); a.shape, b.shape
+        ((2, 3), (2, 3))
+    """
     shape = np.broadcast_shapes(*(t.shape for t in tensors))
     return tuple(broadcast_to(t, shape) for t in tensors)
 
@@ -314,6 +364,12 @@ def repeat(input, *repeats):
     """Tile the tensor ``repeats[i]`` times along dim i (``Tensor.repeat``).
 
     Math: backward sums the gradient over the copies.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.tensor([1.0, 2.0]).repeat(2, 2)
+        tensor([[1., 2., 1., 2.],
+                [1., 2., 1., 2.]])
     """
     reps = _shape_arg(repeats)
     if len(reps) < input.ndim:
@@ -329,7 +385,13 @@ def repeat(input, *repeats):
 
 
 def tile(input, dims):
-    """Like ``repeat``, padding ``dims`` with leading ones (``torch.tile``)."""
+    """Like ``repeat``, padding ``dims`` with leading ones (``torch.tile``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.tile(am.tensor([1.0, 2.0]), (2,))
+        tensor([1., 2., 1., 2.])
+    """
     dims = tuple(dims)
     if len(dims) < input.ndim:
         dims = (1,) * (input.ndim - len(dims)) + dims
@@ -387,7 +449,13 @@ concat = concatenate = cat
 
 
 def stack(tensors, dim: int = 0):
-    """Stack equal-shaped tensors along a new dim (``torch.stack``)."""
+    """Stack equal-shaped tensors along a new dim (``torch.stack``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.stack([am.zeros(2, 3), am.ones(2, 3)], dim=1).shape
+        (2, 2, 3)
+    """
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("stack: expected a non-empty list of tensors")
@@ -415,7 +483,15 @@ class Split(Function):
 
 
 def split(tensor, split_size_or_sections, dim: int = 0):
-    """Split into chunks of a given size, or of the listed sizes (``torch.split``)."""
+    """Split into chunks of a given size, or of the listed sizes (``torch.split``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> [t.tolist() for t in am.split(am.arange(5), 2)]
+        [[0, 1], [2, 3], [4]]
+        >>> [t.tolist() for t in am.split(am.arange(5), [1, 4])]
+        [[0], [1, 2, 3, 4]]
+    """
     d = _norm_dim(dim, tensor.ndim, "split")
     n = tensor.shape[d]
     if isinstance(split_size_or_sections, int):
@@ -435,7 +511,13 @@ def split(tensor, split_size_or_sections, dim: int = 0):
 
 
 def chunk(input, chunks: int, dim: int = 0):
-    """Split into ``chunks`` near-equal pieces (``torch.chunk``)."""
+    """Split into ``chunks`` near-equal pieces (``torch.chunk``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> [t.tolist() for t in am.chunk(am.arange(5), 2)]
+        [[0, 1, 2], [3, 4]]
+    """
     if chunks <= 0:
         raise RuntimeError(f"chunk: chunks must be positive, got {chunks}")
     d = _norm_dim(dim, input.ndim, "chunk")
@@ -446,13 +528,25 @@ def chunk(input, chunks: int, dim: int = 0):
 
 
 def unbind(input, dim: int = 0):
-    """Remove a dim, returning the slices along it (``torch.unbind``)."""
+    """Remove a dim, returning the slices along it (``torch.unbind``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.unbind(am.tensor([[1.0, 2.0], [3.0, 4.0]]), dim=1)
+        (tensor([1., 3.]), tensor([2., 4.]))
+    """
     d = _norm_dim(dim, input.ndim, "unbind")
     return tuple(squeeze(p, d) for p in split(input, 1, d))
 
 
 def narrow(input, dim: int, start: int, length: int):
-    """The slice ``start:start+length`` along ``dim`` (``torch.narrow``)."""
+    """The slice ``start:start+length`` along ``dim`` (``torch.narrow``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.narrow(am.arange(6), 0, 2, 3)
+        tensor([2, 3, 4])
+    """
     d = _norm_dim(dim, input.ndim, "narrow")
     key = (slice(None),) * d + (slice(start, start + length),)
     return input[key]
@@ -469,7 +563,14 @@ class Flip(Function):
 
 
 def flip(input, dims):
-    """Reverse the order along ``dims`` (``torch.flip``)."""
+    """Reverse the order along ``dims`` (``torch.flip``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.flip(am.tensor([[1.0, 2.0], [3.0, 4.0]]), dims=(1,))
+        tensor([[2., 1.],
+                [4., 3.]])
+    """
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     dims = tuple(_norm_dim(d, input.ndim, "flip") for d in dims)
     return Flip.apply(input, dims)
@@ -485,7 +586,16 @@ class Roll(Function):
 
 
 def roll(input, shifts, dims=None):
-    """Shift elements cyclically (``torch.roll``); without ``dims`` the flattened tensor rolls."""
+    """Shift elements cyclically (``torch.roll``); without ``dims`` the flattened tensor rolls.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.roll(am.tensor([1.0, 2.0, 3.0, 4.0]), 1)
+        tensor([4., 1., 2., 3.])
+        >>> am.roll(am.tensor([[1.0, 2.0], [3.0, 4.0]]), 1, dims=0)
+        tensor([[3., 4.],
+                [1., 2.]])
+    """
     if dims is None:
         return reshape(Roll.apply(flatten(input), int(shifts), 0), input.shape)
     shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
@@ -607,6 +717,13 @@ def to_device(input, dev, non_blocking: bool = False):
     makes such batches), so the copy overlaps GPU work already queued; from pageable memory
     CUDA copies synchronously. GPU-to-host copies are always synchronous (the host array must
     be valid when ``to`` returns). On the CPU it is a no-op flag.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.shape import to_device
+        >>> x = am.tensor([1.0], requires_grad=True)
+        >>> y = to_device(x, 'cpu'); y.device, y.requires_grad
+        (device(type='cpu'), True)
     """
     dev = _device(dev)
     if input.device == dev:
@@ -617,5 +734,11 @@ def to_device(input, dev, non_blocking: bool = False):
 
 
 def atleast_1d(input):
-    """The tensor, reshaped to 1-d if it was 0-d (``torch.atleast_1d``)."""
+    """The tensor, reshaped to 1-d if it was 0-d (``torch.atleast_1d``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.atleast_1d(am.tensor(5.0))
+        tensor([5.])
+    """
     return reshape(input, 1) if input.ndim == 0 else input

@@ -1,0 +1,58 @@
+"""The benchmark harness: result files never overwrite, tables carry the machine facts, and a
+benchmark runs end to end with each library in its own process."""
+import datetime
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import harness  # noqa: E402
+
+
+def test_cpu_slug_is_a_file_name():
+    assert harness.cpu_slug("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz") == "intel-xeon-platinum-8481c-2-70ghz"
+    assert harness.cpu_slug("AMD EPYC 7B13 64-Core Processor") == "amd-epyc-7b13-64-core-processor"
+
+
+def test_results_path_never_reuses_a_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "HERE", str(tmp_path))
+    os.makedirs(tmp_path / "results")
+    day = datetime.date(2026, 1, 2)
+    first = harness.results_path("mlp", when=day)
+    assert os.path.basename(first) == f"mlp_{harness.cpu_slug()}_2026-01-02.txt"
+    open(first, "w").close()
+    second = harness.results_path("mlp", when=day)
+    assert second != first and second.endswith("_2026-01-02_2.txt")
+    assert os.path.basename(harness.results_path("mlp", threads=1, when=day)).startswith("mlp_1thread_")
+
+
+def test_table_reports_median_spread_ratio_and_target():
+    cases = [(0, harness.Case("step", lambda L: None, target=1.5))]
+    results = {0: {"avila_ml": [{"s": 0.003}, {"s": 0.002}, {"s": 0.004}],
+                   "torch": [{"s": 0.002, "threads": 2}, {"s": 0.001, "threads": 2}, {"s": 0.003, "threads": 2}]}}
+    text = harness.format_table("t", ["header line"], cases, results)
+    assert "3.00 ms [2.00 ms-4.00 ms]" in text and "2.00 ms [1.00 ms-3.00 ms]" in text
+    assert "1.50x" in text and "target <= 1.5x met" in text and "header line" in text
+    loaded = harness.format_table("t", [], cases, results, loaded=True)
+    assert "not judged (loaded machine)" in loaded
+
+
+def test_child_environment_drops_the_wait_policy(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    env = harness._child_env(None)
+    assert "OMP_WAIT_POLICY" not in env and env["PYTHONPATH"].split(os.pathsep)[0] == harness.ROOT
+    assert harness._child_env(2)["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def test_a_benchmark_runs_end_to_end_in_separate_processes():
+    """One cheap case of the real-program benchmark, one round: both workers start, time, report."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_programs.py"), "--rounds", "1",
+                           "--only", "digits_mlp", "--no-save"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "each library in its own process" in out and "versions: Python" in out and "GFLOP/s" in out
+    row = [line for line in out.splitlines() if line.startswith("examples/digits_mlp.py")]
+    assert len(row) == 1 and re.search(r"\s\d+\.\d\dx\s", row[0]), out
