@@ -548,8 +548,9 @@ def load(f, map_location=None, weights_only: bool = True):
     checkpoint from an untrusted source is safe to open. Files from other tools are
     recognised and read the same safe way: a ``torch.save`` file (zip or legacy; through
     :func:`avila_ml.torch_format.load_torch`, whose unpickler runs no code) and a plain
-    ``.safetensors`` file (Hugging Face weights; :func:`load_safetensors`). ``weights_only`` is accepted for
-    PyTorch compatibility and changes nothing: loading is always weights-only safe.
+    ``.safetensors`` file (Hugging Face weights; :func:`load_safetensors`). ``weights_only``
+    is accepted for PyTorch compatibility and changes nothing: loading is always weights-only
+    safe.
 
     Every check runs before anything is returned: the header length and JSON, each tensor's
     dtype, shape and offsets (in bounds, no overlap, no gaps, the data section covered

@@ -456,7 +456,7 @@ def _matmul_samples(rng):
         Sample((T(U(rng, (0, 3))), T(U(rng, (3, 2)))), desc="size-0 rows"),
         Sample((T(U(rng, (2, 0))), T(U(rng, (0, 3)))), desc="size-0 contraction"),
         Sample((T(U(rng, (1, 3))), T(U(rng, (3, 1)))), desc="size-1"),
-        Sample((T(U(rng, (2, 3)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
+        Sample((T(U(rng, (3, 2)), view="T"), T(U(rng, (2, 3)), view="step")), desc="views"),
     ]
 
 
