@@ -39,7 +39,8 @@ class RNNModel(nn.Module):
         return self.decoder(output), hidden
 
     def init_hidden(self, bsz):
-        return (torch.zeros(self.nlayers, bsz, self.nhid), torch.zeros(self.nlayers, bsz, self.nhid))
+        weight = next(self.parameters())
+        return (weight.new_zeros(self.nlayers, bsz, self.nhid), weight.new_zeros(self.nlayers, bsz, self.nhid))
 
 
 def repackage_hidden(h):
@@ -52,7 +53,7 @@ def repackage_hidden(h):
 def batchify(data, bsz):
     nbatch = data.size(0) // bsz
     data = data[:nbatch * bsz]
-    return data.view(bsz, -1).transpose(0, 1).contiguous()  # (.t() is the usual spelling)
+    return data.view(bsz, -1).t().contiguous()
 
 
 def get_batch(source, i, bptt):
