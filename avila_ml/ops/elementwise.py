@@ -193,7 +193,12 @@ class Pow(Function):
     def backward(self, g):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
-        ga = sum_to(g * b * a ** (b - 1), a.shape) if na else None
+        ga = None
+        if na:
+            # d/da a^b = b a^(b-1); PyTorch takes it as 0 where b == 0 (so 0^0 has a zero, not
+            # NaN, gradient); the exponent is made safe there so no inf enters the graph
+            safe_b1 = where(b.array == 0, 1.0, b) - 1
+            ga = sum_to(g * b * a ** safe_b1, a.shape)
         gb = None
         if nb:
             # d/db a^b = a^b log a; PyTorch takes it as 0 where a == 0 (and b >= 0)
