@@ -376,6 +376,7 @@ def div(input, other, rounding_mode=None):
     if rounding_mode == "floor":
         return floor_divide(input, other)
     if rounding_mode == "trunc":
+        _check_int_divisor("div", *_prepare(input, other, "div"))
         return trunc(div(input, other)).to(_dt.result_type(input, other))
     if rounding_mode is not None:
         raise ValueError(f"div: rounding_mode must be None, 'floor' or 'trunc', got {rounding_mode!r}")
@@ -393,19 +394,44 @@ def div(input, other, rounding_mode=None):
 true_divide = div
 
 
+def _check_int_divisor(op: str, a, b) -> None:
+    """Integer division by zero has no value: raise as PyTorch does on the CPU (NumPy would
+    silently give 0). Float division keeps IEEE inf/nan."""
+    if a.array.dtype.kind in "iub" and b.array.dtype.kind in "iub" and bool((b.array == 0).any()):
+        raise RuntimeError(f"ZeroDivisionError: {op}: integer division by zero (the divisor of dtype "
+                           f"{b.dtype} contains 0)")
+
+
 def floor_divide(input, other):
-    """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable."""
+    """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable.
+
+    Integer tensors divided by 0 raise ``RuntimeError("ZeroDivisionError ...")`` as in PyTorch.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.floor_divide(am.tensor([7, -7]), 2)
+        tensor([ 3, -4])
+    """
     a, b = _prepare(input, other, "floor_divide")
     _check_broadcast(a, b, "floor_divide")
+    _check_int_divisor("floor_divide", a, b)
     return _nondiff(_xp(a.array).floor_divide(a.array, b.array))
 
 
 def remainder(input, other):
     """Elementwise modulus with the sign of the divisor (``torch.remainder``, Python's ``%``).
 
-    Math: ``a - floor(a / b) * b``; d/da = 1, d/db = -floor(a / b).
+    Math: ``a - floor(a / b) * b``; d/da = 1, d/db = -floor(a / b). Integer tensors
+    with a 0 divisor raise ``RuntimeError("ZeroDivisionError ...")`` as in PyTorch.
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.remainder(am.tensor([5, -5]), 3)
+        tensor([2, 1])
     """
-    return _binary(Remainder, input, other, "remainder")
+    a, b = _prepare(input, other, "remainder")
+    _check_int_divisor("remainder", a, b)
+    return _binary(Remainder, a, b, "remainder")
 
 
 def pow(input, exponent):
