@@ -195,9 +195,11 @@ class Pow(Function):
         na, nb = self.needs_input_grad
         ga = None
         if na:
-            # d/da a^b = b a^(b-1); PyTorch takes it as 0 where b == 0 (so 0^0 has a zero, not
-            # NaN, gradient); the exponent is made safe there so no inf enters the graph
-            safe_b1 = where(b.array == 0, 1.0, b) - 1
+            # d/da a^b = b a^(b-1); PyTorch takes it as 0 where b == 0, so 0^0 has a zero, not
+            # NaN (0 * 0^-1), gradient. Only at a == b == 0 is the exponent replaced (by 1), so
+            # no inf enters the graph and every other point keeps its exact higher derivatives
+            xp = _xp(a.array)
+            safe_b1 = where(xp.logical_and(b.array == 0, a.array == 0), 1.0, b) - 1
             ga = sum_to(g * b * a ** safe_b1, a.shape)
         gb = None
         if nb:

@@ -390,8 +390,10 @@ def take_along_dim(input, indices, dim=None):
     """Gather along ``dim`` with broadcasting of the other dims (``torch.take_along_dim``)."""
     from .shape import broadcast_to, flatten
     if dim is None:
+        _check_range("take_along_dim", indices.array, 0, input.numel())
         return gather(flatten(input), 0, flatten(indices))
     d = _norm_dim(dim, input.ndim, "take_along_dim")
+    _check_range("take_along_dim", indices.array, d, input.shape[d])
     shp_x = list(input.shape)
     shp_i = list(indices.shape)
     shp_x[d] = shp_i[d] = 1
