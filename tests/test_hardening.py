@@ -357,3 +357,119 @@ def test_pow_tensor_exponent_gradgradcheck():
 
 def test_sanity_math():
     assert math.isclose(am.norm(am.tensor([3.0, 4.0])).item(), 5.0)
+
+
+# -- empty batches, arrays passed to layers, foreign optimizer state -------------------------
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_max_pooling_with_batch_zero_matches_pytorch(d):
+    shape = (0, 3) + (8, 6, 4)[:d]
+    x, tx = am.zeros(*shape, requires_grad=True), torch.zeros(*shape, requires_grad=True)
+    for ours, theirs in (
+        (getattr(F, f"max_pool{d}d")(x, 2), getattr(TF, f"max_pool{d}d")(tx, 2)),
+        (getattr(F, f"adaptive_max_pool{d}d")(x, 2), getattr(TF, f"adaptive_max_pool{d}d")(tx, 2)),
+        (getattr(F, f"max_pool{d}d")(x, 2, return_indices=True)[1], getattr(TF, f"max_pool{d}d")(tx, 2, return_indices=True)[1]),
+    ):
+        assert_same(ours, theirs)
+    getattr(F, f"max_pool{d}d")(x, 2).sum().backward()
+    assert x.grad.shape == shape
+
+
+def test_numpy_array_passed_to_a_layer_raises_type_error_naming_it():
+    x = np.zeros((2, 3), np.float32)
+    for layer, name in ((am.nn.Linear(3, 2), "Linear"), (am.nn.Conv1d(2, 2, 1), "Conv1d"), (am.nn.MSELoss(), "MSELoss"),
+                        (am.nn.Sequential(am.nn.ReLU()), "ReLU")):
+        with pytest.raises(TypeError, match=rf"{name}: expected a Tensor for argument 0, got numpy.ndarray of shape \(2, 3\)"):
+            layer(x, x) if name == "MSELoss" else layer(x)
+    with pytest.raises(TypeError):
+        torch.nn.Linear(3, 2)(x)  # PyTorch raises TypeError too
+
+
+def test_user_module_may_take_arrays():
+    class Wrap(am.nn.Module):
+        def forward(self, arr):
+            return am.from_numpy(arr) * 2
+
+    assert Wrap()(np.ones(2)).tolist() == [2.0, 2.0]
+
+
+def test_sgd_state_into_adam_raises_at_load_state_dict():
+    w = am.ones(2, requires_grad=True)
+    w.sum().backward()
+    sgd = am.optim.SGD([w], lr=0.1, momentum=0.9)
+    sgd.step()
+    adam = am.optim.Adam([w])
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: .*lacks the hyper-parameters .*'betas'.*another optimizer"):
+        adam.load_state_dict(sgd.state_dict())
+    # PyTorch fails at load_state_dict too (KeyError 'step'); ours says why
+    tw = torch.ones(2, requires_grad=True)
+    tw.sum().backward()
+    tsgd = torch.optim.SGD([tw], lr=0.1, momentum=0.9)
+    tsgd.step()
+    with pytest.raises(KeyError):
+        torch.optim.Adam([tw]).load_state_dict(tsgd.state_dict())
+    adam.step()  # the failed load changed nothing: the optimizer still works
+    with pytest.raises(ValueError, match="SGD.load_state_dict: .*'momentum'"):
+        am.optim.SGD([w], lr=0.1).load_state_dict(adam.state_dict())
+
+
+def test_compatible_optimizer_states_still_load():
+    w = am.ones(2, requires_grad=True)
+    w.sum().backward()
+    a = am.optim.Adam([w], lr=0.1)
+    a.step()
+    b = am.optim.AdamW([w])
+    b.load_state_dict(a.state_dict())
+    b.step()
+    sched_opt = am.optim.SGD([w], lr=0.1, momentum=0.9)
+    am.optim.lr_scheduler.StepLR(sched_opt, 1)  # adds 'initial_lr' to the group
+    am.optim.SGD([w], lr=0.1, momentum=0.9).load_state_dict(sched_opt.state_dict())
+
+
+# -- a save killed mid-write leaves no temporary forever -------------------------------------
+
+_SAVE_AND_HANG = r"""
+import os, sys, time
+import avila_ml as am
+real = am.io._write_payload
+def slow(f, header, arrays):
+    f.write(b"x" * 100000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+am.io._write_payload = slow
+am.save({"w": am.ones(1000), "epoch": 2}, sys.argv[1])
+"""
+
+
+def test_save_killed_mid_write_leaves_no_stale_temporary(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / "ckpt.safetensors"
+    am.save({"w": am.arange(5.0), "epoch": 1}, path)
+    good = path.read_bytes()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(am.__file__)), os.environ.get("PYTHONPATH", "")]))
+    for _ in range(3):
+        p = subprocess.Popen([sys.executable, "-c", _SAVE_AND_HANG, str(path)], stdout=subprocess.PIPE, env=env, text=True)
+        try:
+            assert p.stdout.readline().strip() == "writing"
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+            p.stdout.close()
+        # each killed save leaves its own temporary; the previous ones were removed by it
+        stale = sorted(n for n in os.listdir(tmp_path) if n != "ckpt.safetensors")
+        assert len(stale) == 1 and stale[0].startswith(f".ckpt.safetensors.{am.io._host_tag()}.{p.pid}."), stale
+        assert path.read_bytes() == good and am.load(path)["epoch"] == 1  # the last good checkpoint is intact
+    # temporaries that are not ours to remove: a live writer (this process), another host's
+    live = tmp_path / f".ckpt.safetensors.{am.io._host_tag()}.{os.getpid()}.abc123.tmp"
+    other_host = tmp_path / ".ckpt.safetensors.some-other-host.999999.abc123.tmp"
+    unrelated = tmp_path / ".other.safetensors.x.1.y.tmp"
+    for f in (live, other_host, unrelated):
+        f.write_bytes(b"partial")
+    am.save({"w": am.arange(5.0), "epoch": 3}, path)
+    left = sorted(os.listdir(tmp_path))
+    assert left == sorted(["ckpt.safetensors", live.name, other_host.name, unrelated.name]), left
+    assert am.load(path)["epoch"] == 3

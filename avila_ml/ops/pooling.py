@@ -97,8 +97,9 @@ def _running_argmax(views):
 def _gather_flat(x, idx, out_spatial):
     """``x[n, c, idx[n, c, ...]]`` over the flattened spatial dims, differentiably."""
     N, C = x.shape[:2]
-    flat = x.reshape(N, C, -1)
-    it = Tensor._wrap(idx.reshape(N, C, -1))
+    # explicit sizes: with N or C == 0, -1 cannot be inferred (an empty batch is valid input)
+    flat = x.reshape(N, C, math.prod(x.shape[2:]))
+    it = Tensor._wrap(idx.reshape(N, C, math.prod(idx.shape[2:])))
     return gather(flat, 2, it).reshape((N, C) + tuple(out_spatial)), Tensor._wrap(idx)
 
 
