@@ -38,7 +38,7 @@ def _shape(size, op: str = "tensor factory") -> tuple:
     if any(s < 0 for s in shape):
         bad = next(s for s in shape if s < 0)
         raise RuntimeError(f"{op}: trying to create a tensor with negative dimension {bad}: {list(shape)}")
-    if math.prod(shape) > _MAX_NUMEL:
+    if math.prod(shape) > _MAX_NUMEL or any(s > _MAX_NUMEL for s in shape):
         raise RuntimeError(f"{op}: size {list(shape)} is too large ({math.prod(shape)} elements overflow int64 "
                            "storage sizes)")
     return shape

@@ -748,8 +748,21 @@ def reciprocal(input):
 
 
 def sign(input):
-    """Elementwise sign, -1, 0 or 1 (``torch.sign``); not differentiable."""
-    return _nondiff(_xp(input.array).sign(input.array))
+    """Elementwise sign, -1, 0 or 1 (``torch.sign``); not differentiable.
+
+    Math: sign(x) = (x > 0) - (x < 0), so sign(NaN) = 0 as in PyTorch (NumPy gives NaN).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.sign(am.tensor([-2.0, 0.0, 3.0, float("nan")]))
+        tensor([-1.,  0.,  1.,  0.])
+    """
+    a = input.array
+    xp = _xp(a)
+    out = xp.sign(a)
+    if a.dtype.kind == "f":
+        out = xp.where(xp.isnan(a), a.dtype.type(0), out)
+    return _nondiff(out)
 
 
 def _rounding(fn_name):

@@ -121,7 +121,7 @@ class Normalize(Function):
         out = [None] * len(saved)
         if need_x:
             gxh = ga * w.array if w is not None else ga
-            inv_m = ga.dtype.type(1.0 / self.count)
+            inv_m = ga.dtype.type(1.0 / self.count) if self.count else ga.dtype.type(0)  # empty: no terms
             mean_g = _sum(gxh, axes)
             mean_g *= inv_m
             mean_gx = _sum_prod(gxh, xhat, axes, xp)
@@ -142,7 +142,7 @@ class Normalize(Function):
 
     def _backward_graph(self, g, x, w, b_shape, need_x, need_w, need_b):
         """The same backward with differentiable Tensor ops (for ``create_graph=True``)."""
-        axes, m, eps = self.axes, self.count, self.eps
+        axes, m, eps = self.axes, max(self.count, 1), self.eps  # m = 0 only for an empty input (no terms)
         if x.dtype == _dt.float16:  # in float32, as the forward; grads rounded to half
             half = lambda t: None if t is None else t.to(_dt.float32)  # noqa: E731
             outs = self._backward_graph(half(g), half(x), half(w), b_shape, need_x, need_w, need_b)
@@ -311,6 +311,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             )
         axes = (0,) + tuple(range(2, input.ndim))
         y, mean, var = Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)
+        if m == 0:
+            return y  # an empty batch has no statistics: the running ones stay as they are (PyTorch)
         if running_mean is not None:
             _update_running(running_mean, mean.array.reshape(c), momentum)
         if running_var is not None:
@@ -429,7 +431,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     axes = tuple(range(2, input.ndim))
     shape = _channel_shape(input)
     y, mean, var = Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)
-    if running_mean is not None or running_var is not None:
+    if (running_mean is not None or running_var is not None) and input.shape[0] > 0:  # empty: no stats
         momentum = _check_momentum(op, momentum)
         n = input.shape[0]
         if running_mean is not None:

@@ -163,6 +163,7 @@ class _StdSqrt(Function):
 
 def std(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
     """Standard deviation, ``sqrt(var)`` (``torch.std``)."""
+    _float_check(input, "std")
     half = _in_float32(std, input, dim, unbiased, keepdim, correction=correction)
     if half is not None:
         return half
@@ -383,7 +384,9 @@ class Softmax(Function):
         self.axis = axis
         xp = backend_of(x).xp
         m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        # only an all -inf row is shifted by 0 (so it gives NaN, not exp(-inf + inf)); a +inf
+        # makes the whole row NaN, as in PyTorch (inf - inf)
+        m = xp.where(m == -xp.inf, x.dtype.type(0), m)
         e = x - m
         xp.exp(e, out=e)  # in place: one temporary instead of two
         s = e.sum(axis=axis, keepdims=True)
@@ -402,7 +405,7 @@ class LogSoftmax(Function):
         self.axis = axis
         xp = backend_of(x).xp
         m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        m = xp.where(m == -xp.inf, x.dtype.type(0), m)  # as in Softmax: +inf gives a NaN row
         z = x - m
         acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
         z -= xp.log(xp.exp(z).sum(axis=axis, keepdims=True, dtype=acc)).astype(z.dtype)
