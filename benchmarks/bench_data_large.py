@@ -72,7 +72,7 @@ def main(rounds: int = 3) -> None:
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"data_large_cpu_{time.strftime('%Y%m%d')}.txt")
+    path = os.path.join(HERE, "results", "data_large_cpu.txt")
     with open(path, "w") as f:
         f.write(text + "\n")
     print("saved", path)
