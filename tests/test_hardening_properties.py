@@ -105,16 +105,10 @@ def _check_error(ours_exc, theirs_exc, names, where):
 
 # ---------------------------------------------------------------------- op table with NaN / inf
 _FLOAT_ROWS = [r for r in OP_TABLE if "float64" in r.dtypes]
-# rows where a planted NaN/inf legitimately differs from PyTorch (documented semantics), with why
-_NAN_SKIP = {
-    # gradient at a NaN argmax/argmin: PyTorch's CPU kernels route it to the first NaN of the
-    # reduced slice; ours too for max/min, but the reference ops amax/amin spread it evenly over
-    # ties, and a NaN tie is a tie to neither library's documentation
-}
 
 
 # rows whose result with an inf input has NaNs where the summation/contraction order decides
-# (inf + -inf): PyTorch's order is not ours (einsum paths, index_add with repeated indices)
+# (inf + -inf): PyTorch's order is not ours (einsum contraction paths, matrix products)
 ORDER_DEPENDENT_NAN = {"einsum", "matmul", "bmm", "mm", "tensordot", "linear", "conv1d", "conv2d"}
 GRAD_NAN_CONVENTION = collections.Counter()  # row -> cases whose NaN gradient positions differ
 
@@ -241,7 +235,6 @@ def test_op_with_integer_or_bool_input_matches_pytorch(row, pick, dtype):
 
 
 # ---------------------------------------------------------------------- layers
-F64 = dict(dtype=am.float64)
 # name -> (constructor args, kwargs, input maker(batch, rng) -> list of numpy inputs, train mode)
 _X = lambda *feat: (lambda b, rng: [rng.standard_normal((b, *feat))])  # noqa: E731
 _XY = lambda *feat: (lambda b, rng: [rng.standard_normal((b, *feat)), rng.standard_normal((b, *feat))])  # noqa: E731
