@@ -5,6 +5,9 @@ ints give int64, bools give bool; NumPy arrays keep their dtype.
 """
 from __future__ import annotations
 
+import math
+import operator
+
 import numpy as np
 
 from . import dtypes as _dt
@@ -17,16 +20,37 @@ __all__ = ["tensor", "as_tensor", "from_numpy", "zeros", "ones", "full", "empty"
            "bernoulli", "multinomial", "normal"]
 
 
-def _shape(size) -> tuple:
+# Larger requests are refused before any allocation is tried (PyTorch's "Storage size
+# calculation overflowed"); an int64 element count beyond this cannot be indexed anyway.
+_MAX_NUMEL = 2 ** 62
+
+
+def _shape(size, op: str = "tensor factory") -> tuple:
+    """``size`` (ints, or one tuple/list of ints) as a shape; rejects floats, negatives and
+    element counts that overflow, naming ``op``."""
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
     try:
-        shape = tuple(int(s) for s in size)
+        # operator.index: 2.5 or "3" is an error, not a silent int(); numpy ints and 0-d int tensors pass
+        shape = tuple(operator.index(s) for s in size)
     except TypeError:
-        raise TypeError(f"expected a shape of ints, got {size!r}") from None
+        raise TypeError(f"{op}: size must be a tuple of ints, got {size!r}") from None
     if any(s < 0 for s in shape):
-        raise RuntimeError(f"negative dimension in shape {shape}")
+        bad = next(s for s in shape if s < 0)
+        raise RuntimeError(f"{op}: trying to create a tensor with negative dimension {bad}: {list(shape)}")
+    if math.prod(shape) > _MAX_NUMEL or any(s > _MAX_NUMEL for s in shape):
+        raise RuntimeError(f"{op}: size {list(shape)} is too large ({math.prod(shape)} elements overflow int64 "
+                           "storage sizes)")
     return shape
+
+
+def _allocating(op: str, shape: tuple, fn):
+    """Run ``fn()`` (which allocates ``shape``), turning an allocation failure into an
+    error naming the op and the request."""
+    try:
+        return fn()
+    except MemoryError:
+        raise MemoryError(f"{op}: not enough memory for a tensor of shape {list(shape)}") from None
 
 
 def _finish(array, requires_grad) -> Tensor:
@@ -141,16 +165,16 @@ def _dtype_or_default(dtype):
     return _dt.get_default_dtype().np if dtype is None else _dt.to_dtype(dtype).np
 
 
-def _filled(fill, size, dtype, device, requires_grad):
+def _filled(fill, size, dtype, device, requires_grad, op):
     b = get_backend(device)
-    shape = _shape(size)
+    shape = _shape(size, op)
     np_dtype = _dtype_or_default(dtype)
     if fill == 0:
-        arr = b.xp.zeros(shape, dtype=np_dtype)
+        arr = _allocating(op, shape, lambda: b.xp.zeros(shape, dtype=np_dtype))
     elif fill == 1:
-        arr = b.xp.ones(shape, dtype=np_dtype)
+        arr = _allocating(op, shape, lambda: b.xp.ones(shape, dtype=np_dtype))
     else:
-        arr = b.xp.empty(shape, dtype=np_dtype)
+        arr = _allocating(op, shape, lambda: b.xp.empty(shape, dtype=np_dtype))
     return _finish(arr, requires_grad)
 
 
@@ -162,7 +186,7 @@ def zeros(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         >>> am.zeros(2, 3).shape
         (2, 3)
     """
-    return _filled(0, size, dtype, device, requires_grad)
+    return _filled(0, size, dtype, device, requires_grad, "zeros")
 
 
 def ones(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -174,7 +198,7 @@ def ones(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
         tensor([[1., 1., 1.],
                 [1., 1., 1.]])
     """
-    return _filled(1, size, dtype, device, requires_grad)
+    return _filled(1, size, dtype, device, requires_grad, "ones")
 
 
 def empty(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -185,7 +209,7 @@ def empty(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         >>> am.empty(2, 3).shape, am.empty(4, dtype=am.int64).dtype
         ((2, 3), avila_ml.int64)
     """
-    return _filled(None, size, dtype, device, requires_grad)
+    return _filled(None, size, dtype, device, requires_grad, "empty")
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -199,7 +223,8 @@ def full(size, fill_value, dtype=None, device=None, requires_grad: bool = False)
     if dtype is None:
         dtype = _dt.from_numpy_dtype(_infer_np_dtype(fill_value))
     b = get_backend(device)
-    arr = b.xp.full(_shape((size,) if isinstance(size, int) else (size,)), fill_value, dtype=_dt.to_dtype(dtype).np)
+    shape = _shape((size,), "full")
+    arr = _allocating("full", shape, lambda: b.xp.full(shape, fill_value, dtype=_dt.to_dtype(dtype).np))
     return _finish(arr, requires_grad)
 
 
@@ -267,7 +292,8 @@ def eye(n: int, m: int | None = None, dtype=None, device=None, requires_grad: bo
                 [0., 1., 0.]])
     """
     b = get_backend(device)
-    return _finish(b.xp.eye(n, m, dtype=_dtype_or_default(dtype)), requires_grad)
+    shape = _shape((n, n if m is None else m), "eye")
+    return _finish(_allocating("eye", shape, lambda: b.xp.eye(*shape, dtype=_dtype_or_default(dtype))), requires_grad)
 
 
 def _draw(b, generator, method, *args):
@@ -291,7 +317,8 @@ def rand(*size, dtype=None, device=None, requires_grad: bool = False, generator=
         True
     """
     b = get_backend(device)
-    arr = _draw(b, generator, "rand", _shape(size), _dtype_or_default(dtype))
+    shape = _shape(size, "rand")
+    arr = _allocating("rand", shape, lambda: _draw(b, generator, "rand", shape, _dtype_or_default(dtype)))
     return _finish(arr, requires_grad)
 
 
@@ -304,7 +331,8 @@ def randn(*size, dtype=None, device=None, requires_grad: bool = False, generator
         (2, 3)
     """
     b = get_backend(device)
-    arr = _draw(b, generator, "randn", _shape(size), _dtype_or_default(dtype))
+    shape = _shape(size, "randn")
+    arr = _allocating("randn", shape, lambda: _draw(b, generator, "randn", shape, _dtype_or_default(dtype)))
     return _finish(arr, requires_grad)
 
 
@@ -328,9 +356,9 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None) 
     b = get_backend(device)
     np_dtype = _dt.int64.np if dtype is None else _dt.to_dtype(dtype).np
     if _dt.np_is_floating(np_dtype):
-        arr = _draw(b, generator, "randint", low, high, _shape((size,)), np.int64).astype(np_dtype)
+        arr = _draw(b, generator, "randint", low, high, _shape((size,), "randint"), np.int64).astype(np_dtype)
     else:
-        arr = _draw(b, generator, "randint", low, high, _shape((size,)), np_dtype)
+        arr = _draw(b, generator, "randint", low, high, _shape((size,), "randint"), np_dtype)
     return _finish(arr, False)
 
 
@@ -343,7 +371,8 @@ def randperm(n: int, dtype=None, device=None, generator=None) -> Tensor:
         [0, 1, 2, 3, 4]
     """
     b = get_backend(device)
-    arr = _draw(b, generator, "permutation", int(n)).astype(_dt.int64.np if dtype is None else _dt.to_dtype(dtype).np)
+    (n,) = _shape((n,), "randperm")
+    arr = _draw(b, generator, "permutation", n).astype(_dt.int64.np if dtype is None else _dt.to_dtype(dtype).np)
     return _finish(arr, False)
 
 

@@ -37,6 +37,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import socket
 import struct
 import tempfile
 
@@ -242,6 +244,45 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _host_tag() -> str:
+    """This machine's name, reduced to characters that are safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.<host>.<pid>.`` (then random characters and ``.tmp``): who owns a temporary
+    is in its name, so a later save can tell one whose writer died (killed mid-save) from one
+    still being written."""
+    return f".{name}.{_host_tag()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (owned by someone else), or we cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+    """Delete temporaries of earlier saves to ``name`` whose writer (a process on this host)
+    is dead. Never touches ``name`` itself, other hosts' temporaries (a shared filesystem:
+    their pids mean nothing here) or those of live processes."""
+    pattern = re.compile(re.escape(f".{name}.{_host_tag()}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, entry))
+
+
 def save(obj, f) -> None:
     """Save a nested object of tensors, arrays, numbers and strings to a checkpoint file
     (``torch.save``).
@@ -255,7 +296,9 @@ def save(obj, f) -> None:
     ``f`` is a path or an open binary file. Writing to a path is atomic: the bytes go to a
     temporary file in the same directory, which is flushed, ``fsync`` ed and renamed over
     ``f`` (then the directory is ``fsync`` ed), so a crash at any point leaves either the old
-    file or the new one, never a mix. The format is described in :mod:`avila_ml.io`.
+    file or the new one, never a mix. The temporary is named ``.<name>.<host>.<pid>.<random>.tmp``;
+    a save that was killed leaves it behind, and the next save to the same path on the same
+    host removes it (its pid is dead). The format is described in :mod:`avila_ml.io`.
 
     Math: the data section's sha256 and the header's sha256 are stored, so :func:`load`
     detects any change to the file.
@@ -284,7 +327,8 @@ def save(obj, f) -> None:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    _remove_stale_temporaries(directory, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(os.path.basename(path)), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             _write_payload(out, header, arrays)

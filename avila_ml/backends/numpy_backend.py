@@ -91,12 +91,13 @@ class NumpyBackend(PCG64Draws):
         """``target[..., index, ...] += values`` along ``axis``, repeated indices accumulating.
 
         Small index maps (padding, pooling windows) use a one-hot matrix product, which runs
-        on BLAS; large ones (embeddings) fall back to ``np.add.at``.
+        on BLAS; large ones (embeddings) fall back to ``np.add.at``, and so do values holding
+        a NaN or inf: in the product 0 * NaN would spread it to every row of its column.
         """
         t = np.moveaxis(target, axis, 0)
         v = np.moveaxis(values, axis, 0)
         n, m = t.shape[0], index.shape[0]
-        if target.dtype.kind == "f" and n * m <= (1 << 20) and v.size:
+        if target.dtype.kind == "f" and n * m <= (1 << 20) and v.size and np.isfinite(v).all():
             onehot = np.zeros((n, m), dtype=target.dtype)
             onehot[index, np.arange(m)] = 1
             t += (onehot @ v.reshape(m, -1)).reshape(t.shape)

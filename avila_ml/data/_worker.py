@@ -3,9 +3,9 @@
 A worker is seeded once per epoch (``seed = base_seed + worker_id`` for Python's ``random``
 and Avila ML's CPU generator; NumPy's global generator gets a ``SeedSequence`` hash of
 ``(worker_id, base_seed)``, as PyTorch does), then loops: take ``(task_id, indices)`` from its
-own index queue, fetch and collate the batch, put ``(task_id, batch)`` on the shared result
-queue. ``None`` on the index queue means "exit"; a :class:`_ResumeIteration` means "a new
-epoch starts" (persistent workers).
+own index queue, fetch and collate the batch, write ``(task_id, batch)`` to its own result
+pipe (framed, large arrays in shared memory: see ``_transport.py``). ``None`` on the index
+queue means "exit"; a :class:`_ResumeIteration` means "a new epoch starts" (persistent workers).
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import random
 import sys
 import traceback
 from dataclasses import dataclass
-from multiprocessing.reduction import ForkingPickler
-
 import numpy as np
 
 from ..backends import get_backend
+from . import _transport
 
 __all__ = ["WorkerInfo", "get_worker_info"]
 
@@ -164,16 +163,16 @@ def _make_fetcher(iterable: bool, dataset, auto_collation, collate_fn, drop_last
     return cls(dataset, auto_collation, collate_fn, drop_last)
 
 
-def _send(result_queue, task, data, worker_id: int) -> None:
+def _send(result_conn, task, data, worker_id: int, shm_prefix: str, counter: list) -> None:
     """Pickle here, in the worker's main thread, so an unpicklable batch becomes an error the
-    main process sees (``Queue.put`` would pickle in a feeder thread, print, and drop it)."""
+    main process sees; large arrays go to shared memory (``_transport.dumps``)."""
     try:
-        payload = ForkingPickler.dumps((task, data), pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - anything pickle raises becomes the batch's error
-        err = ExceptionWrapper(f"in DataLoader worker process {worker_id} while sending a batch "
-                               "(the batch could not be pickled)")
-        payload = ForkingPickler.dumps((task, _picklable(err)), pickle.HIGHEST_PROTOCOL)
-    result_queue.put(bytes(payload))
+        payload = _transport.dumps((task, data), shm_prefix, counter)
+    except Exception:  # noqa: BLE001 - anything pickling raises becomes the batch's error
+        err = ExceptionWrapper(f"in DataLoader worker process {worker_id} while sending a batch to the "
+                               "main process (the batch could not be pickled or written to shared memory)")
+        payload = _transport.dumps((task, _picklable(err)), shm_prefix, counter)
+    _transport.send_message(result_conn.fileno(), payload)
 
 
 def _picklable(err: ExceptionWrapper) -> ExceptionWrapper:
@@ -185,10 +184,18 @@ def _picklable(err: ExceptionWrapper) -> ExceptionWrapper:
     return err
 
 
-def _worker_loop(iterable: bool, dataset, index_queue, result_queue, done_event, auto_collation: bool,
-                 collate_fn, drop_last: bool, base_seed: int, init_fn, worker_id: int, num_workers: int) -> None:
-    """The body of a worker process (the target of ``multiprocessing.Process``)."""
+def _worker_loop(iterable: bool, dataset, index_queue, result_conn, done_flag, auto_collation: bool,
+                 collate_fn, drop_last: bool, base_seed: int, init_fn, worker_id: int, num_workers: int,
+                 shm_prefix: str) -> None:
+    """The body of a worker process (the target of ``multiprocessing.Process``).
+
+    ``result_conn`` is this worker's own pipe to the main process; ``done_flag`` a lock-free
+    shared byte (a lock would stay held forever if a worker were killed while holding it);
+    ``shm_prefix`` names this worker's shared-memory batch files.
+    """
     where = f"in DataLoader worker process {worker_id}"
+    counter = [0]
+    _transport.set_worker_files(shm_prefix, counter)
     parent_pid = os.getppid()  # if this changes, the main process died without shutting us down
     try:
         seed = base_seed + worker_id
@@ -221,9 +228,9 @@ def _worker_loop(iterable: bool, dataset, index_queue, result_queue, done_event,
                         fetcher = _make_fetcher(iterable, dataset, auto_collation, collate_fn, drop_last)
                     except Exception:  # noqa: BLE001
                         init_error = _picklable(ExceptionWrapper(where))
-                _send(result_queue, r, None, worker_id)
+                _send(result_conn, r, None, worker_id, shm_prefix, counter)
                 continue
-            if done_event.is_set() or iteration_end:
+            if done_flag.value or iteration_end:
                 continue  # shutting down, or nothing left to give this epoch
             task, index = r
             if init_error is not None:
@@ -239,10 +246,13 @@ def _worker_loop(iterable: bool, dataset, index_queue, result_queue, done_event,
                         iteration_end = True
                 except Exception:  # noqa: BLE001 - re-raised in the main process
                     data = _picklable(ExceptionWrapper(where))
-            _send(result_queue, task, data, worker_id)
+            _send(result_conn, task, data, worker_id, shm_prefix, counter)
             del data, r
     except KeyboardInterrupt:
         pass  # the main process sees Ctrl-C too and shuts us down
-    # results still buffered are of no use once we are told to exit; don't block on the pipe
-    result_queue.cancel_join_thread()
-    result_queue.close()
+    except BrokenPipeError:
+        pass  # the main process closed our pipe: it is shutting down (or gone)
+    if os.getppid() != parent_pid:
+        # the main process died without cleaning up: remove the batches it will never read
+        _transport.remove_files(shm_prefix)
+    result_conn.close()

@@ -16,6 +16,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..backends import backend_of
 from ..tensor import Tensor
+from . import _transport
 
 __all__ = ["default_collate", "default_convert"]
 
@@ -32,6 +33,11 @@ def _stack_arrays(arrays, xp, what: str):
         if a.shape != first.shape:
             raise RuntimeError(f"default_collate: {what} in a batch must have equal shapes to be stacked, "
                                f"got {tuple(first.shape)} at sample 0 and {tuple(a.shape)} at sample {i}")
+    if xp is np:
+        # in a DataLoader worker a large batch is stacked straight into shared memory
+        out = _transport.worker_empty((len(arrays), *first.shape), np.result_type(*arrays))
+        if out is not None:
+            return np.stack(arrays, out=out)
     return xp.stack(arrays)
 
 

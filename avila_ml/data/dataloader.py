@@ -18,8 +18,11 @@ import collections.abc
 import itertools
 import math
 import multiprocessing as mp
+import multiprocessing.connection
+import os
 import pickle
-import queue
+import secrets
+import signal
 import sys
 import time
 import warnings
@@ -27,6 +30,7 @@ import weakref
 
 from ..backends import cuda_is_available
 from ..tensor import Tensor
+from . import _transport
 from ._worker import (
     ExceptionWrapper, _IterableDatasetStopIteration, _make_fetcher, _POLL_INTERVAL, _ResumeIteration,
     _worker_loop,
@@ -278,9 +282,10 @@ class _SingleProcessIter(_BaseIter):
         return self._finish(self._fetcher.fetch(index))
 
 
-def _shutdown_workers(workers, index_queues, result_queue, done_event) -> None:
-    """Tell every worker to exit, wait up to ``_JOIN_TIMEOUT`` s, then terminate stragglers."""
-    done_event.set()
+def _shutdown_workers(workers, index_queues, receivers, done_flag, shm_prefix) -> None:
+    """Tell every worker to exit, wait up to ``_JOIN_TIMEOUT`` s, terminate (then kill)
+    stragglers, close the pipes and remove the shared-memory batches nobody received."""
+    done_flag.value = 1
     for q in index_queues:
         try:
             q.put(None)
@@ -294,9 +299,16 @@ def _shutdown_workers(workers, index_queues, result_queue, done_event) -> None:
         if w.is_alive():
             w.terminate()
             w.join(timeout=_JOIN_TIMEOUT)
-    for q in (*index_queues, result_queue):
+        if w.is_alive():  # SIGTERM ignored or blocked
+            w.kill()
+            w.join(timeout=_JOIN_TIMEOUT)
+    for q in index_queues:
         q.cancel_join_thread()
         q.close()
+    for r in receivers:
+        r.close()
+    # every worker is gone now, so no new file can appear after this
+    _transport.remove_files(shm_prefix)
 
 
 class _MultiProcessIter(_BaseIter):
@@ -309,25 +321,33 @@ class _MultiProcessIter(_BaseIter):
         self._timeout = loader.timeout
         self._persistent = loader.persistent_workers
         self._max_tasks = loader.prefetch_factor * n
-        self._result_queue = ctx.Queue()
-        self._done_event = ctx.Event()
-        self._index_queues, self._workers = [], []
+        # a lock-free flag: a worker killed while holding an Event's lock would hang shutdown
+        self._done_flag = ctx.RawValue("b", 0)
+        # names this iterator's shared-memory batch files, so leftovers are found by prefix
+        self._shm_prefix = f"avila_ml_dl_{os.getpid()}_{secrets.token_hex(6)}_"
+        self._index_queues, self._workers, self._receivers = [], [], []
+        self._inbox = collections.deque()  # whole messages read but not yet decoded
         self._finalizer = weakref.finalize(self, _shutdown_workers, self._workers, self._index_queues,
-                                           self._result_queue, self._done_event)
+                                           self._receivers, self._done_flag, self._shm_prefix)
         try:
             for wid in range(n):
                 iq = ctx.Queue()
                 iq.cancel_join_thread()
+                reader, writer = ctx.Pipe(duplex=False)
                 w = ctx.Process(
                     target=_worker_loop,
-                    args=(self._iterable, self._dataset, iq, self._result_queue, self._done_event,
+                    args=(self._iterable, self._dataset, iq, writer, self._done_flag,
                           self._auto_collation, self._collate_fn, self._drop_last, base_seed,
-                          loader.worker_init_fn, wid, n),
+                          loader.worker_init_fn, wid, n, f"{self._shm_prefix}w{wid}_"),
                     daemon=True,
                 )
                 self._index_queues.append(iq)
+                self._receivers.append(_transport.Receiver(reader))
                 self._workers.append(w)
-                w.start()
+                try:
+                    w.start()
+                finally:
+                    writer.close()  # the worker holds its own copy; later forks must not inherit it
         except Exception as e:
             self._finalizer()
             raise RuntimeError(
@@ -352,7 +372,7 @@ class _MultiProcessIter(_BaseIter):
         self._len = _loader_len(loader)
         for q in self._index_queues:
             q.put(_ResumeIteration(base_seed))
-        # results of the previous epoch that were never asked for come first on the queue;
+        # results of the previous epoch that were never asked for come first on each pipe;
         # each worker's acknowledgement follows all of its earlier results
         waiting = self._num_workers
         while waiting:
@@ -413,29 +433,55 @@ class _MultiProcessIter(_BaseIter):
                 self._reorder[task] = data
 
     def _get_data(self):
-        """The next ``(task, data)`` from any worker; watches for a timeout and for dead workers."""
+        """The next ``(task, data)`` from any worker.
+
+        Waits on every worker's pipe *and* its process sentinel, reads only what is there
+        (non-blocking), so a worker that dies at any moment, even half-way through writing a
+        batch, ends the wait at once with an error instead of a hang.
+        """
         deadline = time.monotonic() + self._timeout if self._timeout > 0 else None
         while True:
+            if self._inbox:
+                return pickle.loads(self._inbox.popleft())
             wait = _POLL_INTERVAL if deadline is None else max(0.0, min(_POLL_INTERVAL, deadline - time.monotonic()))
-            try:
-                raw = self._result_queue.get(timeout=wait)
-            except queue.Empty:
-                self._check_workers()
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._finalizer()
-                    raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds waiting for "
-                                       f"batch {self._rcvd_idx} from the workers") from None
+            watched = {r.conn: r for r in self._receivers}
+            ready = mp.connection.wait([*watched, *(w.sentinel for w in self._workers)], timeout=wait)
+            for obj in ready:
+                if obj in watched:
+                    self._inbox.extend(watched[obj].read_available())
+            if self._inbox:
                 continue
-            return pickle.loads(raw)
+            self._check_workers()
+            if deadline is not None and time.monotonic() >= deadline:
+                self._finalizer()
+                raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds waiting for "
+                                   f"batch {self._rcvd_idx} from the workers") from None
 
     def _check_workers(self) -> None:
-        dead = [w for w in self._workers if not w.is_alive()]
+        dead = [w for w in self._workers if w.exitcode is not None or not w.is_alive()]
         if dead:
             self._finalizer()
-            how = ", ".join(f"pid {w.pid}: " + (f"killed by signal {-w.exitcode}" if w.exitcode and w.exitcode < 0
-                                                else f"exit code {w.exitcode}") for w in dead)
-            raise RuntimeError(f"DataLoader worker(s) exited unexpectedly ({how}); a crash in the dataset or "
-                               "collate_fn (e.g. a segfault or os._exit) or the OOM killer can cause this")
+            raise RuntimeError(_dead_worker_message(dead))
+
+
+def _dead_worker_message(dead) -> str:
+    """PyTorch's "DataLoader worker (pid(s) ...) exited unexpectedly", with the cause."""
+    how = []
+    for w in dead:
+        code = w.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            how.append(f"pid {w.pid}: killed by signal {-code} ({name})")
+        else:
+            how.append(f"pid {w.pid}: exit code {code}")
+    hint = "a crash in the dataset or collate_fn (e.g. a segfault or os._exit) or the OOM killer can cause this"
+    if any(w.exitcode == -signal.SIGBUS for w in dead):
+        hint = "a bus error usually means shared memory (/dev/shm) ran out; free some or use num_workers=0"
+    pids = ", ".join(str(w.pid) for w in dead)
+    return f"DataLoader worker (pid(s) {pids}) exited unexpectedly ({'; '.join(how)}); {hint}"
 
 
 def _pin_memory(data):

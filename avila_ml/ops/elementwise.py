@@ -13,6 +13,7 @@ from .. import dtypes as _dt
 from ..autograd.function import Function
 from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
+from ..debug import host_checks
 from ..tensor import Tensor
 
 __all__ = [
@@ -194,7 +195,14 @@ class Pow(Function):
     def backward(self, g):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
-        ga = sum_to(g * b * a ** (b - 1), a.shape) if na else None
+        ga = None
+        if na:
+            # d/da a^b = b a^(b-1); PyTorch takes it as 0 where b == 0, so 0^0 has a zero, not
+            # NaN (0 * 0^-1), gradient. Only at a == b == 0 is the exponent replaced (by 1), so
+            # no inf enters the graph and every other point keeps its exact higher derivatives
+            xp = _xp(a.array)
+            safe_b1 = where(xp.logical_and(b.array == 0, a.array == 0), 1.0, b) - 1
+            ga = sum_to(g * b * a ** safe_b1, a.shape)
         gb = None
         if nb:
             # d/db a^b = a^b log a; PyTorch takes it as 0 where a == 0 (and b >= 0)
@@ -372,6 +380,7 @@ def div(input, other, rounding_mode=None):
     if rounding_mode == "floor":
         return floor_divide(input, other)
     if rounding_mode == "trunc":
+        _check_int_divisor("div", *_prepare(input, other, "div"))
         return trunc(div(input, other)).to(_dt.result_type(input, other))
     if rounding_mode is not None:
         raise ValueError(f"div: rounding_mode must be None, 'floor' or 'trunc', got {rounding_mode!r}")
@@ -389,30 +398,46 @@ def div(input, other, rounding_mode=None):
 true_divide = div
 
 
+def _check_int_divisor(op: str, a, b) -> None:
+    """Integer division by zero has no value: raise as PyTorch does on the CPU (NumPy would
+    silently give 0). Float division keeps IEEE inf/nan. On CUDA the check reads the divisor
+    on the host, so it runs only with sync checks on (``avila_ml.debug``), as PyTorch's CUDA
+    kernels do not check either."""
+    if a.array.dtype.kind in "iub" and b.array.dtype.kind in "iub" and host_checks(b.array) and bool((b.array == 0).any()):
+        raise RuntimeError(f"ZeroDivisionError: {op}: integer division by zero (the divisor of dtype "
+                           f"{b.dtype} contains 0)")
+
+
 def floor_divide(input, other):
     """Elementwise ``floor(input / other)`` (``torch.floor_divide``); not differentiable.
 
+    Integer tensors divided by 0 raise ``RuntimeError("ZeroDivisionError ...")`` as in PyTorch.
+
     Example:
         >>> import avila_ml as am
-        >>> am.floor_divide(am.tensor([7.0, -7.0]), 2)
-        tensor([ 3., -4.])
+        >>> am.floor_divide(am.tensor([7, -7]), 2)
+        tensor([ 3, -4])
     """
     a, b = _prepare(input, other, "floor_divide")
     _check_broadcast(a, b, "floor_divide")
+    _check_int_divisor("floor_divide", a, b)
     return _nondiff(_xp(a.array).floor_divide(a.array, b.array))
 
 
 def remainder(input, other):
     """Elementwise modulus with the sign of the divisor (``torch.remainder``, Python's ``%``).
 
-    Math: ``a - floor(a / b) * b``; d/da = 1, d/db = -floor(a / b).
+    Math: ``a - floor(a / b) * b``; d/da = 1, d/db = -floor(a / b). Integer tensors
+    with a 0 divisor raise ``RuntimeError("ZeroDivisionError ...")`` as in PyTorch.
 
     Example:
         >>> import avila_ml as am
-        >>> am.remainder(am.tensor([7.0, -7.0]), 3)
-        tensor([1., 2.])
+        >>> am.remainder(am.tensor([5, -5]), 3)
+        tensor([2, 1])
     """
-    return _binary(Remainder, input, other, "remainder")
+    a, b = _prepare(input, other, "remainder")
+    _check_int_divisor("remainder", a, b)
+    return _binary(Remainder, a, b, "remainder")
 
 
 def pow(input, exponent):
@@ -773,12 +798,19 @@ def reciprocal(input):
 def sign(input):
     """Elementwise sign, -1, 0 or 1 (``torch.sign``); not differentiable.
 
+    Math: sign(x) = (x > 0) - (x < 0), so sign(NaN) = 0 as in PyTorch (NumPy gives NaN).
+
     Example:
         >>> import avila_ml as am
-        >>> am.sign(am.tensor([-3.0, 0.0, 2.0]))
-        tensor([-1.,  0.,  1.])
+        >>> am.sign(am.tensor([-2.0, 0.0, 3.0, float("nan")]))
+        tensor([-1.,  0.,  1.,  0.])
     """
-    return _nondiff(_xp(input.array).sign(input.array))
+    a = input.array
+    xp = _xp(a)
+    out = xp.sign(a)
+    if a.dtype.kind == "f":
+        out = xp.where(xp.isnan(a), a.dtype.type(0), out)
+    return _nondiff(out)
 
 
 def _rounding(fn_name):

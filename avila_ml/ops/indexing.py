@@ -14,7 +14,34 @@ from ..tensor import Tensor, _norm_dim
 from .elementwise import where, _prepare
 
 __all__ = ["getitem", "gather", "scatter_add", "scatter", "index_select", "index_add",
-           "masked_fill", "take_along_dim", "normalize_key"]
+           "masked_fill", "take_along_dim", "normalize_key", "IndexOutOfRangeError"]
+
+
+class IndexOutOfRangeError(IndexError, RuntimeError):
+    """An index outside ``[0, size)`` given to gather/scatter/index_select/index_add.
+
+    PyTorch raises ``RuntimeError`` for some of these ops (gather, scatter) and ``IndexError``
+    for others (index_select); this is both, so either ``except`` catches it.
+
+    Example:
+        >>> import avila_ml as am
+        >>> try:
+        ...     am.gather(am.zeros(2, 3), 1, am.tensor([[-1], [0]]))
+        ... except RuntimeError as e:
+        ...     print(e)
+        gather: index out of range: index -1 is out of bounds for dimension 1 with size 3
+    """
+
+
+def _check_range(op: str, idx, dim: int, n: int) -> None:
+    """Raise :class:`IndexOutOfRangeError` naming the first index outside ``[0, n)``
+    (PyTorch's index ops take no negative indices)."""
+    if not idx.size or not host_checks(idx):  # on CUDA only with sync checks on (avila_ml.debug)
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise IndexOutOfRangeError(f"{op}: index out of range: index {bad} is out of bounds for dimension {dim} with size {n}")
 
 
 def _is_advanced(k) -> bool:
@@ -152,9 +179,7 @@ def _check_index(op, input, dim, index):
     for k, (si, sx) in enumerate(zip(index.shape, input.shape)):
         if k != d and si > sx:
             raise RuntimeError(f"{op}: size of index {tuple(index.shape)} exceeds input {tuple(input.shape)} at dim {k} (dim={dim})")
-    if index.array.size and host_checks(index.array) and (
-            int(index.array.max()) >= input.shape[d] or int(index.array.min()) < -input.shape[d]):
-        raise IndexError(f"{op}: index out of range for dim {dim} of size {input.shape[d]}")
+    _check_range(op, index.array, d, input.shape[d] if input.ndim else 1)
     return d
 
 
@@ -218,31 +243,82 @@ def scatter_add(input, dim: int, index, src):
         tensor([4., 0., 2.])
     """
     d = _check_index("scatter_add", input, dim, index)
+    _check_src("scatter_add", input, index, src)
     x, s = _prepare(input, src, "scatter_add")
     return ScatterAdd.apply(x, s, index.array, d)
+
+
+class Scatter(Function):
+    """``x`` with ``src`` written (not added) at ``index`` along ``dim``.
+
+    Repeated indices: NumPy assigns in order, so the last one wins on the CPU; CuPy leaves
+    the winner unspecified, as PyTorch does on every device. Backward as PyTorch's: the
+    written positions of ``x`` get no gradient; ``src`` gets ``g`` gathered at ``index``.
+    """
+
+    def forward(self, x, src, index, dim):
+        xp = backend_of(x).xp
+        self.key = _full_index(index, dim, xp)
+        self.src_shape, self.index_shape = src.shape, index.shape
+        out = x.copy()
+        out[self.key] = src[tuple(slice(0, n) for n in index.shape)]
+        self.written = xp.zeros(x.shape, dtype=bool)
+        self.written[self.key] = True
+        return out
+
+    def backward(self, g):
+        ng_x, ng_src = self.needs_input_grad
+        gx = where(self.written, 0.0, g) if ng_x else None
+        gs = None
+        if ng_src:
+            gs = GetItem.apply(g, self.key, True)
+            if gs.shape != self.src_shape:
+                from .shape import pad
+                widths = []
+                for n_src, n_idx in reversed(list(zip(self.src_shape, self.index_shape))):
+                    widths += [0, n_src - n_idx]
+                gs = pad(gs, widths)
+        return gx, gs
+
+
+def _check_src(op, input, index, src):
+    if not isinstance(src, Tensor):
+        raise TypeError(f"{op}: src must be a Tensor, got {type(src).__name__}")
+    if src.dtype != input.dtype:
+        raise RuntimeError(f"{op}: expected self.dtype to be equal to src.dtype, got {input.dtype} and {src.dtype}")
+    for k, (si, ss) in enumerate(zip(index.shape, src.shape)):
+        if si > ss:
+            raise RuntimeError(f"{op}: size of index {tuple(index.shape)} exceeds src {tuple(src.shape)} at dim {k}")
+    if src.ndim != index.ndim and not (index.ndim <= 1 and src.ndim <= 1):
+        raise RuntimeError(f"{op}: index {tuple(index.shape)} and src {tuple(src.shape)} must have the same "
+                           "number of dimensions")
 
 
 def scatter(input, dim: int, index, src=None, value=None):
     """Out-of-place ``input`` with values written at ``index`` along ``dim`` (``torch.scatter``).
 
-    With repeated indices the winner is unspecified (as in PyTorch). Gradient flows to
-    ``input`` at unwritten positions and to ``src`` at the written ones.
+    Math: ``out[index[i][j]][j] = src[i][j]`` for ``dim=0`` (or ``= value``). With repeated
+    indices one of the values is written, never their sum: on the CPU the last one (NumPy
+    assigns in order); which one is unspecified on CUDA, as in PyTorch. Gradient flows to
+    ``input`` at unwritten positions and to ``src`` at ``index`` (``g.gather(dim, index)``).
 
     Example:
         >>> import avila_ml as am
-        >>> am.scatter(am.zeros(3), 0, am.tensor([2, 0]), am.tensor([5.0, 6.0]))
-        tensor([6., 0., 5.])
+        >>> am.scatter(am.zeros(3), 0, am.tensor([0, 2]), am.tensor([5.0, 7.0]))
+        tensor([5., 0., 7.])
     """
     d = _check_index("scatter", input, dim, index)
-    xp = backend_of(input.array).xp
-    key = _full_index(index.array, d, xp)
-    written = xp.zeros(input.shape, dtype=bool)
-    written[key] = True
     if src is None:
         src = value
     if isinstance(src, Tensor):
-        placed = scatter_add(input * 0, d, index, src)
-        return where(written, placed, input)
+        _check_src("scatter", input, index, src)
+        x, s = _prepare(input, src, "scatter")
+        return Scatter.apply(x, s, index.array, d)
+    if src is None:
+        raise TypeError("scatter: expected src (a Tensor) or value (a number)")
+    xp = backend_of(input.array).xp
+    written = xp.zeros(input.shape, dtype=bool)
+    written[_full_index(index.array, d, xp)] = True
     return where(written, src, input)
 
 
@@ -282,8 +358,7 @@ def index_select(input, dim: int, index):
     d = _norm_dim(dim, input.ndim, "index_select")
     n = input.shape[d] if input.ndim else 1
     idx = index.array.reshape(-1)
-    if idx.size and host_checks(idx) and (int(idx.max()) >= n or int(idx.min()) < -n):
-        raise IndexError(f"index_select: index out of range for dim {dim} of size {n}")
+    _check_range("index_select", idx, d, n)
     return IndexSelect.apply(input, idx, d)
 
 
@@ -296,8 +371,16 @@ def index_add(input, dim: int, index, source, alpha=1):
         tensor([10.,  0., 20.])
     """
     d = _norm_dim(dim, input.ndim, "index_add")
+    if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu" or index.ndim > 1:
+        raise RuntimeError(f"index_add: index must be a 0-d or 1-d integer tensor, got {getattr(index, 'shape', index)}")
+    idx = index.array.reshape(-1)
+    _check_range("index_add", idx, d, input.shape[d] if input.ndim else 1)
+    want = tuple(input.shape[:d]) + (idx.size,) + tuple(input.shape[d + 1:])
+    if not isinstance(source, Tensor) or tuple(source.shape) != want:
+        raise RuntimeError(f"index_add: source must have shape {want} (input {tuple(input.shape)} with dim {d} "
+                           f"of size len(index) = {idx.size}), got {tuple(getattr(source, 'shape', ()))}")
     src = source * alpha if alpha != 1 else source
-    return input + IndexAdd.apply(src, input.shape, d, index.array.reshape(-1))
+    return input + IndexAdd.apply(src, input.shape, d, idx)
 
 
 def masked_fill(input, mask, value):
@@ -341,8 +424,10 @@ def take_along_dim(input, indices, dim=None):
     """
     from .shape import broadcast_to, flatten
     if dim is None:
+        _check_range("take_along_dim", indices.array, 0, input.numel())
         return gather(flatten(input), 0, flatten(indices))
     d = _norm_dim(dim, input.ndim, "take_along_dim")
+    _check_range("take_along_dim", indices.array, d, input.shape[d])
     shp_x = list(input.shape)
     shp_i = list(indices.shape)
     shp_x[d] = shp_i[d] = 1

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from .. import dtypes as _dt
 from ..autograd.function import Function
 from ..dtypes import host_compute_dtype
 from ..amp.autocast_mode import autocast_op
@@ -67,6 +68,13 @@ class Normalize(Function):
     def forward(self, x, weight, bias, axes, eps):
         xp = backend_of(x).xp
         self.axes, self.eps = axes, eps
+        self.out_dtype = x.dtype
+        if x.dtype == np.float16:
+            # as PyTorch, half inputs are normalised in float32 (the variance of values of a
+            # few hundred already overflows float16) and only the result is rounded to half
+            x = x.astype(np.float32)
+            weight = None if weight is None else weight.astype(np.float32)
+            bias = None if bias is None else bias.astype(np.float32)
         self.count = m = math.prod(x.shape[a] for a in axes)
         inv_m = x.dtype.type(1.0 / m) if m else x.dtype.type(math.nan)
         mean = _sum(x, axes)
@@ -88,9 +96,14 @@ class Normalize(Function):
             y = xhat + bias
         else:
             y, xhat = xhat, None
-            self.save_outputs(0)  # y is xhat: version-checked, so an in-place edit of y is caught
+            if self.out_dtype == x.dtype:
+                self.save_outputs(0)  # y is xhat: version-checked, so an in-place edit of y is caught
+            else:
+                xhat = y  # the float32 xhat, kept for the backward; y is rounded below
         self.xhat = xhat
         self.save_inputs(*range(1 + self.has_weight + self.has_bias))
+        if y.dtype != self.out_dtype:
+            y = y.astype(self.out_dtype)
         return y, mean, var
 
     def backward(self, g, _g_mean, _g_var):
@@ -105,10 +118,12 @@ class Normalize(Function):
         ga, axes = g.array, self.axes
         xhat = self.xhat if self.xhat is not None else self.saved_outputs[0].array
         xp = backend_of(ga).xp
+        if ga.dtype != xhat.dtype:  # half: the backward runs in float32 too
+            ga = ga.astype(xhat.dtype)
         out = [None] * len(saved)
         if need_x:
             gxh = ga * w.array if w is not None else ga
-            inv_m = ga.dtype.type(1.0 / self.count)
+            inv_m = ga.dtype.type(1.0 / self.count) if self.count else ga.dtype.type(0)  # empty: no terms
             mean_g = _sum(gxh, axes)
             mean_g *= inv_m
             mean_gx = _sum_prod(gxh, xhat, axes, xp)
@@ -117,17 +132,25 @@ class Normalize(Function):
             xp.subtract(gxh, dx, out=dx)
             dx -= mean_g
             dx *= self.rstd
-            out[0] = Tensor._wrap(dx)
+            out[0] = Tensor._wrap(dx.astype(self.out_dtype, copy=False))
         if need_w:
             wa = w.array
-            out[1] = Tensor._wrap(_sum_prod(ga, xhat, _broadcast_axes(wa.shape, ga.shape), xp).reshape(wa.shape))
+            dw = _sum_prod(ga, xhat, _broadcast_axes(wa.shape, ga.shape), xp).reshape(wa.shape)
+            out[1] = Tensor._wrap(dw.astype(self.out_dtype, copy=False))
         if need_b:
-            out[-1] = Tensor._wrap(_sum(ga, _broadcast_axes(b_shape, ga.shape)).reshape(b_shape))
+            db = _sum(ga, _broadcast_axes(b_shape, ga.shape)).reshape(b_shape)
+            out[-1] = Tensor._wrap(db.astype(self.out_dtype, copy=False))
         return tuple(out) if len(out) > 1 else out[0]
 
     def _backward_graph(self, g, x, w, b_shape, need_x, need_w, need_b):
         """The same backward with differentiable Tensor ops (for ``create_graph=True``)."""
-        axes, m, eps = self.axes, self.count, self.eps
+        axes, m, eps = self.axes, max(self.count, 1), self.eps  # m = 0 only for an empty input (no terms)
+        if x.dtype == _dt.float16:  # in float32, as the forward; grads rounded to half
+            half = lambda t: None if t is None else t.to(_dt.float32)  # noqa: E731
+            outs = self._backward_graph(half(g), half(x), half(w), b_shape, need_x, need_w, need_b)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            outs = tuple(None if o is None else o.to(_dt.float16) for o in outs)
+            return outs if len(outs) > 1 else outs[0]
         xc = x - Sum.apply(x, axes, True) / m
         rstd = rsqrt(Sum.apply(xc * xc, axes, True) / m + eps)
         xhat = xc * rstd
@@ -295,6 +318,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             )
         axes = (0,) + tuple(range(2, input.ndim))
         y, mean, var = Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)
+        if m == 0:
+            return y  # an empty batch has no statistics: the running ones stay as they are (PyTorch)
         if running_mean is not None:
             _update_running(running_mean, mean.array.reshape(c), momentum)
         if running_var is not None:
@@ -415,7 +440,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     axes = tuple(range(2, input.ndim))
     shape = _channel_shape(input)
     y, mean, var = Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)
-    if running_mean is not None or running_var is not None:
+    if (running_mean is not None or running_var is not None) and input.shape[0] > 0:  # empty: no stats
         momentum = _check_momentum(op, momentum)
         n = input.shape[0]
         if running_mean is not None:

@@ -8,7 +8,8 @@ at those indices with the differentiable :func:`avila_ml.ops.indexing.gather`: t
 goes to the argmax (the first one on ties, NaN propagating, like PyTorch's CPU kernels) and
 every derivative order works. Average pooling is a window sum (a ``Function`` paired with
 its adjoint) divided by a constant map of window sizes. Adaptive average pooling and
-(multi)linear interpolation are separable: one small matrix or two-tap gather per axis.
+(multi)linear interpolation are separable: one windowed gather (padding masked out, so a NaN
+stays in its own windows) or two-tap gather per axis.
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
 from ..tensor import Tensor
 from ._conv_geometry import int_tuple
-from .indexing import gather, index_select
-from .linalg import matmul
+from .indexing import IndexSelect, gather, index_select, masked_fill
 from .shape import movedim
 
 __all__ = [
@@ -102,8 +102,9 @@ def _running_argmax(views):
 def _gather_flat(x, idx, out_spatial):
     """``x[n, c, idx[n, c, ...]]`` over the flattened spatial dims, differentiably."""
     N, C = x.shape[:2]
-    flat = x.reshape(N, C, -1)
-    it = Tensor._wrap(idx.reshape(N, C, -1))
+    # explicit sizes: with N or C == 0, -1 cannot be inferred (an empty batch is valid input)
+    flat = x.reshape(N, C, math.prod(x.shape[2:]))
+    it = Tensor._wrap(idx.reshape(N, C, math.prod(idx.shape[2:])))
     return gather(flat, 2, it).reshape((N, C) + tuple(out_spatial)), Tensor._wrap(idx)
 
 
@@ -335,11 +336,18 @@ def _adaptive_avg(op, d, input, output_size):
         if o[a] == S:
             continue
         start, end = _adaptive_windows(S, o[a])
-        A = np.zeros((S, o[a]))
-        for i, (b, e) in enumerate(zip(start, end)):
-            A[b:e, i] = 1.0 / (e - b)
-        At = Tensor._wrap(xp.asarray(A.astype(x.array.dtype)))
-        out = movedim(matmul(movedim(out, 2 + a, -1), At), -1, 2 + a)
+        # gather each window's taps (padded to the widest window) and zero the padding with
+        # ``where``: a dense averaging matrix would spread one NaN/inf to every window (0 * nan)
+        kmax = int((end - start).max())
+        taps = start[:, None] + np.arange(kmax)[None, :]           # (o, kmax)
+        valid = taps < end[:, None]
+        taps = np.minimum(taps, S - 1)
+        last = movedim(out, 2 + a, -1)                             # (..., S)
+        g = IndexSelect.apply(last, xp.asarray(taps.reshape(-1)), last.ndim - 1)
+        g = g.reshape(*last.shape[:-1], o[a], kmax)                # (..., o, kmax)
+        g = masked_fill(g, xp.asarray(~valid), 0.0)
+        counts = Tensor._wrap(xp.asarray((end - start).astype(x.array.dtype)))
+        out = movedim(g.sum(-1) / counts, -1, 2 + a)
     return out.squeeze(0) if unbatched else out
 
 

@@ -17,7 +17,7 @@ from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import is_grad_enabled
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
-from .elementwise import _arr, abs as _abs, exp, log, sqrt, where, cast, pow as _pow, _nondiff
+from .elementwise import _arr, abs as _abs, sign as _sign, exp, log, sqrt, where, cast, pow as _pow, _nondiff
 from .shape import broadcast_to, reshape, flip, squeeze, unsqueeze
 
 __all__ = ["sum", "mean", "var", "std", "var_mean", "std_mean", "prod", "max", "min", "argmax",
@@ -43,9 +43,31 @@ def _keep_shape(shape, axes):
     return tuple(1 if i in axes else s for i, s in enumerate(shape))
 
 
+def _acc_dtype(a):
+    """The accumulation dtype of a reduction over array ``a``: float32 for float16 (as
+    PyTorch's ``opmath``: a float16 running sum overflows at 65504 and stalls at 2048 + 1),
+    else ``None`` (the array's own)."""
+    return np.float32 if a.dtype == np.float16 else None
+
+
+def _in_float32(fn, input, *args, **kwargs):
+    """``fn(input, ...)`` computed in float32 and rounded back, for a float16 ``input``
+    (differentiable: the casts are graph nodes); ``None`` for other dtypes."""
+    if input.dtype != _dt.float16:
+        return None
+    out = fn(cast(input, _dt.float32), *args, **kwargs)
+    if isinstance(out, tuple):
+        return type(out)(*(cast(o, _dt.float16) for o in out)) if hasattr(out, "_fields") else \
+            tuple(cast(o, _dt.float16) for o in out)
+    return cast(out, _dt.float16)
+
+
 class Sum(Function):
     def forward(self, x, axes, keepdim):
         self.in_shape, self.axes = x.shape, axes
+        acc = _acc_dtype(x)
+        if acc is not None:
+            return _arr(x.sum(axis=axes, keepdims=keepdim, dtype=acc).astype(x.dtype))
         return _arr(x.sum(axis=axes, keepdims=keepdim))
 
     def backward(self, g):
@@ -94,6 +116,9 @@ def mean(input, dim=None, keepdim: bool = False, dtype=None):
     if dtype is not None:
         input = cast(input, dtype)
     _float_check(input, "mean")
+    half = _in_float32(mean, input, dim, keepdim)
+    if half is not None:
+        return half
     axes = _dims(dim, input.ndim, "mean")
     n = _count(input.shape, axes)
     return Sum.apply(input, axes, keepdim) / (n if n else float("nan"))
@@ -110,6 +135,9 @@ def var(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=Non
         tensor(1.6667)
     """
     _float_check(input, "var")
+    half = _in_float32(var, input, dim, unbiased, keepdim, correction=correction)
+    if half is not None:
+        return half
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     axes = _dims(dim, input.ndim, "var")
@@ -120,6 +148,20 @@ def var(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=Non
     return Sum.apply(d * d, axes, keepdim) / (denom if denom > 0 else float("nan") if n == 0 else 0.0)
 
 
+class _StdSqrt(Function):
+    """``sqrt(v)`` whose derivative at ``v = 0`` is taken as 0 (PyTorch's ``std_backward``
+    masks it), so the std of a constant vector has a zero, not NaN, gradient."""
+
+    def forward(self, v):
+        self.save_outputs(0)
+        return _arr(backend_of(v).xp.sqrt(v))
+
+    def backward(self, g):
+        (y,) = self.saved_outputs
+        zero = y.array == 0
+        return where(zero, 0.0, g / (2 * where(zero, 1.0, y)))
+
+
 def std(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
     """Standard deviation, ``sqrt(var)`` (``torch.std``).
 
@@ -128,7 +170,11 @@ def std(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=Non
         >>> am.std(am.tensor([1.0, 3.0]))
         tensor(1.4142)
     """
-    return sqrt(var(input, dim, unbiased, keepdim, correction=correction))
+    _float_check(input, "std")
+    half = _in_float32(std, input, dim, unbiased, keepdim, correction=correction)
+    if half is not None:
+        return half
+    return _StdSqrt.apply(var(input, dim, unbiased, keepdim, correction=correction))
 
 
 def var_mean(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
@@ -380,6 +426,9 @@ def logsumexp(input, dim, keepdim: bool = False):
         tensor(10000.6934)
     """
     _float_check(input, "logsumexp")
+    half = _in_float32(logsumexp, input, dim, keepdim)
+    if half is not None:
+        return half
     axes = _dims(dim, input.ndim, "logsumexp")
     xa = input.array
     xp = backend_of(xa).xp
@@ -398,7 +447,9 @@ class Softmax(Function):
         self.axis = axis
         xp = backend_of(x).xp
         m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        # only an all -inf row is shifted by 0 (so it gives NaN, not exp(-inf + inf)); a +inf
+        # makes the whole row NaN, as in PyTorch (inf - inf)
+        m = xp.where(m == -xp.inf, x.dtype.type(0), m)
         e = x - m
         xp.exp(e, out=e)  # in place: one temporary instead of two
         s = e.sum(axis=axis, keepdims=True)
@@ -417,9 +468,10 @@ class LogSoftmax(Function):
         self.axis = axis
         xp = backend_of(x).xp
         m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        m = xp.where(m == -xp.inf, x.dtype.type(0), m)  # as in Softmax: +inf gives a NaN row
         z = x - m
-        z -= xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
+        z -= xp.log(xp.exp(z).sum(axis=axis, keepdims=True, dtype=acc)).astype(z.dtype)
         self.save_outputs(0)
         return z
 
@@ -448,6 +500,9 @@ def softmax(input, dim, dtype=None):
         tensor([0.5000, 0.5000])
     """
     input, d = _softmax_input(input, dim, dtype, "softmax")
+    half = _in_float32(softmax, input, d)
+    if half is not None:
+        return half
     if input.ndim == 0:
         return Softmax.apply(reshape(input, (1,)), 0).reshape(())
     return Softmax.apply(input, d)
@@ -470,6 +525,9 @@ def log_softmax(input, dim, dtype=None):
 class CumSum(Function):
     def forward(self, x, axis):
         self.axis = axis
+        acc = _acc_dtype(x)
+        if acc is not None:
+            return backend_of(x).xp.cumsum(x, axis=axis, dtype=acc).astype(x.dtype)
         return backend_of(x).xp.cumsum(x, axis=axis)
 
     def backward(self, g):
@@ -513,6 +571,36 @@ class Norm2(Function):
         return x * scale
 
 
+class PNorm(Function):
+    """``(sum |x|^p)^(1/p)`` over ``axes`` for a general ``p``.
+
+    Backward as PyTorch's ``norm_backward``: ``g * sgn(x) |x|^(p-1) / norm^(p-1)``, with
+    ``|x|^(p-1)`` taken as 0 where ``x == 0`` (finite for ``p < 1``) and the whole gradient
+    as 0 where the norm is 0 (the subgradient at the origin), so ``norm(zeros, p=3)`` has a
+    zero, not NaN, gradient. Written with Tensor ops (made safe before any power), so the
+    double backward is finite too.
+    """
+
+    def forward(self, x, p, axes, keepdim):
+        self.p, self.axes, self.in_shape = p, axes, x.shape
+        self.save_inputs(0)
+        self.save_outputs(0)
+        xp = backend_of(x).xp
+        s = xp.power(xp.abs(x), x.dtype.type(p)).sum(axis=axes, keepdims=keepdim)
+        return _arr(xp.power(s, s.dtype.type(1.0 / p)))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        (out,) = self.saved_outputs
+        p, ks = self.p, _keep_shape(self.in_shape, self.axes)
+        n, g = reshape(out, ks), reshape(g, ks)
+        x_zero = x.array == 0
+        scaled = where(x_zero, 0.0, _sign(x) * where(x_zero, 1.0, _abs(x)) ** (p - 1))
+        n_zero = n.array == 0
+        scale = where(n_zero, 0.0, g / where(n_zero, 1.0, n) ** (p - 1))
+        return scaled * scale
+
+
 def norm(input, p="fro", dim=None, keepdim: bool = False, dtype=None):
     """Vector p-norm over ``dim`` (all elements by default) (``torch.norm`` /
     ``torch.linalg.vector_norm``). ``p`` may be a number, ``inf``, ``-inf`` or ``"fro"`` (= 2).
@@ -527,6 +615,9 @@ def norm(input, p="fro", dim=None, keepdim: bool = False, dtype=None):
     if dtype is not None:
         input = cast(input, dtype)
     _float_check(input, "norm")
+    half = _in_float32(norm, input, p, dim, keepdim)
+    if half is not None:
+        return half
     axes = _dims(dim, input.ndim, "norm")
     if p == "fro" or p == 2:
         return Norm2.apply(input, axes, keepdim)
@@ -538,9 +629,9 @@ def norm(input, p="fro", dim=None, keepdim: bool = False, dtype=None):
         return cast(Sum.apply(cast(input != 0, input.dtype), axes, keepdim), input.dtype)
     if p == 1:
         return Sum.apply(_abs(input), axes, keepdim)
-    if not isinstance(p, (int, float)):
-        raise ValueError(f"norm: unsupported p={p!r}")
-    return _pow(Sum.apply(_pow(_abs(input), p), axes, keepdim), 1.0 / p)
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise ValueError(f"norm: unsupported p={p!r}; expected a number, inf, -inf or 'fro'")
+    return PNorm.apply(input, float(p), axes, keepdim)
 
 
 def all(input, dim=None, keepdim: bool = False):

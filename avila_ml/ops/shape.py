@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import builtins
 
+import operator
+
 import numpy as np
 
 from ..autograd.function import Function
@@ -23,10 +25,15 @@ __all__ = [
 ]
 
 
-def _shape_arg(shape) -> tuple:
+def _shape_arg(shape, op: str = "shape") -> tuple:
+    """Ints (or one tuple/list of ints) as a tuple; a float such as 2.5 is a TypeError naming
+    ``op`` (``int()`` would truncate it silently)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    try:
+        return tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"{op}: expected a sequence of ints, got {tuple(shape)!r}") from None
 
 
 class Reshape(Function):
@@ -91,7 +98,7 @@ def reshape(input, *shape):
         tensor([[0, 1, 2],
                 [3, 4, 5]])
     """
-    shape = _shape_arg(shape)
+    shape = _shape_arg(shape, "reshape")
     if shape == input.array.shape:
         return input
     try:
@@ -246,7 +253,7 @@ def permute(input, *dims):
         >>> am.zeros(2, 3, 4).permute(2, 0, 1).shape
         (4, 2, 3)
     """
-    dims = _shape_arg(dims)
+    dims = _shape_arg(dims, "permute")
     nd = input.ndim
     if len(dims) != nd:
         raise RuntimeError(f"permute: number of dims {len(dims)} doesn't match the tensor's {nd} dims (shape {tuple(input.shape)})")
@@ -293,6 +300,9 @@ def movedim(input, source, destination):
     nd = input.ndim
     src = [_norm_dim(d, nd, "movedim") for d in src]
     dst = [_norm_dim(d, nd, "movedim") for d in dst]
+    for name, dims, given in (("source", src, source), ("destination", dst, destination)):
+        if len(set(dims)) != len(dims):
+            raise RuntimeError(f"movedim: repeated dim in `{name}` ({given})")
     order = [d for d in range(nd) if d not in src]
     for d, s in sorted(zip(dst, src)):
         order.insert(d, s)
@@ -340,7 +350,7 @@ def expand(input, *sizes):
         tensor([[1., 1., 1.],
                 [2., 2., 2.]])
     """
-    sizes = _shape_arg(sizes)
+    sizes = _shape_arg(sizes, "expand")
     lead = len(sizes) - input.ndim
     if lead < 0:
         raise RuntimeError(f"expand: the number of sizes {len(sizes)} is smaller than the tensor's dims (shape {tuple(input.shape)})")
@@ -371,7 +381,9 @@ def repeat(input, *repeats):
         tensor([[1., 2., 1., 2.],
                 [1., 2., 1., 2.]])
     """
-    reps = _shape_arg(repeats)
+    reps = _shape_arg(repeats, "repeat")
+    if any(r < 0 for r in reps):
+        raise RuntimeError(f"repeat: repeats can not be negative, got {reps}")
     if len(reps) < input.ndim:
         raise RuntimeError(f"repeat: number of repeat dims {len(reps)} can not be smaller than the tensor's dims (shape {tuple(input.shape)})")
     x = reshape(input, (1,) * (len(reps) - input.ndim) + input.shape)
@@ -424,6 +436,12 @@ def cat(tensors, dim: int = 0):
     tensors = list(tensors)
     if not tensors:
         raise RuntimeError("cat: expected a non-empty list of tensors")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"cat: expected a sequence of Tensors, got {type(t).__name__} at position {i}")
+        if t.ndim == 0:
+            raise RuntimeError(f"cat: zero-dimensional tensor (at position {i}) cannot be concatenated; "
+                               "use stack, or reshape it to (1,)")
     ref = tensors[0]
     # PyTorch skips 1-d empty tensors in cat (a legacy rule that users rely on)
     tensors = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or [ref]
@@ -542,12 +560,25 @@ def unbind(input, dim: int = 0):
 def narrow(input, dim: int, start: int, length: int):
     """The slice ``start:start+length`` along ``dim`` (``torch.narrow``).
 
+    ``start`` may be negative (counted from the end); the slice must lie inside the dim.
+
     Example:
         >>> import avila_ml as am
-        >>> am.narrow(am.arange(6), 0, 2, 3)
-        tensor([2, 3, 4])
+        >>> am.narrow(am.arange(5.0), 0, 1, 3)
+        tensor([1., 2., 3.])
     """
     d = _norm_dim(dim, input.ndim, "narrow")
+    n = input.shape[d]
+    start, length = operator.index(start), operator.index(length)
+    if not -n <= start <= n:
+        raise IndexError(f"narrow: start out of range (expected to be in range of [{-n}, {n}], but got {start})")
+    if start < 0:
+        start += n
+    if length < 0:
+        raise RuntimeError(f"narrow: length must be non-negative, got {length}")
+    if start + length > n:
+        raise RuntimeError(f"narrow: start ({start}) + length ({length}) exceeds dimension size ({n}) of dim {d} "
+                           f"of shape {tuple(input.shape)}")
     key = (slice(None),) * d + (slice(start, start + length),)
     return input[key]
 
@@ -573,6 +604,8 @@ def flip(input, dims):
     """
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     dims = tuple(_norm_dim(d, input.ndim, "flip") for d in dims)
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"flip: a dim appears multiple times in the list of dims {dims}")
     return Flip.apply(input, dims)
 
 

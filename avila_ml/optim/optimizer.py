@@ -321,6 +321,14 @@ class Optimizer:
             raise ValueError(f"{name}.load_state_dict: the state dict has {len(saved_groups)} "
                              f"parameter groups but the optimizer has {len(groups)}")
         for i, (g, sg) in enumerate(zip(groups, saved_groups)):
+            missing = sorted(k for k in self.defaults if k not in sg)
+            if missing:
+                foreign = sorted(k for k in sg if k not in self.defaults and k not in _GROUP_EXTRAS)
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter group {i} of the state dict lacks the "
+                    f"hyper-parameters {missing} that {name} needs"
+                    + (f" and has {foreign}, which {name} does not use" if foreign else "")
+                    + f"; it looks like the state of another optimizer (load it into that optimizer's class)")
             if len(sg["params"]) != len(g["params"]):
                 raise ValueError(
                     f"{name}.load_state_dict: parameter group {i} has {len(sg['params'])} "
@@ -363,6 +371,11 @@ class Optimizer:
         if source is not target:
             value = target.from_numpy(source.to_numpy(value))
         return Tensor._wrap(value.astype(p.array.dtype, copy=True))
+
+
+# group keys that are not hyper-parameters of an optimizer (added by lr schedulers, names)
+_GROUP_EXTRAS = {"params", "param_names", "initial_lr", "max_lr", "min_lr", "base_lr",
+                 "max_momentum", "base_momentum"}
 
 
 def _int_key(k):

@@ -33,6 +33,25 @@ class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpec
     __str__ = __repr__
 
 
+# containers pass inputs on to their children (which check them); a child may be a user module
+_CONTAINERS = {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"}
+
+
+def _is_array(a) -> bool:
+    return isinstance(a, (np.ndarray, np.generic)) or type(a).__module__.split(".")[0] == "cupy"
+
+
+def _check_no_arrays(module, args, kwargs) -> None:
+    """TypeError naming the layer if a NumPy/CuPy array was passed where a Tensor is expected."""
+    items = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"argument {k!r}", a) for k, a in kwargs.items()]
+    for where, a in items:
+        if _is_array(a):
+            shape = getattr(a, "shape", ())
+            raise TypeError(f"{type(module).__name__}: expected a Tensor for {where}, got {type(a).__module__}."
+                            f"{type(a).__name__} of shape {tuple(shape)}; convert it with "
+                            "avila_ml.from_numpy(x) or avila_ml.tensor(x)")
+
+
 class RemovableHandle:
     """Returned by the ``register_*_hook`` methods; ``remove()`` unregisters the hook
     (``torch.utils.hooks.RemovableHandle``). Also a context manager that removes on exit.
@@ -140,7 +159,18 @@ class Module:
         raise RuntimeError(f'Module [{type(self).__name__}] is missing the required "forward" function')
 
     # -- calling ---------------------------------------------------------------------------
+    # Avila ML's own layers take Tensors: an array passed by mistake is reported at the call,
+    # naming the layer (set per class in __init_subclass__; user subclasses are left alone)
+    _rejects_arrays = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._rejects_arrays = (cls.__module__.startswith("avila_ml.nn.modules.")
+                               and cls.__name__ not in _CONTAINERS)
+
     def __call__(self, *args, **kwargs):
+        if self._rejects_arrays:
+            _check_no_arrays(self, args, kwargs)
         if not self._forward_pre_hooks and not self._forward_hooks:
             return self.forward(*args, **kwargs)
         for hook_id, hook in list(self._forward_pre_hooks.items()):
