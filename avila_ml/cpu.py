@@ -13,5 +13,11 @@ __all__ = ["is_available", "amp"]
 
 
 def is_available() -> bool:
-    """Always True (``torch.cpu.is_available``)."""
+    """Always True: the CPU (NumPy) backend is always there (``torch.cpu.is_available``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.cpu.is_available()
+        True
+    """
     return True

@@ -41,7 +41,17 @@ def set_sync_checks(enabled: bool) -> None:
 
 
 def sync_checks_enabled() -> bool:
-    """Whether value checks run on CUDA tensors (see :func:`set_sync_checks`)."""
+    """Whether value checks run on CUDA tensors (see :func:`set_sync_checks`).
+
+    Mirrors no single PyTorch query; the closest is reading ``CUDA_LAUNCH_BLOCKING``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> before = am.debug.sync_checks_enabled()  # False unless AVILA_ML_SYNC_CHECKS=1
+        >>> am.debug.set_sync_checks(True); am.debug.sync_checks_enabled()
+        True
+        >>> am.debug.set_sync_checks(before)
+    """
     return _enabled[0]
 
 

@@ -18,8 +18,11 @@ PACKAGE = "avila_ml"
 SKIP = ("avila_ml.cuda_kernels.host_emulation",)
 # plumbing: documented in the reference for contributors, but not called by users, so exempt
 # from the rule that every public name carries a runnable example (their tests cover them)
+# autograd.inplace: the machinery behind every ``op_`` method (view records, graph rebase,
+# CopySlices node), like autograd.engine behind ``backward``; users call ``t.add_(...)``, never
+# these helpers, and PyTorch keeps its counterparts in C++ (tested in tests/test_compat_autograd.py)
 INTERNAL = ("avila_ml.cuda_kernels", "avila_ml.backends.numpy_backend", "avila_ml.backends.cupy_backend",
-            "avila_ml.backends.nvtx", "avila_ml.autograd.engine")
+            "avila_ml.backends.nvtx", "avila_ml.autograd.engine", "avila_ml.autograd.inplace")
 
 
 def public_modules() -> list:

@@ -29,6 +29,27 @@ class FunctionCtx(Function):
     ``needs_input_grad`` (one bool per ``forward`` argument), ``mark_non_differentiable``,
     ``mark_dirty`` (inputs ``forward`` modified in place), ``set_materialize_grads``. Any other
     attribute may be set on it to pass values to ``backward``.
+
+    Math: for ``y = x * k`` with a constant ``k`` kept on the ctx, ``dL/dx = k * dL/dy``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> class Scale(am.autograd.Function):
+        ...     @staticmethod
+        ...     def forward(ctx, x, k):
+        ...         ctx.k = k  # any value for backward
+        ...         ctx.save_for_backward(x)
+        ...         return x * k
+        ...     @staticmethod
+        ...     def backward(ctx, g):
+        ...         (x,) = ctx.saved_tensors
+        ...         return g * ctx.k, None  # no gradient for k
+        >>> x = am.tensor([1.0, 2.0], requires_grad=True)
+        >>> y = Scale.apply(x, 3.0)
+        >>> isinstance(y.grad_fn, am.autograd.function.FunctionCtx), y.grad_fn.needs_input_grad
+        (True, (True, False))
+        >>> y.sum().backward(); x.grad
+        tensor([3., 3.])
     """
 
     _forward_cls = None

@@ -237,10 +237,30 @@ def detect_anomaly(check_nan: bool = True):
 
 
 def is_anomaly_enabled() -> bool:
-    """Whether anomaly detection is on (``torch.is_anomaly_enabled``)."""
+    """Whether anomaly detection is on (``torch.is_anomaly_enabled``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> with am.autograd.detect_anomaly():
+        ...     inside = am.is_anomaly_enabled()
+        >>> inside, am.is_anomaly_enabled()
+        (True, False)
+    """
     return _anomaly.enabled
 
 
 def is_anomaly_check_nan_enabled() -> bool:
-    """Whether anomaly detection checks backward results for NaN (``torch.is_anomaly_check_nan_enabled``)."""
+    """Whether anomaly detection checks backward results for NaN (``torch.is_anomaly_check_nan_enabled``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> with am.autograd.detect_anomaly(check_nan=False):
+        ...     checks = am.is_anomaly_check_nan_enabled()
+        >>> checks
+        False
+        >>> with am.autograd.detect_anomaly():
+        ...     checks = am.is_anomaly_check_nan_enabled()
+        >>> checks
+        True
+    """
     return _anomaly.check_nan

@@ -39,5 +39,11 @@ matmul = _MatmulFlags()
 
 def is_built() -> bool:
     """True: the CUDA path is part of Avila ML (through CuPy; whether a GPU is present is
-    ``avila_ml.cuda.is_available()``) (``torch.backends.cuda.is_built``)."""
+    ``avila_ml.cuda.is_available()``) (``torch.backends.cuda.is_built``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.cuda.is_built()
+        True
+    """
     return True

@@ -26,10 +26,22 @@ allow_tf32 = True
 
 
 def is_available() -> bool:
-    """False: Avila ML never uses cuDNN (``torch.backends.cudnn.is_available``)."""
+    """False: Avila ML never uses cuDNN (``torch.backends.cudnn.is_available``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.cudnn.is_available()
+        False
+    """
     return False
 
 
 def version():
-    """None: no cuDNN is linked (``torch.backends.cudnn.version``)."""
+    """None: no cuDNN is linked (``torch.backends.cudnn.version``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> print(am.backends.cudnn.version())
+        None
+    """
     return None

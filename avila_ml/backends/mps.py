@@ -10,10 +10,22 @@ from __future__ import annotations
 
 
 def is_available() -> bool:
-    """False: there is no Metal (MPS) backend (``torch.backends.mps.is_available``)."""
+    """False: there is no Metal (MPS) backend (``torch.backends.mps.is_available``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.mps.is_available()
+        False
+    """
     return False
 
 
 def is_built() -> bool:
-    """False: there is no Metal (MPS) backend (``torch.backends.mps.is_built``)."""
+    """False: there is no Metal (MPS) backend (``torch.backends.mps.is_built``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> am.backends.mps.is_built()
+        False
+    """
     return False

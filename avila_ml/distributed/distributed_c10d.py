@@ -141,8 +141,8 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
             raise ValueError(f"init_process_group: unknown backend {backend!r}; expected 'mpi', 'nccl' or None")
     info = detect_launch()
     if info.launcher == "none":
-        from .mpi_group import SelfComm
-        comm = SelfComm()  # a world of size 1 needs no MPI (nor mpi4py)
+        from .mpi_group import _SelfComm
+        comm = _SelfComm()  # a world of size 1 needs no MPI (nor mpi4py)
     else:
         try:
             from mpi4py import MPI

@@ -31,7 +31,19 @@ _LAUNCHERS = (
 
 class LaunchInfo(NamedTuple):
     """What the launcher told this process: ``rank``, ``world_size``, ``local_rank`` and which
-    ``launcher`` (``"torchrun"``, ``"openmpi"``, ``"mpich"``, ``"slurm"`` or ``"none"``)."""
+    ``launcher`` (``"torchrun"``, ``"openmpi"``, ``"mpich"``, ``"slurm"`` or ``"none"``).
+
+    PyTorch has no such record (``torch.distributed`` reads ``RANK``, ``WORLD_SIZE`` and
+    ``LOCAL_RANK`` in its ``env://`` rendezvous); :func:`detect_launch` returns one.
+
+    Example:
+        >>> from avila_ml.distributed.env import LaunchInfo, detect_launch
+        >>> info = detect_launch({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+        >>> info.rank, info.world_size, info.local_rank
+        (3, 4, 1)
+        >>> LaunchInfo(0, 1, 0, "none") == detect_launch({})
+        True
+    """
 
     rank: int
     world_size: int

@@ -11,10 +11,12 @@ import numpy as np
 
 from .process_group import ProcessGroup, ReduceOp, Work, _DoneWork, GroupMember, _fail
 
-__all__ = ["MPIProcessGroup", "SelfComm"]
+# _SelfComm is private: init_process_group builds it for a one-process world; users never
+# construct a communicator (PyTorch has no such name either)
+__all__ = ["MPIProcessGroup"]
 
 
-class SelfComm:
+class _SelfComm:
     """The communicator of a process started without a launcher: rank 0 of 1.
 
     It stands in for ``MPI.COMM_WORLD`` so that a script run as ``python script.py`` needs
@@ -29,7 +31,7 @@ class SelfComm:
     def Get_size(self) -> int:  # noqa: N802
         return 1
 
-    def Dup(self) -> "SelfComm":  # noqa: N802
+    def Dup(self) -> "_SelfComm":  # noqa: N802
         return self
 
     def Free(self) -> None:  # noqa: N802

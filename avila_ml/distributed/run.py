@@ -48,7 +48,20 @@ def build_command(nproc: int, script: str, args, mpiexec: str | None = None) -> 
 
 
 def main(argv=None) -> None:
-    """Parse ``-n N script.py [args]`` and replace this process by the launcher."""
+    """Parse ``-n N script.py [args]`` and replace this process by the launcher.
+
+    The entry point of ``python -m avila_ml.distributed.run`` (as ``torch.distributed.run.main``
+    is that of ``torchrun``). On success it does not return: the process becomes
+    ``build_command(...)``'s launcher; a bad command line exits with status 2.
+
+    Example:
+        >>> from avila_ml.distributed.run import main
+        >>> try:
+        ...     main(["-n", "two", "train.py"])  # -n must be an integer
+        ... except SystemExit as e:
+        ...     print("exit status", e.code)
+        exit status 2
+    """
     parser = argparse.ArgumentParser(prog="python -m avila_ml.distributed.run", description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--nproc-per-node", dest="n", type=int, default=1, help="number of processes")
     parser.add_argument("--mpiexec", default=None, help="launcher to use (default: the one next to python)")
