@@ -31,6 +31,9 @@ __all__ = ["install", "uninstall", "main"]
 class _TorchAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds ``torch`` / ``torch.X`` and loads them as ``avila_ml`` / ``avila_ml.X``."""
 
+    def __init__(self):
+        self._own_specs: dict = {}  # id(module) -> its own __spec__, between create and exec
+
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "torch" and not fullname.startswith("torch."):
             return None
@@ -39,10 +42,19 @@ class _TorchAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        return _resolve("avila_ml" + spec.name[len("torch"):])
+        module = _resolve("avila_ml" + spec.name[len("torch"):])
+        # importlib sets ``module.__spec__`` to the torch spec after this returns; remember the
+        # module's own, which exec_module puts back (else ``avila_ml.__spec__.name == "torch"``
+        # for the rest of the process, and tools that read it, such as griffe for the API
+        # reference, take avila_ml's own functions for re-exports from ``torch``)
+        self._own_specs[id(module)] = getattr(module, "__spec__", None)
+        return module
 
     def exec_module(self, module):
         # the module is the already-imported avila_ml module: nothing to execute
+        own = self._own_specs.pop(id(module), None)
+        if own is not None:
+            module.__spec__ = own
         return None
 
 

@@ -79,6 +79,27 @@ def test_the_reference_documents_every_public_name(tmp_path):
     assert not missing, f"{len(missing)} public names missing from the reference: {missing[:50]}"
 
 
+def test_as_torch_leaves_avila_ml_its_own_spec():
+    """``import torch`` under ``as_torch`` once left ``avila_ml.__spec__`` naming ``torch`` for the
+    rest of the process; griffe then read the functions defined in ``avila_ml/__init__.py``
+    (is_tensor, numel, initial_seed) as re-exports from ``torch`` and left them out of the
+    reference built in such a process."""
+    import avila_ml as am
+    from avila_ml import as_torch
+    as_torch.install()
+    try:
+        import torch
+        import torch.nn.functional
+        assert torch is am and torch.nn.functional is am.nn.functional
+    finally:
+        as_torch.uninstall()
+    assert am.__spec__.name == "avila_ml"
+    assert am.nn.__spec__.name == "avila_ml.nn" and am.nn.functional.__spec__.name == "avila_ml.nn.functional"
+    griffe = pytest.importorskip("griffe")
+    members = griffe.inspect("avila_ml").members
+    assert [n for n in ("is_tensor", "numel", "initial_seed") if members[n].is_alias] == []
+
+
 def _snippets(path):
     """The ```python blocks of a Markdown page, minus those whose first line is '# not run'."""
     with open(path) as f:
