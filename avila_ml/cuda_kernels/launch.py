@@ -18,6 +18,7 @@ from .launch_config import (
     KERNEL_NAMES,
     KERNEL_SOURCE_DIR,
     LaunchPlan,
+    nvrtc_options,
     prepare_conv4d_forward,
     prepare_conv4d_grad_input,
     prepare_conv4d_grad_weight,
@@ -53,7 +54,7 @@ def _kernel_function(source: str, name: str, defines: tuple[tuple[str, int], ...
     key = (source, defines, cupy.cuda.runtime.getDevice())
     module = _modules.get(key)
     if module is None:
-        options = ("-std=c++17", *(f"-D{macro}={value}" for macro, value in defines))
+        options = nvrtc_options(defines)
         module = cupy.RawModule(
             code=(KERNEL_SOURCE_DIR / source).read_text(), options=options, name_expressions=KERNEL_NAMES[source]
         )

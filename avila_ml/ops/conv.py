@@ -103,14 +103,16 @@ _warned_fallbacks: set = set()
 
 
 def _cuda_conv4d(kind, a, b, geom, extra):
-    """The hand-written CUDA kernels for 4-D, ungrouped float32/float64 convolutions under the
-    ``"auto"`` algorithm; None otherwise (a forced ``set_conv_algorithm`` choice runs that
-    generic algorithm). The kernels pad symmetrically: the asymmetric part of the zero padding
+    """The hand-written CUDA kernels for 4-D, ungrouped float32/float64/float16 convolutions
+    under the ``"auto"`` algorithm; None otherwise (a forced ``set_conv_algorithm`` choice runs
+    that generic algorithm). float16 (plain float16 tensors, or Conv4d under
+    ``autocast("cuda")``, which casts to float16 before this point) is stored in float16 and
+    summed in float32, each output rounded once. The kernels pad symmetrically: the asymmetric part of the zero padding
     (causal axes, ``"same"`` with an even kernel) is added to the input first, and cropped off
     the input gradient. A plan that does not fit the device's shared memory falls back to the
     generic path (announced once)."""
     if (backend_of(a).name != "cupy" or geom.ndim != 4 or geom.groups != 1
-            or a.dtype not in (np.float32, np.float64) or get_conv_algorithm() != "auto"):
+            or a.dtype not in (np.float32, np.float64, np.float16) or get_conv_algorithm() != "auto"):
         return None
     from ..cuda_kernels import conv4d_forward, conv4d_grad_input, conv4d_grad_weight
     from ..cuda_kernels.launch_config import SharedMemoryLimitError
