@@ -403,6 +403,8 @@ def test_bad_inputs_raise_errors_that_name_the_op_and_shapes():
         host_emulation.host_conv4d_forward(x, w)
     with pytest.raises(ValueError, match=r"conv4d_forward: calculated output size \(0, "):
         host_emulation.host_conv4d_forward(np.zeros((1, 2, 2, 4, 4, 4)), w)
+    with pytest.raises(TypeError, match="conv4d_forward: the CUDA kernels support float32, float64 and float16, got int32"):
+        host_emulation.host_conv4d_forward(np.zeros((1, 2, 4, 4, 4, 4), np.int32), np.zeros((2, 2, 3, 3, 3, 3), np.int32))
     q = np.zeros((2, 5, 129), dtype=np.float32)
     with pytest.raises(ValueError, match="head dimension 129 exceeds the kernel maximum 128"):
         host_emulation.host_flash_attention_forward(q, q, q, 1.0, False)
