@@ -135,7 +135,19 @@ def _cases():
     for d in (1, 2, 3):
         cases.append(_conv_case(d))
         cases.append(_conv_case(d, transposed=True))
+        cases += _pad_cases(d)
     return cases
+
+
+def _pad_cases(d):
+    """F.pad over d dims in each mode, named by PyTorch's aten op (reflection_pad3d, constant and
+    circular pads are unlisted: they run in the input dtype)."""
+    x = np.random.default_rng(10 + d).standard_normal((2, 3) + (4, 5, 6)[:d])
+    widths = (1, 2, 2, 1, 1, 1)[:2 * d]
+    names = {"reflect": f"reflection_pad{d}d", "replicate": f"replication_pad{d}d",
+             "constant": f"constant_pad{d}d", "circular": f"circular_pad{d}d"}
+    return [(name, (lambda m: lambda a: F.pad(a, widths, mode=m))(mode),
+             (lambda m: lambda a: TF.pad(a, widths, mode=m))(mode), (x,)) for mode, name in names.items()]
 
 
 CASES = _cases()

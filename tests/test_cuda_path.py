@@ -193,6 +193,66 @@ def test_causal_and_circular_padding_run_the_conv4d_kernel(cuda, kernel_launches
     assert kernel_launches == ["conv4d_forward", "conv4d_grad_weight"]
 
 
+def _float16_tolerance(reference):
+    """float16 kernels sum in float32 and round each output once: half an ulp (2**-11 of the
+    magnitude) plus the float32 summation order, taken as 1e-4 of the largest magnitude (the
+    float32 kernels' tolerance). The CPU reference is float32 on the float16-rounded values."""
+    return 2.0**-11 * np.abs(reference) + 1e-4 * max(1.0, float(np.abs(reference).max()))
+
+
+def test_float16_conv4d_forward_and_backward_run_the_kernel(cuda, kernel_launches):
+    """Was: float16 tensors took the generic CuPy path (the kernels were float32/float64 only)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 4, 5, 4, 6)).astype(np.float16)
+    w = (rng.standard_normal((17, 3, 2, 3, 2, 3)) / 6).astype(np.float16)
+    gy = rng.standard_normal((2, 17, 3, 5, 3, 4)).astype(np.float16)
+    xc, wc = am.tensor(x.astype(np.float32), requires_grad=True), am.tensor(w.astype(np.float32), requires_grad=True)
+    yc = nn.functional.conv4d(xc, wc, padding=(0, 1, 0, 0))
+    yc.backward(am.tensor(gy.astype(np.float32)))
+    xg, wg = am.tensor(x, device=cuda, requires_grad=True), am.tensor(w, device=cuda, requires_grad=True)
+    yg = nn.functional.conv4d(xg, wg, padding=(0, 1, 0, 0))
+    yg.backward(am.tensor(gy, device=cuda))
+    assert kernel_launches == ["conv4d_forward", "conv4d_grad_input", "conv4d_grad_weight"]
+    for gpu, cpu in ((yg, yc), (xg.grad, xc.grad), (wg.grad, wc.grad)):
+        assert gpu.dtype == am.float16 and gpu.device.type == "cuda"
+        got, want = gpu.detach().cpu().numpy().astype(np.float64), cpu.detach().numpy().astype(np.float64)
+        assert (np.abs(got - want) <= _float16_tolerance(want)).all()
+
+
+def test_conv4d_under_cuda_autocast_runs_the_float16_kernel(cuda, kernel_launches):
+    """autocast("cuda") casts a float32 Conv4d to float16 and the float16 kernel runs; grads
+    arrive in float32 (the parameters' dtype) and match the CPU float32 result."""
+    rng = np.random.default_rng(6)
+    am.manual_seed(0)
+    layer_cpu = nn.Conv4d(2, 4, 3, padding=1)
+    layer_gpu = nn.Conv4d(2, 4, 3, padding=1).to(cuda)
+    # the weights and input the kernel sees are float16: give the CPU model the same values
+    state = {k: am.tensor(v.detach().numpy().astype(np.float16).astype(np.float32))
+             for k, v in layer_cpu.state_dict().items()}
+    layer_cpu.load_state_dict(state)
+    layer_gpu.load_state_dict(state)
+    x = rng.standard_normal((1, 2, 3, 4, 4, 5)).astype(np.float16).astype(np.float32)
+    yc = layer_cpu(am.tensor(x))
+    with am.autocast("cuda"):
+        yg = layer_gpu(am.tensor(x, device=cuda))
+    assert yg.dtype == am.float16
+    gy = rng.standard_normal(yc.shape).astype(np.float16)
+    yc.backward(am.tensor(gy.astype(np.float32)))
+    yg.backward(am.tensor(gy, device=cuda))
+    assert kernel_launches == ["conv4d_forward", "conv4d_grad_weight"]
+    want = yc.detach().numpy().astype(np.float64)
+    # the bias is added to the rounded float16 convolution, a second rounding of at most half an ulp
+    conv = want - state["bias"].numpy().astype(np.float64).reshape(1, -1, 1, 1, 1, 1)
+    tolerance = _float16_tolerance(want) + 2.0**-11 * np.abs(conv)
+    assert (np.abs(yg.detach().cpu().numpy().astype(np.float64) - want) <= tolerance).all()
+    for name in ("weight", "bias"):
+        gpu, cpu = getattr(layer_gpu, name).grad, getattr(layer_cpu, name).grad
+        assert gpu.dtype == am.float32
+        want = cpu.numpy().astype(np.float64)
+        # float16 -> float32 (the Cast back to the parameter dtype) is exact: no further rounding
+        assert (np.abs(gpu.cpu().numpy().astype(np.float64) - want) <= _float16_tolerance(want)).all()
+
+
 # -- optimizers ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
 def test_float16_parameters_with_optimizers_on_cuda(cuda, name):

@@ -71,9 +71,8 @@ def test_transfers_are_counted_by_call_site():
 
 
 def _module():
-    from avila_ml.cuda_kernels.launch_config import KERNEL_DEFINES, KERNEL_NAMES, KERNEL_SOURCE_DIR
-    options = ("-std=c++17", *(f"-D{m}={v}" for m, v in KERNEL_DEFINES))
-    return cp.RawModule(code=(KERNEL_SOURCE_DIR / "conv4d.cu").read_text(), options=options,
+    from avila_ml.cuda_kernels.launch_config import KERNEL_NAMES, KERNEL_SOURCE_DIR, nvrtc_options
+    return cp.RawModule(code=(KERNEL_SOURCE_DIR / "conv4d.cu").read_text(), options=nvrtc_options(),
                         name_expressions=KERNEL_NAMES["conv4d.cu"])
 
 

@@ -7,6 +7,10 @@ accumulate (losses, ``prod``; on CUDA also softmax, reductions, norms, exp/log/p
 ``cat``/``stack`` promote to the widest input. Casts are ordinary differentiable ``to(dtype)``
 calls, so a float32 parameter used in bfloat16 receives a float32 gradient.
 
+On CUDA the float16 ops keep float32 accumulators where it matters: the 4-D convolution kernels
+(forward and both gradients) and the fused attention kernel store float16 and sum in float32,
+rounding each output once (verified on the host emulation of CUDA; not yet on a real GPU).
+
 The state is per thread and per device type (``autocast("cpu")`` leaves CUDA tensors alone).
 Backward runs with autocast off (each op's backward follows its forward's dtypes), and a
 composite op decorated with :func:`autocast_op` runs its inner ops with autocast off, as
@@ -22,7 +26,7 @@ from .. import dtypes as _dt
 from .._grad_state import state as _state
 from .policy import FUNCTION_OPS, policy_table
 
-__all__ = ["autocast", "autocast_op", "is_autocast_enabled", "get_autocast_dtype"]
+__all__ = ["autocast", "autocast_op", "run_as_op", "is_autocast_enabled", "get_autocast_dtype"]
 
 _DEFAULT_DTYPE = {"cpu": "bfloat16", "cuda": "float16"}
 _TABLES: dict = {}
@@ -158,18 +162,34 @@ def autocast_op(name: str):
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            region = _state.autocast
-            if region is None:
-                return fn(*args, **kwargs)
-            args, kwargs = region.cast_args(name, args, kwargs)
-            _state.autocast = None
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _state.autocast = region
+            return run_as_op(name, fn, *args, **kwargs)
         wrapper.__autocast_op__ = name
         return wrapper
     return deco
+
+
+def run_as_op(name: str, fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` as op ``name`` of the autocast policy tables: the arguments
+    cast by the policy, the body with autocast off. For ops whose policy name depends on their
+    arguments (``pad``: ``reflection_pad2d``, ``replication_pad3d``, ...); ``autocast_op`` is
+    this with a fixed name. Mirrors the dispatch of PyTorch's autocast kernels.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.amp.autocast_mode import run_as_op
+        >>> with am.autocast("cpu", dtype=am.bfloat16):
+        ...     run_as_op("mse_loss", lambda a: a * 2, am.ones(2).bfloat16()).dtype
+        avila_ml.float32
+    """
+    region = _state.autocast
+    if region is None:
+        return fn(*args, **kwargs)
+    args, kwargs = region.cast_args(name, args, kwargs)
+    _state.autocast = None
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _state.autocast = region
 
 
 def _check_dtype(device_type, dtype):

@@ -29,7 +29,10 @@ CPU = {
               "scaled_dot_product_attention", *_CONV},
     "fp32": {"prod", "avg_pool3d", "max_pool3d", "adaptive_avg_pool3d", "mse_loss", "l1_loss",
              "smooth_l1_loss", "huber_loss", "cross_entropy", "nll_loss", "binary_cross_entropy",
-             "binary_cross_entropy_with_logits", "kl_div", "cosine_embedding_loss"},
+             "binary_cross_entropy_with_logits", "kl_div", "cosine_embedding_loss",
+             # F.pad(mode="reflect" / "replicate") over 1, 2 (reflect) or 1-3 (replicate) dims
+             "reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d",
+             "replication_pad3d"},
     "promote": {"cat", "stack"},
     "banned": set(),
 }

@@ -168,8 +168,8 @@ _conv_algorithm = ["auto"]
 def set_conv_algorithm(name: str) -> None:
     """Choose the convolution algorithm for N-d convolutions (PyTorch has ``torch.backends.cudnn``
     flags instead). ``"auto"`` picks by shape (on CUDA: the hand-written conv4d kernels for 4-D
-    float32/float64 convolutions without groups); the others force that generic algorithm on
-    every device.
+    float32/float64/float16 convolutions without groups); the others force that generic
+    algorithm on every device.
 
     Example:
         >>> import avila_ml as am

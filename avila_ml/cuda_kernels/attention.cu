@@ -23,30 +23,10 @@
 // dq is produced by its own pass instead of atomicAdd from the dk/dv blocks: it recomputes
 // q k^T and do v^T once more (7 instead of 5 tile products) but needs no float32 scratch buffer,
 // no atomics (L * D * S/64 of them per head) and is deterministic.
+#include "avila_half.cuh"  // avila_half and its float conversions (no <cuda_fp16.h> under NVRTC)
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-// float16 without <cuda_fp16.h>: NVRTC has no built-in copy of that header and the CuPy wheels
-// ship no CUDA headers, so the kernels carry the 16 bits themselves and convert with the PTX
-// instructions the header's __half2float / __float2half wrap (round to nearest even).
-struct __align__(2) avila_half {
-    unsigned short bits;
-};
-__device__ __forceinline__ float avila_half_to_float(avila_half value) {
-    float result;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(result) : "h"(value.bits));
-    return result;
-}
-__device__ __forceinline__ avila_half avila_float_to_half(float value) {
-    avila_half result;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(result.bits) : "f"(value));
-    return result;
-}
 #define AVILA_DYNAMIC_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
 #define AVILA_CHECK_ALIGNED(pointer, bytes) ((void)0)
-#else
-#include "host_emulation/cuda_host.h"
-using avila_half = __half;  // the host's _Float16: same 16-bit layout, same rounding
-inline float avila_half_to_float(avila_half value) { return __half2float(value); }
-inline avila_half avila_float_to_half(float value) { return __float2half_rn(value); }
 #endif
 
 namespace attention_detail {

@@ -13,10 +13,16 @@
 //     for a whole channel tile, and every thread of the block reads the same weight (broadcast).
 // Stages whose time slice falls into the padding are skipped as a whole (the branch is uniform
 // over the block, so the __syncthreads inside stay convergent).
+//
+// Precision: every kernel is a template on the storage type T and sums in Acc = Accumulate<T>:
+// float32 -> float32, float64 -> float64, float16 -> float32. For float16 the values that are
+// reused from shared memory across a channel tile (weights, dy in grad_weight) are widened to
+// float once when staged; patch values are widened once per tap; each output is rounded to
+// float16 once. grad_weight of float16 sums (atomically) into a float32 buffer, rounded to
+// float16 once at the end by conv4d_round_f32_to_f16.
+#include "avila_half.cuh"  // avila_half and its float conversions (no <cuda_fp16.h> under NVRTC)
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define AVILA_DYNAMIC_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
-#else
-#include "host_emulation/cuda_host.h"
 #endif
 
 #ifndef AVILA_CONV4D_CHANNEL_TILE
@@ -43,6 +49,40 @@ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; 
 
 __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 
+template <typename T>
+struct Accumulate {
+    using type = T;
+};
+template <>
+struct Accumulate<avila_half> {
+    using type = float;
+};
+
+__device__ __forceinline__ float widen(float value) { return value; }
+__device__ __forceinline__ double widen(double value) { return value; }
+__device__ __forceinline__ float widen(avila_half value) { return avila_half_to_float(value); }
+
+// The storage value of an accumulator (round to nearest even for float16).
+template <typename T>
+__device__ __forceinline__ T narrow(typename Accumulate<T>::type value);
+template <>
+__device__ __forceinline__ float narrow<float>(float value) {
+    return value;
+}
+template <>
+__device__ __forceinline__ double narrow<double>(double value) {
+    return value;
+}
+template <>
+__device__ __forceinline__ avila_half narrow<avila_half>(float value) {
+    return avila_float_to_half(value);
+}
+
+template <typename T>
+__device__ __forceinline__ T zero() {
+    return narrow<T>(0);
+}
+
 // Rounds towards minus infinity (C's / truncates towards zero); b > 0.
 __device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
@@ -66,7 +106,7 @@ __device__ void load_input_patch(T* patch, const T* __restrict__ x, const Geomet
         const int in_x = in_x_base + (kx_first + plane) * g.dil_x;
         const int in_y = in_y0 + row;
         const int in_z = in_z0 + col;
-        T value = T(0);
+        T value = zero<T>();
         if (in_x >= 0 && in_x < g.in_x && in_y >= 0 && in_y < g.in_y && in_z >= 0 && in_z < g.in_z) {
             value = x[volume_offset(n, channel, g.in_channels, in_t, in_x, in_y, in_z, g.in_t, g.in_x, g.in_y,
                                     g.in_z)];
@@ -80,6 +120,7 @@ __device__ void load_input_patch(T* patch, const T* __restrict__ x, const Geomet
 // grid.x: (n, ot, ox, y tile, z tile) flattened; grid.y: tiles of output channels.
 template <typename T>
 __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, const Geometry& g) {
+    using Acc = typename Accumulate<T>::type;
     const int tile_z = blockDim.x;
     const int tile_y = blockDim.y;
     const int tiles_z = ceil_div(g.out_z, tile_z);
@@ -106,12 +147,12 @@ __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __r
     const int taps = g.taps_per_time_slice();
 
     AVILA_DYNAMIC_SHARED_BYTES(shared_bytes);
-    T* weights = reinterpret_cast<T*>(shared_bytes);  // [tap][channel], first so it stays 16-byte aligned
-    T* patch = weights + taps * kChannelTile;         // [kx][row][col]
+    Acc* weights = reinterpret_cast<Acc*>(shared_bytes);               // [tap][channel], first: 16-byte aligned
+    T* patch = reinterpret_cast<T*>(weights + taps * kChannelTile);  // [kx][row][col]
 
-    T acc[kChannelTile];
+    Acc acc[kChannelTile];
 #pragma unroll
-    for (int c = 0; c < kChannelTile; ++c) acc[c] = T(0);
+    for (int c = 0; c < kChannelTile; ++c) acc[c] = Acc(0);
 
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
     const int threads = blockDim.x * blockDim.y;
@@ -130,8 +171,8 @@ __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __r
                 const int co = co_first + channel;
                 weights[tap * kChannelTile + channel] =
                     co < g.out_channels
-                        ? w[((static_cast<long long>(co) * g.in_channels + ci) * g.k_t + kt) * taps + tap]
-                        : T(0);
+                        ? widen(w[((static_cast<long long>(co) * g.in_channels + ci) * g.k_t + kt) * taps + tap])
+                        : Acc(0);
             }
             __syncthreads();
             for (int kx = 0; kx < g.k_x; ++kx) {
@@ -139,9 +180,9 @@ __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __r
                 if (in_x < 0 || in_x >= g.in_x) continue;
                 for (int ky = 0; ky < g.k_y; ++ky) {
                     const T* patch_row = patch + (kx * rows + row_base + ky * g.dil_y) * cols + col_base;
-                    const T* tap_weights = weights + ((kx * g.k_y + ky) * g.k_z) * kChannelTile;
+                    const Acc* tap_weights = weights + ((kx * g.k_y + ky) * g.k_z) * kChannelTile;
                     for (int kz = 0; kz < g.k_z; ++kz) {
-                        const T value = patch_row[kz * g.dil_z];
+                        const Acc value = widen(patch_row[kz * g.dil_z]);
 #pragma unroll
                         for (int c = 0; c < kChannelTile; ++c) acc[c] += value * tap_weights[kz * kChannelTile + c];
                     }
@@ -156,7 +197,7 @@ __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __r
             const int co = co_first + c;
             if (co < g.out_channels) {
                 y[volume_offset(n, co, g.out_channels, out_t, out_x, out_y, out_z, g.out_t, g.out_x, g.out_y,
-                                g.out_z)] = acc[c];
+                                g.out_z)] = narrow<T>(acc[c]);
             }
         }
     }
@@ -169,6 +210,7 @@ __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __r
 // grid.x: (n, it, ix, y tile, z tile) flattened; grid.y: tiles of input channels.
 template <typename T>
 __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx, const Geometry& g) {
+    using Acc = typename Accumulate<T>::type;
     const int tile_z = blockDim.x;
     const int tile_y = blockDim.y;
     const int tiles_z = ceil_div(g.in_z, tile_z);
@@ -197,12 +239,12 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
     const int taps = g.taps_per_time_slice();
 
     AVILA_DYNAMIC_SHARED_BYTES(shared_bytes);
-    T* weights = reinterpret_cast<T*>(shared_bytes);  // [tap][input channel]
-    T* patch = weights + taps * kChannelTile;         // [kx][row][col] of dy
+    Acc* weights = reinterpret_cast<Acc*>(shared_bytes);               // [tap][input channel]
+    T* patch = reinterpret_cast<T*>(weights + taps * kChannelTile);  // [kx][row][col] of dy
 
-    T acc[kChannelTile];
+    Acc acc[kChannelTile];
 #pragma unroll
-    for (int c = 0; c < kChannelTile; ++c) acc[c] = T(0);
+    for (int c = 0; c < kChannelTile; ++c) acc[c] = Acc(0);
 
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
     const int threads = blockDim.x * blockDim.y;
@@ -223,7 +265,7 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
                 const int out_x = x_numerator / g.stride_x;
                 const int out_y = oy_first + row;
                 const int out_z = oz_first + col;
-                T value = T(0);
+                T value = zero<T>();
                 if (x_numerator >= 0 && x_numerator % g.stride_x == 0 && out_x < g.out_x && out_y >= 0 &&
                     out_y < g.out_y && out_z >= 0 && out_z < g.out_z) {
                     value = dy[volume_offset(n, co, g.out_channels, out_t, out_x, out_y, out_z, g.out_t, g.out_x,
@@ -237,8 +279,8 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
                 const int ci = ci_first + channel;
                 weights[tap * kChannelTile + channel] =
                     ci < g.in_channels
-                        ? w[((static_cast<long long>(co) * g.in_channels + ci) * g.k_t + kt) * taps + tap]
-                        : T(0);
+                        ? widen(w[((static_cast<long long>(co) * g.in_channels + ci) * g.k_t + kt) * taps + tap])
+                        : Acc(0);
             }
             __syncthreads();
             for (int kx = 0; kx < g.k_x; ++kx) {
@@ -250,11 +292,11 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
                     // row lies inside the patch; rows outside dy were loaded as zeros.
                     if (y_numerator % g.stride_y != 0) continue;
                     const T* patch_row = patch + (kx * rows + y_numerator / g.stride_y - oy_first) * cols;
-                    const T* tap_weights = weights + ((kx * g.k_y + ky) * g.k_z) * kChannelTile;
+                    const Acc* tap_weights = weights + ((kx * g.k_y + ky) * g.k_z) * kChannelTile;
                     for (int kz = 0; kz < g.k_z; ++kz) {
                         const int z_numerator = in_z + g.pad_z - kz * g.dil_z;
                         if (z_numerator % g.stride_z != 0) continue;
-                        const T value = patch_row[z_numerator / g.stride_z - oz_first];
+                        const Acc value = widen(patch_row[z_numerator / g.stride_z - oz_first]);
 #pragma unroll
                         for (int c = 0; c < kChannelTile; ++c) acc[c] += value * tap_weights[kz * kChannelTile + c];
                     }
@@ -269,7 +311,7 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
             const int ci = ci_first + c;
             if (ci < g.in_channels) {
                 dx[volume_offset(n, ci, g.in_channels, in_t, in_x, in_y, in_z, g.in_t, g.in_x, g.in_y, g.in_z)] =
-                    acc[c];
+                    narrow<T>(acc[c]);
             }
         }
     }
@@ -284,10 +326,12 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
 //   grid.y      -> (ci, kt, tap chunk), grid.z -> tiles of output channels.
 // The block first reduces its rows through shared memory, so each dw element receives one
 // atomicAdd per block; dw must be zero on entry. Float atomics make the summation order, and so
-// the last bits of dw, vary from run to run.
+// the last bits of dw, vary from run to run. dw is in the accumulation type (float32 for float16
+// inputs: half-precision atomics would round every partial sum).
 template <typename T>
-__device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw, const Geometry& g,
-                            int tile_z) {
+__device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy,
+                            typename Accumulate<T>::type* __restrict__ dw, const Geometry& g, int tile_z) {
+    using Acc = typename Accumulate<T>::type;
     const int tap_lanes = blockDim.x;
     const int tile_y = blockDim.y;
     const int taps = g.taps_per_time_slice();
@@ -321,12 +365,12 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy, T
     const long long tile_end = tile_begin + tiles_per_block < tiles_total ? tile_begin + tiles_per_block : tiles_total;
 
     AVILA_DYNAMIC_SHARED_BYTES(shared_bytes);
-    T* grads = reinterpret_cast<T*>(shared_bytes);    // [row][col][channel] of dy
-    T* patch = grads + tile_y * tile_z * kChannelTile;  // [plane][row][col] of x
+    Acc* grads = reinterpret_cast<Acc*>(shared_bytes);                       // [row][col][channel] of dy
+    T* patch = reinterpret_cast<T*>(grads + tile_y * tile_z * kChannelTile);  // [plane][row][col] of x
 
-    T acc[kChannelTile];
+    Acc acc[kChannelTile];
 #pragma unroll
-    for (int c = 0; c < kChannelTile; ++c) acc[c] = T(0);
+    for (int c = 0; c < kChannelTile; ++c) acc[c] = Acc(0);
 
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
     const int threads = blockDim.x * blockDim.y;
@@ -359,17 +403,17 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy, T
             const int co = co_first + channel;
             const int out_y = out_y0 + tile_row;
             const int out_z = out_z0 + tile_col;
-            T value = T(0);
+            Acc value = Acc(0);
             if (co < g.out_channels && out_y < g.out_y && out_z < g.out_z) {
-                value = dy[volume_offset(n, co, g.out_channels, out_t, out_x, out_y, out_z, g.out_t, g.out_x,
-                                         g.out_y, g.out_z)];
+                value = widen(dy[volume_offset(n, co, g.out_channels, out_t, out_x, out_y, out_z, g.out_t, g.out_x,
+                                               g.out_y, g.out_z)]);
             }
             grads[position * kChannelTile + channel] = value;
         }
         __syncthreads();
-        const T* grad_row = grads + row * tile_z * kChannelTile;
+        const Acc* grad_row = grads + row * tile_z * kChannelTile;
         for (int col = 0; col < tile_z; ++col) {
-            const T value = patch[patch_offset + col * g.stride_z];
+            const Acc value = widen(patch[patch_offset + col * g.stride_z]);
 #pragma unroll
             for (int c = 0; c < kChannelTile; ++c) acc[c] += value * grad_row[col * kChannelTile + c];
         }
@@ -377,7 +421,7 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy, T
 
     // Sum the tile_y row partials in shared memory, then one atomicAdd per (tap, channel).
     __syncthreads();
-    T* partials = reinterpret_cast<T*>(shared_bytes);  // [row][tap lane][channel]
+    Acc* partials = reinterpret_cast<Acc*>(shared_bytes);  // [row][tap lane][channel]
 #pragma unroll
     for (int c = 0; c < kChannelTile; ++c) partials[(row * tap_lanes + threadIdx.x) * kChannelTile + c] = acc[c];
     __syncthreads();
@@ -387,9 +431,17 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy, T
         const int out_tap = tap_first + lane;
         const int co = co_first + channel;
         if (out_tap >= taps || co >= g.out_channels) continue;
-        T total = T(0);
+        Acc total = Acc(0);
         for (int r = 0; r < tile_y; ++r) total += partials[(r * tap_lanes + lane) * kChannelTile + channel];
         atomicAdd(&dw[((static_cast<long long>(co) * g.in_channels + ci) * g.k_t + kt) * taps + out_tap], total);
+    }
+}
+
+// dst[i] = float16(src[i]): the one rounding of a float16 grad_weight summed in float32.
+__device__ void round_to_half(const float* __restrict__ src, avila_half* __restrict__ dst, long long count) {
+    const long long step = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += step) {
+        dst[i] = avila_float_to_half(src[i]);
     }
 }
 
@@ -415,11 +467,17 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy, T
                                                           T* __restrict__ dx, AVILA_CONV4D_GEOMETRY_PARAMS) {       \
         conv4d_detail::grad_input<T>(dy, w, dx, AVILA_CONV4D_GEOMETRY);                                             \
     }                                                                                                               \
-    extern "C" __global__ void conv4d_grad_weight_##suffix(const T* __restrict__ x, const T* __restrict__ dy,       \
-                                                           T* __restrict__ dw, AVILA_CONV4D_GEOMETRY_PARAMS,        \
-                                                           int tile_z) {                                            \
+    extern "C" __global__ void conv4d_grad_weight_##suffix(                                                        \
+        const T* __restrict__ x, const T* __restrict__ dy, conv4d_detail::Accumulate<T>::type* __restrict__ dw,    \
+        AVILA_CONV4D_GEOMETRY_PARAMS, int tile_z) {                                                                 \
         conv4d_detail::grad_weight<T>(x, dy, dw, AVILA_CONV4D_GEOMETRY, tile_z);                                    \
     }
 
 AVILA_DEFINE_CONV4D_KERNELS(float, f32)
 AVILA_DEFINE_CONV4D_KERNELS(double, f64)
+AVILA_DEFINE_CONV4D_KERNELS(avila_half, f16)
+
+extern "C" __global__ void conv4d_round_f32_to_f16(const float* __restrict__ src, avila_half* __restrict__ dst,
+                                                   long long count) {
+    conv4d_detail::round_to_half(src, dst, count);
+}

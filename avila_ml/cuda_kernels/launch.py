@@ -18,6 +18,7 @@ from .launch_config import (
     KERNEL_NAMES,
     KERNEL_SOURCE_DIR,
     LaunchPlan,
+    nvrtc_options,
     prepare_conv4d_forward,
     prepare_conv4d_grad_input,
     prepare_conv4d_grad_weight,
@@ -53,7 +54,7 @@ def _kernel_function(source: str, name: str, defines: tuple[tuple[str, int], ...
     key = (source, defines, cupy.cuda.runtime.getDevice())
     module = _modules.get(key)
     if module is None:
-        options = ("-std=c++17", *(f"-D{macro}={value}" for macro, value in defines))
+        options = nvrtc_options(defines)
         module = cupy.RawModule(
             code=(KERNEL_SOURCE_DIR / source).read_text(), options=options, name_expressions=KERNEL_NAMES[source]
         )
@@ -107,8 +108,8 @@ def conv4d_forward(x, w, stride=1, padding=0, dilation=1):
     ``y[n, co, t, i, j, l] = sum_{ci, a, b, c, e} w[co, ci, a, b, c, e] *
     x[n, ci, t*s0 - p0 + a*d0, i*s1 - p1 + b*d1, j*s2 - p2 + c*d2, l*s3 - p3 + e*d3]``,
     with out-of-range taps reading zero. Shapes: x (N, C_in, T, X, Y, Z), w (C_out, C_in, kT, kX, kY, kZ),
-    y (N, C_out, oT, oX, oY, oZ) with ``o = (in + 2p - d(k - 1) - 1) // s + 1``. float32 or float64; no bias,
-    groups=1. ``stride``, ``padding`` and ``dilation`` are ints or 4-tuples.
+    y (N, C_out, oT, oX, oY, oZ) with ``o = (in + 2p - d(k - 1) - 1) // s + 1``. float32, float64 or float16
+    (float16 storage, float32 sums, each output rounded once); no bias, groups=1. ``stride``, ``padding`` and ``dilation`` are ints or 4-tuples.
 
     PyTorch has no conv4d; this is torch.nn.functional.conv3d's definition with one more dimension.
 
@@ -153,6 +154,7 @@ def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1):
     ``dw[co, ci, a, b, c, e] = sum_{n, t, i, j, l} dy[n, co, t, i, j, l] *
     x[n, ci, t*s0 - p0 + a*d0, i*s1 - p1 + b*d1, j*s2 - p2 + c*d2, l*s3 - p3 + e*d3]``.
     Partial sums of blocks are combined with atomicAdd, so the last bits may differ between runs.
+    float16 inputs are summed (atomics included) into a float32 buffer, rounded to float16 once at the end.
 
     PyTorch has no conv4d; this mirrors torch.nn.grad.conv3d_weight in 4-D.
 

@@ -29,6 +29,27 @@ CONV4D_CHANNEL_TILE = 16
 # Compile-time configuration shared by NVRTC (CuPy) and the host build: one place to change it.
 KERNEL_DEFINES: tuple[tuple[str, int], ...] = (("AVILA_CONV4D_CHANNEL_TILE", CONV4D_CHANNEL_TILE),)
 
+# Headers the .cu sources include (NVRTC finds them through -I KERNEL_SOURCE_DIR).
+KERNEL_HEADERS = ("avila_half.cuh",)
+
+
+def nvrtc_options(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) -> tuple[str, ...]:
+    """Options for ``cupy.RawModule`` (NVRTC): C++17, the kernel directory on the include path,
+    the compile-time defines, and a digest of the included headers. CuPy's on-disk kernel cache
+    is keyed by the source text and the options only, so without the digest an edited header
+    would keep serving the cubin built from the old one. (The digest is not an integer, so it is
+    not mistaken for a configuration define.)
+
+    >>> nvrtc_options()[0], nvrtc_options()[1].startswith("-I")
+    ('-std=c++17', True)
+    """
+    import hashlib
+
+    digest = hashlib.sha256(b"".join((KERNEL_SOURCE_DIR / h).read_bytes() for h in KERNEL_HEADERS)).hexdigest()
+    return ("-std=c++17", f"-I{KERNEL_SOURCE_DIR}", *(f"-D{macro}={value}" for macro, value in defines),
+            f"-DAVILA_KERNEL_HEADERS=h{digest[:16]}")
+
+
 CONV4D_MAX_THREADS = 256
 CONV4D_MAX_TILE_Z = 32
 CONV4D_GRAD_WEIGHT_MAX_TAP_LANES = 32
@@ -52,18 +73,24 @@ ATTENTION_THREADS = 256
 ATTENTION_HEAD_DIM_BUCKETS = (32, 64, 128)
 ATTENTION_PREPROCESS_ROWS_PER_BLOCK = ATTENTION_THREADS // 32
 
-_CONV_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_CONV_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.float16): "f16"}
+# What each conv4d instantiation sums in (conv4d.cu's Accumulate<T>): float16 accumulates in float32.
+_CONV_ACCUMULATE = {np.dtype(np.float32): np.dtype(np.float32), np.dtype(np.float64): np.dtype(np.float64),
+                    np.dtype(np.float16): np.dtype(np.float32)}
+CONV4D_ROUND_KERNEL = "conv4d_round_f32_to_f16"
+CONV4D_ROUND_THREADS = 256
 _ATTENTION_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 _MAX_GRID_X = 2**31 - 1
 _MAX_GRID_YZ = 65535
 
 
 def _conv4d_kernel_names() -> tuple[str, ...]:
-    return tuple(
+    names = tuple(
         f"conv4d_{op}_{suffix}"
         for op in ("forward", "grad_input", "grad_weight")
         for suffix in _CONV_DTYPES.values()
     )
+    return (*names, CONV4D_ROUND_KERNEL)
 
 
 def _attention_kernel_names() -> tuple[str, ...]:
@@ -226,7 +253,7 @@ def conv4d_geometry(
 def _conv_dtype_suffix(op: str, dtype: Any) -> str:
     dtype = np.dtype(dtype)
     if dtype not in _CONV_DTYPES:
-        raise TypeError(f"{op}: the CUDA kernels support float32 and float64, got {dtype.name}")
+        raise TypeError(f"{op}: the CUDA kernels support float32, float64 and float16, got {dtype.name}")
     return _CONV_DTYPES[dtype]
 
 
@@ -266,6 +293,7 @@ def plan_conv4d_forward(geometry: Conv4dGeometry, dtype: Any, shared_memory_limi
     op = "conv4d_forward"
     suffix = _conv_dtype_suffix(op, dtype)
     dtype = np.dtype(dtype)
+    acc_size = _CONV_ACCUMULATE[dtype].itemsize
     g = geometry
     k_t, k_x, k_y, k_z = g.kernel_size
     taps = k_x * k_y * k_z
@@ -273,7 +301,8 @@ def plan_conv4d_forward(geometry: Conv4dGeometry, dtype: Any, shared_memory_limi
     def shared_bytes(tile_y: int, tile_z: int) -> int:
         rows = (tile_y - 1) * g.stride[2] + (k_y - 1) * g.dilation[2] + 1
         cols = (tile_z - 1) * g.stride[3] + (k_z - 1) * g.dilation[3] + 1
-        return (taps * CONV4D_CHANNEL_TILE + k_x * rows * cols) * dtype.itemsize
+        # weights are staged in the accumulation type, the input patch in the storage type
+        return taps * CONV4D_CHANNEL_TILE * acc_size + k_x * rows * cols * dtype.itemsize
 
     tile_y, tile_z = _initial_tile(g.out_size[2], g.out_size[3], CONV4D_MAX_THREADS)
     tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes, shared_memory_limit)
@@ -297,6 +326,7 @@ def plan_conv4d_grad_input(geometry: Conv4dGeometry, dtype: Any, shared_memory_l
     op = "conv4d_grad_input"
     suffix = _conv_dtype_suffix(op, dtype)
     dtype = np.dtype(dtype)
+    acc_size = _CONV_ACCUMULATE[dtype].itemsize
     g = geometry
     k_t, k_x, k_y, k_z = g.kernel_size
     taps = k_x * k_y * k_z
@@ -304,7 +334,7 @@ def plan_conv4d_grad_input(geometry: Conv4dGeometry, dtype: Any, shared_memory_l
     def shared_bytes(tile_y: int, tile_z: int) -> int:
         rows = (tile_y - 1 + (k_y - 1) * g.dilation[2]) // g.stride[2] + 2
         cols = (tile_z - 1 + (k_z - 1) * g.dilation[3]) // g.stride[3] + 2
-        return (taps * CONV4D_CHANNEL_TILE + k_x * rows * cols) * dtype.itemsize
+        return taps * CONV4D_CHANNEL_TILE * acc_size + k_x * rows * cols * dtype.itemsize
 
     tile_y, tile_z = _initial_tile(g.in_size[2], g.in_size[3], CONV4D_MAX_THREADS)
     tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes, shared_memory_limit)
@@ -333,6 +363,7 @@ def plan_conv4d_grad_weight(
     op = "conv4d_grad_weight"
     suffix = _conv_dtype_suffix(op, dtype)
     dtype = np.dtype(dtype)
+    acc_size = _CONV_ACCUMULATE[dtype].itemsize
     g = geometry
     k_t, k_x, k_y, k_z = g.kernel_size
     taps = k_x * k_y * k_z
@@ -343,15 +374,19 @@ def plan_conv4d_grad_weight(
     def shared_bytes(tile_y: int, tile_z: int) -> int:
         rows = (tile_y - 1) * g.stride[2] + (k_y - 1) * g.dilation[2] + 1
         cols = (tile_z - 1) * g.stride[3] + (k_z - 1) * g.dilation[3] + 1
-        stage = tile_y * tile_z * CONV4D_CHANNEL_TILE + planes * rows * cols
-        reduction = tile_y * tap_lanes * CONV4D_CHANNEL_TILE
-        return max(stage, reduction) * dtype.itemsize
+        # dy staged in the accumulation type, the x patch in the storage type; the row
+        # partials reuse the same memory afterwards
+        stage = tile_y * tile_z * CONV4D_CHANNEL_TILE * acc_size + planes * rows * cols * dtype.itemsize
+        reduction = tile_y * tap_lanes * CONV4D_CHANNEL_TILE * acc_size
+        return max(stage, reduction)
 
     max_rows = max(1, CONV4D_MAX_THREADS // tap_lanes)
     tile_z = min(CONV4D_MAX_TILE_Z, _next_power_of_two(g.out_size[3]))
     tile_y = min(_next_power_of_two(g.out_size[2]), 1 << (max_rows.bit_length() - 1))
     tile_y, tile_z, shared = _shrink_tile_to_budget(op, g, tile_y, tile_z, shared_bytes, shared_memory_limit)
-    buffers = {"dw": BufferSpec(g.w_shape, dtype, 0.0)}
+    # float16: the kernel sums into a float32 buffer, rounded to float16 once by a second launch
+    summed = "dw" if _CONV_ACCUMULATE[dtype] == dtype else "dw_sum"
+    buffers = {summed: BufferSpec(g.w_shape, _CONV_ACCUMULATE[dtype], 0.0)}
     launches: tuple[KernelLaunch, ...] = ()
     spatial_tiles = _ceil_div(g.out_size[2], tile_y) * _ceil_div(g.out_size[3], tile_z)
     tiles_total = g.batch * g.out_size[0] * g.out_size[1] * spatial_tiles
@@ -363,8 +398,17 @@ def plan_conv4d_grad_weight(
         _check_grid(op, grid)
         launches = (
             KernelLaunch(CONV4D_SOURCE, f"conv4d_grad_weight_{suffix}", grid, (tap_lanes, tile_y, 1), shared,
-                         ("x", "dy", "dw", *g.kernel_args(), np.int32(tile_z))),
+                         ("x", "dy", summed, *g.kernel_args(), np.int32(tile_z))),
         )
+        if summed != "dw":
+            count = math.prod(g.w_shape)
+            round_grid = (min(_ceil_div(count, CONV4D_ROUND_THREADS), CONV4D_GRAD_WEIGHT_TARGET_BLOCKS), 1, 1)
+            launches += (
+                KernelLaunch(CONV4D_SOURCE, CONV4D_ROUND_KERNEL, round_grid, (CONV4D_ROUND_THREADS, 1, 1), 0,
+                             (summed, "dw", np.int64(count))),
+            )
+    if summed != "dw":  # left uninitialised (NaN-poisoned in the emulation) when the rounding writes it
+        buffers["dw"] = BufferSpec(g.w_shape, dtype, None if launches else 0.0)
     return LaunchPlan(op, g.describe(dtype), buffers, launches, ("dw",))
 
 

@@ -103,14 +103,16 @@ _warned_fallbacks: set = set()
 
 
 def _cuda_conv4d(kind, a, b, geom, extra):
-    """The hand-written CUDA kernels for 4-D, ungrouped float32/float64 convolutions under the
-    ``"auto"`` algorithm; None otherwise (a forced ``set_conv_algorithm`` choice runs that
-    generic algorithm). The kernels pad symmetrically: the asymmetric part of the zero padding
+    """The hand-written CUDA kernels for 4-D, ungrouped float32/float64/float16 convolutions
+    under the ``"auto"`` algorithm; None otherwise (a forced ``set_conv_algorithm`` choice runs
+    that generic algorithm). float16 (plain float16 tensors, or Conv4d under
+    ``autocast("cuda")``, which casts to float16 before this point) is stored in float16 and
+    summed in float32, each output rounded once. The kernels pad symmetrically: the asymmetric part of the zero padding
     (causal axes, ``"same"`` with an even kernel) is added to the input first, and cropped off
     the input gradient. A plan that does not fit the device's shared memory falls back to the
     generic path (announced once)."""
     if (backend_of(a).name != "cupy" or geom.ndim != 4 or geom.groups != 1
-            or a.dtype not in (np.float32, np.float64) or get_conv_algorithm() != "auto"):
+            or a.dtype not in (np.float32, np.float64, np.float16) or get_conv_algorithm() != "auto"):
         return None
     from ..cuda_kernels import conv4d_forward, conv4d_grad_input, conv4d_grad_weight
     from ..cuda_kernels.launch_config import SharedMemoryLimitError
@@ -402,7 +404,7 @@ zero-pads): ``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"ca
 {d}-tuple with one mode per spatial dim. ``"causal"`` pads only the low (past) side of its
 dim by ``dilation * (K - 1)`` zeros, ignoring that dim's ``padding``, so output ``i`` sees
 inputs ``<= i * stride`` only (bitwise: the automatic algorithm choice avoids the FFT then). The gradient w.r.t. input, weight and bias is itself
-differentiable. The algorithm is chosen by :func:`avila_ml.backends.set_conv_algorithm`.
+differentiable. The algorithm is chosen by :func:`avila_ml.backends.set_conv_algorithm`.{notes}
 
 Example:
     >>> import avila_ml as am
@@ -413,7 +415,7 @@ Example:
 """
 
 
-def _conv_fn(d, extra, ex_x, ex_w, ex_sel, ex_out):
+def _conv_fn(d, extra, ex_x, ex_w, ex_sel, ex_out, notes=""):
     op = f"conv{d}d"
 
     def fn(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros"):
@@ -422,16 +424,25 @@ def _conv_fn(d, extra, ex_x, ex_w, ex_sel, ex_out):
     fn.__name__ = fn.__qualname__ = op
     fn.__doc__ = _CONV_DOC.format(d=d, dims=", ".join("S%d" % i for i in range(1, d + 1)),
                                   kdims=", ".join("K%d" % i for i in range(1, d + 1)), extra=extra,
-                                  ex_x=ex_x, ex_w=ex_w, ex_sel=ex_sel, ex_out=ex_out)
+                                  ex_x=ex_x, ex_w=ex_w, ex_sel=ex_sel, ex_out=ex_out, notes=notes)
     return fn
 
+
+_CONV4D_CUDA_NOTE = """
+
+On CUDA (algorithm ``"auto"``, ``groups=1``) hand-written kernels run the forward and both
+gradients without an im2col buffer, for float32, float64 and float16. float16 (float16 tensors,
+or float32 ones under ``am.autocast("cuda")``, which casts them) is stored and moved as float16
+and summed in float32, each output rounded to float16 once; the weight gradient is summed in a
+float32 buffer and rounded once at the end. The float16 kernels are verified against NumPy on
+the host emulation of CUDA and compile for sm_80/sm_90; they have not yet run on a real GPU."""
 
 conv1d = _conv_fn(1, "", "1, 1, 4", "1, 1, 3", "", "tensor([[[2., 3., 3., 2.]]])")
 conv2d = _conv_fn(2, "", "1, 1, 3, 3", "2, 1, 3, 3", "[0, 1]", "tensor([[4., 6., 4.],\n            [6., 9., 6.],\n            [4., 6., 4.]])")
 conv3d = _conv_fn(3, "", "1, 2, 3, 3, 3", "1, 2, 3, 3, 3", "[0, 0, 1, 1]", "tensor([36., 54., 36.])")
 conv4d = _conv_fn(4, "; PyTorch has no conv4d, this is the same op with a fourth spatial dim, "
                      "typically ``(t, x, y, z)``", "1, 1, 3, 3, 3, 3", "1, 1, 3, 3, 3, 3",
-                  ".shape", "(1, 1, 3, 3, 3, 3)")
+                  ".shape", "(1, 1, 3, 3, 3, 3)", _CONV4D_CUDA_NOTE)
 
 _CONVT_DOC = """{d}-D transposed convolution of an input ``(N, C_in, {dims})`` or unbatched
 ``(C_in, {dims})`` (``torch.nn.functional.conv_transpose{d}d``{extra}).

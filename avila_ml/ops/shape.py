@@ -11,6 +11,7 @@ import operator
 
 import numpy as np
 
+from .._grad_state import state as _grad_state
 from ..autograd.function import Function
 from ..backends.constants import device_constant
 from ..backends import backend_of, get_backend, device as _device
@@ -675,6 +676,11 @@ def _pad_index(n: int, lo: int, hi: int, mode: str, op: str):
     raise ValueError(f"{op}: unknown padding mode {mode!r}; expected 'constant', 'reflect', 'replicate' or 'circular'")
 
 
+# Autocast names of the non-constant pads (PyTorch's aten ops; its CPU fp32 list has
+# reflection_pad1d/2d and replication_pad1d/2d/3d). Padding 4 dims has no PyTorch op: unlisted.
+_PAD_OP_NAMES = {"reflect": "reflection_pad", "replicate": "replication_pad"}
+
+
 def pad(input, pad, mode: str = "constant", value: float = 0.0):
     """Pad the last ``len(pad) // 2`` dims (``torch.nn.functional.pad``).
 
@@ -690,6 +696,13 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0):
         >>> am.nn.functional.pad(am.tensor([[1.0, 2.0, 3.0]]), (1, 1), mode="reflect")
         tensor([[2., 1., 2., 3., 2.]])
     """
+    if _grad_state.autocast is not None and mode in _PAD_OP_NAMES:
+        from ..amp.autocast_mode import run_as_op
+        return run_as_op(f"{_PAD_OP_NAMES[mode]}{len(pad) // 2}d", _pad_body, input, pad, mode, value)
+    return _pad_body(input, pad, mode, value)
+
+
+def _pad_body(input, pad, mode, value):
     pad = tuple(int(p) for p in pad)
     if len(pad) % 2:
         raise RuntimeError(f"pad: padding length must be even, got {len(pad)} ({pad})")

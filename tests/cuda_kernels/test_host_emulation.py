@@ -132,14 +132,30 @@ CONV_CASES = {
         x=(1, 17, 1, 4, 6, 7), w=(2, 17, 1, 3, 4, 5), stride=(1, 1, 2, 1), padding=(0, 1, 1, 2), dilation=1
     ),
 }
-CONV_TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
+# float16: the reference is computed in float64 from the float16-rounded inputs, so the only
+# errors are the kernel's float32 accumulation (bounded by the float32 tolerance, 1e-4 of the
+# largest magnitude, as for the float32 kernels) and the single rounding of each output to
+# float16, at most half an ulp = 2**-11 of its magnitude (unit roundoff of binary16).
+CONV_TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4, np.float16: 2.0**-11 + 1e-4}
+
+
+def assert_rounded_once(actual, expected, name):
+    """float16 outputs: each element within half a float16 ulp of the exact value, plus the
+    float32 accumulation error (1e-4 of the largest magnitude). A float16 accumulator, or a
+    second rounding, breaks this for the sums of these tests."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    half_ulp = np.spacing(np.abs(expected).astype(np.float16)).astype(np.float64) / 2
+    bound = half_ulp + 1e-4 * max(1.0, float(np.abs(expected).max(initial=0.0)))
+    excess = np.abs(actual - expected) - bound
+    assert (excess <= 0).all(), f"{name}: {int((excess > 0).sum())} elements off by more than half a float16 ulp"
 
 
 def _four(v):
     return (v,) * 4 if isinstance(v, int) else tuple(v)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["f64", "f32", "f16"])
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
 def test_conv4d_forward_and_gradients_match_numpy(kernels, case, dtype):
     spec = CONV_CASES[case]
@@ -154,16 +170,34 @@ def test_conv4d_forward_and_gradients_match_numpy(kernels, case, dtype):
     rtol = CONV_TOLERANCE[dtype]
 
     y = to_np(kernels.conv4d_forward(to_dev(x), to_dev(w), stride, padding, dilation))
-    assert y.dtype == dtype
-    assert_close(y, y_expected, rtol, "conv4d_forward")
-
     dx = to_np(kernels.conv4d_grad_input(to_dev(dy), to_dev(w), x.shape, stride, padding, dilation))
-    assert_close(dx, conv4d_grad_input_reference(dy64, w64, x.shape, stride, padding, dilation), rtol,
-                 "conv4d_grad_input")
-
     dw = to_np(kernels.conv4d_grad_weight(to_dev(x), to_dev(dy), w.shape, stride, padding, dilation))
-    assert_close(dw, conv4d_grad_weight_reference(x64, dy64, w.shape, stride, padding, dilation), rtol,
-                 "conv4d_grad_weight")
+    expected = {
+        "conv4d_forward": (y, y_expected),
+        "conv4d_grad_input": (dx, conv4d_grad_input_reference(dy64, w64, x.shape, stride, padding, dilation)),
+        "conv4d_grad_weight": (dw, conv4d_grad_weight_reference(x64, dy64, w.shape, stride, padding, dilation)),
+    }
+    for name, (actual, reference) in expected.items():
+        assert actual.dtype == dtype, f"{name}: {actual.dtype}"
+        assert_close(actual, reference, rtol, name)
+        if dtype == np.float16:
+            assert_rounded_once(actual, reference, name)
+
+
+def test_conv4d_float16_accumulates_in_float32(kernels):
+    """8192 (forward, grad_input) and 16384 (grad_weight) products of ones: exact in a float32
+    accumulator, while a float16 one stops at 2048 (2049 is not a float16). The results
+    themselves are float16 numbers, so the outputs must be exact."""
+    to_dev, to_np = kernels.to_device, kernels.to_numpy
+    ones = lambda *shape: to_dev(np.ones(shape, dtype=np.float16))  # noqa: E731
+    y = to_np(kernels.conv4d_forward(ones(1, 64, 2, 4, 4, 4), ones(1, 64, 2, 4, 4, 4)))
+    assert y.dtype == np.float16 and y.ravel().tolist() == [8192.0]
+    # dx[0, 0, 0, 0, 0, 0] gathers every (output channel, output position, tap) pair: 64 * 2 * 4^3
+    dx = to_np(kernels.conv4d_grad_input(ones(1, 64, 2, 4, 4, 4), ones(64, 1, 2, 4, 4, 4), (1, 1, 1, 1, 1, 1),
+                                         padding=(1, 3, 3, 3)))
+    assert dx.dtype == np.float16 and dx.ravel().tolist() == [8192.0]
+    dw = to_np(kernels.conv4d_grad_weight(ones(4, 1, 4, 8, 8, 16), ones(4, 1, 4, 8, 8, 16), (1, 1, 1, 1, 1, 1)))
+    assert dw.dtype == np.float16 and dw.ravel().tolist() == [16384.0]
 
 
 def test_conv4d_reference_agrees_with_torch_conv3d():
@@ -369,6 +403,8 @@ def test_bad_inputs_raise_errors_that_name_the_op_and_shapes():
         host_emulation.host_conv4d_forward(x, w)
     with pytest.raises(ValueError, match=r"conv4d_forward: calculated output size \(0, "):
         host_emulation.host_conv4d_forward(np.zeros((1, 2, 2, 4, 4, 4)), w)
+    with pytest.raises(TypeError, match="conv4d_forward: the CUDA kernels support float32, float64 and float16, got int32"):
+        host_emulation.host_conv4d_forward(np.zeros((1, 2, 4, 4, 4, 4), np.int32), np.zeros((2, 2, 3, 3, 3, 3), np.int32))
     q = np.zeros((2, 5, 129), dtype=np.float32)
     with pytest.raises(ValueError, match="head dimension 129 exceeds the kernel maximum 128"):
         host_emulation.host_flash_attention_forward(q, q, q, 1.0, False)

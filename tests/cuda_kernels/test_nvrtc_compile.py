@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from avila_ml.cuda_kernels.launch_config import KERNEL_DEFINES, KERNEL_NAMES, KERNEL_SOURCE_DIR
+from avila_ml.cuda_kernels.launch_config import KERNEL_NAMES, KERNEL_SOURCE_DIR, nvrtc_options
 
 nvrtc = pytest.importorskip("emulated_cupy.nvrtc")
 
 CUDA_SOURCES = sorted(KERNEL_SOURCE_DIR.glob("*.cu"))
-# what avila_ml.cuda_kernels.launch._kernel_function passes to cupy.RawModule
-OPTIONS = ("-std=c++17", *(f"-D{macro}={value}" for macro, value in KERNEL_DEFINES))
+# what avila_ml.cuda_kernels.launch._kernel_function passes to cupy.RawModule (the -I makes the
+# shared avila_half.cuh visible; the code string itself has no directory)
+OPTIONS = nvrtc_options()
 
 
 @pytest.mark.skipif(nvrtc.library() is None, reason="NVRTC not installed (nvidia-cuda-nvrtc wheel)")
@@ -26,6 +27,33 @@ def test_nvrtc_compiles_every_kernel_without_cuda_headers(source, arch):
     ptx = nvrtc.compile_to_ptx(source.read_text(), source.name, OPTIONS, KERNEL_NAMES[source.name], arch)
     for name in KERNEL_NAMES[source.name]:
         assert f".entry {name}(" in ptx, f"{source.name}: kernel {name} missing from the PTX for {arch}"
+
+
+@pytest.mark.skipif(nvrtc.library() is None, reason="NVRTC not installed (nvidia-cuda-nvrtc wheel)")
+def test_conv4d_float16_entry_points_are_named_and_convert_with_ptx():
+    """The float16 conv4d kernels are in the launcher's name expressions and use the cvt
+    instructions of avila_half.cuh (float16 storage, float32 arithmetic)."""
+    names = KERNEL_NAMES["conv4d.cu"]
+    expected = {"conv4d_forward_f16", "conv4d_grad_input_f16", "conv4d_grad_weight_f16", "conv4d_round_f32_to_f16"}
+    assert expected <= set(names)
+    ptx = nvrtc.compile_to_ptx((KERNEL_SOURCE_DIR / "conv4d.cu").read_text(), "conv4d.cu", OPTIONS, names,
+                               "compute_80")
+    for kernel in ("conv4d_forward_f16", "conv4d_grad_input_f16", "conv4d_grad_weight_f16"):
+        body = ptx.split(f".entry {kernel}(")[1].split(".entry ")[0]
+        assert "cvt.f32.f16" in body and "fma.rn.f32" in body, kernel
+        assert "fma.rn.f16" not in body and "add.f16" not in body and "atom.global.add.noftz.f16" not in body, kernel
+    round_body = ptx.split(".entry conv4d_round_f32_to_f16(")[1].split(".entry ")[0]
+    assert "cvt.rn.f16.f32" in round_body
+
+
+def test_nvrtc_without_the_include_path_misses_the_shared_header():
+    """Guards the -I in the options: the header really comes from the kernel directory."""
+    if nvrtc.library() is None:
+        pytest.skip("NVRTC not installed")
+    options = tuple(option for option in OPTIONS if not option.startswith("-I"))
+    with pytest.raises(nvrtc.NvrtcError, match="avila_half.cuh"):
+        nvrtc.compile_to_ptx((KERNEL_SOURCE_DIR / "conv4d.cu").read_text(), "conv4d.cu", options,
+                             KERNEL_NAMES["conv4d.cu"])
 
 
 def test_nvrtc_reports_a_missing_header():

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..launch_config import KERNEL_DEFINES, KERNEL_SOURCE_DIR
+from ..launch_config import KERNEL_DEFINES, KERNEL_HEADERS, KERNEL_SOURCE_DIR
 
 HOST_EMULATION_DIR = Path(__file__).resolve().parent
 HOST_ENTRY_POINTS = HOST_EMULATION_DIR / "host_entry_points.cpp"
@@ -26,6 +26,7 @@ HOST_SOURCES = (
     HOST_ENTRY_POINTS,
     KERNEL_SOURCE_DIR / "conv4d.cu",
     KERNEL_SOURCE_DIR / "attention.cu",
+    *(KERNEL_SOURCE_DIR / header for header in KERNEL_HEADERS),
 )
 # `#pragma unroll` is an nvcc hint that g++ does not know; every other warning stays visible.
 HOST_COMPILE_FLAGS = ("-O2", "-std=c++20", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unknown-pragmas")
