@@ -216,3 +216,43 @@ def test_transformer_encoder_layer_training_dropout_takes_the_blocked_path(devic
     layer(x).sum().backward()
     assert len(blocked_calls) == 1 and blocked_calls[0][0] == pytest.approx(0.1)
     assert x.grad is not None and np.isfinite(_np(x.grad)).all()
+
+
+def test_cuda_fused_kernels_apply_the_same_dropout_mask(device, monkeypatch):
+    """On CUDA (float32, head dim <= 128) dropout runs inside the fused kernels: values and
+    gradients against the float64 composite with the materialised mask, and, with V = I, the
+    kernels drop exactly the elements the xp blocked path drops for the same manual_seed."""
+    if device == "cpu":
+        pytest.skip("the fused kernels run on the CUDA leg (a GPU or AVILA_ML_TEST_DEVICE=cuda-emulated)")
+    launched = []
+    kernels = attn_mod._cuda_kernels
+
+    def counting():
+        launched.append(True)
+        return kernels()
+    monkeypatch.setattr(attn_mod, "_cuda_kernels", counting)
+    p, rng = 0.25, np.random.default_rng(8)
+    qa, ka, va = (rng.standard_normal((2, 2, n, 8)).astype(np.float32) for n in (67, 70, 70))
+    q, k, v = (_am(a, device, True) for a in (qa, ka, va))
+    state = _seed_of_next_call(21, q, k, v)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+    go = rng.standard_normal(out.shape).astype(np.float32)
+    out.backward(_am(go, device))
+    assert len(launched) >= 3  # the check, the forward launch, the backward launch
+
+    z = torch.tensor(_full_keep(state, p, (2, 2), 67, 70) / (1 - p))
+    tq, tk, tv = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (qa, ka, va))
+    s = (tq @ tk.mT / math.sqrt(8)).masked_fill(~torch.ones(67, 70, dtype=torch.bool).tril(), -math.inf)
+    tout = (torch.softmax(s, -1) * z) @ tv
+    tout.backward(torch.tensor(go.astype(np.float64)))
+    np.testing.assert_allclose(_np(out), tout.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for ours, theirs in ((q, tq), (k, tk), (v, tv)):
+        np.testing.assert_allclose(_np(ours.grad), theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+    eye = am.eye(70, device=device).reshape(1, 1, 70, 70)
+    am.manual_seed(4)
+    fused = _np(F.scaled_dot_product_attention(q.detach() * 0.1, k.detach() * 0.1, eye, dropout_p=0.5))
+    monkeypatch.setattr(attn_mod, "_CUDA_MAX_HEAD_DIM", 0)  # force the xp blocked path
+    am.manual_seed(4)
+    blocked = _np(F.scaled_dot_product_attention(q.detach() * 0.1, k.detach() * 0.1, eye, dropout_p=0.5))
+    assert np.array_equal(fused == 0, blocked == 0) and 0.4 < (fused == 0).mean() < 0.6

@@ -163,7 +163,7 @@ class _BlockedAttention(Function):
         self.save_outputs(0)
         self.cuda = (backend_of(q).name == "cupy" and q.shape[-1] == v.shape[-1] <= _CUDA_MAX_HEAD_DIM
                      and q.dtype in (np.float32, np.float16) and not mask_is_tensor
-                     and dropout is None and _cuda_kernels() is not None)
+                     and _cuda_kernels() is not None)
         if self.cuda:
             return self._cuda_forward(q, k, v, xp)
         out, self.lse = self._blocked_forward(q, k, v, mask, xp)
@@ -406,13 +406,14 @@ class _BlockedAttention(Function):
     def _cuda_forward(self, q, k, v, xp):
         fwd, _ = _cuda_kernels()
         o, self.lse = fwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self.scale,
-                          self.is_causal, mask=self._flat_mask(xp))
+                          self.is_causal, mask=self._flat_mask(xp), dropout=self.dropout)
         return o.reshape(self.batch + o.shape[-2:])
 
     def _cuda_backward(self, q, k, v, o, g, xp):
         _, bwd = _cuda_kernels()
         dq, dk, dv = bwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self._flat(o, xp),
-                         self.lse, self._flat(g, xp), self.scale, self.is_causal, mask=self._flat_mask(xp))
+                         self.lse, self._flat(g, xp), self.scale, self.is_causal, mask=self._flat_mask(xp),
+                         dropout=self.dropout)
         qs_, ks_, vs_ = self.shapes
         need = self.needs_input_grad
         return [_sum_to_array(d.reshape(self.batch + d.shape[-2:]), shp, xp) if n else None
@@ -543,12 +544,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     at least 256 rows x the key block), never L x S. The forward saves O and the row
     log-sum-exp; the backward recomputes P tile by tile (FlashAttention-2). On the CPU the
     tiles of large problems are shared among threads with BLAS held to one thread (when
-    ``threadpoolctl`` is installed). On CUDA with head dim <= 128, float32/float16 and no
-    dropout, the fused kernels in ``avila_ml.cuda_kernels`` run instead. float16 inputs are
+    ``threadpoolctl`` is installed). On CUDA with head dim <= 128, float32/float16 and a mask
+    that needs no gradient, the fused kernels in ``avila_ml.cuda_kernels`` run instead. float16 inputs are
     computed in float32 on the CPU.
 
     Dropout (``dropout_p > 0``, applied whenever given, like PyTorch's functional form: pass
-    0.0 in eval mode): O = (P o Z) V with Z = keep / (1 - p), inside the blocked path (no L x S
+    0.0 in eval mode): O = (P o Z) V with Z = keep / (1 - p), inside the blocked path and the
+    fused CUDA kernels (no L x S
     matrix is held). The keep decision of element (b, i, j) (b the flat batch index) is a pure
     function of (seed, offset, b, i, j) through Philox4x32-10
     (:func:`avila_ml.backends.philox.dropout_keep`), so the backward regenerates each tile's mask
