@@ -98,7 +98,9 @@ def dropout_keep(xp, seed: int, offset: int, p: float, L: int, S: int, b0: int, 
     offset + (b L + i) ceil(S/4) + floor(j/4)) is >= :func:`dropout_threshold` (p): a pure
     function of its coordinates, so any tile is generated alone, the forward and backward of
     attention regenerate the same tile, and the CUDA kernels (``attention.cu``, same formula)
-    agree bit for bit. Only the counters the tile covers are computed.
+    agree bit for bit. Only the counters the tile covers are computed. PyTorch has no public
+    equivalent: this is the role of the Philox dropout inside its fused (flash / memory-efficient)
+    SDPA kernels.
 
     Example:
         >>> import numpy as np
@@ -150,7 +152,14 @@ class PhiloxDraws:
 
     def reserve(self, counters: int) -> tuple[int, int]:
         """``(seed, offset)`` for a consumer that draws ``counters`` Philox counters itself
-        (fused dropout), advancing the offset past them, as PyTorch's ``philox_cuda_state``."""
+        (fused dropout), advancing the offset past them, as PyTorch's ``philox_cuda_state``.
+
+        Example:
+            >>> import numpy as np
+            >>> from avila_ml.backends.philox import PhiloxDraws
+            >>> g = PhiloxDraws(np, 3); g.reserve(10), g.get_state()
+            ((3, 0), {'seed': 3, 'offset': 10})
+        """
         state = (self._seed, self._offset)
         self._offset += int(counters)
         return state

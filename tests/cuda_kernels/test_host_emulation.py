@@ -442,6 +442,8 @@ def test_bad_inputs_raise_errors_that_name_the_op_and_shapes():
         host_emulation.host_flash_attention_forward(q, q, q, 1.0, False, np.zeros((3, 5), dtype=np.float32))
     with pytest.raises(TypeError, match="float32 and float16, got float64"):
         host_emulation.host_flash_attention_forward(*(q.astype(np.float64),) * 3, 1.0, False)
+    with pytest.raises(ValueError, match=r"flash_attention_forward: dropout probability must be in \[0, 1\), got 1.0"):
+        host_emulation.host_flash_attention_forward(q, q, q, 1.0, False, None, (1.0, 0, 0))
 
 
 def test_empty_problems_return_without_launching():
