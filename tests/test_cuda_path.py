@@ -412,8 +412,8 @@ def test_multi_tensor_step_is_one_launch_and_bitwise_the_per_parameter_step(cuda
 
 
 def test_transformer_encoder_layer_training_step_with_dropout_has_no_syncs(transfers):
-    """Dropout 0.1 (the default) in training takes the composite attention path: no sync there
-    either (it asked the device whether a row was fully masked)."""
+    """Dropout 0.1 (the default) in training runs inside the fused attention kernels: the
+    Philox (seed, offset) come from the backend's host-side state, so no sync there either."""
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True).to("cuda")
     layer.train()
     opt = am.optim.SGD(layer.parameters(), lr=1e-2, momentum=0.9)

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["philox_uint32", "PhiloxDraws"]
+__all__ = ["philox4x32_10", "philox_uint32", "dropout_threshold", "dropout_counters", "dropout_keep", "PhiloxDraws"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -39,6 +39,20 @@ def philox_uint32(xp, seed: int, offset: int, n: int):
     """
     blocks = -(-int(n) // 4)
     counter = xp.arange(blocks, dtype=xp.uint64) + xp.uint64(offset % _U64)
+    return xp.stack(philox4x32_10(xp, seed, counter), axis=1).reshape(-1)[:n].astype(xp.uint32)
+
+
+def philox4x32_10(xp, seed: int, counter):
+    """The four 32-bit words (as uint64 arrays, each < 2**32) of Philox4x32-10 with key
+    ``seed`` (64 bits: k0 = low word, k1 = high word) at the 128-bit counters
+    ``(counter mod 2**32, counter >> 32, 0, 0)`` for a uint64 array ``counter`` of any shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.backends.philox import philox4x32_10
+        >>> [hex(int(w[0])) for w in philox4x32_10(np, 0, np.zeros(1, np.uint64))]
+        ['0x6627e8d5', '0xe169c58d', '0xbc57ac4c', '0x9b00dbd8']
+    """
     c0, c1 = counter & _MASK32, counter >> 32
     c2 = xp.zeros_like(c0)
     c3 = xp.zeros_like(c0)
@@ -48,7 +62,61 @@ def philox_uint32(xp, seed: int, offset: int, n: int):
         p1 = c2 * _M1
         c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> 32) ^ c3 ^ k1, p0 & _MASK32
         k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
-    return xp.stack([c0, c1, c2, c3], axis=1).reshape(-1)[:n].astype(xp.uint32)
+    return c0, c1, c2, c3
+
+
+def dropout_threshold(p: float) -> int:
+    """The 32-bit threshold of dropout probability ``p``: a word ``w`` keeps iff ``w >= t``
+    (so the keep rate is ``1 - t / 2**32``, ``p`` to within 2**-32).
+
+    Example:
+        >>> from avila_ml.backends.philox import dropout_threshold
+        >>> dropout_threshold(0.5), dropout_threshold(0.0)
+        (2147483648, 0)
+    """
+    return min(int(p * 4294967296.0), 4294967295)
+
+
+def dropout_counters(batch: int, L: int, S: int) -> int:
+    """How many Philox counters a dropout mask of ``batch`` (L, S) matrices consumes: one per
+    four keys of a row (``batch * L * ceil(S / 4)``); the generator's offset advances by this.
+
+    Example:
+        >>> from avila_ml.backends.philox import dropout_counters
+        >>> dropout_counters(2, 3, 5)
+        12
+    """
+    return int(batch) * int(L) * (-(-int(S) // 4))
+
+
+def dropout_keep(xp, seed: int, offset: int, p: float, L: int, S: int, b0: int, b1: int,
+                 i0: int, i1: int, j0: int, j1: int):
+    """The keep decisions (bool, shape (b1-b0, i1-i0, j1-j0)) of the dropout mask of
+    ``batch`` (L, S) matrices at batch entries b0:b1, rows i0:i1, columns j0:j1.
+
+    Element (b, i, j) is kept iff word ``j mod 4`` of Philox4x32-10(key = seed, counter =
+    offset + (b L + i) ceil(S/4) + floor(j/4)) is >= :func:`dropout_threshold` (p): a pure
+    function of its coordinates, so any tile is generated alone, the forward and backward of
+    attention regenerate the same tile, and the CUDA kernels (``attention.cu``, same formula)
+    agree bit for bit. Only the counters the tile covers are computed. PyTorch has no public
+    equivalent: this is the role of the Philox dropout inside its fused (flash / memory-efficient)
+    SDPA kernels.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.backends.philox import dropout_keep
+        >>> full = dropout_keep(np, 5, 0, 0.5, 6, 9, 0, 2, 0, 6, 0, 9)
+        >>> bool((dropout_keep(np, 5, 0, 0.5, 6, 9, 1, 2, 2, 5, 3, 7) == full[1:2, 2:5, 3:7]).all())
+        True
+    """
+    q0, q1 = j0 // 4, -(-j1 // 4)  # the groups of four columns the tile touches
+    quads = -(-int(S) // 4)
+    rows = (xp.arange(b0, b1, dtype=xp.uint64)[:, None] * xp.uint64(L)
+            + xp.arange(i0, i1, dtype=xp.uint64)[None, :]) * xp.uint64(quads)
+    counter = rows[:, :, None] + xp.arange(q0, q1, dtype=xp.uint64)[None, None, :] + xp.uint64(offset % _U64)
+    words = xp.stack(philox4x32_10(xp, seed, counter), axis=-1)
+    words = words.reshape(counter.shape[:2] + (4 * (q1 - q0),))[:, :, j0 - 4 * q0: j1 - 4 * q0]
+    return words >= xp.uint64(dropout_threshold(p))
 
 
 class PhiloxDraws:
@@ -81,6 +149,20 @@ class PhiloxDraws:
         else:
             raise TypeError(f"set_rng_state: expected a dict with 'seed' and 'offset' (from get_rng_state), "
                             f"got {type(state).__name__}")
+
+    def reserve(self, counters: int) -> tuple[int, int]:
+        """``(seed, offset)`` for a consumer that draws ``counters`` Philox counters itself
+        (fused dropout), advancing the offset past them, as PyTorch's ``philox_cuda_state``.
+
+        Example:
+            >>> import numpy as np
+            >>> from avila_ml.backends.philox import PhiloxDraws
+            >>> g = PhiloxDraws(np, 3); g.reserve(10), g.get_state()
+            ((3, 0), {'seed': 3, 'offset': 10})
+        """
+        state = (self._seed, self._offset)
+        self._offset += int(counters)
+        return state
 
     def _words(self, n: int):
         out = philox_uint32(self.xp, self._seed, self._offset, n)

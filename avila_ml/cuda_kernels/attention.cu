@@ -20,6 +20,11 @@
 //   dk/dv kernel: one block per key tile, looping over query tiles, p = exp(s - lse),
 //                 dv += p^T do, ds = p * (do v^T - delta), dk += scale * ds^T q
 //   dq kernel:    one block per query tile, looping over key tiles, dq += scale * ds k
+// Dropout (has_dropout): o = (p o z) v with z = keep / (1 - p_drop); keep(bh, i, j) is a pure
+// function of (seed, offset, bh, i, j) through Philox4x32-10, the same formula as the xp path
+// (avila_ml/backends/philox.py, dropout_keep), so every kernel regenerates the same mask and no
+// mask is stored: word j % 4 of Philox(key = seed, counter = offset + (bh L + i) ceil(S/4) + j / 4)
+// is kept iff >= threshold. The backward uses dv += (p o z)^T do, ds = p * (z * (do v^T) - delta).
 // dq is produced by its own pass instead of atomicAdd from the dk/dv blocks: it recomputes
 // q k^T and do v^T once more (7 instead of 5 tile products) but needs no float32 scratch buffer,
 // no atomics (L * D * S/64 of them per head) and is deterministic.
@@ -94,7 +99,46 @@ struct Problem {
     const float* mask;
     long long mask_stride_bh, mask_stride_l, mask_stride_s;
     int has_mask;
+    long long dropout_threshold;  // keep iff the 32-bit Philox word >= this
+    float dropout_scale;          // 1 / (1 - p_drop)
+    long long dropout_seed, dropout_offset;  // 64-bit patterns (passed signed, used unsigned)
+    int has_dropout;
 };
+
+// Word `word` (0..3) of Philox4x32-10 with key `seed` at counter (low 32 bits, high 32 bits, 0, 0)
+// of `counter`. Each element computes its own block although four neighbouring keys share one:
+// a thread's keys are 16 apart in this layout, and ten rounds are cheap next to the tile products.
+__device__ __forceinline__ unsigned int philox_word(unsigned long long seed, unsigned long long counter, int word) {
+    unsigned int c0 = static_cast<unsigned int>(counter), c1 = static_cast<unsigned int>(counter >> 32);
+    unsigned int c2 = 0U, c3 = 0U;
+    unsigned int k0 = static_cast<unsigned int>(seed), k1 = static_cast<unsigned int>(seed >> 32);
+#pragma unroll
+    for (int round = 0; round < 10; ++round) {
+        const unsigned long long p0 = 0xD2511F53ULL * c0;
+        const unsigned long long p1 = 0xCD9E8D57ULL * c2;
+        const unsigned int n0 = static_cast<unsigned int>(p1 >> 32) ^ c1 ^ k0;
+        const unsigned int n2 = static_cast<unsigned int>(p0 >> 32) ^ c3 ^ k1;
+        c1 = static_cast<unsigned int>(p1);
+        c3 = static_cast<unsigned int>(p0);
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9U;
+        k1 += 0xBB67AE85U;
+    }
+    return word == 0 ? c0 : word == 1 ? c1 : word == 2 ? c2 : c3;
+}
+
+// The dropout factor of (bh, i, j): 1 without dropout, else 1 / (1 - p_drop) if kept, 0 if dropped.
+__device__ __forceinline__ float dropout_factor(int bh, int i, int j, const Problem& p) {
+    if (!p.has_dropout || i >= p.seq_q || j >= p.seq_k) return 1.0f;
+    const unsigned long long quads = (static_cast<unsigned long long>(p.seq_k) + 3ULL) / 4ULL;
+    const unsigned long long row = static_cast<unsigned long long>(bh) * static_cast<unsigned long long>(p.seq_q) +
+                                   static_cast<unsigned long long>(i);
+    const unsigned long long counter = static_cast<unsigned long long>(p.dropout_offset) + row * quads +
+                                       static_cast<unsigned long long>(j / 4);
+    const unsigned int word = philox_word(static_cast<unsigned long long>(p.dropout_seed), counter, j % 4);
+    return static_cast<long long>(word) >= p.dropout_threshold ? p.dropout_scale : 0.0f;
+}
 
 struct ThreadCoords {
     int tx, ty;
@@ -283,8 +327,9 @@ __device__ void forward(const T* __restrict__ q, const T* __restrict__ k, const 
 #pragma unroll
             for (int b = 0; b < kPerThread; ++b) {
                 const float prob = __expf(scores[a][b] - reference);
-                row_sum[a] += prob;
-                p_tile[(t.ty + kLanesPerRow * a) * kScoreStride + t.tx + kLanesPerRow * b] = prob;
+                row_sum[a] += prob;  // the softmax normaliser: before dropout
+                const float kept = p.has_dropout ? prob * dropout_factor(bh, i, key_first + t.tx + kLanesPerRow * b, p) : prob;
+                p_tile[(t.ty + kLanesPerRow * a) * kScoreStride + t.tx + kLanesPerRow * b] = kept;
             }
         }
         __syncthreads();
@@ -384,8 +429,9 @@ __device__ void backward_dkdv(const T* __restrict__ q, const T* __restrict__ k, 
                 const int query_local = t.tx + kLanesPerRow * b;
                 const float score = masked_score(scores[a][b], query_first + query_local, j, bh, p);
                 const float prob = probability(score, lse_tile[query_local]);
-                d_scores[a][b] = prob * (d_probs[a][b] - delta_tile[query_local]);
-                score_tile[(t.ty + kLanesPerRow * a) * kScoreStride + query_local] = prob;
+                const float z = dropout_factor(bh, query_first + query_local, j, p);
+                d_scores[a][b] = prob * (z * d_probs[a][b] - delta_tile[query_local]);
+                score_tile[(t.ty + kLanesPerRow * a) * kScoreStride + query_local] = prob * z;
             }
         }
         __syncthreads();
@@ -462,7 +508,8 @@ __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, co
             for (int b = 0; b < kPerThread; ++b) {
                 const int key_local = t.tx + kLanesPerRow * b;
                 const float prob = probability(masked_score(scores[a][b], i, key_first + key_local, bh, p), row_lse[a]);
-                ds_tile[(t.ty + kLanesPerRow * a) * kScoreStride + key_local] = prob * (d_probs[a][b] - row_delta[a]);
+                const float z = dropout_factor(bh, i, key_first + key_local, p);
+                ds_tile[(t.ty + kLanesPerRow * a) * kScoreStride + key_local] = prob * (z * d_probs[a][b] - row_delta[a]);
             }
         }
         __syncthreads();
@@ -482,10 +529,13 @@ __device__ void backward_dq(const T* __restrict__ q, const T* __restrict__ k, co
 #define AVILA_ATTENTION_MASK_PARAMS                                                                \
     const float *__restrict__ mask, long long mask_stride_bh, long long mask_stride_l, long long mask_stride_s, \
         int has_mask
-#define AVILA_ATTENTION_SHAPE_PARAMS int seq_q, int seq_k, int head_dim, float scale, int is_causal
-#define AVILA_ATTENTION_PROBLEM                                                                              \
-    attention_detail::Problem {                                                                              \
-        seq_q, seq_k, head_dim, scale, is_causal, mask, mask_stride_bh, mask_stride_l, mask_stride_s, has_mask \
+#define AVILA_ATTENTION_SHAPE_PARAMS                                                                          \
+    int seq_q, int seq_k, int head_dim, float scale, int is_causal, long long dropout_threshold, float dropout_scale, \
+        long long dropout_seed, long long dropout_offset, int has_dropout
+#define AVILA_ATTENTION_PROBLEM                                                                                    \
+    attention_detail::Problem {                                                                                    \
+        seq_q, seq_k, head_dim, scale, is_causal, mask, mask_stride_bh, mask_stride_l, mask_stride_s, has_mask,     \
+            dropout_threshold, dropout_scale, dropout_seed, dropout_offset, has_dropout                            \
     }
 
 #define AVILA_DEFINE_ATTENTION_KERNELS(T, suffix, head_dim_max)                                                        \

@@ -171,7 +171,7 @@ def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1):
                                                       shared_memory_optin_limit()))[0]
 
 
-def flash_attention_forward(q, k, v, scale, is_causal, mask=None):
+def flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None):
     """Fused softmax attention (FlashAttention-2 forward); returns ``(o, lse)``.
 
     ``s = q k^T * scale + mask`` (keys ``j > i`` set to -inf when ``is_causal``, top-left aligned),
@@ -179,7 +179,9 @@ def flash_attention_forward(q, k, v, scale, is_causal, mask=None):
     softmax so the (L, S) score matrix is never stored. q (BH, L, D), k and v (BH, S, D), D <= 128,
     float32 or float16 (float32 accumulation); ``mask`` broadcasts to (BH, L, S), additive float or
     boolean (True = attend). o has q's dtype, lse is float32 (BH, L). A row with every key masked
-    gives o = 0 and lse = -inf.
+    gives o = 0 and lse = -inf. ``dropout = (p, seed, offset)`` gives ``o = (softmax(s) o z) v``
+    with ``z`` = keep / (1 - p) from :func:`avila_ml.backends.philox.dropout_keep` (the same bits
+    as the xp path); lse stays that of softmax(s).
 
     Mirrors torch.nn.functional.scaled_dot_product_attention (with ``scale``, ``is_causal`` and
     ``attn_mask``) for 3-D inputs; lse is what its flash backend saves for the backward.
@@ -193,16 +195,17 @@ def flash_attention_forward(q, k, v, scale, is_causal, mask=None):
     """
     import cupy
 
-    return run_plan_on_gpu(*prepare_flash_attention_forward(cupy, q, k, v, scale, is_causal, mask))
+    return run_plan_on_gpu(*prepare_flash_attention_forward(cupy, q, k, v, scale, is_causal, mask, dropout))
 
 
-def flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None):
+def flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None):
     """Gradients ``(dq, dk, dv)`` of :func:`flash_attention_forward`, recomputing scores tile by tile.
 
     With ``p = exp(s - lse)`` and ``delta_i = sum_d do_id o_id``: ``dv = p^T do``,
     ``ds = p * (do v^T - delta)``, ``dq = scale * ds k``, ``dk = scale * ds^T q``. dk and dv come from
     one pass over key tiles, dq from a second pass over query tiles (no atomics, deterministic).
-    The mask is not differentiated.
+    The mask is not differentiated. With ``dropout`` (the forward's): ``dv = (p o z)^T do``,
+    ``ds = p * (z * (do v^T) - delta)``, the mask regenerated from (seed, offset).
 
     Mirrors the backward of torch.nn.functional.scaled_dot_product_attention.
 
@@ -213,4 +216,5 @@ def flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None):
     """
     import cupy
 
-    return run_plan_on_gpu(*prepare_flash_attention_backward(cupy, q, k, v, o, lse, do, scale, is_causal, mask))
+    return run_plan_on_gpu(*prepare_flash_attention_backward(cupy, q, k, v, o, lse, do, scale, is_causal, mask,
+                                                             dropout))

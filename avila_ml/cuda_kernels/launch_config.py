@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..backends.philox import dropout_threshold
+
 KERNEL_SOURCE_DIR = Path(__file__).resolve().parent
 CONV4D_SOURCE = "conv4d.cu"
 ATTENTION_SOURCE = "attention.cu"
@@ -428,6 +430,7 @@ class AttentionGeometry:
     scale: float
     is_causal: bool
     mask_shape: tuple[int, int, int] | None
+    dropout: tuple[float, int, int] | None = None  # (p, seed, offset) of the Philox keep mask
 
     @property
     def head_dim_bucket(self) -> int:
@@ -446,15 +449,29 @@ class AttentionGeometry:
         return ("mask", *(np.int64(s) for s in strides), np.int32(1))
 
     def shape_args(self) -> tuple[Any, ...]:
-        return (np.int32(self.seq_q), np.int32(self.seq_k), np.int32(self.head_dim), np.float32(self.scale),
+        """Sizes, scale, causal flag and the dropout arguments (threshold, 1/(1-p), seed and offset
+        as the int64 of their 64-bit patterns, flag)."""
+        args = (np.int32(self.seq_q), np.int32(self.seq_k), np.int32(self.head_dim), np.float32(self.scale),
                 np.int32(int(self.is_causal)))
+        if self.dropout is None:
+            return args + (np.int64(0), np.float32(1.0), np.int64(0), np.int64(0), np.int32(0))
+        p, seed, offset = self.dropout
+        return args + (np.int64(dropout_threshold(p)), np.float32(1.0 / (1.0 - p)), _as_int64(seed),
+                       _as_int64(offset), np.int32(1))
 
     def describe(self) -> str:
         mask = "no mask" if self.mask_shape is None else f"mask {self.mask_shape}"
+        drop = "" if self.dropout is None else f", dropout_p={self.dropout[0]}"
         return (
             f"q ({self.batch_heads}, {self.seq_q}, {self.head_dim}), k and v ({self.batch_heads}, {self.seq_k}, "
-            f"{self.head_dim}), {self.dtype.name}, {mask}, is_causal={self.is_causal}"
+            f"{self.head_dim}), {self.dtype.name}, {mask}, is_causal={self.is_causal}{drop}"
         )
+
+
+def _as_int64(value: int) -> np.int64:
+    """The int64 with the bit pattern of the 64-bit unsigned ``value`` (kernels read it unsigned)."""
+    value = int(value) % (1 << 64)
+    return np.int64(value - (1 << 64) if value >= 1 << 63 else value)
 
 
 def attention_geometry(
@@ -466,8 +483,10 @@ def attention_geometry(
     scale: float,
     is_causal: bool,
     mask_shape: Sequence[int] | None,
+    dropout: tuple[float, int, int] | None = None,
 ) -> AttentionGeometry:
-    """Validate an attention problem; ``mask_shape`` must broadcast to (BH, L, S)."""
+    """Validate an attention problem; ``mask_shape`` must broadcast to (BH, L, S); ``dropout`` is
+    None or ``(p, seed, offset)`` with 0 <= p < 1."""
     q_shape, k_shape, v_shape = (tuple(int(s) for s in shape) for shape in (q_shape, k_shape, v_shape))
     consistent = len(q_shape) == 3 and len(k_shape) == 3 and k_shape == v_shape
     if not consistent or q_shape[0] != k_shape[0] or q_shape[2] != k_shape[2]:
@@ -491,7 +510,13 @@ def attention_geometry(
             raise ValueError(f"{op}: mask of shape {mask_shape} does not broadcast to (BH, L, S) = "
                              f"{(batch_heads, seq_q, seq_k)}")
         compact_mask = padded  # type: ignore[assignment]
-    return AttentionGeometry(batch_heads, seq_q, seq_k, head_dim, dtype, float(scale), bool(is_causal), compact_mask)
+    if dropout is not None:
+        p, seed, offset = dropout
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"{op}: dropout probability must be in [0, 1), got {p}")
+        dropout = (float(p), int(seed), int(offset))
+    return AttentionGeometry(batch_heads, seq_q, seq_k, head_dim, dtype, float(scale), bool(is_causal), compact_mask,
+                             dropout)
 
 
 def _attention_buffers(g: AttentionGeometry) -> dict[str, BufferSpec]:
@@ -590,11 +615,12 @@ def prepare_attention_mask(xp, mask, geometry_mask_shape):
     return xp.ascontiguousarray(mask.astype(xp.float32, copy=False).reshape(geometry_mask_shape))
 
 
-def prepare_flash_attention_forward(xp, q, k, v, scale, is_causal, mask) -> tuple[LaunchPlan, dict[str, Any]]:
+def prepare_flash_attention_forward(xp, q, k, v, scale, is_causal, mask,
+                                    dropout=None) -> tuple[LaunchPlan, dict[str, Any]]:
     op = "flash_attention_forward"
     _check_same_dtype(op, q=q, k=k, v=v)
     geometry = attention_geometry(op, q.shape, k.shape, v.shape, q.dtype, scale, is_causal,
-                                  None if mask is None else mask.shape)
+                                  None if mask is None else mask.shape, dropout)
     inputs = {"q": xp.ascontiguousarray(q), "k": xp.ascontiguousarray(k), "v": xp.ascontiguousarray(v)}
     if mask is not None:
         inputs["mask"] = prepare_attention_mask(xp, mask, geometry.mask_shape)
@@ -602,12 +628,12 @@ def prepare_flash_attention_forward(xp, q, k, v, scale, is_causal, mask) -> tupl
 
 
 def prepare_flash_attention_backward(
-    xp, q, k, v, o, lse, do, scale, is_causal, mask
+    xp, q, k, v, o, lse, do, scale, is_causal, mask, dropout=None
 ) -> tuple[LaunchPlan, dict[str, Any]]:
     op = "flash_attention_backward"
     _check_same_dtype(op, q=q, k=k, v=v, o=o, do=do)
     geometry = attention_geometry(op, q.shape, k.shape, v.shape, q.dtype, scale, is_causal,
-                                  None if mask is None else mask.shape)
+                                  None if mask is None else mask.shape, dropout)
     _check_shape(op, "o", o.shape, q.shape)
     _check_shape(op, "do", do.shape, q.shape)
     _check_shape(op, "lse", lse.shape, q.shape[:2])

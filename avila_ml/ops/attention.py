@@ -21,6 +21,7 @@ from ..amp.autocast_mode import autocast_op
 from .._grad_state import state as _grad_state
 from ..backends.constants import device_constant
 from ..backends import backend_of
+from ..backends.philox import dropout_counters, dropout_keep
 from ..tensor import Tensor
 from . import _cpu_threads
 from .elementwise import sum_to, where
@@ -145,11 +146,15 @@ class _BlockedAttention(Function):
 
     Tensor arguments: q, k, v and, when it requires grad, the additive float mask. A mask that
     needs no gradient arrives as a plain array (bool: True = take part; float: added).
+    ``dropout`` is None or ``(p, seed, offset)``: the keep decision of element (b, i, j) of the
+    flat batch b is ``philox.dropout_keep`` at those coordinates, generated tile by tile in the
+    forward and again in the backward, never stored for the whole L x S.
     """
 
-    def forward(self, q, k, v, mask, is_causal, scale, mask_is_tensor):
+    def forward(self, q, k, v, mask, is_causal, scale, mask_is_tensor, dropout=None):
         xp = backend_of(q).xp
         self.is_causal, self.scale, self.mask_is_tensor = is_causal, scale, mask_is_tensor
+        self.dropout = dropout
         self.mask = mask
         self.shapes = (q.shape, k.shape, v.shape)
         self.batch = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
@@ -171,7 +176,14 @@ class _BlockedAttention(Function):
             # create_graph=True: the gradients must themselves be differentiable, so they are
             # written with Tensor ops on the composite formula (exact, but O(L S) memory)
             mask = saved[3] if self.mask_is_tensor else (None if self.mask is None else Tensor._wrap(self.mask))
-            return _math_backward(q, k, v, mask, g, self.is_causal, self.scale, self.needs_input_grad)
+            keep = None
+            if self.dropout is not None:
+                # the rare double-backward path: the SAME mask, generated whole from the same
+                # function (O(L S) memory, like the rest of this exact composite formula)
+                keep = Tensor._wrap(self._keep_tile(0, int(np.prod(self.batch, dtype=np.int64)), 0, q.shape[-2],
+                                                    0, k.shape[-2], backend_of(q.array).xp, q.array.dtype)
+                                    .reshape(self.batch + (q.shape[-2], k.shape[-2])))
+            return _math_backward(q, k, v, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep)
         (o,) = self.saved_outputs
         xp = backend_of(q.array).xp
         if self.cuda:
@@ -215,6 +227,14 @@ class _BlockedAttention(Function):
             s[..., c0 - j0:] += xp.where(cols > rows, s.dtype.type(-np.inf), s.dtype.type(0))
         return s
 
+    def _keep_tile(self, b0, b1, i0, i1, j0, j1, xp, dtype):
+        """The dropout factors of a tile: 1/(1-p) where kept, 0 where dropped (dtype ``dtype``)."""
+        p, seed, offset = self.dropout
+        L, S = self.shapes[0][-2], self.shapes[1][-2]
+        keep = dropout_keep(xp, seed, offset, p, L, S, b0, b1, i0, i1, j0, j1)
+        dt = np.dtype(dtype)
+        return xp.where(keep, dt.type(1.0 / (1.0 - p)), dt.type(0))
+
     def _units(self, B, L, S):
         """The tiles' (batch chunk, query block) pairs, and the key block width."""
         bb, bq, bk = _block_sizes(B, L, S)
@@ -255,12 +275,15 @@ class _BlockedAttention(Function):
                 m_safe = xp.where(m_new == neg_inf, zero, m_new) if may_empty else m_new
                 s -= m_safe
                 xp.exp(s, out=s)
+                rowsum = s.sum(axis=-1, keepdims=True)  # the softmax normaliser: before dropout
+                if self.dropout is not None:
+                    s *= self._keep_tile(b0, b1, i0, i1, j0, j1, xp, ct)
                 pv = s @ vc[:, j0:j1]
                 if m is None:
-                    l, acc = s.sum(axis=-1, keepdims=True), pv
+                    l, acc = rowsum, pv
                 else:  # rescale what was summed under the old running max
                     alpha = xp.exp(m - m_safe)
-                    l = l * alpha + s.sum(axis=-1, keepdims=True)
+                    l = l * alpha + rowsum
                     acc *= alpha
                     acc += pv
                 m = m_safe
@@ -340,8 +363,14 @@ class _BlockedAttention(Function):
                     p = xp.exp(s, out=s)
                 else:
                     p = xp.exp(s - li)
-                dv[b0:b1, j0:j1] += p.swapaxes(-1, -2) @ gi
                 ds = gi @ vc[:, j0:j1].swapaxes(-1, -2)
+                if self.dropout is None:
+                    dv[b0:b1, j0:j1] += p.swapaxes(-1, -2) @ gi
+                else:  # O = (P o Z) V: dV = (P o Z)^T dO, dP = (dO V^T) o Z; D = rowsum(dO o O) still
+                    z = self._keep_tile(b0, b1, i0, i1, j0, j1, xp, p.dtype)
+                    dv[b0:b1, j0:j1] += (p * z).swapaxes(-1, -2) @ gi
+                    ds *= z
+                    del z
                 ds -= di
                 ds *= p
                 del p, s
@@ -377,13 +406,14 @@ class _BlockedAttention(Function):
     def _cuda_forward(self, q, k, v, xp):
         fwd, _ = _cuda_kernels()
         o, self.lse = fwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self.scale,
-                          self.is_causal, mask=self._flat_mask(xp))
+                          self.is_causal, mask=self._flat_mask(xp), dropout=self.dropout)
         return o.reshape(self.batch + o.shape[-2:])
 
     def _cuda_backward(self, q, k, v, o, g, xp):
         _, bwd = _cuda_kernels()
         dq, dk, dv = bwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self._flat(o, xp),
-                         self.lse, self._flat(g, xp), self.scale, self.is_causal, mask=self._flat_mask(xp))
+                         self.lse, self._flat(g, xp), self.scale, self.is_causal, mask=self._flat_mask(xp),
+                         dropout=self.dropout)
         qs_, ks_, vs_ = self.shapes
         need = self.needs_input_grad
         return [_sum_to_array(d.reshape(self.batch + d.shape[-2:]), shp, xp) if n else None
@@ -408,24 +438,19 @@ def _math_probs(q, k, mask, is_causal, scale):
     return softmax(s, -1) * Tensor._wrap(row_ok.astype(s.array.dtype))
 
 
-def _math_attention(q, k, v, mask, is_causal, scale, dropout_p):
-    """The composite formula softmax(scale Q K^T + mask) V, with dropout on the probabilities."""
-    p = _math_probs(q, k, mask, is_causal, scale)
-    if dropout_p > 0.0:
-        backend = backend_of(p.array)
-        keep = backend.rand(p.shape, np.dtype(np.float32)) >= dropout_p
-        p = p * Tensor._wrap((keep / (1.0 - dropout_p)).astype(p.array.dtype))
-    return matmul(p, v)
-
-
-def _math_backward(q, k, v, mask, g, is_causal, scale, needs):
-    """dQ, dK, dV (and d mask) of the composite formula, written with differentiable Tensor ops."""
+def _math_backward(q, k, v, mask, g, is_causal, scale, needs, keep=None):
+    """dQ, dK, dV (and d mask) of the composite formula, written with differentiable Tensor ops.
+    ``keep``: the dropout factors Z (0 or 1/(1-p), a constant Tensor), O = (P o Z) V."""
     p = _math_probs(q, k, mask, is_causal, scale)
     dp = matmul(g, v.mT)
+    pd = p
+    if keep is not None:
+        dp = dp * keep
+        pd = p * keep
     ds = p * (dp - (dp * p).sum(-1, keepdim=True))
     grads = [sum_to(matmul(ds, k) * scale, q.shape) if needs[0] else None,
              sum_to(matmul(ds.mT, q) * scale, k.shape) if needs[1] else None,
-             sum_to(matmul(p.mT, g), v.shape) if needs[2] else None]
+             sum_to(matmul(pd.mT, g), v.shape) if needs[2] else None]
     if len(needs) > 3:
         grads.append(sum_to(ds, mask.shape) if needs[3] else None)
     return tuple(grads)
@@ -519,16 +544,25 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     at least 256 rows x the key block), never L x S. The forward saves O and the row
     log-sum-exp; the backward recomputes P tile by tile (FlashAttention-2). On the CPU the
     tiles of large problems are shared among threads with BLAS held to one thread (when
-    ``threadpoolctl`` is installed). On CUDA with head dim <= 128, float32/float16 and no
-    dropout, the fused kernels in ``avila_ml.cuda_kernels`` run instead. float16 inputs are
+    ``threadpoolctl`` is installed). On CUDA with head dim <= 128, float32/float16 and a mask
+    that needs no gradient, the fused kernels in ``avila_ml.cuda_kernels`` run instead. float16 inputs are
     computed in float32 on the CPU.
 
+    Dropout (``dropout_p > 0``, applied whenever given, like PyTorch's functional form: pass
+    0.0 in eval mode): O = (P o Z) V with Z = keep / (1 - p), inside the blocked path and the
+    fused CUDA kernels (no L x S
+    matrix is held). The keep decision of element (b, i, j) (b the flat batch index) is a pure
+    function of (seed, offset, b, i, j) through Philox4x32-10
+    (:func:`avila_ml.backends.philox.dropout_keep`), so the backward regenerates each tile's mask
+    instead of storing it; (seed, offset) are drawn once per call from the global generator
+    (``manual_seed`` reproduces a call, consecutive calls differ). The softmax normaliser and
+    the saved log-sum-exp are those of P, before dropout.
+
     Conventions: a fully masked row (no key may be attended to, or S = 0) gives an output of
-    zeros and zero gradients, never NaN. ``dropout_p > 0`` (applied whenever given, like
-    PyTorch's functional form: pass 0.0 in eval mode) uses the composite formula above built
-    from Tensor ops, which holds the L x S probability matrix. Second derivatives
-    (``create_graph=True``) also go through that composite formula: the backward, when
-    recorded, is written with differentiable Tensor ops, so double backward is exact.
+    zeros and zero gradients, never NaN. Second derivatives (``create_graph=True``) go through
+    the composite formula above: the backward, when recorded, is written with differentiable
+    Tensor ops (O(L S) memory), so double backward is exact; with dropout that rare path
+    generates the whole mask from the same function, so it uses the same Z as the forward.
 
     Example:
         >>> import avila_ml as am
@@ -547,10 +581,26 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     if enable_gqa and query.shape[-3] != key.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
         key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    dropout = None
     if dropout_p > 0.0:
-        return _math_attention(query, key, value, attn_mask, is_causal, scale, float(dropout_p))
+        batch = np.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        B = int(np.prod(batch, dtype=np.int64))
+        seed, offset = _dropout_seed(backend_of(query.array), dropout_counters(B, query.shape[-2], key.shape[-2]))
+        dropout = (float(dropout_p), seed, offset)
     if attn_mask is not None and attn_mask.ndim < 2:
         attn_mask = reshape(attn_mask, (1,) * (2 - attn_mask.ndim) + tuple(attn_mask.shape))
     mask_is_tensor = attn_mask is not None and attn_mask.requires_grad and _grad_state.enabled
     mask = attn_mask if mask_is_tensor else (None if attn_mask is None else attn_mask.array)
-    return _BlockedAttention.apply(query, key, value, mask, bool(is_causal), scale, mask_is_tensor)
+    return _BlockedAttention.apply(query, key, value, mask, bool(is_causal), scale, mask_is_tensor, dropout)
+
+
+def _dropout_seed(backend, counters: int) -> tuple[int, int]:
+    """(seed, offset) of one attention call's dropout mask, drawn from ``backend``'s global
+    generator so that consecutive calls differ and ``manual_seed`` reproduces them: a Philox
+    backend (CUDA) hands out its own state and advances its offset past the ``counters`` the
+    mask uses (as PyTorch's CUDA generator does for fused dropout, and with no device sync);
+    the CPU's PCG64 generator draws a fresh 63-bit key (offset 0)."""
+    reserve = getattr(getattr(backend, "rng", None), "reserve", None)
+    if reserve is not None:
+        return reserve(counters)
+    return int(backend.randint(0, 1 << 63, (1,), np.uint64)[0]), 0

@@ -332,6 +332,71 @@ def test_flash_attention_forward_and_backward_match_numpy(kernels, case):
         assert np.all(to_np(dq)[-1, 2] == 0)
 
 
+# dropout: the kernels regenerate the Philox keep mask of avila_ml.backends.philox.dropout_keep;
+# a seed >= 2**63 and an offset beyond 32 bits check the 64-bit arguments on the way in.
+DROPOUT_CASES = {
+    "two_tiles_L_ne_S_float_mask": dict(bh=2, seq_q=70, seq_k=67, head_dim=24, is_causal=False, mask="LS", p=0.3),
+    "causal_bool_mask_blind_row": dict(bh=2, seq_q=6, seq_k=9, head_dim=13, is_causal=True, mask="bool", p=0.5),
+}
+DROPOUT_SEED, DROPOUT_OFFSET = (1 << 63) + 12345, (1 << 40) + 7
+
+
+def _keep_factors(p, bh, seq_q, seq_k):
+    from avila_ml.backends.philox import dropout_keep
+
+    keep = dropout_keep(np, DROPOUT_SEED, DROPOUT_OFFSET, p, seq_q, seq_k, 0, bh, 0, seq_q, 0, seq_k)
+    return keep, keep / (1.0 - p)
+
+
+@pytest.mark.parametrize("case", list(DROPOUT_CASES), ids=list(DROPOUT_CASES))
+def test_flash_attention_dropout_matches_numpy_with_the_same_mask(kernels, case):
+    """o = (P o Z) V and its gradients, Z the materialised Philox mask of the same (seed, offset)."""
+    spec = DROPOUT_CASES[case]
+    rng = np.random.default_rng(sum(map(ord, case)))
+    bh, seq_q, seq_k, head_dim, p = spec["bh"], spec["seq_q"], spec["seq_k"], spec["head_dim"], spec["p"]
+    q, k, v = (rng.standard_normal((bh, n, head_dim)).astype(np.float32) for n in (seq_q, seq_k, seq_k))
+    do = rng.standard_normal((bh, seq_q, head_dim)).astype(np.float32)
+    mask = _make_mask(spec["mask"], rng, bh, seq_q, seq_k)
+    additive = np.where(mask, 0.0, -np.inf) if mask.dtype == bool else mask.astype(np.float64)
+    scale, is_causal = head_dim**-0.5, spec["is_causal"]
+    q64, k64, v64, do64 = (a.astype(np.float64) for a in (q, k, v, do))
+    _, lse_expected, probs = attention_reference(q64, k64, v64, scale, is_causal, additive)
+    _, z = _keep_factors(p, bh, seq_q, seq_k)
+    o_expected = (probs * z) @ v64
+    dropout = (p, DROPOUT_SEED, DROPOUT_OFFSET)
+    dev, to_np = kernels.to_device, kernels.to_numpy
+
+    o, lse = kernels.flash_attention_forward(dev(q), dev(k), dev(v), scale, is_causal, dev(mask), dropout)
+    assert_close(to_np(o), o_expected, 1e-4, "o")
+    assert_close(to_np(lse), lse_expected, 1e-4, "lse")  # the log-sum-exp of P, before dropout
+
+    dq, dk, dv = kernels.flash_attention_backward(
+        dev(q), dev(k), dev(v), dev(o_expected.astype(np.float32)), dev(lse_expected.astype(np.float32)), dev(do),
+        scale, is_causal, dev(mask), dropout,
+    )
+    delta = (do64 * o_expected.astype(np.float32).astype(np.float64)).sum(-1, keepdims=True)
+    d_scores = probs * ((do64 @ v64.transpose(0, 2, 1)) * z - delta)
+    expected = {"dq": d_scores @ k64 * scale, "dk": d_scores.transpose(0, 2, 1) @ q64 * scale,
+                "dv": (probs * z).transpose(0, 2, 1) @ do64}
+    for name, actual in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert_close(to_np(actual), expected[name], 1e-4, name)
+
+
+def test_flash_attention_dropout_keeps_exactly_the_xp_mask(kernels):
+    """With V = I the output is P o Z itself: its zeros are exactly the dropped (b, i, j) of the
+    xp function (bit-identical keep decisions), over two key tiles and S not a multiple of 4."""
+    bh, seq_q, seq_k, p = 2, 9, 70, 0.4
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((bh, seq_q, seq_k)).astype(np.float32) * 0.1
+    k = rng.standard_normal((bh, seq_k, seq_k)).astype(np.float32) * 0.1
+    v = np.broadcast_to(np.eye(seq_k, dtype=np.float32), (bh, seq_k, seq_k)).copy()
+    dev, to_np = kernels.to_device, kernels.to_numpy
+    o, _ = kernels.flash_attention_forward(dev(q), dev(k), dev(v), 1.0, False, None,
+                                           (p, DROPOUT_SEED, DROPOUT_OFFSET))
+    keep, _ = _keep_factors(p, bh, seq_q, seq_k)
+    assert np.array_equal(to_np(o) != 0, keep)
+
+
 def test_attention_reference_agrees_with_torch_sdpa():
     """Guards the reference itself, including top-left causal alignment with L != S."""
     torch = pytest.importorskip("torch")
@@ -413,6 +478,8 @@ def test_bad_inputs_raise_errors_that_name_the_op_and_shapes():
         host_emulation.host_flash_attention_forward(q, q, q, 1.0, False, np.zeros((3, 5), dtype=np.float32))
     with pytest.raises(TypeError, match="float32 and float16, got float64"):
         host_emulation.host_flash_attention_forward(*(q.astype(np.float64),) * 3, 1.0, False)
+    with pytest.raises(ValueError, match=r"flash_attention_forward: dropout probability must be in \[0, 1\), got 1.0"):
+        host_emulation.host_flash_attention_forward(q, q, q, 1.0, False, None, (1.0, 0, 0))
 
 
 def test_empty_problems_return_without_launching():

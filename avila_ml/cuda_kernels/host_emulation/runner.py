@@ -141,7 +141,7 @@ def host_conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1) -> 
     return run_plan_on_host(*prepare_conv4d_grad_weight(np, x, dy, w_shape, stride, padding, dilation))[0]
 
 
-def host_flash_attention_forward(q, k, v, scale, is_causal, mask=None) -> tuple[np.ndarray, np.ndarray]:
+def host_flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None) -> tuple[np.ndarray, np.ndarray]:
     """Host-emulated :func:`avila_ml.cuda_kernels.flash_attention_forward`; returns ``(o, lse)``.
 
     ``o = softmax(q k^T * scale + mask) v``, like torch.nn.functional.scaled_dot_product_attention.
@@ -151,10 +151,10 @@ def host_flash_attention_forward(q, k, v, scale, is_causal, mask=None) -> tuple[
     >>> o.shape, [round(float(x), 4) for x in lse[0]]
     ((1, 3, 8), [4.0, 4.6931, 5.0986])
     """
-    return run_plan_on_host(*prepare_flash_attention_forward(np, q, k, v, scale, is_causal, mask))
+    return run_plan_on_host(*prepare_flash_attention_forward(np, q, k, v, scale, is_causal, mask, dropout))
 
 
-def host_flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None):
+def host_flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None):
     """Host-emulated :func:`avila_ml.cuda_kernels.flash_attention_backward`; returns ``(dq, dk, dv)``.
 
     >>> q = np.ones((1, 3, 8), dtype=np.float32)
@@ -163,4 +163,5 @@ def host_flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=No
     >>> [round(float(x), 4) for x in dv[0, :, 0]]
     [1.8333, 0.8333, 0.3333]
     """
-    return run_plan_on_host(*prepare_flash_attention_backward(np, q, k, v, o, lse, do, scale, is_causal, mask))
+    return run_plan_on_host(*prepare_flash_attention_backward(np, q, k, v, o, lse, do, scale, is_causal, mask,
+                                                              dropout))
