@@ -111,6 +111,11 @@ _FLOAT_ROWS = [r for r in OP_TABLE if "float64" in r.dtypes]
 # (inf + -inf): PyTorch's order is not ours (einsum contraction paths, matrix products)
 ORDER_DEPENDENT_NAN = {"einsum", "matmul", "bmm", "mm", "tensordot", "linear", "conv1d", "conv2d"}
 GRAD_NAN_CONVENTION = collections.Counter()  # row -> cases whose NaN gradient positions differ
+# PyTorch 2.13's CPU grid_sampler_2d_backward reads out of bounds and segfaults the process
+# (checked by hand, one subprocess per case) for a NaN grid coordinate with padding 'border' or
+# 'reflection', and for +-inf with 'reflection'; its forward is defined (NaN clamps to 0) and
+# compared: row -> position of the grid among the leaves, whose backward is not run then
+BACKWARD_UNSAFE_WITH_NONFINITE_GRID = {"grid_sample_border": 1, "grid_sample_reflection": 1}
 
 
 def _plant(sample, rng, value):
@@ -169,6 +174,10 @@ def test_op_with_nan_or_inf_matches_pytorch(row, pick, value, seed):
     pairs = [(o, t) for o, t in zip(outs_o, outs_t)
              if isinstance(t, torch.Tensor) and t.requires_grad and t.dtype.is_floating_point]
     if not pairs:
+        return
+    grid_at = BACKWARD_UNSAFE_WITH_NONFINITE_GRID.get(row.name)
+    if grid_at is not None and not bool(torch.isfinite(ref_leaves[grid_at]).all()):
+        CASES["op non-finite grid: PyTorch backward unsafe (not run)"] += 1
         return
     go = [o for o in ours_leaves if o.requires_grad]
     gt = [t for t in ref_leaves if t.requires_grad]
