@@ -287,5 +287,7 @@ def einsum(equation: str, *operands):
                 raise RuntimeError(f"einsum: letter {c!r} has size {sizes[c]} in one operand and {n} in operand {k} ({equation!r})")
     from .. import dtypes as _dt
     dt = _dt.result_type(*operands)
+    if dt is _dt.bool and len(operands) == 1 and set(subs[0]) - set(eq.split("->")[1]):
+        dt = _dt.int64  # a summed letter: PyTorch sums the bool operand, which counts in int64
     ops = [t if t.dtype is dt else t.to(dt) for t in operands]
     return Einsum.apply(eq, *ops)
