@@ -473,3 +473,55 @@ def test_save_killed_mid_write_leaves_no_stale_temporary(tmp_path):
     left = sorted(os.listdir(tmp_path))
     assert left == sorted(["ckpt.safetensors", live.name, other_host.name, unrelated.name]), left
     assert am.load(path)["epoch"] == 3
+
+
+# -- found by the property suite after issue 16's ops joined the op table -------------------------
+@pytest.mark.parametrize("boundaries", [[1.0, 2.0, math.nan, 3.0], [1.0, math.nan, 3.0], [math.nan], [math.nan, 1.0]])
+@pytest.mark.parametrize("right", [False, True])
+def test_bucketize_with_nan_boundaries_follows_pytorch(boundaries, right):
+    x = [0.5, 1.5, 2.5, 3.5, math.nan, math.inf, 1.0, 3.0]
+    ours = am.bucketize(am.tensor(x, dtype=am.float64), am.tensor(boundaries, dtype=am.float64), right=right)
+    theirs = torch.bucketize(torch.tensor(x, dtype=torch.float64), torch.tensor(boundaries, dtype=torch.float64), right=right)
+    assert ours.tolist() == theirs.tolist()
+    rows = [[1.0, math.nan], [0.0, 1.0]]
+    ours = am.searchsorted(am.tensor(rows), am.tensor([[0.5, 2.0], [0.5, 2.0]]), right=right)
+    assert ours.tolist() == torch.searchsorted(torch.tensor(rows), torch.tensor([[0.5, 2.0], [0.5, 2.0]]), right=right).tolist()
+
+
+def test_addmm_beta0_gives_input_a_zero_gradient_and_ignores_its_nan():
+    inp = am.tensor([[math.nan, 1.0], [2.0, 3.0]], dtype=am.float64, requires_grad=True)
+    out = am.addmm(inp, am.ones(2, 0, dtype=am.float64), am.ones(0, 2, dtype=am.float64), beta=0)
+    assert out.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    out.sum().backward()
+    assert inp.grad.tolist() == [[0.0, 0.0], [0.0, 0.0]]  # PyTorch: beta * grad, summed to the input's shape
+
+
+@pytest.mark.parametrize("kwargs", [{"beta": 0.5, "alpha": 2.0}, {"alpha": -1.5}, {"beta": 2.0}])
+def test_addmm_baddbmm_integer_tensors_keep_their_dtype(kwargs):
+    rng = np.random.default_rng(0)
+    i, a, b = (rng.integers(-3, 4, s) for s in ((2, 2), (2, 3), (3, 2)))
+    ours = am.addmm(am.tensor(i), am.tensor(a), am.tensor(b), **kwargs)
+    theirs = torch.addmm(torch.tensor(i), torch.tensor(a), torch.tensor(b), **kwargs)
+    assert ours.dtype == am.int64 and ours.tolist() == theirs.tolist()
+    ours = am.baddbmm(am.tensor(i[None]), am.tensor(a[None]), am.tensor(b[None]), **kwargs)
+    theirs = torch.baddbmm(torch.tensor(i[None]), torch.tensor(a[None]), torch.tensor(b[None]), **kwargs)
+    assert ours.dtype == am.int64 and ours.tolist() == theirs.tolist()
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_grid_sample_with_nonfinite_grid_or_pixel_follows_pytorch(padding_mode, align_corners, bad):
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    g = np.array([[[[0.1, 0.2], [bad, 0.3]], [[-1.1, 0.9], [0.5, -0.5]]]])
+    kw = dict(padding_mode=padding_mode, align_corners=align_corners)
+    ours = F.grid_sample(am.tensor(x), am.tensor(g), **kw)
+    theirs = TF.grid_sample(torch.tensor(x), torch.tensor(g), **kw)  # forward only: see BACKWARD_UNSAFE_... in the property suite
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    # an inf/NaN pixel stays out of the samples whose corners lie outside the image
+    x2 = x.copy()
+    x2[0, 0, 0, 0] = bad
+    g2 = np.array([[[[-1.1, -1.1], [0.9, 0.9]], [[0.0, 0.0], [1.2, -1.3]]]])
+    ours = F.grid_sample(am.tensor(x2), am.tensor(g2), **kw)
+    theirs = TF.grid_sample(torch.tensor(x2), torch.tensor(g2), **kw)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)

@@ -111,6 +111,11 @@ _FLOAT_ROWS = [r for r in OP_TABLE if "float64" in r.dtypes]
 # (inf + -inf): PyTorch's order is not ours (einsum contraction paths, matrix products)
 ORDER_DEPENDENT_NAN = {"einsum", "matmul", "bmm", "mm", "tensordot", "linear", "conv1d", "conv2d"}
 GRAD_NAN_CONVENTION = collections.Counter()  # row -> cases whose NaN gradient positions differ
+# PyTorch 2.13's CPU grid_sampler_2d_backward reads out of bounds and segfaults the process
+# (checked by hand, one subprocess per case) for a NaN grid coordinate with padding 'border' or
+# 'reflection', and for +-inf with 'reflection'; its forward is defined (NaN clamps to 0) and
+# compared: row -> position of the grid among the leaves, whose backward is not run then
+BACKWARD_UNSAFE_WITH_NONFINITE_GRID = {"grid_sample_border": 1, "grid_sample_reflection": 1}
 
 
 def _plant(sample, rng, value):
@@ -170,6 +175,10 @@ def test_op_with_nan_or_inf_matches_pytorch(row, pick, value, seed):
              if isinstance(t, torch.Tensor) and t.requires_grad and t.dtype.is_floating_point]
     if not pairs:
         return
+    grid_at = BACKWARD_UNSAFE_WITH_NONFINITE_GRID.get(row.name)
+    if grid_at is not None and not bool(torch.isfinite(ref_leaves[grid_at]).all()):
+        CASES["op non-finite grid: PyTorch backward unsafe (not run)"] += 1
+        return
     go = [o for o in ours_leaves if o.requires_grad]
     gt = [t for t in ref_leaves if t.requires_grad]
     # a finite upstream gradient (ones), so NaN in the input gradient comes from the op alone
@@ -204,6 +213,23 @@ INT_KNOWN = {
     "lerp": "bool weight: the error comes from the inner `sub` and names it, not lerp",
     "addcmul": "value=0.5 with int64 tensors: ours promotes to float, PyTorch truncates the product to int",
 }
+# rows returning (values, indices) whose index among EQUAL values PyTorch leaves unspecified: its
+# CPU topk selects with std::nth_element (not stable), so which of several tied integers comes
+# first depends on the C++ library (torch.topk(tensor([[0, 0, 1, 0, 0]]), 2) gives indices
+# [2, 4]; [[0, 0, 0, 0, 1]] gives [4, 2]). Integer inputs tie often: the values are compared
+# exactly and each index must point at its value in the input (no index order among ties).
+TIE_ORDER_UNSPECIFIED = {"topk"}
+
+
+def _same_values_up_to_ties(yo, yt, leaf, dim, where):
+    _same_values(yo[0], yt[0], 0.0, 0.0, where + " values")
+    idx = to_numpy(yo[1])
+    assert idx.shape == tuple(yt[1].shape), f"{where}: indices shape {idx.shape} vs {tuple(yt[1].shape)}"
+    x = to_numpy(leaf)
+    picked = x.reshape(1) if x.ndim == 0 else np.take_along_axis(x, idx, axis=dim)
+    np.testing.assert_array_equal(picked, to_numpy(yo[0]), err_msg=f"{where}: indices do not point at the values")
+
+
 @pytest.mark.parametrize("row", [r for r in OP_TABLE if "int64" not in r.dtypes], ids=lambda r: r.name)
 @SETTINGS
 @given(pick=st.integers(0, 10 ** 6), dtype=st.sampled_from(["int64", "bool"]))
@@ -230,6 +256,11 @@ def test_op_with_integer_or_bool_input_matches_pytorch(row, pick, dtype):
         return
     if ko == "raise":
         _check_error(yo, yt, (row.name,), where)  # stricter than PyTorch, but clean and named
+        return
+    if row.name in TIE_ORDER_UNSPECIFIED:
+        CASES["op int/bool tie order not compared"] += 1
+        dim = sample.kwargs.get("dim", sample.args[2] if len(sample.args) > 2 else -1)
+        _same_values_up_to_ties(yo, yt, conv_o[0], dim, where)
         return
     _same_values(yo, yt, 1e-6, 1e-9, where)
 
@@ -295,6 +326,24 @@ LAYERS = {
     "NLLLoss": ((), {}, _CLS(4)),
     "CosineEmbeddingLoss": ((), {}, lambda b, rng: [rng.standard_normal((b, 3)), rng.standard_normal((b, 3)),
                                                       rng.choice([-1, 1], (b,))]),
+    # layers added by issue 16 (recurrent, Transformer, RMSNorm, Fold/Unfold, pixel shuffles, distances)
+    "SyncBatchNorm": ((3,), {}, _X(3, 2)),
+    "RMSNorm": ((4,), {}, _X(3, 4)),
+    "CosineSimilarity": ((), {}, _XY(3)),
+    "PairwiseDistance": ((), {}, _XY(3)),
+    "PixelShuffle": ((2,), {}, _X(8, 2, 3)),
+    "PixelUnshuffle": ((2,), {}, _X(2, 4, 6)),
+    "Fold": (((4, 5), 2), {}, _X(4, 12)),
+    "Unfold": ((2,), {}, _X(2, 4, 3)),
+    "RNN": ((4, 3), {"batch_first": True}, _X(5, 4)),
+    "LSTM": ((4, 3), {"batch_first": True}, _X(5, 4)),
+    "GRU": ((4, 3), {"batch_first": True}, _X(5, 4)),
+    "RNNCell": ((4, 3), {}, _X(4)),
+    "LSTMCell": ((4, 3), {}, _X(4)),
+    "GRUCell": ((4, 3), {}, _X(4)),
+    "Transformer": ((), {"d_model": 8, "nhead": 2, "num_encoder_layers": 1, "num_decoder_layers": 1,
+                         "dim_feedforward": 16, "dropout": 0.0, "batch_first": True},
+                    lambda b, rng: [rng.standard_normal((b, 3, 8)), rng.standard_normal((b, 2, 8))]),
 }
 _ACTIVATIONS = ["CELU", "ELU", "GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU", "LogSigmoid", "Mish",
                 "ReLU", "ReLU6", "SELU", "SiLU", "Sigmoid", "Softplus", "Softsign", "Tanh"]
@@ -311,7 +360,8 @@ def test_every_layer_with_a_pytorch_twin_is_covered():
     ours = {n for n in dir(am.nn) if isinstance(getattr(am.nn, n), type) and issubclass(getattr(am.nn, n), am.nn.Module)}
     twins = {n for n in ours if hasattr(torch.nn, n)}
     containers = {"Module", "ModuleDict", "ModuleList", "ParameterDict", "ParameterList", "Sequential",
-                  "TransformerEncoder", "TransformerDecoder"}  # wrappers of layers covered here
+                  "TransformerEncoder", "TransformerDecoder",  # wrappers of layers covered here
+                  "RNNBase", "RNNCellBase"}  # abstract bases of RNN/LSTM/GRU and their cells, covered here
     assert twins - containers - set(LAYERS) == set()
 
 
@@ -321,7 +371,8 @@ _FUNCTIONAL = {"BCELoss": "binary_cross_entropy", "BCEWithLogitsLoss": "binary_c
                "MultiheadAttention": "multi_head_attention", "TransformerEncoderLayer": "multi_head_attention",
                "TransformerDecoderLayer": "multi_head_attention", "Unflatten": "unflatten", "Upsample": "interpolate",
                "ReLU6": "hardtanh", "InstanceNorm1d": "instance_norm", "InstanceNorm2d": "instance_norm",
-               "InstanceNorm3d": "instance_norm"}
+               "InstanceNorm3d": "instance_norm",
+               "SyncBatchNorm": "batch_norm", "Transformer": "multi_head_attention"}
 # activations/losses whose gradient AT a NaN/inf input element follows a different comparison
 # order than PyTorch's kernel (e.g. relu: PyTorch passes g through at NaN since NaN <= 0 is
 # false; ours gives 0): the forward and every other element's gradient are still compared
@@ -360,8 +411,8 @@ def _inputs(name, arrays, lib, requires_grad):
 
 def _call(layer, name, xs):
     y = layer(*xs)
-    if name == "MultiheadAttention":
-        return y[0]
+    if name in ("MultiheadAttention", "RNN", "LSTM", "GRU", "LSTMCell"):
+        return y[0]  # the output sequence / hidden state; the rest (h_n, weights, c) is derived from it
     return y
 
 
@@ -373,9 +424,21 @@ KNOWN = {
     ("TransformerEncoderLayer", "int_input"): "ours promotes an integer input; PyTorch raises a dtype mismatch",
     ("TransformerDecoderLayer", "int_input"): "ours promotes an integer input; PyTorch raises a dtype mismatch",
     ("MultiheadAttention", "int_input"): "ours promotes an integer input; PyTorch raises a dtype mismatch",
+    ("Transformer", "int_input"): "ours promotes an integer input (as its encoder/decoder layers); PyTorch raises a dtype mismatch",
     ("InstanceNorm1d", "plain"): "batch 0: PyTorch 2.13 raises IndexError from select(); ours returns the empty output",
     ("InstanceNorm2d", "plain"): "batch 0: PyTorch 2.13 raises IndexError from select(); ours returns the empty output",
     ("InstanceNorm3d", "plain"): "batch 0: PyTorch 2.13 raises IndexError from select(); ours returns the empty output",
+}
+
+
+# PyTorch 2.13 bugs on an input with no elements (checked by hand): there ours must give the
+# shape the op defines (and an input gradient of the input's shape), not PyTorch's
+EMPTY_INPUT_PYTORCH_BUG = {
+    # torch.pixel_unshuffle returns an empty input unchanged: (0, 2, 4, 6) instead of (0, 8, 2, 3)
+    "PixelUnshuffle": lambda s: (*s[:-3], s[-3] * 4, s[-2] // 2, s[-1] // 2),
+    # torch.pixel_shuffle's forward is right, its backward returns the output's shape and raises
+    # "PixelShuffleBackward0 returned an invalid gradient"
+    "PixelShuffle": lambda s: (*s[:-3], s[-3] // 4, s[-2] * 2, s[-1] * 2),
 }
 
 
@@ -416,6 +479,13 @@ def test_layer_edge_inputs_match_pytorch(name, batch, mutation, seed):
     ko, yo = _outcome(lambda: _call(ours, name, xo))
     kt, yt = _outcome(lambda: _call(theirs, name, xt))
     names = (name, re.sub(r"(\d)d$", "", name), re.sub(r"Loss$", "", name), _FUNCTIONAL.get(name, name))
+    if name in EMPTY_INPUT_PYTORCH_BUG and arrays[0].size == 0 and arrays[0].ndim >= 3 and ko == "ok":
+        CASES["layer empty input PyTorch 2.13 gets wrong"] += 1
+        assert tuple(yo.shape) == EMPTY_INPUT_PYTORCH_BUG[name](arrays[0].shape), f"{where}: shape {yo.shape}"
+        if grad:
+            yo.sum().backward()
+            assert tuple(xo[0].grad.shape) == arrays[0].shape, f"{where}: input grad shape {xo[0].grad.shape}"
+        return
     if _known(name, mutation, batch) and (ko == "raise") != (kt == "raise"):
         CASES["layer known deviation"] += 1
         if ko == "raise":

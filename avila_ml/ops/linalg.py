@@ -154,8 +154,17 @@ def linear(input, weight, bias=None):
 
 def _scaled_sum(input, product, beta, alpha):
     """``beta * input + alpha * product``; beta = 0 ignores ``input`` (even NaN), as PyTorch."""
+    if product.array.dtype.kind in "iu":
+        # integer tensors keep their dtype: PyTorch converts alpha/beta to it (truncating 1.5 to 1)
+        alpha, beta = int(alpha), int(beta)
     out = product if alpha == 1 else product * alpha
     if beta == 0:
+        if isinstance(input, Tensor) and input.requires_grad:
+            # PyTorch still gives ``input`` a (zero) gradient: add zeros selected by an all-false
+            # mask, whose backward is zero even where ``input`` is NaN/inf
+            from .elementwise import where
+            mask = Tensor._wrap(backend_of(input.array).xp.zeros(input.shape, dtype=bool))
+            return out + where(mask, input, 0)
         return out
     return out + (input if beta == 1 else input * beta)
 
@@ -278,5 +287,7 @@ def einsum(equation: str, *operands):
                 raise RuntimeError(f"einsum: letter {c!r} has size {sizes[c]} in one operand and {n} in operand {k} ({equation!r})")
     from .. import dtypes as _dt
     dt = _dt.result_type(*operands)
+    if dt is _dt.bool and len(operands) == 1 and set(subs[0]) - set(eq.split("->")[1]):
+        dt = _dt.int64  # a summed letter: PyTorch sums the bool operand, which counts in int64
     ops = [t if t.dtype is dt else t.to(dt) for t in operands]
     return Einsum.apply(eq, *ops)

@@ -213,6 +213,9 @@ def searchsorted(sorted_sequence, input, *, out_int32: bool = False, right: bool
         seq = backend_of(seq).xp.take_along_axis(seq, s, axis=-1)
     xp = backend_of(seq).xp
     how = "right" if right else "left"
+    if seq.dtype.kind in "fc" and seq.size and bool(xp.isnan(seq).any()):
+        out = _nan_aware_search(xp, seq, vals, scalar, right)
+        return Tensor._wrap(xp.asarray(out).astype(np.int32 if out_int32 else np.int64, copy=False))
     if seq.ndim == 1:
         out = xp.searchsorted(seq, vals, side=how)
     else:
@@ -227,6 +230,38 @@ def searchsorted(sorted_sequence, input, *, out_int32: bool = False, right: bool
         out = out.reshape(vals.shape)
     out = xp.asarray(out).astype(np.int32 if out_int32 else np.int64, copy=False)
     return Tensor._wrap(out)
+
+
+def _nan_aware_search(xp, seq, vals, scalar, right):
+    """PyTorch's binary search, step for step, for boundaries that hold NaN.
+
+    NumPy sorts NaN last, PyTorch compares as it goes: ``start = mid + 1`` unless
+    ``seq[mid] >= x`` (``> x`` for ``right``), and every comparison with NaN is false, so the
+    result depends on where the bisection meets the NaN (``bucketize(0.5, [1, 2, nan, 3])``
+    is 3 in PyTorch, 0 in NumPy). Vectorised: every value bisects at once.
+    """
+    vals = xp.asarray(vals)
+    n = seq.shape[-1]
+    if seq.ndim == 1:
+        rows, v = seq.reshape(1, n), vals.reshape(1, -1)
+    else:
+        if scalar or vals.ndim != seq.ndim or vals.shape[:-1] != seq.shape[:-1]:
+            raise RuntimeError(
+                f"searchsorted: boundaries of shape {tuple(seq.shape)} need values with the same leading "
+                f"dims {tuple(seq.shape[:-1])}, got shape {tuple(getattr(vals, 'shape', ()))}")
+        rows, v = seq.reshape(-1, n), vals.reshape(-1, vals.shape[-1] if vals.ndim else 1)
+    start = xp.zeros(v.shape, np.int64)
+    end = xp.full(v.shape, n, np.int64)
+    while True:
+        active = start < end
+        if not bool(active.any()):
+            break
+        mid = start + (end - start) // 2
+        at = xp.take_along_axis(rows, xp.minimum(mid, n - 1), axis=-1)
+        up = ~(at > v) if right else ~(at >= v)
+        start = xp.where(active & up, mid + 1, start)
+        end = xp.where(active & ~up, mid, end)
+    return start.reshape(vals.shape)
 
 
 def bucketize(input, boundaries, *, out_int32: bool = False, right: bool = False):

@@ -296,6 +296,11 @@ def _source_index(coord, size, padding_mode, align_corners):
     elif padding_mode == "reflection":
         x = _reflect(x, 0, 2 * (size - 1)) if align_corners else _reflect(x, -1, 2 * size - 1)
         x = clamp(x, 0, size - 1)
+    if padding_mode != "zeros":
+        # PyTorch clamps a NaN coordinate to 0 in these modes (its 2-d CPU kernel orders the
+        # clamp so; the 3-d one reads out of bounds): we follow the defined 2-d behaviour
+        nan = Tensor._wrap(backend_of(x.array).xp.isnan(x.array))
+        x = where(nan, 0.0, x)
     return x
 
 
@@ -355,15 +360,15 @@ def grid_sample(input, grid, mode: str = "bilinear", padding_mode: str = "zeros"
         valid = xp.ones((n, m), dtype=bool)
         flat = xp.zeros((n, m), dtype=np.int64)
         for a, ca in enumerate(corner):
-            valid &= (ca >= 0) & (ca <= sizes[a] - 1)
-            flat += xp.clip(ca, 0, sizes[a] - 1).astype(np.int64) * strides[a]
+            valid &= (ca >= 0) & (ca <= sizes[a] - 1)  # False for a NaN coordinate too
+            # a NaN/inf coordinate reads pixel 0 (masked below), never an undefined int cast
+            flat += xp.clip(xp.where(xp.isfinite(ca), ca, 0), 0, sizes[a] - 1).astype(np.int64) * strides[a]
         idx = Tensor._wrap(xp.broadcast_to(flat[:, None, :], (n, c, m)))
-        return gather(flat_in, 2, idx), Tensor._wrap(valid[:, None, :].astype(input.array.dtype))
+        # outside pixels read as 0 (not 0 * pixel: an inf/NaN pixel must not leak into them)
+        return where(Tensor._wrap(valid[:, None, :]), gather(flat_in, 2, idx), 0)
 
     if mode == "nearest":
-        corner = [xp.rint(ca.array) for ca in coords]
-        vals, valid = read(corner)
-        out = vals * valid
+        out = read([xp.rint(ca.array) for ca in coords])
     else:
         lows = [floor(ca).detach() for ca in coords]
         out = None
@@ -373,8 +378,7 @@ def grid_sample(input, grid, mode: str = "bilinear", padding_mode: str = "zeros"
                 # PyTorch's form: (low + 1 - x) for the low corner, (x - low) for the high one
                 wa = (lows[a] + 1 - coords[a]) if o == 0 else (coords[a] - lows[a])
                 w = wa if w is None else w * wa
-            vals, valid = read([lows[a].array + offs[a] for a in range(k)])
-            term = vals * (unsqueeze(w, 1) * valid)
+            term = read([lows[a].array + offs[a] for a in range(k)]) * unsqueeze(w, 1)
             out = term if out is None else out + term
     return reshape(out, (n, c) + out_spatial)
 
