@@ -305,7 +305,8 @@ def _binary(name):
     def inplace(self, other):
         if isinstance(other, np.ndarray) and other.ndim > 0:
             raise unsupported(other)
-        getattr(operator, "i" + name)(self._a, to_numpy_operand(other))
+        # operator spells the in-place forms iand/ior (no trailing underscore, unlike and_/or_)
+        getattr(operator, "i" + name.rstrip("_"))(self._a, to_numpy_operand(other))
         return self
 
     return method, reflected, inplace
