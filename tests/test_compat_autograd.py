@@ -56,14 +56,14 @@ V = rng.normal(size=(4,))
 
 # ------------------------------------------------------------------ slice assignment (CopySlices)
 def _slice_assign(lib, x, y):
-    out = lib.zeros(3, 4, dtype=lib.float64)
+    out = lib.zeros(3, 4, dtype=lib.float64, device=x.device)
     out[:, 0:2] = y * 2
     out[:, 2:] = x[:, 1:3].exp()
     return out
 
 
 def _add_into_rows(lib, x, y):
-    out = lib.zeros(3, 4, dtype=lib.float64)
+    out = lib.zeros(3, 4, dtype=lib.float64, device=x.device)
     for i in range(3):
         out[i] += x[i] * (i + 1)
     out[1, 2] = y[0, 0] * 5  # a single element
@@ -88,7 +88,7 @@ def _through_views(lib, x, y):
 
 
 def _copy_into_slice(lib, x, y):
-    out = lib.zeros(3, 4, dtype=lib.float64)
+    out = lib.zeros(3, 4, dtype=lib.float64, device=x.device)
     out[:, 1:3].copy_(y.sin())
     out[0].copy_(x[2])             # broadcast-free copy from a row
     return out * x
@@ -106,11 +106,11 @@ def _masked_fill_and_friends(lib, x, y):
         lambda h: h.abs_().add_(1).log_(), lambda h: h.neg_(), lambda h: h.clamp_(0.1, 3.0),
         lambda h: h.clamp_(min=y[1, 1]), lambda h: h.div_(2), lambda h: h.sin_(),
         lambda h: h.reciprocal_(), lambda h: h.square_(), lambda h: h.copy_(y[:, 1:2] * x),
-        lambda h: h.index_add_(1, lib.tensor([0, 2]), y),
-        lambda h: h.scatter_add_(1, lib.tensor([[1, 0], [2, 2], [3, 1]]), y),
-        lambda h: h.scatter_(1, lib.tensor([[1, 0], [2, 3], [3, 1]]), y),
+        lambda h: h.index_add_(1, lib.tensor([0, 2], device=x.device), y),
+        lambda h: h.scatter_add_(1, lib.tensor([[1, 0], [2, 2], [3, 1]], device=x.device), y),
+        lambda h: h.scatter_(1, lib.tensor([[1, 0], [2, 3], [3, 1]], device=x.device), y),
         lambda h: h.mul_(3).add_(1).div_(y[0, 1]),
-        lambda h: h.index_fill_(1, lib.tensor([0, 2]), y[0, 0]), lambda h: h.index_fill_(0, lib.tensor([1]), -2.0),
+        lambda h: h.index_fill_(1, lib.tensor([0, 2], device=x.device), y[0, 0]), lambda h: h.index_fill_(0, lib.tensor([1], device=x.device), -2.0),
     ]
     total = x * 0
     for k, op in enumerate(ops):
@@ -122,7 +122,7 @@ def _masked_fill_and_friends(lib, x, y):
 
 
 def _sibling_view_sees_write(lib, x, y):
-    out = lib.zeros(3, 4, dtype=lib.float64)
+    out = lib.zeros(3, 4, dtype=lib.float64, device=x.device)
     v = out[:, 0:2]           # made before the write, overlaps it
     out[:, 1] = y[:, 1] * 4   # write through another view of the same base
     return v * x[:, 0:2]
@@ -168,7 +168,7 @@ def test_conv_output_written_into_a_preallocated_slice(device):
     x = rng.normal(size=(2, 3, 8))
 
     def fn(lib, w, x):
-        out = lib.zeros(2, 5, 6, dtype=lib.float64)
+        out = lib.zeros(2, 5, 6, dtype=lib.float64, device=x.device)
         out[:, 0:2] = lib.nn.functional.conv1d(x, w)
         out[:, 3:5] += lib.nn.functional.conv1d(x * 2, w)
         return out

@@ -428,3 +428,30 @@ def test_transformer_encoder_layer_training_step_with_dropout_has_no_syncs(trans
         return loss
 
     _assert_no_transfers(transfers, step)
+
+
+@pytest.mark.parametrize("op", ["index_select", "index_add_", "index_fill_", "gather", "scatter_", "scatter_add_"])
+def test_index_on_another_device_raises_naming_the_op(cuda, op):
+    """A CPU index with a CUDA input raised deep inside CuPy (a host array reaching the device);
+    PyTorch raises its same-device RuntimeError at the call, and so do we."""
+    x = am.zeros(3, 4, device=cuda)
+    idx1 = am.tensor([0, 2])
+    idx2 = am.tensor([[0, 1, 2, 0]] * 3)
+    calls = {
+        "index_select": lambda: x.index_select(1, idx1),
+        "index_add_": lambda: x.index_add_(1, idx1, am.ones(3, 2, device=cuda)),
+        "index_fill_": lambda: x.index_fill_(1, idx1, 1.0),
+        "gather": lambda: x.gather(1, idx2),
+        "scatter_": lambda: x.scatter_(1, idx2, am.ones(3, 4, device=cuda)),
+        "scatter_add_": lambda: x.scatter_add_(1, idx2, am.ones(3, 4, device=cuda)),
+    }
+    with pytest.raises(RuntimeError, match=r"expected all tensors on the same device.*cuda.*cpu"):
+        calls[op]()
+    # the same index on the input's device works and writes/reads the right entries
+    ok = {"index_select": lambda: x.index_select(1, idx1.to(cuda)),
+          "index_fill_": lambda: x.index_fill_(1, idx1.to(cuda), 1.0)}
+    if op in ok:
+        out = ok[op]()
+        assert tuple(out.shape) == ((3, 2) if op == "index_select" else (3, 4))
+        if op == "index_fill_":
+            np.testing.assert_array_equal(out.cpu().numpy()[:, [0, 2]], np.ones((3, 2)))

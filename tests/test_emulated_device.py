@@ -57,6 +57,18 @@ def test_reductions_and_scalar_indexing_return_0d_device_arrays():
     assert float(x.sum()) == 6.0
 
 
+def test_integer_indexing_is_a_view_and_inplace_logic_ops_work_as_in_cupy():
+    # CuPy's _ndarray_getitem returns the 0-d view for an all-integer key: writes reach the base
+    x = cp.zeros((2, 3))
+    v = x[1, 2]
+    v += 7.0
+    assert float(x[1, 2]) == 7.0 and float(x.sum()) == 7.0
+    m = cp.asarray(np.array([True, True, False]))
+    m &= cp.asarray(np.array([True, False, False]))
+    m |= cp.asarray(np.array([False, False, True]))
+    np.testing.assert_array_equal(m.get(), [True, False, True])
+
+
 def test_transfers_are_counted_by_call_site():
     x = cp.arange(4.0)
     with emulated_cupy.count_transfers() as log:

@@ -589,7 +589,8 @@ def test_cuda_fused_step_matches_cpu_step(name, kwargs, dtype):
         np.testing.assert_allclose(pg.detach().cpu().numpy(), pc.detach().numpy(), rtol=rtol, atol=rtol)
         for key, value in opt_cpu.state[pc].items():
             other = opt_gpu.state[pg][key]
-            if key == "step":
+            if key == "step" or key in opt_cpu._float_state:
+                # host scalars (NAdam's mu_product): the same Python arithmetic on both devices
                 assert other == value
             else:
                 np.testing.assert_allclose(other.cpu().numpy(), value.numpy(), rtol=rtol, atol=rtol)

@@ -33,6 +33,14 @@ class IndexOutOfRangeError(IndexError, RuntimeError):
     """
 
 
+def _check_device(op: str, input, index) -> None:
+    """Raise when ``index`` lives on another device than ``input`` (PyTorch raises too): a CPU
+    index would otherwise reach a CUDA kernel as a host array."""
+    if index.device != input.device:
+        raise RuntimeError(f"{op}: expected all tensors on the same device, but found {input.device} "
+                           f"(input) and {index.device} (index)")
+
+
 def _check_range(op: str, idx, dim: int, n: int) -> None:
     """Raise :class:`IndexOutOfRangeError` naming the first index outside ``[0, n)``
     (PyTorch's index ops take no negative indices)."""
@@ -173,6 +181,7 @@ def _full_index(index, dim: int, xp):
 def _check_index(op, input, dim, index):
     if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu":
         raise RuntimeError(f"{op}: index must be an integer tensor, got {getattr(index, 'dtype', type(index).__name__)}")
+    _check_device(op, input, index)
     if index.ndim != input.ndim and not (index.ndim <= 1 and input.ndim <= 1):
         raise RuntimeError(f"{op}: index tensor must have the same number of dimensions as input: index {tuple(index.shape)}, input {tuple(input.shape)}")
     d = _norm_dim(dim, input.ndim, op)
@@ -355,6 +364,7 @@ def index_select(input, dim: int, index):
     """
     if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu" or index.ndim > 1:
         raise RuntimeError(f"index_select: index must be a 0-d or 1-d integer tensor, got {getattr(index, 'shape', index)}")
+    _check_device("index_select", input, index)
     d = _norm_dim(dim, input.ndim, "index_select")
     n = input.shape[d] if input.ndim else 1
     idx = index.array.reshape(-1)
@@ -373,6 +383,7 @@ def index_add(input, dim: int, index, source, alpha=1):
     d = _norm_dim(dim, input.ndim, "index_add")
     if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu" or index.ndim > 1:
         raise RuntimeError(f"index_add: index must be a 0-d or 1-d integer tensor, got {getattr(index, 'shape', index)}")
+    _check_device("index_add", input, index)
     idx = index.array.reshape(-1)
     _check_range("index_add", idx, d, input.shape[d] if input.ndim else 1)
     want = tuple(input.shape[:d]) + (idx.size,) + tuple(input.shape[d + 1:])

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..backends import backend_of
+from ..debug import host_checks
 from ..tensor import Tensor
 
 __all__ = ["filled", "copied", "index_put", "index_fill"]
@@ -198,6 +199,9 @@ def index_fill(input, dim: int, index, value):
     from ..tensor import _norm_dim
     if not isinstance(index, Tensor) or index.array.dtype.kind not in "iu" or index.ndim > 1:
         raise RuntimeError(f"index_fill_: index must be a 0-d or 1-d integer tensor, got {getattr(index, 'shape', index)}")
+    if index.device != input.device:
+        raise RuntimeError(f"index_fill_: expected all tensors on the same device, but found {input.device} "
+                           f"(input) and {index.device} (index)")
     if isinstance(value, Tensor) and value.ndim != 0:
         raise RuntimeError(
             f"index_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.ndim} dimension(s)."
@@ -205,7 +209,8 @@ def index_fill(input, dim: int, index, value):
     d = _norm_dim(dim, input.ndim, "index_fill_")
     n = input.shape[d] if input.ndim else 1
     idx = index.array.reshape(-1)
-    if idx.size and (int(idx.max()) >= n or int(idx.min()) < -n):
+    # the range check reads the index on the host: on CUDA only with sync checks on (avila_ml.debug)
+    if idx.size and host_checks(idx) and (int(idx.max()) >= n or int(idx.min()) < -n):
         raise IndexError(f"index_fill_: index out of range for dim {dim} of size {n}")
     key = (slice(None),) * d + (idx,)
     return index_put(input, key, value)

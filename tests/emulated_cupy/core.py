@@ -153,7 +153,13 @@ class ndarray:
         return (self[i] for i in range(len(self._a)))
 
     def __getitem__(self, key):
-        return wrap(self._a[index_key(key)])
+        k = index_key(key)
+        out = self._a[k]
+        if isinstance(out, np.generic):
+            # CuPy's basic indexing returns a view even for an all-integer key (_ndarray_getitem
+            # returns _view_getitem's 0-d view); NumPy gives a scalar copy, its 0-d view needs a ...
+            out = self._a[(k if isinstance(k, tuple) else (k,)) + (Ellipsis,)]
+        return wrap(out)
 
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray) and value.ndim > 0:
@@ -305,7 +311,8 @@ def _binary(name):
     def inplace(self, other):
         if isinstance(other, np.ndarray) and other.ndim > 0:
             raise unsupported(other)
-        getattr(operator, "i" + name)(self._a, to_numpy_operand(other))
+        # operator spells the in-place forms iand/ior (no trailing underscore, unlike and_/or_)
+        getattr(operator, "i" + name.rstrip("_"))(self._a, to_numpy_operand(other))
         return self
 
     return method, reflected, inplace
