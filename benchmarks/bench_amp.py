@@ -28,12 +28,15 @@ import time
 
 import numpy as np
 
+import harness  # benchmarks/ is the script's directory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_REVISION = "06b0465"  # main when issue 11 started
 
 _TEN_OPS = r"""
 import sys, time, numpy as np
 import avila_ml as am
+
 rng = np.random.default_rng(3)
 x = am.tensor(rng.standard_normal(4, dtype=np.float32), requires_grad=True)
 y = am.tensor(rng.standard_normal(4, dtype=np.float32), requires_grad=True)
@@ -74,7 +77,7 @@ def overhead(before: str, rounds: int) -> dict:
     res = {"before": [], "after": []}
     for _ in range(rounds):  # alternate, each measurement in a fresh process
         for name, path in (("before", old), ("after", ROOT)):
-            env = dict(os.environ, PYTHONPATH=path)
+            env = harness.child_env(PYTHONPATH=path)
             out = subprocess.run([sys.executable, "-c", _TEN_OPS], env=env, capture_output=True, text=True, check=True)
             res[name].append(float(out.stdout.strip()))
     b, a = np.median(res["before"]), np.median(res["after"])
@@ -168,7 +171,7 @@ def accuracy(epochs: int) -> dict:
         cmd = [sys.executable, os.path.join(ROOT, "examples", "conv4d_spacetime.py"), "--epochs", str(epochs)]
         if flag:
             cmd.append(flag)
-        env = dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg")
+        env = harness.child_env(MPLBACKEND="Agg")
         t = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         m = re.search(r"final test accuracy ([0-9.]+)", proc.stdout)

@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import sys
 
+import harness  # benchmarks/ is the script's directory
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 N, SAMPLE_BYTES = 12, 64 * 2**20
@@ -24,6 +26,7 @@ N, SAMPLE_BYTES = 12, 64 * 2**20
 CHILD = r"""
 import json, sys, time
 import numpy as np
+
 lib, workers, n, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
 class Big:
@@ -50,7 +53,7 @@ print(json.dumps({"s": dt}))
 
 
 def run(lib: str, workers: int) -> float:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = harness.child_env()
     out = subprocess.run([sys.executable, "-c", CHILD, lib, str(workers), str(N), str(SAMPLE_BYTES)],
                          env=env, capture_output=True, text=True, check=True, timeout=600)
     return json.loads(out.stdout.strip().splitlines()[-1])["s"]

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+import harness  # noqa: E402  (benchmarks/ is the script's directory)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000]
@@ -52,8 +54,8 @@ def _mpiexec() -> str:
 
 
 def _launch(n: int, *args) -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    # one thread per rank for both libraries: n ranks share the machine's cores
+    env = harness.child_env(1, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
     cmd = [_mpiexec(), "-n", str(n), sys.executable, os.path.abspath(__file__), "--worker", *args]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     for line in out.stdout.splitlines():

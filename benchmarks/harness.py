@@ -284,20 +284,24 @@ def results_path(name: str, threads: int | None = None, when: datetime.date | No
     return path
 
 
-def _child_env(threads: int | None) -> dict:
+def child_env(threads: int | None = None, **extra) -> dict:
+    """The environment of a benchmark's child process: each library at its defaults
+    (``OMP_WAIT_POLICY`` removed, this checkout first on PYTHONPATH), ``threads`` pinned only
+    where a benchmark must (e.g. several ranks on few cores), plus ``extra`` variables."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)  # each library at its defaults, as users run it
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if threads:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
+    env.update(extra)
     return env
 
 
 def _run_round(script: str, lib: str, idx: list, args) -> dict:
     cmd = [sys.executable, script, "--worker", lib, "--cases", ",".join(map(str, idx)),
            "--inner", str(args.inner)] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=child_env(args.threads), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_TAG):
             return {int(k): v for k, v in json.loads(line[len(_TAG):]).items()}

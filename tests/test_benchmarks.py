@@ -1,6 +1,7 @@
 """The benchmark harness: result files never overwrite, tables carry the machine facts, and a
 benchmark runs end to end with each library in its own process."""
 import datetime
+import glob
 import os
 import re
 import subprocess
@@ -41,9 +42,9 @@ def test_table_reports_median_spread_ratio_and_target():
 
 def test_child_environment_drops_the_wait_policy(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    env = harness._child_env(None)
+    env = harness.child_env(None)
     assert "OMP_WAIT_POLICY" not in env and env["PYTHONPATH"].split(os.pathsep)[0] == harness.ROOT
-    assert harness._child_env(2)["OPENBLAS_NUM_THREADS"] == "2"
+    assert harness.child_env(2)["OPENBLAS_NUM_THREADS"] == "2"
 
 
 def test_a_benchmark_runs_end_to_end_in_separate_processes():
@@ -56,3 +57,14 @@ def test_a_benchmark_runs_end_to_end_in_separate_processes():
     assert "each library in its own process" in out and "versions: Python" in out and "GFLOP/s" in out
     row = [line for line in out.splitlines() if line.startswith("examples/digits_mlp.py")]
     assert len(row) == 1 and re.search(r"\s\d+\.\d\dx\s", row[0]), out
+
+
+def test_every_benchmark_child_process_gets_the_defaults_environment():
+    # a child started with os.environ as it is would inherit an OMP_WAIT_POLICY (which slows
+    # PyTorch itself): every benchmark builds its children's environment with harness.child_env
+    for path in glob.glob(os.path.join(harness.HERE, "*.py")):
+        if os.path.basename(path) == "harness.py":
+            continue
+        with open(path) as f:
+            src = f.read()
+        assert "dict(os.environ" not in src and "OMP_WAIT_POLICY" not in src, path
