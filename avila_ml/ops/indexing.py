@@ -229,15 +229,7 @@ class ScatterAdd(Function):
 
     def backward(self, g):
         ng_x, ng_src = self.needs_input_grad
-        gs = None
-        if ng_src:
-            gs = GetItem.apply(g, self.key, True)
-            if gs.shape != self.src_shape:
-                from .shape import pad
-                widths = []
-                for n_src, n_idx in reversed(list(zip(self.src_shape, self.index_shape))):
-                    widths += [0, n_src - n_idx]
-                gs = pad(gs, widths)
+        gs = _src_grad(self, g) if ng_src else None
         return (g if ng_x else None), gs
 
 
@@ -278,15 +270,7 @@ class Scatter(Function):
     def backward(self, g):
         ng_x, ng_src = self.needs_input_grad
         gx = where(self.written, 0.0, g) if ng_x else None
-        gs = None
-        if ng_src:
-            gs = GetItem.apply(g, self.key, True)
-            if gs.shape != self.src_shape:
-                from .shape import pad
-                widths = []
-                for n_src, n_idx in reversed(list(zip(self.src_shape, self.index_shape))):
-                    widths += [0, n_src - n_idx]
-                gs = pad(gs, widths)
+        gs = _src_grad(self, g) if ng_src else None
         return gx, gs
 
 
@@ -449,3 +433,16 @@ def take_along_dim(input, indices, dim=None):
     ti[d] = indices.shape[d]
     idx = Tensor._wrap(backend_of(indices.array).xp.broadcast_to(indices.array, tuple(ti)))
     return gather(broadcast_to(input, tuple(tx)), d, idx)
+
+
+def _src_grad(node, g):
+    """Gradient of a scatter's ``src``: ``g`` read at the written positions (``gather``), padded
+    with zeros where ``src`` is larger than ``index`` (those elements were never written)."""
+    gs = GetItem.apply(g, node.key, True)
+    if gs.shape != node.src_shape:
+        from .shape import pad
+        widths = []
+        for n_src, n_idx in reversed(list(zip(node.src_shape, node.index_shape))):
+            widths += [0, n_src - n_idx]
+        gs = pad(gs, widths)
+    return gs
