@@ -187,7 +187,9 @@ def accuracy(epochs: int) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["overhead", "step", "checkpoint", "accuracy", "all"])
+    # without an argument (as `make bench` runs it): the two figures that take about a minute
+    p.add_argument("what", nargs="?", default="step+checkpoint",
+                   choices=["overhead", "step", "checkpoint", "accuracy", "step+checkpoint", "all"])
     p.add_argument("--before", default=BASE_REVISION)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
@@ -200,9 +202,9 @@ def main():
     results = {"machine": info}
     if args.what in ("overhead", "all"):
         results["overhead"] = overhead(args.before, args.rounds)
-    if args.what in ("step", "all"):
+    if args.what in ("step", "step+checkpoint", "all"):
         results["step"] = step(args.rounds, args.batch)
-    if args.what in ("checkpoint", "all"):
+    if args.what in ("checkpoint", "step+checkpoint", "all"):
         results["checkpoint"] = checkpoint_figures(args.blocks)
     if args.what in ("accuracy", "all"):
         results["accuracy"] = accuracy(args.epochs)

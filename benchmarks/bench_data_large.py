@@ -7,7 +7,7 @@ alternate between configurations, and the median epoch time of the rounds is rep
 its spread. One epoch = ``N`` samples of 64 MB (float32, batch 1), each made by the dataset
 with ``np.full`` and summed in the main process (touching every byte that arrives).
 
-    .venv/bin/python benchmarks/bench_data_large.py [rounds]
+    .venv/bin/python benchmarks/bench_data_large.py [--rounds N]
 """
 from __future__ import annotations
 
@@ -73,12 +73,15 @@ def main(rounds: int = 3) -> None:
         lines.append(f"{lib:10s} {w:7d} {statistics.median(ts):9.2f} {min(ts):7.2f} {max(ts):7.2f}")
     text = "\n".join(lines)
     print(text)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", "data_large_cpu.txt")
+    path = harness.results_path("data_large")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text + "\n")
     print("saved", path)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per configuration")
+    main(p.parse_args().rounds)

@@ -395,7 +395,12 @@ def all_reduce(tensor, op: ReduceOp = ReduceOp.SUM, group=None, async_op: bool =
     _tensor(tensor, "all_reduce")
     _device_check(g, tensor, "all_reduce")
     a, back = _inplace(tensor)
-    return _finish(g.allreduce(a, op), back, async_op)
+    if async_op:
+        return _finish(g.allreduce(a, op), back, async_op)
+    g.allreduce_now(a, op)
+    if back is not None:
+        back()
+    return None
 
 
 def broadcast(tensor, src: int = 0, group=None, async_op: bool = False):

@@ -3,15 +3,19 @@
 The control plane and the data plane are separate communicators:
 
 * **control** (always MPI, a duplicate of the group's communicator): before each collective
-  every rank sends a 16-number descriptor (sequence number, collective, dtype, shape, root,
-  reduce op) to the group's rank 0, which waits for all of them with non-blocking receives
-  polled against a deadline, compares them, and answers each rank with a verdict: go,
-  *mismatch* (all ranks raise the same error naming the ranks and what differs) or *timeout*
-  (naming the ranks that never arrived). A rank waiting for the verdict longer than the
-  timeout (plus a grace period, so the coordinator's answer normally comes first) names rank 0.
-  ``barrier`` is this check alone. Cost: two small messages per rank per collective.
-* **data** (MPI or NCCL): the collective itself, always started non-blocking; ``Work.wait``
-  polls it against the same deadline.
+  every rank contributes a 16-number descriptor (sequence number, collective, dtype, shape,
+  root, reduce op) to one small persistent all-reduce that computes the elementwise minimum of
+  ``[d, -d]``, i.e. the minimum and the maximum of every field: they are equal on every rank
+  exactly when all descriptors agree. It is started non-blocking and polled against a
+  deadline. On disagreement every rank sees it in the same result, gathers the descriptors and
+  raises the same error naming the ranks and what differs (*mismatch*). Past the deadline the
+  ranks that did arrive ask each other (a ping each waiting rank answers while it polls) and
+  every one of them names the ranks that never answered (*timeout*). ``barrier`` is this
+  check alone. Cost: one 256-byte all-reduce per collective (one message exchange between
+  2 ranks), no coordinator round trip.
+* **data** (MPI or NCCL): the collective itself, started non-blocking; ``Work.wait`` waits
+  for it against the same deadline (the synchronous ``all_reduce`` runs MPI's blocking call
+  under the same deadline, see ``allreduce_now``).
 
 A timeout leaves requests in flight that can never complete, so the group is then *broken*:
 the error is printed at once, raised, and when the process exits ``MPI_Abort`` ends every
@@ -86,8 +90,9 @@ _REDOPS = tuple(ReduceOp)
 _MAGIC = 0x41564D4C  # "AVML"
 _WIDTH = 16            # numbers per descriptor
 _MAXDIM = 8            # dims stored; deeper tensors compare ndim, numel and the first 8 dims
-_GO, _MISMATCH, _TIMEOUT = 1, 2, 3
-_TAG_DESC, _TAG_VERDICT = 7001, 7002
+_TAG_PING, _TAG_PONG = 7003, 7004  # "are you waiting in a check?" when a check times out
+_PONG_GRACE = 1.0  # seconds a timed-out rank waits for the answers of the ranks that arrived
+_CACHE_MAX = 256   # descriptors kept per group (keyed by what the collective is called with)
 
 
 _OP_CODE = {name: i for i, name in enumerate(_OPS)}
@@ -220,8 +225,8 @@ class _Watchdog:
         self._items: dict = {}
         self._thread = None
 
-    def watch(self, key, deadline: float, work) -> None:
-        self._items[key] = (deadline, work)  # a single dict store: atomic under the GIL
+    def watch(self, key, deadline: float, group, name: str) -> None:
+        self._items[key] = (deadline, group, name)  # a single dict store: atomic under the GIL
         if self._thread is None:
             import threading
             self._thread = threading.Thread(target=self._run, name="avila-dist-watchdog", daemon=True)
@@ -234,10 +239,9 @@ class _Watchdog:
         while True:
             time.sleep(self.period)
             now = time.monotonic()
-            for deadline, work in list(self._items.values()):
+            for deadline, g, name in list(self._items.values()):
                 if deadline < now:
-                    g = work._group
-                    message = (f"[rank {g._world_rank}] {work._name} on ranks {g.ranks} did not complete "
+                    message = (f"[rank {g._world_rank}] {name} on ranks {g.ranks} did not complete "
                                f"within {g._timeout:g} s after every rank had entered it: a rank died or "
                                "stalled inside the collective")
                     print(f"avila_ml.distributed: {message}; ending the job (MPI_Abort)", file=sys.stderr,
@@ -313,7 +317,7 @@ class Work:
             return True
         deadline = self._deadline if timeout is None else time.monotonic() + _seconds(timeout)
         if self._block is not None and self._group._blocking_ok:
-            _watchdog.watch(id(self), deadline, self)  # the message is written only if it fires
+            _watchdog.watch(id(self), deadline, self._group, self._name)  # the message is written only if it fires
             try:
                 self._block()
             except Exception as e:  # noqa: BLE001 - MPI errors become one exception type
@@ -379,28 +383,30 @@ class ProcessGroup:
         self._timeout = _seconds(timeout)
         self._seq = 0
         self._blocking_ok = self._size > 1 and _thread_multiple()
-        # the check's buffers and persistent requests, made once (a collective then costs two
-        # Start calls and a few Tests on each rank, not new request objects)
-        self._verdict = np.empty(2 + _WIDTH * self._size, dtype=np.int64)
-        self._table = np.empty((self._size, _WIDTH), dtype=np.int64)
-        self._go = np.empty(2, dtype=np.int64)
+        # the check's buffers and persistent requests, made once: a collective then costs one
+        # Start and a few Tests on each rank, no new request objects
+        self._check = np.empty(2 * _WIDTH, dtype=np.int64)    # [d, -d]
+        self._checked = np.empty(2 * _WIDTH, dtype=np.int64)  # elementwise min over the ranks
+        self._cache: dict = {}
+        self._ping_in = np.empty(2, dtype=np.int64)
+        self._pongs: list = []
         if self._size > 1:
-            c = ctrl_comm
-            if self._rank == 0:
-                self._p_recvs = [c.Recv_init(self._table[r], source=r, tag=_TAG_DESC) for r in range(1, self._size)]
-                self._p_go = [c.Send_init(self._go, dest=r, tag=_TAG_VERDICT) for r in range(1, self._size)]
-            else:
-                self._p_send = c.Send_init(self._table[0], dest=0, tag=_TAG_DESC)
-                self._p_recv = c.Recv_init(self._verdict, source=0, tag=_TAG_VERDICT)
+            from mpi4py import MPI
+            self._p_check = ctrl_comm.Allreduce_init(self._check, self._checked, op=MPI.MIN)
+            self._p_ping = ctrl_comm.Recv_init(self._ping_in, source=MPI.ANY_SOURCE, tag=_TAG_PING)
+            self._p_ping.Start()  # stays posted: a timed-out peer may ask at any time
+            self._ping_status = MPI.Status()
 
     def _free_requests(self) -> None:
-        for name in ("_p_recvs", "_p_go"):
-            for r in getattr(self, name, ()):
-                r.Free()
-        for name in ("_p_send", "_p_recv"):
-            r = getattr(self, name, None)
-            if r is not None:
-                r.Free()
+        ping = getattr(self, "_p_ping", None)
+        if ping is not None:
+            if not ping.Test():  # the always-posted receive: cancel it before freeing
+                ping.Cancel()
+                ping.Wait()
+            ping.Free()
+            self._p_check.Free()
+            self._p_ping = None
+        self._pongs = [r for r in self._pongs if not r.Test()]  # answers still in flight are dropped
 
     # -- identity --------------------------------------------------------------------------
     def rank(self) -> int:
@@ -428,81 +434,83 @@ class ProcessGroup:
         if self._size == 1:
             return
         start = time.monotonic()
-        mine = _descriptor(self._seq, op, array, root, redop, extra, out=self._table[0])
-        if self._rank == 0:
-            self._agree_as_root(mine, op, label, start)
+        if array is None:
+            key = (op, None, None, root, redop, extra)
         else:
-            self._agree_as_member(mine, op, label, start)
+            key = (op, array.dtype, array.shape, root, redop, extra)
+        both = self._cache.get(key)
+        if both is None:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            d = _descriptor(0, op, array, root, redop, extra)
+            both = self._cache[key] = np.concatenate([d, -d])
+        check = self._check
+        check[...] = both
+        check[1], check[_WIDTH + 1] = self._seq, -self._seq
+        req = self._p_check
+        req.Start()
+        if not req.Test() and not _poll(self._check_or_answer, start + self._timeout):
+            self._name_missing(op, label)
+        # the result is [min(d), -max(d)]: equal to this rank's [d, -d] exactly when every
+        # rank's d is the same (and then on every rank, so all take the same branch)
+        if self._checked.tobytes() != check.tobytes():
+            self._report_mismatch(op, label, start)
 
     def _what(self, op, label) -> str:
         return f"{label or op} (collective #{self._seq} on ranks {self.ranks})"
 
-    def _agree_as_root(self, mine, op, label, start) -> None:
+    def _check_or_answer(self) -> bool:
+        if self._p_check.Test():
+            return True
+        self._answer_pings()
+        return False
+
+    def _answer_pings(self) -> None:
+        """Answer a timed-out peer's "are you here?" with this rank's sequence number."""
+        ping = self._p_ping
+        while ping.Test(self._ping_status):
+            src = self._ping_status.Get_source()
+            self._pongs = [r for r in self._pongs if not r.Test()]
+            self._pongs.append(self._ctrl.Isend(np.array([self._seq, 0], dtype=np.int64), dest=src, tag=_TAG_PONG))
+            ping.Start()
+
+    def _name_missing(self, op, label) -> None:
+        """The check did not complete in time: ask every peer, name those that do not answer.
+
+        The ranks that arrived are all polling their own check and answer within microseconds;
+        a dead rank, or one busy elsewhere, does not. The group is broken either way (the
+        check's all-reduce can never complete), so this is fatal.
+        """
         from mpi4py import MPI
-        table = self._table
-        recvs = self._p_recvs
-        MPI.Prequest.Startall(recvs)
-        if not _poll(lambda: MPI.Request.Testall(recvs), start + self._timeout):
-            missing_idx = [i + 1 for i, r in enumerate(recvs) if not r.Test()]
-            for r in recvs:  # cancel what never came, so the requests can be freed
-                if not r.Test():
-                    r.Cancel()
-            table[missing_idx] = -1
-            verdict = self._verdict
-            verdict[0], verdict[1] = _TIMEOUT, self._seq
-            verdict[2:] = table.ravel()
-            sends = [self._ctrl.Isend(verdict, dest=r, tag=_TAG_VERDICT)
-                     for r in range(1, self._size) if r not in missing_idx]
-            _poll(lambda: MPI.Request.Testall(sends), time.monotonic() + min(5.0, self._timeout))
-            missing = [self.ranks[r] for r in missing_idx]
-            _fail(self, f"{self._what(op, label)}: rank(s) {missing} did not arrive within {self._timeout:g} s "
-                  "(dead, stuck, or calling a different number of collectives)", True)
-        flat = table.reshape(-1).view(np.uint8).tobytes()
-        width = _WIDTH * 8
-        if flat == flat[:width] * self._size:  # every descriptor equal: go
-            self._go[0], self._go[1] = _GO, self._seq
-            MPI.Prequest.Startall(self._p_go)
-            self._wait_sends(self._p_go, op, label)
-            return
+        peers = [r for r in range(self._size) if r != self._rank]
+        answers = {r: np.full(2, -1, dtype=np.int64) for r in peers}
+        me = np.array([self._seq, 0], dtype=np.int64)
+        reqs = {}
+        for r in peers:
+            try:
+                self._ctrl.Isend(me, dest=r, tag=_TAG_PING)
+                reqs[r] = self._ctrl.Irecv(answers[r], source=r, tag=_TAG_PONG)
+            except MPI.Exception:  # a peer whose process is gone
+                pass
+
+        def all_answered():
+            self._answer_pings()
+            return all(q.Test() for q in reqs.values())
+
+        _poll(all_answered, time.monotonic() + _PONG_GRACE)
+        missing = [self.ranks[r] for r in peers if r not in reqs or answers[r][0] < 0]
+        _fail(self, f"{self._what(op, label)}: rank(s) {missing} did not arrive within {self._timeout:g} s "
+              "(dead, stuck, or calling a different number of collectives)", True)
+
+    def _report_mismatch(self, op, label, start) -> None:
+        """All ranks saw the same disagreement: gather the descriptors and raise the same error."""
+        table = np.empty((self._size, _WIDTH), dtype=np.int64)
+        req = self._ctrl.Iallgather(self._check[:_WIDTH].copy(), table)
+        if not _poll(req.Test, time.monotonic() + self._timeout):
+            _fail(self, f"{self._what(op, label)}: the ranks disagree and a rank stopped answering", True)
         problem = _mismatch_message(table, self.ranks)
-        verdict = self._verdict
-        verdict[0], verdict[1] = _MISMATCH, self._seq
-        verdict[2:] = table.ravel()
-        self._wait_sends([self._ctrl.Isend(verdict, dest=r, tag=_TAG_VERDICT) for r in range(1, self._size)],
-                         op, label)
         _fail(self, f"{self._what(op, label)}: the ranks disagree — {problem}. Every rank must call the same "
               "collective with the same shape, dtype, op and root", False)
-
-    def _wait_sends(self, sends, op, label) -> None:
-        """The verdicts go to ranks whose receive is already posted: this returns at once
-        unless a peer died just now, which the watchdog then reports."""
-        from mpi4py import MPI
-        if MPI.Request.Testall(sends):
-            return
-        if not _poll(lambda: MPI.Request.Testall(sends), time.monotonic() + self._timeout):
-            _fail(self, f"{self._what(op, label)}: a rank stopped answering after it arrived", True)
-
-    def _agree_as_member(self, mine, op, label, start) -> None:
-        from mpi4py import MPI
-        verdict = self._verdict
-        recv = self._p_recv
-        MPI.Prequest.Startall([recv, self._p_send])
-        grace = min(30.0, 2.0 + 0.1 * self._timeout)  # the coordinator's verdict normally comes first
-        if not _poll(recv.Test, start + self._timeout + grace):
-            _fail(self, f"{self._what(op, label)}: rank {self.ranks[0]} (this group's coordinator) did not "
-                  f"answer within {self._timeout:g} s (dead, stuck, or calling a different number of "
-                  "collectives)", True)
-        self._p_send.Wait()  # the verdict implies the coordinator received it
-        status = int(verdict[0])
-        if status == _GO:
-            return
-        table = verdict[2:].reshape(self._size, _WIDTH)
-        if status == _TIMEOUT:
-            missing = [self.ranks[r] for r in range(self._size) if table[r, 0] != _MAGIC]
-            _fail(self, f"{self._what(op, label)}: rank(s) {missing} did not arrive within {self._timeout:g} s "
-                  "(dead, stuck, or calling a different number of collectives)", True)
-        _fail(self, f"{self._what(op, label)}: the ranks disagree — {_mismatch_message(table, self.ranks)}. "
-              "Every rank must call the same collective with the same shape, dtype, op and root", False)
 
     # -- array API ----------------------------------------------------------------------------
     def _need_contiguous(self, op, *arrays) -> None:
@@ -526,6 +534,32 @@ class ProcessGroup:
         self._need_contiguous(name, array)
         self._agree("all_reduce", array, redop=op, label=name)
         return self._launch_allreduce(array, op, name)
+
+    def allreduce_now(self, array, op: ReduceOp = ReduceOp.SUM, *, name: str = "all_reduce") -> None:
+        """``allreduce(...).wait()`` with the least overhead (the synchronous ``all_reduce``):
+        the backend's blocking algorithm where it has one (MPI's blocking ``Allreduce`` is
+        faster than ``Iallreduce`` + wait), guarded by the watchdog's deadline."""
+        op = _check_op(name, op, array.dtype)
+        self._need_contiguous(name, array)
+        self._agree("all_reduce", array, redop=op, label=name)
+        if not (self._blocking_ok and self._run_allreduce(array, op, name)):
+            self._launch_allreduce(array, op, name).wait()
+
+    def _run_allreduce(self, array, op, name) -> bool:
+        """Run the whole all-reduce blocking and return True, or return False (then the
+        non-blocking launch is used). Backends with a faster blocking path override this."""
+        return False
+
+    def _blocking(self, name: str, call) -> None:
+        """``call()`` (a blocking transport call) with the watchdog's deadline over it."""
+        key = id(call)
+        _watchdog.watch(key, time.monotonic() + self._timeout, self, name)
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - transport errors become one exception type
+            _fail(self, f"{name} on ranks {self.ranks} failed: {type(e).__name__}: {e}", True)
+        finally:
+            _watchdog.unwatch(key)
 
     def broadcast(self, array, root: int = 0, *, name: str = "broadcast") -> Work:
         """``array`` <- root's ``array`` on every rank."""
