@@ -202,7 +202,46 @@ def machine_limits() -> dict:
     return {"gemm_gflops": 2 * n ** 3 / t / 1e9, "copy_gbs": 2 * src.nbytes / tc / 1e9}
 
 
-def machine_header(limits: dict, load: tuple, threads: int | None, started=None) -> list:
+class ForeignLoad:
+    """How many cores *other* programs used while a benchmark ran.
+
+    The load average cannot say it: a benchmark that keeps two cores busy itself raises the
+    load average to 2, and the 1-minute average still holds the previous benchmark. Instead
+    this reads the machine's busy CPU time (``/proc/stat``, steal included: a hypervisor's
+    other guests) and subtracts this process's own CPU time and that of its finished
+    children (``os.times``): what remains was used by someone else.
+    """
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return busy, t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+    def cores(self) -> float | None:
+        """Average cores used by other programs since construction (None where unknown)."""
+        end = self._sample()
+        if end is None or self._start is None:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self._start))
+        return max(0.0, (busy - own) / wall) if wall > 0 else None
+
+
+# other programs using this many cores on average make a run "loaded": its targets are not judged
+FOREIGN_LOAD_LIMIT = 0.2
+
+
+def machine_header(limits: dict, load: tuple, threads: int | None, started=None,
+                   foreign: float | None = None) -> list:
     """Lines that say on what, with what and in which state the table was measured."""
     cpus = os.cpu_count()
     try:
@@ -222,10 +261,23 @@ def machine_header(limits: dict, load: tuple, threads: int | None, started=None)
         f"threads: {'pinned to ' + str(threads) if threads else 'library defaults'}; load average "
         f"{load[0]:.2f} before, {load[1]:.2f} after (on {cpus} cores)",
     ]
-    if max(load) >= 0.5 * cpus:
-        lines.append(f"LOADED MACHINE: the load average reached {max(load):.1f} on {cpus} cores; "
-                     "other programs competed for the CPU, read these figures as indicative only")
+    if foreign is not None:
+        lines.append(f"other programs used {foreign:.2f} cores on average during the run "
+                     "(/proc/stat busy time minus this benchmark's own processes)")
+    if is_loaded(load, foreign):
+        why = (f"other programs used {foreign:.2f} cores" if foreign is not None
+               else f"the load average reached {max(load):.1f}")
+        lines.append(f"LOADED MACHINE: {why} on {cpus} cores; they competed for the CPU, read these "
+                     "figures as indicative only")
     return lines
+
+
+def is_loaded(load: tuple, foreign: float | None) -> bool:
+    """Loaded: other programs used >= FOREIGN_LOAD_LIMIT cores (or, where that cannot be
+    measured, the load average reached half the cores)."""
+    if foreign is not None:
+        return foreign >= FOREIGN_LOAD_LIMIT
+    return max(load) >= 0.5 * (os.cpu_count() or 1)
 
 
 def _fmt_time(s: float) -> str:
@@ -335,6 +387,7 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
     rounds = 2 if args.quick else args.rounds
     idx = [i for i, _ in chosen]
     load0, started = os.getloadavg()[0], datetime.datetime.now().astimezone()
+    meter = ForeignLoad()
     limits = machine_limits()
     results = {i: {lib: [] for lib in LIBS} for i in idx}
     for r in range(rounds):
@@ -343,10 +396,10 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
             for i, rec in _run_round(script, lib, idx, args).items():
                 results[i][lib].append(rec)
             print(f"  round {r + 1}/{rounds} {lib}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    load = (load0, os.getloadavg()[0])
-    header = machine_header(limits, load, args.threads, started)
+    load, foreign = (load0, os.getloadavg()[0]), meter.cores()
+    header = machine_header(limits, load, args.threads, started, foreign)
     text = format_table(f"Avila ML vs PyTorch: {name} (CPU)", header, chosen, results,
-                        loaded=max(load) >= 0.5 * os.cpu_count())
+                        loaded=is_loaded(load, foreign))
     print(text, flush=True)
     if not args.no_save:
         path = results_path(name, args.threads)

@@ -6,6 +6,9 @@ import os
 import re
 import subprocess
 import sys
+import time
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -38,6 +41,28 @@ def test_table_reports_median_spread_ratio_and_target():
     assert "1.50x" in text and "target <= 1.5x met" in text and "header line" in text
     loaded = harness.format_table("t", [], cases, results, loaded=True)
     assert "not judged (loaded machine)" in loaded
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_foreign_load_counts_other_programs_not_the_benchmarks_own_children():
+    """A process the benchmark did not wait for counts as foreign; one it ran and waited for
+    (a worker) is its own. The load average could not tell the two apart."""
+    spin = [sys.executable, "-c", "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 0.8: pass"]
+    meter = harness.ForeignLoad()
+    other = subprocess.Popen(spin)
+    time.sleep(0.8)
+    foreign = meter.cores()
+    other.wait()
+    assert foreign is not None and foreign >= 0.3, foreign  # about one core, minus start-up
+    meter = harness.ForeignLoad()
+    subprocess.run(spin, check=True)  # a child the benchmark waited for: its own time
+    own_run = meter.cores()
+    assert own_run is not None and own_run < foreign, (own_run, foreign)
+    header = harness.machine_header({"gemm_gflops": 1.0, "copy_gbs": 1.0}, (0.1, 0.1), None, foreign=0.5)
+    assert any("other programs used 0.50 cores" in line for line in header)
+    assert any(line.startswith("LOADED MACHINE: other programs used 0.50 cores") for line in header)
+    quiet = harness.machine_header({"gemm_gflops": 1.0, "copy_gbs": 1.0}, (2.0, 2.0), None, foreign=0.05)
+    assert not any(line.startswith("LOADED") for line in quiet)  # own load alone is not "loaded"
 
 
 def test_child_environment_drops_the_wait_policy(monkeypatch):
