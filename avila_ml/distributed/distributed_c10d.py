@@ -316,6 +316,28 @@ def _tensor(t, op: str, what: str = "tensor") -> Tensor:
     return t
 
 
+def _source(t: Tensor):
+    """``t``'s array as the transport reads it: C-contiguous (a copy only where it is not)."""
+    a = t.array
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def _unpacker(buf, tensors):
+    """Write ``buf[r]`` into ``tensors[r]`` in place (after a gather into one buffer)."""
+    def unpack():
+        for r, t in enumerate(tensors):
+            t._version[0] += 1
+            t.array[...] = buf[r]
+    return unpack
+
+
+def _checked(g, op: str, *tensors):
+    """Each of ``(tensor, what)`` is a Tensor on the group's kind of device."""
+    for t, what in tensors:
+        _tensor(t, op, what)
+    _device_check(g, tensors[-1][0], op)
+
+
 def _device_check(g, t, op):
     if g.backend == "nccl" and isinstance(t.array, np.ndarray):
         raise ValueError(f"avila_ml.distributed.{op}: the nccl backend needs CUDA tensors, got a cpu tensor")
@@ -392,8 +414,7 @@ def all_reduce(tensor, op: ReduceOp = ReduceOp.SUM, group=None, async_op: bool =
     g = _op(group, "all_reduce")
     if g is None:
         return None
-    _tensor(tensor, "all_reduce")
-    _device_check(g, tensor, "all_reduce")
+    _checked(g, "all_reduce", (tensor, "tensor"))
     a, back = _inplace(tensor)
     if async_op:
         return _finish(g.allreduce(a, op), back, async_op)
@@ -416,8 +437,7 @@ def broadcast(tensor, src: int = 0, group=None, async_op: bool = False):
     g = _op(group, "broadcast")
     if g is None:
         return None
-    _tensor(tensor, "broadcast")
-    _device_check(g, tensor, "broadcast")
+    _checked(g, "broadcast", (tensor, "tensor"))
     root = g.group_rank(src, "broadcast: src")
     a, back = _inplace(tensor)
     return _finish(g.broadcast(a, root), back, async_op)
@@ -437,12 +457,9 @@ def all_gather_into_tensor(output_tensor, input_tensor, group=None, async_op: bo
     g = _op(group, "all_gather_into_tensor")
     if g is None:
         return None
-    _tensor(output_tensor, "all_gather_into_tensor", "output_tensor")
-    _tensor(input_tensor, "all_gather_into_tensor", "input_tensor")
-    _device_check(g, input_tensor, "all_gather_into_tensor")
+    _checked(g, "all_gather_into_tensor", (output_tensor, "output_tensor"), (input_tensor, "input_tensor"))
     out, back = _inplace(output_tensor)
-    src = input_tensor.array
-    src = src if src.flags.c_contiguous else src.copy(order="C")
+    src = _source(input_tensor)
     return _finish(g.allgather(src, out), back, async_op)
 
 
@@ -460,18 +477,12 @@ def all_gather(tensor_list, tensor, group=None, async_op: bool = False):
     g = _op(group, "all_gather")
     if g is None:
         return None
-    _tensor(tensor, "all_gather")
-    _device_check(g, tensor, "all_gather")
+    _checked(g, "all_gather", (tensor, "tensor"))
     _check_list(tensor_list, g.size(), tensor, "all_gather", "tensor_list")
-    src = tensor.array if tensor.array.flags.c_contiguous else tensor.array.copy(order="C")
+    src = _source(tensor)
     xp = _xp(src)
     buf = xp.empty((g.size(),) + tuple(src.shape), dtype=src.dtype)
-
-    def unpack():
-        for r, t in enumerate(tensor_list):
-            t._version[0] += 1
-            t.array[...] = buf[r]
-    return _finish(g.allgather(src, buf, name="all_gather"), unpack, async_op)
+    return _finish(g.allgather(src, buf, name="all_gather"), _unpacker(buf, tensor_list), async_op)
 
 
 def reduce_scatter_tensor(output, input, op: ReduceOp = ReduceOp.SUM, group=None, async_op: bool = False):
@@ -490,11 +501,9 @@ def reduce_scatter_tensor(output, input, op: ReduceOp = ReduceOp.SUM, group=None
     g = _op(group, "reduce_scatter_tensor")
     if g is None:
         return None
-    _tensor(output, "reduce_scatter_tensor", "output")
-    _tensor(input, "reduce_scatter_tensor", "input")
-    _device_check(g, input, "reduce_scatter_tensor")
+    _checked(g, "reduce_scatter_tensor", (output, "output"), (input, "input"))
     out, back = _inplace(output)
-    src = input.array if input.array.flags.c_contiguous else input.array.copy(order="C")
+    src = _source(input)
     return _finish(g.reduce_scatter(src, out, op), back, async_op)
 
 
@@ -512,19 +521,14 @@ def gather(tensor, gather_list=None, dst: int = 0, group=None, async_op: bool = 
     g = _op(group, "gather")
     if g is None:
         return None
-    _tensor(tensor, "gather")
-    _device_check(g, tensor, "gather")
+    _checked(g, "gather", (tensor, "tensor"))
     root = g.group_rank(dst, "gather: dst")
-    src = tensor.array if tensor.array.flags.c_contiguous else tensor.array.copy(order="C")
+    src = _source(tensor)
     buf, unpack = None, None
     if g.rank() == root:
         _check_list(gather_list, g.size(), tensor, "gather", "gather_list")
         buf = _xp(src).empty((g.size(),) + tuple(src.shape), dtype=src.dtype)
-
-        def unpack():
-            for r, t in enumerate(gather_list):
-                t._version[0] += 1
-                t.array[...] = buf[r]
+        unpack = _unpacker(buf, gather_list)
     elif gather_list:
         raise ValueError(f"gather: gather_list must be None or empty on non-destination rank {g.ranks[g.rank()]}")
     return _finish(g.gather(src, buf, root), unpack, async_op)
@@ -543,8 +547,7 @@ def scatter(tensor, scatter_list=None, src: int = 0, group=None, async_op: bool 
     g = _op(group, "scatter")
     if g is None:
         return None
-    _tensor(tensor, "scatter")
-    _device_check(g, tensor, "scatter")
+    _checked(g, "scatter", (tensor, "tensor"))
     root = g.group_rank(src, "scatter: src")
     out, back = _inplace(tensor)
     send = None
@@ -569,8 +572,7 @@ def reduce(tensor, dst: int = 0, op: ReduceOp = ReduceOp.SUM, group=None, async_
     g = _op(group, "reduce")
     if g is None:
         return None
-    _tensor(tensor, "reduce")
-    _device_check(g, tensor, "reduce")
+    _checked(g, "reduce", (tensor, "tensor"))
     root = g.group_rank(dst, "reduce: dst")
     a, back = _inplace(tensor)
     return _finish(g.reduce(a, root, op), back, async_op)
@@ -591,9 +593,8 @@ def isend(tensor, dst: int, group=None, tag: int = 0):
     g = _op(group, "isend")
     if g is None:
         return None
-    _tensor(tensor, "isend")
-    _device_check(g, tensor, "isend")
-    a = tensor.array if tensor.array.flags.c_contiguous else tensor.array.copy(order="C")
+    _checked(g, "isend", (tensor, "tensor"))
+    a = _source(tensor)
     return g.send(a, g.group_rank(dst, "isend: dst"), tag)
 
 
@@ -612,8 +613,7 @@ def irecv(tensor, src: int | None = None, group=None, tag: int = 0):
     g = _op(group, "irecv")
     if g is None:
         return None
-    _tensor(tensor, "irecv")
-    _device_check(g, tensor, "irecv")
+    _checked(g, "irecv", (tensor, "tensor"))
     if src is None:
         raise ValueError("irecv: src=None (any source) is not supported; give the sending rank")
     a, back = _inplace(tensor)
