@@ -627,17 +627,21 @@ def load(f, map_location=None, weights_only: bool = True):
         return load_torch(f, map_location)
     if kind == "safetensors":
         return load_safetensors(f, map_location)
+    return _with_stream(f, _load_from, where_to)
+
+
+def _with_stream(f, reader, where_to):
+    """``reader(stream, name, bytes left, where_to)`` on an open file object or a path."""
     if hasattr(f, "read"):
         name = repr(getattr(f, "name", f"<{type(f).__name__}>"))
         start = f.tell()
         f.seek(0, os.SEEK_END)
         size = f.tell() - start
         f.seek(start)
-        return _load_from(f, name, size, where_to)
+        return reader(f, name, size, where_to)
     path = os.fspath(f)
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        return _load_from(fh, repr(path), size, where_to)
+        return reader(fh, repr(path), os.fstat(fh.fileno()).st_size, where_to)
 
 
 def _load_from(f, name: str, size: int, where_to):
@@ -723,16 +727,7 @@ def load_safetensors(f, map_location=None) -> dict:
         >>> tmp.cleanup()
     """
     where_to = _parse_map_location(map_location)
-    if hasattr(f, "read"):
-        name = repr(getattr(f, "name", f"<{type(f).__name__}>"))
-        start = f.tell()
-        f.seek(0, os.SEEK_END)
-        size = f.tell() - start
-        f.seek(start)
-        return _load_plain(f, name, size, where_to)
-    path = os.fspath(f)
-    with open(path, "rb") as fh:
-        return _load_plain(fh, repr(path), os.fstat(fh.fileno()).st_size, where_to)
+    return _with_stream(f, _load_plain, where_to)
 
 
 def _load_plain(f, name, size, where_to) -> dict:

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -37,15 +36,7 @@ SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000]
 MODEL = (1024, 2048, 2048, 1024, 10)  # MLP widths: 8.4 M parameters, 34 MB of float32 gradients
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_model = harness.cpu_model
 
 
 def _mpiexec() -> str:

@@ -1,13 +1,13 @@
 """scaled_dot_product_attention against PyTorch and finite differences; the blocked path at
 block edges; fully masked rows; dropout; memory at L = 16384; errors."""
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
 import avila_ml as am
+from memory_peak import peak_bytes
 from avila_ml.ops import attention as attn_mod
 
 F = am.nn.functional
@@ -316,14 +316,7 @@ def test_errors_name_the_op(device, bad, match):
     assert "scaled_dot_product_attention" in str(e.value)
 
 
-def _peak(fn):
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+_peak = peak_bytes
 
 
 def test_long_sequence_memory_stays_far_below_L_squared():

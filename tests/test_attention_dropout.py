@@ -3,13 +3,13 @@ function of (seed, offset, batch, row, column); the blocked forward/backward (an
 backward) against PyTorch's composite formula with that mask materialised; gradcheck; keep
 rate; reproducibility; memory at L = 4096; the nn modules take the blocked path in training."""
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
 import avila_ml as am
+from memory_peak import peak_bytes
 from avila_ml.backends import backend_of
 from avila_ml.backends.philox import dropout_counters, dropout_keep
 from avila_ml.ops import attention as attn_mod
@@ -152,14 +152,7 @@ def test_dropout_gradcheck_and_gradgradcheck(device, tiny_blocks):
     assert am.autograd.gradgradcheck(lambda a, b, c: f(a, b, c, None), (q, k, v))
 
 
-def _peak(fn):
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+_peak = peak_bytes
 
 
 def test_dropout_memory_stays_far_below_L_squared():
