@@ -48,10 +48,18 @@ def _mpi_op(op: ReduceOp, np_dtype):
     if not _MPI_OPS:
         from mpi4py import MPI
         _MPI_OPS.update({ReduceOp.SUM: MPI.SUM, ReduceOp.AVG: MPI.SUM, ReduceOp.PRODUCT: MPI.PROD,
-                         ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX, "or": MPI.LOR, "and": MPI.LAND})
+                         ReduceOp.MIN: MPI.MIN, ReduceOp.MAX: MPI.MAX, "or": MPI.LOR, "and": MPI.LAND,
+                         "in_place": MPI.IN_PLACE})
     if np_dtype == np.bool_:
         return _MPI_OPS["or" if op in (ReduceOp.SUM, ReduceOp.MAX) else "and"]
     return _MPI_OPS[op]
+
+
+def _in_place():
+    """``MPI.IN_PLACE`` (mpi4py imported on first use, as everywhere in this package)."""
+    if not _MPI_OPS:
+        _mpi_op(ReduceOp.SUM, np.float32)
+    return _MPI_OPS["in_place"]
 
 
 def _moved(a):
@@ -115,10 +123,9 @@ class MPIProcessGroup(ProcessGroup):
     def _run_allreduce(self, a, op, name) -> bool:
         if a.dtype == np.float16:  # reduced in float32 through a copy: the launch path does that
             return False
-        from mpi4py import MPI
-        _sync_device(a)
-        comm, mop = self._comm, _mpi_op(op, a.dtype)
-        self._blocking(name, lambda: comm.Allreduce(MPI.IN_PLACE, a, op=mop))
+        if type(a) is not np.ndarray:
+            _sync_device(a)
+        self._blocking(name, self._comm.Allreduce, _in_place(), a, op=_mpi_op(op, a.dtype))
         if op is ReduceOp.AVG:
             a[...] /= self._size
         return True

@@ -100,12 +100,11 @@ _DTYPE_CODE = {d.np: i for i, d in enumerate(_DTYPES)}
 _REDOP_CODE = {op: i for i, op in enumerate(_REDOPS)}
 
 
-def _descriptor(seq, op, array=None, root=-1, redop=None, extra=-1, out=None) -> np.ndarray:
-    """The 16 numbers every rank sends before a collective (written into ``out`` if given)."""
-    d = np.empty(_WIDTH, dtype=np.int64) if out is None else out
-    d.fill(-1)
+def _descriptor(op, array=None, root=-1, redop=None, extra=-1) -> np.ndarray:
+    """The 16 numbers every rank compares before a collective (field 1 is unused: the check's
+    all-reduces pair up in call order, so the sequence number cannot differ)."""
+    d = np.full(_WIDTH, -1, dtype=np.int64)
     d[0] = _MAGIC
-    d[1] = seq
     d[2] = _OP_CODE[op]
     if array is not None:
         code = _DTYPE_CODE.get(array.dtype)
@@ -127,10 +126,10 @@ def _descriptor(seq, op, array=None, root=-1, redop=None, extra=-1, out=None) ->
 
 
 def _describe(d) -> str:
-    """'all_reduce #3 of float32 (4, 2), op sum, root 0' from a descriptor row."""
+    """'all_reduce of float32 (4, 2) op sum root 0' from a descriptor row."""
     if d[0] != _MAGIC:
         return "nothing (did not arrive)"
-    parts = [f"{_OPS[d[2]]} #{d[1]}"]
+    parts = [_OPS[d[2]]]
     if d[3] >= 0:
         shape = tuple(int(s) for s in d[8:8 + min(d[6], _MAXDIM)])
         parts.append(f"of {_DTYPES[d[3]].name} {shape}")
@@ -388,6 +387,7 @@ class ProcessGroup:
         self._check = np.empty(2 * _WIDTH, dtype=np.int64)    # [d, -d]
         self._checked = np.empty(2 * _WIDTH, dtype=np.int64)  # elementwise min over the ranks
         self._cache: dict = {}
+        self._last_key, self._check_bytes = None, b""
         self._ping_in = np.empty(2, dtype=np.int64)
         self._pongs: list = []
         if self._size > 1:
@@ -429,32 +429,39 @@ class ProcessGroup:
 
     # -- the check before each collective ----------------------------------------------------
     def _agree(self, op: str, array=None, root: int = -1, redop=None, extra: int = -1, label=None) -> None:
-        """Every rank must call the same collective on the same dtype/shape (see module doc)."""
+        """Every rank must call the same collective on the same dtype/shape (see module doc).
+
+        The fast path does no NumPy work: the [d, -d] buffer of the last call is reused when
+        the call is the same (DDP's buckets, a training loop's all_reduce), and the result is
+        compared as bytes.
+        """
         self._seq += 1
         if self._size == 1:
             return
-        start = time.monotonic()
-        if array is None:
-            key = (op, None, None, root, redop, extra)
-        else:
-            key = (op, array.dtype, array.shape, root, redop, extra)
-        both = self._cache.get(key)
-        if both is None:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            d = _descriptor(0, op, array, root, redop, extra)
-            both = self._cache[key] = np.concatenate([d, -d])
-        check = self._check
-        check[...] = both
-        check[1], check[_WIDTH + 1] = self._seq, -self._seq
+        # (the enum's _value_, not the enum: hashing an Enum member runs Python code)
+        key = (op, None if array is None else array.dtype, None if array is None else array.shape,
+               root, None if redop is None else redop._value_, extra)
+        if key != self._last_key:
+            entry = self._cache.get(key)
+            if entry is None:
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+                d = _descriptor(op, array, root, redop, extra)
+                both = np.concatenate([d, -d])
+                entry = self._cache[key] = (both, both.tobytes())
+            self._check[...] = entry[0]
+            self._check_bytes = entry[1]
+            self._last_key = key
         req = self._p_check
         req.Start()
-        if not req.Test() and not _poll(self._check_or_answer, start + self._timeout):
-            self._name_missing(op, label)
+        if not req.Test():
+            start = time.monotonic()
+            if not _poll(self._check_or_answer, start + self._timeout):
+                self._name_missing(op, label)
         # the result is [min(d), -max(d)]: equal to this rank's [d, -d] exactly when every
         # rank's d is the same (and then on every rank, so all take the same branch)
-        if self._checked.tobytes() != check.tobytes():
-            self._report_mismatch(op, label, start)
+        if self._checked.tobytes() != self._check_bytes:
+            self._report_mismatch(op, label)
 
     def _what(self, op, label) -> str:
         return f"{label or op} (collective #{self._seq} on ranks {self.ranks})"
@@ -502,7 +509,7 @@ class ProcessGroup:
         _fail(self, f"{self._what(op, label)}: rank(s) {missing} did not arrive within {self._timeout:g} s "
               "(dead, stuck, or calling a different number of collectives)", True)
 
-    def _report_mismatch(self, op, label, start) -> None:
+    def _report_mismatch(self, op, label) -> None:
         """All ranks saw the same disagreement: gather the descriptors and raise the same error."""
         table = np.empty((self._size, _WIDTH), dtype=np.int64)
         req = self._ctrl.Iallgather(self._check[:_WIDTH].copy(), table)
@@ -550,16 +557,15 @@ class ProcessGroup:
         non-blocking launch is used). Backends with a faster blocking path override this."""
         return False
 
-    def _blocking(self, name: str, call) -> None:
-        """``call()`` (a blocking transport call) with the watchdog's deadline over it."""
-        key = id(call)
-        _watchdog.watch(key, time.monotonic() + self._timeout, self, name)
+    def _blocking(self, name: str, call, *args, **kwargs) -> None:
+        """``call(*args, **kwargs)`` (a blocking transport call) under the watchdog's deadline."""
+        _watchdog.watch(self, time.monotonic() + self._timeout, self, name)
         try:
-            call()
+            call(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - transport errors become one exception type
             _fail(self, f"{name} on ranks {self.ranks} failed: {type(e).__name__}: {e}", True)
         finally:
-            _watchdog.unwatch(key)
+            _watchdog.unwatch(self)
 
     def broadcast(self, array, root: int = 0, *, name: str = "broadcast") -> Work:
         """``array`` <- root's ``array`` on every rank."""
