@@ -186,9 +186,14 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
     else:
         lo = hi = int_tuple(padding, d, "padding", op, 0)
     x = input
+    geo_lo, geo_hi = [0] * d, [0] * d
     for i in range(d):
         a, n = 2 + i, lay.shape[2 + i]
         plo, phi = (dilation[i] * (K[i] - 1), 0) if modes[i] == "causal" else (lo[i], hi[i])
+        if len(lay.starts[a]) == 2 and modes[i] in ("zeros", "causal"):
+            # an unsplit axis with zero padding: the convolution pads it itself (no copy)
+            geo_lo[i], geo_hi[i] = plo, phi
+            continue
         if (modes[i] == "reflect" and max(plo, phi) >= n) or (modes[i] == "circular" and max(plo, phi) > n):
             raise RuntimeError(f"{op}: {modes[i]} padding ({plo}, {phi}) is too large for spatial dim {i} of global "
                                f"size {n}; reflect needs padding < size, circular padding <= size")
@@ -208,7 +213,8 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
         raise RuntimeError(f"{op}: bias of shape {tuple(bias.shape)} does not match {O} output channels ({O},)")
     # the halos are in place: the local convolution runs unpadded; a causal axis keeps its flag so
     # the algorithm choice keeps outputs bitwise independent of later inputs, as unsharded
-    geom = ConvGeometry(stride, (0,) * d, (0,) * d, dilation, groups, "causal" in modes)
+    geom = ConvGeometry(stride, tuple(geo_lo), tuple(geo_hi), dilation, groups, "causal" in modes)
+    _C._check_extent(op, tuple(x.shape), K, geom)
     g = spec.group
     return _C.ConvNd.apply(x, replicate(weight, g), replicate(bias, g), geom)
 
