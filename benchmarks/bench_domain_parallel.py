@@ -123,7 +123,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small block, 2 steps, not saved")
     p.add_argument("--block", default="8,32,32,32,32", help="per-rank C,T,X,Y,Z of the weak-scaling block")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--ranks", default="1,2,4")
     p.add_argument("--worker", nargs="*")
     p.add_argument("--no-save", action="store_true")
@@ -132,7 +132,7 @@ def main() -> None:
         shape = tuple(int(v) for v in args.worker[0].split(","))
         worker(shape, int(args.worker[1]), int(args.worker[2]))
         return
-    C, T, X, Y, Z = (int(v) for v in ("2,4,8,8,8" if args.quick else args.block).split(","))
+    C, T, X, Y, Z = (int(v) for v in ("2,8,8,8,8" if args.quick else args.block).split(","))
     steps = 2 if args.quick else args.steps
     ranks = [int(r) for r in args.ranks.split(",")]
     cpus = os.cpu_count() or 1

@@ -75,3 +75,26 @@ def test_spec_errors_and_slices():
 def test_split_sizes_uneven():
     from avila_ml.distributed.domain import split_sizes
     assert split_sizes(17, 2) == [9, 8] and split_sizes(10, 4) == [3, 3, 2, 2]
+
+
+@pytest.mark.parametrize("mode", ["zeros", "circular", "reflect", "replicate"])
+def test_halo_exchange_and_its_adjoint_pass_gradcheck_and_gradgradcheck(mode):
+    """On one rank the exchange is a pure index map (borders from own data): its backward and
+    double backward against finite differences; the scatter-add is its adjoint (<Gx, y> = <x, G^T y>)."""
+    dist.init_process_group()
+    try:
+        g = dist.distributed_c10d._get_default_group()
+        ex = dist.Exchange(dist.halo_plan((0, 5), ((-2, 8),), mode, 0), 1, [0], g, fill=0.5)
+        rng = np.random.default_rng(0)
+        x = am.tensor(rng.standard_normal((2, 5, 3)), requires_grad=True)
+        assert am.autograd.gradcheck(lambda t: dist.HaloGather.apply(t, ex), (x,))
+        assert am.autograd.gradgradcheck(lambda t: dist.HaloGather.apply(t, ex) ** 2, (x,))
+        y = am.tensor(rng.standard_normal((2, 10, 3)), requires_grad=True)
+        assert am.autograd.gradgradcheck(lambda t: dist.HaloScatterAdd.apply(t, ex) ** 2, (y,))
+        gx = ex.gather(x.detach().numpy(), fill=0.0)
+        assert np.isclose((gx * y.detach().numpy()).sum(), (x.detach().numpy() * ex.scatter_add(y.detach().numpy())).sum())
+        want = am.nn.functional.pad(x.detach().unsqueeze(0), (0, 0, 2, 3), mode="constant" if mode == "zeros" else mode,
+                                    value=0.5).squeeze(0)
+        assert np.allclose(ex.gather(x.detach().numpy()), want.numpy())
+    finally:
+        dist.destroy_process_group()

@@ -34,7 +34,8 @@ class Layout:
 
     ``shape`` is the global shape; ``starts[a]`` the shard starts along tensor dim ``a``
     (``P + 1`` numbers, the last the global size; ``(0, n)`` for an unsplit dim); ``pos[a]``
-    this rank's shard index along dim ``a``.
+    this rank's shard index along dim ``a``. PyTorch has no counterpart (DTensor assumes
+    even shards); PhysicsNeMo's ``ShardTensor`` keeps the same facts as "sharding shapes".
 
     Example:
         >>> from avila_ml.distributed import Layout
@@ -244,14 +245,17 @@ class DomainSpec:
         from ..tensor import Tensor
         from .. import dtypes as _dt
         g = self.group
-        head = np.full(2 + 8, -1, dtype=np.int64)
+        head = np.full(2 + 8 + 1, -1, dtype=np.int64)  # ndim, dtype code, shape (8 at most), device kind
         if g.rank() == src:
             if full is None or not isinstance(full, Tensor):
                 raise TypeError(f"DomainSpec.scatter: rank {src} must pass the full tensor, got {type(full).__name__}")
             self._check_ndim(full.shape, "scatter")
+            if full.ndim > 8:
+                raise ValueError(f"DomainSpec.scatter: at most 8 dims, got shape {tuple(full.shape)}")
             head[0] = full.ndim
             head[1] = [d.np for d in _dt._ALL].index(full.array.dtype)
             head[2:2 + full.ndim] = full.shape
+            head[10] = 1 if full.is_cuda else 0  # the receivers allocate on the same kind
         g.broadcast(head, root=src, name="DomainSpec.scatter").wait()
         nd = int(head[0])
         shape, dtype = tuple(int(s) for s in head[2:2 + nd]), _dt._ALL[int(head[1])].np
@@ -271,7 +275,11 @@ class DomainSpec:
                 w.wait()
             return Tensor._wrap(mine)
         key = self.local_slices(shape)
-        buf = np.empty(tuple(k.stop - k.start for k in key), dtype=dtype)
+        if head[10] == 1:  # CUDA: CuPy is imported only when a GPU tensor is scattered
+            import cupy as xp
+        else:
+            xp = np
+        buf = xp.empty(tuple(k.stop - k.start for k in key), dtype=dtype)
         g.recv(buf, src, tag=7090).wait()
         return Tensor._wrap(buf)
 

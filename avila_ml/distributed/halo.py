@@ -66,6 +66,7 @@ class HaloPlan:
     come from position ``p``), ``send[q] = src`` (local indices position ``q`` needs from here),
     ``own = (dest, src)`` (from the rank's own shard), ``fill`` (positions given the fill
     value), ``out_len`` (length of the extended shard), ``in_len`` (of the local shard).
+    PyTorch has no counterpart (LBANN DistConv's halo plans are the nearest idea).
 
     Example:
         >>> from avila_ml.distributed import halo_plan
@@ -168,7 +169,8 @@ def _key(axis, idx, xp):
 
 class Exchange:
     """One halo exchange: a :class:`HaloPlan` bound to a tensor dim, the ranks of the mesh line
-    (group ranks by position) and the fill value of positions outside the domain.
+    (group ranks by position) and the fill value of positions outside the domain. ``gather``
+    runs the plan, ``scatter_add`` its adjoint, on raw arrays. No PyTorch counterpart.
 
     Example:
         >>> import numpy as np, avila_ml.distributed as dist
@@ -244,7 +246,8 @@ class HaloGather(Function):
     """Differentiable halo exchange: the local shard extended by its halos along one axis.
 
     Math: ``y = G x`` with ``G`` the 0/1 selection matrix of the plan (rows of fill positions
-    are zero, the fill value added); backward ``G^T g`` is :class:`HaloScatterAdd`.
+    are zero, the fill value added); backward ``G^T g`` is :class:`HaloScatterAdd`. On one
+    rank it is ``torch.nn.functional.pad`` along one dim (with ``value`` = the fill).
 
     Example:
         >>> import avila_ml as am, avila_ml.distributed as dist
@@ -270,7 +273,8 @@ class HaloScatterAdd(Function):
     """The adjoint of :class:`HaloGather`: halo values sent back to their owners and added in
     (also the forward of the partial sums of a sharded transposed convolution).
 
-    Math: ``x = G^T y``; backward ``G g`` (with fill 0).
+    Math: ``x = G^T y``; backward ``G g`` (with fill 0). On one rank it is the backward of
+    ``torch.nn.functional.pad``.
 
     Example:
         >>> import avila_ml as am, avila_ml.distributed as dist
