@@ -187,10 +187,11 @@ class DomainSpec:
         integers). Raises ``ValueError`` when the shards do not tile a global tensor."""
         shape = tuple(int(s) for s in local.shape)
         self._check_ndim(shape, "layout")
-        mine = np.asarray(shape, dtype=np.int64)
-        table = np.empty((self.group.size(), len(shape)), dtype=np.int64)
+        xp = transport_xp(self.group)
+        mine = xp.asarray(shape, dtype=np.int64)
+        table = xp.empty((self.group.size(), len(shape)), dtype=np.int64)
         self.group.allgather(mine, table, name="DomainSpec.layout").wait()
-        return self._layout_from_table(table)
+        return self._layout_from_table(to_host(table))
 
     def _layout_from_table(self, table) -> Layout:
         coords = [np.unravel_index(r, self.mesh) for r in range(table.shape[0])]
@@ -256,7 +257,9 @@ class DomainSpec:
             head[1] = [d.np for d in _dt._ALL].index(full.array.dtype)
             head[2:2 + full.ndim] = full.shape
             head[10] = 1 if full.is_cuda else 0  # the receivers allocate on the same kind
-        g.broadcast(head, root=src, name="DomainSpec.scatter").wait()
+        moved = transport_xp(g).asarray(head)
+        g.broadcast(moved, root=src, name="DomainSpec.scatter").wait()
+        head = to_host(moved)
         nd = int(head[0])
         shape, dtype = tuple(int(s) for s in head[2:2 + nd]), _dt._ALL[int(head[1])].np
         if g.size() == 1:
@@ -327,3 +330,18 @@ def backend_xp(array):
     """The array module (NumPy or CuPy) of ``array``."""
     from ..backends import backend_of
     return backend_of(array).xp
+
+
+def transport_xp(group):
+    """The array module a group's messages live in: CuPy for NCCL (device memory only), else
+    NumPy. Small bookkeeping messages (shapes, counts) are made there."""
+    if getattr(group, "backend", "mpi") == "nccl":
+        import cupy
+        return cupy
+    return np
+
+
+def to_host(array):
+    """A NumPy copy of a (small) NumPy or CuPy array."""
+    from ..backends import backend_of
+    return np.asarray(backend_of(array).to_numpy(array))

@@ -31,6 +31,7 @@ from ..ops import conv as _C
 from ..ops import pooling as _P
 from ..ops.indexing import index_select
 from ..ops._conv_geometry import ConvGeometry, int_tuple
+from .domain import to_host, transport_xp
 from .halo import Exchange, HaloGather, HaloScatterAdd, halo_plan
 from .process_group import ReduceOp
 
@@ -655,8 +656,9 @@ def sharded_loss(criterion, input, target, spec):
         return total
     if name in _CLASS_LOSSES and not target.is_floating_point():
         xp = backend_of(target.array).xp
-        count = np.asarray([float(xp.count_nonzero(target.array != criterion.ignore_index))])
+        count = float(xp.count_nonzero(target.array != criterion.ignore_index))
     else:
-        count = np.asarray([float(per.numel())])
+        count = float(per.numel())
+    count = transport_xp(spec.group).asarray([count])
     spec.group.allreduce(count, ReduceOp.SUM, name="sharded_loss count").wait()
-    return total / float(count[0])
+    return total / float(to_host(count)[0])
