@@ -32,7 +32,7 @@ from ..ops import pooling as _P
 from ..ops.indexing import index_select
 from ..ops._conv_geometry import ConvGeometry, int_tuple
 from .domain import to_host, transport_xp
-from .halo import Exchange, HaloGather, HaloScatterAdd, halo_plan
+from .halo import Exchange, HaloFinish, HaloGather, HaloScatterAdd, HaloStart, halo_plan
 from .process_group import ReduceOp
 
 __all__ = ["replicate", "reduce_replicated", "conv", "conv_transpose", "max_pool", "avg_pool", "interpolate",
@@ -127,6 +127,14 @@ def _extend(x, spec, lay, axis, need, mode, fill, what):
     return HaloGather.apply(x, Exchange(plan, axis, line, spec.group, fill))
 
 
+def _exchange(spec, lay, axis, need, mode, fill, what):
+    """The :class:`Exchange` that extends dim ``axis`` to ``need[pos]``, or None if nothing moves."""
+    m = spec.mesh_axis_of(axis)
+    line = spec.line(m) if m is not None else [spec.rank]
+    plan = halo_plan(tuple(lay.starts[axis]), tuple(need), mode, lay.pos[axis], what)
+    return None if plan.identity else Exchange(plan, axis, line, spec.group, fill)
+
+
 def _window_axis(starts, lo, hi, k, s, dl, n_out, what):
     """Output shard starts and the needed input range of each position, for a window op with
     kernel ``k``, stride ``s``, dilation ``dl``, padding ``lo``/``hi`` along one axis."""
@@ -188,6 +196,7 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
         lo = hi = int_tuple(padding, d, "padding", op, 0)
     x = input
     geo_lo, geo_hi = [0] * d, [0] * d
+    axes = []  # (axis index, exchange) of the axes whose borders the exchange builds
     for i in range(d):
         a, n = 2 + i, lay.shape[2 + i]
         plo, phi = (dilation[i] * (K[i] - 1), 0) if modes[i] == "causal" else (lo[i], hi[i])
@@ -203,8 +212,11 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
             raise RuntimeError(f"{op}: the dilated kernel {K} is larger than the padded input along spatial dim {i} "
                                f"(global size {n}, padding ({plo}, {phi}), dilation {dilation[i]})")
         what = _axis_name(spec, i, op)
-        _, need = _window_axis(lay.starts[a], plo, phi, K[i], stride[i], dilation[i], n_out, what)
-        x = _extend(x, spec, lay, a, need, modes[i], 0.0, what)
+        ostarts, need = _window_axis(lay.starts[a], plo, phi, K[i], stride[i], dilation[i], n_out, what)
+        ex = _exchange(spec, lay, a, need, modes[i], 0.0, what)
+        if ex is not None:
+            me = lay.pos[a]
+            axes.append((i, ex, plo, (ostarts[me], ostarts[me + 1]), need[me][0]))
     C, O, groups = input.shape[1], weight.shape[0], int(groups)
     if groups < 1 or C % groups or O % groups or weight.shape[1] * groups != C:
         raise RuntimeError(f"{op}: input of shape {tuple(input.shape)} has {C} channels and weight of shape "
@@ -215,9 +227,52 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
     # the halos are in place: the local convolution runs unpadded; a causal axis keeps its flag so
     # the algorithm choice keeps outputs bitwise independent of later inputs, as unsharded
     geom = ConvGeometry(stride, tuple(geo_lo), tuple(geo_hi), dilation, groups, "causal" in modes)
-    _C._check_extent(op, tuple(x.shape), K, geom)
     g = spec.group
-    return _C.ConvNd.apply(x, replicate(weight, g), replicate(bias, g), geom)
+    w, b = replicate(weight, g), replicate(bias, g)
+    # every exchange but the last runs first (later axes extend the already extended data, so
+    # corners come along); the last one overlaps the convolution of the outputs that need none
+    # of its halos, then the two boundary slabs are computed from the extended data
+    for i, ex, *_ in axes[:-1]:
+        x = HaloGather.apply(x, ex)
+    if axes:
+        i, ex, plo, outs, lo = axes[-1]
+        pieces = _overlapped_conv(x, w, b, geom, ex, 2 + i, lay.bounds(2 + i), outs, lo, stride[i], plo,
+                                  dilation[i] * (K[i] - 1))
+        if pieces is not None:
+            return pieces
+        x = HaloGather.apply(x, ex)
+    _C._check_extent(op, tuple(x.shape), K, geom)
+    return _C.ConvNd.apply(x, w, b, geom)
+
+
+def _overlapped_conv(x, w, b, geom, ex, a, shard, outs, lo, s, plo, ext):
+    """The convolution along dim ``a`` in three slabs: the interior (outputs whose windows lie in
+    this rank's input ``shard = [first, last)``) computed while the halos of ``ex`` travel, then
+    the low and high boundary slabs from the extended shard (global start ``lo``); this rank's
+    outputs are ``outs = [o0, o1)``. None when no message is awaited or there is no interior."""
+    from ..ops.shape import cat
+    if not ex.plan.recv and not ex.plan.send:
+        return None
+    (first, last), (o0, o1) = shard, outs
+    i0 = max(o0, -(-(first + plo) // s))     # first output whose window starts at or after `first`
+    i1 = min(o1, (last - 1 - ext + plo) // s + 1)  # past the last whose window ends before `last`
+    if i1 <= i0:
+        return None
+    key = [slice(None)] * x.ndim
+    pending = []
+    xe = HaloStart.apply(x, ex, pending)
+    key[a] = slice(i0 * s - plo - first, (i1 - 1) * s - plo + ext + 1 - first)
+    inner = _C.ConvNd.apply(x[tuple(key)], w, b, geom)
+    xe = HaloFinish.apply(xe, pending)
+    parts = []
+    if i0 > o0:
+        key[a] = slice(o0 * s - plo - lo, (i0 - 1) * s - plo + ext + 1 - lo)
+        parts.append(_C.ConvNd.apply(xe[tuple(key)], w, b, geom))
+    parts.append(inner)
+    if o1 > i1:
+        key[a] = slice(i1 * s - plo - lo, (o1 - 1) * s - plo + ext + 1 - lo)
+        parts.append(_C.ConvNd.apply(xe[tuple(key)], w, b, geom))
+    return parts[0] if len(parts) == 1 else cat(parts, a)
 
 
 def conv_transpose(input, weight, bias, spec, stride=1, padding=0, output_padding=0, groups=1, dilation=1,

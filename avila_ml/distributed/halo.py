@@ -25,7 +25,8 @@ import numpy as np
 from ..autograd.function import Function
 from ..backends import backend_of
 
-__all__ = ["HaloPlan", "halo_plan", "HaloGather", "HaloScatterAdd", "Exchange", "source_index"]
+__all__ = ["HaloPlan", "halo_plan", "HaloGather", "HaloScatterAdd", "HaloStart", "HaloFinish", "Exchange",
+           "source_index"]
 
 MODES = ("zeros", "causal", "circular", "reflect", "replicate")
 _TAG = 7100
@@ -191,8 +192,10 @@ class Exchange:
         s[self.axis] = n
         return tuple(s)
 
-    def gather(self, x, fill=None):
-        """The extended shard of ``x`` (plan forward)."""
+    def start(self, x, fill=None):
+        """Post the messages and place what this rank has (interior, own-data borders, fill);
+        returns ``(out, finish)``: ``finish()`` waits for the halos and places them. Work that
+        does not read the halos (an interior convolution) can run in between."""
         plan, axis, xp = self.plan, self.axis, backend_of(x).xp
         fill = self.fill if fill is None else fill
         out = xp.empty(self._shape(x, plan.out_len), dtype=x.dtype)
@@ -205,11 +208,20 @@ class Exchange:
             out[_key(axis, plan.own[0], xp)] = x[_key(axis, plan.own[1], xp)]
         if plan.fill.size:
             out[_key(axis, plan.fill, xp)] = fill
-        for w in works:
-            w.wait()
-        for buf, dest in recvs:
-            out[_key(axis, dest, xp)] = buf
-        return out
+
+        def finish():
+            for w in works:
+                w.wait()
+            for buf, dest in recvs:
+                out[_key(axis, dest, xp)] = buf
+            sends.clear()  # the send buffers lived until the sends completed
+            return out
+        return out, finish
+
+    def gather(self, x, fill=None):
+        """The extended shard of ``x`` (plan forward)."""
+        out, finish = self.start(x, fill)
+        return finish()
 
     def scatter_add(self, g):
         """Each extended-shard value added back to where it came from (the adjoint of gather)."""
@@ -304,3 +316,63 @@ class _GatherZeroFill(Function):
 
     def backward(self, g):
         return HaloScatterAdd.apply(g, self.exchange)
+
+
+class HaloStart(Function):
+    """The first half of a split :class:`HaloGather`: messages posted, the rank's own values
+    placed; the halo positions are filled by :class:`HaloFinish` (``pending`` is the list that
+    carries the finishing step between the two). Between them, computation that reads only the
+    interior overlaps the exchange. Backward: :class:`HaloScatterAdd` (as ``HaloGather``'s).
+    No PyTorch counterpart.
+
+    Math: together ``HaloFinish(HaloStart(x)) = G x``.
+
+    Example:
+        >>> import avila_ml as am, avila_ml.distributed as dist
+        >>> from avila_ml.distributed.halo import Exchange, HaloFinish, HaloStart, halo_plan
+        >>> dist.init_process_group()
+        >>> ex = Exchange(halo_plan((0, 3), ((-1, 4),), "circular", 0), 0, [0],
+        ...               dist.distributed_c10d._get_default_group())
+        >>> pending = []
+        >>> y = HaloStart.apply(am.tensor([1.0, 2.0, 3.0]), ex, pending)
+        >>> HaloFinish.apply(y, pending)
+        tensor([3., 1., 2., 3., 1.])
+        >>> dist.destroy_process_group()
+    """
+
+    def forward(self, x, exchange, pending):
+        self.exchange = exchange
+        out, finish = exchange.start(x)
+        pending.append(finish)
+        return out
+
+    def backward(self, g):
+        return HaloScatterAdd.apply(g, self.exchange)
+
+
+class HaloFinish(Function):
+    """Completes a :class:`HaloStart` (waits for the halos, places them in the same memory);
+    the identity for autograd. No PyTorch counterpart.
+
+    Math: ``y = x`` (with the halo positions now written); backward ``g``.
+
+    Example:
+        >>> import avila_ml as am, avila_ml.distributed as dist
+        >>> from avila_ml.distributed.halo import Exchange, HaloFinish, HaloStart, halo_plan
+        >>> dist.init_process_group()
+        >>> ex = Exchange(halo_plan((0, 2), ((-1, 2),), "replicate", 0), 0, [0],
+        ...               dist.distributed_c10d._get_default_group())
+        >>> pending = []
+        >>> HaloFinish.apply(HaloStart.apply(am.tensor([5.0, 6.0]), ex, pending), pending)
+        tensor([5., 5., 6.])
+        >>> dist.destroy_process_group()
+    """
+
+    is_view = True  # the halos are written into the started array, which is returned as a view
+
+    def forward(self, x, pending):
+        pending.pop()()
+        return x.view()
+
+    def backward(self, g):
+        return g
