@@ -211,7 +211,8 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
         if n_out < 1:
             raise RuntimeError(f"{op}: the dilated kernel {K} is larger than the padded input along spatial dim {i} "
                                f"(global size {n}, padding ({plo}, {phi}), dilation {dilation[i]})")
-        what = _axis_name(spec, i, op)
+        what = _axis_name(spec, i, op) + (f" (kernel {K[i]}, dilation {dilation[i]}, stride {stride[i]}, "
+                                          f"{modes[i]} padding ({plo}, {phi}))")
         ostarts, need = _window_axis(lay.starts[a], plo, phi, K[i], stride[i], dilation[i], n_out, what)
         ex = _exchange(spec, lay, a, need, modes[i], 0.0, what)
         if ex is not None:
@@ -321,7 +322,7 @@ def conv_transpose(input, weight, bias, spec, stride=1, padding=0, output_paddin
         # output o takes inputs i with i s in [o + p - ext, o + p]: give it to the rank holding the
         # middle one, so the overlaps split evenly between the two neighbours
         ostarts = [0] + [min(max(starts[q] * s - p + ext // 2, 0), n_out) for q in range(1, P)] + [n_out]
-        what = _axis_name(spec, i, op)
+        what = _axis_name(spec, i, op) + f" (kernel {K[i]}, dilation {dilation[i]}, stride {s}, padding {p})"
         for q in range(P):
             if ostarts[q + 1] <= ostarts[q]:
                 raise ValueError(f"{what}: the shard at position {q} gets no outputs (output size {n_out}); use "
@@ -374,7 +375,7 @@ def max_pool(input, spec, kernel_size, stride=None, padding=0, dilation=1, ceil_
         if n_out < 1 or not ((pos >= 0) & (pos < n)).any(axis=1).all():
             raise RuntimeError(f"{op}: output size {n_out} along spatial dim {i} (global size {n}), or a window lies "
                                f"entirely in the padding (kernel {k}, stride {s}, padding {p}, dilation {dl})")
-        what = _axis_name(spec, i, op)
+        what = _axis_name(spec, i, op) + f" (kernel {k[i]}, dilation {dl[i]}, stride {s[i]}, padding {p[i]})"
         _, need = _window_axis(lay.starts[a], p[i], p[i], k[i], s[i], dl[i], n_out, what)
         x = _extend(x, spec, lay, a, need, "zeros", _P._lowest(input.array.dtype), what)
     return _P._max_pool(op, d, x, k, s, 0, dl, False, False)
@@ -415,7 +416,7 @@ def avg_pool(input, spec, kernel_size, stride=None, padding=0, ceil_mode=False, 
         n_out = _P._pool_out(S[i], k[i], s[i], p[i], 1, ceil_mode)
         if n_out < 1:
             raise RuntimeError(f"{op}: output size {n_out} is too small along spatial dim {i} (global size {S[i]})")
-        what = _axis_name(spec, i, op)
+        what = _axis_name(spec, i, op) + f" (kernel {k[i]}, stride {s[i]}, padding {p[i]})"
         ostarts, need = _window_axis(lay.starts[a], p[i], p[i], k[i], s[i], 1, n_out, what)
         x = _extend(x, spec, lay, a, need, "zeros", 0.0, what)
         # the unsharded op's divisor (pooling.py), on the global output positions of this shard
