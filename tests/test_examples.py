@@ -32,3 +32,19 @@ def test_volume_from_disk_streams_the_file_it_wrote(tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("throughput"))
     assert float(line.split()[1]) > 0 and "patches/s" in line and "peak resident memory" in line
     assert "autocast('cpu', avila_ml.bfloat16)" in proc.stdout
+
+
+def test_domain_parallel_example_on_2_ranks(tmp_path):
+    """The domain-parallel example, split over 2 MPI ranks: it trains and reports its memory."""
+    import shutil
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(mpiexec):
+        mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec not installed (pip install avila-ml[distributed])")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, os.path.join(ROOT, "examples", "domain_parallel_conv4d.py"),
+                           "--quick"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "on 2 rank(s), x split 2 ways" in proc.stdout and "fits the budget" in proc.stdout, proc.stdout

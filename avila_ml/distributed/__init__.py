@@ -20,6 +20,11 @@ from .distributed_c10d import *  # noqa: F401,F403
 from .distributed_c10d import __all__ as _c10d_all
 from . import distributed_c10d  # noqa: F401
 from .checkpoint import save, load  # noqa: F401
+from .domain import DomainSpec, Layout  # noqa: F401
+from .halo import Exchange, HaloGather, HaloPlan, HaloScatterAdd, halo_plan  # noqa: F401
+from .domain_parallel import DomainLoss, DomainParallel  # noqa: F401
+from . import domain_ops  # noqa: F401
 
 __all__ = ["DistError", "DistBackendError", "GroupMember", "ProcessGroup", "ReduceOp", "Work",
-           "save", "load"] + list(_c10d_all)
+           "save", "load", "DomainSpec", "Layout", "DomainParallel", "DomainLoss", "Exchange", "HaloGather",
+           "HaloPlan", "HaloScatterAdd", "halo_plan"] + list(_c10d_all)

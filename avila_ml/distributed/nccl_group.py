@@ -234,6 +234,21 @@ class NCCLProcessGroup(MPIProcessGroup):
         return self._launch(f"recv from rank {self.ranks[src]}", lambda s: self._comm_nccl.recv(
             b.data.ptr, b.size, _nccl().NCCL_UINT8, src, s), keep=(a,))
 
+    def _launch_exchange(self, sends, recvs, tag) -> list:
+        # one NCCL group: separate send/recv calls between ranks that exchange with each other
+        # would wait on each other's stream order
+        nccl = _nccl()
+        bufs = [(_bytes(a), p, False) for a, p in recvs] + [(_bytes(a), p, True) for a, p in sends]
+
+        def body(s):
+            nccl.groupStart()
+            for b, p, is_send in bufs:
+                (self._comm_nccl.send if is_send else self._comm_nccl.recv)(b.data.ptr, b.size, nccl.NCCL_UINT8, p, s)
+            nccl.groupEnd()
+        if not bufs:
+            return []
+        return [self._launch("halo exchange", body, keep=tuple(a for a, _ in sends + recvs))]
+
     def _split(self, members):
         if self._size == 1:
             return NCCLProcessGroup(self._comm, list(self.ranks), self._world_rank, self._timeout)

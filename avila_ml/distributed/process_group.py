@@ -652,6 +652,21 @@ class ProcessGroup:
             raise ValueError(f"{op}: peer rank {self.ranks[peer]} is this rank; send/recv need another rank")
         return peer
 
+    def exchange(self, sends, recvs, tag: int = 0) -> list:
+        """Start several point-to-point messages together (``torch.distributed.batch_isend_irecv``):
+        ``sends`` and ``recvs`` are lists of ``(array, peer group rank)``; returns the Works to
+        wait on. MPI posts the receives first, then the sends; NCCL runs them as one group, which
+        it needs to avoid an ordering deadlock between ranks that send to each other.
+        """
+        sends = [(a, self._peer("exchange", p)) for a, p in sends]
+        recvs = [(a, self._peer("exchange", p)) for a, p in recvs]
+        self._need_contiguous("exchange", *[a for a, _ in sends + recvs])
+        return self._launch_exchange(sends, recvs, int(tag))
+
+    def _launch_exchange(self, sends, recvs, tag) -> list:
+        works = [self._launch_recv(a, p, tag) for a, p in recvs]
+        return works + [self._launch_send(a, p, tag) for a, p in sends]
+
     def split(self, members) -> "ProcessGroup | _NonMember":
         """A new group of the given *group* ranks (collective over this group; ``new_group``)."""
         members = sorted(int(r) for r in members)
