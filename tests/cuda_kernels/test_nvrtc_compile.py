@@ -62,3 +62,23 @@ def test_nvrtc_reports_a_missing_header():
         pytest.skip("NVRTC not installed")
     with pytest.raises(nvrtc.NvrtcError, match="cuda_fp16.h"):
         nvrtc.compile_to_ptx('#include <cuda_fp16.h>\nextern "C" __global__ void k() {}', "probe.cu")
+
+
+@pytest.mark.skipif(nvrtc.library() is None, reason="NVRTC not installed (nvidia-cuda-nvrtc wheel)")
+def test_tensor_core_conv4d_uses_mma_sync_and_cp_async():
+    """conv4d_mma.cu really runs on tensor cores with asynchronous copies: each precision's kernels
+    contain its mma.sync shape, the cp.async pipeline (copies, commit, wait for all but one
+    group) and, for TF32, the cvt.rna rounding of the operands."""
+    names = KERNEL_NAMES["conv4d_mma.cu"]
+    ptx = nvrtc.compile_to_ptx((KERNEL_SOURCE_DIR / "conv4d_mma.cu").read_text(), "conv4d_mma.cu", OPTIONS, names,
+                               "compute_80")
+    instruction = {"f16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                   "bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+                   "tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
+    for precision, mma in instruction.items():
+        for op in ("forward", "grad_input", "grad_weight"):
+            kernel = f"conv4d_mma_{op}_{precision}_64x64"
+            body = ptx.split(f".entry {kernel}(")[1].split(".entry ")[0]
+            assert mma in body and "cp.async.ca.shared.global" in body, kernel
+            assert "cp.async.commit_group" in body and "cp.async.wait_group 1" in body, kernel
+            assert ("cvt.rna.tf32.f32" in body) == (precision == "tf32"), kernel

@@ -28,6 +28,7 @@ from ..launch_config import (
     prepare_flash_attention_backward,
     prepare_flash_attention_forward,
 )
+from ..tensor_core import DEFAULT_TILE, prepare_conv4d_mma
 from .build import load_host_library
 
 GUARD_ELEMENTS = 64
@@ -91,9 +92,11 @@ def _launch_on_host(library: ctypes.CDLL, launch: KernelLaunch, buffers: dict[st
         raise HostEmulationError(error.value.decode())
 
 
-def run_plan_on_host(plan: LaunchPlan, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Allocate the plan's buffers, run its kernels through the host emulation, return its outputs."""
-    library = load_host_library(plan.defines)
+def run_plan_on_host(plan: LaunchPlan, inputs: dict[str, np.ndarray],
+                     library: ctypes.CDLL | None = None) -> tuple[np.ndarray, ...]:
+    """Allocate the plan's buffers, run its kernels through the host emulation, return its outputs.
+    ``library``: another build of the kernels (the mutation tests'); default: the sources' own."""
+    library = library if library is not None else load_host_library(plan.defines)
     buffers = {
         name: _GuardedBuffer(name, array.shape, array.dtype, source=array) for name, array in inputs.items()
     }
@@ -139,6 +142,22 @@ def host_conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1) -> 
     81.0
     """
     return run_plan_on_host(*prepare_conv4d_grad_weight(np, x, dy, w_shape, stride, padding, dilation))[0]
+
+
+def host_conv4d_mma(op, a, b, shape, stride=1, padding=0, dilation=1, precision="f16", tile=DEFAULT_TILE,
+                    library=None) -> np.ndarray:
+    """Host-emulated tensor-core conv4d pass (``conv4d_mma.cu``), the plan the GPU runs.
+
+    ``op`` is ``"forward"`` (a = x, b = w), ``"grad_input"`` (a = dy, b = w, shape = x's shape) or
+    ``"grad_weight"`` (a = x, b = dy, shape = w's shape); ``precision`` is ``"f16"``, ``"bf16"`` or
+    ``"tf32"`` (float32 arrays, operands rounded to TF32). PyTorch has no conv4d (conv3d in 4-D).
+
+    >>> x = np.ones((1, 1, 3, 3, 3, 3), np.float16); w = np.ones((2, 1, 3, 3, 3, 3), np.float16)
+    >>> float(host_conv4d_mma("forward", x, w, None, padding=1)[0, 1, 1, 1, 1, 1])
+    81.0
+    """
+    return run_plan_on_host(*prepare_conv4d_mma(np, op, a, b, shape, stride, padding, dilation, precision, tile),
+                            library=library)[0]
 
 
 def host_flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None) -> tuple[np.ndarray, np.ndarray]:
