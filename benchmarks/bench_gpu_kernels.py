@@ -183,8 +183,8 @@ def conv4d_flops(x_shape, c_out: int, kernel: int, padding: int) -> float:
     """FLOP of one conv4d pass (stride 1): 2 * N * C_out * output positions * C_in * kernel^4;
     forward, grad-input and grad-weight each cost this much.
 
-    >>> conv4d_flops((8, 16, 32, 32, 32, 32), 16, 3, 1) / 1e12
-    3.478923264
+    >>> round(conv4d_flops((8, 16, 32, 32, 32, 32), 16, 3, 1) / 1e12, 4)
+    0.3479
     """
     n, c_in, *size = x_shape
     positions = 1
@@ -197,8 +197,8 @@ def attention_flops(batch: int, heads: int, seq: int, head_dim: int, causal: boo
     """FLOP of attention forward + backward as FlashAttention-2 counts them: 4 B H L^2 D forward,
     2.5 times that backward; causal halves both.
 
-    >>> attention_flops(4, 16, 4096, 64, False) / 1e12, attention_flops(4, 16, 4096, 64, True) / 1e12
-    (0.3848290697216, 0.1924145348608)
+    >>> round(attention_flops(4, 16, 4096, 64, False) / 1e12, 4), round(attention_flops(4, 16, 4096, 64, True) / 1e12, 4)
+    (0.9621, 0.481)
     """
     forward = 4.0 * batch * heads * seq * seq * head_dim
     return 3.5 * forward / (2 if causal else 1)

@@ -65,7 +65,7 @@ def _warn_once(key: str, message: str) -> None:
 def _read_table(path: Path) -> dict[str, list[int]]:
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no table yet
         return {}
     except (OSError, ValueError) as exc:
         _warn_once(f"read:{path}", f"conv4d autotune: ignoring unreadable cache {path} ({exc}); it will be rewritten")
