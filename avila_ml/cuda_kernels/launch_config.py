@@ -25,6 +25,7 @@ from ..backends.philox import dropout_threshold
 KERNEL_SOURCE_DIR = Path(__file__).resolve().parent
 CONV4D_SOURCE = "conv4d.cu"
 CONV4D_MMA_SOURCE = "conv4d_mma.cu"
+ATTENTION_MMA_SOURCE = "attention_mma.cu"
 ATTENTION_SOURCE = "attention.cu"
 
 # Output (forward, grad-weight) or input (grad-input) channels per block, kept in registers.
@@ -33,7 +34,7 @@ CONV4D_CHANNEL_TILE = 16
 KERNEL_DEFINES: tuple[tuple[str, int], ...] = (("AVILA_CONV4D_CHANNEL_TILE", CONV4D_CHANNEL_TILE),)
 
 # Headers the .cu sources include (NVRTC finds them through -I KERNEL_SOURCE_DIR).
-KERNEL_HEADERS = ("avila_half.cuh", "avila_mma.cuh", "conv4d_geometry.cuh")
+KERNEL_HEADERS = ("avila_half.cuh", "avila_mma.cuh", "conv4d_geometry.cuh", "attention_common.cuh")
 
 
 def nvrtc_options(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) -> tuple[str, ...]:
@@ -113,6 +114,18 @@ def _conv4d_mma_kernel_names() -> tuple[str, ...]:
     return (*names, *CONV4D_MMA_ROUND_KERNELS.values())
 
 
+# Tensor-core attention (attention_mma.cu): head-dim buckets and storage types.
+ATTENTION_MMA_HEAD_DIMS = (32, 64, 128, 256)
+ATTENTION_MMA_PRECISIONS = ("f16", "bf16")
+
+
+def _attention_mma_kernel_names() -> tuple[str, ...]:
+    names = [f"attention_mma_delta_{p}" for p in ATTENTION_MMA_PRECISIONS]
+    names += [f"attention_mma_{op}_{p}_hd{d}" for p in ATTENTION_MMA_PRECISIONS for d in ATTENTION_MMA_HEAD_DIMS
+              for op in ("forward", "backward_dkdv", "backward_dq")]
+    return tuple(names)
+
+
 def _attention_kernel_names() -> tuple[str, ...]:
     names = [f"flash_attention_backward_preprocess_{suffix}" for suffix in _ATTENTION_DTYPES.values()]
     names += [
@@ -128,6 +141,7 @@ def _attention_kernel_names() -> tuple[str, ...]:
 KERNEL_NAMES: dict[str, tuple[str, ...]] = {
     CONV4D_SOURCE: _conv4d_kernel_names(),
     CONV4D_MMA_SOURCE: _conv4d_mma_kernel_names(),
+    ATTENTION_MMA_SOURCE: _attention_mma_kernel_names(),
     ATTENTION_SOURCE: _attention_kernel_names(),
 }
 

@@ -198,3 +198,158 @@ def prepare_conv4d_mma(xp, op: str, a, b, shape, stride, padding, dilation, prec
     _check_precision_dtype(name, precision, a.dtype)
     plan = plan_conv4d_mma(op, g, precision, tile, storage=a.dtype)
     return plan, {key: xp.ascontiguousarray(value) for key, value in inputs.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention on tensor cores (attention_mma.cu): float16/bfloat16, head dims up to 256, GQA.
+
+ATTENTION_MMA_THREADS = 128
+ATTENTION_MMA_ROWS = 64  # queries per forward/dq block, keys per dkdv block
+# Opt-in shared memory assumed when planning without a device: A100's 163 KiB (H100: 227 KiB);
+# head dim 256 needs more than the 99 KiB of sm_86/sm_89 GPUs.
+ATTENTION_MMA_SHARED_LIMIT = 163 * 1024
+
+
+def attention_mma_head_dim(op: str, head_dim: int) -> int:
+    """The compiled head-dim bucket (32, 64, 128 or 256) a head dimension runs in (zero-padded).
+
+    >>> attention_mma_head_dim("attention", 24), attention_mma_head_dim("attention", 200)
+    (32, 256)
+    """
+    from .launch_config import ATTENTION_MMA_HEAD_DIMS
+
+    for bucket in ATTENTION_MMA_HEAD_DIMS:
+        if head_dim <= bucket:
+            return bucket
+    raise ValueError(f"{op}: head dimension {head_dim} exceeds the tensor-core kernel maximum "
+                     f"{ATTENTION_MMA_HEAD_DIMS[-1]}")
+
+
+def attention_mma_shared_bytes(kernel: str, bucket: int) -> int:
+    """Dynamic shared memory of a block: resident 64-row tiles plus two stages of streamed K/V
+    (forward, dq) or Q/dO (dkdv) tiles of 64 rows (32 for head dim 256), rows padded by 8.
+
+    >>> attention_mma_shared_bytes("forward", 64), attention_mma_shared_bytes("backward_dkdv", 256)
+    (46080, 135680)
+    """
+    stride = bucket + 8
+    inner = 64 if bucket <= 128 else 32
+    resident = ATTENTION_MMA_ROWS if kernel == "forward" else 2 * ATTENTION_MMA_ROWS
+    stats = 2 * 2 * inner * 4 if kernel == "backward_dkdv" else 0
+    return (resident + 2 * 2 * inner) * stride * 2 + stats
+
+
+def _attention_mma_geometry(op: str, q, k, v, scale, is_causal, mask_shape, dropout, precision):
+    from .launch_config import AttentionGeometry
+
+    q_shape, k_shape, v_shape = (tuple(int(s) for s in a.shape) for a in (q, k, v))
+    if len(q_shape) != 3 or len(k_shape) != 3 or k_shape != v_shape or q_shape[2] != k_shape[2]:
+        raise ValueError(f"{op}: expected q (B*Hq, L, D), k and v (B*Hkv, S, D), got q {q_shape}, k {k_shape}, "
+                         f"v {v_shape}")
+    if k_shape[0] == 0 or q_shape[0] % k_shape[0] != 0:
+        raise ValueError(f"{op}: {q_shape[0]} query heads cannot share {k_shape[0]} key/value heads evenly "
+                         "(grouped-query attention needs B*Hq to be a multiple of B*Hkv)")
+    _check_same_dtype(op, q=q, k=k, v=v)
+    _check_precision_dtype(op, precision, q.dtype)
+    batch_heads, seq_q, head_dim = q_shape
+    seq_k = k_shape[1]
+    attention_mma_head_dim(op, head_dim)
+    compact = None
+    if mask_shape is not None:
+        mask_shape = tuple(int(s) for s in mask_shape)
+        padded = (1,) * (3 - len(mask_shape)) + mask_shape
+        if len(mask_shape) > 3 or any(m not in (1, n) for m, n in zip(padded, (batch_heads, seq_q, seq_k))):
+            raise ValueError(f"{op}: mask of shape {mask_shape} does not broadcast to (B*Hq, L, S) = "
+                             f"{(batch_heads, seq_q, seq_k)}")
+        compact = padded
+    if dropout is not None:
+        p, seed, offset = dropout
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"{op}: dropout probability must be in [0, 1), got {p}")
+        dropout = (float(p), int(seed), int(offset))
+    geometry = AttentionGeometry(batch_heads, seq_q, seq_k, head_dim, np.dtype(q.dtype), float(scale), bool(is_causal),
+                                 compact, dropout)
+    return geometry, batch_heads // k_shape[0], k_shape[0]
+
+
+def prepare_attention_mma_forward(xp, q, k, v, scale, is_causal, mask=None, dropout=None, precision="f16",
+                                  shared_memory_limit: int = ATTENTION_MMA_SHARED_LIMIT):
+    """Plan the tensor-core attention forward: ``(o, lse)`` of q (B*Hq, L, D), k, v (B*Hkv, S, D)."""
+    from .launch_config import prepare_attention_mask
+
+    op = "attention_mma_forward"
+    g, group, _ = _attention_mma_geometry(op, q, k, v, scale, is_causal, None if mask is None else mask.shape,
+                                          dropout, precision)
+    bucket = attention_mma_head_dim(op, g.head_dim)
+    buffers = {} if mask is not None else {"mask_placeholder": BufferSpec((1,), np.dtype(np.float32), 0.0)}
+    no_keys = g.seq_k == 0
+    buffers["o"] = BufferSpec((g.batch_heads, g.seq_q, g.head_dim), g.dtype, 0.0 if no_keys else None)
+    buffers["lse"] = BufferSpec((g.batch_heads, g.seq_q), np.dtype(np.float32), -np.inf if no_keys else None)
+    launches: tuple[KernelLaunch, ...] = ()
+    if g.batch_heads * g.seq_q > 0 and not no_keys:
+        shared = _attention_shared(op, "forward", bucket, shared_memory_limit)
+        grid = (g.batch_heads * _ceil_div(g.seq_q, ATTENTION_MMA_ROWS), 1, 1)
+        _check_grid(op, grid)
+        launches = (KernelLaunch("attention_mma.cu", f"attention_mma_forward_{precision}_hd{bucket}", grid,
+                                 (ATTENTION_MMA_THREADS, 1, 1), shared,
+                                 ("q", "k", "v", *g.mask_args(), "o", "lse", *g.shape_args(), np.int32(group))),)
+    inputs = {"q": xp.ascontiguousarray(q), "k": xp.ascontiguousarray(k), "v": xp.ascontiguousarray(v)}
+    if mask is not None:
+        inputs["mask"] = prepare_attention_mask(xp, mask, g.mask_shape)
+    description = g.describe() + f", {precision} tensor cores, {group} query heads per key/value head"
+    return LaunchPlan(op, description, buffers, launches, ("o", "lse")), inputs
+
+
+def prepare_attention_mma_backward(xp, q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None,
+                                   precision="f16", shared_memory_limit: int = ATTENTION_MMA_SHARED_LIMIT):
+    """Plan the tensor-core attention backward: ``(dq, dk, dv)``; dk and dv sum over the query
+    heads that share each key/value head."""
+    from .launch_config import prepare_attention_mask
+
+    op = "attention_mma_backward"
+    g, group, kv_heads = _attention_mma_geometry(op, q, k, v, scale, is_causal, None if mask is None else mask.shape,
+                                                 dropout, precision)
+    _check_same_dtype(op, q=q, o=o, do=do)
+    _check_shape(op, "o", o.shape, q.shape)
+    _check_shape(op, "do", do.shape, q.shape)
+    _check_shape(op, "lse", lse.shape, q.shape[:2])
+    bucket = attention_mma_head_dim(op, g.head_dim)
+    buffers = {} if mask is not None else {"mask_placeholder": BufferSpec((1,), np.dtype(np.float32), 0.0)}
+    rows, keys = g.batch_heads * g.seq_q, kv_heads * g.seq_k
+    buffers["delta"] = BufferSpec((g.batch_heads, g.seq_q), np.dtype(np.float32))
+    buffers["dq"] = BufferSpec((g.batch_heads, g.seq_q, g.head_dim), g.dtype, 0.0 if keys == 0 else None)
+    buffers["dk"] = BufferSpec((kv_heads, g.seq_k, g.head_dim), g.dtype, 0.0 if rows == 0 else None)
+    buffers["dv"] = BufferSpec((kv_heads, g.seq_k, g.head_dim), g.dtype, 0.0 if rows == 0 else None)
+    launches: tuple[KernelLaunch, ...] = ()
+    if rows > 0 and keys > 0:
+        block = (ATTENTION_MMA_THREADS, 1, 1)
+        common = ("q", "k", "v", *g.mask_args(), "do", "lse", "delta")
+        tail = (*g.shape_args(), np.int32(group))
+        grids = {"delta": (_ceil_div(rows, ATTENTION_MMA_THREADS), 1, 1),
+                 "dkdv": (kv_heads * _ceil_div(g.seq_k, ATTENTION_MMA_ROWS), 1, 1),
+                 "dq": (g.batch_heads * _ceil_div(g.seq_q, ATTENTION_MMA_ROWS), 1, 1)}
+        for grid in grids.values():
+            _check_grid(op, grid)
+        launches = (
+            KernelLaunch("attention_mma.cu", f"attention_mma_delta_{precision}", grids["delta"], block, 0,
+                         ("o", "do", "delta", np.int64(rows), np.int32(g.head_dim))),
+            KernelLaunch("attention_mma.cu", f"attention_mma_backward_dkdv_{precision}_hd{bucket}", grids["dkdv"],
+                         block, _attention_shared(op, "backward_dkdv", bucket, shared_memory_limit),
+                         (*common, "dk", "dv", *tail)),
+            KernelLaunch("attention_mma.cu", f"attention_mma_backward_dq_{precision}_hd{bucket}", grids["dq"], block,
+                         _attention_shared(op, "backward_dq", bucket, shared_memory_limit), (*common, "dq", *tail)),
+        )
+    inputs = {name: xp.ascontiguousarray(a) for name, a in (("q", q), ("k", k), ("v", v), ("o", o), ("do", do))}
+    inputs["lse"] = xp.ascontiguousarray(lse.astype(xp.float32, copy=False))
+    if mask is not None:
+        inputs["mask"] = prepare_attention_mask(xp, mask, g.mask_shape)
+    description = g.describe() + f", {precision} tensor cores, {group} query heads per key/value head"
+    return LaunchPlan(op, description, buffers, launches, ("dq", "dk", "dv")), inputs
+
+
+def _attention_shared(op: str, kernel: str, bucket: int, limit: int) -> int:
+    needed = attention_mma_shared_bytes(kernel, bucket)
+    if needed > limit:
+        raise ValueError(f"{op}: head dim bucket {bucket} needs {needed} bytes of shared memory per block, the "
+                         f"device allows {limit}")
+    return needed

@@ -7,6 +7,8 @@ test suite so that CPU-only CI exercises the kernels' indexing, tiling and reduc
 from .build import build_host_library, host_compiler, load_host_library
 from .runner import (
     HostEmulationError,
+    host_attention_mma_backward,
+    host_attention_mma_forward,
     host_conv4d_forward,
     host_conv4d_grad_input,
     host_conv4d_grad_weight,
@@ -18,6 +20,8 @@ from .runner import (
 
 __all__ = [
     "HostEmulationError",
+    "host_attention_mma_backward",
+    "host_attention_mma_forward",
     "build_host_library",
     "host_compiler",
     "host_conv4d_forward",

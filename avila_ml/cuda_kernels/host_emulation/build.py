@@ -26,6 +26,7 @@ HOST_SOURCES = (
     HOST_ENTRY_POINTS,
     KERNEL_SOURCE_DIR / "conv4d.cu",
     KERNEL_SOURCE_DIR / "conv4d_mma.cu",
+    KERNEL_SOURCE_DIR / "attention_mma.cu",
     KERNEL_SOURCE_DIR / "attention.cu",
     *(KERNEL_SOURCE_DIR / header for header in KERNEL_HEADERS),
 )

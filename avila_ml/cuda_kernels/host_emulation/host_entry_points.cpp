@@ -11,6 +11,7 @@
 // edited copies of it several times; the other kernels would only add build time).
 #ifndef AVILA_HOST_CONV4D_MMA_ONLY
 #include "../attention.cu"
+#include "../attention_mma.cu"
 #include "../conv4d.cu"
 #endif
 #include "../conv4d_mma.cu"
@@ -72,6 +73,11 @@ struct KernelTraits<Kernel> {
     AVILA_HOST_CONV4D_MMA_TILE(precision, 32x32), AVILA_HOST_CONV4D_MMA_TILE(precision, 64x32),               \
         AVILA_HOST_CONV4D_MMA_TILE(precision, 64x64), AVILA_HOST_CONV4D_MMA_TILE(precision, 128x64)
 
+#define AVILA_HOST_ATTENTION_MMA_KERNELS(precision, hd)                                                       \
+    AVILA_HOST_KERNEL(attention_mma_forward_##precision##_hd##hd),                                              \
+        AVILA_HOST_KERNEL(attention_mma_backward_dkdv_##precision##_hd##hd),                                    \
+        AVILA_HOST_KERNEL(attention_mma_backward_dq_##precision##_hd##hd)
+
 const KernelEntry kKernels[] = {
     AVILA_HOST_CONV4D_MMA_KERNELS(f16),
     AVILA_HOST_CONV4D_MMA_KERNELS(bf16),
@@ -97,6 +103,16 @@ const KernelEntry kKernels[] = {
     AVILA_HOST_ATTENTION_KERNELS(f16_hd32),
     AVILA_HOST_ATTENTION_KERNELS(f16_hd64),
     AVILA_HOST_ATTENTION_KERNELS(f16_hd128),
+    AVILA_HOST_KERNEL(attention_mma_delta_f16),
+    AVILA_HOST_KERNEL(attention_mma_delta_bf16),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 32),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 64),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 128),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 256),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 32),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 64),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 128),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 256),
 #endif
 };
 
