@@ -7,11 +7,16 @@
 # Each step has a time limit so the whole check ends within 10 minutes.
 #
 #   benchmarks/gpu_check.sh                 # uses $PYTHON, else .venv/bin/python, else makes .venv-gpu
+#   benchmarks/gpu_check.sh --bench-only    # issue 14's tensor-core checks and benchmarks only (< 10 min):
+#                                           # the tensor-core kernel tests on the GPU, then the conv4d
+#                                           # (fp16/bf16/TF32 vs cuDNN) and attention (vs SDPA flash) timings
 #
 # Python environment: one that already has CuPy, torch and the CUDA wheels. Without .venv the
 # script makes .venv-gpu with --system-site-packages (it sees the machine's CuPy/torch) and
 # installs this checkout into it with `pip install --no-deps -e .` (no download).
 set -uo pipefail
+bench_only=0
+if [ "${1:-}" = "--bench-only" ]; then bench_only=1; fi
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -73,6 +78,23 @@ if ! "$python" -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0" >
     failures+=("cupy unavailable")
 fi
 
+if [ "$bench_only" -eq 1 ]; then
+    export AVILA_ML_TEST_DEVICE=cuda
+    run_step "tensor-core kernel tests on the GPU" 150 "$python" -m pytest -q -p no:cacheprovider -p no:zarr \
+        tests/cuda_kernels/test_tensor_core_conv4d.py -k cuda
+    run_step "tensor-core benchmarks" 420 "$python" benchmarks/bench_gpu_kernels.py --suite tensor-cores \
+        --repeats 3 --json "$bench_json"
+    if [ "${#failures[@]}" -ne 0 ]; then
+        note "FAILED: ${failures[*]}"
+        echo "log: $log"
+        exit 1
+    fi
+    note "tensor-core checks passed on $gpu_name"
+    echo "log: $log"
+    echo "benchmark numbers: $bench_json"
+    exit 0
+fi
+
 # NCCL for the distributed "nccl" backend: NVIDIA's wheel for the same CUDA major as CuPy
 if ! "$python" -c "from cupy.cuda import nccl; nccl.NcclCommunicator" >/dev/null 2>&1; then
     note "installing NCCL (nvidia-nccl-cu${cuda_major:-12})"
@@ -102,7 +124,8 @@ else
     failures+=("compute-sanitizer missing")
 fi
 
-run_step "benchmarks" 90 "$python" benchmarks/bench_gpu_kernels.py --json "$bench_json"
+# the float32 CUDA-core kernels here; the tensor-core benchmarks run with --bench-only (time budget)
+run_step "benchmarks" 90 "$python" benchmarks/bench_gpu_kernels.py --suite float32 --json "$bench_json"
 
 # --- issue 11 (h11): host-to-device overlap (pinned batches, DevicePrefetcher) and float16 autocast
 run_step "copy/compute overlap and autocast" "$python" benchmarks/gpu_overlap.py \

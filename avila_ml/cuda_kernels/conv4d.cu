@@ -21,6 +21,7 @@
 // float16 once. grad_weight of float16 sums (atomically) into a float32 buffer, rounded to
 // float16 once at the end by conv4d_round_f32_to_f16.
 #include "avila_half.cuh"  // avila_half and its float conversions (no <cuda_fp16.h> under NVRTC)
+#include "conv4d_geometry.cuh"  // Geometry, index helpers and the kernels' geometry parameters
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define AVILA_DYNAMIC_SHARED_BYTES(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
@@ -32,22 +33,6 @@
 namespace conv4d_detail {
 
 constexpr int kChannelTile = AVILA_CONV4D_CHANNEL_TILE;
-
-struct Geometry {
-    int batch, in_channels, out_channels;
-    int in_t, in_x, in_y, in_z;
-    int out_t, out_x, out_y, out_z;
-    int k_t, k_x, k_y, k_z;
-    int stride_t, stride_x, stride_y, stride_z;
-    int pad_t, pad_x, pad_y, pad_z;
-    int dil_t, dil_x, dil_y, dil_z;
-
-    __device__ __forceinline__ int taps_per_time_slice() const { return k_x * k_y * k_z; }
-};
-
-__device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
-
-__device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 
 template <typename T>
 struct Accumulate {
@@ -81,14 +66,6 @@ __device__ __forceinline__ avila_half narrow<avila_half>(float value) {
 template <typename T>
 __device__ __forceinline__ T zero() {
     return narrow<T>(0);
-}
-
-// Rounds towards minus infinity (C's / truncates towards zero); b > 0.
-__device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-__device__ __forceinline__ long long volume_offset(int n, int c, int channels, int t, int x, int y, int z, int size_t_,
-                                                   int size_x, int size_y, int size_z) {
-    return ((((static_cast<long long>(n) * channels + c) * size_t_ + t) * size_x + x) * size_y + y) * size_z + z;
 }
 
 // Copies the input rows a (tile_y x tile_z) block of outputs needs for one (channel, time) slice:
@@ -203,6 +180,30 @@ __device__ void forward(const T* __restrict__ x, const T* __restrict__ w, T* __r
     }
 }
 
+// The output index o = (i + p - k*d) / s reached by tap k of input index i, walked over k = 0, 1, ...
+// without a division per tap: quotient and remainder of (i + p - k*d) by s are updated by
+// subtracting d = (d / s) * s + d % s. The tap contributes iff the remainder is 0 (then the
+// quotient is the exact output index, possibly out of range). Two divisions per walk, not two per
+// tap: the inner loop of grad_input had an integer modulo and divide per 16 FMAs.
+struct TapWalk {
+    int quotient, remainder;  // floor((i + p - k*d) / s) and the remainder in [0, s)
+    int step_quotient, step_remainder, stride;
+
+    __device__ __forceinline__ static TapWalk start(int numerator, int dilation, int stride) {
+        const int q = floor_div(numerator, stride);
+        return TapWalk{q, numerator - q * stride, dilation / stride, dilation % stride, stride};
+    }
+    __device__ __forceinline__ bool hits() const { return remainder == 0; }
+    __device__ __forceinline__ void next() {
+        quotient -= step_quotient;
+        remainder -= step_remainder;
+        if (remainder < 0) {
+            remainder += stride;
+            quotient -= 1;
+        }
+    }
+};
+
 // dx[n, ci, it, ix, iy, iz] = sum over (co, kt, kx, ky, kz) with it = ot*st - pt + kt*dt (same in x, y, z)
 // of dy[n, co, ot, ox, oy, oz] * w[co, ci, kt, kx, ky, kz]: the transposed convolution, written as a
 // gather so every dx element is owned by one thread (no atomics). A tap contributes only when
@@ -249,6 +250,9 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
     const int thread = threadIdx.y * blockDim.x + threadIdx.x;
     const int threads = blockDim.x * blockDim.y;
     const int plane_size = rows * cols;
+    // The y and z tap walks depend on this thread's position only: set up once, outside every loop.
+    const TapWalk start_y = TapWalk::start(in_y + g.pad_y, g.dil_y, g.stride_y);
+    const TapWalk start_z = TapWalk::start(in_z + g.pad_z, g.dil_z, g.stride_z);
 
     for (int co = 0; co < g.out_channels; ++co) {
         for (int kt = 0; kt < g.k_t; ++kt) {
@@ -283,20 +287,20 @@ __device__ void grad_input(const T* __restrict__ dy, const T* __restrict__ w, T*
                         : Acc(0);
             }
             __syncthreads();
-            for (int kx = 0; kx < g.k_x; ++kx) {
-                const int x_numerator = in_x + g.pad_x - kx * g.dil_x;
-                if (x_numerator < 0 || x_numerator % g.stride_x != 0 || x_numerator / g.stride_x >= g.out_x) continue;
-                for (int ky = 0; ky < g.k_y; ++ky) {
-                    const int y_numerator = in_y + g.pad_y - ky * g.dil_y;
-                    // Exact multiples make C's truncating division equal to floor division, so the
-                    // row lies inside the patch; rows outside dy were loaded as zeros.
-                    if (y_numerator % g.stride_y != 0) continue;
-                    const T* patch_row = patch + (kx * rows + y_numerator / g.stride_y - oy_first) * cols;
+            TapWalk walk_x = TapWalk::start(in_x + g.pad_x, g.dil_x, g.stride_x);
+            for (int kx = 0; kx < g.k_x; ++kx, walk_x.next()) {
+                if (!walk_x.hits() || walk_x.quotient < 0 || walk_x.quotient >= g.out_x) continue;
+                TapWalk walk_y = start_y;
+                for (int ky = 0; ky < g.k_y; ++ky, walk_y.next()) {
+                    // A hit is an exact multiple, so the row lies inside the patch; rows outside
+                    // dy were loaded as zeros.
+                    if (!walk_y.hits()) continue;
+                    const T* patch_row = patch + (kx * rows + walk_y.quotient - oy_first) * cols;
                     const Acc* tap_weights = weights + ((kx * g.k_y + ky) * g.k_z) * kChannelTile;
-                    for (int kz = 0; kz < g.k_z; ++kz) {
-                        const int z_numerator = in_z + g.pad_z - kz * g.dil_z;
-                        if (z_numerator % g.stride_z != 0) continue;
-                        const Acc value = widen(patch_row[z_numerator / g.stride_z - oz_first]);
+                    TapWalk walk_z = start_z;
+                    for (int kz = 0; kz < g.k_z; ++kz, walk_z.next()) {
+                        if (!walk_z.hits()) continue;
+                        const Acc value = widen(patch_row[walk_z.quotient - oz_first]);
 #pragma unroll
                         for (int c = 0; c < kChannelTile; ++c) acc[c] += value * tap_weights[kz * kChannelTile + c];
                     }
@@ -365,8 +369,12 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy,
     const long long tile_end = tile_begin + tiles_per_block < tiles_total ? tile_begin + tiles_per_block : tiles_total;
 
     AVILA_DYNAMIC_SHARED_BYTES(shared_bytes);
-    Acc* grads = reinterpret_cast<Acc*>(shared_bytes);                       // [row][col][channel] of dy
-    T* patch = reinterpret_cast<T*>(grads + tile_y * tile_z * kChannelTile);  // [plane][row][col] of x
+    // dy is staged [position][channel] with an odd row stride: consecutive threads store
+    // consecutive positions (coalesced dy loads), and a stride of 16 words would put all those
+    // stores in 2 banks (16-way conflicts); 17 words spreads them over all 32 banks.
+    constexpr int kGradStride = kChannelTile + 1;
+    Acc* grads = reinterpret_cast<Acc*>(shared_bytes);                      // [row][col][channel] of dy
+    T* patch = reinterpret_cast<T*>(grads + tile_y * tile_z * kGradStride);  // [plane][row][col] of x
 
     Acc acc[kChannelTile];
 #pragma unroll
@@ -408,14 +416,14 @@ __device__ void grad_weight(const T* __restrict__ x, const T* __restrict__ dy,
                 value = widen(dy[volume_offset(n, co, g.out_channels, out_t, out_x, out_y, out_z, g.out_t, g.out_x,
                                                g.out_y, g.out_z)]);
             }
-            grads[position * kChannelTile + channel] = value;
+            grads[position * kGradStride + channel] = value;
         }
         __syncthreads();
-        const Acc* grad_row = grads + row * tile_z * kChannelTile;
+        const Acc* grad_row = grads + row * tile_z * kGradStride;
         for (int col = 0; col < tile_z; ++col) {
             const Acc value = widen(patch[patch_offset + col * g.stride_z]);
 #pragma unroll
-            for (int c = 0; c < kChannelTile; ++c) acc[c] += value * grad_row[col * kChannelTile + c];
+            for (int c = 0; c < kChannelTile; ++c) acc[c] += value * grad_row[col * kGradStride + c];
         }
     }
 
@@ -446,17 +454,6 @@ __device__ void round_to_half(const float* __restrict__ src, avila_half* __restr
 }
 
 }  // namespace conv4d_detail
-
-#define AVILA_CONV4D_GEOMETRY_PARAMS                                                                              \
-    int batch, int in_channels, int out_channels, int in_t, int in_x, int in_y, int in_z, int out_t, int out_x,     \
-        int out_y, int out_z, int k_t, int k_x, int k_y, int k_z, int stride_t, int stride_x, int stride_y,         \
-        int stride_z, int pad_t, int pad_x, int pad_y, int pad_z, int dil_t, int dil_x, int dil_y, int dil_z
-
-#define AVILA_CONV4D_GEOMETRY                                                                                     \
-    conv4d_detail::Geometry {                                                                                     \
-        batch, in_channels, out_channels, in_t, in_x, in_y, in_z, out_t, out_x, out_y, out_z, k_t, k_x, k_y, k_z, \
-            stride_t, stride_x, stride_y, stride_z, pad_t, pad_x, pad_y, pad_z, dil_t, dil_x, dil_y, dil_z        \
-    }
 
 #define AVILA_DEFINE_CONV4D_KERNELS(T, suffix)                                                                      \
     extern "C" __global__ void conv4d_forward_##suffix(const T* __restrict__ x, const T* __restrict__ w,            \

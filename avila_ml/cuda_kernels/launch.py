@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import OUT_OF_MEMORY_HINT, KernelLaunchError, KernelOutOfMemoryError
+from .tensor_core import DEFAULT_TILE, mma_precision
 from .launch_config import (
     KERNEL_NAMES,
     KERNEL_SOURCE_DIR,
     LaunchPlan,
+    conv4d_geometry,
     nvrtc_options,
     prepare_conv4d_forward,
     prepare_conv4d_grad_input,
@@ -102,7 +104,57 @@ def run_plan_on_gpu(plan: LaunchPlan, inputs: dict[str, Any]) -> tuple[Any, ...]
     return tuple(buffers[name] for name in plan.outputs)
 
 
-def conv4d_forward(x, w, stride=1, padding=0, dilation=1):
+def _median_milliseconds(cupy, fn, repeats: int = 3) -> float:
+    fn()  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop))
+    return sorted(times)[len(times) // 2]
+
+
+def _conv4d_tensor_cores(op, a, b, shape, stride, padding, dilation, precision):
+    """One tensor-core pass (conv4d_mma.cu) with the tile of the autotuner (the default tile
+    unless ``am.backends.cudnn.benchmark``); see :mod:`.tensor_core` and :mod:`.autotune`."""
+    import cupy
+
+    from . import autotune
+    from .tensor_core import fitting_tiles, prepare_conv4d_mma
+
+    from ..backends import cudnn
+
+    plan, inputs = prepare_conv4d_mma(cupy, op, a, b, shape, stride, padding, dilation, precision)
+    if not cudnn.benchmark:  # tuning off: the fixed default tile, nothing timed
+        return run_plan_on_gpu(plan, inputs)[0]
+    geometry = conv4d_geometry(plan.op, *((a.shape, b.shape) if op == "forward" else
+                                          (shape, b.shape) if op == "grad_input" else (a.shape, shape)),
+                               stride, padding, dilation)
+    device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())["name"]
+    device = device.decode() if isinstance(device, bytes) else str(device)
+
+    def time_tile(tile):
+        tile_plan, tile_inputs = prepare_conv4d_mma(cupy, op, a, b, shape, stride, padding, dilation, precision, tile)
+        return _median_milliseconds(cupy, lambda: run_plan_on_gpu(tile_plan, tile_inputs))
+
+    tile = autotune.choose_tile(autotune.tuning_key(op, precision, device, geometry),
+                                fitting_tiles(precision, shared_memory_optin_limit()), time_tile, enabled=True)
+    if tile != DEFAULT_TILE:
+        plan, inputs = prepare_conv4d_mma(cupy, op, a, b, shape, stride, padding, dilation, precision, tile)
+    return run_plan_on_gpu(plan, inputs)[0]
+
+
+def _precision(dtype, tensor_cores):
+    """None (exact CUDA-core kernels) or the tensor-core precision for ``dtype``."""
+    if tensor_cores is False:
+        return None
+    return mma_precision(dtype)
+
+
+def conv4d_forward(x, w, stride=1, padding=0, dilation=1, tensor_cores=None):
     """4-D convolution (cross-correlation) of ``x`` with ``w`` on the GPU, without im2col.
 
     ``y[n, co, t, i, j, l] = sum_{ci, a, b, c, e} w[co, ci, a, b, c, e] *
@@ -110,6 +162,11 @@ def conv4d_forward(x, w, stride=1, padding=0, dilation=1):
     with out-of-range taps reading zero. Shapes: x (N, C_in, T, X, Y, Z), w (C_out, C_in, kT, kX, kY, kZ),
     y (N, C_out, oT, oX, oY, oZ) with ``o = (in + 2p - d(k - 1) - 1) // s + 1``. float32, float64 or float16
     (float16 storage, float32 sums, each output rounded once); no bias, groups=1. ``stride``, ``padding`` and ``dilation`` are ints or 4-tuples.
+
+    ``tensor_cores``: None (default) runs float16/bfloat16, and float32 when
+    ``am.backends.cudnn.allow_tf32`` is on (PyTorch's default), on tensor cores (conv4d_mma.cu,
+    float32 accumulation; TF32 rounds float32 operands to 10 mantissa bits); False forces the
+    exact CUDA-core kernels (float32/float64/float16).
 
     PyTorch has no conv4d; this is torch.nn.functional.conv3d's definition with one more dimension.
 
@@ -123,15 +180,18 @@ def conv4d_forward(x, w, stride=1, padding=0, dilation=1):
     """
     import cupy
 
+    precision = _precision(x.dtype, tensor_cores)
+    if precision is not None:
+        return _conv4d_tensor_cores("forward", x, w, None, stride, padding, dilation, precision)
     return run_plan_on_gpu(*prepare_conv4d_forward(cupy, x, w, stride, padding, dilation, shared_memory_optin_limit()))[0]
 
 
-def conv4d_grad_input(dy, w, x_shape, stride=1, padding=0, dilation=1):
+def conv4d_grad_input(dy, w, x_shape, stride=1, padding=0, dilation=1, tensor_cores=None):
     """Gradient of :func:`conv4d_forward` with respect to its input (a transposed 4-D convolution).
 
     ``dx[n, ci, t, i, j, l] = sum dy[n, co, ot, oi, oj, ol] * w[co, ci, a, b, c, e]`` over all
     (co, a, b, c, e) with ``t = ot*s0 - p0 + a*d0`` (and likewise in X, Y, Z). ``x_shape`` is the shape
-    of the forward input; ``dy`` has the forward output's shape.
+    of the forward input; ``dy`` has the forward output's shape. ``tensor_cores`` as in :func:`conv4d_forward`.
 
     PyTorch has no conv4d; this mirrors torch.nn.grad.conv3d_input in 4-D.
 
@@ -144,17 +204,21 @@ def conv4d_grad_input(dy, w, x_shape, stride=1, padding=0, dilation=1):
     """
     import cupy
 
+    precision = _precision(dy.dtype, tensor_cores)
+    if precision is not None:
+        return _conv4d_tensor_cores("grad_input", dy, w, x_shape, stride, padding, dilation, precision)
     return run_plan_on_gpu(*prepare_conv4d_grad_input(cupy, dy, w, x_shape, stride, padding, dilation,
                                                      shared_memory_optin_limit()))[0]
 
 
-def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1):
+def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1, tensor_cores=None):
     """Gradient of :func:`conv4d_forward` with respect to its weight.
 
     ``dw[co, ci, a, b, c, e] = sum_{n, t, i, j, l} dy[n, co, t, i, j, l] *
     x[n, ci, t*s0 - p0 + a*d0, i*s1 - p1 + b*d1, j*s2 - p2 + c*d2, l*s3 - p3 + e*d3]``.
     Partial sums of blocks are combined with atomicAdd, so the last bits may differ between runs.
     float16 inputs are summed (atomics included) into a float32 buffer, rounded to float16 once at the end.
+    ``tensor_cores`` as in :func:`conv4d_forward`.
 
     PyTorch has no conv4d; this mirrors torch.nn.grad.conv3d_weight in 4-D.
 
@@ -167,6 +231,9 @@ def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1):
     """
     import cupy
 
+    precision = _precision(x.dtype, tensor_cores)
+    if precision is not None:
+        return _conv4d_tensor_cores("grad_weight", x, dy, w_shape, stride, padding, dilation, precision)
     return run_plan_on_gpu(*prepare_conv4d_grad_weight(cupy, x, dy, w_shape, stride, padding, dilation,
                                                       shared_memory_optin_limit()))[0]
 

@@ -24,6 +24,8 @@ from ..backends.philox import dropout_threshold
 
 KERNEL_SOURCE_DIR = Path(__file__).resolve().parent
 CONV4D_SOURCE = "conv4d.cu"
+CONV4D_MMA_SOURCE = "conv4d_mma.cu"
+ATTENTION_MMA_SOURCE = "attention_mma.cu"
 ATTENTION_SOURCE = "attention.cu"
 
 # Output (forward, grad-weight) or input (grad-input) channels per block, kept in registers.
@@ -32,7 +34,7 @@ CONV4D_CHANNEL_TILE = 16
 KERNEL_DEFINES: tuple[tuple[str, int], ...] = (("AVILA_CONV4D_CHANNEL_TILE", CONV4D_CHANNEL_TILE),)
 
 # Headers the .cu sources include (NVRTC finds them through -I KERNEL_SOURCE_DIR).
-KERNEL_HEADERS = ("avila_half.cuh",)
+KERNEL_HEADERS = ("avila_half.cuh", "avila_mma.cuh", "conv4d_geometry.cuh", "attention_common.cuh")
 
 
 def nvrtc_options(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) -> tuple[str, ...]:
@@ -95,6 +97,35 @@ def _conv4d_kernel_names() -> tuple[str, ...]:
     return (*names, CONV4D_ROUND_KERNEL)
 
 
+# Tensor-core conv4d (conv4d_mma.cu): block tiles (rows of M, columns of N) compiled as separate
+# kernels, the choices of the autotuner (avila_ml.cuda_kernels.autotune); storage precisions.
+CONV4D_MMA_TILES: tuple[tuple[int, int], ...] = ((32, 32), (64, 32), (64, 64), (128, 64))
+CONV4D_MMA_PRECISIONS = ("f16", "bf16", "tf32")
+CONV4D_MMA_ROUND_KERNELS = {"f16": "conv4d_mma_round_f32_to_f16", "bf16": "conv4d_mma_round_f32_to_bf16"}
+
+
+def _conv4d_mma_kernel_names() -> tuple[str, ...]:
+    names = tuple(
+        f"conv4d_mma_{op}_{precision}_{bm}x{bn}"
+        for op in ("forward", "grad_input", "grad_weight")
+        for precision in CONV4D_MMA_PRECISIONS
+        for bm, bn in CONV4D_MMA_TILES
+    )
+    return (*names, *CONV4D_MMA_ROUND_KERNELS.values())
+
+
+# Tensor-core attention (attention_mma.cu): head-dim buckets and storage types.
+ATTENTION_MMA_HEAD_DIMS = (32, 64, 128, 256)
+ATTENTION_MMA_PRECISIONS = ("f16", "bf16")
+
+
+def _attention_mma_kernel_names() -> tuple[str, ...]:
+    names = [f"attention_mma_delta_{p}" for p in ATTENTION_MMA_PRECISIONS]
+    names += [f"attention_mma_{op}_{p}_hd{d}" for p in ATTENTION_MMA_PRECISIONS for d in ATTENTION_MMA_HEAD_DIMS
+              for op in ("forward", "backward_dkdv", "backward_dq")]
+    return tuple(names)
+
+
 def _attention_kernel_names() -> tuple[str, ...]:
     names = [f"flash_attention_backward_preprocess_{suffix}" for suffix in _ATTENTION_DTYPES.values()]
     names += [
@@ -109,6 +140,8 @@ def _attention_kernel_names() -> tuple[str, ...]:
 #: Every ``extern "C"`` kernel of each source file (NVRTC name expressions, host registry check).
 KERNEL_NAMES: dict[str, tuple[str, ...]] = {
     CONV4D_SOURCE: _conv4d_kernel_names(),
+    CONV4D_MMA_SOURCE: _conv4d_mma_kernel_names(),
+    ATTENTION_MMA_SOURCE: _attention_mma_kernel_names(),
     ATTENTION_SOURCE: _attention_kernel_names(),
 }
 
@@ -378,7 +411,8 @@ def plan_conv4d_grad_weight(
         cols = (tile_z - 1) * g.stride[3] + (k_z - 1) * g.dilation[3] + 1
         # dy staged in the accumulation type, the x patch in the storage type; the row
         # partials reuse the same memory afterwards
-        stage = tile_y * tile_z * CONV4D_CHANNEL_TILE * acc_size + planes * rows * cols * dtype.itemsize
+        # (dy rows padded to CONV4D_CHANNEL_TILE + 1 values against bank conflicts)
+        stage = tile_y * tile_z * (CONV4D_CHANNEL_TILE + 1) * acc_size + planes * rows * cols * dtype.itemsize
         reduction = tile_y * tap_lanes * CONV4D_CHANNEL_TILE * acc_size
         return max(stage, reduction)
 

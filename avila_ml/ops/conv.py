@@ -106,8 +106,10 @@ def _cuda_conv4d(kind, a, b, geom, extra):
     """The hand-written CUDA kernels for 4-D, ungrouped float32/float64/float16 convolutions
     under the ``"auto"`` algorithm; None otherwise (a forced ``set_conv_algorithm`` choice runs
     that generic algorithm). float16 (plain float16 tensors, or Conv4d under
-    ``autocast("cuda")``, which casts to float16 before this point) is stored in float16 and
-    summed in float32, each output rounded once. The kernels pad symmetrically: the asymmetric part of the zero padding
+    ``autocast("cuda")``, which casts to float16 before this point) runs on tensor cores, summed
+    in float32, each output rounded once (CuPy has no bfloat16, so bfloat16 tensors never reach
+    CUDA); float32 runs on tensor cores in TF32 when
+    ``am.backends.cudnn.allow_tf32`` (the default, as in PyTorch), else exactly (as float64). The kernels pad symmetrically: the asymmetric part of the zero padding
     (causal axes, ``"same"`` with an even kernel) is added to the input first, and cropped off
     the input gradient. A plan that does not fit the device's shared memory falls back to the
     generic path (announced once)."""

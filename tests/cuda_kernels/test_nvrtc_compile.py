@@ -8,6 +8,8 @@ launcher passes.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from avila_ml.cuda_kernels.launch_config import KERNEL_NAMES, KERNEL_SOURCE_DIR, nvrtc_options
@@ -20,11 +22,17 @@ CUDA_SOURCES = sorted(KERNEL_SOURCE_DIR.glob("*.cu"))
 OPTIONS = nvrtc_options()
 
 
+@functools.lru_cache(maxsize=None)
+def _ptx(name: str, arch: str) -> str:
+    """The launcher's NVRTC compile of one source (cached: the PTX checks below reuse it)."""
+    return nvrtc.compile_to_ptx((KERNEL_SOURCE_DIR / name).read_text(), name, OPTIONS, KERNEL_NAMES[name], arch)
+
+
 @pytest.mark.skipif(nvrtc.library() is None, reason="NVRTC not installed (nvidia-cuda-nvrtc wheel)")
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: path.name)
 def test_nvrtc_compiles_every_kernel_without_cuda_headers(source, arch):
-    ptx = nvrtc.compile_to_ptx(source.read_text(), source.name, OPTIONS, KERNEL_NAMES[source.name], arch)
+    ptx = _ptx(source.name, arch)
     for name in KERNEL_NAMES[source.name]:
         assert f".entry {name}(" in ptx, f"{source.name}: kernel {name} missing from the PTX for {arch}"
 
@@ -62,3 +70,21 @@ def test_nvrtc_reports_a_missing_header():
         pytest.skip("NVRTC not installed")
     with pytest.raises(nvrtc.NvrtcError, match="cuda_fp16.h"):
         nvrtc.compile_to_ptx('#include <cuda_fp16.h>\nextern "C" __global__ void k() {}', "probe.cu")
+
+
+@pytest.mark.skipif(nvrtc.library() is None, reason="NVRTC not installed (nvidia-cuda-nvrtc wheel)")
+def test_tensor_core_conv4d_uses_mma_sync_and_cp_async():
+    """conv4d_mma.cu really runs on tensor cores with asynchronous copies: each precision's kernels
+    contain its mma.sync shape, the cp.async pipeline (copies, commit, wait for all but one
+    group) and, for TF32, the cvt.rna rounding of the operands."""
+    ptx = _ptx("conv4d_mma.cu", "compute_80")
+    instruction = {"f16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                   "bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+                   "tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
+    for precision, mma in instruction.items():
+        for op in ("forward", "grad_input", "grad_weight"):
+            kernel = f"conv4d_mma_{op}_{precision}_64x64"
+            body = ptx.split(f".entry {kernel}(")[1].split(".entry ")[0]
+            assert mma in body and "cp.async.ca.shared.global" in body, kernel
+            assert "cp.async.commit_group" in body and "cp.async.wait_group 1" in body, kernel
+            assert ("cvt.rna.tf32.f32" in body) == (precision == "tf32"), kernel

@@ -25,6 +25,8 @@ HOST_SOURCES = (
     HOST_EMULATION_DIR / "cuda_host.h",
     HOST_ENTRY_POINTS,
     KERNEL_SOURCE_DIR / "conv4d.cu",
+    KERNEL_SOURCE_DIR / "conv4d_mma.cu",
+    KERNEL_SOURCE_DIR / "attention_mma.cu",
     KERNEL_SOURCE_DIR / "attention.cu",
     *(KERNEL_SOURCE_DIR / header for header in KERNEL_HEADERS),
 )
@@ -60,27 +62,33 @@ def build_host_library(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) ->
     path = host_library_path(defines)
     if path.exists():
         return path
+    compile_host_library(HOST_ENTRY_POINTS, path, defines)
+    return path
+
+
+def compile_host_library(entry_points: Path, path: Path, defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES,
+                         extra_flags: tuple[str, ...] = ()) -> None:
+    """Compile ``entry_points`` (host_entry_points.cpp, or a copy next to edited kernel sources, as
+    the mutation tests make) into the shared library ``path``."""
     compiler = host_compiler()
     if compiler is None:
         raise RuntimeError("no C++20 compiler for the CUDA host emulation: install g++ >= 12 or set $CXX")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Build under a private name and rename: concurrent test workers never load a half-written file.
-    partial = path.with_name(f"{_LIBRARY_NAME}.{os.getpid()}.partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     command = [
-        compiler, *HOST_COMPILE_FLAGS, *(f"-D{macro}={value}" for macro, value in defines),
-        "-o", str(partial), str(HOST_ENTRY_POINTS),
+        compiler, *HOST_COMPILE_FLAGS, *extra_flags, *(f"-D{macro}={value}" for macro, value in defines),
+        "-o", str(partial), str(entry_points),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"host build of the CUDA kernels failed:\n{' '.join(command)}\n{result.stderr}")
     os.replace(partial, path)
-    return path
 
 
-@functools.lru_cache(maxsize=None)
-def load_host_library(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) -> ctypes.CDLL:
-    """Build if needed and load the host library, with the signature of ``avila_host_launch`` declared."""
-    library = ctypes.CDLL(str(build_host_library(defines)))
+def open_host_library(path: Path) -> ctypes.CDLL:
+    """Load a host-emulation library and declare the signature of ``avila_host_launch``."""
+    library = ctypes.CDLL(str(path))
     library.avila_host_launch.argtypes = [
         ctypes.c_char_p,                    # kernel name
         ctypes.POINTER(ctypes.c_void_p),    # args: pointers to each argument value
@@ -94,3 +102,9 @@ def load_host_library(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) -> 
     ]
     library.avila_host_launch.restype = ctypes.c_int
     return library
+
+
+@functools.lru_cache(maxsize=None)
+def load_host_library(defines: tuple[tuple[str, int], ...] = KERNEL_DEFINES) -> ctypes.CDLL:
+    """Build if needed and load the host library, with the signature of ``avila_host_launch`` declared."""
+    return open_host_library(build_host_library(defines))

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -92,10 +93,29 @@ struct WarpState {
     // Two slot sets used alternately: a lane can only come back to a slot set after every lane
     // has passed the next shuffle's barrier, i.e. after every lane has read the previous values.
     std::array<std::array<std::uint64_t, kWarpSize>, 2> slots{};
+    // mma.sync fragments (4 A registers, 2 B registers, 4 C floats per lane), two sets used alternately.
+    std::array<std::array<std::array<std::uint32_t, 10>, kWarpSize>, 2> mma_slots{};
+    std::atomic<unsigned int> live_lanes{0};  // lanes that have not returned from the kernel yet
+};
+
+// A cp.async copy: destination, the source bytes read when it was issued, its size.
+struct PendingCopy {
+    unsigned char* destination;
+    std::array<unsigned char, 16> bytes;
+    int size;
+};
+
+struct BlockState;
+// Completion step of the block barrier: writes the cp.async copies waited for before it.
+struct LandCopies {
+    BlockState* block;
+    void operator()() noexcept;
 };
 
 struct BlockState {
-    std::optional<std::barrier<>> block_barrier;
+    std::optional<std::barrier<LandCopies>> block_barrier;
+    std::mutex copies_mutex;
+    std::vector<PendingCopy> waited_copies;
     std::vector<std::unique_ptr<WarpState>> warps;
     unsigned char* dynamic_shared = nullptr;
     std::size_t dynamic_shared_bytes = 0;
@@ -109,11 +129,13 @@ struct BlockState {
     }
 
     void start_block() {
-        block_barrier.emplace(static_cast<std::ptrdiff_t>(threads));
+        block_barrier.emplace(static_cast<std::ptrdiff_t>(threads), LandCopies{this});
+        waited_copies.clear();
         for (std::size_t w = 0; w < warps.size(); ++w) {
             const unsigned int first = static_cast<unsigned int>(w) * kWarpSize;
             const unsigned int lanes = std::min(kWarpSize, threads - first);
             warps[w]->barrier.emplace(static_cast<std::ptrdiff_t>(lanes));
+            warps[w]->live_lanes.store(lanes);
         }
         if (dynamic_shared_bytes > 0) {
             std::memset(dynamic_shared, 0xFF, dynamic_shared_bytes);
@@ -121,9 +143,17 @@ struct BlockState {
     }
 };
 
+inline void LandCopies::operator()() noexcept {
+    for (const PendingCopy& copy : block->waited_copies) {
+        std::memcpy(copy.destination, copy.bytes.data(), static_cast<std::size_t>(copy.size));
+    }
+    block->waited_copies.clear();
+}
+
 inline thread_local BlockState* current_block = nullptr;
 inline thread_local unsigned int thread_rank = 0;
 inline thread_local unsigned int shuffle_parity = 0;
+inline thread_local unsigned int mma_parity = 0;
 
 inline unsigned char* dynamic_shared_memory() { return current_block->dynamic_shared; }
 
@@ -153,9 +183,152 @@ inline T warp_exchange(T value, int source_lane_in_warp) {
     return result;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// cp.async (sm_80+): an asynchronous global -> shared copy, grouped by commit_group and waited
+// for by wait_group<N> (all but the newest N groups of this thread are complete). Emulation: the
+// source bytes are read when the copy is issued (inputs do not change during a kernel), and the
+// destination is written only when BOTH hold: the thread waited for the copy's group, and then a
+// __syncthreads it took part in completed (the write happens in the barrier's completion step,
+// between the last arrival and the first departure). So a kernel that forgets the wait, waits
+// for too few groups, or reads the staged tile without the barrier reads poisoned (NaN) or stale
+// shared memory in every run, where the GPU would fail only sometimes. This is stricter than the hardware in one respect: a
+// thread does not see even its own copies before the barrier (the kernels here never rely on
+// that; other threads' copies need the barrier on the GPU too).
+struct AsyncCopies {
+    std::vector<PendingCopy> open;                   // issued since the last commit_group
+    std::vector<std::vector<PendingCopy>> committed;  // committed groups, oldest first
+    std::vector<PendingCopy> waited;                  // complete; written when the next __syncthreads completes
+    // Hands the waited copies to the block: the barrier's completion step writes them, after every
+    // thread arrived and before any leaves, so no thread sees them early and every thread after.
+    void hand_over(BlockState& block) {
+        if (waited.empty()) return;
+        std::lock_guard<std::mutex> lock(block.copies_mutex);
+        block.waited_copies.insert(block.waited_copies.end(), waited.begin(), waited.end());
+        waited.clear();
+    }
+    void reset() {
+        open.clear();
+        committed.clear();
+        waited.clear();
+    }
+};
+inline thread_local AsyncCopies async_copies;
+
+inline void cp_async(void* shared_destination, const void* global_source, int bytes, int source_bytes) {
+    BlockState& block = *current_block;
+    auto* destination = static_cast<unsigned char*>(shared_destination);
+    const bool in_shared = destination >= block.dynamic_shared &&
+                           destination + bytes <= block.dynamic_shared + block.dynamic_shared_bytes;
+    if (!in_shared) {
+        block.report("cp.async destination outside the block's dynamic shared memory (thread " +
+                     std::to_string(thread_rank) + ")");
+        return;
+    }
+    if (reinterpret_cast<std::uintptr_t>(destination) % bytes != 0 ||
+        reinterpret_cast<std::uintptr_t>(global_source) % bytes != 0) {
+        block.report("misaligned " + std::to_string(bytes) + "-byte cp.async (thread " + std::to_string(thread_rank) +
+                     ")");
+        return;
+    }
+    PendingCopy copy{destination, {}, bytes};
+    // src-size < cp-size: the remaining bytes are zero-filled (how padding taps become zeros)
+    std::memcpy(copy.bytes.data(), global_source, static_cast<std::size_t>(source_bytes));
+    async_copies.open.push_back(copy);
+}
+
+inline void cp_async_commit() {
+    async_copies.committed.push_back(std::move(async_copies.open));
+    async_copies.open.clear();
+}
+
+inline void cp_async_wait(std::size_t newest_pending) {
+    while (async_copies.committed.size() > newest_pending) {
+        auto& group = async_copies.committed.front();
+        async_copies.waited.insert(async_copies.waited.end(), group.begin(), group.end());
+        async_copies.committed.erase(async_copies.committed.begin());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync: the warp's fragments are exchanged through per-warp slots, so every lane computes its
+// own four D values from the whole A and B, decoded with the PTX ISA's per-thread fragment layouts
+// (groupID = lane / 4, threadID_in_group = lane % 4). A lane that packs its registers in the wrong
+// order, or a kernel that shifts the lane index, multiplies the wrong elements, as on the GPU.
+// Products and sums are formed in double and rounded to float once, i.e. at least as accurate as
+// the tensor cores; tests compare against float64 references of the rounded inputs.
+enum class MmaKind { f16_m16n8k16, bf16_m16n8k16, tf32_m16n8k8 };
+
+inline float decode_f16(std::uint32_t reg, int half) {
+    return static_cast<float>(std::bit_cast<_Float16>(static_cast<std::uint16_t>(reg >> (16 * half))));
+}
+inline float decode_bf16(std::uint32_t reg, int half) {
+    return std::bit_cast<float>(((reg >> (16 * half)) & 0xFFFFU) << 16);
+}
+// The tensor cores read only the 19 TF32 bits of a 32-bit operand: the low 13 mantissa bits are
+// ignored (a kernel that skips cvt.rna.tf32.f32 gets truncation, not rounding).
+inline float decode_tf32(std::uint32_t reg) { return std::bit_cast<float>(reg & 0xFFFFE000U); }
+
+inline void mma_sync(MmaKind kind, float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2],
+                     const float (&c)[4]) {
+    WarpState& warp = *current_block->warps[thread_rank / kWarpSize];
+    const unsigned int lane = thread_rank % kWarpSize;
+    if (warp.live_lanes.load() != kWarpSize) {
+        current_block->report("mma.sync executed by a warp with " + std::to_string(warp.live_lanes.load()) +
+                              " live lanes (it needs all 32)");
+    }
+    auto& slots = warp.mma_slots[mma_parity];
+    mma_parity ^= 1U;
+    for (int i = 0; i < 4; ++i) slots[lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) slots[lane][4 + i] = b[i];
+    for (int i = 0; i < 4; ++i) slots[lane][6 + i] = std::bit_cast<std::uint32_t>(c[i]);
+    warp.barrier->arrive_and_wait();
+
+    const int k_size = kind == MmaKind::tf32_m16n8k8 ? 8 : 16;
+    double A[16][16] = {};
+    double B[16][8] = {};
+    for (unsigned int source = 0; source < kWarpSize; ++source) {
+        const int group = static_cast<int>(source / 4), in_group = static_cast<int>(source % 4);
+        const auto& regs = slots[source];
+        if (kind == MmaKind::tf32_m16n8k8) {
+            // A 16x8: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); B 8x8: b0 (t, g), b1 (t+4, g)
+            A[group][in_group] = decode_tf32(regs[0]);
+            A[group + 8][in_group] = decode_tf32(regs[1]);
+            A[group][in_group + 4] = decode_tf32(regs[2]);
+            A[group + 8][in_group + 4] = decode_tf32(regs[3]);
+            B[in_group][group] = decode_tf32(regs[4]);
+            B[in_group + 4][group] = decode_tf32(regs[5]);
+        } else {
+            auto decode = kind == MmaKind::f16_m16n8k16 ? decode_f16 : decode_bf16;
+            // A 16x16, register r holds two columns: r0 (g, 2t..2t+1), r1 (g+8, 2t..), r2 (g, 2t+8..),
+            // r3 (g+8, 2t+8..); B 16x8: b0 (2t..2t+1, g), b1 (2t+8..2t+9, g); low half = lower column/row
+            for (int h = 0; h < 2; ++h) {
+                A[group][2 * in_group + h] = decode(regs[0], h);
+                A[group + 8][2 * in_group + h] = decode(regs[1], h);
+                A[group][2 * in_group + 8 + h] = decode(regs[2], h);
+                A[group + 8][2 * in_group + 8 + h] = decode(regs[3], h);
+                B[2 * in_group + h][group] = decode(regs[4], h);
+                B[2 * in_group + 8 + h][group] = decode(regs[5], h);
+            }
+        }
+    }
+    // C and D: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
+    const int group = static_cast<int>(lane / 4), in_group = static_cast<int>(lane % 4);
+    for (int i = 0; i < 4; ++i) {
+        const int row = group + (i >= 2 ? 8 : 0);
+        const int col = 2 * in_group + (i & 1);
+        double sum = static_cast<double>(c[i]);
+        for (int k = 0; k < k_size; ++k) sum += A[row][k] * B[k][col];
+        d[i] = static_cast<float>(sum);
+    }
+}
+
 }  // namespace avila_host
 
-inline void __syncthreads() { avila_host::current_block->block_barrier->arrive_and_wait(); }
+inline void __syncthreads() {
+    avila_host::async_copies.hand_over(*avila_host::current_block);
+    avila_host::current_block->block_barrier->arrive_and_wait();
+}
 
 inline void __syncwarp(unsigned int = 0xffffffffU) {
     avila_host::current_block->warps[avila_host::thread_rank / avila_host::kWarpSize]->barrier->arrive_and_wait();
@@ -245,6 +418,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t dynami
                 for (unsigned int bx = 0; bx < grid.x; ++bx) {
                     blockIdx = dim3(bx, by, bz);
                     kernel(static_cast<Params>(args)...);
+                    async_copies.reset();  // copies never waited for die with the block
+                    state.warps[rank / kWarpSize]->live_lanes.fetch_sub(1);
                     state.block_barrier->arrive_and_drop();
                     state.warps[rank / kWarpSize]->barrier->arrive_and_drop();
                     between_blocks.arrive_and_wait();

@@ -7,8 +7,14 @@
 // which is exactly the class of launcher bug that the GPU path cannot detect.
 #include "cuda_host.h"
 
+// AVILA_HOST_CONV4D_MMA_ONLY builds the tensor-core conv4d alone (the mutation tests compile
+// edited copies of it several times; the other kernels would only add build time).
+#ifndef AVILA_HOST_CONV4D_MMA_ONLY
 #include "../attention.cu"
+#include "../attention_mma.cu"
 #include "../conv4d.cu"
+#endif
+#include "../conv4d_mma.cu"
 
 #include <cstdio>
 #include <exception>
@@ -58,7 +64,27 @@ struct KernelTraits<Kernel> {
     AVILA_HOST_KERNEL(flash_attention_forward_##suffix), AVILA_HOST_KERNEL(flash_attention_backward_dkdv_##suffix), \
         AVILA_HOST_KERNEL(flash_attention_backward_dq_##suffix)
 
+#define AVILA_HOST_CONV4D_MMA_TILE(precision, tile)                                                           \
+    AVILA_HOST_KERNEL(conv4d_mma_forward_##precision##_##tile),                                                 \
+        AVILA_HOST_KERNEL(conv4d_mma_grad_input_##precision##_##tile),                                          \
+        AVILA_HOST_KERNEL(conv4d_mma_grad_weight_##precision##_##tile)
+
+#define AVILA_HOST_CONV4D_MMA_KERNELS(precision)                                                              \
+    AVILA_HOST_CONV4D_MMA_TILE(precision, 32x32), AVILA_HOST_CONV4D_MMA_TILE(precision, 64x32),               \
+        AVILA_HOST_CONV4D_MMA_TILE(precision, 64x64), AVILA_HOST_CONV4D_MMA_TILE(precision, 128x64)
+
+#define AVILA_HOST_ATTENTION_MMA_KERNELS(precision, hd)                                                       \
+    AVILA_HOST_KERNEL(attention_mma_forward_##precision##_hd##hd),                                              \
+        AVILA_HOST_KERNEL(attention_mma_backward_dkdv_##precision##_hd##hd),                                    \
+        AVILA_HOST_KERNEL(attention_mma_backward_dq_##precision##_hd##hd)
+
 const KernelEntry kKernels[] = {
+    AVILA_HOST_CONV4D_MMA_KERNELS(f16),
+    AVILA_HOST_CONV4D_MMA_KERNELS(bf16),
+    AVILA_HOST_CONV4D_MMA_KERNELS(tf32),
+    AVILA_HOST_KERNEL(conv4d_mma_round_f32_to_f16),
+    AVILA_HOST_KERNEL(conv4d_mma_round_f32_to_bf16),
+#ifndef AVILA_HOST_CONV4D_MMA_ONLY
     AVILA_HOST_KERNEL(conv4d_forward_f32),
     AVILA_HOST_KERNEL(conv4d_forward_f64),
     AVILA_HOST_KERNEL(conv4d_grad_input_f32),
@@ -77,6 +103,17 @@ const KernelEntry kKernels[] = {
     AVILA_HOST_ATTENTION_KERNELS(f16_hd32),
     AVILA_HOST_ATTENTION_KERNELS(f16_hd64),
     AVILA_HOST_ATTENTION_KERNELS(f16_hd128),
+    AVILA_HOST_KERNEL(attention_mma_delta_f16),
+    AVILA_HOST_KERNEL(attention_mma_delta_bf16),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 32),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 64),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 128),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 256),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 32),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 64),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 128),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 256),
+#endif
 };
 
 void write_error(char* error, std::size_t error_size, const std::string& message) {

@@ -28,6 +28,12 @@ from ..launch_config import (
     prepare_flash_attention_backward,
     prepare_flash_attention_forward,
 )
+from ..tensor_core import (
+    DEFAULT_TILE,
+    prepare_attention_mma_backward,
+    prepare_attention_mma_forward,
+    prepare_conv4d_mma,
+)
 from .build import load_host_library
 
 GUARD_ELEMENTS = 64
@@ -91,9 +97,11 @@ def _launch_on_host(library: ctypes.CDLL, launch: KernelLaunch, buffers: dict[st
         raise HostEmulationError(error.value.decode())
 
 
-def run_plan_on_host(plan: LaunchPlan, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Allocate the plan's buffers, run its kernels through the host emulation, return its outputs."""
-    library = load_host_library(plan.defines)
+def run_plan_on_host(plan: LaunchPlan, inputs: dict[str, np.ndarray],
+                     library: ctypes.CDLL | None = None) -> tuple[np.ndarray, ...]:
+    """Allocate the plan's buffers, run its kernels through the host emulation, return its outputs.
+    ``library``: another build of the kernels (the mutation tests'); default: the sources' own."""
+    library = library if library is not None else load_host_library(plan.defines)
     buffers = {
         name: _GuardedBuffer(name, array.shape, array.dtype, source=array) for name, array in inputs.items()
     }
@@ -139,6 +147,49 @@ def host_conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1) -> 
     81.0
     """
     return run_plan_on_host(*prepare_conv4d_grad_weight(np, x, dy, w_shape, stride, padding, dilation))[0]
+
+
+def host_conv4d_mma(op, a, b, shape, stride=1, padding=0, dilation=1, precision="f16", tile=DEFAULT_TILE,
+                    library=None) -> np.ndarray:
+    """Host-emulated tensor-core conv4d pass (``conv4d_mma.cu``), the plan the GPU runs.
+
+    ``op`` is ``"forward"`` (a = x, b = w), ``"grad_input"`` (a = dy, b = w, shape = x's shape) or
+    ``"grad_weight"`` (a = x, b = dy, shape = w's shape); ``precision`` is ``"f16"``, ``"bf16"`` or
+    ``"tf32"`` (float32 arrays, operands rounded to TF32). PyTorch has no conv4d (conv3d in 4-D).
+
+    >>> x = np.ones((1, 1, 3, 3, 3, 3), np.float16); w = np.ones((2, 1, 3, 3, 3, 3), np.float16)
+    >>> float(host_conv4d_mma("forward", x, w, None, padding=1)[0, 1, 1, 1, 1, 1])
+    81.0
+    """
+    return run_plan_on_host(*prepare_conv4d_mma(np, op, a, b, shape, stride, padding, dilation, precision, tile),
+                            library=library)[0]
+
+
+def host_attention_mma_forward(q, k, v, scale, is_causal, mask=None, dropout=None, precision="f16"):
+    """Host-emulated tensor-core attention forward (``attention_mma.cu``); returns ``(o, lse)``.
+
+    ``o = softmax(q k^T * scale + mask) v`` with q (B*Hq, L, D), k and v (B*Hkv, S, D) (grouped-query
+    attention when Hkv < Hq), float16 or bfloat16; torch.nn.functional.scaled_dot_product_attention.
+
+    >>> q = np.ones((2, 3, 8), dtype=np.float16); kv = np.ones((1, 3, 8), dtype=np.float16)
+    >>> o, lse = host_attention_mma_forward(q, kv, kv, scale=0.5, is_causal=True)
+    >>> o.shape, [round(float(x), 4) for x in lse[1]]
+    ((2, 3, 8), [4.0, 4.6931, 5.0986])
+    """
+    return run_plan_on_host(*prepare_attention_mma_forward(np, q, k, v, scale, is_causal, mask, dropout, precision))
+
+
+def host_attention_mma_backward(q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None, precision="f16"):
+    """Host-emulated tensor-core attention backward; returns ``(dq, dk, dv)`` (dk, dv per key/value head).
+
+    >>> q = np.ones((1, 3, 8), dtype=np.float16)
+    >>> o, lse = host_attention_mma_forward(q, q, q, 0.5, True)
+    >>> dq, dk, dv = host_attention_mma_backward(q, q, q, o, lse, np.ones_like(o), 0.5, True)
+    >>> [round(float(x), 3) for x in dv[0, :, 0]]
+    [1.833, 0.833, 0.333]
+    """
+    return run_plan_on_host(*prepare_attention_mma_backward(np, q, k, v, o, lse, do, scale, is_causal, mask, dropout,
+                                                            precision))
 
 
 def host_flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None) -> tuple[np.ndarray, np.ndarray]:
