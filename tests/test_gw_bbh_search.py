@@ -184,3 +184,13 @@ def test_quick_sliding_equals_window_by_window(quick_run):
     direct = window_stats(net, np.stack([x[s:s + 2048] for s in range(0, 192 * 41, 192)]))
     assert slid.shape == (41,)
     np.testing.assert_allclose(slid, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_docstring_examples_of_the_example_modules():
+    """stats.py and network.py (no PyCBC needed) carry runnable examples; run them here, since
+    pytest's doctest collection covers avila_ml and tests, not examples/."""
+    import doctest
+    import network
+    for mod in (S, network):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, (mod.__name__, result)

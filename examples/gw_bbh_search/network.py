@@ -44,6 +44,13 @@ class GabbardNet(nn.Module):
 
     ``forward(x)`` takes (N, channels, 2048) and returns logits (N, 2): column 0 noise,
     column 1 signal. ``dropout`` is the dropout probability after each dense layer.
+    (PyTorch: the ``nn.Sequential`` of gwastro/ml-training-strategies ``Pytorch/network.py``.)
+
+    >>> import avila_ml as am
+    >>> net = GabbardNet()
+    >>> x = am.randn(3, 1, 2048)
+    >>> tuple(net.features(x).shape), tuple(net(x).shape)
+    ((3, 32, 58), (3, 2))
     """
 
     def __init__(self, channels: int = 1, dropout: float = 0.5):
@@ -68,13 +75,23 @@ class GabbardNet(nn.Module):
 
 
 def usr(logits) -> np.ndarray:
-    """Unbounded softmax replacement: ``logit_signal - logit_noise`` per row, as float64 NumPy."""
+    """Unbounded softmax replacement: ``logit_signal - logit_noise`` per row, as float64 NumPy.
+
+    >>> import avila_ml as am
+    >>> usr(am.tensor([[0.0, 30.0], [1.0, -1.0]])).tolist()     # softmax would give 1.0 and 0.12
+    [30.0, -2.0]
+    """
     a = logits.detach().cpu().numpy().astype(np.float64) if hasattr(logits, "detach") else np.asarray(logits)
     return a[:, 1] - a[:, 0]
 
 
 def window_stats(net: GabbardNet, windows: np.ndarray, batch: int = 256, device: str = "cpu") -> np.ndarray:
-    """USR statistic of each window of ``windows`` (n, 2048), evaluated in batches, eval mode."""
+    """USR statistic of each window of ``windows`` (n, 2048), evaluated in batches, eval mode.
+
+    >>> import numpy as np
+    >>> window_stats(GabbardNet(), np.zeros((5, 2048), np.float32)).shape
+    (5,)
+    """
     net.eval()
     out = []
     with am.no_grad():
@@ -91,6 +108,12 @@ def slide(net: GabbardNet, stretch: np.ndarray, step: int, windows_per_chunk: in
     ``step`` must be a multiple of 24 (the pooling stride) so the convolutions can run once per
     chunk of ``windows_per_chunk`` windows instead of once per window (module docstring).
     Returns float64 (n_windows,).
+
+    >>> import numpy as np
+    >>> net, x = GabbardNet(), np.random.default_rng(0).standard_normal(2048 + 192 * 9).astype(np.float32)
+    >>> by_window = window_stats(net, np.stack([x[s:s + 2048] for s in range(0, 192 * 10, 192)]))
+    >>> np.allclose(slide(net, x, 192, windows_per_chunk=4), by_window, atol=1e-4)
+    True
     """
     if step % POOL_STRIDE:
         raise ValueError(f"slide: step must be a multiple of {POOL_STRIDE} samples, got {step}")

@@ -170,7 +170,7 @@ def main(argv=None):
             opt.step()
             total, n = total + float(loss.item()) * len(y), n + len(y)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / n:.4f}")
+                bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
         val = validate(net, args.data, args.device)
         history.append(dict(epoch=epoch, train_loss=total / max(n, 1), snr_range=list(data.snr_range),
                             seconds=time.time() - t0, **val))
