@@ -204,10 +204,11 @@ def test_stacked_channels_padded_to_16_and_weight_layout():
     geom = ConvGeometry((2, 1, 1, 1), (1, 0, 0, 0), (1, 0, 0, 0), (2, 1, 1, 1), 1)
     KT = 2
     To = geom.out_size(x.shape[2:], (KT, 1, 1, 1))[0]
-    cg, real, cgp = accel._stack_layout(3, KT, 1)
+    st4 = accel._Stacking(geom, x.shape, (KT, 1, 1, 1), 1, 1)
+    cg, real, cgp = st4.cg, st4.real, st4.cgp
     assert (cg, real, cgp) == (3, 6, 16)
-    st = accel._stack(x, geom, KT, To, (0, 2, 0, To), cg, real, cgp).reshape(2, To, cgp, 2, 2, 2)
-    part = accel._stack(x, geom, KT, To, (1, 2, 1, To), cg, real, cgp).reshape(To - 1, cgp, 2, 2, 2)
+    st = st4.stack(x, (0, 2, 0, To)).reshape(2, To, cgp, 2, 2, 2)
+    part = st4.stack(x, (1, 2, 1, To)).reshape(To - 1, cgp, 2, 2, 2)
     np.testing.assert_array_equal(part, st[1, 1:])
     for n in range(2):
         for i in range(To):
@@ -345,7 +346,9 @@ def test_conv4d_frame_blocks_match_numpy(monkeypatch, frames):
     xa = rng.standard_normal((3, 2, 5, 4, 3, 4)).astype(np.float32)
     wa = rng.standard_normal((3, 2, 3, 2, 3, 2)).astype(np.float32)
     kw = dict(padding=(1, 1, 0, 1), stride=(1, 1, 1, 2))
-    frame = accel._frame_bytes(16, 1, (4, 3, 4), 3, (5, 1, 3))  # 2 x 3 stacked to 16 channels; out 5x1x3
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    geom = ConvGeometry((1, 1, 1, 2), (1, 1, 0, 1), (1, 1, 0, 1), (1, 1, 1, 1), 1)
+    frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 3, 1).row_bytes
     monkeypatch.setattr(accel, "_budget", lambda *a: frames * frame)
     assert len(accel._blocks(3, 5, frame, frames * frame)) == {1: 15, 3: 6, 8: 3}[frames]
     outs = {}
@@ -357,3 +360,48 @@ def test_conv4d_frame_blocks_match_numpy(monkeypatch, frames):
         outs[algo] = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()]
     for ours, ref in zip(outs["onednn"], outs["gemm"]):
         _f32_close(ours, ref)
+
+
+@needs_onednn
+@pytest.mark.parametrize("xs,ws,m,kw", [
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 1, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1))),
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 2, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1))),
+    ((1, 4, 5, 6, 4, 4), (4, 2, 2, 3, 2, 3), 2, dict(stride=(1, 2, 1, 1), pad=(0, 2, 1, 1), dilation=(2, 1, 1, 1), groups=2)),
+    ((2, 4, 6, 5, 7), (6, 4, 3, 3, 2), 1, dict(stride=(1, 2, 1), pad=(1, 1, 0), dilation=(1, 1, 2))),
+])
+def test_stacked_offsets_match_numpy_for_each_depth(xs, ws, m, kw):
+    """A d-dim convolution as a (d - m)-dim one over stacked kernel offsets (4-d as 3-d or 2-d,
+    3-d as 2-d: the route taken where oneDNN has no JIT weight gradient): forward, input and
+    weight gradients against the NumPy algorithm in float64."""
+    from avila_ml.ops import _conv_gemm
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    d = len(xs) - 2
+    G = kw.get("groups", 1)
+    geom = ConvGeometry(kw["stride"], kw["pad"], kw["pad"], kw["dilation"], G)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    o = geom.out_size(xs[2:], ws[2:])
+    gy = rng.standard_normal((xs[0], ws[0]) + o).astype(np.float32)
+    st = accel._Stacking(geom, xs, ws[2:], ws[0], m)
+    assert len(st.shapes(st.blocks(0)[0])[0]) == d - m + 2
+    x64, w64, gy64 = (a.astype(np.float64) for a in (x, w, gy))
+    _f32_close(st.forward(x, w), _conv_gemm.conv_forward(x64, w64, geom))
+    _f32_close(st.transpose(gy, w), _conv_gemm.conv_transpose(gy64, w64, geom, xs[2:]))
+    _f32_close(st.weight_grad(x, gy), _conv_gemm.conv_weight_grad(x64, gy64, geom, ws[2:]))
+
+
+@needs_onednn
+def test_weight_grad_avoids_onednn_gemm_fallback(calls):
+    """Where oneDNN's 3-d weight gradient is its GEMM fallback (AVX2 CPUs), a JIT one runs instead
+    (stacking one more axis); the inner plans that ran for the weight gradient are JIT kernels."""
+    rng = np.random.default_rng(13)
+    x = am.tensor(rng.standard_normal((2, 4, 8, 8, 8)).astype(np.float32), requires_grad=True)
+    w = am.tensor(rng.standard_normal((8, 4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+    accel.clear_cache()
+    F.conv3d(x, w, padding=1).sum().backward()
+    weight_plans = [p for k, p in accel._cache.items() if k[0] == "weight"]
+    assert any(p.jit for p in weight_plans), [p.impl for p in weight_plans]
+    tx, tw = (torch.tensor(t.detach().numpy().astype(np.float64), requires_grad=True) for t in (x, w))
+    TF.conv3d(tx, tw, padding=1).sum().backward()
+    _f32_close(w.grad.numpy(), tw.grad.numpy())

@@ -25,6 +25,7 @@ view of the input makes oneDNN take its reference implementation (seconds instea
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -38,7 +39,7 @@ __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "
 CACHE_SIZE = 64  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
 _cache: OrderedDict = OrderedDict()
 _lock = threading.Lock()
-_STACK_ALIGN = 16  # stacked 4-d channels rounded up to this (see the module docstring)
+_STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
 _F32 = np.dtype(np.float32)
 
 # roles per kind: (argument id, query of the primitive's own descriptor, which user array, is output)
@@ -151,6 +152,11 @@ class _Plan:
                 finally:
                     lib.fn("dnnl_primitive_desc_destroy")(fwd)
             self.prim = _Prim(lib, pd)
+            name = ctypes.c_char_p()
+            lib.call("dnnl_primitive_desc_query", pd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
+            self.impl = (name.value or b"").decode()
+            # oneDNN's fallbacks: "x64:gemm:jit" (im2col + GEMM), "ref:any" (scalar loops)
+            self.jit = not self.impl.startswith(("gemm", "x64:gemm", "ref"))
             self.steps = []  # (arg id, user role, is output, reorder _Prim or None, inner size)
             for arg, query, role, out in _ROLES[kind]:
                 inner = self.prim.md(query)
@@ -277,6 +283,11 @@ def _c(a):
     return np.ascontiguousarray(a)
 
 
+def _direct(kind, x_shape, w_shape, y_shape, geom):
+    lib = D.load()
+    return _plan(lib, kind, tuple(x_shape), _wshape(w_shape, geom.groups), tuple(y_shape), _geom(geom))
+
+
 def conv_forward(x, w, geom):
     """``y = conv(x, w)`` (no bias) through oneDNN, or None where it does not apply."""
     lib = D.load()
@@ -285,8 +296,8 @@ def conv_forward(x, w, geom):
     o = geom.out_size(x.shape[2:], w.shape[2:])
     if min(o) < 1:
         return None
-    if x.ndim == 6:
-        return _conv4d_forward(_c(x), _c(w), geom, o)
+    if x.ndim == 6:  # oneDNN stops at 3 spatial dims
+        return _Stacking(geom, x.shape, w.shape[2:], w.shape[0], 1).forward(_c(x), _c(w))
     y = np.empty((x.shape[0], w.shape[0]) + tuple(o), dtype=_F32)
     _run3("forward", x.shape, w.shape, y.shape, geom.groups, _geom(geom), {"x": _c(x), "w": _c(w), "y": y})
     return y
@@ -299,56 +310,62 @@ def conv_transpose(gy, w, geom, spatial):
     if (not _usable(lib, gy, w) or gy.ndim not in (3, 4, 5, 6) or 0 in spatial
             or geom.out_size(spatial, w.shape[2:]) != tuple(gy.shape[2:])):
         return None
+    N, C = gy.shape[0], w.shape[1] * geom.groups
     if gy.ndim == 6:
-        return _conv4d_transpose(_c(gy), _c(w), geom, spatial)
-    gx = np.empty((gy.shape[0], w.shape[1] * geom.groups) + spatial, dtype=_F32)
+        return _Stacking(geom, (N, C) + spatial, w.shape[2:], gy.shape[1], 1).transpose(_c(gy), _c(w))
+    gx = np.empty((N, C) + spatial, dtype=_F32)
     _run3("transpose", gx.shape, w.shape, gy.shape, geom.groups, _geom(geom), {"x": gx, "w": _c(w), "y": _c(gy)})
     return gx
 
 
 def conv_weight_grad(x, gy, geom, kernel):
-    """``gw = corr(x, gy)`` for a kernel of size ``kernel``, or None."""
+    """``gw = corr(x, gy)`` for a kernel of size ``kernel``, or None.
+
+    Where oneDNN has no JIT weight-gradient kernel for the convolution (3-d on AVX2 CPUs, which
+    gets a GEMM-based one several times slower), the kernel offsets of one more leading axis
+    are stacked into channels, down to a 2-d convolution, whose kernel is JIT everywhere."""
     lib = D.load()
     kernel = tuple(kernel)
     if (not _usable(lib, x, gy) or x.ndim not in (3, 4, 5, 6)
             or geom.out_size(x.shape[2:], kernel) != tuple(gy.shape[2:])):
         return None
+    d = x.ndim - 2
     G = geom.groups
     w_shape = (gy.shape[1], x.shape[1] // G) + kernel
-    if x.ndim == 6:
-        return _conv4d_weight_grad(_c(x), _c(gy), geom, w_shape)
+    m = max(0, d - 3)
+    if m == 0 and not _direct("weight", x.shape, w_shape, gy.shape, geom).jit and d == 3:
+        m = 1
+    if m:
+        st = _Stacking(geom, x.shape, kernel, gy.shape[1], m)
+        if not st.weight_plan().jit and m < d - 2:
+            st = _Stacking(geom, x.shape, kernel, gy.shape[1], m + 1)
+        return st.weight_grad(_c(x), _c(gy))
     gw = np.empty(w_shape, dtype=_F32)
     _run3("weight", x.shape, w_shape, gy.shape, G, _geom(geom), {"x": _c(x), "w": gw, "y": _c(gy)})
     return gw
 
 
-# ----------------------------------------------------------------------------- 4 d
-def _stack_layout(C, KT, G):
-    """Channels per group of the stacked input: ``C/G * K_t``, rounded up to a multiple of 16
-    for ungrouped convolutions."""
-    cg = C // G
-    real = cg * KT
-    return cg, real, (-(-real // _STACK_ALIGN) * _STACK_ALIGN if G == 1 else real)
+# ----------------------------------------------------------------------------- stacked offsets
+_MIN_BLOCK_BYTES = 2 << 20
 
 
-def _time_runs(T, To, KT, geom):
-    """Per kernel-time offset ``k``: the output frames ``[i0, i1)`` whose input frame
-    ``i * s + k * d - pad_lo`` lies inside the input, and the input frame of ``i0``."""
-    s, dl, lo = geom.stride[0], geom.dilation[0], geom.pad_lo[0]
-    runs = []
-    for k in range(KT):
+def _runs(S, To, K, s, dl, lo):
+    """Per kernel offset ``k`` along one axis: ``(i0, i1, t0)``, the output positions whose input
+    position ``i * s + k * dl - lo`` lies inside ``[0, S)`` and the input position of ``i0``;
+    None when there is none."""
+    out = []
+    for k in range(K):
         i0 = max(0, -(-(lo - k * dl) // s))
-        i1 = min(To, (T - 1 + lo - k * dl) // s + 1)
-        if i1 > i0:
-            runs.append((k, i0, i1, i0 * s + k * dl - lo))
-    return runs
+        i1 = min(To, (S - 1 + lo - k * dl) // s + 1)
+        out.append((i0, i1, i0 * s + k * dl - lo) if i1 > i0 else None)
+    return out
 
 
-def _blocks(N, To, frame_bytes, budget):
-    """Frame blocks ``(n0, n1, i0, i1)`` of about ``budget`` bytes (``frame_bytes`` each): several
-    whole samples, or a run of frames of one sample. Bounds the stacked copies to a fraction
-    of the result, whatever the volume (the issue's memory target and test_conv's bound)."""
-    per = max(1, budget // max(1, frame_bytes))
+def _blocks(N, To, row_bytes, budget):
+    """Blocks ``(n0, n1, i0, i1)`` of about ``budget`` bytes (``row_bytes`` per position of the
+    first stacked axis): several whole samples, or a run of positions of one sample. They bound
+    the stacked copies to a fraction of the result, whatever the volume."""
+    per = max(1, budget // max(1, row_bytes))
     if per >= To:
         ns = max(1, per // To)
         return [(n0, min(N, n0 + ns), 0, To) for n0 in range(0, N, ns)]
@@ -359,113 +376,150 @@ def _budget(*result_bytes):
     return max(_MIN_BLOCK_BYTES, sum(result_bytes) // 4)
 
 
-_MIN_BLOCK_BYTES = 2 << 20
+class _Stacking:
+    """A d-dim convolution as a (d - m)-dim one: the kernel offsets of the leading ``m`` spatial
+    axes stacked into channels,
 
+        stacked[(n, i_1..i_m), c * P + k] = x_pad[n, c, i_a * s_a + k_a * d_a (a <= m), ...]
 
-def _stack(x, geom, KT, To, block, cg, real, cgp):
-    """Frames ``block`` = (n0, n1, i0, i1) of the stacked input of ``x`` (N, C, T, *S3):
-    ``((n1 - n0) * (i1 - i0), G * cgp, *S3)``, a new C-contiguous array."""
-    n0, n1, i0, i1 = block
-    T = x.shape[2]
-    sp = x.shape[3:]
-    G = geom.groups
-    s = geom.stride[0]
-    st = np.zeros((n1 - n0, i1 - i0, G, cgp) + sp, dtype=_F32)
-    xt = x[n0:n1].reshape((n1 - n0, G, cg, T) + sp).transpose((0, 3, 1, 2, 4, 5, 6))  # (n, T, G, cg, *S3)
-    for k, a0, a1, t0 in _time_runs(T, To, KT, geom):
-        lo, hi = max(a0, i0), min(a1, i1)
-        if hi > lo:
-            t = t0 + (lo - a0) * s
-            st[:, lo - i0:hi - i0, :, k:real:KT] = xt[:, t:t + (hi - lo - 1) * s + 1:s]
-    return st.reshape(((n1 - n0) * (i1 - i0), G * cgp) + sp)
+    with ``P = K_1 ... K_m`` and ``k`` the flat index of ``(k_1..k_m)``; the weights become
+    ``w[o, c * P + k, ...] = w[o, c, k_1..k_m, ...]`` (a reshape). The (d - m)-dim convolution
+    runs over blocks of positions of the first stacked axis (``_blocks``)."""
 
+    def __init__(self, geom, x_shape, kernel, O, m):
+        self.geom, self.m, self.O = geom, m, O
+        self.N, C = x_shape[:2]
+        S = tuple(x_shape[2:])
+        self.S, self.rest, self.K, self.Krest = S[:m], S[m:], tuple(kernel[:m]), tuple(kernel[m:])
+        o = geom.out_size(S, kernel)
+        self.To, self.orest = o[:m], o[m:]
+        self.G = G = geom.groups
+        self.P = math.prod(self.K)
+        self.cg = C // G
+        self.real = self.cg * self.P
+        # the 3-d kernels want blocked channels (see the module docstring); 2-d ones do not care
+        pad = G == 1 and len(self.rest) == 3
+        self.cgp = -(-self.real // _STACK_ALIGN) * _STACK_ALIGN if pad else self.real
+        self.inner = _geom(geom, slice(m, None))
+        self.runs = [_runs(S[a], o[a], kernel[a], geom.stride[a], geom.dilation[a], geom.pad_lo[a]) for a in range(m)]
+        self.row_bytes = 2 * 4 * math.prod(self.To[1:]) * (G * self.cgp * math.prod(self.rest)
+                                                            + O * math.prod(self.orest))
 
-def _frames(a, block):
-    """Frames ``block`` of ``a`` (N, O, T, *S3) as ``(frames, O, *S3)``, a contiguous copy."""
-    n0, n1, i0, i1 = block
-    f = a[n0:n1, :, i0:i1].transpose((0, 2, 1, 3, 4, 5))
-    return np.ascontiguousarray(f).reshape(((n1 - n0) * (i1 - i0), a.shape[1]) + a.shape[3:])
+    def blocks(self, *result_bytes):
+        return _blocks(self.N, self.To[0], self.row_bytes, _budget(*result_bytes))
 
-
-def _stack_weight(w, G, cg, real, cgp):
-    """``w`` (O, C/G, K_t, *K3) -> (O, cgp, *K3) with channel ``c * K_t + k``."""
-    O = w.shape[0]
-    if real == cgp:
-        return w.reshape((O, cgp) + w.shape[3:])
-    ws = np.zeros((O, cgp) + w.shape[3:], dtype=_F32)
-    ws[:, :real] = w.reshape((O, real) + w.shape[3:])
-    return ws
-
-
-def _frame_bytes(cgp, G, sp, O, osp):
-    # stacked frame and output frame, each possibly also in oneDNN's blocked layout
-    return 2 * 4 * (G * cgp * math.prod(sp) + O * math.prod(osp))
-
-
-def _conv4d_forward(x, w, geom, o):
-    N, C = x.shape[:2]
-    O, KT = w.shape[0], w.shape[2]
-    G = geom.groups
-    To = o[0]
-    cg, real, cgp = _stack_layout(C, KT, G)
-    ws = _stack_weight(w, G, cg, real, cgp)
-    y = np.empty((N, O) + tuple(o), dtype=_F32)
-    g3 = _geom(geom, slice(1, None))
-    for blk in _blocks(N, To, _frame_bytes(cgp, G, x.shape[3:], O, o[1:]), _budget(y.nbytes, x.nbytes)):
-        st = _stack(x, geom, KT, To, blk, cg, real, cgp)
-        y3 = np.empty((st.shape[0], O) + tuple(o[1:]), dtype=_F32)
-        _run3("forward", st.shape, ws.shape, y3.shape, G, g3, {"x": st, "w": ws, "y": y3})
+    def _frames(self, blk):
         n0, n1, i0, i1 = blk
-        y[n0:n1, :, i0:i1] = y3.reshape((n1 - n0, i1 - i0, O) + tuple(o[1:])).transpose((0, 2, 1, 3, 4, 5))
-    return y
+        return (n1 - n0, i1 - i0) + self.To[1:]
 
+    def shapes(self, blk):
+        """(stacked input, stacked weight, stacked output) shapes of the inner convolution."""
+        f = math.prod(self._frames(blk))
+        return ((f, self.G * self.cgp) + self.rest, (self.O, self.cgp) + self.Krest, (f, self.O) + self.orest)
 
-def _conv4d_transpose(gy, w, geom, spatial):
-    N, O, To = gy.shape[:3]
-    KT = w.shape[2]
-    G = geom.groups
-    C = w.shape[1] * G
-    T = spatial[0]
-    sp = tuple(spatial[1:])
-    cg, real, cgp = _stack_layout(C, KT, G)
-    ws = _stack_weight(w, G, cg, real, cgp)
-    gx = np.zeros((N, G, cg, T) + sp, dtype=_F32)
-    gxt = gx.transpose((0, 3, 1, 2, 4, 5, 6))  # (N, T, G, cg, *S3)
-    s = geom.stride[0]
-    runs = _time_runs(T, To, KT, geom)
-    g3 = _geom(geom, slice(1, None))
-    for blk in _blocks(N, To, _frame_bytes(cgp, G, sp, O, gy.shape[3:]), _budget(gx.nbytes, gy.nbytes)):
+    def weight_plan(self):
+        xs, ws, ys = self.shapes(self.blocks(0)[0])
+        return _plan(D.load(), "weight", xs, _wshape(ws, self.G), ys, self.inner)
+
+    def _pairs(self, blk):
+        """Per stacked kernel offset: (flat k, index into the stacked block, index into the
+        (n, S_1..S_m, G, cg, ...) view of the input) -- the block's slice of the offset map."""
         n0, n1, i0, i1 = blk
-        gyf = _frames(gy, blk)
-        gst = np.empty((gyf.shape[0], G * cgp) + sp, dtype=_F32)
-        _run3("transpose", gst.shape, ws.shape, gyf.shape, G, g3, {"x": gst, "w": ws, "y": gyf})
-        del gyf
-        gst = gst.reshape((n1 - n0, i1 - i0, G, cgp) + sp)
-        for k, a0, a1, t0 in runs:
-            lo, hi = max(a0, i0), min(a1, i1)
-            if hi > lo:
-                # distinct output frames of one k land on distinct input frames: no overlap
-                t = t0 + (lo - a0) * s
-                gxt[n0:n1, t:t + (hi - lo - 1) * s + 1:s] += gst[:, lo - i0:hi - i0, :, k:real:KT]
-    return gx.reshape((N, C, T) + sp)
+        out = []
+        for kidx in itertools.product(*[range(k) for k in self.K]):
+            dst, src = [slice(None)], [slice(n0, n1)]
+            for a, k in enumerate(kidx):
+                r = self.runs[a][k]
+                if r is None:
+                    break
+                lo, hi, t0 = r
+                off = 0
+                if a == 0:
+                    lo2, hi2 = max(lo, i0), min(hi, i1)
+                    if hi2 <= lo2:
+                        break
+                    t0 += (lo2 - lo) * self.geom.stride[0]
+                    lo, hi, off = lo2, hi2, i0
+                s = self.geom.stride[a]
+                dst.append(slice(lo - off, hi - off))
+                src.append(slice(t0, t0 + (hi - lo - 1) * s + 1, s))
+            else:
+                flat = int(np.ravel_multi_index(kidx, self.K)) if self.K else 0
+                out.append((flat, tuple(dst), tuple(src)))
+        return out
 
+    def _channels_last_view(self, a):
+        """``a`` (N, G * cg, *S) as (N, S_1..S_m, G, cg, *rest) -- a view."""
+        m = self.m
+        v = a.reshape((a.shape[0], self.G, self.cg) + a.shape[2:])
+        nr = len(self.rest)
+        return v.transpose((0,) + tuple(range(3, 3 + m)) + (1, 2) + tuple(range(3 + m, 3 + m + nr)))
 
-def _conv4d_weight_grad(x, gy, geom, w_shape):
-    N, C = x.shape[:2]
-    O, _, KT = w_shape[:3]
-    K3 = tuple(w_shape[3:])
-    G = geom.groups
-    To = gy.shape[2]
-    cg, real, cgp = _stack_layout(C, KT, G)
-    gws = None
-    g3 = _geom(geom, slice(1, None))
-    for blk in _blocks(N, To, _frame_bytes(cgp, G, x.shape[3:], O, gy.shape[3:]), _budget(x.nbytes, gy.nbytes)):
-        st = _stack(x, geom, KT, To, blk, cg, real, cgp)
-        gyf = _frames(gy, blk)
-        part = np.empty((O, cgp) + K3, dtype=_F32)
-        _run3("weight", st.shape, part.shape, gyf.shape, G, g3, {"x": st, "w": part, "y": gyf})
-        if gws is None:
-            gws = part
-        else:
-            gws += part
-    return np.ascontiguousarray(gws[:, :real]).reshape(w_shape)
+    def stack(self, x, blk):
+        """The stacked input of block ``blk``, a new C-contiguous array."""
+        fr = self._frames(blk)
+        st = np.zeros(fr + (self.G, self.cgp) + self.rest, dtype=_F32)
+        xt = self._channels_last_view(x)
+        for flat, dst, src in self._pairs(blk):
+            st[dst + (slice(None), slice(flat, self.real, self.P))] = xt[src]
+        return st.reshape(self.shapes(blk)[0])
+
+    def _weight(self, w):
+        ws = w.reshape((self.O, self.real) + self.Krest)
+        if self.real == self.cgp:
+            return ws
+        out = np.zeros((self.O, self.cgp) + self.Krest, dtype=_F32)
+        out[:, :self.real] = ws
+        return out
+
+    def _frames_of(self, a, blk):
+        """Block ``blk`` of ``a`` (N, O, To_1..To_m, *orest) as (frames, O, *orest), a copy."""
+        n0, n1, i0, i1 = blk
+        m = self.m
+        v = a[n0:n1, :, i0:i1].transpose((0,) + tuple(range(2, 2 + m)) + (1,) + tuple(range(2 + m, a.ndim)))
+        return np.ascontiguousarray(v).reshape((-1, a.shape[1]) + a.shape[2 + m:])
+
+    def forward(self, x, w):
+        ws = self._weight(w)
+        y = np.empty((self.N, self.O) + self.To + self.orest, dtype=_F32)
+        m = self.m
+        for blk in self.blocks(y.nbytes, x.nbytes):
+            xs, _, ys = self.shapes(blk)
+            st = self.stack(x, blk)
+            y3 = np.empty(ys, dtype=_F32)
+            _run3("forward", xs, ws.shape, ys, self.G, self.inner, {"x": st, "w": ws, "y": y3})
+            del st
+            n0, n1, i0, i1 = blk
+            y3 = y3.reshape(self._frames(blk) + (self.O,) + self.orest)
+            y[n0:n1, :, i0:i1] = y3.transpose((0, m + 1) + tuple(range(1, m + 1)) + tuple(range(m + 2, y3.ndim)))
+        return y
+
+    def transpose(self, gy, w):
+        ws = self._weight(w)
+        gx = np.zeros((self.N, self.G * self.cg) + self.S + self.rest, dtype=_F32)
+        gxt = self._channels_last_view(gx)
+        for blk in self.blocks(gx.nbytes, gy.nbytes):
+            xs, _, ys = self.shapes(blk)
+            gyf = self._frames_of(gy, blk)
+            gst = np.empty(xs, dtype=_F32)
+            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf})
+            del gyf
+            gst = gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+            for flat, dst, src in self._pairs(blk):
+                # one offset maps distinct stacked positions to distinct input positions: no overlap
+                gxt[src] += gst[dst + (slice(None), slice(flat, self.real, self.P))]
+        return gx
+
+    def weight_grad(self, x, gy):
+        gws = None
+        for blk in self.blocks(x.nbytes, gy.nbytes):
+            xs, wsh, ys = self.shapes(blk)
+            st = self.stack(x, blk)
+            gyf = self._frames_of(gy, blk)
+            part = np.empty(wsh, dtype=_F32)
+            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf})
+            if gws is None:
+                gws = part
+            else:
+                gws += part
+        return np.ascontiguousarray(gws[:, :self.real]).reshape((self.O, self.cg) + self.K + self.Krest)

@@ -37,6 +37,7 @@ FORWARD_INFERENCE = 96
 BACKWARD_DATA = 160
 BACKWARD_WEIGHTS = 192
 CONVOLUTION_DIRECT = 1
+QUERY_IMPL_INFO_STR = 8
 QUERY_SRC_MD, QUERY_DIFF_SRC_MD, QUERY_WEIGHTS_MD, QUERY_DIFF_WEIGHTS_MD = 129, 130, 131, 132
 QUERY_DST_MD, QUERY_DIFF_DST_MD, QUERY_WORKSPACE_MD, QUERY_SCRATCHPAD_MD = 133, 134, 135, 136
 SCRATCHPAD_USER = 1
@@ -93,6 +94,7 @@ _SIGNATURES = {
         ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, _p, Dims, Dims, Dims, Dims, _p, _p],
     "dnnl_reorder_primitive_desc_create": [ctypes.POINTER(_p), _p, _p, _p, _p, _p],
     "dnnl_primitive_desc_query_md": [_p, ctypes.c_int, ctypes.c_int],  # returns const md
+    "dnnl_primitive_desc_query": [_p, ctypes.c_int, ctypes.c_int, _p],
     "dnnl_primitive_desc_destroy": [_p],
     "dnnl_primitive_create": [ctypes.POINTER(_p), _p],
     "dnnl_primitive_destroy": [_p],
