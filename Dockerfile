@@ -11,16 +11,18 @@
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
-ARG EXTRAS=distributed,examples
+ARG EXTRAS=distributed,examples,cpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # CUDA base images have no Python: add the distribution's (the slim Python image skips this).
+# libgomp1: the OpenMP runtime of the oneDNN wheel (the cpu extra) that the CPU convolutions use.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null; then \
-        apt-get update \
-        && apt-get install -y --no-install-recommends python3 python3-venv \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && if ! command -v python3 >/dev/null; then \
+        apt-get install -y --no-install-recommends python3 python3-venv; \
+    fi \
+    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/avila_ml
 COPY pyproject.toml README.md ./

@@ -47,6 +47,7 @@ from . import debug  # noqa: F401,E402  (sync-free value checks on CUDA: am.debu
 
 from . import utils  # noqa: F401,E402  (utils.data is avila_ml.data, as torch.utils.data)
 from . import amp, cpu  # noqa: F401,E402
+from . import cpu_accel  # noqa: F401,E402  (oneDNN for CPU convolutions; the library loads on first use)
 from .amp import autocast, is_autocast_enabled, get_autocast_dtype  # noqa: F401,E402
 from . import distributed  # noqa: F401,E402  (torch.distributed; mpi4py loads at init_process_group)
 

@@ -161,15 +161,19 @@ def manual_seed(seed: int) -> None:
         b.seed(seed)
 
 
-CONV_ALGORITHMS = ("auto", "gemm", "fft", "direct")
+CONV_ALGORITHMS = ("auto", "gemm", "fft", "direct", "onednn")
 _conv_algorithm = ["auto"]
 
 
 def set_conv_algorithm(name: str) -> None:
     """Choose the convolution algorithm for N-d convolutions (PyTorch has ``torch.backends.cudnn``
-    flags instead). ``"auto"`` picks by shape (on CUDA: the hand-written conv4d kernels for 4-D
-    float32/float64/float16 convolutions without groups); the others force that generic
-    algorithm on every device.
+    flags instead). ``"auto"`` picks by shape: on the CPU, float32 (and float16/bfloat16, computed
+    in float32) through oneDNN when it is installed (``avila_ml.cpu_accel``), else a NumPy
+    algorithm by a cost model; on CUDA the hand-written conv4d kernels for 4-D
+    float32/float64/float16 convolutions without groups. ``"gemm"``, ``"fft"`` and ``"direct"``
+    force that NumPy/CuPy algorithm on every device. ``"onednn"`` requires oneDNN (raises
+    RuntimeError without it) and runs every float32 CPU convolution through it; what oneDNN does
+    not cover (float64, CuPy arrays) is chosen as under ``"auto"``.
 
     Example:
         >>> import avila_ml as am
@@ -179,6 +183,10 @@ def set_conv_algorithm(name: str) -> None:
     """
     if name not in CONV_ALGORITHMS:
         raise ValueError(f"set_conv_algorithm: unknown algorithm {name!r}; choose from {CONV_ALGORITHMS}")
+    if name == "onednn":
+        from ..cpu_accel import _dnnl as dnnl
+        if not dnnl.available():
+            raise RuntimeError(f"set_conv_algorithm('onednn'): {dnnl.absent_reason()}")
     _conv_algorithm[0] = name
 
 
@@ -196,4 +204,4 @@ def get_conv_algorithm() -> str:
     return _conv_algorithm[0]
 
 
-from . import cuda, cudnn, mps  # noqa: E402,F401  (PyTorch's torch.backends.* flags)
+from . import cuda, cudnn, mkldnn, mps  # noqa: E402,F401  (PyTorch's torch.backends.* flags)

@@ -14,8 +14,9 @@ d conv^T = (conv(gz, w), corr(gz, u), sum gz)  and  d corr = (conv^T(gy, ggw), c
 The array work is done by one of three algorithms (``avila_ml.ops._conv_gemm``, ``_conv_fft``,
 ``_conv_direct``), chosen here — by :func:`avila_ml.backends.set_conv_algorithm` or, on
 ``"auto"``, by a cost model of the shape — or, for 4-D convolutions of CuPy arrays without
-groups, by the hand-written CUDA kernels of ``avila_ml.cuda_kernels``. This module is the one
-place that choice is made.
+groups, by the hand-written CUDA kernels of ``avila_ml.cuda_kernels``, or, for float32 NumPy
+arrays when oneDNN is installed (``"auto"`` or ``"onednn"``), by oneDNN through
+``avila_ml.cpu_accel``. This module is the one place that choice is made.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 from ..autograd.function import Function
 from ..dtypes import host_compute_dtype
 from ..amp.autocast_mode import autocast_op
-from ..backends import backend_of, get_conv_algorithm
+from ..backends import backend_of, get_conv_algorithm, mkldnn
 from ..tensor import Tensor
 from . import _conv_direct, _conv_fft, _conv_gemm
 from ._conv_geometry import ConvGeometry, int_tuple
@@ -89,7 +90,7 @@ def _fft_fits_memory(N, C, O, G, S, K, geom, itemsize=4):
 
 def _choose(xp_name, N, C, O, G, S, K, geom):
     name = get_conv_algorithm()
-    if name != "auto":
+    if name in _ALGORITHMS:
         return _ALGORITHMS[name]
     if xp_name != "numpy":
         return _conv_direct  # a few large matmuls suit a GPU better than many cache-sized chunks
@@ -114,7 +115,7 @@ def _cuda_conv4d(kind, a, b, geom, extra):
     the input gradient. A plan that does not fit the device's shared memory falls back to the
     generic path (announced once)."""
     if (backend_of(a).name != "cupy" or geom.ndim != 4 or geom.groups != 1
-            or a.dtype not in (np.float32, np.float64, np.float16) or get_conv_algorithm() != "auto"):
+            or a.dtype not in (np.float32, np.float64, np.float16) or get_conv_algorithm() not in ("auto", "onednn")):
         return None
     from ..cuda_kernels import conv4d_forward, conv4d_grad_input, conv4d_grad_weight
     from ..cuda_kernels.launch_config import SharedMemoryLimitError
@@ -149,6 +150,24 @@ def _cuda_conv4d(kind, a, b, geom, extra):
         return None
 
 
+def _onednn(kind, a, b, geom, extra):
+    """The oneDNN convolution (``avila_ml.cpu_accel``) for float32 NumPy arrays under ``"auto"``
+    or ``"onednn"``; None where it does not apply or is not installed (announced once)."""
+    name = get_conv_algorithm()
+    if (name not in ("auto", "onednn") or a.dtype != np.float32 or backend_of(a).name != "numpy"
+            or (name == "auto" and not mkldnn.enabled)):
+        return None
+    from ..cpu_accel import _conv as accel, _dnnl as dnnl
+    if not dnnl.available():
+        dnnl.note_absent()
+        return None
+    if kind == "forward":
+        return accel.conv_forward(a, b, geom)
+    if kind == "transpose":
+        return accel.conv_transpose(a, b, geom, extra)
+    return accel.conv_weight_grad(a, b, geom, extra)
+
+
 def _run(kind, a, b, geom, extra=None):
     """Dispatch one raw convolution: ``forward(x, w)``, ``transpose(gy, w, spatial)`` or
     ``weight(x, gy, kernel)``."""
@@ -158,6 +177,9 @@ def _run(kind, a, b, geom, extra=None):
     ct = host_compute_dtype(a)
     if ct is not None:  # 2-byte floats on the CPU: GEMMs in float32, the result rounded back
         return _run(kind, a.astype(ct), b.astype(ct), geom, extra).astype(a.dtype)
+    out = _onednn(kind, a, b, geom, extra)
+    if out is not None:
+        return out
     if kind == "forward":
         N, C, S, O, K = a.shape[0], a.shape[1], a.shape[2:], b.shape[0], b.shape[2:]
         return _choose(backend_of(a).name, N, C, O, geom.groups, S, K, geom).conv_forward(a, b, geom)

@@ -1,0 +1,75 @@
+"""The CPU accelerator: convolutions through oneDNN (the CPU library PyTorch itself uses),
+called through ``ctypes`` on its C API and used automatically when it is installed.
+
+Install it with the ``cpu`` extra (``pip install 'avila-ml[cpu]'``: the CPU-only
+``onednn-cpu-gomp`` wheel, Linux x86-64, which needs the system's ``libgomp.so.1``), or point
+``AVILA_ML_DNNL_LIBRARY`` at any ``libdnnl.so.3``. Nothing is loaded until the first float32
+CPU convolution; without the library the NumPy algorithms run (they stay the reference in the
+tests) and a one-time warning says so. :func:`avila_ml.backends.set_conv_algorithm` chooses
+``"onednn"`` explicitly or ``"auto"`` (oneDNN for float32 NumPy arrays when available).
+
+What runs here: convolution forward, input gradient and weight gradient in 1-4 spatial dims
+(4-d as kernel-time offsets stacked into channels), float32 only -- oneDNN has no float64
+convolution on CPUs, so float64 stays on NumPy.
+
+Example:
+    >>> import avila_ml as am
+    >>> am.cpu_accel.is_available() in (True, False)
+    True
+"""
+from __future__ import annotations
+
+from . import _dnnl as dnnl
+
+__all__ = ["is_available", "version", "library_path", "absent_reason"]
+
+
+def is_available() -> bool:
+    """True when oneDNN is installed and makes a CPU engine on this machine (it is then loaded;
+    PyTorch's ``torch.backends.mkldnn.is_available``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> isinstance(am.cpu_accel.is_available(), bool)
+        True
+    """
+    return dnnl.available()
+
+
+def version():
+    """oneDNN's version as ``(major, minor, patch)``, or None when it is not available
+    (PyTorch: ``torch.backends.mkldnn`` has no version call; ``torch.__config__.show()`` prints it).
+
+    Example:
+        >>> import avila_ml as am
+        >>> v = am.cpu_accel.version()
+        >>> v is None or v[0] == 3
+        True
+    """
+    return dnnl.version()
+
+
+def library_path():
+    """The ``libdnnl.so.3`` that is (or would be) loaded: ``$AVILA_ML_DNNL_LIBRARY``, else the one
+    of an installed ``onednn-cpu-gomp``/``-iomp`` wheel; None if there is none (no PyTorch
+    counterpart).
+
+    Example:
+        >>> import avila_ml as am
+        >>> p = am.cpu_accel.library_path()
+        >>> p is None or "dnnl" in p
+        True
+    """
+    return dnnl.library_path()
+
+
+def absent_reason():
+    """Why oneDNN is not used, as a sentence, or None when it is (no PyTorch counterpart).
+
+    Example:
+        >>> import avila_ml as am
+        >>> r = am.cpu_accel.absent_reason()
+        >>> (r is None) == am.cpu_accel.is_available()
+        True
+    """
+    return dnnl.absent_reason()

@@ -1,0 +1,525 @@
+"""Convolution forward, input gradient and weight gradient through oneDNN, 1-4 spatial dims,
+float32 NumPy arrays (oneDNN's CPU convolutions have no float64: float64 stays on NumPy).
+
+The three functions mirror ``avila_ml.ops._conv_gemm`` and return None where oneDNN does not
+apply (another dtype, an empty dim, an adjoint whose sizes do not follow the geometry), so the
+caller falls back to the NumPy algorithms. Zero padding, asymmetric included, strides,
+dilations and groups are passed to oneDNN; other padding modes reach here already padded.
+
+1-3 d: one oneDNN convolution. oneDNN picks its blocked memory layouts (``format_tag_any``);
+reorders from and to the plain C-order arrays are built once per shape with the convolution.
+Every buffer, the scratchpad included (``scratchpad_mode_user``), is a NumPy allocation, so the
+memory benchmarks count it.
+
+4 d (oneDNN has no 4-d convolution): the ``K_t`` kernel-time offsets are stacked into channels,
+
+    stacked[n * T_out + i, c * K_t + k] = x_pad[n, c, i * s_t + k * d_t]
+
+and one 3-d convolution with weights ``w[o, c * K_t + k] = w4[o, c, k]`` runs on it; the input
+gradient scatters the stacked gradient back over ``k``, the weight gradient is the 3-d weight
+gradient of the stacked input. The channels are zero-padded to a multiple of 16 (ungrouped):
+oneDNN's JIT weight-gradient kernel needs blocked channels, and with 12 channels it falls back
+to a GEMM-based one several times slower. The stacked buffer is a real copy: a strided no-copy
+view of the input makes oneDNN take its reference implementation (seconds instead of ms).
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _dnnl as D
+
+__all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "clear_cache", "CACHE_SIZE"]
+
+CACHE_SIZE = 64  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
+_cache: OrderedDict = OrderedDict()
+_lock = threading.Lock()
+_STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
+_F32 = np.dtype(np.float32)
+
+# roles per kind: (argument id, query of the primitive's own descriptor, which user array, is output)
+_ROLES = {
+    "forward": ((D.ARG_SRC, D.QUERY_SRC_MD, "x", False), (D.ARG_WEIGHTS, D.QUERY_WEIGHTS_MD, "w", False),
+                (D.ARG_DST, D.QUERY_DST_MD, "y", True)),
+    "transpose": ((D.ARG_DIFF_DST, D.QUERY_DIFF_DST_MD, "y", False), (D.ARG_WEIGHTS, D.QUERY_WEIGHTS_MD, "w", False),
+                  (D.ARG_DIFF_SRC, D.QUERY_DIFF_SRC_MD, "x", True)),
+    "weight": ((D.ARG_SRC, D.QUERY_SRC_MD, "x", False), (D.ARG_DIFF_DST, D.QUERY_DIFF_DST_MD, "y", False),
+               (D.ARG_DIFF_WEIGHTS, D.QUERY_DIFF_WEIGHTS_MD, "w", True)),
+}
+
+
+def _strides(shape):
+    st, acc = [], 1
+    for n in reversed(shape):
+        st.append(acc)
+        acc *= n
+    return tuple(reversed(st))
+
+
+class _Prim:
+    """A primitive, its descriptor and its scratchpad size; destroyed with the Python object."""
+
+    def __init__(self, lib, pd):
+        self.lib, self.pd = lib, pd
+        self.prim = ctypes.c_void_p()
+        lib.call("dnnl_primitive_create", ctypes.byref(self.prim), pd)
+        sp = lib.fn("dnnl_primitive_desc_query_md")(pd, D.QUERY_SCRATCHPAD_MD, 0)
+        self.scratch = int(lib.fn("dnnl_memory_desc_get_size")(sp)) if sp else 0
+
+    def md(self, query):
+        return self.lib.fn("dnnl_primitive_desc_query_md")(self.pd, query, 0)
+
+    def __del__(self):
+        fn = getattr(self.lib, "fn", None)
+        if fn is None:
+            return
+        if self.prim:
+            fn("dnnl_primitive_destroy")(self.prim)
+        if self.pd:
+            fn("dnnl_primitive_desc_destroy")(self.pd)
+
+
+class _Desc:
+    """An owned memory descriptor (destroyed with the Python object)."""
+
+    def __init__(self, lib, shape, any_format=False, clone_of=None):
+        self.lib = lib
+        self.shape = tuple(int(n) for n in shape)
+        self.h = ctypes.c_void_p()
+        nd = len(self.shape)
+        if clone_of is not None:
+            lib.call("dnnl_memory_desc_clone", ctypes.byref(self.h), clone_of)
+        elif any_format:
+            lib.call("dnnl_memory_desc_create_with_tag", ctypes.byref(self.h), nd, D.Dims(*self.shape), D.F32,
+                     D.FORMAT_ANY)
+        else:
+            lib.call("dnnl_memory_desc_create_with_strides", ctypes.byref(self.h), nd, D.Dims(*self.shape), D.F32,
+                     D.Dims(*_strides(self.shape)))
+        self.nbytes = int(lib.fn("dnnl_memory_desc_get_size")(self.h))
+
+    def __del__(self):
+        fn = getattr(self.lib, "fn", None)
+        if fn is not None and self.h:
+            fn("dnnl_memory_desc_destroy")(self.h)
+
+
+def _attr(lib):
+    attr = ctypes.c_void_p()
+    lib.call("dnnl_primitive_attr_create", ctypes.byref(attr))
+    try:
+        lib.call("dnnl_primitive_attr_set_scratchpad_mode", attr, D.SCRATCHPAD_USER)
+    except D.DnnlError:
+        lib.fn("dnnl_primitive_attr_destroy")(attr)
+        raise
+    return attr
+
+
+class _Plan:
+    """One convolution kind for one set of shapes: the primitive and, per argument, the reorder
+    between the user's plain array and the layout the primitive chose (None when they agree)."""
+
+    def __init__(self, lib, kind, xs, ws, ys, stride, dilation, pad_lo, pad_hi):
+        self.lib, self.kind = lib, kind
+        user = {"x": _Desc(lib, xs), "w": _Desc(lib, ws), "y": _Desc(lib, ys)}
+        self.user = user
+        anyd = {k: _Desc(lib, d.shape, any_format=True) for k, d in user.items()}
+        dims = [D.Dims(*v) for v in (stride, tuple(d - 1 for d in dilation), pad_lo, pad_hi)]
+        attr = _attr(lib)
+        try:
+            fwd = ctypes.c_void_p()
+            lib.call("dnnl_convolution_forward_primitive_desc_create", ctypes.byref(fwd), lib.engine,
+                     D.FORWARD_TRAINING, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h, None, anyd["y"].h,
+                     *dims, attr)
+            if kind == "forward":
+                pd = fwd
+                fwd = None
+            else:
+                pd = ctypes.c_void_p()
+                try:
+                    if kind == "transpose":
+                        lib.call("dnnl_convolution_backward_data_primitive_desc_create", ctypes.byref(pd),
+                                 lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h, anyd["y"].h, *dims,
+                                 fwd, attr)
+                    else:
+                        lib.call("dnnl_convolution_backward_weights_primitive_desc_create", ctypes.byref(pd),
+                                 lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h, None, anyd["y"].h,
+                                 *dims, fwd, attr)
+                finally:
+                    lib.fn("dnnl_primitive_desc_destroy")(fwd)
+            self.prim = _Prim(lib, pd)
+            name = ctypes.c_char_p()
+            lib.call("dnnl_primitive_desc_query", pd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
+            self.impl = (name.value or b"").decode()
+            # oneDNN's fallbacks: "x64:gemm:jit" (im2col + GEMM), "ref:any" (scalar loops)
+            self.jit = not self.impl.startswith(("gemm", "x64:gemm", "ref"))
+            self.steps = []  # (arg id, user role, is output, reorder _Prim or None, inner size)
+            for arg, query, role, out in _ROLES[kind]:
+                inner = self.prim.md(query)
+                if lib.fn("dnnl_memory_desc_equal")(inner, user[role].h):
+                    self.steps.append((arg, role, out, None, None, 0))
+                    continue
+                src, dst = (inner, user[role].h) if out else (user[role].h, inner)
+                rpd = ctypes.c_void_p()
+                lib.call("dnnl_reorder_primitive_desc_create", ctypes.byref(rpd), src, lib.engine, dst,
+                         lib.engine, attr)
+                # the primitive's layout, cloned: the queried one lives only as long as its descriptor
+                inner_desc = _Desc(lib, user[role].shape, clone_of=inner)
+                self.steps.append((arg, role, out, _Prim(lib, rpd), inner_desc, inner_desc.nbytes))
+        finally:
+            lib.fn("dnnl_primitive_attr_destroy")(attr)
+
+    # -- execution
+    def _memory(self, md, array, made):
+        mem = ctypes.c_void_p()
+        self.lib.call("dnnl_memory_create", ctypes.byref(mem), md, self.lib.engine,
+                      ctypes.c_void_p(array.ctypes.data))
+        made.append(mem)
+        return mem
+
+    def _exec(self, prim, args, made, keep):
+        """Run ``prim`` with ``args`` [(arg id, md, array)]; ``keep`` holds every array that oneDNN
+        may touch until the stream has finished."""
+        n = len(args) + (1 if prim.scratch else 0)
+        arr = (D.ExecArg * n)()
+        for i, (arg, md, a) in enumerate(args):
+            arr[i].arg, arr[i].memory = arg, self._memory(md, a, made)
+            keep.append(a)
+        if prim.scratch:
+            pad = D.aligned_empty(prim.scratch, np.uint8)
+            keep.append(pad)
+            arr[n - 1].arg = D.ARG_SCRATCHPAD
+            arr[n - 1].memory = self._memory(prim.md(D.QUERY_SCRATCHPAD_MD), pad, made)
+        self.lib.call("dnnl_primitive_execute", prim.prim, self.lib.stream, n, arr)
+
+    def run(self, arrays: dict) -> None:
+        """Execute with the user arrays ``{"x", "w", "y"}`` (the output one is written)."""
+        for role, a in arrays.items():
+            D.check_buffer(a, _F32, self.user[role].nbytes, f"{'output' if role == self._out else 'input'} "
+                                                            f"{role} of the oneDNN convolution ({self.kind})")
+        made, keep = [], []
+        try:
+            args, outs = [], []
+            for arg, role, out, reorder, inner, size in self.steps:
+                a = arrays[role]
+                if reorder is None:
+                    args.append((arg, self.user[role].h, a))
+                    continue
+                buf = D.aligned_empty(size, np.uint8)
+                if out:
+                    outs.append((reorder, inner, buf, role))
+                else:
+                    self._exec(reorder, [(D.ARG_FROM, self.user[role].h, a), (D.ARG_TO, inner.h, buf)], made, keep)
+                args.append((arg, inner.h, buf))
+            self._exec(self.prim, args, made, keep)
+            for reorder, inner, buf, role in outs:
+                self._exec(reorder, [(D.ARG_FROM, inner.h, buf), (D.ARG_TO, self.user[role].h, arrays[role])],
+                           made, keep)
+            self.lib.call("dnnl_stream_wait", self.lib.stream)
+        finally:
+            destroy = self.lib.fn("dnnl_memory_destroy")
+            for m in made:
+                destroy(m)
+            del keep
+
+    @property
+    def _out(self):
+        return {"forward": "y", "transpose": "x", "weight": "w"}[self.kind]
+
+
+def _plan(lib, kind, xs, ws, ys, geom3):
+    key = (kind, xs, ws, ys, geom3)
+    with _lock:
+        plan = _cache.get(key)
+        if plan is not None:
+            _cache.move_to_end(key)
+            return plan
+    plan = _Plan(lib, kind, xs, ws, ys, *geom3)
+    with _lock:
+        _cache[key] = plan
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)  # destroyed when no running call holds it any more
+    return plan
+
+
+def cache_info() -> dict:
+    """``{"size": plans cached, "capacity": CACHE_SIZE}``."""
+    return {"size": len(_cache), "capacity": CACHE_SIZE}
+
+
+def clear_cache() -> None:
+    """Drop every cached primitive plan (their JIT code is freed when no call uses them)."""
+    with _lock:
+        _cache.clear()
+
+
+# ----------------------------------------------------------------------------- 1-3 d
+def _usable(lib, *arrays) -> bool:
+    return (lib is not None and all(isinstance(a, np.ndarray) and a.dtype == _F32 and a.size for a in arrays))
+
+
+def _wshape(w_shape, G):
+    """oneDNN's grouped weight shape ``(G, O/G, C/G, *K)`` (or the plain one for G = 1)."""
+    return tuple(w_shape) if G == 1 else (G, w_shape[0] // G) + tuple(w_shape[1:])
+
+
+def _geom(geom, axes=slice(None)):
+    return (tuple(geom.stride[axes]), tuple(geom.dilation[axes]), tuple(geom.pad_lo[axes]), tuple(geom.pad_hi[axes]))
+
+
+def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays):
+    lib = D.load()
+    plan = _plan(lib, kind, tuple(x_shape), _wshape(w_shape, G), tuple(y_shape), geom3)
+    arrays = {r: (a if r != "w" else a.reshape(plan.user["w"].shape)) for r, a in arrays.items()}
+    plan.run(arrays)
+
+
+def _c(a):
+    return np.ascontiguousarray(a)
+
+
+def _direct(kind, x_shape, w_shape, y_shape, geom):
+    lib = D.load()
+    return _plan(lib, kind, tuple(x_shape), _wshape(w_shape, geom.groups), tuple(y_shape), _geom(geom))
+
+
+def conv_forward(x, w, geom):
+    """``y = conv(x, w)`` (no bias) through oneDNN, or None where it does not apply."""
+    lib = D.load()
+    if not _usable(lib, x, w) or x.ndim not in (3, 4, 5, 6):
+        return None
+    o = geom.out_size(x.shape[2:], w.shape[2:])
+    if min(o) < 1:
+        return None
+    if x.ndim == 6:  # oneDNN stops at 3 spatial dims
+        return _Stacking(geom, x.shape, w.shape[2:], w.shape[0], 1).forward(_c(x), _c(w))
+    y = np.empty((x.shape[0], w.shape[0]) + tuple(o), dtype=_F32)
+    _run3("forward", x.shape, w.shape, y.shape, geom.groups, _geom(geom), {"x": _c(x), "w": _c(w), "y": y})
+    return y
+
+
+def conv_transpose(gy, w, geom, spatial):
+    """``gx = conv^T(gy, w)`` for an input of spatial size ``spatial``, or None."""
+    lib = D.load()
+    spatial = tuple(spatial)
+    if (not _usable(lib, gy, w) or gy.ndim not in (3, 4, 5, 6) or 0 in spatial
+            or geom.out_size(spatial, w.shape[2:]) != tuple(gy.shape[2:])):
+        return None
+    N, C = gy.shape[0], w.shape[1] * geom.groups
+    if gy.ndim == 6:
+        return _Stacking(geom, (N, C) + spatial, w.shape[2:], gy.shape[1], 1).transpose(_c(gy), _c(w))
+    gx = np.empty((N, C) + spatial, dtype=_F32)
+    _run3("transpose", gx.shape, w.shape, gy.shape, geom.groups, _geom(geom), {"x": gx, "w": _c(w), "y": _c(gy)})
+    return gx
+
+
+def conv_weight_grad(x, gy, geom, kernel):
+    """``gw = corr(x, gy)`` for a kernel of size ``kernel``, or None.
+
+    Where oneDNN has no JIT weight-gradient kernel for the convolution (3-d on AVX2 CPUs, which
+    gets a GEMM-based one several times slower), the kernel offsets of one more leading axis
+    are stacked into channels, down to a 2-d convolution, whose kernel is JIT everywhere."""
+    lib = D.load()
+    kernel = tuple(kernel)
+    if (not _usable(lib, x, gy) or x.ndim not in (3, 4, 5, 6)
+            or geom.out_size(x.shape[2:], kernel) != tuple(gy.shape[2:])):
+        return None
+    d = x.ndim - 2
+    G = geom.groups
+    w_shape = (gy.shape[1], x.shape[1] // G) + kernel
+    m = max(0, d - 3)
+    if m == 0 and not _direct("weight", x.shape, w_shape, gy.shape, geom).jit and d == 3:
+        m = 1
+    if m:
+        st = _Stacking(geom, x.shape, kernel, gy.shape[1], m)
+        if not st.weight_plan().jit and m < d - 2:
+            st = _Stacking(geom, x.shape, kernel, gy.shape[1], m + 1)
+        return st.weight_grad(_c(x), _c(gy))
+    gw = np.empty(w_shape, dtype=_F32)
+    _run3("weight", x.shape, w_shape, gy.shape, G, _geom(geom), {"x": _c(x), "w": gw, "y": _c(gy)})
+    return gw
+
+
+# ----------------------------------------------------------------------------- stacked offsets
+_MIN_BLOCK_BYTES = 2 << 20
+
+
+def _runs(S, To, K, s, dl, lo):
+    """Per kernel offset ``k`` along one axis: ``(i0, i1, t0)``, the output positions whose input
+    position ``i * s + k * dl - lo`` lies inside ``[0, S)`` and the input position of ``i0``;
+    None when there is none."""
+    out = []
+    for k in range(K):
+        i0 = max(0, -(-(lo - k * dl) // s))
+        i1 = min(To, (S - 1 + lo - k * dl) // s + 1)
+        out.append((i0, i1, i0 * s + k * dl - lo) if i1 > i0 else None)
+    return out
+
+
+def _blocks(N, To, row_bytes, budget):
+    """Blocks ``(n0, n1, i0, i1)`` of about ``budget`` bytes (``row_bytes`` per position of the
+    first stacked axis): several whole samples, or a run of positions of one sample. They bound
+    the stacked copies to a fraction of the result, whatever the volume."""
+    per = max(1, budget // max(1, row_bytes))
+    if per >= To:
+        ns = max(1, per // To)
+        return [(n0, min(N, n0 + ns), 0, To) for n0 in range(0, N, ns)]
+    return [(n, n + 1, i0, min(To, i0 + per)) for n in range(N) for i0 in range(0, To, per)]
+
+
+def _budget(*result_bytes):
+    return max(_MIN_BLOCK_BYTES, sum(result_bytes) // 4)
+
+
+class _Stacking:
+    """A d-dim convolution as a (d - m)-dim one: the kernel offsets of the leading ``m`` spatial
+    axes stacked into channels,
+
+        stacked[(n, i_1..i_m), c * P + k] = x_pad[n, c, i_a * s_a + k_a * d_a (a <= m), ...]
+
+    with ``P = K_1 ... K_m`` and ``k`` the flat index of ``(k_1..k_m)``; the weights become
+    ``w[o, c * P + k, ...] = w[o, c, k_1..k_m, ...]`` (a reshape). The (d - m)-dim convolution
+    runs over blocks of positions of the first stacked axis (``_blocks``)."""
+
+    def __init__(self, geom, x_shape, kernel, O, m):
+        self.geom, self.m, self.O = geom, m, O
+        self.N, C = x_shape[:2]
+        S = tuple(x_shape[2:])
+        self.S, self.rest, self.K, self.Krest = S[:m], S[m:], tuple(kernel[:m]), tuple(kernel[m:])
+        o = geom.out_size(S, kernel)
+        self.To, self.orest = o[:m], o[m:]
+        self.G = G = geom.groups
+        self.P = math.prod(self.K)
+        self.cg = C // G
+        self.real = self.cg * self.P
+        # the 3-d kernels want blocked channels (see the module docstring); 2-d ones do not care
+        pad = G == 1 and len(self.rest) == 3
+        self.cgp = -(-self.real // _STACK_ALIGN) * _STACK_ALIGN if pad else self.real
+        self.inner = _geom(geom, slice(m, None))
+        self.runs = [_runs(S[a], o[a], kernel[a], geom.stride[a], geom.dilation[a], geom.pad_lo[a]) for a in range(m)]
+        self.row_bytes = 2 * 4 * math.prod(self.To[1:]) * (G * self.cgp * math.prod(self.rest)
+                                                            + O * math.prod(self.orest))
+
+    def blocks(self, *result_bytes):
+        return _blocks(self.N, self.To[0], self.row_bytes, _budget(*result_bytes))
+
+    def _frames(self, blk):
+        n0, n1, i0, i1 = blk
+        return (n1 - n0, i1 - i0) + self.To[1:]
+
+    def shapes(self, blk):
+        """(stacked input, stacked weight, stacked output) shapes of the inner convolution."""
+        f = math.prod(self._frames(blk))
+        return ((f, self.G * self.cgp) + self.rest, (self.O, self.cgp) + self.Krest, (f, self.O) + self.orest)
+
+    def weight_plan(self):
+        xs, ws, ys = self.shapes(self.blocks(0)[0])
+        return _plan(D.load(), "weight", xs, _wshape(ws, self.G), ys, self.inner)
+
+    def _pairs(self, blk):
+        """Per stacked kernel offset: (flat k, index into the stacked block, index into the
+        (n, S_1..S_m, G, cg, ...) view of the input) -- the block's slice of the offset map."""
+        n0, n1, i0, i1 = blk
+        out = []
+        for kidx in itertools.product(*[range(k) for k in self.K]):
+            dst, src = [slice(None)], [slice(n0, n1)]
+            for a, k in enumerate(kidx):
+                r = self.runs[a][k]
+                if r is None:
+                    break
+                lo, hi, t0 = r
+                off = 0
+                if a == 0:
+                    lo2, hi2 = max(lo, i0), min(hi, i1)
+                    if hi2 <= lo2:
+                        break
+                    t0 += (lo2 - lo) * self.geom.stride[0]
+                    lo, hi, off = lo2, hi2, i0
+                s = self.geom.stride[a]
+                dst.append(slice(lo - off, hi - off))
+                src.append(slice(t0, t0 + (hi - lo - 1) * s + 1, s))
+            else:
+                flat = int(np.ravel_multi_index(kidx, self.K)) if self.K else 0
+                out.append((flat, tuple(dst), tuple(src)))
+        return out
+
+    def _channels_last_view(self, a):
+        """``a`` (N, G * cg, *S) as (N, S_1..S_m, G, cg, *rest) -- a view."""
+        m = self.m
+        v = a.reshape((a.shape[0], self.G, self.cg) + a.shape[2:])
+        nr = len(self.rest)
+        return v.transpose((0,) + tuple(range(3, 3 + m)) + (1, 2) + tuple(range(3 + m, 3 + m + nr)))
+
+    def stack(self, x, blk):
+        """The stacked input of block ``blk``, a new C-contiguous array."""
+        fr = self._frames(blk)
+        st = np.zeros(fr + (self.G, self.cgp) + self.rest, dtype=_F32)
+        xt = self._channels_last_view(x)
+        for flat, dst, src in self._pairs(blk):
+            st[dst + (slice(None), slice(flat, self.real, self.P))] = xt[src]
+        return st.reshape(self.shapes(blk)[0])
+
+    def _weight(self, w):
+        ws = w.reshape((self.O, self.real) + self.Krest)
+        if self.real == self.cgp:
+            return ws
+        out = np.zeros((self.O, self.cgp) + self.Krest, dtype=_F32)
+        out[:, :self.real] = ws
+        return out
+
+    def _frames_of(self, a, blk):
+        """Block ``blk`` of ``a`` (N, O, To_1..To_m, *orest) as (frames, O, *orest), a copy."""
+        n0, n1, i0, i1 = blk
+        m = self.m
+        v = a[n0:n1, :, i0:i1].transpose((0,) + tuple(range(2, 2 + m)) + (1,) + tuple(range(2 + m, a.ndim)))
+        return np.ascontiguousarray(v).reshape((-1, a.shape[1]) + a.shape[2 + m:])
+
+    def forward(self, x, w):
+        ws = self._weight(w)
+        y = np.empty((self.N, self.O) + self.To + self.orest, dtype=_F32)
+        m = self.m
+        for blk in self.blocks(y.nbytes, x.nbytes):
+            xs, _, ys = self.shapes(blk)
+            st = self.stack(x, blk)
+            y3 = np.empty(ys, dtype=_F32)
+            _run3("forward", xs, ws.shape, ys, self.G, self.inner, {"x": st, "w": ws, "y": y3})
+            del st
+            n0, n1, i0, i1 = blk
+            y3 = y3.reshape(self._frames(blk) + (self.O,) + self.orest)
+            y[n0:n1, :, i0:i1] = y3.transpose((0, m + 1) + tuple(range(1, m + 1)) + tuple(range(m + 2, y3.ndim)))
+        return y
+
+    def transpose(self, gy, w):
+        ws = self._weight(w)
+        gx = np.zeros((self.N, self.G * self.cg) + self.S + self.rest, dtype=_F32)
+        gxt = self._channels_last_view(gx)
+        for blk in self.blocks(gx.nbytes, gy.nbytes):
+            xs, _, ys = self.shapes(blk)
+            gyf = self._frames_of(gy, blk)
+            gst = np.empty(xs, dtype=_F32)
+            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf})
+            del gyf
+            gst = gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+            for flat, dst, src in self._pairs(blk):
+                # one offset maps distinct stacked positions to distinct input positions: no overlap
+                gxt[src] += gst[dst + (slice(None), slice(flat, self.real, self.P))]
+        return gx
+
+    def weight_grad(self, x, gy):
+        gws = None
+        for blk in self.blocks(x.nbytes, gy.nbytes):
+            xs, wsh, ys = self.shapes(blk)
+            st = self.stack(x, blk)
+            gyf = self._frames_of(gy, blk)
+            part = np.empty(wsh, dtype=_F32)
+            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf})
+            if gws is None:
+                gws = part
+            else:
+                gws += part
+        return np.ascontiguousarray(gws[:, :self.real]).reshape((self.O, self.cg) + self.K + self.Krest)

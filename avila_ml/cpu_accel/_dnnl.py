@@ -1,0 +1,260 @@
+"""oneDNN (``libdnnl.so.3``) through ``ctypes``: finding and loading the library, the few C API
+calls the CPU accelerator needs, and the checks at the boundary.
+
+Why ctypes on the C API: oneDNN's C ABI is stable across 3.x releases, so any ``libdnnl.so.3``
+works -- the ``onednn-cpu-gomp`` wheel (the ``cpu`` extra, CPU-only, OpenMP from the system's
+``libgomp.so.1``) or a library the user points to with ``AVILA_ML_DNNL_LIBRARY``. Nothing is
+compiled at install time and nothing is loaded until the first call that could use it.
+
+The boundary is where a wrong pointer would corrupt memory silently, so every buffer handed to
+oneDNN goes through :func:`check_buffer` (a C-contiguous NumPy array of the expected dtype and
+byte size) and the arrays are referenced by the caller until ``dnnl_stream_wait`` returns.
+Every C call's status is checked; a failure raises :class:`DnnlError` naming the call.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import os
+import threading
+import warnings
+
+import numpy as np
+
+__all__ = ["DnnlError", "library_path", "load", "available", "check_buffer", "aligned_empty", "version"]
+
+ENV_VAR = "AVILA_ML_DNNL_LIBRARY"
+_WHEELS = ("onednn-cpu-gomp", "onednn-cpu-iomp")  # CPU-only builds of oneDNN on PyPI
+
+# -- C enums (oneapi/dnnl/dnnl_types.h, oneDNN 3.x; the values are part of the ABI) -----------
+SUCCESS = 0
+ENGINE_CPU = 1
+F32 = 3
+FORMAT_ANY = 1
+STREAM_DEFAULT = 1
+FORWARD_TRAINING = 64
+FORWARD_INFERENCE = 96
+BACKWARD_DATA = 160
+BACKWARD_WEIGHTS = 192
+CONVOLUTION_DIRECT = 1
+QUERY_IMPL_INFO_STR = 8
+QUERY_SRC_MD, QUERY_DIFF_SRC_MD, QUERY_WEIGHTS_MD, QUERY_DIFF_WEIGHTS_MD = 129, 130, 131, 132
+QUERY_DST_MD, QUERY_DIFF_DST_MD, QUERY_WORKSPACE_MD, QUERY_SCRATCHPAD_MD = 133, 134, 135, 136
+SCRATCHPAD_USER = 1
+ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS = 1, 17, 33, 41
+ARG_DIFF_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS = 129, 145, 161
+ARG_SCRATCHPAD = 80
+ARG_FROM, ARG_TO = ARG_SRC, ARG_DST
+MAX_NDIMS = 12
+_STATUS = {1: "out of memory", 2: "invalid arguments", 3: "unimplemented", 4: "iterator ends",
+           5: "runtime error", 6: "not required"}
+
+Dims = ctypes.c_int64 * MAX_NDIMS
+_p = ctypes.c_void_p
+
+
+class ExecArg(ctypes.Structure):
+    """``dnnl_exec_arg_t``: an argument id and a memory object."""
+
+    _fields_ = [("arg", ctypes.c_int), ("memory", _p)]
+
+
+class Version(ctypes.Structure):
+    """``dnnl_version_t``."""
+
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
+
+
+class DnnlError(RuntimeError):
+    """A oneDNN C call returned a failure status (the call and the status are in the message)."""
+
+
+# argument types of the C functions used; every function returns dnnl_status_t unless noted
+_SIGNATURES = {
+    "dnnl_engine_create": [ctypes.POINTER(_p), ctypes.c_int, ctypes.c_size_t],
+    "dnnl_stream_create": [ctypes.POINTER(_p), _p, ctypes.c_uint],
+    "dnnl_stream_wait": [_p],
+    "dnnl_memory_desc_create_with_strides": [ctypes.POINTER(_p), ctypes.c_int, Dims, ctypes.c_int, Dims],
+    "dnnl_memory_desc_create_with_tag": [ctypes.POINTER(_p), ctypes.c_int, Dims, ctypes.c_int, ctypes.c_int],
+    "dnnl_memory_desc_clone": [ctypes.POINTER(_p), _p],
+    "dnnl_memory_desc_destroy": [_p],
+    "dnnl_memory_desc_equal": [_p, _p],                   # returns int (1 = equal)
+    "dnnl_memory_desc_get_size": [_p],                    # returns size_t
+    "dnnl_memory_create": [ctypes.POINTER(_p), _p, _p, _p],
+    "dnnl_memory_destroy": [_p],
+    "dnnl_primitive_attr_create": [ctypes.POINTER(_p)],
+    "dnnl_primitive_attr_destroy": [_p],
+    "dnnl_primitive_attr_set_scratchpad_mode": [_p, ctypes.c_int],
+    "dnnl_convolution_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, _p, _p, _p, _p, Dims, Dims, Dims, Dims, _p],
+    "dnnl_convolution_backward_data_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, Dims, Dims, Dims, Dims, _p, _p],
+    "dnnl_convolution_backward_weights_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, _p, Dims, Dims, Dims, Dims, _p, _p],
+    "dnnl_reorder_primitive_desc_create": [ctypes.POINTER(_p), _p, _p, _p, _p, _p],
+    "dnnl_primitive_desc_query_md": [_p, ctypes.c_int, ctypes.c_int],  # returns const md
+    "dnnl_primitive_desc_query": [_p, ctypes.c_int, ctypes.c_int, _p],
+    "dnnl_primitive_desc_destroy": [_p],
+    "dnnl_primitive_create": [ctypes.POINTER(_p), _p],
+    "dnnl_primitive_destroy": [_p],
+    "dnnl_primitive_execute": [_p, _p, ctypes.c_int, ctypes.POINTER(ExecArg)],
+    "dnnl_version": [],                                   # returns const dnnl_version_t *
+}
+_RESTYPES = {"dnnl_memory_desc_equal": ctypes.c_int, "dnnl_memory_desc_get_size": ctypes.c_size_t,
+             "dnnl_primitive_desc_query_md": _p, "dnnl_version": ctypes.POINTER(Version)}
+
+_state: dict = {}
+_lock = threading.Lock()
+
+
+def library_path() -> str | None:
+    """Where ``libdnnl.so.3`` is: ``$AVILA_ML_DNNL_LIBRARY``, else the file shipped by an installed
+    CPU oneDNN wheel (found through its package metadata, not a search of the disk); None if
+    neither exists."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env
+    for dist in _WHEELS:
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        # the soname first: the unversioned libdnnl.so is a development link
+        for f in sorted(files, key=lambda f: f.name != "libdnnl.so.3"):
+            if f.name.startswith("libdnnl.so"):
+                path = os.path.normpath(str(f.locate()))
+                if os.path.exists(path):
+                    return path
+    return None
+
+
+class _Lib:
+    """The loaded library: one CPU engine and one in-order stream for the process."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.cdll = ctypes.CDLL(path)  # ctypes.CDLL releases the GIL during every call
+        for name, args in _SIGNATURES.items():
+            fn = getattr(self.cdll, name)
+            fn.argtypes = args
+            fn.restype = _RESTYPES.get(name, ctypes.c_int)
+        v = self.cdll.dnnl_version().contents
+        self.version = (v.major, v.minor, v.patch)
+        self.engine = _p()
+        self.call("dnnl_engine_create", ctypes.byref(self.engine), ENGINE_CPU, 0)
+        self.stream = _p()
+        self.call("dnnl_stream_create", ctypes.byref(self.stream), self.engine, STREAM_DEFAULT)
+
+    def call(self, name: str, *args) -> None:
+        """Call the C function ``name``; a failure status raises :class:`DnnlError`."""
+        status = getattr(self.cdll, name)(*args)
+        if status != SUCCESS:
+            raise DnnlError(f"oneDNN: {name} failed with status {status} "
+                            f"({_STATUS.get(status, 'unknown')}); library {self.path}")
+
+    def fn(self, name: str):
+        return getattr(self.cdll, name)
+
+
+def load():
+    """The loaded library (:class:`_Lib`), or None when none is installed or it cannot make a
+    CPU engine here. Loaded on first use, once per process; the reason it is absent is
+    announced once (``warnings``) by :func:`note_absent`."""
+    if "lib" in _state:
+        return _state["lib"]
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        lib, why = None, None
+        path = library_path()
+        if path is None:
+            why = ("oneDNN is not installed, so float32 CPU convolutions use the NumPy algorithms "
+                   "(several times slower); `pip install 'avila-ml[cpu]'` (Linux x86-64) or set "
+                   f"{ENV_VAR} to a libdnnl.so.3 to use it")
+        else:
+            try:
+                lib = _Lib(path)
+                if lib.version[0] != 3:
+                    why, lib = (f"{path} is oneDNN {'.'.join(map(str, lib.version))}; the C API used "
+                                "here is oneDNN 3.x's"), None
+            except (OSError, AttributeError, DnnlError) as exc:
+                why = f"the oneDNN library {path} could not be used ({exc})"
+                lib = None
+        if lib is not None:
+            _sync_threads(lib)
+        _state["lib"], _state["why"] = lib, why
+        return lib
+
+
+def available() -> bool:
+    """True when oneDNN is loaded (or loadable) and has a CPU engine."""
+    return load() is not None
+
+
+def absent_reason() -> str | None:
+    """Why oneDNN is not used (None when it is)."""
+    load()
+    return _state.get("why")
+
+
+def note_absent() -> None:
+    """Announce once per process, with ``warnings``, that the accelerator is absent and why."""
+    if load() is None and not _state.get("noted"):
+        _state["noted"] = True
+        warnings.warn(f"avila_ml: {_state['why']}", stacklevel=4)
+
+
+def version() -> tuple | None:
+    """oneDNN's ``(major, minor, patch)``, or None when it is not available."""
+    lib = load()
+    return None if lib is None else lib.version
+
+
+def _sync_threads(lib) -> None:
+    """Give oneDNN's OpenMP runtime as many threads as BLAS has (``threadpoolctl``), so a
+    program that limits its BLAS threads (``OPENBLAS_NUM_THREADS``, ``threadpool_limits``) is
+    not oversubscribed by convolutions. A later ``threadpoolctl.threadpool_limits(n)`` limits
+    both, as it limits every OpenMP runtime it finds."""
+    from ..ops._cpu_threads import blas_threads
+    try:  # a fresh controller: the one made before the library was loaded does not list its runtime
+        from threadpoolctl import ThreadpoolController
+        ctl = ThreadpoolController()
+    except Exception:  # noqa: BLE001 - no thread control: OpenMP keeps its own default
+        return
+    # oneDNN's runtime only: the system's libgomp (the gomp wheel) or Intel's libiomp5 (the
+    # iomp wheel); PyTorch bundles its own renamed libgomp-<hash>.so.1, which is left alone
+    n = blas_threads()
+    for m in ctl.lib_controllers:
+        if m.user_api == "openmp" and os.path.basename(m.filepath).startswith(("libgomp.so", "libiomp5.so")):
+            if m.num_threads != n:
+                m.set_num_threads(n)
+
+
+# -- buffers at the boundary ---------------------------------------------------------------------
+_ALIGN = 64  # oneDNN's kernels load whole cache lines; NumPy only guarantees 16 bytes
+
+
+def aligned_empty(nbytes: int, dtype=np.float32) -> np.ndarray:
+    """A 1-d uninitialised array of ``nbytes`` bytes whose data starts on a 64-byte boundary
+    (allocated through NumPy, so ``tracemalloc`` and the memory benchmarks see it)."""
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    return raw[off:off + nbytes].view(dtype)
+
+
+def check_buffer(a, dtype, nbytes: int, what: str) -> int:
+    """The data pointer of ``a`` after checking that oneDNN may read/write ``nbytes`` there:
+    a C-contiguous NumPy array of ``dtype`` holding exactly ``nbytes`` bytes."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"oneDNN boundary: {what} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"oneDNN boundary: {what} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"oneDNN boundary: {what} of shape {a.shape} must be C-contiguous "
+                         f"(strides {a.strides})")
+    if a.nbytes != nbytes:
+        raise ValueError(f"oneDNN boundary: {what} has {a.nbytes} bytes, the primitive expects {nbytes}")
+    if not a.flags.writeable and what.startswith("output"):
+        raise ValueError(f"oneDNN boundary: {what} is read-only")
+    return a.ctypes.data

@@ -1,0 +1,407 @@
+"""The oneDNN convolutions (``avila_ml.cpu_accel``) against PyTorch and the NumPy path.
+
+The NumPy path stays the reference: the float64 tables of test_conv.py / test_conv4d.py run
+it (float64 never reaches oneDNN, checked here), and this file runs the same tables in float32
+through oneDNN, forward and every gradient (double backward included), against PyTorch in
+float64 and against the NumPy "gemm" algorithm in float32. Also: that oneDNN actually ran, the
+LRU bound of the primitive cache, the checks at the ctypes boundary, thread control, and the
+behaviour without the library (a subprocess with AVILA_ML_DNNL_LIBRARY pointing nowhere).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avila_ml as am
+from avila_ml.backends import set_conv_algorithm
+from avila_ml.cpu_accel import _conv as accel
+from avila_ml.cpu_accel import _dnnl as dnnl
+from avila_ml.nn import functional as F
+
+from test_conv import CONV_TABLE, CONVT_TABLE, _torch_conv
+from test_conv4d import TABLE as CONV4D_TABLE, TTABLE as CONVT4D_TABLE, _t4, ref_conv4d, _reference_inputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel lengths")
+
+
+@pytest.fixture(autouse=True)
+def _onednn_algorithm():
+    if dnnl.available():
+        set_conv_algorithm("onednn")
+    yield
+    set_conv_algorithm("auto")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the oneDNN primitive executions (1-3 d calls; 4-d runs one 3-d call per kind)."""
+    seen = []
+    real = accel._run3
+
+    def spy(kind, *args):
+        seen.append(kind)
+        return real(kind, *args)
+    monkeypatch.setattr(accel, "_run3", spy)
+    return seen
+
+
+def _f32_close(ours, ref64, scale_from=None, rtol=2e-5):
+    """float32 result vs a float64 reference: error within rtol of the reference's magnitude."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    assert ours.shape == ref64.shape, (ours.shape, ref64.shape)
+    scale = np.abs(ref64 if scale_from is None else scale_from).max() + 1e-30
+    np.testing.assert_allclose(ours, ref64, rtol=0, atol=rtol * scale)
+
+
+# ------------------------------------------------------------------------------ 1-3 d vs PyTorch
+@needs_onednn
+@pytest.mark.parametrize("row", CONV_TABLE, ids=lambda r: f"conv{r[0]}d-{r[6]}")
+def test_conv_float32_onednn_matches_torch(row, calls):
+    d, N, cin, cout, S, K, kw = row
+    rng = np.random.default_rng(0)
+    shape = ((N,) if N else ()) + (cin,) + S
+    groups = kw.get("groups", 1)
+    xa, wa, ba = (rng.standard_normal(shape), rng.standard_normal((cout, cin // groups) + K),
+                  rng.standard_normal(cout))
+    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (xa, wa, ba))
+    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in (xa, wa, ba))
+    y = getattr(F, f"conv{d}d")(x, w, b, **kw)
+    ty = _torch_conv(d, tx, tw, tb, kw)
+    assert y.dtype == am.float32
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g.astype(np.float32)))
+    ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
+    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+        _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+    assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("row", CONVT_TABLE, ids=lambda r: f"convT{r[0]}d-{r[6]}")
+def test_conv_transpose_float32_onednn_matches_torch(row, calls):
+    d, N, cin, cout, S, K, kw = row
+    rng = np.random.default_rng(1)
+    shape = ((N,) if N else ()) + (cin,) + S
+    groups = kw.get("groups", 1)
+    arrs = [rng.standard_normal(shape), rng.standard_normal((cin, cout // groups) + K), rng.standard_normal(cout)]
+    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
+    y = getattr(F, f"conv_transpose{d}d")(x, w, b, **kw)
+    ty = getattr(TF, f"conv_transpose{d}d")(tx, tw, tb, **kw)
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g.astype(np.float32)))
+    ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
+    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+        _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+    assert calls, "oneDNN did not run"
+
+
+@needs_onednn
+def test_double_backward_through_onednn_matches_torch(calls):
+    """d/dx of (grad_w . v): the backward's own convolutions run through oneDNN too."""
+    rng = np.random.default_rng(5)
+    xa = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    wa = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    va = rng.standard_normal(wa.shape).astype(np.float32)
+    x, w = am.tensor(xa, requires_grad=True), am.tensor(wa, requires_grad=True)
+    tx, tw = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa))
+    kw = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    (gw,) = am.autograd.grad(F.conv2d(x, w, **kw).pow(2).sum(), [w], create_graph=True)
+    (tgw,) = torch.autograd.grad(TF.conv2d(tx, tw, **kw).pow(2).sum(), [tw], create_graph=True)
+    _f32_close(gw.detach().numpy(), tgw.detach().numpy())
+    (gx,) = am.autograd.grad((gw * am.tensor(va)).sum(), [x])
+    (tgx,) = torch.autograd.grad((tgw * torch.tensor(va.astype(np.float64))).sum(), [tx])
+    _f32_close(gx.numpy(), tgx.numpy(), rtol=5e-5)
+    assert {"forward", "transpose", "weight"} <= set(calls)
+
+
+# ------------------------------------------------------------------------------ 4 d vs reference
+@needs_onednn
+@pytest.mark.parametrize("row", CONV4D_TABLE, ids=lambda r: str(r[2]))
+def test_conv4d_float32_onednn_matches_reference(row, calls):
+    """conv4d through oneDNN (kernel-time offsets stacked into channels) vs the conv3d-sum
+    reference of test_conv4d.py in float64, forward and every gradient."""
+    xs, ws, kw = row
+    rng = np.random.default_rng(0)
+    unbatched = xs[0] is None
+    xa = rng.standard_normal(xs[1:] if unbatched else xs).astype(np.float32)
+    wa = rng.standard_normal(ws).astype(np.float32)
+    ba = rng.standard_normal(ws[0]).astype(np.float32)
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    y = F.conv4d(x, w, b, **kw)
+    tx = torch.tensor((xa[None] if unbatched else xa).astype(np.float64), requires_grad=True)
+    tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (wa, ba))
+    labels = np.arange(tx[0, 0].numel()).reshape(tx.shape[2:])
+    lab_pad, zero = _reference_inputs(labels[None, None], wa, kw)
+    xin = tx.reshape(tx.shape[0], tx.shape[1], -1)[:, :, torch.tensor(lab_pad[0, 0].ravel())]
+    xin = xin.reshape(tx.shape[:2] + lab_pad.shape[2:])
+    ty = ref_conv4d(xin, tw, tb, _t4(kw.get("stride", 1)), zero, _t4(kw.get("dilation", 1)), kw.get("groups", 1))
+    if unbatched:
+        ty = ty[0]
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g.astype(np.float64)))
+    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+        ref = theirs.grad.numpy()
+        _f32_close(ours.grad.numpy(), ref[0] if (unbatched and ours is x) else ref)
+    assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("row", CONVT4D_TABLE, ids=lambda r: str(r[2]))
+def test_conv_transpose4d_float32_onednn_matches_numpy(row):
+    """conv_transpose4d in float32 through oneDNN vs the NumPy path in float64 (the reference
+    of test_conv4d.py checks that one against PyTorch)."""
+    xs, ws, kw = row
+    rng = np.random.default_rng(1)
+    groups = kw.get("groups", 1)
+    arrs = [rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32),
+            rng.standard_normal(ws[1] * groups).astype(np.float32)]
+    outs = {}
+    for algo, dt in (("onednn", np.float32), ("gemm", np.float64)):
+        set_conv_algorithm(algo)
+        x, w, b = (am.tensor(a.astype(dt), requires_grad=True) for a in arrs)
+        y = F.conv_transpose4d(x, w, b, **kw)
+        y.backward(am.tensor(np.cos(np.arange(y.numel())).reshape(y.shape).astype(dt)))
+        outs[algo] = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()]
+    for ours, ref in zip(outs["onednn"], outs["gemm"]):
+        _f32_close(ours, ref)
+
+
+@needs_onednn
+def test_conv4d_onednn_causal_time_axis_is_exact():
+    """Changing frame t0 leaves every earlier output frame bitwise unchanged through oneDNN."""
+    rng = np.random.default_rng(3)
+    xa = rng.standard_normal((1, 2, 6, 4, 4, 4)).astype(np.float32)
+    w = am.tensor(rng.standard_normal((2, 2, 3, 3, 3, 3)).astype(np.float32))
+    modes = ("causal", "circular", "circular", "zeros")
+    y0 = F.conv4d(am.tensor(xa), w, padding=1, padding_mode=modes).numpy()
+    for t0 in (5, 2, 0):
+        xb = xa.copy()
+        xb[:, :, t0] = rng.standard_normal(xb[:, :, t0].shape)
+        y1 = F.conv4d(am.tensor(xb), w, padding=1, padding_mode=modes).numpy()
+        changed = np.abs(y1 - y0).max(axis=(0, 1, 3, 4, 5))
+        assert np.all(changed[:t0] == 0) and changed[t0] > 0, changed
+
+
+@needs_onednn
+def test_stacked_channels_padded_to_16_and_weight_layout():
+    """The 4-d stacking: channel c * K_t + k of stacked frame n * T_out + i is the input frame
+    i * s + k * d - pad (zero outside), the padding channels are zero."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 5, 2, 2, 2)).astype(np.float32)
+    geom = ConvGeometry((2, 1, 1, 1), (1, 0, 0, 0), (1, 0, 0, 0), (2, 1, 1, 1), 1)
+    KT = 2
+    To = geom.out_size(x.shape[2:], (KT, 1, 1, 1))[0]
+    st4 = accel._Stacking(geom, x.shape, (KT, 1, 1, 1), 1, 1)
+    cg, real, cgp = st4.cg, st4.real, st4.cgp
+    assert (cg, real, cgp) == (3, 6, 16)
+    st = st4.stack(x, (0, 2, 0, To)).reshape(2, To, cgp, 2, 2, 2)
+    part = st4.stack(x, (1, 2, 1, To)).reshape(To - 1, cgp, 2, 2, 2)
+    np.testing.assert_array_equal(part, st[1, 1:])
+    for n in range(2):
+        for i in range(To):
+            for c in range(3):
+                for k in range(KT):
+                    t = i * 2 + k * 2 - 1
+                    want = x[n, c, t] if 0 <= t < 5 else 0
+                    np.testing.assert_array_equal(st[n, i, c * KT + k], want)
+    assert not st[:, :, real:].any()
+
+
+# ------------------------------------------------------------------------------ dispatch rules
+@needs_onednn
+def test_float64_stays_on_numpy_and_auto_uses_onednn_for_float32(calls):
+    rng = np.random.default_rng(8)
+    xa, wa = rng.standard_normal((1, 2, 6, 6)), rng.standard_normal((3, 2, 3, 3))
+    set_conv_algorithm("onednn")
+    F.conv2d(am.tensor(xa), am.tensor(wa), padding=1)
+    assert calls == []
+    set_conv_algorithm("auto")
+    y32 = F.conv2d(am.tensor(xa.astype(np.float32)), am.tensor(wa.astype(np.float32)), padding=1)
+    assert calls == ["forward"]
+    set_conv_algorithm("gemm")
+    ref = F.conv2d(am.tensor(xa.astype(np.float32)), am.tensor(wa.astype(np.float32)), padding=1)
+    assert calls == ["forward"]  # a forced NumPy algorithm does not take oneDNN
+    _f32_close(y32.numpy(), ref.numpy())
+
+
+@needs_onednn
+def test_non_contiguous_inputs_are_copied_not_passed(calls):
+    rng = np.random.default_rng(9)
+    xa = rng.standard_normal((2, 3, 8, 9)).astype(np.float32)
+    wa = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    xv = am.tensor(xa).transpose(2, 3)          # a strided view
+    y = F.conv2d(xv, am.tensor(wa), padding=1)
+    ref = TF.conv2d(torch.tensor(xa).transpose(2, 3).double(), torch.tensor(wa).double(), padding=1)
+    _f32_close(y.numpy(), ref.numpy())
+    assert calls == ["forward"]
+
+
+@needs_onednn
+def test_primitive_cache_is_bounded_lru(monkeypatch):
+    monkeypatch.setattr(accel, "CACHE_SIZE", 3)
+    accel.clear_cache()
+    rng = np.random.default_rng(10)
+    w = am.tensor(rng.standard_normal((2, 2, 3)).astype(np.float32))
+    for n in range(5, 11):
+        xa = rng.standard_normal((1, 2, n)).astype(np.float32)
+        y = F.conv1d(am.tensor(xa), w, padding=1)
+        ref = TF.conv1d(torch.tensor(xa).double(), torch.tensor(w.numpy()).double(), padding=1)
+        _f32_close(y.numpy(), ref.numpy())
+        assert accel.cache_info()["size"] <= 3
+    assert accel.cache_info() == {"size": 3, "capacity": 3}
+    keys = [k[1] for k in accel._cache]
+    assert keys == [(1, 2, 8), (1, 2, 9), (1, 2, 10)]  # the least recently used went first
+    accel.clear_cache()
+
+
+@needs_onednn
+def test_boundary_checks_refuse_bad_buffers():
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    lib = dnnl.load()
+    geom3 = ((1,), (1,), (0,), (0,))
+    plan = accel._plan(lib, "forward", (1, 2, 6), (3, 2, 3), (1, 3, 4), geom3)
+    x = np.zeros((1, 2, 6), np.float32)
+    w = np.zeros((3, 2, 3), np.float32)
+    y = np.zeros((1, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        plan.run({"x": np.zeros((1, 6, 2), np.float32).transpose(0, 2, 1), "w": w, "y": y})
+    with pytest.raises(TypeError, match="float32"):
+        plan.run({"x": x.astype(np.float64), "w": w, "y": y})
+    with pytest.raises(ValueError, match="bytes"):
+        plan.run({"x": x, "w": w, "y": np.zeros((1, 3, 5), np.float32)})
+    with pytest.raises(TypeError, match="NumPy array"):
+        plan.run({"x": list(x.ravel()), "w": w, "y": y})
+    x[:] = 1
+    w[:] = 1
+    plan.run({"x": x, "w": w, "y": y})
+    np.testing.assert_array_equal(y, np.full((1, 3, 4), 6.0, np.float32))
+    assert accel.conv_forward(x.astype(np.float64), w, ConvGeometry((1,), (0,), (0,), (1,), 1)) is None
+
+
+@needs_onednn
+def test_openmp_threads_follow_blas():
+    from threadpoolctl import threadpool_info
+    from avila_ml.ops._cpu_threads import blas_threads
+    dnnl.load()
+    omp = [m for m in threadpool_info() if m["user_api"] == "openmp"
+           and os.path.basename(m["filepath"]).startswith(("libgomp.so", "libiomp5.so"))]
+    assert omp, "oneDNN's OpenMP runtime is not visible to threadpoolctl"
+    assert all(m["num_threads"] == blas_threads() for m in omp)
+
+
+def _python(code, **env):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
+    e.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_without_the_library_numpy_runs_and_a_note_is_given_once():
+    code = """
+import warnings, numpy as np, avila_ml as am
+from avila_ml.nn import functional as F
+with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        y = F.conv1d(am.ones(1, 1, 5), am.ones(1, 1, 3), padding=1)
+print(y.numpy().ravel().tolist())
+print(sum("oneDNN" in str(r.message) for r in rec), am.cpu_accel.is_available())
+try:
+    am.backends.set_conv_algorithm("onednn")
+except RuntimeError as e:
+    print("refused:", "set_conv_algorithm('onednn')" in str(e), "could not be used" in str(e))
+"""
+    r = _python(code, AVILA_ML_DNNL_LIBRARY=os.path.join(ROOT, "no-such-libdnnl.so.3"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["[2.0, 3.0, 3.0, 3.0, 2.0]", "1 False", "refused: True True"], r.stdout
+
+
+@needs_onednn
+def test_env_var_selects_the_library():
+    r = _python("import avila_ml as am; print(am.cpu_accel.is_available(), am.cpu_accel.library_path())",
+                AVILA_ML_DNNL_LIBRARY=dnnl.library_path())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"True {dnnl.library_path()}"
+
+
+@needs_onednn
+@pytest.mark.parametrize("frames", [1, 3, 8])
+def test_conv4d_frame_blocks_match_numpy(monkeypatch, frames):
+    """The 4-d path in blocks of 1 frame, of 3 (runs within a sample, a short tail), and of 8
+    (two whole samples per block) gives the NumPy path's forward and gradients."""
+    rng = np.random.default_rng(11)
+    xa = rng.standard_normal((3, 2, 5, 4, 3, 4)).astype(np.float32)
+    wa = rng.standard_normal((3, 2, 3, 2, 3, 2)).astype(np.float32)
+    kw = dict(padding=(1, 1, 0, 1), stride=(1, 1, 1, 2))
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    geom = ConvGeometry((1, 1, 1, 2), (1, 1, 0, 1), (1, 1, 0, 1), (1, 1, 1, 1), 1)
+    frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 3, 1).row_bytes
+    monkeypatch.setattr(accel, "_budget", lambda *a: frames * frame)
+    assert len(accel._blocks(3, 5, frame, frames * frame)) == {1: 15, 3: 6, 8: 3}[frames]
+    outs = {}
+    for algo, dt in (("onednn", np.float32), ("gemm", np.float64)):
+        set_conv_algorithm(algo)
+        x, w = am.tensor(xa.astype(dt), requires_grad=True), am.tensor(wa.astype(dt), requires_grad=True)
+        y = F.conv4d(x, w, **kw)
+        y.backward(am.tensor(np.sin(np.arange(y.numel())).reshape(y.shape).astype(dt)))
+        outs[algo] = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()]
+    for ours, ref in zip(outs["onednn"], outs["gemm"]):
+        _f32_close(ours, ref)
+
+
+@needs_onednn
+@pytest.mark.parametrize("xs,ws,m,kw", [
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 1, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1))),
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 2, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1))),
+    ((1, 4, 5, 6, 4, 4), (4, 2, 2, 3, 2, 3), 2, dict(stride=(1, 2, 1, 1), pad=(0, 2, 1, 1), dilation=(2, 1, 1, 1), groups=2)),
+    ((2, 4, 6, 5, 7), (6, 4, 3, 3, 2), 1, dict(stride=(1, 2, 1), pad=(1, 1, 0), dilation=(1, 1, 2))),
+])
+def test_stacked_offsets_match_numpy_for_each_depth(xs, ws, m, kw):
+    """A d-dim convolution as a (d - m)-dim one over stacked kernel offsets (4-d as 3-d or 2-d,
+    3-d as 2-d: the route taken where oneDNN has no JIT weight gradient): forward, input and
+    weight gradients against the NumPy algorithm in float64."""
+    from avila_ml.ops import _conv_gemm
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    d = len(xs) - 2
+    G = kw.get("groups", 1)
+    geom = ConvGeometry(kw["stride"], kw["pad"], kw["pad"], kw["dilation"], G)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    o = geom.out_size(xs[2:], ws[2:])
+    gy = rng.standard_normal((xs[0], ws[0]) + o).astype(np.float32)
+    st = accel._Stacking(geom, xs, ws[2:], ws[0], m)
+    assert len(st.shapes(st.blocks(0)[0])[0]) == d - m + 2
+    x64, w64, gy64 = (a.astype(np.float64) for a in (x, w, gy))
+    _f32_close(st.forward(x, w), _conv_gemm.conv_forward(x64, w64, geom))
+    _f32_close(st.transpose(gy, w), _conv_gemm.conv_transpose(gy64, w64, geom, xs[2:]))
+    _f32_close(st.weight_grad(x, gy), _conv_gemm.conv_weight_grad(x64, gy64, geom, ws[2:]))
+
+
+@needs_onednn
+def test_weight_grad_avoids_onednn_gemm_fallback(calls):
+    """Where oneDNN's 3-d weight gradient is its GEMM fallback (AVX2 CPUs), a JIT one runs instead
+    (stacking one more axis); the inner plans that ran for the weight gradient are JIT kernels."""
+    rng = np.random.default_rng(13)
+    x = am.tensor(rng.standard_normal((2, 4, 8, 8, 8)).astype(np.float32), requires_grad=True)
+    w = am.tensor(rng.standard_normal((8, 4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+    accel.clear_cache()
+    F.conv3d(x, w, padding=1).sum().backward()
+    weight_plans = [p for k, p in accel._cache.items() if k[0] == "weight"]
+    assert any(p.jit for p in weight_plans), [p.impl for p in weight_plans]
+    tx, tw = (torch.tensor(t.detach().numpy().astype(np.float64), requires_grad=True) for t in (x, w))
+    TF.conv3d(tx, tw, padding=1).sum().backward()
+    _f32_close(w.grad.numpy(), tw.grad.numpy())
