@@ -214,8 +214,31 @@ def check_training(n):
         for (name, b), c in zip(net.named_buffers(), ref.buffers()):
             close(b.numpy(), c.numpy(), f"training {mesh} {dims}: buffer {name}")
         dp.restore()
-    # a layer without a sharded version raises instead of computing a wrong result
+    # a classifier: global average pooling makes the values replicated; the Linear head after it
+    # runs on replicated input and the loss is the plain loss (gradients still exact)
     spec = dist.DomainSpec(mesh=(n, 1, 1, 1), dims=T4)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 1, 8, 4, 4, 4))
+    labels = am.tensor(np.array([1, 2]))
+
+    def classifier():
+        am.manual_seed(3)
+        nn = am.nn
+        return nn.Sequential(nn.Conv4d(1, 3, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+                             nn.AdaptiveAvgPool4d(1), nn.Flatten(), nn.Linear(3, 4)).double()
+    ref, net = classifier(), classifier()
+    lf = am.nn.CrossEntropyLoss()(ref(am.tensor(x)), labels)
+    lf.backward()
+    dp = dist.DomainParallel(net, spec)
+    out = dp(spec.shard(am.tensor(x)))
+    assert dp.is_replicated(out)
+    ll = dp.criterion(am.nn.CrossEntropyLoss())(out, labels)
+    ll.backward()
+    close(ll.item(), lf.item(), "classifier: loss")
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        close(p.grad.numpy(), q.grad.numpy(), f"classifier: grad of {name}")
+    dp.restore()
+    # a layer without a sharded version raises instead of computing a wrong result
     bad = dist.DomainParallel(am.nn.Sequential(am.nn.Conv4d(1, 1, 1), am.nn.LayerNorm(4)), spec)
     try:
         bad(spec.shard(am.zeros(1, 1, 8, 4, 4, 4)))
