@@ -231,6 +231,12 @@ def check_training(n):
             close(p.detach().numpy(), q.detach().numpy(), f"training {mesh} {dims}: parameter {name}")
         for (name, b), c in zip(net.named_buffers(), ref.buffers()):
             close(b.numpy(), c.numpy(), f"training {mesh} {dims}: buffer {name}")
+        dp.eval()
+        ref.eval()  # batch norm on its running statistics
+        with am.no_grad():
+            want = ref(am.tensor(xs[0]))
+            got = dp(spec.shard(am.tensor(xs[0])))
+        close(got.numpy(), spec.shard(want, like=got).numpy(), f"eval {mesh} {dims}: output")
         dp.restore()
     # a classifier: global average pooling makes the values replicated; the Linear head after it
     # runs on replicated input and the loss is the plain loss (gradients still exact)
