@@ -119,12 +119,8 @@ def _axis_name(spec, i, op):
 def _extend(x, spec, lay, axis, need, mode, fill, what):
     """``x`` extended along tensor dim ``axis`` to the global range ``need[pos]`` (a halo
     exchange over the mesh line of that dim; a local border for an unsplit dim)."""
-    m = spec.mesh_axis_of(axis)
-    line = spec.line(m) if m is not None else [spec.rank]
-    plan = halo_plan(tuple(lay.starts[axis]), tuple(need), mode, lay.pos[axis], what)
-    if plan.identity:
-        return x
-    return HaloGather.apply(x, Exchange(plan, axis, line, spec.group, fill))
+    ex = _exchange(spec, lay, axis, need, mode, fill, what)
+    return x if ex is None else HaloGather.apply(x, ex)
 
 
 def _exchange(spec, lay, axis, need, mode, fill, what):
