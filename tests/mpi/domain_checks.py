@@ -262,6 +262,27 @@ def check_training(n):
     for (name, p), q in zip(net.named_parameters(), ref.parameters()):
         close(p.grad.numpy(), q.grad.numpy(), f"classifier: grad of {name}")
     dp.restore()
+    # a trusted user module (a residual block: children + pointwise ops) runs its own forward
+    class Residual(am.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = am.nn.Conv4d(3, 3, 3, padding=1, padding_mode=("causal", "circular", "reflect", "zeros"))
+
+        def forward(self, x):
+            return x + am.nn.functional.gelu(self.conv(x))
+
+    def resnet():
+        am.manual_seed(4)
+        return am.nn.Sequential(am.nn.Conv4d(1, 3, 1), Residual(), Residual()).double()
+    ref, net = resnet(), resnet()
+    (ref(am.tensor(x)) ** 2).sum().backward()
+    dp = dist.DomainParallel(net, spec, trusted=(Residual,))
+    out = dp(spec.shard(am.tensor(x)))
+    close(out.detach().numpy(), spec.shard(ref(am.tensor(x)).detach(), like=out).numpy(), "residual: output")
+    D.global_sum(out ** 2, spec).backward()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        close(p.grad.numpy(), q.grad.numpy(), f"residual: grad of {name}")
+    dp.restore()
     # a layer without a sharded version raises instead of computing a wrong result
     bad = dist.DomainParallel(am.nn.Sequential(am.nn.Conv4d(1, 1, 1), am.nn.LayerNorm(4)), spec)
     try:
