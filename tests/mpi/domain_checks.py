@@ -71,12 +71,13 @@ def check_convs(n):
     # split along each of t, x, y, z in turn (n ranks on one axis)
     for ax in range(4):
         mesh = tuple(n if i == ax else 1 for i in range(4))
-        spec = dist.DomainSpec(mesh=mesh, dims=T4)
+        spec = dist.DomainSpec(mesh=mesh, dims=T4, overlap=True)
         shape = tuple(8 if i == ax else 4 for i in range(4))
         conv_case(spec, shape, 3, padding=1, modes=combos[0], seed=ax)
         conv_case(spec, shape, 3, padding=1, modes=combos[1], seed=10 + ax)
         conv_case(spec, shape, (2, 3, 2, 3), padding=1, modes=combos[2], seed=20 + ax)  # even kernels
-    spec = dist.DomainSpec(mesh=(n, 1, 1, 1), dims=T4) if n == 2 else dist.DomainSpec(mesh=(2, 2, 1, 1), dims=T4)
+    # (the checks of the convolution itself run with the overlapped exchange, forward and backward)
+    spec = dist.DomainSpec(mesh=(n, 1, 1, 1) if n == 2 else (2, 2, 1, 1), dims=T4, overlap=True)
     conv_case(spec, (9, 8, 4, 4), 3, stride=2, padding=1, modes=combos[0], seed=30)      # stride 2, uneven
     conv_case(spec, (12, 9, 4, 5), 3, dilation=2, padding=2, modes=combos[1], seed=31)  # dilation 2
     conv_case(spec, (8, 8, 3, 3), (4, 2, 1, 3), padding="same", modes=combos[0], seed=32)  # even, 'same'
@@ -84,13 +85,13 @@ def check_convs(n):
     conv_case(spec, (11, 10, 3, 3), (3, 2, 3, 3), stride=(2, 3, 1, 1), dilation=(1, 2, 1, 1), padding=(0, 1, 1, 0),
               modes=("causal", "zeros", "circular", "reflect"), seed=34)
     # 1-d (17 on the ranks: uneven), 2-d, 3-d
-    s1 = dist.DomainSpec(mesh=(n,), dims=("t",))
+    s1 = dist.DomainSpec(mesh=(n,), dims=("t",), overlap=True)
     for modes in ("zeros", "circular", "reflect", "replicate", "causal"):
         conv_case(s1, (17,), 5, padding=2, modes=modes, seed=40)
         conv_case(s1, (17 if n == 2 else 29,), 4, stride=2, dilation=2, padding=3, modes=modes, seed=41)
-    s2 = dist.DomainSpec(mesh=(n, 1) if n == 2 else (2, 2), dims=("x", "y"))
+    s2 = dist.DomainSpec(mesh=(n, 1) if n == 2 else (2, 2), dims=("x", "y"), overlap=True)
     conv_case(s2, (13, 10), 3, padding=1, modes=("circular", "reflect"), seed=50)
-    s3 = dist.DomainSpec(mesh=(1, n, 1) if n == 2 else (1, 2, 2), dims=("x", "y", "z"))
+    s3 = dist.DomainSpec(mesh=(1, n, 1) if n == 2 else (1, 2, 2), dims=("x", "y", "z"), overlap=True)
     conv_case(s3, (5, 11, 10), (3, 5, 2), padding=(1, 2, 1), modes=("replicate", "circular", "zeros"), seed=51)
     # a shard smaller than the halo: a clear error on every rank, no hang
     try:
@@ -204,7 +205,7 @@ def check_training(n):
     T4 = ("t", "x", "y", "z")
     meshes = [((n, 1, 1, 1), T4), ((1, 1, n, 1), T4)] if n == 2 else [((2, 2, 1, 1), T4), ((2, 1, 1, 1, 2), ("batch",) + T4)]
     for (mesh, dims), bn in zip(meshes, (True, False)):
-        spec = dist.DomainSpec(mesh=mesh, dims=dims)
+        spec = dist.DomainSpec(mesh=mesh, dims=dims, overlap=bn)  # both exchange paths in a whole net
         rng = np.random.default_rng(5)
         nb = 2 if "batch" in dims else 1
         shape = (nb, 1, 8, 8, 8, 6) if "batch" not in dims else (nb, 1, 8, 6, 4, 8)
