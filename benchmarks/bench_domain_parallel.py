@@ -12,6 +12,8 @@ backward, and the weight gradient is all-reduced.
   t(1) / (P t(P)).
 * **Halo share**: the part of the step spent in halo exchanges (forward gather + backward
   scatter-add, timed inside the exchange; all-reduces of the weight gradient reported apart).
+* **Baseline**: the plain ``Conv4d`` (no ``DomainParallel``) on one block, for the cost of the
+  wrapper itself on one rank.
 
 Every configuration runs in its own ``mpiexec`` launch with 1 BLAS thread per rank; 4 ranks on
 a machine with fewer cores are *oversubscribed* and marked so (their efficiency then measures
@@ -52,7 +54,7 @@ def _launch(n: int, *args) -> dict:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
-def worker(global_shape, channels, steps) -> None:
+def worker(global_shape, channels, steps, plain=False) -> None:
     """Run under mpiexec: time ``steps`` sharded Conv4d steps; rank 0 prints RESULT json."""
     import numpy as np
     from mpi4py import MPI
@@ -75,14 +77,21 @@ def worker(global_shape, channels, steps) -> None:
         return run
 
     # count the time inside the exchanges and the weight-gradient all-reduces
-    halo.Exchange.gather = timed(halo.Exchange.gather, "halo")
+    start = halo.Exchange.start
+
+    def timed_start(self, *a, **k):  # gather = start + finish; the conv's last exchange splits them
+        t0 = time.perf_counter()
+        out, finish = start(self, *a, **k)
+        spent["halo"] += time.perf_counter() - t0
+        return out, timed(finish, "halo")
+    halo.Exchange.start = timed_start
     halo.Exchange.scatter_add = timed(halo.Exchange.scatter_add, "halo")
     domain_ops._ReduceReplicated.forward = timed(domain_ops._ReduceReplicated.forward, "allreduce")
 
     spec = dist.DomainSpec(mesh=(n, 1, 1, 1), dims=("t", "x", "y", "z"))
     am.manual_seed(0)
     conv = am.nn.Conv4d(channels, channels, 3, padding=1, padding_mode=MODES)
-    dp = dist.DomainParallel(conv, spec)
+    dp = conv if plain else dist.DomainParallel(conv, spec)  # plain: the unsharded layer itself
     x = am.tensor(np.random.default_rng(comm.rank).standard_normal(
         tuple(sl.stop - sl.start for sl in spec.local_slices(global_shape))).astype(np.float32), requires_grad=True)
 
@@ -108,7 +117,8 @@ def worker(global_shape, channels, steps) -> None:
     if comm.rank == 0:
         print("RESULT " + json.dumps({"step_s": med, "halo_s": h, "allreduce_s": a,
                                       "spread": (max(times) - min(times)) / statistics.median(times)}), flush=True)
-    dp.restore()
+    if not plain:
+        dp.restore()
     dist.destroy_process_group()
 
 
@@ -130,7 +140,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker is not None:
         shape = tuple(int(v) for v in args.worker[0].split(","))
-        worker(shape, int(args.worker[1]), int(args.worker[2]))
+        worker(shape, int(args.worker[1]), int(args.worker[2]), len(args.worker) > 3 and args.worker[3] == "plain")
         return
     C, T, X, Y, Z = (int(v) for v in ("2,8,8,8,8" if args.quick else args.block).split(","))
     steps = 2 if args.quick else args.steps
@@ -140,6 +150,7 @@ def main() -> None:
     limits = harness.machine_limits()
     lines = [f"== Domain-parallel Conv4d scaling (CPU ranks over MPI, 1 BLAS thread per rank) =="]
     rows = {}
+    plain = _launch(1, ",".join(map(str, (1, C, T, X, Y, Z))), str(C), str(steps), "plain")
     for kind in ("weak", "strong"):
         for n in ranks:
             t = T * n if kind == "weak" else T
@@ -150,6 +161,8 @@ def main() -> None:
     lines += harness.machine_header(limits, (load0, load1), 1)[:2] + harness.machine_header(limits, (load0, load1), 1)[4:]
     lines.append(f"step: Conv4d {C}->{C}, kernel 3^4, padding 1 {MODES}, forward + backward; split along t; "
                  f"median of {steps} steps (slowest rank)")
+    lines.append(f"unsharded baseline: plain Conv4d on (1, {C}, {T}, {X}, {Y}, {Z}), 1 rank, no DomainParallel: "
+                 f"{plain['step_s']:.3f}s (its circular padding is built by copies too)")
     eff2 = None
     for kind in ("weak", "strong"):
         lines.append("")

@@ -71,7 +71,11 @@ class DomainSpec:
 
     Args: ``mesh``: ranks per split axis (product = the group's size). ``dims``: one name per
     mesh dim: ``"batch"`` (tensor dim 0) at most once, the others name the spatial dims 2, 3, ...
-    in order. ``group``: a :class:`ProcessGroup` (default: the world).
+    in order. ``group``: a :class:`ProcessGroup` (default: the world). ``overlap``: let a
+    convolution compute its interior while the halos travel, forward and backward (default:
+    on for NCCL, whose transfers proceed by themselves; off for MPI, which moves large messages
+    only inside MPI calls, so the overlap would cost memory — more slabs kept for the backward —
+    and gain nothing unless the MPI library runs a progress thread).
 
     Example:
         >>> import avila_ml as am, avila_ml.distributed as dist
@@ -84,7 +88,7 @@ class DomainSpec:
         >>> dist.destroy_process_group()
     """
 
-    def __init__(self, mesh, dims, group=None):
+    def __init__(self, mesh, dims, group=None, overlap=None):
         from . import distributed_c10d as c10d
         mesh = (mesh,) if isinstance(mesh, int) else tuple(mesh)
         dims = (dims,) if isinstance(dims, str) else tuple(dims)
@@ -110,6 +114,7 @@ class DomainSpec:
         # tensor dim split by each mesh dim
         self.tensor_dims = tuple(0 if d == BATCH else next(spatial) for d in dims)
         self.domain_group = self._domain_group()
+        self.overlap = (g.backend == "nccl") if overlap is None else bool(overlap)
 
     @property
     def ndim(self) -> int:

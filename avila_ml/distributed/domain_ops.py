@@ -119,12 +119,8 @@ def _axis_name(spec, i, op):
 def _extend(x, spec, lay, axis, need, mode, fill, what):
     """``x`` extended along tensor dim ``axis`` to the global range ``need[pos]`` (a halo
     exchange over the mesh line of that dim; a local border for an unsplit dim)."""
-    m = spec.mesh_axis_of(axis)
-    line = spec.line(m) if m is not None else [spec.rank]
-    plan = halo_plan(tuple(lay.starts[axis]), tuple(need), mode, lay.pos[axis], what)
-    if plan.identity:
-        return x
-    return HaloGather.apply(x, Exchange(plan, axis, line, spec.group, fill))
+    ex = _exchange(spec, lay, axis, need, mode, fill, what)
+    return x if ex is None else HaloGather.apply(x, ex)
 
 
 def _exchange(spec, lay, axis, need, mode, fill, what):
@@ -230,18 +226,26 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
     geom = ConvGeometry(stride, tuple(geo_lo), tuple(geo_hi), dilation, groups, "causal" in modes)
     g = spec.group
     w, b = replicate(weight, g), replicate(bias, g)
-    # every exchange but the last runs first (later axes extend the already extended data, so
+    # every exchange but one runs first (later axes extend the already extended data, so
     # corners come along); the last one overlaps the convolution of the outputs that need none
-    # of its halos, then the two boundary slabs are computed from the extended data
+    # of its halos, then the two boundary slabs are computed from the extended data. Every rank
+    # orders the axes the same way (by the mesh), so the messages match
+    split = [j for j, (i, *_) in enumerate(axes) if len(lay.starts[2 + i]) > 2]
+    if not spec.overlap:
+        split = []
+    if split:  # the overlapped exchange is the last split axis's (local borders first)
+        axes.append(axes.pop(split[-1]))
     for i, ex, *_ in axes[:-1]:
         x = HaloGather.apply(x, ex)
-    if axes:
+    if split:
         i, ex, plo, outs, lo = axes[-1]
         pieces = _overlapped_conv(x, w, b, geom, ex, 2 + i, lay.bounds(2 + i), outs, lo, stride[i], plo,
                                   dilation[i] * (K[i] - 1))
         if pieces is not None:
             return pieces
         x = HaloGather.apply(x, ex)
+    elif axes:
+        x = HaloGather.apply(x, axes[-1][1])
     _C._check_extent(op, tuple(x.shape), K, geom)
     return _C.ConvNd.apply(x, w, b, geom)
 
@@ -250,7 +254,9 @@ def _overlapped_conv(x, w, b, geom, ex, a, shard, outs, lo, s, plo, ext):
     """The convolution along dim ``a`` in three slabs: the interior (outputs whose windows lie in
     this rank's input ``shard = [first, last)``) computed while the halos of ``ex`` travel, then
     the low and high boundary slabs from the extended shard (global start ``lo``); this rank's
-    outputs are ``outs = [o0, o1)``. None when no message is awaited or there is no interior."""
+    outputs are ``outs = [o0, o1)``. The backward overlaps the same way: the adjoint exchange
+    of the boundary gradients travels while the interior's backward runs (``HaloFinish``/
+    ``HaloStart``). None when no message is awaited or there is no interior."""
     from ..ops.shape import cat
     if not ex.plan.recv and not ex.plan.send:
         return None
@@ -260,11 +266,12 @@ def _overlapped_conv(x, w, b, geom, ex, a, shard, outs, lo, s, plo, ext):
     if i1 <= i0:
         return None
     key = [slice(None)] * x.ndim
-    pending = []
-    xe = HaloStart.apply(x, ex, pending)
-    key[a] = slice(i0 * s - plo - first, (i1 - 1) * s - plo + ext + 1 - first)
-    inner = _C.ConvNd.apply(x[tuple(key)], w, b, geom)
-    xe = HaloFinish.apply(xe, pending)
+    pending = ([], [], ex)
+    xe = HaloStart.apply(x, ex, pending)     # own positions placed, halos in flight
+    key[a] = slice(i0 * s - plo - lo, (i1 - 1) * s - plo + ext + 1 - lo)
+    inner = _C.ConvNd.apply(xe[tuple(key)], w, b, geom)  # reads own positions only
+    # the halos land; in backward the adjoint exchange starts here and overlaps inner's backward
+    xe, inner = HaloFinish.apply(xe, inner, pending)
     parts = []
     if i0 > o0:
         key[a] = slice(o0 * s - plo - lo, (i0 - 1) * s - plo + ext + 1 - lo)

@@ -150,8 +150,8 @@ class DomainParallel(Module):
     """Run ``module`` on sharded volumes: each supported layer computes this rank's shard of
     what it computes on the whole volume (forward and backward exact), weights stay replicated
     and their gradients are summed over every rank of ``spec.group`` (the domain and the
-    data-parallel ranks). Beyond PyTorch (whose DTensor/``ShardTensor`` in NVIDIA PhysicsNeMo
-    is the nearest idea); the wrapper is used like ``DistributedDataParallel``.
+    data-parallel ranks). PyTorch has no counterpart (its ``DTensor`` and NVIDIA PhysicsNeMo's
+    ``ShardTensor`` are the nearest ideas); the wrapper is used like ``DistributedDataParallel``.
 
     Supported layers: ``Conv1d``-``Conv4d`` (any stride, dilation, kernel, groups, padding and
     padding mode per dim, ``"causal"`` included), ``ConvTranspose1d``-``4d``, ``MaxPool``,

@@ -223,24 +223,39 @@ class Exchange:
         out, finish = self.start(x, fill)
         return finish()
 
-    def scatter_add(self, g):
-        """Each extended-shard value added back to where it came from (the adjoint of gather)."""
+    def scatter_start(self, g):
+        """Post the adjoint's messages (the halo values of ``g`` go back to their owners);
+        returns ``finish(g_total)``, which adds ``g_total``'s own positions and the received
+        values into a new local-shard array (``g_total`` may add to ``g`` at own positions
+        only; None skips them and just completes the messages)."""
         plan, axis, b = self.plan, self.axis, backend_of(g)
         xp = b.xp
         g = xp.ascontiguousarray(g)
-        out = xp.zeros(self._shape(g, plan.in_len), dtype=g.dtype)
         recvs = [(xp.empty(self._shape(g, src.size), dtype=g.dtype), src) for src in plan.send.values()]
         sends = [xp.ascontiguousarray(g[_key(axis, dest, xp)]) for dest in plan.recv.values()]
         works = self.group.exchange(list(zip(sends, [self.line[p] for p in plan.recv])),
                                     [(buf, self.line[q]) for (buf, _), q in zip(recvs, plan.send)], _TAG + 32 + axis)
-        if plan.own[0].size:
-            _add(b, out, axis, plan.own[1], g[_key(axis, plan.own[0], xp)])
-        for w in works:
-            w.wait()
-        for buf, src in recvs:
-            _add(b, out, axis, src, buf)
-        return out
+        shape = self._shape(g, plan.in_len)
 
+        def finish(g_total):
+            out = None
+            if g_total is not None:
+                g_total = xp.ascontiguousarray(g_total)
+                out = xp.zeros(shape, dtype=g.dtype)
+                if plan.own[0].size:
+                    _add(b, out, axis, plan.own[1], g_total[_key(axis, plan.own[0], xp)])
+            for w in works:
+                w.wait()
+            if out is not None:
+                for buf, src in recvs:
+                    _add(b, out, axis, src, buf)
+            sends.clear()
+            return out
+        return finish
+
+    def scatter_add(self, g):
+        """Each extended-shard value added back to where it came from (the adjoint of gather)."""
+        return self.scatter_start(g)(g)
 
 def _add(backend, out, axis, idx, values):
     """``out[..., idx, ...] += values`` along ``axis``; repeated indices (a replicate border
@@ -320,12 +335,13 @@ class _GatherZeroFill(Function):
 
 class HaloStart(Function):
     """The first half of a split :class:`HaloGather`: messages posted, the rank's own values
-    placed; the halo positions are filled by :class:`HaloFinish` (``pending`` is the list that
-    carries the finishing step between the two). Between them, computation that reads only the
-    interior overlaps the exchange. Backward: :class:`HaloScatterAdd` (as ``HaloGather``'s).
-    No PyTorch counterpart.
+    placed; :class:`HaloFinish` fills the halos (``pending = ([], [], exchange)`` carries the
+    finishing steps from one to the other). Between them, computation that reads only the rank's own positions
+    overlaps the exchange. Backward: the adjoint exchange, started by ``HaloFinish``'s backward
+    and completed here, so the backward of that computation overlaps it too (else
+    :class:`HaloScatterAdd`). No PyTorch counterpart.
 
-    Math: together ``HaloFinish(HaloStart(x)) = G x``.
+    Math: together ``HaloFinish(HaloStart(x)) = G x``; backward ``G^T g``.
 
     Example:
         >>> import avila_ml as am, avila_ml.distributed as dist
@@ -333,28 +349,35 @@ class HaloStart(Function):
         >>> dist.init_process_group()
         >>> ex = Exchange(halo_plan((0, 3), ((-1, 4),), "circular", 0), 0, [0],
         ...               dist.distributed_c10d._get_default_group())
-        >>> pending = []
-        >>> y = HaloStart.apply(am.tensor([1.0, 2.0, 3.0]), ex, pending)
-        >>> HaloFinish.apply(y, pending)
-        tensor([3., 1., 2., 3., 1.])
+        >>> pending = ([], [], ex)      # (forward finishes, backward finishes, the exchange)
+        >>> x = am.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        >>> y, _ = HaloFinish.apply(HaloStart.apply(x, ex, pending), x, pending)
+        >>> y.sum().backward(); y, x.grad
+        (tensor([3., 1., 2., 3., 1.], grad_fn=<HaloFinishBackward0>), tensor([2., 1., 2.]))
         >>> dist.destroy_process_group()
     """
 
     def forward(self, x, exchange, pending):
-        self.exchange = exchange
+        self.exchange, self.pending = exchange, pending
         out, finish = exchange.start(x)
-        pending.append(finish)
+        pending[0].append(finish)
         return out
 
     def backward(self, g):
+        started = self.pending[1]
+        if started:
+            return _AdjointFinish.apply(g, self.exchange, started.pop())
         return HaloScatterAdd.apply(g, self.exchange)
 
 
 class HaloFinish(Function):
-    """Completes a :class:`HaloStart` (waits for the halos, places them in the same memory);
-    the identity for autograd. No PyTorch counterpart.
+    """Completes a :class:`HaloStart` (waits for the halos and writes them into the started
+    array, returned as a view) and passes ``inner`` through (an output computed in between from
+    own positions): in backward the adjoint exchange of the halos starts here, before
+    ``inner``'s backward runs, and ``HaloStart``'s backward completes it. No PyTorch counterpart.
 
-    Math: ``y = x`` (with the halo positions now written); backward ``g``.
+    Math: ``(y, z) = (x, inner)`` with the halo positions of ``x`` now written; backward
+    ``(g_y, g_z)``.
 
     Example:
         >>> import avila_ml as am, avila_ml.distributed as dist
@@ -362,17 +385,54 @@ class HaloFinish(Function):
         >>> dist.init_process_group()
         >>> ex = Exchange(halo_plan((0, 2), ((-1, 2),), "replicate", 0), 0, [0],
         ...               dist.distributed_c10d._get_default_group())
-        >>> pending = []
-        >>> HaloFinish.apply(HaloStart.apply(am.tensor([5.0, 6.0]), ex, pending), pending)
+        >>> pending = ([], [], ex)
+        >>> x = am.tensor([5.0, 6.0])
+        >>> HaloFinish.apply(HaloStart.apply(x, ex, pending), x, pending)[0]
         tensor([5., 5., 6.])
         >>> dist.destroy_process_group()
     """
 
     is_view = True  # the halos are written into the started array, which is returned as a view
 
-    def forward(self, x, pending):
-        pending.pop()()
-        return x.view()
+    def forward(self, x, inner, pending):
+        self.exchange, self.pending = None, pending
+        pending[0].pop()()
+        return x.view(), inner.view()
 
-    def backward(self, g):
-        return g
+    def backward(self, g_x, g_inner):
+        return (_AdjointStart.apply(g_x, self.pending) if self.needs_input_grad[0] else None), g_inner
+
+
+class _AdjointStart(Function):
+    """Posts the adjoint exchange of ``g`` (finished by ``HaloStart``'s backward); identity."""
+
+    is_view = True
+
+    def forward(self, g, pending):
+        from ..autograd.engine import _depth, queue_callback
+        exchange = pending[2]
+        finish = exchange.scatter_start(g)
+        pending[1].append(finish)
+        if _depth[0]:
+            # a backward that never reaches HaloStart (autograd.grad of other inputs) still
+            # completes the messages, so none is left to match a later exchange
+            def drain():
+                if finish in pending[1]:
+                    pending[1].remove(finish)
+                    finish(None)
+            queue_callback(drain)
+        return g.view()
+
+    def backward(self, gg):
+        return gg
+
+
+class _AdjointFinish(Function):
+    """Completes the adjoint exchange started by :class:`_AdjointStart`: ``G^T g``."""
+
+    def forward(self, g, exchange, finish):
+        self.exchange = exchange
+        return finish(g)
+
+    def backward(self, gg):
+        return _GatherZeroFill.apply(gg, self.exchange)
