@@ -1,7 +1,7 @@
 """Run the whole BBH search example: generate the data, train the network, evaluate it against
 matched filtering.
 
-    python examples/gw_bbh_search/run_all.py --quick --dir /tmp/gw_quick   # smoke test (~3 min, 2 cores)
+    python examples/gw_bbh_search/run_all.py --quick --dir /tmp/gw_quick   # smoke test (~1 min CPU, ~3 min wall)
     python examples/gw_bbh_search/run_all.py --dir gw_full                  # the full run of the README
 
 The three steps are the scripts next to this one, called with their defaults (``--quick``
