@@ -88,7 +88,14 @@ def _cuda_executor():
         return run_plan_on_gpu(*prepare_conv4d_mma(cupy, op, a, b, shape, stride, padding, dilation, precision,
                                                    tile))[0]
 
-    return SimpleNamespace(run=run, to_device=cupy.asarray, to_numpy=cupy.asnumpy)
+    def to_device(a):  # CuPy has no bfloat16: the kernels take bfloat16 bit patterns as uint16
+        return cupy.asarray(a.view(np.uint16) if a.dtype.name == "bfloat16" else a)
+
+    def to_numpy(a):
+        a = cupy.asnumpy(a)
+        return a.view(ml_dtypes.bfloat16) if a.dtype == np.uint16 else a
+
+    return SimpleNamespace(run=run, to_device=to_device, to_numpy=to_numpy)
 
 
 @pytest.fixture(scope="module", params=["host", "cuda"])
