@@ -212,3 +212,30 @@ def test_mutated_attention_kernels_fail_and_the_unmutated_build_passes(mutant_li
                 test_tensor_core_attention_forward_and_backward_match_numpy(executor, case)
         finally:
             mutant_library.avila_set_mutation(0)
+
+
+def test_float16_sdpa_on_cuda_uses_the_tensor_core_kernels_up_to_head_dim_256(device, monkeypatch):
+    """F.scaled_dot_product_attention on CUDA in float16 with D = 200 (beyond the CUDA-core
+    kernels' 128) runs attention_mma.cu and matches float64 NumPy, forward and backward."""
+    if device == "cpu":
+        pytest.skip("the CUDA dispatch needs the cuda leg")
+    import avila_ml as am
+    import avila_ml.nn.functional as F
+    from avila_ml.cuda_kernels import launch
+
+    calls = []
+    original = launch.prepare_attention_mma_forward
+    monkeypatch.setattr(launch, "prepare_attention_mma_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    rng = np.random.default_rng(8)
+    q, k, v, do = (rng.standard_normal((1, 2, n, 200)).astype(np.float16) for n in (7, 9, 9, 7))
+    tq, tk, tv = (am.tensor(a, device=device, requires_grad=True) for a in (q, k, v))
+    out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    out.backward(am.tensor(do, device=device))
+    assert calls, "float16 SDPA on CUDA did not reach the tensor-core kernels"
+    q64, k64, v64, do64 = (a.reshape(2, -1, 200).astype(np.float64) for a in (q, k, v, do))
+    o_ref, _, dq_ref, dk_ref, dv_ref = grouped_reference(q64, k64, v64, do64, 200**-0.5, True, None, 1)
+    u = UNIT_ROUNDOFF["f16"]
+    assert_close(out.detach().cpu().numpy().reshape(2, 7, 200).astype(np.float64), o_ref, 4 * u, "o")
+    for name, tensor, expected in (("dq", tq, dq_ref), ("dk", tk, dk_ref), ("dv", tv, dv_ref)):
+        actual = tensor.grad.cpu().numpy().reshape(expected.shape).astype(np.float64)
+        assert_close(actual, expected, 16 * u, name)  # o is stored in float16 before delta = rowsum(do * o)
