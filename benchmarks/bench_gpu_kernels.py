@@ -21,8 +21,8 @@ Issue 14's tensor-core benchmarks (``--suite tensor-cores``, the default runs bo
   clock is known, and the measured cuBLAS GEMM rate in that precision).
 * attention forward + backward, B=4, H=16, L=S=4096, D in {64, 128}, float16 and bfloat16, causal
   and not, against torch.nn.functional.scaled_dot_product_attention (flash backend, forced with
-  torch.nn.attention.sdpa_kernel where available). Avila ML's attention kernels compute float16
-  in float32 on CUDA cores and have no bfloat16 kernel: those rows say so instead of timing.
+  torch.nn.attention.sdpa_kernel where available), Avila ML's side on the tensor-core kernels
+  (``attention_mma.cu``).
 
 Every line prints the median time over repeats (device synchronised around each call), TFLOP/s,
 the fraction of the GPU's float32 peak, peak memory and, as in benchmarks/harness.py, the ratio
@@ -332,18 +332,22 @@ def bench_attention_sdpa(torch, repeats: int, peaks: dict, rows: list) -> None:
 
             baseline = median_seconds(torch_step, repeats)
             _report_tc(rows, f"torch SDPA flash {label}", baseline, flops, peak, gemm)
-        if dtype_name == "bfloat16" or head_dim > 128:
-            print("  avila: no bfloat16 attention kernel (attention.cu: float32/float16 only); not timed")
-            continue
         shape = (batch * heads, seq, head_dim)
-        q, k, v, do = (cupy.random.standard_normal(shape, dtype=cupy.float32).astype(cupy.float16) for _ in range(4))
+        q, k, v, do = (_random(shape, dtype_name) for _ in range(4))
         scale = head_dim**-0.5
+        precision = "f16" if dtype_name == "float16" else "bf16"
 
-        def ours():
-            out, lse = cuda_kernels.flash_attention_forward(q, k, v, scale, causal)
-            return cuda_kernels.flash_attention_backward(q, k, v, out, lse, do, scale, causal)
+        def ours(q=q, k=k, v=v, do=do, scale=scale, causal=causal, precision=precision):
+            # attention_mma.cu through its plans (bfloat16 as uint16 bits: CuPy has no bfloat16)
+            from avila_ml.cuda_kernels.launch import run_plan_on_gpu
+            from avila_ml.cuda_kernels.tensor_core import prepare_attention_mma_backward, prepare_attention_mma_forward
 
-        _report_tc(rows, f"avila attention (CUDA cores) {label}", median_seconds(ours, repeats), flops, peak, gemm,
+            out, lse = run_plan_on_gpu(*prepare_attention_mma_forward(cupy, q, k, v, scale, causal, None, None,
+                                                                      precision))
+            return run_plan_on_gpu(*prepare_attention_mma_backward(cupy, q, k, v, out, lse, do, scale, causal, None,
+                                                                   None, precision))
+
+        _report_tc(rows, f"avila attention (tensor cores) {label}", median_seconds(ours, repeats), flops, peak, gemm,
                    baseline)
         del q, k, v, do
 

@@ -4,6 +4,11 @@
   tiled, no im2col buffer.
 * ``attention.cu``: FlashAttention-2-style fused softmax attention forward and backward
   (float32/float16 with float32 accumulation, head dim <= 128).
+* ``conv4d_mma.cu``: conv4d forward, grad-input and grad-weight as implicit GEMMs on tensor cores
+  (mma.sync, cp.async double buffering): float16, bfloat16 and TF32, float32 accumulation; tiles
+  chosen by :mod:`.autotune` (:mod:`.tensor_core` decides which arithmetic a call gets).
+* ``attention_mma.cu``: FlashAttention-2 forward and backward on tensor cores, float16/bfloat16,
+  head dim <= 256, grouped-query attention.
 
 The launchers take and return CuPy arrays; CuPy is imported inside them, never at import time.
 Grids and arguments come from :mod:`.launch_config`, which the host emulation

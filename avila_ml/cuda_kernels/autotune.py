@@ -121,5 +121,9 @@ def choose_tile(key: str, candidates: Sequence[tuple[int, int]], time_tile: Call
 
 
 def clear_memory_cache() -> None:
-    """Forget the in-memory choices (the file stays): the next call reads the file again."""
+    """Forget the in-memory choices (the file stays): the next call reads the file again.
+
+    >>> clear_memory_cache(); len(_memory)
+    0
+    """
     _memory.clear()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import OUT_OF_MEMORY_HINT, KernelLaunchError, KernelOutOfMemoryError
-from .tensor_core import DEFAULT_TILE, mma_precision
+from .tensor_core import DEFAULT_TILE, mma_precision, prepare_attention_mma_backward, prepare_attention_mma_forward
 from .launch_config import (
     KERNEL_NAMES,
     KERNEL_SOURCE_DIR,
@@ -238,7 +238,15 @@ def conv4d_grad_weight(x, dy, w_shape, stride=1, padding=0, dilation=1, tensor_c
                                                       shared_memory_optin_limit()))[0]
 
 
-def flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None):
+def _attention_on_tensor_cores(dtype, tensor_cores) -> bool:
+    """float16 attention runs on tensor cores (attention_mma.cu) unless ``tensor_cores=False``;
+    float32 always on the CUDA-core kernels (attention.cu)."""
+    import numpy as np
+
+    return tensor_cores is not False and np.dtype(dtype) == np.float16
+
+
+def flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None, tensor_cores=None):
     """Fused softmax attention (FlashAttention-2 forward); returns ``(o, lse)``.
 
     ``s = q k^T * scale + mask`` (keys ``j > i`` set to -inf when ``is_causal``, top-left aligned),
@@ -249,6 +257,11 @@ def flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None):
     gives o = 0 and lse = -inf. ``dropout = (p, seed, offset)`` gives ``o = (softmax(s) o z) v``
     with ``z`` = keep / (1 - p) from :func:`avila_ml.backends.philox.dropout_keep` (the same bits
     as the xp path); lse stays that of softmax(s).
+
+    float16 runs on tensor cores (attention_mma.cu, FlashAttention-2 with mma.sync: probabilities
+    rounded to float16 for the P V product, as FlashAttention does; head dims up to 256; k and v
+    may have fewer heads than q, a divisor of them: grouped-query attention) unless
+    ``tensor_cores=False``, which keeps the float32-arithmetic CUDA-core kernels (attention.cu).
 
     Mirrors torch.nn.functional.scaled_dot_product_attention (with ``scale``, ``is_causal`` and
     ``attn_mask``) for 3-D inputs; lse is what its flash backend saves for the backward.
@@ -262,17 +275,21 @@ def flash_attention_forward(q, k, v, scale, is_causal, mask=None, dropout=None):
     """
     import cupy
 
+    if _attention_on_tensor_cores(q.dtype, tensor_cores):
+        return run_plan_on_gpu(*prepare_attention_mma_forward(cupy, q, k, v, scale, is_causal, mask, dropout, "f16",
+                                                              shared_memory_optin_limit()))
     return run_plan_on_gpu(*prepare_flash_attention_forward(cupy, q, k, v, scale, is_causal, mask, dropout))
 
 
-def flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None):
+def flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None, tensor_cores=None):
     """Gradients ``(dq, dk, dv)`` of :func:`flash_attention_forward`, recomputing scores tile by tile.
 
     With ``p = exp(s - lse)`` and ``delta_i = sum_d do_id o_id``: ``dv = p^T do``,
     ``ds = p * (do v^T - delta)``, ``dq = scale * ds k``, ``dk = scale * ds^T q``. dk and dv come from
     one pass over key tiles, dq from a second pass over query tiles (no atomics, deterministic).
     The mask is not differentiated. With ``dropout`` (the forward's): ``dv = (p o z)^T do``,
-    ``ds = p * (z * (do v^T) - delta)``, the mask regenerated from (seed, offset).
+    ``ds = p * (z * (do v^T) - delta)``, the mask regenerated from (seed, offset). ``tensor_cores`` as
+    in :func:`flash_attention_forward` (with grouped-query k, v: dk and dv per key/value head).
 
     Mirrors the backward of torch.nn.functional.scaled_dot_product_attention.
 
@@ -283,5 +300,8 @@ def flash_attention_backward(q, k, v, o, lse, do, scale, is_causal, mask=None, d
     """
     import cupy
 
+    if _attention_on_tensor_cores(q.dtype, tensor_cores):
+        return run_plan_on_gpu(*prepare_attention_mma_backward(cupy, q, k, v, o, lse, do, scale, is_causal, mask,
+                                                               dropout, "f16", shared_memory_optin_limit()))
     return run_plan_on_gpu(*prepare_flash_attention_backward(cupy, q, k, v, o, lse, do, scale, is_causal, mask,
                                                              dropout))

@@ -78,7 +78,11 @@ def mma_shared_bytes(precision: str, tile: tuple[int, int]) -> int:
 
 
 def fitting_tiles(precision: str, shared_memory_limit: int = DEFAULT_SHARED_MEMORY_OPTIN) -> tuple[tuple[int, int], ...]:
-    """The tiles whose shared memory fits the device's opt-in limit (all of them on sm_80+)."""
+    """The tiles whose shared memory fits the device's opt-in limit (all of them on sm_80+).
+
+    >>> fitting_tiles("tf32", 48 * 1024)
+    ((32, 32), (64, 32), (64, 64))
+    """
     return tuple(t for t in CONV4D_MMA_TILES if mma_shared_bytes(precision, t) <= shared_memory_limit)
 
 
@@ -115,7 +119,13 @@ def plan_conv4d_mma(op: str, g: Conv4dGeometry, precision: str, tile: tuple[int,
     """Plan for one tensor-core pass. Inputs: forward ``x``, ``w`` -> ``y``; grad_input ``dy``, ``w``
     -> ``dx``; grad_weight ``x``, ``dy`` -> ``dw`` (summed in float32 over ``grid.z`` k-splits).
     ``storage``: the dtype of the inputs and outputs (default: the precision's; uint16 carries
-    bfloat16 bit patterns where the array library has no bfloat16, as CuPy)."""
+    bfloat16 bit patterns where the array library has no bfloat16, as CuPy). PyTorch's analogue
+    is cuDNN's implicit-GEMM convolution algorithm (torch.backends.cudnn), for conv3d.
+
+    >>> g = conv4d_geometry("conv4d", (2, 3, 4, 4, 4, 4), (5, 3, 3, 3, 3, 3), 1, 1, 1)
+    >>> [(launch.name, launch.grid) for launch in plan_conv4d_mma("grad_weight", g, "bf16").launches]
+    [('conv4d_mma_grad_weight_bf16_64x64', (1, 4, 16)), ('conv4d_mma_round_f32_to_bf16', (5, 1, 1))]
+    """
     name = f"conv4d_mma_{op}"
     if precision not in _ROW_PADDING:
         raise ValueError(f"{name}: precision must be one of {tuple(_ROW_PADDING)}, got {precision!r}")
@@ -177,7 +187,13 @@ def prepare_conv4d_mma(xp, op: str, a, b, shape, stride, padding, dilation, prec
                        tile: tuple[int, int] = DEFAULT_TILE) -> tuple[LaunchPlan, dict[str, Any]]:
     """Validate and plan one pass; ``(a, b, shape)`` is ``(x, w, None)`` for forward,
     ``(dy, w, x_shape)`` for grad_input and ``(x, dy, w_shape)`` for grad_weight. bfloat16 inputs
-    are ml_dtypes.bfloat16 arrays (NumPy) or uint16 arrays of bfloat16 bit patterns (CuPy)."""
+    are ml_dtypes.bfloat16 arrays (NumPy) or uint16 arrays of bfloat16 bit patterns (CuPy).
+
+    >>> x = np.zeros((1, 2, 3, 3, 3, 3), np.float16); w = np.zeros((4, 2, 3, 3, 3, 3), np.float16)
+    >>> plan, inputs = prepare_conv4d_mma(np, "forward", x, w, None, 1, 1, 1, "f16")
+    >>> plan.launches[0].name, sorted(inputs), plan.buffers["y"].shape
+    ('conv4d_mma_forward_f16_64x64', ['w', 'x'], (1, 4, 3, 3, 3, 3))
+    """
     name = f"conv4d_mma_{op}"
     if op == "forward":
         g = conv4d_geometry(name, a.shape, b.shape, stride, padding, dilation)
@@ -274,7 +290,15 @@ def _attention_mma_geometry(op: str, q, k, v, scale, is_causal, mask_shape, drop
 
 def prepare_attention_mma_forward(xp, q, k, v, scale, is_causal, mask=None, dropout=None, precision="f16",
                                   shared_memory_limit: int = ATTENTION_MMA_SHARED_LIMIT):
-    """Plan the tensor-core attention forward: ``(o, lse)`` of q (B*Hq, L, D), k, v (B*Hkv, S, D)."""
+    """Plan the tensor-core attention forward: ``(o, lse)`` of q (B*Hq, L, D), k, v (B*Hkv, S, D);
+    torch.nn.functional.scaled_dot_product_attention (flash backend, ``enable_gqa``).
+
+    >>> q = np.zeros((4, 70, 64), np.float16); kv = np.zeros((2, 70, 64), np.float16)
+    >>> plan, _ = prepare_attention_mma_forward(np, q, kv, kv, 0.125, True)
+    >>> launch = plan.launches[0]
+    >>> launch.name, launch.grid, launch.shared_mem_bytes, int(launch.args[-1])
+    ('attention_mma_forward_f16_hd64', (8, 1, 1), 46080, 2)
+    """
     from .launch_config import prepare_attention_mask
 
     op = "attention_mma_forward"
@@ -303,7 +327,13 @@ def prepare_attention_mma_forward(xp, q, k, v, scale, is_causal, mask=None, drop
 def prepare_attention_mma_backward(xp, q, k, v, o, lse, do, scale, is_causal, mask=None, dropout=None,
                                    precision="f16", shared_memory_limit: int = ATTENTION_MMA_SHARED_LIMIT):
     """Plan the tensor-core attention backward: ``(dq, dk, dv)``; dk and dv sum over the query
-    heads that share each key/value head."""
+    heads that share each key/value head (the backward of scaled_dot_product_attention).
+
+    >>> q = np.zeros((4, 70, 64), np.float16); kv = np.zeros((2, 70, 64), np.float16)
+    >>> plan, _ = prepare_attention_mma_backward(np, q, kv, kv, q, np.zeros((4, 70)), q, 0.125, True)
+    >>> [launch.name for launch in plan.launches], plan.buffers["dk"].shape
+    (['attention_mma_delta_f16', 'attention_mma_backward_dkdv_f16_hd64', 'attention_mma_backward_dq_f16_hd64'], (2, 70, 64))
+    """
     from .launch_config import prepare_attention_mask
 
     op = "attention_mma_backward"

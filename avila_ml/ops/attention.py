@@ -43,6 +43,7 @@ _MAX_KEY_BLOCK = 2048
 _KEY_BLOCK = 512
 
 _CUDA_MAX_HEAD_DIM = 128
+_CUDA_MAX_HEAD_DIM_FLOAT16 = 256  # float16 runs on the tensor-core kernels (attention_mma.cu)
 _cuda_unavailable_warned = []
 
 
@@ -161,7 +162,8 @@ class _BlockedAttention(Function):
                                                *(() if mask is None else (mask.shape[:-2],))))
         self.save_inputs(*range(4 if mask_is_tensor else 3))
         self.save_outputs(0)
-        self.cuda = (backend_of(q).name == "cupy" and q.shape[-1] == v.shape[-1] <= _CUDA_MAX_HEAD_DIM
+        max_head_dim = _CUDA_MAX_HEAD_DIM_FLOAT16 if q.dtype == np.float16 else _CUDA_MAX_HEAD_DIM
+        self.cuda = (backend_of(q).name == "cupy" and q.shape[-1] == v.shape[-1] <= max_head_dim
                      and q.dtype in (np.float32, np.float16) and not mask_is_tensor
                      and _cuda_kernels() is not None)
         if self.cuda:
@@ -544,9 +546,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     at least 256 rows x the key block), never L x S. The forward saves O and the row
     log-sum-exp; the backward recomputes P tile by tile (FlashAttention-2). On the CPU the
     tiles of large problems are shared among threads with BLAS held to one thread (when
-    ``threadpoolctl`` is installed). On CUDA with head dim <= 128, float32/float16 and a mask
-    that needs no gradient, the fused kernels in ``avila_ml.cuda_kernels`` run instead. float16 inputs are
-    computed in float32 on the CPU.
+    ``threadpoolctl`` is installed). On CUDA with a mask that needs no gradient, the fused kernels
+    in ``avila_ml.cuda_kernels`` run instead: float16 on tensor cores (head dim <= 256, P rounded
+    to float16 before P V as in FlashAttention), float32 on CUDA cores (head dim <= 128). float16
+    inputs are computed in float32 on the CPU.
 
     Dropout (``dropout_p > 0``, applied whenever given, like PyTorch's functional form: pass
     0.0 in eval mode): O = (P o Z) V with Z = keep / (1 - p), inside the blocked path and the

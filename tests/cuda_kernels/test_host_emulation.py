@@ -12,6 +12,7 @@ conv4d_grad_weight (kX*kY*kZ > 32), stride 2, dilation 2, padding, non-cubic ker
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 from types import SimpleNamespace
@@ -48,12 +49,15 @@ def _cuda_executor():
 
     from avila_ml import cuda_kernels
 
+    # the exact CUDA-core kernels (conv4d.cu, attention.cu); the tensor-core ones have their own
+    # tests (test_tensor_core_conv4d.py, test_tensor_core_attention.py)
+    exact = functools.partial
     return SimpleNamespace(
-        conv4d_forward=cuda_kernels.conv4d_forward,
-        conv4d_grad_input=cuda_kernels.conv4d_grad_input,
-        conv4d_grad_weight=cuda_kernels.conv4d_grad_weight,
-        flash_attention_forward=cuda_kernels.flash_attention_forward,
-        flash_attention_backward=cuda_kernels.flash_attention_backward,
+        conv4d_forward=exact(cuda_kernels.conv4d_forward, tensor_cores=False),
+        conv4d_grad_input=exact(cuda_kernels.conv4d_grad_input, tensor_cores=False),
+        conv4d_grad_weight=exact(cuda_kernels.conv4d_grad_weight, tensor_cores=False),
+        flash_attention_forward=exact(cuda_kernels.flash_attention_forward, tensor_cores=False),
+        flash_attention_backward=exact(cuda_kernels.flash_attention_backward, tensor_cores=False),
         to_device=cupy.asarray,
         to_numpy=cupy.asnumpy,
     )

@@ -88,3 +88,20 @@ def test_tensor_core_conv4d_uses_mma_sync_and_cp_async():
             assert mma in body and "cp.async.ca.shared.global" in body, kernel
             assert "cp.async.commit_group" in body and "cp.async.wait_group 1" in body, kernel
             assert ("cvt.rna.tf32.f32" in body) == (precision == "tf32"), kernel
+
+
+@pytest.mark.skipif(nvrtc.library() is None, reason="NVRTC not installed (nvidia-cuda-nvrtc wheel)")
+def test_tensor_core_attention_uses_mma_sync_and_cp_async():
+    """attention_mma.cu: every kernel of every head-dim bucket multiplies with mma.sync m16n8k16 in
+    its storage type and streams its tiles with cp.async (waiting for all but the newest group)."""
+    ptx = _ptx("attention_mma.cu", "compute_80")
+    for precision in ("f16", "bf16"):
+        mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{precision}.{precision}.f32"
+        for head_dim in (32, 64, 128, 256):
+            for op in ("forward", "backward_dkdv", "backward_dq"):
+                kernel = f"attention_mma_{op}_{precision}_hd{head_dim}"
+                body = ptx.split(f".entry {kernel}(")[1].split(".entry ")[0]
+                assert mma in body and "cp.async.ca.shared.global" in body, kernel
+                assert "cp.async.wait_group 1" in body, kernel
+                # the online softmax's row reductions are warp shuffles; the backward needs none
+                assert ("shfl.sync" in body) == (op == "forward"), kernel

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import mutants
 from avila_ml.cuda_kernels import host_emulation
 from test_host_emulation import (
     DROPOUT_OFFSET,
@@ -94,8 +95,10 @@ def grouped_reference(q, k, v, do, scale, causal, additive, group, z=None):
 
 
 CASES = {
+    # scores rise along the keys ("ramp"), so each key tile raises the running max: the online
+    # softmax's rescaling of the running sum and output is exercised, not just carried along
     "f16_d64_causal_two_query_and_key_tiles": dict(precision="f16", bhq=2, group=1, L=70, S=67, D=64, causal=True,
-                                                   mask=None, p=None),
+                                                   mask=None, p=None, ramp=True),
     "bf16_d24_float_mask_gqa2": dict(precision="bf16", bhq=4, group=2, L=9, S=70, D=24, causal=False, mask="1LS",
                                      p=None),
     "f16_d100_bool_mask_blind_row": dict(precision="f16", bhq=2, group=1, L=6, S=5, D=100, causal=False, mask="bool",
@@ -118,6 +121,9 @@ def test_tensor_core_attention_forward_and_backward_match_numpy(kernels, case):
     k = rng.standard_normal((bhkv, S, D)).astype(np.float32).astype(storage)
     v = rng.standard_normal((bhkv, S, D)).astype(np.float32).astype(storage)
     do = rng.standard_normal((bhq, L, D)).astype(np.float32).astype(storage)
+    if spec.get("ramp"):
+        q[..., 0] = 2.0
+        k[..., 0] = np.linspace(0.0, 8.0, S).astype(storage)
     mask = _make_mask(spec["mask"], rng, bhq, L, S)
     additive = None if mask is None else (np.where(mask, 0.0, -np.inf) if mask.dtype == bool
                                           else mask.astype(np.float64))
@@ -177,3 +183,59 @@ def test_errors_name_the_op_and_the_problem():
         host_emulation.host_attention_mma_forward(*(np.zeros((1, 4, 8), np.float32),) * 3, 1.0, False)
     with pytest.raises(ValueError, match=r"mask of shape \(3, 4\) does not broadcast"):
         host_emulation.host_attention_mma_forward(q, q, q, 1.0, False, np.zeros((3, 4), np.float32))
+
+
+@pytest.fixture(scope="module")
+def mutant_library():
+    if host_emulation.host_compiler() is None:
+        pytest.skip("no C++20 compiler for the CUDA host emulation")
+    return mutants.mutant_library()
+
+
+def test_mutated_attention_kernels_fail_and_the_unmutated_build_passes(mutant_library):
+    """A shifted lane in the register-to-fragment packing, a dropped barrier after the K/V wait,
+    a missing rescale of the online softmax sum, and a row reduction over the wrong lanes must
+    each break the forward/backward check (tests/cuda_kernels/mutants.py)."""
+    from avila_ml.cuda_kernels.host_emulation import run_plan_on_host
+    from avila_ml.cuda_kernels.tensor_core import prepare_attention_mma_backward, prepare_attention_mma_forward
+
+    executor = SimpleNamespace(
+        forward=lambda *a: run_plan_on_host(*prepare_attention_mma_forward(np, *a), library=mutant_library),
+        backward=lambda *a: run_plan_on_host(*prepare_attention_mma_backward(np, *a), library=mutant_library))
+    case = "f16_d64_causal_two_query_and_key_tiles"  # two key tiles: the online rescale matters
+    mutant_library.avila_set_mutation(0)
+    test_tensor_core_attention_forward_and_backward_match_numpy(executor, case)
+    for mutation in (11, 12, 13, 14):
+        mutant_library.avila_set_mutation(mutation)
+        try:
+            with pytest.raises((AssertionError, host_emulation.HostEmulationError)):
+                test_tensor_core_attention_forward_and_backward_match_numpy(executor, case)
+        finally:
+            mutant_library.avila_set_mutation(0)
+
+
+def test_float16_sdpa_on_cuda_uses_the_tensor_core_kernels_up_to_head_dim_256(device, monkeypatch):
+    """F.scaled_dot_product_attention on CUDA in float16 with D = 200 (beyond the CUDA-core
+    kernels' 128) runs attention_mma.cu and matches float64 NumPy, forward and backward."""
+    if device == "cpu":
+        pytest.skip("the CUDA dispatch needs the cuda leg")
+    import avila_ml as am
+    import avila_ml.nn.functional as F
+    from avila_ml.cuda_kernels import launch
+
+    calls = []
+    original = launch.prepare_attention_mma_forward
+    monkeypatch.setattr(launch, "prepare_attention_mma_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    rng = np.random.default_rng(8)
+    q, k, v, do = (rng.standard_normal((1, 2, n, 200)).astype(np.float16) for n in (7, 9, 9, 7))
+    tq, tk, tv = (am.tensor(a, device=device, requires_grad=True) for a in (q, k, v))
+    out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    out.backward(am.tensor(do, device=device))
+    assert calls, "float16 SDPA on CUDA did not reach the tensor-core kernels"
+    q64, k64, v64, do64 = (a.reshape(2, -1, 200).astype(np.float64) for a in (q, k, v, do))
+    o_ref, _, dq_ref, dk_ref, dv_ref = grouped_reference(q64, k64, v64, do64, 200**-0.5, True, None, 1)
+    u = UNIT_ROUNDOFF["f16"]
+    assert_close(out.detach().cpu().numpy().reshape(2, 7, 200).astype(np.float64), o_ref, 4 * u, "o")
+    for name, tensor, expected in (("dq", tq, dq_ref), ("dk", tk, dk_ref), ("dv", tv, dv_ref)):
+        actual = tensor.grad.cpu().numpy().reshape(expected.shape).astype(np.float64)
+        assert_close(actual, expected, 16 * u, name)  # o is stored in float16 before delta = rowsum(do * o)

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from avila_ml.cuda_kernels import host_emulation
-from avila_ml.cuda_kernels.host_emulation.build import compile_host_library, open_host_library
 from avila_ml.cuda_kernels.launch_config import CONV4D_MMA_TILES, KERNEL_SOURCE_DIR, conv4d_geometry
 from avila_ml.cuda_kernels.tensor_core import gemm_shape, mma_precision, mma_shared_bytes, plan_conv4d_mma
+import mutants
 from test_host_emulation import (
     CONV_CASES,
     _four,
@@ -90,7 +88,14 @@ def _cuda_executor():
         return run_plan_on_gpu(*prepare_conv4d_mma(cupy, op, a, b, shape, stride, padding, dilation, precision,
                                                    tile))[0]
 
-    return SimpleNamespace(run=run, to_device=cupy.asarray, to_numpy=cupy.asnumpy)
+    def to_device(a):  # CuPy has no bfloat16: the kernels take bfloat16 bit patterns as uint16
+        return cupy.asarray(a.view(np.uint16) if a.dtype.name == "bfloat16" else a)
+
+    def to_numpy(a):
+        a = cupy.asnumpy(a)
+        return a.view(ml_dtypes.bfloat16) if a.dtype == np.uint16 else a
+
+    return SimpleNamespace(run=run, to_device=to_device, to_numpy=to_numpy)
 
 
 @pytest.fixture(scope="module", params=["host", "cuda"])
@@ -223,49 +228,15 @@ def test_wrong_input_dtype_names_the_pass_and_the_precision():
 
 
 # ---------------------------------------------------------------------------------------------
-# Mutation tests: edited copies of conv4d_mma.cu, built once with a runtime switch per mutation,
-# must produce wrong results (or NaN from unstaged shared memory) in the emulation.
-
-MUTATIONS = {
-    # a lane takes the fragment rows of its neighbour group (shifted thread index)
-    1: ("    const int group = lane >> 2;\n    const int in_group = (lane & 3) * kPerRegister;",
-        "    const int group = (avila_mutation == 1 ? (lane + 4) & 31 : lane) >> 2;\n"
-        "    const int in_group = (lane & 3) * kPerRegister;"),
-    # the barrier between cp.async.wait_group and the multiply is dropped
-    2: ("        __syncthreads();              // ... and every other thread's",
-        "        if (avila_mutation != 2) __syncthreads();"),
-    # the wait for the current stage is dropped
-    3: ("        avila_cp_async_wait<1>();", "        if (avila_mutation != 3) avila_cp_async_wait<1>();"),
-    # the second k-half of the B fragment reads the first half again
-    4: ("            b_frag[ni][1] = fragment_register(b_tile, column, ks + in_group + kHalfK, kStride);",
-        "            b_frag[ni][1] = fragment_register(b_tile, column, ks + in_group + (avila_mutation == 4 ? 0 : kHalfK), "
-        "kStride);"),
-}
+# Mutation tests: edited copies of conv4d_mma.cu (tests/cuda_kernels/mutants.py), built once with a
+# runtime switch per mutation, must produce wrong results (or NaN from unstaged shared memory).
 
 
 @pytest.fixture(scope="module")
-def mutant_library(tmp_path_factory):
+def mutant_library():
     if host_emulation.host_compiler() is None:
         pytest.skip("no C++20 compiler for the CUDA host emulation")
-    root = tmp_path_factory.mktemp("mutants")
-    for path in KERNEL_SOURCE_DIR.iterdir():
-        if path.suffix in (".cu", ".cuh"):
-            shutil.copy(path, root / path.name)
-    shutil.copytree(KERNEL_SOURCE_DIR / "host_emulation", root / "host_emulation",
-                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    source = (root / "conv4d_mma.cu").read_text()
-    for original, mutated in MUTATIONS.values():
-        assert source.count(original) == 1, f"mutation anchor not found once: {original!r}"
-        source = source.replace(original, mutated)
-    switch = ('inline int avila_mutation = 0;\nextern "C" void avila_set_mutation(int m) { avila_mutation = m; }\n')
-    source = source.replace("namespace conv4d_mma {", switch + "namespace conv4d_mma {", 1)
-    (root / "conv4d_mma.cu").write_text(source)
-    library_path = root / "libmutants.so"
-    compile_host_library(root / "host_emulation" / "host_entry_points.cpp", library_path,
-                         extra_flags=("-DAVILA_HOST_CONV4D_MMA_ONLY=1",))
-    library = open_host_library(library_path)
-    library.avila_set_mutation.argtypes = [np.ctypeslib.ctypes.c_int]
-    return library
+    return mutants.mutant_library()
 
 
 @pytest.mark.parametrize("precision,mutations", [("f16", (1, 2, 3, 4)), ("tf32", (1, 4))])
@@ -286,57 +257,7 @@ def test_mutated_kernels_fail_and_the_unmutated_build_passes(mutant_library, pre
 
 
 def test_mutation_anchors_are_the_kernel_source():
-    """The anchors above are lines of conv4d_mma.cu (else the mutant fixture fails loudly, but
-    say so here too, next to the kernel)."""
-    source = (KERNEL_SOURCE_DIR / "conv4d_mma.cu").read_text()
-    for original, _ in MUTATIONS.values():
-        assert source.count(original) == 1, original
-    assert re.search(r"avila_cp_async_wait<1>\(\);\s+// everything but the prefetch", source)
-
-
-# ---------------------------------------------------------------------------------------------
-# The library path on the cuda leg (a GPU, or the emulated device: AVILA_ML_TEST_DEVICE=cuda-emulated)
-
-
-def test_conv4d_on_cuda_dispatches_by_dtype_flag_and_autotunes(device, tmp_path, monkeypatch):
-    """F.conv4d on CUDA: float16 on tensor cores, float32 in TF32 only with allow_tf32 (exactly
-    otherwise), and with cudnn.benchmark the tile table gains one entry per pass."""
-    if device == "cpu":
-        pytest.skip("the CUDA dispatch needs the cuda leg")
-    import avila_ml as am
-    import avila_ml.nn.functional as F
-    from avila_ml.cuda_kernels import autotune
-
-    rng = np.random.default_rng(11)
-    x64 = rng.standard_normal((1, 2, 3, 3, 4, 5))
-    w64 = rng.standard_normal((3, 2, 2, 2, 2, 3))
-    reference = conv4d_reference(x64, w64, (1,) * 4, (1,) * 4, (1,) * 4)
-    monkeypatch.setenv("AVILA_ML_AUTOTUNE_CACHE", str(tmp_path / "tiles.json"))
-    autotune.clear_memory_cache()
-    flags = (am.backends.cudnn.allow_tf32, am.backends.cudnn.benchmark)
-    try:
-        am.backends.cudnn.allow_tf32 = True
-        y = F.conv4d(am.tensor(x64.astype(np.float32), device=device), am.tensor(w64.astype(np.float32), device=device),
-                     padding=1).cpu().numpy()
-        seen = conv4d_reference(as_seen_by_tensor_cores(x64, "tf32"), as_seen_by_tensor_cores(w64, "tf32"), (1,) * 4,
-                                (1,) * 4, (1,) * 4)
-        np.testing.assert_allclose(y, seen, rtol=1e-5, atol=1e-5)  # TF32 operands
-        assert np.abs(y - reference).max() > 1e-5  # ... visibly not float32 ones
-        am.backends.cudnn.allow_tf32 = False
-        y = F.conv4d(am.tensor(x64.astype(np.float32), device=device), am.tensor(w64.astype(np.float32), device=device),
-                     padding=1).cpu().numpy()
-        np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
-        am.backends.cudnn.benchmark = True
-        x16 = am.tensor(x64.astype(np.float16), device=device, requires_grad=True)
-        w16 = am.tensor(w64.astype(np.float16), device=device, requires_grad=True)
-        y16 = F.conv4d(x16, w16, padding=1)
-        y16.sum().backward()
-        seen = conv4d_reference(x64.astype(np.float16).astype(np.float64), w64.astype(np.float16).astype(np.float64),
-                                (1,) * 4, (1,) * 4, (1,) * 4)
-        np.testing.assert_allclose(y16.cpu().numpy().astype(np.float64), seen, rtol=2e-3, atol=2e-3)
-        assert x16.grad.dtype == am.float16 and w16.grad.shape == w16.shape
-        table = (tmp_path / "tiles.json").read_text()
-        assert "forward|f16|" in table and "grad_input|f16|" in table and "grad_weight|f16|" in table
-    finally:
-        am.backends.cudnn.allow_tf32, am.backends.cudnn.benchmark = flags
-        autotune.clear_memory_cache()
+    """Every anchor is a line of the current kernel sources (else the mutant build fails loudly)."""
+    assert set(mutants.mutated_sources()) == {"conv4d_mma.cu", "attention_mma.cu"}
+    assert re.search(r"avila_cp_async_wait<1>\(\);\s+// everything but the prefetch", (KERNEL_SOURCE_DIR /
+                                                                                         "conv4d_mma.cu").read_text())

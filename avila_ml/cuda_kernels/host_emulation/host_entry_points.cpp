@@ -7,13 +7,13 @@
 // which is exactly the class of launcher bug that the GPU path cannot detect.
 #include "cuda_host.h"
 
-// AVILA_HOST_CONV4D_MMA_ONLY builds the tensor-core conv4d alone (the mutation tests compile
-// edited copies of it several times; the other kernels would only add build time).
-#ifndef AVILA_HOST_CONV4D_MMA_ONLY
+// AVILA_HOST_TENSOR_CORE_ONLY builds the tensor-core kernels alone (the mutation tests compile
+// edited copies of them; the other kernels would only add build time).
+#ifndef AVILA_HOST_TENSOR_CORE_ONLY
 #include "../attention.cu"
-#include "../attention_mma.cu"
 #include "../conv4d.cu"
 #endif
+#include "../attention_mma.cu"
 #include "../conv4d_mma.cu"
 
 #include <cstdio>
@@ -84,7 +84,17 @@ const KernelEntry kKernels[] = {
     AVILA_HOST_CONV4D_MMA_KERNELS(tf32),
     AVILA_HOST_KERNEL(conv4d_mma_round_f32_to_f16),
     AVILA_HOST_KERNEL(conv4d_mma_round_f32_to_bf16),
-#ifndef AVILA_HOST_CONV4D_MMA_ONLY
+    AVILA_HOST_KERNEL(attention_mma_delta_f16),
+    AVILA_HOST_KERNEL(attention_mma_delta_bf16),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 32),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 64),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 128),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 256),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 32),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 64),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 128),
+    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 256),
+#ifndef AVILA_HOST_TENSOR_CORE_ONLY
     AVILA_HOST_KERNEL(conv4d_forward_f32),
     AVILA_HOST_KERNEL(conv4d_forward_f64),
     AVILA_HOST_KERNEL(conv4d_grad_input_f32),
@@ -103,16 +113,6 @@ const KernelEntry kKernels[] = {
     AVILA_HOST_ATTENTION_KERNELS(f16_hd32),
     AVILA_HOST_ATTENTION_KERNELS(f16_hd64),
     AVILA_HOST_ATTENTION_KERNELS(f16_hd128),
-    AVILA_HOST_KERNEL(attention_mma_delta_f16),
-    AVILA_HOST_KERNEL(attention_mma_delta_bf16),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 32),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 64),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 128),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(f16, 256),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 32),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 64),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 128),
-    AVILA_HOST_ATTENTION_MMA_KERNELS(bf16, 256),
 #endif
 };
 
