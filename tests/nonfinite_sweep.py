@@ -32,7 +32,9 @@ ORDER_DEPENDENT_NAN = {"einsum", "matmul", "bmm", "mm", "tensordot", "linear", "
 # PyTorch 2.13's CPU grid_sampler_2d_backward reads out of bounds and segfaults the process
 # (checked by hand, one subprocess per case) for a NaN grid coordinate with padding 'border' or
 # 'reflection', and for +-inf with 'reflection'; its forward is defined (NaN clamps to 0) and
-# compared: row -> position of the grid among the leaves, whose backward is not run then
+# compared: row -> position of the grid among the leaves, whose backward is not run then. (Its 3-d
+# backward runs, but disagrees with its own forward there: the forward clamps a NaN coordinate
+# to size - 1 and reads that pixel, the backward keeps the NaN and gives the pixel no gradient.)
 BACKWARD_UNSAFE_WITH_NONFINITE_GRID = {"grid_sample_border": 1, "grid_sample_reflection": 1}
 
 FLOAT_ROWS = [r for r in OP_TABLE if "float64" in r.dtypes]

@@ -247,7 +247,7 @@ class Prod(Function):
             gk, ok = unsqueeze(g, axis), unsqueeze(out, axis)
         xa = x.array
         if xa.ndim == 0:
-            return gk  # PyTorch's prod_backward: a 0-d input's gradient is grad, also at NaN/inf
+            return reshape(g, ())  # PyTorch's prod_backward: a 0-d input's gradient is grad, also at NaN/inf
         if not (xa == 0).any():
             return gk * ok / x
         # with zeros, out / x is undefined: use the product of all the *other* elements
