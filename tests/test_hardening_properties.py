@@ -1,11 +1,14 @@
 """Property tests (hypothesis) that keep issue 15 fixed: every op of the op table and every layer
 with a PyTorch twin is driven with edge and invalid inputs, and each case must either
 
-* give PyTorch's result (values, NaN where PyTorch has NaN, and input gradients), or
+* give PyTorch's result (values, NaN where PyTorch has NaN, the same infinities, and every input
+  gradient -- at a planted NaN/inf element too; the few conventions not reproduced are listed in
+  NONFINITE_DEVIATIONS / LAYER_GRAD_NONFINITE_DEVIATIONS with their evidence), or
 * raise where PyTorch raises, with an exception of PyTorch's type (or a subclass; TypeError vs
   RuntimeError differences are listed below) whose message names the op or layer.
 
-Inputs: NaN / +inf / -inf planted in op-table samples; integer and bool dtypes where floats are
+Inputs: NaN / +inf / -inf planted in op-table samples and layer inputs (at random positions, and
+a fixed slice of the deterministic sweep of tests/nonfinite_sweep.py); integer and bool dtypes where floats are
 expected; layers with batch 0, 1 and 3, NaN/inf inputs, a NumPy array instead of a Tensor, an
 extra or a missing dim, integer inputs; factories with negative, float, huge sizes; index ops
 with in- and out-of-range, negative indices. ``max_examples`` and ``deadline`` keep the whole
