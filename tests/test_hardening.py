@@ -3,6 +3,7 @@ each compared with PyTorch 2.13: NaN locality in adaptive pooling, float16 accum
 scatter semantics, index range checks, argument checks, finite gradients, empty batches,
 optimizer state dicts, checkpoints killed mid-save."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -525,3 +526,258 @@ def test_grid_sample_with_nonfinite_grid_or_pixel_follows_pytorch(padding_mode, 
     ours = F.grid_sample(am.tensor(x2), am.tensor(g2), **kw)
     theirs = TF.grid_sample(torch.tensor(x2), torch.tensor(g2), **kw)
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+# -- NaN / inf inputs: values and every input gradient as PyTorch's kernels give them ---------
+# (found by tests/nonfinite_sweep.py; each convention is PyTorch 2.13's, see the op's comment)
+NAN, INF = math.nan, math.inf
+
+
+def _same_with_grads(fn_am, fn_t, *arrays, grad_of=None, rtol=1e-12):
+    """fn(*arrays) and the gradient of its sum w.r.t. every float input, ours vs PyTorch's,
+    NaN/inf positions included (float64)."""
+    grad_of = range(len(arrays)) if grad_of is None else grad_of
+    xo = [am.tensor(a, requires_grad=i in grad_of) for i, a in enumerate(arrays)]
+    xt = [torch.tensor(a, requires_grad=i in grad_of) for i, a in enumerate(arrays)]
+    yo, yt = fn_am(*xo), fn_t(*xt)
+    assert_same(yo, yt, rtol=rtol, atol=1e-12)
+    if not grad_of:
+        return
+    am.autograd.backward([yo], [am.ones_like(yo)])
+    torch.autograd.backward([yt], [torch.ones_like(yt)])
+    for i in grad_of:
+        assert_same(xo[i].grad, xt[i].grad, rtol=rtol, atol=1e-12)
+
+
+def _planted(values, shape=(2, 3), fill=None, seed=0):
+    """A float64 array of ``shape`` with ``values`` at the first positions (random elsewhere)."""
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-2, 2, shape) if fill is None else np.full(shape, fill)
+    a.reshape(-1)[:len(values)] = values
+    return a
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_abs_l1_and_1_norm_gradient_at_nonfinite_is_sgn(bad):
+    # PyTorch: abs' = sgn(x) * g, sgn(NaN) = 0 (NumPy's sign(NaN) is NaN)
+    x = _planted([bad, 0.0])
+    _same_with_grads(am.abs, torch.abs, x)
+    _same_with_grads(lambda a: am.norm(a, p=1, dim=1), lambda a: torch.norm(a, p=1, dim=1), x)
+    _same_with_grads(lambda a, b: F.l1_loss(a, b), lambda a, b: TF.l1_loss(a, b), x, _planted([bad], seed=1))
+    _same_with_grads(lambda a, b: F.pairwise_distance(a, b, p=1.0), lambda a, b: TF.pairwise_distance(a, b, p=1.0),
+                     x, _planted([], seed=2))
+
+
+@pytest.mark.parametrize("op", ["maximum", "minimum"])
+def test_maximum_minimum_nan_gives_both_inputs_the_gradient(op):
+    # PyTorch: where(a == b, g / 2, g).masked_fill_(a < b, 0): a NaN comparison is false both ways
+    a = np.array([NAN, 1.0, 2.0, NAN, INF, -INF])
+    b = np.array([0.5, NAN, 2.0, NAN, INF, 0.0])
+    _same_with_grads(getattr(am, op), getattr(torch, op), a, b)
+
+
+@pytest.mark.parametrize("case", ["nan x", "nan bound", "tie", "lo > hi", "min only", "max only", "scalar min"])
+def test_clamp_with_tensor_bounds_follows_clamp_backward(case):
+    x = np.array([NAN, 0.5, -2.0, 3.0, 0.0, -INF])
+    lo = np.array([0.0, 0.5, -1.0, -1.0, 1.0, -3.0])
+    hi = np.array([1.0, 2.0, 2.0, 2.0, 0.5, INF])
+    if case == "nan bound":
+        lo[1], hi[2] = NAN, NAN
+    if case == "tie":
+        x[3] = hi[3]
+    if case == "min only":
+        _same_with_grads(lambda a, l: am.clamp(a, min=l), lambda a, l: torch.clamp(a, min=l), x, lo)
+    elif case == "max only":
+        _same_with_grads(lambda a, h: am.clamp(a, max=h), lambda a, h: torch.clamp(a, max=h), x, hi)
+    elif case == "scalar min":
+        # PyTorch takes no number/tensor mix: its twin is a 0-d tensor bound
+        _same_with_grads(lambda a, h: am.clamp(a, -0.5, h),
+                         lambda a, h: torch.clamp(a, torch.tensor(-0.5, dtype=a.dtype), h), x, hi)
+    else:
+        _same_with_grads(lambda a, l, h: am.clamp(a, l, h), lambda a, l, h: torch.clamp(a, l, h), x, lo, hi)
+
+
+def test_remainder_divisor_gradient_uses_floor_division():
+    # PyTorch: d/db remainder(a, b) = -div(a, b, rounding_mode="floor"): NaN for an infinite a
+    a = np.array([INF, -INF, 0.5, -0.5, NAN, 3.0])
+    b = np.array([1.5, -1.5, INF, INF, 1.0, -INF])
+    _same_with_grads(am.remainder, torch.remainder, a, b)
+
+
+def test_pow_half_at_minus_inf_and_pow_minus_half():
+    # PyTorch computes x ** -0.5 as rsqrt: NaN at -inf (C's pow gives 0), so (x ** 0.5)' is NaN there
+    x = np.array([-INF, INF, 4.0, NAN, 0.25])
+    _same_with_grads(lambda a: a ** 0.5, lambda a: a ** 0.5, x)
+    _same_with_grads(lambda a: a ** -0.5, lambda a: a ** -0.5, x)
+
+
+@pytest.mark.parametrize("weight", [0.3, 0.7, 1.0, "tensor"])
+def test_lerp_uses_pytorchs_two_sided_formula(weight):
+    a = np.array([INF, -INF, 1.0, NAN, 2.0, 0.0])
+    b = np.array([1.0, 2.0, INF, 0.0, -1.0, 3.0])
+    if weight == "tensor":
+        w = np.array([0.7, 0.2, 0.9, 0.5, -0.6, 1.5])
+        _same_with_grads(am.lerp, torch.lerp, a, b, w)
+    else:
+        _same_with_grads(lambda x, y: am.lerp(x, y, weight), lambda x, y: torch.lerp(x, y, weight), a, b)
+
+
+def test_addcmul_empty_broadcast_and_inf_factor():
+    # one op: tensor2's gradient is sum(g * tensor1 * value) over an empty batch = 0, not 0 * inf
+    args = (np.zeros((0, 3)), np.array([INF, NAN, 1.0]), np.array([[2.0, -1.0, 0.5]]))
+    fam = lambda x, a, b: am.addcmul(x, a, b, value=-2)  # noqa: E731
+    ft = lambda x, a, b: torch.addcmul(x, a, b, value=-2)  # noqa: E731
+    _same_with_grads(fam, ft, *args)
+    _same_with_grads(fam, ft, np.array([1.0, 2.0, 3.0]), np.array([INF, NAN, 1.0]), np.array([[2.0, -1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("fn", ["var", "std"])
+@pytest.mark.parametrize("dim", [None, 1])
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_var_std_gradient_with_nonfinite_follows_var_backward(fn, dim, bad):
+    # PyTorch: 2 / (N - correction) * g * (x - mean): an inf gives NaN at itself, +-inf elsewhere
+    x = _planted([bad], (2, 4))
+    _same_with_grads(lambda a: getattr(am, fn)(a, dim), lambda a: getattr(torch, fn)(a, dim), x)
+
+
+@pytest.mark.parametrize("v", [NAN, INF, 1.5])
+def test_var_of_one_element_gradient(v):
+    # PyTorch over all elements with N <= correction: g * (NaN where x == mean, else inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _same_with_grads(am.var, torch.var, np.array(v))
+        _same_with_grads(am.var, torch.var, np.array([v]))
+
+
+@pytest.mark.parametrize("v", [NAN, INF, -INF, 0.0])
+def test_prod_of_a_0d_tensor_passes_the_gradient(v):
+    _same_with_grads(am.prod, torch.prod, np.array(v))
+    _same_with_grads(lambda a: am.prod(a, 0), lambda a: torch.prod(a, 0), np.array(v))
+
+
+@pytest.mark.parametrize("fn", ["max", "min"])
+def test_max_min_of_all_elements_share_the_gradient_among_nans(fn):
+    # PyTorch's evenly_distribute_backward: the NaN elements are the maxima
+    _same_with_grads(getattr(am, fn), getattr(torch, fn), _planted([NAN]))
+    _same_with_grads(getattr(am, fn), getattr(torch, fn), _planted([NAN, 1.0, NAN]))
+
+
+@pytest.mark.parametrize("p", [INF, -INF])
+def test_inf_norm_with_nan(p):
+    # PyTorch: sgn(x) * g / count over |x| == norm or NaN -- so 0 at a NaN
+    x = _planted([NAN, -3.0], (2, 4))
+    _same_with_grads(lambda a: am.norm(a, p=p, dim=1), lambda a: torch.norm(a, p=p, dim=1), x)
+
+
+def test_logsumexp_gradient_with_an_infinite_logit():
+    # PyTorch: g * exp(x - result): NaN at +inf itself, 0 elsewhere in its row
+    x = np.array([[INF, 1e4, 0.0], [-INF, 1.0, 2.0], [NAN, 0.0, 1.0]])
+    _same_with_grads(lambda a: am.logsumexp(a, 1), lambda a: torch.logsumexp(a, 1), x)
+
+
+@pytest.mark.parametrize("reduce", ["amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_scatter_reduce_amax_amin_nan_result_gives_nan_gradient(reduce, include_self):
+    # PyTorch: g / N * (value == result); a NaN result has N = 0 ties: 0 * (g / 0) = NaN
+    x = np.array([[NAN, 1.0, 2.0, 3.0], [0.5, 0.5, 1.0, 2.0]])
+    src = np.array([[4.0, 1.0], [NAN, 0.5]])
+    idx = torch.tensor([[0, 2], [1, 1]])
+    _same_with_grads(lambda a, s: am.scatter_reduce(a, 1, am.tensor(idx.numpy()), s, reduce, include_self=include_self),
+                     lambda a, s: torch.scatter_reduce(a, 1, idx, s, reduce, include_self=include_self), x, src)
+
+
+@pytest.mark.parametrize("name", ["relu", "softsign", "leaky_relu", "hardsigmoid", "softplus", "logsigmoid", "mish"])
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_activation_gradient_at_nonfinite(name, bad):
+    # relu: threshold_backward on the result (0 where y <= 0): a NaN passes g; softsign: the
+    # quotient rule, NaN at +-inf. 18 elements, planted in the vectorised body and in the tail
+    for pos in (3, 17):
+        x = np.full(18, 0.3)
+        x[pos] = bad
+        # rtol: PyTorch's hardsigmoid slope is the float32 1/6 even in float64
+        _same_with_grads(getattr(F, name), getattr(TF, name), x, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["hardtanh", "relu6", "hardswish", "elu", "selu", "celu"])
+def test_activation_gradient_at_nan_follows_the_vectorised_kernel(name):
+    # PyTorch's result at a NaN differs between its vectorised body and its scalar tail (the last
+    # < 8 float64s); ours is the body's, checked where PyTorch's body computes it
+    x = np.full(18, 0.3)
+    x[3] = NAN
+    _same_with_grads(getattr(F, name), getattr(TF, name), x)
+
+
+@pytest.mark.parametrize("loss", ["huber_loss", "smooth_l1_loss"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_huber_smooth_l1_gradient_at_nonfinite(loss, reduction):
+    # PyTorch's kernels: -/+ delta (or 1) beyond the threshold, d (/ beta) inside: finite at
+    # +-inf, NaN at NaN; the target's gradient is minus the input's
+    x = np.array([NAN, INF, -INF, 0.2, 3.0, 0.5, 0.1])
+    y = np.array([0.1, 0.0, 0.0, 0.2, 0.0, INF, 0.6])
+    kw = {"delta": 0.5} if loss == "huber_loss" else {"beta": 0.7}
+    _same_with_grads(lambda a, b: getattr(F, loss)(a, b, reduction=reduction, **kw),
+                     lambda a, b: getattr(TF, loss)(a, b, reduction=reduction, **kw), x, y)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("bad", [INF, -INF, NAN])
+def test_bilinear_contraction_order_with_nonfinite_input(which, bad):
+    # PyTorch contracts x1 with W first (a matmul), then with x2 (a bmm): where +inf meets -inf
+    rng = np.random.default_rng(3)
+    x1, x2, w, b = rng.standard_normal((3, 3)), rng.standard_normal((3, 2)), rng.standard_normal((4, 3, 2)), \
+        rng.standard_normal(4)
+    (x1, x2)[which][1, 0] = bad
+    _same_with_grads(F.bilinear, TF.bilinear, x1, x2, w, b)
+
+
+def test_bilinear_double_backward():
+    rng = np.random.default_rng(4)
+    args = tuple(am.tensor(rng.standard_normal(s), requires_grad=True) for s in ((2, 3), (2, 2), (2, 3, 2)))
+    assert am.autograd.gradcheck(F.bilinear, args)
+    assert am.autograd.gradgradcheck(F.bilinear, args)
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_searchsorted_bucketize_with_unsorted_boundaries_bisect_as_pytorch(right):
+    seq = np.array([-1.0, 0.0, INF, 1.0, 2.0, 3.0])
+    vals = np.array([[-2.0, 0.5, 1.5], [2.5, 5.0, -INF]])
+    ours = am.searchsorted(am.tensor(seq), am.tensor(vals), right=right)
+    theirs = torch.searchsorted(torch.tensor(seq), torch.tensor(vals), right=right)
+    assert ours.tolist() == theirs.tolist()
+    ours = am.bucketize(am.tensor(vals), am.tensor(seq[::-1].copy()), right=right)
+    theirs = torch.bucketize(torch.tensor(vals), torch.tensor(seq[::-1].copy()), right=right)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_unique_keeps_every_nan():
+    x = np.array([NAN, 1.0, NAN, 0.0, NAN])
+    ours = am.unique(am.tensor(x), return_inverse=True, return_counts=True)
+    theirs = torch.unique(torch.tensor(x), return_inverse=True, return_counts=True)
+    for o, t in zip(ours, theirs):
+        np.testing.assert_array_equal(_np(o), _np(t))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_grid_sample_3d_nonfinite_grid_follows_pytorchs_3d_kernel(padding_mode, bad):
+    # PyTorch's 3-d CPU kernel: zeros mode skips the outside corners (a non-finite point gives 0
+    # and a zero grid gradient), border/reflection clamp a NaN to size - 1 (its 2-d kernel: to 0)
+    x = np.arange(1.0, 9.0).reshape(1, 1, 2, 2, 2)
+    g = np.array([[[[[bad, 0.3, 0.1], [0.2, bad, 0.1], [0.1, 0.1, bad], [0.4, -0.2, 0.6]]]]])
+    kw = dict(padding_mode=padding_mode, align_corners=False)
+    # gradients where PyTorch's backward agrees with its own forward: its 3-d backward keeps a NaN
+    # coordinate NaN in border/reflection (and reflects +-inf to NaN), so the pixel its forward
+    # read gets no gradient; its 2-d backward segfaults there (the property suite's note)
+    grads = (0, 1) if padding_mode == "zeros" else (0,) if (padding_mode == "border" and not math.isnan(bad)) else ()
+    _same_with_grads(lambda a, b: F.grid_sample(a, b, **kw), lambda a, b: TF.grid_sample(a, b, **kw), x, g,
+                     grad_of=grads)
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -0.5, 1.5])
+def test_binary_cross_entropy_target_out_of_range_raises_like_pytorch(bad):
+    p = am.tensor([0.3, 0.6])
+    t = am.tensor([0.0, bad])
+    with pytest.raises(RuntimeError, match="binary_cross_entropy: all elements of target should be between 0 and 1"):
+        F.binary_cross_entropy(p, t)
+    with pytest.raises(RuntimeError, match="all elements of target should be between 0 and 1"):
+        TF.binary_cross_entropy(torch.tensor([0.3, 0.6]), torch.tensor([0.0, bad]))

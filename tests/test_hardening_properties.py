@@ -1,11 +1,14 @@
 """Property tests (hypothesis) that keep issue 15 fixed: every op of the op table and every layer
 with a PyTorch twin is driven with edge and invalid inputs, and each case must either
 
-* give PyTorch's result (values, NaN where PyTorch has NaN, and input gradients), or
+* give PyTorch's result (values, NaN where PyTorch has NaN, the same infinities, and every input
+  gradient -- at a planted NaN/inf element too; the few conventions not reproduced are listed in
+  NONFINITE_DEVIATIONS / LAYER_GRAD_NONFINITE_DEVIATIONS with their evidence), or
 * raise where PyTorch raises, with an exception of PyTorch's type (or a subclass; TypeError vs
   RuntimeError differences are listed below) whose message names the op or layer.
 
-Inputs: NaN / +inf / -inf planted in op-table samples; integer and bool dtypes where floats are
+Inputs: NaN / +inf / -inf planted in op-table samples and layer inputs (at random positions, and
+a fixed slice of the deterministic sweep of tests/nonfinite_sweep.py); integer and bool dtypes where floats are
 expected; layers with batch 0, 1 and 3, NaN/inf inputs, a NumPy array instead of a Tensor, an
 extra or a missing dim, integer inputs; factories with negative, float, huge sizes; index ops
 with in- and out-of-range, negative indices. ``max_examples`` and ``deadline`` keep the whole
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import re
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -25,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import avila_ml as am
-from op_table import OP_TABLE, T, materialize, to_numpy
+from nonfinite_sweep import FLOAT_ROWS, VALUES, cases, check_case, float_inputs, plant, positions, same_array, same_values
+from op_table import OP_TABLE, materialize, to_numpy
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
               pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -42,9 +47,11 @@ def _report_counts(request):
     yield
     total = sum(CASES.values())
     line = f"hardening properties: {total} cases ran (" + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items())) + ")"
-    if GRAD_NAN_CONVENTION:
-        line += "; gradient NaN conventions differ from PyTorch at a NaN/inf input for: " + ", ".join(
-            f"{k} ({v})" for k, v in sorted(GRAD_NAN_CONVENTION.items()))
+    by_reason = collections.defaultdict(list)
+    for k, v in {**NONFINITE_DEVIATIONS, **LAYER_GRAD_NONFINITE_DEVIATIONS}.items():
+        by_reason[v].append(k)
+    line += "; results at a NaN/inf input not reproduced (listed): " + "; ".join(
+        f"{', '.join(sorted(ks))}: {v}" for v, ks in by_reason.items())
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
@@ -77,24 +84,8 @@ def _outcome(fn):
 
 
 def _same_values(ours, theirs, rtol, atol, where):
-    if isinstance(theirs, (tuple, list)):
-        assert isinstance(ours, (tuple, list)) and len(ours) == len(theirs), where
-        for i, (o, t) in enumerate(zip(ours, theirs)):
-            _same_values(o, t, rtol, atol, f"{where}[{i}]")
-        return
-    if not isinstance(theirs, torch.Tensor):
-        assert ours == theirs or (ours != ours and theirs != theirs), f"{where}: {ours} vs {theirs}"
-        return
-    a, b = to_numpy(ours), theirs.detach().numpy()
-    assert a.shape == b.shape, f"{where}: shape {a.shape} vs PyTorch {b.shape}"
-    if b.dtype in (np.float32, np.float16):  # an ulp or two of the narrower type
-        rtol, atol = max(rtol, 4 * float(np.finfo(b.dtype).eps)), max(atol, float(np.finfo(b.dtype).eps))
-    if b.dtype.kind in "fc":
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"{where}: NaN positions differ")
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, equal_nan=True, err_msg=where)
-    else:
-        np.testing.assert_array_equal(a, b, err_msg=where)
+    """Equal to PyTorch: shapes, NaN positions, infinities with their signs, values."""
+    same_values(ours, theirs, where, rtol, atol)
 
 
 def _check_error(ours_exc, theirs_exc, names, where):
@@ -104,44 +95,60 @@ def _check_error(ours_exc, theirs_exc, names, where):
 
 
 # ---------------------------------------------------------------------- op table with NaN / inf
-_FLOAT_ROWS = [r for r in OP_TABLE if "float64" in r.dtypes]
+_FLOAT_ROWS = FLOAT_ROWS
 
-
-# rows whose result with an inf input has NaNs where the summation/contraction order decides
-# (inf + -inf): PyTorch's order is not ours (einsum contraction paths, matrix products)
-ORDER_DEPENDENT_NAN = {"einsum", "matmul", "bmm", "mm", "tensordot", "linear", "conv1d", "conv2d"}
-GRAD_NAN_CONVENTION = collections.Counter()  # row -> cases whose NaN gradient positions differ
-# PyTorch 2.13's CPU grid_sampler_2d_backward reads out of bounds and segfaults the process
-# (checked by hand, one subprocess per case) for a NaN grid coordinate with padding 'border' or
-# 'reflection', and for +-inf with 'reflection'; its forward is defined (NaN clamps to 0) and
-# compared: row -> position of the grid among the leaves, whose backward is not run then
-BACKWARD_UNSAFE_WITH_NONFINITE_GRID = {"grid_sample_border": 1, "grid_sample_reflection": 1}
+# Results at a NaN/inf input we deliberately do not reproduce, row -> why (with the evidence).
+# Everything else must match PyTorch exactly: forward values and every input gradient, at the
+# planted element too (NaN where PyTorch has NaN, the same infinities, the same numbers).
+NONFINITE_DEVIATIONS: dict[str, str] = {
+    # PyTorch 2.13's unique_dim sorts the slices with `a[i] != b[i] ? a[i] < b[i]` per element, which
+    # is no strict weak ordering once a NaN is there (a slice with NaN is neither before nor after
+    # 0): where std::sort leaves it is an accident (unique(tensor([[nan, 2], [1, 2], [0, 3]]), dim=0)
+    # puts the NaN row first); ours sorts it last, as flattened unique does. Checked: the same
+    # slices, each once, and an inverse that rebuilds the input.
+    "unique": "with dim and a NaN: the place of the NaN slice (PyTorch's sort comparator is invalid there)",
+}
 
 
 def _plant(sample, rng, value):
     """A copy of ``sample`` with ``value`` written at a random element of one float input."""
-    floats = []
-
-    def collect(t):
-        if t.data.dtype.kind == "f" and t.data.size:
-            floats.append(t)
-        return t
-
-    from op_table import _walk
-    _walk((sample.args, sample.kwargs), collect)
+    floats = float_inputs(sample)
     if not floats:
         return None
     target = floats[rng.integers(len(floats))]
+    return plant(sample, target, int(rng.integers(target.data.size)), value)
 
-    def swap(t):
-        if t is not target:
-            return t
-        d = np.array(t.data, dtype=np.float64)
-        d.reshape(-1)[rng.integers(d.size)] = value
-        return T(d, view=t.view, grad=t.grad)
 
-    args, kwargs = _walk((sample.args, sample.kwargs), swap)
-    return type(sample)(args, kwargs, sample.desc, sample.ref_grad, sample.smooth)
+def _op_error(ours, theirs, where):
+    _check_error(ours, theirs, (where.split(" ")[0],), where)
+
+
+def _unique_up_to_nan_order(row, planted, where):
+    """The weaker check of the listed ``unique`` deviation: the same slices (NaN == NaN), each
+    once, and ``output[inverse]`` rebuilds the input."""
+    (leaf,), call = materialize(planted, "am", "float64", requires_grad=False)
+    (ref,), ref_call = materialize(planted, "torch", "float64", requires_grad=False)
+    ours, theirs = call(row.op, leaf), ref_call(row.ref, ref)
+    dim = planted.kwargs.get("dim")
+    if dim is None or not bool(torch.isnan(ref).any()):
+        raise AssertionError(f"{where}: the unique deviation is for dim= with a NaN only")
+    o, t = to_numpy(ours[0] if isinstance(ours, tuple) else ours), to_numpy(theirs[0] if isinstance(theirs, tuple) else theirs)
+    key = lambda a: sorted(map(repr, np.moveaxis(a, dim, 0).tolist()))  # noqa: E731 - a slice as text, nan == nan
+    assert o.shape == t.shape and key(o) == key(t), f"{where}: slices {o} vs PyTorch {t}"
+    if planted.kwargs.get("return_inverse"):
+        inv = to_numpy(ours[1])
+        np.testing.assert_array_equal(np.take(o, inv, axis=dim), to_numpy(leaf), err_msg=where)
+
+
+def _run_op_case(row, planted, where):
+    try:
+        what = check_case(row, planted, where, check_error=_op_error)
+    except AssertionError:
+        if row.name not in NONFINITE_DEVIATIONS:
+            raise
+        _unique_up_to_nan_order(row, planted, where)
+        what = "listed deviation, weaker check"
+    CASES[f"op nan/inf: {what}"] += 1
 
 
 @pytest.mark.parametrize("row", _FLOAT_ROWS, ids=lambda r: r.name)
@@ -152,56 +159,24 @@ def test_op_with_nan_or_inf_matches_pytorch(row, pick, value, seed):
     sample = _plant(samples[pick % len(samples)], np.random.default_rng(seed), value)
     if sample is None:
         return
-    CASES["op nan/inf"] += 1
-    ours_leaves, ours_call = materialize(sample, "am", "float64")
-    ref_leaves, ref_call = materialize(sample, "torch", "float64")
-    ko, yo = _outcome(lambda: ours_call(row.op, *ours_leaves))
-    kt, yt = _outcome(lambda: ref_call(row.ref, *ref_leaves))
-    where = f"{row.name} {sample}"
-    if kt == "raise":
-        assert ko == "raise", f"{where}: PyTorch raises {type(yt).__name__}: {yt}, ours returned"
-        _check_error(yo, yt, (row.name,), where)
-        return
-    assert ko == "ok", f"{where}: ours raised {type(yo).__name__}: {yo}; PyTorch returned"
-    if row.name in ORDER_DEPENDENT_NAN and np.isinf(value):  # inf planted: inf - inf depends on the order
-        CASES["op inf with order-dependent NaN (forward not compared)"] += 1
-        return
-    _same_values(yo, yt, 1e-7, 1e-9, where)
-    if not (row.differentiable and sample.ref_grad and sample.smooth):
-        return
-    outs_o = yo if isinstance(yo, (tuple, list)) else (yo,)
-    outs_t = yt if isinstance(yt, (tuple, list)) else (yt,)
-    pairs = [(o, t) for o, t in zip(outs_o, outs_t)
-             if isinstance(t, torch.Tensor) and t.requires_grad and t.dtype.is_floating_point]
-    if not pairs:
-        return
-    grid_at = BACKWARD_UNSAFE_WITH_NONFINITE_GRID.get(row.name)
-    if grid_at is not None and not bool(torch.isfinite(ref_leaves[grid_at]).all()):
-        CASES["op non-finite grid: PyTorch backward unsafe (not run)"] += 1
-        return
-    go = [o for o in ours_leaves if o.requires_grad]
-    gt = [t for t in ref_leaves if t.requires_grad]
-    # a finite upstream gradient (ones), so NaN in the input gradient comes from the op alone
-    torch.autograd.backward([t for _, t in pairs], [torch.ones_like(t) for _, t in pairs], inputs=gt)
-    am.autograd.backward([o for o, _ in pairs], [am.ones_like(o) for o, _ in pairs], inputs=go)
-    for i, (a, b) in enumerate(zip(go, gt)):
-        if b.grad is None or (a.grad is None and b.grad.numel() == 0):
-            continue
-        assert a.grad is not None, f"{where}: no gradient for input {i}"
-        ga, gb = to_numpy(a.grad), b.grad.numpy()
-        assert ga.shape == gb.shape, f"{where} grad {i}: shape {ga.shape} vs {gb.shape}"
-        both = np.isfinite(ga) & np.isfinite(gb)
-        # at the non-finite input element itself (a NaN "tie", remainder by inf, ...) the
-        # value of the gradient is a per-kernel convention too: compared everywhere else
-        for leaf in ref_leaves:
-            if tuple(leaf.shape) == ga.shape and leaf.dtype.is_floating_point:
-                both &= np.isfinite(leaf.detach().numpy())
-        if not np.array_equal(np.isnan(ga), np.isnan(gb)):
-            # which gradient a NaN/inf input gets (NaN, 0 or the upstream value) is a per-kernel
-            # convention in PyTorch; counted and listed, the finite entries must still agree
-            GRAD_NAN_CONVENTION[row.name] += 1
-        np.testing.assert_allclose(np.where(both, ga, 0.0), np.where(both, gb, 0.0), rtol=1e-7, atol=1e-9,
-                                   err_msg=f"{where} grad {i}")
+    _run_op_case(row, sample, f"{row.name} {sample}")
+
+
+# the deterministic sweep of tests/nonfinite_sweep.py (NaN, +inf, -inf at the first, middle and
+# last element of every float input of every sample), a fixed slice of it per row in CI: every
+# row's cases spread evenly, ``SWEEP_PER_ROW`` of them (``LAYER_SWEEP_PER_ROW`` per layer), to
+# keep this file's CPU time near 25 s (the whole sweep, ~11,000 op and ~900 layer cases, takes
+# ~40 s of CPU: ``python tests/nonfinite_sweep.py`` and ``... --layers``)
+SWEEP_PER_ROW = 4
+LAYER_SWEEP_PER_ROW = 2
+
+
+@pytest.mark.parametrize("row", _FLOAT_ROWS, ids=lambda r: r.name)
+def test_op_nonfinite_sweep_matches_pytorch(row):
+    every = list(cases(row))
+    step = max(1, len(every) // SWEEP_PER_ROW)
+    for _, planted, label in every[step // 2::step][:SWEEP_PER_ROW]:
+        _run_op_case(row, planted, f"{row.name} {label}")
 
 
 # ---------------------------------------------------------------------- op table with int/bool
@@ -373,12 +348,17 @@ _FUNCTIONAL = {"BCELoss": "binary_cross_entropy", "BCEWithLogitsLoss": "binary_c
                "ReLU6": "hardtanh", "InstanceNorm1d": "instance_norm", "InstanceNorm2d": "instance_norm",
                "InstanceNorm3d": "instance_norm",
                "SyncBatchNorm": "batch_norm", "Transformer": "multi_head_attention"}
-# activations/losses whose gradient AT a NaN/inf input element follows a different comparison
-# order than PyTorch's kernel (e.g. relu: PyTorch passes g through at NaN since NaN <= 0 is
-# false; ours gives 0): the forward and every other element's gradient are still compared
-GRAD_AT_NONFINITE_DIFFERS = {"ReLU", "CELU", "Hardtanh", "L1Loss", "HuberLoss", "SmoothL1Loss", "ReLU6", "Hardswish",
-                             "Bilinear", "ELU", "LeakyReLU", "Softplus", "Mish", "SiLU", "GELU", "SELU",
-                             "Hardsigmoid", "Softsign", "LogSigmoid", "Sigmoid", "Tanh"}
+# Layers whose input gradient at a NaN input element we deliberately leave different from
+# PyTorch's, name -> why (with the evidence); forward values and every other element's gradient
+# are compared all the same.
+# PyTorch 2.13's CPU backward kernels of these activations give a NaN input a different gradient
+# depending on where the element sits: the vectorised body (all but the last < 8 float64s) and the
+# scalar tail compare differently. Measured, x = full(18, 0.3) with x[k] = nan, grad of sum():
+# k < 16 -> hardtanh/relu6 0, hardswish/elu/selu/celu NaN; k = 16, 17 -> g (1, or selu's scale).
+# Ours follows the vectorised body (what almost every element of a real tensor gets) everywhere.
+_SIMD_TAIL = "a NaN's gradient depends on its position in PyTorch (vectorised body vs scalar tail); ours: the body's"
+LAYER_GRAD_NONFINITE_DEVIATIONS: dict[str, str] = {
+    name: _SIMD_TAIL for name in ("Hardtanh", "ReLU6", "Hardswish", "ELU", "SELU", "CELU")}
 
 
 def _not_implemented(exc) -> bool:
@@ -521,12 +501,69 @@ def test_layer_edge_inputs_match_pytorch(name, batch, mutation, seed):
                 # d/dtarget at target == 0 is log(0) + 1 - x: PyTorch and ours disagree on -inf vs NaN there
                 CASES["layer KLDiv target grad at 0 not compared"] += 1
                 continue
-            if mutation in ("nan", "inf") and name in GRAD_AT_NONFINITE_DIFFERS and ga.ndim and ga.shape[0] == batch > 0:
-                # not compared: the gradient in the sample (row) that holds the planted NaN/inf
-                CASES["layer grad at non-finite element not compared"] += 1
-                keep = np.isfinite(arrays[0].reshape(batch, -1)).all(axis=1).reshape((batch,) + (1,) * (ga.ndim - 1))
-                ga, gb = np.where(keep, ga, 0.0), np.where(keep, gb, 0.0)
-            _same_values(am.tensor(ga), torch.tensor(gb), 1e-7, 1e-9, f"{where} input grad {i}")
+            _same_layer_grad(name, ga, gb, f"{where} input grad {i}", arrays[i])
+
+
+def _same_layer_grad(name, ga, gb, where, x):
+    try:
+        same_array(ga, gb, where)
+    except AssertionError:
+        if name not in LAYER_GRAD_NONFINITE_DEVIATIONS or ga.shape != x.shape:
+            raise
+        # the listed deviation: only the gradient at the NaN elements may differ
+        nan = np.isnan(x)
+        same_array(np.where(nan, 0.0, ga), np.where(nan, 0.0, gb), where)
+        CASES["layer grad at NaN: listed deviation (elsewhere compared)"] += 1
+
+
+def _layer_sweep_cases(name):
+    """The layer part of the deterministic sweep: NaN, +inf, -inf at the first, middle and last
+    element of each float input of a batch of 3, in a fixed order."""
+    arrays = LAYERS[name][2](3, np.random.default_rng(zlib.crc32(name.encode())))
+    for ai, a in enumerate(arrays):
+        if a.dtype.kind != "f" or not a.size:
+            continue
+        for pos in positions(a.size):
+            for value in VALUES:
+                planted = [x.copy() for x in arrays]
+                planted[ai].reshape(-1)[pos] = value
+                yield planted, f"{name}(batch=3) input {ai} @{pos} = {value}"
+
+
+def check_layer_case(name, arrays, where) -> str:
+    """Forward values and every float input gradient (upstream ones) equal to PyTorch's."""
+    ours, theirs = _pair(name, name not in _RANDOM)
+    xo, xt = _inputs(name, arrays, am, True), _inputs(name, arrays, torch, True)
+    ko, yo = _outcome(lambda: _call(ours, name, xo))
+    kt, yt = _outcome(lambda: _call(theirs, name, xt))
+    if kt == "raise":
+        assert ko == "raise", f"{where}: PyTorch raises {type(yt).__name__}: {yt}; ours returned"
+        _check_error(yo, yt, (name, _FUNCTIONAL.get(name, name)), where)
+        return "raise"
+    assert ko == "ok", f"{where}: ours raised {type(yo).__name__}: {yo}; PyTorch returned"
+    _same_values(yo, yt, 1e-7, 1e-9, where)
+    if not yt.requires_grad:
+        return "forward"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yt.sum().backward()
+        yo.sum().backward()
+    for i, (a, b) in enumerate(zip(xo, xt)):
+        if b.grad is None:
+            continue
+        assert a.grad is not None, f"{where}: no gradient for input {i}"
+        _same_layer_grad(name, to_numpy(a.grad), b.grad.numpy(), f"{where} input grad {i}", arrays[i])
+    return "grad"
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_nonfinite_sweep_matches_pytorch(name):
+    """A fixed slice (``LAYER_SWEEP_PER_ROW`` cases spread evenly) of the layer sweep, gradients at
+    the planted element included (the whole sweep: ``python tests/nonfinite_sweep.py --layers``)."""
+    every = list(_layer_sweep_cases(name))
+    step = max(1, len(every) // LAYER_SWEEP_PER_ROW)
+    for arrays, label in every[step // 2::step][:LAYER_SWEEP_PER_ROW]:
+        CASES[f"layer nan/inf sweep: {check_layer_case(name, arrays, label)}"] += 1
 
 
 # ---------------------------------------------------------------------- factories

@@ -19,7 +19,7 @@ from ..autograd import inplace as _inplace
 from ..autograd.function import Function
 from ..backends import backend_of
 from ..tensor import Tensor
-from .elementwise import _arr, _xp, erf, exp, sigmoid, tanh, where
+from .elementwise import _arr, _xp, erf, exp, sigmoid, sign as _sgn, tanh, where
 
 __all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
            "softplus", "hardtanh", "hardsigmoid", "hardswish", "softsign", "logsigmoid"]
@@ -78,11 +78,14 @@ class ReLU(Function):
 
     def backward(self, g):
         (y,) = self.saved_outputs
-        return g * _const(y.array > 0, g)
+        # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
+        return g * _const(~(y.array <= 0), g)
 
 
 class Hardtanh(Function):
     def forward(self, x, lo, hi):
+        # at a NaN, 0: PyTorch's vectorised CPU kernel (its scalar tail, the last < 8 elements,
+        # passes g there instead; tests/test_hardening_properties.py lists the deviation)
         self.mask = (x > lo) & (x < hi)
         return _arr(_xp(x).clip(x, lo, hi))
 
@@ -121,7 +124,8 @@ class Hardswish(Function):
     def backward(self, g):
         (x,) = self.saved_inputs
         a = x.array
-        # dy/dx = 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, 1 for x >= 3 (PyTorch's boundaries)
+        # dy/dx = 0 for x <= -3, x/3 + 1/2 for -3 < x < 3, 1 for x >= 3 (PyTorch's boundaries);
+        # NaN at a NaN, as PyTorch's vectorised CPU kernel (not its scalar tail, which gives g)
         slope = where(a >= 3, 1.0, where(a <= -3, 0.0, x * (1.0 / 3.0) + 0.5))
         return g * slope
 
@@ -133,6 +137,8 @@ class ELU(Function):
     def forward(self, x, alpha, scale, input_scale):
         xp = _xp(x)
         t = x.dtype.type
+        # a NaN takes the exponential branch (a NaN gradient), as PyTorch's vectorised CPU kernel
+        # (its scalar tail, the last < 8 elements, takes the linear one)
         self.pos = x > 0
         self.consts = (alpha, scale, input_scale)
         neg = t(alpha) * xp.expm1(xp.minimum(x, 0) * t(input_scale))  # min(): no overflow in the unused branch
@@ -226,7 +232,9 @@ class Softsign(Function):
     def backward(self, g):
         (x,) = self.saved_inputs
         d = 1 + x.abs()
-        return g / (d * d)
+        # PyTorch differentiates x / (1 + |x|) as a quotient: g/d - g (x/d)/d sgn(x), which is
+        # 1/d^2 for finite x and NaN at +-inf (inf/inf), where the closed form would give 0
+        return g / d - g * ((x / d) / d) * _sgn(x)
 
 
 # ------------------------------------------------------------------------------ public functions

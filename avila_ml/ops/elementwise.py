@@ -219,7 +219,12 @@ class PowScalar(Function):
         self.c = c
         if c == 2:
             return _arr(a * a)
-        return _arr(_xp(a).power(a, a.dtype.type(c) if _dt.np_is_floating(a.dtype) else c))
+        xp = _xp(a)
+        if c == -0.5 and _dt.np_is_floating(a.dtype):
+            # PyTorch's pow kernel computes x ** -0.5 as rsqrt(x): NaN at -inf, where C's pow gives 0
+            # (so the gradient of sqrt-like x ** 0.5 at -inf is NaN, as PyTorch's)
+            return _arr(xp.reciprocal(xp.sqrt(a)))
+        return _arr(xp.power(a, a.dtype.type(c) if _dt.np_is_floating(a.dtype) else c))
 
     def backward(self, g):
         (a,) = self.saved_inputs
@@ -257,7 +262,11 @@ class Remainder(Function):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
         ga = sum_to(g, a.shape) if na else None
-        gb = sum_to(-g * floor(a / b).detach(), b.shape) if nb else None
+        # -floor_divide(a, b), as PyTorch's div(rounding_mode="floor"): NaN for an infinite a
+        # (fmod(inf, b) is NaN), where floor(a / b) would give +-inf
+        with np.errstate(invalid="ignore", divide="ignore"):  # inf // b is NaN by design here
+            q = Tensor._wrap(_arr(_xp(a.array).floor_divide(a.array, b.array)))
+        gb = sum_to(-g * q, b.shape) if nb else None
         return ga, gb
 
 
@@ -270,7 +279,7 @@ class Maximum(Function):
 
     def backward(self, g):
         a, b = self.saved_inputs
-        return _minmax_grads(self, g, a, b, a.array > b.array)
+        return _minmax_grads(self, g, a, b, a.array < b.array, a.array > b.array)
 
 
 class Minimum(Function):
@@ -280,17 +289,23 @@ class Minimum(Function):
 
     def backward(self, g):
         a, b = self.saved_inputs
-        return _minmax_grads(self, g, a, b, a.array < b.array)
+        return _minmax_grads(self, g, a, b, a.array > b.array, a.array < b.array)
 
 
-def _minmax_grads(node, g, a, b, a_wins):
+def _minmax_grads(node, g, a, b, a_loses, b_loses):
+    """PyTorch's masks: g / 2 to both on a tie, 0 to the loser, g to the winner -- and g to
+    both where a comparison involves NaN (neither loses), as ``where(a == b, g / 2, g)
+    .masked_fill_(a < b, 0)`` does."""
     xp = _xp(a.array)
     tie = a.array == b.array
     dt = g.array.dtype
-    wa = Tensor._wrap(xp.where(tie, dt.type(0.5), a_wins.astype(dt)))
+    half, zero, one = dt.type(0.5), dt.type(0), dt.type(1)
     na, nb = node.needs_input_grad
-    ga = sum_to(g * wa, a.shape) if na else None
-    gb = sum_to(g * (1 - wa), b.shape) if nb else None
+    ga = gb = None
+    if na:
+        ga = sum_to(g * Tensor._wrap(_arr(xp.where(tie, half, xp.where(a_loses, zero, one)))), a.shape)
+    if nb:
+        gb = sum_to(g * Tensor._wrap(_arr(xp.where(tie, half, xp.where(b_loses, zero, one)))), b.shape)
     return ga, gb
 
 
@@ -510,7 +525,7 @@ class Abs(Function):
 
     def backward(self, g):
         (x,) = self.saved_inputs
-        return g * Tensor._wrap(_xp(x.array).sign(x.array))
+        return g * sign(x)  # PyTorch's sgn: 0 at NaN (NumPy's sign would give NaN)
 
 
 class Exp(Function):
@@ -672,6 +687,49 @@ class Clamp(Function):
         if self.hi is not None:
             mask = mask & (a <= self.hi)
         return g * Tensor._wrap(_xp(a).asarray(mask, dtype=g.array.dtype))
+
+
+class ClampTensor(Function):
+    """Clamp against one tensor bound (``is_min``: ``max(x, lo)``, else ``min(x, hi)``), with
+    PyTorch's ``clamp_backward`` masks: the input gets g where ``x >= lo`` (``x <= hi``), the
+    bound where ``x < lo`` (``x > hi``); at a tie the input keeps it, at a NaN neither gets it."""
+
+    def forward(self, x, bound, is_min):
+        self.save_inputs(0, 1)
+        self.is_min = is_min
+        xp = _xp(x)
+        return _arr(xp.maximum(x, bound) if is_min else xp.minimum(x, bound))
+
+    def backward(self, g):
+        x, b = self.saved_inputs
+        nx, nb = self.needs_input_grad
+        xa, ba = x.array, b.array
+        keep = (xa >= ba) if self.is_min else (xa <= ba)
+        to_bound = (xa < ba) if self.is_min else (xa > ba)
+        zero = _scalar_tensor(0, g.dtype, g)
+        return ((sum_to(where(keep, g, zero), x.shape) if nx else None),
+                (sum_to(where(to_bound, g, zero), b.shape) if nb else None))
+
+
+class ClampTensor2(Function):
+    """Clamp to two tensor bounds, ``min(max(x, lo), hi)``, with PyTorch's masks
+    (``clamp_backward`` / ``clamp_backward_min_max``): x gets g where ``lo <= x <= hi``, lo
+    where ``x < lo and lo < hi``, hi where ``x > hi or hi < lo``; NaN anywhere: no gradient."""
+
+    def forward(self, x, lo, hi):
+        self.save_inputs(0, 1, 2)
+        xp = _xp(x)
+        return _arr(xp.minimum(xp.maximum(x, lo), hi))
+
+    def backward(self, g):
+        x, lo, hi = self.saved_inputs
+        nx, nl, nh = self.needs_input_grad
+        xa, la, ha = x.array, lo.array, hi.array
+        zero = _scalar_tensor(0, g.dtype, g)
+        gx = sum_to(where((xa >= la) & (xa <= ha), g, zero), x.shape) if nx else None
+        gl = sum_to(where((xa < la) & (la < ha), g, zero), lo.shape) if nl else None
+        gh = sum_to(where((xa > ha) | (ha < la), g, zero), hi.shape) if nh else None
+        return gx, gl, gh
 
 
 class Cast(Function):
@@ -855,12 +913,24 @@ def clamp(input, min=None, max=None):
     if min is None and max is None:
         raise RuntimeError("clamp: at least one of 'min' or 'max' must not be None")
     if isinstance(min, Tensor) or isinstance(max, Tensor):
-        out = input
+        x = input
+        lo = hi = None
         if min is not None:
-            out = maximum(out, min)
+            x, lo = _prepare(x, min, "clamp")
         if max is not None:
-            out = minimum(out, max)
-        return out
+            x, hi = _prepare(x, max, "clamp")
+            if lo is not None and lo.dtype is not x.dtype:
+                lo = cast(lo, x.dtype)
+        try:
+            np.broadcast_shapes(x.shape, *(t.shape for t in (lo, hi) if t is not None))
+        except ValueError:
+            raise RuntimeError(f"clamp: input of shape {tuple(x.shape)} and bounds of shapes "
+                               f"{[tuple(t.shape) for t in (lo, hi) if t is not None]} cannot be broadcast together") from None
+        if lo is None:
+            return ClampTensor.apply(x, hi, False)
+        if hi is None:
+            return ClampTensor.apply(x, lo, True)
+        return ClampTensor2.apply(x, lo, hi)
     dt = _dt.result_type(input, *(v for v in (min, max) if v is not None))
     if input.dtype is not dt:
         input = cast(input, dt)
@@ -930,15 +1000,58 @@ def clone(input):
     return Clone.apply(input)
 
 
+class Lerp(Function):
+    """``lerp(a, b, w)`` with PyTorch's two-sided formula; ``w`` a tensor (maybe 0-d)."""
+
+    def forward(self, a, b, w):
+        self.save_inputs(0, 1, 2)
+        xp = _xp(a)
+        d = b - a
+        one = a.dtype.type(1)
+        # a + w (b - a) for |w| < 1/2, else b - (b - a)(1 - w): exact at both ends, and an
+        # infinite a with w near 1 gives +-inf, not inf - inf (PyTorch's lerp kernel)
+        return _arr(xp.where(xp.abs(w) < 0.5, a + w * d, b - d * (one - w)))
+
+    def backward(self, g):
+        a, b, w = self.saved_inputs
+        na, nb, nw = self.needs_input_grad
+        ga = sum_to(g * (1 - w), a.shape) if na else None
+        gb = sum_to(g * w, b.shape) if nb else None
+        gw = sum_to(g * (b - a), w.shape) if nw else None
+        return ga, gb, gw
+
+
 def lerp(input, end, weight):
-    """``input + weight * (end - input)`` (``torch.lerp``).
+    """Linear interpolation ``input + weight * (end - input)`` (``torch.lerp``).
+
+    Math: computed as ``input + w (end - input)`` for ``|w| < 1/2`` and as
+    ``end - (end - input)(1 - w)`` otherwise (PyTorch's formula: exact at w = 0 and w = 1);
+    d/dinput = 1 - w, d/dend = w, d/dw = end - input.
 
     Example:
         >>> import avila_ml as am
         >>> am.lerp(am.tensor([0.0, 10.0]), am.tensor([10.0, 20.0]), 0.5)
         tensor([ 5., 15.])
     """
-    return input + weight * (end - input)
+    a, b = _prepare(input, end, "lerp")
+    if isinstance(weight, Tensor):
+        if weight.dtype is not a.dtype:
+            raise RuntimeError(f"lerp: expected dtype {a.dtype} for `weight` but got dtype {weight.dtype} "
+                               f"(input {input.dtype if isinstance(input, Tensor) else type(input).__name__}, "
+                               f"end {end.dtype if isinstance(end, Tensor) else type(end).__name__})")
+        w = weight
+    elif _is_scalar(weight):
+        w = _scalar_tensor(weight, a.dtype, a)
+    else:
+        raise TypeError(f"lerp: weight must be a Tensor or a number, got {type(weight).__name__}")
+    if not a.dtype.is_floating_point:
+        raise RuntimeError(f"lerp: expected a floating-point input, got dtype {a.dtype}")
+    try:
+        np.broadcast_shapes(a.shape, b.shape, w.shape)
+    except ValueError:
+        raise RuntimeError(f"lerp: input of shape {tuple(a.shape)}, end of shape {tuple(b.shape)} and weight of "
+                           f"shape {tuple(w.shape)} cannot be broadcast together") from None
+    return Lerp.apply(a, b, w)
 
 
 @autocast_op("addcmul")
@@ -950,7 +1063,40 @@ def addcmul(input, tensor1, tensor2, value=1):
         >>> am.addcmul(am.tensor([1.0]), am.tensor([2.0]), am.tensor([3.0]), value=0.5)
         tensor([4.])
     """
-    return input + value * tensor1 * tensor2
+    t1, t2 = _prepare(tensor1, tensor2, "addcmul")
+    x, t1 = _prepare(input, t1, "addcmul")
+    x, t2 = _prepare(x, t2, "addcmul")
+    if not _is_scalar(value):
+        raise TypeError(f"addcmul: value must be a number, got {type(value).__name__}")
+    if not _dt.np_is_floating(t1.array.dtype) and isinstance(value, float):
+        return input + value * tensor1 * tensor2  # integer tensors with a float value: the promoting path
+    try:
+        np.broadcast_shapes(x.shape, t1.shape, t2.shape)
+    except ValueError:
+        raise RuntimeError(f"addcmul: input of shape {tuple(x.shape)}, tensor1 of shape {tuple(t1.shape)} and "
+                           f"tensor2 of shape {tuple(t2.shape)} cannot be broadcast together") from None
+    return Addcmul.apply(x, t1, t2, value)
+
+
+class Addcmul(Function):
+    """``x + value * t1 * t2`` as one op, with PyTorch's per-input gradients (so an empty
+    broadcast gives zero, not ``0 * inf``, gradients)."""
+
+    def forward(self, x, t1, t2, value):
+        self.save_inputs(1, 2)
+        self.value = value
+        self.shapes = (x.shape, t1.shape, t2.shape)
+        v = t1.dtype.type(value) if t1.dtype.kind == "f" else value
+        return _arr(x + v * t1 * t2)
+
+    def backward(self, g):
+        t1, t2 = self.saved_inputs
+        nx, n1, n2 = self.needs_input_grad
+        sx, s1, s2 = self.shapes
+        v = self.value
+        return ((sum_to(g, sx) if nx else None),
+                (sum_to(g * (t2 * v), s1) if n1 else None),
+                (sum_to(g * (t1 * v), s2) if n2 else None))
 
 
 # ---------------------------------------------------------------- comparisons (no gradient)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..autograd.function import Function
+from ..backends import backend_of
 from ..debug import host_checks
 from ..autograd.grad_mode import no_grad
 from ..tensor import Tensor
@@ -88,6 +89,28 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type: float =
     return EmbeddingLookup.apply(weight, idx, padding_idx, bool(scale_grad_by_freq))
 
 
+class Bilinear(Function):
+    """``y[b, o] = sum_ij x1[b, i] W[o, i, j] x2[b, j]`` for 2-d ``x1``, ``x2``, contracted in
+    PyTorch's order: ``t[b, o, j] = sum_i x1 W`` then ``y = sum_j t x2`` (a matmul and a bmm), and
+    the gradients those two products give. The order decides where an infinite input meets an
+    infinity of the other sign (NaN) and where it stays +-inf."""
+
+    def forward(self, x1, w, x2):
+        self.save_inputs(0, 1, 2)
+        xp = backend_of(x1).xp
+        t = xp.einsum("bi,oij->boj", x1, w)
+        return xp.einsum("boj,bj->bo", t, x2)
+
+    def backward(self, g):
+        x1, w, x2 = self.saved_inputs
+        n1, nw, n2 = self.needs_input_grad
+        gt = einsum("bo,bj->boj", g, x2) if (n1 or nw) else None       # the gradient of t
+        g1 = einsum("boj,oij->bi", gt, w) if n1 else None               # one sum over (o, j)
+        gw = einsum("bi,boj->oij", x1, gt) if nw else None
+        g2 = einsum("boj,bo->bj", einsum("bi,oij->boj", x1, w), g) if n2 else None
+        return g1, gw, g2
+
+
 def bilinear(input1, input2, weight, bias=None):
     """``y_o = x1^T W_o x2 + b_o`` over the last dim of both inputs (``torch.nn.functional.bilinear``).
 
@@ -108,7 +131,7 @@ def bilinear(input1, input2, weight, bias=None):
     lead = input1.shape[:-1]
     x1 = input1.reshape(-1, input1.shape[-1])
     x2 = input2.reshape(-1, input2.shape[-1])
-    out = einsum("bi,oij,bj->bo", x1, weight, x2)
+    out = Bilinear.apply(x1, weight, x2)
     if bias is not None:
         out = out + bias
     return out.reshape(*lead, weight.shape[0])

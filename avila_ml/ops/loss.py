@@ -30,7 +30,7 @@ from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import _state
 from ..backends import backend_of
 from ..tensor import Tensor
-from .elementwise import abs as _abs, clamp, exp, log, log1p, sigmoid, sqrt, where
+from .elementwise import abs as _abs, clamp, exp, log, log1p, sigmoid, sqrt, sum_to as _sum_to, where
 from .indexing import IndexPutAdd
 from .reduction import Softmax, log_softmax, mean as _mean, sum as _sum
 from .shape import reshape, unsqueeze
@@ -203,9 +203,7 @@ def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0, weigh
     _check_same_shape_weight(op, weight, input)
     if not delta > 0:
         raise RuntimeError(f"{op}: huber_loss does not support non-positive values for delta, got {delta}")
-    d = input - target
-    ad = _abs(d)
-    loss = where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+    loss = RobustLoss.apply(input, target, float(delta), "huber")
     return _weighted_reduce(loss, weight, reduction, mean_by_weight=False)
 
 
@@ -227,12 +225,39 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction: str
     _check_pair(op, input, target)
     if beta < 0:
         raise RuntimeError(f"{op}: smooth_l1_loss does not support negative values for beta, got {beta}")
-    d = input - target
-    ad = _abs(d)
     if beta == 0:
-        return _reduce(ad, reduction)
-    loss = where(ad < beta, (0.5 / beta) * d * d, ad - 0.5 * beta)
-    return _reduce(loss, reduction)
+        return _reduce(_abs(input - target), reduction)
+    return _reduce(RobustLoss.apply(input, target, float(beta), "smooth_l1"), reduction)
+
+
+class RobustLoss(Function):
+    """The elementwise Huber (``kind="huber"``, threshold ``delta``) or smooth-L1 (``"smooth_l1"``,
+    threshold ``beta``) loss of ``d = x - y``, with PyTorch's backward kernels: dl/dd is
+    ``-s`` for ``d <= -c``, ``s`` for ``d >= c``, else ``d s / c`` (Huber: ``s = c``, and the
+    middle is ``d``; smooth-L1: ``s = 1``), so an infinite ``d`` has a finite gradient and a NaN
+    a NaN one; dl/dy = -dl/dx."""
+
+    def forward(self, x, y, c, kind):
+        self.save_inputs(0, 1)
+        self.c, self.kind = c, kind
+        xp = backend_of(x).xp
+        d = x - y
+        ad = xp.abs(d)
+        t = d.dtype.type
+        if kind == "huber":
+            return xp.where(ad < c, t(0.5) * d * d, t(c) * (ad - t(0.5 * c)))
+        return xp.where(ad < c, t(0.5 / c) * d * d, ad - t(0.5 * c))
+
+    def backward(self, g):
+        x, y = self.saved_inputs
+        c = self.c
+        d = x - y
+        da = d.array
+        slope = c if self.kind == "huber" else 1.0
+        inner = d * g if self.kind == "huber" else d * g * (1.0 / c)
+        gd = where(da <= -c, -slope * g, where(da >= c, slope * g, inner))
+        nx, ny = self.needs_input_grad
+        return ((_sum_to(gd, x.shape) if nx else None), (_sum_to(-gd, y.shape) if ny else None))
 
 
 # ------------------------------------------------------------------ class-index losses
@@ -579,6 +604,9 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     x = input.array
     if x.size and host_checks(x) and not bool(((x >= 0) & (x <= 1)).all()):
         raise RuntimeError(f"{op}: all elements of input should be between 0 and 1 (input shape {tuple(input.shape)})")
+    y = target.array
+    if y.size and host_checks(y) and not bool(((y >= 0) & (y <= 1)).all()):  # NaN/inf too, as PyTorch
+        raise RuntimeError(f"{op}: all elements of target should be between 0 and 1 (target shape {tuple(target.shape)})")
     loss = BinaryCrossEntropy.apply(input, target)
     if weight is not None:
         loss = loss * weight

@@ -141,11 +141,38 @@ def var(input, dim=None, unbiased=None, keepdim: bool = False, *, correction=Non
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     axes = _dims(dim, input.ndim, "var")
-    n = _count(input.shape, axes)
-    mu = Sum.apply(input, axes, True) / builtins.max(n, 1)
-    d = input - mu
-    denom = n - correction
-    return Sum.apply(d * d, axes, keepdim) / (denom if denom > 0 else float("nan") if n == 0 else 0.0)
+    return Var.apply(input, axes, keepdim, correction, dim is None or input.ndim == 0)
+
+
+class Var(Function):
+    """Variance over ``axes``; backward as PyTorch's ``var_backward``,
+    ``2 / (N - correction) * g * (x - mean(x))``, so an infinite element spoils only its own
+    gradient (NaN there, +-inf elsewhere), not every element's through the mean. Over all
+    elements with N <= correction PyTorch returns ``g * (NaN where x == mean(x), else inf)``."""
+
+    def forward(self, x, axes, keepdim, correction, all_dims):
+        self.axes, self.keepdim, self.in_shape = axes, keepdim, x.shape
+        self.no_dof = all_dims and x.size - correction <= 0
+        self.save_inputs(0)
+        n = _count(x.shape, axes)
+        denom = n - correction
+        self.scale = 2.0 / denom if denom != 0 else math.inf  # as PyTorch's double 2.0 / (N - correction)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = x - x.sum(axis=axes, keepdims=True) / builtins.max(n, 1)
+            out = (d * d).sum(axis=axes, keepdims=keepdim) / (denom if denom > 0 else float("nan") if n == 0 else 0.0)
+        return _arr(out)
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        ks = _keep_shape(self.in_shape, self.axes)
+        n = builtins.max(_count(self.in_shape, self.axes), 1)
+        if self.no_dof:
+            xa = x.array
+            xp = backend_of(xa).xp
+            at_mean = xa == xa.sum(axis=self.axes, keepdims=True) / n
+            return reshape(g, ks) * Tensor._wrap(_arr(xp.where(at_mean, xa.dtype.type(np.nan), xa.dtype.type(np.inf))))
+        mu = Sum.apply(x, self.axes, True) / n
+        return (reshape(g, ks) * self.scale) * (x - mu)
 
 
 class _StdSqrt(Function):
@@ -219,6 +246,8 @@ class Prod(Function):
         else:
             gk, ok = unsqueeze(g, axis), unsqueeze(out, axis)
         xa = x.array
+        if xa.ndim == 0:
+            return reshape(g, ())  # PyTorch's prod_backward: a 0-d input's gradient is grad, also at NaN/inf
         if not (xa == 0).any():
             return gk * ok / x
         # with zeros, out / x is undefined: use the product of all the *other* elements
@@ -271,10 +300,15 @@ def prod(input, dim=None, keepdim: bool = False, dtype=None):
 
 
 class AMax(Function):
-    """Max over axes; the gradient is shared evenly among tied maxima (as ``torch.amax``)."""
+    """Max over axes; the gradient is shared evenly among tied maxima (as ``torch.amax``).
 
-    def forward(self, x, axes, keepdim, is_min):
-        self.in_shape, self.axes = x.shape, axes
+    A NaN maximum: ``amax``/``amin`` compare ``x == result`` (no element is equal, so the
+    slice gets NaN gradients: g / 0 * 0, PyTorch's ``scale_grad_by_count``); with
+    ``nan_ties`` (``max()``/``min()`` of all elements, the inf-norms) the NaN elements are the
+    maxima and share g, as PyTorch's ``evenly_distribute_backward``."""
+
+    def forward(self, x, axes, keepdim, is_min, nan_ties=False):
+        self.in_shape, self.axes, self.nan_ties = x.shape, axes, nan_ties
         self.save_inputs(0)
         self.save_outputs(0)
         self.keepdim = keepdim
@@ -291,8 +325,12 @@ class AMax(Function):
         ks = _keep_shape(self.in_shape, self.axes)
         o = out.array.reshape(ks)
         mask = x.array == o
+        if self.nan_ties:
+            xp = backend_of(o).xp
+            mask = mask | (xp.isnan(x.array) & xp.isnan(o))
         cnt = mask.sum(axis=self.axes, keepdims=True)
-        w = Tensor._wrap((mask / cnt).astype(x.array.dtype))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = Tensor._wrap((mask / cnt).astype(x.array.dtype))
         return broadcast_to(reshape(g, ks), self.in_shape) * w
 
 
@@ -364,7 +402,7 @@ def _max_min(input, dim, keepdim, other, is_min):
         from .elementwise import maximum, minimum
         return (minimum if is_min else maximum)(input, other)
     if dim is None:
-        return AMax.apply(input, tuple(range(input.ndim)), False, is_min)
+        return AMax.apply(input, tuple(range(input.ndim)), False, is_min, True)
     from .indexing import gather
     d = _norm_dim(dim, input.ndim, op)
     if input.shape and input.shape[d] == 0:
@@ -430,16 +468,33 @@ def logsumexp(input, dim, keepdim: bool = False):
     if half is not None:
         return half
     axes = _dims(dim, input.ndim, "logsumexp")
-    xa = input.array
-    xp = backend_of(xa).xp
-    if xa.size == 0:
-        m = xp.zeros(_keep_shape(input.shape, axes), dtype=xa.dtype)
-    else:
-        m = xa.max(axis=axes, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, xa.dtype.type(0))
-    mt = Tensor._wrap(_arr(m))
-    out = log(Sum.apply(exp(input - mt), axes, True)) + mt
-    return out if keepdim else reshape(out, tuple(s for i, s in enumerate(out.shape) if i not in axes))
+    return LogSumExp.apply(input, axes, keepdim)
+
+
+class LogSumExp(Function):
+    """``log(sum(exp(x)))`` over ``axes``, shifted by the (finite) maximum; backward as
+    PyTorch's ``logsumexp_backward``, ``g * exp(x - result)`` (an infinite logit gives NaN at
+    itself and 0 elsewhere, not NaN for the whole row)."""
+
+    def forward(self, x, axes, keepdim):
+        self.axes, self.in_shape = axes, x.shape
+        self.save_inputs(0)
+        self.save_outputs(0)
+        xp = backend_of(x).xp
+        if x.size == 0:
+            m = xp.zeros(_keep_shape(x.shape, axes), dtype=x.dtype)
+        else:
+            m = x.max(axis=axes, keepdims=True)
+            m = xp.where(xp.isfinite(m), m, x.dtype.type(0))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            out = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m
+        return _arr(out if keepdim else out.reshape(tuple(s for i, s in enumerate(out.shape) if i not in axes)))
+
+    def backward(self, g):
+        (x,) = self.saved_inputs
+        (out,) = self.saved_outputs
+        ks = _keep_shape(self.in_shape, self.axes)
+        return reshape(g, ks) * exp(x - reshape(out, ks))
 
 
 class Softmax(Function):
@@ -621,10 +676,9 @@ def norm(input, p="fro", dim=None, keepdim: bool = False, dtype=None):
     axes = _dims(dim, input.ndim, "norm")
     if p == "fro" or p == 2:
         return Norm2.apply(input, axes, keepdim)
-    if p == math.inf or p == "inf":
-        return amax(_abs(input), axes, keepdim)
-    if p == -math.inf:
-        return amin(_abs(input), axes, keepdim)
+    if p == math.inf or p == "inf" or p == -math.inf:
+        # PyTorch's inf-norm backward shares g among the |x| equal to the norm or NaN, times sgn(x)
+        return AMax.apply(_abs(input), axes, keepdim, p == -math.inf, True)
     if p == 0:
         return cast(Sum.apply(cast(input != 0, input.dtype), axes, keepdim), input.dtype)
     if p == 1:

@@ -96,20 +96,24 @@ class ScatterReduce(Function):
         x, src = self.saved_inputs
         (out,) = self.saved_outputs
         if how in ("amax", "amin"):
-            # the gradient is shared evenly by every value equal to the result (PyTorch's rule)
+            # the gradient is shared evenly by every value equal to the result, as PyTorch's
+            # scatter_reduce_backward: g / N times (value == result), N counting the ties of
+            # x (include_self or not) and of src -- so a NaN result (no ties) gives NaN, 0 * (g / 0)
             xa, sa, oa = x.array, src.array, out.array
+            dt = g.array.dtype
             sl = tuple(slice(0, n) for n in self.index_shape)
-            s_tie = sa[sl] == oa[self.key]
-            x_tie = (xa == oa) & self_in
-            n = x_tie.astype(g.array.dtype)
-            backend_of(n).scatter_add(n, self.key, s_tie.astype(g.array.dtype))
-            share = g / _const(xp.maximum(n, 1))
-            gx = where(x_tie, share, zero) if nx else None
+            s_tie = (sa[sl] == oa[self.key]).astype(dt)
+            x_tie = (xa == oa).astype(dt)
+            n = x_tie.copy()
+            backend_of(n).scatter_add(n, self.key, s_tie)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = g / _const(n)
+            gx = where(self_in, share * _const(x_tie), zero) if nx else None
             gs = None
             if ns:
-                tie = xp.zeros(self.src_shape, dtype=bool)
+                tie = xp.zeros(self.src_shape, dtype=dt)
                 tie[sl] = s_tie
-                gs = where(tie, self._src_grad(share), zero)
+                gs = self._src_grad(share) * _const(tie)
             return gx, gs
         # prod: d out / d v = the product of the other values of v's group. Written so that
         # it stays right when differentiated again, with z zeros in the group:

@@ -127,7 +127,8 @@ def unique(input, sorted: bool = True, return_inverse: bool = False, return_coun
     xp = backend_of(input.array).xp
     a = input.array
     if dim is None:
-        vals, inv, counts = xp.unique(a.reshape(-1), return_inverse=True, return_counts=True)
+        # every NaN is its own value, as in PyTorch (NumPy/CuPy would merge them by default)
+        vals, inv, counts = xp.unique(a.reshape(-1), return_inverse=True, return_counts=True, equal_nan=False)
         inv = inv.reshape(a.shape)
     else:
         d = _norm_dim(dim, input.ndim, "unique")
@@ -213,7 +214,7 @@ def searchsorted(sorted_sequence, input, *, out_int32: bool = False, right: bool
         seq = backend_of(seq).xp.take_along_axis(seq, s, axis=-1)
     xp = backend_of(seq).xp
     how = "right" if right else "left"
-    if seq.dtype.kind in "fc" and seq.size and bool(xp.isnan(seq).any()):
+    if seq.size and _needs_bisection(xp, seq):
         out = _nan_aware_search(xp, seq, vals, scalar, right)
         return Tensor._wrap(xp.asarray(out).astype(np.int32 if out_int32 else np.int64, copy=False))
     if seq.ndim == 1:
@@ -232,8 +233,18 @@ def searchsorted(sorted_sequence, input, *, out_int32: bool = False, right: bool
     return Tensor._wrap(out)
 
 
+def _needs_bisection(xp, seq) -> bool:
+    """True where NumPy's searchsorted would not give PyTorch's answer: boundaries holding a
+    NaN, or not sorted (an inf planted in the middle, say). PyTorch then returns whatever its
+    bisection meets, which :func:`_nan_aware_search` reproduces step for step."""
+    bad = (seq[..., 1:] < seq[..., :-1]).any()
+    if seq.dtype.kind in "fc":
+        bad = bad | xp.isnan(seq).any()
+    return bool(bad)
+
+
 def _nan_aware_search(xp, seq, vals, scalar, right):
-    """PyTorch's binary search, step for step, for boundaries that hold NaN.
+    """PyTorch's binary search, step for step, for boundaries that hold NaN (or are unsorted).
 
     NumPy sorts NaN last, PyTorch compares as it goes: ``start = mid + 1`` unless
     ``seq[mid] >= x`` (``> x`` for ``right``), and every comparison with NaN is false, so the

@@ -289,7 +289,7 @@ def _reflect(coord, twice_low, twice_high):
     return where(even, extra + low, (span - extra) + low)
 
 
-def _source_index(coord, size, padding_mode, align_corners):
+def _source_index(coord, size, padding_mode, align_corners, nan_to):
     x = _unnormalize(coord, size, align_corners)
     if padding_mode == "border":
         x = clamp(x, 0, size - 1)
@@ -297,10 +297,11 @@ def _source_index(coord, size, padding_mode, align_corners):
         x = _reflect(x, 0, 2 * (size - 1)) if align_corners else _reflect(x, -1, 2 * size - 1)
         x = clamp(x, 0, size - 1)
     if padding_mode != "zeros":
-        # PyTorch clamps a NaN coordinate to 0 in these modes (its 2-d CPU kernel orders the
-        # clamp so; the 3-d one reads out of bounds): we follow the defined 2-d behaviour
+        # PyTorch's CPU kernels clamp a NaN coordinate in these modes: to 0 in 2-d (its clamp
+        # is min(max(x, 0), size - 1) with NaN-ignoring SIMD max), to size - 1 in 3-d (there
+        # std::max(NaN, 0) keeps the NaN and std::min(size - 1, NaN) gives size - 1)
         nan = Tensor._wrap(backend_of(x.array).xp.isnan(x.array))
-        x = where(nan, 0.0, x)
+        x = where(nan, float(nan_to), x)
     return x
 
 
@@ -353,7 +354,8 @@ def grid_sample(input, grid, mode: str = "bilinear", padding_mode: str = "zeros"
     g = reshape(grid, (n, m, k))
     # source coordinates per axis, in the grid's order (x, y[, z]) = (W, H[, D])
     sizes = in_spatial[::-1]
-    coords = [_source_index(g[..., a], sizes[a], padding_mode, align_corners) for a in range(k)]
+    nan_to = [0 if k == 2 else sizes[a] - 1 for a in range(k)]
+    coords = [_source_index(g[..., a], sizes[a], padding_mode, align_corners, nan_to[a]) for a in range(k)]
     strides = [int(np.prod(sizes[:a])) for a in range(k)]  # x is the fastest-varying axis
 
     def read(corner):  # corner: per-axis integer coordinates (arrays); returns (N, C, M) and validity
@@ -365,20 +367,33 @@ def grid_sample(input, grid, mode: str = "bilinear", padding_mode: str = "zeros"
             flat += xp.clip(xp.where(xp.isfinite(ca), ca, 0), 0, sizes[a] - 1).astype(np.int64) * strides[a]
         idx = Tensor._wrap(xp.broadcast_to(flat[:, None, :], (n, c, m)))
         # outside pixels read as 0 (not 0 * pixel: an inf/NaN pixel must not leak into them)
-        return where(Tensor._wrap(valid[:, None, :]), gather(flat_in, 2, idx), 0)
+        return where(Tensor._wrap(valid[:, None, :]), gather(flat_in, 2, idx), 0), valid
 
     if mode == "nearest":
-        out = read([xp.rint(ca.array) for ca in coords])
+        out = read([xp.rint(ca.array) for ca in coords])[0]
     else:
         lows = [floor(ca).detach() for ca in coords]
+        wc, wl = coords, lows  # what the weights are computed from
+        if k == 3:
+            # PyTorch's 3-d kernel skips a corner outside the input: a point with a non-finite
+            # coordinate (every corner outside) gives 0 and a zero grid gradient, where its 2-d
+            # kernel gives NaN (0 * NaN weight): weights from a finite stand-in, masked below
+            bad = ~xp.isfinite(coords[0].array)
+            for ca in coords[1:]:
+                bad = bad | ~xp.isfinite(ca.array)
+            wc = [where(bad, 0.0, ca) for ca in coords]
+            wl = [floor(ca).detach() for ca in wc]
         out = None
         for offs in itertools.product((0, 1), repeat=k):
             w = None
             for a, o in enumerate(offs):
                 # PyTorch's form: (low + 1 - x) for the low corner, (x - low) for the high one
-                wa = (lows[a] + 1 - coords[a]) if o == 0 else (coords[a] - lows[a])
+                wa = (wl[a] + 1 - wc[a]) if o == 0 else (wc[a] - wl[a])
                 w = wa if w is None else w * wa
-            term = read([lows[a].array + offs[a] for a in range(k)]) * unsqueeze(w, 1)
+            val, valid = read([lows[a].array + offs[a] for a in range(k)])
+            if k == 3:
+                w = where(valid, w, 0.0)
+            term = val * unsqueeze(w, 1)
             out = term if out is None else out + term
     return reshape(out, (n, c) + out_spatial)
 
