@@ -212,9 +212,12 @@ def searchsorted(sorted_sequence, input, *, out_int32: bool = False, right: bool
             raise RuntimeError(f"searchsorted: sorter shape {tuple(s.shape)} must equal the "
                                f"sorted_sequence shape {tuple(seq.shape)}")
         seq = backend_of(seq).xp.take_along_axis(seq, s, axis=-1)
-    xp = backend_of(seq).xp
+    backend = backend_of(seq)
+    xp = backend.xp
     how = "right" if right else "left"
-    if seq.size and _needs_bisection(xp, seq):
+    # On a device the bisection always runs: it needs no host sync (checking the boundaries
+    # first would), and it is PyTorch's algorithm, so sorted or not the answer is PyTorch's.
+    if seq.size and (backend.name != "numpy" or _needs_bisection(xp, seq)):
         out = _nan_aware_search(xp, seq, vals, scalar, right)
         return Tensor._wrap(xp.asarray(out).astype(np.int32 if out_int32 else np.int64, copy=False))
     if seq.ndim == 1:
@@ -263,10 +266,8 @@ def _nan_aware_search(xp, seq, vals, scalar, right):
         rows, v = seq.reshape(-1, n), vals.reshape(-1, vals.shape[-1] if vals.ndim else 1)
     start = xp.zeros(v.shape, np.int64)
     end = xp.full(v.shape, n, np.int64)
-    while True:
+    for _ in range(n.bit_length()):  # each step at least halves every open interval
         active = start < end
-        if not bool(active.any()):
-            break
         mid = start + (end - start) // 2
         at = xp.take_along_axis(rows, xp.minimum(mid, n - 1), axis=-1)
         up = ~(at > v) if right else ~(at >= v)
