@@ -105,6 +105,26 @@ def check_convs(n):
     (got,) = am.autograd.grad(D.global_sum(yl ** 2, spec), [wl])
     close(got.numpy(), want.numpy(), "autograd.grad of the weight only")
     conv_case(spec, (8, 8, 4, 4), 3, padding=1, modes="circular", seed=61)
+    # the overlap happens: in backward, the interior's conv backward runs while the adjoint
+    # exchange is in flight (between its start and its finish)
+    from avila_ml.distributed import halo
+    from avila_ml.ops import conv as C
+    events, saved = [], (halo._AdjointStart.forward, halo._AdjointFinish.forward, C.ConvNd.backward)
+
+    def spy(name, fn):
+        def run(*a):
+            events.append(name)
+            return fn(*a)
+        return run
+    halo._AdjointStart.forward = spy("start", saved[0])
+    halo._AdjointFinish.forward = spy("finish", saved[1])
+    C.ConvNd.backward = spy("conv", saved[2])
+    try:
+        y = D.conv(spec.shard(am.tensor(xg)).requires_grad_(), wl, None, spec, 1, 1, padding_mode="circular")
+        y.sum().backward()
+    finally:
+        halo._AdjointStart.forward, halo._AdjointFinish.forward, C.ConvNd.backward = saved
+    assert events == ["conv", "conv", "start", "conv", "finish"], events
     # a shard smaller than the halo: a clear error on every rank, no hang
     try:
         D.conv(spec.shard(am.zeros(1, 1, 2 * spec.mesh[0], 4, 4, 4)), am.zeros(1, 1, 7, 1, 1, 1), None, spec,
