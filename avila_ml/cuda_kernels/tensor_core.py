@@ -123,8 +123,9 @@ def plan_conv4d_mma(op: str, g: Conv4dGeometry, precision: str, tile: tuple[int,
     is cuDNN's implicit-GEMM convolution algorithm (torch.backends.cudnn), for conv3d.
 
     >>> g = conv4d_geometry("conv4d", (2, 3, 4, 4, 4, 4), (5, 3, 3, 3, 3, 3), 1, 1, 1)
-    >>> [(launch.name, launch.grid) for launch in plan_conv4d_mma("grad_weight", g, "bf16").launches]
-    [('conv4d_mma_grad_weight_bf16_64x64', (1, 4, 16)), ('conv4d_mma_round_f32_to_bf16', (5, 1, 1))]
+    >>> gemm, rounding = plan_conv4d_mma("grad_weight", g, "bf16").launches
+    >>> gemm.name, gemm.grid, rounding.name
+    ('conv4d_mma_grad_weight_bf16_64x64', (1, 4, 16), 'conv4d_mma_round_f32_to_bf16')
     """
     name = f"conv4d_mma_{op}"
     if precision not in _ROW_PADDING:
@@ -331,8 +332,9 @@ def prepare_attention_mma_backward(xp, q, k, v, o, lse, do, scale, is_causal, ma
 
     >>> q = np.zeros((4, 70, 64), np.float16); kv = np.zeros((2, 70, 64), np.float16)
     >>> plan, _ = prepare_attention_mma_backward(np, q, kv, kv, q, np.zeros((4, 70)), q, 0.125, True)
-    >>> [launch.name for launch in plan.launches], plan.buffers["dk"].shape
-    (['attention_mma_delta_f16', 'attention_mma_backward_dkdv_f16_hd64', 'attention_mma_backward_dq_f16_hd64'], (2, 70, 64))
+    >>> delta, dkdv, dq = plan.launches
+    >>> delta.name, dkdv.name, dq.name, plan.buffers["dk"].shape
+    ('attention_mma_delta_f16', 'attention_mma_backward_dkdv_f16_hd64', 'attention_mma_backward_dq_f16_hd64', (2, 70, 64))
     """
     from .launch_config import prepare_attention_mask
 
