@@ -35,7 +35,7 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise RuntimeError(f"set_num_threads: expected a positive integer number of threads, got {n!r}")
     from .ops import _cpu_threads
-    ctl = _cpu_threads.controller()
+    ctl = _cpu_threads.rescan()  # every pool loaded by now, not only those of the first probe
     _state["threads"] = n
     _cpu_threads._state["n"] = n
     if ctl is None:

@@ -14,7 +14,7 @@ import atexit
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["controller", "blas_threads", "run_parts", "run_chunks"]
+__all__ = ["controller", "rescan", "blas_threads", "run_parts", "run_chunks"]
 
 _state: dict = {}
 
@@ -43,6 +43,16 @@ def _probe():
 def controller():
     """The ``threadpoolctl`` controller, or None when thread control is unavailable."""
     return _probe()[0]
+
+
+def rescan():
+    """A fresh controller (kept for later calls): thread pools of libraries loaded since the
+    first probe (SciPy's own OpenBLAS, oneDNN's OpenMP, ...) are invisible to the old one."""
+    if _probe()[0] is None:
+        return None
+    from threadpoolctl import ThreadpoolController
+    _state["ctl"] = ThreadpoolController()
+    return _state["ctl"]
 
 
 def blas_threads() -> int:
