@@ -405,3 +405,21 @@ def test_weight_grad_avoids_onednn_gemm_fallback(calls):
     tx, tw = (torch.tensor(t.detach().numpy().astype(np.float64), requires_grad=True) for t in (x, w))
     TF.conv3d(tx, tw, padding=1).sum().backward()
     _f32_close(w.grad.numpy(), tw.grad.numpy())
+
+
+@needs_onednn
+def test_a_refused_configuration_falls_back_to_numpy_once(monkeypatch):
+    """A oneDNN failure (here simulated at plan creation) runs the NumPy algorithm, announced once."""
+    def refuse(*args, **kwargs):
+        raise dnnl.DnnlError("oneDNN: dnnl_convolution_forward_primitive_desc_create failed with status 3 "
+                             "(unimplemented)")
+    monkeypatch.setattr(accel, "_plan", refuse)
+    rng = np.random.default_rng(14)
+    xa = rng.standard_normal((1, 2, 7)).astype(np.float32)
+    wa = rng.standard_normal((3, 2, 3)).astype(np.float32)
+    with pytest.warns(UserWarning, match="oneDNN refused") as rec:
+        for _ in range(2):
+            y = F.conv1d(am.tensor(xa), am.tensor(wa), padding=1)
+    assert sum("oneDNN refused" in str(r.message) for r in rec) == 1
+    ref = TF.conv1d(torch.tensor(xa).double(), torch.tensor(wa).double(), padding=1)
+    _f32_close(y.numpy(), ref.numpy())

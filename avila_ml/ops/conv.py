@@ -161,11 +161,19 @@ def _onednn(kind, a, b, geom, extra):
     if not dnnl.available():
         dnnl.note_absent()
         return None
-    if kind == "forward":
-        return accel.conv_forward(a, b, geom)
-    if kind == "transpose":
-        return accel.conv_transpose(a, b, geom, extra)
-    return accel.conv_weight_grad(a, b, geom, extra)
+    try:
+        if kind == "forward":
+            return accel.conv_forward(a, b, geom)
+        if kind == "transpose":
+            return accel.conv_transpose(a, b, geom, extra)
+        return accel.conv_weight_grad(a, b, geom, extra)
+    except dnnl.DnnlError as exc:  # a configuration this oneDNN build refuses: NumPy, announced once
+        key = ("onednn", kind, str(exc))
+        if key not in _warned_fallbacks:
+            _warned_fallbacks.add(key)
+            warnings.warn(f"conv: oneDNN refused this convolution ({exc}); running the NumPy algorithm "
+                          "instead", stacklevel=4)
+        return None
 
 
 def _run(kind, a, b, geom, extra=None):
