@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -222,8 +221,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text, flush=True)
     if not args.no_save and not args.quick and args.only is None:
-        tag = re.sub(r"[^A-Za-z0-9]+", "_", cpu_model()).strip("_")
-        path = os.path.join(HERE, "results", f"distributed_cpu_{tag}_{datetime.date.today():%Y%m%d}.txt")
+        path = harness.results_path("distributed")  # a new file: nothing tracked is overwritten
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(text + "\n")

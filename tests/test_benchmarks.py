@@ -93,3 +93,12 @@ def test_every_benchmark_child_process_gets_the_defaults_environment():
         with open(path) as f:
             src = f.read()
         assert "dict(os.environ" not in src and "OMP_WAIT_POLICY" not in src, path
+
+
+def test_no_benchmark_names_its_own_result_file():
+    """Result files come from harness.results_path (a new CPU-and-date name each run), so a rerun
+    never overwrites a tracked file (bench_distributed once wrote a fixed name)."""
+    for path in glob.glob(os.path.join(ROOT, "benchmarks", "bench_*.py")):
+        with open(path) as f:
+            text = f.read()
+        assert not re.search(r"""join\([^)]*["']results["']""", text), os.path.basename(path)

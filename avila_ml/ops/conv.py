@@ -152,10 +152,17 @@ def _cuda_conv4d(kind, a, b, geom, extra):
 
 def _onednn(kind, a, b, geom, extra):
     """The oneDNN convolution (``avila_ml.cpu_accel``) for float32 NumPy arrays under ``"auto"``
-    or ``"onednn"``; None where it does not apply or is not installed (announced once)."""
+    (1-3 spatial dims) or ``"onednn"`` (any); None where it does not apply or is not installed
+    (announced once).
+
+    ``"auto"`` leaves 4-d convolutions on the NumPy algorithms: measured on a quiet 2-core AMD
+    EPYC (2026-12-06), oneDNN's stacked 4-d path won on (2,4,16^4)->8 (54 vs 76 ms fwd+bwd) but
+    tied on (1,2,32^4)->4 and made the Conv4d example model's training step 1.6x slower (223 vs
+    137 ms: 8 frames of 12^3, many small stacked calls). ``set_conv_algorithm("onednn")`` opts in.
+    """
     name = get_conv_algorithm()
     if (name not in ("auto", "onednn") or a.dtype != np.float32 or backend_of(a).name != "numpy"
-            or (name == "auto" and not mkldnn.enabled)):
+            or (name == "auto" and (not mkldnn.enabled or geom.ndim == 4))):
         return None
     from ..cpu_accel import _conv as accel, _dnnl as dnnl
     if not dnnl.available():
