@@ -16,7 +16,7 @@ $(VENV)/.installed-%: pyproject.toml | $(VPY)
 # The cuda leg on the strict emulated CUDA device (tests/emulated_cupy): on every `make test`, the
 # GPU-path regressions (test_cuda_path.py: transfers, kernels, RNG, optimizers) and the files whose
 # CUDA leg covers the most GPU code per second; `make test-cuda-emulated` runs the whole cuda leg
-# (every test with the device fixture: 2,703 tests, about 5 min on an idle 2-core machine,
+# (every test with the device fixture: about 2,800 tests, 4 min 55 s on an idle 2-core machine,
 # 22 min when the cores were shared with other jobs).
 CUDA_EMULATED_TESTS := tests/test_cuda_path.py tests/test_tensor.py tests/test_nn_module.py \
 	tests/test_layers.py tests/test_transformer.py tests/test_conv4d.py
