@@ -178,18 +178,7 @@ def conv(input, weight, bias, spec, stride=1, padding=0, dilation=1, groups=1, p
     dilation = int_tuple(dilation, d, "dilation", op, 1)
     modes = _C._modes(padding_mode, d, op)
     K = tuple(weight.shape[2:])
-    if isinstance(padding, str):
-        if padding == "valid":
-            lo = hi = (0,) * d
-        elif padding == "same":
-            if any(s != 1 for s in stride):
-                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions (stride {stride})")
-            total = tuple(dl * (k - 1) for dl, k in zip(dilation, K))
-            lo, hi = tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
-        else:
-            raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a tuple of {d} ints, got {padding!r}")
-    else:
-        lo = hi = int_tuple(padding, d, "padding", op, 0)
+    lo, hi = _C._padding_sides(op, padding, stride, dilation, K)
     x = input
     geo_lo, geo_hi = [0] * d, [0] * d
     axes = []  # (axis index, exchange) of the axes whose borders the exchange builds

@@ -328,6 +328,23 @@ def _check_extent(op, x_shape, kernel, geom):
             f"the padded input {P} (input {tuple(x_shape)}, padding low {geom.pad_lo} high {geom.pad_hi})")
 
 
+def _padding_sides(op, padding, stride, dilation, K):
+    """(low, high) padding per spatial axis for ``padding`` = 'valid', 'same', an int or a tuple
+    (PyTorch's rule: 'same' puts the odd extra element on the high side; strided convs refuse it)."""
+    d = len(K)
+    if not isinstance(padding, str):
+        p = int_tuple(padding, d, "padding", op, 0)
+        return p, p
+    if padding == "valid":
+        return (0,) * d, (0,) * d
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"{op}: padding='same' is not supported for strided convolutions (stride {stride})")
+        total = tuple(dl * (k - 1) for dl, k in zip(dilation, K))
+        return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
+    raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a tuple of {d} ints, got {padding!r}")
+
+
 @autocast_op("convolution")  # conv1d..conv4d and the Conv layers all come through here
 def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     """Shared body of conv1d..conv4d."""
@@ -348,19 +365,7 @@ def _conv(op, d, input, weight, bias, stride, padding, dilation, groups, padding
             f"C_in and C_out ({O}) must be divisible by groups")
     if bias is not None and tuple(bias.shape) != (O,):
         raise RuntimeError(f"{op}: bias of shape {tuple(bias.shape)} does not match {O} output channels ({O},)")
-    if isinstance(padding, str):
-        if padding == "valid":
-            lo = hi = (0,) * d
-        elif padding == "same":
-            if any(s != 1 for s in stride):
-                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions (stride {stride})")
-            total = tuple(dl * (k - 1) for dl, k in zip(dilation, K))
-            lo = tuple(t // 2 for t in total)
-            hi = tuple(t - t // 2 for t in total)
-        else:
-            raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a tuple of {d} ints, got {padding!r}")
-    else:
-        lo = hi = int_tuple(padding, d, "padding", op, 0)
+    lo, hi = _padding_sides(op, padding, stride, dilation, K)
     lo, hi = list(lo), list(hi)
     # non-zero padding modes pad explicitly (differentiably), then the conv runs unpadded there
     by_mode = {}
