@@ -73,11 +73,7 @@ def main(rounds: int = 3) -> None:
         lines.append(f"{lib:10s} {w:7d} {statistics.median(ts):9.2f} {min(ts):7.2f} {max(ts):7.2f}")
     text = "\n".join(lines)
     print(text)
-    path = harness.results_path("data_large")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    print("saved", path)
+    harness.save_text("data_large", text)
 
 
 if __name__ == "__main__":

@@ -221,11 +221,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text, flush=True)
     if not args.no_save and not args.quick and args.only is None:
-        path = harness.results_path("distributed")  # a new file: nothing tracked is overwritten
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text + "\n")
-        print(f"saved {path}")
+        harness.save_text("distributed", text)  # a new file: nothing tracked is overwritten
 
 
 if __name__ == "__main__":

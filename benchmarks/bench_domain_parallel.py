@@ -195,11 +195,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text, flush=True)
     if not args.quick and not args.no_save:
-        path = harness.results_path("domain_parallel")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text + "\n")
-        print(f"saved {path}")
+        harness.save_text("domain_parallel", text)  # a new file: nothing tracked is overwritten
 
 
 if __name__ == "__main__":

@@ -336,6 +336,16 @@ def results_path(name: str, threads: int | None = None, when: datetime.date | No
     return path
 
 
+def save_text(name: str, text: str, threads: int | None = None) -> str:
+    """Write a result table to a new ``results_path(name, threads)`` and say where."""
+    path = results_path(name, threads)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print("saved", os.path.relpath(path, ROOT))
+    return path
+
+
 def child_env(threads: int | None = None, **extra) -> dict:
     """The environment of a benchmark's child process: each library at its defaults
     (``OMP_WAIT_POLICY`` removed, this checkout first on PYTHONPATH), ``threads`` pinned only
@@ -402,9 +412,5 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
                         loaded=is_loaded(load, foreign))
     print(text, flush=True)
     if not args.no_save:
-        path = results_path(name, args.threads)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text + "\n")
-        print("saved", os.path.relpath(path, ROOT))
+        save_text(name, text, args.threads)
     return text

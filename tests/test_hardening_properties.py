@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import avila_ml as am
-from nonfinite_sweep import FLOAT_ROWS, VALUES, cases, check_case, float_inputs, plant, positions, same_array, same_values
+from nonfinite_sweep import FLOAT_ROWS, VALUES, _outcome, cases, check_case, float_inputs, plant, positions, same_array, same_values
 from op_table import OP_TABLE, materialize, to_numpy
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
@@ -72,15 +72,6 @@ def _names_op(msg: str, *names: str) -> bool:
 # errors PyTorch reports as TypeError/RuntimeError/ValueError/IndexError where we report a
 # sibling of them: both say "this argument is wrong", the message names the op
 _CLEAN = (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, ZeroDivisionError)
-
-
-def _outcome(fn):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return "ok", fn()
-        except Exception as e:  # noqa: BLE001 - the exception is the result under test
-            return "raise", e
 
 
 def _same_values(ours, theirs, rtol, atol, where):

@@ -11,8 +11,7 @@ The control plane and the data plane are separate communicators:
   raises the same error naming the ranks and what differs (*mismatch*). Past the deadline the
   ranks that did arrive ask each other (a ping each waiting rank answers while it polls) and
   every one of them names the ranks that never answered (*timeout*). ``barrier`` is this
-  check alone. Cost: one 256-byte all-reduce per collective (one message exchange between
-  2 ranks), no coordinator round trip.
+  check alone. Cost: one 256-byte all-reduce per collective, no coordinator round trip.
 * **data** (MPI or NCCL): the collective itself, started non-blocking; ``Work.wait`` waits
   for it against the same deadline (the synchronous ``all_reduce`` runs MPI's blocking call
   under the same deadline, see ``allreduce_now``).
@@ -544,8 +543,8 @@ class ProcessGroup:
 
     def allreduce_now(self, array, op: ReduceOp = ReduceOp.SUM, *, name: str = "all_reduce") -> None:
         """``allreduce(...).wait()`` with the least overhead (the synchronous ``all_reduce``):
-        the backend's blocking algorithm where it has one (MPI's blocking ``Allreduce`` is
-        faster than ``Iallreduce`` + wait), guarded by the watchdog's deadline."""
+        the backend's blocking algorithm where it has one (MPI's ``Allreduce`` instead of
+        ``Iallreduce`` + wait), guarded by the watchdog's deadline."""
         op = _check_op(name, op, array.dtype)
         self._need_contiguous(name, array)
         self._agree("all_reduce", array, redop=op, label=name)
