@@ -33,6 +33,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _dnnl as D
+from ._prim import Executor, _Desc, _Prim, _attr, _strides  # noqa: F401 (shared machinery)
 
 __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -53,73 +54,7 @@ _ROLES = {
 }
 
 
-def _strides(shape):
-    st, acc = [], 1
-    for n in reversed(shape):
-        st.append(acc)
-        acc *= n
-    return tuple(reversed(st))
-
-
-class _Prim:
-    """A primitive, its descriptor and its scratchpad size; destroyed with the Python object."""
-
-    def __init__(self, lib, pd):
-        self.lib, self.pd = lib, pd
-        self.prim = ctypes.c_void_p()
-        lib.call("dnnl_primitive_create", ctypes.byref(self.prim), pd)
-        sp = lib.fn("dnnl_primitive_desc_query_md")(pd, D.QUERY_SCRATCHPAD_MD, 0)
-        self.scratch = int(lib.fn("dnnl_memory_desc_get_size")(sp)) if sp else 0
-
-    def md(self, query):
-        return self.lib.fn("dnnl_primitive_desc_query_md")(self.pd, query, 0)
-
-    def __del__(self):
-        fn = getattr(self.lib, "fn", None)
-        if fn is None:
-            return
-        if self.prim:
-            fn("dnnl_primitive_destroy")(self.prim)
-        if self.pd:
-            fn("dnnl_primitive_desc_destroy")(self.pd)
-
-
-class _Desc:
-    """An owned memory descriptor (destroyed with the Python object)."""
-
-    def __init__(self, lib, shape, any_format=False, clone_of=None):
-        self.lib = lib
-        self.shape = tuple(int(n) for n in shape)
-        self.h = ctypes.c_void_p()
-        nd = len(self.shape)
-        if clone_of is not None:
-            lib.call("dnnl_memory_desc_clone", ctypes.byref(self.h), clone_of)
-        elif any_format:
-            lib.call("dnnl_memory_desc_create_with_tag", ctypes.byref(self.h), nd, D.Dims(*self.shape), D.F32,
-                     D.FORMAT_ANY)
-        else:
-            lib.call("dnnl_memory_desc_create_with_strides", ctypes.byref(self.h), nd, D.Dims(*self.shape), D.F32,
-                     D.Dims(*_strides(self.shape)))
-        self.nbytes = int(lib.fn("dnnl_memory_desc_get_size")(self.h))
-
-    def __del__(self):
-        fn = getattr(self.lib, "fn", None)
-        if fn is not None and self.h:
-            fn("dnnl_memory_desc_destroy")(self.h)
-
-
-def _attr(lib):
-    attr = ctypes.c_void_p()
-    lib.call("dnnl_primitive_attr_create", ctypes.byref(attr))
-    try:
-        lib.call("dnnl_primitive_attr_set_scratchpad_mode", attr, D.SCRATCHPAD_USER)
-    except D.DnnlError:
-        lib.fn("dnnl_primitive_attr_destroy")(attr)
-        raise
-    return attr
-
-
-class _Plan:
+class _Plan(Executor):
     """One convolution kind for one set of shapes: the primitive and, per argument, the reorder
     between the user's plain array and the layout the primitive chose (None when they agree)."""
 
@@ -172,29 +107,6 @@ class _Plan:
                 self.steps.append((arg, role, out, _Prim(lib, rpd), inner_desc, inner_desc.nbytes))
         finally:
             lib.fn("dnnl_primitive_attr_destroy")(attr)
-
-    # -- execution
-    def _memory(self, md, array, made):
-        mem = ctypes.c_void_p()
-        self.lib.call("dnnl_memory_create", ctypes.byref(mem), md, self.lib.engine,
-                      ctypes.c_void_p(array.ctypes.data))
-        made.append(mem)
-        return mem
-
-    def _exec(self, prim, args, made, keep):
-        """Run ``prim`` with ``args`` [(arg id, md, array)]; ``keep`` holds every array that oneDNN
-        may touch until the stream has finished."""
-        n = len(args) + (1 if prim.scratch else 0)
-        arr = (D.ExecArg * n)()
-        for i, (arg, md, a) in enumerate(args):
-            arr[i].arg, arr[i].memory = arg, self._memory(md, a, made)
-            keep.append(a)
-        if prim.scratch:
-            pad = D.aligned_empty(prim.scratch, np.uint8)
-            keep.append(pad)
-            arr[n - 1].arg = D.ARG_SCRATCHPAD
-            arr[n - 1].memory = self._memory(prim.md(D.QUERY_SCRATCHPAD_MD), pad, made)
-        self.lib.call("dnnl_primitive_execute", prim.prim, self.lib.stream, n, arr)
 
     def run(self, arrays: dict) -> None:
         """Execute with the user arrays ``{"x", "w", "y"}`` (the output one is written)."""

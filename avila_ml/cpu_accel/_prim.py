@@ -1,0 +1,110 @@
+"""The machinery every oneDNN primitive of ``cpu_accel`` shares: owned primitive and memory
+descriptors (destroyed with their Python objects), the primitive attribute with a user-owned
+scratchpad, and execution over NumPy buffers that are kept alive until the stream has finished.
+
+Every buffer oneDNN touches, scratchpads included, is a NumPy allocation, so the memory
+benchmarks count it.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import _dnnl as D
+
+__all__ = ["Executor", "_Desc", "_Prim", "_attr", "_strides"]
+
+
+def _strides(shape):
+    st, acc = [], 1
+    for n in reversed(shape):
+        st.append(acc)
+        acc *= n
+    return tuple(reversed(st))
+
+
+class _Prim:
+    """A primitive, its descriptor and its scratchpad size; destroyed with the Python object."""
+
+    def __init__(self, lib, pd):
+        self.lib, self.pd = lib, pd
+        self.prim = ctypes.c_void_p()
+        lib.call("dnnl_primitive_create", ctypes.byref(self.prim), pd)
+        sp = lib.fn("dnnl_primitive_desc_query_md")(pd, D.QUERY_SCRATCHPAD_MD, 0)
+        self.scratch = int(lib.fn("dnnl_memory_desc_get_size")(sp)) if sp else 0
+
+    def md(self, query):
+        return self.lib.fn("dnnl_primitive_desc_query_md")(self.pd, query, 0)
+
+    def __del__(self):
+        fn = getattr(self.lib, "fn", None)
+        if fn is None:
+            return
+        if self.prim:
+            fn("dnnl_primitive_destroy")(self.prim)
+        if self.pd:
+            fn("dnnl_primitive_desc_destroy")(self.pd)
+
+
+class _Desc:
+    """An owned memory descriptor (destroyed with the Python object): plain C order, oneDNN's
+    choice (``any_format``), or a clone of a queried one (which lives only as long as its owner)."""
+
+    def __init__(self, lib, shape, any_format=False, clone_of=None, dtype=None):
+        self.lib = lib
+        self.shape = tuple(int(n) for n in shape)
+        self.h = ctypes.c_void_p()
+        nd = len(self.shape)
+        dt = D.F32 if dtype is None else dtype
+        if clone_of is not None:
+            lib.call("dnnl_memory_desc_clone", ctypes.byref(self.h), clone_of)
+        elif any_format:
+            lib.call("dnnl_memory_desc_create_with_tag", ctypes.byref(self.h), nd, D.Dims(*self.shape), dt,
+                     D.FORMAT_ANY)
+        else:
+            lib.call("dnnl_memory_desc_create_with_strides", ctypes.byref(self.h), nd, D.Dims(*self.shape), dt,
+                     D.Dims(*_strides(self.shape)))
+        self.nbytes = int(lib.fn("dnnl_memory_desc_get_size")(self.h))
+
+    def __del__(self):
+        fn = getattr(self.lib, "fn", None)
+        if fn is not None and self.h:
+            fn("dnnl_memory_desc_destroy")(self.h)
+
+
+def _attr(lib):
+    attr = ctypes.c_void_p()
+    lib.call("dnnl_primitive_attr_create", ctypes.byref(attr))
+    try:
+        lib.call("dnnl_primitive_attr_set_scratchpad_mode", attr, D.SCRATCHPAD_USER)
+    except D.DnnlError:
+        lib.fn("dnnl_primitive_attr_destroy")(attr)
+        raise
+    return attr
+
+
+class Executor:
+    """Runs primitives on NumPy buffers: ``self.lib`` is the loaded library (``_dnnl.load()``)."""
+
+    def _memory(self, md, array, made):
+        mem = ctypes.c_void_p()
+        self.lib.call("dnnl_memory_create", ctypes.byref(mem), md, self.lib.engine,
+                      ctypes.c_void_p(array.ctypes.data))
+        made.append(mem)
+        return mem
+
+    def _exec(self, prim, args, made, keep):
+        """Run ``prim`` with ``args`` [(arg id, md, array)]; ``keep`` holds every array that oneDNN
+        may touch until the stream has finished."""
+        n = len(args) + (1 if prim.scratch else 0)
+        arr = (D.ExecArg * n)()
+        for i, (arg, md, a) in enumerate(args):
+            arr[i].arg, arr[i].memory = arg, self._memory(md, a, made)
+            keep.append(a)
+        if prim.scratch:
+            pad = D.aligned_empty(prim.scratch, np.uint8)
+            keep.append(pad)
+            arr[n - 1].arg = D.ARG_SCRATCHPAD
+            arr[n - 1].memory = self._memory(prim.md(D.QUERY_SCRATCHPAD_MD), pad, made)
+        self.lib.call("dnnl_primitive_execute", prim.prim, self.lib.stream, n, arr)
