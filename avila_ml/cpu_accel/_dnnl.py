@@ -104,6 +104,32 @@ _SIGNATURES = {
 _RESTYPES = {"dnnl_memory_desc_equal": ctypes.c_int, "dnnl_memory_desc_get_size": ctypes.c_size_t,
              "dnnl_primitive_desc_query_md": _p, "dnnl_version": ctypes.POINTER(Version)}
 
+# -- issue 17, eltwise and softmax primitives (cpu_accel/_eltwise.py, _softmax.py) --------------
+# alg kinds (dnnl_alg_kind_t); the values are those of oneDNN 3.0-3.x, checked in the tests by
+# comparing each primitive's results with the NumPy formulas
+ELTWISE_RELU, ELTWISE_TANH, ELTWISE_ELU = 0x20, 0x21, 0x22
+ELTWISE_LOGISTIC, ELTWISE_EXP, ELTWISE_GELU_TANH, ELTWISE_SWISH = 0x29, 0x2A, 0x2B, 0x2C
+ELTWISE_GELU_ERF = 0x31
+ELTWISE_RELU_USE_DST, ELTWISE_TANH_USE_DST, ELTWISE_ELU_USE_DST = 0x100, 0x101, 0x102
+ELTWISE_LOGISTIC_USE_DST, ELTWISE_EXP_USE_DST = 0x104, 0x105
+SOFTMAX_ACCURATE, SOFTMAX_LOG = 0x30000, 0x30001
+BACKWARD = 128  # dnnl_backward (prop kind)
+_SIGNATURES.update({
+    # (pd, engine, prop_kind, alg, src md, dst md, alpha, beta, attr)
+    "dnnl_eltwise_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, _p, _p, ctypes.c_float, ctypes.c_float, _p],
+    # (pd, engine, alg, diff src md, diff dst md, data md, alpha, beta, hint fwd pd, attr)
+    "dnnl_eltwise_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, ctypes.c_float, ctypes.c_float, _p, _p],
+    # (pd, engine, prop_kind, alg, src md, dst md, axis, attr)
+    "dnnl_softmax_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, _p, _p, ctypes.c_int, _p],
+    # (pd, engine, alg, diff src md, diff dst md, dst md, axis, hint fwd pd, attr)
+    "dnnl_softmax_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, ctypes.c_int, _p, _p],
+})
+# -- end of the issue-17 eltwise/softmax block ---------------------------------------------------
+
 _state: dict = {}
 _lock = threading.Lock()
 

@@ -1,0 +1,203 @@
+"""Elementwise activations through oneDNN's eltwise primitive, float32 NumPy arrays: exact and
+tanh GELU, ReLU/LeakyReLU, ELU, tanh, logistic (sigmoid), swish (SiLU) and exp, forward and
+backward (the gradient with respect to the input, from the input or from the output).
+
+Every buffer is a plain C-order array, so the primitive sees a 1-d tensor of ``x.size``
+elements: one plan per (direction, algorithm, size, alpha, beta), LRU-cached as in ``_conv.py``.
+oneDNN's eltwise kernels are JIT-compiled vector code (AVX2/AVX-512) over all OpenMP threads;
+NumPy's float32 transcendental ufuncs are scalar loops on many builds, and SciPy's ``erf`` (what
+exact GELU used) converts every element to float64 and back. The callers (``ops/activation.py``,
+``ops/elementwise.py``) keep the NumPy formulas as the fallback and as the reference in tests,
+and call here only above a size where the fixed cost of a oneDNN call (about ten ``ctypes``
+calls, a few microseconds each) is repaid: :data:`MIN_SIZE`.
+
+Functions return None where oneDNN does not apply (not a float32 NumPy array, empty, the library
+absent), so the caller falls back.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _dnnl as D
+from ._prim import Executor, _Desc, _Prim, _attr
+
+__all__ = ["forward", "backward", "ALGS", "MIN_SIZE", "cache_info", "clear_cache", "CACHE_SIZE"]
+
+CACHE_SIZE = 128  # plans kept (LRU); an eltwise plan is small, but its JIT code is not free
+MIN_SIZE = 1 << 14  # below this many elements NumPy's ufuncs are at least as fast (measured)
+_F32 = np.dtype(np.float32)
+
+# name -> (algorithm computing the backward from the input, the same from the output or None);
+# alpha/beta are the algorithm's parameters (relu: the negative slope; elu: alpha; swish: the
+# factor inside the sigmoid)
+ALGS = {
+    "relu": (D.ELTWISE_RELU, D.ELTWISE_RELU_USE_DST),
+    "tanh": (D.ELTWISE_TANH, D.ELTWISE_TANH_USE_DST),
+    "elu": (D.ELTWISE_ELU, D.ELTWISE_ELU_USE_DST),
+    "logistic": (D.ELTWISE_LOGISTIC, D.ELTWISE_LOGISTIC_USE_DST),
+    "exp": (D.ELTWISE_EXP, D.ELTWISE_EXP_USE_DST),
+    "gelu_erf": (D.ELTWISE_GELU_ERF, None),
+    "gelu_tanh": (D.ELTWISE_GELU_TANH, None),
+    "swish": (D.ELTWISE_SWISH, None),
+}
+
+
+class _Plan(Executor):
+    """One primitive over same-shaped plain float32 buffers (eltwise or softmax); ``make_pd(lib,
+    md, attr)`` returns its primitive descriptor, ``args`` are its argument ids in call order."""
+
+    def __init__(self, lib, shape, make_pd, args, what):
+        self.lib, self.args, self.what = lib, tuple(args), what
+        self.desc = _Desc(lib, shape)
+        attr = _attr(lib)
+        try:
+            self.prim = _Prim(lib, make_pd(lib, self.desc.h, attr))
+        finally:
+            lib.fn("dnnl_primitive_attr_destroy")(attr)
+        name = ctypes.c_char_p()
+        lib.call("dnnl_primitive_desc_query", self.prim.pd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
+        self.impl = (name.value or b"").decode()
+        # "ref:any" is oneDNN's scalar reference code: slower than NumPy (softmax backward in
+        # oneDNN 3.2 on AVX2, softmax over a middle axis: 10-50x), so callers fall back
+        self.jit = not self.impl.startswith("ref")
+
+    def run(self, *arrays) -> None:
+        """Execute on ``arrays`` (one per argument id, outputs last, all C-contiguous float32)."""
+        n = self.desc.nbytes
+        for i, a in enumerate(arrays):
+            D.check_buffer(a, _F32, n, f"{'output' if i == len(arrays) - 1 else 'input'} {i} of the "
+                                       f"oneDNN {self.what}")
+        made, keep = [], []
+        try:
+            self._exec(self.prim, [(arg, self.desc.h, a) for arg, a in zip(self.args, arrays)], made, keep)
+            self.lib.call("dnnl_stream_wait", self.lib.stream)
+        finally:
+            destroy = self.lib.fn("dnnl_memory_destroy")
+            for m in made:
+                destroy(m)
+            del keep
+
+
+class PlanCache:
+    """An LRU cache of plans with a bound (a plan is built outside the lock: building one JIT
+    compiles, and two threads building the same plan just waste one)."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build):
+        with self._lock:
+            plan = self._d.get(key)
+            if plan is not None:
+                self._d.move_to_end(key)
+                return plan
+        plan = build()
+        with self._lock:
+            self._d[key] = plan
+            self._d.move_to_end(key)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)  # destroyed when no running call holds it any more
+        return plan
+
+    def info(self) -> dict:
+        return {"size": len(self._d), "capacity": self.capacity}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+_cache = PlanCache(CACHE_SIZE)
+
+
+def cache_info() -> dict:
+    """``{"size": plans cached, "capacity": CACHE_SIZE}``."""
+    return _cache.info()
+
+
+def clear_cache() -> None:
+    """Drop every cached eltwise plan."""
+    _cache.clear()
+
+
+def usable(*arrays, min_size=MIN_SIZE) -> bool:
+    """True when oneDNN may run on ``arrays``: ``avila_ml.backends.mkldnn.enabled``, every array a
+    float32 NumPy array of the first one's shape with at least ``min_size`` (>= 1) elements, and
+    the library loaded (by this call)."""
+    from ..backends import mkldnn
+    a0 = arrays[0]
+    return (mkldnn.enabled and all(isinstance(a, np.ndarray) and a.dtype == _F32 and a.shape == a0.shape
+                                   for a in arrays)
+            and a0.size >= max(1, min_size) and D.load() is not None)
+
+
+def _forward_pd(alg, alpha, beta):
+    def make(lib, md, attr):
+        pd = ctypes.c_void_p()
+        lib.call("dnnl_eltwise_forward_primitive_desc_create", ctypes.byref(pd), lib.engine,
+                 D.FORWARD_TRAINING, alg, md, md, alpha, beta, attr)
+        return pd
+    return make
+
+
+def _backward_pd(alg, alpha, beta):
+    def make(lib, md, attr):
+        hint = _forward_pd(alg, alpha, beta)(lib, md, attr)
+        pd = ctypes.c_void_p()
+        try:
+            lib.call("dnnl_eltwise_backward_primitive_desc_create", ctypes.byref(pd), lib.engine, alg,
+                     md, md, md, alpha, beta, hint, attr)
+        finally:
+            lib.fn("dnnl_primitive_desc_destroy")(hint)
+        return pd
+    return make
+
+
+def forward(name, x, alpha=0.0, beta=0.0, out=None, min_size=MIN_SIZE):
+    """``y = f(x)`` by the eltwise algorithm ``name`` (a key of :data:`ALGS`), or None where
+    oneDNN does not apply (see :func:`usable`). ``x`` may be any float32 array (a
+    non-contiguous one is copied); ``out`` (C-contiguous, x's shape) receives the result, ``x``
+    itself included."""
+    if not usable(x, min_size=min_size):
+        return None
+    lib = D.load()
+    alg = ALGS[name][0]
+    n = x.size
+    plan = _cache.get(("fwd", alg, n, float(alpha), float(beta)),
+                      lambda: _Plan(lib, (n,), _forward_pd(alg, alpha, beta), (D.ARG_SRC, D.ARG_DST),
+                                    f"eltwise {name} forward"))
+    if not plan.jit:
+        return None
+    x = np.ascontiguousarray(x)
+    y = np.empty(x.shape, _F32) if out is None else out
+    plan.run(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def backward(name, g, data, alpha=0.0, beta=0.0, from_output=False, min_size=MIN_SIZE):
+    """``dx = g * f'(x)`` by the eltwise algorithm ``name``, with ``data`` the forward's input
+    (or its output, ``from_output=True``, for the algorithms that have that form), or None where
+    oneDNN does not apply."""
+    if not usable(g, data, min_size=min_size):
+        return None
+    lib = D.load()
+    alg = ALGS[name][1 if from_output else 0]
+    if alg is None:
+        raise ValueError(f"oneDNN eltwise {name}: no backward from the output")
+    n = g.size
+    plan = _cache.get(("bwd", alg, n, float(alpha), float(beta)),
+                      lambda: _Plan(lib, (n,), _backward_pd(alg, alpha, beta),
+                                    (D.ARG_DST if from_output else D.ARG_SRC, D.ARG_DIFF_DST, D.ARG_DIFF_SRC),
+                                    f"eltwise {name} backward"))
+    if not plan.jit:
+        return None
+    data, g = np.ascontiguousarray(data), np.ascontiguousarray(g)
+    dx = np.empty(g.shape, _F32)
+    plan.run(data.reshape(-1), g.reshape(-1), dx.reshape(-1))
+    return dx
