@@ -373,6 +373,22 @@ class NLLLoss(Function):
         return IndexPutAdd.apply(gs, self.in_shape, self.key, True)
 
 
+def _accel_log_softmax(x):
+    """log_softmax(x, 1) of a float32 NumPy (N, C) array through oneDNN, or None (not such an
+    array, oneDNN absent or disabled, or small)."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2):
+        return None
+    from ..cpu_accel import _softmax
+    return _softmax.forward(x, 1, log=True)
+
+
+def _exp_array(a):
+    """exp of a float32 NumPy array: oneDNN's eltwise exp where it applies, else NumPy's."""
+    from ..cpu_accel import _eltwise
+    e = _eltwise.forward("exp", a)
+    return np.exp(a) if e is None else e
+
+
 class CrossEntropy(Function):
     """The op behind :func:`cross_entropy` with class indices: fused log-softmax + NLL over
     the class dim 1 of (N, C, d...) (PyTorch's ``cross_entropy_loss``).
@@ -389,16 +405,23 @@ class CrossEntropy(Function):
 
     def forward(self, x, safe, w_t, reduction):
         xp = backend_of(x).xp
+        self.key = key = _target_key(safe, xp)
+        self.save_inputs(0)
+        # float32 (N, C) on NumPy: oneDNN's log-softmax (ops/reduction.py), its exp taken in the
+        # backward; None where it does not apply
+        self.logp = _accel_log_softmax(x)
+        self.p = None
         with np.errstate(invalid="ignore", divide="ignore"):  # inf/nan logits give nan, silently (PyTorch)
-            m = x.max(axis=1, keepdims=True)
-            z = x - m
-            p = xp.exp(z)
-            s = p.sum(axis=1, keepdims=True)
-            p /= s
-            self.key = key = _target_key(safe, xp)
-            loss = (xp.log(s[(key[0], 0) + key[2:]]) - z[key]) * w_t
-            self.p = p
-            self.save_inputs(0)
+            if self.logp is not None:
+                loss = -self.logp[key] * w_t
+            else:
+                m = x.max(axis=1, keepdims=True)
+                z = x - m
+                p = xp.exp(z)
+                s = p.sum(axis=1, keepdims=True)
+                p /= s
+                loss = (xp.log(s[(key[0], 0) + key[2:]]) - z[key]) * w_t
+                self.p = p
             if reduction == "none":
                 self.scale = w_t
                 return loss
@@ -411,7 +434,11 @@ class CrossEntropy(Function):
     def backward(self, g):
         if not _state.enabled:
             gs = g.array * self.scale
-            dx = self.p * gs[:, None]
+            if self.p is None:  # a fresh array: scaled in place
+                dx = _exp_array(self.logp)
+                dx *= gs[:, None]
+            else:
+                dx = self.p * gs[:, None]
             dx[self.key] -= gs
             return Tensor._wrap(dx)
         # create_graph: softmax(x) as an op, so the result differentiates again

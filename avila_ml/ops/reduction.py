@@ -14,7 +14,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..autograd.function import Function
 from ..amp.autocast_mode import autocast_op
-from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.grad_mode import _state as _grad_state, is_grad_enabled
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
 from .elementwise import _arr, abs as _abs, sign as _sign, exp, log, sqrt, where, cast, pow as _pow, _nondiff
@@ -497,41 +497,108 @@ class LogSumExp(Function):
         return reshape(g, ks) * exp(x - reshape(out, ks))
 
 
+def _np_f32(a) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype == np.float32
+
+
+def _accel_softmax():
+    """``avila_ml.cpu_accel._softmax`` (imported on first use; its functions return None when
+    oneDNN is absent, disabled by ``avila_ml.backends.mkldnn.enabled = False``, has no JIT
+    kernel for the case, or the array is small, and the NumPy code below runs)."""
+    from ..cpu_accel import _softmax
+    return _softmax
+
+
+def _raw_backward(g, y) -> bool:
+    """The gradient may be computed by raw NumPy code: no graph of it is wanted
+    (``create_graph=False``) and ``g``, ``y`` are same-shaped float32/float64 NumPy arrays."""
+    return (not _grad_state.enabled and isinstance(y, np.ndarray) and isinstance(g, np.ndarray)
+            and y.dtype in (np.float32, np.float64) and g.dtype == y.dtype and g.shape == y.shape)
+
+
+def _rows(a, axis):
+    """``a`` as a C-contiguous ``(outer, n, inner)`` array with ``axis`` in the middle (a view
+    when ``a`` is C-contiguous)."""
+    sh = a.shape
+    return np.ascontiguousarray(a).reshape(math.prod(sh[:axis]), sh[axis], math.prod(sh[axis + 1:]))
+
+
+def _shift(x, axis, xp):
+    """The row maximum, with an all ``-inf`` row shifted by 0 instead (so it gives NaN, not
+    exp(-inf + inf)); a +inf makes the whole row NaN, as in PyTorch (inf - inf)."""
+    m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
+    m[m == -xp.inf] = 0
+    return m
+
+
 class Softmax(Function):
+    """Softmax along ``axis``. Float32 NumPy arrays over the last axis take oneDNN's softmax
+    primitive when it is installed (about 5x NumPy's float32 ``exp`` path); the NumPy path makes
+    four passes (max, shift, exp in place, sum) and scales by the reciprocal of the sums. The
+    backward ``y (g - sum(g y))`` is raw array code (the row dot products by ``einsum``, no
+    temporary) unless the graph of the gradient is built."""
+
     def forward(self, x, axis):
         self.axis = axis
+        self.save_outputs(0)
+        y = _accel_softmax().forward(x, axis) if _np_f32(x) else None
+        if y is not None:
+            return y
         xp = backend_of(x).xp
-        m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
-        # only an all -inf row is shifted by 0 (so it gives NaN, not exp(-inf + inf)); a +inf
-        # makes the whole row NaN, as in PyTorch (inf - inf)
-        m = xp.where(m == -xp.inf, x.dtype.type(0), m)
-        e = x - m
+        e = x - _shift(x, axis, xp)
         xp.exp(e, out=e)  # in place: one temporary instead of two
         s = e.sum(axis=axis, keepdims=True)
-        e /= s
-        self.save_outputs(0)
+        with np.errstate(divide="ignore"):  # an all -inf row: 0 * (1/0) = NaN, as 0/0 before
+            e *= 1 / s
         return e
 
     def backward(self, g):
         (y,) = self.saved_outputs
+        if _raw_backward(g.array, y.array):
+            ga, ya = g.array, y.array
+            dx = _accel_softmax().backward(ga, ya, self.axis) if _np_f32(ya) else None
+            if dx is None:
+                g3, y3 = _rows(ga, self.axis), _rows(ya, self.axis)
+                dx = g3 - np.einsum("onk,onk->ok", g3, y3)[:, None, :]
+                dx *= y3
+                dx = dx.reshape(ya.shape)
+            return Tensor._wrap(dx)
         gy = g * y
         return gy - y * Sum.apply(gy, (self.axis,), True)
 
 
 class LogSoftmax(Function):
+    """Log-softmax along ``axis``: oneDNN's ``softmax_log`` for float32 NumPy arrays over the
+    last axis, else ``z - log(sum(exp(z)))`` with ``z = x - max``. The backward
+    ``g - exp(y) sum(g)`` is raw array code (``exp`` through oneDNN's eltwise primitive for
+    float32) unless the graph of the gradient is built."""
+
     def forward(self, x, axis):
         self.axis = axis
+        self.save_outputs(0)
+        y = _accel_softmax().forward(x, axis, log=True) if _np_f32(x) else None
+        if y is not None:
+            return y
         xp = backend_of(x).xp
-        m = x.max(axis=axis, keepdims=True) if x.size else x.sum(axis=axis, keepdims=True)
-        m = xp.where(m == -xp.inf, x.dtype.type(0), m)  # as in Softmax: +inf gives a NaN row
-        z = x - m
+        z = x - _shift(x, axis, xp)
         acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
         z -= xp.log(xp.exp(z).sum(axis=axis, keepdims=True, dtype=acc)).astype(z.dtype)
-        self.save_outputs(0)
         return z
 
     def backward(self, g):
         (y,) = self.saved_outputs
+        if _raw_backward(g.array, y.array):
+            ga, ya = g.array, y.array
+            e = None
+            if _np_f32(ya):
+                from ..cpu_accel import _eltwise
+                e = _eltwise.forward("exp", ya)
+            if e is None:
+                e = np.exp(ya)
+            e3, g3 = _rows(e, self.axis), _rows(ga, self.axis)
+            e3 *= g3.sum(axis=1, keepdims=True)
+            np.subtract(g3, e3, out=e3)
+            return Tensor._wrap(e3.reshape(ya.shape))
         return g - exp(y) * Sum.apply(g, (self.axis,), True)
 
 
