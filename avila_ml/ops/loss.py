@@ -32,7 +32,7 @@ from ..backends import backend_of
 from ..tensor import Tensor
 from .elementwise import abs as _abs, clamp, exp, log, log1p, sigmoid, sqrt, sum_to as _sum_to, where
 from .indexing import IndexPutAdd
-from .reduction import Softmax, log_softmax, mean as _mean, sum as _sum
+from .reduction import Softmax, _exp_fast, log_softmax, log_softmax_array, mean as _mean, sum as _sum
 from .shape import reshape, unsqueeze
 
 __all__ = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
@@ -374,19 +374,12 @@ class NLLLoss(Function):
 
 
 def _accel_log_softmax(x):
-    """log_softmax(x, 1) of a float32 NumPy (N, C) array through oneDNN, or None (not such an
-    array, oneDNN absent or disabled, or small)."""
-    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2):
-        return None
-    from ..cpu_accel import _softmax
-    return _softmax.forward(x, 1, log=True)
-
-
-def _exp_array(a):
-    """exp of a float32 NumPy array: oneDNN's eltwise exp where it applies, else NumPy's."""
+    """log_softmax(x, 1) with oneDNN's exp when that applies to ``x`` (a large float32 NumPy
+    array, oneDNN installed and enabled), else None: then the single-exp NumPy path is faster."""
     from ..cpu_accel import _eltwise
-    e = _eltwise.forward("exp", a)
-    return np.exp(a) if e is None else e
+    if not _eltwise.usable(x):
+        return None
+    return log_softmax_array(x, 1)
 
 
 class CrossEntropy(Function):
@@ -407,8 +400,8 @@ class CrossEntropy(Function):
         xp = backend_of(x).xp
         self.key = key = _target_key(safe, xp)
         self.save_inputs(0)
-        # float32 (N, C) on NumPy: oneDNN's log-softmax (ops/reduction.py), its exp taken in the
-        # backward; None where it does not apply
+        # large float32 on NumPy: the log-softmax with oneDNN's exp (ops/reduction.py), its exp
+        # taken again in the backward (cheap there); None where it does not apply
         self.logp = _accel_log_softmax(x)
         self.p = None
         with np.errstate(invalid="ignore", divide="ignore"):  # inf/nan logits give nan, silently (PyTorch)
@@ -435,7 +428,7 @@ class CrossEntropy(Function):
         if not _state.enabled:
             gs = g.array * self.scale
             if self.p is None:  # a fresh array: scaled in place
-                dx = _exp_array(self.logp)
+                dx = _exp_fast(self.logp)
                 dx *= gs[:, None]
             else:
                 dx = self.p * gs[:, None]

@@ -1,0 +1,373 @@
+"""The CPU fast paths of activations and softmax (issue 17): oneDNN's eltwise and softmax
+primitives (``avila_ml/cpu_accel/_eltwise.py``, ``_softmax.py``) and the vectorised float32 erf
+(``avila_ml/backends/_erf_float32.py``) used without oneDNN.
+
+Every accelerated path is checked against PyTorch in float64 (forward and input gradient, with
+float32 inputs), double backward through the Tensor-op path against PyTorch, that oneDNN
+actually ran (a spy on the plan execution) or did not (float64, ``mkldnn.enabled = False``,
+small arrays), non-contiguous inputs, and the behaviour without the library (a subprocess with
+AVILA_ML_DNNL_LIBRARY pointing nowhere).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.special as sp
+import torch
+import torch.nn.functional as TF
+
+import avila_ml as am
+from avila_ml.backends import _erf_float32 as erf32
+from avila_ml.cpu_accel import _dnnl as dnnl, _eltwise, _softmax
+from avila_ml.nn import functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = float(np.finfo(np.float32).eps)
+needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The oneDNN plans executed (eltwise and softmax share ``_eltwise._Plan``), by name."""
+    seen = []
+    real = _eltwise._Plan.run
+
+    def spy(self, *arrays):
+        seen.append(self.what)
+        return real(self, *arrays)
+    monkeypatch.setattr(_eltwise._Plan, "run", spy)
+    return seen
+
+
+@pytest.fixture(params=[True, False], ids=["onednn", "numpy"])
+def accel(request, monkeypatch):
+    """Each test body once with oneDNN allowed (when installed) and once with it switched off."""
+    monkeypatch.setattr(am.backends.mkldnn, "enabled", request.param)
+    return request.param and dnnl.available()
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _close(ours, ref64, scale, ulps):
+    """float32 result vs float64 reference: |error| <= ulps * eps32 * scale, elementwise."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    assert ours.shape == ref64.shape
+    err = np.abs(ours - ref64)
+    bound = ulps * EPS * np.asarray(scale, dtype=np.float64)
+    worst = np.argmax(err - bound)
+    assert np.all(err <= bound), (f"error {err.flat[worst]:.3g} > bound {np.broadcast_to(bound, err.shape).flat[worst]:.3g} "
+                                  f"at {worst}: ours {ours.flat[worst]!r}, reference {ref64.flat[worst]!r}")
+
+
+def _torch_fwd_bwd(fn, x, g):
+    t = torch.tensor(x.astype(np.float64), requires_grad=True)
+    y = fn(t)
+    y.backward(torch.tensor(g.astype(np.float64)))
+    return y.detach().numpy(), t.grad.numpy()
+
+
+def _ours_fwd_bwd(fn, x, g):
+    t = am.tensor(x, requires_grad=True)
+    y = fn(t)
+    y.backward(am.tensor(g))
+    assert y.dtype == am.float32 and t.grad.dtype == am.float32
+    return y.detach().numpy(), t.grad.numpy()
+
+
+# ------------------------------------------------------------------------------------ erf
+def test_float32_erf_within_a_few_ulps_of_float64():
+    x = np.concatenate([_rng().standard_normal(200_000) * 3, np.linspace(-6, 6, 100_001),
+                        np.geomspace(1e-38, 8, 5000), -np.geomspace(1e-38, 8, 5000),
+                        [1e-45, -1e-45, 0.0, -0.0, 3.92, 3.93, 50.0, -50.0]]).astype(np.float32)
+    ref = sp.erf(x.astype(np.float64))
+    ours = erf32.erf(x)
+    assert ours.dtype == np.float32
+    # relative, down to the smallest normal float32 (denormal results are rounded to 1.4e-45 steps)
+    _close(ours, ref, np.maximum(np.abs(ref), np.finfo(np.float32).tiny), 4)
+    # the public op takes it for float32
+    np.testing.assert_array_equal(am.erf(am.tensor(x)).numpy(), ours)
+
+
+def test_float32_erf_special_values_and_shapes():
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)
+    y = erf32.erf(x)
+    assert y[0] == 1.0 and y[1] == -1.0 and np.isnan(y[2]) and y[3] == 0.0 and np.signbit(y[4])
+    big = _rng(1).standard_normal((3, 70_000)).astype(np.float32)[:, ::2]  # several chunks, a strided view
+    np.testing.assert_array_equal(erf32.erf(big), erf32.erf(np.ascontiguousarray(big)))
+    assert erf32.erf(np.zeros((0, 3), np.float32)).shape == (0, 3)
+    # oddness holds exactly (the formula is x times an even function)
+    np.testing.assert_array_equal(erf32.erf(-big), -erf32.erf(big))
+
+
+def test_normal_cdf_and_gelu_float32_vs_float64():
+    x = np.concatenate([_rng(2).standard_normal(100_000) * 4, np.linspace(-12, 12, 20_001)]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    _close(erf32.normal_cdf(x), sp.ndtr(x64), 1.0, 4)
+    # GELU: error relative to max(|x|, 1), as PyTorch's own float32 (1 + erf) formula has
+    _close(erf32.gelu(x), x64 * sp.ndtr(x64), np.maximum(np.abs(x64), 1), 4)
+
+
+# ------------------------------------------------------------------------------------ GELU
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", [(64, 100), (7,), (2048, 512)])
+def test_gelu_float32_forward_backward_vs_torch_float64(approximate, shape, accel, calls):
+    x = (_rng(3).standard_normal(shape) * 3).astype(np.float32)
+    x.flat[:4] = [0.0, -10.0, 10.0, 1e-20]
+    g = _rng(4).standard_normal(shape).astype(np.float32)
+    y, gx = _ours_fwd_bwd(lambda t: F.gelu(t, approximate=approximate), x, g)
+    ry, rgx = _torch_fwd_bwd(lambda t: TF.gelu(t, approximate=approximate), x, g)
+    scale = np.maximum(np.abs(x.astype(np.float64)), 1)
+    _close(y, ry, scale, 6)
+    _close(gx, rgx, scale * np.abs(g), 6)
+    big = x.size >= 1024
+    assert calls == (["eltwise gelu_%s forward" % ("erf" if approximate == "none" else "tanh"),
+                      "eltwise gelu_%s backward" % ("erf" if approximate == "none" else "tanh")]
+                     if accel and big else [])
+
+
+def test_gelu_float64_never_goes_to_onednn(calls):
+    x = _rng(5).standard_normal((64, 100))
+    g = _rng(6).standard_normal((64, 100))
+    t = am.tensor(x, requires_grad=True)
+    y = F.gelu(t)
+    y.backward(am.tensor(g))
+    ry, rgx = _torch_fwd_bwd(TF.gelu, x, g)
+    np.testing.assert_allclose(y.detach().numpy(), ry, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(t.grad.numpy(), rgx, rtol=1e-12, atol=1e-14)
+    assert calls == []
+
+
+def test_gelu_non_contiguous_input(accel, calls):
+    base = (_rng(7).standard_normal((96, 80)) * 2).astype(np.float32)
+    g = _rng(8).standard_normal((80, 96)).astype(np.float32)
+    t = am.tensor(base, requires_grad=True)
+    y = F.gelu(t.t())  # a transposed view
+    y.backward(am.tensor(g))
+    ry, rgx = _torch_fwd_bwd(lambda u: TF.gelu(u.t()), base, g)
+    _close(y.detach().numpy(), ry, np.maximum(np.abs(base.T.astype(np.float64)), 1), 6)
+    _close(t.grad.numpy(), rgx, np.maximum(np.abs(base.astype(np.float64)), 1) * np.abs(g.T), 6)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_double_backward_float32_vs_torch(approximate, accel):
+    x = (_rng(9).standard_normal((40, 64)) * 2).astype(np.float32)
+    g = _rng(10).standard_normal((40, 64)).astype(np.float32)
+    t = am.tensor(x, requires_grad=True)
+    (gx,) = am.autograd.grad(F.gelu(t, approximate=approximate), t, am.tensor(g), create_graph=True)
+    (ggx,) = am.autograd.grad(gx.sum(), t)
+    tt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    (tgx,) = torch.autograd.grad(TF.gelu(tt, approximate=approximate), tt, torch.tensor(g.astype(np.float64)),
+                                 create_graph=True)
+    (tggx,) = torch.autograd.grad(tgx.sum(), tt)
+    np.testing.assert_allclose(gx.detach().numpy(), tgx.detach().numpy(), rtol=0, atol=2e-5 * np.abs(g).max() * 3)
+    np.testing.assert_allclose(ggx.numpy(), tggx.numpy(), rtol=0, atol=1e-4 * np.abs(g).max() * 3)
+
+
+def test_gelu_gradgradcheck_float64():
+    x = am.tensor(_rng(11).standard_normal((3, 5)), requires_grad=True)
+    for approximate in ("none", "tanh"):
+        assert am.autograd.gradgradcheck(lambda u: F.gelu(u, approximate=approximate), (x,))
+
+
+# ------------------------------------------------------------------------------------ softmax
+SOFTMAX_CASES = [((64, 4096), -1), ((8, 64, 32, 32), 1), ((4, 6, 96), -1), ((512, 128), -1), ((3, 5), -1),
+                 ((4, 1000, 3), 1)]
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
+def test_softmax_float32_forward_backward_vs_torch_float64(shape, dim, log, accel, calls):
+    x = (_rng(12).standard_normal(shape) * 4).astype(np.float32)
+    g = _rng(13).standard_normal(shape).astype(np.float32)
+    ours = am.log_softmax if log else am.softmax
+    ref = torch.log_softmax if log else torch.softmax
+    y, gx = _ours_fwd_bwd(lambda t: ours(t, dim), x, g)
+    ry, rgx = _torch_fwd_bwd(lambda t: ref(t, dim), x, g)
+    # no worse than PyTorch's own float32 kernels (whose sums over a long row lose ~10 ulps)
+    t = torch.tensor(x, requires_grad=True)
+    ty = ref(t, dim)
+    ty.backward(torch.tensor(g))
+    for ours_v, ref_v, torch32, scale in ((y, ry, ty.detach().numpy(), np.abs(ry).max() if log else 1.0),
+                                          (gx, rgx, t.grad.numpy(), np.abs(rgx).max())):
+        torch_err = np.abs(torch32 - ref_v).max()
+        assert np.abs(ours_v - ref_v).max() <= 2 * torch_err + 4 * EPS * scale
+    last = dim % len(shape) == len(shape) - 1
+    if log:  # oneDNN's exp inside the NumPy log-softmax, forward and backward
+        assert calls == (["eltwise exp forward"] * 2 if accel and x.size >= _eltwise.MIN_SIZE else [])
+    else:
+        assert ("softmax forward" in calls) == (accel and last and x.size >= _softmax.MIN_SIZE)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_non_finite_rows_as_torch(log, accel):
+    x = _rng(14).standard_normal((16, 512)).astype(np.float32)
+    x[1, :] = -np.inf  # all -inf: NaN row
+    x[2, 7] = np.inf  # a +inf: NaN row
+    x[3, :100] = -np.inf  # partly -inf: zeros there
+    x[4, 3] = np.nan
+    x[5, :] = 1e30  # huge but finite
+    ours = (am.log_softmax if log else am.softmax)(am.tensor(x), -1).numpy()
+    ref = (torch.log_softmax if log else torch.softmax)(torch.tensor(x.astype(np.float64)), -1).numpy()
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(np.isfinite(ours), fin)
+    np.testing.assert_allclose(ours[fin], ref[fin], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_non_contiguous_input(log, accel):
+    base = _rng(15).standard_normal((256, 40)).astype(np.float32)
+    g = _rng(16).standard_normal((40, 256)).astype(np.float32)
+    ours = am.log_softmax if log else am.softmax
+    ref = torch.log_softmax if log else torch.softmax
+    y, gx = _ours_fwd_bwd(lambda t: ours(t.t(), -1), base, g)
+    ry, rgx = _torch_fwd_bwd(lambda t: ref(t.t(), -1), base, g)
+    np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gx, rgx, rtol=1e-4, atol=2e-5 * 256)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_double_backward_float32_vs_torch(log, accel):
+    x = _rng(17).standard_normal((64, 128)).astype(np.float32)
+    g = _rng(18).standard_normal((64, 128)).astype(np.float32)
+    w = _rng(19).standard_normal((64, 128))
+    ours = am.log_softmax if log else am.softmax
+    ref = torch.log_softmax if log else torch.softmax
+    t = am.tensor(x, requires_grad=True)
+    (gx,) = am.autograd.grad(ours(t, -1), t, am.tensor(g), create_graph=True)
+    (ggx,) = am.autograd.grad((gx * am.tensor(w.astype(np.float32))).sum(), t)
+    tt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    (tgx,) = torch.autograd.grad(ref(tt, -1), tt, torch.tensor(g.astype(np.float64)), create_graph=True)
+    (tggx,) = torch.autograd.grad((tgx * torch.tensor(w)).sum(), tt)
+    np.testing.assert_allclose(gx.detach().numpy(), tgx.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ggx.numpy(), tggx.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_softmax_gradgradcheck_float64():
+    x = am.tensor(_rng(20).standard_normal((3, 4, 5)), requires_grad=True)
+    for fn in (am.softmax, am.log_softmax):
+        for dim in (-1, 1):
+            assert am.autograd.gradgradcheck(lambda u: fn(u, dim), (x,))
+
+
+def test_softmax_float64_never_goes_to_onednn(calls):
+    x = am.tensor(_rng(21).standard_normal((64, 4096)), requires_grad=True)
+    am.log_softmax(x, -1).sum().backward()
+    am.softmax(x, -1).sum().backward()
+    assert calls == []
+
+
+# ------------------------------------------------------------------------------------ cross entropy
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_float32_vs_torch_float64(weighted, reduction, accel, calls):
+    N, C = 300, 200
+    x = (_rng(22).standard_normal((N, C)) * 5).astype(np.float32)
+    x[0, 0] = 80.0  # a very confident row: its other log-probabilities are about -80
+    t = _rng(23).integers(0, C, N)
+    t[5] = -100  # ignored
+    t[0] = 1
+    w = _rng(24).random(C).astype(np.float32) + 0.5 if weighted else None
+    xa = am.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xa, am.tensor(t), weight=None if w is None else am.tensor(w), reduction=reduction)
+    g = np.ones(N, np.float32) if reduction == "none" else np.float32(1.0)
+    loss.backward(am.tensor(g))
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    rl = TF.cross_entropy(xt, torch.tensor(t), weight=None if w is None else torch.tensor(w.astype(np.float64)),
+                          reduction=reduction)
+    rl.backward(torch.tensor(g.astype(np.float64)))
+    _close(loss.detach().numpy(), rl.detach().numpy(), np.abs(rl.detach().numpy()) + 1, 8 * (N if reduction == "sum" else 1))
+    np.testing.assert_allclose(xa.grad.numpy(), xt.grad.numpy(), rtol=0, atol=1e-6 * (N if reduction != "mean" else 1))
+    assert calls == (["eltwise exp forward"] * 2 if accel else [])  # log-softmax forward, exp in the backward
+
+
+def test_cross_entropy_double_backward_float32_vs_torch(accel):
+    x = _rng(25).standard_normal((128, 64)).astype(np.float32)
+    t = _rng(26).integers(0, 64, 128)
+    xa = am.tensor(x, requires_grad=True)
+    (gx,) = am.autograd.grad(F.cross_entropy(xa, am.tensor(t)), xa, create_graph=True)
+    (ggx,) = am.autograd.grad((gx * gx).sum(), xa)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    (tgx,) = torch.autograd.grad(TF.cross_entropy(xt, torch.tensor(t)), xt, create_graph=True)
+    (tggx,) = torch.autograd.grad((tgx * tgx).sum(), xt)
+    np.testing.assert_allclose(gx.detach().numpy(), tgx.detach().numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(ggx.numpy(), tggx.numpy(), rtol=1e-4, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------------ machinery
+@needs_onednn
+def test_plan_cache_is_bounded_lru(monkeypatch):
+    monkeypatch.setattr(_eltwise, "_cache", _eltwise.PlanCache(3))
+    for n in range(5):
+        _eltwise.forward("relu", np.ones(1024 + n, np.float32), min_size=1)
+        assert _eltwise.cache_info()["size"] <= 3
+    assert _eltwise.cache_info() == {"size": 3, "capacity": 3}
+    _eltwise.clear_cache()
+    assert _eltwise.cache_info()["size"] == 0
+
+
+@needs_onednn
+def test_boundary_checks_refuse_wrong_buffers():
+    plan = _eltwise._cache.get(("test", 16), lambda: _eltwise._Plan(
+        dnnl.load(), (16,), _eltwise._forward_pd(dnnl.ELTWISE_RELU, 0.0, 0.0), (dnnl.ARG_SRC, dnnl.ARG_DST), "test"))
+    with pytest.raises(TypeError, match="float32"):
+        plan.run(np.ones(16, np.float64), np.empty(16, np.float32))
+    with pytest.raises(ValueError, match="bytes"):
+        plan.run(np.ones(15, np.float32), np.empty(16, np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        plan.run(np.ones(32, np.float32)[::2], np.empty(16, np.float32))
+    y = np.empty(16, np.float32)
+    plan.run(np.linspace(-1, 1, 16).astype(np.float32), y)
+    np.testing.assert_array_equal(y, np.maximum(np.linspace(-1, 1, 16).astype(np.float32), 0))
+
+
+@needs_onednn
+@pytest.mark.parametrize("name,alpha,ref", [
+    ("relu", 0.1, lambda x: np.where(x > 0, x, 0.1 * x)),
+    ("tanh", 0.0, np.tanh),
+    ("elu", 1.5, lambda x: np.where(x > 0, x, 1.5 * np.expm1(x))),
+    ("logistic", 0.0, sp.expit),
+    ("exp", 0.0, np.exp),
+    ("swish", 1.0, lambda x: x * sp.expit(x)),
+    ("gelu_erf", 0.0, lambda x: x * sp.ndtr(x)),
+    ("gelu_tanh", 0.0, lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))),
+])
+def test_every_eltwise_algorithm_matches_its_formula(name, alpha, ref):
+    """The algorithm constants bound in _dnnl.py name the functions they claim to."""
+    x = np.linspace(-6, 6, 4096).astype(np.float32)
+    y = _eltwise.forward(name, x, alpha, min_size=1)
+    r = ref(x.astype(np.float64))
+    np.testing.assert_allclose(y, r, rtol=1e-5, atol=2e-6)
+
+
+def test_without_the_library_the_numpy_paths_run(tmp_path):
+    code = """
+import numpy as np, avila_ml as am
+from avila_ml.nn import functional as F
+x = np.random.default_rng(0).standard_normal((64, 300)).astype(np.float32)
+t = am.tensor(x, requires_grad=True)
+loss = F.gelu(t).sum() + am.softmax(t, -1)[:, 0].sum() + am.log_softmax(t, -1)[:, 1].sum() \\
+       + F.cross_entropy(t, am.tensor(np.arange(64) % 300))
+loss.backward()
+np.save(__import__("sys").argv[1], np.concatenate([[loss.item()], t.grad.numpy().ravel()]))
+print(am.cpu_accel.is_available())
+"""
+    out = str(tmp_path / "result.npy")
+    path = os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = {**os.environ, "PYTHONPATH": path, "AVILA_ML_DNNL_LIBRARY": "/nonexistent/libdnnl.so.3"}
+    r = subprocess.run([sys.executable, "-c", code, out], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+    got = np.load(out)
+    x = np.random.default_rng(0).standard_normal((64, 300))
+    t = torch.tensor(x, requires_grad=True)
+    ref = TF.gelu(t).sum() + torch.softmax(t, -1)[:, 0].sum() + torch.log_softmax(t, -1)[:, 1].sum() \
+        + TF.cross_entropy(t, torch.tensor(np.arange(64) % 300))
+    ref.backward()
+    np.testing.assert_allclose(got[0], ref.item(), rtol=1e-5)
+    np.testing.assert_allclose(got[1:].reshape(64, 300), t.grad.numpy(), rtol=0, atol=2e-5)
