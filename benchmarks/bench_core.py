@@ -6,7 +6,10 @@ Workloads (issue 2):
     writing into preallocated buffers (NumPy in the Avila ML process, PyTorch in the other): no
     Avila ML code, it shows what the array libraries themselves give;
   * matmul 1024 x 1024 x 1024 float32;
-  * softmax over the last dim of a (64, 4096) float32 tensor (forward, and forward + backward);
+  * softmax over the last dim of a (64, 4096) float32 tensor (forward, and forward + backward),
+    and log_softmax forward + backward (issue 17);
+  * activations forward + backward (issue 17): exact GELU on (2048, 512) (a GPT MLP's hidden
+    layer), LeakyReLU(0.2) on (32, 128, 16, 16) (a DCGAN discriminator's feature map);
   * per-op autograd overhead: a 10-op graph on (4,) tensors, forward + backward, forward only,
     and forward without grad (divide by 10 for the time per op).
 
@@ -104,6 +107,38 @@ def softmax_backward(L):
     return run
 
 
+def log_softmax_backward(L):
+    rng = np.random.default_rng(2)
+    x = L.from_numpy(rng.standard_normal((64, 4096), dtype=np.float32)).requires_grad_()
+    g = L.from_numpy(rng.standard_normal((64, 4096), dtype=np.float32))
+
+    def run():
+        x.grad = None
+        L.log_softmax(x, dim=-1).backward(g)
+    return run
+
+
+def _activation_backward(L, shape, fn):
+    rng = np.random.default_rng(4)
+    x = L.from_numpy(rng.standard_normal(shape, dtype=np.float32)).requires_grad_()
+    g = L.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+
+    def run():
+        x.grad = None
+        fn(x).backward(g)
+    return run
+
+
+def gelu_backward(L):
+    """Exact GELU (erf), the MLP activation of the GPT programs."""
+    return _activation_backward(L, (2048, 512), L.nn.functional.gelu)
+
+
+def leaky_relu_backward(L):
+    """LeakyReLU(0.2) on a DCGAN discriminator's feature map."""
+    return _activation_backward(L, (32, 128, 16, 16), lambda x: L.nn.functional.leaky_relu(x, 0.2))
+
+
 def _ten_ops(x, y):
     """A 10-op graph: mul, add, exp, mul-scalar, sub, tanh, mul, sin, add-scalar, sum."""
     z = x * y
@@ -145,6 +180,9 @@ CASES = [
     Case("matmul 1024^3 f32", matmul, flops=2 * 1024 ** 3, target=1.2),
     Case("softmax (64, 4096) f32, dim=-1", softmax, nbytes=2 * 4 * 64 * 4096),
     Case("  softmax forward + backward", softmax_backward),
+    Case("log_softmax (64, 4096) f32, forward + backward", log_softmax_backward),
+    Case("GELU (exact) (2048, 512) f32, forward + backward", gelu_backward),
+    Case("LeakyReLU(0.2) (32, 128, 16, 16) f32, forward + backward", leaky_relu_backward),
     Case("autograd: 10-op graph on (4,), fwd + bwd", overhead_fwd_bwd, min_time=0.2, target=3.0),
     Case("  forward only (graph recorded)", overhead_fwd, min_time=0.2, quick=False),
     Case("  forward only, no grad", overhead_no_grad, min_time=0.2, quick=False),
