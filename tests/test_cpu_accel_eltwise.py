@@ -371,3 +371,88 @@ print(am.cpu_accel.is_available())
     ref.backward()
     np.testing.assert_allclose(got[0], ref.item(), rtol=1e-5)
     np.testing.assert_allclose(got[1:].reshape(64, 300), t.grad.numpy(), rtol=0, atol=2e-5)
+
+
+# ------------------------------------------------------------------------------------ other activations
+ACTIVATIONS = [  # (name, ours, PyTorch's, oneDNN plans expected for a large float32 input)
+    ("leaky_relu", lambda t: F.leaky_relu(t, 0.2), lambda t: TF.leaky_relu(t, 0.2), ["eltwise relu forward"]),
+    ("leaky_relu_neg", lambda t: F.leaky_relu(t, -0.5), lambda t: TF.leaky_relu(t, -0.5), ["eltwise relu forward"]),
+    ("leaky_relu_steep", lambda t: F.leaky_relu(t, 3.0), lambda t: TF.leaky_relu(t, 3.0), ["eltwise relu forward"]),
+    ("leaky_relu_0", lambda t: F.leaky_relu(t, 0.0), lambda t: TF.leaky_relu(t, 0.0), []),
+    ("relu", F.relu, TF.relu, []),
+    ("elu", F.elu, TF.elu, ["eltwise elu forward"]),
+    ("elu_alpha", lambda t: F.elu(t, 0.5), lambda t: TF.elu(t, 0.5), ["eltwise elu forward"]),
+    ("selu", F.selu, TF.selu, []),
+    ("silu", F.silu, TF.silu, ["eltwise swish forward", "eltwise swish backward"]),
+]
+
+
+@pytest.mark.parametrize("name,ours,ref,plans", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+@pytest.mark.parametrize("shape", [(32, 16, 8, 8), (5, 7)])
+def test_activation_float32_vs_torch_float64(name, ours, ref, plans, shape, accel, calls):
+    x = (_rng(30).standard_normal(shape) * 3).astype(np.float32)
+    x.flat[:3] = [0.0, -0.0, 1e-30]
+    g = _rng(31).standard_normal(shape).astype(np.float32)
+    y, gx = _ours_fwd_bwd(ours, x, g)
+    ry, rgx = _torch_fwd_bwd(ref, x, g)
+    scale = np.maximum(np.abs(x.astype(np.float64)), 1)
+    _close(y, ry, scale, 4)
+    _close(gx, rgx, scale * np.abs(g), 4)
+    assert calls == (plans if accel and x.size >= _eltwise.MIN_SIZE else [])
+
+
+@pytest.mark.parametrize("name,ours,ref,plans", ACTIVATIONS + [
+    ("gelu", F.gelu, TF.gelu, None), ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"),
+                                      lambda t: TF.gelu(t, approximate="tanh"), None)],
+    ids=[a[0] for a in ACTIVATIONS] + ["gelu", "gelu_tanh"])
+def test_activation_non_finite_as_torch(name, ours, ref, plans, accel):
+    """NaN and infinities, in the input and in the incoming gradient, give PyTorch's values (where
+    oneDNN's kernels differ, the op does not use them)."""
+    x = np.linspace(-5, 5, 1 << 15).astype(np.float32)
+    x[:5] = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+    g = np.full(x.shape, 2.0, np.float32)
+    g[5], g[6] = np.inf, np.nan
+    t = am.tensor(x, requires_grad=True)
+    y = ours(t)
+    y.backward(am.tensor(g))
+    tt = torch.tensor(x, requires_grad=True)
+    ty = ref(tt)
+    ty.backward(torch.tensor(g))
+    for a, b in ((y.detach().numpy(), ty.detach().numpy()), (t.grad.numpy(), tt.grad.numpy())):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        # finite values: float32 vs float32, within a few ulps of |x| |g| <= 10 (accuracy is
+        # checked against float64 above)
+        np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name,ours,ref,plans", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_double_backward_float32_vs_torch(name, ours, ref, plans, accel):
+    x = (_rng(32).standard_normal((64, 300)) * 2).astype(np.float32)
+    g = _rng(33).standard_normal((64, 300)).astype(np.float32)
+    t = am.tensor(x, requires_grad=True)
+    gt = am.tensor(g, requires_grad=True)
+    (gx,) = am.autograd.grad(ours(t), t, gt, create_graph=True)
+    (ggx, ggg) = am.autograd.grad((gx * gx).sum(), (t, gt), allow_unused=True)
+    tt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    tg = torch.tensor(g.astype(np.float64), requires_grad=True)
+    (tgx,) = torch.autograd.grad(ref(tt), tt, tg, create_graph=True)
+    (tggx, tggg) = torch.autograd.grad((tgx * tgx).sum(), (tt, tg), allow_unused=True)
+    np.testing.assert_allclose(gx.detach().numpy(), tgx.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ggg.numpy(), tggg.numpy(), rtol=1e-4, atol=1e-5)
+    if tggx is None or ggx is None:  # piecewise linear: no second derivative in x
+        assert ggx is None or np.all(ggx.numpy() == 0)
+    else:
+        np.testing.assert_allclose(ggx.numpy(), tggx.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_activation_gradgradcheck_float64():
+    x = am.tensor(_rng(34).standard_normal((3, 5)), requires_grad=True)
+    for fn in (lambda u: F.leaky_relu(u, 0.2), F.relu, F.elu, F.silu, lambda u: F.leaky_relu(u, -0.5)):
+        assert am.autograd.gradcheck(fn, (x,))
+        assert am.autograd.gradgradcheck(fn, (x,))
+
+
+def test_activations_float64_never_go_to_onednn(calls):
+    x = am.tensor(_rng(35).standard_normal((64, 512)), requires_grad=True)
+    (F.leaky_relu(x, 0.2) + F.elu(x) + F.silu(x) + F.gelu(x)).sum().backward()
+    assert calls == []

@@ -46,6 +46,12 @@ def _np_f32(a) -> bool:
     return isinstance(a, np.ndarray) and a.dtype == np.float32
 
 
+def _raw(g, a) -> bool:
+    """``g`` and ``a`` are same-shaped NumPy arrays of one dtype: a gradient without a graph may
+    be computed by raw ufuncs."""
+    return isinstance(g, np.ndarray) and isinstance(a, np.ndarray) and g.dtype == a.dtype and g.shape == a.shape
+
+
 def _accel_eltwise():
     """``avila_ml.cpu_accel._eltwise`` (imported on first use; its functions return None when
     oneDNN is absent, disabled by ``avila_ml.backends.mkldnn.enabled = False``, or does not
@@ -94,6 +100,7 @@ def _sigmoid_array(z):
 
 # ------------------------------------------------------------------------------ piecewise linear
 class ReLU(Function):
+    # oneDNN's relu maps NaN to 0 (PyTorch keeps NaN), so it stays on the ufuncs
     def forward(self, x):
         self.save_outputs(0)
         return _arr(_xp(x).maximum(x, x.dtype.type(0)))
@@ -101,6 +108,8 @@ class ReLU(Function):
     def backward(self, g):
         (y,) = self.saved_outputs
         # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
+        if not _grad_state.enabled and _raw(g.array, y.array):
+            return Tensor._wrap(np.where(y.array <= 0, y.array.dtype.type(0), g.array))
         return g * _const(~(y.array <= 0), g)
 
 
@@ -116,15 +125,35 @@ class Hardtanh(Function):
 
 
 class LeakyReLU(Function):
+    """y = x for x > 0, else slope x. The input is saved (as PyTorch does), not a mask. Float32
+    NumPy arrays take oneDNN's relu with the slope as alpha for the forward (slope != 0: with
+    0 oneDNN maps NaN to 0); the NumPy forward is one multiply and one max (min for slope > 1),
+    which propagate NaN as PyTorch's select does (slope 0 selects: inf * 0 would be NaN). The backward is raw array code unless the
+    graph of the gradient is built (oneDNN's relu backward passes g at a NaN input where
+    PyTorch gives slope g, so it is not used)."""
+
     def forward(self, x, slope):
-        xp = _xp(x)
-        self.pos = x > 0
+        self.save_inputs(0)
         self.slope = slope
-        return _arr(xp.where(self.pos, x, x * x.dtype.type(slope)))
+        if slope != 0 and _np_f32(x):
+            y = _accel_eltwise().forward("relu", x, slope)
+            if y is not None:
+                return y
+        xp = _xp(x)
+        y = _arr(x * x.dtype.type(slope))
+        if slope == 0:  # inf * 0 is NaN: select, as PyTorch does
+            return _arr(xp.where(x > 0, x, y))
+        (xp.maximum if slope <= 1 else xp.minimum)(x, y, out=y)
+        return y
 
     def backward(self, g):
+        (x,) = self.saved_inputs
+        if not _grad_state.enabled and _raw(g.array, x.array):
+            dx = g.array * g.array.dtype.type(self.slope)
+            np.copyto(dx, g.array, where=x.array > 0)
+            return Tensor._wrap(dx)
         xp = _xp(g.array)
-        return g * _const(xp.where(self.pos, 1.0, self.slope), g)
+        return g * _const(xp.where(x.array > 0, 1.0, self.slope), g)
 
 
 class Hardsigmoid(Function):
@@ -159,6 +188,14 @@ class ELU(Function):
     def forward(self, x, alpha, scale, input_scale):
         xp = _xp(x)
         t = x.dtype.type
+        if scale == 1 and input_scale == 1 and alpha >= 0 and _np_f32(x):
+            # plain ELU: oneDNN's elu in one pass (NumPy's float32 expm1 is a slow scalar loop)
+            y = _accel_eltwise().forward("elu", x, alpha)
+            if y is not None:
+                self.pos = x > 0
+                self.consts = (alpha, scale, input_scale)
+                self.save_outputs(0)
+                return y
         # a NaN takes the exponential branch (a NaN gradient), as PyTorch's vectorised CPU kernel
         # (its scalar tail, the last < 8 elements, takes the linear one)
         self.pos = x > 0
@@ -252,12 +289,22 @@ class GELU(Function):
 
 
 class SiLU(Function):
+    """x σ(x); float32 NumPy arrays take oneDNN's swish (forward, and the backward unless the
+    graph of the gradient is built)."""
+
     def forward(self, x):
         self.save_inputs(0)
+        y = _accel_eltwise().forward("swish", x, 1.0) if _np_f32(x) else None
+        if y is not None:
+            return y
         return _arr(x * _sigmoid_array(x))
 
     def backward(self, g):
         (x,) = self.saved_inputs
+        if not _grad_state.enabled and _np_f32(x.array):
+            dx = _accel_eltwise().backward("swish", g.array, x.array, 1.0)
+            if dx is not None:
+                return Tensor._wrap(dx)
         s = sigmoid(x)
         return g * (s * (1 + x * (1 - s)))
 
