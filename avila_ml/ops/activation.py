@@ -109,7 +109,15 @@ class ReLU(Function):
         (y,) = self.saved_outputs
         # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
         if not _grad_state.enabled and _raw(g.array, y.array):
-            return Tensor._wrap(np.where(y.array <= 0, y.array.dtype.type(0), g.array))
+            ga = g.array
+            keep = y.array <= 0
+            np.logical_not(keep, out=keep)
+            dx = keep.astype(ga.dtype)
+            dx *= ga  # g * {0, 1}: the select, except an inf/NaN g where y <= 0 (0 * inf)
+            if np.isfinite(np.add.reduce(dx, axis=None)):  # one cheap pass rules that out
+                return Tensor._wrap(dx)
+            # np.where is exact but several times slower than the multiply (measured)
+            return Tensor._wrap(np.where(keep, ga, ga.dtype.type(0)))
         return g * _const(~(y.array <= 0), g)
 
 
@@ -148,9 +156,16 @@ class LeakyReLU(Function):
 
     def backward(self, g):
         (x,) = self.saved_inputs
-        if not _grad_state.enabled and _raw(g.array, x.array):
-            dx = g.array * g.array.dtype.type(self.slope)
-            np.copyto(dx, g.array, where=x.array > 0)
+        if not _grad_state.enabled and _raw(g.array, x.array) and 0 <= self.slope <= 1:
+            # g * (1 if x > 0 else slope), PyTorch's formula, with the factor built by SIMD
+            # ufuncs (np.where/copyto with a mask are ~8x slower, measured): m (1 - s) + s is
+            # exactly 1 or s for 0 <= s <= 1 (the rounding error of 1 - s, taken in that dtype, is at
+            # most half an ulp of 1 and ties round to 1)
+            s = g.array.dtype.type(self.slope)
+            dx = (x.array > 0).astype(g.array.dtype)
+            dx *= g.array.dtype.type(1) - s  # 1 - s rounded in g's dtype, so that (1 - s) + s == 1
+            dx += s
+            dx *= g.array
             return Tensor._wrap(dx)
         xp = _xp(g.array)
         return g * _const(xp.where(x.array > 0, 1.0, self.slope), g)
