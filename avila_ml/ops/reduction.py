@@ -582,7 +582,15 @@ def log_softmax_array(x, axis):
     """log-softmax of an array along ``axis``: ``z - log(sum(exp(z)))``, ``z = x - max``, with
     the exponentials from :func:`_exp_fast` and NumPy's pairwise sums and ``log`` (oneDNN's own
     ``softmax_log`` primitive is faster still but was measured 2x less accurate than PyTorch's
-    float32 kernel near 0, where the gradient weighs most; this is within 2 ulps there)."""
+    float32 kernel near 0, where the gradient weighs most; this is within 2 ulps there).
+    The array-level body of :func:`log_softmax` (``torch.log_softmax``), no autograd.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops.reduction import log_softmax_array
+        >>> np.round(log_softmax_array(np.array([[1e4, 1e4]], np.float32), 1), 4)
+        array([[-0.6931, -0.6931]], dtype=float32)
+    """
     xp = backend_of(x).xp
     z = x - _shift(x, axis, xp)
     acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
