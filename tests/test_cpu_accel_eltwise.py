@@ -124,7 +124,7 @@ def test_gelu_float32_forward_backward_vs_torch_float64(approximate, shape, acce
     scale = np.maximum(np.abs(x.astype(np.float64)), 1)
     _close(y, ry, scale, 6)
     _close(gx, rgx, scale * np.abs(g), 6)
-    big = x.size >= 1024
+    big = x.size >= _eltwise.MIN_SIZE["gelu_erf"]
     assert calls == (["eltwise gelu_%s forward" % ("erf" if approximate == "none" else "tanh"),
                       "eltwise gelu_%s backward" % ("erf" if approximate == "none" else "tanh")]
                      if accel and big else [])
@@ -155,8 +155,8 @@ def test_gelu_non_contiguous_input(accel, calls):
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_double_backward_float32_vs_torch(approximate, accel):
-    x = (_rng(9).standard_normal((40, 64)) * 2).astype(np.float32)
-    g = _rng(10).standard_normal((40, 64)).astype(np.float32)
+    x = (_rng(9).standard_normal((64, 80)) * 2).astype(np.float32)
+    g = _rng(10).standard_normal((64, 80)).astype(np.float32)
     t = am.tensor(x, requires_grad=True)
     (gx,) = am.autograd.grad(F.gelu(t, approximate=approximate), t, am.tensor(g), create_graph=True)
     (ggx,) = am.autograd.grad(gx.sum(), t)
@@ -198,14 +198,14 @@ def test_softmax_float32_forward_backward_vs_torch_float64(shape, dim, log, acce
         assert np.abs(ours_v - ref_v).max() <= 2 * torch_err + 4 * EPS * scale
     last = dim % len(shape) == len(shape) - 1
     if log:  # oneDNN's exp inside the NumPy log-softmax, forward and backward
-        assert calls == (["eltwise exp forward"] * 2 if accel and x.size >= _eltwise.MIN_SIZE else [])
+        assert calls == (["eltwise exp forward"] * 2 if accel and x.size >= _eltwise.MIN_SIZE["exp"] else [])
     else:
         assert ("softmax forward" in calls) == (accel and last and x.size >= _softmax.MIN_SIZE)
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_softmax_non_finite_rows_as_torch(log, accel):
-    x = _rng(14).standard_normal((16, 512)).astype(np.float32)
+    x = _rng(14).standard_normal((128, 512)).astype(np.float32)  # oneDNN's size
     x[1, :] = -np.inf  # all -inf: NaN row
     x[2, 7] = np.inf  # a +inf: NaN row
     x[3, :100] = -np.inf  # partly -inf: zeros there
@@ -221,21 +221,21 @@ def test_softmax_non_finite_rows_as_torch(log, accel):
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_softmax_non_contiguous_input(log, accel):
-    base = _rng(15).standard_normal((256, 40)).astype(np.float32)
-    g = _rng(16).standard_normal((40, 256)).astype(np.float32)
+    base = _rng(15).standard_normal((2048, 40)).astype(np.float32)
+    g = _rng(16).standard_normal((40, 2048)).astype(np.float32)
     ours = am.log_softmax if log else am.softmax
     ref = torch.log_softmax if log else torch.softmax
     y, gx = _ours_fwd_bwd(lambda t: ours(t.t(), -1), base, g)
     ry, rgx = _torch_fwd_bwd(lambda t: ref(t.t(), -1), base, g)
     np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(gx, rgx, rtol=1e-4, atol=2e-5 * 256)
+    np.testing.assert_allclose(gx, rgx, rtol=1e-4, atol=2e-5 * 2048)
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_softmax_double_backward_float32_vs_torch(log, accel):
-    x = _rng(17).standard_normal((64, 128)).astype(np.float32)
-    g = _rng(18).standard_normal((64, 128)).astype(np.float32)
-    w = _rng(19).standard_normal((64, 128))
+    x = _rng(17).standard_normal((512, 128)).astype(np.float32)
+    g = _rng(18).standard_normal((512, 128)).astype(np.float32)
+    w = _rng(19).standard_normal((512, 128))
     ours = am.log_softmax if log else am.softmax
     ref = torch.log_softmax if log else torch.softmax
     t = am.tensor(x, requires_grad=True)
@@ -388,7 +388,7 @@ ACTIVATIONS = [  # (name, ours, PyTorch's, oneDNN plans expected for a large flo
 
 
 @pytest.mark.parametrize("name,ours,ref,plans", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
-@pytest.mark.parametrize("shape", [(32, 16, 8, 8), (5, 7)])
+@pytest.mark.parametrize("shape", [(64, 64, 8, 8), (5, 7)])  # above / below every MIN_SIZE
 def test_activation_float32_vs_torch_float64(name, ours, ref, plans, shape, accel, calls):
     x = (_rng(30).standard_normal(shape) * 3).astype(np.float32)
     x.flat[:3] = [0.0, -0.0, 1e-30]
@@ -398,7 +398,7 @@ def test_activation_float32_vs_torch_float64(name, ours, ref, plans, shape, acce
     scale = np.maximum(np.abs(x.astype(np.float64)), 1)
     _close(y, ry, scale, 4)
     _close(gx, rgx, scale * np.abs(g), 4)
-    assert calls == (plans if accel and x.size >= _eltwise.MIN_SIZE else [])
+    assert calls == (plans if accel and x.size >= max(_eltwise.MIN_SIZE.values()) else [])
 
 
 @pytest.mark.parametrize("name,ours,ref,plans", ACTIVATIONS + [
@@ -408,7 +408,7 @@ def test_activation_float32_vs_torch_float64(name, ours, ref, plans, shape, acce
 def test_activation_non_finite_as_torch(name, ours, ref, plans, accel):
     """NaN and infinities, in the input and in the incoming gradient, give PyTorch's values (where
     oneDNN's kernels differ, the op does not use them)."""
-    x = np.linspace(-5, 5, 1 << 15).astype(np.float32)
+    x = np.linspace(-5, 5, 1 << 18).astype(np.float32)  # above every MIN_SIZE
     x[:5] = [np.nan, np.inf, -np.inf, 0.0, -0.0]
     g = np.full(x.shape, 2.0, np.float32)
     g[5], g[6] = np.inf, np.nan
@@ -456,3 +456,31 @@ def test_activations_float64_never_go_to_onednn(calls):
     x = am.tensor(_rng(35).standard_normal((64, 512)), requires_grad=True)
     (F.leaky_relu(x, 0.2) + F.elu(x) + F.silu(x) + F.gelu(x)).sum().backward()
     assert calls == []
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "cross_entropy"])
+def test_non_finite_logits_gradients_as_torch(op, accel):
+    """NaN/inf logits: forward and gradient NaN exactly where PyTorch's are (oneDNN's exp gives
+    +inf at NaN; the ops put the NaN back)."""
+    x = _rng(40).standard_normal((128, 512)).astype(np.float32)
+    x[1, :] = -np.inf
+    x[2, 7] = np.inf
+    x[3, :100] = -np.inf
+    x[4, 3] = np.nan
+    g = _rng(41).standard_normal((128, 512)).astype(np.float32)
+    tgt = _rng(42).integers(0, 512, 128)
+    tgt[3] = 150  # a finite logit of the partly -inf row
+    ours = {"softmax": lambda t: am.softmax(t, -1) * am.tensor(g), "log_softmax": lambda t: am.log_softmax(t, -1) * am.tensor(g),
+            "cross_entropy": lambda t: F.cross_entropy(t, am.tensor(tgt), reduction="none")}[op]
+    ref = {"softmax": lambda t: torch.softmax(t, -1) * torch.tensor(g), "log_softmax": lambda t: torch.log_softmax(t, -1) * torch.tensor(g),
+           "cross_entropy": lambda t: TF.cross_entropy(t, torch.tensor(tgt), reduction="none")}[op]
+    t = am.tensor(x, requires_grad=True)
+    y = ours(t)
+    y.sum().backward()
+    tt = torch.tensor(x, requires_grad=True)
+    ty = ref(tt)
+    ty.sum().backward()
+    for a, b in ((y.detach().numpy(), ty.detach().numpy()), (t.grad.numpy(), tt.grad.numpy())):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        fin = ~np.isnan(b)
+        np.testing.assert_allclose(a[fin], b[fin], rtol=1e-4, atol=1e-5)

@@ -8,8 +8,8 @@ oneDNN's eltwise kernels are JIT-compiled vector code (AVX2/AVX-512) over all Op
 NumPy's float32 transcendental ufuncs are scalar loops on many builds, and SciPy's ``erf`` (what
 exact GELU used) converts every element to float64 and back. The callers (``ops/activation.py``,
 ``ops/elementwise.py``) keep the NumPy formulas as the fallback and as the reference in tests,
-and call here only above a size where the fixed cost of a oneDNN call (about ten ``ctypes``
-calls, a few microseconds each) is repaid: :data:`MIN_SIZE`.
+and call here only above a size where the fixed cost of a oneDNN call (about 35 us: ten
+``ctypes`` calls and the primitive's own dispatch) is repaid: :data:`MIN_SIZE`, per algorithm.
 
 Functions return None where oneDNN does not apply (not a float32 NumPy array, empty, the library
 absent), so the caller falls back.
@@ -28,7 +28,13 @@ from ._prim import Executor, _Desc, _Prim, _attr
 __all__ = ["forward", "backward", "ALGS", "MIN_SIZE", "cache_info", "clear_cache", "CACHE_SIZE"]
 
 CACHE_SIZE = 128  # plans kept (LRU); an eltwise plan is small, but its JIT code is not free
-MIN_SIZE = 1 << 14  # below this many elements NumPy's ufuncs are at least as fast (measured)
+# below this many elements the NumPy formulas the callers fall back to are at least as fast
+# (measured on a 2-core AMD EPYC, AVX2, oneDNN 3.2, one thread each, CPU time): GELU against the
+# float32 rational erf (38 vs 48 us at 4096), ELU/SiLU against several passes with exp/expm1,
+# exp against np.exp (69 vs 118 us at 65536, 42 vs 29 at 16384), LeakyReLU against a multiply
+# and a max (two ~0.3 ns/element passes: oneDNN wins only once the data leave the cache)
+MIN_SIZE = {"gelu_erf": 1 << 12, "gelu_tanh": 1 << 12, "swish": 1 << 12, "elu": 1 << 12,
+            "logistic": 1 << 12, "tanh": 1 << 12, "exp": 1 << 15, "relu": 1 << 18}
 _F32 = np.dtype(np.float32)
 
 # name -> (algorithm computing the backward from the input, the same from the output or None);
@@ -126,7 +132,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def usable(*arrays, min_size=MIN_SIZE) -> bool:
+def usable(*arrays, min_size=1 << 15) -> bool:
     """True when oneDNN may run on ``arrays``: ``avila_ml.backends.mkldnn.enabled``, every array a
     float32 NumPy array of the first one's shape with at least ``min_size`` (>= 1) elements, and
     the library loaded (by this call)."""
@@ -159,12 +165,12 @@ def _backward_pd(alg, alpha, beta):
     return make
 
 
-def forward(name, x, alpha=0.0, beta=0.0, out=None, min_size=MIN_SIZE):
+def forward(name, x, alpha=0.0, beta=0.0, out=None, min_size=None):
     """``y = f(x)`` by the eltwise algorithm ``name`` (a key of :data:`ALGS`), or None where
     oneDNN does not apply (see :func:`usable`). ``x`` may be any float32 array (a
     non-contiguous one is copied); ``out`` (C-contiguous, x's shape) receives the result, ``x``
-    itself included."""
-    if not usable(x, min_size=min_size):
+    itself included. ``min_size`` overrides ``MIN_SIZE[name]``."""
+    if not usable(x, min_size=MIN_SIZE[name] if min_size is None else min_size):
         return None
     lib = D.load()
     alg = ALGS[name][0]
@@ -180,11 +186,11 @@ def forward(name, x, alpha=0.0, beta=0.0, out=None, min_size=MIN_SIZE):
     return y
 
 
-def backward(name, g, data, alpha=0.0, beta=0.0, from_output=False, min_size=MIN_SIZE):
+def backward(name, g, data, alpha=0.0, beta=0.0, from_output=False, min_size=None):
     """``dx = g * f'(x)`` by the eltwise algorithm ``name``, with ``data`` the forward's input
     (or its output, ``from_output=True``, for the algorithms that have that form), or None where
     oneDNN does not apply."""
-    if not usable(g, data, min_size=min_size):
+    if not usable(g, data, min_size=MIN_SIZE[name] if min_size is None else min_size):
         return None
     lib = D.load()
     alg = ALGS[name][1 if from_output else 0]

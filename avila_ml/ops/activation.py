@@ -36,11 +36,6 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
 
-# oneDNN's GELU beats the NumPy formulas from about this many elements (a oneDNN call costs a
-# few microseconds of ctypes calls; measured on a 2-core AMD EPYC, AVX2)
-_GELU_MIN_SIZE = 1 << 10
-
-
 def _np_f32(a) -> bool:
     """A float32 NumPy array: what the CPU fast paths (oneDNN, the float32 erf) take."""
     return isinstance(a, np.ndarray) and a.dtype == np.float32
@@ -263,7 +258,7 @@ class GELU(Function):
         self.save_inputs(0)
         self.approximate = approximate
         self.alg = "gelu_tanh" if approximate == "tanh" else "gelu_erf"
-        y = _accel_eltwise().forward(self.alg, x, min_size=_GELU_MIN_SIZE) if _np_f32(x) else None
+        y = _accel_eltwise().forward(self.alg, x) if _np_f32(x) else None
         if y is not None:
             return y
         t = x.dtype.type
@@ -280,7 +275,7 @@ class GELU(Function):
         (x,) = self.saved_inputs
         if not _grad_state.enabled and _np_f32(x.array):
             # no graph of the gradient wanted: raw array code
-            dx = _accel_eltwise().backward(self.alg, g.array, x.array, min_size=_GELU_MIN_SIZE)
+            dx = _accel_eltwise().backward(self.alg, g.array, x.array)
             if dx is not None:
                 return Tensor._wrap(dx)
             if self.approximate == "none" and _np_f32(g.array) and g.array.shape == x.shape:

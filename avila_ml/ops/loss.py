@@ -377,7 +377,7 @@ def _accel_log_softmax(x):
     """log_softmax(x, 1) with oneDNN's exp when that applies to ``x`` (a large float32 NumPy
     array, oneDNN installed and enabled), else None: then the single-exp NumPy path is faster."""
     from ..cpu_accel import _eltwise
-    if not _eltwise.usable(x):
+    if not _eltwise.usable(x, min_size=_eltwise.MIN_SIZE["exp"]):
         return None
     return log_softmax_array(x, 1)
 

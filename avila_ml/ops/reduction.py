@@ -567,13 +567,18 @@ class Softmax(Function):
         return gy - y * Sum.apply(gy, (self.axis,), True)
 
 
-def _exp_fast(z):
-    """exp of an array: oneDNN's eltwise exp for a large float32 NumPy array (JIT vector code on
-    all threads, several times NumPy's float32 ``exp``), else the backend's."""
+def _exp_fast(z, check_nan=True):
+    """exp of an array of values <= 0 (or NaN): oneDNN's eltwise exp for a large float32 NumPy
+    array (JIT vector code on all threads, several times NumPy's float32 ``exp``), else the
+    backend's. oneDNN's exp gives +inf at NaN; as every true result is <= 1, a non-finite sum
+    finds that (one reduction pass) and the NaNs are put back, unless ``check_nan=False`` (the
+    caller then treats a non-finite row sum as NaN itself)."""
     if _np_f32(z):
         from ..cpu_accel import _eltwise
         e = _eltwise.forward("exp", z)
         if e is not None:
+            if check_nan and not np.isfinite(np.add.reduce(e, axis=None)):
+                e[np.isnan(z)] = np.nan
             return e
     return backend_of(z).xp.exp(z)
 
@@ -594,7 +599,11 @@ def log_softmax_array(x, axis):
     xp = backend_of(x).xp
     z = x - _shift(x, axis, xp)
     acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
-    z -= xp.log(_exp_fast(z).sum(axis=axis, keepdims=True, dtype=acc)).astype(z.dtype)
+    s = _exp_fast(z, check_nan=False).sum(axis=axis, keepdims=True, dtype=acc)
+    # each term is <= 1, so an infinite sum means oneDNN's exp met a NaN (a NaN or +inf logit):
+    # a NaN row, as PyTorch gives
+    s[s == xp.inf] = xp.nan
+    z -= xp.log(s).astype(z.dtype)
     return z
 
 
