@@ -33,6 +33,9 @@ class PCG64Draws:
         return self.rng.permutation(n)
 
 
+_INDEX_ADD_LOOP = 64  # index_add: up to this many entries, one slice add per entry
+
+
 class NumpyBackend(PCG64Draws):
     """Array namespace and RNG for ``device("cpu")``."""
 
@@ -90,13 +93,21 @@ class NumpyBackend(PCG64Draws):
     def index_add(target, axis, index, values) -> None:
         """``target[..., index, ...] += values`` along ``axis``, repeated indices accumulating.
 
-        Small index maps (padding, pooling windows) use a one-hot matrix product, which runs
-        on BLAS; large ones (embeddings) fall back to ``np.add.at``, and so do values holding
-        a NaN or inf: in the product 0 * NaN would spread it to every row of its column.
+        A short index (at most ``_INDEX_ADD_LOOP`` entries: the wrap-around copies of circular
+        padding, pooling windows) adds one slice per entry, in order, on views (no copy of
+        ``values``; exact, NaN included): in the Conv4d example's circular padding this ran
+        2-3x faster than the one-hot product it replaced there (in-process, loaded machine).
+        Longer small maps use a one-hot matrix product, which runs on BLAS; large ones
+        (embeddings) fall back to ``np.add.at``, and so do values holding a NaN or inf: in the
+        product 0 * NaN would spread it to every row of its column.
         """
         t = np.moveaxis(target, axis, 0)
         v = np.moveaxis(values, axis, 0)
         n, m = t.shape[0], index.shape[0]
+        if m <= _INDEX_ADD_LOOP:
+            for i, j in enumerate(np.asarray(index).tolist()):
+                t[j] += v[i]  # distinct calls: a repeated index accumulates
+            return
         if target.dtype.kind == "f" and n * m <= (1 << 20) and v.size and np.isfinite(v).all():
             onehot = np.zeros((n, m), dtype=target.dtype)
             onehot[index, np.arange(m)] = 1

@@ -1,0 +1,249 @@
+"""The fast CPU paths of pooling and normalization (issue 17) against PyTorch in float64.
+
+Max pooling: the separable running maximum and its assigned/added adjoint, over every branch
+(disjoint windows that cover the input, disjoint ones that leave a remainder, overlapping
+windows, padding, ceil mode, dilation), in float32 and float64, forward values, indices and
+gradients, ties (PyTorch takes the first maximum), NaN (the last NaN wins), non-contiguous
+inputs, double backward, adaptive pooling with equal windows (routed through max pooling,
+the global 4-d pooling of the Conv4d example included) and indices that unpool as PyTorch's.
+"""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avila_ml as am
+from avila_ml.nn import functional as F
+from avila_ml.ops import pooling as P
+
+
+def _f32_close(ours, ref64, rtol=2e-6):
+    ours = np.asarray(ours, dtype=np.float64)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    assert ours.shape == ref64.shape, (ours.shape, ref64.shape)
+    scale = np.abs(ref64).max() + 1e-30
+    np.testing.assert_allclose(ours, ref64, rtol=0, atol=rtol * scale)
+
+
+# ------------------------------------------------------------------------------ max pooling
+# (d, shape, kwargs): which branch of MaxPoolAdjoint each row exercises is in its id
+MAX_ROWS = [
+    (2, (3, 4, 8, 8), dict(kernel_size=2), "disjoint-covering"),
+    (2, (2, 3, 9, 7), dict(kernel_size=2), "disjoint-remainder"),
+    (2, (2, 3, 9, 9), dict(kernel_size=3, stride=1, padding=1), "overlap-padding"),
+    (2, (2, 3, 10, 11), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True), "ceil"),
+    (2, (2, 2, 11, 12), dict(kernel_size=3, stride=2, dilation=2, padding=1), "dilation"),
+    (1, (2, 3, 17), dict(kernel_size=4, stride=3, padding=2, ceil_mode=True), "1d"),
+    (3, (2, 2, 6, 7, 5), dict(kernel_size=2, stride=(2, 1, 2), padding=(1, 0, 1)), "3d"),
+    (3, (1, 2, 8, 8, 8), dict(kernel_size=(4, 2, 1)), "3d-k1-axis"),
+]
+
+
+def _max_fn(d):
+    return getattr(F, f"max_pool{d}d"), getattr(TF, f"max_pool{d}d")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("row", MAX_ROWS, ids=lambda r: r[3])
+def test_max_pool_values_indices_grads_match_torch(row, dtype):
+    d, shape, kw, _ = row
+    ours, ref = _max_fn(d)
+    rng = np.random.default_rng(0)
+    xa = rng.standard_normal(shape).astype(dtype)
+    x = am.tensor(xa, requires_grad=True)
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=True)
+    y, idx = ours(x, return_indices=True, **kw)
+    ty, tidx = ref(tx, return_indices=True, **kw)
+    assert y.dtype == (am.float32 if dtype == np.float32 else am.float64)
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy().astype(dtype))
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g.astype(dtype)))
+    ty.backward(torch.tensor(g.astype(dtype).astype(np.float64)))
+    _f32_close(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14 if dtype == np.float64 else 1e-6)  # overlaps: sum order
+
+
+@pytest.mark.parametrize("row", MAX_ROWS, ids=lambda r: r[3])
+def test_max_pool_ties_take_the_first_maximum(row):
+    d, shape, kw, _ = row
+    ours, ref = _max_fn(d)
+    xa = np.random.default_rng(1).integers(0, 3, shape).astype(np.float64)  # many equal values
+    y, idx = ours(am.tensor(xa), return_indices=True, **kw)
+    ty, tidx = ref(torch.tensor(xa), return_indices=True, **kw)
+    np.testing.assert_array_equal(y.numpy(), ty.numpy())
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+
+
+@pytest.mark.parametrize("row", MAX_ROWS[:5], ids=lambda r: r[3])
+def test_max_pool_nan_propagates_and_the_last_nan_wins(row):
+    d, shape, kw, _ = row
+    ours, ref = _max_fn(d)
+    rng = np.random.default_rng(2)
+    xa = rng.standard_normal(shape)
+    xa[rng.random(shape) < 0.15] = np.nan
+    x = am.tensor(xa, requires_grad=True)
+    tx = torch.tensor(xa, requires_grad=True)
+    y, idx = ours(x, return_indices=True, **kw)
+    ty, tidx = ref(tx, return_indices=True, **kw)
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy())  # NaN == NaN here
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g))
+    _f32_close(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14)  # overlapping windows: sum order
+
+
+def test_max_pool_non_contiguous_input():
+    xa = np.random.default_rng(3).standard_normal((4, 3, 10, 12)).astype(np.float32)
+    x = am.tensor(xa, requires_grad=True)
+    xt = x.transpose(2, 3)  # (4, 3, 12, 10), a strided view
+    assert not xt.array.flags.c_contiguous
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=True)
+    y = F.max_pool2d(xt, 3, 2, 1)
+    ty = TF.max_pool2d(tx.transpose(2, 3), 3, 2, 1)
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy().astype(np.float32))
+    y.sum().backward()
+    ty.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy().astype(np.float32))
+    xa2 = xa.copy()
+    y2 = F.max_pool2d(am.tensor(xa2[:, :, ::2, ::3]), 2)  # a sliced view of an untracked array
+    np.testing.assert_array_equal(y2.numpy(), TF.max_pool2d(torch.tensor(xa2[:, :, ::2, ::3]), 2).numpy())
+
+
+def test_max_pool_output_does_not_alias_the_input():
+    x = am.tensor(np.arange(12.0).reshape(1, 1, 3, 4))
+    y = F.max_pool2d(x, 1)
+    assert not np.shares_memory(y.numpy(), x.numpy())
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("row", [MAX_ROWS[0], MAX_ROWS[2], MAX_ROWS[4]], ids=lambda r: r[3])
+def test_max_pool_double_backward_matches_torch(row):
+    d, shape, kw, _ = row
+    ours, ref = _max_fn(d)
+    rng = np.random.default_rng(4)
+    xa = rng.standard_normal(shape)
+    g = rng.standard_normal(tuple(ref(torch.tensor(xa), **kw).shape))
+    x = am.tensor(xa, requires_grad=True)
+    gy = am.tensor(g, requires_grad=True)
+    tx, tgy = torch.tensor(xa, requires_grad=True), torch.tensor(g, requires_grad=True)
+    (gx,) = am.autograd.grad(ours(x, **kw), x, gy, create_graph=True)
+    (tgx,) = torch.autograd.grad(ref(tx, **kw), tx, tgy, create_graph=True)
+    w = rng.standard_normal(xa.shape)
+    (ggy,) = am.autograd.grad((gx * am.tensor(w)).sum(), gy)
+    (tggy,) = torch.autograd.grad((tgx * torch.tensor(w)).sum(), tgy)
+    np.testing.assert_array_equal(ggy.numpy(), tggy.numpy())
+    assert am.autograd.gradgradcheck(lambda t: ours(t, **kw), (am.tensor(xa, requires_grad=True),))
+
+
+def test_max_pool_integer_input():
+    xa = np.random.default_rng(5).integers(-50, 50, (2, 3, 7, 6))
+    y, idx = F.max_pool2d(am.tensor(xa), 3, 2, 1, return_indices=True)
+    ty, tidx = TF.max_pool2d(torch.tensor(xa).double(), 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(y.numpy(), ty.numpy().astype(np.int64))
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+
+
+def _ref_max4d(xa, k, s, p):
+    """Max pooling in 4-d by loops over the output (-inf padding)."""
+    N, C = xa.shape[:2]
+    xp = np.pad(xa, ((0, 0), (0, 0)) + ((p, p),) * 4, constant_values=-np.inf)
+    o = [(n + 2 * p - k) // s + 1 for n in xa.shape[2:]]
+    y = np.empty((N, C) + tuple(o))
+    for i in itertools.product(*[range(n) for n in o]):
+        win = xp[(slice(None), slice(None)) + tuple(slice(a * s, a * s + k) for a in i)]
+        y[(slice(None), slice(None)) + i] = win.reshape(N, C, -1).max(-1)
+    return y
+
+
+def test_max_pool4d_matches_loops():
+    xa = np.random.default_rng(6).standard_normal((2, 2, 5, 4, 6, 5))
+    y = F.max_pool4d(am.tensor(xa), 3, 2, 1)
+    np.testing.assert_array_equal(y.numpy(), _ref_max4d(xa, 3, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d,shape,out", [(2, (2, 3, 12, 8), (3, 4)), (2, (2, 3, 12, 8), 1), (1, (3, 2, 9), 3),
+                                         (3, (2, 2, 4, 6, 8), (2, 3, 1)), (2, (2, 3, 10, 7), (3, 4))])
+def test_adaptive_max_pool_matches_torch(d, shape, out, dtype):
+    rng = np.random.default_rng(7)
+    xa = rng.standard_normal(shape).astype(dtype)
+    xa[..., 0] = xa[..., 1]  # ties
+    x = am.tensor(xa, requires_grad=True)
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=True)
+    y, idx = getattr(F, f"adaptive_max_pool{d}d")(x, out, return_indices=True)
+    ty, tidx = getattr(TF, f"adaptive_max_pool{d}d")(tx, out, return_indices=True)
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy().astype(dtype))
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g.astype(dtype)))
+    ty.backward(torch.tensor(g.astype(dtype).astype(np.float64)))
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy().astype(dtype))
+
+
+def test_global_max_pool4d_of_the_conv4d_example():
+    """AdaptiveMaxPool4d(1) on (N, 16, 4, 3, 3, 3): equal windows, so MaxPool runs it."""
+    rng = np.random.default_rng(8)
+    xa = rng.standard_normal((4, 16, 4, 3, 3, 3)).astype(np.float32)
+    x = am.tensor(xa, requires_grad=True)
+    y = am.nn.AdaptiveMaxPool4d(1)(x)
+    assert type(y.grad_fn).__name__.startswith("MaxPool")
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=True)
+    ty = tx.amax(dim=(2, 3, 4, 5), keepdim=True)
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy().astype(np.float32))
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g.astype(np.float32)))
+    ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))  # one maximum per window: no ties
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy().astype(np.float32))
+
+
+def test_indices_unpool_like_torch_max_unpool():
+    """The library has no MaxUnpool; the indices must be what torch's max_unpool2d consumes."""
+    xa = np.random.default_rng(9).standard_normal((2, 3, 8, 6))
+    y, idx = F.max_pool2d(am.tensor(xa), 2, return_indices=True)
+    u = np.zeros((2, 3, 8 * 6))
+    np.put_along_axis(u, idx.numpy().reshape(2, 3, -1), y.numpy().reshape(2, 3, -1), axis=2)
+    ty, tidx = TF.max_pool2d(torch.tensor(xa), 2, return_indices=True)
+    np.testing.assert_array_equal(u.reshape(xa.shape), TF.max_unpool2d(ty, tidx, 2).numpy())
+
+
+def test_max_pool_keeps_codes_not_the_input():
+    """The forward saves a small code per window (int8 for K < 128), not the input."""
+    x = am.tensor(np.random.default_rng(10).standard_normal((2, 3, 8, 8)), requires_grad=True)
+    y = F.max_pool2d(x, 2)
+    geom = y.grad_fn.geom
+    assert geom.code.dtype == np.int8 and geom.code.shape == (2, 3, 4, 4)
+    assert y.grad_fn.saved_inputs == () or y.grad_fn._saved_in is None
+
+
+# ------------------------------------------------------------------------------ index_add
+@pytest.mark.parametrize("m", [3, 8, 64, 65])
+@pytest.mark.parametrize("axis", [0, 2, 3])
+def test_index_add_short_and_long_maps_match_torch(m, axis):
+    """Short index maps (circular padding's backward) add slice by slice; repeats accumulate,
+    NaN stays in its own slice; longer ones keep the one-hot product."""
+    rng = np.random.default_rng(11)
+    shape = (3, 4, 6, 5)
+    index = rng.integers(0, shape[axis], m)
+    vshape = list(shape)
+    vshape[axis] = m
+    src = rng.standard_normal(vshape)
+    src.flat[7] = np.nan
+    base = rng.standard_normal(shape)
+    ours = am.index_add(am.tensor(base), axis, am.tensor(index), am.tensor(src))
+    ref = torch.index_add(torch.tensor(base), axis, torch.tensor(index), torch.tensor(src))
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-14, atol=1e-14)
+
+
+def test_circular_padding_gradient_matches_torch():
+    xa = np.random.default_rng(12).standard_normal((2, 3, 4, 5, 6))
+    x = am.tensor(xa, requires_grad=True)
+    tx = torch.tensor(xa, requires_grad=True)
+    y = F.pad(x, (1, 1, 2, 1, 1, 0), mode="circular")
+    ty = TF.pad(tx, (1, 1, 2, 1, 1, 0), mode="circular")
+    g = np.random.default_rng(13).standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14, atol=1e-14)
