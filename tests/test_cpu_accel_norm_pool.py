@@ -6,8 +6,16 @@ windows, padding, ceil mode, dilation), in float32 and float64, forward values, 
 gradients, ties (PyTorch takes the first maximum), NaN (the last NaN wins), non-contiguous
 inputs, double backward, adaptive pooling with equal windows (routed through max pooling,
 the global 4-d pooling of the Conv4d example included) and indices that unpool as PyTorch's.
+
+Normalization: layer norm through oneDNN (float32, from a size floor) and the NumPy path
+(float64, small inputs, the off switch, the library absent) with its per-group closed-form
+backward (batch and instance norm), forward, every gradient, running statistics and double
+backward against PyTorch in float64, and which path ran.
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +24,9 @@ import torch.nn.functional as TF
 
 import avila_ml as am
 from avila_ml.nn import functional as F
-from avila_ml.ops import pooling as P
+from avila_ml.cpu_accel import _dnnl as dnnl
+from avila_ml.cpu_accel import _norm as accel_norm
+from avila_ml.ops import normalization as N
 
 
 def _f32_close(ours, ref64, rtol=2e-6):
@@ -247,3 +257,242 @@ def test_circular_padding_gradient_matches_torch():
     y.backward(am.tensor(g))
     ty.backward(torch.tensor(g))
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------ normalization
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
+
+
+@pytest.fixture
+def norm_plans(monkeypatch):
+    """Records the oneDNN normalization plans requested (kind, shape)."""
+    seen = []
+    real = accel_norm.plan
+
+    def spy(kind, shape, *args):
+        seen.append((kind, tuple(shape)))
+        return real(kind, shape, *args)
+    monkeypatch.setattr(accel_norm, "plan", spy)
+    return seen
+
+
+def _affine(rng, shape, affine, dtype):
+    w = b = None
+    if affine in ("wb", "w"):
+        w = rng.standard_normal(shape).astype(dtype)
+    if affine == "wb":
+        b = rng.standard_normal(shape).astype(dtype)
+    return w, b
+
+
+def _grads_vs_torch(ours_fn, ref_fn, xa, params, rng, rtol):
+    """Forward and the gradients of x and each parameter, ours in xa's dtype vs torch float64."""
+    x = am.tensor(xa, requires_grad=True)
+    ps = [None if p is None else am.tensor(p, requires_grad=True) for p in params]
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=True)
+    tps = [None if p is None else torch.tensor(p.astype(np.float64), requires_grad=True) for p in params]
+    y, ty = ours_fn(x, *ps), ref_fn(tx, *tps)
+    _f32_close(y.detach().numpy(), ty.detach().numpy(), rtol)
+    g = rng.standard_normal(tuple(ty.shape)).astype(xa.dtype)
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g.astype(np.float64)))
+    _f32_close(x.grad.numpy(), tx.grad.numpy(), rtol)
+    for p, tp in zip(ps, tps):
+        if p is not None:
+            _f32_close(p.grad.numpy(), tp.grad.numpy(), rtol)
+
+
+LN_ROWS = [((256, 512), (512,)), ((8, 40, 128), (128,)), ((16, 48, 48), (48, 48)), ((3, 5, 4096), (4096,))]
+
+
+@needs_onednn
+@pytest.mark.parametrize("affine", ["wb", "w", "none"])
+@pytest.mark.parametrize("shape,ns", LN_ROWS, ids=str)
+def test_layer_norm_float32_through_onednn_matches_torch(shape, ns, affine, norm_plans):
+    rng = np.random.default_rng(20)
+    xa = (3.0 + 2.0 * rng.standard_normal(shape)).astype(np.float32)  # an offset mean
+    w, b = _affine(rng, ns, affine, np.float32)
+    _grads_vs_torch(lambda x, w, b: F.layer_norm(x, ns, w, b), lambda x, w, b: TF.layer_norm(x, ns, w, b),
+                    xa, (w, b), rng, rtol=2e-5)
+    rows = (int(np.prod(shape[:len(shape) - len(ns)])), int(np.prod(ns)))
+    assert norm_plans == [("layer", rows)]
+
+
+@pytest.mark.parametrize("shape,ns", [((256, 512), (512,)), ((4, 6, 10), (6, 10)), ((64, 64), (64,))], ids=str)
+def test_layer_norm_float64_and_small_float32_stay_on_numpy(shape, ns, norm_plans):
+    rng = np.random.default_rng(21)
+    for dtype in (np.float64, np.float32):
+        if dtype == np.float32 and np.prod(shape) >= N._ONEDNN_MIN_SIZE:
+            continue
+        xa = rng.standard_normal(shape).astype(dtype)
+        w, b = _affine(rng, ns, "wb", dtype)
+        _grads_vs_torch(lambda x, w, b: F.layer_norm(x, ns, w, b), lambda x, w, b: TF.layer_norm(x, ns, w, b),
+                        xa, (w, b), rng, rtol=1e-12 if dtype == np.float64 else 2e-5)
+    assert norm_plans == []
+
+
+@needs_onednn
+def test_layer_norm_off_switch_keeps_numpy(norm_plans, monkeypatch):
+    monkeypatch.setattr(am.backends.mkldnn, "enabled", False)
+    rng = np.random.default_rng(22)
+    xa = rng.standard_normal((256, 512)).astype(np.float32)
+    w, b = _affine(rng, (512,), "wb", np.float32)
+    _grads_vs_torch(lambda x, w, b: F.layer_norm(x, (512,), w, b), lambda x, w, b: TF.layer_norm(x, (512,), w, b),
+                    xa, (w, b), rng, rtol=2e-5)
+    assert norm_plans == []
+
+
+@needs_onednn
+def test_layer_norm_non_contiguous_input_through_onednn(norm_plans):
+    rng = np.random.default_rng(23)
+    base = rng.standard_normal((512, 256)).astype(np.float32)
+    x = am.tensor(base, requires_grad=True)
+    xt = x.transpose(0, 1)  # (256, 512), strided
+    w = am.tensor(rng.standard_normal(512).astype(np.float32), requires_grad=True)
+    tx = torch.tensor(base.astype(np.float64), requires_grad=True)
+    tw = torch.tensor(w.detach().numpy().astype(np.float64), requires_grad=True)
+    y = F.layer_norm(xt, (512,), w)
+    ty = TF.layer_norm(tx.t(), (512,), tw)
+    _f32_close(y.detach().numpy(), ty.detach().numpy(), 2e-5)
+    g = rng.standard_normal((256, 512)).astype(np.float32)
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g.astype(np.float64)))
+    _f32_close(x.grad.numpy(), tx.grad.numpy(), 2e-5)
+    _f32_close(w.grad.numpy(), tw.grad.numpy(), 2e-5)
+    assert norm_plans == [("layer", (256, 512))]
+
+
+@needs_onednn
+def test_layer_norm_double_backward_after_onednn_forward(norm_plans):
+    """create_graph=True: the Tensor-op backward runs (recomputing from x), so second
+    derivatives match PyTorch's."""
+    rng = np.random.default_rng(24)
+    xa = rng.standard_normal((128, 384)).astype(np.float32)
+    wa = rng.standard_normal(384).astype(np.float32)
+    ga = rng.standard_normal((128, 384)).astype(np.float32)
+    x, w = am.tensor(xa, requires_grad=True), am.tensor(wa, requires_grad=True)
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=True)
+    tw = torch.tensor(wa.astype(np.float64), requires_grad=True)
+    gx, gw = am.autograd.grad(F.layer_norm(x, (384,), w), (x, w), am.tensor(ga), create_graph=True)
+    tgx, tgw = torch.autograd.grad(TF.layer_norm(tx, (384,), tw), (tx, tw), torch.tensor(ga.astype(np.float64)),
+                                   create_graph=True)
+    _f32_close(gx.detach().numpy(), tgx.detach().numpy(), 2e-5)
+    assert norm_plans == [("layer", (128, 384))]
+    v = rng.standard_normal((128, 384)).astype(np.float32)
+    hx, hw = am.autograd.grad((gx * am.tensor(v)).sum() + gw.sum(), (x, w))
+    thx, thw = torch.autograd.grad((tgx * torch.tensor(v.astype(np.float64))).sum() + tgw.sum(), (tx, tw))
+    _f32_close(hx.numpy(), thx.numpy(), 5e-5)
+    _f32_close(hw.numpy(), thw.numpy(), 5e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(32, 16, 8, 8), (64, 12), (4, 3, 5, 6, 7)], ids=str)
+def test_batch_norm_train_grads_and_running_stats_match_torch(shape, dtype, norm_plans):
+    rng = np.random.default_rng(25)
+    xa = (1.5 + rng.standard_normal(shape)).astype(dtype)
+    c = shape[1]
+    w, b = _affine(rng, (c,), "wb", dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.random(c).astype(dtype) + 0.5
+    arm, arv = am.tensor(rm.copy()), am.tensor(rv.copy())
+    trm, trv = torch.tensor(rm.astype(np.float64)), torch.tensor(rv.astype(np.float64))
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    _grads_vs_torch(lambda x, w, b: F.batch_norm(x, arm, arv, w, b, True, 0.3, 1e-4),
+                    lambda x, w, b: TF.batch_norm(x, trm, trv, w, b, True, 0.3, 1e-4), xa, (w, b), rng, rtol)
+    _f32_close(arm.numpy(), trm.numpy(), rtol)
+    _f32_close(arv.numpy(), trv.numpy(), rtol)  # unbiased variance, momentum 0.3
+    # eval: the running statistics replace the batch ones
+    _grads_vs_torch(lambda x, w, b: F.batch_norm(x, arm, arv, w, b, False),
+                    lambda x, w, b: TF.batch_norm(x, trm, trv, w, b, False), xa, (w, b), rng, rtol)
+    assert norm_plans == []  # batch norm stays on NumPy (oneDNN's was slower, see normalization.py)
+
+
+@pytest.mark.parametrize("affine", ["wb", "w", "none"])
+def test_batch_norm_weight_only_and_no_affine(affine):
+    rng = np.random.default_rng(26)
+    xa = rng.standard_normal((8, 5, 6, 6))
+    w, b = _affine(rng, (5,), affine, np.float64)
+    _grads_vs_torch(lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+                    lambda x, w, b: TF.batch_norm(x, None, None, w, b, True), xa, (w, b), rng, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_instance_and_group_norm_match_torch(dtype):
+    rng = np.random.default_rng(27)
+    xa = rng.standard_normal((4, 6, 9, 10)).astype(dtype)
+    w, b = _affine(rng, (6,), "wb", dtype)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    _grads_vs_torch(lambda x, w, b: F.instance_norm(x, None, None, w, b),
+                    lambda x, w, b: TF.instance_norm(x, None, None, w, b), xa, (w, b), rng, rtol)
+    _grads_vs_torch(lambda x, w, b: F.group_norm(x, 3, w, b), lambda x, w, b: TF.group_norm(x, 3, w, b),
+                    xa, (w, b), rng, rtol)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+    lambda x, w, b: F.instance_norm(x, None, None, w, b),
+    lambda x, w, b: F.group_norm(x, 2, w, b),
+], ids=["batch", "instance", "group"])
+def test_norm_double_backward_gradgradcheck(fn):
+    rng = np.random.default_rng(28)
+    inputs = tuple(am.tensor(a, requires_grad=True) for a in (rng.standard_normal((3, 4, 5)),
+                                                              rng.standard_normal(4), rng.standard_normal(4)))
+    assert am.autograd.gradcheck(fn, inputs)
+    assert am.autograd.gradgradcheck(fn, inputs)
+
+
+def _python(code, **env):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
+    e.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_layer_norm_without_the_library_runs_numpy_and_notes_once():
+    code = """
+import warnings, numpy as np, torch, avila_ml as am
+from avila_ml.nn import functional as F
+x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+with warnings.catch_warnings(record=True) as rec:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        t = am.tensor(x, requires_grad=True)
+        F.layer_norm(t, (512,)).sum().backward()
+ref = torch.nn.functional.layer_norm(torch.tensor(x, dtype=torch.float64), (512,)).numpy()
+err = np.abs(F.layer_norm(am.tensor(x), (512,)).numpy() - ref).max()
+print(err < 1e-5, sum("oneDNN" in str(r.message) for r in rec), am.cpu_accel.is_available())
+"""
+    r = _python(code, AVILA_ML_DNNL_LIBRARY="/nonexistent/libdnnl.so.3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "True 1 False", r.stdout
+
+
+@needs_onednn
+def test_norm_plan_cache_is_bounded_lru(monkeypatch):
+    accel_norm.clear_cache()
+    monkeypatch.setattr(accel_norm, "CACHE_SIZE", 2)
+    p1 = accel_norm.plan("layer", (4, 8), 1e-5, True, True)
+    accel_norm.plan("layer", (4, 16), 1e-5, True, True)
+    assert accel_norm.plan("layer", (4, 8), 1e-5, True, True) is p1  # a hit moves it to the end
+    accel_norm.plan("layer", (4, 32), 1e-5, True, True)  # evicts (4, 16)
+    assert accel_norm.cache_info()["size"] == 2
+    assert accel_norm.plan("layer", (4, 8), 1e-5, True, True) is p1
+    accel_norm.clear_cache()
+
+
+@needs_onednn
+def test_norm_boundary_refuses_bad_buffers():
+    p = accel_norm.plan("layer", (4, 8), 1e-5, True, False)
+    x = np.ones((4, 8), np.float32)
+    w = np.ones(8, np.float32)
+    with pytest.raises(TypeError, match="dtype float32"):
+        p.forward(x.astype(np.float64), w)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        p.forward(np.ones((8, 4), np.float32).T, w)
+    with pytest.raises(ValueError, match="bytes"):
+        p.forward(np.ones((4, 9), np.float32), w)
+    with pytest.raises(TypeError, match="scale"):
+        p.forward(x, None)
+    y, mean, var = p.forward(np.arange(32, dtype=np.float32).reshape(4, 8), w)
+    np.testing.assert_allclose(mean, np.arange(32).reshape(4, 8).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(var, np.full(4, np.var(np.arange(8))), rtol=1e-5)
