@@ -229,18 +229,22 @@ def test_max_pool_keeps_codes_not_the_input():
 
 
 # ------------------------------------------------------------------------------ index_add
+@pytest.mark.parametrize("finite", [True, False])
 @pytest.mark.parametrize("m", [3, 8, 64, 65])
 @pytest.mark.parametrize("axis", [0, 2, 3])
-def test_index_add_short_and_long_maps_match_torch(m, axis):
+def test_index_add_short_and_long_maps_match_torch(m, axis, finite):
     """Short index maps (circular padding's backward) add slice by slice; repeats accumulate,
-    NaN stays in its own slice; longer ones keep the one-hot product."""
+    NaN stays in its own slice; longer ones keep the one-hot product (finite values) or
+    ``np.add.at``."""
     rng = np.random.default_rng(11)
-    shape = (3, 4, 6, 5)
+    shape = (3, 4, 30, 32)  # slices of >= 256 elements along every axis: m <= 64 takes the loop
+    assert min(np.prod(shape) // n for n in shape) >= 256
     index = rng.integers(0, shape[axis], m)
     vshape = list(shape)
     vshape[axis] = m
     src = rng.standard_normal(vshape)
-    src.flat[7] = np.nan
+    if not finite:
+        src.flat[7] = np.nan
     base = rng.standard_normal(shape)
     ours = am.index_add(am.tensor(base), axis, am.tensor(index), am.tensor(src))
     ref = torch.index_add(torch.tensor(base), axis, torch.tensor(index), torch.tensor(src))

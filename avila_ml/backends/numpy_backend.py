@@ -93,10 +93,11 @@ class NumpyBackend(PCG64Draws):
     def index_add(target, axis, index, values) -> None:
         """``target[..., index, ...] += values`` along ``axis``, repeated indices accumulating.
 
-        A short index (at most ``_INDEX_ADD_LOOP`` entries: the wrap-around copies of circular
-        padding, pooling windows) adds one slice per entry, in order, on views (no copy of
-        ``values``; exact, NaN included): in the Conv4d example's circular padding this ran
-        2-3x faster than the one-hot product it replaced there (in-process, loaded machine).
+        A short index (at most ``_INDEX_ADD_LOOP`` entries, slices of at least 256 elements:
+        the wrap-around copies of circular padding) adds one slice per entry, in order, on
+        views (no copy of ``values``; exact, NaN included): in the Conv4d example's circular
+        padding this ran 2-3x faster than the one-hot product it replaced there (in-process,
+        loaded machine).
         Longer small maps use a one-hot matrix product, which runs on BLAS; large ones
         (embeddings) fall back to ``np.add.at``, and so do values holding a NaN or inf: in the
         product 0 * NaN would spread it to every row of its column.
@@ -104,7 +105,7 @@ class NumpyBackend(PCG64Draws):
         t = np.moveaxis(target, axis, 0)
         v = np.moveaxis(values, axis, 0)
         n, m = t.shape[0], index.shape[0]
-        if m <= _INDEX_ADD_LOOP:
+        if m <= _INDEX_ADD_LOOP and v.size >= 256 * m:  # slices big enough to outweigh a Python loop
             for i, j in enumerate(np.asarray(index).tolist()):
                 t[j] += v[i]  # distinct calls: a repeated index accumulates
             return
