@@ -500,3 +500,25 @@ def test_norm_boundary_refuses_bad_buffers():
     y, mean, var = p.forward(np.arange(32, dtype=np.float32).reshape(4, 8), w)
     np.testing.assert_allclose(mean, np.arange(32).reshape(4, 8).mean(1), rtol=1e-6)
     np.testing.assert_allclose(var, np.full(4, np.var(np.arange(8))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("row", [MAX_ROWS[2], MAX_ROWS[3], MAX_ROWS[4], MAX_ROWS[6]], ids=lambda r: r[3])
+def test_max_pool_windows_of_only_minus_inf_point_inside_the_input(row):
+    """-inf inputs tie with the -inf padding: PyTorch points such a window at its first input
+    position, never into the padding (and so does its gradient)."""
+    d, shape, kw, _ = row
+    ours, ref = _max_fn(d)
+    rng = np.random.default_rng(14)
+    xa = rng.standard_normal(shape)
+    xa[rng.random(shape) < 0.6] = -np.inf
+    x = am.tensor(xa, requires_grad=True)
+    tx = torch.tensor(xa, requires_grad=True)
+    y, idx = ours(x, return_indices=True, **kw)
+    ty, tidx = ref(tx, return_indices=True, **kw)
+    assert (ty.detach().numpy() == -np.inf).any()
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g))
+    _f32_close(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14)

@@ -178,6 +178,20 @@ def _window_max(xp, xpad, k, s, dl, o, exact_nan):
     return (best if owned else best.copy()), xp.ascontiguousarray(code)
 
 
+def _first_inside(S, k, s, p, dl, o, dtype):
+    """Per output window, the code (row-major kernel offset) of its first position inside the
+    input, as a (1, 1, *o) NumPy array."""
+    d = len(S)
+    code = np.zeros((1, 1) + tuple(o), dtype=np.int64)
+    mult = 1
+    for a in reversed(range(d)):
+        pos = np.arange(o[a])[:, None] * s[a] - p[a] + np.arange(k[a])[None, :] * dl[a]
+        first = ((pos >= 0) & (pos < S[a])).argmax(axis=1)  # every window has one (checked by the caller)
+        code = code + (first * mult).reshape((-1,) + (1,) * (d - 1 - a))
+        mult *= k[a]
+    return code.astype(dtype)
+
+
 class _PoolGeometry:
     """One max pooling's window geometry (N-d) and the per-window argmax codes of its forward."""
 
@@ -244,6 +258,12 @@ class MaxPool(Function):
         best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=False)
         if floating and bool(xp.isnan(best).any()):  # a NaN in some window: redo with PyTorch's NaN rule
             best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=True)
+        if xpad is not x:
+            # a window whose input values all equal the padding value (-inf) may have found its
+            # "first maximum" in the padding; PyTorch points it at the window's first input position
+            low = best == _lowest(x.dtype)
+            if bool(low.any()):
+                xp.copyto(code, xp.asarray(_first_inside(x.shape[2:], k, s, p, dl, o, code.dtype)), where=low)
         self.geom = _PoolGeometry(x.shape, k, s, p, dl, o, hi, code)
         return best
 
