@@ -68,12 +68,17 @@ class NumpyBackend(PCG64Draws):
         Integer-array keys are flattened to linear indices and summed with ``bincount``,
         which is tens of times faster than ``np.add.at``.
         """
-        values = np.broadcast_to(values, target[key].shape) if np.ndim(values) else values
         if target.dtype.kind == "f" and isinstance(key, tuple) and len(key) == target.ndim and all(
             isinstance(k, np.ndarray) and k.dtype.kind in "iu" for k in key
         ):
+            # the result shape is the keys' broadcast shape: no gather of target[key] to learn it
             idx = np.broadcast_arrays(*key)
-            lin = np.ravel_multi_index(tuple(i.ravel() for i in idx), target.shape, mode="wrap")
+            if len(idx) == 1:  # a flat target (max pooling's adjoint): the key is the linear index
+                lin = idx[0].ravel()
+                if lin.size and (lin.min() < 0 or lin.max() >= target.size):
+                    lin = lin % target.size  # what ravel_multi_index's mode="wrap" gives
+            else:
+                lin = np.ravel_multi_index(tuple(i.ravel() for i in idx), target.shape, mode="wrap")
             sums = np.bincount(lin, weights=np.broadcast_to(values, idx[0].shape).ravel(), minlength=target.size)
             flat = target.reshape(-1) if target.flags.c_contiguous else None
             if flat is not None:
@@ -81,6 +86,7 @@ class NumpyBackend(PCG64Draws):
             else:
                 target += sums.reshape(target.shape).astype(target.dtype, copy=False)
             return
+        values = np.broadcast_to(values, target[key].shape) if np.ndim(values) else values
         np.add.at(target, key, values)
 
     @staticmethod

@@ -216,6 +216,19 @@ class _PoolGeometry:
     def crop(self):
         return (slice(None), slice(None)) + tuple(slice(a, a + n) for a, n in zip(self.p, self.x_shape[2:]))
 
+    def padded_flat(self, xp):
+        """The flat index of each maximum within the whole padded array (N, C, *S_pad)."""
+        Sp = self.pad_shape[2:]
+        d = len(Sp)
+        st = [math.prod(Sp[a + 1:]) for a in range(d)]
+        off = np.zeros(math.prod(self.k), dtype=np.int64)
+        for j, kidx in enumerate(itertools.product(*[range(kk) for kk in self.k])):
+            off[j] = sum(kk * dd * t for kk, dd, t in zip(kidx, self.dl, st))
+        base = _flat_index(xp, [xp.arange(n) * ss for n, ss in zip(self.o, self.s)], Sp)
+        N, C = self.x_shape[:2]
+        nc = (xp.arange(N * C, dtype=np.int64) * math.prod(Sp)).reshape((N, C) + (1,) * d)
+        return xp.asarray(off)[self.code] + base + nc
+
     def indices(self, xp):
         """The flat index of each maximum within the input's spatial dims (PyTorch's ``indices``)."""
         S = self.x_shape[2:]
@@ -288,14 +301,17 @@ class MaxPoolAdjoint(Function):
 
     def forward(self, g, geom):
         self.geom = geom
-        xp = backend_of(g).xp
+        b = backend_of(g)
+        xp = b.xp
         gpad = (xp.empty if geom.covering else xp.zeros)(geom.pad_shape, dtype=g.dtype)
-        for j, key in geom.offsets():
-            hit = geom.code == j
-            if geom.disjoint:  # every padded position lies in at most one window: assign
-                xp.multiply(g, hit, out=gpad[key])
-            else:
-                gpad[key] += g * hit
+        if geom.disjoint:  # every padded position lies in at most one window: assign per offset
+            for j, key in geom.offsets():
+                xp.multiply(g, geom.code == j, out=gpad[key])
+        else:
+            # overlapping windows: one scatter-add at the flat argmax positions (bincount on the
+            # CPU) instead of a masked add per kernel offset; 1.5-13x faster for 3x3 / 3x3x3
+            # windows of stride 1-2 (in-process, loaded machine), slower for disjoint ones
+            b.scatter_add(gpad.reshape(-1), (geom.padded_flat(xp).reshape(-1),), xp.ascontiguousarray(g).reshape(-1))
         if not any(geom.p) and not any(geom.hi):
             return gpad
         return xp.ascontiguousarray(gpad[geom.crop()])
