@@ -217,14 +217,20 @@ class _PoolGeometry:
     def crop(self):
         return (slice(None), slice(None)) + tuple(slice(a, a + n) for a, n in zip(self.p, self.x_shape[2:]))
 
+    def _kernel_offsets(self, S):
+        """Per kernel offset code ``j``: its flat distance from the window start in an array
+        of spatial shape ``S``."""
+        st = [math.prod(S[a + 1:]) for a in range(len(S))]
+        off = np.zeros(math.prod(self.k), dtype=np.int64)
+        for j, kidx in enumerate(itertools.product(*[range(kk) for kk in self.k])):
+            off[j] = sum(kk * dd * t for kk, dd, t in zip(kidx, self.dl, st))
+        return off
+
     def padded_flat(self, xp):
         """The flat index of each maximum within the whole padded array (N, C, *S_pad)."""
         Sp = self.pad_shape[2:]
         d = len(Sp)
-        st = [math.prod(Sp[a + 1:]) for a in range(d)]
-        off = np.zeros(math.prod(self.k), dtype=np.int64)
-        for j, kidx in enumerate(itertools.product(*[range(kk) for kk in self.k])):
-            off[j] = sum(kk * dd * t for kk, dd, t in zip(kidx, self.dl, st))
+        off = self._kernel_offsets(Sp)
         base = _flat_index(xp, [xp.arange(n) * ss for n, ss in zip(self.o, self.s)], Sp)
         N, C = self.x_shape[:2]
         nc = (xp.arange(N * C, dtype=np.int64) * math.prod(Sp)).reshape((N, C) + (1,) * d)
@@ -233,11 +239,7 @@ class _PoolGeometry:
     def indices(self, xp):
         """The flat index of each maximum within the input's spatial dims (PyTorch's ``indices``)."""
         S = self.x_shape[2:]
-        d = len(S)
-        st = [math.prod(S[a + 1:]) for a in range(d)]
-        off = np.zeros(math.prod(self.k), dtype=np.int64)
-        for j, kidx in enumerate(itertools.product(*[range(kk) for kk in self.k])):
-            off[j] = sum(kk * dd * t for kk, dd, t in zip(kidx, self.dl, st))
+        off = self._kernel_offsets(S)
         base = _flat_index(xp, [xp.arange(n) * ss - pp for n, ss, pp in zip(self.o, self.s, self.p)], S)
         return xp.asarray(off)[self.code] + base
 
