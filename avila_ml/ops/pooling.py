@@ -289,7 +289,15 @@ class MaxPool(Function):
 
 class MaxPoolWithIndices(MaxPool):
     """:class:`MaxPool` that also returns the flat input index of each maximum (int64, not
-    differentiable), PyTorch's ``return_indices=True``."""
+    differentiable), PyTorch's ``return_indices=True`` (``max_pool2d_with_indices``):
+    ``index = sum_a (i_a * s_a - p_a + k_a * dl_a) * prod(S[a+1:])`` of the window's argmax.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.pooling import MaxPoolWithIndices
+        >>> MaxPoolWithIndices.apply(am.tensor([[[1.0, 3.0, 5.0, 2.0]]]), (2,), (2,), (0,), (1,), (2,), (0,))
+        (tensor([[[3., 5.]]]), tensor([[[1, 2]]]))
+    """
 
     non_differentiable = (1,)
 
@@ -299,8 +307,17 @@ class MaxPoolWithIndices(MaxPool):
 
 
 class MaxPoolAdjoint(Function):
-    """The gradient of :class:`MaxPool`: each output's value added at its window's argmax,
-    zero elsewhere. Its own adjoint is :class:`MaxPoolSelect` (double backward)."""
+    """The gradient of :class:`MaxPool`: ``gx[argmax of window i] += g[i]``, zero elsewhere
+    (PyTorch's ``max_pool2d_with_indices_backward``). Its own adjoint is
+    :class:`MaxPoolSelect` (double backward). ``geom`` is the forward's ``_PoolGeometry``.
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.pooling import MaxPool, MaxPoolAdjoint
+        >>> y = MaxPool.apply(am.tensor([[[1.0, 3.0, 5.0, 2.0]]], requires_grad=True), (2,), (2,), (0,), (1,), (2,), (0,))
+        >>> MaxPoolAdjoint.apply(am.tensor([[[10.0, 20.0]]]), y.grad_fn.geom)
+        tensor([[[ 0., 10., 20.,  0.]]])
+    """
 
     def forward(self, g, geom):
         self.geom = geom
@@ -324,7 +341,16 @@ class MaxPoolAdjoint(Function):
 
 
 class MaxPoolSelect(Function):
-    """``y[n, c, i] = x[n, c, argmax of window i]`` for the argmax codes of a :class:`MaxPool`."""
+    """``y[n, c, i] = x[n, c, argmax of window i]`` for the argmax codes of a :class:`MaxPool`
+    (the adjoint of :class:`MaxPoolAdjoint`; PyTorch gathers with the saved indices).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.ops.pooling import MaxPool, MaxPoolSelect
+        >>> y = MaxPool.apply(am.tensor([[[1.0, 3.0, 5.0, 2.0]]], requires_grad=True), (2,), (2,), (0,), (1,), (2,), (0,))
+        >>> MaxPoolSelect.apply(am.tensor([[[0.1, 0.2, 0.3, 0.4]]]), y.grad_fn.geom)
+        tensor([[[0.2000, 0.3000]]])
+    """
 
     def forward(self, x, geom):
         self.geom = geom
