@@ -81,6 +81,21 @@ def _norm_case(kind, shape):
     return make
 
 
+def _max_pool_case(shape, kernel, stride, padding=0):
+    def make(L):
+        rng = np.random.default_rng(3)
+        x = L.tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+        F = L.nn.functional
+        o = [(n + 2 * padding - kernel) // stride + 1 for n in shape[2:]]
+        g = L.from_numpy(rng.standard_normal(shape[:2] + tuple(o)).astype(np.float32))
+
+        def step():
+            x.grad = None
+            F.max_pool2d(x, kernel, stride, padding).backward(g)
+        return step
+    return make
+
+
 def step_flops() -> float:
     """Matmul FLOPs of one step: forward, weight gradients, input gradients of layers 2-3."""
     fwd = sum(2 * BATCH * a * b for a, b in zip(SIZES[:-1], SIZES[1:]))
@@ -96,6 +111,12 @@ CASES = [
     Case("  batch_norm fwd+bwd (32, 16, 32, 32)", _norm_case("batch", (32, 16, 32, 32)),
          nbytes=5 * 4 * 32 * 16 * 32 * 32, quick=False),
     Case("  layer_norm fwd+bwd (256, 512)", _norm_case("layer", (256, 512)), nbytes=5 * 4 * 256 * 512, quick=False),
+    Case("  max_pool2d k2 fwd+bwd (64, 64, 24, 24)", _max_pool_case((64, 64, 24, 24), 2, 2),
+         nbytes=(2 + 2 * 0.25) * 4 * 64 * 64 * 24 * 24),
+    Case("  max_pool2d k2 fwd+bwd (64, 32, 26, 26)", _max_pool_case((64, 32, 26, 26), 2, 2),
+         nbytes=(2 + 2 * 0.25) * 4 * 64 * 32 * 26 * 26, quick=False),
+    Case("  max_pool2d k3 s2 p1 fwd+bwd (32, 64, 32, 32)", _max_pool_case((32, 64, 32, 32), 3, 2, 1),
+         nbytes=(2 + 2 * 0.25) * 4 * 32 * 64 * 32 * 32, quick=False),
 ]
 
 if __name__ == "__main__":

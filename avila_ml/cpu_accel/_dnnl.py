@@ -284,3 +284,20 @@ def check_buffer(a, dtype, nbytes: int, what: str) -> int:
     if not a.flags.writeable and what.startswith("output"):
         raise ValueError(f"oneDNN boundary: {what} is read-only")
     return a.ctypes.data
+
+
+# -- issue 17, normalization (cpu_accel/_norm.py) -----------------------------------------------
+# constants of oneapi/dnnl/dnnl_types.h (oneDNN 3.x ABI) and the C calls _norm.py uses; each bound
+# function exists in libdnnl 3.2 (``nm -D``). (oneDNN's pooling and batch normalization were measured
+# and not kept: on plain C-order arrays both were slower than the NumPy paths, see ops/pooling.py
+# and ops/normalization.py.)
+BACKWARD = 128
+NORM_USE_SCALE, NORM_USE_SHIFT = 0x2, 0x4
+ARG_MEAN, ARG_VARIANCE, ARG_SCALE, ARG_SHIFT = 49, 50, 51, 52
+ARG_DIFF_SCALE, ARG_DIFF_SHIFT = 255, 256
+_SIGNATURES.update({
+    "dnnl_layer_normalization_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, ctypes.c_float, ctypes.c_uint, _p],
+    "dnnl_layer_normalization_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, _p, ctypes.c_float, ctypes.c_uint, _p, _p],
+})

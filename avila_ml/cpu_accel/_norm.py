@@ -1,0 +1,143 @@
+"""Layer normalization, forward (with the statistics) and backward, through oneDNN, float32
+NumPy arrays in plain C order.
+
+``x`` is viewed as (M, D), statistics per row, scale and shift per column. The forward writes
+the mean and the *biased* variance, which the backward reads back together with ``x``; the
+backward computes the input, scale and shift gradients in one call. One plan per (shape,
+eps, affine flags) holds both primitives (the backward built with the forward as its hint),
+in an LRU cache like the convolution plans (``_conv.py``). ``ops/normalization.py`` decides
+where it is used (measured against the NumPy path; oneDNN's batch normalization was slower
+than NumPy on plain NCHW arrays and is not used).
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _dnnl as D
+from ._prim import Executor, _Desc, _Prim, _attr
+
+__all__ = ["NormPlan", "plan", "cache_info", "clear_cache", "CACHE_SIZE"]
+
+CACHE_SIZE = 64
+_cache: OrderedDict = OrderedDict()
+_lock = threading.Lock()
+_F32 = np.dtype(np.float32)
+_CREATE = {"layer": ("dnnl_layer_normalization_forward_primitive_desc_create",
+                     "dnnl_layer_normalization_backward_primitive_desc_create")}
+
+
+class NormPlan(Executor):
+    """Forward-training and backward normalization primitives for one shape: ``kind`` "layer"
+    (the only one), ``shape`` (M, D), statistics (M,), scale/shift (D,)."""
+
+    def __init__(self, lib, kind, shape, eps, scale, shift):
+        self.lib, self.kind = lib, kind
+        self.x = _Desc(lib, shape)
+        n_stat, n_aff = shape
+        self.stat, self.aff = _Desc(lib, (n_stat,)), _Desc(lib, (n_aff,))
+        self.stat_shape, self.aff_shape = (n_stat,), (n_aff,)
+        self.scale, self.shift = scale, shift
+        flags = (D.NORM_USE_SCALE if scale else 0) | (D.NORM_USE_SHIFT if shift else 0)
+        fwd_name, bwd_name = _CREATE[kind]
+        eps = ctypes.c_float(eps)
+        attr = _attr(lib)
+        try:
+            fwd = ctypes.c_void_p()
+            extra = (self.stat.h,)
+            lib.call(fwd_name, ctypes.byref(fwd), lib.engine, D.FORWARD_TRAINING, self.x.h, self.x.h, *extra,
+                     eps, flags, attr)
+            self.fwd = _Prim(lib, fwd)
+            bwd = ctypes.c_void_p()
+            lib.call(bwd_name, ctypes.byref(bwd), lib.engine, D.BACKWARD, self.x.h, self.x.h, self.x.h, *extra,
+                     eps, flags, fwd, attr)
+            self.bwd = _Prim(lib, bwd)
+        finally:
+            lib.fn("dnnl_primitive_attr_destroy")(attr)
+        name = ctypes.c_char_p()
+        lib.call("dnnl_primitive_desc_query", fwd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
+        self.impl = (name.value or b"").decode()
+
+    def _run(self, prim, args):
+        made, keep = [], []
+        try:
+            self._exec(prim, args, made, keep)
+            self.lib.call("dnnl_stream_wait", self.lib.stream)
+        finally:
+            destroy = self.lib.fn("dnnl_memory_destroy")
+            for m in made:
+                destroy(m)
+            del keep
+
+    def _affine_args(self, scale, shift, what):
+        args = []
+        for flag, arg, a, name in ((self.scale, D.ARG_SCALE, scale, "scale"), (self.shift, D.ARG_SHIFT, shift, "shift")):
+            if flag:
+                D.check_buffer(a, _F32, self.aff.nbytes, f"input {name} of the oneDNN {self.kind} norm {what}")
+                args.append((arg, self.aff.h, a))
+        return args
+
+    def forward(self, x, scale=None, shift=None):
+        """``(y, mean, var)`` of ``x`` (C-contiguous float32): normalised and affine-mapped,
+        with the batch statistics (biased variance)."""
+        D.check_buffer(x, _F32, self.x.nbytes, f"input x of the oneDNN {self.kind} norm")
+        y = np.empty(self.x.shape, dtype=_F32)
+        mean, var = np.empty(self.stat_shape, dtype=_F32), np.empty(self.stat_shape, dtype=_F32)
+        args = [(D.ARG_SRC, self.x.h, x), (D.ARG_DST, self.x.h, y), (D.ARG_MEAN, self.stat.h, mean),
+                (D.ARG_VARIANCE, self.stat.h, var)] + self._affine_args(scale, shift, "forward")
+        self._run(self.fwd, args)
+        return y, mean, var
+
+    def backward(self, x, gy, mean, var, scale=None, shift=None):
+        """``(dx, dscale or None, dshift or None)`` for the output gradient ``gy`` (oneDNN 3.2's
+        layer norm counts the shift among the backward's inputs, though the gradient does not
+        use it)."""
+        for a, what, nb in ((x, "x", self.x.nbytes), (gy, "gy", self.x.nbytes), (mean, "mean", self.stat.nbytes),
+                            (var, "var", self.stat.nbytes)):
+            D.check_buffer(a, _F32, nb, f"input {what} of the oneDNN {self.kind} norm backward")
+        dx = np.empty(self.x.shape, dtype=_F32)
+        args = [(D.ARG_SRC, self.x.h, x), (D.ARG_DIFF_DST, self.x.h, gy), (D.ARG_MEAN, self.stat.h, mean),
+                (D.ARG_VARIANCE, self.stat.h, var), (D.ARG_DIFF_SRC, self.x.h, dx)]
+        args += self._affine_args(scale, shift, "backward")
+        dscale = np.empty(self.aff_shape, dtype=_F32) if self.scale else None
+        dshift = np.empty(self.aff_shape, dtype=_F32) if self.shift else None
+        if self.scale:
+            args.append((D.ARG_DIFF_SCALE, self.aff.h, dscale))
+        if self.shift:
+            args.append((D.ARG_DIFF_SHIFT, self.aff.h, dshift))
+        self._run(self.bwd, args)
+        return dx, dscale, dshift
+
+
+def plan(kind, shape, eps, scale, shift):
+    """The cached :class:`NormPlan` (built on first use); None when oneDNN is not loaded."""
+    lib = D.load()
+    if lib is None:
+        return None
+    key = (kind, tuple(int(n) for n in shape), float(eps), bool(scale), bool(shift))
+    with _lock:
+        p = _cache.get(key)
+        if p is not None:
+            _cache.move_to_end(key)
+            return p
+    p = NormPlan(lib, *key)
+    with _lock:
+        _cache[key] = p
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return p
+
+
+def cache_info() -> dict:
+    """``{"size": plans cached, "capacity": CACHE_SIZE}``."""
+    return {"size": len(_cache), "capacity": CACHE_SIZE}
+
+
+def clear_cache() -> None:
+    """Drop every cached normalization plan."""
+    with _lock:
+        _cache.clear()
