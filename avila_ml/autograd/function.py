@@ -212,6 +212,18 @@ class Function:
             out.append(t)
         return tuple(out)
 
+    def saved_output_arrays(self) -> tuple:
+        """The arrays of ``saved_outputs``, with the same in-place check but no Tensor handles:
+        for backward fast paths that run array code when no graph is being recorded."""
+        if self._freed:
+            raise RuntimeError(_FREED_MSG.format(self._name()))
+        out = []
+        for i, arr, vbox, v in self._saved_out or ():
+            if vbox[0] != v:
+                raise RuntimeError(_version_error(self, arr, self, i, v, vbox[0]))
+            out.append(arr)
+        return tuple(out)
+
     def release(self) -> None:
         """Drop saved tensors after a backward without ``retain_graph``."""
         self._saved_in = None
