@@ -52,13 +52,13 @@ def _prepare(a, b, op: str):
     """
     ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
     if ta and not tb and (type(b) is float or type(b) is int):
-        arr = a.array
-        if _dt.np_is_floating(arr.dtype):
-            # fast path (x * 0.5): a Python number never changes a float tensor's dtype
-            try:
-                return a, Tensor._wrap(_xp(arr).full((), b, dtype=arr.dtype))
-            except OverflowError:
-                pass  # e.g. 1e300 in float16: the general path below reports it the same way
+        s = _float_scalar(a.array, b)
+        if s is not None:
+            return a, s
+    elif tb and not ta and (type(a) is float or type(a) is int):
+        s = _float_scalar(b.array, a)
+        if s is not None:
+            return s, b
     if ta and tb:
         if a.array.dtype == b.array.dtype and type(a.array) is type(b.array):
             if type(a.array) is np.ndarray:
@@ -91,6 +91,22 @@ def _prepare(a, b, op: str):
         dt = _dt.result_type(a, b)
         return _scalar_tensor(a, dt, b), (b if b.dtype is dt else cast(b, dt))
     raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and {type(b).__name__}")
+
+
+def _float_scalar(arr, value):
+    """The fast path of ``x * 0.5``: a Python number never changes a float tensor's dtype, so
+    it becomes a 0-d array of that dtype (``np.array``: a quarter of ``np.full``'s time);
+    None for other dtypes, or a number the dtype cannot hold (the general path reports it)."""
+    dt = arr.dtype
+    if dt.kind != "f" and not _dt.np_is_floating(dt):
+        return None
+    try:
+        if type(arr) is np.ndarray:
+            return Tensor._wrap(np.array(value, dtype=dt))
+        # full, not asarray: on a GPU a fill kernel, not a host->device copy per scalar
+        return Tensor._wrap(_xp(arr).full((), value, dtype=dt))
+    except OverflowError:
+        return None
 
 
 def _is_scalar(x) -> bool:
@@ -188,7 +204,7 @@ def expand_array(a, shape: tuple):
 class Add(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return _arr(a + b)
+        return a + b
 
     def backward(self, g):
         sa, sb = self.shapes
@@ -202,7 +218,7 @@ class Add(Function):
 class Sub(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return _arr(a - b)
+        return a - b
 
     def backward(self, g):
         sa, sb = self.shapes
@@ -216,7 +232,7 @@ class Sub(Function):
 class Mul(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        return _arr(a * b)
+        return a * b
 
     def backward(self, g):
         a, b = self.saved_inputs
@@ -231,7 +247,7 @@ class Mul(Function):
 class Div(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        return _arr(a / b)
+        return a / b
 
     def backward(self, g):
         a, b = self.saved_inputs
@@ -395,7 +411,9 @@ class Atan2(Function):
 
 
 def _binary(cls, a, b, op):
-    a, b = _prepare(a, b, op)
+    if type(a) is not Tensor or type(b) is not Tensor or a.array.dtype != b.array.dtype \
+            or type(a.array) is not np.ndarray or type(b.array) is not np.ndarray:
+        a, b = _prepare(a, b, op)  # (two NumPy tensors of one dtype need nothing from it)
     try:
         return cls.apply(a, b)
     except ValueError:
@@ -585,7 +603,7 @@ def atan2(input, other):
 # ------------------------------------------------------------------------------- unary math
 class Neg(Function):
     def forward(self, x):
-        return _arr(-x)
+        return -x
 
     def backward(self, g):
         if not _grad_state.enabled:
@@ -606,7 +624,7 @@ class Abs(Function):
 class Exp(Function):
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).exp(x))
+        return _xp(x).exp(x)
 
     def backward(self, g):
         if _fast(g.array):
@@ -620,7 +638,7 @@ class Exp(Function):
 class Log(Function):
     def forward(self, x):
         self.save_inputs(0)
-        return _arr(_xp(x).log(x))
+        return _xp(x).log(x)
 
     def backward(self, g):
         (x,) = self.saved_inputs
@@ -672,7 +690,7 @@ class Expm1(Function):
 class Sqrt(Function):
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).sqrt(x))
+        return _xp(x).sqrt(x)
 
     def backward(self, g):
         if _fast(g.array):
@@ -697,7 +715,7 @@ class Rsqrt(Function):
 class Sin(Function):
     def forward(self, x):
         self.save_inputs(0)
-        return _arr(_xp(x).sin(x))
+        return _xp(x).sin(x)
 
     def backward(self, g):
         (x,) = self.saved_inputs
@@ -709,7 +727,7 @@ class Sin(Function):
 class Cos(Function):
     def forward(self, x):
         self.save_inputs(0)
-        return _arr(_xp(x).cos(x))
+        return _xp(x).cos(x)
 
     def backward(self, g):
         (x,) = self.saved_inputs
@@ -731,7 +749,7 @@ class Tan(Function):
 class Tanh(Function):
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).tanh(x))
+        return _xp(x).tanh(x)
 
     def backward(self, g):
         if _fast(g.array):
