@@ -411,7 +411,7 @@ class Atan2(Function):
 
 
 def _binary(cls, a, b, op):
-    if type(a) is not Tensor or type(b) is not Tensor or a.array.dtype != b.array.dtype \
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.array.dtype != b.array.dtype \
             or type(a.array) is not np.ndarray or type(b.array) is not np.ndarray:
         a, b = _prepare(a, b, op)  # (two NumPy tensors of one dtype need nothing from it)
     try:
