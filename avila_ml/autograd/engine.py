@@ -9,11 +9,13 @@
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .._grad_state import anomaly as _anomaly
-from .function import AccumulateGrad
+from .function import AccumulateGrad, _edge_of
 from .grad_mode import _state
 from .inplace import _refresh_view
-from ..backends import nvtx as _nvtx
+from ..backends import backend_of, nvtx as _nvtx
 
 __all__ = ["run_backward", "queue_callback"]
 
@@ -79,14 +81,33 @@ def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
         leaf.grad = Tensor._wrap(leaf.grad.array + g.array)
 
 
+def _add_into(old, g, owned):
+    """``old + g`` for two gradients of one buffer slot (no graph recorded): in place into
+    ``old`` when the engine made it (see ``owned`` in run_backward), else a fresh sum that the
+    engine then owns."""
+    a, b = old.array, g.array
+    if a.dtype != b.dtype or type(a) is not type(b):
+        return old + g  # PyTorch's promotion, through the op
+    if id(a) in owned:
+        if type(a) is np.ndarray:
+            np.add(a, b, out=a)
+        else:
+            backend_of(a).xp.add(a, b, out=a)
+        return old
+    if type(a) is np.ndarray:
+        s = Tensor._wrap(np.add(a, b) if a.ndim else np.asarray(a + b))  # (0-d: NumPy gives a scalar)
+    else:
+        s = old + g
+    owned.add(id(s.array))
+    return s
+
+
 def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, allow_unused=False):
     """Propagate ``root_grads`` from ``roots`` through the graph.
 
     With ``inputs`` (a sequence of tensors), return their gradients in order and leave
     ``.grad`` alone (``torch.autograd.grad``); without, accumulate into leaves' ``.grad``.
     """
-    from .function import _edge_of
-
     root_edges = []
     for t in roots:
         v = t._view
@@ -155,6 +176,10 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
     # ids of gradient arrays that leaves must not take without a copy (see _accumulate_leaf);
     # the caller's own root gradients are among them
     handed_out = {id(g.array) for g in root_grads}
+    # ids of the arrays this engine made by summing two contributions that still wait in a
+    # buffer: nothing else has seen them, so a third contribution is added in place (no fresh
+    # allocation). An id leaves the set when its node takes its gradients.
+    owned = set()
     prev_mode = _state.enabled
     _state.enabled = create_graph
     prev_autocast = _state.autocast
@@ -168,9 +193,12 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
             node = ready.pop()
             k = id(node)
             grads = buffers.pop(k, None)
-            nodes.pop(k, None)
             if grads is None:
                 grads = [None]
+            elif owned:
+                for g in grads:
+                    if g is not None:
+                        owned.discard(id(g.array))
             hooks = node._pre_hooks
             if hooks:
                 for idx, fns in hooks.items():
@@ -239,18 +267,20 @@ def run_backward(roots, root_grads, retain_graph, create_graph, inputs=None, all
                         buf = buffers.get(ck)
                         if buf is None:
                             buf = buffers[ck] = [None]
-                            nodes[ck] = child
                     else:
-                        if g.array.shape != child._out_meta[idx]:
+                        meta = child._out_meta
+                        if g.array.shape != meta[idx]:
                             _check_grad(node, i, g, child, idx)
                         buf = buffers.get(ck)
                         if buf is None:
-                            buf = buffers[ck] = [None] * len(child._out_meta)
-                            nodes[ck] = child
+                            buf = buffers[ck] = [None] * len(meta)
                     old = buf[idx]
-                    buf[idx] = g if old is None else old + g
-                else:
-                    nodes.setdefault(ck, child)
+                    if old is None:
+                        buf[idx] = g
+                    elif create_graph:
+                        buf[idx] = old + g
+                    else:
+                        buf[idx] = _add_into(old, g, owned)
                 left = deps[ck] - 1
                 deps[ck] = left
                 if left == 0:

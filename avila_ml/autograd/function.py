@@ -14,6 +14,8 @@ import inspect
 import traceback
 import weakref
 
+import numpy as np
+
 from .._grad_state import InferenceVersion, anomaly as _anomaly
 from .grad_mode import _state
 
@@ -77,6 +79,7 @@ class Function:
     _saved_out = None
     _freed = False
     _pre_hooks = None
+    _inputs = None
 
     def __init_subclass__(cls, **kwargs):
         # PyTorch's form (static forward(ctx, ...) / backward(ctx, ...)): a user Function.
@@ -95,9 +98,10 @@ class Function:
         """Run the op on ``args`` and, if any Tensor argument requires grad, record the node."""
         # This is the hottest path of the library (every op of every step): one pass over
         # the arguments, no generator expressions, and a single-output fast path.
-        if _state.autocast is not None:  # an autocast region: cast args by the op policy
-            args = _state.autocast.cast_function_args(cls, args)
-        node = cls.__new__(cls)
+        state = _state
+        if state.autocast is not None:  # an autocast region: cast args by the op policy
+            args = state.autocast.cast_function_args(cls, args)
+        node = _new_object(cls)
         arrays = []
         tensors = []
         requires = False
@@ -112,11 +116,13 @@ class Function:
                     requires = True
             else:
                 arrays.append(a)
-        recording = requires and _state.enabled
-        node._recording = recording
-        node._inputs = tensors
+        recording = requires and state.enabled
+        if recording:  # (class defaults False / None otherwise: two attribute writes saved)
+            node._recording = True
+            node._inputs = tensors
         out = _nvtx.call(cls, "forward", node.forward, *arrays) if _nvtx.active else node.forward(*arrays)
-        node._inputs = None
+        if type(out) is not _ndarray and isinstance(out, _np_generic):
+            out = _np_asarray(out)  # a NumPy ufunc on 0-d arrays gives a scalar: keep it an array
         wrap = Tensor._wrap
         if not recording:
             if type(out) is tuple:
@@ -129,12 +135,14 @@ class Function:
             if cls.is_view:
                 _mark_view(r, tensors[0], cls, args)
             return r
+        node._inputs = None
         needs = []
         edges = []
         for t in tensors:
             if t._requires_grad:
                 needs.append(True)
-                edges.append(_edge_of(t))
+                fn = t.grad_fn
+                edges.append((fn, t._output_nr) if fn is not None else _edge_of(t))  # (_edge_of inlined)
             else:
                 needs.append(False)
                 edges.append(None)
@@ -176,10 +184,13 @@ class Function:
         """Keep the Tensor arguments at ``positions`` (among Tensor arguments) for backward."""
         if self._recording:
             ts = self._inputs
-            saved = [(ts[p], ts[p]._version[0]) for p in positions]
-            for t, _ in saved:
-                if type(t._version) is InferenceVersion:
+            saved = []
+            for p in positions:
+                t = ts[p]
+                vbox = t._version
+                if type(vbox) is not list and type(vbox) is InferenceVersion:
                     raise RuntimeError(_INFERENCE_SAVE_MSG)
+                saved.append((t, vbox[0]))
             self._saved_in = saved
 
     def save_outputs(self, *positions: int) -> None:
@@ -210,6 +221,18 @@ class Function:
             t = Tensor._wrap(arr, self, i)
             t._version = vbox
             out.append(t)
+        return tuple(out)
+
+    def saved_output_arrays(self) -> tuple:
+        """The arrays of ``saved_outputs``, with the same in-place check but no Tensor handles:
+        for backward fast paths that run array code when no graph is being recorded."""
+        if self._freed:
+            raise RuntimeError(_FREED_MSG.format(self._name()))
+        out = []
+        for i, arr, vbox, v in self._saved_out or ():
+            if vbox[0] != v:
+                raise RuntimeError(_version_error(self, arr, self, i, v, vbox[0]))
+            out.append(arr)
         return tuple(out)
 
     def release(self) -> None:
@@ -320,6 +343,10 @@ class AccumulateGrad:
 
     def __repr__(self) -> str:
         return f"<AccumulateGrad object at {id(self):#x}>"
+
+
+_ndarray, _np_generic, _np_asarray = np.ndarray, np.generic, np.asarray
+_new_object = object.__new__  # nodes are made without running __init__ (apply is the constructor)
 
 
 def _edge_of(t):

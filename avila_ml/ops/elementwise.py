@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .. import dtypes as _dt
+from .._grad_state import state as _grad_state
 from ..autograd.function import Function
 from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
@@ -51,13 +52,13 @@ def _prepare(a, b, op: str):
     """
     ta, tb = isinstance(a, Tensor), isinstance(b, Tensor)
     if ta and not tb and (type(b) is float or type(b) is int):
-        arr = a.array
-        if _dt.np_is_floating(arr.dtype):
-            # fast path (x * 0.5): a Python number never changes a float tensor's dtype
-            try:
-                return a, Tensor._wrap(_xp(arr).full((), b, dtype=arr.dtype))
-            except OverflowError:
-                pass  # e.g. 1e300 in float16: the general path below reports it the same way
+        s = _float_scalar(a.array, b)
+        if s is not None:
+            return a, s
+    elif tb and not ta and (type(a) is float or type(a) is int):
+        s = _float_scalar(b.array, a)
+        if s is not None:
+            return s, b
     if ta and tb:
         if a.array.dtype == b.array.dtype and type(a.array) is type(b.array):
             if type(a.array) is np.ndarray:
@@ -92,6 +93,22 @@ def _prepare(a, b, op: str):
     raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and {type(b).__name__}")
 
 
+def _float_scalar(arr, value):
+    """The fast path of ``x * 0.5``: a Python number never changes a float tensor's dtype, so
+    it becomes a 0-d array of that dtype (``np.array``: a quarter of ``np.full``'s time);
+    None for other dtypes, or a number the dtype cannot hold (the general path reports it)."""
+    dt = arr.dtype
+    if dt.kind != "f" and not _dt.np_is_floating(dt):
+        return None
+    try:
+        if type(arr) is np.ndarray:
+            return Tensor._wrap(np.array(value, dtype=dt))
+        # full, not asarray: on a GPU a fill kernel, not a host->device copy per scalar
+        return Tensor._wrap(_xp(arr).full((), value, dtype=dt))
+    except OverflowError:
+        return None
+
+
 def _is_scalar(x) -> bool:
     return isinstance(x, (int, float, bool, np.number, np.bool_))
 
@@ -110,6 +127,31 @@ def to_device_scalar(t: Tensor, dev) -> Tensor:
     return to_device(t, dev)
 
 
+def sum_to_array(g, shape: tuple):
+    """``sum_to`` on a raw array: the backward fast path (no graph recorded) and ``SumTo``'s
+    forward."""
+    gs = g.shape
+    if gs == shape:
+        return g
+    lead = len(gs) - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and gs[i + lead] != 1)
+    out = g.sum(axis=axes, keepdims=True) if axes else g
+    return _arr(out.reshape(shape))
+
+
+def _fast(g, *arrays) -> bool:
+    """True when a backward may run as plain array code: no graph is being recorded (the
+    engine runs backward with grad mode = ``create_graph``) and the gradient has its inputs'
+    dtype (a hook may return another one; the Tensor path then promotes as PyTorch)."""
+    if _grad_state.enabled:
+        return False
+    dt = g.dtype
+    for a in arrays:
+        if a.dtype != dt:
+            return False
+    return True
+
+
 def sum_to(g: Tensor, shape: tuple) -> Tensor:
     """Sum ``g`` down to ``shape`` — the adjoint of broadcasting ``shape`` up to ``g.shape``.
 
@@ -126,60 +168,94 @@ def sum_to(g: Tensor, shape: tuple) -> Tensor:
 class SumTo(Function):
     def forward(self, g, shape):
         self.in_shape = g.shape
-        lead = g.ndim - len(shape)
-        axes = tuple(range(lead)) + tuple(
-            i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1
-        )
-        out = g.sum(axis=axes, keepdims=True) if axes else g
-        return _arr(out.reshape(shape))
+        return sum_to_array(g, shape)
 
     def backward(self, g):
+        if _fast(g.array):
+            return expand_array(g.array, self.in_shape)
         from .shape import broadcast_to
         return broadcast_to(g, self.in_shape)
+
+
+def expand_array(a, shape: tuple):
+    """A read-only broadcast view of array ``a`` as ``shape`` (``xp.broadcast_to``), made
+    directly from strides for a contiguous NumPy array: ``np.broadcast_to`` costs ~5 us, which
+    dominates the backward of a reduction over a small tensor."""
+    if a.shape == shape:
+        return a
+    if type(a) is np.ndarray and a.flags.c_contiguous and len(shape) >= a.ndim:
+        lead = len(shape) - a.ndim
+        strides = [0] * lead
+        for i, n in enumerate(a.shape):
+            if n == shape[lead + i]:
+                strides.append(a.strides[i])
+            elif n == 1:
+                strides.append(0)
+            else:
+                break
+        else:
+            out = np.ndarray(shape, a.dtype, a, 0, tuple(strides))
+            out.flags.writeable = False
+            return out
+    return _xp(a).broadcast_to(a, shape)
 
 
 # --------------------------------------------------------------------------- binary arithmetic
 class Add(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return _arr(a + b)
+        return a + b
 
     def backward(self, g):
         sa, sb = self.shapes
         na, nb = self.needs_input_grad
+        if not _grad_state.enabled:
+            ga = g.array
+            return (sum_to_array(ga, sa) if na else None), (sum_to_array(ga, sb) if nb else None)
         return (sum_to(g, sa) if na else None), (sum_to(g, sb) if nb else None)
 
 
 class Sub(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return _arr(a - b)
+        return a - b
 
     def backward(self, g):
         sa, sb = self.shapes
         na, nb = self.needs_input_grad
+        if not _grad_state.enabled:
+            ga = g.array
+            return (sum_to_array(ga, sa) if na else None), (sum_to_array(_arr(-ga), sb) if nb else None)
         return (sum_to(g, sa) if na else None), (sum_to(-g, sb) if nb else None)
 
 
 class Mul(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        return _arr(a * b)
+        return a * b
 
     def backward(self, g):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
+        ga, aa, ba = g.array, a.array, b.array
+        if _fast(ga, aa, ba):
+            return ((sum_to_array(_arr(ga * ba), aa.shape) if na else None),
+                    (sum_to_array(_arr(ga * aa), ba.shape) if nb else None))
         return (sum_to(g * b, a.shape) if na else None), (sum_to(g * a, b.shape) if nb else None)
 
 
 class Div(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        return _arr(a / b)
+        return a / b
 
     def backward(self, g):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
+        gr, aa, ba = g.array, a.array, b.array
+        if _fast(gr, aa, ba):
+            return ((sum_to_array(_arr(gr / ba), aa.shape) if na else None),
+                    (sum_to_array(_arr(-gr * aa / (ba * ba)), ba.shape) if nb else None))
         ga = sum_to(g / b, a.shape) if na else None
         gb = sum_to(-g * a / (b * b), b.shape) if nb else None
         return ga, gb
@@ -217,25 +293,38 @@ class PowScalar(Function):
     def forward(self, a, c):
         self.save_inputs(0)
         self.c = c
-        if c == 2:
-            return _arr(a * a)
-        xp = _xp(a)
-        if c == -0.5 and _dt.np_is_floating(a.dtype):
-            # PyTorch's pow kernel computes x ** -0.5 as rsqrt(x): NaN at -inf, where C's pow gives 0
-            # (so the gradient of sqrt-like x ** 0.5 at -inf is NaN, as PyTorch's)
-            return _arr(xp.reciprocal(xp.sqrt(a)))
-        return _arr(xp.power(a, a.dtype.type(c) if _dt.np_is_floating(a.dtype) else c))
+        return _pow_scalar_array(a, c)
 
     def backward(self, g):
         (a,) = self.saved_inputs
         c = self.c
-        if c == 0:
-            return g * 0
         if c == 1:
             return g
+        ga, aa = g.array, a.array
+        if _fast(ga, aa) and _dt.np_is_floating(aa.dtype):
+            t = aa.dtype.type
+            if c == 0:
+                return _arr(ga * t(0))
+            if c == 2:
+                return _arr(ga * t(2) * aa)
+            return _arr(ga * t(c) * _pow_scalar_array(aa, c - 1))
+        if c == 0:
+            return g * 0
         if c == 2:
             return g * 2 * a
         return g * c * a ** (c - 1)
+
+
+def _pow_scalar_array(a, c):
+    """``a ** c`` on an array, for a Python number ``c`` (PowScalar's forward)."""
+    if c == 2:
+        return _arr(a * a)
+    xp = _xp(a)
+    if c == -0.5 and _dt.np_is_floating(a.dtype):
+        # PyTorch's pow kernel computes x ** -0.5 as rsqrt(x): NaN at -inf, where C's pow gives 0
+        # (so the gradient of sqrt-like x ** 0.5 at -inf is NaN, as PyTorch's)
+        return _arr(xp.reciprocal(xp.sqrt(a)))
+    return _arr(xp.power(a, a.dtype.type(c) if _dt.np_is_floating(a.dtype) else c))
 
 
 class RPowScalar(Function):
@@ -322,7 +411,9 @@ class Atan2(Function):
 
 
 def _binary(cls, a, b, op):
-    a, b = _prepare(a, b, op)
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.array.dtype != b.array.dtype \
+            or type(a.array) is not np.ndarray or type(b.array) is not np.ndarray:
+        a, b = _prepare(a, b, op)  # (two NumPy tensors of one dtype need nothing from it)
     try:
         return cls.apply(a, b)
     except ValueError:
@@ -512,9 +603,11 @@ def atan2(input, other):
 # ------------------------------------------------------------------------------- unary math
 class Neg(Function):
     def forward(self, x):
-        return _arr(-x)
+        return -x
 
     def backward(self, g):
+        if not _grad_state.enabled:
+            return _arr(-g.array)
         return -g
 
 
@@ -531,9 +624,13 @@ class Abs(Function):
 class Exp(Function):
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).exp(x))
+        return _xp(x).exp(x)
 
     def backward(self, g):
+        if _fast(g.array):
+            (y,) = self.saved_output_arrays()
+            if y.dtype == g.array.dtype:
+                return _arr(g.array * y)
         (y,) = self.saved_outputs
         return g * y
 
@@ -541,10 +638,12 @@ class Exp(Function):
 class Log(Function):
     def forward(self, x):
         self.save_inputs(0)
-        return _arr(_xp(x).log(x))
+        return _xp(x).log(x)
 
     def backward(self, g):
         (x,) = self.saved_inputs
+        if _fast(g.array, x.array):
+            return _arr(g.array / x.array)
         return g / x
 
 
@@ -591,9 +690,13 @@ class Expm1(Function):
 class Sqrt(Function):
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).sqrt(x))
+        return _xp(x).sqrt(x)
 
     def backward(self, g):
+        if _fast(g.array):
+            (y,) = self.saved_output_arrays()
+            if y.dtype == g.array.dtype:
+                return _arr(g.array / (y.dtype.type(2) * y))
         (y,) = self.saved_outputs
         return g / (2 * y)
 
@@ -612,20 +715,24 @@ class Rsqrt(Function):
 class Sin(Function):
     def forward(self, x):
         self.save_inputs(0)
-        return _arr(_xp(x).sin(x))
+        return _xp(x).sin(x)
 
     def backward(self, g):
         (x,) = self.saved_inputs
+        if _fast(g.array, x.array):
+            return _arr(g.array * _xp(x.array).cos(x.array))
         return g * cos(x)
 
 
 class Cos(Function):
     def forward(self, x):
         self.save_inputs(0)
-        return _arr(_xp(x).cos(x))
+        return _xp(x).cos(x)
 
     def backward(self, g):
         (x,) = self.saved_inputs
+        if _fast(g.array, x.array):
+            return _arr(-g.array * _xp(x.array).sin(x.array))
         return -g * sin(x)
 
 
@@ -642,9 +749,13 @@ class Tan(Function):
 class Tanh(Function):
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).tanh(x))
+        return _xp(x).tanh(x)
 
     def backward(self, g):
+        if _fast(g.array):
+            (y,) = self.saved_output_arrays()
+            if y.dtype == g.array.dtype:
+                return _arr(g.array * (y.dtype.type(1) - y * y))
         (y,) = self.saved_outputs
         return g * (1 - y * y)
 
@@ -658,6 +769,10 @@ class Sigmoid(Function):
         return _arr(xp.tanh(x * half) * half + half)
 
     def backward(self, g):
+        if _fast(g.array):
+            (y,) = self.saved_output_arrays()
+            if y.dtype == g.array.dtype:
+                return _arr(g.array * y * (y.dtype.type(1) - y))
         (y,) = self.saved_outputs
         return g * y * (1 - y)
 

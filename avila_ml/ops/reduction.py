@@ -17,7 +17,8 @@ from ..amp.autocast_mode import autocast_op
 from ..autograd.grad_mode import _state as _grad_state, is_grad_enabled
 from ..backends import backend_of
 from ..tensor import Tensor, _norm_dim
-from .elementwise import _arr, abs as _abs, sign as _sign, exp, log, sqrt, where, cast, pow as _pow, _nondiff
+from .._grad_state import state as _grad_state
+from .elementwise import expand_array, _arr, abs as _abs, sign as _sign, exp, log, sqrt, where, cast, pow as _pow, _nondiff
 from .shape import broadcast_to, reshape, flip, squeeze, unsqueeze
 
 __all__ = ["sum", "mean", "var", "std", "var_mean", "std_mean", "prod", "max", "min", "argmax",
@@ -71,6 +72,8 @@ class Sum(Function):
         return _arr(x.sum(axis=axes, keepdims=keepdim))
 
     def backward(self, g):
+        if not _grad_state.enabled:  # no graph recorded: a strided view, no Tensor ops
+            return expand_array(g.array.reshape(_keep_shape(self.in_shape, self.axes)), self.in_shape)
         g = reshape(g, _keep_shape(self.in_shape, self.axes))
         return broadcast_to(g, self.in_shape)
 
