@@ -188,14 +188,16 @@ def _geom(geom, axes=slice(None)):
     return (tuple(geom.stride[axes]), tuple(geom.dilation[axes]), tuple(geom.pad_lo[axes]), tuple(geom.pad_hi[axes]))
 
 
-def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays):
+def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False):
+    """One 1-3 d oneDNN convolution; ``serial``: called from a worker thread (``_workers``), it
+    runs there as one single-threaded call."""
     lib = D.load()
     ws = _wshape(w_shape, G)
-    parts = _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
+    parts = None if serial else _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
     if parts is not None and _workers.start(lib):
         _run3_parts(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, arrays, parts)
         return
-    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3)
+    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial)
     arrays = {r: (a if r != "w" else a.reshape(plan.user["w"].shape)) for r, a in arrays.items()}
     plan.run(arrays)
 
@@ -288,6 +290,17 @@ class _WorkerPool:
 
     def map(self, fn, items) -> list:
         return list(self._pool.map(fn, items))
+
+    def imap(self, fn, items):
+        """``fn`` over ``items`` on the workers, results in order as they are consumed; at most
+        two per thread in flight, so unconsumed results (and their buffers) stay bounded."""
+        window, pending = 2 * self.threads(), []
+        for it in items:
+            pending.append(self._pool.submit(fn, it))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
 
 
 _workers = _WorkerPool()
@@ -512,45 +525,61 @@ class _Stacking:
         v = a[n0:n1, :, i0:i1].transpose((0,) + tuple(range(2, 2 + m)) + (1,) + tuple(range(2 + m, a.ndim)))
         return np.ascontiguousarray(v).reshape((-1, a.shape[1]) + a.shape[2 + m:])
 
+    def _each(self, fn, blocks):
+        """``fn(block, serial)`` over ``blocks``, results in block order. Several blocks run on
+        the worker threads (``_workers``: each block's copies and its single-threaded oneDNN
+        call together, so the NumPy copies run in parallel too); one block runs here, its
+        convolution cut into batch parts by ``_run3``."""
+        if len(blocks) > 1 and _workers.threads() > 1 and _workers.start(D.load()):
+            return _workers.imap(lambda blk: fn(blk, True), blocks)
+        return (fn(blk, False) for blk in blocks)
+
     def forward(self, x, w):
         ws = self._weight(w)
         y = np.empty((self.N, self.O) + self.To + self.orest, dtype=_F32)
         m = self.m
-        for blk in self.blocks(y.nbytes, x.nbytes):
+
+        def one(blk, serial):  # writes its own region of y
             xs, _, ys = self.shapes(blk)
             st = self.stack(x, blk)
             y3 = np.empty(ys, dtype=_F32)
-            _run3("forward", xs, ws.shape, ys, self.G, self.inner, {"x": st, "w": ws, "y": y3})
+            _run3("forward", xs, ws.shape, ys, self.G, self.inner, {"x": st, "w": ws, "y": y3}, serial)
             del st
             n0, n1, i0, i1 = blk
             y3 = y3.reshape(self._frames(blk) + (self.O,) + self.orest)
             y[n0:n1, :, i0:i1] = y3.transpose((0, m + 1) + tuple(range(1, m + 1)) + tuple(range(m + 2, y3.ndim)))
+        for _ in self._each(one, self.blocks(y.nbytes, x.nbytes)):
+            pass
         return y
 
     def transpose(self, gy, w):
         ws = self._weight(w)
         gx = np.zeros((self.N, self.G * self.cg) + self.S + self.rest, dtype=_F32)
         gxt = self._channels_last_view(gx)
-        for blk in self.blocks(gx.nbytes, gy.nbytes):
+
+        def one(blk, serial):
             xs, _, ys = self.shapes(blk)
             gyf = self._frames_of(gy, blk)
             gst = np.empty(xs, dtype=_F32)
-            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf})
-            del gyf
-            gst = gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf}, serial)
+            return blk, gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+        # neighbouring blocks scatter onto shared input frames: added here, in block order
+        for blk, gst in self._each(one, self.blocks(gx.nbytes, gy.nbytes)):
             for flat, dst, src in self._pairs(blk):
                 # one offset maps distinct stacked positions to distinct input positions: no overlap
                 gxt[src] += gst[dst + (slice(None), slice(flat, self.real, self.P))]
         return gx
 
     def weight_grad(self, x, gy):
-        gws = None
-        for blk in self.blocks(x.nbytes, gy.nbytes):
+        def one(blk, serial):
             xs, wsh, ys = self.shapes(blk)
             st = self.stack(x, blk)
             gyf = self._frames_of(gy, blk)
             part = np.empty(wsh, dtype=_F32)
-            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf})
+            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf}, serial)
+            return part
+        gws = None
+        for part in self._each(one, self.blocks(x.nbytes, gy.nbytes)):  # summed in block order
             if gws is None:
                 gws = part
             else:
