@@ -555,3 +555,33 @@ def test_conv4d_blocks_on_worker_threads_match_numpy_and_reproduce(monkeypatch):
     for a, b, ref in zip(*runs):
         np.testing.assert_array_equal(a, b)
         _f32_close(a, ref)
+
+
+@needs_onednn
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_batch_parts_after_fork(parts):
+    """A process forked after the worker threads started (a DataLoader worker) makes its own
+    workers: its convolution finishes (no wait on the parent's threads, which it does not have)
+    and matches the parent's result bitwise."""
+    rng = np.random.default_rng(15)
+    x = am.tensor(rng.standard_normal((4, 3, 9, 9)).astype(np.float32))
+    w = am.tensor(rng.standard_normal((5, 3, 3, 3)).astype(np.float32))
+    want = F.conv2d(x, w).numpy()
+    assert parts, "the worker threads did not run in the parent"
+    r, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: compute, send the bytes, leave without running pytest's teardown
+        try:
+            import signal
+            signal.alarm(60)
+            os.write(wfd, F.conv2d(x, w).numpy().tobytes())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    got = b""
+    while chunk := os.read(r, 1 << 16):
+        got += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    np.testing.assert_array_equal(np.frombuffer(got, dtype=np.float32).reshape(want.shape), want)

@@ -250,19 +250,22 @@ def _run3_parts(lib, kind, xs, ws, ys, geom3, arrays, parts):
 
 class _WorkerPool:
     """Python threads whose OpenMP runtime (oneDNN's) is set to one thread, started on first use;
-    ``threads()`` is the configured parallelism (BLAS's thread count), 1 = no pool."""
+    ``threads()`` is the configured parallelism (BLAS's thread count, which
+    ``avila_ml.set_num_threads`` changes), 1 = no pool."""
 
     def __init__(self):
-        self._pool, self._n, self._ok = None, None, None
+        self._n = None  # a fixed thread count (tests); None follows the BLAS setting
+        self._pool, self._size, self._pid, self._set_threads = None, 0, None, None
         self._lock = threading.Lock()
 
     def threads(self) -> int:
-        if self._n is None:
-            from ..ops._cpu_threads import blas_threads
-            self._n = blas_threads()
-        return self._n
+        if self._n is not None:
+            return self._n
+        from ..ops._cpu_threads import blas_threads
+        return blas_threads()
 
-    def _omp_set_num_threads(self):
+    @staticmethod
+    def _omp_set_num_threads():
         """``omp_set_num_threads`` of oneDNN's OpenMP runtime (libgomp or libiomp5), or None."""
         try:
             from threadpoolctl import ThreadpoolController
@@ -276,17 +279,27 @@ class _WorkerPool:
         return None
 
     def start(self, lib) -> bool:
-        """True when the pool runs (oneDNN loaded, its OpenMP runtime found)."""
-        if self._ok is None:
-            with self._lock:
-                if self._ok is None:
-                    set_threads = self._omp_set_num_threads() if lib is not None else None
-                    if set_threads is not None:
-                        from concurrent.futures import ThreadPoolExecutor
-                        self._pool = ThreadPoolExecutor(self.threads(), thread_name_prefix="avila-onednn",
-                                                        initializer=set_threads, initargs=(1,))
-                    self._ok = set_threads is not None
-        return self._ok
+        """True when the pool runs with ``threads()`` workers (oneDNN loaded, its OpenMP runtime
+        found). A pool inherited through ``fork`` has no threads: the child makes its own."""
+        if lib is None:
+            return False
+        n, pid = self.threads(), os.getpid()
+        if self._pool is not None and self._size >= n and self._pid == pid:
+            return True
+        with self._lock:
+            if self._set_threads is None:
+                self._set_threads = self._omp_set_num_threads() or False
+            if not self._set_threads:
+                return False
+            if self._pool is None or self._size < n or self._pid != pid:
+                from concurrent.futures import ThreadPoolExecutor
+                old = self._pool if self._pid == pid else None
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="avila-onednn", initializer=self._set_threads,
+                                                initargs=(1,))
+                self._size, self._pid = n, pid
+                if old is not None:
+                    old.shutdown(wait=False)
+        return True
 
     def map(self, fn, items) -> list:
         return list(self._pool.map(fn, items))
