@@ -455,7 +455,8 @@ def test_batch_parts_match_torch(row, parts):
     d, N, cin, cout, S, K, kw = row
     rng = np.random.default_rng(3)
     groups = kw.get("groups", 1)
-    arrs = [rng.standard_normal((N, cin) + S), rng.standard_normal((cout, cin // groups) + K), rng.standard_normal(cout)]
+    arrs = [rng.standard_normal((N, cin) + S), rng.standard_normal((cout, cin // groups) + K),
+            rng.standard_normal(cout)]
     x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
     tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
     y = getattr(F, f"conv{d}d")(x, w, b, **kw)
@@ -466,7 +467,9 @@ def test_batch_parts_match_torch(row, parts):
     ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
     for ours, theirs in ((x, tx), (w, tw), (b, tb)):
         _f32_close(ours.grad.numpy(), theirs.grad.numpy())
-    assert sorted({k for k, _ in parts}) == ["forward", "transpose", "weight"]
+    kinds = {k for k, _ in parts}
+    # a 3-d weight gradient without a JIT kernel runs stacked, in frame blocks on the same workers
+    assert kinds == {"forward", "transpose", "weight"} or (d == 3 and kinds == {"forward", "transpose"}), kinds
     for _, cut in parts:  # contiguous equal slices from 0 (a 3-d weight gradient cuts its stacked frames)
         assert cut[0][0] == 0 and len({b - a for a, b in cut}) == 1, cut
         assert all(cut[i][1] == cut[i + 1][0] for i in range(len(cut) - 1)), cut
@@ -543,7 +546,10 @@ def test_conv4d_blocks_on_worker_threads_match_numpy_and_reproduce(monkeypatch):
     monkeypatch.setattr(accel._workers, "_n", 2)
     ran = []
     real = accel._WorkerPool.imap
-    monkeypatch.setattr(accel._WorkerPool, "imap", lambda self, fn, items: (ran.append(len(items)), real(self, fn, items))[1])
+    def spy(self, fn, items):
+        ran.append(len(items))
+        return real(self, fn, items)
+    monkeypatch.setattr(accel._WorkerPool, "imap", spy)
     runs = []
     for algo, dt in (("onednn", np.float32), ("onednn", np.float32), ("gemm", np.float64)):
         set_conv_algorithm(algo)
