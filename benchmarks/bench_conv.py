@@ -7,6 +7,12 @@
   (a) conv3d summed over the kernel-time offsets (what the public Conv4d repos do), and
   (b) the kernel-time offsets stacked into channels, one conv3d call.
   Target (issue 4): faster than (b), with lower peak memory.
+* The convolution layers of the example and benchmark models (``bench_programs.py``), each
+  forward + backward as the model's training step runs it (bias and its gradient where the layer
+  has one, the input gradient only where an earlier layer needs it): the MNIST CNN's two Conv2d,
+  the DCGAN's first and middle Conv2d / ConvTranspose2d, and the Conv4d example's two layers
+  (causal-in-time, circular-in-space padding; PyTorch pads and runs workaround (b) with the
+  stride, as ``bench_programs.spacetime_step`` does). Target (issue 17): <= 1.0x PyTorch.
 * The algorithms of ours on the first conv4d shape, vs (b): ``onednn`` (what ``"auto"`` runs
   when oneDNN is installed, ``avila_ml.cpu_accel``) and the NumPy ones (gemm, fft, direct);
   and the NumPy ``gemm`` on the 1-3 d shapes (what runs without oneDNN).
@@ -123,6 +129,63 @@ def have_onednn() -> bool:
         return False
 
 
+def _torch_spacetime_conv(x, w, b, stride):
+    """The Conv4d example's layer in PyTorch: causal (2 frames before) / circular (1 each side)
+    padding, then workaround (b) with the layer's stride (``bench_programs._torch_spacetime_net``)."""
+    import torch
+    import torch.nn.functional as TF
+    x = TF.pad(x, (0, 0, 0, 0, 0, 0, 2, 0))
+    for dim in (3, 4, 5):
+        n = x.shape[dim]
+        x = torch.cat([x.narrow(dim, n - 1, 1), x, x.narrow(dim, 0, 1)], dim)
+    N, C, T = x.shape[:3]
+    O, kt = w.shape[0], w.shape[2]
+    To = (T - kt) // stride[0] + 1
+    xs = torch.stack([x[:, :, k:k + stride[0] * (To - 1) + 1:stride[0]] for k in range(kt)], 2)
+    xs = xs.permute(0, 3, 1, 2, 4, 5, 6).reshape(N * To, C * kt, *x.shape[3:])
+    y = TF.conv3d(xs, w.reshape(O, C * kt, *w.shape[3:]), b, stride=stride[1:])
+    return y.reshape(N, To, O, *y.shape[2:]).transpose(1, 2)
+
+
+def layer_case(kind, xs, ws, stride, padding, bias, input_grad):
+    """``make(L)``: one model layer's forward + backward (``kind``: conv2d, conv_transpose2d or
+    spacetime4d); the weight (and bias) always need gradients, the input only if ``input_grad``."""
+    def make(L):
+        rng = np.random.default_rng(0)
+        x = L.tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=input_grad)
+        w = L.tensor((rng.standard_normal(ws) * 0.1).astype(np.float32), requires_grad=True)
+        out_c = ws[1] if kind == "conv_transpose2d" else ws[0]
+        b = L.tensor((rng.standard_normal(out_c) * 0.1).astype(np.float32), requires_grad=True) if bias else None
+        if kind == "spacetime4d":
+            if is_torch(L):
+                conv = lambda: _torch_spacetime_conv(x, w, b, stride)  # noqa: E731
+            else:
+                modes = ("causal", "circular", "circular", "circular")
+                conv = lambda: L.nn.functional.conv4d(x, w, b, stride, padding, padding_mode=modes)  # noqa: E731
+        else:
+            fn = getattr(L.nn.functional, kind)
+            conv = lambda: fn(x, w, b, stride, padding)  # noqa: E731
+        with L.no_grad():
+            g = L.ones(*conv().shape)
+
+        def run():
+            x.grad = w.grad = None
+            if b is not None:
+                b.grad = None
+            conv().backward(g)
+        return run
+    return make
+
+
+def _layer_flops(kind, xs, ws, stride, padding):
+    """2 x multiply-adds of the layer's forward: output grid x kernel taps x input channels."""
+    if kind == "conv_transpose2d":  # the adjoint of a conv from its output back to ``xs``
+        return 2.0 * xs[0] * xs[1] * int(np.prod(ws[1:])) * int(np.prod(xs[2:]))
+    pads = [(2, 0)] + [(padding, padding)] * 3 if kind == "spacetime4d" else [(padding, padding)] * (len(xs) - 2)
+    out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(xs[2:], ws[2:], stride, pads)]
+    return 2.0 * xs[0] * ws[0] * int(np.prod(ws[1:])) * int(np.prod(out))
+
+
 CASES = []
 for name, xs, ws in [("Conv1d (16,64,4096)->64 k3 p1", (16, 64, 4096), (64, 64, 3)),
                      ("Conv2d (16,64,32,32)->64 k3 p1", (16, 64, 32, 32), (64, 64, 3, 3)),
@@ -140,6 +203,27 @@ for xs, ws, quick in [((2, 4, 16, 16, 16, 16), (8, 4, 3, 3, 3, 3), True),
             continue  # (a) on the 32^4 volume takes minutes and (b) is the stronger baseline
         CASES.append(Case(f"{label} vs {tag}", conv_case(xs, ws, True, fn), flops=3 * conv_flops(xs, ws),
                           memory=True, min_time=0.0, quick=quick, target=0.6 if tag.startswith("(b)") else None))
+
+# (label, kind, input, weight, stride, padding, bias, input needs grad) -- bench_programs.py's models
+MODEL_LAYERS = [
+    ("MNIST CNN conv1 Conv2d(1,32,3) (64,1,28^2)", "conv2d", (64, 1, 28, 28), (32, 1, 3, 3), 1, 0, True, False),
+    ("MNIST CNN conv2 Conv2d(32,64,3) (64,32,26^2)", "conv2d", (64, 32, 26, 26), (64, 32, 3, 3), 1, 0, True, True),
+    ("DCGAN D first Conv2d(3,64,4,2,1) (32,3,32^2)", "conv2d", (32, 3, 32, 32), (64, 3, 4, 4), 2, 1, False, True),
+    ("DCGAN D middle Conv2d(64,128,4,2,1) (32,64,16^2)", "conv2d", (32, 64, 16, 16), (128, 64, 4, 4), 2, 1, False,
+     True),
+    ("DCGAN G first ConvT2d(100,256,4,1,0) (32,100,1^2)", "conv_transpose2d", (32, 100, 1, 1), (100, 256, 4, 4), 1,
+     0, False, False),
+    ("DCGAN G middle ConvT2d(256,128,4,2,1) (32,256,4^2)", "conv_transpose2d", (32, 256, 4, 4), (256, 128, 4, 4), 2,
+     1, False, True),
+    ("Conv4d example conv1 (32,1,8,12^3)->12 s(1,2,2,2)", "spacetime4d", (32, 1, 8, 12, 12, 12), (12, 1, 3, 3, 3, 3),
+     (1, 2, 2, 2), 1, True, False),
+    ("Conv4d example conv2 (32,12,8,6^3)->16 s2", "spacetime4d", (32, 12, 8, 6, 6, 6), (16, 12, 3, 3, 3, 3),
+     (2, 2, 2, 2), 1, True, True),
+]
+for _label, _kind, _xs, _ws, _s, _p, _bias, _ig in MODEL_LAYERS:
+    _st = (_s,) * (len(_xs) - 2) if isinstance(_s, int) else _s
+    CASES.append(Case(f"{_label} fwd+bwd", layer_case(_kind, _xs, _ws, _st, _p, _bias, _ig),
+                      flops=3 * _layer_flops(_kind, _xs, _ws, _st, _p), target=1.0))
 
 _xs, _ws = (2, 4, 16, 16, 16, 16), (8, 4, 3, 3, 3, 3)
 for _algo in (("onednn",) if have_onednn() else ()) + ("gemm", "fft", "direct"):

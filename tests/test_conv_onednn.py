@@ -197,16 +197,21 @@ def test_conv4d_onednn_causal_time_axis_is_exact():
 @needs_onednn
 def test_stacked_channels_padded_to_16_and_weight_layout():
     """The 4-d stacking: channel c * K_t + k of stacked frame n * T_out + i is the input frame
-    i * s + k * d - pad (zero outside), the padding channels are zero."""
+    i * s + k * d - pad (zero outside), the padding channels are zero; only the weight gradient's
+    stacking (``align``) pads, the forward's and input gradient's hold the real channels."""
     from avila_ml.ops._conv_geometry import ConvGeometry
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 5, 2, 2, 2)).astype(np.float32)
     geom = ConvGeometry((2, 1, 1, 1), (1, 0, 0, 0), (1, 0, 0, 0), (2, 1, 1, 1), 1)
     KT = 2
     To = geom.out_size(x.shape[2:], (KT, 1, 1, 1))[0]
-    st4 = accel._Stacking(geom, x.shape, (KT, 1, 1, 1), 1, 1)
+    unpadded = accel._Stacking(geom, x.shape, (KT, 1, 1, 1), 1, 1)
+    assert (unpadded.real, unpadded.cgp) == (6, 6)
+    st4 = accel._Stacking(geom, x.shape, (KT, 1, 1, 1), 1, 1, align=True)
     cg, real, cgp = st4.cg, st4.real, st4.cgp
     assert (cg, real, cgp) == (3, 6, 16)
+    np.testing.assert_array_equal(unpadded.stack(x, (0, 2, 0, To)).reshape(2, To, real, 2, 2, 2),
+                                  st4.stack(x, (0, 2, 0, To)).reshape(2, To, cgp, 2, 2, 2)[:, :, :real])
     st = st4.stack(x, (0, 2, 0, To)).reshape(2, To, cgp, 2, 2, 2)
     part = st4.stack(x, (1, 2, 1, To)).reshape(To - 1, cgp, 2, 2, 2)
     np.testing.assert_array_equal(part, st[1, 1:])
@@ -423,3 +428,166 @@ def test_a_refused_configuration_falls_back_to_numpy_once(monkeypatch):
     assert sum("oneDNN refused" in str(r.message) for r in rec) == 1
     ref = TF.conv1d(torch.tensor(xa).double(), torch.tensor(wa).double(), padding=1)
     _f32_close(y.numpy(), ref.numpy())
+
+
+# ------------------------------------------------------------------------------ batch parts
+@pytest.fixture
+def parts(monkeypatch):
+    """Every 1-3 d oneDNN call cut into batch parts run by the worker threads (``_run3_parts``),
+    whatever its size; records the parts of each call."""
+    seen = []
+    real = accel._run3_parts
+    monkeypatch.setattr(accel, "_PART_MIN_MACS", 0)
+    monkeypatch.setattr(accel._workers, "_n", 2)
+
+    def spy(lib, kind, xs, ws, ys, geom3, arrays, cut):
+        seen.append((kind, cut))
+        return real(lib, kind, xs, ws, ys, geom3, arrays, cut)
+    monkeypatch.setattr(accel, "_run3_parts", spy)
+    return seen
+
+
+@needs_onednn
+@pytest.mark.parametrize("row", [r for r in CONV_TABLE if r[1] and r[1] >= 2], ids=lambda r: f"conv{r[0]}d-{r[6]}")
+def test_batch_parts_match_torch(row, parts):
+    """The batch cut into parts, each a single-threaded oneDNN call in a worker thread (the
+    weight gradient summed over the parts): forward and every gradient vs PyTorch in float64."""
+    d, N, cin, cout, S, K, kw = row
+    rng = np.random.default_rng(3)
+    groups = kw.get("groups", 1)
+    arrs = [rng.standard_normal((N, cin) + S), rng.standard_normal((cout, cin // groups) + K),
+            rng.standard_normal(cout)]
+    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
+    y = getattr(F, f"conv{d}d")(x, w, b, **kw)
+    ty = _torch_conv(d, tx, tw, tb, kw)
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(am.tensor(g.astype(np.float32)))
+    ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
+    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+        _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+    kinds = {k for k, _ in parts}
+    # a 3-d weight gradient without a JIT kernel runs stacked, in frame blocks on the same workers
+    assert kinds == {"forward", "transpose", "weight"} or (d == 3 and kinds == {"forward", "transpose"}), kinds
+    for _, cut in parts:  # contiguous equal slices from 0 (a 3-d weight gradient cuts its stacked frames)
+        assert cut[0][0] == 0 and len({b - a for a, b in cut}) == 1, cut
+        assert all(cut[i][1] == cut[i + 1][0] for i in range(len(cut) - 1)), cut
+
+
+@needs_onednn
+def test_batch_parts_transposed_conv_and_reproducible(parts):
+    """ConvTranspose2d with DCGAN's geometry through the parts matches PyTorch float64; the cut
+    depends on the shape only, so a rerun gives bitwise the same values and gradients."""
+    rng = np.random.default_rng(4)
+    arrs = [rng.standard_normal((12, 8, 4, 4)), rng.standard_normal((8, 5, 4, 4))]
+    runs = []
+    for _ in range(2):
+        x, w = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+        y = F.conv_transpose2d(x, w, None, 2, 1)
+        y.backward(am.tensor(np.cos(np.arange(y.numel())).reshape(y.shape).astype(np.float32)))
+        runs.append([y.detach().numpy(), x.grad.numpy(), w.grad.numpy()])
+    tx, tw = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
+    ty = TF.conv_transpose2d(tx, tw, None, 2, 1)
+    ty.backward(torch.tensor(np.cos(np.arange(ty.numel())).reshape(ty.shape).astype(np.float32).astype(np.float64)))
+    for ours, theirs in zip(runs[0], (ty.detach(), tx.grad, tw.grad)):
+        _f32_close(ours, theirs.numpy())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    assert [len(cut) for _, cut in parts] == [6] * 6  # 12 samples, 2 threads: 6 parts of 2, each kind twice
+
+
+def test_batch_parts_rule(monkeypatch):
+    """Equal parts (the divisor of N nearest 4 per thread); none for one thread, one sample, or a
+    convolution below the hand-off threshold."""
+    monkeypatch.setattr(accel._workers, "_n", 2)
+    big = accel._PART_MIN_MACS
+    assert accel._batch_parts(64, big) == [(i, i + 8) for i in range(0, 64, 8)]
+    assert accel._batch_parts(32, big) == [(i, i + 4) for i in range(0, 32, 4)]
+    assert accel._batch_parts(7, big) == [(i, i + 1) for i in range(7)]
+    assert accel._batch_parts(10, big) == [(i, i + 1) for i in range(10)]
+    assert accel._batch_parts(12, big) == [(i, i + 2) for i in range(0, 12, 2)]
+    assert accel._batch_parts(3, big) == [(0, 1), (1, 2), (2, 3)]
+    assert accel._batch_parts(2, big) == [(0, 1), (1, 2)]
+    assert accel._batch_parts(1, big) is None
+    assert accel._batch_parts(64, big - 1) is None
+    monkeypatch.setattr(accel._workers, "_n", 1)
+    assert accel._batch_parts(64, big) is None
+
+
+@needs_onednn
+def test_worker_threads_run_openmp_with_one_thread():
+    """The worker threads' OpenMP runtime (oneDNN's) has one thread, so a part never forks a
+    team; the calling thread keeps its own setting."""
+    assert accel._workers.start(dnnl.load())
+    get = None
+    from threadpoolctl import ThreadpoolController
+    for m in ThreadpoolController().lib_controllers:
+        if m.user_api == "openmp" and os.path.basename(m.filepath).startswith(("libgomp.so", "libiomp5.so")):
+            import ctypes
+            get = ctypes.CDLL(m.filepath).omp_get_max_threads
+    assert get is not None
+    assert accel._workers.map(lambda _: get(), range(4)) == [1, 1, 1, 1]
+
+
+@needs_onednn
+def test_conv4d_blocks_on_worker_threads_match_numpy_and_reproduce(monkeypatch):
+    """The stacked 4-d path with its frame blocks spread over the worker threads (copies and a
+    single-threaded oneDNN call per block; input-gradient scatter and weight-gradient sum in block
+    order): forward and gradients vs the NumPy path in float64, bitwise equal on a rerun."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    rng = np.random.default_rng(14)
+    xa = rng.standard_normal((2, 3, 6, 5, 4, 4)).astype(np.float32)
+    wa = rng.standard_normal((4, 3, 3, 2, 3, 2)).astype(np.float32)
+    kw = dict(padding=1, stride=(2, 1, 1, 2))
+    geom = ConvGeometry((2, 1, 1, 2), (1,) * 4, (1,) * 4, (1,) * 4, 1)
+    frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 4, 1).row_bytes
+    monkeypatch.setattr(accel, "_budget", lambda *a: frame)  # one frame per block: 8 blocks
+    monkeypatch.setattr(accel._workers, "_n", 2)
+    ran = []
+    real = accel._WorkerPool.imap
+    def spy(self, fn, items):
+        ran.append(len(items))
+        return real(self, fn, items)
+    monkeypatch.setattr(accel._WorkerPool, "imap", spy)
+    runs = []
+    for algo, dt in (("onednn", np.float32), ("onednn", np.float32), ("gemm", np.float64)):
+        set_conv_algorithm(algo)
+        x, w = am.tensor(xa.astype(dt), requires_grad=True), am.tensor(wa.astype(dt), requires_grad=True)
+        y = F.conv4d(x, w, **kw)
+        y.backward(am.tensor(np.sin(np.arange(y.numel())).reshape(y.shape).astype(dt)))
+        runs.append([y.detach().numpy(), x.grad.numpy(), w.grad.numpy()])
+    assert ran and all(n > 1 for n in ran), ran
+    for a, b, ref in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+        _f32_close(a, ref)
+
+
+@needs_onednn
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_batch_parts_after_fork(parts):
+    """A process forked after the worker threads started (a DataLoader worker) makes its own
+    workers: its convolution finishes (no wait on the parent's threads, which it does not have)
+    and matches the parent's result bitwise."""
+    rng = np.random.default_rng(15)
+    x = am.tensor(rng.standard_normal((4, 3, 9, 9)).astype(np.float32))
+    w = am.tensor(rng.standard_normal((5, 3, 3, 3)).astype(np.float32))
+    want = F.conv2d(x, w).numpy()
+    assert parts, "the worker threads did not run in the parent"
+    r, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: compute, send the bytes, leave without running pytest's teardown
+        try:
+            import signal
+            signal.alarm(60)
+            os.write(wfd, F.conv2d(x, w).numpy().tobytes())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    got = b""
+    while chunk := os.read(r, 1 << 16):
+        got += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    np.testing.assert_array_equal(np.frombuffer(got, dtype=np.float32).reshape(want.shape), want)

@@ -17,7 +17,8 @@ memory benchmarks count it.
 
 and one 3-d convolution with weights ``w[o, c * K_t + k] = w4[o, c, k]`` runs on it; the input
 gradient scatters the stacked gradient back over ``k``, the weight gradient is the 3-d weight
-gradient of the stacked input. The channels are zero-padded to a multiple of 16 (ungrouped):
+gradient of the stacked input. For the weight gradient only, the channels are zero-padded to a
+multiple of 16 (ungrouped):
 oneDNN's JIT weight-gradient kernel needs blocked channels, and with 12 channels it falls back
 to a GEMM-based one several times slower. The stacked buffer is a real copy: a strided no-copy
 view of the input makes oneDNN take its reference implementation (seconds instead of ms).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+import os
 import threading
 from collections import OrderedDict
 
@@ -37,7 +39,7 @@ from ._prim import Executor, _Desc, _Prim, _attr, _strides  # noqa: F401 (shared
 
 __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "clear_cache", "CACHE_SIZE"]
 
-CACHE_SIZE = 64  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
+CACHE_SIZE = 128  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
 _cache: OrderedDict = OrderedDict()
 _lock = threading.Lock()
 _STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
@@ -143,8 +145,10 @@ class _Plan(Executor):
         return {"forward": "y", "transpose": "x", "weight": "w"}[self.kind]
 
 
-def _plan(lib, kind, xs, ws, ys, geom3):
-    key = (kind, xs, ws, ys, geom3)
+def _plan(lib, kind, xs, ws, ys, geom3, serial=False):
+    """The cached plan; ``serial`` plans are built (and run) in a worker thread of ``_Workers``,
+    whose OpenMP runtime has one thread, so their kernels never fork an OpenMP team."""
+    key = (kind, xs, ws, ys, geom3, serial)
     with _lock:
         plan = _cache.get(key)
         if plan is not None:
@@ -184,11 +188,135 @@ def _geom(geom, axes=slice(None)):
     return (tuple(geom.stride[axes]), tuple(geom.dilation[axes]), tuple(geom.pad_lo[axes]), tuple(geom.pad_hi[axes]))
 
 
-def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays):
+def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False):
+    """One 1-3 d oneDNN convolution; ``serial``: called from a worker thread (``_workers``), it
+    runs there as one single-threaded call."""
     lib = D.load()
-    plan = _plan(lib, kind, tuple(x_shape), _wshape(w_shape, G), tuple(y_shape), geom3)
+    ws = _wshape(w_shape, G)
+    parts = None if serial else _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
+    if parts is not None and _workers.start(lib):
+        _run3_parts(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, arrays, parts)
+        return
+    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial)
     arrays = {r: (a if r != "w" else a.reshape(plan.user["w"].shape)) for r, a in arrays.items()}
     plan.run(arrays)
+
+
+# ----------------------------------------------------------------------------- batch parts
+# Why not oneDNN's own OpenMP threads: inside a program, NumPy's OpenBLAS keeps its worker
+# threads spinning for about 0.1 s after every multi-threaded BLAS call (its THREAD_TIMEOUT, 2^28
+# cycles), and an OpenMP team whose kernels partition the work statically and meet at barriers
+# waits for its slowest thread: a convolution run right after a 2-thread matmul took 38 ms
+# (median) instead of 13 ms on 2 cores (AMD EPYC, 2026-12-06), which is why the MNIST CNN's
+# convolutions took 94 ms per step at 2 threads though their single-thread time is ~69 ms. So,
+# like the NumPy algorithms (``ops._cpu_threads``), the batch is cut into parts run by Python
+# threads that take the next part when free (a slowed thread delays only its own part), each
+# part a single-threaded oneDNN call. The cut depends on the shape only, so results are
+# reproducible; the weight gradient sums the parts' gradients in part order.
+_PART_MIN_MACS = 4 << 20   # below this a convolution runs in one call (thread hand-off ~20 us)
+_PARTS_PER_THREAD = 4
+
+
+def _batch_parts(N, macs):
+    """Batch slices ``[(n0, n1)]`` for ``_workers`` or None (one call): equal sizes (no second
+    plan for a tail), their number the divisor of ``N`` nearest ``_PARTS_PER_THREAD`` per thread."""
+    threads = _workers.threads()
+    if threads <= 1 or N < 2 or macs < _PART_MIN_MACS:
+        return None
+    want = _PARTS_PER_THREAD * threads
+    # the divisor of N (at least one part per thread where N allows) nearest to ``want``
+    p = min((p for p in range(min(threads, N), N + 1) if N % p == 0), key=lambda p: (abs(p - want), -p))
+    size = N // p
+    return [(n0, n0 + size) for n0 in range(0, N, size)]
+
+
+def _run3_parts(lib, kind, xs, ws, ys, geom3, arrays, parts):
+    x, y, w = arrays["x"], arrays["y"], arrays["w"].reshape(ws)
+
+    def one(part):
+        n0, n1 = part
+        plan = _plan(lib, kind, (n1 - n0,) + xs[1:], ws, (n1 - n0,) + ys[1:], geom3, serial=True)
+        out = np.empty(ws, dtype=_F32) if kind == "weight" else None
+        plan.run({"x": x[n0:n1], "y": y[n0:n1], "w": w if out is None else out})
+        return out
+
+    results = _workers.map(one, parts)
+    if kind == "weight":
+        acc = results[0]
+        for r in results[1:]:
+            acc += r
+        w[...] = acc
+
+
+class _WorkerPool:
+    """Python threads whose OpenMP runtime (oneDNN's) is set to one thread, started on first use;
+    ``threads()`` is the configured parallelism (BLAS's thread count, which
+    ``avila_ml.set_num_threads`` changes), 1 = no pool."""
+
+    def __init__(self):
+        self._n = None  # a fixed thread count (tests); None follows the BLAS setting
+        self._pool, self._size, self._pid, self._set_threads = None, 0, None, None
+        self._lock = threading.Lock()
+
+    def threads(self) -> int:
+        if self._n is not None:
+            return self._n
+        from ..ops._cpu_threads import blas_threads
+        return blas_threads()
+
+    @staticmethod
+    def _omp_set_num_threads():
+        """``omp_set_num_threads`` of oneDNN's OpenMP runtime (libgomp or libiomp5), or None."""
+        try:
+            from threadpoolctl import ThreadpoolController
+            for m in ThreadpoolController().lib_controllers:
+                if m.user_api == "openmp" and os.path.basename(m.filepath).startswith(("libgomp.so", "libiomp5.so")):
+                    fn = ctypes.CDLL(m.filepath).omp_set_num_threads
+                    fn.argtypes, fn.restype = [ctypes.c_int], None
+                    return fn
+        except Exception:  # noqa: BLE001 - no thread control: oneDNN keeps its own threads
+            return None
+        return None
+
+    def start(self, lib) -> bool:
+        """True when the pool runs with ``threads()`` workers (oneDNN loaded, its OpenMP runtime
+        found). A pool inherited through ``fork`` has no threads: the child makes its own."""
+        if lib is None:
+            return False
+        n, pid = self.threads(), os.getpid()
+        if self._pool is not None and self._size >= n and self._pid == pid:
+            return True
+        with self._lock:
+            if self._set_threads is None:
+                self._set_threads = self._omp_set_num_threads() or False
+            if not self._set_threads:
+                return False
+            if self._pool is None or self._size < n or self._pid != pid:
+                from concurrent.futures import ThreadPoolExecutor
+                old = self._pool if self._pid == pid else None
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="avila-onednn", initializer=self._set_threads,
+                                                initargs=(1,))
+                self._size, self._pid = n, pid
+                if old is not None:
+                    old.shutdown(wait=False)
+        return True
+
+    def map(self, fn, items) -> list:
+        return list(self._pool.map(fn, items))
+
+    def imap(self, fn, items):
+        """``fn`` over ``items`` on the workers, results in order as they are consumed; at most
+        two per thread in flight, so unconsumed results (and their buffers) stay bounded."""
+        window, pending = 2 * self.threads(), []
+        for it in items:
+            pending.append(self._pool.submit(fn, it))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
+
+
+_workers = _WorkerPool()
 
 
 def _c(a):
@@ -248,13 +376,29 @@ def conv_weight_grad(x, gy, geom, kernel):
     if m == 0 and not _direct("weight", x.shape, w_shape, gy.shape, geom).jit and d == 3:
         m = 1
     if m:
-        st = _Stacking(geom, x.shape, kernel, gy.shape[1], m)
-        if not st.weight_plan().jit and m < d - 2:
-            st = _Stacking(geom, x.shape, kernel, gy.shape[1], m + 1)
-        return st.weight_grad(_c(x), _c(gy))
+        return _weight_stacking(geom, x.shape, kernel, gy.shape[1], m).weight_grad(_c(x), _c(gy))
     gw = np.empty(w_shape, dtype=_F32)
     _run3("weight", x.shape, w_shape, gy.shape, G, _geom(geom), {"x": _c(x), "w": gw, "y": _c(gy)})
     return gw
+
+
+def _weight_stacking(geom, x_shape, kernel, O, m):
+    """The first stacking, cheapest first, whose weight-gradient plan is a JIT kernel: depth ``m``
+    with the real channels, depth ``m`` with channels padded to 16, then one axis deeper (down to
+    a 2-d inner convolution); the last candidate when none is. Padding costs up to 16 / (C K)
+    times the work (measured on the Conv4d example's layers, AVX2: unpadded 6.3 ms vs padded
+    29 ms for 3 stacked channels, 6.5 vs 12 ms for 36), so it is only taken where oneDNN needs it."""
+    d = len(x_shape) - 2
+    st = None
+    for depth in range(m, d - 1):
+        for align in (False, True):
+            cand = _Stacking(geom, x_shape, kernel, O, depth, align=align)
+            if align and cand.cgp == cand.real:
+                continue  # the same stacking as the unpadded one
+            st = cand
+            if st.weight_plan().jit:
+                return st
+    return st
 
 
 # ----------------------------------------------------------------------------- stacked offsets
@@ -285,7 +429,12 @@ def _blocks(N, To, row_bytes, budget):
 
 
 def _budget(*result_bytes):
-    return max(_MIN_BLOCK_BYTES, sum(result_bytes) // 4)
+    """Bytes of stacked copies per block: a quarter of the results, at least 2 MiB (fewer, larger
+    calls: the Conv4d example's first layer took 45 ms fwd+bwd with 2 MiB blocks, 67 ms with
+    1 MiB), but never more than the results themselves, so the copies of a small volume stay
+    small (a checkpointed stack of small Conv4d blocks keeps its 3x lower peak)."""
+    total = sum(result_bytes)
+    return max(min(_MIN_BLOCK_BYTES, total), total // 4)
 
 
 class _Stacking:
@@ -298,7 +447,7 @@ class _Stacking:
     ``w[o, c * P + k, ...] = w[o, c, k_1..k_m, ...]`` (a reshape). The (d - m)-dim convolution
     runs over blocks of positions of the first stacked axis (``_blocks``)."""
 
-    def __init__(self, geom, x_shape, kernel, O, m):
+    def __init__(self, geom, x_shape, kernel, O, m, align=False):
         self.geom, self.m, self.O = geom, m, O
         self.N, C = x_shape[:2]
         S = tuple(x_shape[2:])
@@ -309,8 +458,11 @@ class _Stacking:
         self.P = math.prod(self.K)
         self.cg = C // G
         self.real = self.cg * self.P
-        # the 3-d kernels want blocked channels (see the module docstring); 2-d ones do not care
-        pad = G == 1 and len(self.rest) == 3
+        # oneDNN's 3-d weight-gradient JIT kernel wants blocked channels (module docstring); the
+        # forward and the input gradient do not, and padding would multiply their work by up to
+        # 16 / (C K_t) (5.3x for the Conv4d example's 1-channel first layer), so only the weight
+        # gradient asks for it (``align``); 2-d inner convolutions never need it
+        pad = align and G == 1 and len(self.rest) == 3
         self.cgp = -(-self.real // _STACK_ALIGN) * _STACK_ALIGN if pad else self.real
         self.inner = _geom(geom, slice(m, None))
         self.runs = [_runs(S[a], o[a], kernel[a], geom.stride[a], geom.dilation[a], geom.pad_lo[a]) for a in range(m)]
@@ -391,45 +543,61 @@ class _Stacking:
         v = a[n0:n1, :, i0:i1].transpose((0,) + tuple(range(2, 2 + m)) + (1,) + tuple(range(2 + m, a.ndim)))
         return np.ascontiguousarray(v).reshape((-1, a.shape[1]) + a.shape[2 + m:])
 
+    def _each(self, fn, blocks):
+        """``fn(block, serial)`` over ``blocks``, results in block order. Several blocks run on
+        the worker threads (``_workers``: each block's copies and its single-threaded oneDNN
+        call together, so the NumPy copies run in parallel too); one block runs here, its
+        convolution cut into batch parts by ``_run3``."""
+        if len(blocks) > 1 and _workers.threads() > 1 and _workers.start(D.load()):
+            return _workers.imap(lambda blk: fn(blk, True), blocks)
+        return (fn(blk, False) for blk in blocks)
+
     def forward(self, x, w):
         ws = self._weight(w)
         y = np.empty((self.N, self.O) + self.To + self.orest, dtype=_F32)
         m = self.m
-        for blk in self.blocks(y.nbytes, x.nbytes):
+
+        def one(blk, serial):  # writes its own region of y
             xs, _, ys = self.shapes(blk)
             st = self.stack(x, blk)
             y3 = np.empty(ys, dtype=_F32)
-            _run3("forward", xs, ws.shape, ys, self.G, self.inner, {"x": st, "w": ws, "y": y3})
+            _run3("forward", xs, ws.shape, ys, self.G, self.inner, {"x": st, "w": ws, "y": y3}, serial)
             del st
             n0, n1, i0, i1 = blk
             y3 = y3.reshape(self._frames(blk) + (self.O,) + self.orest)
             y[n0:n1, :, i0:i1] = y3.transpose((0, m + 1) + tuple(range(1, m + 1)) + tuple(range(m + 2, y3.ndim)))
+        for _ in self._each(one, self.blocks(y.nbytes, x.nbytes)):
+            pass
         return y
 
     def transpose(self, gy, w):
         ws = self._weight(w)
         gx = np.zeros((self.N, self.G * self.cg) + self.S + self.rest, dtype=_F32)
         gxt = self._channels_last_view(gx)
-        for blk in self.blocks(gx.nbytes, gy.nbytes):
+
+        def one(blk, serial):
             xs, _, ys = self.shapes(blk)
             gyf = self._frames_of(gy, blk)
             gst = np.empty(xs, dtype=_F32)
-            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf})
-            del gyf
-            gst = gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf}, serial)
+            return blk, gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+        # neighbouring blocks scatter onto shared input frames: added here, in block order
+        for blk, gst in self._each(one, self.blocks(gx.nbytes, gy.nbytes)):
             for flat, dst, src in self._pairs(blk):
                 # one offset maps distinct stacked positions to distinct input positions: no overlap
                 gxt[src] += gst[dst + (slice(None), slice(flat, self.real, self.P))]
         return gx
 
     def weight_grad(self, x, gy):
-        gws = None
-        for blk in self.blocks(x.nbytes, gy.nbytes):
+        def one(blk, serial):
             xs, wsh, ys = self.shapes(blk)
             st = self.stack(x, blk)
             gyf = self._frames_of(gy, blk)
             part = np.empty(wsh, dtype=_F32)
-            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf})
+            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf}, serial)
+            return part
+        gws = None
+        for part in self._each(one, self.blocks(x.nbytes, gy.nbytes)):  # summed in block order
             if gws is None:
                 gws = part
             else:

@@ -152,17 +152,19 @@ def _cuda_conv4d(kind, a, b, geom, extra):
 
 def _onednn(kind, a, b, geom, extra):
     """The oneDNN convolution (``avila_ml.cpu_accel``) for float32 NumPy arrays under ``"auto"``
-    (1-3 spatial dims) or ``"onednn"`` (any); None where it does not apply or is not installed
+    or ``"onednn"``, 1-4 spatial dims; None where it does not apply or is not installed
     (announced once).
 
-    ``"auto"`` leaves 4-d convolutions on the NumPy algorithms: measured on a quiet 2-core AMD
-    EPYC (2026-12-06), oneDNN's stacked 4-d path won on (2,4,16^4)->8 (54 vs 76 ms fwd+bwd) but
-    tied on (1,2,32^4)->4 and made the Conv4d example model's training step 1.6x slower (223 vs
-    137 ms: 8 frames of 12^3, many small stacked calls). ``set_conv_algorithm("onednn")`` opts in.
+    4-d convolutions went back to oneDNN under ``"auto"`` once its stacked path stopped padding
+    the stacked channels of the forward and input gradient to 16 (5.3x the work for the Conv4d
+    example's 1-channel first layer, which made that model's step 1.6x slower than the NumPy
+    path). Measured after the fix, one thread each, 2-core AMD EPYC under load (2026-12-06):
+    the example's training step 164 vs 273 ms (NumPy), its layers fwd+bwd 29 vs 50 and 102 vs
+    192 ms, (2,4,16^4)->8 153 vs 273 ms, (1,2,32^4)->4 739 vs 860 ms.
     """
     name = get_conv_algorithm()
     if (name not in ("auto", "onednn") or a.dtype != np.float32 or backend_of(a).name != "numpy"
-            or (name == "auto" and (not mkldnn.enabled or geom.ndim == 4))):
+            or (name == "auto" and not mkldnn.enabled)):
         return None
     from ..cpu_accel import _conv as accel, _dnnl as dnnl
     if not dnnl.available():
