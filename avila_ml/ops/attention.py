@@ -23,7 +23,7 @@ from ..backends.constants import device_constant
 from ..backends import backend_of
 from ..backends.philox import dropout_counters, dropout_keep
 from ..tensor import Tensor
-from . import _cpu_threads
+from . import _attention_fused as _fused, _cpu_threads
 from .elementwise import sum_to, where
 from .linalg import matmul
 from .reduction import softmax
@@ -249,7 +249,12 @@ class _BlockedAttention(Function):
         B = int(np.prod(self.batch, dtype=np.int64))
         out = xp.zeros((B, L, Ev), dtype=ct)
         lse = xp.full((B, L), np.inf, dtype=ct)
-        if L and S and B:
+        if L and S and B and _fused.usable(xp, ct, mask):
+            out, lse, redo = _fused.forward(self, q, k, v, B, ct)
+            if redo:  # tiles whose estimated row offset was too far off: the exact online softmax
+                bk = _block_sizes(B, L, S)[2]
+                self._forward_units(redo, bk, S, self._prepare(q, k, v, mask, ct), out, lse, xp, ct)
+        elif L and S and B:
             ins = self._prepare(q, k, v, mask, ct)
             units, bk = self._units(B, L, S)
             work = B * L * (S + 1) // (2 if self.is_causal else 1)
@@ -310,7 +315,10 @@ class _BlockedAttention(Function):
         dv = xp.zeros((B, S, Ev), dtype=ct)
         want_mask = self.mask_is_tensor and need[3]
         dmask = xp.zeros(self.mask.shape, dtype=ct) if want_mask else None
-        if L and S and B:
+        if L and S and B and _fused.usable(xp, ct, self.mask):
+            dq, dk, dv = _fused.backward(self, q, k, v, o, g, self.lse, B, ct)
+            dq *= ct.type(self.scale)
+        elif L and S and B:
             ins = self._prepare(q, k, v, self.mask, ct)
             g = g.astype(ct, copy=False).reshape(B, L, Ev)
             delta = (g * o.astype(ct, copy=False).reshape(B, L, Ev)).sum(axis=-1)[..., None]  # rowsum(dO o O)
