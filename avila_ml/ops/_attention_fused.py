@@ -33,10 +33,11 @@ import numpy as np
 
 from . import _cpu_threads
 
-# one tile: (batch chunk, query rows, key columns) with about _TILE scores (256 KiB float32:
-# P~ stays in L2 between the fused score call and the P V call); keys up to _KEY_BLOCK form
-# one block. Chosen with an in-process sweep (see the report of issue 17).
-_TILE = 1 << 16
+# one tile: (batch chunk, query rows, key columns) with at most _TILE scores (1 MiB float32);
+# keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^18 scores and
+# key blocks of 512/2048 (see the report of issue 17): larger tiles won, as fewer tiles mean
+# fewer per-call overheads (about 15 us per oneDNN call, a few us per NumPy call).
+_TILE = 1 << 18
 _KEY_BLOCK = 2048
 _SAMPLE_KEYS = 16      # keys whose exact scores cap the Cauchy-Schwarz offset
 _SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
@@ -135,42 +136,47 @@ def backward(op, q, k, v, o, g, lse, B, ct):
         return _backward(op, q, k, v, o, g, lse, B, ct)
 
 
-def _forward(op, q, k, v, B, ct):
-    """Output (B, L, Ev) and log-sum-exp (B, L) of ``op`` (a ``_BlockedAttention``), fused tiles.
+def _contiguous(a):
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
-    Returns None when a tile needs the exact path and ``op`` must redo those units; see module doc.
-    """
+
+def _forward(op, q, k, v, B, ct):
+    """Output (B, L, Ev), log-sum-exp (B, L) and the units whose rows failed the check (they
+    are left for the caller to redo exactly); see the module docstring."""
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    scale = op.scale
     qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
     kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
     vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
-    qs = qb.astype(ct) * ct.type(scale)  # (B, L, E), a fresh array
+    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
+    qs = qa[..., :E]
+    np.multiply(qb, ct.type(op.scale), out=qs)
     # the row offsets m (B, L): Cauchy-Schwarz bound capped by the sampled max + margin
-    qn = np.sqrt(np.einsum("bld,bld->bl", qs, qs))
-    kmax = np.sqrt(np.einsum("bsd,bsd->bs", kb, kb, dtype=ct).max(axis=-1))
-    m = qn * kmax[:, None]
+    m = np.sqrt(np.einsum("bld,bld->bl", qs, qs))
+    m *= np.sqrt(np.einsum("bsd,bsd->bs", kb, kb, dtype=ct).max(axis=-1))[:, None]
     ns = min(S, _SAMPLE_KEYS)
-    np.minimum(m, (qs @ kb[:, :ns].astype(ct, copy=False).swapaxes(-1, -2)).max(axis=-1) + ct.type(_SAMPLE_MARGIN),
-               out=m)
-    qa = _augment(qs, -m, ct)
-    del qs
+    sampled = np.matmul(qs, kb[:, :ns].swapaxes(-1, -2), dtype=ct).max(axis=-1)
+    sampled += ct.type(_SAMPLE_MARGIN)
+    np.minimum(m, sampled, out=m)
+    np.negative(m, out=qa[..., E])
     ka = _augment(kb, 1, ct)
     dropout = op.dropout is not None
     va = vb.astype(ct, copy=False) if dropout else _augment(vb, 1, ct)
     out = np.empty((B, L, Ev), dtype=ct)
-    lse = np.empty((B, L), dtype=ct)
+    lsum = np.empty((B, L), dtype=ct)
     units, bk = _units(B, L, S, op.is_causal)
+    least = ct.type(S * _UNDERFLOW)  # per row n_keys * 2^-40 with n_keys <= S: a safe side
     redo = []
 
     def body(us):
+        buf = np.empty(_TILE if len(us) > 1 else 0, dtype=ct)  # P~ tiles reuse one buffer
         for b0, b1, i0, i1 in us:
-            qi = np.ascontiguousarray(qa[b0:b1, i0:i1])
+            qi = _contiguous(qa[b0:b1, i0:i1])
             acc = l = None
             for j0, j1 in _key_blocks(i0, i1, S, bk, op.is_causal):
-                kj = ka[b0:b1, j0:j1] if j1 - j0 == S else np.ascontiguousarray(ka[b0:b1, j0:j1])
-                p = np.empty((b1 - b0, i1 - i0, j1 - j0), dtype=ct)
+                kj = _contiguous(ka[b0:b1, j0:j1])
+                n = (b1 - b0) * (i1 - i0) * (j1 - j0)
+                p = (buf[:n] if n <= buf.size else np.empty(n, dtype=ct)).reshape(b1 - b0, i1 - i0, j1 - j0)
                 matmul_nt(qi, kj, p, exp=True)
                 if op.is_causal:
                     _zero_above_diagonal(p, i0, j0)
@@ -178,23 +184,22 @@ def _forward(op, q, k, v, B, ct):
                     part_l = p.sum(axis=-1)
                     l = part_l if l is None else l + part_l
                     p *= op._keep_tile(b0, b1, i0, i1, j0, j1, np, ct)
-                pv = p @ va[b0:b1, j0:j1]
                 if acc is None:
-                    acc = pv
+                    acc = np.matmul(p, va[b0:b1, j0:j1])
                 else:
-                    acc += pv
-            if not dropout:
-                l = acc[..., Ev]
-                acc = acc[..., :Ev]
-            n_keys = np.minimum(np.arange(i0 + 1, i1 + 1), S) if op.is_causal else S
-            ok = np.isfinite(acc).all() and np.isfinite(l).all() and bool((l >= n_keys * _UNDERFLOW).all())
-            if not ok:
+                    acc += p @ va[b0:b1, j0:j1]
+            if not dropout:  # [P~ V, l]
+                acc, l = acc[..., :Ev], acc[..., Ev]
+            if not (np.isfinite(acc).all() and np.isfinite(l).all() and l.min() >= least):
                 redo.append((b0, b1, i0, i1))
                 continue
             np.divide(acc, l[..., None], out=out[b0:b1, i0:i1])
-            lse[b0:b1, i0:i1] = m[b0:b1, i0:i1] + np.log(l)
+            lsum[b0:b1, i0:i1] = l
 
     _run(body, units, B * L * S // (2 if op.is_causal else 1))
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
+        lse = np.log(lsum, out=lsum)
+    lse += m
     return out, lse, redo
 
 
@@ -220,19 +225,22 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
 
     def body(args):
         us, dk_, dv_ = args
+        bufs = np.empty((2, _TILE if len(us) > 1 else 0), dtype=ct)  # P and dS tiles reuse these
         for b0, b1, i0, i1 in us:
-            qi = np.ascontiguousarray(qa[b0:b1, i0:i1])
+            qi = _contiguous(qa[b0:b1, i0:i1])
             gi = g[b0:b1, i0:i1]
-            gai = None if dropout else np.ascontiguousarray(ga[b0:b1, i0:i1])
+            gai = None if dropout else _contiguous(ga[b0:b1, i0:i1])
             for j0, j1 in _key_blocks(i0, i1, S, bk, op.is_causal):
-                whole = j1 - j0 == S
-                kj = ka[b0:b1, j0:j1] if whole else np.ascontiguousarray(ka[b0:b1, j0:j1])
+                kj = _contiguous(ka[b0:b1, j0:j1])
                 shape = (b1 - b0, i1 - i0, j1 - j0)
-                p = np.empty(shape, dtype=ct)
+                n = shape[0] * shape[1] * shape[2]
+                if n <= bufs.shape[1]:
+                    p, ds = bufs[0, :n].reshape(shape), bufs[1, :n].reshape(shape)
+                else:
+                    p, ds = np.empty(shape, dtype=ct), np.empty(shape, dtype=ct)
                 matmul_nt(qi, kj, p, exp=True)
                 if op.is_causal:
                     _zero_above_diagonal(p, i0, j0)
-                ds = np.empty(shape, dtype=ct)
                 if dropout:  # dP = (dO V^T) o Z, dV = (P o Z)^T dO; dS = P o (dP - D)
                     np.matmul(gi, vb[b0:b1, j0:j1].swapaxes(-1, -2), out=ds)
                     z = op._keep_tile(b0, b1, i0, i1, j0, j1, np, ct)
@@ -242,10 +250,8 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
                     p *= z
                     del z
                 else:
-                    vj = va[b0:b1, j0:j1] if whole else np.ascontiguousarray(va[b0:b1, j0:j1])
-                    matmul_nt(gai, vj, ds, mul=p)  # ([dO, -D] [V, 1]^T) o P
+                    matmul_nt(gai, _contiguous(va[b0:b1, j0:j1]), ds, mul=p)  # ([dO, -D] [V, 1]^T) o P
                 dv_[b0:b1, j0:j1] += p.swapaxes(-1, -2) @ gi
-                del p
                 dq[b0:b1, i0:i1] += ds @ kc[b0:b1, j0:j1]
                 dk_[b0:b1, j0:j1] += ds.swapaxes(-1, -2) @ qs[b0:b1, i0:i1]
 
