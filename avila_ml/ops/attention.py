@@ -152,13 +152,17 @@ class _BlockedAttention(Function):
     forward and again in the backward, never stored for the whole L x S.
     """
 
-    def forward(self, q, k, v, mask, is_causal, scale, mask_is_tensor, dropout=None):
+    def forward(self, q, k, v, mask, is_causal, scale, mask_is_tensor, dropout=None, kv_group=1):
         xp = backend_of(q).xp
         self.is_causal, self.scale, self.mask_is_tensor = is_causal, scale, mask_is_tensor
         self.dropout = dropout
         self.mask = mask
         self.shapes = (q.shape, k.shape, v.shape)
-        self.batch = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
+        # kv_group > 1: k, v hold Hq / kv_group heads that the tensor-core kernels share among
+        # query heads themselves (the caller chose it, _tensor_core_gqa); the batch is q's
+        self.group = kv_group
+        self.batch = tuple(np.broadcast_shapes(q.shape[:-2], _heads_times(k.shape, kv_group)[:-2],
+                                               _heads_times(v.shape, kv_group)[:-2],
                                                *(() if mask is None else (mask.shape[:-2],))))
         self.save_inputs(*range(4 if mask_is_tensor else 3))
         self.save_outputs(0)
@@ -166,6 +170,9 @@ class _BlockedAttention(Function):
         self.cuda = (backend_of(q).name == "cupy" and q.shape[-1] == v.shape[-1] <= max_head_dim
                      and q.dtype in (np.float32, np.float16) and not mask_is_tensor
                      and _cuda_kernels() is not None)
+        if kv_group > 1 and not (self.cuda and q.dtype == np.float16):
+            raise RuntimeError("scaled_dot_product_attention: internal error: un-repeated key/value heads "
+                               "reached a path without native grouped-query attention")
         if self.cuda:
             return self._cuda_forward(q, k, v, xp)
         out, self.lse = self._blocked_forward(q, k, v, mask, xp)
@@ -185,7 +192,16 @@ class _BlockedAttention(Function):
                 keep = Tensor._wrap(self._keep_tile(0, int(np.prod(self.batch, dtype=np.int64)), 0, q.shape[-2],
                                                     0, k.shape[-2], backend_of(q.array).xp, q.array.dtype)
                                     .reshape(self.batch + (q.shape[-2], k.shape[-2])))
-            return _math_backward(q, k, v, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep)
+            if self.group == 1:
+                return _math_backward(q, k, v, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep)
+            # the forward read shared key/value heads: differentiate through the repetition
+            kr, vr = _repeat_heads(k, self.group), _repeat_heads(v, self.group)
+            grads = list(_math_backward(q, kr, vr, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep))
+            for i, t in ((1, k), (2, v)):
+                if grads[i] is not None:  # (..., Hkv * group, S, d) -> sum over each head's group
+                    shp = tuple(t.shape)
+                    grads[i] = reshape(grads[i], shp[:-3] + (shp[-3], self.group) + shp[-2:]).sum(-3)
+            return tuple(grads)
         (o,) = self.saved_outputs
         xp = backend_of(q.array).xp
         if self.cuda:
@@ -401,9 +417,11 @@ class _BlockedAttention(Function):
                 dq[b0:b1, i0:i1] = dqi
 
     # -- the fused CUDA path ------------------------------------------------------------------
-    def _flat(self, a, xp):
-        """(batch..., n, d) -> (BH, n, d), materialising broadcast batch dims."""
-        return xp.ascontiguousarray(xp.broadcast_to(a, self.batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:]))
+    def _flat(self, a, xp, kv=False):
+        """(batch..., n, d) -> (BH, n, d), materialising broadcast batch dims; ``kv``: k or v,
+        which under grouped-query attention keep their own heads (BHkv, n, d)."""
+        batch = self.batch[:-1] + (a.shape[-3],) if kv and self.group > 1 else self.batch
+        return xp.ascontiguousarray(xp.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:]))
 
     def _flat_mask(self, xp):
         m = self.mask
@@ -415,19 +433,21 @@ class _BlockedAttention(Function):
 
     def _cuda_forward(self, q, k, v, xp):
         fwd, _ = _cuda_kernels()
-        o, self.lse = fwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self.scale,
+        o, self.lse = fwd(self._flat(q, xp), self._flat(k, xp, kv=True), self._flat(v, xp, kv=True), self.scale,
                           self.is_causal, mask=self._flat_mask(xp), dropout=self.dropout)
         return o.reshape(self.batch + o.shape[-2:])
 
     def _cuda_backward(self, q, k, v, o, g, xp):
         _, bwd = _cuda_kernels()
-        dq, dk, dv = bwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self._flat(o, xp),
+        dq, dk, dv = bwd(self._flat(q, xp), self._flat(k, xp, kv=True), self._flat(v, xp, kv=True), self._flat(o, xp),
                          self.lse, self._flat(g, xp), self.scale, self.is_causal, mask=self._flat_mask(xp),
                          dropout=self.dropout)
         qs_, ks_, vs_ = self.shapes
         need = self.needs_input_grad
-        return [_sum_to_array(d.reshape(self.batch + d.shape[-2:]), shp, xp) if n else None
-                for d, shp, n in ((dq, qs_, need[0]), (dk, ks_, need[1]), (dv, vs_, need[2]))]
+        kv_batch = self.batch[:-1] + (ks_[-3],) if self.group > 1 else self.batch  # dk, dv per kv head
+        return [_sum_to_array(d.reshape(b + d.shape[-2:]), shp, xp) if n else None
+                for d, b, shp, n in ((dq, self.batch, qs_, need[0]), (dk, kv_batch, ks_, need[1]),
+                                     (dv, kv_batch, vs_, need[2]))]
 
 
 # ---------------------------------------------------------------- the composite (math) path
@@ -521,6 +541,26 @@ def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa):
         raise TypeError(f"{op}: scale must be a finite number or None, got {scale!r}")
 
 
+def _heads_times(shape, groups: int) -> tuple:
+    """``shape`` with its heads dim (-3) multiplied by ``groups`` (the shape after _repeat_heads)."""
+    shape = tuple(shape)
+    return shape if groups == 1 else shape[:-3] + (shape[-3] * groups,) + shape[-2:]
+
+
+def _tensor_core_gqa(query, value, attn_mask) -> bool:
+    """Whether this call runs on the tensor-core CUDA kernels (attention_mma.cu), which read each
+    key/value head for its group of query heads themselves: float16 CuPy inputs, head dim <= 256,
+    no mask that needs a gradient, kernels available -- the conditions of
+    ``_BlockedAttention.forward``'s CUDA choice plus ``launch``'s float16 -> tensor cores."""
+    if backend_of(query.array).name != "cupy" or query.array.dtype != np.float16:
+        return False
+    if not query.shape[-1] == value.shape[-1] <= _CUDA_MAX_HEAD_DIM_FLOAT16:
+        return False
+    if attn_mask is not None and attn_mask.requires_grad and _grad_state.enabled:
+        return False
+    return _cuda_kernels() is not None
+
+
 def _repeat_heads(t, groups: int):
     """Repeat each head ``groups`` times along dim -3 (``repeat_interleave``), differentiably."""
     shape = tuple(t.shape)
@@ -541,7 +581,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     lets query i see keys j <= i (top-left aligned, as in PyTorch); unlike PyTorch, which
     rejects the pair, ``is_causal`` together with ``attn_mask`` applies both. ``scale``
     defaults to 1/sqrt(E). ``enable_gqa`` repeats each of the Hk key/value heads (dim -3)
-    Hq/Hk times for grouped-query attention.
+    Hq/Hk times for grouped-query attention (on the float16 tensor-core CUDA kernels the heads
+    are not copied: query head h reads key/value head h // (Hq/Hk), and dK, dV sum over the group).
 
     Math: S = scale Q K^T + M; P = softmax(S) per row; O = P V. Backward, with
     D_i = sum_e dO_ie O_ie: dV = P^T dO, dP = dO V^T, dS = P o (dP - D), dQ = scale dS K,
@@ -594,12 +635,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
     scale = float(scale)
+    kv_group = 1
     if enable_gqa and query.shape[-3] != key.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
-        key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+        if _tensor_core_gqa(query, value, attn_mask):
+            kv_group = groups  # the kernel shares the heads: no repeated copies of K and V
+        else:
+            key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
     dropout = None
     if dropout_p > 0.0:
-        batch = np.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        batch = np.broadcast_shapes(query.shape[:-2], _heads_times(key.shape, kv_group)[:-2],
+                                    _heads_times(value.shape, kv_group)[:-2])
         B = int(np.prod(batch, dtype=np.int64))
         seed, offset = _dropout_seed(backend_of(query.array), dropout_counters(B, query.shape[-2], key.shape[-2]))
         dropout = (float(dropout_p), seed, offset)
@@ -607,7 +653,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
         attn_mask = reshape(attn_mask, (1,) * (2 - attn_mask.ndim) + tuple(attn_mask.shape))
     mask_is_tensor = attn_mask is not None and attn_mask.requires_grad and _grad_state.enabled
     mask = attn_mask if mask_is_tensor else (None if attn_mask is None else attn_mask.array)
-    return _BlockedAttention.apply(query, key, value, mask, bool(is_causal), scale, mask_is_tensor, dropout)
+    return _BlockedAttention.apply(query, key, value, mask, bool(is_causal), scale, mask_is_tensor, dropout,
+                                   kv_group)
 
 
 def _dropout_seed(backend, counters: int) -> tuple[int, int]:
