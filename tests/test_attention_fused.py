@@ -38,9 +38,12 @@ def calls(monkeypatch):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row)."""
+    """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row); causal
+    query blocks down to 2 rows, the masked triangle cleared in strips of 3 rows."""
     monkeypatch.setattr(fused, "_TILE", 7 * 5 * 3)
     monkeypatch.setattr(fused, "_KEY_BLOCK", 7)
+    monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
+    monkeypatch.setattr(fused, "_STRIP", 3)
 
 
 def _run(qa, ka, va, causal=False, scale=None, gqa=False, go=None, dtype=np.float32, **kw):
@@ -199,6 +202,26 @@ def test_double_backward_after_fused_forward():
     (tgq.square().sum()).backward()
     np.testing.assert_allclose(gq.detach().numpy(), tgq.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(k.grad.numpy(), tk.grad.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("strip", [1, 3, 16])
+def test_zero_above_diagonal_clears_exactly_the_later_keys(monkeypatch, strip):
+    monkeypatch.setattr(fused, "_STRIP", strip)
+    rng = np.random.default_rng(12)
+    for i0, j0, n, m in ((0, 0, 37, 37), (5, 0, 7, 20), (40, 32, 33, 17), (64, 0, 32, 96), (3, 10, 5, 4)):
+        p = rng.random((2, n, m)) + 1.0
+        p[:, :, -1] = np.inf  # an overflowed masked entry must become 0, not NaN
+        ref = p.copy()
+        ref[:, np.arange(j0, j0 + m)[None, :] > np.arange(i0, i0 + n)[:, None]] = 0
+        fused._zero_above_diagonal(p, i0, j0)
+        np.testing.assert_array_equal(p, ref)
+
+
+def test_causal_tiles_shorten_the_query_block():
+    """L = 128 causal (the GPT program): query blocks of 32 rows, the whole batch in a tile."""
+    assert fused._block_sizes(64, 128, 128, causal=True) == (64, 32, 128)
+    assert fused._block_sizes(64, 128, 128) == (16, 128, 128)
+    assert fused._block_sizes(4, 2048, 2048, causal=True) == (1, 128, 2048)
 
 
 def test_matmul_nt_epilogues_match_numpy():

@@ -63,13 +63,14 @@ def _declare(lib) -> None:
 class _Plan:
     """``out[n] = post(a[n] @ b[n]^T)`` for one shape: a (n, M, K), b (n, N, K), out (n, M, N)."""
 
-    def __init__(self, lib, n, M, K, N, exp, mul):
+    def __init__(self, lib, n, M, K, N, exp, mul, transpose_b=True):
         self.lib = lib
         self.a = _Desc(lib, (n, M, K))
-        self.b = _Desc.__new__(_Desc)  # b^T as oneDNN's (n, K, N) weights: b's rows read with stride K
+        # oneDNN's weights are (n, K, N); b^T (b stored (n, N, K)) is read with strides (N K, 1, K)
+        self.b = _Desc.__new__(_Desc)
         self.b.lib, self.b.shape, self.b.h = lib, (n, K, N), ctypes.c_void_p()
         lib.call("dnnl_memory_desc_create_with_strides", ctypes.byref(self.b.h), 3, D.Dims(n, K, N), D.F32,
-                 D.Dims(N * K, 1, K))
+                 D.Dims(N * K, 1, K) if transpose_b else D.Dims(N * K, N, 1))
         self.b.nbytes = n * N * K * 4
         self.c = _Desc(lib, (n, M, N))
         self.mul = mul
@@ -158,8 +159,9 @@ def _plan(lib, key):
     return plan
 
 
-def matmul_nt(a, b, out, exp: bool = False, mul=None) -> bool:
-    """``out = a @ b^T``, then ``exp`` (if ``exp``), then ``* mul`` (if given), in one oneDNN call.
+def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) -> bool:
+    """``out = a @ b^T``, then ``exp`` (if ``exp``), then ``* mul`` (if given), in one oneDNN call;
+    ``transpose_b=False``: ``out = a @ b`` with b (n, K, N).
 
     a (n, M, K), b (n, N, K), out and mul (n, M, N): C-contiguous float32 NumPy arrays. Returns
     False (nothing written) when oneDNN is not installed; the caller then computes it with NumPy.
@@ -169,11 +171,11 @@ def matmul_nt(a, b, out, exp: bool = False, mul=None) -> bool:
         return False
     _declare(lib)
     n, M, K = a.shape
-    N = b.shape[1]
-    if b.shape != (n, N, K) or out.shape != (n, M, N) or (mul is not None and mul.shape != out.shape):
+    N = b.shape[1] if transpose_b else b.shape[-1]
+    if b.shape != ((n, N, K) if transpose_b else (n, K, N)) or out.shape != (n, M, N) or (mul is not None and mul.shape != out.shape):
         raise ValueError(f"matmul_nt: shapes a {a.shape}, b {b.shape}, out {out.shape}"
                          f"{'' if mul is None else f', mul {mul.shape}'} do not fit (n, M, K) x (n, N, K) -> (n, M, N)")
-    _plan(lib, (n, M, K, N, bool(exp), mul is not None)).run(a, b, out, mul)
+    _plan(lib, (n, M, K, N, bool(exp), mul is not None, bool(transpose_b))).run(a, b, out, mul)
     return True
 
 
