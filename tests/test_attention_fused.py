@@ -36,6 +36,12 @@ def calls(monkeypatch):
     return seen
 
 
+@pytest.fixture(autouse=True)
+def any_length(monkeypatch):
+    """The fused tiles for every key count (the library keeps short ones on the blocked path)."""
+    monkeypatch.setattr(fused, "_MIN_KEYS", 1)
+
+
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row); causal
@@ -170,7 +176,7 @@ def test_offsets_far_off_fall_back_to_the_exact_path(calls):
     assert calls["redo"] > 0
 
 
-def test_float64_masks_and_flag_keep_the_blocked_path(calls):
+def test_float64_masks_flag_and_short_keys_keep_the_blocked_path(calls, monkeypatch):
     rng = np.random.default_rng(9)
     qa, ka, va, go = (rng.standard_normal((1, 2, 5, 4)) for _ in range(4))
     _run(qa, ka, va, go=go, dtype=np.float64)
@@ -181,7 +187,10 @@ def test_float64_masks_and_flag_keep_the_blocked_path(calls):
         _run(qa, ka, va, go=go)
     finally:
         am.backends.mkldnn.enabled = True
+    monkeypatch.setattr(fused, "_MIN_KEYS", 6)  # 5 keys: too few
+    _run(qa, ka, va, go=go)
     assert calls["matmul"] == 0
+    monkeypatch.setattr(fused, "_MIN_KEYS", 5)
     _run(qa, ka, va, go=go)
     assert calls["matmul"] > 0
 
@@ -236,6 +245,9 @@ def test_matmul_nt_epilogues_match_numpy():
                          (True, mul, np.exp(ref) * mul)):
         assert _matmul.matmul_nt(a, b, out, exp=exp, mul=m)
         np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-6)
+    bt = np.ascontiguousarray(b.swapaxes(1, 2))  # (n, K, N): a @ bt without the transpose
+    assert _matmul.matmul_nt(a, bt, out, exp=True, transpose_b=False)
+    np.testing.assert_allclose(out, np.exp(ref), rtol=2e-6, atol=2e-6)
     with pytest.raises(ValueError, match="matmul_nt"):
         _matmul.matmul_nt(a, b[:, :, :4].copy(), out)
     with pytest.raises(ValueError, match="C-contiguous"):

@@ -40,6 +40,8 @@ from . import _cpu_threads
 _TILE = 1 << 18
 _KEY_BLOCK = 2048
 _CAUSAL_MIN_ROWS = 32  # shortest query block of a causal tile (see _block_sizes)
+_SHORT_CAUSAL_BACKWARD = True  # short causal query blocks in the backward too (measured: no difference)
+_MIN_KEYS = 128  # below this many keys the fixed costs (augmented copies, offsets) lose to the blocked path
 _STRIP = 16  # rows per strip when clearing the masked part of a causal tile
 _SAMPLE_KEYS = 16      # keys whose exact scores cap the Cauchy-Schwarz offset
 _SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
@@ -47,9 +49,11 @@ _UNDERFLOW = 2.0 ** -40  # a row sum below n_keys * this is recomputed exactly
 _PARALLEL_MIN_WORK = 1 << 18
 
 
-def usable(xp, ct, mask) -> bool:
-    """Whether the fused tiles apply: NumPy float32 compute, no mask, oneDNN on and loaded."""
-    if xp is not np or ct != np.float32 or mask is not None:
+def usable(xp, ct, mask, S) -> bool:
+    """Whether the fused tiles apply: NumPy float32 compute, no mask, at least _MIN_KEYS keys
+    (char GPT's 96 keys x 32 dims ran 1.1x slower fused, the GPT's 128 x 32 0.97x, single thread,
+    loaded machine), oneDNN on and loaded."""
+    if xp is not np or ct != np.float32 or mask is not None or S < _MIN_KEYS:
         return False
     from ..backends import mkldnn
     if not mkldnn.enabled:
@@ -81,8 +85,8 @@ def _augment(a, col, dtype, scale=None):
     return out
 
 
-def _units(B, L, S, causal):
-    bb, bq, bk = _block_sizes(B, L, S, causal)
+def _units(B, L, S, causal, short=True):
+    bb, bq, bk = _block_sizes(B, L, S, causal and short)
     units = [(b0, min(B, b0 + bb), i0, min(L, i0 + bq)) for b0 in range(0, B, bb) for i0 in range(0, L, bq)]
     if causal:  # the long rows first: the threads' shares come out even
         units.sort(key=lambda u: -u[3])
@@ -235,7 +239,7 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
     dq = np.zeros((B, L, E), dtype=ct)
     dk = np.zeros((B, S, E), dtype=ct)
     dv = np.zeros((B, S, Ev), dtype=ct)
-    units, bk = _units(B, L, S, op.is_causal)
+    units, bk = _units(B, L, S, op.is_causal, short=_SHORT_CAUSAL_BACKWARD)
 
     def body(args):
         us, dk_, dv_ = args
