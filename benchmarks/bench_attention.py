@@ -78,8 +78,8 @@ def _sdpa_cases(n, causal=False):
     flops = 4 * B * H * n * n * E / (2 if causal else 1)
     tag = f"B={B} H={H} L={n} E={E}{' causal' if causal else ''}"
     big = n >= 2048
-    return [Case(f"sdpa forward {tag}", sdpa_forward(n, causal), flops=flops, quick=not big, min_time=0.0 if big else 0.05,
-                 target=1.0),
+    return [Case(f"sdpa forward {tag}", sdpa_forward(n, causal), flops=flops, quick=not big,
+                 min_time=0.0 if big else 0.05, target=1.0),
             Case(f"sdpa fwd+bwd {tag}", sdpa_train(n, causal), flops=3.5 * flops, quick=not big,
                  min_time=0.0 if big else 0.05, memory=big and not causal, target=1.0)]
 

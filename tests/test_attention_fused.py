@@ -117,6 +117,15 @@ def test_fused_default_tiles_match_torch(calls):
     assert calls["matmul"] > 0 and calls["redo"] == 0
 
 
+def test_float16_inputs_computed_in_float32(small_tiles, calls):
+    """float16 q, k, v take the fused tiles in float32; results are rounded to float16 once."""
+    rng = np.random.default_rng(13)
+    qa, ka, va, go = (rng.standard_normal((2, 2, 9, 8)).astype(np.float16) for _ in range(4))
+    ours = _run(qa, ka, va, True, go=go, dtype=np.float16)
+    assert calls["matmul"] > 0
+    _close(ours, _torch(qa, ka, va, True, go=go), tol=2.0 ** -9)
+
+
 def test_gqa_through_fused_tiles(small_tiles, calls):
     rng = np.random.default_rng(4)
     qa, go = rng.standard_normal((2, 6, 9, 4)), rng.standard_normal((2, 6, 9, 4))

@@ -165,6 +165,18 @@ def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) 
 
     a (n, M, K), b (n, N, K), out and mul (n, M, N): C-contiguous float32 NumPy arrays. Returns
     False (nothing written) when oneDNN is not installed; the caller then computes it with NumPy.
+
+    Math: ``out[i] = f(a[i] b[i]^T)`` with ``f(x) = exp(x) * mul`` (each part optional), computed
+    in float32 by oneDNN's matmul primitive with eltwise/binary post-ops. No PyTorch function
+    mirrors it (PyTorch reaches the same primitive internally through oneDNN/ideep).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel._matmul import matmul_nt
+        >>> a = np.ones((1, 2, 3), np.float32); out = np.empty((1, 2, 2), np.float32)
+        >>> done = matmul_nt(a, a, out, exp=True)  # False when oneDNN is not installed
+        >>> (not done) or bool(np.allclose(out, np.exp(3.0)))
+        True
     """
     lib = D.load()
     if lib is None:
@@ -172,7 +184,8 @@ def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) 
     _declare(lib)
     n, M, K = a.shape
     N = b.shape[1] if transpose_b else b.shape[-1]
-    if b.shape != ((n, N, K) if transpose_b else (n, K, N)) or out.shape != (n, M, N) or (mul is not None and mul.shape != out.shape):
+    b_shape = (n, N, K) if transpose_b else (n, K, N)
+    if b.shape != b_shape or out.shape != (n, M, N) or (mul is not None and mul.shape != out.shape):
         raise ValueError(f"matmul_nt: shapes a {a.shape}, b {b.shape}, out {out.shape}"
                          f"{'' if mul is None else f', mul {mul.shape}'} do not fit (n, M, K) x (n, N, K) -> (n, M, N)")
     _plan(lib, (n, M, K, N, bool(exp), mul is not None, bool(transpose_b))).run(a, b, out, mul)
@@ -186,7 +199,13 @@ def one_omp_thread():
     For code that shares tiles among Python threads (``ops._cpu_threads``): each would
     otherwise fork a full OpenMP team per call and oversubscribe the cores. OpenMP's thread
     count is a per-thread setting, so this changes nothing for other threads; the functions are
-    found through oneDNN's own handle (its OpenMP runtime, whichever it links).
+    found through oneDNN's own handle (its OpenMP runtime, whichever it links). (PyTorch:
+    ``torch.set_num_threads`` is process-wide; this is per calling thread.)
+
+    Example:
+        >>> from avila_ml.cpu_accel._matmul import one_omp_thread
+        >>> with one_omp_thread():
+        ...     pass  # oneDNN calls here use one thread
     """
     lib = D.load()
     get = set_ = None

@@ -600,10 +600,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     row offset rides an extra column (``[Q scale, -m] [K, 1]^T = S - m``), ``exp`` and the
     ``dS = dP o P`` product run as oneDNN matmul epilogues, and a ones column on V yields the
     row sums; the forward's offset is an estimate checked per row, with the exact online
-    softmax as fallback (:mod:`avila_ml.ops._attention_fused`). On CUDA with a mask that needs no gradient, the fused kernels
-    in ``avila_ml.cuda_kernels`` run instead: float16 on tensor cores (head dim <= 256, P rounded
-    to float16 before P V as in FlashAttention), float32 on CUDA cores (head dim <= 128). float16
-    inputs are computed in float32 on the CPU.
+    softmax as fallback (:mod:`avila_ml.ops._attention_fused`). On CUDA with a mask that needs
+    no gradient, the fused kernels in ``avila_ml.cuda_kernels`` run instead: float16 on tensor
+    cores (head dim <= 256, P rounded to float16 before P V as in FlashAttention), float32 on
+    CUDA cores (head dim <= 128). float16 inputs are computed in float32 on the CPU. The fused
+    CPU tiles start at 128 keys (shorter ones lost to the blocked path).
 
     Dropout (``dropout_p > 0``, applied whenever given, like PyTorch's functional form: pass
     0.0 in eval mode): O = (P o Z) V with Z = keep / (1 - p), inside the blocked path and the
