@@ -23,7 +23,7 @@ from ..backends.constants import device_constant
 from ..backends import backend_of
 from ..backends.philox import dropout_counters, dropout_keep
 from ..tensor import Tensor
-from . import _cpu_threads
+from . import _attention_fused as _fused, _cpu_threads
 from .elementwise import sum_to, where
 from .linalg import matmul
 from .reduction import softmax
@@ -152,13 +152,17 @@ class _BlockedAttention(Function):
     forward and again in the backward, never stored for the whole L x S.
     """
 
-    def forward(self, q, k, v, mask, is_causal, scale, mask_is_tensor, dropout=None):
+    def forward(self, q, k, v, mask, is_causal, scale, mask_is_tensor, dropout=None, kv_group=1):
         xp = backend_of(q).xp
         self.is_causal, self.scale, self.mask_is_tensor = is_causal, scale, mask_is_tensor
         self.dropout = dropout
         self.mask = mask
         self.shapes = (q.shape, k.shape, v.shape)
-        self.batch = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
+        # kv_group > 1: k, v hold Hq / kv_group heads that the tensor-core kernels share among
+        # query heads themselves (the caller chose it, _tensor_core_gqa); the batch is q's
+        self.group = kv_group
+        self.batch = tuple(np.broadcast_shapes(q.shape[:-2], _heads_times(k.shape, kv_group)[:-2],
+                                               _heads_times(v.shape, kv_group)[:-2],
                                                *(() if mask is None else (mask.shape[:-2],))))
         self.save_inputs(*range(4 if mask_is_tensor else 3))
         self.save_outputs(0)
@@ -166,6 +170,9 @@ class _BlockedAttention(Function):
         self.cuda = (backend_of(q).name == "cupy" and q.shape[-1] == v.shape[-1] <= max_head_dim
                      and q.dtype in (np.float32, np.float16) and not mask_is_tensor
                      and _cuda_kernels() is not None)
+        if kv_group > 1 and not (self.cuda and q.dtype == np.float16):
+            raise RuntimeError("scaled_dot_product_attention: internal error: un-repeated key/value heads "
+                               "reached a path without native grouped-query attention")
         if self.cuda:
             return self._cuda_forward(q, k, v, xp)
         out, self.lse = self._blocked_forward(q, k, v, mask, xp)
@@ -185,7 +192,16 @@ class _BlockedAttention(Function):
                 keep = Tensor._wrap(self._keep_tile(0, int(np.prod(self.batch, dtype=np.int64)), 0, q.shape[-2],
                                                     0, k.shape[-2], backend_of(q.array).xp, q.array.dtype)
                                     .reshape(self.batch + (q.shape[-2], k.shape[-2])))
-            return _math_backward(q, k, v, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep)
+            if self.group == 1:
+                return _math_backward(q, k, v, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep)
+            # the forward read shared key/value heads: differentiate through the repetition
+            kr, vr = _repeat_heads(k, self.group), _repeat_heads(v, self.group)
+            grads = list(_math_backward(q, kr, vr, mask, g, self.is_causal, self.scale, self.needs_input_grad, keep))
+            for i, t in ((1, k), (2, v)):
+                if grads[i] is not None:  # (..., Hkv * group, S, d) -> sum over each head's group
+                    shp = tuple(t.shape)
+                    grads[i] = reshape(grads[i], shp[:-3] + (shp[-3], self.group) + shp[-2:]).sum(-3)
+            return tuple(grads)
         (o,) = self.saved_outputs
         xp = backend_of(q.array).xp
         if self.cuda:
@@ -249,7 +265,12 @@ class _BlockedAttention(Function):
         B = int(np.prod(self.batch, dtype=np.int64))
         out = xp.zeros((B, L, Ev), dtype=ct)
         lse = xp.full((B, L), np.inf, dtype=ct)
-        if L and S and B:
+        if L and S and B and _fused.usable(xp, ct, mask, S):
+            out, lse, redo = _fused.forward(self, q, k, v, B, ct)
+            if redo:  # tiles whose estimated row offset was too far off: the exact online softmax
+                bk = _block_sizes(B, L, S)[2]
+                self._forward_units(redo, bk, S, self._prepare(q, k, v, mask, ct), out, lse, xp, ct)
+        elif L and S and B:
             ins = self._prepare(q, k, v, mask, ct)
             units, bk = self._units(B, L, S)
             work = B * L * (S + 1) // (2 if self.is_causal else 1)
@@ -310,7 +331,10 @@ class _BlockedAttention(Function):
         dv = xp.zeros((B, S, Ev), dtype=ct)
         want_mask = self.mask_is_tensor and need[3]
         dmask = xp.zeros(self.mask.shape, dtype=ct) if want_mask else None
-        if L and S and B:
+        if L and S and B and _fused.usable(xp, ct, self.mask, S):
+            dq, dk, dv = _fused.backward(self, q, k, v, o, g, self.lse, B, ct)
+            dq *= ct.type(self.scale)
+        elif L and S and B:
             ins = self._prepare(q, k, v, self.mask, ct)
             g = g.astype(ct, copy=False).reshape(B, L, Ev)
             delta = (g * o.astype(ct, copy=False).reshape(B, L, Ev)).sum(axis=-1)[..., None]  # rowsum(dO o O)
@@ -393,9 +417,11 @@ class _BlockedAttention(Function):
                 dq[b0:b1, i0:i1] = dqi
 
     # -- the fused CUDA path ------------------------------------------------------------------
-    def _flat(self, a, xp):
-        """(batch..., n, d) -> (BH, n, d), materialising broadcast batch dims."""
-        return xp.ascontiguousarray(xp.broadcast_to(a, self.batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:]))
+    def _flat(self, a, xp, kv=False):
+        """(batch..., n, d) -> (BH, n, d), materialising broadcast batch dims; ``kv``: k or v,
+        which under grouped-query attention keep their own heads (BHkv, n, d)."""
+        batch = self.batch[:-1] + (a.shape[-3],) if kv and self.group > 1 else self.batch
+        return xp.ascontiguousarray(xp.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:]))
 
     def _flat_mask(self, xp):
         m = self.mask
@@ -407,19 +433,21 @@ class _BlockedAttention(Function):
 
     def _cuda_forward(self, q, k, v, xp):
         fwd, _ = _cuda_kernels()
-        o, self.lse = fwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self.scale,
+        o, self.lse = fwd(self._flat(q, xp), self._flat(k, xp, kv=True), self._flat(v, xp, kv=True), self.scale,
                           self.is_causal, mask=self._flat_mask(xp), dropout=self.dropout)
         return o.reshape(self.batch + o.shape[-2:])
 
     def _cuda_backward(self, q, k, v, o, g, xp):
         _, bwd = _cuda_kernels()
-        dq, dk, dv = bwd(self._flat(q, xp), self._flat(k, xp), self._flat(v, xp), self._flat(o, xp),
+        dq, dk, dv = bwd(self._flat(q, xp), self._flat(k, xp, kv=True), self._flat(v, xp, kv=True), self._flat(o, xp),
                          self.lse, self._flat(g, xp), self.scale, self.is_causal, mask=self._flat_mask(xp),
                          dropout=self.dropout)
         qs_, ks_, vs_ = self.shapes
         need = self.needs_input_grad
-        return [_sum_to_array(d.reshape(self.batch + d.shape[-2:]), shp, xp) if n else None
-                for d, shp, n in ((dq, qs_, need[0]), (dk, ks_, need[1]), (dv, vs_, need[2]))]
+        kv_batch = self.batch[:-1] + (ks_[-3],) if self.group > 1 else self.batch  # dk, dv per kv head
+        return [_sum_to_array(d.reshape(b + d.shape[-2:]), shp, xp) if n else None
+                for d, b, shp, n in ((dq, self.batch, qs_, need[0]), (dk, kv_batch, ks_, need[1]),
+                                     (dv, kv_batch, vs_, need[2]))]
 
 
 # ---------------------------------------------------------------- the composite (math) path
@@ -513,6 +541,26 @@ def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa):
         raise TypeError(f"{op}: scale must be a finite number or None, got {scale!r}")
 
 
+def _heads_times(shape, groups: int) -> tuple:
+    """``shape`` with its heads dim (-3) multiplied by ``groups`` (the shape after _repeat_heads)."""
+    shape = tuple(shape)
+    return shape if groups == 1 else shape[:-3] + (shape[-3] * groups,) + shape[-2:]
+
+
+def _tensor_core_gqa(query, value, attn_mask) -> bool:
+    """Whether this call runs on the tensor-core CUDA kernels (attention_mma.cu), which read each
+    key/value head for its group of query heads themselves: float16 CuPy inputs, head dim <= 256,
+    no mask that needs a gradient, kernels available -- the conditions of
+    ``_BlockedAttention.forward``'s CUDA choice plus ``launch``'s float16 -> tensor cores."""
+    if backend_of(query.array).name != "cupy" or query.array.dtype != np.float16:
+        return False
+    if not query.shape[-1] == value.shape[-1] <= _CUDA_MAX_HEAD_DIM_FLOAT16:
+        return False
+    if attn_mask is not None and attn_mask.requires_grad and _grad_state.enabled:
+        return False
+    return _cuda_kernels() is not None
+
+
 def _repeat_heads(t, groups: int):
     """Repeat each head ``groups`` times along dim -3 (``repeat_interleave``), differentiably."""
     shape = tuple(t.shape)
@@ -533,7 +581,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     lets query i see keys j <= i (top-left aligned, as in PyTorch); unlike PyTorch, which
     rejects the pair, ``is_causal`` together with ``attn_mask`` applies both. ``scale``
     defaults to 1/sqrt(E). ``enable_gqa`` repeats each of the Hk key/value heads (dim -3)
-    Hq/Hk times for grouped-query attention.
+    Hq/Hk times for grouped-query attention (on the float16 tensor-core CUDA kernels the heads
+    are not copied: query head h reads key/value head h // (Hq/Hk), and dK, dV sum over the group).
 
     Math: S = scale Q K^T + M; P = softmax(S) per row; O = P V. Backward, with
     D_i = sum_e dO_ie O_ie: dV = P^T dO, dP = dO V^T, dS = P o (dP - D), dQ = scale dS K,
@@ -546,10 +595,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     at least 256 rows x the key block), never L x S. The forward saves O and the row
     log-sum-exp; the backward recomputes P tile by tile (FlashAttention-2). On the CPU the
     tiles of large problems are shared among threads with BLAS held to one thread (when
-    ``threadpoolctl`` is installed). On CUDA with a mask that needs no gradient, the fused kernels
-    in ``avila_ml.cuda_kernels`` run instead: float16 on tensor cores (head dim <= 256, P rounded
-    to float16 before P V as in FlashAttention), float32 on CUDA cores (head dim <= 128). float16
-    inputs are computed in float32 on the CPU.
+    ``threadpoolctl`` is installed). Without a mask, float32 CPU inputs with oneDNN installed
+    (``am.backends.mkldnn.enabled``) take tiles whose softmax is folded into the matmuls: the
+    row offset rides an extra column (``[Q scale, -m] [K, 1]^T = S - m``), ``exp`` and the
+    ``dS = dP o P`` product run as oneDNN matmul epilogues, and a ones column on V yields the
+    row sums; the forward's offset is an estimate checked per row, with the exact online
+    softmax as fallback (:mod:`avila_ml.ops._attention_fused`). On CUDA with a mask that needs
+    no gradient, the fused kernels in ``avila_ml.cuda_kernels`` run instead: float16 on tensor
+    cores (head dim <= 256, P rounded to float16 before P V as in FlashAttention), float32 on
+    CUDA cores (head dim <= 128). float16 inputs are computed in float32 on the CPU. The fused
+    CPU tiles start at 128 keys (shorter ones lost to the blocked path).
 
     Dropout (``dropout_p > 0``, applied whenever given, like PyTorch's functional form: pass
     0.0 in eval mode): O = (P o Z) V with Z = keep / (1 - p), inside the blocked path and the
@@ -581,12 +636,17 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
     scale = float(scale)
+    kv_group = 1
     if enable_gqa and query.shape[-3] != key.shape[-3]:
         groups = query.shape[-3] // key.shape[-3]
-        key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+        if _tensor_core_gqa(query, value, attn_mask):
+            kv_group = groups  # the kernel shares the heads: no repeated copies of K and V
+        else:
+            key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
     dropout = None
     if dropout_p > 0.0:
-        batch = np.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        batch = np.broadcast_shapes(query.shape[:-2], _heads_times(key.shape, kv_group)[:-2],
+                                    _heads_times(value.shape, kv_group)[:-2])
         B = int(np.prod(batch, dtype=np.int64))
         seed, offset = _dropout_seed(backend_of(query.array), dropout_counters(B, query.shape[-2], key.shape[-2]))
         dropout = (float(dropout_p), seed, offset)
@@ -594,7 +654,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
         attn_mask = reshape(attn_mask, (1,) * (2 - attn_mask.ndim) + tuple(attn_mask.shape))
     mask_is_tensor = attn_mask is not None and attn_mask.requires_grad and _grad_state.enabled
     mask = attn_mask if mask_is_tensor else (None if attn_mask is None else attn_mask.array)
-    return _BlockedAttention.apply(query, key, value, mask, bool(is_causal), scale, mask_is_tensor, dropout)
+    return _BlockedAttention.apply(query, key, value, mask, bool(is_causal), scale, mask_is_tensor, dropout,
+                                   kv_group)
 
 
 def _dropout_seed(backend, counters: int) -> tuple[int, int]:

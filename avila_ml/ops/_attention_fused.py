@@ -1,0 +1,300 @@
+"""The CPU attention tiles with the softmax folded into the matmuls (oneDNN epilogues).
+
+The blocked path of :mod:`avila_ml.ops.attention` spends most of a score tile's time outside the
+two matmuls: a pass for the row max, one to subtract it, NumPy's float32 ``exp`` (as slow as the
+score matmul itself) and one for the row sum. Here the row offset is known BEFORE the score
+matmul, so everything folds into the two BLAS calls of a tile:
+
+- an extra column carries the offset through the product: ``[Q scale, -m] [K, 1]^T = S - m``,
+  and ``exp`` runs as oneDNN's matmul post-op (:func:`avila_ml.cpu_accel._matmul.matmul_nt`),
+  so the score tile comes out of one call as ``P~ = exp(S - m)``;
+- a ones column on V gives the row sum with the output: ``P~ [V, 1] = [P~ V, l]``.
+
+The forward cannot know the row max in advance, and does not need it: any offset m keeps
+``exp(S - m)`` finite and its sum well scaled as long as m is within a few dozen of the max.
+It uses ``m_i = max over the first 16 keys of S_ij + 16`` (one small product for all rows; at
+most 16 above the true max, so the sum cannot underflow without a mask), the same for every
+key block of a row, so no block rescales the previous ones. Then it checks each row: a sum that is not finite
+(overflow) or smaller than ``n_keys * 2^-40`` (the largest term could have lost precision to
+underflow) sends that tile to the exact online-softmax path -- correct for any input, fast for
+the scores real models produce. The log-sum-exp ``m + log l`` is saved for the backward, which
+knows its offset exactly: ``P = exp([Q scale, -lse] [K, 1]^T)`` in one call and
+``dS = ([dO, -D] [V, 1]^T) o P`` (D = rowsum(dO o O)) in another, the product with P fused too.
+
+Used for float32 (and float16, computed in float32) NumPy arrays without ``attn_mask`` when
+oneDNN is installed and ``am.backends.mkldnn.enabled``; masks, float64 and CuPy keep the
+blocked path, which also stays the reference in the tests.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from . import _cpu_threads
+
+# one tile: (batch chunk, query rows, key columns) with at most _TILE scores (1 MiB float32);
+# keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^18 scores and
+# key blocks of 512/2048 (see the report of issue 17): larger tiles won, as fewer tiles mean
+# fewer per-call overheads (about 15 us per oneDNN call, a few us per NumPy call).
+_TILE = 1 << 18
+_KEY_BLOCK = 2048
+_CAUSAL_MIN_ROWS = 32  # shortest query block of a causal tile (see _block_sizes)
+_SHORT_CAUSAL_BACKWARD = True  # short causal query blocks in the backward too (measured: no difference)
+_MIN_KEYS = 128  # below this many keys the fixed costs (augmented copies, offsets) lose to the blocked path
+_STRIP = 16  # rows per strip when clearing the masked part of a causal tile
+_SAMPLE_KEYS = 16      # keys whose exact scores cap the Cauchy-Schwarz offset
+_SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
+_UNDERFLOW = 2.0 ** -40  # a row sum below n_keys * this is recomputed exactly
+_PARALLEL_MIN_WORK = 1 << 18
+
+
+def usable(xp, ct, mask, S) -> bool:
+    """Whether the fused tiles apply: NumPy float32 compute, no mask, at least _MIN_KEYS keys
+    (char GPT's 96 keys x 32 dims ran 1.1x slower fused, the GPT's 128 x 32 0.97x, single thread,
+    loaded machine), oneDNN on and loaded."""
+    if xp is not np or ct != np.float32 or mask is not None or S < _MIN_KEYS:
+        return False
+    from ..backends import mkldnn
+    if not mkldnn.enabled:
+        return False
+    from ..cpu_accel import _dnnl
+    return _dnnl.load() is not None
+
+
+def _block_sizes(batch: int, L: int, S: int, causal: bool = False) -> tuple[int, int, int]:
+    bk = min(S, _KEY_BLOCK)
+    bq = max(1, min(L, _TILE // bk))
+    if causal:
+        # every product of a tile on the diagonal computes its masked half too: short query
+        # blocks (whose key range ends at their last row) waste less; L = 128 in blocks of 32
+        # does 5/8 of the work of one 128-row block. The batch chunk grows to fill the tile.
+        bq = min(bq, max(_CAUSAL_MIN_ROWS, -(-L // 4)))
+    bb = max(1, min(batch, _TILE // (bq * bk)))
+    return bb, bq, bk
+
+
+def _augment(a, col, dtype, scale=None):
+    """[a (scaled), col] along the last dim, as one C-contiguous array (B, n, d + 1)."""
+    out = np.empty(a.shape[:-1] + (a.shape[-1] + 1,), dtype=dtype)
+    if scale is None:
+        out[..., :-1] = a
+    else:
+        np.multiply(a, dtype.type(scale), out=out[..., :-1])
+    out[..., -1] = col
+    return out
+
+
+def _units(B, L, S, causal, short=True):
+    bb, bq, bk = _block_sizes(B, L, S, causal and short)
+    units = [(b0, min(B, b0 + bb), i0, min(L, i0 + bq)) for b0 in range(0, B, bb) for i0 in range(0, L, bq)]
+    if causal:  # the long rows first: the threads' shares come out even
+        units.sort(key=lambda u: -u[3])
+    return units, bk
+
+
+def _key_blocks(i0, i1, S, bk, causal):
+    j_end = min(S, i1) if causal else S
+    return [(j0, min(j_end, j0 + bk)) for j0 in range(0, j_end, bk)]
+
+
+def _zero_above_diagonal(p, i0, j0):
+    """p[..., r, c] = 0 where key j0 + c lies after query i0 + r (is_causal).
+
+    In strips of _STRIP rows: the columns past a strip's last row are cleared by slicing (a
+    memset); only the strip's own triangle needs a masked copy, which costs ~1 ns an element.
+    Not ``p *= mask``: a masked entry may have overflowed to inf, and inf * 0 is NaN."""
+    n, m = p.shape[-2:]
+    for r0 in range(0, n, _STRIP):
+        r1 = min(n, r0 + _STRIP)
+        lo, hi = max(0, i0 + r0 + 1 - j0), min(m, i0 + r1 - j0)  # columns partly masked in the strip
+        if hi < m:
+            p[..., r0:r1, max(hi, 0):] = 0
+        if lo < hi:
+            tri = np.arange(j0 + lo, j0 + hi)[None, :] > np.arange(i0 + r0, i0 + r1)[:, None]
+            np.copyto(p[..., r0:r1, lo:hi], 0, where=tri)
+
+
+def _run(fn, units, work):
+    """fn(part) over ``units`` split among threads (BLAS and oneDNN one thread each)."""
+    n = 1
+    if work >= _PARALLEL_MIN_WORK and len(units) > 1 and _cpu_threads.controller() is not None:
+        n = min(len(units), _cpu_threads.blas_threads())
+    if n <= 1:
+        fn(units)
+        return
+    from ..cpu_accel._matmul import one_omp_thread
+
+    def part(us):
+        with one_omp_thread():
+            fn(us)
+    _cpu_threads.run_parts(part, [units[t::n] for t in range(n)])
+
+
+@contextlib.contextmanager
+def _one_thread_libraries():
+    """BLAS and oneDNN's OpenMP on one thread in this thread: the parallelism is ours
+    (``_run``). Mixing both libraries' own thread teams makes their spinning workers fight
+    for the cores: measured on 2 cores, a 0.5 ms NumPy product right after oneDNN calls took
+    10-500 ms."""
+    from ..cpu_accel._matmul import one_omp_thread
+    ctl = _cpu_threads.controller()
+    with (ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()):
+        with one_omp_thread():
+            yield
+
+
+def forward(op, q, k, v, B, ct):
+    with _one_thread_libraries():
+        return _forward(op, q, k, v, B, ct)
+
+
+def backward(op, q, k, v, o, g, lse, B, ct):
+    """dQ (unscaled: the caller multiplies by scale), dK, dV as (B, n, d) arrays, fused tiles."""
+    with _one_thread_libraries():
+        return _backward(op, q, k, v, o, g, lse, B, ct)
+
+
+def _contiguous(a):
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _forward(op, q, k, v, B, ct):
+    """Output (B, L, Ev), log-sum-exp (B, L) and the units whose rows failed the check (they
+    are left for the caller to redo exactly); see the module docstring."""
+    from ..cpu_accel._matmul import matmul_nt
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
+    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
+    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
+    np.multiply(qb, ct.type(op.scale), out=qa[..., :E])
+    qa[..., E] = 0
+    ka = _augment(kb, 1, ct)
+    # the row offsets m (B, L): the exact scores of the first keys, plus a margin, in one call
+    ns = min(S, _SAMPLE_KEYS)
+    sampled = np.empty((B, L, ns), dtype=ct)
+    matmul_nt(qa, np.ascontiguousarray(ka[:, :ns]), sampled)
+    m = sampled.max(axis=-1)
+    m += ct.type(_SAMPLE_MARGIN)
+    np.negative(m, out=qa[..., E])
+    dropout = op.dropout is not None
+    va = vb.astype(ct, copy=False) if dropout else _augment(vb, 1, ct)
+    out = np.empty((B, L, Ev), dtype=ct)
+    lsum = np.empty((B, L), dtype=ct)
+    units, bk = _units(B, L, S, op.is_causal)
+    least = ct.type(S * _UNDERFLOW)  # per row n_keys * 2^-40 with n_keys <= S: a safe side
+    redo = []
+
+    def body(us):
+        buf = np.empty(_TILE if len(us) > 1 else 0, dtype=ct)  # P~ tiles reuse one buffer
+        for b0, b1, i0, i1 in us:
+            qi = _contiguous(qa[b0:b1, i0:i1])
+            acc = l = None
+            for j0, j1 in _key_blocks(i0, i1, S, bk, op.is_causal):
+                kj = _contiguous(ka[b0:b1, j0:j1])
+                n = (b1 - b0) * (i1 - i0) * (j1 - j0)
+                p = (buf[:n] if n <= buf.size else np.empty(n, dtype=ct)).reshape(b1 - b0, i1 - i0, j1 - j0)
+                matmul_nt(qi, kj, p, exp=True)
+                if op.is_causal:
+                    _zero_above_diagonal(p, i0, j0)
+                if dropout:  # the normaliser is the sum before dropout
+                    part_l = p.sum(axis=-1)
+                    l = part_l if l is None else l + part_l
+                    p *= op._keep_tile(b0, b1, i0, i1, j0, j1, np, ct)
+                if acc is None:  # NumPy's BLAS: measured as fast as oneDNN for P V
+                    acc = np.matmul(p, va[b0:b1, j0:j1])
+                else:
+                    acc += p @ va[b0:b1, j0:j1]
+            if not dropout:  # [P~ V, l]
+                acc, l = acc[..., :Ev], acc[..., Ev]
+            if not (np.isfinite(acc).all() and np.isfinite(l).all() and l.min() >= least):
+                redo.append((b0, b1, i0, i1))
+                continue
+            np.divide(acc, l[..., None], out=out[b0:b1, i0:i1])
+            lsum[b0:b1, i0:i1] = l
+
+    _run(body, units, B * L * S // (2 if op.is_causal else 1))
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
+        lse = np.log(lsum, out=lsum)
+    lse += m
+    return out, lse, redo
+
+
+def _backward(op, q, k, v, o, g, lse, B, ct):
+    from ..cpu_accel._matmul import matmul_nt
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
+    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
+    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    g = g.astype(ct, copy=False).reshape(B, L, Ev)
+    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))  # rowsum(dO o O)
+    qa = _augment(qb, -lse, ct, scale=op.scale)
+    qs = qa[..., :E]  # Q scale, a view
+    ka = _augment(kb, 1, ct)
+    kc = ka[..., :E]
+    dropout = op.dropout is not None
+    ga = None if dropout else _augment(g, -delta, ct)
+    va = _augment(vb, 1, ct)
+    dq = np.zeros((B, L, E), dtype=ct)
+    dk = np.zeros((B, S, E), dtype=ct)
+    dv = np.zeros((B, S, Ev), dtype=ct)
+    units, bk = _units(B, L, S, op.is_causal, short=_SHORT_CAUSAL_BACKWARD)
+
+    def body(args):
+        us, dk_, dv_ = args
+        bufs = np.empty((2, _TILE if len(us) > 1 else 0), dtype=ct)  # P and dS tiles reuse these
+        for b0, b1, i0, i1 in us:
+            qi = _contiguous(qa[b0:b1, i0:i1])
+            gi = g[b0:b1, i0:i1]
+            gai = None if dropout else _contiguous(ga[b0:b1, i0:i1])
+            for j0, j1 in _key_blocks(i0, i1, S, bk, op.is_causal):
+                kj = _contiguous(ka[b0:b1, j0:j1])
+                shape = (b1 - b0, i1 - i0, j1 - j0)
+                n = shape[0] * shape[1] * shape[2]
+                if n <= bufs.shape[1]:
+                    p, ds = bufs[0, :n].reshape(shape), bufs[1, :n].reshape(shape)
+                else:
+                    p, ds = np.empty(shape, dtype=ct), np.empty(shape, dtype=ct)
+                matmul_nt(qi, kj, p, exp=True)
+                if op.is_causal:
+                    _zero_above_diagonal(p, i0, j0)
+                if dropout:  # dP = (dO V^T) o Z, dV = (P o Z)^T dO; dS = P o (dP - D)
+                    np.matmul(gi, vb[b0:b1, j0:j1].swapaxes(-1, -2), out=ds)
+                    z = op._keep_tile(b0, b1, i0, i1, j0, j1, np, ct)
+                    ds *= z
+                    ds -= delta[b0:b1, i0:i1, None]
+                    ds *= p
+                    p *= z
+                    del z
+                else:
+                    matmul_nt(gai, _contiguous(va[b0:b1, j0:j1]), ds, mul=p)  # ([dO, -D] [V, 1]^T) o P
+                dv_[b0:b1, j0:j1] += p.swapaxes(-1, -2) @ gi
+                dq[b0:b1, i0:i1] += ds @ kc[b0:b1, j0:j1]
+                dk_[b0:b1, j0:j1] += ds.swapaxes(-1, -2) @ qs[b0:b1, i0:i1]
+
+    work = B * L * S // (2 if op.is_causal else 1)
+    n = 1
+    if work >= _PARALLEL_MIN_WORK and len(units) > 1 and _cpu_threads.controller() is not None:
+        n = min(len(units), _cpu_threads.blas_threads())
+    chunks = sorted({u[:2] for u in units})
+    if len(chunks) >= n:  # whole batch chunks per thread: their dK, dV rows are disjoint
+        mine = [set(chunks[t::n]) for t in range(n)]
+        parts = [([u for u in units if u[:2] in mine[t]], dk, dv) for t in range(n)]
+    else:  # query blocks of one chunk are spread: each thread sums into its own dK, dV
+        parts = [(units[t::n], dk if t == 0 else np.zeros_like(dk), dv if t == 0 else np.zeros_like(dv))
+                 for t in range(n)]
+    if n <= 1:
+        body(parts[0])
+    else:
+        from ..cpu_accel._matmul import one_omp_thread
+
+        def part(args):
+            with one_omp_thread():
+                body(args)
+        _cpu_threads.run_parts(part, parts)
+    for _, dk_, dv_ in parts[1:]:
+        if dk_ is not dk:
+            dk += dk_
+            dv += dv_
+    return dq, dk, dv

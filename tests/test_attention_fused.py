@@ -1,0 +1,277 @@
+"""The CPU attention tiles with the softmax folded into oneDNN matmuls (ops/_attention_fused.py):
+values and gradients against PyTorch in float64 from float32 inputs, at tile edges (odd L, L
+smaller than a tile, several key blocks, causal with L != S), with batch broadcasting, GQA,
+dropout (the same Philox mask as the blocked path), on threads, and the exact fallback when the
+estimated row offset is far off; the oneDNN matmul with epilogues against NumPy."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import avila_ml as am
+from avila_ml.ops import _attention_fused as fused
+from avila_ml.ops import attention as attn_mod
+
+pytestmark = pytest.mark.skipif(not am.cpu_accel.is_available(), reason="oneDNN is not installed")
+F = am.nn.functional
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the fused matmul calls and the exact-path redos."""
+    from avila_ml.cpu_accel import _matmul
+    seen = {"matmul": 0, "redo": 0}
+    real_mm, real_units = _matmul.matmul_nt, attn_mod._BlockedAttention._forward_units
+
+    def mm(*a, **kw):
+        seen["matmul"] += 1
+        return real_mm(*a, **kw)
+
+    def units(self, us, *a, **kw):
+        seen["redo"] += len(us)
+        return real_units(self, us, *a, **kw)
+    monkeypatch.setattr(_matmul, "matmul_nt", mm)
+    monkeypatch.setattr(attn_mod._BlockedAttention, "_forward_units", units)
+    return seen
+
+
+@pytest.fixture(autouse=True)
+def any_length(monkeypatch):
+    """The fused tiles for every key count (the library keeps short ones on the blocked path)."""
+    monkeypatch.setattr(fused, "_MIN_KEYS", 1)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row); causal
+    query blocks down to 2 rows, the masked triangle cleared in strips of 3 rows."""
+    monkeypatch.setattr(fused, "_TILE", 7 * 5 * 3)
+    monkeypatch.setattr(fused, "_KEY_BLOCK", 7)
+    monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
+    monkeypatch.setattr(fused, "_STRIP", 3)
+
+
+def _run(qa, ka, va, causal=False, scale=None, gqa=False, go=None, dtype=np.float32, **kw):
+    q, k, v = (am.tensor(a.astype(dtype), requires_grad=True) for a in (qa, ka, va))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa, **kw)
+    out.backward(am.tensor(go.astype(dtype)))
+    return [t.detach().numpy().astype(np.float64) for t in (out, q.grad, k.grad, v.grad)]
+
+
+def _torch(qa, ka, va, causal=False, scale=None, gqa=False, go=None):
+    """Float64 reference of the float32-rounded inputs."""
+    q, k, v = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in (qa, ka, va))
+    if not gqa:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        qe, ke, ve = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
+    else:
+        qe, ke, ve = q, k, v
+    if causal and q.shape[-2] != k.shape[-2]:  # top-left aligned, as ours (PyTorch's is_causal is too)
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        out = torch.nn.functional.scaled_dot_product_attention(qe, ke, ve, attn_mask=mask, scale=scale,
+                                                               enable_gqa=gqa)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(qe, ke, ve, is_causal=causal, scale=scale,
+                                                               enable_gqa=gqa)
+    out.backward(torch.tensor(go.astype(np.float32).astype(np.float64)))
+    return [t.detach().numpy() for t in (out, q.grad, k.grad, v.grad)]
+
+
+def _close(ours, ref, tol=3e-5):
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
+        assert a.shape == b.shape, name
+        bound = tol * max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=name)
+
+
+# (name, q shape, k shape, v shape, is_causal, scale)
+SHAPES = [
+    ("odd L, several key blocks", (2, 3, 11, 8), (2, 3, 11, 8), (2, 3, 11, 8), False, None),
+    ("L smaller than a tile", (1, 2, 3, 4), (1, 2, 4, 4), (1, 2, 4, 5), False, None),
+    ("causal L=S", (2, 2, 13, 8), (2, 2, 13, 8), (2, 2, 13, 8), True, None),
+    ("causal L<S", (2, 9, 4), (2, 15, 4), (2, 15, 3), True, 0.3),
+    ("causal L>S", (3, 15, 4), (3, 9, 4), (3, 9, 6), True, None),
+    ("batch broadcast", (2, 3, 10, 4), (1, 3, 9, 4), (3, 9, 2), False, None),
+    ("2-d inputs", (12, 6), (17, 6), (17, 5), False, 1.3),
+]
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_fused_tiles_match_torch(small_tiles, calls, case):
+    _, qs, ks, vs, causal, scale = case
+    rng = np.random.default_rng(len(case[0]))
+    qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
+    go = rng.standard_normal(np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2]) + (qs[-2], vs[-1]))
+    ours = _run(qa, ka, va, causal, scale, go=go)
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+    _close(ours, _torch(qa, ka, va, causal, scale, go=go))
+
+
+def test_fused_default_tiles_match_torch(calls):
+    """The benchmark's tiling (one key block of 2048, long rows): B=2, H=2, L=S=700, E=64."""
+    rng = np.random.default_rng(3)
+    qa, ka, va, go = (rng.standard_normal((2, 2, 700, 64)) for _ in range(4))
+    for causal in (False, True):
+        _close(_run(qa, ka, va, causal, go=go), _torch(qa, ka, va, causal, go=go))
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+
+
+def test_float16_inputs_computed_in_float32(small_tiles, calls):
+    """float16 q, k, v take the fused tiles in float32; results are rounded to float16 once."""
+    rng = np.random.default_rng(13)
+    qa, ka, va, go = (rng.standard_normal((2, 2, 9, 8)).astype(np.float16) for _ in range(4))
+    ours = _run(qa, ka, va, True, go=go, dtype=np.float16)
+    assert calls["matmul"] > 0
+    _close(ours, _torch(qa, ka, va, True, go=go), tol=2.0 ** -9)
+
+
+def test_gqa_through_fused_tiles(small_tiles, calls):
+    rng = np.random.default_rng(4)
+    qa, go = rng.standard_normal((2, 6, 9, 4)), rng.standard_normal((2, 6, 9, 4))
+    ka, va = rng.standard_normal((2, 2, 12, 4)), rng.standard_normal((2, 2, 12, 4))
+    for causal in (False, True):
+        _close(_run(qa, ka, va, causal, gqa=True, go=go), _torch(qa, ka, va, causal, gqa=True, go=go))
+    assert calls["matmul"] > 0
+
+
+def test_fused_tiles_on_threads(small_tiles, calls, monkeypatch):
+    """Tiles shared among threads: disjoint dK/dV per batch chunk, or one private sum per thread."""
+    if attn_mod._cpu_threads.controller() is None:
+        pytest.skip("threadpoolctl is not installed: one thread")
+    monkeypatch.setattr(fused, "_PARALLEL_MIN_WORK", 0)
+    rng = np.random.default_rng(5)
+    for shape in ((4, 2, 11, 4), (1, 1, 23, 4)):  # many batch chunks / one chunk, many query blocks
+        qa, ka, va, go = (rng.standard_normal(shape) for _ in range(4))
+        for causal in (False, True):
+            _close(_run(qa, ka, va, causal, go=go), _torch(qa, ka, va, causal, go=go))
+    assert calls["matmul"] > 0
+
+
+def test_dropout_uses_the_blocked_paths_mask(small_tiles, calls):
+    """Same seed -> the same Philox keep mask in the fused and the blocked path (values and grads)."""
+    rng = np.random.default_rng(6)
+    qa, ka, va, go = (rng.standard_normal((2, 3, 11, 4)) for _ in range(4))
+    results = []
+    for enabled in (True, False):
+        am.backends.mkldnn.enabled = enabled
+        try:
+            am.manual_seed(7)
+            results.append(_run(qa, ka, va, True, go=go, dropout_p=0.3))
+        finally:
+            am.backends.mkldnn.enabled = True
+    assert calls["matmul"] > 0
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    out_plain = _run(qa, ka, va, True, go=go)[0]
+    assert not np.allclose(results[0][0], out_plain)  # dropout did act
+
+
+def test_offsets_far_off_fall_back_to_the_exact_path(calls):
+    """Scores far above the sampled estimate (overflow) and a causal first row whose sample saw
+    only later, much larger scores (underflow): those tiles are redone exactly, values stay right."""
+    rng = np.random.default_rng(8)
+    E, n = 8, 40
+    qa, ka, va, go = (rng.standard_normal((1, 1, n, E)) for _ in range(4))
+    u = np.eye(E)[0]
+    qa[0, 0] = 10.0 * u + 0.1 * qa[0, 0]
+    ka[0, 0, 30] = 40.0 * u  # score ~141, the sampled keys 0-15 score ~10: exp(141 - 26) overflows
+    _close(_run(qa, ka, va, go=go), _torch(qa, ka, va, go=go), tol=1e-4)
+    assert calls["redo"] > 0
+    calls["redo"] = 0
+    qa, ka, va, go = (rng.standard_normal((1, 1, n, E)) for _ in range(4))
+    ka[0, 0, 1:6] = 20.0 * qa[0, 0, 0]  # row 0 may only see key 0; the sample (keys 0-15) scores ~hundreds
+    _close(_run(qa, ka, va, True, go=go), _torch(qa, ka, va, True, go=go), tol=1e-4)
+    assert calls["redo"] > 0
+
+
+def test_float64_masks_flag_and_short_keys_keep_the_blocked_path(calls, monkeypatch):
+    rng = np.random.default_rng(9)
+    qa, ka, va, go = (rng.standard_normal((1, 2, 5, 4)) for _ in range(4))
+    _run(qa, ka, va, go=go, dtype=np.float64)
+    mask = am.tensor(rng.random((5, 5)) > 0.3)
+    _run(qa, ka, va, go=go, attn_mask=mask)
+    am.backends.mkldnn.enabled = False
+    try:
+        _run(qa, ka, va, go=go)
+    finally:
+        am.backends.mkldnn.enabled = True
+    monkeypatch.setattr(fused, "_MIN_KEYS", 6)  # 5 keys: too few
+    _run(qa, ka, va, go=go)
+    assert calls["matmul"] == 0
+    monkeypatch.setattr(fused, "_MIN_KEYS", 5)
+    _run(qa, ka, va, go=go)
+    assert calls["matmul"] > 0
+
+
+def test_double_backward_after_fused_forward():
+    """create_graph=True goes through the composite formula; the first derivative (dQ) and the
+    second (d/dK of |dQ|^2) equal PyTorch's composite softmax attention in float64."""
+    rng = np.random.default_rng(10)
+    qa, ka, va = (rng.standard_normal((1, 2, 6, 4)) for _ in range(3))
+    q, k, v = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (qa, ka, va))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    (gq,) = am.autograd.grad(out.sum(), q, create_graph=True)
+    (gq.square().sum()).backward()
+    tq, tk, tv = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in (qa, ka, va))
+    s = tq @ tk.mT / 2.0 + torch.full((6, 6), -math.inf, dtype=torch.float64).triu(1)
+    tout = torch.softmax(s, -1) @ tv
+    (tgq,) = torch.autograd.grad(tout.sum(), tq, create_graph=True)
+    (tgq.square().sum()).backward()
+    np.testing.assert_allclose(gq.detach().numpy(), tgq.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(k.grad.numpy(), tk.grad.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("strip", [1, 3, 16])
+def test_zero_above_diagonal_clears_exactly_the_later_keys(monkeypatch, strip):
+    monkeypatch.setattr(fused, "_STRIP", strip)
+    rng = np.random.default_rng(12)
+    for i0, j0, n, m in ((0, 0, 37, 37), (5, 0, 7, 20), (40, 32, 33, 17), (64, 0, 32, 96), (3, 10, 5, 4)):
+        p = rng.random((2, n, m)) + 1.0
+        p[:, :, -1] = np.inf  # an overflowed masked entry must become 0, not NaN
+        ref = p.copy()
+        ref[:, np.arange(j0, j0 + m)[None, :] > np.arange(i0, i0 + n)[:, None]] = 0
+        fused._zero_above_diagonal(p, i0, j0)
+        np.testing.assert_array_equal(p, ref)
+
+
+def test_causal_tiles_shorten_the_query_block():
+    """L = 128 causal (the GPT program): query blocks of 32 rows, the whole batch in a tile."""
+    assert fused._block_sizes(64, 128, 128, causal=True) == (64, 32, 128)
+    assert fused._block_sizes(64, 128, 128) == (16, 128, 128)
+    assert fused._block_sizes(4, 2048, 2048, causal=True) == (1, 128, 2048)
+
+
+def test_matmul_nt_epilogues_match_numpy():
+    from avila_ml.cpu_accel import _matmul
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((3, 7, 5)).astype(np.float32) / 2
+    b = rng.standard_normal((3, 9, 5)).astype(np.float32) / 2
+    mul = rng.standard_normal((3, 7, 9)).astype(np.float32)
+    ref = np.einsum("nmk,nck->nmc", a.astype(np.float64), b.astype(np.float64))
+    out = np.empty((3, 7, 9), np.float32)
+    for exp, m, want in ((False, None, ref), (True, None, np.exp(ref)), (False, mul, ref * mul),
+                         (True, mul, np.exp(ref) * mul)):
+        assert _matmul.matmul_nt(a, b, out, exp=exp, mul=m)
+        np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-6)
+    bt = np.ascontiguousarray(b.swapaxes(1, 2))  # (n, K, N): a @ bt without the transpose
+    assert _matmul.matmul_nt(a, bt, out, exp=True, transpose_b=False)
+    np.testing.assert_allclose(out, np.exp(ref), rtol=2e-6, atol=2e-6)
+    with pytest.raises(ValueError, match="matmul_nt"):
+        _matmul.matmul_nt(a, b[:, :, :4].copy(), out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _matmul.matmul_nt(a, b, np.empty((3, 9, 7), np.float32).swapaxes(1, 2))
+    assert _matmul.cache_info()["plans"] <= _matmul.CACHE_SIZE
+
+
+def test_plan_cache_is_bounded(monkeypatch):
+    from avila_ml.cpu_accel import _matmul
+    monkeypatch.setattr(_matmul, "CACHE_SIZE", 2)
+    _matmul.clear_cache()
+    for n in (2, 3, 4):
+        a = np.ones((1, n, 3), np.float32)
+        out = np.empty((1, n, n), np.float32)
+        _matmul.matmul_nt(a, a, out, exp=True)
+        np.testing.assert_allclose(out, math.exp(3.0), rtol=1e-6)
+    assert _matmul.cache_info() == {"plans": 2, "max": 2}
+    _matmul.clear_cache()
