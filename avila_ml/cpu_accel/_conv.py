@@ -146,7 +146,7 @@ class _Plan(Executor):
 
 
 def _plan(lib, kind, xs, ws, ys, geom3, serial=False):
-    """The cached plan; ``serial`` plans are built (and run) in a worker thread of ``_Workers``,
+    """The cached plan; ``serial`` plans are built (and run) in a worker thread of ``_workers``,
     whose OpenMP runtime has one thread, so their kernels never fork an OpenMP team."""
     key = (kind, xs, ws, ys, geom3, serial)
     with _lock:
