@@ -14,16 +14,17 @@ The forward cannot know the row max in advance, and does not need it: any offset
 ``exp(S - m)`` finite and its sum well scaled as long as m is within a few dozen of the max.
 It uses ``m_i = max over the first 16 keys of S_ij + 16`` (one small product for all rows; at
 most 16 above the true max, so the sum cannot underflow without a mask), the same for every
-key block of a row, so no block rescales the previous ones. Then it checks each row: a sum that is not finite
-(overflow) or smaller than ``n_keys * 2^-40`` (the largest term could have lost precision to
-underflow) sends that tile to the exact online-softmax path -- correct for any input, fast for
-the scores real models produce. The log-sum-exp ``m + log l`` is saved for the backward, which
-knows its offset exactly: ``P = exp([Q scale, -lse] [K, 1]^T)`` in one call and
+key block of a row, so no block rescales the previous ones. Then it checks each row: a sum
+or output that is not finite (overflow: a key scored ~100 above the sampled ones) or a sum
+smaller than ``S * 2^-40`` (the largest term could have lost precision to underflow; only
+causal rows before the 16th can get there) sends that tile to the exact online-softmax path --
+correct for any input, fast for the scores real models produce. The log-sum-exp ``m + log l``
+is saved for the backward, which knows its offset exactly: ``P = exp([Q scale, -lse] [K, 1]^T)`` in one call and
 ``dS = ([dO, -D] [V, 1]^T) o P`` (D = rowsum(dO o O)) in another, the product with P fused too.
 
 Used for float32 (and float16, computed in float32) NumPy arrays without ``attn_mask`` when
-oneDNN is installed and ``am.backends.mkldnn.enabled``; masks, float64 and CuPy keep the
-blocked path, which also stays the reference in the tests.
+oneDNN is installed and ``am.backends.mkldnn.enabled``, from 128 keys; masks, float64, CuPy
+and shorter sequences keep the blocked path, which also stays the reference in the tests.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 from . import _cpu_threads
 
 # one tile: (batch chunk, query rows, key columns) with at most _TILE scores (1 MiB float32);
-# keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^18 scores and
+# keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^19 scores and
 # key blocks of 512/2048 (see the report of issue 17): larger tiles won, as fewer tiles mean
 # fewer per-call overheads (about 15 us per oneDNN call, a few us per NumPy call).
 _TILE = 1 << 18
@@ -43,9 +44,9 @@ _CAUSAL_MIN_ROWS = 32  # shortest query block of a causal tile (see _block_sizes
 _SHORT_CAUSAL_BACKWARD = True  # short causal query blocks in the backward too (measured: no difference)
 _MIN_KEYS = 128  # below this many keys the fixed costs (augmented copies, offsets) lose to the blocked path
 _STRIP = 16  # rows per strip when clearing the masked part of a causal tile
-_SAMPLE_KEYS = 16      # keys whose exact scores cap the Cauchy-Schwarz offset
+_SAMPLE_KEYS = 16      # the first keys, whose exact scores give the forward's row offset
 _SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
-_UNDERFLOW = 2.0 ** -40  # a row sum below n_keys * this is recomputed exactly
+_UNDERFLOW = 2.0 ** -40  # a row sum below S * this is recomputed exactly
 _PARALLEL_MIN_WORK = 1 << 18
 
 
