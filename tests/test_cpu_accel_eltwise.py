@@ -484,3 +484,19 @@ def test_non_finite_logits_gradients_as_torch(op, accel):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
         fin = ~np.isnan(b)
         np.testing.assert_allclose(a[fin], b[fin], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["leaky_relu", "silu", "elu"])
+def test_inplace_activation_on_tracked_input_vs_torch(name, accel):
+    """inplace=True on a tracked tensor (DCGAN's LeakyReLU(0.2, inplace=True)): the op saves its
+    input, which the in-place write replaces; the recorded graph still gives PyTorch's gradient."""
+    kw = {"leaky_relu": {"negative_slope": 0.2}}.get(name, {})
+    x = _rng(43).standard_normal(1 << 18).astype(np.float32)
+    w = am.tensor(x, requires_grad=True)
+    y = getattr(F, name)(w * 2, inplace=True, **kw)
+    (y * y).sum().backward()
+    tw = torch.tensor(x.astype(np.float64), requires_grad=True)
+    ty = getattr(TF, name)(tw * 2, inplace=True, **kw)
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)

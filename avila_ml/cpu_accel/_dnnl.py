@@ -113,7 +113,6 @@ ELTWISE_GELU_ERF = 0x31
 ELTWISE_RELU_USE_DST, ELTWISE_TANH_USE_DST, ELTWISE_ELU_USE_DST = 0x100, 0x101, 0x102
 ELTWISE_LOGISTIC_USE_DST, ELTWISE_EXP_USE_DST = 0x104, 0x105
 SOFTMAX_ACCURATE, SOFTMAX_LOG = 0x30000, 0x30001
-BACKWARD = 128  # dnnl_backward (prop kind)
 _SIGNATURES.update({
     # (pd, engine, prop_kind, alg, src md, dst md, alpha, beta, attr)
     "dnnl_eltwise_forward_primitive_desc_create": [
