@@ -13,7 +13,8 @@ Workloads (issue 2):
   * per-op autograd overhead: a 10-op graph on (4,) tensors, forward + backward, forward only,
     and forward without grad (divide by 10 for the time per op).
 
-Targets (ratio to PyTorch): matmul and large elementwise <= 1.2x, autograd overhead <= 3x.
+Targets (ratio to PyTorch): matmul and large elementwise <= 1.2x, autograd overhead <= 1.2x
+(issue 17; issue 2 asked for 3x).
 
     python benchmarks/bench_core.py [--rounds N] [--threads N] [--quick]
 """
@@ -183,7 +184,7 @@ CASES = [
     Case("log_softmax (64, 4096) f32, forward + backward", log_softmax_backward),
     Case("GELU (exact) (2048, 512) f32, forward + backward", gelu_backward),
     Case("LeakyReLU(0.2) (32, 128, 16, 16) f32, forward + backward", leaky_relu_backward),
-    Case("autograd: 10-op graph on (4,), fwd + bwd", overhead_fwd_bwd, min_time=0.2, target=3.0),
+    Case("autograd: 10-op graph on (4,), fwd + bwd", overhead_fwd_bwd, min_time=0.2, target=1.2),
     Case("  forward only (graph recorded)", overhead_fwd, min_time=0.2, quick=False),
     Case("  forward only, no grad", overhead_no_grad, min_time=0.2, quick=False),
 ]

@@ -225,7 +225,15 @@ class Function:
 
     def saved_output_arrays(self) -> tuple:
         """The arrays of ``saved_outputs``, with the same in-place check but no Tensor handles:
-        for backward fast paths that run array code when no graph is being recorded."""
+        for backward fast paths that run array code when no graph is being recorded (no
+        PyTorch name; ``ctx.saved_tensors`` without the autograd wrapping).
+
+        Example:
+            >>> import avila_ml as am
+            >>> y = am.tensor([0.0], requires_grad=True).exp()
+            >>> y.grad_fn.saved_output_arrays()
+            (array([1.], dtype=float32),)
+        """
         if self._freed:
             raise RuntimeError(_FREED_MSG.format(self._name()))
         out = []

@@ -129,7 +129,17 @@ def to_device_scalar(t: Tensor, dev) -> Tensor:
 
 def sum_to_array(g, shape: tuple):
     """``sum_to`` on a raw array: the backward fast path (no graph recorded) and ``SumTo``'s
-    forward."""
+    forward (no PyTorch name: ``at::sum_to`` inside its autograd).
+
+    Math: sums ``g`` over its leading dims and over the dims where ``shape`` has 1, the adjoint
+    of broadcasting ``shape`` to ``g.shape``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops.elementwise import sum_to_array
+        >>> sum_to_array(np.ones((2, 3)), (1, 3))
+        array([[2., 2., 2.]])
+    """
     gs = g.shape
     if gs == shape:
         return g
@@ -178,9 +188,20 @@ class SumTo(Function):
 
 
 def expand_array(a, shape: tuple):
-    """A read-only broadcast view of array ``a`` as ``shape`` (``xp.broadcast_to``), made
-    directly from strides for a contiguous NumPy array: ``np.broadcast_to`` costs ~5 us, which
-    dominates the backward of a reduction over a small tensor."""
+    """A read-only broadcast view of array ``a`` as ``shape`` (``xp.broadcast_to``; PyTorch's
+    ``Tensor.expand``), made directly from strides for a contiguous NumPy array:
+    ``np.broadcast_to`` costs ~5 us, which dominates the backward of a reduction over a small
+    tensor.
+
+    Math: ``out[i...] = a[j...]`` with ``j = 0`` along the broadcast dims (stride 0).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops.elementwise import expand_array
+        >>> v = expand_array(np.arange(3.0), (2, 3)); v, v.flags.writeable
+        (array([[0., 1., 2.],
+               [0., 1., 2.]]), False)
+    """
     if a.shape == shape:
         return a
     if type(a) is np.ndarray and a.flags.c_contiguous and len(shape) >= a.ndim:

@@ -6,7 +6,9 @@ parameter's device picks the implementation:
 * CPU (NumPy): ufunc calls with ``out=`` into the optimizer state and two scratch buffers, so no
   array is allocated after the first step. A large contiguous parameter is cut into one slice
   per core and the slices run in a small thread pool (NumPy releases the GIL inside ufuncs);
-  the arithmetic is elementwise, so the result is bitwise the same as in one thread;
+  inside ``Optimizer.step`` (``batched``) these updates are queued and run together at the end,
+  each thread taking its slice of every parameter, so a step costs one pool hand-off; the
+  arithmetic is elementwise, so the result is bitwise the same as in one thread;
 * CUDA (CuPy): one ``cupy.ElementwiseKernel`` per algorithm doing the same arithmetic in
   registers, i.e. one read and one write of each array per step. Kernels are built on first use
   and cached per dtype; CuPy is imported only then.
