@@ -271,14 +271,17 @@ class MaxPool(Function):
         else:
             xpad = x
         floating = _np_is_floating(x.dtype)
-        best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=False)
-        if floating and bool(xp.isnan(best).any()):  # a NaN in some window: redo with PyTorch's NaN rule
+        # on a GPU, asking whether a NaN occurred would stall the stream (a device->host sync):
+        # there the NaN-exact scan runs always, on the host the cheap one first
+        host = backend_of(x).name == "numpy"
+        best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=floating and not host)
+        if floating and host and bool(xp.isnan(best).any()):  # a NaN in some window: PyTorch's NaN rule
             best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=True)
         if xpad is not x:
             # a window whose input values all equal the padding value (-inf) may have found its
             # "first maximum" in the padding; PyTorch points it at the window's first input position
             low = best == _lowest(x.dtype)
-            if bool(low.any()):
+            if not host or bool(low.any()):
                 xp.copyto(code, xp.asarray(_first_inside(x.shape[2:], k, s, p, dl, o, code.dtype)), where=low)
         self.geom = _PoolGeometry(x.shape, k, s, p, dl, o, hi, code)
         return best
