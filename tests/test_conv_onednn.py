@@ -438,6 +438,7 @@ def parts(monkeypatch):
     seen = []
     real = accel._run3_parts
     monkeypatch.setattr(accel, "_PART_MIN_MACS", 0)
+    monkeypatch.setattr(accel, "_PARTS", "always")
     monkeypatch.setattr(accel._workers, "_n", 2)
 
     def spy(lib, kind, xs, ws, ys, geom3, arrays, cut):
@@ -591,3 +592,46 @@ def test_batch_parts_after_fork(parts):
     _, status = os.waitpid(pid, 0)
     assert status == 0
     np.testing.assert_array_equal(np.frombuffer(got, dtype=np.float32).reshape(want.shape), want)
+
+
+# ------------------------------------------------------------------------------ OpenMP wait policy
+_WAIT_PROBE = ("import os, sys, avila_ml as am\n"
+               "from avila_ml.cpu_accel import _dnnl, _conv\n"
+               "lib = _dnnl.load()\n"
+               "print(_dnnl.passive_wait(), os.environ.get('OMP_WAIT_POLICY'), _conv._parts_wanted())\n"
+               "sys.stdout.flush()\n"
+               "lib.cdll.omp_display_env(0)\n")
+
+
+@needs_onednn
+def test_openmp_loaded_with_passive_waiting_and_environment_restored():
+    """With no policy chosen by the user, oneDNN's OpenMP runtime starts with passive waiting (as
+    the runtime itself reports), the variable is gone again afterwards (children do not inherit
+    it), and the convolutions then run as one call each (no batch parts)."""
+    env = {k: v for k, v in os.environ.items() if k not in dnnl._WAIT_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    r = subprocess.run([sys.executable, "-c", _WAIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "None", "False"]
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in r.stderr, r.stderr
+
+
+@needs_onednn
+def test_user_wait_policy_is_kept_and_parts_used_with_spinning_threads():
+    env = {k: v for k, v in os.environ.items() if k not in dnnl._WAIT_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    r = subprocess.run([sys.executable, "-c", _WAIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "ACTIVE", "True"]
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in r.stderr, r.stderr
+
+
+def test_parts_rule_follows_the_wait_policy(monkeypatch):
+    monkeypatch.setattr(dnnl, "passive_wait", lambda: True)
+    assert not accel._parts_wanted()
+    monkeypatch.setattr(accel, "_PARTS", "always")
+    assert accel._parts_wanted()
+    monkeypatch.setattr(accel, "_PARTS", "auto")
+    monkeypatch.setattr(dnnl, "passive_wait", lambda: False)
+    assert accel._parts_wanted()

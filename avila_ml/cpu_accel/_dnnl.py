@@ -199,7 +199,8 @@ def load():
                    f"{ENV_VAR} to a libdnnl.so.3 to use it")
         else:
             try:
-                lib = _Lib(path)
+                with _passive_openmp():
+                    lib = _Lib(path)
                 if lib.version[0] != 3:
                     why, lib = (f"{path} is oneDNN {'.'.join(map(str, lib.version))}; the C API used "
                                 "here is oneDNN 3.x's"), None
@@ -210,6 +211,50 @@ def load():
             _sync_threads(lib)
         _state["lib"], _state["why"] = lib, why
         return lib
+
+
+# -- OpenMP's waiting -----------------------------------------------------------------------------
+# oneDNN's OpenMP threads spin after each parallel region by default (GNU: GOMP_SPINCOUNT), and on
+# a 2-core machine a spinning team takes the cores that NumPy's OpenBLAS threads need for the next
+# matmul, and the reverse: measured on the small GPT benchmark step (AMD EPYC, 2 cores, quiet)
+# 508 ms with spinning oneDNN threads, 244 ms with passive ones, 137 ms PyTorch (which runs BLAS
+# and oneDNN on one OpenMP pool). The runtime reads its policy once, when it is loaded, which is
+# when libdnnl is loaded here: the variable is set for that moment only (children of this process
+# do not inherit it) and only where the user set no policy and no other code loaded the runtime.
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def _openmp_loaded() -> bool:
+    """True when the system OpenMP runtime (``libgomp.so``/``libiomp5.so``) is already mapped into
+    this process (its wait policy is then fixed), or when that cannot be read."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("/libgomp.so" in line or "/libiomp5.so" in line for line in f)
+    except OSError:
+        return True
+
+
+class _passive_openmp:
+    """Load oneDNN with ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy or the runtime
+    is already loaded; records in ``_state["passive"]`` whether its threads wait passively."""
+
+    def __enter__(self):
+        self.set = not any(v in os.environ for v in _WAIT_VARS) and not _openmp_loaded()
+        if self.set:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return self
+
+    def __exit__(self, *exc):
+        if self.set:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        _state["passive"] = self.set or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+        return False
+
+
+def passive_wait() -> bool:
+    """True when oneDNN's OpenMP threads sleep instead of spinning between parallel regions
+    (see ``_passive_openmp``); False without the library."""
+    return load() is not None and _state.get("passive", False)
 
 
 def available() -> bool:
