@@ -261,7 +261,7 @@ def test_matmul_nt_epilogues_match_numpy():
         _matmul.matmul_nt(a, b[:, :, :4].copy(), out)
     with pytest.raises(ValueError, match="C-contiguous"):
         _matmul.matmul_nt(a, b, np.empty((3, 9, 7), np.float32).swapaxes(1, 2))
-    assert _matmul.cache_info()["plans"] <= _matmul.CACHE_SIZE
+    assert _matmul.cache_info()["size"] <= _matmul.CACHE_SIZE
 
 
 def test_plan_cache_is_bounded(monkeypatch):
@@ -273,5 +273,5 @@ def test_plan_cache_is_bounded(monkeypatch):
         out = np.empty((1, n, n), np.float32)
         _matmul.matmul_nt(a, a, out, exp=True)
         np.testing.assert_allclose(out, math.exp(3.0), rtol=1e-6)
-    assert _matmul.cache_info() == {"plans": 2, "max": 2}
+    assert _matmul.cache_info() == {"size": 2, "capacity": 2}
     _matmul.clear_cache()

@@ -61,17 +61,11 @@ def _f32_close(ours, ref64, scale_from=None, rtol=2e-5):
 
 
 # ------------------------------------------------------------------------------ 1-3 d vs PyTorch
-@needs_onednn
-@pytest.mark.parametrize("row", CONV_TABLE, ids=lambda r: f"conv{r[0]}d-{r[6]}")
-def test_conv_float32_onednn_matches_torch(row, calls):
-    d, N, cin, cout, S, K, kw = row
-    rng = np.random.default_rng(0)
-    shape = ((N,) if N else ()) + (cin,) + S
-    groups = kw.get("groups", 1)
-    xa, wa, ba = (rng.standard_normal(shape), rng.standard_normal((cout, cin // groups) + K),
-                  rng.standard_normal(cout))
-    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (xa, wa, ba))
-    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in (xa, wa, ba))
+def _conv_vs_torch(d, arrs, kw, rng):
+    """conv{d}d in float32 (through oneDNN under "auto") vs PyTorch in float64 on the same
+    float32-rounded inputs ``arrs = [x, w, b]``: forward and the three gradients."""
+    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
     y = getattr(F, f"conv{d}d")(x, w, b, **kw)
     ty = _torch_conv(d, tx, tw, tb, kw)
     assert y.dtype == am.float32
@@ -81,6 +75,17 @@ def test_conv_float32_onednn_matches_torch(row, calls):
     ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
     for ours, theirs in ((x, tx), (w, tw), (b, tb)):
         _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+
+
+@needs_onednn
+@pytest.mark.parametrize("row", CONV_TABLE, ids=lambda r: f"conv{r[0]}d-{r[6]}")
+def test_conv_float32_onednn_matches_torch(row, calls):
+    d, N, cin, cout, S, K, kw = row
+    rng = np.random.default_rng(0)
+    shape = ((N,) if N else ()) + (cin,) + S
+    groups = kw.get("groups", 1)
+    _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal((cout, cin // groups) + K),
+                       rng.standard_normal(cout)], kw, rng)
     assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
 
 
@@ -456,18 +461,8 @@ def test_batch_parts_match_torch(row, parts):
     d, N, cin, cout, S, K, kw = row
     rng = np.random.default_rng(3)
     groups = kw.get("groups", 1)
-    arrs = [rng.standard_normal((N, cin) + S), rng.standard_normal((cout, cin // groups) + K),
-            rng.standard_normal(cout)]
-    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
-    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
-    y = getattr(F, f"conv{d}d")(x, w, b, **kw)
-    ty = _torch_conv(d, tx, tw, tb, kw)
-    _f32_close(y.detach().numpy(), ty.detach().numpy())
-    g = rng.standard_normal(tuple(ty.shape))
-    y.backward(am.tensor(g.astype(np.float32)))
-    ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
-    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
-        _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+    _conv_vs_torch(d, [rng.standard_normal((N, cin) + S), rng.standard_normal((cout, cin // groups) + K),
+                       rng.standard_normal(cout)], kw, rng)
     kinds = {k for k, _ in parts}
     # a 3-d weight gradient without a JIT kernel runs stacked, in frame blocks on the same workers
     assert kinds == {"forward", "transpose", "weight"} or (d == 3 and kinds == {"forward", "transpose"}), kinds

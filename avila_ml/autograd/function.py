@@ -209,14 +209,21 @@ class Function:
             out.append(t)
         return tuple(out)
 
-    @property
-    def saved_outputs(self) -> tuple:
+    def _checked_saved_out(self):
+        """The saved outputs' records ``(index, array, version box, saved version)``, after the
+        checks that they were neither freed nor modified in place since."""
         if self._freed:
             raise RuntimeError(_FREED_MSG.format(self._name()))
-        out = []
-        for i, arr, vbox, v in self._saved_out or ():
+        saved = self._saved_out or ()
+        for i, arr, vbox, v in saved:
             if vbox[0] != v:
                 raise RuntimeError(_version_error(self, arr, self, i, v, vbox[0]))
+        return saved
+
+    @property
+    def saved_outputs(self) -> tuple:
+        out = []
+        for i, arr, vbox, _ in self._checked_saved_out():
             # A fresh handle on the output: same array, same producer, no cycle through self.
             t = Tensor._wrap(arr, self, i)
             t._version = vbox
@@ -234,14 +241,7 @@ class Function:
             >>> y.grad_fn.saved_output_arrays()
             (array([1.], dtype=float32),)
         """
-        if self._freed:
-            raise RuntimeError(_FREED_MSG.format(self._name()))
-        out = []
-        for i, arr, vbox, v in self._saved_out or ():
-            if vbox[0] != v:
-                raise RuntimeError(_version_error(self, arr, self, i, v, vbox[0]))
-            out.append(arr)
-        return tuple(out)
+        return tuple(arr for _, arr, _, _ in self._checked_saved_out())
 
     def release(self) -> None:
         """Drop saved tensors after a backward without ``retain_graph``."""

@@ -30,18 +30,16 @@ import itertools
 import math
 import os
 import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import Executor, _Desc, _Prim, _attr, _strides  # noqa: F401 (shared machinery)
+from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "clear_cache", "CACHE_SIZE"]
 
 CACHE_SIZE = 128  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
-_cache: OrderedDict = OrderedDict()
-_lock = threading.Lock()
+_cache = PlanCache(lambda: CACHE_SIZE)
 _STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
 _F32 = np.dtype(np.float32)
 
@@ -89,9 +87,7 @@ class _Plan(Executor):
                 finally:
                     lib.fn("dnnl_primitive_desc_destroy")(fwd)
             self.prim = _Prim(lib, pd)
-            name = ctypes.c_char_p()
-            lib.call("dnnl_primitive_desc_query", pd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
-            self.impl = (name.value or b"").decode()
+            self.impl = impl_name(lib, pd)
             # oneDNN's fallbacks: "x64:gemm:jit" (im2col + GEMM), "ref:any" (scalar loops)
             self.jit = not self.impl.startswith(("gemm", "x64:gemm", "ref"))
             self.steps = []  # (arg id, user role, is output, reorder _Prim or None, inner size)
@@ -115,30 +111,20 @@ class _Plan(Executor):
         for role, a in arrays.items():
             D.check_buffer(a, _F32, self.user[role].nbytes, f"{'output' if role == self._out else 'input'} "
                                                             f"{role} of the oneDNN convolution ({self.kind})")
-        made, keep = [], []
-        try:
-            args, outs = [], []
-            for arg, role, out, reorder, inner, size in self.steps:
-                a = arrays[role]
-                if reorder is None:
-                    args.append((arg, self.user[role].h, a))
-                    continue
-                buf = D.aligned_empty(size, np.uint8)
-                if out:
-                    outs.append((reorder, inner, buf, role))
-                else:
-                    self._exec(reorder, [(D.ARG_FROM, self.user[role].h, a), (D.ARG_TO, inner.h, buf)], made, keep)
-                args.append((arg, inner.h, buf))
-            self._exec(self.prim, args, made, keep)
-            for reorder, inner, buf, role in outs:
-                self._exec(reorder, [(D.ARG_FROM, inner.h, buf), (D.ARG_TO, self.user[role].h, arrays[role])],
-                           made, keep)
-            self.lib.call("dnnl_stream_wait", self.lib.stream)
-        finally:
-            destroy = self.lib.fn("dnnl_memory_destroy")
-            for m in made:
-                destroy(m)
-            del keep
+        # inputs reordered into the primitive's layouts, the primitive, outputs reordered back
+        before, args, after = [], [], []
+        for arg, role, out, reorder, inner, size in self.steps:
+            a = arrays[role]
+            if reorder is None:
+                args.append((arg, self.user[role].h, a))
+                continue
+            buf = D.aligned_empty(size, np.uint8)
+            if out:
+                after.append((reorder, [(D.ARG_FROM, inner.h, buf), (D.ARG_TO, self.user[role].h, a)]))
+            else:
+                before.append((reorder, [(D.ARG_FROM, self.user[role].h, a), (D.ARG_TO, inner.h, buf)]))
+            args.append((arg, inner.h, buf))
+        self._run_all(before + [(self.prim, args)] + after)
 
     @property
     def _out(self):
@@ -148,30 +134,17 @@ class _Plan(Executor):
 def _plan(lib, kind, xs, ws, ys, geom3, serial=False):
     """The cached plan; ``serial`` plans are built (and run) in a worker thread of ``_workers``,
     whose OpenMP runtime has one thread, so their kernels never fork an OpenMP team."""
-    key = (kind, xs, ws, ys, geom3, serial)
-    with _lock:
-        plan = _cache.get(key)
-        if plan is not None:
-            _cache.move_to_end(key)
-            return plan
-    plan = _Plan(lib, kind, xs, ws, ys, *geom3)
-    with _lock:
-        _cache[key] = plan
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)  # destroyed when no running call holds it any more
-    return plan
+    return _cache.get((kind, xs, ws, ys, geom3, serial), lambda: _Plan(lib, kind, xs, ws, ys, *geom3))
 
 
 def cache_info() -> dict:
     """``{"size": plans cached, "capacity": CACHE_SIZE}``."""
-    return {"size": len(_cache), "capacity": CACHE_SIZE}
+    return _cache.info()
 
 
 def clear_cache() -> None:
     """Drop every cached primitive plan (their JIT code is freed when no call uses them)."""
-    with _lock:
-        _cache.clear()
+    _cache.clear()
 
 
 # ----------------------------------------------------------------------------- 1-3 d

@@ -17,13 +17,11 @@ absent), so the caller falls back.
 from __future__ import annotations
 
 import ctypes
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import Executor, _Desc, _Prim, _attr
+from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["forward", "backward", "ALGS", "MIN_SIZE", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -64,9 +62,7 @@ class _Plan(Executor):
             self.prim = _Prim(lib, make_pd(lib, self.desc.h, attr))
         finally:
             lib.fn("dnnl_primitive_attr_destroy")(attr)
-        name = ctypes.c_char_p()
-        lib.call("dnnl_primitive_desc_query", self.prim.pd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
-        self.impl = (name.value or b"").decode()
+        self.impl = impl_name(lib, self.prim.pd)
         # "ref:any" is oneDNN's scalar reference code: slower than NumPy (softmax backward in
         # oneDNN 3.2 on AVX2, softmax over a middle axis: 10-50x), so callers fall back
         self.jit = not self.impl.startswith("ref")
@@ -77,49 +73,10 @@ class _Plan(Executor):
         for i, a in enumerate(arrays):
             D.check_buffer(a, _F32, n, f"{'output' if i == len(arrays) - 1 else 'input'} {i} of the "
                                        f"oneDNN {self.what}")
-        made, keep = [], []
-        try:
-            self._exec(self.prim, [(arg, self.desc.h, a) for arg, a in zip(self.args, arrays)], made, keep)
-            self.lib.call("dnnl_stream_wait", self.lib.stream)
-        finally:
-            destroy = self.lib.fn("dnnl_memory_destroy")
-            for m in made:
-                destroy(m)
-            del keep
+        self._run_all([(self.prim, [(arg, self.desc.h, a) for arg, a in zip(self.args, arrays)])])
 
 
-class PlanCache:
-    """An LRU cache of plans with a bound (a plan is built outside the lock: building one JIT
-    compiles, and two threads building the same plan just waste one)."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key, build):
-        with self._lock:
-            plan = self._d.get(key)
-            if plan is not None:
-                self._d.move_to_end(key)
-                return plan
-        plan = build()
-        with self._lock:
-            self._d[key] = plan
-            self._d.move_to_end(key)
-            while len(self._d) > self.capacity:
-                self._d.popitem(last=False)  # destroyed when no running call holds it any more
-        return plan
-
-    def info(self) -> dict:
-        return {"size": len(self._d), "capacity": self.capacity}
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-
-
-_cache = PlanCache(CACHE_SIZE)
+_cache = PlanCache(lambda: CACHE_SIZE)
 
 
 def cache_info() -> dict:

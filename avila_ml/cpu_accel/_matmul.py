@@ -18,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import _Desc, _Prim, _attr
+from ._prim import PlanCache, _Desc, _Prim, _attr
 
 __all__ = ["matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
 
 CACHE_SIZE = 64  # plans kept (LRU): each holds JIT code
-_cache: OrderedDict = OrderedDict()
-_lock = threading.Lock()
+_cache = PlanCache(lambda: CACHE_SIZE)
+_lock = threading.Lock()  # guards the plans' lists of memory objects
 _F32 = np.dtype(np.float32)
 
 # oneDNN 3.x ABI values (dnnl_types.h) of what is used here only
@@ -146,17 +145,7 @@ class _Plan:
 
 
 def _plan(lib, key):
-    with _lock:
-        plan = _cache.get(key)
-        if plan is not None:
-            _cache.move_to_end(key)
-            return plan
-    plan = _Plan(lib, *key)
-    with _lock:
-        _cache[key] = plan
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return plan
+    return _cache.get(key, lambda: _Plan(lib, *key))
 
 
 def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) -> bool:
@@ -226,11 +215,10 @@ def one_omp_thread():
 
 
 def cache_info() -> dict:
-    """Plans cached and the bound."""
-    return {"plans": len(_cache), "max": CACHE_SIZE}
+    """``{"size": plans cached, "capacity": CACHE_SIZE}``."""
+    return _cache.info()
 
 
 def clear_cache() -> None:
     """Drop every cached plan (their JIT code and descriptors are freed)."""
-    with _lock:
-        _cache.clear()
+    _cache.clear()

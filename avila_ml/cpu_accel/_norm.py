@@ -12,19 +12,16 @@ than NumPy on plain NCHW arrays and is not used).
 from __future__ import annotations
 
 import ctypes
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import Executor, _Desc, _Prim, _attr
+from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["NormPlan", "plan", "cache_info", "clear_cache", "CACHE_SIZE"]
 
 CACHE_SIZE = 64
-_cache: OrderedDict = OrderedDict()
-_lock = threading.Lock()
+_cache = PlanCache(lambda: CACHE_SIZE)
 _F32 = np.dtype(np.float32)
 _CREATE = {"layer": ("dnnl_layer_normalization_forward_primitive_desc_create",
                      "dnnl_layer_normalization_backward_primitive_desc_create")}
@@ -57,20 +54,10 @@ class NormPlan(Executor):
             self.bwd = _Prim(lib, bwd)
         finally:
             lib.fn("dnnl_primitive_attr_destroy")(attr)
-        name = ctypes.c_char_p()
-        lib.call("dnnl_primitive_desc_query", fwd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
-        self.impl = (name.value or b"").decode()
+        self.impl = impl_name(lib, fwd)
 
     def _run(self, prim, args):
-        made, keep = [], []
-        try:
-            self._exec(prim, args, made, keep)
-            self.lib.call("dnnl_stream_wait", self.lib.stream)
-        finally:
-            destroy = self.lib.fn("dnnl_memory_destroy")
-            for m in made:
-                destroy(m)
-            del keep
+        self._run_all([(prim, args)])
 
     def _affine_args(self, scale, shift, what):
         args = []
@@ -118,26 +105,14 @@ def plan(kind, shape, eps, scale, shift):
     if lib is None:
         return None
     key = (kind, tuple(int(n) for n in shape), float(eps), bool(scale), bool(shift))
-    with _lock:
-        p = _cache.get(key)
-        if p is not None:
-            _cache.move_to_end(key)
-            return p
-    p = NormPlan(lib, *key)
-    with _lock:
-        _cache[key] = p
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return p
+    return _cache.get(key, lambda: NormPlan(lib, *key))
 
 
 def cache_info() -> dict:
     """``{"size": plans cached, "capacity": CACHE_SIZE}``."""
-    return {"size": len(_cache), "capacity": CACHE_SIZE}
+    return _cache.info()
 
 
 def clear_cache() -> None:
     """Drop every cached normalization plan."""
-    with _lock:
-        _cache.clear()
+    _cache.clear()

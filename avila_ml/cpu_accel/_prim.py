@@ -8,12 +8,14 @@ benchmarks count it.
 from __future__ import annotations
 
 import ctypes
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from . import _dnnl as D
 
-__all__ = ["Executor", "_Desc", "_Prim", "_attr", "_strides"]
+__all__ = ["Executor", "PlanCache", "impl_name", "_Desc", "_Prim", "_attr", "_strides"]
 
 
 def _strides(shape):
@@ -108,3 +110,71 @@ class Executor:
             arr[n - 1].arg = D.ARG_SCRATCHPAD
             arr[n - 1].memory = self._memory(prim.md(D.QUERY_SCRATCHPAD_MD), pad, made)
         self.lib.call("dnnl_primitive_execute", prim.prim, self.lib.stream, n, arr)
+
+    def _run_all(self, calls) -> None:
+        """Execute ``calls`` [(primitive, [(arg id, md, array)])] in order, wait for the stream,
+        then free the memory objects (the arrays stay referenced until then)."""
+        made, keep = [], []
+        try:
+            for prim, args in calls:
+                self._exec(prim, args, made, keep)
+            self.lib.call("dnnl_stream_wait", self.lib.stream)
+        finally:
+            destroy = self.lib.fn("dnnl_memory_destroy")
+            for m in made:
+                destroy(m)
+            del keep
+
+
+def impl_name(lib, pd) -> str:
+    """The implementation oneDNN chose for a primitive descriptor (``"jit:avx2"``, ``"ref:any"``
+    for its scalar reference code, ``"x64:gemm:jit"`` for im2col + GEMM, ...)."""
+    name = ctypes.c_char_p()
+    lib.call("dnnl_primitive_desc_query", pd, D.QUERY_IMPL_INFO_STR, 0, ctypes.byref(name))
+    return (name.value or b"").decode()
+
+
+class PlanCache:
+    """An LRU cache of plans with a bound: a number, or a function read at each insertion (so a
+    module's ``CACHE_SIZE`` can be changed at run time). A plan is built outside the lock:
+    building JIT-compiles, and two threads building the same plan just waste one. An evicted
+    plan is destroyed when no running call holds it any more."""
+
+    def __init__(self, capacity):
+        self._capacity = capacity
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build):
+        with self._lock:
+            plan = self._d.get(key)
+            if plan is not None:
+                self._d.move_to_end(key)
+                return plan
+        plan = build()
+        with self._lock:
+            self._d[key] = plan
+            self._d.move_to_end(key)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)
+        return plan
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity() if callable(self._capacity) else self._capacity
+
+    def __len__(self):
+        return len(self._d)
+
+    def __iter__(self):
+        return iter(list(self._d))
+
+    def items(self):
+        return list(self._d.items())
+
+    def info(self) -> dict:
+        return {"size": len(self._d), "capacity": self.capacity}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()

@@ -25,7 +25,8 @@ import math
 import numpy as np
 
 from . import _dnnl as D
-from ._eltwise import PlanCache, _Plan, usable
+from ._eltwise import _Plan, usable
+from ._prim import PlanCache
 
 __all__ = ["forward", "backward", "MIN_SIZE", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -34,7 +35,7 @@ CACHE_SIZE = 64
 # rows of 128: 139 vs 143 us at 65536 elements; (64, 4096): 0.30 vs 0.72 ms)
 MIN_SIZE = 1 << 16
 _F32 = np.dtype(np.float32)
-_cache = PlanCache(CACHE_SIZE)
+_cache = PlanCache(lambda: CACHE_SIZE)
 
 
 def cache_info() -> dict:
