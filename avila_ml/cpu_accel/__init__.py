@@ -1,5 +1,6 @@
-"""The CPU accelerator: convolutions through oneDNN (the CPU library PyTorch itself uses),
-called through ``ctypes`` on its C API and used automatically when it is installed.
+"""The CPU accelerator: convolutions and other float32 primitives through oneDNN (the CPU
+library PyTorch itself uses), called through ``ctypes`` on its C API and used automatically
+when it is installed.
 
 Install it with the ``cpu`` extra (``pip install 'avila-ml[cpu]'``: the CPU-only
 ``onednn-cpu-gomp`` wheel, Linux x86-64, which needs the system's ``libgomp.so.1``), or point
@@ -8,9 +9,14 @@ CPU convolution; without the library the NumPy algorithms run (they stay the ref
 tests) and a one-time warning says so. :func:`avila_ml.backends.set_conv_algorithm` chooses
 ``"onednn"`` explicitly or ``"auto"`` (oneDNN for float32 NumPy arrays when available).
 
-What runs here: convolution forward, input gradient and weight gradient in 1-4 spatial dims
-(4-d as kernel-time offsets stacked into channels), float32 only -- oneDNN has no float64
-convolution on CPUs, so float64 stays on NumPy.
+What runs here, float32 only (float64 stays on NumPy): convolution forward, input gradient and
+weight gradient in 1-4 spatial dims (4-d as kernel-time offsets stacked into channels,
+``_conv.py``); eltwise activations -- GELU exact and tanh, SiLU, ELU, LeakyReLU, exp --
+(``_eltwise.py``); softmax forward over the last dim (``_softmax.py``); layer norm forward and
+backward (``_norm.py``); batched matmuls with ``exp``/multiply epilogues for the attention tiles
+(``_matmul.py``). Each is used only where it measured faster than the NumPy path, and never
+where oneDNN's kernel is its scalar reference code. oneDNN is loaded with its OpenMP threads
+waiting passively (``_dnnl._passive_openmp``) unless the user chose a wait policy.
 
 Example:
     >>> import avila_ml as am

@@ -194,8 +194,9 @@ def load():
         lib, why = None, None
         path = library_path()
         if path is None:
-            why = ("oneDNN is not installed, so float32 CPU convolutions use the NumPy algorithms "
-                   "(several times slower); `pip install 'avila-ml[cpu]'` (Linux x86-64) or set "
+            why = ("oneDNN is not installed, so float32 CPU convolutions, GELU/SiLU/ELU, softmax, "
+                   "layer norm and attention tiles use the NumPy algorithms (several times slower "
+                   "for convolutions); `pip install 'avila-ml[cpu]'` (Linux x86-64) or set "
                    f"{ENV_VAR} to a libdnnl.so.3 to use it")
         else:
             try:
