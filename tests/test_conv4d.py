@@ -100,6 +100,21 @@ def _reference_inputs(xa, w, kw):
     return xa, zero
 
 
+def torch_reference(xa, wa, ba, kw, unbatched):
+    """The float64 PyTorch reference of ``conv4d(xa, wa, ba, **kw)`` (conv3d summed over the
+    kernel's time offsets): ``(tx, tw, tb, ty)``, the leaves requiring grad, ``tx`` batched."""
+    tx = torch.tensor((xa[None] if unbatched else xa).astype(np.float64), requires_grad=True)
+    tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (wa, ba))
+    # the mode padding of the reference goes through torch ops on a padded copy so the
+    # gradient flows back: build it as an index map from np.pad of position labels
+    labels = np.arange(tx[0, 0].numel()).reshape(tx.shape[2:])
+    lab_pad, zero = _reference_inputs(labels[None, None], wa, kw)
+    xin = tx.reshape(tx.shape[0], tx.shape[1], -1)[:, :, torch.tensor(lab_pad[0, 0].ravel())]
+    xin = xin.reshape(tx.shape[:2] + lab_pad.shape[2:])
+    ty = ref_conv4d(xin, tw, tb, _t4(kw.get("stride", 1)), zero, _t4(kw.get("dilation", 1)), kw.get("groups", 1))
+    return tx, tw, tb, (ty[0] if unbatched else ty)
+
+
 @pytest.mark.parametrize("row", TABLE, ids=lambda r: str(r[2]))
 def test_conv4d_matches_reference(row, device):
     xs, ws, kw = row
@@ -112,17 +127,7 @@ def test_conv4d_matches_reference(row, device):
     b = am.tensor(ba, device=device, requires_grad=True)
     y = F.conv4d(x, w, b, **{k: v for k, v in kw.items()})
 
-    tx = torch.tensor(xa[None] if unbatched else xa, requires_grad=True)
-    tw, tb = torch.tensor(wa, requires_grad=True), torch.tensor(ba, requires_grad=True)
-    # the mode padding of the reference goes through torch ops on a padded copy so the
-    # gradient flows back: build it as an index map from np.pad of position labels
-    labels = np.arange(tx[0, 0].numel()).reshape(tx.shape[2:])
-    lab_pad, zero = _reference_inputs(labels[None, None], wa, kw)
-    xin = tx.reshape(tx.shape[0], tx.shape[1], -1)[:, :, torch.tensor(lab_pad[0, 0].ravel())]
-    xin = xin.reshape(tx.shape[:2] + lab_pad.shape[2:])
-    ty = ref_conv4d(xin, tw, tb, _t4(kw.get("stride", 1)), zero, _t4(kw.get("dilation", 1)), kw.get("groups", 1))
-    if unbatched:
-        ty = ty[0]
+    tx, tw, tb, ty = torch_reference(xa, wa, ba, kw, unbatched)
     np.testing.assert_allclose(y.detach().cpu().numpy(), ty.detach().numpy(), rtol=1e-8, atol=1e-9)
     g = rng.standard_normal(tuple(ty.shape))
     y.backward(am.tensor(g, device=device))

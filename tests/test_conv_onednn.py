@@ -23,7 +23,7 @@ from avila_ml.cpu_accel import _dnnl as dnnl
 from avila_ml.nn import functional as F
 
 from test_conv import CONV_TABLE, CONVT_TABLE, _torch_conv
-from test_conv4d import TABLE as CONV4D_TABLE, TTABLE as CONVT4D_TABLE, _t4, ref_conv4d, _reference_inputs
+from test_conv4d import TABLE as CONV4D_TABLE, TTABLE as CONVT4D_TABLE, torch_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
@@ -61,13 +61,18 @@ def _f32_close(ours, ref64, scale_from=None, rtol=2e-5):
 
 
 # ------------------------------------------------------------------------------ 1-3 d vs PyTorch
-def _conv_vs_torch(d, arrs, kw, rng):
-    """conv{d}d in float32 (through oneDNN under "auto") vs PyTorch in float64 on the same
-    float32-rounded inputs ``arrs = [x, w, b]``: forward and the three gradients."""
+def _conv_vs_torch(d, arrs, kw, rng, transposed=False):
+    """conv{d}d (or conv_transpose{d}d) in float32 (through oneDNN under "auto") vs PyTorch in
+    float64 on the same float32-rounded inputs ``arrs = [x, w, b]``: forward and the three
+    gradients."""
     x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
     tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
-    y = getattr(F, f"conv{d}d")(x, w, b, **kw)
-    ty = _torch_conv(d, tx, tw, tb, kw)
+    if transposed:
+        y = getattr(F, f"conv_transpose{d}d")(x, w, b, **kw)
+        ty = getattr(TF, f"conv_transpose{d}d")(tx, tw, tb, **kw)
+    else:
+        y = getattr(F, f"conv{d}d")(x, w, b, **kw)
+        ty = _torch_conv(d, tx, tw, tb, kw)
     assert y.dtype == am.float32
     _f32_close(y.detach().numpy(), ty.detach().numpy())
     g = rng.standard_normal(tuple(ty.shape))
@@ -96,17 +101,8 @@ def test_conv_transpose_float32_onednn_matches_torch(row, calls):
     rng = np.random.default_rng(1)
     shape = ((N,) if N else ()) + (cin,) + S
     groups = kw.get("groups", 1)
-    arrs = [rng.standard_normal(shape), rng.standard_normal((cin, cout // groups) + K), rng.standard_normal(cout)]
-    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
-    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
-    y = getattr(F, f"conv_transpose{d}d")(x, w, b, **kw)
-    ty = getattr(TF, f"conv_transpose{d}d")(tx, tw, tb, **kw)
-    _f32_close(y.detach().numpy(), ty.detach().numpy())
-    g = rng.standard_normal(tuple(ty.shape))
-    y.backward(am.tensor(g.astype(np.float32)))
-    ty.backward(torch.tensor(g.astype(np.float32).astype(np.float64)))
-    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
-        _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+    _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal((cin, cout // groups) + K),
+                       rng.standard_normal(cout)], kw, rng, transposed=True)
     assert calls, "oneDNN did not run"
 
 
@@ -143,15 +139,7 @@ def test_conv4d_float32_onednn_matches_reference(row, calls):
     ba = rng.standard_normal(ws[0]).astype(np.float32)
     x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
     y = F.conv4d(x, w, b, **kw)
-    tx = torch.tensor((xa[None] if unbatched else xa).astype(np.float64), requires_grad=True)
-    tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (wa, ba))
-    labels = np.arange(tx[0, 0].numel()).reshape(tx.shape[2:])
-    lab_pad, zero = _reference_inputs(labels[None, None], wa, kw)
-    xin = tx.reshape(tx.shape[0], tx.shape[1], -1)[:, :, torch.tensor(lab_pad[0, 0].ravel())]
-    xin = xin.reshape(tx.shape[:2] + lab_pad.shape[2:])
-    ty = ref_conv4d(xin, tw, tb, _t4(kw.get("stride", 1)), zero, _t4(kw.get("dilation", 1)), kw.get("groups", 1))
-    if unbatched:
-        ty = ty[0]
+    tx, tw, tb, ty = torch_reference(xa, wa, ba, kw, unbatched)
     _f32_close(y.detach().numpy(), ty.detach().numpy())
     g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
     y.backward(am.tensor(g))
