@@ -300,8 +300,10 @@ def test_openmp_threads_follow_blas():
     assert all(m["num_threads"] == blas_threads() for m in omp)
 
 
-def _python(code, **env):
-    e = dict(os.environ)
+def _python(code, drop=(), **env):
+    """Run ``code`` in a fresh interpreter with this checkout first on the path, the variables
+    ``drop`` removed from the environment and ``env`` added."""
+    e = {k: v for k, v in os.environ.items() if k not in drop}
     e["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
     e.update(env)
     return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
@@ -591,9 +593,7 @@ def test_openmp_loaded_with_passive_waiting_and_environment_restored():
     """With no policy chosen by the user, oneDNN's OpenMP runtime starts with passive waiting (as
     the runtime itself reports), the variable is gone again afterwards (children do not inherit
     it), and the convolutions then run as one call each (no batch parts)."""
-    env = {k: v for k, v in os.environ.items() if k not in dnnl._WAIT_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    r = subprocess.run([sys.executable, "-c", _WAIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    r = _python(_WAIT_PROBE, drop=dnnl._WAIT_VARS)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "None", "False"]
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in r.stderr, r.stderr
@@ -601,10 +601,7 @@ def test_openmp_loaded_with_passive_waiting_and_environment_restored():
 
 @needs_onednn
 def test_user_wait_policy_is_kept_and_parts_used_with_spinning_threads():
-    env = {k: v for k, v in os.environ.items() if k not in dnnl._WAIT_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    r = subprocess.run([sys.executable, "-c", _WAIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    r = _python(_WAIT_PROBE, drop=dnnl._WAIT_VARS, OMP_WAIT_POLICY="ACTIVE")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "ACTIVE", "True"]
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in r.stderr, r.stderr

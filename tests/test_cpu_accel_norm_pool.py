@@ -13,9 +13,6 @@ backward (batch and instance norm), forward, every gradient, running statistics 
 backward against PyTorch in float64, and which path ran.
 """
 import itertools
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,6 +24,7 @@ from avila_ml.nn import functional as F
 from avila_ml.cpu_accel import _dnnl as dnnl
 from avila_ml.cpu_accel import _norm as accel_norm
 from avila_ml.ops import normalization as N
+from test_conv_onednn import _python
 
 
 def _f32_close(ours, ref64, rtol=2e-6):
@@ -264,7 +262,6 @@ def test_circular_padding_gradient_matches_torch():
 
 
 # ------------------------------------------------------------------------------ normalization
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
 
 
@@ -443,13 +440,6 @@ def test_norm_double_backward_gradgradcheck(fn):
                                                               rng.standard_normal(4), rng.standard_normal(4)))
     assert am.autograd.gradcheck(fn, inputs)
     assert am.autograd.gradgradcheck(fn, inputs)
-
-
-def _python(code, **env):
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
-    e.update(env)
-    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
 
 
 def test_layer_norm_without_the_library_runs_numpy_and_notes_once():
