@@ -187,10 +187,11 @@ def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False):
 # part a single-threaded oneDNN call. The cut depends on the shape only, so results are
 # reproducible; the weight gradient sums the parts' gradients in part order.
 # With oneDNN's OpenMP threads waiting passively (``_dnnl._passive_openmp``, the default where
-# the library sets the policy) the stalls are gone and one call on oneDNN's own team is faster:
-# DCGAN benchmark step 172 ms in one call per convolution vs 248 ms in parts (192 ms with one
-# part per thread), MNIST CNN 110 vs 111 ms, Conv4d example 66-71 vs 58-66 ms (its 4-d frame
-# blocks use the workers either way); quiet AMD EPYC, 2 cores. So parts are cut only where the
+# the library sets the policy) the stalls are gone and one call on oneDNN's own team is faster.
+# In-process A/B of the bench_programs.py steps (quiet AMD EPYC, 2 cores; not a results file):
+# DCGAN 172 ms in one call per convolution vs 248 ms in parts (192 ms with one part per
+# thread), MNIST CNN 110 vs 111 ms, Conv4d example 66-71 vs 58-66 ms (its 4-d frame blocks use
+# the workers either way). So parts are cut only where the
 # threads spin ("auto"); "always" is for tests and for machines where parts measure faster.
 _PART_MIN_MACS = 4 << 20   # below this a convolution runs in one call (thread hand-off ~20 us)
 _PARTS_PER_THREAD = 4

@@ -217,9 +217,9 @@ def load():
 # -- OpenMP's waiting -----------------------------------------------------------------------------
 # oneDNN's OpenMP threads spin after each parallel region by default (GNU: GOMP_SPINCOUNT), and on
 # a 2-core machine a spinning team takes the cores that NumPy's OpenBLAS threads need for the next
-# matmul, and the reverse: measured on the small GPT benchmark step (AMD EPYC, 2 cores, quiet)
-# 508 ms with spinning oneDNN threads, 244 ms with passive ones, 137 ms PyTorch (which runs BLAS
-# and oneDNN on one OpenMP pool). The runtime reads its policy once, when it is loaded, which is
+# matmul, and the reverse: the small GPT step of benchmarks/bench_programs.py took 480 ms with
+# spinning oneDNN threads and 257 ms with passive ones (results/programs_amd-epyc_2026-12-06_5
+# and _6.txt; PyTorch 137-140 ms, which runs BLAS and oneDNN on one OpenMP pool). The runtime reads its policy once, when it is loaded, which is
 # when libdnnl is loaded here: the variable is set for that moment only (children of this process
 # do not inherit it) and only where the user set no policy and no other code loaded the runtime.
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
