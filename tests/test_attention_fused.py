@@ -13,6 +13,7 @@ import avila_ml as am
 from avila_ml.ops import _attention_fused as fused
 from avila_ml.ops import attention as attn_mod
 
+WHOLE_MAX = fused._WHOLE_MAX  # the library's threshold (the fixtures below change it)
 pytestmark = pytest.mark.skipif(not am.cpu_accel.is_available(), reason="oneDNN is not installed")
 F = am.nn.functional
 
@@ -22,24 +23,42 @@ def calls(monkeypatch):
     """Count the fused matmul calls and the exact-path redos."""
     from avila_ml.cpu_accel import _matmul
     seen = {"matmul": 0, "redo": 0}
-    real_mm, real_units = _matmul.matmul_nt, attn_mod._BlockedAttention._forward_units
+    real_mm, real_full, real_units = _matmul.matmul_nt, _matmul.matmul, attn_mod._BlockedAttention._forward_units
 
     def mm(*a, **kw):
         seen["matmul"] += 1
         return real_mm(*a, **kw)
 
+    def full(*a, **kw):
+        seen["matmul"] += 1
+        return real_full(*a, **kw)
+
     def units(self, us, *a, **kw):
         seen["redo"] += len(us)
         return real_units(self, us, *a, **kw)
     monkeypatch.setattr(_matmul, "matmul_nt", mm)
+    monkeypatch.setattr(_matmul, "matmul", full)
     monkeypatch.setattr(attn_mod._BlockedAttention, "_forward_units", units)
     return seen
 
 
 @pytest.fixture(autouse=True)
 def any_length(monkeypatch):
-    """The fused tiles for every key count (the library keeps short ones on the blocked path)."""
+    """The fused tiles for every key count (the library keeps short ones on the blocked path),
+    and no whole-problem path (short sequences; its own tests below switch it back on)."""
     monkeypatch.setattr(fused, "_MIN_KEYS", 1)
+    monkeypatch.setattr(fused, "_WHOLE_MAX", 0)
+
+
+@pytest.fixture
+def whole(monkeypatch):
+    """The short-sequence path for every size, one problem per batch chunk, causal query blocks
+    down to 2 rows (several chunks and blocks), the masked triangle cleared in strips of 3 rows."""
+    monkeypatch.setattr(fused, "_WHOLE_MAX", 1 << 40)
+    monkeypatch.setattr(fused, "_WHOLE_TILE", 1)
+    monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
+    monkeypatch.setattr(fused, "_STRIP", 3)
+    monkeypatch.setattr(fused, "_MIN_KEYS", 1 << 40)  # never the tiles
 
 
 @pytest.fixture
@@ -106,6 +125,82 @@ def test_fused_tiles_match_torch(small_tiles, calls, case):
     ours = _run(qa, ka, va, causal, scale, go=go)
     assert calls["matmul"] > 0 and calls["redo"] == 0
     _close(ours, _torch(qa, ka, va, causal, scale, go=go))
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_whole_problems_match_torch(whole, calls, case, monkeypatch):
+    """Short sequences, whole problems per oneDNN call: one problem per chunk, and all at once."""
+    _, qs, ks, vs, causal, scale = case
+    rng = np.random.default_rng(len(case[0]) + 100)
+    qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
+    go = rng.standard_normal(np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2]) + (qs[-2], vs[-1]))
+    ref = _torch(qa, ka, va, causal, scale, go=go)
+    _close(_run(qa, ka, va, causal, scale, go=go), ref)
+    monkeypatch.setattr(fused, "_WHOLE_TILE", 1 << 30)
+    _close(_run(qa, ka, va, causal, scale, go=go), ref)
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+
+
+def test_whole_problems_default_sizes(calls):
+    """The GPT programs' shape class at the library's own thresholds: whole problems, both the
+    causal and the full softmax, GQA and float16 inputs."""
+    rng = np.random.default_rng(14)
+    qa, ka, va, go = (rng.standard_normal((3, 4, 40, 16)) for _ in range(4))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "_WHOLE_MAX", WHOLE_MAX)
+        assert fused._whole(128, 128) and fused._whole(96, 96) and not fused._whole(2048, 2048)
+        for causal in (False, True):
+            _close(_run(qa, ka, va, causal, go=go), _torch(qa, ka, va, causal, go=go))
+        kv = (rng.standard_normal((3, 2, 40, 16)) for _ in range(2))
+        ka2, va2 = kv
+        _close(_run(qa, ka2, va2, True, gqa=True, go=go), _torch(qa, ka2, va2, True, gqa=True, go=go))
+        ours = _run(qa, ka, va, True, go=go, dtype=np.float16)
+        _close(ours, _torch(qa.astype(np.float16), ka.astype(np.float16), va.astype(np.float16), True,
+                            go=go.astype(np.float16)), tol=2.0 ** -9)
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+
+
+def test_whole_problems_dropout_and_offsets(whole, calls, monkeypatch):
+    """Dropout draws the blocked path's Philox mask; the row offsets: the Cauchy-Schwarz bound,
+    the sampled offsets where the bound is too loose, the exact path where both fail."""
+    rng = np.random.default_rng(15)
+    qa, ka, va, go = (rng.standard_normal((2, 3, 11, 4)) for _ in range(4))
+    results = []
+    for enabled in (True, False):
+        am.backends.mkldnn.enabled = enabled
+        try:
+            am.manual_seed(7)
+            results.append(_run(qa, ka, va, True, go=go, dropout_p=0.3))
+        finally:
+            am.backends.mkldnn.enabled = True
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(results[0][0], _run(qa, ka, va, True, go=go)[0])  # dropout did act
+    calls["redo"] = 0  # (the blocked path above counted its own units)
+    sampled = []
+    real = fused._sampled_offsets
+    monkeypatch.setattr(fused, "_sampled_offsets", lambda *a: sampled.append(1) or real(*a))
+    E, n = 8, 40
+    u0, u1 = np.eye(E)[0], np.eye(E)[1]
+    # a score far above the others: the Cauchy-Schwarz offset bounds it, nothing is redone
+    qa, ka, va, go = (rng.standard_normal((1, 1, n, E)) for _ in range(4))
+    qa[0, 0, 0] = 10.0 * u0 + 0.1 * qa[0, 0, 0]
+    ka[0, 0, 30] = 40.0 * u0
+    _close(_run(qa, ka, va, go=go), _torch(qa, ka, va, go=go), tol=1e-4)
+    assert calls["redo"] == 0 and not sampled
+    # a long key orthogonal to every query: the bound is ~10^4 above the scores (every sum
+    # underflows), the sampled offsets take over
+    qa, ka, va, go = (rng.standard_normal((1, 1, n, E)) for _ in range(4))
+    ka[0, 0, 25] = 300.0 * u1
+    qa[0, 0, :, 1] = 0.0
+    for causal in (False, True):
+        _close(_run(qa, ka, va, causal, go=go), _torch(qa, ka, va, causal, go=go), tol=1e-4)
+    assert calls["redo"] == 0 and sampled
+    # both: the sampled keys score ~10, key 30 ~150 (exp overflows), the bound is loose by ~10^3
+    ka[0, 0, 30] = 15.0 * u0
+    qa[0, 0, 0] = 10.0 * u0
+    _close(_run(qa, ka, va, scale=1.0, go=go), _torch(qa, ka, va, scale=1.0, go=go), tol=1e-4)
+    assert calls["redo"] > 0
 
 
 def test_fused_default_tiles_match_torch(calls):
@@ -275,3 +370,50 @@ def test_plan_cache_is_bounded(monkeypatch):
         np.testing.assert_allclose(out, math.exp(3.0), rtol=1e-6)
     assert _matmul.cache_info() == {"size": 2, "capacity": 2}
     _matmul.clear_cache()
+
+
+def test_matmul_strided_views_transposes_and_epilogues_match_numpy():
+    """cpu_accel._matmul.matmul on views: blocks of rows of larger arrays, transposed reads,
+    exp, mul and accumulate, against float64 NumPy; oneDNN's JIT GEMM runs every call it
+    accepts, and it declines (False) the layouts it has only reference loops for; bad views are
+    refused by name."""
+    from avila_ml.cpu_accel import _dnnl, _matmul
+    from avila_ml.cpu_accel._prim import impl_name
+    rng = np.random.default_rng(16)
+    A = rng.standard_normal((4, 20, 9)).astype(np.float32) / 2   # a = A[:, 3:10, :6] is (4, 7, 6)
+    Bm = rng.standard_normal((4, 6, 30)).astype(np.float32) / 2  # b = Bm[:, :, 5:16] is (4, 6, 11)
+    a, b = A[:, 3:10, :6], Bm[:, :, 5:16]
+    ref = np.einsum("nmk,nkc->nmc", a.astype(np.float64), b.astype(np.float64))
+    mul = rng.standard_normal((4, 7, 11)).astype(np.float32)
+    out = np.empty((4, 7, 11), np.float32)
+    for kw, want in (({}, ref), ({"exp": True}, np.exp(ref)), ({"exp": True, "mul": mul}, np.exp(ref) * mul),
+                     ({"mul": mul}, ref * mul)):
+        assert _matmul.matmul(a, b, out, **kw)
+        np.testing.assert_allclose(out, want, rtol=3e-6, atol=3e-6)
+    big = np.zeros((4, 9, 14), np.float32)
+    view = big[:, 1:8, 2:13]  # a strided destination
+    assert _matmul.matmul(a, b, view)
+    np.testing.assert_allclose(view, ref, rtol=3e-6, atol=3e-6)
+    assert np.all(big[:, 0] == 0) and np.all(big[:, :, :2] == 0) and np.all(big[:, :, 13:] == 0)
+    assert _matmul.matmul(a, b, view, accumulate=True)
+    np.testing.assert_allclose(view, 2 * ref, rtol=3e-6, atol=3e-6)
+    at = np.ascontiguousarray(a.swapaxes(1, 2))  # (4, 6, 7) read as its transpose
+    bt = Bm.swapaxes(1, 2)[:, 5:16]              # (4, 11, 6) view, columns contiguous
+    for ta, tb in ((True, False), (False, True), (True, True)):
+        view[...] = 0
+        assert _matmul.matmul(at if ta else a, bt if tb else b, view, trans_a=ta, trans_b=tb)
+        np.testing.assert_allclose(view, ref, rtol=3e-6, atol=3e-6)
+    lib = _dnnl.load()
+    assert all(not impl_name(lib, plan.prim.pd).startswith("ref") for _, plan in _matmul._cache.items()
+               if plan.fast)
+    assert not _matmul.matmul(a, b, view, mul=mul)  # a binary post-op into a strided destination: declined
+    with pytest.raises(TypeError, match="float32"):
+        _matmul.matmul(a.astype(np.float64), b, out)
+    with pytest.raises(ValueError, match="strides"):
+        _matmul.matmul(A[:, 3:10, :6:2][:, :, :3], b[:, :3], out[:, :, :])  # no matrix dim contiguous
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.empty((4, 7, 11), np.float32)
+        ro.flags.writeable = False
+        _matmul.matmul(a, b, ro)
+    with pytest.raises(ValueError, match="do not fit"):
+        _matmul.matmul(a, b[:, :5], out)

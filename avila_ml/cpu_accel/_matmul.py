@@ -22,9 +22,9 @@ import threading
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import PlanCache, _Desc, _Prim, _attr
+from ._prim import PlanCache, _Desc, _Prim, _attr, impl_name
 
-__all__ = ["matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
+__all__ = ["matmul", "matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
 
 CACHE_SIZE = 64  # plans kept (LRU): each holds JIT code
 _cache = PlanCache(lambda: CACHE_SIZE)
@@ -34,6 +34,8 @@ _F32 = np.dtype(np.float32)
 # oneDNN 3.x ABI values (dnnl_types.h) of what is used here only
 _ELTWISE_EXP = 0x2A           # dnnl_eltwise_exp
 _BINARY_MUL = 0x1FFF1         # dnnl_binary_mul
+_BINARY_ADD = 0x1FFF0         # dnnl_binary_add
+_DATA_TYPE_UNDEF = 0          # dnnl_data_type_undef: the sum post-op reads out in its own type
 _ARG_SRC_1 = 2                # DNNL_ARG_SRC_1
 _ARG_POST_OP_BASE = 32768     # DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE
 _p = ctypes.c_void_p
@@ -43,6 +45,7 @@ _SIGNATURES = {
     "dnnl_post_ops_destroy": [_p],
     "dnnl_post_ops_append_eltwise": [_p, ctypes.c_int, ctypes.c_float, ctypes.c_float],
     "dnnl_post_ops_append_binary": [_p, ctypes.c_int, _p],
+    "dnnl_post_ops_append_sum": [_p, ctypes.c_float, ctypes.c_int32, ctypes.c_int],
     "dnnl_primitive_attr_set_post_ops": [_p, _p],
     "dnnl_memory_set_data_handle": [_p, _p],
 }
@@ -60,29 +63,39 @@ def _declare(lib) -> None:
 
 
 class _Plan:
-    """``out[n] = post(a[n] @ b[n]^T)`` for one shape: a (n, M, K), b (n, N, K), out (n, M, N)."""
+    """``out[i] = post(A_i @ B_i)`` for one shape, layout and epilogue.
 
-    def __init__(self, lib, n, M, K, N, exp, mul, transpose_b=True):
+    A is logically (n, M, K), B (n, K, N), out (n, M, N); each is a strided view given by its
+    element strides (batch, row, column), so a transposed operand or a block of rows of a larger
+    array is read in place (no copy). ``post`` = ``exp``, then ``* mul`` (C-order (n, M, N)),
+    then ``+ out`` (``accumulate``: oneDNN's sum post-op), each optional. ``fast`` is False when
+    oneDNN has only its reference loops for the combination (oneDNN 3.2 on AVX2: a binary
+    post-op into a strided destination); the caller then uses NumPy.
+    """
+
+    def __init__(self, lib, n, M, K, N, a_st, b_st, c_st, exp, mul, accumulate):
         self.lib = lib
-        self.a = _Desc(lib, (n, M, K))
-        # oneDNN's weights are (n, K, N); b^T (b stored (n, N, K)) is read with strides (N K, 1, K)
-        self.b = _Desc.__new__(_Desc)
-        self.b.lib, self.b.shape, self.b.h = lib, (n, K, N), ctypes.c_void_p()
-        lib.call("dnnl_memory_desc_create_with_strides", ctypes.byref(self.b.h), 3, D.Dims(n, K, N), D.F32,
-                 D.Dims(N * K, 1, K) if transpose_b else D.Dims(N * K, N, 1))
-        self.b.nbytes = n * N * K * 4
-        self.c = _Desc(lib, (n, M, N))
-        self.mul = mul
+        self.a = self._md(lib, (n, M, K), a_st)
+        self.b = self._md(lib, (n, K, N), b_st)
+        self.c = self._md(lib, (n, M, N), c_st)
+        self.shapes = ((n, M, K), (n, K, N), (n, M, N))
+        self.strides = (a_st, b_st, c_st)
+        self.mul_desc = _Desc(lib, (n, M, N)) if mul else None
         attr = _attr(lib)
         po = ctypes.c_void_p()
         try:
             lib.call("dnnl_post_ops_create", ctypes.byref(po))
-            self.mul_arg = None
+            self.extra = []  # (post-op argument id, descriptor, name) of the epilogue's inputs
+            index = 0
             if exp:
                 lib.call("dnnl_post_ops_append_eltwise", po, _ELTWISE_EXP, 0.0, 0.0)
+                index += 1
             if mul:
-                self.mul_arg = _ARG_POST_OP_BASE * ((1 if exp else 0) + 1) | _ARG_SRC_1
-                lib.call("dnnl_post_ops_append_binary", po, _BINARY_MUL, self.c.h)
+                lib.call("dnnl_post_ops_append_binary", po, _BINARY_MUL, self.mul_desc.h)
+                self.extra.append((_ARG_POST_OP_BASE * (index + 1) | _ARG_SRC_1, self.mul_desc, "input mul"))
+                index += 1
+            if accumulate:
+                lib.call("dnnl_post_ops_append_sum", po, 1.0, 0, _DATA_TYPE_UNDEF)
             lib.call("dnnl_primitive_attr_set_post_ops", attr, po)
             pd = ctypes.c_void_p()
             lib.call("dnnl_matmul_primitive_desc_create", ctypes.byref(pd), lib.engine, self.a.h, self.b.h,
@@ -92,8 +105,19 @@ class _Plan:
                 lib.fn("dnnl_post_ops_destroy")(po)
             lib.fn("dnnl_primitive_attr_destroy")(attr)
         self.prim = _Prim(lib, pd)
+        self.fast = not impl_name(lib, pd).startswith("ref")
         self.local = threading.local()
         self.all_mems = []
+
+    @staticmethod
+    def _md(lib, shape, strides):
+        """Descriptor of a (n, R, C) operand with element ``strides``."""
+        d = _Desc.__new__(_Desc)
+        d.lib, d.shape, d.h = lib, shape, ctypes.c_void_p()
+        lib.call("dnnl_memory_desc_create_with_strides", ctypes.byref(d.h), 3, D.Dims(*shape), D.F32,
+                 D.Dims(*strides))
+        d.nbytes = int(lib.fn("dnnl_memory_desc_get_size")(d.h))
+        return d
 
     def _bound(self):
         """This thread's memory objects and argument array (handles set per call): creating and
@@ -101,8 +125,7 @@ class _Plan:
         local = self.local.__dict__
         if "args" not in local:
             roles = [(D.ARG_SRC, self.a), (D.ARG_WEIGHTS, self.b), (D.ARG_DST, self.c)]
-            if self.mul:
-                roles.append((self.mul_arg, self.c))
+            roles += [(arg, desc) for arg, desc, _ in self.extra]
             n = len(roles) + (1 if self.prim.scratch else 0)
             arr = (D.ExecArg * n)()
             mems = []
@@ -123,17 +146,17 @@ class _Plan:
                 self.all_mems.extend(mems)
         return local["mems"], local["args"]
 
-    def run(self, a, b, out, mul):
+    def run(self, a, b, out, extra):
+        """Execute on views whose logical shapes and strides were checked by ``_run`` to be this
+        plan's (they are part of its cache key); the epilogue's inputs are checked here."""
         check = D.check_buffer
-        ptrs = [check(a, _F32, self.a.nbytes, "input a"), check(b, _F32, self.b.nbytes, "input b"),
-                check(out, _F32, self.c.nbytes, "output")]
-        if self.mul:
-            ptrs.append(check(mul, _F32, self.c.nbytes, "input mul"))
+        ptrs = [a.ctypes.data, b.ctypes.data, out.ctypes.data]
+        ptrs += [check(x, _F32, desc.nbytes, what) for x, (_, desc, what) in zip(extra, self.extra)]
         mems, args = self._bound()
         set_handle = self.lib.fn("dnnl_memory_set_data_handle")
         for mem, ptr in zip(mems, ptrs):
             set_handle(mem, ptr)
-        # a, b, out, mul are referenced by the caller until this returns (after the wait)
+        # every buffer is referenced by the caller until this returns (after the wait)
         self.lib.call("dnnl_primitive_execute", self.prim.prim, self.lib.stream, len(args), args)
         self.lib.call("dnnl_stream_wait", self.lib.stream)
 
@@ -148,9 +171,79 @@ def _plan(lib, key):
     return _cache.get(key, lambda: _Plan(lib, *key))
 
 
+def _operand(x, what, name, transposed=False, writable=False):
+    """Logical (n, R, C) element strides of the 3-d float32 view ``x`` (its last two dims
+    swapped when ``transposed``), checked for what oneDNN's GEMM reads in place: positive strides
+    that are whole elements, and one of the two matrix dims contiguous."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: {what} must be a NumPy array, got {type(x).__name__}")
+    if x.dtype != _F32:
+        raise TypeError(f"{name}: {what} must have dtype float32, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"{name}: {what} must be 3-d (batch, rows, columns), got shape {x.shape}")
+    if writable and not x.flags.writeable:
+        raise ValueError(f"{name}: {what} is read-only")
+    st = [s // 4 if s % 4 == 0 else -1 for s in x.strides]
+    n, r, c = x.shape
+    st = [st[0] if n > 1 else r * c, st[1] if r > 1 else c, st[2] if c > 1 else 1]  # size-1 dims: any stride
+    if min(st) <= 0 or (st[1] != 1 and st[2] != 1):
+        raise ValueError(f"{name}: {what} of shape {x.shape} has strides {x.strides}: oneDNN needs positive, "
+                         "element-aligned strides with the rows or the columns contiguous")
+    shape = (n, c, r) if transposed else (n, r, c)
+    return shape, ((st[0], st[2], st[1]) if transposed else tuple(st))
+
+
+def matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, exp: bool = False, mul=None,
+           accumulate: bool = False) -> bool:
+    """``out (+)= exp(op(a) @ op(b)) * mul`` batched over the leading dim, in one oneDNN call.
+
+    a (n, M, K) -- or (n, K, M) read transposed when ``trans_a`` --, b (n, K, N) -- or (n, N, K)
+    when ``trans_b`` --, out (n, M, N): float32 NumPy views with any positive strides that keep
+    the rows or the columns of each matrix contiguous (a block of rows of a larger array is read
+    and written in place); ``mul`` (n, M, N) C-contiguous float32. ``exp`` and ``mul`` are
+    optional; ``accumulate`` adds the result to what ``out`` holds. Returns False (nothing
+    written) when oneDNN is not installed or has only its reference loops for this layout and
+    epilogue (a ``mul`` into a strided ``out``); the caller then computes it with NumPy.
+
+    Math: ``out[i] = f(A_i B_i) (+ out[i])`` with ``A_i = a[i]`` or ``a[i]^T``, ``B_i = b[i]`` or
+    ``b[i]^T``, ``f(x) = exp(x) * mul``, float32, by oneDNN's matmul primitive with
+    eltwise/binary/sum post-ops (the epilogue runs on the product while it is still in
+    registers). No PyTorch function mirrors it (``torch.baddbmm`` + ``exp`` + ``mul`` computes
+    the same values).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel._matmul import matmul
+        >>> a = np.ones((1, 2, 3), np.float32); out = np.zeros((1, 2, 2), np.float32)
+        >>> done = matmul(a, a, out, trans_b=True, accumulate=True)  # False without oneDNN
+        >>> (not done) or bool(np.allclose(out, 3.0))
+        True
+    """
+    return _run("matmul", a, b, out, trans_a, trans_b, exp, mul, accumulate)
+
+
+def _run(name, a, b, out, trans_a, trans_b, exp, mul, accumulate=False) -> bool:
+    lib = D.load()
+    if lib is None:
+        return False
+    _declare(lib)
+    (n, M, K), a_st = _operand(a, "input a", name, trans_a)
+    (nb, Kb, N), b_st = _operand(b, "input b", name, trans_b)
+    c_shape, c_st = _operand(out, "output", name, writable=True)
+    if not (nb == n and Kb == K and c_shape == (n, M, N) and (mul is None or mul.shape == c_shape)):
+        raise ValueError(f"{name}: shapes a {a.shape}{' (transposed)' if trans_a else ''}, b {b.shape}"
+                         f"{' (transposed)' if trans_b else ''}, out {out.shape}"
+                         f"{'' if mul is None else f', mul {mul.shape}'} do not fit (n, M, K) x (n, K, N) -> (n, M, N)")
+    plan = _plan(lib, (n, M, K, N, a_st, b_st, c_st, bool(exp), mul is not None, bool(accumulate)))
+    if not plan.fast:
+        return False
+    plan.run(a, b, out, [] if mul is None else [mul])
+    return True
+
+
 def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) -> bool:
     """``out = a @ b^T``, then ``exp`` (if ``exp``), then ``* mul`` (if given), in one oneDNN call;
-    ``transpose_b=False``: ``out = a @ b`` with b (n, K, N).
+    ``transpose_b=False``: ``out = a @ b`` with b (n, K, N). (:func:`matmul` with ``trans_b``.)
 
     a (n, M, K), b (n, N, K), out and mul (n, M, N): C-contiguous float32 NumPy arrays. Returns
     False (nothing written) when oneDNN is not installed; the caller then computes it with NumPy.
@@ -167,18 +260,10 @@ def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) 
         >>> (not done) or bool(np.allclose(out, np.exp(3.0)))
         True
     """
-    lib = D.load()
-    if lib is None:
-        return False
-    _declare(lib)
-    n, M, K = a.shape
-    N = b.shape[1] if transpose_b else b.shape[-1]
-    b_shape = (n, N, K) if transpose_b else (n, K, N)
-    if b.shape != b_shape or out.shape != (n, M, N) or (mul is not None and mul.shape != out.shape):
-        raise ValueError(f"matmul_nt: shapes a {a.shape}, b {b.shape}, out {out.shape}"
-                         f"{'' if mul is None else f', mul {mul.shape}'} do not fit (n, M, K) x (n, N, K) -> (n, M, N)")
-    _plan(lib, (n, M, K, N, bool(exp), mul is not None, bool(transpose_b))).run(a, b, out, mul)
-    return True
+    for x, what in ((a, "input a"), (b, "input b"), (out, "output")):
+        if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+            raise ValueError(f"matmul_nt: {what} of shape {x.shape} must be C-contiguous (strides {x.strides})")
+    return _run("matmul_nt", a, b, out, False, transpose_b, exp, mul)
 
 
 @contextlib.contextmanager

@@ -48,13 +48,21 @@ _SAMPLE_KEYS = 16      # the first keys, whose exact scores give the forward's r
 _SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
 _UNDERFLOW = 2.0 ** -40  # a row sum below S * this is recomputed exactly
 _PARALLEL_MIN_WORK = 1 << 18
+# Short sequences (L S <= _WHOLE_MAX) are computed a batch chunk of whole (L, S) problems at a
+# time, every product one oneDNN call on its own OpenMP team (see _forward_whole)
+_WHOLE_MAX = 1 << 16
+_WHOLE_TILE = 1 << 19  # scores per batch chunk
+# a row sum below S times this is recomputed: terms below float32's smallest normal number
+# (2^-126) may come out of the exp as 0, which is harmless while the sum is at least S 2^-100
+# (at most S such terms: their loss is below 2^-26 of the sum)
+_SHORT_LEAST = 2.0 ** -100
 
 
-def usable(xp, ct, mask, S) -> bool:
-    """Whether the fused tiles apply: NumPy float32 compute, no mask, at least _MIN_KEYS keys
-    (char GPT's 96 keys x 32 dims ran 1.1x slower fused, the GPT's 128 x 32 0.97x, single thread,
-    loaded machine), oneDNN on and loaded."""
-    if xp is not np or ct != np.float32 or mask is not None or S < _MIN_KEYS:
+def usable(xp, ct, mask, S, L=None) -> bool:
+    """Whether the fused tiles apply: NumPy float32 compute, no mask, oneDNN on and loaded, and
+    either whole problems (:func:`_whole`) or at least _MIN_KEYS keys (char GPT's 96 keys x 32
+    dims ran 1.1x slower in tiles, the GPT's 128 x 32 0.97x, single thread, loaded machine)."""
+    if xp is not np or ct != np.float32 or mask is not None or (S < _MIN_KEYS and not _whole(L, S)):
         return False
     from ..backends import mkldnn
     if not mkldnn.enabled:
@@ -145,13 +153,22 @@ def _one_thread_libraries():
             yield
 
 
+def _whole(L, S) -> bool:
+    """Whether (L, S) problems are computed whole (:func:`_forward_whole`): short sequences."""
+    return L is not None and 0 < L * S <= _WHOLE_MAX
+
+
 def forward(op, q, k, v, B, ct):
+    if _whole(q.shape[-2], k.shape[-2]):
+        return _forward_whole(op, q, k, v, B, ct)
     with _one_thread_libraries():
         return _forward(op, q, k, v, B, ct)
 
 
 def backward(op, q, k, v, o, g, lse, B, ct):
     """dQ (unscaled: the caller multiplies by scale), dK, dV as (B, n, d) arrays, fused tiles."""
+    if _whole(q.shape[-2], k.shape[-2]):
+        return _backward_whole(op, q, k, v, o, g, lse, B, ct)
     with _one_thread_libraries():
         return _backward(op, q, k, v, o, g, lse, B, ct)
 
@@ -298,4 +315,175 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
         if dk_ is not dk:
             dk += dk_
             dv += dv_
+    return dq, dk, dv
+
+
+# -- short sequences: batch chunks in oneDNN calls -----------------------------------------------
+# A GPT's attention (B H = 64 problems of 128 x 128) cut into tiles for Python threads is many
+# small calls per head batch, with a NumPy batched matmul (one BLAS call per problem) in each.
+# Here a chunk of the batch is one oneDNN call per product and query block, parallelised by
+# oneDNN's own OpenMP team; the operands are read and written in place as strided views (a
+# block of rows, a transposed read, an accumulation into dK/dV by the sum post-op). No NumPy
+# BLAS call runs in between: OpenBLAS's and OpenMP's worker threads hand the cores back and
+# forth badly (see _one_thread_libraries).
+
+def _short_blocks(B, L, S, causal):
+    """(batch chunk, query rows) of the short path: causal rows in blocks (a block's keys end at
+    its last row: L = 128 in blocks of 32 computes 5/8 of the scores), a chunk of the batch
+    filling _WHOLE_TILE scores."""
+    bq = min(L, max(_CAUSAL_MIN_ROWS, -(-L // 4))) if causal else L
+    bb = max(1, min(B, _WHOLE_TILE // (bq * S)))
+    return bb, bq
+
+
+def _mm(a, b, out, trans_a=False, trans_b=False, exp=False, mul=None, accumulate=False):
+    """cpu_accel's matmul, or the same product with NumPy where oneDNN declines the layout."""
+    from ..cpu_accel._matmul import matmul
+    if matmul(a, b, out, trans_a=trans_a, trans_b=trans_b, exp=exp, mul=mul, accumulate=accumulate):
+        return
+    r = np.matmul(a.swapaxes(-1, -2) if trans_a else a, b.swapaxes(-1, -2) if trans_b else b)
+    if exp:
+        np.exp(r, out=r)
+    if mul is not None:
+        r *= mul
+    if accumulate:
+        out += r
+    else:
+        out[...] = r
+
+
+def _causal_sample(sampled):
+    """-inf where sampled key j lies after query i (is_causal), so every row's sample is of keys
+    it attends to (key 0 always is); ``sampled`` is (B, keys, queries)."""
+    ns, L = sampled.shape[-2:]
+    r = min(L, ns)  # queries from ns on attend to every sampled key
+    sampled[..., :r][..., np.arange(ns)[:, None] > np.arange(r)[None, :]] = -np.inf
+
+
+def _sampled_offsets(qa, ka, causal, ct):
+    """Row offsets from the exact scores of the first keys (those a causal row attends to) plus
+    a margin; ``qa``'s last column must be 0. Keys x queries, so the max runs over whole rows."""
+    ns = min(ka.shape[1], _SAMPLE_KEYS)
+    sampled = np.empty((qa.shape[0], ns, qa.shape[1]), dtype=ct)
+    _mm(ka[:, :ns], qa, sampled, trans_b=True)
+    if causal:
+        _causal_sample(sampled)
+    m = sampled.max(axis=1)
+    m += ct.type(_SAMPLE_MARGIN)
+    return m
+
+
+def _forward_whole(op, q, k, v, B, ct):
+    """Output, log-sum-exp and the batch chunks to redo exactly, as :func:`_forward`.
+
+    The row offset is the Cauchy-Schwarz bound ``m_i = |q_i| scale max_j |k_j|`` (no score can
+    exceed it, so ``exp(S - m)`` cannot overflow, and a causal row needs no care); where it is
+    so loose that a row's sum drops below S _SHORT_LEAST (small terms could have been lost),
+    the chunk is recomputed with sampled offsets (:func:`_sampled_offsets`), and if that fails
+    too, redone exactly by the caller."""
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
+    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
+    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
+    qs = qa[..., :E]
+    np.multiply(qb, ct.type(op.scale), out=qs)
+    ka = _augment(kb, 1, ct)
+    kc = ka[..., :E]  # K in the compute dtype
+    kmax = np.sqrt(np.einsum("bse,bse->bs", kc, kc).max(axis=-1))  # (B,)
+    m = np.sqrt(np.einsum("ble,ble->bl", qs, qs))
+    m *= kmax[:, None]
+    np.negative(m, out=qa[..., E])
+    dropout = op.dropout is not None
+    va = np.ascontiguousarray(vb, dtype=ct) if dropout else _augment(vb, 1, ct)
+    w = va.shape[-1]
+    out = np.empty((B, L, Ev), dtype=ct)
+    lsum = np.empty((B, L), dtype=ct)
+    bb, bq = _short_blocks(B, L, S, op.is_causal)
+    buf = np.empty(bb * bq * S, dtype=ct)
+    acc_buf = np.empty(bb * bq * w, dtype=ct)
+    least = ct.type(S * _SHORT_LEAST)
+
+    def chunk(b0, b1):
+        """The chunk's rows with the offsets in qa[b0:b1, :, E]; False if a row sum failed the check."""
+        for i0 in range(0, L, bq):
+            i1 = min(L, i0 + bq)
+            j1 = min(S, i1) if op.is_causal else S
+            p = buf[:(b1 - b0) * (i1 - i0) * j1].reshape(b1 - b0, i1 - i0, j1)
+            acc = acc_buf[:(b1 - b0) * (i1 - i0) * w].reshape(b1 - b0, i1 - i0, w)
+            _mm(qa[b0:b1, i0:i1], ka[b0:b1, :j1], p, trans_b=True, exp=True)  # exp(S - m)
+            if op.is_causal and j1 > i0 + 1:
+                # the block's own square holds the masked keys; an overflowed entry (sampled
+                # offsets only) makes inf * 0 = NaN, which fails the check below
+                p[..., i0:] *= (np.arange(i0, j1)[None, :] <= np.arange(i0, i1)[:, None]).astype(ct)
+            if dropout:  # the normaliser is the sum before dropout
+                l = p.sum(axis=-1)
+                p *= op._keep_tile(b0, b1, i0, i1, 0, j1, np, ct)
+            _mm(p, va[b0:b1, :j1], acc)
+            if not dropout:  # [P~ V, l]
+                l = acc[..., Ev]
+            if not (l.min() >= least and np.isfinite(l.max())):  # (NaN fails too)
+                return False
+            np.divide(acc[..., :Ev], l[..., None], out=out[b0:b1, i0:i1])
+            lsum[b0:b1, i0:i1] = l
+        return True
+
+    redo = []
+    for b0 in range(0, B, bb):
+        b1 = min(B, b0 + bb)
+        if chunk(b0, b1):
+            continue
+        qa[b0:b1, :, E] = 0
+        ms = _sampled_offsets(qa[b0:b1], ka[b0:b1], op.is_causal, ct)
+        np.negative(ms, out=qa[b0:b1, :, E])
+        m[b0:b1] = ms
+        if not chunk(b0, b1):
+            redo.append((b0, b1, 0, L))
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
+        lse = np.log(lsum, out=lsum)
+    lse += m
+    return out, lse, redo
+
+
+def _backward_whole(op, q, k, v, o, g, lse, B, ct):
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
+    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
+    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    g = np.ascontiguousarray(g.reshape(B, L, Ev), dtype=ct)
+    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))  # rowsum(dO o O)
+    qa = _augment(qb, -lse, ct, scale=op.scale)  # [Q scale, -lse]
+    ka = _augment(kb, 1, ct)
+    dropout = op.dropout is not None
+    ga = None if dropout else _augment(g, -delta, ct)  # [dO, -D]
+    va = np.ascontiguousarray(vb, dtype=ct) if dropout else _augment(vb, 1, ct)
+    dq = np.empty((B, L, E), dtype=ct)
+    dk = np.zeros((B, S, E), dtype=ct)
+    dv = np.zeros((B, S, Ev), dtype=ct)
+    bb, bq = _short_blocks(B, L, S, op.is_causal)
+    bufs = np.empty((2, bb * bq * S), dtype=ct)
+    for b0 in range(0, B, bb):
+        b1 = min(B, b0 + bb)
+        for i0 in range(0, L, bq):
+            i1 = min(L, i0 + bq)
+            j1 = min(S, i1) if op.is_causal else S
+            n = (b1 - b0) * (i1 - i0) * j1
+            p, ds = bufs[0, :n].reshape(b1 - b0, i1 - i0, j1), bufs[1, :n].reshape(b1 - b0, i1 - i0, j1)
+            _mm(qa[b0:b1, i0:i1], ka[b0:b1, :j1], p, trans_b=True, exp=True)  # P = exp(Q K^T scale - lse)
+            if op.is_causal:
+                _zero_above_diagonal(p, i0, 0)
+            gi = g[b0:b1, i0:i1]
+            if dropout:  # dP = (dO V^T) o Z, dV = (P o Z)^T dO; dS = P o (dP - D)
+                _mm(gi, va[b0:b1, :j1], ds, trans_b=True)
+                z = op._keep_tile(b0, b1, i0, i1, 0, j1, np, ct)
+                ds *= z
+                ds -= delta[b0:b1, i0:i1, None]
+                ds *= p
+                p *= z
+                del z
+            else:
+                _mm(ga[b0:b1, i0:i1], va[b0:b1, :j1], ds, trans_b=True, mul=p)  # ([dO, -D] [V, 1]^T) o P
+            _mm(p, gi, dv[b0:b1, :j1], trans_a=True, accumulate=True)                 # dV += P^T dO
+            _mm(ds, ka[b0:b1, :j1, :E], dq[b0:b1, i0:i1])                           # dQ = dS K
+            _mm(ds, qa[b0:b1, i0:i1, :E], dk[b0:b1, :j1], trans_a=True, accumulate=True)  # dK += dS^T Q scale
     return dq, dk, dv

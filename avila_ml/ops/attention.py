@@ -265,7 +265,7 @@ class _BlockedAttention(Function):
         B = int(np.prod(self.batch, dtype=np.int64))
         out = xp.zeros((B, L, Ev), dtype=ct)
         lse = xp.full((B, L), np.inf, dtype=ct)
-        if L and S and B and _fused.usable(xp, ct, mask, S):
+        if L and S and B and _fused.usable(xp, ct, mask, S, L):
             out, lse, redo = _fused.forward(self, q, k, v, B, ct)
             if redo:  # tiles whose estimated row offset was too far off: the exact online softmax
                 bk = _block_sizes(B, L, S)[2]
@@ -331,7 +331,7 @@ class _BlockedAttention(Function):
         dv = xp.zeros((B, S, Ev), dtype=ct)
         want_mask = self.mask_is_tensor and need[3]
         dmask = xp.zeros(self.mask.shape, dtype=ct) if want_mask else None
-        if L and S and B and _fused.usable(xp, ct, self.mask, S):
+        if L and S and B and _fused.usable(xp, ct, self.mask, S, L):
             dq, dk, dv = _fused.backward(self, q, k, v, o, g, self.lse, B, ct)
             dq *= ct.type(self.scale)
         elif L and S and B:
