@@ -615,3 +615,63 @@ def test_parts_rule_follows_the_wait_policy(monkeypatch):
     monkeypatch.setattr(accel, "_PARTS", "auto")
     monkeypatch.setattr(dnnl, "passive_wait", lambda: False)
     assert accel._parts_wanted()
+
+
+# ----------------------------------------------------------------------------- OpenBLAS's spinning threads
+def _openblas_running():
+    return any(avail.value for avail, _ in dnnl._openblas_handles())
+
+
+def _threaded_matmul():
+    """A multi-threaded OpenBLAS product (starts its workers); its result."""
+    from threadpoolctl import threadpool_limits
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    with threadpool_limits(2, user_api="blas"):
+        return a, a @ a
+
+
+def _needs_openblas():
+    if not dnnl._openblas_handles():
+        pytest.skip("NumPy's BLAS is not an OpenBLAS with blas_thread_shutdown_")
+    import threading
+    me = threading.current_thread()
+    if any(t is not me and not t.name.startswith(dnnl._OWN_THREADS) for t in threading.enumerate()):
+        pytest.skip("another Python thread is running (the shutdown is skipped then, tested below)")
+
+
+@needs_onednn
+def test_convolution_stops_openblas_workers_which_restart_on_the_next_matmul():
+    from threadpoolctl import threadpool_limits
+    _needs_openblas()
+    a, ref = _threaded_matmul()
+    assert _openblas_running()
+    x, w = am.randn(2, 3, 8, 8), am.randn(4, 3, 3, 3)
+    y = F.conv2d(x, w)
+    assert not _openblas_running()  # stopped before the oneDNN call
+    ref_y = TF.conv2d(torch.from_numpy(x.numpy().astype(np.float64)), torch.from_numpy(w.numpy().astype(np.float64)))
+    _f32_close(y.numpy(), ref_y.numpy())
+    with threadpool_limits(2, user_api="blas"):
+        again = a @ a
+    assert _openblas_running()  # started again, lazily
+    np.testing.assert_allclose(again, ref, rtol=1e-6, atol=1e-5)
+
+
+@needs_onednn
+def test_openblas_workers_kept_with_a_foreign_thread_or_switched_off(monkeypatch):
+    import threading
+    _needs_openblas()
+    x, w = am.randn(2, 3, 8, 8), am.randn(4, 3, 3, 3)
+    release = threading.Event()
+    user = threading.Thread(target=release.wait, name="user-thread")
+    user.start()
+    try:
+        _threaded_matmul()
+        F.conv2d(x, w)
+        assert _openblas_running()  # a user thread might be inside BLAS: left alone
+    finally:
+        release.set()
+        user.join()
+    monkeypatch.setattr(accel, "QUIET_BLAS", False)
+    _threaded_matmul()
+    F.conv2d(x, w)
+    assert _openblas_running()

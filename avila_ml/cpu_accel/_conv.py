@@ -40,6 +40,8 @@ __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "
 
 CACHE_SIZE = 128  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
 _cache = PlanCache(lambda: CACHE_SIZE)
+# stop NumPy's OpenBLAS threads from spinning through each convolution (``_dnnl.stop_blas_spinning``)
+QUIET_BLAS = True
 _STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
 _F32 = np.dtype(np.float32)
 
@@ -313,6 +315,11 @@ def _direct(kind, x_shape, w_shape, y_shape, geom):
     return _plan(lib, kind, tuple(x_shape), _wshape(w_shape, geom.groups), tuple(y_shape), _geom(geom))
 
 
+def _quiet_blas():
+    if QUIET_BLAS:
+        D.stop_blas_spinning()
+
+
 def conv_forward(x, w, geom):
     """``y = conv(x, w)`` (no bias) through oneDNN, or None where it does not apply."""
     lib = D.load()
@@ -321,6 +328,7 @@ def conv_forward(x, w, geom):
     o = geom.out_size(x.shape[2:], w.shape[2:])
     if min(o) < 1:
         return None
+    _quiet_blas()
     if x.ndim == 6:  # oneDNN stops at 3 spatial dims
         return _Stacking(geom, x.shape, w.shape[2:], w.shape[0], 1).forward(_c(x), _c(w))
     y = np.empty((x.shape[0], w.shape[0]) + tuple(o), dtype=_F32)
@@ -335,6 +343,7 @@ def conv_transpose(gy, w, geom, spatial):
     if (not _usable(lib, gy, w) or gy.ndim not in (3, 4, 5, 6) or 0 in spatial
             or geom.out_size(spatial, w.shape[2:]) != tuple(gy.shape[2:])):
         return None
+    _quiet_blas()
     N, C = gy.shape[0], w.shape[1] * geom.groups
     if gy.ndim == 6:
         return _Stacking(geom, (N, C) + spatial, w.shape[2:], gy.shape[1], 1).transpose(_c(gy), _c(w))
@@ -354,6 +363,7 @@ def conv_weight_grad(x, gy, geom, kernel):
     if (not _usable(lib, x, gy) or x.ndim not in (3, 4, 5, 6)
             or geom.out_size(x.shape[2:], kernel) != tuple(gy.shape[2:])):
         return None
+    _quiet_blas()
     d = x.ndim - 2
     G = geom.groups
     w_shape = (gy.shape[1], x.shape[1] // G) + kernel
