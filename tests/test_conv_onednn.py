@@ -726,6 +726,7 @@ def test_output_stacking_rule():
     g1 = ConvGeometry((1,) * 4, (1,) * 4, (1,) * 4, (1,) * 4, 1)
     g2 = ConvGeometry((1,) * 4, (1,) * 4, (1,) * 4, (1,) * 4, 2)
     assert accel._stack_outputs((2, 4, 16, 16, 16, 16), (8, 4, 3, 3, 3, 3), g1)
-    assert accel._stack_outputs((32, 12, 8, 8, 8, 8), (16, 12, 3, 3, 3, 3), g1)
+    assert accel._stack_outputs((1, 2, 32, 32, 32, 32), (4, 2, 3, 3, 3, 3), g1)
+    assert not accel._stack_outputs((32, 12, 8, 8, 8, 8), (16, 12, 3, 3, 3, 3), g1)
     assert not accel._stack_outputs((2, 16, 12, 12, 12, 12), (32, 16, 3, 3, 3, 3), g1)
     assert not accel._stack_outputs((2, 4, 8, 8, 8, 8), (8, 2, 3, 3, 3, 3), g2)  # grouped: input stacking

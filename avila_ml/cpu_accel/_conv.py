@@ -22,7 +22,7 @@ multiple of 16 (ungrouped):
 oneDNN's JIT weight-gradient kernel needs blocked channels, and with 12 channels it falls back
 to a GEMM-based one several times slower. The stacked buffer is a real copy: a strided no-copy
 view of the input makes oneDNN take its reference implementation (seconds instead of ms).
-The forward with few output channels (ungrouped, ``O <= 16``) stacks the offsets into OUTPUT
+The forward with few output channels (ungrouped, ``O <= 8``) stacks the offsets into OUTPUT
 channels instead (``_OutputStacking``): one 3-d convolution to ``K_t O`` channels over the input
 frames, then ``y[:, :, i] = sum_k Z[frame i s_t + k d_t - lo_t, block k]``, because oneDNN's
 AVX2 forward kernel is slow with a single block of output channels.
@@ -347,15 +347,16 @@ OUTPUT_STACKING = "auto"  # 4-d forward: "auto" (the rule below), "always", "nev
 
 def _stack_outputs(x_shape, w_shape, geom) -> bool:
     """Whether the 4-d forward stacks kernel-time offsets into output channels
-    (``_OutputStacking``) instead of input channels (``_Stacking``): ungrouped, with few output
-    channels, where the input-stacked kernel is slow. Forward only, in-process A/B on a loaded
-    2-core AMD EPYC (AVX2, 2026-12-06), input- vs output-stacked ms: (2,4,16^4)->8 33.6 vs 23.2,
-    (1,2,32^4)->4 110.7 vs 107.3, the Conv4d example's layers (32,1,8,14^3)->12 s(1,2,2,2)
-    7.5 vs 5.6 and (32,12,8,8^3)->16 s2 5.6 vs 4.1; but (4,3,8,16^3)->24 37.5 vs 52.9,
-    (2,16,12^4)->32 65.4 vs 109.0, (2,32,8^4)->64 47.3 vs 56.5: so ``O <= 16``."""
+    (``_OutputStacking``) instead of input channels (``_Stacking``): ungrouped, with at most
+    one AVX2 block of output channels, where the input-stacked kernel is slow. Forward only,
+    in-process A/B, CPU time (both threads) of the best of 20 calls, loaded 2-core AMD EPYC
+    (AVX2, 2026-12-06), input- vs output-stacked ms: (2,4,16^4)->8 33.0 vs 16.6, (1,2,32^4)->4
+    95.4 vs 75.9; but the Conv4d example's layers (32,1,8,14^3)->12 s(1,2,2,2) 6.5 vs 6.9 and
+    (32,12,8,8^3)->16 s2 6.8 vs 7.2, (4,3,8,16^3)->24 38.5 vs 54.3, (2,16,12^4)->32 39.2 vs
+    70.1, (2,32,8^4)->64 30.2 vs 37.2: so ``O <= 8``."""
     if OUTPUT_STACKING != "auto":
         return OUTPUT_STACKING == "always" and geom.groups == 1
-    return geom.groups == 1 and w_shape[0] <= 16
+    return geom.groups == 1 and w_shape[0] <= 8
 
 
 def conv_transpose(gy, w, geom, spatial):
@@ -473,10 +474,10 @@ class _OutputStacking:
 
     Where ``O`` is small, oneDNN's AVX2 forward kernel is slow on the input-stacked form
     (``_Stacking``: ``C K_t`` input channels, one block of 8 output channels, little register
-    reuse); with ``K_t O`` output channels it runs several times faster. Measured in-process
-    (AMD EPYC 2 cores, loaded machine, 2026-12-06), (2,4,16^4)->8 k3^4: input-stacked forward
-    37.6 ms, this 24.8 ms (23.4 convolution + 1.3 shift-add), time-major with three conv3d
-    calls 45.7 ms. The input is read frame-major once (a copy of one block at a time); blocks
+    reuse); with ``K_t O`` output channels it runs up to twice as fast (figures and the rule in
+    ``_stack_outputs``; a time-major form, three conv3d calls of ``C`` channels summed, was
+    slower than both: 45.7 ms against 37.6 input-stacked for (2,4,16^4)->8, wall time, loaded
+    machine). The input is read frame-major once (a copy of one block at a time); blocks
     of output frames bound ``Z`` like ``_Stacking``'s blocks bound its stacked copies."""
 
     def __init__(self, geom, x_shape, kernel, O):
