@@ -155,7 +155,7 @@ def _over_batch(fn, n, size):
     pool (NumPy releases the GIL inside its ufuncs, so the parts run in parallel, as PyTorch's
     pooling kernels split N x C over their threads); results in batch order."""
     from ._cpu_threads import run_parts
-    return run_parts(fn, _batch_slices(n, size))
+    return run_parts(fn, _batch_slices(n, size), limit_blas=False)
 
 
 def _window_max_parts(xpad, k, s, dl, o, exact_nan):
