@@ -199,6 +199,9 @@ def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False):
 # thread), MNIST CNN 110 vs 111 ms, Conv4d example 66-71 vs 58-66 ms (its 4-d frame blocks use
 # the workers either way). So parts are cut only where the
 # threads spin ("auto"); "always" is for tests and for machines where parts measure faster.
+# Neither form helped against the OpenBLAS spinners themselves (MNIST 110 vs 111 ms above):
+# those are now stopped before each convolution (``_dnnl.stop_blas_spinning``): MNIST CNN step
+# 114 -> 85 ms, its convolutions 69 -> 40 ms (in-process A/B, min of 12, loaded machine).
 _PART_MIN_MACS = 4 << 20   # below this a convolution runs in one call (thread hand-off ~20 us)
 _PARTS_PER_THREAD = 4
 _PARTS = "auto"            # "auto": only with spinning OpenMP threads; "always"
