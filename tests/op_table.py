@@ -339,8 +339,11 @@ def _pad_samples(mode):
             ]
         if mode != "constant":
             out.append(Sample((T(U(rng, (0, 2, 3))),), {"pad": (1, 1)}, desc="size-0 batch"))
+        if mode != "constant":  # borders wider than 1 on every axis, both sides, corners included
+            out.append(Sample((T(U(rng, (1, 2, 3, 4, 3))),), {"pad": (2, 1, 1, 2, 2, 2)}, desc="wide borders, 3 dims"))
         if mode == "circular":
             out.append(Sample((T(U(rng, (1, 2, 3))),), {"pad": (3, 3)}, desc="wrap the whole dim"))
+            out.append(Sample((T(U(rng, (2, 2))),), {"pad": (2, 1)}, desc="borders overlap in source"))
         if mode == "replicate":
             out.append(Sample((T(U(rng, (1, 2, 1))),), {"pad": (3, 2)}, desc="size-1 dim"))
         return out

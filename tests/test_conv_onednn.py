@@ -615,3 +615,118 @@ def test_parts_rule_follows_the_wait_policy(monkeypatch):
     monkeypatch.setattr(accel, "_PARTS", "auto")
     monkeypatch.setattr(dnnl, "passive_wait", lambda: False)
     assert accel._parts_wanted()
+
+
+# ----------------------------------------------------------------------------- OpenBLAS's spinning threads
+def _openblas_running():
+    return any(avail.value for avail, _ in dnnl._openblas_handles())
+
+
+def _threaded_matmul():
+    """A multi-threaded OpenBLAS product (starts its workers); its result."""
+    from threadpoolctl import threadpool_limits
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    with threadpool_limits(2, user_api="blas"):
+        return a, a @ a
+
+
+def _needs_openblas():
+    if not dnnl._openblas_handles():
+        pytest.skip("NumPy's BLAS is not an OpenBLAS with blas_thread_shutdown_")
+    import threading
+    me = threading.current_thread()
+    if any(t is not me and not t.name.startswith(dnnl._OWN_THREADS) for t in threading.enumerate()):
+        pytest.skip("another Python thread is running (the shutdown is skipped then, tested below)")
+
+
+@needs_onednn
+def test_convolution_stops_openblas_workers_which_restart_on_the_next_matmul():
+    from threadpoolctl import threadpool_limits
+    _needs_openblas()
+    a, ref = _threaded_matmul()
+    assert _openblas_running()
+    x, w = am.randn(2, 3, 8, 8), am.randn(4, 3, 3, 3)
+    y = F.conv2d(x, w)
+    assert not _openblas_running()  # stopped before the oneDNN call
+    ref_y = TF.conv2d(torch.from_numpy(x.numpy().astype(np.float64)), torch.from_numpy(w.numpy().astype(np.float64)))
+    _f32_close(y.numpy(), ref_y.numpy())
+    with threadpool_limits(2, user_api="blas"):
+        again = a @ a
+    assert _openblas_running()  # started again, lazily
+    np.testing.assert_allclose(again, ref, rtol=1e-6, atol=1e-5)
+
+
+@needs_onednn
+def test_openblas_workers_kept_with_a_foreign_thread_or_switched_off(monkeypatch):
+    import threading
+    _needs_openblas()
+    x, w = am.randn(2, 3, 8, 8), am.randn(4, 3, 3, 3)
+    release = threading.Event()
+    user = threading.Thread(target=release.wait, name="user-thread")
+    user.start()
+    try:
+        _threaded_matmul()
+        F.conv2d(x, w)
+        assert _openblas_running()  # a user thread might be inside BLAS: left alone
+    finally:
+        release.set()
+        user.join()
+    monkeypatch.setattr(accel, "QUIET_BLAS", False)
+    _threaded_matmul()
+    F.conv2d(x, w)
+    assert _openblas_running()
+
+
+# ----------------------------------------------------------------------------- 4-d forward, offsets stacked into outputs
+OUTPUT_STACKING_CASES = [  # (x shape, w shape, conv4d keywords)
+    ((2, 3, 6, 5, 4, 4), (4, 3, 3, 2, 3, 2), dict(padding=1, stride=(2, 1, 1, 2))),
+    ((1, 2, 7, 4, 4, 3), (3, 2, 3, 3, 1, 3), dict(padding=(2, 1, 0, 1), dilation=(2, 1, 1, 1))),
+    ((2, 1, 5, 4, 4, 4), (12, 1, 3, 3, 3, 3), dict(padding=1, stride=(1, 2, 2, 2),
+                                                   padding_mode=("causal", "circular", "circular", "circular"))),
+    ((1, 2, 2, 3, 3, 3), (2, 2, 3, 1, 2, 1), dict(padding=(2, 0, 1, 0))),    # kernel longer than the input in time
+    ((2, 2, 4, 3, 3, 3), (16, 2, 1, 2, 2, 2), dict()),                       # K_t = 1
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("one_frame_blocks", [False, True])
+@pytest.mark.parametrize("case", OUTPUT_STACKING_CASES, ids=lambda c: str(c[2]))
+def test_conv4d_output_stacked_forward_matches_numpy(monkeypatch, case, one_frame_blocks):
+    """The 4-d forward with kernel-time offsets stacked into output channels and shifted back
+    (strides, dilation, causal and asymmetric padding, output frames reading no input frame,
+    blocks of one output frame on the worker threads) vs the NumPy path in float64, and the
+    same as the input-stacked forward; the gradients still match."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    xs, ws, kw = case
+    rng = np.random.default_rng(21)
+    xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    if one_frame_blocks:
+        monkeypatch.setattr(accel, "_budget", lambda *a: 1)  # one output frame per block
+        monkeypatch.setattr(accel._workers, "_n", 2)
+    used = []
+    real = accel._OutputStacking.forward
+    monkeypatch.setattr(accel._OutputStacking, "forward", lambda self, *a: used.append(1) or real(self, *a))
+    outs = {}
+    for algo, dt, mode in (("onednn", np.float32, "always"), ("onednn", np.float32, "never"), ("gemm", np.float64, "never")):
+        set_conv_algorithm(algo)
+        monkeypatch.setattr(accel, "OUTPUT_STACKING", mode)
+        x, w = am.tensor(xa.astype(dt), requires_grad=True), am.tensor(wa.astype(dt), requires_grad=True)
+        y = F.conv4d(x, w, **kw)
+        y.backward(am.tensor(np.sin(np.arange(y.numel())).reshape(y.shape).astype(dt)))
+        outs[mode if dt == np.float32 else "ref"] = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()]
+    assert used  # the "always" run took the output-stacked forward
+    for ours, other, ref in zip(outs["always"], outs["never"], outs["ref"]):
+        _f32_close(ours, ref)
+        _f32_close(ours, other.astype(np.float64))
+
+
+@needs_onednn
+def test_output_stacking_rule():
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    g1 = ConvGeometry((1,) * 4, (1,) * 4, (1,) * 4, (1,) * 4, 1)
+    g2 = ConvGeometry((1,) * 4, (1,) * 4, (1,) * 4, (1,) * 4, 2)
+    assert accel._stack_outputs((2, 4, 16, 16, 16, 16), (8, 4, 3, 3, 3, 3), g1)
+    assert accel._stack_outputs((1, 2, 32, 32, 32, 32), (4, 2, 3, 3, 3, 3), g1)
+    assert not accel._stack_outputs((32, 12, 8, 8, 8, 8), (16, 12, 3, 3, 3, 3), g1)
+    assert not accel._stack_outputs((2, 16, 12, 12, 12, 12), (32, 16, 3, 3, 3, 3), g1)
+    assert not accel._stack_outputs((2, 4, 8, 8, 8, 8), (8, 2, 3, 3, 3, 3), g2)  # grouped: input stacking

@@ -285,3 +285,29 @@ def test_4d_layers():
 def test_bad_inputs_raise(call, match):
     with pytest.raises((RuntimeError, ValueError), match=match):
         call()
+
+
+# ---------------------------------------------------------------------------- batch split over threads
+@pytest.mark.parametrize("d, shape, kw", MAX_TABLE + [(2, (5, 3, 8, 8), dict(kernel_size=2))],
+                         ids=lambda v: str(v))
+def test_max_pool_split_over_threads_matches_torch(monkeypatch, d, shape, kw):
+    """Max pooling with its batch cut into parts on the CPU threads (forced for these small
+    inputs; the cut is uneven where N is not a multiple of the parts): values, indices, ties,
+    a NaN window (the exact rescan) and the gradient as PyTorch's, float32 and float64."""
+    import avila_ml.ops._cpu_threads as cpu_threads
+    import avila_ml.ops.pooling as pooling
+    monkeypatch.setattr(pooling, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(cpu_threads, "blas_threads", lambda: 3)
+    if cpu_threads.controller() is None:
+        pytest.skip("no threadpoolctl: the batch is never split")
+    assert len(pooling._batch_slices(shape[0], 1)) == min(shape[0], 3)
+    rng = np.random.default_rng(5)
+    for dtype in (np.float64, np.float32):
+        a = np.round(rng.standard_normal(shape) * 2).astype(dtype)  # rounded: many ties
+        if a.ndim == d + 2:
+            a[-1, 0].flat[1] = np.nan  # one NaN in the last sample
+        x, tx = _pair(a, "cpu")
+        y, idx = getattr(F, f"max_pool{d}d")(x, return_indices=True, **kw)
+        ty, tidx = getattr(TF, f"max_pool{d}d")(tx, return_indices=True, **kw)
+        np.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+        _check(y, ty, x, tx, rng, "cpu")

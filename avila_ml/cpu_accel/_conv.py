@@ -22,6 +22,10 @@ multiple of 16 (ungrouped):
 oneDNN's JIT weight-gradient kernel needs blocked channels, and with 12 channels it falls back
 to a GEMM-based one several times slower. The stacked buffer is a real copy: a strided no-copy
 view of the input makes oneDNN take its reference implementation (seconds instead of ms).
+The forward with few output channels (ungrouped, ``O <= 8``) stacks the offsets into OUTPUT
+channels instead (``_OutputStacking``): one 3-d convolution to ``K_t O`` channels over the input
+frames, then ``y[:, :, i] = sum_k Z[frame i s_t + k d_t - lo_t, block k]``, because oneDNN's
+AVX2 forward kernel is slow with a single block of output channels.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "
 
 CACHE_SIZE = 128  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
 _cache = PlanCache(lambda: CACHE_SIZE)
+# stop NumPy's OpenBLAS threads from spinning through each convolution (``_dnnl.stop_blas_spinning``)
+QUIET_BLAS = True
 _STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
 _F32 = np.dtype(np.float32)
 
@@ -193,6 +199,9 @@ def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False):
 # thread), MNIST CNN 110 vs 111 ms, Conv4d example 66-71 vs 58-66 ms (its 4-d frame blocks use
 # the workers either way). So parts are cut only where the
 # threads spin ("auto"); "always" is for tests and for machines where parts measure faster.
+# Neither form helped against the OpenBLAS spinners themselves (MNIST 110 vs 111 ms above):
+# those are now stopped before each convolution (``_dnnl.stop_blas_spinning``): MNIST CNN step
+# 114 -> 85 ms, its convolutions 69 -> 40 ms (in-process A/B, min of 12, loaded machine).
 _PART_MIN_MACS = 4 << 20   # below this a convolution runs in one call (thread hand-off ~20 us)
 _PARTS_PER_THREAD = 4
 _PARTS = "auto"            # "auto": only with spinning OpenMP threads; "always"
@@ -313,6 +322,11 @@ def _direct(kind, x_shape, w_shape, y_shape, geom):
     return _plan(lib, kind, tuple(x_shape), _wshape(w_shape, geom.groups), tuple(y_shape), _geom(geom))
 
 
+def _quiet_blas():
+    if QUIET_BLAS:
+        D.stop_blas_spinning()
+
+
 def conv_forward(x, w, geom):
     """``y = conv(x, w)`` (no bias) through oneDNN, or None where it does not apply."""
     lib = D.load()
@@ -321,11 +335,31 @@ def conv_forward(x, w, geom):
     o = geom.out_size(x.shape[2:], w.shape[2:])
     if min(o) < 1:
         return None
+    _quiet_blas()
     if x.ndim == 6:  # oneDNN stops at 3 spatial dims
+        if _stack_outputs(x.shape, w.shape, geom):
+            return _OutputStacking(geom, x.shape, w.shape[2:], w.shape[0]).forward(_c(x), _c(w))
         return _Stacking(geom, x.shape, w.shape[2:], w.shape[0], 1).forward(_c(x), _c(w))
     y = np.empty((x.shape[0], w.shape[0]) + tuple(o), dtype=_F32)
     _run3("forward", x.shape, w.shape, y.shape, geom.groups, _geom(geom), {"x": _c(x), "w": _c(w), "y": y})
     return y
+
+
+OUTPUT_STACKING = "auto"  # 4-d forward: "auto" (the rule below), "always", "never" (tests, A/B)
+
+
+def _stack_outputs(x_shape, w_shape, geom) -> bool:
+    """Whether the 4-d forward stacks kernel-time offsets into output channels
+    (``_OutputStacking``) instead of input channels (``_Stacking``): ungrouped, with at most
+    one AVX2 block of output channels, where the input-stacked kernel is slow. Forward only,
+    in-process A/B, CPU time (both threads) of the best of 20 calls, loaded 2-core AMD EPYC
+    (AVX2, 2026-12-06), input- vs output-stacked ms: (2,4,16^4)->8 33.0 vs 16.6, (1,2,32^4)->4
+    95.4 vs 75.9; but the Conv4d example's layers (32,1,8,14^3)->12 s(1,2,2,2) 6.5 vs 6.9 and
+    (32,12,8,8^3)->16 s2 6.8 vs 7.2, (4,3,8,16^3)->24 38.5 vs 54.3, (2,16,12^4)->32 39.2 vs
+    70.1, (2,32,8^4)->64 30.2 vs 37.2: so ``O <= 8``."""
+    if OUTPUT_STACKING != "auto":
+        return OUTPUT_STACKING == "always" and geom.groups == 1
+    return geom.groups == 1 and w_shape[0] <= 8
 
 
 def conv_transpose(gy, w, geom, spatial):
@@ -335,6 +369,7 @@ def conv_transpose(gy, w, geom, spatial):
     if (not _usable(lib, gy, w) or gy.ndim not in (3, 4, 5, 6) or 0 in spatial
             or geom.out_size(spatial, w.shape[2:]) != tuple(gy.shape[2:])):
         return None
+    _quiet_blas()
     N, C = gy.shape[0], w.shape[1] * geom.groups
     if gy.ndim == 6:
         return _Stacking(geom, (N, C) + spatial, w.shape[2:], gy.shape[1], 1).transpose(_c(gy), _c(w))
@@ -354,6 +389,7 @@ def conv_weight_grad(x, gy, geom, kernel):
     if (not _usable(lib, x, gy) or x.ndim not in (3, 4, 5, 6)
             or geom.out_size(x.shape[2:], kernel) != tuple(gy.shape[2:])):
         return None
+    _quiet_blas()
     d = x.ndim - 2
     G = geom.groups
     w_shape = (gy.shape[1], x.shape[1] // G) + kernel
@@ -420,6 +456,77 @@ def _budget(*result_bytes):
     small (a checkpointed stack of small Conv4d blocks keeps its 3x lower peak)."""
     total = sum(result_bytes)
     return max(min(_MIN_BLOCK_BYTES, total), total // 4)
+
+
+def _each_block(fn, blocks):
+    """``fn(block, serial)`` over ``blocks``, results in block order. Several blocks run on
+    the worker threads (``_workers``: each block's copies and its single-threaded oneDNN
+    call together, so the NumPy copies run in parallel too); one block runs here, its
+    convolution cut into batch parts by ``_run3``."""
+    if len(blocks) > 1 and _workers.threads() > 1 and _workers.start(D.load()):
+        return _workers.imap(lambda blk: fn(blk, True), blocks)
+    return (fn(blk, False) for blk in blocks)
+
+
+class _OutputStacking:
+    """The forward of a 4-d convolution as one 3-d convolution whose OUTPUT channels stack the
+    ``K_t`` kernel-time offsets, then a shift-and-add over time:
+
+        Z[(n, f), k * O + o] = conv3d(x[n, :, f], w[:, :, k])[o]        for every input frame f
+        y[n, o, i] = sum_k Z[(n, i * s_t + k * d_t - lo_t), k * O + o]   (frames outside x: zero)
+
+    Where ``O`` is small, oneDNN's AVX2 forward kernel is slow on the input-stacked form
+    (``_Stacking``: ``C K_t`` input channels, one block of 8 output channels, little register
+    reuse); with ``K_t O`` output channels it runs up to twice as fast (figures and the rule in
+    ``_stack_outputs``; a time-major form, three conv3d calls of ``C`` channels summed, was
+    slower than both: 45.7 ms against 37.6 input-stacked for (2,4,16^4)->8, wall time, loaded
+    machine). The input is read frame-major once (a copy of one block at a time); blocks
+    of output frames bound ``Z`` like ``_Stacking``'s blocks bound its stacked copies."""
+
+    def __init__(self, geom, x_shape, kernel, O):
+        self.geom, self.O = geom, O
+        self.N, self.C, self.T = x_shape[:3]
+        self.rest, self.Kt, self.Krest = tuple(x_shape[3:]), kernel[0], tuple(kernel[1:])
+        o = geom.out_size(x_shape[2:], kernel)
+        self.To, self.orest = o[0], tuple(o[1:])
+        self.s, self.d, self.lo = geom.stride[0], geom.dilation[0], geom.pad_lo[0]
+        self.inner = _geom(geom, slice(1, None))
+        # bytes per output frame: the input frames it reads (s_t of them) and its share of Z
+        self.row_bytes = 4 * self.s * (self.C * math.prod(self.rest) + self.Kt * O * math.prod(self.orest))
+
+    def _frames(self, i0, i1):
+        """The input frames ``[f0, f1)`` that output frames ``[i0, i1)`` read."""
+        return (max(0, i0 * self.s - self.lo),
+                min(self.T, (i1 - 1) * self.s - self.lo + (self.Kt - 1) * self.d + 1))
+
+    def forward(self, x, w):
+        O, Kt, s, d, lo = self.O, self.Kt, self.s, self.d, self.lo
+        wz = np.ascontiguousarray(np.moveaxis(w, 2, 0)).reshape((Kt * O, self.C) + self.Krest)
+        y = np.empty((self.N, O, self.To) + self.orest, dtype=_F32)
+
+        def one(blk, serial):  # writes output frames [i0, i1) of samples [n0, n1)
+            n0, n1, i0, i1 = blk
+            f0, f1 = self._frames(i0, i1)
+            nb = n1 - n0
+            acc = np.zeros((nb, i1 - i0, O) + self.orest, dtype=_F32)  # time-major
+            if f1 > f0:
+                frames = np.ascontiguousarray(np.moveaxis(x[n0:n1, :, f0:f1], 2, 1))
+                frames = frames.reshape((nb * (f1 - f0), self.C) + self.rest)
+                z = np.empty((nb * (f1 - f0), Kt * O) + self.orest, dtype=_F32)
+                _run3("forward", frames.shape, wz.shape, z.shape, 1, self.inner, {"x": frames, "w": wz, "y": z},
+                      serial)
+                z = z.reshape((nb, f1 - f0, Kt, O) + self.orest)
+                for k in range(Kt):
+                    # outputs i whose frame i s + k d - lo lies in [f0, f1)
+                    a = max(i0, -(-(f0 + lo - k * d) // s))
+                    b = min(i1, (f1 - 1 + lo - k * d) // s + 1)
+                    if b > a:
+                        f = a * s - lo + k * d - f0
+                        acc[:, a - i0:b - i0] += z[:, f:f + (b - a - 1) * s + 1:s, k]
+            y[n0:n1, :, i0:i1] = np.moveaxis(acc, 1, 2)
+        for _ in _each_block(one, _blocks(self.N, self.To, self.row_bytes, _budget(y.nbytes, x.nbytes))):
+            pass
+        return y
 
 
 class _Stacking:
@@ -529,13 +636,7 @@ class _Stacking:
         return np.ascontiguousarray(v).reshape((-1, a.shape[1]) + a.shape[2 + m:])
 
     def _each(self, fn, blocks):
-        """``fn(block, serial)`` over ``blocks``, results in block order. Several blocks run on
-        the worker threads (``_workers``: each block's copies and its single-threaded oneDNN
-        call together, so the NumPy copies run in parallel too); one block runs here, its
-        convolution cut into batch parts by ``_run3``."""
-        if len(blocks) > 1 and _workers.threads() > 1 and _workers.start(D.load()):
-            return _workers.imap(lambda blk: fn(blk, True), blocks)
-        return (fn(blk, False) for blk in blocks)
+        return _each_block(fn, blocks)
 
     def forward(self, x, w):
         ws = self._weight(w)

@@ -302,6 +302,62 @@ def _sync_threads(lib) -> None:
                 m.set_num_threads(n)
 
 
+# -- OpenBLAS's spinning workers -----------------------------------------------------------------
+# After each multi-threaded call NumPy's OpenBLAS keeps its worker threads spinning for about
+# 0.1 s (its THREAD_TIMEOUT, 2^28 cycles), so a oneDNN convolution that follows a matmul shares
+# the cores with a thread that does nothing. In the MNIST CNN step of benchmarks/bench_programs.py
+# (per-thread CPU time from /proc/self/task, AMD EPYC 2 cores, machine loaded by other users,
+# 2026-12-06) the OpenBLAS worker used 26.5 ms of CPU during the 26.6 ms of the convolution
+# forwards and as much during their backwards: the two oneDNN threads ran on what was left
+# (the step's convolutions took 66 ms against 32 ms for the same five calls run back to back in
+# the same process). Lowering the timeout for the whole process (OPENBLAS_THREAD_TIMEOUT=4)
+# stops that, but then every matmul wakes sleeping threads (a 256^2 matmul 0.24 -> 8 ms on the
+# loaded machine). So instead the workers are stopped right before a oneDNN convolution, only
+# when they exist: OpenBLAS's own shutdown (``blas_thread_shutdown_``, what it runs before a
+# fork), after which its next multi-threaded call starts them again, lazily, as after a fork
+# (~0.1 ms, once per switch from matmuls to convolutions). Stopping them while another thread
+# is inside a BLAS call could lose that call's work, so it is done only while every other
+# Python thread is one of this library's own pools, which never call BLAS with more than one
+# thread while a convolution runs.
+_OWN_THREADS = ("avila-", "avila_ml")
+_blas: dict = {}
+
+
+def _openblas_handles() -> list:
+    """``[(blas_server_avail, blas_thread_shutdown_)]`` of every OpenBLAS found by threadpoolctl
+    (probed once; an OpenBLAS loaded later, e.g. by SciPy, is not seen)."""
+    if "handles" not in _blas:
+        handles = []
+        try:
+            from threadpoolctl import ThreadpoolController
+            for m in ThreadpoolController().lib_controllers:
+                if m.internal_api != "openblas":
+                    continue
+                cdll = ctypes.CDLL(m.filepath)
+                shutdown = cdll.blas_thread_shutdown_
+                shutdown.argtypes, shutdown.restype = [], ctypes.c_int
+                handles.append((ctypes.c_int.in_dll(cdll, "blas_server_avail"), shutdown))
+        except Exception:  # noqa: BLE001 - no threadpoolctl, or an OpenBLAS without these symbols
+            handles = []
+        _blas["handles"] = handles
+    return _blas["handles"]
+
+
+def stop_blas_spinning() -> bool:
+    """Stop NumPy's OpenBLAS worker threads (see the comment above) when they are running and no
+    foreign Python thread could be inside a BLAS call; True when some were stopped. Called by
+    the oneDNN convolutions before they run (``_conv.QUIET_BLAS`` turns it off)."""
+    live = [(avail, shutdown) for avail, shutdown in _openblas_handles() if avail.value]
+    if not live:
+        return False
+    me = threading.current_thread()
+    if any(t is not me and not t.name.startswith(_OWN_THREADS) for t in threading.enumerate()):
+        return False
+    for _, shutdown in live:
+        shutdown()
+    return True
+
+
 # -- buffers at the boundary ---------------------------------------------------------------------
 _ALIGN = 64  # oneDNN's kernels load whole cache lines; NumPy only guarantees 16 bytes
 

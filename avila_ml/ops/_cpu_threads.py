@@ -73,19 +73,26 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return pool
 
 
-def run_parts(fn, parts) -> list:
+def run_parts(fn, parts, limit_blas: bool = True) -> list:
     """``[fn(p) for p in parts]``, the parts run concurrently with BLAS on one thread.
 
     ``fn`` must only write to memory no other part writes (its own buffers, disjoint output
-    regions). One part, or no thread control, runs in the calling thread.
+    regions). One part, or no thread control, runs in the calling thread. ``limit_blas=False``
+    for parts that never call BLAS (pooling): restoring BLAS's thread count afterwards would
+    restart OpenBLAS's worker threads (which then spin) if they were stopped.
     """
     ctl = controller()
     if ctl is None or len(parts) <= 1:
         return [fn(p) for p in parts]
-    with ctl.limit(limits=1, user_api="blas"):
+
+    def run():
         futures = [_pool(len(parts) - 1).submit(fn, p) for p in parts[1:]]
         first = fn(parts[0])
         return [first] + [f.result() for f in futures]
+    if not limit_blas:
+        return run()
+    with ctl.limit(limits=1, user_api="blas"):
+        return run()
 
 
 def run_chunks(body, items, parallel: bool = True) -> list:

@@ -133,6 +133,39 @@ def _code_dtype(K):
     return np.int8 if K < 128 else np.int16 if K < 32768 else np.int32 if K < 2 ** 31 else np.int64
 
 
+_PARALLEL_MIN = 1 << 18  # elements below which splitting the batch over threads costs more than it saves
+
+
+def _batch_slices(n, size):
+    """Batch slices, one per BLAS thread (``ops._cpu_threads``), for a host array of ``size``
+    elements and batch ``n``; one slice when it is small or there is one thread."""
+    import threading
+    from ._cpu_threads import blas_threads, controller
+    parts = min(n, blas_threads()) if size >= _PARALLEL_MIN and controller() is not None else 1
+    if threading.current_thread().name.startswith("avila-cpu"):
+        parts = 1  # already a part of a split op: its pool is busy with the other parts
+    if parts <= 1:
+        return [slice(None)]
+    step = -(-n // parts)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _over_batch(fn, n, size):
+    """``fn(batch slice)`` for each slice of ``_batch_slices``, concurrently on the CPU thread
+    pool (NumPy releases the GIL inside its ufuncs, so the parts run in parallel, as PyTorch's
+    pooling kernels split N x C over their threads); results in batch order."""
+    from ._cpu_threads import run_parts
+    return run_parts(fn, _batch_slices(n, size), limit_blas=False)
+
+
+def _window_max_parts(xpad, k, s, dl, o, exact_nan):
+    """:func:`_window_max` of a NumPy array, its batch split over the CPU threads."""
+    parts = _over_batch(lambda b: _window_max(np, xpad[b], k, s, dl, o, exact_nan), xpad.shape[0], xpad.size)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([b for b, _ in parts]), np.concatenate([c for _, c in parts])
+
+
 def _window_max(xp, xpad, k, s, dl, o, exact_nan):
     """Max pooling of the padded ``xpad`` (N, C, *S_pad) as a separable running maximum, one
     spatial axis at a time (last first): ``(best, code)`` where ``code`` is the row-major flat
@@ -274,7 +307,10 @@ class MaxPool(Function):
         # on a GPU, asking whether a NaN occurred would stall the stream (a device->host sync):
         # there the NaN-exact scan runs always, on the host the cheap one first
         host = backend_of(x).name == "numpy"
-        best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=floating and not host)
+        if host:
+            best, code = _window_max_parts(xpad, k, s, dl, o, exact_nan=False)
+        else:
+            best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=floating)
         if floating and host and bool(xp.isnan(best).any()):  # a NaN in some window: PyTorch's NaN rule
             best, code = _window_max(xp, xpad, k, s, dl, o, exact_nan=True)
         if xpad is not x:
@@ -328,8 +364,14 @@ class MaxPoolAdjoint(Function):
         xp = b.xp
         gpad = (xp.empty if geom.covering else xp.zeros)(geom.pad_shape, dtype=g.dtype)
         if geom.disjoint:  # every padded position lies in at most one window: assign per offset
-            for j, key in geom.offsets():
-                xp.multiply(g, geom.code == j, out=gpad[key])
+            def part(batch):  # samples ``batch`` (a slice): disjoint regions of gpad
+                gb, cb, pb = g[batch], geom.code[batch], gpad[batch]
+                for j, key in geom.offsets():
+                    xp.multiply(gb, cb == j, out=pb[key])
+            if b.name == "numpy":
+                _over_batch(part, g.shape[0], g.size)
+            else:
+                part(slice(None))
         else:
             # overlapping windows: one scatter-add at the flat argmax positions (bincount on the
             # CPU) instead of a masked add per kernel offset; 1.5-13x faster for 3x3 / 3x3x3
