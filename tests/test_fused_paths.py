@@ -79,3 +79,49 @@ def test_iteration_is_unbind_with_one_backward_node_and_torch_gradients():
         iter(am.tensor(1.0))
     # double backward through the unbound slices
     assert am.autograd.gradgradcheck(lambda t: sum(r * r for r in t), (am.tensor(x0[0, 0], requires_grad=True),))
+
+
+# ----------------------------------------------------------------------- float32 log1p
+def test_float32_log1p_within_a_few_ulps_of_float64():
+    from avila_ml.backends._log1p_float32 import log1p as log1p32
+    u = np.concatenate([-np.geomspace(1e-45, 1, 50_000), np.geomspace(1e-45, 3e38, 50_000),
+                        np.float32(2.0 ** -24) * np.arange(-3, 4), np.float32(2.0 ** -25) * np.arange(-3, 4),
+                        _rng(4).uniform(-1, 3, 70_000)]).astype(np.float32)
+    u = u[u > -1]  # -1 (-inf) among the special values below
+    ref = np.log1p(u.astype(np.float64))
+    ours = log1p32(u)
+    assert ours.dtype == np.float32 and ours.shape == u.shape
+    err = np.abs(ours - ref) / np.maximum(np.abs(ref), np.finfo(np.float32).smallest_subnormal)
+    assert np.all(err <= 4 * np.finfo(np.float32).eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        special = log1p32(np.float32([-1, np.inf, np.nan, -np.inf, -2, 0.0, -0.0]))
+    assert special[0] == -np.inf and special[1] == np.inf and np.isnan(special[2:5]).all()
+    assert special[5] == 0 and np.signbit(special[6])
+    # the public op takes it for float32, and a strided view
+    v = u[::3]
+    np.testing.assert_array_equal(am.log1p(am.tensor(v)).numpy(), log1p32(v))
+    with pytest.raises(TypeError, match="float32"):
+        log1p32(u.astype(np.float64))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_binary_cross_entropy_float32_vs_torch_float64(reduction):
+    """x over (0, 1) including values within an ulp of 0 and 1, where the log clamps act;
+    the raw-array backward (no create_graph) against PyTorch's, both inputs differentiated."""
+    x = np.concatenate([_rng(5).random(5000), [0.0, 1.0, 1e-30, 1 - 2 ** -24, 0.5, 2 ** -24]]).astype(np.float32)
+    y = np.concatenate([_rng(6).random(5000), [1.0, 0.0, 0.0, 1.0, 0.25, 1.0]]).astype(np.float32)
+    tx, ty = am.tensor(x, requires_grad=True), am.tensor(y, requires_grad=True)
+    out = am.nn.functional.binary_cross_entropy(tx, ty, reduction=reduction)
+    g = _rng(7).standard_normal(out.shape).astype(np.float32)
+    out.backward(am.tensor(g))
+    rx, ry = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, y))
+    ref = torch.nn.functional.binary_cross_entropy(rx, ry, reduction=reduction)
+    ref.backward(torch.tensor(g.astype(np.float64)))
+    eps = float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=8 * eps, atol=8 * eps)
+    np.testing.assert_allclose(tx.grad.numpy(), rx.grad.numpy(), rtol=8 * eps, atol=1e-30)
+    # the target's gradient where x is inside (0, 1): at 0 and 1 PyTorch gives +-inf (unclamped
+    # logs), ours the clamped -100 logs of its documented formula (unchanged by the fast path)
+    inside = (x > 0) & (x < 1)
+    np.testing.assert_allclose(ty.grad.numpy()[inside], ry.grad.numpy()[inside], rtol=8 * eps, atol=8 * eps)
+    np.testing.assert_allclose(ty.grad.numpy()[~inside], np.where(x[~inside] == 0, 100, -100) * np.broadcast_to(g, x.shape)[~inside], rtol=eps)
