@@ -2,14 +2,14 @@
 
 Written with primitive ops, ``x cos + cat(-x2, x1) sin`` costs two slices, a negation, a
 concatenation, two products and a sum: six fresh full-size arrays forward, and a backward that
-scatters each slice's gradient into a zero array (``IndexPutAdd``). As one op it is four
-half-size products written into one output.
+scatters each slice's gradient into a zero array (``IndexPutAdd``). As one op it is two
+full-width products, one swap of the halves and one sum.
 
 For the half tables ``c``, ``s`` (L, D/2) and ``x = (x1, x2)`` split at D/2:
 ``y1 = x1 c - x2 s``, ``y2 = x2 c + x1 s`` -- a rotation of each (x1_i, x2_i) pair by the angle
-whose cosine and sine are ``c_i``, ``s_i``. The op is linear in ``x`` and its transpose is the
-rotation by the opposite angle, so the backward is the same op with ``-s``: double backward and
-beyond come for free.
+whose cosine and sine are ``c_i``, ``s_i``, computed as ``x (c, c) + swap(x) (-s, s)``. The op
+is linear in ``x`` and its transpose is the rotation by the opposite angle, so the backward is
+the same op with the sine negated: double backward and beyond come for free.
 """
 from __future__ import annotations
 
@@ -22,27 +22,28 @@ __all__ = ["rotate_pairs"]
 
 
 class RotatePairs(Function):
-    """``(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`` over the last dim (halves), ``c``/``s`` arrays
-    broadcasting against ``x1`` (no gradient flows to them)."""
+    """``y = x cf + swap(x) sf`` over the last dim, with ``swap`` exchanging its two halves and
+    the full-width tables ``cf = (c, c)``, ``sf = (-s, s)`` (arrays broadcasting against ``x``;
+    no gradient flows to them). Full-width tables keep NumPy's inner loops long (a whole
+    contiguous row of ``x`` instead of half a head dim); the one short-loop pass left is the
+    swap, a single copy. Rounding is that of ``x1 c - x2 s``, ``x2 c + x1 s`` term by term."""
 
-    def forward(self, x, c, s):
-        self.c, self.s = c, s
+    def forward(self, x, cf, sf):
+        self.cf, self.sf = cf, sf
         xp = backend_of(x).xp
+        x = xp.ascontiguousarray(x)  # a permuted q/k view: one copy, then every pass is contiguous
         h = x.shape[-1] // 2
-        x1, x2 = x[..., :h], x[..., h:]
-        y = xp.empty(x.shape, x.dtype)
-        y1, y2 = y[..., :h], y[..., h:]
-        tmp = xp.multiply(x2, s)
-        xp.multiply(x1, c, out=y1)
-        y1 -= tmp
-        xp.multiply(x1, s, out=tmp)
-        xp.multiply(x2, c, out=y2)
-        y2 += tmp
+        y = xp.multiply(x, cf)
+        swapped = xp.empty_like(x)
+        xp.copyto(swapped.reshape(x.shape[:-1] + (2, h)), x.reshape(x.shape[:-1] + (2, h))[..., ::-1, :])
+        swapped *= sf
+        y += swapped
         return y
 
     def backward(self, g):
-        # the transpose of a rotation is the rotation by the opposite angle
-        return RotatePairs.apply(g, self.c, -self.s)
+        # the transpose: g cf + swap(g sf) = g cf + swap(g) swap(sf), and swap(sf) = -sf, so it
+        # is the same op with -sf (the rotation by the opposite angle)
+        return RotatePairs.apply(g, self.cf, -self.sf)
 
 
 def rotate_pairs(x, cos, sin):
@@ -77,4 +78,7 @@ def rotate_pairs(x, cos, sin):
         if not ok:
             raise RuntimeError(f"rotate_pairs: {name} of shape {tuple(t.shape)} does not broadcast to the "
                                f"half of x, {half}")
-    return RotatePairs.apply(x, cos.array, sin.array)
+    xp = backend_of(x.array).xp
+    c = xp.broadcast_to(cos.array, tuple(cos.shape[:-1]) + (half[-1],))
+    s = xp.broadcast_to(sin.array, tuple(sin.shape[:-1]) + (half[-1],))
+    return RotatePairs.apply(x, xp.concatenate([c, c], axis=-1), xp.concatenate([-s, s], axis=-1))
