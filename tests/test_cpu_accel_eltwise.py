@@ -384,6 +384,7 @@ ACTIVATIONS = [  # (name, ours, PyTorch's, oneDNN plans expected for a large flo
     ("elu_alpha", lambda t: F.elu(t, 0.5), lambda t: TF.elu(t, 0.5), ["eltwise elu forward"]),
     ("selu", F.selu, TF.selu, []),
     ("silu", F.silu, TF.silu, ["eltwise swish forward", "eltwise swish backward"]),
+    ("sigmoid", am.sigmoid, torch.sigmoid, ["eltwise logistic forward"]),
 ]
 
 
