@@ -26,7 +26,15 @@ class RotatePairs(Function):
     the full-width tables ``cf = (c, c)``, ``sf = (-s, s)`` (arrays broadcasting against ``x``;
     no gradient flows to them). Full-width tables keep NumPy's inner loops long (a whole
     contiguous row of ``x`` instead of half a head dim); the one short-loop pass left is the
-    swap, a single copy. Rounding is that of ``x1 c - x2 s``, ``x2 c + x1 s`` term by term."""
+    swap, a single copy. Rounding is that of ``x1 c - x2 s``, ``x2 c + x1 s`` term by term.
+
+    Example:
+        >>> import numpy as np, avila_ml as am
+        >>> from avila_ml.ops.rotary import RotatePairs
+        >>> cf, sf = np.array([0.0, 0.0]), np.array([-1.0, 1.0])  # 90 degrees
+        >>> RotatePairs.apply(am.tensor([[1.0, 2.0]], dtype=am.float64), cf, sf)
+        tensor([[-2.,  1.]], dtype=avila_ml.float64)
+    """
 
     def forward(self, x, cf, sf):
         self.cf, self.sf = cf, sf
