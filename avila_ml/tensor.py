@@ -568,7 +568,10 @@ class Tensor:
     def __iter__(self):
         if self.array.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
-        return (self[i] for i in range(self.array.shape[0]))
+        # as PyTorch: unbind(0), one op whose backward stacks the slices' gradients (indexing
+        # each row would scatter every row's gradient into its own zero tensor and sum them)
+        from .ops.shape import unbind
+        return iter(unbind(self, 0))
 
     def __bool__(self) -> bool:
         if self.array.size != 1:

@@ -9,7 +9,9 @@ Workloads (issue 2):
   * softmax over the last dim of a (64, 4096) float32 tensor (forward, and forward + backward),
     and log_softmax forward + backward (issue 17);
   * activations forward + backward (issue 17): exact GELU on (2048, 512) (a GPT MLP's hidden
-    layer), LeakyReLU(0.2) on (32, 128, 16, 16) (a DCGAN discriminator's feature map);
+    layer), tanh GELU on (3072, 512) (the char GPT's), LeakyReLU(0.2) on (32, 128, 16, 16) (a
+    DCGAN discriminator's feature map), binary cross entropy on (128, 784) (the VAE's loss) and
+    the rotary embedding of a (32, 4, 96, 32) query view (the char GPT's);
   * per-op autograd overhead: a 10-op graph on (4,) tensors, forward + backward, forward only,
     and forward without grad (divide by 10 for the time per op).
 
@@ -135,6 +137,47 @@ def gelu_backward(L):
     return _activation_backward(L, (2048, 512), L.nn.functional.gelu)
 
 
+def gelu_tanh_backward(L):
+    """tanh GELU, the MLP activation of the char GPT (examples/transformer_lm.py): its hidden
+    layer (batch 32 x 96 positions, 512 features)."""
+    return _activation_backward(L, (3072, 512), lambda x: L.nn.functional.gelu(x, approximate="tanh"))
+
+
+def bce_backward(L):
+    """Binary cross entropy (sum) of a VAE's sigmoid output (128, 784), forward + backward."""
+    rng = np.random.default_rng(5)
+    p = L.from_numpy((1 / (1 + np.exp(-rng.standard_normal((128, 784))))).astype(np.float32)).requires_grad_()
+    y = L.from_numpy(rng.random((128, 784), dtype=np.float32))
+
+    def run():
+        p.grad = None
+        L.nn.functional.binary_cross_entropy(p, y, reduction="sum").backward()
+    return run
+
+
+def rotary_backward(L):
+    """Rotary embedding ("rotate half") of a char-GPT query, (32, 4, 96, 32) viewed out of the
+    fused qkv projection, forward + backward: ``nn.RotaryEmbedding`` against PyTorch's usual
+    ``x cos + cat(-x2, x1) sin``."""
+    rng = np.random.default_rng(6)
+    qkv = L.from_numpy(rng.standard_normal((32, 96, 3, 4, 32), dtype=np.float32)).requires_grad_()
+    g = L.from_numpy(rng.standard_normal((32, 4, 96, 32), dtype=np.float32))
+    if is_torch(L):
+        ang = np.arange(96)[:, None] * 10000.0 ** (-np.arange(16) * 2.0 / 32)[None]
+        cos = L.from_numpy(np.concatenate([np.cos(ang)] * 2, 1).astype(np.float32))
+        sin = L.from_numpy(np.concatenate([np.sin(ang)] * 2, 1).astype(np.float32))
+
+        def rope(x):
+            return x * cos + L.cat([-x[..., 16:], x[..., :16]], -1) * sin
+    else:
+        rope = L.nn.RotaryEmbedding(32)
+
+    def run():
+        qkv.grad = None
+        rope(qkv.permute(2, 0, 3, 1, 4)[0]).backward(g)
+    return run
+
+
 def leaky_relu_backward(L):
     """LeakyReLU(0.2) on a DCGAN discriminator's feature map."""
     return _activation_backward(L, (32, 128, 16, 16), lambda x: L.nn.functional.leaky_relu(x, 0.2))
@@ -183,7 +226,10 @@ CASES = [
     Case("  softmax forward + backward", softmax_backward),
     Case("log_softmax (64, 4096) f32, forward + backward", log_softmax_backward),
     Case("GELU (exact) (2048, 512) f32, forward + backward", gelu_backward),
+    Case("GELU (tanh) (3072, 512) f32, forward + backward", gelu_tanh_backward),
     Case("LeakyReLU(0.2) (32, 128, 16, 16) f32, forward + backward", leaky_relu_backward),
+    Case("binary_cross_entropy (128, 784) f32 sum, forward + backward", bce_backward),
+    Case("rotary embedding (32, 4, 96, 32) f32 view, forward + backward", rotary_backward),
     Case("autograd: 10-op graph on (4,), fwd + bwd", overhead_fwd_bwd, min_time=0.2, target=1.2),
     Case("  forward only (graph recorded)", overhead_fwd, min_time=0.2, quick=False),
     Case("  forward only, no grad", overhead_no_grad, min_time=0.2, quick=False),

@@ -1636,5 +1636,28 @@ OP_TABLE += [
     OpInfo("grid_sample_reflection", F_.grid_sample, TF.grid_sample, _grid_sample_samples("reflection")),
 ]
 
+
+
+# -- issue 17: the fused rotary-embedding rotation (avila_ml/ops/rotary.py) ------------------------
+def _torch_rotate_pairs(x, c, s):
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def _rotate_pairs_samples(rng):
+    def cs(shape):
+        a = rng.uniform(-3, 3, size=shape)
+        return T(np.cos(a), grad=False), T(np.sin(a), grad=False)
+    return [Sample((T(U(rng, (2, 3, 4))), *cs((3, 2))), desc="per-position tables"),
+            Sample((T(U(rng, (3, 2)), view="T"), *cs((1,))), desc="view, broadcast table"),
+            Sample((T(U(rng, (2, 6)), view="step"), *cs((2, 3))), desc="strided view"),
+            Sample((T(U(rng, (0, 3, 2))), *cs((3, 1))), desc="size-0")]
+
+
+from avila_ml.ops.rotary import rotate_pairs as _rotate_pairs  # noqa: E402
+
+OP_TABLE += [OpInfo("rotate_pairs", _rotate_pairs, _torch_rotate_pairs, _rotate_pairs_samples)]
+
 _names = [r.name for r in OP_TABLE]
 assert len(_names) == len(set(_names)), "op table: duplicate row names"

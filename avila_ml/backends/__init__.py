@@ -205,3 +205,6 @@ def get_conv_algorithm() -> str:
 
 
 from . import cuda, cudnn, mkldnn, mps  # noqa: E402,F401  (PyTorch's torch.backends.* flags)
+from . import host_memory  # noqa: E402  (issue 17: freed host memory kept for reuse, see the module)
+
+host_memory._apply_default()

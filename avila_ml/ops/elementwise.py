@@ -691,6 +691,9 @@ class Log10(Function):
 class Log1p(Function):
     def forward(self, x):
         self.save_inputs(0)
+        if isinstance(x, np.ndarray) and x.dtype == np.float32:  # NumPy's float32 log1p is scalar code
+            from ..backends._log1p_float32 import log1p as log1p32
+            return log1p32(x)
         return _arr(_xp(x).log1p(x))
 
     def backward(self, g):
@@ -781,9 +784,19 @@ class Tanh(Function):
         return g * (1 - y * y)
 
 
+_SIGMOID_ONEDNN_MIN = 1 << 15  # below it NumPy is as fast (35 vs 78 us at 8192: the call's fixed cost)
+
+
 class Sigmoid(Function):
     def forward(self, x):
         self.save_outputs(0)
+        if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.size >= _SIGMOID_ONEDNN_MIN:
+            # oneDNN's logistic kernel (vectorised exp) instead of NumPy's float32 tanh: 120 vs
+            # 324 us at 100k elements, 0.8 vs 5.4 ms at 1.6M (in-process A/B, loaded 2-core EPYC)
+            from ..cpu_accel import _eltwise
+            y = _eltwise.forward("logistic", x, min_size=_SIGMOID_ONEDNN_MIN)
+            if y is not None:
+                return y
         xp = _xp(x)
         # 0.5 (1 + tanh(x/2)) never overflows, unlike 1 / (1 + exp(-x))
         half = x.dtype.type(0.5)

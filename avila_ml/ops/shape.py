@@ -242,8 +242,10 @@ class Permute(Function):
         return x.transpose(dims)
 
     def backward(self, g):
-        inv = tuple(np.argsort(self.dims))
-        return Permute.apply(g, inv)
+        inv = [0] * len(self.dims)  # the inverse permutation (np.argsort on a tuple costs ~20 us)
+        for i, d in enumerate(self.dims):
+            inv[d] = i
+        return Permute.apply(g, tuple(inv))
 
 
 def permute(input, *dims):

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...factories import empty
 from ...ops.dropout import dropout as _dropout
-from ...ops.shape import cat
+from ...ops.rotary import rotate_pairs
 from ...tensor import Tensor
 from .. import init
 from .module import Module
@@ -171,9 +171,8 @@ class RotaryEmbedding(Module):
             half = self.dim // 2
             inv_freq = self.base ** (-np.arange(half, dtype=np.float64) * 2.0 / self.dim)
             angles = np.arange(offset + length, dtype=np.float64)[:, None] * inv_freq[None, :]
-            cos = np.concatenate([np.cos(angles)] * 2, axis=1).astype(dtype)
-            sin = np.concatenate([np.sin(angles)] * 2, axis=1).astype(dtype)
-            tab = (backend.from_numpy(cos), backend.from_numpy(sin))
+            # half tables: feature i and i + dim/2 share their angle
+            tab = (backend.from_numpy(np.cos(angles).astype(dtype)), backend.from_numpy(np.sin(angles).astype(dtype)))
             self._cache = {key: tab}  # keep the last one only: lengths change rarely
         cos, sin = tab
         return Tensor._wrap(cos[offset:offset + length]), Tensor._wrap(sin[offset:offset + length])
@@ -189,9 +188,8 @@ class RotaryEmbedding(Module):
         if offset < 0:
             raise ValueError(f"RotaryEmbedding: offset must be >= 0, got {offset}")
         cos, sin = self._tables(x.shape[-2], int(offset), x.array.dtype, x._backend)
-        half = self.dim // 2
-        rotated = cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        # one op: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), i.e. x cos + cat(-x2, x1) sin
+        return rotate_pairs(x, cos, sin)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}"

@@ -1,0 +1,143 @@
+"""Issue 17 (CPU speed), the element-wise side: fused oneDNN chains (``cpu_accel/_chain.py``) and
+ops rewritten to do less work per step -- tensor iteration as ``unbind`` (one backward node, as
+PyTorch). Each path is checked against PyTorch (float64 where it matters) and, where a fast
+path replaces a formula, against that formula, including the fallbacks (float64, small arrays,
+``am.backends.mkldnn.enabled = False``).
+"""
+import numpy as np
+import pytest
+import torch
+
+import avila_ml as am
+from avila_ml.cpu_accel import _chain, _dnnl as dnnl
+
+needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------------- oneDNN chains
+@needs_onednn
+def test_chain_runs_steps_in_order_against_numpy():
+    a, b, c, d = (_rng(i).standard_normal((70, 90)).astype(np.float32) for i in range(4))
+    # ((a * b) * 0.5 + 1) + c -> sigmoid -> - d
+    y = _chain.run(_chain.MUL, (("elt", _chain.LINEAR, 0.5, 1.0), ("bin", _chain.ADD),
+                                ("elt", _chain.LOGISTIC, 0.0, 0.0), ("bin", _chain.SUB)), a, b, c, d)
+    ref = 1 / (1 + np.exp(-((a.astype(np.float64) * b * 0.5 + 1) + c))) - d
+    assert y.shape == a.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    # a non-contiguous operand is copied, an ``out`` buffer is filled
+    out = np.empty_like(a)
+    assert _chain.run(_chain.ADD, (), a.T.copy().T, b, out=out) is out
+    np.testing.assert_array_equal(out, a + b)
+
+
+@needs_onednn
+def test_chain_declines_what_it_does_not_handle(monkeypatch):
+    a = _rng().standard_normal((70, 90)).astype(np.float32)
+    assert _chain.run(_chain.ADD, (), a.astype(np.float64), a.astype(np.float64)) is None  # float64
+    assert _chain.run(_chain.ADD, (), a[:10, :10], a[:10, :10]) is None                    # below MIN_SIZE
+    assert _chain.run(_chain.ADD, (), a, a[:, :1]) is None                                 # shapes differ
+    assert _chain.run(_chain.ADD, (("bin", _chain.MUL),), a, a) is None                    # a tensor missing
+    monkeypatch.setattr(am.backends.mkldnn, "enabled", False)
+    assert _chain.run(_chain.ADD, (), a, a) is None
+    assert _chain.gelu_tanh_forward(a) is None and _chain.gelu_tanh_backward(a, a) is None
+
+
+def test_gelu_tanh_float32_large_inputs_vs_torch_float64():
+    """Beyond the activation tests: |x| up to 12 (where sigmoid saturates), the gradient
+    relative to |g| max(|x|, 1); PyTorch's own float32 tanh GELU is held to the same bound."""
+    x = np.concatenate([np.linspace(-12, 12, 40_001), _rng(1).standard_normal(30_000) * 4]).astype(np.float32)
+    g = _rng(2).standard_normal(x.shape).astype(np.float32)
+    t = am.tensor(x, requires_grad=True)
+    y = am.nn.functional.gelu(t, approximate="tanh")
+    y.backward(am.tensor(g))
+    r = torch.tensor(x.astype(np.float64), requires_grad=True)
+    ry = torch.nn.functional.gelu(r, approximate="tanh")
+    ry.backward(torch.tensor(g.astype(np.float64)))
+    scale = np.maximum(np.abs(x.astype(np.float64)), 1)
+    eps = np.finfo(np.float32).eps
+    assert np.all(np.abs(y.detach().numpy() - ry.detach().numpy()) <= 8 * eps * scale)
+    assert np.all(np.abs(t.grad.numpy() - r.grad.numpy()) <= 8 * eps * scale * np.abs(g) + 1e-30)
+
+
+# ------------------------------------------------------------------- iteration = unbind
+def test_iteration_is_unbind_with_one_backward_node_and_torch_gradients():
+    x0 = _rng(3).standard_normal((2, 3, 3, 4))
+    x = am.tensor(x0, requires_grad=True)
+    q, k, v = x.permute(2, 0, 1, 3)          # the q, k, v unpacking of attention code
+    assert type(q.grad_fn).__name__ != "GetItem"
+    ((q * k).sum() + (2 * q).sum()).backward()  # v unused: its slice gets zeros
+    tx = torch.tensor(x0, requires_grad=True)
+    tq, tk, tv = tx.permute(2, 0, 1, 3)
+    ((tq * tk).sum() + (2 * tq).sum()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=0)
+    assert [r.tolist() for r in am.tensor([[1, 2], [3, 4]])] == [[1, 2], [3, 4]]
+    with pytest.raises(TypeError, match="0-d"):
+        iter(am.tensor(1.0))
+    # double backward through the unbound slices
+    assert am.autograd.gradgradcheck(lambda t: sum(r * r for r in t), (am.tensor(x0[0, 0], requires_grad=True),))
+
+
+# ----------------------------------------------------------------------- float32 log1p
+def test_float32_log1p_within_a_few_ulps_of_float64():
+    from avila_ml.backends._log1p_float32 import log1p as log1p32
+    u = np.concatenate([-np.geomspace(1e-45, 1, 50_000), np.geomspace(1e-45, 3e38, 50_000),
+                        np.float32(2.0 ** -24) * np.arange(-3, 4), np.float32(2.0 ** -25) * np.arange(-3, 4),
+                        _rng(4).uniform(-1, 3, 70_000)]).astype(np.float32)
+    u = u[u > -1]  # -1 (-inf) among the special values below
+    ref = np.log1p(u.astype(np.float64))
+    ours = log1p32(u)
+    assert ours.dtype == np.float32 and ours.shape == u.shape
+    err = np.abs(ours - ref) / np.maximum(np.abs(ref), np.finfo(np.float32).smallest_subnormal)
+    assert np.all(err <= 4 * np.finfo(np.float32).eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        special = log1p32(np.float32([-1, np.inf, np.nan, -np.inf, -2, 0.0, -0.0]))
+    assert special[0] == -np.inf and special[1] == np.inf and np.isnan(special[2:5]).all()
+    assert special[5] == 0 and np.signbit(special[6])
+    # the public op takes it for float32, and a strided view
+    v = u[::3]
+    np.testing.assert_array_equal(am.log1p(am.tensor(v)).numpy(), log1p32(v))
+    with pytest.raises(TypeError, match="float32"):
+        log1p32(u.astype(np.float64))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_binary_cross_entropy_float32_vs_torch_float64(reduction):
+    """x over (0, 1) including values within an ulp of 0 and 1, where the log clamps act;
+    the raw-array backward (no create_graph) against PyTorch's, both inputs differentiated."""
+    x = np.concatenate([_rng(5).random(5000), [0.0, 1.0, 1e-30, 1 - 2 ** -24, 0.5, 2 ** -24]]).astype(np.float32)
+    y = np.concatenate([_rng(6).random(5000), [1.0, 0.0, 0.0, 1.0, 0.25, 1.0]]).astype(np.float32)
+    tx, ty = am.tensor(x, requires_grad=True), am.tensor(y, requires_grad=True)
+    out = am.nn.functional.binary_cross_entropy(tx, ty, reduction=reduction)
+    g = _rng(7).standard_normal(out.shape).astype(np.float32)
+    out.backward(am.tensor(g))
+    rx, ry = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, y))
+    ref = torch.nn.functional.binary_cross_entropy(rx, ry, reduction=reduction)
+    ref.backward(torch.tensor(g.astype(np.float64)))
+    eps = float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=8 * eps, atol=8 * eps)
+    np.testing.assert_allclose(tx.grad.numpy(), rx.grad.numpy(), rtol=8 * eps, atol=1e-30)
+    # the target's gradient where x is inside (0, 1): at 0 and 1 PyTorch gives +-inf (unclamped
+    # logs), ours the clamped -100 logs of its documented formula (unchanged by the fast path)
+    inside = (x > 0) & (x < 1)
+    np.testing.assert_allclose(ty.grad.numpy()[inside], ry.grad.numpy()[inside], rtol=8 * eps, atol=8 * eps)
+    np.testing.assert_allclose(ty.grad.numpy()[~inside], np.where(x[~inside] == 0, 100, -100) * np.broadcast_to(g, x.shape)[~inside], rtol=eps)
+
+
+@needs_onednn
+def test_sigmoid_float32_relative_accuracy_down_to_tiny_values():
+    """The large-input path (oneDNN's logistic) keeps relative accuracy where sigmoid is tiny,
+    as PyTorch's float32 kernel does, and maps NaN/inf as it does."""
+    x = np.concatenate([np.linspace(-100, 100, 40_001), [np.nan, np.inf, -np.inf]]).astype(np.float32)
+    y = am.sigmoid(am.tensor(x)).numpy()
+    ref = 1 / (1 + np.exp(-x.astype(np.float64)))
+    # relative accuracy down to 1e-37 (x > -85); below, oneDNN's exp flushes to 0: an absolute
+    # error under the smallest normal float32 (the former tanh formula gave 0 below x = -17)
+    tiny = np.finfo(np.float32).tiny
+    rel = ref > 1e-37
+    assert np.all(np.abs(y[rel] - ref[rel]) <= 4 * np.finfo(np.float32).eps * ref[rel])
+    assert np.all(np.abs(y[:-3][~rel[:-3]] - ref[:-3][~rel[:-3]]) <= 10 * tiny)
+    assert np.isnan(y[-3]) and y[-2] == 1 and y[-1] == 0
