@@ -11,12 +11,14 @@ step of a complete model (forward, loss, backward, update) at the batch size its
   and one conv3d, with the same causal-in-time / circular-in-space padding; it has no rotary
   self-attention module: the twin applies the same rotate-half rotation before
   ``scaled_dot_product_attention``);
-* four classic programs written once against the shared API and run by both libraries as the
+* six classic programs written once against the shared API and run by both libraries as the
   same source (``L`` is the library module, so shapes, layers, optimizer and initialisation
   scheme match by construction): a small GPT (nanoGPT-style, learned positions), the MNIST CNN
-  of PyTorch's examples (Adam instead of Adadelta), the MNIST VAE of PyTorch's examples, and a
+  of PyTorch's examples (Adam instead of Adadelta), the MNIST VAE of PyTorch's examples, a
   DCGAN on 32x32 RGB images (one discriminator and one generator update per step, DCGAN's
-  N(0, 0.02) initialisation).
+  N(0, 0.02) initialisation), the word-level LSTM language model of PyTorch's examples
+  (truncated BPTT, gradient clipping, SGD) and a residual CNN written with in-place ops (the
+  last two are the compatibility programs' word LM and residual CNN at real sizes).
 
 Inputs are random tensors of the real shapes (data loading is benchmarked in bench_data.py).
 
@@ -306,6 +308,93 @@ def vae_step(L):
     return _step(opt, loss)
 
 
+# -- the word-level LSTM language model of PyTorch's examples (word_language_model) ------------
+
+WORD_LM = dict(vocab=10000, emsize=200, nhid=200, nlayers=2, bptt=35, batch=20, clip=0.25, lr=20.0)
+
+
+def word_lm_step(L):
+    """One truncated-BPTT step of the 2-layer LSTM LM at word_language_model's default sizes and
+    a PTB-sized vocabulary: embedding -> LSTM -> linear decoder, cross-entropy, gradient norm
+    clipped to 0.25, plain SGD (lr 20), the hidden state carried (detached) between steps."""
+    nn, F = L.nn, L.nn.functional
+    c = WORD_LM
+
+    class RNNModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Embedding(c["vocab"], c["emsize"])
+            self.rnn = nn.LSTM(c["emsize"], c["nhid"], c["nlayers"])
+            self.decoder = nn.Linear(c["nhid"], c["vocab"])
+
+        def forward(self, x, hidden):
+            out, hidden = self.rnn(self.encoder(x), hidden)
+            return self.decoder(out), hidden
+
+    L.manual_seed(0)
+    model = RNNModel()
+    rng = np.random.default_rng(0)
+    x = L.from_numpy(rng.integers(0, c["vocab"], (c["bptt"], c["batch"])))
+    y = L.from_numpy(rng.integers(0, c["vocab"], (c["bptt"], c["batch"])))
+    state = {"h": (L.zeros(c["nlayers"], c["batch"], c["nhid"]), L.zeros(c["nlayers"], c["batch"], c["nhid"]))}
+    params = list(model.parameters())
+    opt = L.optim.SGD(params, lr=c["lr"])
+
+    def step():
+        hidden = tuple(h.detach() for h in state["h"])
+        opt.zero_grad()
+        out, state["h"] = model(x, hidden)
+        F.cross_entropy(out.reshape(-1, c["vocab"]), y.reshape(-1)).backward()
+        nn.utils.clip_grad_norm_(params, c["clip"])
+        opt.step()
+    return step
+
+
+# -- a residual CNN with in-place ops (the compatibility programs' residual_cnn.py, CIFAR-sized) ---
+
+def residual_cnn_step(L):
+    """A ResNet-style CNN on 32x32 RGB written with PyTorch's in-place habits (``ReLU(inplace)``,
+    ``out += identity``, ``relu_()``, pooled features assigned into a preallocated tensor),
+    batch 32, SGD with momentum."""
+    nn, F = L.nn, L.nn.functional
+
+    class BasicBlock(nn.Module):
+        def __init__(self, ch):
+            super().__init__()
+            self.conv1 = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(ch)
+            self.conv2 = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(ch)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            out += x
+            return out.relu_()
+
+    class Net(nn.Module):
+        def __init__(self, width=32, classes=10):
+            super().__init__()
+            self.stem = nn.Conv2d(3, width, 3, padding=1)
+            self.blocks = nn.Sequential(BasicBlock(width), BasicBlock(width))
+            self.fc = nn.Linear(2 * width, classes)
+            self.width = width
+
+        def forward(self, x):
+            x = self.blocks(F.relu(self.stem(x), inplace=True))
+            feats = L.zeros(x.shape[0], 2 * self.width)
+            feats[:, :self.width] = x.mean(dim=(2, 3))
+            feats[:, self.width:] = x.amax(dim=(2, 3))
+            return self.fc(feats)
+
+    L.manual_seed(0)
+    model = Net()
+    x, y = _randn(L, 32, 3, 32, 32), _labels(L, 32, 10)
+    opt = L.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    return _step(opt, lambda: F.cross_entropy(model(x), y))
+
+
 # -- DCGAN, 32x32 RGB --------------------------------------------------------------------------
 
 def dcgan_step(L):
@@ -353,6 +442,10 @@ CASES = [
     Case("MNIST CNN step (PyTorch example net), batch 64", mnist_cnn_step, min_time=0.0),
     Case("MNIST VAE step (784-400-20), batch 128", vae_step),
     Case("DCGAN step (32x32 RGB, ngf=ndf=64), batch 32", dcgan_step, min_time=0.0, quick=False),
+    Case("word LSTM LM step (word_language_model: 2x LSTM 200, bptt 35, batch 20, vocab 10k)", word_lm_step,
+         min_time=0.0),
+    Case("residual CNN step with in-place ops (2 basic blocks, width 32, 32x32 RGB), batch 32",
+         residual_cnn_step, min_time=0.0),
 ]
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
-"""Batched ``A B^T`` through oneDNN's matmul primitive with the element-wise epilogue the CPU
-attention needs fused into it: ``exp`` (a probability tile straight out of the score product)
-and a multiplication by another tensor of the output's shape (``dS = P o (dO V^T - D)``).
+"""Batched matrix products through oneDNN's matmul primitive, with the element-wise epilogue the
+CPU attention needs fused into them: ``exp`` (a probability tile straight out of the score
+product), a multiplication by another tensor of the output's shape (``dS = P o (dO V^T - D)``)
+and an accumulation into the destination (``dK += dS^T Q``).
 
 NumPy's float32 ``exp`` costs about as much as the score matmul itself (1.7 ns per element on
 an AVX2 EPYC, measured 2026-12-06), and every extra NumPy pass over a score tile reads and
 writes it once more; as a post-op the ``exp`` and the product run on the GEMM's output while it
 is still in registers/L1 (the 256 x 2048 tile: matmul 0.79 ms, matmul + NumPy exp 1.75 ms,
-fused 1.12 ms, one thread). float32 NumPy arrays only; the caller keeps the NumPy path as
+fused 1.12 ms, one thread). Operands are strided views (a block of rows of a larger array, a
+transposed read) used in place. float32 NumPy arrays only; the caller keeps the NumPy path as
 fallback and as the reference in tests.
 
-One plan (primitive + descriptors) per (batch, M, K, N, epilogue), kept in an LRU cache like
-the convolutions' (:mod:`avila_ml.cpu_accel._conv`); every buffer is checked at the boundary
-(:func:`avila_ml.cpu_accel._dnnl.check_buffer`) and referenced until the stream has finished.
+One plan (primitive + descriptors) per (shapes, strides, epilogue), kept in an LRU cache like
+the convolutions' (:mod:`avila_ml.cpu_accel._conv`); every operand is checked at the boundary
+(dtype, dimensions, strides, writability) and referenced until the stream has finished.
 """
 from __future__ import annotations
 
