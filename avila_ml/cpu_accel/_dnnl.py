@@ -331,7 +331,8 @@ def _openblas_handles() -> list:
         try:
             from threadpoolctl import ThreadpoolController
             for m in ThreadpoolController().lib_controllers:
-                if m.internal_api != "openblas":
+                # the pthreads build only: an OpenMP-threaded OpenBLAS has no spinning pool of its own
+                if m.internal_api != "openblas" or getattr(m, "threading_layer", None) != "pthreads":
                     continue
                 cdll = ctypes.CDLL(m.filepath)
                 shutdown = cdll.blas_thread_shutdown_
