@@ -347,7 +347,14 @@ def _openblas_handles() -> list:
 def stop_blas_spinning() -> bool:
     """Stop NumPy's OpenBLAS worker threads (see the comment above) when they are running and no
     foreign Python thread could be inside a BLAS call; True when some were stopped. Called by
-    the oneDNN convolutions before they run (``_conv.QUIET_BLAS`` turns it off)."""
+    the oneDNN convolutions before they run (``_conv.QUIET_BLAS`` turns it off). PyTorch has no
+    counterpart: its matmuls and convolutions share one OpenMP pool.
+
+    Example:
+        >>> from avila_ml.cpu_accel._dnnl import stop_blas_spinning
+        >>> stop_blas_spinning() in (True, False)  # False: none running, no OpenBLAS, or a foreign thread
+        True
+    """
     live = [(avail, shutdown) for avail, shutdown in _openblas_handles() if avail.value]
     if not live:
         return False
