@@ -245,3 +245,30 @@ def test_errors_name_the_op(device):
 def test_relu_accepts_integers_like_torch(device):
     y = F.relu(am.tensor([-2, 0, 3], device=device))
     assert y.dtype == am.int64 and to_np(y).tolist() == [0, 0, 3]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad_grad", [False, True])
+def test_relu_split_over_threads_matches_torch(monkeypatch, dtype, bad_grad):
+    """ReLU of a large host array, its batch cut into 3 uneven parts on the CPU threads (forced):
+    forward and gradient as PyTorch's, with NaN inputs (the gradient passes there) and, with
+    ``bad_grad``, an inf gradient where the output is 0 (the exact select, not 0 * inf)."""
+    import torch
+    import avila_ml.ops._cpu_threads as cpu_threads
+    if cpu_threads.controller() is None:
+        pytest.skip("no threadpoolctl: the batch is never split")
+    monkeypatch.setattr(cpu_threads, "blas_threads", lambda: 3)
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((7, 300, 130)).astype(dtype)  # 273,000 elements: over the split threshold
+    a[0, 0, :3] = [np.nan, 0.0, -0.0]
+    a[6, 1, 1] = np.nan
+    g = rng.standard_normal(a.shape).astype(dtype)
+    if bad_grad:
+        g[3][a[3] <= 0] = np.inf
+    assert len(cpu_threads.batch_slices(7, a.size, 1 << 18)) == 3
+    x, tx = am.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    y, ty = am.nn.functional.relu(x), torch.relu(tx)
+    np.testing.assert_array_equal(y.detach().numpy(), ty.detach().numpy())
+    y.backward(am.tensor(g))
+    ty.backward(torch.tensor(g))
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())

@@ -300,7 +300,7 @@ def test_max_pool_split_over_threads_matches_torch(monkeypatch, d, shape, kw):
     monkeypatch.setattr(cpu_threads, "blas_threads", lambda: 3)
     if cpu_threads.controller() is None:
         pytest.skip("no threadpoolctl: the batch is never split")
-    assert len(pooling._batch_slices(shape[0], 1)) == min(shape[0], 3)
+    assert len(cpu_threads.batch_slices(shape[0], 1, 0)) == min(shape[0], 3)
     rng = np.random.default_rng(5)
     for dtype in (np.float64, np.float32):
         a = np.round(rng.standard_normal(shape) * 2).astype(dtype)  # rounded: many ties

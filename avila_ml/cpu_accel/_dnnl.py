@@ -331,7 +331,8 @@ def _openblas_handles() -> list:
         try:
             from threadpoolctl import ThreadpoolController
             for m in ThreadpoolController().lib_controllers:
-                if m.internal_api != "openblas":
+                # the pthreads build only: an OpenMP-threaded OpenBLAS has no spinning pool of its own
+                if m.internal_api != "openblas" or getattr(m, "threading_layer", None) != "pthreads":
                     continue
                 cdll = ctypes.CDLL(m.filepath)
                 shutdown = cdll.blas_thread_shutdown_
@@ -346,7 +347,14 @@ def _openblas_handles() -> list:
 def stop_blas_spinning() -> bool:
     """Stop NumPy's OpenBLAS worker threads (see the comment above) when they are running and no
     foreign Python thread could be inside a BLAS call; True when some were stopped. Called by
-    the oneDNN convolutions before they run (``_conv.QUIET_BLAS`` turns it off)."""
+    the oneDNN convolutions before they run (``_conv.QUIET_BLAS`` turns it off). PyTorch has no
+    counterpart: its matmuls and convolutions share one OpenMP pool.
+
+    Example:
+        >>> from avila_ml.cpu_accel._dnnl import stop_blas_spinning
+        >>> stop_blas_spinning() in (True, False)  # False: none running, no OpenBLAS, or a foreign thread
+        True
+    """
     live = [(avail, shutdown) for avail, shutdown in _openblas_handles() if avail.value]
     if not live:
         return False

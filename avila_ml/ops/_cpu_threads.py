@@ -14,7 +14,7 @@ import atexit
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["controller", "rescan", "blas_threads", "run_parts", "run_chunks"]
+__all__ = ["controller", "rescan", "blas_threads", "run_parts", "run_chunks", "batch_slices", "over_batch"]
 
 _state: dict = {}
 
@@ -108,3 +108,34 @@ def run_chunks(body, items, parallel: bool = True) -> list:
         with ctl.limit(limits=1, user_api="blas"):
             return [body(items)]
     return run_parts(body, [items[i::n] for i in range(n)])
+
+
+def batch_slices(n: int, size: int, min_size: int) -> list:
+    """Slices of a batch of ``n`` for :func:`over_batch`: one per BLAS thread for an array of
+    ``size >= min_size`` elements, else (or without thread control, or inside a pool thread,
+    whose pool is busy with the other parts) one."""
+    import threading
+    parts = min(n, blas_threads()) if size >= min_size and controller() is not None else 1
+    if threading.current_thread().name.startswith("avila-cpu"):
+        parts = 1
+    if parts <= 1:
+        return [slice(None)]
+    step = -(-n // parts)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def over_batch(fn, n: int, size: int, min_size: int = 1 << 18) -> list:
+    """``[fn(b) for b in batch_slices(...)]``, concurrently on the pool, for element-wise or
+    per-sample work of large NumPy arrays that never calls BLAS: NumPy releases the GIL in its
+    ufuncs and copies, so the slices run in parallel (PyTorch's CPU kernels split their loops
+    over their threads too). ``fn`` writes only its own slice.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops._cpu_threads import over_batch
+        >>> x, y = np.arange(8.0).reshape(4, 2), np.empty((4, 2))
+        >>> _ = over_batch(lambda b: np.negative(x[b], out=y[b]), 4, x.size, min_size=0)
+        >>> y[:, 0]
+        array([-0., -2., -4., -6.])
+    """
+    return run_parts(fn, batch_slices(n, size, min_size), limit_blas=False)

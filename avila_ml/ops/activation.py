@@ -23,6 +23,7 @@ from ..autograd.grad_mode import _state as _grad_state
 from ..backends import backend_of
 from ..backends import _erf_float32 as _erf32
 from ..tensor import Tensor
+from ._cpu_threads import over_batch
 from .elementwise import _arr, _xp, erf, exp, sigmoid, sign as _sgn, tanh, where
 
 __all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
@@ -39,6 +40,9 @@ _GELU_C = 0.044715
 def _np_f32(a) -> bool:
     """A float32 NumPy array: what the CPU fast paths (oneDNN, the float32 erf) take."""
     return isinstance(a, np.ndarray) and a.dtype == np.float32
+
+
+_SPLIT_MIN = 1 << 18  # ReLU on host arrays from this many elements: batch split over the CPU threads
 
 
 def _raw(g, a) -> bool:
@@ -121,21 +125,33 @@ class ReLU(Function):
     # oneDNN's relu maps NaN to 0 (PyTorch keeps NaN), so it stays on the ufuncs
     def forward(self, x):
         self.save_outputs(0)
-        return _arr(_xp(x).maximum(x, x.dtype.type(0)))
+        zero = x.dtype.type(0)
+        if isinstance(x, np.ndarray) and x.ndim and x.size >= _SPLIT_MIN:
+            # large host arrays: the batch split over the CPU threads (``_cpu_threads.over_batch``)
+            y = np.empty(x.shape, dtype=x.dtype)
+            over_batch(lambda b: np.maximum(x[b], zero, out=y[b]), x.shape[0], x.size, _SPLIT_MIN)
+            return y
+        return _arr(_xp(x).maximum(x, zero))
 
     def backward(self, g):
         (y,) = self.saved_outputs
         # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
         if not _grad_state.enabled and _raw(g.array, y.array):
-            ga = g.array
-            keep = y.array <= 0
-            np.logical_not(keep, out=keep)
-            dx = keep.astype(ga.dtype)
-            dx *= ga  # g * {0, 1}: the select, except an inf/NaN g where y <= 0 (0 * inf)
-            if np.isfinite(np.add.reduce(dx, axis=None)):  # one cheap pass rules that out
-                return Tensor._wrap(dx)
-            # np.where is exact but several times slower than the multiply (measured)
-            return Tensor._wrap(np.where(keep, ga, ga.dtype.type(0)))
+            # as 1-d views for a 0-d gradient: the parts index the leading axis
+            ga, ya = (g.array, y.array) if g.array.ndim else (g.array.reshape(1), y.array.reshape(1))
+            dx = np.empty(ga.shape, dtype=ga.dtype)
+
+            def part(b):  # g * {0, 1}: the select, except an inf/NaN g where y <= 0 (0 * inf)
+                keep = ya[b] <= 0
+                np.logical_not(keep, out=keep)
+                d = dx[b]
+                np.copyto(d, keep, casting="unsafe")
+                d *= ga[b]
+                return bool(np.isfinite(np.add.reduce(d, axis=None)))  # one cheap pass rules that out
+            if not all(over_batch(part, ga.shape[0], ga.size, _SPLIT_MIN)):
+                # np.where is exact but several times slower than the multiply (measured)
+                np.copyto(dx, np.where(ya <= 0, ga.dtype.type(0), ga))
+            return Tensor._wrap(dx.reshape(g.array.shape))
         return g * _const(~(y.array <= 0), g)
 
 

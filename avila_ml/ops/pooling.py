@@ -136,26 +136,10 @@ def _code_dtype(K):
 _PARALLEL_MIN = 1 << 18  # elements below which splitting the batch over threads costs more than it saves
 
 
-def _batch_slices(n, size):
-    """Batch slices, one per BLAS thread (``ops._cpu_threads``), for a host array of ``size``
-    elements and batch ``n``; one slice when it is small or there is one thread."""
-    import threading
-    from ._cpu_threads import blas_threads, controller
-    parts = min(n, blas_threads()) if size >= _PARALLEL_MIN and controller() is not None else 1
-    if threading.current_thread().name.startswith("avila-cpu"):
-        parts = 1  # already a part of a split op: its pool is busy with the other parts
-    if parts <= 1:
-        return [slice(None)]
-    step = -(-n // parts)
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
-
-
 def _over_batch(fn, n, size):
-    """``fn(batch slice)`` for each slice of ``_batch_slices``, concurrently on the CPU thread
-    pool (NumPy releases the GIL inside its ufuncs, so the parts run in parallel, as PyTorch's
-    pooling kernels split N x C over their threads); results in batch order."""
-    from ._cpu_threads import run_parts
-    return run_parts(fn, _batch_slices(n, size), limit_blas=False)
+    """``fn(batch slice)`` over the batch cut on the CPU thread pool (``_cpu_threads.over_batch``)."""
+    from ._cpu_threads import over_batch
+    return over_batch(fn, n, size, _PARALLEL_MIN)
 
 
 def _window_max_parts(xpad, k, s, dl, o, exact_nan):

@@ -744,7 +744,8 @@ class BorderPadAdjoint(Function):
     Axes are undone last to first: each border slab of an axis is added onto the positions it
     was copied from, then the axis is cropped to its centre. Within one border the source
     positions are distinct (reflect and circular), so a fancy-indexed add is exact; replicate
-    borders all come from one edge position and are summed onto it.
+    borders all come from one edge position and are summed onto it. (PyTorch: the backward of
+    ``reflection_pad`` / ``replication_pad`` / circular ``pad``.)
 
     Example:
         >>> import avila_ml as am
