@@ -73,6 +73,8 @@ def rotate_pairs(x, cos, sin):
     if not isinstance(x, Tensor) or not isinstance(cos, Tensor) or not isinstance(sin, Tensor):
         raise TypeError(f"rotate_pairs: x, cos and sin must be Tensors, got {type(x).__name__}, "
                         f"{type(cos).__name__}, {type(sin).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"rotate_pairs: expected a floating-point x, got {x.dtype}")
     if x.ndim < 1 or x.shape[-1] % 2:
         raise RuntimeError(f"rotate_pairs: the last dim of x {tuple(x.shape)} must be even")
     half = tuple(x.shape[:-1]) + (x.shape[-1] // 2,)
