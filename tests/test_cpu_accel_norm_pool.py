@@ -249,6 +249,27 @@ def test_index_add_short_and_long_maps_match_torch(m, axis, finite):
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("n, m", [(512, 2048), (70, 5000)])
+def test_index_add_segment_sums_match_torch(n, m):
+    """Long maps over many rows (embedding gradients) sum each index's rows as one segment:
+    repeats accumulate, negative indices join their positive twins, a NaN or inf stays in its
+    own row; out-of-range indices raise IndexError."""
+    from avila_ml.backends.numpy_backend import NumpyBackend
+    rng = np.random.default_rng(14)
+    index = rng.integers(-n, n, m)
+    src = rng.standard_normal((m, 6)).astype(np.float32)
+    src[3, 2], src[9, 0] = np.nan, np.inf
+    base = rng.standard_normal((n, 6)).astype(np.float32)
+    ours = am.index_add(am.tensor(base), 0, am.tensor(index % n), am.tensor(src))
+    ref = torch.index_add(torch.tensor(base), 0, torch.tensor(index % n), torch.tensor(src))
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+    direct = base.copy()
+    NumpyBackend.index_add(direct, 0, index, src)  # negative indices straight to the backend
+    np.testing.assert_allclose(direct, ref.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError, match="out of bounds"):
+        NumpyBackend.index_add(base.copy(), 0, np.array([0, n]), src[:2])
+
+
 def test_circular_padding_gradient_matches_torch():
     xa = np.random.default_rng(12).standard_normal((2, 3, 4, 5, 6))
     x = am.tensor(xa, requires_grad=True)

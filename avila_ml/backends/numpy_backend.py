@@ -105,8 +105,11 @@ class NumpyBackend(PCG64Draws):
         padding this ran 2-3x faster than the one-hot product it replaced there (in-process,
         loaded machine).
         Longer small maps use a one-hot matrix product, which runs on BLAS; large ones
-        (embeddings) fall back to ``np.add.at``, and so do values holding a NaN or inf: in the
-        product 0 * NaN would spread it to every row of its column.
+        (embeddings), and values holding a NaN or inf (in the product 0 * NaN would spread it to
+        every row of its column), sum each index's rows as a segment of the index-sorted values
+        (``np.add.reduceat``) and add the sums once per distinct index: the small GPT's token
+        embedding gradient (512 x 2048 -> 128) 3.6 -> 1.3 ms, the word LM's (10000 x 700 -> 200)
+        1.9 -> 1.0 ms against ``np.add.at`` / the one-hot product (one thread, loaded machine).
         """
         t = np.moveaxis(target, axis, 0)
         v = np.moveaxis(values, axis, 0)
@@ -115,12 +118,20 @@ class NumpyBackend(PCG64Draws):
             for i, j in enumerate(np.asarray(index).tolist()):
                 t[j] += v[i]  # distinct calls: a repeated index accumulates
             return
-        if target.dtype.kind == "f" and n * m <= (1 << 20) and v.size and np.isfinite(v).all():
+        if target.dtype.kind == "f" and n * m <= (1 << 18) and v.size and np.isfinite(v).all():
             onehot = np.zeros((n, m), dtype=target.dtype)
             onehot[index, np.arange(m)] = 1
             t += (onehot @ v.reshape(m, -1)).reshape(t.shape)
-        else:
-            np.add.at(t, index, v)
+        elif m and v.size:
+            index = np.asarray(index)
+            if index.min() < -n or index.max() >= n:
+                raise IndexError(f"index_add: an index is out of bounds for dimension {axis} of size {n} "
+                                 f"(indices from {index.min()} to {index.max()})")
+            index = np.where(index < 0, index + n, index)  # -1 and n - 1 are one segment
+            order = np.argsort(index, kind="stable")
+            ordered = index[order]
+            starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+            t[ordered[starts]] += np.add.reduceat(v[order], starts, axis=0)
 
     @staticmethod
     def to_numpy(array):
