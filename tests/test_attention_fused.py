@@ -1,9 +1,8 @@
-"""The CPU attention with the softmax folded into oneDNN matmuls (ops/_attention_fused.py):
-values and gradients against PyTorch in float64 from float32 inputs, at block edges (odd L, L
-smaller than a block, several key blocks, causal with L != S), with batch broadcasting, GQA,
-dropout (the same Philox mask as the blocked path), the backward's tiles on threads and its
-batch chunks, and the fallbacks when the row offsets are far off (sampled offsets, then the
-exact path); the oneDNN matmul with epilogues and strided views against NumPy."""
+"""The CPU attention tiles with the softmax folded into oneDNN matmuls (ops/_attention_fused.py):
+values and gradients against PyTorch in float64 from float32 inputs, at tile edges (odd L, L
+smaller than a tile, several key blocks, causal with L != S), with batch broadcasting, GQA,
+dropout (the same Philox mask as the blocked path), on threads, and the exact fallback when the
+estimated row offset is far off; the oneDNN matmul with epilogues against NumPy."""
 import math
 
 import numpy as np
@@ -45,8 +44,8 @@ def calls(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def any_length(monkeypatch):
-    """The fused path for every key count (the library keeps short ones on the blocked path),
-    and the backward in query tiles (short sequences' batch chunks: the `whole` fixture)."""
+    """The fused tiles for every key count (the library keeps short ones on the blocked path),
+    and no whole-problem path (short sequences; its own tests below switch it back on)."""
     monkeypatch.setattr(fused, "_MIN_KEYS", 1)
     monkeypatch.setattr(fused, "_WHOLE_MAX", 0)
 
@@ -65,10 +64,8 @@ def whole(monkeypatch):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row); causal
-    query blocks down to 2 rows, the masked triangle cleared in strips of 3 rows; the forward's
-    chunks of 7 x 5 scores too."""
+    query blocks down to 2 rows, the masked triangle cleared in strips of 3 rows."""
     monkeypatch.setattr(fused, "_TILE", 7 * 5 * 3)
-    monkeypatch.setattr(fused, "_WHOLE_TILE", 7 * 5)
     monkeypatch.setattr(fused, "_KEY_BLOCK", 7)
     monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
     monkeypatch.setattr(fused, "_STRIP", 3)
@@ -263,6 +260,24 @@ def test_dropout_uses_the_blocked_paths_mask(small_tiles, calls):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     out_plain = _run(qa, ka, va, True, go=go)[0]
     assert not np.allclose(results[0][0], out_plain)  # dropout did act
+
+
+def test_offsets_far_off_fall_back_to_the_exact_path(calls):
+    """Scores far above the sampled estimate (overflow) and a causal first row whose sample saw
+    only later, much larger scores (underflow): those tiles are redone exactly, values stay right."""
+    rng = np.random.default_rng(8)
+    E, n = 8, 40
+    qa, ka, va, go = (rng.standard_normal((1, 1, n, E)) for _ in range(4))
+    u = np.eye(E)[0]
+    qa[0, 0] = 10.0 * u + 0.1 * qa[0, 0]
+    ka[0, 0, 30] = 40.0 * u  # score ~141, the sampled keys 0-15 score ~10: exp(141 - 26) overflows
+    _close(_run(qa, ka, va, go=go), _torch(qa, ka, va, go=go), tol=1e-4)
+    assert calls["redo"] > 0
+    calls["redo"] = 0
+    qa, ka, va, go = (rng.standard_normal((1, 1, n, E)) for _ in range(4))
+    ka[0, 0, 1:6] = 20.0 * qa[0, 0, 0]  # row 0 may only see key 0; the sample (keys 0-15) scores ~hundreds
+    _close(_run(qa, ka, va, True, go=go), _torch(qa, ka, va, True, go=go), tol=1e-4)
+    assert calls["redo"] > 0
 
 
 def test_float64_masks_flag_and_short_keys_keep_the_blocked_path(calls, monkeypatch):

@@ -1,32 +1,30 @@
-"""The CPU attention with the softmax folded into the matmuls (oneDNN epilogues).
+"""The CPU attention tiles with the softmax folded into the matmuls (oneDNN epilogues).
 
 The blocked path of :mod:`avila_ml.ops.attention` spends most of a score tile's time outside the
 two matmuls: a pass for the row max, one to subtract it, NumPy's float32 ``exp`` (as slow as the
 score matmul itself) and one for the row sum. Here the row offset is known BEFORE the score
-matmul, so everything folds into the products:
+matmul, so everything folds into the two BLAS calls of a tile:
 
 - an extra column carries the offset through the product: ``[Q scale, -m] [K, 1]^T = S - m``,
-  and ``exp`` runs as oneDNN's matmul post-op (:func:`avila_ml.cpu_accel._matmul.matmul`), so
-  the score block comes out of one call as ``P~ = exp(S - m)``;
+  and ``exp`` runs as oneDNN's matmul post-op (:func:`avila_ml.cpu_accel._matmul.matmul_nt`),
+  so the score tile comes out of one call as ``P~ = exp(S - m)``;
 - a ones column on V gives the row sum with the output: ``P~ [V, 1] = [P~ V, l]``.
 
 The forward cannot know the row max in advance, and does not need it: any offset m keeps
-``exp(S - m)`` finite and its sum well scaled as long as m is not below the max and not too far
-above it. It uses the Cauchy-Schwarz bound ``m_i = |q_i| scale max_j |k_j|``: no score exceeds
-it, so nothing overflows; a row whose sum still falls below ``S 2^-100`` (the bound was loose by
-more than ~60) sends its batch chunk to sampled offsets (the exact scores of the first 16 keys
-a row attends to, + 16, checked for overflow too) and, if that fails as well, to the exact
-online-softmax path -- correct for any input, fast for the scores real models produce. The
-forward runs a batch chunk and a block of query rows per oneDNN call (:func:`_forward_whole`),
-on oneDNN's own threads. The log-sum-exp ``m + log l`` is saved for the backward, which knows
-its offset exactly: ``P = exp([Q scale, -lse] [K, 1]^T)`` in one call and
-``dS = ([dO, -D] [V, 1]^T) o P`` (D = rowsum(dO o O)) in another, the product with P fused too;
-short sequences in the same batch chunks (:func:`_backward_whole`), longer ones in query tiles
-shared among Python threads (:func:`_backward`).
+``exp(S - m)`` finite and its sum well scaled as long as m is within a few dozen of the max.
+It uses ``m_i = max over the first 16 keys of S_ij + 16`` (one small product for all rows; at
+most 16 above the true max, so the sum cannot underflow without a mask), the same for every
+key block of a row, so no block rescales the previous ones. Then it checks each row: a sum
+or output that is not finite (overflow: a key scored ~100 above the sampled ones) or a sum
+smaller than ``S * 2^-40`` (the largest term could have lost precision to underflow; only
+causal rows before the 16th can get there) sends that tile to the exact online-softmax path --
+correct for any input, fast for the scores real models produce. The log-sum-exp ``m + log l``
+is saved for the backward, which knows its offset exactly: ``P = exp([Q scale, -lse] [K, 1]^T)`` in one call and
+``dS = ([dO, -D] [V, 1]^T) o P`` (D = rowsum(dO o O)) in another, the product with P fused too.
 
 Used for float32 (and float16, computed in float32) NumPy arrays without ``attn_mask`` when
-oneDNN is installed and ``am.backends.mkldnn.enabled``; masks, float64 and CuPy keep the blocked
-path, which also stays the reference in the tests.
+oneDNN is installed and ``am.backends.mkldnn.enabled``, from 128 keys; masks, float64, CuPy
+and shorter sequences keep the blocked path, which also stays the reference in the tests.
 """
 from __future__ import annotations
 
@@ -48,6 +46,7 @@ _MIN_KEYS = 128  # below this many keys the fixed costs (augmented copies, offse
 _STRIP = 16  # rows per strip when clearing the masked part of a causal tile
 _SAMPLE_KEYS = 16      # the first keys, whose exact scores give the forward's row offset
 _SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
+_UNDERFLOW = 2.0 ** -40  # a row sum below S * this is recomputed exactly
 _PARALLEL_MIN_WORK = 1 << 18
 # Short sequences (L S <= _WHOLE_MAX) are computed a batch chunk of whole (L, S) problems at a
 # time, every product one oneDNN call on its own OpenMP team (see _forward_whole)
@@ -125,6 +124,22 @@ def _zero_above_diagonal(p, i0, j0):
             np.copyto(p[..., r0:r1, lo:hi], 0, where=tri)
 
 
+def _run(fn, units, work):
+    """fn(part) over ``units`` split among threads (BLAS and oneDNN one thread each)."""
+    n = 1
+    if work >= _PARALLEL_MIN_WORK and len(units) > 1 and _cpu_threads.controller() is not None:
+        n = min(len(units), _cpu_threads.blas_threads())
+    if n <= 1:
+        fn(units)
+        return
+    from ..cpu_accel._matmul import one_omp_thread
+
+    def part(us):
+        with one_omp_thread():
+            fn(us)
+    _cpu_threads.run_parts(part, [units[t::n] for t in range(n)])
+
+
 @contextlib.contextmanager
 def _one_thread_libraries():
     """BLAS and oneDNN's OpenMP on one thread in this thread: the parallelism is ours
@@ -139,8 +154,7 @@ def _one_thread_libraries():
 
 
 def _whole(L, S) -> bool:
-    """Whether the backward of (L, S) problems runs in batch chunks (:func:`_backward_whole`):
-    short sequences; longer ones take the query tiles on Python threads (:func:`_backward`)."""
+    """Whether (L, S) problems are computed whole (:func:`_forward_whole`): short sequences."""
     return L is not None and 0 < L * S <= _WHOLE_MAX
 
 
@@ -152,11 +166,11 @@ def _quiet_blas():
 
 
 def forward(op, q, k, v, B, ct):
-    """Output (B, L, Ev), log-sum-exp (B, L) and the batch chunks whose rows failed the check
-    (left for the caller to redo exactly): :func:`_forward_whole`, at every length (one thread
-    or two, it measured faster than query tiles on Python threads for L = S from 128 to 2048)."""
-    _quiet_blas()
-    return _forward_whole(op, q, k, v, B, ct)
+    if _whole(q.shape[-2], k.shape[-2]):
+        _quiet_blas()
+        return _forward_whole(op, q, k, v, B, ct)
+    with _one_thread_libraries():
+        return _forward(op, q, k, v, B, ct)
 
 
 def backward(op, q, k, v, o, g, lse, B, ct):
@@ -170,6 +184,68 @@ def backward(op, q, k, v, o, g, lse, B, ct):
 
 def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _forward(op, q, k, v, B, ct):
+    """Output (B, L, Ev), log-sum-exp (B, L) and the units whose rows failed the check (they
+    are left for the caller to redo exactly); see the module docstring."""
+    from ..cpu_accel._matmul import matmul_nt
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
+    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
+    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
+    np.multiply(qb, ct.type(op.scale), out=qa[..., :E])
+    qa[..., E] = 0
+    ka = _augment(kb, 1, ct)
+    # the row offsets m (B, L): the exact scores of the first keys, plus a margin, in one call
+    ns = min(S, _SAMPLE_KEYS)
+    sampled = np.empty((B, L, ns), dtype=ct)
+    matmul_nt(qa, np.ascontiguousarray(ka[:, :ns]), sampled)
+    m = sampled.max(axis=-1)
+    m += ct.type(_SAMPLE_MARGIN)
+    np.negative(m, out=qa[..., E])
+    dropout = op.dropout is not None
+    va = vb.astype(ct, copy=False) if dropout else _augment(vb, 1, ct)
+    out = np.empty((B, L, Ev), dtype=ct)
+    lsum = np.empty((B, L), dtype=ct)
+    units, bk = _units(B, L, S, op.is_causal)
+    least = ct.type(S * _UNDERFLOW)  # per row n_keys * 2^-40 with n_keys <= S: a safe side
+    redo = []
+
+    def body(us):
+        buf = np.empty(_TILE if len(us) > 1 else 0, dtype=ct)  # P~ tiles reuse one buffer
+        for b0, b1, i0, i1 in us:
+            qi = _contiguous(qa[b0:b1, i0:i1])
+            acc = l = None
+            for j0, j1 in _key_blocks(i0, i1, S, bk, op.is_causal):
+                kj = _contiguous(ka[b0:b1, j0:j1])
+                n = (b1 - b0) * (i1 - i0) * (j1 - j0)
+                p = (buf[:n] if n <= buf.size else np.empty(n, dtype=ct)).reshape(b1 - b0, i1 - i0, j1 - j0)
+                matmul_nt(qi, kj, p, exp=True)
+                if op.is_causal:
+                    _zero_above_diagonal(p, i0, j0)
+                if dropout:  # the normaliser is the sum before dropout
+                    part_l = p.sum(axis=-1)
+                    l = part_l if l is None else l + part_l
+                    p *= op._keep_tile(b0, b1, i0, i1, j0, j1, np, ct)
+                if acc is None:  # NumPy's BLAS: measured as fast as oneDNN for P V
+                    acc = np.matmul(p, va[b0:b1, j0:j1])
+                else:
+                    acc += p @ va[b0:b1, j0:j1]
+            if not dropout:  # [P~ V, l]
+                acc, l = acc[..., :Ev], acc[..., Ev]
+            if not (np.isfinite(acc).all() and np.isfinite(l).all() and l.min() >= least):
+                redo.append((b0, b1, i0, i1))
+                continue
+            np.divide(acc, l[..., None], out=out[b0:b1, i0:i1])
+            lsum[b0:b1, i0:i1] = l
+
+    _run(body, units, B * L * S // (2 if op.is_causal else 1))
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
+        lse = np.log(lsum, out=lsum)
+    lse += m
+    return out, lse, redo
 
 
 def _backward(op, q, k, v, o, g, lse, B, ct):
@@ -261,11 +337,10 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
 # forth badly (see _one_thread_libraries).
 
 def _short_blocks(B, L, S, causal):
-    """(batch chunk, query rows) of the chunked path: causal rows in blocks (a block's keys end
-    at its last row: L = 128 in blocks of 32 computes 5/8 of the scores), blocks of at most
-    _WHOLE_TILE scores, and a chunk of the batch filling _WHOLE_TILE scores."""
+    """(batch chunk, query rows) of the short path: causal rows in blocks (a block's keys end at
+    its last row: L = 128 in blocks of 32 computes 5/8 of the scores), a chunk of the batch
+    filling _WHOLE_TILE scores."""
     bq = min(L, max(_CAUSAL_MIN_ROWS, -(-L // 4))) if causal else L
-    bq = max(1, min(bq, _WHOLE_TILE // S))
     bb = max(1, min(B, _WHOLE_TILE // (bq * S)))
     return bb, bq
 
