@@ -671,7 +671,8 @@ def test_openblas_workers_kept_with_a_foreign_thread_or_switched_off(monkeypatch
     finally:
         release.set()
         user.join()
-    monkeypatch.setattr(accel, "QUIET_BLAS", False)
+    from avila_ml.cpu_accel import _dnnl
+    monkeypatch.setattr(_dnnl, "QUIET_BLAS", False)
     _threaded_matmul()
     F.conv2d(x, w)
     assert _openblas_running()

@@ -44,8 +44,6 @@ __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "
 
 CACHE_SIZE = 128  # primitive plans kept (LRU); a plan holds JIT code, so the bound matters
 _cache = PlanCache(lambda: CACHE_SIZE)
-# stop NumPy's OpenBLAS threads from spinning through each convolution (``_dnnl.stop_blas_spinning``)
-QUIET_BLAS = True
 _STACK_ALIGN = 16  # stacked channels of a 3-d inner convolution rounded up to this (module docstring)
 _F32 = np.dtype(np.float32)
 
@@ -323,8 +321,7 @@ def _direct(kind, x_shape, w_shape, y_shape, geom):
 
 
 def _quiet_blas():
-    if QUIET_BLAS:
-        D.stop_blas_spinning()
+    D.quiet_blas()
 
 
 def conv_forward(x, w, geom):

@@ -344,10 +344,21 @@ def _openblas_handles() -> list:
     return _blas["handles"]
 
 
+# stop NumPy's OpenBLAS threads from spinning through each oneDNN call (``quiet_blas``)
+QUIET_BLAS = True
+
+
+def quiet_blas() -> None:
+    """:func:`stop_blas_spinning` unless switched off (``QUIET_BLAS = False``); run before every
+    oneDNN execution (``_prim.Executor._run_all``, the matmul plans)."""
+    if QUIET_BLAS:
+        stop_blas_spinning()
+
+
 def stop_blas_spinning() -> bool:
     """Stop NumPy's OpenBLAS worker threads (see the comment above) when they are running and no
-    foreign Python thread could be inside a BLAS call; True when some were stopped. Called by
-    the oneDNN convolutions before they run (``_conv.QUIET_BLAS`` turns it off). PyTorch has no
+    foreign Python thread could be inside a BLAS call; True when some were stopped. Called
+    before every oneDNN execution (:func:`quiet_blas`; ``QUIET_BLAS = False`` turns it off). PyTorch has no
     counterpart: its matmuls and convolutions share one OpenMP pool.
 
     Example:

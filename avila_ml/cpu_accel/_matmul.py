@@ -158,6 +158,7 @@ class _Plan:
         set_handle = self.lib.fn("dnnl_memory_set_data_handle")
         for mem, ptr in zip(mems, ptrs):
             set_handle(mem, ptr)
+        D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
         # every buffer is referenced by the caller until this returns (after the wait)
         self.lib.call("dnnl_primitive_execute", self.prim.prim, self.lib.stream, len(args), args)
         self.lib.call("dnnl_stream_wait", self.lib.stream)

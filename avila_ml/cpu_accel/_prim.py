@@ -115,6 +115,7 @@ class Executor:
         """Execute ``calls`` [(primitive, [(arg id, md, array)])] in order, wait for the stream,
         then free the memory objects (the arrays stay referenced until then)."""
         made, keep = [], []
+        D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
         try:
             for prim, args in calls:
                 self._exec(prim, args, made, keep)

@@ -160,9 +160,9 @@ def _whole(L, S) -> bool:
 
 def _quiet_blas():
     """Stop NumPy's OpenBLAS workers spinning from a preceding matmul before oneDNN's team runs
-    the short path (as the convolutions do: ``cpu_accel._dnnl.stop_blas_spinning``)."""
-    from ..cpu_accel import _conv
-    _conv._quiet_blas()
+    the short path (``cpu_accel._dnnl.quiet_blas``, which every oneDNN call runs too)."""
+    from ..cpu_accel import _dnnl
+    _dnnl.quiet_blas()
 
 
 def forward(op, q, k, v, B, ct):
