@@ -158,16 +158,8 @@ def _whole(L, S) -> bool:
     return L is not None and 0 < L * S <= _WHOLE_MAX
 
 
-def _quiet_blas():
-    """Stop NumPy's OpenBLAS workers spinning from a preceding matmul before oneDNN's team runs
-    the short path (``cpu_accel._dnnl.quiet_blas``, which every oneDNN call runs too)."""
-    from ..cpu_accel import _dnnl
-    _dnnl.quiet_blas()
-
-
 def forward(op, q, k, v, B, ct):
     if _whole(q.shape[-2], k.shape[-2]):
-        _quiet_blas()
         return _forward_whole(op, q, k, v, B, ct)
     with _one_thread_libraries():
         return _forward(op, q, k, v, B, ct)
@@ -176,7 +168,6 @@ def forward(op, q, k, v, B, ct):
 def backward(op, q, k, v, o, g, lse, B, ct):
     """dQ (unscaled: the caller multiplies by scale), dK, dV as (B, n, d) arrays, fused tiles."""
     if _whole(q.shape[-2], k.shape[-2]):
-        _quiet_blas()
         return _backward_whole(op, q, k, v, o, g, lse, B, ct)
     with _one_thread_libraries():
         return _backward(op, q, k, v, o, g, lse, B, ct)
