@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
+from ._prim import FlatPlan, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["run", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
            "CACHE_SIZE"]
@@ -45,7 +45,7 @@ _K = math.sqrt(2.0 / math.pi)
 _C = 0.044715
 
 
-class _Plan(Executor):
+class _Plan(FlatPlan):
     """``dst = steps(src0 alg src1)`` over ``n`` float32 elements; ``steps`` is a tuple of
     ``("elt", alg, alpha, beta)`` and ``("bin", alg)`` (the latter each takes one more tensor)."""
 
@@ -75,14 +75,6 @@ class _Plan(Executor):
         self.impl = impl_name(lib, pd)
         self.jit = not self.impl.startswith("ref")  # oneDNN's scalar reference code: use NumPy
         self.args.append(D.ARG_DST)
-
-    def run(self, *arrays) -> None:
-        """Execute on ``arrays``: src0, src1, one per binary step, then the output."""
-        n = self.desc.nbytes
-        for i, a in enumerate(arrays):
-            D.check_buffer(a, _F32, n, f"{'output' if i == len(arrays) - 1 else 'input'} {i} of the "
-                                       f"oneDNN {self.what}")
-        self._run_all([(self.prim, [(arg, self.desc.h, a) for arg, a in zip(self.args, arrays)])])
 
 
 _cache = PlanCache(lambda: CACHE_SIZE)

@@ -21,7 +21,7 @@ import ctypes
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
+from ._prim import FlatPlan, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["forward", "backward", "ALGS", "MIN_SIZE", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -50,7 +50,7 @@ ALGS = {
 }
 
 
-class _Plan(Executor):
+class _Plan(FlatPlan):
     """One primitive over same-shaped plain float32 buffers (eltwise or softmax); ``make_pd(lib,
     md, attr)`` returns its primitive descriptor, ``args`` are its argument ids in call order."""
 
@@ -66,14 +66,6 @@ class _Plan(Executor):
         # "ref:any" is oneDNN's scalar reference code: slower than NumPy (softmax backward in
         # oneDNN 3.2 on AVX2, softmax over a middle axis: 10-50x), so callers fall back
         self.jit = not self.impl.startswith("ref")
-
-    def run(self, *arrays) -> None:
-        """Execute on ``arrays`` (one per argument id, outputs last, all C-contiguous float32)."""
-        n = self.desc.nbytes
-        for i, a in enumerate(arrays):
-            D.check_buffer(a, _F32, n, f"{'output' if i == len(arrays) - 1 else 'input'} {i} of the "
-                                       f"oneDNN {self.what}")
-        self._run_all([(self.prim, [(arg, self.desc.h, a) for arg, a in zip(self.args, arrays)])])
 
 
 _cache = PlanCache(lambda: CACHE_SIZE)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _dnnl as D
 
-__all__ = ["Executor", "PlanCache", "impl_name", "_Desc", "_Prim", "_attr", "_strides"]
+__all__ = ["Executor", "FlatPlan", "PlanCache", "impl_name", "_Desc", "_Prim", "_attr", "_strides"]
 
 
 def _strides(shape):
@@ -125,6 +125,20 @@ class Executor:
             for m in made:
                 destroy(m)
             del keep
+
+
+class FlatPlan(Executor):
+    """A primitive over float32 buffers that all have one 1-d descriptor (``self.desc``), its
+    argument ids in ``self.args`` (outputs last) and a name for messages (``self.what``): the
+    element-wise plans of ``_eltwise.py`` and ``_chain.py``."""
+
+    def run(self, *arrays) -> None:
+        """Execute on ``arrays`` (one per argument id, outputs last, all C-contiguous float32)."""
+        n = self.desc.nbytes
+        for i, a in enumerate(arrays):
+            D.check_buffer(a, np.float32, n, f"{'output' if i == len(arrays) - 1 else 'input'} {i} of the "
+                                             f"oneDNN {self.what}")
+        self._run_all([(self.prim, [(arg, self.desc.h, a) for arg, a in zip(self.args, arrays)])])
 
 
 def impl_name(lib, pd) -> str:

@@ -173,6 +173,14 @@ def backward(op, q, k, v, o, g, lse, B, ct):
         return _backward(op, q, k, v, o, g, lse, B, ct)
 
 
+def _flat(op, q, k, v, B):
+    """q, k, v broadcast to the op's batch and seen as (B, n, d) (views where possible)."""
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    return (np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E),
+            np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E),
+            np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev))
+
+
 def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
@@ -182,9 +190,7 @@ def _forward(op, q, k, v, B, ct):
     are left for the caller to redo exactly); see the module docstring."""
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
-    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
-    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qb, kb, vb = _flat(op, q, k, v, B)
     qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
     np.multiply(qb, ct.type(op.scale), out=qa[..., :E])
     qa[..., E] = 0
@@ -242,9 +248,7 @@ def _forward(op, q, k, v, B, ct):
 def _backward(op, q, k, v, o, g, lse, B, ct):
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
-    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
-    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qb, kb, vb = _flat(op, q, k, v, B)
     g = g.astype(ct, copy=False).reshape(B, L, Ev)
     delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))  # rowsum(dO o O)
     qa = _augment(qb, -lse, ct, scale=op.scale)
@@ -382,9 +386,7 @@ def _forward_whole(op, q, k, v, B, ct):
     the chunk is recomputed with sampled offsets (:func:`_sampled_offsets`), and if that fails
     too, redone exactly by the caller."""
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
-    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
-    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qb, kb, vb = _flat(op, q, k, v, B)
     qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
     qs = qa[..., :E]
     np.multiply(qb, ct.type(op.scale), out=qs)
@@ -447,9 +449,7 @@ def _forward_whole(op, q, k, v, B, ct):
 
 def _backward_whole(op, q, k, v, o, g, lse, B, ct):
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb = np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E)
-    kb = np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E)
-    vb = np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev)
+    qb, kb, vb = _flat(op, q, k, v, B)
     g = np.ascontiguousarray(g.reshape(B, L, Ev), dtype=ct)
     delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))  # rowsum(dO o O)
     qa = _augment(qb, -lse, ct, scale=op.scale)  # [Q scale, -lse]
