@@ -533,3 +533,46 @@ def test_max_pool_windows_of_only_minus_inf_point_inside_the_input(row):
     y.backward(am.tensor(g))
     ty.backward(torch.tensor(g))
     _f32_close(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_split_over_channels_matches_torch(monkeypatch, affine, dtype):
+    """Batch norm's channels shared among the CPU threads (forced here for a small input, uneven
+    slices): outputs, running statistics and all gradients equal PyTorch's."""
+    from avila_ml.ops import _cpu_threads, normalization
+    if _cpu_threads.controller() is None or _cpu_threads.blas_threads() < 2:
+        pytest.skip("one BLAS thread: the channels are not split")
+    monkeypatch.setattr(normalization, "_CHANNEL_SPLIT_MIN", 0)
+    rng = np.random.default_rng(15)
+    xa = rng.standard_normal((4, 5, 6, 7)) * 3 + 1
+    ga = rng.standard_normal(xa.shape)
+    assert normalization._channel_parts(xa, (0, 2, 3), None, None, np) > 1
+    ran = []
+    for name in ("_forward_by_channel", "_backward_by_channel"):
+        real = getattr(normalization, name)
+        monkeypatch.setattr(normalization, name, lambda *a, _r=real, _n=name: ran.append(_n) or _r(*a))
+    m = am.nn.BatchNorm2d(5, affine=affine).to(dtype=getattr(am, np.dtype(dtype).name))
+    t = torch.nn.BatchNorm2d(5, affine=affine).to(getattr(torch, np.dtype(dtype).name))
+    if affine:
+        w, b = rng.standard_normal(5), rng.standard_normal(5)
+        with am.no_grad():
+            m.weight.copy_(am.tensor(w.astype(dtype)))
+            m.bias.copy_(am.tensor(b.astype(dtype)))
+        with torch.no_grad():
+            t.weight.copy_(torch.tensor(w))
+            t.bias.copy_(torch.tensor(b))
+    x = am.tensor(xa.astype(dtype), requires_grad=True)
+    tx = torch.tensor(xa.astype(dtype), requires_grad=True)
+    y, ty = m(x), t(tx)
+    y.backward(am.tensor(ga.astype(dtype)))
+    ty.backward(torch.tensor(ga.astype(dtype)))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(m.running_mean.numpy(), t.running_mean.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(m.running_var.numpy(), t.running_var.numpy(), rtol=tol, atol=tol)
+    if affine:
+        np.testing.assert_allclose(m.weight.grad.numpy(), t.weight.grad.numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(m.bias.grad.numpy(), t.bias.grad.numpy(), rtol=tol, atol=tol)
+    assert ran == ["_forward_by_channel", "_backward_by_channel"]
