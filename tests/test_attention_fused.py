@@ -97,6 +97,23 @@ def _torch(qa, ka, va, causal=False, scale=None, gqa=False, go=None):
     return [t.detach().numpy() for t in (out, q.grad, k.grad, v.grad)]
 
 
+def _dropout_matches_blocked(rng):
+    """Same seed -> the same Philox keep mask with oneDNN on (fused) and off (the blocked path,
+    the reference): values and gradients agree, and dropout did act."""
+    qa, ka, va, go = (rng.standard_normal((2, 3, 11, 4)) for _ in range(4))
+    results = []
+    for enabled in (True, False):
+        am.backends.mkldnn.enabled = enabled
+        try:
+            am.manual_seed(7)
+            results.append(_run(qa, ka, va, True, go=go, dropout_p=0.3))
+        finally:
+            am.backends.mkldnn.enabled = True
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(results[0][0], _run(qa, ka, va, True, go=go)[0])  # dropout did act
+
+
 def _close(ours, ref, tol=3e-5):
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
         assert a.shape == b.shape, name
@@ -164,18 +181,7 @@ def test_whole_problems_dropout_and_offsets(whole, calls, monkeypatch):
     """Dropout draws the blocked path's Philox mask; the row offsets: the Cauchy-Schwarz bound,
     the sampled offsets where the bound is too loose, the exact path where both fail."""
     rng = np.random.default_rng(15)
-    qa, ka, va, go = (rng.standard_normal((2, 3, 11, 4)) for _ in range(4))
-    results = []
-    for enabled in (True, False):
-        am.backends.mkldnn.enabled = enabled
-        try:
-            am.manual_seed(7)
-            results.append(_run(qa, ka, va, True, go=go, dropout_p=0.3))
-        finally:
-            am.backends.mkldnn.enabled = True
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(results[0][0], _run(qa, ka, va, True, go=go)[0])  # dropout did act
+    _dropout_matches_blocked(rng)
     calls["redo"] = 0  # (the blocked path above counted its own units)
     sampled = []
     real = fused._sampled_offsets
@@ -245,21 +251,8 @@ def test_fused_tiles_on_threads(small_tiles, calls, monkeypatch):
 
 def test_dropout_uses_the_blocked_paths_mask(small_tiles, calls):
     """Same seed -> the same Philox keep mask in the fused and the blocked path (values and grads)."""
-    rng = np.random.default_rng(6)
-    qa, ka, va, go = (rng.standard_normal((2, 3, 11, 4)) for _ in range(4))
-    results = []
-    for enabled in (True, False):
-        am.backends.mkldnn.enabled = enabled
-        try:
-            am.manual_seed(7)
-            results.append(_run(qa, ka, va, True, go=go, dropout_p=0.3))
-        finally:
-            am.backends.mkldnn.enabled = True
+    _dropout_matches_blocked(np.random.default_rng(6))
     assert calls["matmul"] > 0
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    out_plain = _run(qa, ka, va, True, go=go)[0]
-    assert not np.allclose(results[0][0], out_plain)  # dropout did act
 
 
 def test_offsets_far_off_fall_back_to_the_exact_path(calls):

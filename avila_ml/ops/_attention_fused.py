@@ -181,6 +181,18 @@ def _flat(op, q, k, v, B):
             np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev))
 
 
+def _backward_operands(op, q, k, v, o, g, lse, B, ct):
+    """What both backward paths read: V as (B, S, Ev), dO (B, L, Ev) contiguous in the compute
+    dtype, D = rowsum(dO o O), [Q scale, -lse], [K, 1], [dO, -D] (None with dropout) and [V, 1]."""
+    L, Ev = q.shape[-2], v.shape[-1]
+    qb, kb, vb = _flat(op, q, k, v, B)
+    g = np.ascontiguousarray(g.reshape(B, L, Ev), dtype=ct)
+    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))
+    ga = None if op.dropout is not None else _augment(g, -delta, ct)
+    return (vb, g, delta, _augment(qb, -lse, ct, scale=op.scale), _augment(kb, 1, ct), ga,
+            _augment(vb, 1, ct))
+
+
 def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
@@ -248,16 +260,10 @@ def _forward(op, q, k, v, B, ct):
 def _backward(op, q, k, v, o, g, lse, B, ct):
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb, kb, vb = _flat(op, q, k, v, B)
-    g = g.astype(ct, copy=False).reshape(B, L, Ev)
-    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))  # rowsum(dO o O)
-    qa = _augment(qb, -lse, ct, scale=op.scale)
+    vb, g, delta, qa, ka, ga, va = _backward_operands(op, q, k, v, o, g, lse, B, ct)
     qs = qa[..., :E]  # Q scale, a view
-    ka = _augment(kb, 1, ct)
     kc = ka[..., :E]
     dropout = op.dropout is not None
-    ga = None if dropout else _augment(g, -delta, ct)
-    va = _augment(vb, 1, ct)
     dq = np.zeros((B, L, E), dtype=ct)
     dk = np.zeros((B, S, E), dtype=ct)
     dv = np.zeros((B, S, Ev), dtype=ct)
@@ -449,14 +455,8 @@ def _forward_whole(op, q, k, v, B, ct):
 
 def _backward_whole(op, q, k, v, o, g, lse, B, ct):
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb, kb, vb = _flat(op, q, k, v, B)
-    g = np.ascontiguousarray(g.reshape(B, L, Ev), dtype=ct)
-    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))  # rowsum(dO o O)
-    qa = _augment(qb, -lse, ct, scale=op.scale)  # [Q scale, -lse]
-    ka = _augment(kb, 1, ct)
+    _, g, delta, qa, ka, ga, va = _backward_operands(op, q, k, v, o, g, lse, B, ct)
     dropout = op.dropout is not None
-    ga = None if dropout else _augment(g, -delta, ct)  # [dO, -D]
-    va = np.ascontiguousarray(vb, dtype=ct) if dropout else _augment(vb, 1, ct)
     dq = np.empty((B, L, E), dtype=ct)
     dk = np.zeros((B, S, E), dtype=ct)
     dv = np.zeros((B, S, Ev), dtype=ct)
@@ -474,7 +474,7 @@ def _backward_whole(op, q, k, v, o, g, lse, B, ct):
                 _zero_above_diagonal(p, i0, 0)
             gi = g[b0:b1, i0:i1]
             if dropout:  # dP = (dO V^T) o Z, dV = (P o Z)^T dO; dS = P o (dP - D)
-                _mm(gi, va[b0:b1, :j1], ds, trans_b=True)
+                _mm(gi, va[b0:b1, :j1, :Ev], ds, trans_b=True)
                 z = op._keep_tile(b0, b1, i0, i1, 0, j1, np, ct)
                 ds *= z
                 ds -= delta[b0:b1, i0:i1, None]
