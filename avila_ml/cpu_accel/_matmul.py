@@ -28,7 +28,9 @@ from ._prim import PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["matmul", "matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
 
-CACHE_SIZE = 128  # plans kept (LRU): each holds JIT code; a causal attention shape uses ~30 (building one took ~0.3 ms, one in-process measurement)
+# plans kept (LRU): each holds JIT code; a causal attention shape uses ~30 (building one took
+# ~0.3 ms, one in-process measurement)
+CACHE_SIZE = 128
 _cache = PlanCache(lambda: CACHE_SIZE)
 _lock = threading.Lock()  # guards the plans' lists of memory objects
 _F32 = np.dtype(np.float32)

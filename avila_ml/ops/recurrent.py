@@ -7,8 +7,9 @@ GEMM per layer and direction, ``x @ W_ihᵀ`` over all time steps) and the secon
 one go (on CUDA one fused kernel launch, :mod:`avila_ml.cuda_kernels.recurrent`). Their
 backward runs on the activated gates the forward kept, as array code, when no graph of the
 gradient is wanted (``create_graph=False``: the 70 gate backwards of a 2-layer, 35-step LSTM
-step went from ~50 ms of Tensor ops to ~10 ms in an in-process profile, one thread, loaded machine); with ``create_graph=True`` it is written with
-differentiable Tensor ops from the saved inputs, so double backward works.
+step went from ~50 ms of Tensor ops to ~10 ms in an in-process profile, one thread, loaded
+machine); with ``create_graph=True`` it is written with differentiable Tensor ops from the
+saved inputs, so double backward works.
 Only the hidden-to-hidden product ``h @ W_hhᵀ`` has to stay inside the time loop.
 
 Variable-length batches arrive *packed* (PyTorch's ``PackedSequence`` layout): sequences sorted
