@@ -158,6 +158,94 @@ def test_whole_problems_match_torch(whole, calls, case, monkeypatch):
     assert calls["matmul"] > 0 and calls["redo"] == 0
 
 
+@pytest.fixture
+def split(monkeypatch):
+    """The short path's batch split among Python threads for any size, three parts where the
+    batch's first dim allows (uneven ones); records the parts of each call."""
+    monkeypatch.setattr(fused, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fused._cpu_threads, "blas_threads", lambda: 3)
+    seen = []
+    real = fused._whole_parts
+    monkeypatch.setattr(fused, "_whole_parts", lambda *a: seen.append(real(*a)) or seen[-1])
+    return seen
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_whole_problems_split_among_threads(whole, calls, split, case):
+    """Each thread computes whole problems of its share of the batch's first dim (its own
+    copies, offsets and products), forward and backward."""
+    _, qs, ks, vs, causal, scale = case
+    rng = np.random.default_rng(len(case[0]) + 200)
+    qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
+    batch = np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2])
+    go = rng.standard_normal(batch + (qs[-2], vs[-1]))
+    _close(_run(qa, ka, va, causal, scale, go=go), _torch(qa, ka, va, causal, scale, go=go))
+    lead = (batch or (1,))[0]
+    assert split and all(len(parts) == min(3, lead) for parts in split)
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_fused_tiles_operands_made_by_threads(small_tiles, calls, split, case):
+    """Long sequences: the operand copies and row offsets of each share of the batch's first
+    dim are made by its own thread before the tiles run."""
+    _, qs, ks, vs, causal, scale = case
+    rng = np.random.default_rng(len(case[0]) + 300)
+    qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
+    batch = np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2])
+    go = rng.standard_normal(batch + (qs[-2], vs[-1]))
+    _close(_run(qa, ka, va, causal, scale, go=go), _torch(qa, ka, va, causal, scale, go=go))
+    assert len(split) == 2 and all(len(parts) == min(3, (batch or (1,))[0]) for parts in split)
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+
+
+def test_whole_problems_split_strided_inputs_and_dropout(whole, calls, split):
+    """q, k, v as the GPT program makes them (heads permuted out of one projection: strided
+    views), split among threads; dropout's Philox mask follows each thread's batch offset."""
+    rng = np.random.default_rng(16)
+    B, T, H, D = 5, 12, 2, 4
+    xa, go = rng.standard_normal((B, T, 3, H, D)), rng.standard_normal((B, H, T, D))
+    x = am.tensor(xa.astype(np.float32), requires_grad=True)
+    q, k, v = x.permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out.backward(am.tensor(go.astype(np.float32)))
+    xt = torch.tensor(xa.astype(np.float32).astype(np.float64), requires_grad=True)
+    qt, kt, vt = xt.permute(2, 0, 3, 1, 4)
+    ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+    ref.backward(torch.tensor(go.astype(np.float32).astype(np.float64)))
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=0, atol=3e-5)
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=0, atol=3e-5 * float(xt.grad.abs().max()))
+    assert split and len(split[0]) == 3
+    _dropout_matches_blocked(rng)  # batch (2, 3): two parts
+
+
+def test_whole_problems_keep_forward_operands(whole, calls, split):
+    """The backward reads the operand copies the forward kept (not the inputs again): a second
+    backward (retain_graph) gives the same gradients, in-place writes to the inputs after the
+    forward are refused as for any saved tensor, and the copies go with the graph."""
+    rng = np.random.default_rng(17)
+    qa, ka, va, go = (rng.standard_normal((3, 2, 9, 4)) for _ in range(4))
+    q, k, v = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (qa, ka, va))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    node = out.grad_fn
+    assert node._whole_operands and len(node._whole_operands) == 3
+    out.backward(am.tensor(go.astype(np.float32)), retain_graph=True)
+    first = [t.grad.numpy().copy() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    out.backward(am.tensor(go.astype(np.float32)))
+    for a, t in zip(first, (q, k, v)):
+        np.testing.assert_array_equal(a, t.grad.numpy())
+    _close([out.detach().numpy()] + first, _torch(qa, ka, va, True, go=go))
+    assert node._whole_operands is None  # released with the graph
+    q2 = q.detach().clone().requires_grad_()
+    out = F.scaled_dot_product_attention(q2 * 1.0, k, v)
+    with am.no_grad():
+        k.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_whole_problems_default_sizes(calls):
     """The GPT programs' shape class at the library's own thresholds: whole problems, both the
     causal and the full softmax, GQA and float16 inputs."""

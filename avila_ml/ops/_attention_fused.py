@@ -83,13 +83,18 @@ def _block_sizes(batch: int, L: int, S: int, causal: bool = False) -> tuple[int,
     return bb, bq, bk
 
 
-def _augment(a, col, dtype, scale=None):
-    """[a (scaled), col] along the last dim, as one C-contiguous array (B, n, d + 1)."""
-    out = np.empty(a.shape[:-1] + (a.shape[-1] + 1,), dtype=dtype)
+def _augment(a, col, dtype, scale=None, out=None):
+    """[a (scaled), col] along the last dim, as one C-contiguous array (nb, n, d + 1) where a is
+    any (..., n, d) view whose leading dims flatten into nb (one copy, however a is strided);
+    ``col`` a scalar or (nb, n); written into ``out`` (C-contiguous) when given."""
+    n, d = a.shape[-2:]
+    if out is None:
+        out = np.empty((int(np.prod(a.shape[:-2], dtype=np.int64)), n, d + 1), dtype=dtype)
+    body = out.reshape(a.shape[:-1] + (d + 1,))[..., :-1]
     if scale is None:
-        out[..., :-1] = a
+        body[...] = a
     else:
-        np.multiply(a, dtype.type(scale), out=out[..., :-1])
+        np.multiply(a, dtype.type(scale), out=body)
     out[..., -1] = col
     return out
 
@@ -181,16 +186,66 @@ def _flat(op, q, k, v, B):
             np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev))
 
 
-def _backward_operands(op, q, k, v, o, g, lse, B, ct):
-    """What both backward paths read: V as (B, S, Ev), dO (B, L, Ev) contiguous in the compute
-    dtype, D = rowsum(dO o O), [Q scale, -lse], [K, 1], [dO, -D] (None with dropout) and [V, 1]."""
-    L, Ev = q.shape[-2], v.shape[-1]
-    qb, kb, vb = _flat(op, q, k, v, B)
-    g = np.ascontiguousarray(g.reshape(B, L, Ev), dtype=ct)
-    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev))
-    ga = None if op.dropout is not None else _augment(g, -delta, ct)
-    return (vb, g, delta, _augment(qb, -lse, ct, scale=op.scale), _augment(kb, 1, ct), ga,
-            _augment(vb, 1, ct))
+def _lead(x, op, a0, a1):
+    """x broadcast to the op's batch (at least one batch dim) and sliced a0:a1 along its first:
+    a view of the flat batches a0 * B / lead ... a1 * B / lead."""
+    return np.broadcast_to(x, (op.batch or (1,)) + x.shape[-2:])[a0:a1]
+
+
+def _grad_operands(op, o, g, B, ct, a0, a1, out=None):
+    """dO (nb, L, Ev) contiguous in the compute dtype, D = rowsum(dO o O) and [dO, -D] (None
+    with dropout) for the flat batches of lead rows a0:a1 (into the arrays ``out`` when given)."""
+    L, Ev = o.shape[-2], o.shape[-1]
+    bs = op.batch or (1,)
+    per = B // bs[0]
+    b0, b1 = a0 * per, a1 * per
+    gl = g.reshape(bs + (L, Ev))[a0:a1]
+    if out is None:
+        g = np.ascontiguousarray(gl, dtype=ct).reshape(b1 - b0, L, Ev)
+        delta = ga = None
+    else:
+        g, delta, ga = out
+        if not np.may_share_memory(g, gl):  # (else g is dO itself, already C-ordered)
+            g.reshape(gl.shape)[...] = gl
+    delta = np.einsum("ble,ble->bl", g, o.astype(ct, copy=False).reshape(B, L, Ev)[b0:b1], out=delta)
+    return g, delta, (None if op.dropout is not None else _augment(g, -delta, ct, out=ga))
+
+
+def _backward_operands(op, q, k, v, o, g, lse, B, ct, a0=0, a1=None, out=None):
+    """What both backward paths read, for the flat batches of lead rows a0:a1 (all by default):
+    V as (nb, S, Ev) (only with dropout, else None), dO, D and [dO, -D] (:func:`_grad_operands`),
+    [Q scale, -lse], [K, 1] and [V, 1]; into the arrays ``out`` (these 7) when given."""
+    a1 = (op.batch or (1,))[0] if a1 is None else a1
+    b0 = a0 * (B // (op.batch or (1,))[0])
+    out = (None,) * 7 if out is None else out
+    vl = _lead(v, op, a0, a1)
+    vb = None
+    if op.dropout is not None:
+        vb = vl.reshape(-1, vl.shape[-2], vl.shape[-1]) if out[0] is None else out[0]
+        if out[0] is not None:
+            vb.reshape(vl.shape)[...] = vl
+    g, delta, ga = _grad_operands(op, o, g, B, ct, a0, a1, out=None if out[1] is None else out[1:3] + out[5:6])
+    return (vb, g, delta, _augment(_lead(q, op, a0, a1), -lse[b0:b0 + g.shape[0]], ct, scale=op.scale, out=out[3]),
+            _augment(_lead(k, op, a0, a1), 1, ct, out=out[4]), ga, _augment(vl, 1, ct, out=out[6]))
+
+
+def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
+    """:func:`_backward_operands` for the whole batch, its parts filled by threads (the long
+    path's copies would otherwise run in one thread before its tiles run in several)."""
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    dropout = op.dropout is not None
+    gf = g.reshape(B, L, Ev) if g.dtype == ct and g.flags.c_contiguous else np.empty((B, L, Ev), dtype=ct)
+    out = (np.empty((B, S, Ev), dtype=ct) if dropout else None, gf,
+           np.empty((B, L), dtype=ct), np.empty((B, L, E + 1), dtype=ct), np.empty((B, S, E + 1), dtype=ct),
+           None if dropout else np.empty((B, L, Ev + 1), dtype=ct), np.empty((B, S, Ev + 1), dtype=ct))
+    per = B // (op.batch or (1,))[0]
+
+    def fill(part):
+        b0, b1 = part[0] * per, part[1] * per
+        _backward_operands(op, q, k, v, o, g, lse, B, ct, part[0], part[1],
+                           out=tuple(None if x is None else x[b0:b1] for x in out))
+    _run_whole(fill, _whole_parts(op, B, B * (L + S) * (E + 1)))
+    return out
 
 
 def _contiguous(a):
@@ -202,20 +257,31 @@ def _forward(op, q, k, v, B, ct):
     are left for the caller to redo exactly); see the module docstring."""
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb, kb, vb = _flat(op, q, k, v, B)
-    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
-    np.multiply(qb, ct.type(op.scale), out=qa[..., :E])
-    qa[..., E] = 0
-    ka = _augment(kb, 1, ct)
-    # the row offsets m (B, L): the exact scores of the first keys, plus a margin, in one call
-    ns = min(S, _SAMPLE_KEYS)
-    sampled = np.empty((B, L, ns), dtype=ct)
-    matmul_nt(qa, np.ascontiguousarray(ka[:, :ns]), sampled)
-    m = sampled.max(axis=-1)
-    m += ct.type(_SAMPLE_MARGIN)
-    np.negative(m, out=qa[..., E])
     dropout = op.dropout is not None
-    va = vb.astype(ct, copy=False) if dropout else _augment(vb, 1, ct)
+    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
+    ka = np.empty((B, S, E + 1), dtype=ct)  # [K, 1]
+    va = np.empty((B, S, Ev + (0 if dropout else 1)), dtype=ct)  # [V, 1] (V with dropout)
+    m = np.empty((B, L), dtype=ct)
+    ns = min(S, _SAMPLE_KEYS)
+    per = B // (op.batch or (1,))[0]
+
+    def prep(part):
+        """The operands of the flat batches of lead rows part, and their row offsets m: the exact
+        scores of the first keys, plus a margin, in one call."""
+        b0, b1 = part[0] * per, part[1] * per
+        qp = _augment(_lead(q, op, *part), 0, ct, scale=op.scale, out=qa[b0:b1])
+        kp = _augment(_lead(k, op, *part), 1, ct, out=ka[b0:b1])
+        sampled = np.empty((b1 - b0, L, ns), dtype=ct)
+        matmul_nt(qp, np.ascontiguousarray(kp[:, :ns]), sampled)
+        mp = np.max(sampled, axis=-1, out=m[b0:b1])
+        mp += ct.type(_SAMPLE_MARGIN)
+        np.negative(mp, out=qp[..., E])
+        vl = _lead(v, op, *part)
+        if dropout:
+            va[b0:b1].reshape(vl.shape)[...] = vl
+        else:
+            _augment(vl, 1, ct, out=va[b0:b1])
+    _run_whole(prep, _whole_parts(op, B, B * (L + S) * (E + 1)))
     out = np.empty((B, L, Ev), dtype=ct)
     lsum = np.empty((B, L), dtype=ct)
     units, bk = _units(B, L, S, op.is_causal)
@@ -260,7 +326,7 @@ def _forward(op, q, k, v, B, ct):
 def _backward(op, q, k, v, o, g, lse, B, ct):
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    vb, g, delta, qa, ka, ga, va = _backward_operands(op, q, k, v, o, g, lse, B, ct)
+    vb, g, delta, qa, ka, ga, va = _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct)
     qs = qa[..., :E]  # Q scale, a view
     kc = ka[..., :E]
     dropout = op.dropout is not None
@@ -383,6 +449,35 @@ def _sampled_offsets(qa, ka, causal, ct):
     return m
 
 
+def _whole_parts(op, B, work):
+    """The short path's parallelism: ranges (a0, a1) of the batch's first dim, one per BLAS
+    thread, each computed whole by a Python thread (its copies and element-wise passes too,
+    oneDNN on one OpenMP thread there); one range for small work, a batch without a leading dim
+    to split, no thread control, or a call from inside a pool thread."""
+    import threading
+    lead = (op.batch or (1,))[0]
+    n = 1
+    if (work >= _PARALLEL_MIN_WORK and _cpu_threads.controller() is not None
+            and not threading.current_thread().name.startswith("avila-cpu")):
+        n = max(1, min(lead, _cpu_threads.blas_threads()))
+    step = -(-lead // n)
+    return [(a0, min(lead, a0 + step)) for a0 in range(0, lead, step)]
+
+
+def _run_whole(fn, parts):
+    """fn(part) for every part, concurrently (one OpenMP thread each) when there are several.
+    No part calls NumPy's BLAS (every product is oneDNN's), so its thread count is left alone."""
+    if len(parts) == 1:
+        fn(parts[0])
+        return
+    from ..cpu_accel._matmul import one_omp_thread
+
+    def part(p):
+        with one_omp_thread():
+            fn(p)
+    _cpu_threads.run_parts(part, parts, limit_blas=False)
+
+
 def _forward_whole(op, q, k, v, B, ct):
     """Output, log-sum-exp and the batch chunks to redo exactly, as :func:`_forward`.
 
@@ -390,24 +485,39 @@ def _forward_whole(op, q, k, v, B, ct):
     exceed it, so ``exp(S - m)`` cannot overflow, and a causal row needs no care); where it is
     so loose that a row's sum drops below S _SHORT_LEAST (small terms could have been lost),
     the chunk is recomputed with sampled offsets (:func:`_sampled_offsets`), and if that fails
-    too, redone exactly by the caller."""
+    too, redone exactly by the caller. The batch is split among threads (:func:`_whole_parts`)."""
+    L, S, Ev = q.shape[-2], k.shape[-2], v.shape[-1]
+    out = np.empty((B, L, Ev), dtype=ct)
+    lse = np.empty((B, L), dtype=ct)
+    redo = []
+    op._whole_operands = {}
+    parts = _whole_parts(op, B, B * L * S // (2 if op.is_causal else 1))
+    _run_whole(lambda part: _forward_whole_part(op, q, k, v, B, ct, part, out, lse, redo), parts)
+    return out, lse, redo
+
+
+def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
+    """The flat batches of lead rows part = (a0, a1): writes their rows of ``out_all`` and
+    ``lse_all``, appends chunks to redo (flat batch ranges) to ``redo``."""
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    qb, kb, vb = _flat(op, q, k, v, B)
-    qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
+    a0, a1 = part
+    per = B // (op.batch or (1,))[0]
+    base, nb = a0 * per, (a1 - a0) * per
+    qa = _augment(_lead(q, op, a0, a1), 0, ct, scale=op.scale)  # [Q scale, -m] (m below)
     qs = qa[..., :E]
-    np.multiply(qb, ct.type(op.scale), out=qs)
-    ka = _augment(kb, 1, ct)
+    ka = _augment(_lead(k, op, a0, a1), 1, ct)
     kc = ka[..., :E]  # K in the compute dtype
-    kmax = np.sqrt(np.einsum("bse,bse->bs", kc, kc).max(axis=-1))  # (B,)
+    kmax = np.sqrt(np.einsum("bse,bse->bs", kc, kc).max(axis=-1))  # (nb,)
     m = np.sqrt(np.einsum("ble,ble->bl", qs, qs))
     m *= kmax[:, None]
     np.negative(m, out=qa[..., E])
     dropout = op.dropout is not None
-    va = np.ascontiguousarray(vb, dtype=ct) if dropout else _augment(vb, 1, ct)
+    vl = _lead(v, op, a0, a1)
+    va = np.ascontiguousarray(vl, dtype=ct).reshape(nb, S, Ev) if dropout else _augment(vl, 1, ct)
     w = va.shape[-1]
-    out = np.empty((B, L, Ev), dtype=ct)
-    lsum = np.empty((B, L), dtype=ct)
-    bb, bq = _short_blocks(B, L, S, op.is_causal)
+    out = out_all[base:base + nb]
+    lsum = lse_all[base:base + nb]
+    bb, bq = _short_blocks(nb, L, S, op.is_causal)
     buf = np.empty(bb * bq * S, dtype=ct)
     acc_buf = np.empty(bb * bq * w, dtype=ct)
     least = ct.type(S * _SHORT_LEAST)
@@ -426,7 +536,7 @@ def _forward_whole(op, q, k, v, B, ct):
                 p[..., i0:] *= (np.arange(i0, j1)[None, :] <= np.arange(i0, i1)[:, None]).astype(ct)
             if dropout:  # the normaliser is the sum before dropout
                 l = p.sum(axis=-1)
-                p *= op._keep_tile(b0, b1, i0, i1, 0, j1, np, ct)
+                p *= op._keep_tile(base + b0, base + b1, i0, i1, 0, j1, np, ct)
             _mm(p, va[b0:b1, :j1], acc)
             if not dropout:  # [P~ V, l]
                 l = acc[..., Ev]
@@ -436,9 +546,8 @@ def _forward_whole(op, q, k, v, B, ct):
             lsum[b0:b1, i0:i1] = l
         return True
 
-    redo = []
-    for b0 in range(0, B, bb):
-        b1 = min(B, b0 + bb)
+    for b0 in range(0, nb, bb):
+        b1 = min(nb, b0 + bb)
         if chunk(b0, b1):
             continue
         qa[b0:b1, :, E] = 0
@@ -446,24 +555,50 @@ def _forward_whole(op, q, k, v, B, ct):
         np.negative(ms, out=qa[b0:b1, :, E])
         m[b0:b1] = ms
         if not chunk(b0, b1):
-            redo.append((b0, b1, 0, L))
+            redo.append((base + b0, base + b1, 0, L))
     with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
-        lse = np.log(lsum, out=lsum)
-    lse += m
-    return out, lse, redo
+        np.log(lsum, out=lsum)
+    lsum += m
+    if getattr(op, "_recording", False) and not dropout:
+        # the backward reads the same [Q scale, .], [K, 1], [V, 1] (its own last column of Q):
+        # kept rather than copied again from the (often strided) inputs
+        op._whole_operands[part] = (qa, ka, va)
 
 
 def _backward_whole(op, q, k, v, o, g, lse, B, ct):
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    _, g, delta, qa, ka, ga, va = _backward_operands(op, q, k, v, o, g, lse, B, ct)
-    dropout = op.dropout is not None
     dq = np.empty((B, L, E), dtype=ct)
-    dk = np.zeros((B, S, E), dtype=ct)
-    dv = np.zeros((B, S, Ev), dtype=ct)
-    bb, bq = _short_blocks(B, L, S, op.is_causal)
+    dk = np.empty((B, S, E), dtype=ct)
+    dv = np.empty((B, S, Ev), dtype=ct)
+    parts = _whole_parts(op, B, B * L * S // (2 if op.is_causal else 1))
+    _run_whole(lambda part: _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq, dk, dv), parts)
+    return dq, dk, dv
+
+
+def _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq_all, dk_all, dv_all):
+    """dQ (unscaled), dK, dV of the flat batches of lead rows part = (a0, a1), into their rows
+    of the ``_all`` arrays."""
+    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    a0, a1 = part
+    per = B // (op.batch or (1,))[0]
+    base, nb = a0 * per, (a1 - a0) * per
+    kept = (getattr(op, "_whole_operands", None) or {}).get(part)
+    if kept is not None:  # the forward's, with -lse (as finally computed, redone rows too) in Q's column
+        qa, ka, va = kept
+        qa[..., E] = -lse[base:base + nb]
+        g, delta, ga = _grad_operands(op, o, g, B, ct, a0, a1)
+    else:
+        _, g, delta, qa, ka, ga, va = _backward_operands(op, q, k, v, o, g, lse, B, ct, a0, a1)
+    dropout = op.dropout is not None
+    dq = dq_all[base:base + nb]
+    dk = dk_all[base:base + nb]
+    dv = dv_all[base:base + nb]
+    dk[...] = 0
+    dv[...] = 0
+    bb, bq = _short_blocks(nb, L, S, op.is_causal)
     bufs = np.empty((2, bb * bq * S), dtype=ct)
-    for b0 in range(0, B, bb):
-        b1 = min(B, b0 + bb)
+    for b0 in range(0, nb, bb):
+        b1 = min(nb, b0 + bb)
         for i0 in range(0, L, bq):
             i1 = min(L, i0 + bq)
             j1 = min(S, i1) if op.is_causal else S
@@ -475,7 +610,7 @@ def _backward_whole(op, q, k, v, o, g, lse, B, ct):
             gi = g[b0:b1, i0:i1]
             if dropout:  # dP = (dO V^T) o Z, dV = (P o Z)^T dO; dS = P o (dP - D)
                 _mm(gi, va[b0:b1, :j1, :Ev], ds, trans_b=True)
-                z = op._keep_tile(b0, b1, i0, i1, 0, j1, np, ct)
+                z = op._keep_tile(base + b0, base + b1, i0, i1, 0, j1, np, ct)
                 ds *= z
                 ds -= delta[b0:b1, i0:i1, None]
                 ds *= p
@@ -486,4 +621,3 @@ def _backward_whole(op, q, k, v, o, g, lse, B, ct):
             _mm(p, gi, dv[b0:b1, :j1], trans_a=True, accumulate=True)                 # dV += P^T dO
             _mm(ds, ka[b0:b1, :j1, :E], dq[b0:b1, i0:i1])                           # dQ = dS K
             _mm(ds, qa[b0:b1, i0:i1, :E], dk[b0:b1, :j1], trans_a=True, accumulate=True)  # dK += dS^T Q scale
-    return dq, dk, dv

@@ -210,6 +210,11 @@ class _BlockedAttention(Function):
             grads = self._blocked_backward(q.array, k.array, v.array, o.array, g.array, xp)
         return tuple(None if gr is None else Tensor._wrap(gr) for gr in grads)
 
+    def release(self) -> None:
+        """Drop the saved tensors, and the operand copies the fused CPU path kept for the backward."""
+        super().release()
+        self._whole_operands = None
+
     # -- the blocked xp path -----------------------------------------------------------------
     @staticmethod
     def _compute_dtype(dtype):
