@@ -231,19 +231,28 @@ def _backward_operands(op, q, k, v, o, g, lse, B, ct, a0=0, a1=None, out=None):
 
 def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
     """:func:`_backward_operands` for the whole batch, its parts filled by threads (the long
-    path's copies would otherwise run in one thread before its tiles run in several)."""
+    path's copies would otherwise run in one thread before its tiles run in several); Q, K, V
+    are the forward's copies where it kept them (``op._whole_operands["all"]``)."""
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
     dropout = op.dropout is not None
+    kept = (getattr(op, "_whole_operands", None) or {}).get("all")
     gf = g.reshape(B, L, Ev) if g.dtype == ct and g.flags.c_contiguous else np.empty((B, L, Ev), dtype=ct)
-    out = (np.empty((B, S, Ev), dtype=ct) if dropout else None, gf,
-           np.empty((B, L), dtype=ct), np.empty((B, L, E + 1), dtype=ct), np.empty((B, S, E + 1), dtype=ct),
-           None if dropout else np.empty((B, L, Ev + 1), dtype=ct), np.empty((B, S, Ev + 1), dtype=ct))
+    if kept is not None:
+        qa, ka, va = kept
+    else:
+        qa, ka, va = (np.empty((B, n, d + 1), dtype=ct) for n, d in ((L, E), (S, E), (S, Ev)))
+    out = (np.empty((B, S, Ev), dtype=ct) if dropout else None, gf, np.empty((B, L), dtype=ct), qa, ka,
+           None if dropout else np.empty((B, L, Ev + 1), dtype=ct), va)
     per = B // (op.batch or (1,))[0]
 
     def fill(part):
         b0, b1 = part[0] * per, part[1] * per
-        _backward_operands(op, q, k, v, o, g, lse, B, ct, part[0], part[1],
-                           out=tuple(None if x is None else x[b0:b1] for x in out))
+        mine = tuple(None if x is None else x[b0:b1] for x in out)
+        if kept is None:
+            _backward_operands(op, q, k, v, o, g, lse, B, ct, part[0], part[1], out=mine)
+        else:  # the forward's [Q scale, .]: its last column becomes -lse (redone rows' final values)
+            _grad_operands(op, o, g, B, ct, part[0], part[1], out=mine[1:3] + mine[5:6])
+            np.negative(lse[b0:b1], out=mine[3][..., E])
     _run_whole(fill, _whole_parts(op, B, B * (L + S) * (E + 1)))
     return out
 
@@ -320,6 +329,8 @@ def _forward(op, q, k, v, B, ct):
     with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
         lse = np.log(lsum, out=lsum)
     lse += m
+    if getattr(op, "_recording", False) and not dropout:
+        op._whole_operands = {"all": (qa, ka, va)}  # read again by the backward (see _forward_whole_part)
     return out, lse, redo
 
 
