@@ -53,22 +53,20 @@ def any_length(monkeypatch):
 @pytest.fixture
 def whole(monkeypatch):
     """The short-sequence path for every size, one problem per batch chunk, causal query blocks
-    down to 2 rows (several chunks and blocks), the masked triangle cleared in strips of 3 rows."""
+    down to 2 rows (several chunks and blocks)."""
     monkeypatch.setattr(fused, "_WHOLE_MAX", 1 << 40)
     monkeypatch.setattr(fused, "_WHOLE_TILE", 1)
     monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
-    monkeypatch.setattr(fused, "_STRIP", 3)
     monkeypatch.setattr(fused, "_MIN_KEYS", 1 << 40)  # never the tiles
 
 
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row); causal
-    query blocks down to 2 rows, the masked triangle cleared in strips of 3 rows."""
+    query blocks down to 2 rows."""
     monkeypatch.setattr(fused, "_TILE", 7 * 5 * 3)
     monkeypatch.setattr(fused, "_KEY_BLOCK", 7)
     monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
-    monkeypatch.setattr(fused, "_STRIP", 3)
 
 
 def _run(qa, ka, va, causal=False, scale=None, gqa=False, go=None, dtype=np.float32, **kw):
@@ -398,11 +396,10 @@ def test_double_backward_after_fused_forward():
     np.testing.assert_allclose(k.grad.numpy(), tk.grad.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("strip", [1, 3, 16])
-def test_zero_above_diagonal_clears_exactly_the_later_keys(monkeypatch, strip):
-    monkeypatch.setattr(fused, "_STRIP", strip)
+def test_zero_above_diagonal_clears_exactly_the_later_keys():
     rng = np.random.default_rng(12)
-    for i0, j0, n, m in ((0, 0, 37, 37), (5, 0, 7, 20), (40, 32, 33, 17), (64, 0, 32, 96), (3, 10, 5, 4)):
+    for i0, j0, n, m in ((0, 0, 37, 37), (5, 0, 7, 20), (40, 32, 33, 17), (64, 0, 32, 96), (3, 10, 5, 4),
+                         (0, 0, 1, 1), (7, 0, 4, 9), (20, 0, 8, 9), (0, 5, 6, 3), (128, 0, 128, 256)):
         p = rng.random((2, n, m)) + 1.0
         p[:, :, -1] = np.inf  # an overflowed masked entry must become 0, not NaN
         ref = p.copy()
