@@ -415,11 +415,14 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
 # -- short sequences: batch chunks in oneDNN calls -----------------------------------------------
 # A GPT's attention (B H = 64 problems of 128 x 128) cut into tiles for Python threads is many
 # small calls per head batch, with a NumPy batched matmul (one BLAS call per problem) in each.
-# Here a chunk of the batch is one oneDNN call per product and query block, parallelised by
-# oneDNN's own OpenMP team; the operands are read and written in place as strided views (a
-# block of rows, a transposed read, an accumulation into dK/dV by the sum post-op). No NumPy
-# BLAS call runs in between: OpenBLAS's and OpenMP's worker threads hand the cores back and
-# forth badly (see _one_thread_libraries).
+# Here a chunk of the batch is one oneDNN call per product and query block; the operands are
+# read and written in place as strided views (a block of rows, a transposed read, an
+# accumulation into dK/dV by the sum post-op). No NumPy BLAS call runs in between: OpenBLAS's
+# and OpenMP's worker threads hand the cores back and forth badly (see _one_thread_libraries).
+# The batch's first dim is shared among Python threads (_whole_parts), each doing everything
+# for its share -- copies, offsets, masks and its oneDNN calls on one OpenMP thread: with
+# oneDNN's own team parallelising only the products, the NumPy passes between them (about
+# half of a GPT-sized forward) ran on one core.
 
 def _short_blocks(B, L, S, causal):
     """(batch chunk, query rows) of the short path: causal rows in blocks (a block's keys end at
