@@ -185,14 +185,6 @@ def backward(op, q, k, v, o, g, lse, B, ct):
         return _backward(op, q, k, v, o, g, lse, B, ct)
 
 
-def _flat(op, q, k, v, B):
-    """q, k, v broadcast to the op's batch and seen as (B, n, d) (views where possible)."""
-    L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    return (np.broadcast_to(q, op.batch + (L, E)).reshape(B, L, E),
-            np.broadcast_to(k, op.batch + (S, E)).reshape(B, S, E),
-            np.broadcast_to(v, op.batch + (S, Ev)).reshape(B, S, Ev))
-
-
 def _lead(x, op, a0, a1):
     """x broadcast to the op's batch (at least one batch dim) and sliced a0:a1 along its first:
     a view of the flat batches a0 * B / lead ... a1 * B / lead."""
@@ -471,10 +463,10 @@ def _sampled_offsets(qa, ka, causal, ct):
 
 
 def _whole_parts(op, B, work):
-    """The short path's parallelism: ranges (a0, a1) of the batch's first dim, one per BLAS
-    thread, each computed whole by a Python thread (its copies and element-wise passes too,
-    oneDNN on one OpenMP thread there); one range for small work, a batch without a leading dim
-    to split, no thread control, or a call from inside a pool thread."""
+    """Ranges (a0, a1) of the batch's first dim, one per BLAS thread, for work done per share of
+    the batch by Python threads (:func:`_run_whole`): the short path's whole computation, the
+    long path's operand copies and row offsets. One range for small work, a batch without a
+    leading dim to split, no thread control, or a call from inside a pool thread."""
     import threading
     lead = (op.batch or (1,))[0]
     n = 1
