@@ -731,3 +731,17 @@ def test_output_stacking_rule():
     assert not accel._stack_outputs((32, 12, 8, 8, 8, 8), (16, 12, 3, 3, 3, 3), g1)
     assert not accel._stack_outputs((2, 16, 12, 12, 12, 12), (32, 16, 3, 3, 3, 3), g1)
     assert not accel._stack_outputs((2, 4, 8, 8, 8, 8), (8, 2, 3, 3, 3, 3), g2)  # grouped: input stacking
+
+
+def test_output_stacking_parts_cover_each_output_frame_once():
+    """``_parts``: P contiguous parts of equal size (within one frame), sample-major, every
+    output frame in exactly one segment, whole samples kept whole where a part holds them."""
+    for N, To, P in [(2, 16, 2), (1, 32, 2), (3, 5, 2), (3, 5, 4), (2, 3, 8), (5, 1, 3)]:
+        parts = accel._parts(N, To, P)
+        assert len(parts) == min(P, N * To)
+        seen = [(n, i) for part in parts for n0, n1, i0, i1 in part for n in range(n0, n1) for i in range(i0, i1)]
+        assert seen == [(n, i) for n in range(N) for i in range(To)]
+        sizes = [sum((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in part) for part in parts]
+        assert max(sizes) - min(sizes) <= 1
+    assert accel._parts(2, 16, 2) == [[(0, 1, 0, 16)], [(1, 2, 0, 16)]]
+    assert accel._parts(3, 4, 2) == [[(0, 1, 0, 4), (1, 2, 0, 2)], [(1, 2, 2, 4), (2, 3, 0, 4)]]
