@@ -545,7 +545,8 @@ def _parts(N, To, P):
     """The ``N * To`` output frames (sample-major) cut into ``P`` contiguous parts of equal size,
     each a list of segments ``(n0, n1, i0, i1)``: whole samples, or a run of one sample's frames."""
     total, parts = N * To, []
-    for p in range(min(P, total)):
+    P = min(P, total)
+    for p in range(P):
         a, b = p * total // P, (p + 1) * total // P
         segs = []
         while a < b:
