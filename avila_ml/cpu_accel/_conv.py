@@ -420,7 +420,7 @@ def _weight_stacking(geom, x_shape, kernel, O, m):
 
 
 # ----------------------------------------------------------------------------- stacked offsets
-_MIN_BLOCK_BYTES = 2 << 20
+_MIN_BLOCK_BYTES = 4 << 20
 
 
 def _runs(S, To, K, s, dl, lo):
@@ -447,10 +447,15 @@ def _blocks(N, To, row_bytes, budget):
 
 
 def _budget(*result_bytes):
-    """Bytes of stacked copies per block: a quarter of the results, at least 2 MiB (fewer, larger
-    calls: the Conv4d example's first layer took 45 ms fwd+bwd with 2 MiB blocks, 67 ms with
-    1 MiB), but never more than the results themselves, so the copies of a small volume stay
-    small (a checkpointed stack of small Conv4d blocks keeps its 3x lower peak)."""
+    """Bytes of stacked copies per block: a quarter of the results, at least 4 MiB, but never
+    more than the results themselves, so the copies of a small volume stay small (a
+    checkpointed stack of small Conv4d blocks keeps its 3x lower peak). Fewer, larger calls:
+    the Conv4d example's first layer took 45 ms fwd+bwd with 2 MiB blocks, 67 ms with 1 MiB;
+    each oneDNN call costs ~0.1 ms whatever its size (a 2-d weight gradient of 16 16x16 images
+    0.42 ms, of 32 0.74 ms). In-process A/B, fwd+bwd, 2 vs 4 MiB, loaded 2-core AMD EPYC, min
+    of 6, 1 thread / 2 threads: (2,4,16^4)->8 50.1 -> 47.3 / 35.3 -> 29.3 ms, the example's
+    layers 13.1 -> 12.0 / 11.6 -> 10.3 and 37.9 -> 35.9 / 31.0 -> 28.0 ms; (1,2,32^4)->4 is
+    unchanged (a quarter of its results is larger)."""
     total = sum(result_bytes)
     return max(min(_MIN_BLOCK_BYTES, total), total // 4)
 
