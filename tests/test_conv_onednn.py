@@ -392,6 +392,38 @@ def test_stacked_offsets_match_numpy_for_each_depth(xs, ws, m, kw):
 
 
 @needs_onednn
+@pytest.mark.parametrize("xs,ws,m,kw,align", [
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 1, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1)), True),
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 2, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1)), False),
+    ((1, 4, 5, 6, 4, 4), (4, 2, 2, 3, 2, 3), 2, dict(stride=(1, 2, 1, 1), pad=(0, 2, 1, 1), dilation=(2, 1, 1, 1), groups=2),
+     False),
+    ((1, 2, 2, 3, 3, 3), (2, 2, 3, 3, 2, 1), 2, dict(stride=(1, 1, 1, 1), pad=(2, 0, 1, 0), dilation=(1, 1, 1, 1)), True),
+])
+@pytest.mark.parametrize("frames", [1, 100])
+def test_stacked_block_zeroes_exactly_what_no_offset_copies(monkeypatch, xs, ws, m, kw, align, frames):
+    """The stacked block starts uninitialised: the cached zero regions (padding frames of each
+    offset, offsets that read no frame, channels padded to 16) and the copies cover every element,
+    and the block equals one built on zeros. Blocks of one position or whole samples."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    G = kw.get("groups", 1)
+    geom = ConvGeometry(kw["stride"], kw["pad"], kw["pad"], kw["dilation"], G)
+    x = np.random.default_rng(13).standard_normal(xs).astype(np.float32)
+    st = accel._Stacking(geom, xs, ws[2:], ws[0], m, align=align)
+    monkeypatch.setattr(accel, "_budget", lambda *a: frames * st.row_bytes)
+    monkeypatch.setattr(accel.np, "empty", lambda shape, dtype=float: np.full(shape, np.nan, dtype=dtype))
+    blocks = st.blocks(0)
+    assert len(blocks) == (xs[0] * st.To[0] if frames == 1 else 1)
+    for blk in blocks:
+        got = st.stack(x, blk)
+        ref = np.zeros(st._frames(blk) + (G, st.cgp) + st.rest, dtype=np.float32)
+        xt = st._channels_last_view(x)
+        for flat, dst, src in st._pairs(blk):
+            ref[dst + (slice(None), slice(flat, st.real, st.P))] = xt[src]
+        assert not np.isnan(got).any()
+        np.testing.assert_array_equal(got, ref.reshape(got.shape))
+
+
+@needs_onednn
 def test_weight_grad_avoids_onednn_gemm_fallback(calls):
     """Where oneDNN's 3-d weight gradient is its GEMM fallback (AVX2 CPUs), a JIT one runs instead
     (stacking one more axis); the inner plans that ran for the weight gradient are JIT kernels."""

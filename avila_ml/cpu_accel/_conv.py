@@ -568,6 +568,11 @@ def _parts(N, To, P):
     return parts
 
 
+_MAPS: dict = {}  # _Stacking's offset maps per (geometry, block), oldest dropped first
+_MAPS_SIZE = 1024
+_MAPS_LOCK = threading.Lock()  # blocks build their maps on several worker threads
+
+
 class _Stacking:
     """A d-dim convolution as a (d - m)-dim one: the kernel offsets of the leading ``m`` spatial
     axes stacked into channels,
@@ -618,7 +623,23 @@ class _Stacking:
 
     def _pairs(self, blk):
         """Per stacked kernel offset: (flat k, index into the stacked block, index into the
-        (n, S_1..S_m, G, cg, ...) view of the input) -- the block's slice of the offset map."""
+        (n, S_1..S_m, G, cg, ...) view of the input) -- the block's slice of the offset map.
+        Geometry only, so kept (``_MAPS``): building it is ~50 us of Python per block."""
+        return self._maps(blk)[0]
+
+    def _maps(self, blk):
+        key = (self.geom, self.S, self.K, self.real, self.cgp, self.To, blk)
+        maps = _MAPS.get(key)
+        if maps is None:
+            pairs = self._build_pairs(blk)
+            maps = (pairs, self._build_zeros(blk, pairs))
+            with _MAPS_LOCK:
+                _MAPS[key] = maps
+                while len(_MAPS) > _MAPS_SIZE:
+                    _MAPS.pop(next(iter(_MAPS)))
+        return maps
+
+    def _build_pairs(self, blk):
         n0, n1, i0, i1 = blk
         out = []
         for kidx in itertools.product(*[range(k) for k in self.K]):
@@ -643,6 +664,31 @@ class _Stacking:
                 out.append((flat, tuple(dst), tuple(src)))
         return out
 
+    def _build_zeros(self, blk, pairs):
+        """Indices into the stacked block of everything no offset copies into: the padding
+        frames of each offset (the slabs of the block outside its copied box, along each
+        stacked axis), the offsets that read no frame at all, and the channels padded to 16.
+        Zeroing only these instead of the whole block saved ~1.5 ms of 19 in the (2,4,16^4)->8
+        weight gradient (single thread)."""
+        fr = self._frames(blk)
+        out = []
+        done = set()
+        for flat, dst, _ in pairs:
+            done.add(flat)
+            ch = (slice(None), slice(flat, self.real, self.P))
+            for a, sl in enumerate(dst[1:]):
+                lead = (slice(None),) * (1 + a)
+                if sl.start > 0:
+                    out.append(lead + (slice(0, sl.start),) + (slice(None),) * (self.m - 1 - a) + ch)
+                if sl.stop < fr[1 + a]:
+                    out.append(lead + (slice(sl.stop, fr[1 + a]),) + (slice(None),) * (self.m - 1 - a) + ch)
+        for flat in range(self.P):
+            if flat not in done:
+                out.append((slice(None),) * (1 + self.m) + (slice(None), slice(flat, self.real, self.P)))
+        if self.cgp > self.real:
+            out.append((slice(None),) * (1 + self.m) + (slice(None), slice(self.real, self.cgp)))
+        return out
+
     def _channels_last_view(self, a):
         """``a`` (N, G * cg, *S) as (N, S_1..S_m, G, cg, *rest) -- a view."""
         m = self.m
@@ -653,9 +699,12 @@ class _Stacking:
     def stack(self, x, blk):
         """The stacked input of block ``blk``, a new C-contiguous array."""
         fr = self._frames(blk)
-        st = np.zeros(fr + (self.G, self.cgp) + self.rest, dtype=_F32)
+        st = np.empty(fr + (self.G, self.cgp) + self.rest, dtype=_F32)
         xt = self._channels_last_view(x)
-        for flat, dst, src in self._pairs(blk):
+        pairs, zeros = self._maps(blk)
+        for idx in zeros:
+            st[idx] = 0
+        for flat, dst, src in pairs:
             st[dst + (slice(None), slice(flat, self.real, self.P))] = xt[src]
         return st.reshape(self.shapes(blk)[0])
 
