@@ -91,7 +91,11 @@ def test_conv_float32_onednn_matches_torch(row, calls):
     groups = kw.get("groups", 1)
     _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal((cout, cin // groups) + K),
                        rng.standard_normal(cout)], kw, rng)
-    assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
+    # the bias is added inside the forward convolution and its gradient comes from the weight
+    # gradient's pass (where that is one oneDNN convolution, not offsets stacked into a 2-d one)
+    weight_kind = {"weight_bias"} if d < 3 else {"weight", "weight_bias"}
+    assert "forward_bias" in calls and "transpose" in calls and "forward" not in calls, calls
+    assert len(set(calls) & weight_kind) == 1 and len(set(calls)) == 3, calls
 
 
 @needs_onednn
@@ -147,7 +151,10 @@ def test_conv4d_float32_onednn_matches_reference(row, calls):
     for ours, theirs in ((x, tx), (w, tw), (b, tb)):
         ref = theirs.grad.numpy()
         _f32_close(ours.grad.numpy(), ref[0] if (unbatched and ours is x) else ref)
-    assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
+    # the input-stacked forward adds the bias in its 3-d convolution, the output-stacked one
+    # starts its sums from it; the stacked weight gradient leaves the bias gradient to NumPy
+    assert len(set(calls) & {"forward", "forward_bias"}) == 1, calls
+    assert sorted(set(calls) - {"forward", "forward_bias"}) == ["transpose", "weight"], calls
 
 
 @needs_onednn
@@ -349,7 +356,7 @@ def test_conv4d_frame_blocks_match_numpy(monkeypatch, frames):
     from avila_ml.ops._conv_geometry import ConvGeometry
     geom = ConvGeometry((1, 1, 1, 2), (1, 1, 0, 1), (1, 1, 0, 1), (1, 1, 1, 1), 1)
     frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 3, 1).row_bytes
-    monkeypatch.setattr(accel, "_budget", lambda *a: frames * frame)
+    monkeypatch.setattr(accel, "_budget", lambda *a, **k: frames * frame)
     assert len(accel._blocks(3, 5, frame, frames * frame)) == {1: 15, 3: 6, 8: 3}[frames]
     outs = {}
     for algo, dt in (("onednn", np.float32), ("gemm", np.float64)):
@@ -409,7 +416,7 @@ def test_stacked_block_zeroes_exactly_what_no_offset_copies(monkeypatch, xs, ws,
     geom = ConvGeometry(kw["stride"], kw["pad"], kw["pad"], kw["dilation"], G)
     x = np.random.default_rng(13).standard_normal(xs).astype(np.float32)
     st = accel._Stacking(geom, xs, ws[2:], ws[0], m, align=align)
-    monkeypatch.setattr(accel, "_budget", lambda *a: frames * st.row_bytes)
+    monkeypatch.setattr(accel, "_budget", lambda *a, **k: frames * st.row_bytes)
     monkeypatch.setattr(accel.np, "empty", lambda shape, dtype=float: np.full(shape, np.nan, dtype=dtype))
     blocks = st.blocks(0)
     assert len(blocks) == (xs[0] * st.To[0] if frames == 1 else 1)
@@ -487,7 +494,9 @@ def test_batch_parts_match_torch(row, parts):
                        rng.standard_normal(cout)], kw, rng)
     kinds = {k for k, _ in parts}
     # a 3-d weight gradient without a JIT kernel runs stacked, in frame blocks on the same workers
-    assert kinds == {"forward", "transpose", "weight"} or (d == 3 and kinds == {"forward", "transpose"}), kinds
+    # (the bias inside the forward, its gradient summed over the parts with the weight gradient)
+    assert (kinds == {"forward_bias", "transpose", "weight_bias"}
+            or (d == 3 and kinds == {"forward_bias", "transpose"})), kinds
     for _, cut in parts:  # contiguous equal slices from 0 (a 3-d weight gradient cuts its stacked frames)
         assert cut[0][0] == 0 and len({b - a for a, b in cut}) == 1, cut
         assert all(cut[i][1] == cut[i + 1][0] for i in range(len(cut) - 1)), cut
@@ -560,7 +569,7 @@ def test_conv4d_blocks_on_worker_threads_match_numpy_and_reproduce(monkeypatch):
     kw = dict(padding=1, stride=(2, 1, 1, 2))
     geom = ConvGeometry((2, 1, 1, 2), (1,) * 4, (1,) * 4, (1,) * 4, 1)
     frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 4, 1).row_bytes
-    monkeypatch.setattr(accel, "_budget", lambda *a: frame)  # one frame per block: 8 blocks
+    monkeypatch.setattr(accel, "_budget", lambda *a, **k: frame)  # one frame per block: 8 blocks
     monkeypatch.setattr(accel._workers, "_n", 2)
     ran = []
     real = accel._WorkerPool.imap
@@ -734,7 +743,7 @@ def test_conv4d_output_stacked_forward_matches_numpy(monkeypatch, case, one_fram
     rng = np.random.default_rng(21)
     xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
     if one_frame_blocks:
-        monkeypatch.setattr(accel, "_budget", lambda *a: 1)  # one output frame per block
+        monkeypatch.setattr(accel, "_budget", lambda *a, **k: 1)  # one output frame per block
         monkeypatch.setattr(accel._workers, "_n", 2)
     used = []
     real = accel._OutputStacking.forward
@@ -777,3 +786,29 @@ def test_output_stacking_parts_cover_each_output_frame_once():
         assert max(sizes) - min(sizes) <= 1
     assert accel._parts(2, 16, 2) == [[(0, 1, 0, 16)], [(1, 2, 0, 16)]]
     assert accel._parts(3, 4, 2) == [[(0, 1, 0, 4), (1, 2, 0, 2)], [(1, 2, 2, 4), (2, 3, 0, 4)]]
+
+
+@needs_onednn
+@pytest.mark.parametrize("d", [1, 2])
+def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
+    """The bias added inside oneDNN's forward and its gradient from the weight-gradient pass
+    (``weight_bias``, without create_graph) agree with PyTorch in float64 and with the graph
+    path (``create_graph=True``), whose bias gradient differentiates again."""
+    rng = np.random.default_rng(31)
+    xs, ws = ((3, 4, 11), (5, 4, 3)) if d == 1 else ((3, 4, 9, 8), (6, 2, 3, 2))
+    kw = dict(padding=1, stride=2) if d == 1 else dict(padding=(1, 0), groups=2)
+    arrs = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])]
+    g = rng.standard_normal((3, ws[0]) + ((6,) if d == 1 else (9, 7))).astype(np.float32)
+    fn, tfn = getattr(F, f"conv{d}d"), getattr(TF, f"conv{d}d")
+    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
+    ty = tfn(tx, tw, tb, **kw)
+    tgrads = torch.autograd.grad(ty, [tx, tw, tb], torch.tensor(g.astype(np.float64)))
+    for create_graph in (False, True):
+        calls.clear()
+        x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+        y = fn(x, w, b, **kw)
+        _f32_close(y.detach().numpy(), ty.detach().numpy())
+        grads = am.autograd.grad(y, [x, w, b], am.tensor(g), create_graph=create_graph)
+        for ours, theirs in zip(grads, tgrads):
+            _f32_close(ours.detach().numpy(), theirs.numpy())
+        assert ("weight_bias" in calls) == (not create_graph) and "forward_bias" in calls, calls
