@@ -812,3 +812,20 @@ def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
         for ours, theirs in zip(grads, tgrads):
             _f32_close(ours.detach().numpy(), theirs.numpy())
         assert ("weight_bias" in calls) == (not create_graph) and "forward_bias" in calls, calls
+
+
+def test_stacked_blocks_are_balanced_and_a_multiple_of_the_threads():
+    """``_blocks``: every (sample, position) in one block, in order; block sizes within one of
+    each other; for 2-3 worker threads a multiple of the threads where more than one block."""
+    for N, To, per, threads in [(32, 8, 48, 2), (32, 8, 48, 3), (2, 16, 3, 2), (1, 16, 3, 2), (1, 7, 3, 3),
+                                (3, 5, 3, 1), (3, 5, 8, 2), (5, 4, 100, 2), (2, 3, 1, 2)]:
+        blocks = accel._blocks(N, To, 1, per, threads)
+        seen = [(n, i) for n0, n1, i0, i1 in blocks for n in range(n0, n1) for i in range(i0, i1)]
+        assert seen == [(n, i) for n in range(N) for i in range(To)], (N, To, per, threads)
+        sizes = [(n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks]
+        assert max(sizes) <= max(per, To) and max(sizes) - min(sizes) <= max(1, To if per >= To else 1)
+        if len(blocks) > 1 and threads > 1:
+            assert len(blocks) % threads == 0 or len(blocks) == N or len(blocks) == N * To, (blocks, threads)
+    assert accel._blocks(32, 8, 1, 48, 2) == [(a, b, 0, 8) for a, b in [(0, 5), (5, 10), (10, 16), (16, 21),
+                                                                         (21, 26), (26, 32)]]
+    assert [b[2:] for b in accel._blocks(1, 16, 1, 3, 2)] == [(0, 2), (2, 5), (5, 8), (8, 10), (10, 13), (13, 16)]
