@@ -211,6 +211,7 @@ MODEL_LAYERS = [
     ("DCGAN D first Conv2d(3,64,4,2,1) (32,3,32^2)", "conv2d", (32, 3, 32, 32), (64, 3, 4, 4), 2, 1, False, True),
     ("DCGAN D middle Conv2d(64,128,4,2,1) (32,64,16^2)", "conv2d", (32, 64, 16, 16), (128, 64, 4, 4), 2, 1, False,
      True),
+    ("DCGAN D last Conv2d(256,1,4,1,0) (32,256,4^2)", "conv2d", (32, 256, 4, 4), (1, 256, 4, 4), 1, 0, False, True),
     ("DCGAN G first ConvT2d(100,256,4,1,0) (32,100,1^2)", "conv_transpose2d", (32, 100, 1, 1), (100, 256, 4, 4), 1,
      0, False, False),
     ("DCGAN G middle ConvT2d(256,128,4,2,1) (32,256,4^2)", "conv_transpose2d", (32, 256, 4, 4), (256, 128, 4, 4), 2,
