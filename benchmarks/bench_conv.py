@@ -216,6 +216,8 @@ MODEL_LAYERS = [
      0, False, False),
     ("DCGAN G middle ConvT2d(256,128,4,2,1) (32,256,4^2)", "conv_transpose2d", (32, 256, 4, 4), (256, 128, 4, 4), 2,
      1, False, True),
+    ("DCGAN G last ConvT2d(64,3,4,2,1) (32,64,16^2)", "conv_transpose2d", (32, 64, 16, 16), (64, 3, 4, 4), 2, 1,
+     False, True),
     ("Conv4d example conv1 (32,1,8,12^3)->12 s(1,2,2,2)", "spacetime4d", (32, 1, 8, 12, 12, 12), (12, 1, 3, 3, 3, 3),
      (1, 2, 2, 2), 1, True, False),
     ("Conv4d example conv2 (32,12,8,6^3)->16 s2", "spacetime4d", (32, 12, 8, 6, 6, 6), (16, 12, 3, 3, 3, 3),

@@ -150,15 +150,19 @@ class _Plan(Executor):
 
 def _prefer_gemm_data_grad(xs, ws, stride) -> bool:
     """Whether a backward-data plan takes oneDNN's im2col + GEMM implementation over its first
-    choice: strided, with at most 8 data-gradient channels per group (one AVX2 block). oneDNN 3.2
-    picks ``brgconv_strided:avx2`` there, which fills 3 of 8 vector lanes with 3 channels. One
-    thread, AMD EPYC (AVX2), brgconv vs gemm ms: the DCGAN discriminator's first layer's input
-    gradient (and its generator's last layer) (32,3,32^2) <- (32,64,16^2) k4 s2 3.52 vs 0.95,
-    (16,4,64^2) <- (16,32,32^2) k3 s2 2.88 vs 1.07, (8,8,16^3) <- (8,16,8^3) k3 s2 2.08 vs 1.31,
-    (32,8,32^2) <- (32,16,16^2) k4 s2 1.62 vs 1.44; with more channels it is mixed, e.g.
-    (32,16,32^2) 3.10 vs 3.95, (32,128,8^2) <- (32,256,4^2) 7.7 vs 12.7."""
-    strided = any(s > 1 for s in stride)
-    return strided and ws[-len(stride) - 1] <= 8
+    choice, ``brgconv_strided:avx2`` in oneDNN 3.2: strided 2-d with at most 8 data-gradient
+    channels per group (one AVX2 block; with 3 channels brgconv fills 3 of 8 vector lanes), or
+    strided 3-d with at most 36. One thread, AMD EPYC (AVX2), brgconv vs gemm ms, data gradient
+    <- output gradient: 2-d (32,3,32^2) <- (32,64,16^2) k4 (the DCGAN discriminator's first
+    layer, and its generator's last) 3.52 vs 0.95, (16,4,64^2) <- (16,32,32^2) k3 2.88 vs 1.07,
+    (32,8,32^2) <- (32,16,16^2) k4 1.62 vs 1.44, but (32,16,32^2) <- (32,32,16^2) 3.10 vs 3.95
+    and (32,128,8^2) <- (32,256,4^2) 7.7 vs 12.7; 3-d (48,3,14^3) <- (48,12,6^3) k3 7.76 vs 1.57,
+    (12,36,8^3) <- (12,16,3^3) (the Conv4d example's second layer, stacked) 1.40 vs 0.87,
+    (12,36,14^3) 6.0 vs 4.5, (8,8,16^3) 2.08 vs 1.31, (4,16,16^3) 1.72 vs 1.56, (4,32,16^3)
+    4.53 vs 4.34, but (4,48,16^3) 5.83 vs 6.60 and (4,64,16^3) 13.9 vs 14.9. 1-d: not measured,
+    oneDNN's choice."""
+    limit = {2: 8, 3: 36}.get(len(stride), 0)
+    return any(s > 1 for s in stride) and ws[-len(stride) - 1] <= limit
 
 
 def _next_impl(lib, pd, prefix) -> bool:
