@@ -385,3 +385,69 @@ def test_forward_backward_extra_memory_bound(algo, shape, kernel):
     extra = _extra_peak(step, held)
     bound = 2 * out_bytes + x.array.nbytes
     assert extra <= bound, f"extra {extra / 2**20:.1f} MiB > bound {bound / 2**20:.1f} MiB"
+
+
+# -------------------------------------------------------------------------- kernel covering the input
+DENSE_CASES = [  # (transposed, x shape, w shape, keywords): one output (or input) position
+    (False, (5, 6, 4, 4), (3, 6, 4, 4), dict(stride=2)),
+    (False, (3, 2, 5), (4, 2, 5), dict()),
+    (False, (2, 3, 3, 2, 2), (4, 3, 3, 2, 2), dict(stride=(1, 2, 1))),
+    (False, (2, 2, 2, 3, 2, 2), (3, 2, 2, 3, 2, 2), dict()),
+    (True, (6, 7, 1, 1), (7, 5, 4, 4), dict()),                 # the DCGAN generator's first layer
+    (True, (3, 4, 1, 1, 1), (4, 2, 2, 3, 2), dict(stride=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: f"{'T' if c[0] else ''}{c[1]}")
+def test_kernel_covering_the_input_runs_as_one_matmul(monkeypatch, case, dtype, device):
+    """A convolution whose kernel covers the whole input (no padding, dilation 1, one group)
+    runs as one matrix product (``_conv_dense``) under "auto", forward and both gradients, and
+    matches PyTorch in float64; a forced algorithm does not take it."""
+    from avila_ml.ops import _conv_dense
+    transposed, xs, ws, kw = case
+    ran = []
+    for name in ("conv_forward", "conv_transpose", "conv_weight_grad"):
+        real = getattr(_conv_dense, name)
+        monkeypatch.setattr(_conv_dense, name, lambda *a, _r=real, _n=name: ran.append(_n) or _r(*a))
+    d = len(xs) - 2
+    rng = np.random.default_rng(17)
+    arrs = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[1] if transposed else ws[0])]
+    name = f"conv_transpose{d}d" if transposed else f"conv{d}d"
+    fn = getattr(F, name)
+    ours = [am.tensor(a.astype(dtype), device=device, requires_grad=True) for a in arrs]
+    ref = [torch.tensor(a.astype(dtype).astype(np.float64), requires_grad=True) for a in arrs]
+    y = fn(*ours, **kw)
+    g = rng.standard_normal(tuple(y.shape))
+    if d < 4:
+        ty = getattr(TF, name)(*ref, **kw)
+        ty.backward(torch.tensor(g))
+    else:  # 4-d: against the NumPy algorithm in float64, forward and backward
+        set_conv_algorithm("gemm")
+        ref = [am.tensor(a.astype(dtype).astype(np.float64), requires_grad=True) for a in arrs]
+        ty = fn(*ref, **kw)
+        ty.backward(am.tensor(g))
+        set_conv_algorithm("auto")
+        assert ran == ["conv_forward"]  # (ours); the reference took none
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_np(y), _np(ty), **tol)
+    y.backward(am.tensor(g.astype(dtype), device=device))
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(_np(a.grad), _np(b.grad), **tol)
+    assert sorted(set(ran)) == ["conv_forward", "conv_transpose", "conv_weight_grad"], ran
+    ran.clear()
+    set_conv_algorithm("gemm")
+    fn(*ours, **kw).sum().backward()
+    assert ran == []
+
+
+@pytest.mark.parametrize("case", DENSE_CASES[:2] + DENSE_CASES[4:5], ids=lambda c: f"{'T' if c[0] else ''}{c[1]}")
+def test_kernel_covering_the_input_gradcheck_gradgradcheck(case, device):
+    transposed, xs, ws, kw = case
+    d = len(xs) - 2
+    fn = getattr(F, f"conv_transpose{d}d" if transposed else f"conv{d}d")
+    x = am.randn(*xs, dtype=am.float64, device=device, requires_grad=True)
+    w = am.randn(*ws, dtype=am.float64, device=device, requires_grad=True)
+    b = am.randn(ws[1] if transposed else ws[0], dtype=am.float64, device=device, requires_grad=True)
+    assert am.autograd.gradcheck(lambda x, w, b: fn(x, w, b, **kw), (x, w, b))
+    assert am.autograd.gradgradcheck(lambda x, w: fn(x, w, **kw), (x, w))

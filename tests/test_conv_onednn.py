@@ -91,7 +91,11 @@ def test_conv_float32_onednn_matches_torch(row, calls):
     groups = kw.get("groups", 1)
     _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal((cout, cin // groups) + K),
                        rng.standard_normal(cout)], kw, rng)
-    assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
+    # the bias is added inside the forward convolution and its gradient comes from the weight
+    # gradient's pass (where that is one oneDNN convolution, not offsets stacked into a 2-d one)
+    weight_kind = {"weight_bias"} if d < 3 else {"weight", "weight_bias"}
+    assert "forward_bias" in calls and "transpose" in calls and "forward" not in calls, calls
+    assert len(set(calls) & weight_kind) == 1 and len(set(calls)) == 3, calls
 
 
 @needs_onednn
@@ -147,7 +151,10 @@ def test_conv4d_float32_onednn_matches_reference(row, calls):
     for ours, theirs in ((x, tx), (w, tw), (b, tb)):
         ref = theirs.grad.numpy()
         _f32_close(ours.grad.numpy(), ref[0] if (unbatched and ours is x) else ref)
-    assert sorted(set(calls)) == ["forward", "transpose", "weight"], calls
+    # the input-stacked forward adds the bias in its 3-d convolution, the output-stacked one
+    # starts its sums from it; the stacked weight gradient leaves the bias gradient to NumPy
+    assert len(set(calls) & {"forward", "forward_bias"}) == 1, calls
+    assert sorted(set(calls) - {"forward", "forward_bias"}) == ["transpose", "weight"], calls
 
 
 @needs_onednn
@@ -349,7 +356,7 @@ def test_conv4d_frame_blocks_match_numpy(monkeypatch, frames):
     from avila_ml.ops._conv_geometry import ConvGeometry
     geom = ConvGeometry((1, 1, 1, 2), (1, 1, 0, 1), (1, 1, 0, 1), (1, 1, 1, 1), 1)
     frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 3, 1).row_bytes
-    monkeypatch.setattr(accel, "_budget", lambda *a: frames * frame)
+    monkeypatch.setattr(accel, "_budget", lambda *a, **k: frames * frame)
     assert len(accel._blocks(3, 5, frame, frames * frame)) == {1: 15, 3: 6, 8: 3}[frames]
     outs = {}
     for algo, dt in (("onednn", np.float32), ("gemm", np.float64)):
@@ -389,6 +396,38 @@ def test_stacked_offsets_match_numpy_for_each_depth(xs, ws, m, kw):
     _f32_close(st.forward(x, w), _conv_gemm.conv_forward(x64, w64, geom))
     _f32_close(st.transpose(gy, w), _conv_gemm.conv_transpose(gy64, w64, geom, xs[2:]))
     _f32_close(st.weight_grad(x, gy), _conv_gemm.conv_weight_grad(x64, gy64, geom, ws[2:]))
+
+
+@needs_onednn
+@pytest.mark.parametrize("xs,ws,m,kw,align", [
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 1, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1)), True),
+    ((2, 3, 5, 4, 4, 5), (4, 3, 3, 2, 3, 2), 2, dict(stride=(2, 1, 1, 2), pad=(1, 0, 1, 1), dilation=(1, 2, 1, 1)), False),
+    ((1, 4, 5, 6, 4, 4), (4, 2, 2, 3, 2, 3), 2, dict(stride=(1, 2, 1, 1), pad=(0, 2, 1, 1), dilation=(2, 1, 1, 1), groups=2),
+     False),
+    ((1, 2, 2, 3, 3, 3), (2, 2, 3, 3, 2, 1), 2, dict(stride=(1, 1, 1, 1), pad=(2, 0, 1, 0), dilation=(1, 1, 1, 1)), True),
+])
+@pytest.mark.parametrize("frames", [1, 100])
+def test_stacked_block_zeroes_exactly_what_no_offset_copies(monkeypatch, xs, ws, m, kw, align, frames):
+    """The stacked block starts uninitialised: the cached zero regions (padding frames of each
+    offset, offsets that read no frame, channels padded to 16) and the copies cover every element,
+    and the block equals one built on zeros. Blocks of one position or whole samples."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    G = kw.get("groups", 1)
+    geom = ConvGeometry(kw["stride"], kw["pad"], kw["pad"], kw["dilation"], G)
+    x = np.random.default_rng(13).standard_normal(xs).astype(np.float32)
+    st = accel._Stacking(geom, xs, ws[2:], ws[0], m, align=align)
+    monkeypatch.setattr(accel, "_budget", lambda *a, **k: frames * st.row_bytes)
+    monkeypatch.setattr(accel.np, "empty", lambda shape, dtype=float: np.full(shape, np.nan, dtype=dtype))
+    blocks = st.blocks(0)
+    assert len(blocks) == (xs[0] * st.To[0] if frames == 1 else 1)
+    for blk in blocks:
+        got = st.stack(x, blk)
+        ref = np.zeros(st._frames(blk) + (G, st.cgp) + st.rest, dtype=np.float32)
+        xt = st._channels_last_view(x)
+        for flat, dst, src in st._pairs(blk):
+            ref[dst + (slice(None), slice(flat, st.real, st.P))] = xt[src]
+        assert not np.isnan(got).any()
+        np.testing.assert_array_equal(got, ref.reshape(got.shape))
 
 
 @needs_onednn
@@ -455,7 +494,9 @@ def test_batch_parts_match_torch(row, parts):
                        rng.standard_normal(cout)], kw, rng)
     kinds = {k for k, _ in parts}
     # a 3-d weight gradient without a JIT kernel runs stacked, in frame blocks on the same workers
-    assert kinds == {"forward", "transpose", "weight"} or (d == 3 and kinds == {"forward", "transpose"}), kinds
+    # (the bias inside the forward, its gradient summed over the parts with the weight gradient)
+    assert (kinds == {"forward_bias", "transpose", "weight_bias"}
+            or (d == 3 and kinds == {"forward_bias", "transpose"})), kinds
     for _, cut in parts:  # contiguous equal slices from 0 (a 3-d weight gradient cuts its stacked frames)
         assert cut[0][0] == 0 and len({b - a for a, b in cut}) == 1, cut
         assert all(cut[i][1] == cut[i + 1][0] for i in range(len(cut) - 1)), cut
@@ -528,7 +569,7 @@ def test_conv4d_blocks_on_worker_threads_match_numpy_and_reproduce(monkeypatch):
     kw = dict(padding=1, stride=(2, 1, 1, 2))
     geom = ConvGeometry((2, 1, 1, 2), (1,) * 4, (1,) * 4, (1,) * 4, 1)
     frame = accel._Stacking(geom, xa.shape, wa.shape[2:], 4, 1).row_bytes
-    monkeypatch.setattr(accel, "_budget", lambda *a: frame)  # one frame per block: 8 blocks
+    monkeypatch.setattr(accel, "_budget", lambda *a, **k: frame)  # one frame per block: 8 blocks
     monkeypatch.setattr(accel._workers, "_n", 2)
     ran = []
     real = accel._WorkerPool.imap
@@ -702,7 +743,7 @@ def test_conv4d_output_stacked_forward_matches_numpy(monkeypatch, case, one_fram
     rng = np.random.default_rng(21)
     xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
     if one_frame_blocks:
-        monkeypatch.setattr(accel, "_budget", lambda *a: 1)  # one output frame per block
+        monkeypatch.setattr(accel, "_budget", lambda *a, **k: 1)  # one output frame per block
         monkeypatch.setattr(accel._workers, "_n", 2)
     used = []
     real = accel._OutputStacking.forward
@@ -731,3 +772,96 @@ def test_output_stacking_rule():
     assert not accel._stack_outputs((32, 12, 8, 8, 8, 8), (16, 12, 3, 3, 3, 3), g1)
     assert not accel._stack_outputs((2, 16, 12, 12, 12, 12), (32, 16, 3, 3, 3, 3), g1)
     assert not accel._stack_outputs((2, 4, 8, 8, 8, 8), (8, 2, 3, 3, 3, 3), g2)  # grouped: input stacking
+
+
+def test_output_stacking_parts_cover_each_output_frame_once():
+    """``_parts``: P contiguous parts of equal size (within one frame), sample-major, every
+    output frame in exactly one segment, whole samples kept whole where a part holds them."""
+    for N, To, P in [(2, 16, 2), (1, 32, 2), (3, 5, 2), (3, 5, 4), (2, 3, 8), (5, 1, 3)]:
+        parts = accel._parts(N, To, P)
+        assert len(parts) == min(P, N * To)
+        seen = [(n, i) for part in parts for n0, n1, i0, i1 in part for n in range(n0, n1) for i in range(i0, i1)]
+        assert seen == [(n, i) for n in range(N) for i in range(To)]
+        sizes = [sum((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in part) for part in parts]
+        assert max(sizes) - min(sizes) <= 1
+    assert accel._parts(2, 16, 2) == [[(0, 1, 0, 16)], [(1, 2, 0, 16)]]
+    assert accel._parts(3, 4, 2) == [[(0, 1, 0, 4), (1, 2, 0, 2)], [(1, 2, 2, 4), (2, 3, 0, 4)]]
+
+
+@needs_onednn
+@pytest.mark.parametrize("d", [1, 2])
+def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
+    """The bias added inside oneDNN's forward and its gradient from the weight-gradient pass
+    (``weight_bias``, without create_graph) agree with PyTorch in float64 and with the graph
+    path (``create_graph=True``), whose bias gradient differentiates again."""
+    rng = np.random.default_rng(31)
+    xs, ws = ((3, 4, 11), (5, 4, 3)) if d == 1 else ((3, 4, 9, 8), (6, 2, 3, 2))
+    kw = dict(padding=1, stride=2) if d == 1 else dict(padding=(1, 0), groups=2)
+    arrs = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])]
+    g = rng.standard_normal((3, ws[0]) + ((6,) if d == 1 else (9, 7))).astype(np.float32)
+    fn, tfn = getattr(F, f"conv{d}d"), getattr(TF, f"conv{d}d")
+    tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
+    ty = tfn(tx, tw, tb, **kw)
+    tgrads = torch.autograd.grad(ty, [tx, tw, tb], torch.tensor(g.astype(np.float64)))
+    for create_graph in (False, True):
+        calls.clear()
+        x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+        y = fn(x, w, b, **kw)
+        _f32_close(y.detach().numpy(), ty.detach().numpy())
+        grads = am.autograd.grad(y, [x, w, b], am.tensor(g), create_graph=create_graph)
+        for ours, theirs in zip(grads, tgrads):
+            _f32_close(ours.detach().numpy(), theirs.numpy())
+        assert ("weight_bias" in calls) == (not create_graph) and "forward_bias" in calls, calls
+
+
+def test_stacked_blocks_are_balanced_and_a_multiple_of_the_threads():
+    """``_blocks``: every (sample, position) in one block, in order; block sizes within one of
+    each other; for 2-3 worker threads a multiple of the threads where more than one block."""
+    for N, To, per, threads in [(32, 8, 48, 2), (32, 8, 48, 3), (2, 16, 3, 2), (1, 16, 3, 2), (1, 7, 3, 3),
+                                (3, 5, 3, 1), (3, 5, 8, 2), (5, 4, 100, 2), (2, 3, 1, 2)]:
+        blocks = accel._blocks(N, To, 1, per, threads)
+        seen = [(n, i) for n0, n1, i0, i1 in blocks for n in range(n0, n1) for i in range(i0, i1)]
+        assert seen == [(n, i) for n in range(N) for i in range(To)], (N, To, per, threads)
+        sizes = [(n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks]
+        assert max(sizes) <= max(per, To) and max(sizes) - min(sizes) <= max(1, To if per >= To else 1)
+        if len(blocks) > 1 and threads > 1:
+            assert len(blocks) % threads == 0 or len(blocks) == N or len(blocks) == N * To, (blocks, threads)
+    assert accel._blocks(32, 8, 1, 48, 2) == [(a, b, 0, 8) for a, b in [(0, 5), (5, 10), (10, 16), (16, 21),
+                                                                         (21, 26), (26, 32)]]
+    assert [b[2:] for b in accel._blocks(1, 16, 1, 3, 2)] == [(0, 2), (2, 5), (5, 8), (8, 10), (10, 13), (13, 16)]
+
+
+@needs_onednn
+@pytest.mark.parametrize("d,xs,ws,kw,gemm", [
+    (2, (4, 3, 12, 10), (6, 3, 4, 4), dict(stride=2, padding=1), True),      # few input channels, strided
+    (3, (2, 8, 7, 6, 6), (4, 8, 3, 3, 3), dict(stride=(2, 1, 2)), True),
+    (2, (2, 4, 9, 9), (6, 2, 3, 3), dict(stride=2, groups=2), True),           # 2 channels per group
+    (2, (2, 12, 9, 9), (6, 12, 3, 3), dict(stride=2), False),                 # more channels: oneDNN's choice
+    (3, (2, 36, 7, 6, 6), (4, 36, 3, 3, 3), dict(stride=2), True),            # 3-d: up to 36 channels
+    (3, (2, 40, 7, 6, 6), (4, 40, 3, 3, 3), dict(stride=2), False),
+    (2, (2, 3, 9, 9), (6, 3, 3, 3), dict(padding=1), False),                  # stride 1: oneDNN's choice
+])
+def test_strided_input_gradient_with_few_channels_takes_gemm(monkeypatch, d, xs, ws, kw, gemm):
+    """The input gradient of a strided convolution with few input channels per group (2-d: 8,
+    3-d: 36) runs oneDNN's im2col + GEMM implementation (its first choice, brgconv_strided, was
+    up to 5x slower there) and still matches PyTorch in float64; the transposed convolution's
+    forward too."""
+    rng = np.random.default_rng(41)
+    accel.clear_cache()
+    arrs = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])]
+    _conv_vs_torch(d, arrs, kw, rng)
+    plans = [(k, p.impl) for k, p in accel._cache.items() if k[0] == "transpose"]
+    assert plans
+    if gemm:
+        assert all(impl.startswith("x64:gemm") for _, impl in plans), plans
+    else:  # oneDNN's own first choice
+        monkeypatch.setattr(accel, "_prefer_gemm_data_grad", lambda *a: False)
+        for k, impl in plans:
+            assert accel._Plan(dnnl.load(), "transpose", *k[1:4], *k[4]).impl == impl, (k, impl)
+    if gemm and kw.get("groups", 1) == 1:  # conv_transpose with few output channels: the same plan
+        accel.clear_cache()
+        tw = rng.standard_normal((ws[0], ws[1]) + ws[2:])
+        y_shape = xs[:1] + (ws[0],) + tuple(F.conv2d(am.zeros(*xs), am.zeros(*ws), **kw).shape[2:]) if d == 2 else None
+        if y_shape is not None:
+            _conv_vs_torch(d, [rng.standard_normal(y_shape), tw, rng.standard_normal(ws[1])], kw, rng, transposed=True)
+            assert all(p.impl.startswith("x64:gemm") for k, p in accel._cache.items() if k[0] == "transpose")

@@ -95,6 +95,7 @@ _SIGNATURES = {
     "dnnl_reorder_primitive_desc_create": [ctypes.POINTER(_p), _p, _p, _p, _p, _p],
     "dnnl_primitive_desc_query_md": [_p, ctypes.c_int, ctypes.c_int],  # returns const md
     "dnnl_primitive_desc_query": [_p, ctypes.c_int, ctypes.c_int, _p],
+    "dnnl_primitive_desc_next_impl": [_p],
     "dnnl_primitive_desc_destroy": [_p],
     "dnnl_primitive_create": [ctypes.POINTER(_p), _p],
     "dnnl_primitive_destroy": [_p],
