@@ -97,3 +97,67 @@ def test_amax_double_backward_keeps_the_graph():
     x = am.tensor(_rng(4).standard_normal((3, 5, 4)), requires_grad=True)
     assert am.autograd.gradcheck(lambda a: am.amax(a, dim=(1, 2)) ** 2, (x,))
     assert am.autograd.gradgradcheck(lambda a: am.amax(a, dim=(1, 2)) ** 2, (x,))
+
+
+# ------------------------------------------------------------------------------ batch norm
+@pytest.mark.parametrize("shape", [(8, 16, 24, 24), (4, 8, 6, 20, 20), (2, 4, 9000)])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("split", [True, False])
+def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onednn, split):
+    """float32 batch norm of >= 2^16 elements keeps x - mean and applies its affine maps as
+    fused per-channel chains (oneDNN) or NumPy passes: output, running statistics and all
+    gradients against PyTorch in float64 (the last shape has S > 8192: einsum, not dot)."""
+    from avila_ml.ops import normalization as N
+    monkeypatch.setattr(am.backends.mkldnn, "enabled", onednn)
+    if split:
+        monkeypatch.setattr(N, "_CHANNEL_SPLIT_MIN", 0)
+    rng = _rng(5)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w = (rng.standard_normal(c) + 1).astype(np.float32) if affine in ("both", "weight") else None
+    b = rng.standard_normal(c).astype(np.float32) if affine in ("both", "bias") else None
+    t = am.tensor(x, requires_grad=True)
+    tw = None if w is None else am.tensor(w, requires_grad=True)
+    tb = None if b is None else am.tensor(b, requires_grad=True)
+    rm, rv = am.zeros(c), am.ones(c)
+    y = am.nn.functional.batch_norm(t, rm, rv, tw, tb, training=True, momentum=0.3)
+    assert y.grad_fn.xc is not None  # the centred path ran
+    y.backward(am.tensor(g))
+    d = lambda a: None if a is None else torch.tensor(a.astype(np.float64), requires_grad=True)  # noqa: E731
+    rx, rw, rb = d(x), d(w), d(b)
+    trm, trv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    ry = torch.nn.functional.batch_norm(rx, trm, trv, rw, rb, training=True, momentum=0.3)
+    ry.backward(torch.tensor(g.astype(np.float64)))
+    np.testing.assert_allclose(y.detach().numpy(), ry.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rm.numpy(), trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv.numpy(), trv.numpy(), rtol=1e-5, atol=1e-6)
+    scale = np.abs(rx.grad.numpy()).max()
+    np.testing.assert_allclose(t.grad.numpy(), rx.grad.numpy(), rtol=1e-4, atol=1e-5 * scale)
+    for ours, ref in ((tw, rw), (tb, rb)):
+        if ours is not None:
+            np.testing.assert_allclose(ours.grad.numpy(), ref.grad.numpy(), rtol=1e-4,
+                                       atol=1e-5 * np.abs(ref.grad.numpy()).max())
+
+
+def test_batch_norm_centred_path_views_and_double_backward():
+    """A non-contiguous input (channels-last data permuted to NCHW) takes the centred path;
+    second derivatives (create_graph) keep the Tensor-op formula: torch.autograd.grad of the
+    gradient's norm matches PyTorch."""
+    rng = _rng(6)
+    base = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
+    x = am.tensor(base, requires_grad=True)
+    w = am.tensor((rng.standard_normal(16) + 1).astype(np.float32), requires_grad=True)
+    y = am.nn.functional.batch_norm(x.permute(0, 3, 1, 2), None, None, w, None, training=True)
+    assert y.grad_fn.xc is not None
+    (gx,) = am.autograd.grad((y * y * y).sum(), x, create_graph=True)
+    (ggw,) = am.autograd.grad((gx * gx).sum(), w)
+    rx = torch.tensor(base.astype(np.float64), requires_grad=True)
+    rw = torch.tensor(w.detach().numpy().astype(np.float64), requires_grad=True)
+    ry = torch.nn.functional.batch_norm(rx.permute(0, 3, 1, 2), None, None, rw, None, training=True)
+    (rgx,) = torch.autograd.grad((ry ** 3).sum(), rx, create_graph=True)
+    (rggw,) = torch.autograd.grad((rgx * rgx).sum(), rw)
+    np.testing.assert_allclose(gx.detach().numpy(), rgx.detach().numpy(), rtol=1e-3,
+                               atol=1e-4 * np.abs(rgx.detach().numpy()).max())
+    np.testing.assert_allclose(ggw.numpy(), rggw.numpy(), rtol=2e-3, atol=1e-4 * np.abs(rggw.numpy()).max())
