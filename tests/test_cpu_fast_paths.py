@@ -161,3 +161,36 @@ def test_batch_norm_centred_path_views_and_double_backward():
     np.testing.assert_allclose(gx.detach().numpy(), rgx.detach().numpy(), rtol=1e-3,
                                atol=1e-4 * np.abs(rgx.detach().numpy()).max())
     np.testing.assert_allclose(ggw.numpy(), rggw.numpy(), rtol=2e-3, atol=1e-4 * np.abs(rggw.numpy()).max())
+
+
+# ------------------------------------------------------------- ReLU / LeakyReLU gradient chains
+@pytest.mark.parametrize("slope", [None, 0.01, 0.2, 1.0])  # None: relu
+@pytest.mark.parametrize("specials", [False, True])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_relu_and_leaky_relu_gradients_match_torch_bitwise(monkeypatch, slope, specials, onednn):
+    """float32 gradients of >= 2^15 elements (one oneDNN chain, ``activation._gated_gradient``,
+    when clean; NaN inputs or an inf gradient where ReLU's output is 0 take the NumPy select):
+    equal to PyTorch's, bit for bit (signed zeros compared as values: PyTorch's own select
+    gives +0 where ours may give -0 = 0 * negative g)."""
+    from avila_ml.cpu_accel import _chain
+    monkeypatch.setattr(am.backends.mkldnn, "enabled", onednn)
+    ran = []
+    real = _chain._Plan.run
+    monkeypatch.setattr(_chain._Plan, "run", lambda self, *a: (ran.append(1), real(self, *a))[1])
+    shape = (7, 33, 300)
+    x = _specials(int(np.prod(shape)), np.float32, seed=7).reshape(shape) if specials else \
+        _rng(7).standard_normal(shape).astype(np.float32)
+    g = _rng(8).standard_normal(shape).astype(np.float32)
+    if specials:
+        g.reshape(-1)[::211] = np.inf
+        g.reshape(-1)[1::223] = np.nan
+    t = am.tensor(x, requires_grad=True)
+    y = am.nn.functional.relu(t) if slope is None else am.nn.functional.leaky_relu(t, slope)
+    y.backward(am.tensor(g))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.relu(tx) if slope is None else torch.nn.functional.leaky_relu(tx, slope)
+    ty.backward(torch.tensor(g))
+    np.testing.assert_array_equal(t.grad.numpy(), tx.grad.numpy())
+    from avila_ml.cpu_accel import _dnnl
+    # ReLU runs the chain and checks its result; LeakyReLU checks its input (NaN) first
+    assert bool(ran) == (onednn and _dnnl.available() and (slope is None or not specials))

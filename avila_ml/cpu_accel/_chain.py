@@ -11,9 +11,9 @@ coefficients up with vector gathers, which are slow on AMD Zen (8.0 ms for 1.6 M
 ``x``: one chain of multiplications and one logistic. Its gradient is three chains (see
 :func:`gelu_tanh_backward`).
 
-The operands of a :func:`run` chain have one shape; :func:`run_per_channel` also takes
-per-channel (1, C, 1) operands broadcast over an (N, C, S) output (batch norm's affine maps,
-``ops/normalization.py``). One plan per (chain, operand shapes), LRU-cached as in ``_conv.py``.
+The operands of a :func:`run` chain have one shape; :func:`run_broadcast` also takes operands
+broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output for batch norm's
+affine maps, a (1,) constant for the comparisons of the ReLU gradients). One plan per (chain, operand shapes), LRU-cached as in ``_conv.py``.
 Functions return None where oneDNN does not apply (not float32 NumPy arrays of the expected
 shapes, fewer than :data:`MIN_SIZE` elements, the library absent or disabled), so the caller
 falls back to its NumPy formula.
@@ -28,7 +28,7 @@ import numpy as np
 from . import _dnnl as D
 from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
-__all__ = ["run", "run_per_channel", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
+__all__ = ["run", "run_broadcast", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
            "CACHE_SIZE"]
 
 CACHE_SIZE = 64  # plans kept (LRU)
@@ -39,6 +39,7 @@ _F32 = np.dtype(np.float32)
 # oneDNN 3.x ABI values (dnnl_types.h)
 LINEAR, LOGISTIC = 0x26, D.ELTWISE_LOGISTIC      # dnnl_eltwise_linear, dnnl_eltwise_logistic
 ADD, MUL, SUB = 0x1FFF0, 0x1FFF1, 0x1FFF5        # dnnl_binary_add, _mul, _sub
+GT = 0x1FFF7                                     # dnnl_binary_gt: 1.0 where src0 > src1, else 0.0
 _ARG_SRC_1 = 2                                   # DNNL_ARG_SRC_1
 _ARG_POST_OP_BASE = 32768                        # DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE
 
@@ -52,7 +53,7 @@ class _Plan(Executor):
     beta)`` and ``("bin", alg)`` (the latter each takes one more tensor). ``shapes`` holds one
     plain C-order shape per operand (src0, src1, the binary steps' tensors) and the output's
     last: all one 1-d shape for the flat chains, or a (N, C, S) output with (1, C, 1) per-channel
-    operands broadcast by oneDNN (:func:`run_per_channel`)."""
+    operands broadcast by oneDNN (:func:`run_broadcast`)."""
 
     def __init__(self, lib, shapes, alg, steps):
         self.lib, self.what = lib, "element-wise chain"
@@ -128,29 +129,33 @@ def run(alg, steps, src0, src1, *tensors, out=None):
     return y
 
 
-def run_per_channel(alg, steps, src0, src1, *tensors, out=None):
-    """Like :func:`run` for operands of shape (N, C, S) (src0's, the output's) or (1, C, 1)
-    (per-channel values, broadcast over N and S by oneDNN): the affine maps of batch
-    normalization in one pass. None where oneDNN does not apply (not float32 NumPy arrays of
-    those shapes, src0 below :data:`MIN_SIZE` elements, the library absent or disabled).
+def run_broadcast(alg, steps, src0, src1, *tensors, out=None):
+    """Like :func:`run`, but an operand may also be broadcast by oneDNN: of src0's number of
+    dims, with size 1 where it differs from src0 (the output has src0's shape). Used for
+    per-channel (1, C, 1) operands of an (N, C, S) output (batch norm's affine maps,
+    ``ops/normalization.py``) and for a (1,) constant against an (n,) array (the comparisons of
+    the ReLU gradients, ``ops/activation.py``). None where oneDNN does not apply (not float32
+    NumPy arrays of such shapes, src0 below :data:`MIN_SIZE` elements, the library absent or
+    disabled).
 
     Example:
         >>> import numpy as np
         >>> from avila_ml.cpu_accel import _chain
         >>> x = np.ones((8, 4, 256), np.float32)
         >>> a = np.arange(4, dtype=np.float32).reshape(1, 4, 1)
-        >>> y = _chain.run_per_channel(_chain.MUL, (("bin", _chain.ADD),), x, a, a)   # x a + a
+        >>> y = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD),), x, a, a)   # x a + a
         >>> y is None or y[0, :, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
         True
     """
     from ..backends import mkldnn
     arrays = (src0, src1) + tensors
-    if (not mkldnn.enabled or src0.ndim != 3 or src0.size < MIN_SIZE
-            or sum(s[0] == "bin" for s in steps) != len(tensors)):
+    if not mkldnn.enabled or src0.size < MIN_SIZE or sum(s[0] == "bin" for s in steps) != len(tensors):
         return None
-    full, vec = src0.shape, (1, src0.shape[1], 1)
-    if not all(isinstance(a, np.ndarray) and a.dtype == _F32 and a.shape in (full, vec) for a in arrays):
-        return None
+    full = src0.shape
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.dtype == _F32 and a.ndim == len(full)
+                and all(d == f or d == 1 for d, f in zip(a.shape, full))):
+            return None
     lib = D.load()
     if lib is None:
         return None

@@ -139,6 +139,9 @@ class ReLU(Function):
         (y,) = self.saved_outputs
         # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
         if not _grad_state.enabled and _raw(g.array, y.array):
+            dx = _gated_gradient(g.array, y.array, 0.0)
+            if dx is not None and not np.isnan(np.maximum.reduce(dx, axis=None)):
+                return Tensor._wrap(dx)  # (a NaN: an inf/NaN g where y <= 0; the select below decides)
             # as 1-d views for a 0-d gradient: the parts index the leading axis
             ga, ya = (g.array, y.array) if g.array.ndim else (g.array.reshape(1), y.array.reshape(1))
             dx = np.empty(ga.shape, dtype=ga.dtype)
@@ -158,6 +161,36 @@ class ReLU(Function):
                 np.copyto(dx, np.where(ya <= 0, ga.dtype.type(0), ga))
             return Tensor._wrap(dx.reshape(g.array.shape))
         return g * _const(~(y.array <= 0), g)
+
+
+# ReLU / LeakyReLU gradients of float32 host arrays from this many elements: one fused oneDNN pass
+# (``_gated_gradient``) instead of four or five NumPy passes; measured on 2^20 elements (2-core EPYC,
+# loaded): ReLU 0.41 ms (0.47 on one thread) against 0.83-0.9 ms, LeakyReLU 0.40 against 0.71 ms
+_GATED_MIN = 1 << 15
+
+
+def _gated_gradient(g, a, slope):
+    """``g * (1 if a > 0 else slope)`` in one oneDNN pass for same-shaped float32 host arrays
+    of at least ``_GATED_MIN`` elements: ``a > 0`` as 1.0 / 0.0 (oneDNN's compare gives 1.0 at a
+    NaN ``a``), mapped to ``m (1 - slope) + slope`` (exactly 1 or slope for 0 <= slope <= 1:
+    ``1 - slope`` is rounded in float32 first, so that ``(1 - slope) + slope`` rounds to 1, as in
+    the NumPy path of ``LeakyReLU.backward``), times ``g``; None where oneDNN does not apply.
+
+    PyTorch's ``threshold_backward(g, y, 0)`` (ReLU, ``a`` = the output, slope 0) gives ``g`` at a
+    NaN output too, and 0 where y <= 0: equal except for an inf/NaN ``g`` there (0 * inf is NaN),
+    which the caller checks. ``leaky_relu_backward`` gives ``slope g`` at a NaN input: the caller
+    sends NaN inputs elsewhere."""
+    if g.size < _GATED_MIN or g.dtype != np.float32 or not isinstance(g, np.ndarray):
+        return None
+    from ..cpu_accel import _chain
+    n = g.size
+    zero = np.zeros(1, np.float32)
+    s = np.float32(slope)
+    steps = (("bin", _chain.MUL),) if slope == 0 else (("elt", _chain.LINEAR, float(np.float32(1) - s), float(s)),
+                                                        ("bin", _chain.MUL))
+    dx = _chain.run_broadcast(_chain.GT, steps, a.reshape(n) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(n),
+                              zero, np.ascontiguousarray(g).reshape(n))
+    return None if dx is None else dx.reshape(g.shape)
 
 
 class Hardtanh(Function):
@@ -195,6 +228,11 @@ class LeakyReLU(Function):
 
     def backward(self, g):
         (x,) = self.saved_inputs
+        if (not _grad_state.enabled and _raw(g.array, x.array) and 0 < self.slope <= 1
+                and g.array.size >= _GATED_MIN and not np.isnan(np.maximum.reduce(x.array, axis=None))):
+            dx = _gated_gradient(g.array, x.array, self.slope)  # (a NaN x: oneDNN's x > 0 is true there)
+            if dx is not None:
+                return Tensor._wrap(dx)
         if not _grad_state.enabled and _raw(g.array, x.array) and 0 <= self.slope <= 1:
             # g * (1 if x > 0 else slope), PyTorch's formula, with the factor built by SIMD
             # ufuncs (np.where/copyto with a mask are ~8x slower, measured): m (1 - s) + s is

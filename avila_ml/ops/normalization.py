@@ -242,7 +242,7 @@ class Normalize(Function):
             k1 = rstd * sgx * inv_m
             k2 = sg * inv_m
             from ..cpu_accel import _chain
-            dx = _chain.run_per_channel(_chain.MUL, (("bin", _chain.ADD), ("bin", _chain.SUB), ("bin", _chain.MUL)),
+            dx = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD), ("bin", _chain.SUB), ("bin", _chain.MUL)),
                                         xc, k1, k2, g3, -a)
             if dx is None:  # the same formula in NumPy passes
                 dx = xc * k1
@@ -369,9 +369,9 @@ def _centred_batch_forward(fn, x, weight, bias, axes, eps):
     alpha = rstd if weight is None else rstd * weight.reshape(1, c, 1)
     from ..cpu_accel import _chain
     if bias is None:
-        y = _chain.run_per_channel(_chain.MUL, (), xc, alpha)
+        y = _chain.run_broadcast(_chain.MUL, (), xc, alpha)
     else:
-        y = _chain.run_per_channel(_chain.MUL, (("bin", _chain.ADD),), xc, alpha, bias.reshape(1, c, 1))
+        y = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD),), xc, alpha, bias.reshape(1, c, 1))
     if y is None:  # the same map in NumPy passes
         y = xc * alpha
         if bias is not None:
