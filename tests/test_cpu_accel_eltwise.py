@@ -375,11 +375,12 @@ print(am.cpu_accel.is_available())
 
 # ------------------------------------------------------------------------------------ other activations
 ACTIVATIONS = [  # (name, ours, PyTorch's, oneDNN plans expected for a large float32 input)
-    ("leaky_relu", lambda t: F.leaky_relu(t, 0.2), lambda t: TF.leaky_relu(t, 0.2), ["eltwise relu forward"]),
+    ("leaky_relu", lambda t: F.leaky_relu(t, 0.2), lambda t: TF.leaky_relu(t, 0.2),
+     ["eltwise relu forward", "element-wise chain"]),  # the gradient: one chain (activation._gated_gradient)
     ("leaky_relu_neg", lambda t: F.leaky_relu(t, -0.5), lambda t: TF.leaky_relu(t, -0.5), ["eltwise relu forward"]),
     ("leaky_relu_steep", lambda t: F.leaky_relu(t, 3.0), lambda t: TF.leaky_relu(t, 3.0), ["eltwise relu forward"]),
     ("leaky_relu_0", lambda t: F.leaky_relu(t, 0.0), lambda t: TF.leaky_relu(t, 0.0), []),
-    ("relu", F.relu, TF.relu, []),
+    ("relu", F.relu, TF.relu, ["element-wise chain"]),
     ("elu", F.elu, TF.elu, ["eltwise elu forward"]),
     ("elu_alpha", lambda t: F.elu(t, 0.5), lambda t: TF.elu(t, 0.5), ["eltwise elu forward"]),
     ("selu", F.selu, TF.selu, []),

@@ -11,10 +11,12 @@ coefficients up with vector gathers, which are slow on AMD Zen (8.0 ms for 1.6 M
 ``x``: one chain of multiplications and one logistic. Its gradient is three chains (see
 :func:`gelu_tanh_backward`).
 
-All operands of a chain have one shape here (the callers ask only for that); one plan per
-(chain, number of elements), LRU-cached as in ``_conv.py``. Functions return None where oneDNN
-does not apply (not float32 NumPy arrays of one shape, fewer than :data:`MIN_SIZE` elements,
-the library absent or disabled), so the caller falls back to its NumPy formula.
+The operands of a :func:`run` chain have one shape; :func:`run_broadcast` also takes operands
+broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output for batch norm's
+affine maps, a (1,) constant for the comparisons of the ReLU gradients). One plan per (chain, operand shapes), LRU-cached as in ``_conv.py``.
+Functions return None where oneDNN does not apply (not float32 NumPy arrays of the expected
+shapes, fewer than :data:`MIN_SIZE` elements, the library absent or disabled), so the caller
+falls back to its NumPy formula.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ import math
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import FlatPlan, PlanCache, _Desc, _Prim, _attr, impl_name
+from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
-__all__ = ["run", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
+__all__ = ["run", "run_broadcast", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
            "CACHE_SIZE"]
 
 CACHE_SIZE = 64  # plans kept (LRU)
@@ -37,6 +39,7 @@ _F32 = np.dtype(np.float32)
 # oneDNN 3.x ABI values (dnnl_types.h)
 LINEAR, LOGISTIC = 0x26, D.ELTWISE_LOGISTIC      # dnnl_eltwise_linear, dnnl_eltwise_logistic
 ADD, MUL, SUB = 0x1FFF0, 0x1FFF1, 0x1FFF5        # dnnl_binary_add, _mul, _sub
+GT = 0x1FFF7                                     # dnnl_binary_gt: 1.0 where src0 > src1, else 0.0
 _ARG_SRC_1 = 2                                   # DNNL_ARG_SRC_1
 _ARG_POST_OP_BASE = 32768                        # DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE
 
@@ -45,28 +48,34 @@ _K = math.sqrt(2.0 / math.pi)
 _C = 0.044715
 
 
-class _Plan(FlatPlan):
-    """``dst = steps(src0 alg src1)`` over ``n`` float32 elements; ``steps`` is a tuple of
-    ``("elt", alg, alpha, beta)`` and ``("bin", alg)`` (the latter each takes one more tensor)."""
+class _Plan(Executor):
+    """``dst = steps(src0 alg src1)`` in float32; ``steps`` is a tuple of ``("elt", alg, alpha,
+    beta)`` and ``("bin", alg)`` (the latter each takes one more tensor). ``shapes`` holds one
+    plain C-order shape per operand (src0, src1, the binary steps' tensors) and the output's
+    last: all one 1-d shape for the flat chains, or a (N, C, S) output with (1, C, 1) per-channel
+    operands broadcast by oneDNN (:func:`run_broadcast`)."""
 
-    def __init__(self, lib, n, alg, steps):
+    def __init__(self, lib, shapes, alg, steps):
         self.lib, self.what = lib, "element-wise chain"
-        self.desc = _Desc(lib, (n,))
+        descs = {s: _Desc(lib, s) for s in set(shapes)}
+        self.descs = [descs[s] for s in shapes]
         attr = _attr(lib)
         po = ctypes.c_void_p()
         self.args = [D.ARG_SRC, _ARG_SRC_1]
         try:
             lib.call("dnnl_post_ops_create", ctypes.byref(po))
+            k = 2  # the next operand's descriptor
             for i, step in enumerate(steps):
                 if step[0] == "elt":
                     lib.call("dnnl_post_ops_append_eltwise", po, step[1], float(step[2]), float(step[3]))
                 else:
-                    lib.call("dnnl_post_ops_append_binary", po, step[1], self.desc.h)
+                    lib.call("dnnl_post_ops_append_binary", po, step[1], self.descs[k].h)
                     self.args.append(_ARG_POST_OP_BASE * (i + 1) | _ARG_SRC_1)
+                    k += 1
             lib.call("dnnl_primitive_attr_set_post_ops", attr, po)
             pd = ctypes.c_void_p()
-            h = self.desc.h
-            lib.call("dnnl_binary_primitive_desc_create", ctypes.byref(pd), lib.engine, alg, h, h, h, attr)
+            lib.call("dnnl_binary_primitive_desc_create", ctypes.byref(pd), lib.engine, alg, self.descs[0].h,
+                     self.descs[1].h, self.descs[-1].h, attr)
         finally:
             if po:
                 lib.fn("dnnl_post_ops_destroy")(po)
@@ -75,6 +84,14 @@ class _Plan(FlatPlan):
         self.impl = impl_name(lib, pd)
         self.jit = not self.impl.startswith("ref")  # oneDNN's scalar reference code: use NumPy
         self.args.append(D.ARG_DST)
+
+    def run(self, *arrays) -> None:
+        """Execute on ``arrays`` (one per operand, the output last; C-contiguous float32 of the
+        plan's shapes)."""
+        for i, (a, d) in enumerate(zip(arrays, self.descs)):
+            D.check_buffer(a, _F32, d.nbytes, f"{'output' if i == len(arrays) - 1 else 'input'} {i} of the "
+                                              f"oneDNN {self.what}")
+        self._run_all([(self.prim, [(arg, d.h, a) for arg, d, a in zip(self.args, self.descs, arrays)])])
 
 
 _cache = PlanCache(lambda: CACHE_SIZE)
@@ -103,12 +120,52 @@ def run(alg, steps, src0, src1, *tensors, out=None):
     if not _usable(arrays) or sum(s[0] == "bin" for s in steps) != len(tensors):
         return None
     lib = _declare(D.load())
-    n = src0.size
-    plan = _cache.get((alg, tuple(steps), n), lambda: _Plan(lib, n, alg, steps))
+    shapes = ((src0.size,),) * (len(arrays) + 1)
+    plan = _cache.get((alg, tuple(steps), shapes), lambda: _Plan(lib, shapes, alg, steps))
     if not plan.jit:
         return None
     y = np.empty(src0.shape, _F32) if out is None else out
     plan.run(*(np.ascontiguousarray(a).reshape(-1) for a in arrays), y.reshape(-1))
+    return y
+
+
+def run_broadcast(alg, steps, src0, src1, *tensors, out=None):
+    """Like :func:`run`, but an operand may also be broadcast by oneDNN: of src0's number of
+    dims, with size 1 where it differs from src0 (the output has src0's shape). Used for
+    per-channel (1, C, 1) operands of an (N, C, S) output (batch norm's affine maps,
+    ``ops/normalization.py``) and for a (1,) constant against an (n,) array (the comparisons of
+    the ReLU gradients, ``ops/activation.py``). None where oneDNN does not apply (not float32
+    NumPy arrays of such shapes, src0 below :data:`MIN_SIZE` elements, the library absent or
+    disabled).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _chain
+        >>> x = np.ones((8, 4, 256), np.float32)
+        >>> a = np.arange(4, dtype=np.float32).reshape(1, 4, 1)
+        >>> y = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD),), x, a, a)   # x a + a
+        >>> y is None or y[0, :, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
+        True
+    """
+    from ..backends import mkldnn
+    arrays = (src0, src1) + tensors
+    if not mkldnn.enabled or src0.size < MIN_SIZE or sum(s[0] == "bin" for s in steps) != len(tensors):
+        return None
+    full = src0.shape
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.dtype == _F32 and a.ndim == len(full)
+                and all(d == f or d == 1 for d, f in zip(a.shape, full))):
+            return None
+    lib = D.load()
+    if lib is None:
+        return None
+    _declare(lib)
+    shapes = tuple(a.shape for a in arrays) + (full,)
+    plan = _cache.get((alg, tuple(steps), shapes), lambda: _Plan(lib, shapes, alg, steps))
+    if not plan.jit:
+        return None
+    y = np.empty(full, _F32) if out is None else out
+    plan.run(*(np.ascontiguousarray(a) for a in arrays), y)
     return y
 
 

@@ -24,6 +24,7 @@ from ..backends import backend_of
 from ..backends import _erf_float32 as _erf32
 from ..tensor import Tensor
 from ._cpu_threads import over_batch
+from ._scalar_rows import scalar_ufunc
 from .elementwise import _arr, _xp, erf, exp, sigmoid, sign as _sgn, tanh, where
 
 __all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
@@ -126,10 +127,11 @@ class ReLU(Function):
     def forward(self, x):
         self.save_outputs(0)
         zero = x.dtype.type(0)
-        if isinstance(x, np.ndarray) and x.ndim and x.size >= _SPLIT_MIN:
-            # large host arrays: the batch split over the CPU threads (``_cpu_threads.over_batch``)
+        if isinstance(x, np.ndarray) and x.ndim:
+            # host arrays: ``maximum`` against a row of zeros (NumPy's SIMD loop; with the scalar
+            # it is ~4x slower, see ``_scalar_rows``), large ones split over the CPU threads
             y = np.empty(x.shape, dtype=x.dtype)
-            over_batch(lambda b: np.maximum(x[b], zero, out=y[b]), x.shape[0], x.size, _SPLIT_MIN)
+            over_batch(lambda b: scalar_ufunc(np.maximum, x[b], zero, y[b]), x.shape[0], x.size, _SPLIT_MIN)
             return y
         return _arr(_xp(x).maximum(x, zero))
 
@@ -137,6 +139,9 @@ class ReLU(Function):
         (y,) = self.saved_outputs
         # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
         if not _grad_state.enabled and _raw(g.array, y.array):
+            dx = _gated_gradient(g.array, y.array, 0.0)
+            if dx is not None and not np.isnan(np.maximum.reduce(dx, axis=None)):
+                return Tensor._wrap(dx)  # (a NaN: an inf/NaN g where y <= 0; the select below decides)
             # as 1-d views for a 0-d gradient: the parts index the leading axis
             ga, ya = (g.array, y.array) if g.array.ndim else (g.array.reshape(1), y.array.reshape(1))
             dx = np.empty(ga.shape, dtype=ga.dtype)
@@ -146,13 +151,48 @@ class ReLU(Function):
                 np.logical_not(keep, out=keep)
                 d = dx[b]
                 np.copyto(d, keep, casting="unsafe")
-                d *= ga[b]
-                return bool(np.isfinite(np.add.reduce(d, axis=None)))  # one cheap pass rules that out
+                with np.errstate(invalid="ignore"):  # inf * 0, handled below
+                    np.multiply(d, ga[b], out=d)
+                # an inf/NaN g where y <= 0 left a NaN (inf * 0): one max-reduce pass (NaN-propagating,
+                # SIMD; 3x faster than a sum, measured) rules that out
+                return d.size == 0 or not np.isnan(np.maximum.reduce(d, axis=None))
             if not all(over_batch(part, ga.shape[0], ga.size, _SPLIT_MIN)):
                 # np.where is exact but several times slower than the multiply (measured)
                 np.copyto(dx, np.where(ya <= 0, ga.dtype.type(0), ga))
             return Tensor._wrap(dx.reshape(g.array.shape))
         return g * _const(~(y.array <= 0), g)
+
+
+# ReLU / LeakyReLU gradients of float32 host arrays from this many elements: one fused oneDNN pass
+# (``_gated_gradient``) instead of four or five NumPy passes. Measured on 2^20 elements, 2-core
+# EPYC under load (average 4), in-process A/B of the whole backward, min of 40: ReLU 0.71 vs
+# 0.85 ms on one thread, 0.65 vs 0.80 on two; LeakyReLU 0.85 vs 0.96 on one thread, equal (0.90)
+# on two. The chain alone: 0.41 ms against 0.83 for the NumPy passes.
+_GATED_MIN = 1 << 15
+
+
+def _gated_gradient(g, a, slope):
+    """``g * (1 if a > 0 else slope)`` in one oneDNN pass for same-shaped float32 host arrays
+    of at least ``_GATED_MIN`` elements: ``a > 0`` as 1.0 / 0.0 (oneDNN's compare gives 1.0 at a
+    NaN ``a``), mapped to ``m (1 - slope) + slope`` (exactly 1 or slope for 0 <= slope <= 1:
+    ``1 - slope`` is rounded in float32 first, so that ``(1 - slope) + slope`` rounds to 1, as in
+    the NumPy path of ``LeakyReLU.backward``), times ``g``; None where oneDNN does not apply.
+
+    PyTorch's ``threshold_backward(g, y, 0)`` (ReLU, ``a`` = the output, slope 0) gives ``g`` at a
+    NaN output too, and 0 where y <= 0: equal except for an inf/NaN ``g`` there (0 * inf is NaN),
+    which the caller checks. ``leaky_relu_backward`` gives ``slope g`` at a NaN input: the caller
+    sends NaN inputs elsewhere."""
+    if g.size < _GATED_MIN or g.dtype != np.float32 or not isinstance(g, np.ndarray):
+        return None
+    from ..cpu_accel import _chain
+    n = g.size
+    zero = np.zeros(1, np.float32)
+    s = np.float32(slope)
+    steps = (("bin", _chain.MUL),) if slope == 0 else (("elt", _chain.LINEAR, float(np.float32(1) - s), float(s)),
+                                                        ("bin", _chain.MUL))
+    dx = _chain.run_broadcast(_chain.GT, steps, a.reshape(n) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(n),
+                              zero, np.ascontiguousarray(g).reshape(n))
+    return None if dx is None else dx.reshape(g.shape)
 
 
 class Hardtanh(Function):
@@ -190,6 +230,11 @@ class LeakyReLU(Function):
 
     def backward(self, g):
         (x,) = self.saved_inputs
+        if (not _grad_state.enabled and _raw(g.array, x.array) and 0 < self.slope <= 1
+                and g.array.size >= _GATED_MIN and not np.isnan(np.maximum.reduce(x.array, axis=None))):
+            dx = _gated_gradient(g.array, x.array, self.slope)  # (a NaN x: oneDNN's x > 0 is true there)
+            if dx is not None:
+                return Tensor._wrap(dx)
         if not _grad_state.enabled and _raw(g.array, x.array) and 0 <= self.slope <= 1:
             # g * (1 if x > 0 else slope), PyTorch's formula, with the factor built by SIMD
             # ufuncs (np.where/copyto with a mask are ~8x slower, measured): m (1 - s) + s is

@@ -328,6 +328,13 @@ class AMax(Function):
         ks = _keep_shape(self.in_shape, self.axes)
         o = out.array.reshape(ks)
         mask = x.array == o
+        if not _grad_state.enabled and _single_maxima(mask, o, g.array):
+            # every slice has exactly one maximum (the usual case): g scattered through the mask,
+            # without the counts' division (a float64 temporary as large as x)
+            dx = np.empty(mask.shape, dtype=g.array.dtype)
+            np.copyto(dx, mask, casting="unsafe")
+            dx *= g.array.reshape(ks)
+            return Tensor._wrap(dx)
         if self.nan_ties:
             xp = backend_of(o).xp
             mask = mask | (xp.isnan(x.array) & xp.isnan(o))
@@ -335,6 +342,18 @@ class AMax(Function):
         with np.errstate(invalid="ignore", divide="ignore"):
             w = Tensor._wrap((mask / cnt).astype(x.array.dtype))
         return broadcast_to(reshape(g, ks), self.in_shape) * w
+
+
+def _single_maxima(mask, o, g) -> bool:
+    """True when ``mask`` (x == its slice maxima ``o``, NumPy) marks exactly one element per
+    slice and ``g`` is a NumPy array of x's dtype: no slice maximum is NaN (so each slice matches
+    at least once) and there are as many matches as slices. Two passes over the bool mask
+    at most; a tie or a NaN maximum takes the general path."""
+    if not (isinstance(mask, np.ndarray) and isinstance(g, np.ndarray) and g.dtype == o.dtype):
+        return False
+    if o.dtype.kind in "fc" and np.isnan(o).any():
+        return False
+    return int(np.count_nonzero(mask)) == o.size
 
 
 def amax(input, dim=(), keepdim: bool = False):
