@@ -282,7 +282,19 @@ def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
     ``h0``/``c0`` ``(B, H)`` (``c0`` None unless LSTM), ``weights`` the tuple
     ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` (biases and ``w_hr`` may be None). Returns the packed
     output ``(N, H_out)`` and the final ``h`` (and ``c``), each ``(B, ·)``.
+
+    A float32 NumPy LSTM without projection whose sequences all have the same length runs as one
+    oneDNN call per direction (:class:`LSTMLayer`) when oneDNN is installed and
+    ``avila_ml.backends.mkldnn.enabled``; everything else runs the step loop below.
     """
+    if mode == "LSTM" and _onednn_lstm_ok(x, batch_sizes, h0, c0, weights):
+        w_ih, w_hh, b_ih, b_hh, _ = weights
+        return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, len(batch_sizes), bool(reverse))
+    return _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse)
+
+
+def _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
+    """:func:`run_direction` as a loop over time steps (any mode, packed lengths, projection)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     # one GEMM for the input projections of every time step, then cut per step
     steps = split(linear(x, w_ih, b_ih), list(batch_sizes), 0)
@@ -319,3 +331,79 @@ def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
             outs[t] = h
         h_n, c_n = h, c
     return cat(outs, 0) if n > 1 else outs[0], h_n, c_n
+
+
+# -- a whole LSTM layer-direction in one oneDNN call --------------------------------------------
+def _onednn_lstm_ok(x, batch_sizes, h0, c0, weights) -> bool:
+    """True when :class:`LSTMLayer` applies: no projection, every sequence as long as the batch
+    (no packed variable lengths), every array a float32 NumPy array, oneDNN enabled and loaded."""
+    from ..backends import mkldnn
+    if not mkldnn.enabled or weights[4] is not None or batch_sizes[-1] != batch_sizes[0]:
+        return False
+    for t in (x, h0, c0) + tuple(weights[:4]):
+        if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != np.float32):
+            return False
+    from ..cpu_accel import _dnnl
+    return _dnnl.load() is not None
+
+
+def _c32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class LSTMLayer(Function):
+    """One LSTM layer in one direction over a whole padded sequence, through oneDNN's
+    ``lstm_forward``/``lstm_backward`` primitives (:mod:`avila_ml.cpu_accel._rnn`): PyTorch's
+    ``aten::mkldnn_rnn_layer``.
+
+    ``(x (T·N, I), h0 (N, H), c0 (N, H), w_ih, w_hh, b_ih, b_hh, T, reverse) -> (y (T·N, H), h_n, c_n)``
+    with the math of :class:`LSTMGates` at every step (time-major rows; ``reverse`` runs from the
+    last step to the first). The training forward keeps oneDNN's workspace (the gates of every
+    step) for the backward, which is one oneDNN call too. With ``create_graph=True`` the backward
+    recomputes the layer with the Tensor-op step loop and differentiates that instead, so double
+    backward works.
+    """
+
+    def forward(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, steps, reverse):
+        from ..cpu_accel import _rnn
+        n = x.shape[0] // steps
+        self.steps, self.reverse = steps, reverse
+        self.has_bias = (b_ih is not None, b_hh is not None)
+        bias = (b_ih if b_ih is not None else 0) + (b_hh if b_hh is not None else 0)
+        bias = np.zeros(w_ih.shape[0], np.float32) if isinstance(bias, int) else _c32(bias)
+        arrays = (_c32(x).reshape(steps, n, x.shape[1]), _c32(h0), _c32(c0), _c32(w_ih), _c32(w_hh), bias)
+        y, hn, cn, ws = _rnn.lstm_forward(*arrays, reverse=reverse, training=self._recording)
+        if self._recording:
+            self.save_inputs(*range(5 + sum(self.has_bias)))  # for the version check and double backward
+            self.arrays = arrays + (y, hn, cn, ws)
+        return y.reshape(steps * n, y.shape[2]), hn, cn
+
+    def backward(self, gy, ghn, gcn):
+        saved = self.saved_inputs  # version-checked: x, h0, c0, w_ih, w_hh, [b_ih], [b_hh]
+        if _grad_state.enabled:  # create_graph: differentiate the Tensor-op formula
+            return self._graph_backward(saved, gy, ghn, gcn)
+        from ..cpu_accel import _rnn
+        x3 = self.arrays[0]
+        dy = _c32(gy.array).reshape(x3.shape[0], x3.shape[1], -1)
+        dx, dh0, dc0, dw_ih, dw_hh, db = _rnn.lstm_backward(*self.arrays, dy, _c32(ghn.array), _c32(gcn.array),
+                                                            reverse=self.reverse)
+        grads = [dx.reshape(-1, x3.shape[2]), dh0, dc0, dw_ih, dw_hh] + [db] * sum(self.has_bias)
+        return tuple(Tensor._wrap(g) for g in grads)
+
+    def _graph_backward(self, saved, gy, ghn, gcn):
+        """The gradients as a graph: the step loop rerun on the saved inputs (so that graph
+        reaches them) and differentiated with ``create_graph=True``."""
+        from ..autograd import grad
+        from ..autograd.grad_mode import enable_grad
+        x, h0, c0, w_ih, w_hh = saved[:5]
+        rest = list(saved[5:])
+        b_ih = rest.pop(0) if self.has_bias[0] else None
+        b_hh = rest.pop(0) if self.has_bias[1] else None
+        n = h0.shape[0]
+        with enable_grad():
+            out, hn, cn = _loop_direction("LSTM", x, [n] * self.steps, h0, c0, (w_ih, w_hh, b_ih, b_hh, None),
+                                          self.reverse)
+        wanted = [t for t, need in zip(saved, self.needs_input_grad) if need]
+        got = iter(grad([out, hn, cn], wanted, [gy, ghn, gcn], retain_graph=True, create_graph=True,
+                        allow_unused=True))
+        return tuple(next(got) if need else None for need in self.needs_input_grad)
