@@ -1,8 +1,8 @@
-"""float32 LSTM layers through oneDNN's LSTM primitives (ops/recurrent.py ``LSTMLayer``,
-cpu_accel/_rnn.py) against torch.nn.LSTM in float64 from the same float32 inputs: values and
-gradients (input, h0, c0, every weight and bias), layers, directions, batch_first, dropout,
-the fallbacks (packed variable lengths, projection, ``mkldnn.enabled = False``) and double
-backward (create_graph)."""
+"""float32 LSTM, GRU and RNN layers through oneDNN's RNN primitives (ops/recurrent.py
+``RecurrentLayer``, cpu_accel/_rnn.py) against torch.nn in float64 from the same float32
+inputs: values and gradients (input, h0, c0, every weight and bias), layers, directions,
+batch_first, dropout, the fallbacks (packed variable lengths, projection, float64,
+``mkldnn.enabled = False``) and double backward (create_graph)."""
 import itertools
 
 import numpy as np
@@ -27,7 +27,7 @@ def _np(t):
 def calls(monkeypatch):
     """Counts of the oneDNN forward and backward calls made through ``_rnn``."""
     n = {"fwd": 0, "bwd": 0}
-    fwd, bwd = _rnn.lstm_forward, _rnn.lstm_backward
+    fwd, bwd = _rnn.layer_forward, _rnn.layer_backward
 
     def count_fwd(*a, **k):
         n["fwd"] += 1
@@ -37,16 +37,16 @@ def calls(monkeypatch):
         n["bwd"] += 1
         return bwd(*a, **k)
 
-    monkeypatch.setattr(_rnn, "lstm_forward", count_fwd)
-    monkeypatch.setattr(_rnn, "lstm_backward", count_bwd)
+    monkeypatch.setattr(_rnn, "layer_forward", count_fwd)
+    monkeypatch.setattr(_rnn, "layer_backward", count_bwd)
     return n
 
 
-def _pair(kwargs):
-    """torch's LSTM in float64 and ours in float32 with the same (float32-rounded) weights."""
+def _pair(kwargs, name="LSTM"):
+    """torch's layer in float64 and ours in float32 with the same (float32-rounded) weights."""
     torch.manual_seed(0)
-    theirs = torch.nn.LSTM(**kwargs)
-    ours = am.nn.LSTM(**kwargs)
+    theirs = getattr(torch.nn, name)(**kwargs)
+    ours = getattr(am.nn, name)(**kwargs)
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
     return ours, theirs.double()
 
@@ -62,16 +62,22 @@ def _run(ours, theirs, x, hx, rng):
         ah = tuple(am.tensor(a, requires_grad=True) for a in hx)
         targs.append(th)
         aargs.append(ah)
-    tout, (th_n, tc_n) = theirs(*targs)
-    aout, (ah_n, ac_n) = ours(*aargs)
-    ws = [rng.standard_normal(tuple(t.shape)).astype(np.float32) for t in (tout, th_n, tc_n)]
-    tl = sum((t * torch.tensor(w, dtype=torch.float64)).sum() for t, w in zip((tout, th_n, tc_n), ws))
-    al = sum((a * am.tensor(w)).sum() for a, w in zip((aout, ah_n, ac_n), ws))
+    lstm = isinstance(ours, am.nn.LSTM)
+    if hx is not None and not lstm:
+        targs[1], aargs[1] = targs[1][0], aargs[1][0]
+    tout, t_st = theirs(*targs)
+    aout, a_st = ours(*aargs)
+    t_st, a_st = (t_st, a_st) if lstm else ((t_st,), (a_st,))
+    ws = [rng.standard_normal(tuple(t.shape)).astype(np.float32) for t in (tout,) + t_st]
+    tl = sum((t * torch.tensor(w, dtype=torch.float64)).sum() for t, w in zip((tout,) + t_st, ws))
+    al = sum((a * am.tensor(w)).sum() for a, w in zip((aout,) + a_st, ws))
     tl.backward()
     al.backward()
-    got = [("output", aout, tout), ("h_n", ah_n, th_n), ("c_n", ac_n, tc_n), ("input grad", ax.grad, tx.grad)]
+    got = [("output", aout, tout)] + [(n, a, t) for n, a, t in zip(("h_n", "c_n"), a_st, t_st)]
+    got.append(("input grad", ax.grad, tx.grad))
     if hx is not None:
-        got += [("h0 grad", aargs[1][0].grad, targs[1][0].grad), ("c0 grad", aargs[1][1].grad, targs[1][1].grad)]
+        th, ah = (targs[1], aargs[1]) if lstm else ((targs[1],), (aargs[1],))
+        got += [(n, a.grad, t.grad) for n, a, t in zip(("h0 grad", "c0 grad"), ah, th)]
     tp = dict(theirs.named_parameters())
     got += [(n + " grad", p.grad, tp[n].grad) for n, p in ours.named_parameters()]
     return got
@@ -86,14 +92,16 @@ def _check(got):
 
 
 OPTIONS = list(itertools.product([1, 2], [True, False], [False, True], [False, True], [False, True]))
+LAYERS = [("LSTM", {}), ("GRU", {}), ("RNN", {}), ("RNN", {"nonlinearity": "relu"})]
 
 
+@pytest.mark.parametrize("name,extra", LAYERS, ids=[n + "-" + ",".join(e.values()) for n, e in LAYERS])
 @pytest.mark.parametrize("num_layers,bias,bidirectional,batch_first,with_hx", OPTIONS,
                          ids=["L{}-bias{}-bi{}-bf{}-hx{}".format(*o) for o in OPTIONS])
-def test_lstm_onednn_matches_torch(num_layers, bias, bidirectional, batch_first, with_hx, calls):
+def test_onednn_layer_matches_torch(name, extra, num_layers, bias, bidirectional, batch_first, with_hx, calls):
     I, H, T, B, D = 5, 6, 7, 3, 2 if bidirectional else 1
     ours, theirs = _pair(dict(input_size=I, hidden_size=H, num_layers=num_layers, bias=bias,
-                              bidirectional=bidirectional, batch_first=batch_first))
+                              bidirectional=bidirectional, batch_first=batch_first, **extra), name)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(np.float32)
     hx = None
@@ -143,7 +151,7 @@ def test_no_grad_uses_inference_plan(calls):
     for a, t in ((out, tout), (h, th), (c, tc)):
         np.testing.assert_allclose(_np(a), _np(t), **TOL)
     assert calls["fwd"] == 1
-    assert (5, 2, 3, 4, False, False) in list(_rnn._cache)
+    assert ("lstm", 5, 2, 3, 4, False, False) in list(_rnn._cache)
 
 
 def test_dropout_between_layers_matches_loop(calls):
@@ -203,21 +211,23 @@ def test_projection_and_float64_fall_back(calls):
     assert calls == {"fwd": 0, "bwd": 0}
 
 
-def test_double_backward_matches_torch(calls):
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_double_backward_matches_torch(name, calls):
     """create_graph=True: the gradient is a graph (the step loop recomputed and differentiated),
     so a loss on the input gradient has second derivatives; compared with torch's float64."""
-    ours, theirs = _pair(dict(input_size=3, hidden_size=4, bidirectional=True))
+    ours, theirs = _pair(dict(input_size=3, hidden_size=4, bidirectional=True), name)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     h0 = rng.standard_normal((2, 2, 4)).astype(np.float32)
     c0 = rng.standard_normal((2, 2, 4)).astype(np.float32)
     tx, ax = torch.tensor(x, dtype=torch.float64, requires_grad=True), am.tensor(x, requires_grad=True)
     th0, ah0 = torch.tensor(h0, dtype=torch.float64, requires_grad=True), am.tensor(h0, requires_grad=True)
-    tc0, ac0 = torch.tensor(c0, dtype=torch.float64), am.tensor(c0)
-    tout, (th, tc) = theirs(tx, (th0, tc0))
-    aout, (ah, ac) = ours(ax, (ah0, ac0))
-    (tgx, tgh) = torch.autograd.grad((tout ** 2).sum() + tc.sum(), (tx, th0), create_graph=True)
-    (agx, agh) = am.autograd.grad((aout ** 2).sum() + ac.sum(), (ax, ah0), create_graph=True)
+    lstm = name == "LSTM"
+    tout, tst = theirs(tx, (th0, torch.tensor(c0, dtype=torch.float64)) if lstm else th0)
+    aout, ast = ours(ax, (ah0, am.tensor(c0)) if lstm else ah0)
+    tlast, alast = (tst[1], ast[1]) if lstm else (tst, ast)
+    (tgx, tgh) = torch.autograd.grad((tout ** 2).sum() + tlast.sum(), (tx, th0), create_graph=True)
+    (agx, agh) = am.autograd.grad((aout ** 2).sum() + alast.sum(), (ax, ah0), create_graph=True)
     np.testing.assert_allclose(_np(agx), _np(tgx), **TOL)
     np.testing.assert_allclose(_np(agh), _np(tgh), **TOL)
     assert calls == {"fwd": 2, "bwd": 0}  # the create_graph backward went through the step loop
@@ -236,16 +246,17 @@ def test_impl_is_the_rnn_driver():
     """oneDNN names its CPU RNN driver "ref" (or "ref+matmul") unless it takes the AVX-512 brgemm
     kernels ("brgemm:..."): unlike "ref:any" of other primitives, that driver runs oneDNN's JIT
     GEMMs and JIT gate kernels, not scalar loops (its speed: benchmarks/bench_mlp.py LSTM rows)."""
-    p = _rnn.plan(3, 2, 4, 5, False, True)
-    for impl in (p.impl, p.bwd_impl):
-        assert impl in ("ref", "ref+matmul") or impl.startswith("brgemm:"), impl
+    for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        p = _rnn.plan(cell, 3, 2, 4, 5, False, True)
+        for impl in (p.impl, p.bwd_impl):
+            assert impl in ("ref", "ref+matmul") or impl.startswith("brgemm:"), (cell, impl)
 
 
 def test_boundary_and_layer_errors():
-    p = _rnn.plan(3, 2, 4, 5, False, False)
+    p = _rnn.plan("lstm", 3, 2, 4, 5, False, False)
     f = np.zeros
     good = (f((3, 2, 4), np.float32), f((2, 5), np.float32), f((2, 5), np.float32), f((20, 4), np.float32),
-            f((20, 5), np.float32), f(20, np.float32))
+            f((20, 5), np.float32), f((4, 5), np.float32))
     y, hn, cn, ws = p.forward(*good)
     assert ws is None and y.shape == (3, 2, 5) and not y.any()
     with pytest.raises(ValueError, match="input w_ih .* 400 bytes, the primitive expects 320"):
@@ -277,6 +288,6 @@ def test_cache_is_bounded(monkeypatch):
     monkeypatch.setattr(_rnn, "CACHE_SIZE", 2)
     _rnn.clear_cache()
     for t in (2, 3, 4):
-        _rnn.plan(t, 1, 2, 3, False, False)
+        _rnn.plan("gru", t, 1, 2, 3, False, False)
     assert _rnn.cache_info() == {"size": 2, "capacity": 2}
     _rnn.clear_cache()

@@ -447,3 +447,21 @@ _SIGNATURES.update({
     "dnnl_lstm_backward_primitive_desc_create": [
         ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 22 + [ctypes.c_uint, _p, _p],
 })
+_SIGNATURES.update({
+    # (pd, engine, prop_kind, direction, src_layer, src_iter, weights_layer, weights_iter, bias,
+    #  dst_layer, dst_iter, flags, attr)
+    "dnnl_lbr_gru_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 7 + [ctypes.c_uint, _p],
+    # (pd, engine, prop_kind, direction, the 7 mds of the forward, their 7 diffs, flags, hint, attr)
+    "dnnl_lbr_gru_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 14 + [ctypes.c_uint, _p, _p],
+    # (pd, engine, prop_kind, activation alg, direction, the 7 mds, flags, alpha, beta, attr)
+    "dnnl_vanilla_rnn_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [_p] * 7
+        + [ctypes.c_uint, ctypes.c_float, ctypes.c_float, _p],
+    # (pd, engine, prop_kind, activation alg, direction, 7 mds, 7 diffs, flags, alpha, beta, hint, attr)
+    "dnnl_vanilla_rnn_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [_p] * 14
+        + [ctypes.c_uint, ctypes.c_float, ctypes.c_float, _p, _p],
+})
+# -- end of the issue-17 recurrent block ----------------------------------------------------------

@@ -283,13 +283,14 @@ def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
     ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` (biases and ``w_hr`` may be None). Returns the packed
     output ``(N, H_out)`` and the final ``h`` (and ``c``), each ``(B, ·)``.
 
-    A float32 NumPy LSTM without projection whose sequences all have the same length runs as one
-    oneDNN call per direction (:class:`LSTMLayer`) when oneDNN is installed and
-    ``avila_ml.backends.mkldnn.enabled``; everything else runs the step loop below.
+    A float32 NumPy layer (LSTM without projection, GRU, RNN) whose sequences all have the same
+    length runs as one oneDNN call per direction (:class:`RecurrentLayer`) when oneDNN is
+    installed and ``avila_ml.backends.mkldnn.enabled``; everything else runs the step loop below.
     """
-    if mode == "LSTM" and _onednn_lstm_ok(x, batch_sizes, h0, c0, weights):
+    if _onednn_ok(mode, x, batch_sizes, h0, c0, weights):
         w_ih, w_hh, b_ih, b_hh, _ = weights
-        return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, len(batch_sizes), bool(reverse))
+        out = RecurrentLayer.apply(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, len(batch_sizes), bool(reverse))
+        return out if len(out) == 3 else (out[0], out[1], None)
     return _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse)
 
 
@@ -333,12 +334,17 @@ def _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
     return cat(outs, 0) if n > 1 else outs[0], h_n, c_n
 
 
-# -- a whole LSTM layer-direction in one oneDNN call --------------------------------------------
-def _onednn_lstm_ok(x, batch_sizes, h0, c0, weights) -> bool:
-    """True when :class:`LSTMLayer` applies: no projection, every sequence as long as the batch
-    (no packed variable lengths), every array a float32 NumPy array, oneDNN enabled and loaded."""
+# -- a whole layer-direction in one oneDNN call ------------------------------------------------
+_ONEDNN_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def _onednn_ok(mode, x, batch_sizes, h0, c0, weights) -> bool:
+    """True when :class:`RecurrentLayer` applies: no projection, every sequence as long as the
+    batch (no packed variable lengths), every array a float32 NumPy array, oneDNN enabled and
+    loaded."""
     from ..backends import mkldnn
-    if not mkldnn.enabled or weights[4] is not None or batch_sizes[-1] != batch_sizes[0]:
+    if not mkldnn.enabled or mode not in _ONEDNN_CELL or weights[4] is not None \
+            or batch_sizes[-1] != batch_sizes[0]:
         return False
     for t in (x, h0, c0) + tuple(weights[:4]):
         if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != np.float32):
@@ -347,63 +353,61 @@ def _onednn_lstm_ok(x, batch_sizes, h0, c0, weights) -> bool:
     return _dnnl.load() is not None
 
 
-def _c32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-class LSTMLayer(Function):
-    """One LSTM layer in one direction over a whole padded sequence, through oneDNN's
-    ``lstm_forward``/``lstm_backward`` primitives (:mod:`avila_ml.cpu_accel._rnn`): PyTorch's
+class RecurrentLayer(Function):
+    """One recurrent layer (LSTM, GRU or Elman RNN) in one direction over a whole padded
+    sequence, through oneDNN's RNN primitives (:mod:`avila_ml.cpu_accel._rnn`): PyTorch's
     ``aten::mkldnn_rnn_layer``.
 
-    ``(x (T·N, I), h0 (N, H), c0 (N, H), w_ih, w_hh, b_ih, b_hh, T, reverse) -> (y (T·N, H), h_n, c_n)``
-    with the math of :class:`LSTMGates` at every step (time-major rows; ``reverse`` runs from the
-    last step to the first). The training forward keeps oneDNN's workspace (the gates of every
-    step) for the backward, which is one oneDNN call too. With ``create_graph=True`` the backward
-    recomputes the layer with the Tensor-op step loop and differentiates that instead, so double
-    backward works.
+    ``(x (T·N, I), h0 (N, H), [c0 (N, H)], w_ih, w_hh, [b_ih], [b_hh]) -> (y (T·N, H), h_n, [c_n])``
+    (``mode``, ``T`` and ``reverse`` as plain arguments) with the math of :class:`LSTMGates`,
+    :class:`GRUGates` or ``act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)`` at every step (time-major
+    rows; ``reverse`` runs from the last step to the first). The training forward keeps oneDNN's
+    workspace (the gates of every step) for the backward, which is one oneDNN call too. With
+    ``create_graph=True`` the backward recomputes the layer with the Tensor-op step loop and
+    differentiates that instead, so double backward works.
     """
 
-    def forward(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, steps, reverse):
+    def forward(self, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, steps, reverse):
         from ..cpu_accel import _rnn
         n = x.shape[0] // steps
-        self.steps, self.reverse = steps, reverse
-        self.has_bias = (b_ih is not None, b_hh is not None)
-        bias = (b_ih if b_ih is not None else 0) + (b_hh if b_hh is not None else 0)
-        bias = np.zeros(w_ih.shape[0], np.float32) if isinstance(bias, int) else _c32(bias)
-        arrays = (_c32(x).reshape(steps, n, x.shape[1]), _c32(h0), _c32(c0), _c32(w_ih), _c32(w_hh), bias)
-        y, hn, cn, ws = _rnn.lstm_forward(*arrays, reverse=reverse, training=self._recording)
+        self.mode, self.steps, self.reverse = mode, steps, reverse
+        self.present = tuple(a is not None for a in (c0, b_ih, b_hh))
+        y, hn, cn, self.saved = _rnn.layer_forward(
+            _ONEDNN_CELL[mode], x.reshape(steps, n, x.shape[1]), h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
+            training=self._recording)
         if self._recording:
-            self.save_inputs(*range(5 + sum(self.has_bias)))  # for the version check and double backward
-            self.arrays = arrays + (y, hn, cn, ws)
-        return y.reshape(steps * n, y.shape[2]), hn, cn
+            self.save_inputs(*range(4 + sum(self.present)))  # for the version check and double backward
+        y = y.reshape(steps * n, y.shape[2])
+        return (y, hn) if cn is None else (y, hn, cn)
 
-    def backward(self, gy, ghn, gcn):
-        saved = self.saved_inputs  # version-checked: x, h0, c0, w_ih, w_hh, [b_ih], [b_hh]
+    def backward(self, gy, ghn, gcn=None):
+        saved = self.saved_inputs  # version-checked: x, h0, [c0], w_ih, w_hh, [b_ih], [b_hh]
         if _grad_state.enabled:  # create_graph: differentiate the Tensor-op formula
             return self._graph_backward(saved, gy, ghn, gcn)
         from ..cpu_accel import _rnn
-        x3 = self.arrays[0]
-        dy = _c32(gy.array).reshape(x3.shape[0], x3.shape[1], -1)
-        dx, dh0, dc0, dw_ih, dw_hh, db = _rnn.lstm_backward(*self.arrays, dy, _c32(ghn.array), _c32(gcn.array),
-                                                            reverse=self.reverse)
-        grads = [dx.reshape(-1, x3.shape[2]), dh0, dc0, dw_ih, dw_hh] + [db] * sum(self.has_bias)
-        return tuple(Tensor._wrap(g) for g in grads)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _rnn.layer_backward(
+            _ONEDNN_CELL[self.mode], self.saved, gy.array.reshape(self.steps, -1, gy.shape[1]), ghn.array,
+            None if gcn is None else gcn.array)
+        grads = [dx.reshape(-1, dx.shape[2]), dh0, dc0, dw_ih, dw_hh, db_ih, db_hh]
+        keep = (True, True) + self.present[:1] + (True, True) + self.present[1:]
+        return tuple(Tensor._wrap(g) for g, k in zip(grads, keep) if k)
 
     def _graph_backward(self, saved, gy, ghn, gcn):
         """The gradients as a graph: the step loop rerun on the saved inputs (so that graph
         reaches them) and differentiated with ``create_graph=True``."""
         from ..autograd import grad
         from ..autograd.grad_mode import enable_grad
-        x, h0, c0, w_ih, w_hh = saved[:5]
-        rest = list(saved[5:])
-        b_ih = rest.pop(0) if self.has_bias[0] else None
-        b_hh = rest.pop(0) if self.has_bias[1] else None
-        n = h0.shape[0]
+        it = iter(saved)
+        x, h0 = next(it), next(it)
+        c0 = next(it) if self.present[0] else None
+        w_ih, w_hh = next(it), next(it)
+        b_ih = next(it) if self.present[1] else None
+        b_hh = next(it) if self.present[2] else None
         with enable_grad():
-            out, hn, cn = _loop_direction("LSTM", x, [n] * self.steps, h0, c0, (w_ih, w_hh, b_ih, b_hh, None),
-                                          self.reverse)
+            outs = _loop_direction(self.mode, x, [h0.shape[0]] * self.steps, h0, c0,
+                                   (w_ih, w_hh, b_ih, b_hh, None), self.reverse)
+        roots = [o for o in outs if o is not None]
         wanted = [t for t, need in zip(saved, self.needs_input_grad) if need]
-        got = iter(grad([out, hn, cn], wanted, [gy, ghn, gcn], retain_graph=True, create_graph=True,
+        got = iter(grad(roots, wanted, [gy, ghn, gcn][:len(roots)], retain_graph=True, create_graph=True,
                         allow_unused=True))
         return tuple(next(got) if need else None for need in self.needs_input_grad)
