@@ -201,13 +201,18 @@ def test_packed_variable_lengths_fall_back(bidirectional, calls):
     assert calls["fwd"] == (2 if bidirectional else 1)
 
 
-def test_projection_and_float64_fall_back(calls):
+def test_projection_float64_and_empty_fall_back(calls):
     ours, theirs = _pair(dict(input_size=3, hidden_size=5, proj_size=2))
     x = np.random.default_rng(7).standard_normal((4, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(_np(ours(am.tensor(x))[0]), _np(theirs(torch.tensor(x, dtype=torch.float64))[0]),
                                **TOL)
     m64 = am.nn.LSTM(3, 4, dtype=am.float64)
     m64(am.tensor(x.astype(np.float64)))
+    # an empty batch (oneDNN refuses it): the loop, torch's shapes
+    empty = am.zeros(5, 0, 3, requires_grad=True)
+    out, h = am.nn.GRU(3, 4)(empty)
+    out.sum().backward()
+    assert out.shape == (5, 0, 4) and h.shape == (1, 0, 4) and empty.grad.shape == (5, 0, 3)
     assert calls == {"fwd": 0, "bwd": 0}
 
 

@@ -12,6 +12,10 @@ machine); with ``create_graph=True`` it is written with differentiable Tensor op
 saved inputs, so double backward works.
 Only the hidden-to-hidden product ``h @ W_hhᵀ`` has to stay inside the time loop.
 
+On the CPU, float32 layers whose sequences all have the same length skip this loop: each
+layer-direction is one call of oneDNN's LSTM / LBR-GRU / vanilla-RNN primitive
+(:class:`RecurrentLayer`, :mod:`avila_ml.cpu_accel._rnn`), as in PyTorch, forward and backward.
+
 Variable-length batches arrive *packed* (PyTorch's ``PackedSequence`` layout): sequences sorted
 by decreasing length, time-major, ``batch_sizes[t]`` rows active at step ``t``. The loop then
 shrinks (forward direction) or grows (reverse direction) the hidden state as sequences end or
@@ -344,7 +348,7 @@ def _onednn_ok(mode, x, batch_sizes, h0, c0, weights) -> bool:
     loaded."""
     from ..backends import mkldnn
     if not mkldnn.enabled or mode not in _ONEDNN_CELL or weights[4] is not None \
-            or batch_sizes[-1] != batch_sizes[0]:
+            or batch_sizes[-1] != batch_sizes[0] or x.array.size == 0:  # (oneDNN refuses an empty batch)
         return False
     for t in (x, h0, c0) + tuple(weights[:4]):
         if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != np.float32):
@@ -364,7 +368,21 @@ class RecurrentLayer(Function):
     rows; ``reverse`` runs from the last step to the first). The training forward keeps oneDNN's
     workspace (the gates of every step) for the backward, which is one oneDNN call too. With
     ``create_graph=True`` the backward recomputes the layer with the Tensor-op step loop and
-    differentiates that instead, so double backward works.
+    differentiates that instead, so double backward works. ``nn.LSTM``/``GRU``/``RNN`` use it
+    through :func:`run_direction`; ``avila_ml.backends.mkldnn.enabled = False`` keeps them on
+    the step loop.
+
+    Example:
+        >>> import numpy as np
+        >>> import avila_ml as am
+        >>> lstm = am.nn.LSTM(3, 4)   # float32: one oneDNN call when oneDNN is installed
+        >>> x = am.randn(5, 2, 3)
+        >>> out, (h, c) = lstm(x)
+        >>> am.backends.mkldnn.enabled = False   # the step loop, for comparison
+        >>> ref, _ = lstm(x)
+        >>> am.backends.mkldnn.enabled = True
+        >>> out.shape, bool(np.allclose(out.detach().numpy(), ref.detach().numpy(), atol=1e-6))
+        ((5, 2, 4), True)
     """
 
     def forward(self, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, steps, reverse):
