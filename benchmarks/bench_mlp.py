@@ -3,7 +3,8 @@
 One step = forward, cross-entropy, backward, SGD update (momentum 0.9). Target (issue 3):
 within 1.5x of PyTorch's time. The parts are timed too, so a regression shows where it comes
 from: forward only (no grad), cross-entropy forward + backward on (128, 10) logits, and
-batch/layer norm forward + backward. Every case is one source for both libraries (``L`` is
+batch/layer norm forward + backward, max pooling, and one LSTM layer (word-LM and bigger
+sizes) forward and forward + backward. Every case is one source for both libraries (``L`` is
 ``avila_ml`` or ``torch``), each timed in its own process (see ``harness.py``).
 
     python benchmarks/bench_mlp.py [--rounds N] [--threads N] [--quick]
@@ -96,6 +97,37 @@ def _max_pool_case(shape, kernel, stride, padding=0):
     return make
 
 
+def _lstm_case(T, N, n_in, hidden, backward):
+    """One nn.LSTM layer (float32, time-major) on a (T, N, n_in) batch: forward without grad, or
+    forward + backward of the output's sum with a fixed upstream gradient."""
+    def make(L):
+        rng = np.random.default_rng(4)
+        L.manual_seed(0)
+        m = L.nn.LSTM(n_in, hidden)
+        x = L.tensor(rng.standard_normal((T, N, n_in)).astype(np.float32), requires_grad=backward)
+        g = L.from_numpy(rng.standard_normal((T, N, hidden)).astype(np.float32))
+
+        if not backward:
+            def fwd():
+                with L.no_grad():
+                    m(x)
+            return fwd
+
+        def step():
+            x.grad = None
+            m.zero_grad()
+            m(x)[0].backward(g)
+        return step
+    return make
+
+
+def _lstm_flops(T, N, n_in, hidden, backward):
+    """Matmul FLOPs of the layer: x W_ihᵀ and h W_hhᵀ over T steps (x3 with the backward:
+    input and weight gradients)."""
+    fwd = 2 * T * N * 4 * hidden * (n_in + hidden)
+    return 3 * fwd if backward else fwd
+
+
 def step_flops() -> float:
     """Matmul FLOPs of one step: forward, weight gradients, input gradients of layers 2-3."""
     fwd = sum(2 * BATCH * a * b for a, b in zip(SIZES[:-1], SIZES[1:]))
@@ -122,6 +154,13 @@ CASES = [
     Case("  max_pool2d k3 s2 p1 fwd+bwd (32, 64, 32, 32)", _max_pool_case((32, 64, 32, 32), 3, 2, 1),
          nbytes=(2 + 2 * 0.25) * 4 * 32 * 64 * 32 * 32, quick=False),
 ]
+# issue 17: one LSTM layer at the word LM's sizes (bench_programs.py word_lm_step) and a bigger one;
+# on the CPU both libraries run it as one oneDNN call per layer (avila_ml/cpu_accel/_rnn.py)
+for _T, _N, _I, _H, _quick in ((35, 20, 200, 200, True), (100, 64, 512, 512, False)):
+    CASES += [Case(f"  LSTM {_I}->{_H} T={_T} N={_N} forward (no_grad)", _lstm_case(_T, _N, _I, _H, False),
+                   flops=_lstm_flops(_T, _N, _I, _H, False), quick=_quick),
+              Case(f"  LSTM {_I}->{_H} T={_T} N={_N} fwd+bwd", _lstm_case(_T, _N, _I, _H, True),
+                   flops=_lstm_flops(_T, _N, _I, _H, True), quick=_quick)]
 
 if __name__ == "__main__":
     main("mlp", CASES, __doc__)

@@ -14,7 +14,8 @@ weight gradient in 1-4 spatial dims (4-d as kernel-time offsets stacked into cha
 ``_conv.py``); eltwise activations -- GELU exact and tanh, SiLU, ELU, LeakyReLU, exp --
 (``_eltwise.py``); softmax forward over the last dim (``_softmax.py``); layer norm forward and
 backward (``_norm.py``); batched matmuls with ``exp``/multiply epilogues for the attention tiles
-(``_matmul.py``). Each is used only where it measured faster than the NumPy path, and never
+(``_matmul.py``); whole LSTM, GRU and Elman RNN layers, one call per layer-direction forward
+and backward (``_rnn.py``). Each is used only where it measured faster than the NumPy path, and never
 where oneDNN's kernel is its scalar reference code. oneDNN is loaded with its OpenMP threads
 waiting passively (``_dnnl._passive_openmp``) unless the user chose a wait policy.
 

@@ -422,3 +422,47 @@ _SIGNATURES.update({
     "dnnl_layer_normalization_backward_primitive_desc_create": [
         ctypes.POINTER(_p), _p, ctypes.c_int, _p, _p, _p, _p, ctypes.c_float, ctypes.c_uint, _p, _p],
 })
+
+# -- issue 17, recurrent layers (cpu_accel/_rnn.py) ----------------------------------------------
+# dnnl_rnn_direction_t, the RNN argument ids and the workspace (oneapi/dnnl/dnnl_types.h, oneDNN 3.x
+# ABI); each function bound here exists in libdnnl 3.2 (``nm -D``)
+RNN_LEFT2RIGHT, RNN_RIGHT2LEFT = 1, 2
+ARG_SRC_LAYER, ARG_SRC_ITER, ARG_SRC_ITER_C = 1, 2, 3
+ARG_DST_LAYER, ARG_DST_ITER, ARG_DST_ITER_C = 17, 18, 19
+ARG_WEIGHTS_LAYER, ARG_WEIGHTS_ITER = 33, 34
+ARG_WORKSPACE = 64
+ARG_DIFF_SRC_LAYER, ARG_DIFF_SRC_ITER, ARG_DIFF_SRC_ITER_C = 129, 130, 131
+ARG_DIFF_DST_LAYER, ARG_DIFF_DST_ITER, ARG_DIFF_DST_ITER_C = 145, 146, 147
+ARG_DIFF_WEIGHTS_LAYER, ARG_DIFF_WEIGHTS_ITER, ARG_DIFF_BIAS = 161, 162, 169
+QUERY_EXEC_ARG_MD = 255  # dnnl_primitive_desc_query_md(pd, this, arg id): the md of one argument
+_SIGNATURES.update({
+    # (pd, engine, prop_kind, direction, src_layer, src_iter, src_iter_c, weights_layer,
+    #  weights_iter, weights_peephole, weights_projection, bias, dst_layer, dst_iter, dst_iter_c,
+    #  flags, attr)
+    "dnnl_lstm_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 11 + [ctypes.c_uint, _p],
+    # (pd, engine, prop_kind, direction, the 11 mds of the forward, then diff_src_layer,
+    #  diff_src_iter, diff_src_iter_c, diff_weights_layer, diff_weights_iter, diff_weights_peephole,
+    #  diff_weights_projection, diff_bias, diff_dst_layer, diff_dst_iter, diff_dst_iter_c, flags,
+    #  hint fwd pd, attr)
+    "dnnl_lstm_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 22 + [ctypes.c_uint, _p, _p],
+})
+_SIGNATURES.update({
+    # (pd, engine, prop_kind, direction, src_layer, src_iter, weights_layer, weights_iter, bias,
+    #  dst_layer, dst_iter, flags, attr)
+    "dnnl_lbr_gru_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 7 + [ctypes.c_uint, _p],
+    # (pd, engine, prop_kind, direction, the 7 mds of the forward, their 7 diffs, flags, hint, attr)
+    "dnnl_lbr_gru_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int] + [_p] * 14 + [ctypes.c_uint, _p, _p],
+    # (pd, engine, prop_kind, activation alg, direction, the 7 mds, flags, alpha, beta, attr)
+    "dnnl_vanilla_rnn_forward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [_p] * 7
+        + [ctypes.c_uint, ctypes.c_float, ctypes.c_float, _p],
+    # (pd, engine, prop_kind, activation alg, direction, 7 mds, 7 diffs, flags, alpha, beta, hint, attr)
+    "dnnl_vanilla_rnn_backward_primitive_desc_create": [
+        ctypes.POINTER(_p), _p, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [_p] * 14
+        + [ctypes.c_uint, ctypes.c_float, ctypes.c_float, _p, _p],
+})
+# -- end of the issue-17 recurrent block ----------------------------------------------------------

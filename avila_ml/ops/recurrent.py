@@ -12,6 +12,10 @@ machine); with ``create_graph=True`` it is written with differentiable Tensor op
 saved inputs, so double backward works.
 Only the hidden-to-hidden product ``h @ W_hhᵀ`` has to stay inside the time loop.
 
+On the CPU, float32 layers whose sequences all have the same length skip this loop: each
+layer-direction is one call of oneDNN's LSTM / LBR-GRU / vanilla-RNN primitive
+(:class:`RecurrentLayer`, :mod:`avila_ml.cpu_accel._rnn`), as in PyTorch, forward and backward.
+
 Variable-length batches arrive *packed* (PyTorch's ``PackedSequence`` layout): sequences sorted
 by decreasing length, time-major, ``batch_sizes[t]`` rows active at step ``t``. The loop then
 shrinks (forward direction) or grows (reverse direction) the hidden state as sequences end or
@@ -282,7 +286,20 @@ def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
     ``h0``/``c0`` ``(B, H)`` (``c0`` None unless LSTM), ``weights`` the tuple
     ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` (biases and ``w_hr`` may be None). Returns the packed
     output ``(N, H_out)`` and the final ``h`` (and ``c``), each ``(B, ·)``.
+
+    A float32 NumPy layer (LSTM without projection, GRU, RNN) whose sequences all have the same
+    length runs as one oneDNN call per direction (:class:`RecurrentLayer`) when oneDNN is
+    installed and ``avila_ml.backends.mkldnn.enabled``; everything else runs the step loop below.
     """
+    if _onednn_ok(mode, x, batch_sizes, h0, c0, weights):
+        w_ih, w_hh, b_ih, b_hh, _ = weights
+        out = RecurrentLayer.apply(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, len(batch_sizes), bool(reverse))
+        return out if len(out) == 3 else (out[0], out[1], None)
+    return _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse)
+
+
+def _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
+    """:func:`run_direction` as a loop over time steps (any mode, packed lengths, projection)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     # one GEMM for the input projections of every time step, then cut per step
     steps = split(linear(x, w_ih, b_ih), list(batch_sizes), 0)
@@ -319,3 +336,96 @@ def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
             outs[t] = h
         h_n, c_n = h, c
     return cat(outs, 0) if n > 1 else outs[0], h_n, c_n
+
+
+# -- a whole layer-direction in one oneDNN call ------------------------------------------------
+_ONEDNN_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def _onednn_ok(mode, x, batch_sizes, h0, c0, weights) -> bool:
+    """True when :class:`RecurrentLayer` applies: no projection, every sequence as long as the
+    batch (no packed variable lengths), every array a float32 NumPy array, oneDNN enabled and
+    loaded."""
+    from ..backends import mkldnn
+    if not mkldnn.enabled or mode not in _ONEDNN_CELL or weights[4] is not None \
+            or batch_sizes[-1] != batch_sizes[0] or x.array.size == 0:  # (oneDNN refuses an empty batch)
+        return False
+    for t in (x, h0, c0) + tuple(weights[:4]):
+        if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != np.float32):
+            return False
+    from ..cpu_accel import _dnnl
+    return _dnnl.load() is not None
+
+
+class RecurrentLayer(Function):
+    """One recurrent layer (LSTM, GRU or Elman RNN) in one direction over a whole padded
+    sequence, through oneDNN's RNN primitives (:mod:`avila_ml.cpu_accel._rnn`): PyTorch's
+    ``aten::mkldnn_rnn_layer``.
+
+    ``(x (T·N, I), h0 (N, H), [c0 (N, H)], w_ih, w_hh, [b_ih], [b_hh]) -> (y (T·N, H), h_n, [c_n])``
+    (``mode``, ``T`` and ``reverse`` as plain arguments) with the math of :class:`LSTMGates`,
+    :class:`GRUGates` or ``act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)`` at every step (time-major
+    rows; ``reverse`` runs from the last step to the first). The training forward keeps oneDNN's
+    workspace (the gates of every step) for the backward, which is one oneDNN call too. With
+    ``create_graph=True`` the backward recomputes the layer with the Tensor-op step loop and
+    differentiates that instead, so double backward works. ``nn.LSTM``/``GRU``/``RNN`` use it
+    through :func:`run_direction`; ``avila_ml.backends.mkldnn.enabled = False`` keeps them on
+    the step loop.
+
+    Example:
+        >>> import numpy as np
+        >>> import avila_ml as am
+        >>> lstm = am.nn.LSTM(3, 4)   # float32: one oneDNN call when oneDNN is installed
+        >>> x = am.randn(5, 2, 3)
+        >>> out, (h, c) = lstm(x)
+        >>> am.backends.mkldnn.enabled = False   # the step loop, for comparison
+        >>> ref, _ = lstm(x)
+        >>> am.backends.mkldnn.enabled = True
+        >>> out.shape, bool(np.allclose(out.detach().numpy(), ref.detach().numpy(), atol=1e-6))
+        ((5, 2, 4), True)
+    """
+
+    def forward(self, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, steps, reverse):
+        from ..cpu_accel import _rnn
+        n = x.shape[0] // steps
+        self.mode, self.steps, self.reverse = mode, steps, reverse
+        self.present = tuple(a is not None for a in (c0, b_ih, b_hh))
+        y, hn, cn, self.saved = _rnn.layer_forward(
+            _ONEDNN_CELL[mode], x.reshape(steps, n, x.shape[1]), h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
+            training=self._recording)
+        if self._recording:
+            self.save_inputs(*range(4 + sum(self.present)))  # for the version check and double backward
+        y = y.reshape(steps * n, y.shape[2])
+        return (y, hn) if cn is None else (y, hn, cn)
+
+    def backward(self, gy, ghn, gcn=None):
+        saved = self.saved_inputs  # version-checked: x, h0, [c0], w_ih, w_hh, [b_ih], [b_hh]
+        if _grad_state.enabled:  # create_graph: differentiate the Tensor-op formula
+            return self._graph_backward(saved, gy, ghn, gcn)
+        from ..cpu_accel import _rnn
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _rnn.layer_backward(
+            _ONEDNN_CELL[self.mode], self.saved, gy.array.reshape(self.steps, -1, gy.shape[1]), ghn.array,
+            None if gcn is None else gcn.array)
+        grads = [dx.reshape(-1, dx.shape[2]), dh0, dc0, dw_ih, dw_hh, db_ih, db_hh]
+        keep = (True, True) + self.present[:1] + (True, True) + self.present[1:]
+        return tuple(Tensor._wrap(g) for g, k in zip(grads, keep) if k)
+
+    def _graph_backward(self, saved, gy, ghn, gcn):
+        """The gradients as a graph: the step loop rerun on the saved inputs (so that graph
+        reaches them) and differentiated with ``create_graph=True``."""
+        from ..autograd import grad
+        from ..autograd.grad_mode import enable_grad
+        it = iter(saved)
+        x, h0 = next(it), next(it)
+        c0 = next(it) if self.present[0] else None
+        w_ih, w_hh = next(it), next(it)
+        b_ih = next(it) if self.present[1] else None
+        b_hh = next(it) if self.present[2] else None
+        with enable_grad():
+            outs = _loop_direction(self.mode, x, [h0.shape[0]] * self.steps, h0, c0,
+                                   (w_ih, w_hh, b_ih, b_hh, None), self.reverse)
+        roots = [o for o in outs if o is not None]
+        wanted = [t for t, need in zip(saved, self.needs_input_grad) if need]
+        got = iter(grad(roots, wanted, [gy, ghn, gcn][:len(roots)], retain_graph=True, create_graph=True,
+                        allow_unused=True))
+        return tuple(next(got) if need else None for need in self.needs_input_grad)
