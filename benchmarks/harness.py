@@ -363,7 +363,8 @@ def child_env(threads: int | None = None, **extra) -> dict:
 def _run_round(script: str, lib: str, idx: list, args) -> dict:
     cmd = [sys.executable, script, "--worker", lib, "--cases", ",".join(map(str, idx)),
            "--inner", str(args.inner)] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, env=child_env(args.threads), capture_output=True, text=True)
+    extra = {"AVILA_ML_DNNL_LIBRARY": "none"} if lib == "avila_ml" and getattr(args, "no_accel", False) else {}
+    proc = subprocess.run(cmd, env=child_env(args.threads, **extra), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_TAG):
             return {int(k): v for k, v in json.loads(line[len(_TAG):]).items()}
@@ -380,6 +381,9 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
     p.add_argument("--only", default=None, help="run the cases whose name contains this text")
     p.add_argument("--threads", type=int, default=None, help="pin both libraries to N threads")
     p.add_argument("--no-save", action="store_true", help="print the table, write no file")
+    p.add_argument("--no-accel", action="store_true",
+                   help="Avila ML without its CPU accelerator (oneDNN unloaded: the NumPy paths of a machine "
+                        "without the cpu extra); results file <name>_noaccel_...")
     p.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     p.add_argument("--cases", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -408,9 +412,12 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
             print(f"  round {r + 1}/{rounds} {lib}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     load, foreign = (load0, os.getloadavg()[0]), meter.cores()
     header = machine_header(limits, load, args.threads, started, foreign)
+    if args.no_accel:
+        header.append("Avila ML WITHOUT its CPU accelerator: AVILA_ML_DNNL_LIBRARY=none in its process "
+                      "(oneDNN unloaded, the NumPy paths of a machine without the cpu extra)")
     text = format_table(f"Avila ML vs PyTorch: {name} (CPU)", header, chosen, results,
                         loaded=is_loaded(load, foreign))
     print(text, flush=True)
     if not args.no_save:
-        save_text(name, text, args.threads)
+        save_text(name + ("_noaccel" if args.no_accel else ""), text, args.threads)
     return text

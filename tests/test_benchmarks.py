@@ -72,6 +72,28 @@ def test_child_environment_drops_the_wait_policy(monkeypatch):
     assert harness.child_env(2)["OPENBLAS_NUM_THREADS"] == "2"
 
 
+def test_no_accel_unloads_onednn_in_our_worker_only(monkeypatch):
+    """``--no-accel``: only Avila ML's worker gets AVILA_ML_DNNL_LIBRARY=none (PyTorch's process
+    is as always), the table says so, and the variable really keeps oneDNN unloaded."""
+    seen = {}
+    real_run = subprocess.run
+
+    def run(cmd, env, **kw):
+        seen[cmd[cmd.index("--worker") + 1]] = env.get("AVILA_ML_DNNL_LIBRARY")
+        return subprocess.CompletedProcess(cmd, 0, stdout=harness._TAG + "{}", stderr="")
+    monkeypatch.setattr(harness.subprocess, "run", run)
+    monkeypatch.delenv("AVILA_ML_DNNL_LIBRARY", raising=False)
+    args = type("A", (), {"threads": None, "inner": 1, "no_accel": True})()
+    for lib in harness.LIBS:
+        harness._run_round("x.py", lib, [0], args)
+    assert seen == {"avila_ml": "none", "torch": None}
+    code = ("from avila_ml.cpu_accel import _dnnl; print(_dnnl.library_path(), _dnnl.load(), "
+            "'AVILA_ML_DNNL_LIBRARY=none' in _dnnl._state['why'])")
+    out = real_run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT, "AVILA_ML_DNNL_LIBRARY": "none"})
+    assert out.returncode == 0 and out.stdout.split() == ["None", "None", "True"], out.stderr[-2000:]
+
+
 def test_a_benchmark_runs_end_to_end_in_separate_processes():
     """One cheap case of the real-program benchmark, one round: both workers start, time, report."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_programs.py"), "--rounds", "1",

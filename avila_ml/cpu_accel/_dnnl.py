@@ -134,11 +134,18 @@ _state: dict = {}
 _lock = threading.Lock()
 
 
+# values of $AVILA_ML_DNNL_LIBRARY that keep oneDNN unloaded although installed (the NumPy paths
+# everywhere, as on a machine without the ``cpu`` extra; benchmarks' ``--no-accel``)
+_OFF = ("none", "off", "0")
+
+
 def library_path() -> str | None:
     """Where ``libdnnl.so.3`` is: ``$AVILA_ML_DNNL_LIBRARY``, else the file shipped by an installed
     CPU oneDNN wheel (found through its package metadata, not a search of the disk); None if
-    neither exists."""
+    neither exists or the variable says ``none`` (also ``off``, ``0``)."""
     env = os.environ.get(ENV_VAR)
+    if env and env.strip().lower() in _OFF:
+        return None
     if env:
         return env
     for dist in _WHEELS:
@@ -194,7 +201,11 @@ def load():
             return _state["lib"]
         lib, why = None, None
         path = library_path()
-        if path is None:
+        if path is None and os.environ.get(ENV_VAR, "").strip().lower() in _OFF:
+            why = (f"{ENV_VAR}={os.environ[ENV_VAR]} keeps oneDNN unloaded: float32 CPU convolutions, "
+                   "GELU/SiLU/ELU, softmax, layer norm, recurrent layers and attention tiles use the "
+                   "NumPy algorithms")
+        elif path is None:
             why = ("oneDNN is not installed, so float32 CPU convolutions, GELU/SiLU/ELU, softmax, "
                    "layer norm and attention tiles use the NumPy algorithms (several times slower "
                    "for convolutions); `pip install 'avila-ml[cpu]'` (Linux x86-64) or set "
