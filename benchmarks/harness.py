@@ -363,7 +363,11 @@ def child_env(threads: int | None = None, **extra) -> dict:
 def _run_round(script: str, lib: str, idx: list, args) -> dict:
     cmd = [sys.executable, script, "--worker", lib, "--cases", ",".join(map(str, idx)),
            "--inner", str(args.inner)] + (["--threads", str(args.threads)] if args.threads else [])
-    extra = {"AVILA_ML_DNNL_LIBRARY": "none"} if lib == "avila_ml" and getattr(args, "no_accel", False) else {}
+    extra = {}
+    if lib == "avila_ml":
+        extra.update(v.split("=", 1) for v in getattr(args, "ours_env", []))
+        if getattr(args, "no_accel", False):
+            extra["AVILA_ML_DNNL_LIBRARY"] = "none"
     proc = subprocess.run(cmd, env=child_env(args.threads, **extra), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_TAG):
@@ -381,6 +385,9 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
     p.add_argument("--only", default=None, help="run the cases whose name contains this text")
     p.add_argument("--threads", type=int, default=None, help="pin both libraries to N threads")
     p.add_argument("--no-save", action="store_true", help="print the table, write no file")
+    p.add_argument("--ours-env", action="append", default=[], metavar="VAR=VALUE",
+                   help="an environment variable for Avila ML's worker only (e.g. an OpenMP setting to "
+                        "try; PyTorch's process keeps its defaults); repeatable, recorded in the header")
     p.add_argument("--no-accel", action="store_true",
                    help="Avila ML without its CPU accelerator (oneDNN unloaded: the NumPy paths of a machine "
                         "without the cpu extra); results file <name>_noaccel_...")
@@ -394,6 +401,9 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
         _worker(args.worker, [(i, cases[i]) for i in idx], args.threads, args.inner)
         return None
 
+    bad = [v for v in args.ours_env if "=" not in v or not v.split("=", 1)[0]]
+    if bad:
+        sys.exit(f"--ours-env expects VAR=VALUE, got {bad}")
     chosen = [(i, c) for i, c in enumerate(cases)
               if (not args.quick or c.quick) and (args.only is None or args.only in c.name)]
     if not chosen:
@@ -412,6 +422,8 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
             print(f"  round {r + 1}/{rounds} {lib}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     load, foreign = (load0, os.getloadavg()[0]), meter.cores()
     header = machine_header(limits, load, args.threads, started, foreign)
+    if args.ours_env:
+        header.append(f"Avila ML's worker only: {' '.join(args.ours_env)}")
     if args.no_accel:
         header.append("Avila ML WITHOUT its CPU accelerator: AVILA_ML_DNNL_LIBRARY=none in its process "
                       "(oneDNN unloaded, the NumPy paths of a machine without the cpu extra)")

@@ -73,8 +73,8 @@ def test_child_environment_drops_the_wait_policy(monkeypatch):
 
 
 def test_no_accel_unloads_onednn_in_our_worker_only(monkeypatch):
-    """``--no-accel``: only Avila ML's worker gets AVILA_ML_DNNL_LIBRARY=none (PyTorch's process
-    is as always), the table says so, and the variable really keeps oneDNN unloaded."""
+    """``--no-accel`` / ``--ours-env``: only Avila ML's worker gets AVILA_ML_DNNL_LIBRARY=none or
+    the given variables (PyTorch's process is as always), and =none really keeps oneDNN unloaded."""
     seen = {}
     real_run = subprocess.run
 
@@ -83,10 +83,14 @@ def test_no_accel_unloads_onednn_in_our_worker_only(monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, stdout=harness._TAG + "{}", stderr="")
     monkeypatch.setattr(harness.subprocess, "run", run)
     monkeypatch.delenv("AVILA_ML_DNNL_LIBRARY", raising=False)
-    args = type("A", (), {"threads": None, "inner": 1, "no_accel": True})()
+    args = type("A", (), {"threads": None, "inner": 1, "no_accel": True, "ours_env": []})()
     for lib in harness.LIBS:
         harness._run_round("x.py", lib, [0], args)
     assert seen == {"avila_ml": "none", "torch": None}
+    args.no_accel, args.ours_env = False, ["AVILA_ML_DNNL_LIBRARY=/x/libdnnl.so.3"]  # --ours-env: ours only too
+    for lib in harness.LIBS:
+        harness._run_round("x.py", lib, [0], args)
+    assert seen == {"avila_ml": "/x/libdnnl.so.3", "torch": None}
     code = ("from avila_ml.cpu_accel import _dnnl; print(_dnnl.library_path(), _dnnl.load(), "
             "'AVILA_ML_DNNL_LIBRARY=none' in _dnnl._state['why'])")
     out = real_run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
