@@ -13,7 +13,8 @@ coefficients up with vector gathers, which are slow on AMD Zen (8.0 ms for 1.6 M
 
 The operands of a :func:`run` chain have one shape; :func:`run_broadcast` also takes operands
 broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output for batch norm's
-affine maps, a (1,) constant for the comparisons of the ReLU gradients). One plan per (chain, operand shapes), LRU-cached as in ``_conv.py``.
+affine maps, a (1,) constant for the comparisons of the ReLU gradients). One plan per
+(chain, operand shapes), LRU-cached as in ``_conv.py``.
 Functions return None where oneDNN does not apply (not float32 NumPy arrays of the expected
 shapes, fewer than :data:`MIN_SIZE` elements, the library absent or disabled), so the caller
 falls back to its NumPy formula.

@@ -190,8 +190,8 @@ def _gated_gradient(g, a, slope):
     s = np.float32(slope)
     steps = (("bin", _chain.MUL),) if slope == 0 else (("elt", _chain.LINEAR, float(np.float32(1) - s), float(s)),
                                                         ("bin", _chain.MUL))
-    dx = _chain.run_broadcast(_chain.GT, steps, a.reshape(n) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(n),
-                              zero, np.ascontiguousarray(g).reshape(n))
+    dx = _chain.run_broadcast(_chain.GT, steps, np.ascontiguousarray(a).reshape(n), zero,
+                              np.ascontiguousarray(g).reshape(n))
     return None if dx is None else dx.reshape(g.shape)
 
 
