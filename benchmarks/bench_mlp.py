@@ -97,13 +97,13 @@ def _max_pool_case(shape, kernel, stride, padding=0):
     return make
 
 
-def _lstm_case(T, N, n_in, hidden, backward):
-    """One nn.LSTM layer (float32, time-major) on a (T, N, n_in) batch: forward without grad, or
-    forward + backward of the output's sum with a fixed upstream gradient."""
+def _lstm_case(T, N, n_in, hidden, backward, layer="LSTM"):
+    """One nn.LSTM (or nn.GRU) layer (float32, time-major) on a (T, N, n_in) batch: forward
+    without grad, or forward + backward of the output with a fixed upstream gradient."""
     def make(L):
         rng = np.random.default_rng(4)
         L.manual_seed(0)
-        m = L.nn.LSTM(n_in, hidden)
+        m = getattr(L.nn, layer)(n_in, hidden)
         x = L.tensor(rng.standard_normal((T, N, n_in)).astype(np.float32), requires_grad=backward)
         g = L.from_numpy(rng.standard_normal((T, N, hidden)).astype(np.float32))
 
@@ -121,10 +121,10 @@ def _lstm_case(T, N, n_in, hidden, backward):
     return make
 
 
-def _lstm_flops(T, N, n_in, hidden, backward):
+def _lstm_flops(T, N, n_in, hidden, backward, gates=4):
     """Matmul FLOPs of the layer: x W_ihᵀ and h W_hhᵀ over T steps (x3 with the backward:
     input and weight gradients)."""
-    fwd = 2 * T * N * 4 * hidden * (n_in + hidden)
+    fwd = 2 * T * N * gates * hidden * (n_in + hidden)
     return 3 * fwd if backward else fwd
 
 
@@ -161,6 +161,8 @@ for _T, _N, _I, _H, _quick in ((35, 20, 200, 200, True), (100, 64, 512, 512, Fal
                    flops=_lstm_flops(_T, _N, _I, _H, False), quick=_quick),
               Case(f"  LSTM {_I}->{_H} T={_T} N={_N} fwd+bwd", _lstm_case(_T, _N, _I, _H, True),
                    flops=_lstm_flops(_T, _N, _I, _H, True), quick=_quick)]
+CASES.append(Case("  GRU 200->200 T=35 N=20 fwd+bwd", _lstm_case(35, 20, 200, 200, True, "GRU"),
+                  flops=_lstm_flops(35, 20, 200, 200, True, gates=3), quick=False))
 
 if __name__ == "__main__":
     main("mlp", CASES, __doc__)

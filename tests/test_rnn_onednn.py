@@ -216,6 +216,26 @@ def test_projection_float64_and_empty_fall_back(calls):
     assert calls == {"fwd": 0, "bwd": 0}
 
 
+def test_refused_plan_falls_back_with_a_warning(monkeypatch, calls):
+    """A shape oneDNN will not build runs the step loop, announced once, with torch's values."""
+    from avila_ml.cpu_accel import _dnnl
+
+    def refuse(*args):
+        raise _dnnl.DnnlError("oneDNN: dnnl_lstm_forward_primitive_desc_create failed with status 3 (unimplemented)")
+
+    monkeypatch.setattr(_rnn, "_Plan", refuse)
+    _rnn.clear_cache()
+    ours, theirs = _pair(dict(input_size=3, hidden_size=4))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"could not build the LSTM layer .*\(5, 2, 3, 4\).*unimplemented"):
+        got = _run(ours, theirs, x, None, rng)
+    _check(got)
+    ours(am.tensor(x))  # cached refusal: no second warning, no oneDNN call
+    assert calls["fwd"] == 0
+    _rnn.clear_cache()
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_double_backward_matches_torch(name, calls):
     """create_graph=True: the gradient is a graph (the step loop recomputed and differentiated),

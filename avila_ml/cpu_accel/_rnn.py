@@ -31,6 +31,7 @@ accumulates weight gradients into its output buffers, so they are zeroed first.
 from __future__ import annotations
 
 import ctypes
+import warnings
 
 import numpy as np
 
@@ -222,13 +223,28 @@ class _Plan(Executor):
         return dx, dh0, dc0, dw_ih, dw_hh, db
 
 
+_REFUSED = object()  # cached in place of a plan oneDNN would not build
+
+
 def plan(cell, T, N, n_in, hidden, reverse, training):
-    """The cached plan for this cell kind and these sizes, or None without oneDNN."""
+    """The cached plan for this cell kind and these sizes, or None without oneDNN or where it
+    refuses to build one (announced once per shape with ``warnings``; the caller then runs
+    its step loop)."""
     lib = D.load()
     if lib is None:
         return None
     key = (cell, int(T), int(N), int(n_in), int(hidden), bool(reverse), bool(training))
-    return _cache.get(key, lambda: _Plan(lib, *key))
+    p = _cache.get(key, lambda: _build(lib, key))
+    return None if p is _REFUSED else p
+
+
+def _build(lib, key):
+    try:
+        return _Plan(lib, *key)
+    except D.DnnlError as exc:
+        warnings.warn(f"avila_ml: oneDNN could not build the {key[0].upper()} layer (T, N, input, hidden) = "
+                      f"{key[1:5]} ({exc}); it runs as a loop over time steps", RuntimeWarning, stacklevel=4)
+        return _REFUSED
 
 
 # -- PyTorch's parameters <-> oneDNN's ------------------------------------------------------------

@@ -291,7 +291,7 @@ def run_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
     length runs as one oneDNN call per direction (:class:`RecurrentLayer`) when oneDNN is
     installed and ``avila_ml.backends.mkldnn.enabled``; everything else runs the step loop below.
     """
-    if _onednn_ok(mode, x, batch_sizes, h0, c0, weights):
+    if _onednn_ok(mode, x, batch_sizes, h0, c0, weights, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = weights
         out = RecurrentLayer.apply(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, len(batch_sizes), bool(reverse))
         return out if len(out) == 3 else (out[0], out[1], None)
@@ -342,10 +342,11 @@ def _loop_direction(mode, x, batch_sizes, h0, c0, weights, reverse):
 _ONEDNN_CELL = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
 
-def _onednn_ok(mode, x, batch_sizes, h0, c0, weights) -> bool:
+def _onednn_ok(mode, x, batch_sizes, h0, c0, weights, reverse) -> bool:
     """True when :class:`RecurrentLayer` applies: no projection, every sequence as long as the
     batch (no packed variable lengths), every array a float32 NumPy array, oneDNN enabled and
-    loaded."""
+    loaded, and its plan for these sizes built (the one the forward will use: training when
+    autograd records the call)."""
     from ..backends import mkldnn
     if not mkldnn.enabled or mode not in _ONEDNN_CELL or weights[4] is not None \
             or batch_sizes[-1] != batch_sizes[0] or x.array.size == 0:  # (oneDNN refuses an empty batch)
@@ -353,8 +354,10 @@ def _onednn_ok(mode, x, batch_sizes, h0, c0, weights) -> bool:
     for t in (x, h0, c0) + tuple(weights[:4]):
         if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != np.float32):
             return False
-    from ..cpu_accel import _dnnl
-    return _dnnl.load() is not None
+    from ..cpu_accel import _rnn
+    training = _grad_state.enabled and any(t is not None and t.requires_grad for t in (x, h0, c0) + tuple(weights))
+    return _rnn.plan(_ONEDNN_CELL[mode], len(batch_sizes), batch_sizes[0], x.shape[1], h0.shape[1], reverse,
+                     training) is not None
 
 
 class RecurrentLayer(Function):
