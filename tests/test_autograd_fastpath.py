@@ -152,6 +152,40 @@ def test_in_place_accumulation_does_not_touch_shared_gradients():
     np.testing.assert_array_equal(g.numpy(), g_before)  # the caller's gradient is never written
 
 
+def test_linear_weight_gradient_is_taken_without_a_copy(monkeypatch):
+    """A Linear's weight gradient is computed in the weight's own layout ((dC^T A)^T for W^T):
+    its leaf takes that array (an owner, C-ordered; no copy of a transposed view), with
+    PyTorch's values; a whole view of one array reaching two leaves is still copied once."""
+    from avila_ml.autograd import engine
+    from avila_ml.ops import linalg
+    monkeypatch.setattr(linalg, "_WEIGHT_LAYOUT_MIN", 0)  # (from 2^15 elements by default)
+    taken = []
+    real = engine._whole_view
+    monkeypatch.setattr(engine, "_whole_view", lambda a, base: taken.append(real(a, base)) or taken[-1])
+    lin = am.nn.Linear(5, 3).double()
+    tlin = torch.nn.Linear(5, 3).double()
+    with torch.no_grad():
+        tlin.weight.copy_(torch.tensor(lin.weight.detach().numpy()))
+        tlin.bias.copy_(torch.tensor(lin.bias.detach().numpy()))
+    xa = RNG.standard_normal((4, 2, 5))
+    lin(am.tensor(xa)).square().sum().backward()
+    tlin(torch.tensor(xa)).square().sum().backward()
+    gw = lin.weight.grad.numpy()
+    assert taken.count(True) == 1 and gw.base is None and gw.flags.owndata and gw.flags.c_contiguous
+    np.testing.assert_allclose(gw, tlin.weight.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(lin.bias.grad.numpy(), tlin.bias.grad.numpy(), rtol=1e-12)
+    # x.mT.mT's gradient is a whole view of the fresh array (from * 2) that Add hands to both
+    # leaves: whichever leaf comes second copies
+    x = am.tensor(RNG.standard_normal((3, 2)), requires_grad=True)
+    z = am.tensor(RNG.standard_normal((3, 2)), requires_grad=True)
+    for order in ((lambda: (x.mT.mT + z) * 2.0), (lambda: (z + x.mT.mT) * 2.0)):
+        x.grad = z.grad = None
+        order().backward(am.ones(3, 2))
+        assert not np.shares_memory(x.grad.numpy(), z.grad.numpy())
+        x.grad.numpy()[...] += 1.0  # an optimizer's in-place update touches x's gradient only
+        np.testing.assert_array_equal(z.grad.numpy(), np.full((3, 2), 2.0))
+
+
 def test_accumulation_into_existing_grad_and_across_backwards():
     x, tx = _pair((4,))
     for lib_x in (x, tx):

@@ -55,12 +55,22 @@ def _check_grad(node, i, g, child, idx):
         )
 
 
+def _whole_view(a, base) -> bool:
+    """Whether ``a`` is a view of ALL of ``base`` with base's own shape and strides, base owning
+    its memory (e.g. the transpose back of a weight gradient computed in the weight's own
+    layout): the leaf then takes ``base`` itself, whose id is recorded like a taken array's.
+    Host arrays only (a device gradient view is copied, as before)."""
+    return (type(a) is np.ndarray and type(base) is np.ndarray and base.base is None and base.flags.owndata
+            and base.shape == a.shape and base.strides == a.strides and base.ctypes.data == a.ctypes.data)
+
+
 def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
     """Add ``g`` into ``leaf.grad``.
 
     ``.grad`` must own its memory: optimizers and ``clip_grad_norm_`` update it in place. A
-    gradient array is taken as is only when it is fresh — writable, contiguous, not a view,
-    and not already given to another leaf or passed in by the caller in this backward
+    gradient array is taken as is only when it is fresh — writable, contiguous, not a view (or a
+    view of all of a fresh array, :func:`_whole_view`), and not already given to another leaf
+    or passed in by the caller in this backward
     (``handed_out`` holds those ids; ``x + y`` hands the same array to both leaves). Otherwise
     it is copied, as PyTorch's AccumulateGrad clones a gradient it cannot steal.
     """
@@ -69,9 +79,14 @@ def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
             leaf.grad = g
             return
         a = g.array
-        if (handed_out is None or id(a) in handed_out or a.base is not None
+        base = a.base
+        if base is not None and not _whole_view(a, base):
+            base = False  # a part of another array, or in another layout: never taken
+        if (handed_out is None or base is False or id(a) in handed_out or id(base) in handed_out
                 or not getattr(a.flags, "writeable", True) or not a.flags.c_contiguous):
-            a = a.copy()
+            a, base = a.copy(), None
+        if base is not None:
+            a = base  # (the same elements in the same layout, an owner)
         if handed_out is not None:
             handed_out.add(id(a))
         leaf.grad = Tensor._wrap(a)

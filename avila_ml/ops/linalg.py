@@ -14,6 +14,9 @@ from .shape import reshape, squeeze, unsqueeze, broadcast_to
 __all__ = ["matmul", "mm", "bmm", "dot", "outer", "einsum", "linear", "addmm", "baddbmm"]
 
 
+_WEIGHT_LAYOUT_MIN = 1 << 15  # elements of a transposed 2-d operand whose gradient keeps its layout
+
+
 class MatMul(Function):
     """Batched matrix product of two tensors with ndim >= 2 (batch dims broadcast)."""
 
@@ -28,7 +31,19 @@ class MatMul(Function):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
         ga = sum_to(MatMul.apply(g, b.mT), a.shape) if na else None
-        gb = sum_to(MatMul.apply(a.mT, g), b.shape) if nb else None
+        gb = None
+        if nb:
+            ba = b.array
+            if (a.ndim == 2 and ba.ndim == 2 and ba.size >= _WEIGHT_LAYOUT_MIN and ba.flags.f_contiguous
+                    and not ba.flags.c_contiguous):
+                # b is a transposed view (a Linear's W.mT): dB = (dC^T A)^T, computed in W's own
+                # layout, so the gradient that reaches W is C-ordered and its leaf takes it
+                # without a copy. In-process A/B, one thread: VAE step 12.2 -> 11.6 ms; below
+                # _WEIGHT_LAYOUT_MIN the two extra transposes cost more than the copy (digits MLP
+                # 1.24 -> 1.27 ms)
+                gb = MatMul.apply(g.mT, a).mT
+            else:
+                gb = sum_to(MatMul.apply(a.mT, g), b.shape)
         return ga, gb
 
 
