@@ -26,6 +26,11 @@ The forward with few output channels (ungrouped, ``O <= 8``) stacks the offsets 
 channels instead (``_OutputStacking``): one 3-d convolution to ``K_t O`` channels over the input
 frames, then ``y[:, :, i] = sum_k Z[frame i s_t + k d_t - lo_t, block k]``, because oneDNN's
 AVX2 forward kernel is slow with a single block of output channels.
+
+A bias is added inside the forward convolution, and the weight gradient can return the bias
+gradient from the same pass (``forward_bias``, ``weight_bias``). oneDNN's first implementation
+is taken everywhere except for strided backward-data with few channels, where its im2col + GEMM
+one is faster (``_prefer_gemm_data_grad``).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ layer as a transposed convolution (``ConvTranspose2d(100, 256, 4)`` on a 1x1 inp
 is ``gx`` above) and its discriminator ends with one (``Conv2d(256, 1, 4)`` on 4x4). oneDNN runs
 them as convolutions over a 4x4 window of one position: (32, 100, 1^2) -> (32, 256, 4^2) took
 2.1 ms in its backward-data kernel and 2.4 ms for the weight gradient (one thread, AMD EPYC,
-AVX2), where the same 13 MFLOP as one float32 GEMM take ~0.1 ms.
+AVX2), where the same 13 MFLOP as one float32 matrix product take ~0.35 ms.
 
 The arrays stay on their backend (``xp.matmul``), so NumPy and CuPy share this path; float32
 NumPy products go through oneDNN's matmul where it is installed (``cpu_accel._matmul``): an
