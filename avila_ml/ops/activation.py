@@ -139,9 +139,8 @@ class ReLU(Function):
         (y,) = self.saved_outputs
         # PyTorch's threshold_backward(g, result, 0): 0 where y <= 0, so a NaN passes g
         if not _grad_state.enabled and _raw(g.array, y.array):
-            dx = _gated_gradient(g.array, y.array, 0.0)
-            if dx is not None and not np.isnan(np.maximum.reduce(dx, axis=None)):
-                return Tensor._wrap(dx)  # (a NaN: an inf/NaN g where y <= 0; the select below decides)
+            # (not the oneDNN chain of LeakyReLU: quiet in-process A/B, 2 threads, (32,32,32,32)
+            # fwd+bwd: 1.81 ms with it, 0.89 ms with these NumPy passes split over the threads)
             # as 1-d views for a 0-d gradient: the parts index the leading axis
             ga, ya = (g.array, y.array) if g.array.ndim else (g.array.reshape(1), y.array.reshape(1))
             dx = np.empty(ga.shape, dtype=ga.dtype)
@@ -163,11 +162,13 @@ class ReLU(Function):
         return g * _const(~(y.array <= 0), g)
 
 
-# ReLU / LeakyReLU gradients of float32 host arrays from this many elements: one fused oneDNN pass
+# LeakyReLU gradients of float32 host arrays from this many elements: one fused oneDNN pass
 # (``_gated_gradient``) instead of four or five NumPy passes. Measured on 2^20 elements, 2-core
-# EPYC under load (average 4), in-process A/B of the whole backward, min of 40: ReLU 0.71 vs
-# 0.85 ms on one thread, 0.65 vs 0.80 on two; LeakyReLU 0.85 vs 0.96 on one thread, equal (0.90)
-# on two. The chain alone: 0.41 ms against 0.83 for the NumPy passes.
+# EPYC under load (average 4), in-process A/B of the whole backward, min of 40: LeakyReLU 0.85 vs
+# 0.96 ms on one thread, equal (0.90) on two; quiet, 2 threads, fwd+bwd (32,32,32,32): 1.76 vs
+# 2.13 ms (median of 30). ReLU took it too until the quiet A/B showed it 2x slower there than its
+# NumPy passes split over the threads (1.81 vs 0.89 ms), so ReLU keeps those. The chain alone:
+# 0.41 ms against 0.83 for the NumPy passes (one thread, loaded).
 _GATED_MIN = 1 << 15
 
 
