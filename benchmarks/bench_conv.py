@@ -234,4 +234,9 @@ for _algo in (("onednn",) if have_onednn() else ()) + ("gemm", "fft", "direct"):
                       flops=3 * conv_flops(_xs, _ws), memory=True, min_time=0.0, quick=False))
 
 if __name__ == "__main__":
+    if "--no-accel" in sys.argv:
+        # the case list depends on whether oneDNN loads (the algorithm=onednn row), so the parent
+        # and a worker without it would disagree on the case indices
+        sys.exit("bench_conv.py: --no-accel is not supported; the 'algorithm=gemm/fft/direct' rows time "
+                 "the NumPy convolutions (what runs without oneDNN) in every run")
     main("conv", CASES, __doc__)
