@@ -168,33 +168,32 @@ def split(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
-def test_whole_problems_split_among_threads(whole, calls, split, case):
-    """Each thread computes whole problems of its share of the batch's first dim (its own
-    copies, offsets and products), forward and backward."""
+def _split_matches_torch(case, seed, split, calls):
+    """One SHAPES case against PyTorch with the batch split among threads (the ``split``
+    fixture): every call made min(3, batch's first dim) parts. Returns how many calls split."""
     _, qs, ks, vs, causal, scale = case
-    rng = np.random.default_rng(len(case[0]) + 200)
+    rng = np.random.default_rng(len(case[0]) + seed)
     qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
     batch = np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2])
     go = rng.standard_normal(batch + (qs[-2], vs[-1]))
     _close(_run(qa, ka, va, causal, scale, go=go), _torch(qa, ka, va, causal, scale, go=go))
-    lead = (batch or (1,))[0]
-    assert split and all(len(parts) == min(3, lead) for parts in split)
+    assert split and all(len(parts) == min(3, (batch or (1,))[0]) for parts in split)
     assert calls["matmul"] > 0 and calls["redo"] == 0
+    return len(split)
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_whole_problems_split_among_threads(whole, calls, split, case):
+    """Each thread computes whole problems of its share of the batch's first dim (its own
+    copies, offsets and products), forward and backward."""
+    _split_matches_torch(case, 200, split, calls)
 
 
 @pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
 def test_fused_tiles_operands_made_by_threads(small_tiles, calls, split, case):
     """Long sequences: the operand copies and row offsets of each share of the batch's first
-    dim are made by its own thread before the tiles run."""
-    _, qs, ks, vs, causal, scale = case
-    rng = np.random.default_rng(len(case[0]) + 300)
-    qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
-    batch = np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2])
-    go = rng.standard_normal(batch + (qs[-2], vs[-1]))
-    _close(_run(qa, ka, va, causal, scale, go=go), _torch(qa, ka, va, causal, scale, go=go))
-    assert len(split) == 2 and all(len(parts) == min(3, (batch or (1,))[0]) for parts in split)
-    assert calls["matmul"] > 0 and calls["redo"] == 0
+    dim are made by its own thread before the tiles run (forward prep and backward operands)."""
+    assert _split_matches_torch(case, 300, split, calls) == 2
 
 
 def test_whole_problems_split_strided_inputs_and_dropout(whole, calls, split):

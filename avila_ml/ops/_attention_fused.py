@@ -22,9 +22,14 @@ correct for any input, fast for the scores real models produce. The log-sum-exp 
 is saved for the backward, which knows its offset exactly: ``P = exp([Q scale, -lse] [K, 1]^T)`` in one call and
 ``dS = ([dO, -D] [V, 1]^T) o P`` (D = rowsum(dO o O)) in another, the product with P fused too.
 
+Sequences with L S <= 2^18 (:func:`_whole`, e.g. L = S = 512) take a second layout: whole
+(L, S) problems per oneDNN call, the batch shared among threads, and the Cauchy-Schwarz bound
+as the row offset (see ``_forward_whole``). Longer ones take the query tiles above.
+
 Used for float32 (and float16, computed in float32) NumPy arrays without ``attn_mask`` when
-oneDNN is installed and ``am.backends.mkldnn.enabled``, from 128 keys; masks, float64, CuPy
-and shorter sequences keep the blocked path, which also stays the reference in the tests.
+oneDNN is installed and ``am.backends.mkldnn.enabled``, for whole problems or from 128 keys;
+masks, float64, CuPy and other short key counts keep the blocked path, which also stays the
+reference in the tests.
 """
 from __future__ import annotations
 
