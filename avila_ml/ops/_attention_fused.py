@@ -260,7 +260,7 @@ def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
         else:  # the forward's [Q scale, .]: its last column becomes -lse (redone rows' final values)
             _grad_operands(op, o, g, B, ct, part[0], part[1], out=mine[1:3] + mine[5:6])
             np.negative(lse[b0:b1], out=mine[3][..., E])
-    _run_whole(fill, _whole_parts(op, B, B * (L + S) * (E + 1)))
+    _run_whole(fill, _whole_parts(op, B * (L + S) * (E + 1)))
     return out
 
 
@@ -297,7 +297,7 @@ def _forward(op, q, k, v, B, ct):
             va[b0:b1].reshape(vl.shape)[...] = vl
         else:
             _augment(vl, 1, ct, out=va[b0:b1])
-    _run_whole(prep, _whole_parts(op, B, B * (L + S) * (E + 1)))
+    _run_whole(prep, _whole_parts(op, B * (L + S) * (E + 1)))
     out = np.empty((B, L, Ev), dtype=ct)
     lsum = np.empty((B, L), dtype=ct)
     units, bk = _units(B, L, S, op.is_causal)
@@ -470,19 +470,15 @@ def _sampled_offsets(qa, ka, causal, ct):
     return m
 
 
-def _whole_parts(op, B, work):
+def _whole_parts(op, work):
     """Ranges (a0, a1) of the batch's first dim, one per BLAS thread, for work done per share of
     the batch by Python threads (:func:`_run_whole`): the short path's whole computation, the
     long path's operand copies and row offsets. One range for small work, a batch without a
-    leading dim to split, no thread control, or a call from inside a pool thread."""
-    import threading
+    leading dim to split, no thread control, or a call from inside a pool thread (the split of
+    ``_cpu_threads.batch_slices``)."""
     lead = (op.batch or (1,))[0]
-    n = 1
-    if (work >= _PARALLEL_MIN_WORK and _cpu_threads.controller() is not None
-            and not threading.current_thread().name.startswith("avila-cpu")):
-        n = max(1, min(lead, _cpu_threads.blas_threads()))
-    step = -(-lead // n)
-    return [(a0, min(lead, a0 + step)) for a0 in range(0, lead, step)]
+    return [(s.start or 0, lead if s.stop is None else s.stop)
+            for s in _cpu_threads.batch_slices(lead, work, _PARALLEL_MIN_WORK)]
 
 
 def _run_whole(fn, parts):
@@ -512,7 +508,7 @@ def _forward_whole(op, q, k, v, B, ct):
     lse = np.empty((B, L), dtype=ct)
     redo = []
     op._whole_operands = {}
-    parts = _whole_parts(op, B, B * L * S // (2 if op.is_causal else 1))
+    parts = _whole_parts(op, B * L * S // (2 if op.is_causal else 1))
     _run_whole(lambda part: _forward_whole_part(op, q, k, v, B, ct, part, out, lse, redo), parts)
     return out, lse, redo
 
@@ -589,7 +585,7 @@ def _backward_whole(op, q, k, v, o, g, lse, B, ct):
     dq = np.empty((B, L, E), dtype=ct)
     dk = np.empty((B, S, E), dtype=ct)
     dv = np.empty((B, S, Ev), dtype=ct)
-    parts = _whole_parts(op, B, B * L * S // (2 if op.is_causal else 1))
+    parts = _whole_parts(op, B * L * S // (2 if op.is_causal else 1))
     _run_whole(lambda part: _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq, dk, dv), parts)
     return dq, dk, dv
 
