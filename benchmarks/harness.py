@@ -255,7 +255,7 @@ def machine_header(limits: dict, load: tuple, threads: int | None, started=None,
         f"(NumPy BLAS); copy bandwidth {limits['copy_gbs']:.1f} GB/s",
         f"versions: Python {platform.python_version()}, NumPy {_version('numpy')}, "
         f"PyTorch {_version('torch')}, Avila ML {_version('avila-ml', 'avila_ml')}",
-        "method: each library in its own process at its defaults (OMP_WAIT_POLICY unset), rounds "
+        "method: each library in its own process at its defaults (OpenMP wait settings unset), rounds "
         "alternating avila_ml/torch; per round the median of timed blocks; table: median over "
         "rounds [min-max]; ratio = median ours / median torch",
         f"threads: {'pinned to ' + str(threads) if threads else 'library defaults'}; load average "
@@ -346,12 +346,19 @@ def save_text(name: str, text: str, threads: int | None = None) -> str:
     return path
 
 
+# OpenMP waiting settings a shell may carry: each changes how PyTorch's (and oneDNN's) threads
+# wait, so no worker inherits them; ``--ours-env`` can give one to Avila ML's worker alone
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
 def child_env(threads: int | None = None, **extra) -> dict:
     """The environment of a benchmark's child process: each library at its defaults
-    (``OMP_WAIT_POLICY`` removed, this checkout first on PYTHONPATH), ``threads`` pinned only
+    (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` removed, this checkout first on
+    PYTHONPATH), ``threads`` pinned only
     where a benchmark must (e.g. several ranks on few cores), plus ``extra`` variables."""
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)  # each library at its defaults, as users run it
+    for var in _WAIT_VARS:  # each library at its defaults, as users run it
+        env.pop(var, None)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if threads:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -431,5 +438,7 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
                         loaded=is_loaded(load, foreign))
     print(text, flush=True)
     if not args.no_save:
-        save_text(name + ("_noaccel" if args.no_accel else ""), text, args.threads)
+        # a run with a non-default setting for our worker never takes a defaults run's file name
+        save_text(name + ("_noaccel" if args.no_accel else "") + ("_oursenv" if args.ours_env else ""), text,
+                  args.threads)
     return text

@@ -82,7 +82,8 @@ def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
         base = a.base
         if base is not None and not _whole_view(a, base):
             base = False  # a part of another array, or in another layout: never taken
-        if (handed_out is None or base is False or id(a) in handed_out or id(base) in handed_out
+        if (handed_out is None or base is False or id(a) in handed_out
+                or (base is not None and id(base) in handed_out)
                 or not getattr(a.flags, "writeable", True) or not a.flags.c_contiguous):
             a, base = a.copy(), None
         if base is not None:
