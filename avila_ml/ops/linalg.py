@@ -38,9 +38,9 @@ class MatMul(Function):
                     and not ba.flags.c_contiguous):
                 # b is a transposed view (a Linear's W.mT): dB = (dC^T A)^T, computed in W's own
                 # layout, so the gradient that reaches W is C-ordered and its leaf takes it
-                # without a copy. In-process A/B, one thread: VAE step 12.2 -> 11.6 ms; below
-                # _WEIGHT_LAYOUT_MIN the two extra transposes cost more than the copy (digits MLP
-                # 1.24 -> 1.27 ms)
+                # without a copy. In-process A/B, one thread, loaded machine: VAE step 12.2 ->
+                # 11.6 ms; below _WEIGHT_LAYOUT_MIN the two extra transposes cost more than the
+                # copy (digits MLP 1.24 -> 1.27 ms)
                 gb = MatMul.apply(g.mT, a).mT
             else:
                 gb = sum_to(MatMul.apply(a.mT, g), b.shape)
