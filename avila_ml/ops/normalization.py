@@ -100,15 +100,7 @@ class Normalize(Function):
         if _channel_parts(x, axes, weight, bias, xp) > 1:
             mean, var, rstd, xhat, y = _forward_by_channel(x, weight, bias, axes, eps, inv_m)
         else:
-            mean = _sum(x, axes)
-            mean *= inv_m
-            xhat = x - mean
-            var = _sum_prod(xhat, xhat, axes, xp)
-            var *= inv_m
-            rstd = var + x.dtype.type(eps)
-            xp.sqrt(rstd, out=rstd)
-            xp.reciprocal(rstd, out=rstd)
-            xhat *= rstd
+            mean, var, rstd, xhat = _standardize(x, axes, inv_m, eps, xp)
             y = None
         self.rstd = rstd
         if y is None and weight is not None:  # (the channel split made y already)
@@ -464,6 +456,21 @@ def _channel_parts(x, axes, weight, bias, xp) -> int:
     return len(_cpu_threads.batch_slices(C, x.size, _CHANNEL_SPLIT_MIN))
 
 
+def _standardize(x, axes, inv_m, eps, xp, out=None):
+    """Mean, biased variance and 1 / sqrt(var + eps) over ``axes`` (kept dims) and
+    ``xhat = (x - mean) rstd`` (written into ``out`` when given): two passes, as PyTorch."""
+    mean = _sum(x, axes)
+    mean *= inv_m
+    xhat = xp.subtract(x, mean, out=out)
+    var = _sum_prod(xhat, xhat, axes, xp)
+    var *= inv_m
+    rstd = var + x.dtype.type(eps)
+    xp.sqrt(rstd, out=rstd)
+    xp.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    return mean, var, rstd, xhat
+
+
 def _forward_by_channel(x, weight, bias, axes, eps, inv_m):
     """The forward's mean, var, rstd, xhat and y (None when neither weight nor bias), channel
     slices on the CPU threads; the same operations, in the same order, as the serial path."""
@@ -474,16 +481,7 @@ def _forward_by_channel(x, weight, bias, axes, eps, inv_m):
     y = None if weight is None and bias is None else np.empty(x.shape, dtype=x.dtype)
 
     def part(cs):
-        xs, xh = x[:, cs], xhat[:, cs]
-        m = _sum(xs, axes)
-        m *= inv_m
-        np.subtract(xs, m, out=xh)
-        v = _sum_prod(xh, xh, axes, np)
-        v *= inv_m
-        r = v + x.dtype.type(eps)
-        np.sqrt(r, out=r)
-        np.reciprocal(r, out=r)
-        xh *= r
+        m, v, r, xh = _standardize(x[:, cs], axes, inv_m, eps, np, out=xhat[:, cs])
         mean[:, cs], var[:, cs], rstd[:, cs] = m, v, r
         if weight is not None:
             np.multiply(xh, weight[:, cs], out=y[:, cs])
