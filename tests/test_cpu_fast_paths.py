@@ -85,7 +85,13 @@ def test_amax_backward_single_maximum_path_and_general_path_match_torch(dtype, c
     g = _rng(3).standard_normal((4, 6, 1, 1) if keep else (4, 6)).astype(dtype)
     t = am.tensor(x, requires_grad=True)
     y = getattr(am, op)(t, dim=(2, 3), keepdim=keep)
-    y.backward(am.tensor(g))
+    from avila_ml.ops import reduction
+    taken = []
+    with pytest.MonkeyPatch.context() as mp:
+        real = reduction._single_maxima
+        mp.setattr(reduction, "_single_maxima", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+        y.backward(am.tensor(g))
+    assert taken == [case in ("distinct", "keepdim")]  # which path ran
     tx = torch.tensor(x.astype(np.float64), requires_grad=True)
     ty = getattr(torch, op)(tx, dim=(2, 3), keepdim=keep)
     ty.backward(torch.tensor(g.astype(np.float64)))
@@ -122,9 +128,16 @@ def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onedn
     tw = None if w is None else am.tensor(w, requires_grad=True)
     tb = None if b is None else am.tensor(b, requires_grad=True)
     rm, rv = am.zeros(c), am.ones(c)
+    from avila_ml.cpu_accel import _chain, _dnnl
+    chains = []
+    real_run = _chain._Plan.run
+    monkeypatch.setattr(_chain._Plan, "run", lambda self, *a: (chains.append(1), real_run(self, *a))[1])
     y = am.nn.functional.batch_norm(t, rm, rv, tw, tb, training=True, momentum=0.3)
-    assert y.grad_fn.xc is not None  # the centred path ran
+    node = y.grad_fn
+    assert node.xc is not None  # the centred path ran
     y.backward(am.tensor(g))
+    assert bool(chains) == (onednn and _dnnl.available())  # forward and dx as oneDNN chains, or NumPy
+    assert node.xc is None  # released with the graph
     d = lambda a: None if a is None else torch.tensor(a.astype(np.float64), requires_grad=True)  # noqa: E731
     rx, rw, rb = d(x), d(w), d(b)
     trm, trv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
@@ -139,6 +152,27 @@ def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onedn
         if ours is not None:
             np.testing.assert_allclose(ours.grad.numpy(), ref.grad.numpy(), rtol=1e-4,
                                        atol=1e-5 * np.abs(ref.grad.numpy()).max())
+
+
+def test_normalize_with_other_weight_layouts_skips_the_channel_paths():
+    """The per-channel paths take only the batch-norm layout (weight (1, C, 1, ...)): with the
+    batch-norm reduction axes but a weight along the last dim ((1, 1, 256), C = 256 too) the
+    general path runs, and matches PyTorch's broadcasting formula in float64."""
+    from avila_ml.ops.normalization import Normalize
+    rng = _rng(9)
+    x = rng.standard_normal((2, 256, 256)).astype(np.float32)
+    w = (rng.standard_normal(256) + 1).astype(np.float32)
+    tx, tw = am.tensor(x, requires_grad=True), am.tensor(w.reshape(1, 1, 256), requires_grad=True)
+    y, mean, var = Normalize.apply(tx, tw, None, (0, 2), 1e-5)
+    assert y.grad_fn.xc is None  # not the centred path
+    y.sum().backward()
+    rx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    rw = torch.tensor(w.astype(np.float64), requires_grad=True)
+    ry = (rx - rx.mean((0, 2), keepdim=True)) / torch.sqrt(rx.var((0, 2), unbiased=False, keepdim=True) + 1e-5) * rw
+    ry.sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), ry.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tw.grad.numpy().reshape(256), rw.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(tx.grad.numpy(), rx.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_batch_norm_centred_path_views_and_double_backward():

@@ -121,6 +121,33 @@ def test_word_lm_sizes_match_torch(calls):
     assert calls == {"fwd": 2, "bwd": 2}
 
 
+def test_layer_state_goes_with_the_graph(calls):
+    """The forward's oneDNN state (workspace, input and weight copies) is kept for one backward
+    and dropped with the graph; retain_graph keeps it for a second backward, which gives the
+    same gradients."""
+    from avila_ml.ops.recurrent import RecurrentLayer
+    layer = am.nn.LSTM(8, 6)
+    x = am.tensor(np.random.default_rng(3).standard_normal((5, 2, 8)).astype(np.float32), requires_grad=True)
+    out, _ = layer(x)
+    nodes, stack, seen = [], [out.grad_fn], set()
+    while stack:  # the RecurrentLayer node(s) below the output
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, RecurrentLayer):
+            nodes.append(n)
+        stack.extend(e[0] for e in getattr(n, "_next", ()) if e is not None)
+    assert nodes and all(n.saved is not None for n in nodes)
+    out.sum().backward(retain_graph=True)
+    first = x.grad.numpy().copy()
+    assert all(n.saved is not None for n in nodes)
+    x.grad = None
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), first)
+    assert all(n.saved is None for n in nodes) and calls["bwd"] == 2
+
+
 def test_same_as_loop_and_switch(calls):
     """``mkldnn.enabled = False`` runs the step loop (the reference); both agree in float32."""
     m = am.nn.LSTM(4, 5, num_layers=2, bidirectional=True)

@@ -13,7 +13,7 @@ coefficients up with vector gathers, which are slow on AMD Zen (8.0 ms for 1.6 M
 
 The operands of a :func:`run` chain have one shape; :func:`run_broadcast` also takes operands
 broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output for batch norm's
-affine maps, a (1,) constant for the comparisons of the ReLU gradients). One plan per
+affine maps, a (1,) constant for the comparison of the LeakyReLU gradient). One plan per
 (chain, operand shapes), LRU-cached as in ``_conv.py``.
 Functions return None where oneDNN does not apply (not float32 NumPy arrays of the expected
 shapes, fewer than :data:`MIN_SIZE` elements, the library absent or disabled), so the caller
@@ -40,7 +40,7 @@ _F32 = np.dtype(np.float32)
 # oneDNN 3.x ABI values (dnnl_types.h)
 LINEAR, LOGISTIC = 0x26, D.ELTWISE_LOGISTIC      # dnnl_eltwise_linear, dnnl_eltwise_logistic
 ADD, MUL, SUB = 0x1FFF0, 0x1FFF1, 0x1FFF5        # dnnl_binary_add, _mul, _sub
-GT = 0x1FFF7                                     # dnnl_binary_gt: 1.0 where src0 > src1, else 0.0
+GT = 0x1FFF7  # dnnl_binary_gt: 1.0 where src0 > src1, else 0.0 -- and 1.0 at a NaN src0 (measured)
 _ARG_SRC_1 = 2                                   # DNNL_ARG_SRC_1
 _ARG_POST_OP_BASE = 32768                        # DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE
 
@@ -135,7 +135,7 @@ def run_broadcast(alg, steps, src0, src1, *tensors, out=None):
     dims, with size 1 where it differs from src0 (the output has src0's shape). Used for
     per-channel (1, C, 1) operands of an (N, C, S) output (batch norm's affine maps,
     ``ops/normalization.py``) and for a (1,) constant against an (n,) array (the comparisons of
-    the ReLU gradients, ``ops/activation.py``). None where oneDNN does not apply (not float32
+    the LeakyReLU gradient, ``ops/activation.py``). None where oneDNN does not apply (not float32
     NumPy arrays of such shapes, src0 below :data:`MIN_SIZE` elements, the library absent or
     disabled).
 

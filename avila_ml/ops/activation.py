@@ -179,18 +179,16 @@ def _gated_gradient(g, a, slope):
     ``1 - slope`` is rounded in float32 first, so that ``(1 - slope) + slope`` rounds to 1, as in
     the NumPy path of ``LeakyReLU.backward``), times ``g``; None where oneDNN does not apply.
 
-    PyTorch's ``threshold_backward(g, y, 0)`` (ReLU, ``a`` = the output, slope 0) gives ``g`` at a
-    NaN output too, and 0 where y <= 0: equal except for an inf/NaN ``g`` there (0 * inf is NaN),
-    which the caller checks. ``leaky_relu_backward`` gives ``slope g`` at a NaN input: the caller
-    sends NaN inputs elsewhere."""
+    Its one caller is ``LeakyReLU.backward`` (0 < slope <= 1; ReLU's gradient keeps its NumPy
+    passes, measured faster): PyTorch's ``leaky_relu_backward`` gives ``slope g`` at a NaN input,
+    so the caller sends NaN inputs elsewhere."""
     if g.size < _GATED_MIN or g.dtype != np.float32 or not isinstance(g, np.ndarray):
         return None
     from ..cpu_accel import _chain
     n = g.size
     zero = np.zeros(1, np.float32)
     s = np.float32(slope)
-    steps = (("bin", _chain.MUL),) if slope == 0 else (("elt", _chain.LINEAR, float(np.float32(1) - s), float(s)),
-                                                        ("bin", _chain.MUL))
+    steps = (("elt", _chain.LINEAR, float(np.float32(1) - s), float(s)), ("bin", _chain.MUL))
     dx = _chain.run_broadcast(_chain.GT, steps, np.ascontiguousarray(a).reshape(n), zero,
                               np.ascontiguousarray(g).reshape(n))
     return None if dx is None else dx.reshape(g.shape)
@@ -211,9 +209,10 @@ class LeakyReLU(Function):
     """y = x for x > 0, else slope x. The input is saved (as PyTorch does), not a mask. Float32
     NumPy arrays take oneDNN's relu with the slope as alpha for the forward (slope != 0: with
     0 oneDNN maps NaN to 0); the NumPy forward is one multiply and one max (min for slope > 1),
-    which propagate NaN as PyTorch's select does (slope 0 selects: inf * 0 would be NaN). The backward is raw array code unless the
-    graph of the gradient is built (oneDNN's relu backward passes g at a NaN input where
-    PyTorch gives slope g, so it is not used)."""
+    which propagate NaN as PyTorch's select does (slope 0 selects: inf * 0 would be NaN). Without
+    a graph of the gradient the backward is one fused oneDNN chain for large float32 arrays
+    without NaN (:func:`_gated_gradient`), else raw array code (oneDNN's own relu backward
+    passes g at a NaN input where PyTorch gives slope g, so it is not used)."""
 
     def forward(self, x, slope):
         self.save_inputs(0)
@@ -231,8 +230,9 @@ class LeakyReLU(Function):
 
     def backward(self, g):
         (x,) = self.saved_inputs
-        if (not _grad_state.enabled and _raw(g.array, x.array) and 0 < self.slope <= 1
-                and g.array.size >= _GATED_MIN and not np.isnan(np.maximum.reduce(x.array, axis=None))):
+        if (not _grad_state.enabled and 0 < self.slope <= 1
+                and _accel_eltwise().usable(g.array, x.array, min_size=_GATED_MIN)
+                and not np.isnan(np.maximum.reduce(x.array, axis=None))):  # (NaN scan only where oneDNN runs)
             dx = _gated_gradient(g.array, x.array, self.slope)  # (a NaN x: oneDNN's x > 0 is true there)
             if dx is not None:
                 return Tensor._wrap(dx)

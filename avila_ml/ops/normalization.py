@@ -121,6 +121,11 @@ class Normalize(Function):
             y = y.astype(self.out_dtype)
         return y, mean, var
 
+    def release(self) -> None:
+        """Drop the saved tensors and the centred path's ``x - mean`` (as large as x)."""
+        super().release()
+        self.xc = self.xhat = None
+
     def backward(self, g, _g_mean, _g_var):
         saved = self.saved_inputs  # version-checked: x, [weight], [bias]
         needs = self.needs_input_grad
@@ -345,19 +350,15 @@ def _centred_batch_forward(fn, x, weight, bias, axes, eps):
     ``_CENTRED_MIN`` elements: ``(y, mean, var)``, with ``xc = x - mean`` (as (N, C, S)) and
     ``rstd`` kept on ``fn`` for :meth:`Normalize._backward_centred`; None where it does not
     apply (the general paths then run)."""
-    if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 3 or x.size < _CENTRED_MIN
-            or tuple(axes) != (0,) + tuple(range(2, x.ndim))):
+    if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.size < _CENTRED_MIN
+            or not _batch_norm_pattern(x, axes, weight, bias)
+            or any(t is not None and t.dtype != np.float32 for t in (weight, bias))):
         return None
     n, c = x.shape[:2]
-    for t in (weight, bias):
-        if t is not None and (t.dtype != np.float32 or t.size != c or t.shape[1] != c):
-            return None
     x3 = x.reshape(n, c, -1)
     fn.count = m = n * x3.shape[2]
     mean, var, xc = _centre_by_channel(x3, np.float32(1.0 / m))
-    rstd = var + np.float32(eps)
-    np.sqrt(rstd, out=rstd)
-    np.reciprocal(rstd, out=rstd)
+    rstd = _rstd(var, eps, np)
     alpha = rstd if weight is None else rstd * weight.reshape(1, c, 1)
     from ..cpu_accel import _chain
     if bias is None:
@@ -446,14 +447,19 @@ _CHANNEL_SPLIT_MIN = 1 << 18  # elements (2^16 gave no gain on the DCGAN step: i
 def _channel_parts(x, axes, weight, bias, xp) -> int:
     """How many channel slices the batch-norm pattern of ``x`` (reduced over every dim but 1,
     weight/bias/scale shaped (1, C, 1, ...) or None) is computed in (1: not split)."""
-    if xp is not np or x.ndim < 3 or tuple(axes) != (0,) + tuple(range(2, x.ndim)):
+    if xp is not np or not _batch_norm_pattern(x, axes, weight, bias):
         return 1
-    C = x.shape[1]
-    for t in (weight, bias):
-        if t is not None and (t.ndim != x.ndim or t.shape[1] != C or t.size != C):
-            return 1
     from . import _cpu_threads
-    return len(_cpu_threads.batch_slices(C, x.size, _CHANNEL_SPLIT_MIN))
+    return len(_cpu_threads.batch_slices(x.shape[1], x.size, _CHANNEL_SPLIT_MIN))
+
+
+def _batch_norm_pattern(x, axes, weight, bias) -> bool:
+    """Statistics over every dim of ``x`` but 1 (ndim >= 3), weight and bias None or shaped
+    (1, C, 1, ...): the layout the per-channel paths are written for."""
+    if x.ndim < 3 or tuple(axes) != (0,) + tuple(range(2, x.ndim)):
+        return False
+    c = x.shape[1]
+    return all(t is None or (t.ndim == x.ndim and t.shape[1] == c and t.size == c) for t in (weight, bias))
 
 
 def _standardize(x, axes, inv_m, eps, xp, out=None):
@@ -464,11 +470,17 @@ def _standardize(x, axes, inv_m, eps, xp, out=None):
     xhat = xp.subtract(x, mean, out=out)
     var = _sum_prod(xhat, xhat, axes, xp)
     var *= inv_m
-    rstd = var + x.dtype.type(eps)
-    xp.sqrt(rstd, out=rstd)
-    xp.reciprocal(rstd, out=rstd)
+    rstd = _rstd(var, eps, xp)
     xhat *= rstd
     return mean, var, rstd, xhat
+
+
+def _rstd(var, eps, xp):
+    """``1 / sqrt(var + eps)`` in var's dtype (a new array)."""
+    rstd = var + var.dtype.type(eps)
+    xp.sqrt(rstd, out=rstd)
+    xp.reciprocal(rstd, out=rstd)
+    return rstd
 
 
 def _forward_by_channel(x, weight, bias, axes, eps, inv_m):

@@ -393,13 +393,23 @@ class RecurrentLayer(Function):
         n = x.shape[0] // steps
         self.mode, self.steps, self.reverse = mode, steps, reverse
         self.present = tuple(a is not None for a in (c0, b_ih, b_hh))
-        y, hn, cn, self.saved = _rnn.layer_forward(
+        done = _rnn.layer_forward(
             _ONEDNN_CELL[mode], x.reshape(steps, n, x.shape[1]), h0, c0, w_ih, w_hh, b_ih, b_hh, reverse,
             training=self._recording)
+        if done is None:  # (run_direction checked the plan just before: oneDNN unloaded in between)
+            raise RuntimeError(f"{mode} layer: oneDNN's recurrent primitive became unavailable after its plan "
+                               "was checked; set am.backends.mkldnn.enabled = False to use the step loop")
+        y, hn, cn, self.saved = done
         if self._recording:
             self.save_inputs(*range(4 + sum(self.present)))  # for the version check and double backward
         y = y.reshape(steps * n, y.shape[2])
         return (y, hn) if cn is None else (y, hn, cn)
+
+    def release(self) -> None:
+        """Drop the saved tensors and the forward's oneDNN state (workspace, input and weight
+        copies: megabytes per layer)."""
+        super().release()
+        self.saved = None
 
     def backward(self, gy, ghn, gcn=None):
         saved = self.saved_inputs  # version-checked: x, h0, [c0], w_ih, w_hh, [b_ih], [b_hh]
