@@ -737,13 +737,14 @@ def test_conv4d_output_stacked_forward_matches_numpy(monkeypatch, case, one_fram
     """The 4-d forward with kernel-time offsets stacked into output channels and shifted back
     (strides, dilation, causal and asymmetric padding, output frames reading no input frame,
     blocks of one output frame on the worker threads) vs the NumPy path in float64, and the
-    same as the input-stacked forward; the gradients still match."""
-    from avila_ml.ops._conv_geometry import ConvGeometry
+    same as the input-stacked forward; the gradients still match. With a bias, which the
+    output-stacked sums start from (parts cut inside a sample included)."""
     xs, ws, kw = case
     rng = np.random.default_rng(21)
     xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    ba = rng.standard_normal(ws[0]).astype(np.float32)
     if one_frame_blocks:
-        monkeypatch.setattr(accel, "_budget", lambda *a, **k: 1)  # one output frame per block
+        monkeypatch.setattr(accel, "_budget", lambda *a, **k: 1)  # input frames one at a time in each part
         monkeypatch.setattr(accel._workers, "_n", 2)
     used = []
     real = accel._OutputStacking.forward
@@ -753,9 +754,11 @@ def test_conv4d_output_stacked_forward_matches_numpy(monkeypatch, case, one_fram
         set_conv_algorithm(algo)
         monkeypatch.setattr(accel, "OUTPUT_STACKING", mode)
         x, w = am.tensor(xa.astype(dt), requires_grad=True), am.tensor(wa.astype(dt), requires_grad=True)
-        y = F.conv4d(x, w, **kw)
+        b = am.tensor(ba.astype(dt), requires_grad=True)
+        y = F.conv4d(x, w, b, **kw)
         y.backward(am.tensor(np.sin(np.arange(y.numel())).reshape(y.shape).astype(dt)))
-        outs[mode if dt == np.float32 else "ref"] = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()]
+        outs[mode if dt == np.float32 else "ref"] = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy(),
+                                                     b.grad.numpy()]
     assert used  # the "always" run took the output-stacked forward
     for ours, other, ref in zip(outs["always"], outs["never"], outs["ref"]):
         _f32_close(ours, ref)
@@ -793,7 +796,8 @@ def test_output_stacking_parts_cover_each_output_frame_once():
 def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
     """The bias added inside oneDNN's forward and its gradient from the weight-gradient pass
     (``weight_bias``, without create_graph) agree with PyTorch in float64 and with the graph
-    path (``create_graph=True``), whose bias gradient differentiates again."""
+    path (``create_graph=True``), whose gradients differentiate again (vs PyTorch's second
+    derivative)."""
     rng = np.random.default_rng(31)
     xs, ws = ((3, 4, 11), (5, 4, 3)) if d == 1 else ((3, 4, 9, 8), (6, 2, 3, 2))
     kw = dict(padding=1, stride=2) if d == 1 else dict(padding=(1, 0), groups=2)
@@ -802,7 +806,9 @@ def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
     fn, tfn = getattr(F, f"conv{d}d"), getattr(TF, f"conv{d}d")
     tx, tw, tb = (torch.tensor(a.astype(np.float32).astype(np.float64), requires_grad=True) for a in arrs)
     ty = tfn(tx, tw, tb, **kw)
-    tgrads = torch.autograd.grad(ty, [tx, tw, tb], torch.tensor(g.astype(np.float64)))
+    tgrads = torch.autograd.grad(ty, [tx, tw, tb], torch.tensor(g.astype(np.float64)), create_graph=True)
+    # a second derivative through the bias path: d/dw of sum(dL/dx ** 2) (dL/db is constant in w, x)
+    (tsecond,) = torch.autograd.grad(tgrads[0].square().sum(), [tw])
     for create_graph in (False, True):
         calls.clear()
         x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
@@ -810,8 +816,11 @@ def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
         _f32_close(y.detach().numpy(), ty.detach().numpy())
         grads = am.autograd.grad(y, [x, w, b], am.tensor(g), create_graph=create_graph)
         for ours, theirs in zip(grads, tgrads):
-            _f32_close(ours.detach().numpy(), theirs.numpy())
+            _f32_close(ours.detach().numpy(), theirs.detach().numpy())
         assert ("weight_bias" in calls) == (not create_graph) and "forward_bias" in calls, calls
+        if create_graph:  # the graph path differentiates again
+            (second,) = am.autograd.grad(grads[0].square().sum(), [w])
+            _f32_close(second.numpy(), tsecond.numpy())
 
 
 def test_stacked_blocks_are_balanced_and_a_multiple_of_the_threads():
@@ -847,21 +856,29 @@ def test_strided_input_gradient_with_few_channels_takes_gemm(monkeypatch, d, xs,
     up to 5x slower there) and still matches PyTorch in float64; the transposed convolution's
     forward too."""
     rng = np.random.default_rng(41)
+
+    def check_plans():
+        """Each transpose plan: GEMM where the rule applies and oneDNN's first choice is the
+        brgconv_strided:avx2 it was measured against, else oneDNN's own first choice."""
+        plans = [(k, p.impl) for k, p in accel._cache.items() if k[0] == "transpose"]
+        assert plans
+        with monkeypatch.context() as mp:
+            mp.setattr(accel, "_prefer_gemm_data_grad", lambda *a: False)
+            first = {k: accel._Plan(dnnl.load(), "transpose", *k[1:4], *k[4]).impl for k, _ in plans}
+        for k, impl in plans:
+            if gemm and first[k].startswith(accel._GEMM_OVER):
+                assert impl.startswith("x64:gemm"), (k, impl)
+            else:
+                assert impl == first[k], (k, impl)
+
     accel.clear_cache()
     arrs = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])]
     _conv_vs_torch(d, arrs, kw, rng)
-    plans = [(k, p.impl) for k, p in accel._cache.items() if k[0] == "transpose"]
-    assert plans
-    if gemm:
-        assert all(impl.startswith("x64:gemm") for _, impl in plans), plans
-    else:  # oneDNN's own first choice
-        monkeypatch.setattr(accel, "_prefer_gemm_data_grad", lambda *a: False)
-        for k, impl in plans:
-            assert accel._Plan(dnnl.load(), "transpose", *k[1:4], *k[4]).impl == impl, (k, impl)
+    check_plans()
     if gemm and kw.get("groups", 1) == 1:  # conv_transpose with few output channels: the same plan
         accel.clear_cache()
         tw = rng.standard_normal((ws[0], ws[1]) + ws[2:])
-        y_shape = xs[:1] + (ws[0],) + tuple(F.conv2d(am.zeros(*xs), am.zeros(*ws), **kw).shape[2:]) if d == 2 else None
-        if y_shape is not None:
-            _conv_vs_torch(d, [rng.standard_normal(y_shape), tw, rng.standard_normal(ws[1])], kw, rng, transposed=True)
-            assert all(p.impl.startswith("x64:gemm") for k, p in accel._cache.items() if k[0] == "transpose")
+        conv = F.conv2d if d == 2 else F.conv3d
+        y_shape = xs[:1] + (ws[0],) + tuple(conv(am.zeros(*xs), am.zeros(*ws), **kw).shape[2:])
+        _conv_vs_torch(d, [rng.standard_normal(y_shape), tw, rng.standard_normal(ws[1])], kw, rng, transposed=True)
+        check_plans()

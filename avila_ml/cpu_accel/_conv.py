@@ -65,8 +65,7 @@ _ROLES = {
 # given in its plain (O,) layout, which every implementation takes as is (no query, no reorder)
 _ROLES["forward_bias"] = _ROLES["forward"] + ((D.ARG_BIAS, None, "b", False),)
 # the weight gradient with the bias gradient (sum of gy over batch and space) from the same pass
-_ARG_DIFF_BIAS = 169  # DNNL_ARG_DIFF_BIAS (dnnl_types.h)
-_ROLES["weight_bias"] = _ROLES["weight"] + ((_ARG_DIFF_BIAS, None, "b", True),)
+_ROLES["weight_bias"] = _ROLES["weight"] + ((D.ARG_DIFF_BIAS, None, "b", True),)
 _OUT = {"forward": ("y",), "forward_bias": ("y",), "transpose": ("x",), "weight": ("w",), "weight_bias": ("w", "b")}
 
 
@@ -100,7 +99,8 @@ class _Plan(Executor):
                                      lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h, anyd["y"].h,
                                      *dims, fwd, attr)
                         create()
-                        if _prefer_gemm_data_grad(xs, ws, stride) and not _next_impl(lib, pd, "x64:gemm"):
+                        if (_prefer_gemm_data_grad(xs, ws, stride)
+                                and impl_name(lib, pd).startswith(_GEMM_OVER) and not _next_impl(lib, pd, "x64:gemm")):
                             lib.fn("dnnl_primitive_desc_destroy")(pd)
                             create()  # no GEMM implementation here: oneDNN's own first choice
                     else:
@@ -153,6 +153,11 @@ class _Plan(Executor):
         self._run_all(before + [(self.prim, args)] + after)
 
 
+# the first choice _prefer_gemm_data_grad was measured against; on other CPUs (AVX-512 ...) oneDNN's
+# own choice stays
+_GEMM_OVER = "brgconv_strided:avx2"
+
+
 def _prefer_gemm_data_grad(xs, ws, stride) -> bool:
     """Whether a backward-data plan takes oneDNN's im2col + GEMM implementation over its first
     choice, ``brgconv_strided:avx2`` in oneDNN 3.2: strided 2-d with at most 8 data-gradient
@@ -172,7 +177,8 @@ def _prefer_gemm_data_grad(xs, ws, stride) -> bool:
 
 def _next_impl(lib, pd, prefix) -> bool:
     """Move the primitive descriptor ``pd`` on to oneDNN's next implementation whose name starts
-    with ``prefix``; False when there is none (``pd`` is then spent)."""
+    with ``prefix``; False when there is none (``pd`` is then left at oneDNN's last
+    implementation, so the caller recreates it for the first choice)."""
     step = lib.fn("dnnl_primitive_desc_next_impl")
     while step(pd) == D.SUCCESS:
         if impl_name(lib, pd).startswith(prefix):
@@ -369,10 +375,6 @@ def _direct(kind, x_shape, w_shape, y_shape, geom):
     return _plan(lib, kind, tuple(x_shape), _wshape(w_shape, geom.groups), tuple(y_shape), _geom(geom))
 
 
-def _quiet_blas():
-    D.quiet_blas()
-
-
 def conv_forward(x, w, geom, b=None):
     """``y = conv(x, w) (+ b)`` through oneDNN, or None where it does not apply. The bias ``b``
     (``(O,)``), when given, is added inside the convolution (one pass over ``y`` less)."""
@@ -384,7 +386,7 @@ def conv_forward(x, w, geom, b=None):
     o = geom.out_size(x.shape[2:], w.shape[2:])
     if min(o) < 1:
         return None
-    _quiet_blas()
+    D.quiet_blas()  # (early: before this call's NumPy copies, not only its oneDNN runs)
     b = None if b is None else _c(b)
     if x.ndim == 6:  # oneDNN stops at 3 spatial dims
         if _stack_outputs(x.shape, w.shape, geom):
@@ -422,7 +424,7 @@ def conv_transpose(gy, w, geom, spatial):
     if (not _usable(lib, gy, w) or gy.ndim not in (3, 4, 5, 6) or 0 in spatial
             or geom.out_size(spatial, w.shape[2:]) != tuple(gy.shape[2:])):
         return None
-    _quiet_blas()
+    D.quiet_blas()  # (early: before this call's NumPy copies, not only its oneDNN runs)
     N, C = gy.shape[0], w.shape[1] * geom.groups
     if gy.ndim == 6:
         return _Stacking(geom, (N, C) + spatial, w.shape[2:], gy.shape[1], 1).transpose(_c(gy), _c(w))
@@ -444,12 +446,15 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
     if (not _usable(lib, x, gy) or x.ndim not in (3, 4, 5, 6)
             or geom.out_size(x.shape[2:], kernel) != tuple(gy.shape[2:])):
         return None
-    _quiet_blas()
+    D.quiet_blas()  # (early: before this call's NumPy copies, not only its oneDNN runs)
     d = x.ndim - 2
     G = geom.groups
     w_shape = (gy.shape[1], x.shape[1] // G) + kernel
     m = max(0, d - 3)
-    if m == 0 and not _direct("weight", x.shape, w_shape, gy.shape, geom).jit and d == 3:
+    # (only 3-d asks, for the plan that will run: a plain "weight" plan built for a layer with a
+    # bias was a JIT compile never used)
+    if m == 0 and d == 3 and not _direct("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape,
+                                         geom).jit:
         m = 1
     if m:
         gw = _weight_stacking(geom, x.shape, kernel, gy.shape[1], m).weight_grad(_c(x), _c(gy))

@@ -12,13 +12,15 @@ layer as a transposed convolution (``ConvTranspose2d(100, 256, 4)`` on a 1x1 inp
 is ``gx`` above) and its discriminator ends with one (``Conv2d(256, 1, 4)`` on 4x4). oneDNN runs
 them as convolutions over a 4x4 window of one position: (32, 100, 1^2) -> (32, 256, 4^2) took
 2.1 ms in its backward-data kernel and 2.4 ms for the weight gradient (one thread, AMD EPYC,
-AVX2), where the same 13 MFLOP as one float32 matrix product take ~0.35 ms.
+AVX2, in-process, loaded machine), where the same 13.1 M multiply-adds (26 MFLOP) as one float32
+matrix product take ~0.35 ms. (bench_conv's "DCGAN G first" / "D last" rows: 0.36x / 0.50x of
+PyTorch in conv `_6`.)
 
 The arrays stay on their backend (``xp.matmul``), so NumPy and CuPy share this path; float32
 NumPy products go through oneDNN's matmul where it is installed (``cpu_accel._matmul``): an
 OpenBLAS product would restart OpenBLAS's worker threads, which every oneDNN convolution stops
 (``_dnnl.stop_blas_spinning``), and on a loaded machine a 2-thread OpenBLAS product of this size
-took 0.3 to 16 ms against oneDNN's steady one.
+took 0.3 to 16 ms against oneDNN's steady one (in-process, not in a results file).
 """
 from __future__ import annotations
 
