@@ -603,8 +603,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     ``threadpoolctl`` is installed). Without a mask, float32 CPU inputs with oneDNN installed
     (``am.backends.mkldnn.enabled``) take tiles whose softmax is folded into the matmuls: the
     row offset rides an extra column (``[Q scale, -m] [K, 1]^T = S - m``), ``exp`` and the
-    ``dS = dP o P`` product run as oneDNN matmul epilogues, and a ones column on V yields the
-    row sums; the forward's offset is an estimate checked per row, with the exact online
+    ``dS = dP o P`` product run as oneDNN matmul epilogues, and one pass over the exponentials
+    gives the row sums; the forward's offset is an estimate checked per row, with the exact online
     softmax as fallback (:mod:`avila_ml.ops._attention_fused`). On CUDA with a mask that needs
     no gradient, the fused kernels in ``avila_ml.cuda_kernels`` run instead: float16 on tensor
     cores (head dim <= 256, P rounded to float16 before P V as in FlashAttention), float32 on
