@@ -494,3 +494,29 @@ def test_matmul_strided_views_transposes_and_epilogues_match_numpy():
         _matmul.matmul(a, b, ro)
     with pytest.raises(ValueError, match="do not fit"):
         _matmul.matmul(a, b[:, :5], out)
+
+
+@pytest.mark.parametrize("path", ["whole", "tiles"])
+def test_fused_gradients_reach_the_leaves_without_a_copy(small_tiles, calls, monkeypatch, path):
+    """Both fused backwards make dQ, dK, dV in the inputs' own (batch, n, d) shape, so each leaf
+    takes its array as .grad (the engine copies a view of another shape), with PyTorch's
+    values; a second backward accumulates into them."""
+    if path == "whole":
+        monkeypatch.setattr(fused, "_WHOLE_MAX", 1 << 40)
+        monkeypatch.setattr(fused, "_MIN_KEYS", 1 << 40)
+    made = []
+    real = fused._gradients
+    monkeypatch.setattr(fused, "_gradients", lambda *a, **kw: made.extend(real(*a, **kw)) or made[-3:])
+    rng = np.random.default_rng(23)
+    qa, ka, va, go = (rng.standard_normal((2, 3, 9, 4)) for _ in range(4))
+    q, k, v = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (qa, ka, va))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out.backward(am.tensor(go.astype(np.float32)), retain_graph=True)
+    assert calls["matmul"] > 0 and len(made) == 3
+    for t, a in zip((q, k, v), made):
+        assert np.shares_memory(t.grad.numpy(), a) and t.grad.numpy().flags.owndata
+    _close([out.detach().numpy()] + [t.grad.numpy() for t in (q, k, v)], _torch(qa, ka, va, True, go=go))
+    first = [t.grad.numpy().copy() for t in (q, k, v)]
+    out.backward(am.tensor(go.astype(np.float32)))
+    for a, t in zip(first, (q, k, v)):
+        np.testing.assert_allclose(t.grad.numpy(), 2 * a, rtol=1e-6, atol=1e-6)

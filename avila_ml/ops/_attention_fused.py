@@ -266,6 +266,14 @@ def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
     return out
 
 
+def _gradients(op, B, ct, shapes, zero):
+    """dQ, dK, dV arrays (B, n, d) for ``shapes`` = ((L, E), (S, E), (S, Ev)): views of arrays in
+    the batch's own shape, so that the caller's reshape back to it is a view of all of an owner
+    (which the autograd engine hands to a leaf as its .grad without a copy)."""
+    make = np.zeros if zero else np.empty
+    return tuple(make(op.batch + s, dtype=ct).reshape((B,) + s) for s in shapes)
+
+
 def _contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
@@ -351,9 +359,7 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
     qs = qa[..., :E]  # Q scale, a view
     kc = ka[..., :E]
     dropout = op.dropout is not None
-    dq = np.zeros((B, L, E), dtype=ct)
-    dk = np.zeros((B, S, E), dtype=ct)
-    dv = np.zeros((B, S, Ev), dtype=ct)
+    dq, dk, dv = _gradients(op, B, ct, ((L, E), (S, E), (S, Ev)), zero=True)
     units, bk = _units(B, L, S, op.is_causal, short=_SHORT_CAUSAL_BACKWARD)
 
     def body(args):
@@ -593,9 +599,7 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
 
 def _backward_whole(op, q, k, v, o, g, lse, B, ct):
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    dq = np.empty((B, L, E), dtype=ct)
-    dk = np.empty((B, S, E), dtype=ct)
-    dv = np.empty((B, S, Ev), dtype=ct)
+    dq, dk, dv = _gradients(op, B, ct, ((L, E), (S, E), (S, Ev)), zero=False)
     parts = _whole_parts(op, B * L * S // (2 if op.is_causal else 1))
     _run_whole(lambda part: _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq, dk, dv), parts)
     return dq, dk, dv

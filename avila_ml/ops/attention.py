@@ -331,15 +331,17 @@ class _BlockedAttention(Function):
         L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
         ct = self._compute_dtype(q.dtype)
         B = int(np.prod(self.batch, dtype=np.int64))
-        dq = xp.zeros((B, L, E), dtype=ct)
-        dk = xp.zeros((B, S, E), dtype=ct)
-        dv = xp.zeros((B, S, Ev), dtype=ct)
         want_mask = self.mask_is_tensor and need[3]
         dmask = xp.zeros(self.mask.shape, dtype=ct) if want_mask else None
-        if L and S and B and _fused.usable(xp, ct, self.mask, S, L):
+        fused = L and S and B and _fused.usable(xp, ct, self.mask, S, L)
+        if fused:  # (its gradients come in the batch's own shape: the leaves take them without a copy)
             dq, dk, dv = _fused.backward(self, q, k, v, o, g, self.lse, B, ct)
             dq *= ct.type(self.scale)
-        elif L and S and B:
+        else:
+            dq = xp.zeros((B, L, E), dtype=ct)
+            dk = xp.zeros((B, S, E), dtype=ct)
+            dv = xp.zeros((B, S, Ev), dtype=ct)
+        if not fused and L and S and B:
             ins = self._prepare(q, k, v, self.mask, ct)
             g = g.astype(ct, copy=False).reshape(B, L, Ev)
             delta = (g * o.astype(ct, copy=False).reshape(B, L, Ev)).sum(axis=-1)[..., None]  # rowsum(dO o O)
