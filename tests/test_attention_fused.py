@@ -449,6 +449,38 @@ def test_plan_cache_is_bounded(monkeypatch):
     _matmul.clear_cache()
 
 
+def test_plans_are_kept_per_openmp_team_size():
+    """A plan made where oneDNN starts a full OpenMP team is not reused by a thread on one
+    OpenMP thread (a JIT primitive fixes its team when created: reused there it started a
+    nested team per call), and the reverse; both plans give the same values."""
+    import os
+    import threading
+
+    from avila_ml.cpu_accel import _matmul, _prim
+    if _prim.team_size() < 2:
+        pytest.skip("oneDNN starts one-thread teams here (one core or OMP_NUM_THREADS=1)")
+    _matmul.clear_cache()
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((4, 64, 32)).astype(np.float32)
+    full, one = np.empty((4, 64, 64), np.float32), np.empty((4, 64, 64), np.float32)
+    _matmul.matmul_nt(a, a, full)
+    tasks = len(os.listdir("/proc/self/task"))
+
+    def part():
+        with _matmul.one_omp_thread():
+            assert _prim.team_size() == 1
+            _matmul.matmul_nt(a, a, one)
+    t = threading.Thread(target=part)
+    t.start()
+    t.join()
+    keys = list(_matmul._cache)
+    assert len(keys) == 2 and keys[0] == keys[1]  # one caller key, two team sizes
+    assert len(os.listdir("/proc/self/task")) <= tasks  # the part started no OpenMP team of its own
+    np.testing.assert_allclose(one, full, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(full, np.einsum("bik,bjk->bij", a.astype(np.float64), a), rtol=1e-5, atol=1e-4)
+    _matmul.clear_cache()
+
+
 def test_matmul_strided_views_transposes_and_epilogues_match_numpy():
     """cpu_accel._matmul.matmul on views: blocks of rows of larger arrays, transposed reads,
     exp, mul and accumulate, against float64 NumPy; oneDNN's JIT GEMM runs every call it

@@ -149,11 +149,35 @@ def impl_name(lib, pd) -> str:
     return (name.value or b"").decode()
 
 
+_team = {}
+
+
+def team_size() -> int:
+    """The size of the OpenMP team oneDNN would start from the calling thread
+    (``omp_get_max_threads`` of oneDNN's own OpenMP runtime: a per-thread setting, 1 inside
+    :func:`avila_ml.cpu_accel._matmul.one_omp_thread`), or 0 when oneDNN is absent or not built
+    on OpenMP."""
+    f = _team.get("f")
+    if f is None:
+        lib = D.load()
+        f = getattr(getattr(lib, "cdll", None), "omp_get_max_threads", None) or (lambda: 0)
+        _team["f"] = f
+    return f()
+
+
 class PlanCache:
     """An LRU cache of plans with a bound: a number, or a function read at each insertion (so a
     module's ``CACHE_SIZE`` can be changed at run time). A plan is built outside the lock:
     building JIT-compiles, and two threads building the same plan just waste one. An evicted
-    plan is destroyed when no running call holds it any more."""
+    plan is destroyed when no running call holds it any more.
+
+    A plan is cached per OpenMP team size of the thread that asks (:func:`team_size`), as
+    oneDNN's own primitive cache keys on it: a JIT primitive fixes its team when it is created,
+    so a plan made in a full-team context and run later from a thread on one OpenMP thread (the
+    parts of ``ops._cpu_threads``) would start a nested team per call -- measured: after one
+    batch-1 attention call, the batch-4 call's two parts each started an extra OpenMP worker
+    -- and one made on one thread would run a full-team call on a single core. Iteration and
+    :meth:`items` give the callers' keys."""
 
     def __init__(self, capacity):
         self._capacity = capacity
@@ -161,6 +185,7 @@ class PlanCache:
         self._lock = threading.Lock()
 
     def get(self, key, build):
+        key = (key, team_size())
         with self._lock:
             plan = self._d.get(key)
             if plan is not None:
@@ -182,10 +207,10 @@ class PlanCache:
         return len(self._d)
 
     def __iter__(self):
-        return iter(list(self._d))
+        return iter([k for k, _ in self._d])
 
     def items(self):
-        return list(self._d.items())
+        return [(k, plan) for (k, _), plan in self._d.items()]
 
     def info(self) -> dict:
         return {"size": len(self._d), "capacity": self.capacity}
