@@ -882,3 +882,64 @@ def test_strided_input_gradient_with_few_channels_takes_gemm(monkeypatch, d, xs,
         y_shape = xs[:1] + (ws[0],) + tuple(conv(am.zeros(*xs), am.zeros(*ws), **kw).shape[2:])
         _conv_vs_torch(d, [rng.standard_normal(y_shape), tw, rng.standard_normal(ws[1])], kw, rng, transposed=True)
         check_plans()
+
+
+@needs_onednn
+@pytest.mark.parametrize("d, xs, ws, kw", [
+    (2, (5, 1, 12, 11), (16, 1, 3, 3), {}),                                   # MNIST conv1's form
+    (2, (3, 2, 10, 9), (24, 2, 3, 2), dict(padding=(1, 2), dilation=(2, 1))),
+    (1, (4, 1, 30), (8, 1, 5), dict(padding=2)),
+    (1, (2, 3, 17), (16, 3, 3), dict(padding="same", dilation=3)),
+    (3, (2, 1, 6, 5, 7), (32, 1, 3, 3, 2), dict(padding=1)),
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_channel_weight_gradient_runs_as_patches_matmul(monkeypatch, d, xs, ws, kw, bias):
+    """With 1-3 input channels and unit strides the weight (and bias) gradient is one batched
+    matmul over the input's patches: it ran, and every gradient, the second derivative through
+    the create_graph path included, agrees with PyTorch in float64."""
+    ran = []
+    real = accel._patches_weight_grad
+
+    def spy(*args):
+        out = real(*args)
+        ran.append(out is not None)
+        return out
+    monkeypatch.setattr(accel, "_patches_weight_grad", spy)
+    rng = np.random.default_rng(47)
+    arrs = [rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32),
+            rng.standard_normal(ws[0]).astype(np.float32)]
+    fn, tfn = getattr(F, f"conv{d}d"), getattr(TF, f"conv{d}d")
+    tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in arrs)
+    ty = tfn(tx, tw, tb if bias else None, **kw)
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    tgrads = torch.autograd.grad(ty, [tx, tw] + ([tb] if bias else []), torch.tensor(g.astype(np.float64)),
+                                 create_graph=True)
+    (tsecond,) = torch.autograd.grad(tgrads[1].square().sum(), [tx])  # d/dx of |dL/dw|^2
+    for create_graph in (False, True):
+        ran.clear()
+        x, w, b = (am.tensor(a, requires_grad=True) for a in arrs)
+        y = fn(x, w, b if bias else None, **kw)
+        grads = am.autograd.grad(y, [x, w] + ([b] if bias else []), am.tensor(g), create_graph=create_graph)
+        for ours, theirs in zip(grads, tgrads):
+            _f32_close(ours.detach().numpy(), theirs.detach().numpy())
+        assert ran == [True], ran
+        if create_graph:
+            (second,) = am.autograd.grad(grads[1].square().sum(), [x])
+            _f32_close(second.numpy(), tsecond.numpy(), rtol=5e-5)
+
+
+def test_patches_weight_gradient_rule():
+    """Only ungrouped, unit-stride convolutions with 1-3 input channels whose patches matrix is no
+    larger than the output gradient take the patches product; the rest keep oneDNN's kernel."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+
+    def geom(d, stride=1, groups=1):
+        return ConvGeometry((stride,) * d, (0,) * d, (0,) * d, (1,) * d, groups)
+    rule = accel._patches_weight_grad_applies
+    assert rule((64, 1, 28, 28), (3, 3), 32, geom(2))
+    assert rule((2, 3, 9), (3,), 16, geom(1)) and rule((2, 3, 9, 9, 9), (2, 2, 2), 25, geom(3))
+    assert not rule((32, 3, 32, 32), (4, 4), 64, geom(2, stride=2))   # the DCGAN's first layer: strided
+    assert not rule((8, 4, 16, 16), (3, 3), 64, geom(2))              # 4 channels
+    assert not rule((8, 2, 16, 16), (3, 3), 64, geom(2, groups=2))    # grouped
+    assert not rule((8, 1, 16, 16), (3, 3), 9, geom(2))               # 10 patch rows > 9 outputs
+    assert not rule((2, 1, 8, 8, 8, 8), (3, 3, 3, 3), 128, geom(4))   # 4-d: the stacked paths

@@ -456,6 +456,10 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
     if m == 0 and d == 3 and not _direct("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape,
                                          geom).jit:
         m = 1
+    if _patches_weight_grad_applies(x.shape, kernel, gy.shape[1], geom):
+        out = _patches_weight_grad(_c(x), _c(gy), geom, kernel, bias)
+        if out is not None:
+            return out
     if m:
         gw = _weight_stacking(geom, x.shape, kernel, gy.shape[1], m).weight_grad(_c(x), _c(gy))
         return (gw, gy.sum(axis=(0,) + tuple(range(2, gy.ndim)), dtype=_F32)) if bias else gw
@@ -465,6 +469,64 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
         arrays["b"] = np.empty(gy.shape[1], dtype=_F32)
     _run3("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape, G, _geom(geom), arrays)
     return (gw, arrays["b"]) if bias else gw
+
+
+# ----------------------------------------------------------------------------- few input channels
+# oneDNN's weight-gradient kernels block the input channels by 8; with 1-3 of them most vector
+# lanes idle. With so few channels the patches matrix (C K taps x output positions) is small, and
+# the weight gradient is one batched matrix product over it. In-process A/B, one thread, loaded
+# 2-core AMD EPYC (AVX2), 2026-12-06, oneDNN weight_bias pass vs patches + matmul, ms:
+# (64,1,28^2) k3 -> 32 (MNIST conv1) 4.30 vs 1.54; (64,1,28^2) k5 p2 -> 32 9.32 vs 3.18;
+# (16,2,64^2) k3 p1 -> 16 3.41 vs 2.44; (32,3,32^2) k3 p1 -> 64 4.10 vs 3.48; but strided
+# (32,3,32^2) k4 s2 p1 -> 64 1.27 vs 1.47 (the DCGAN's first layer), hence unit strides only.
+# (The forward was measured too and stays on oneDNN's convolution: 1.24 vs 1.12 ms on MNIST
+# conv1, slower on every other shape above.)
+_PATCH_MAX_CHANNELS = 3
+
+
+def _patches_weight_grad_applies(x_shape, kernel, O, geom) -> bool:
+    """Whether the weight gradient runs as one matrix product over the input's patches: 1-3
+    spatial dims, one group, at most ``_PATCH_MAX_CHANNELS`` input channels, unit strides, and a
+    patches matrix no larger than the output gradient (``C K + 1 <= O`` rows per position)."""
+    d = len(x_shape) - 2
+    return (1 <= d <= 3 and geom.groups == 1 and x_shape[1] <= _PATCH_MAX_CHANNELS
+            and all(s == 1 for s in geom.stride) and x_shape[1] * math.prod(kernel) + 1 <= O)
+
+
+def _patches(x, geom, kernel, ones):
+    """``P (N, C K [+ 1], prod(out))``: ``P[n, c K + k, i] = x_pad[n, c, i stride + k dilation]``
+    (k, i flattened in C order), and a last row of ones where ``ones`` (for the bias gradient)."""
+    N, C = x.shape[:2]
+    out = geom.out_size(x.shape[2:], kernel)
+    if any(geom.pad_lo) or any(geom.pad_hi):
+        x = np.pad(x, [(0, 0), (0, 0)] + list(zip(geom.pad_lo, geom.pad_hi)))
+    T = math.prod(kernel)
+    P = np.empty((N, C * T + int(ones)) + tuple(out), dtype=_F32)
+    for c in range(C):
+        for t, ks in enumerate(itertools.product(*(range(k) for k in kernel))):
+            window = tuple(slice(k * dl, k * dl + s * (o - 1) + 1, s)
+                           for k, dl, s, o in zip(ks, geom.dilation, geom.stride, out))
+            P[:, c * T + t] = x[(slice(None), c) + window]
+    if ones:
+        P[:, C * T] = 1.0
+    return P.reshape(N, P.shape[1], -1)
+
+
+def _patches_weight_grad(x, gy, geom, kernel, bias):
+    """``gw[o, c K + k] = sum_n gy[n, o, :] . P[n, c K + k, :]`` (``_patches``): per sample an
+    (O x positions) @ (positions x C K) product in one batched oneDNN matmul, then the sum over
+    the batch; with ``bias`` the row of ones gives ``gb[o] = sum_{n, i} gy[n, o, i]`` as the last
+    column. Returns ``gw`` or ``(gw, gb)`` as ``conv_weight_grad`` does, or None where oneDNN's
+    matmul has only its reference loops for these operands (the convolution kernel then runs)."""
+    from ._matmul import matmul
+    N, O = gy.shape[:2]
+    P = _patches(x, geom, kernel, bias)
+    per_sample = np.empty((N, O, P.shape[1]), dtype=_F32)
+    if not matmul(gy.reshape(N, O, -1), P, per_sample, trans_b=True):
+        return None
+    total = per_sample.sum(axis=0)
+    gw = np.ascontiguousarray(total[:, :x.shape[1] * math.prod(kernel)]).reshape((O, x.shape[1]) + tuple(kernel))
+    return (gw, np.ascontiguousarray(total[:, -1])) if bias else gw
 
 
 def _weight_stacking(geom, x_shape, kernel, O, m):
