@@ -1058,3 +1058,52 @@ def _plan_arrays(plan, x, y):
     shapes = {r: d.shape for r, d in plan.user.items()}
     return {r: np.empty(s, np.float32) if r not in ("x", "y") else (x if r == "x" else y).reshape(s)
             for r, s in shapes.items()}
+
+
+@needs_onednn
+@pytest.mark.parametrize("xs, ws, kw", [
+    ((2, 16, 9, 10), (24, 16, 3, 3), dict(padding=1)),                     # bench_conv's Conv2d form
+    ((2, 16, 8, 7), (16, 16, 3, 2), dict()),                              # no padding (MNIST conv2 form)
+    ((1, 32, 7, 9), (16, 32, 4, 2), dict(padding="same")),                # asymmetric (even kernel)
+    ((2, 16, 11, 9), (32, 16, 3, 3), dict(padding=(4, 1), dilation=(2, 1))),  # padding = the dilated span
+])
+def test_forward_runs_on_the_data_gradient_kernel(xs, ws, kw, calls):
+    """A unit-stride 2-d forward without bias runs as the adjoint convolution on oneDNN's
+    backward-data kernel (flipped, transposed weight, mirrored padding): values, gradients and the
+    second derivative through it (double backward reaches this forward again) against PyTorch in
+    float64."""
+    rng = np.random.default_rng(53)
+    xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    x, w = am.tensor(xa, requires_grad=True), am.tensor(wa, requires_grad=True)
+    tx, tw = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa))
+    y, ty = F.conv2d(x, w, **kw), TF.conv2d(tx, tw, **kw)
+    assert calls == ["transpose"], calls
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    gx, gw = am.autograd.grad(y, [x, w], am.tensor(g), create_graph=True)
+    tgx, tgw = torch.autograd.grad(ty, [tx, tw], torch.tensor(g.astype(np.float64)), create_graph=True)
+    _f32_close(gx.detach().numpy(), tgx.detach().numpy())
+    _f32_close(gw.detach().numpy(), tgw.detach().numpy())
+    (second,) = am.autograd.grad((gw * gw).sum(), [x])  # d/dx |dL/dw|^2 = 2 conv^T(g, dL/dw): a forward again
+    (tsecond,) = torch.autograd.grad((tgw * tgw).sum(), [tx])
+    _f32_close(second.numpy(), tsecond.numpy(), rtol=5e-5)
+
+
+def test_forward_as_data_gradient_rule(monkeypatch):
+    """Only 2-d, ungrouped, unit-stride convolutions with >= 16 channels in and out whose padding
+    is at most the dilated kernel span run on the backward-data kernel (a bias keeps the forward:
+    ``conv_forward`` asks only without one)."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    rule = accel._forward_as_data_grad
+
+    def geom(stride=1, lo=1, hi=1, dil=1, groups=1, d=2):
+        return ConvGeometry((stride,) * d, (lo,) * d, (hi,) * d, (dil,) * d, groups)
+    assert rule((16, 64, 32, 32), (64, 64, 3, 3), geom())
+    assert rule((16, 64, 32, 32), (64, 64, 3, 3), geom(lo=4, hi=4, dil=2))
+    assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom(lo=3, hi=3))       # padding beyond the span
+    assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom(stride=2))
+    assert not rule((16, 64, 32, 32), (64, 32, 3, 3), geom(groups=2))
+    assert not rule((16, 8, 32, 32), (64, 8, 3, 3), geom())                  # few input channels
+    assert not rule((4, 16, 16, 16, 16), (32, 16, 3, 3, 3), geom(d=3))
+    monkeypatch.setattr(accel, "FORWARD_AS_DATA_GRAD", "never")
+    assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom())

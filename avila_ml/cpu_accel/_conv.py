@@ -421,11 +421,46 @@ def conv_forward(x, w, geom, b=None):
             return _OutputStacking(geom, x.shape, w.shape[2:], w.shape[0]).forward(_c(x), _c(w), b)
         return _Stacking(geom, x.shape, w.shape[2:], w.shape[0], 1).forward(_c(x), _c(w), b)
     y = np.empty((x.shape[0], w.shape[0]) + tuple(o), dtype=_F32)
+    if b is None and _forward_as_data_grad(x.shape, w.shape, geom):
+        # y = conv^T(x, w') with w'[c, o, k] = w[o, c, K - 1 - k] and the padding mirrored
+        d = x.ndim - 2
+        K = w.shape[2:]
+        span = [dl * (k - 1) for dl, k in zip(geom.dilation, K)]
+        geom3 = ((1,) * d, tuple(geom.dilation), tuple(e - lo for e, lo in zip(span, geom.pad_lo)),
+                 tuple(e - hi for e, hi in zip(span, geom.pad_hi)))
+        wt = np.ascontiguousarray(np.flip(w, axis=tuple(range(2, 2 + d))).swapaxes(0, 1))
+        _run3("transpose", y.shape, wt.shape, x.shape, 1, geom3, {"x": y, "w": wt, "y": _c(x)})
+        return y
     arrays = {"x": _c(x), "w": _c(w), "y": y}
     if b is not None:
         arrays["b"] = b
     _run3("forward" if b is None else "forward_bias", x.shape, w.shape, y.shape, geom.groups, _geom(geom), arrays)
     return y
+
+
+FORWARD_AS_DATA_GRAD = "auto"  # "auto" (the rule below), "never" (tests, A/B)
+
+
+def _forward_as_data_grad(x_shape, w_shape, geom) -> bool:
+    """Whether a forward runs on oneDNN's backward-data kernel: a unit-stride convolution is the
+    adjoint of another one, ``conv(x, w)[i] = sum_k x[i - lo + k d] w[k] = conv^T(x, w')[i]`` with
+    ``w'[c, o, k] = w[o, c, K - 1 - k]`` and the padding mirrored (``lo' = d (K - 1) - lo``,
+    ``hi' = d (K - 1) - hi``, which must not be negative), and oneDNN 3.2's AVX2 backward-data
+    kernel is faster than its forward one on the same problem. 2-d, ungrouped, no bias (that
+    kernel adds none; a separate pass over y costs more than the gain), at least 16 channels on
+    both sides. In-process A/B, loaded 2-core AMD EPYC (AVX2), 2026-12-06, CPU ms forward vs
+    data kernel, 1 / 2 threads: (16,64,32^2)->64 p1 (bench_conv's Conv2d) 14.43 vs 13.89 /
+    14.68 vs 14.41, (64,32,26^2)->64 17.90 vs 17.08 / 18.16 vs 17.31, (32,64,16^2)->128 p1 16.00
+    vs 15.18 / 15.91 vs 14.95, (8,128,16^2)->128 p1 7.82 vs 7.35 / 8.26 vs 7.91; equal on
+    (16,32,64^2)->32 p1 (15.34 vs 15.48 / 15.42 vs 15.38; taken) and on 3-d (4,16,16^3)->32 p1
+    (4.97 vs 4.99; 3-d keeps the forward kernel). oneDNN's verbose times of the Conv2d shape at
+    2 threads: forward 6.63 ms, backward-data 6.03 ms. Figures taken under load."""
+    if FORWARD_AS_DATA_GRAD != "auto" or len(x_shape) != 4 or geom.groups != 1:
+        return False
+    if any(s != 1 for s in geom.stride) or min(x_shape[1], w_shape[0]) < 16:
+        return False
+    span = [dl * (k - 1) for dl, k in zip(geom.dilation, w_shape[2:])]
+    return all(lo <= e and hi <= e for lo, hi, e in zip(geom.pad_lo, geom.pad_hi, span))
 
 
 OUTPUT_STACKING = "auto"  # 4-d forward: "auto" (the rule below), "always", "never" (tests, A/B)
