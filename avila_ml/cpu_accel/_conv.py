@@ -538,10 +538,13 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
 # oneDNN's weight-gradient kernels block the input channels by 8; with 1-3 of them most vector
 # lanes idle. With so few channels the patches matrix (C K taps x output positions) is small, and
 # the weight gradient is one batched matrix product over it. In-process A/B, one thread, loaded
-# 2-core AMD EPYC (AVX2), 2026-12-06, oneDNN weight_bias pass vs patches + matmul, ms:
-# (64,1,28^2) k3 -> 32 (MNIST conv1) 4.30 vs 1.54; (64,1,28^2) k5 p2 -> 32 9.32 vs 3.18;
-# (16,2,64^2) k3 p1 -> 16 3.41 vs 2.44; (32,3,32^2) k3 p1 -> 64 4.10 vs 3.48; but strided
-# (32,3,32^2) k4 s2 p1 -> 64 1.27 vs 1.47 (the DCGAN's first layer), hence unit strides only.
+# 2-core AMD EPYC (AVX2), 2026-12-06, CPU ms of oneDNN's weight_bias pass vs patches + matmul:
+# (64,1,28^2) k3 -> 32 (MNIST conv1) 3.84 vs 0.98; (16,1,4096) k5 p2 -> 32 4.93 vs 1.52;
+# (16,3,4096) k3 p1 -> 64 6.41 vs 3.19; (4,1,16^3) k3 p1 -> 32 1.31 vs 0.98; (4,2,16^3) -> 64
+# 3.45 vs 2.57; (8,3,16^3) -> 96 15.2 vs 9.1; an earlier form of the product (per sample
+# O x C K, 0.98 instead of 0.57 ms for the matmul of MNIST conv1) measured (64,1,28^2) k5 p2
+# 9.32 vs 3.18, (16,2,64^2) k3 p1 -> 16 3.41 vs 2.44, (32,3,32^2) k3 p1 -> 64 4.10 vs 3.48, but
+# strided (32,3,32^2) k4 s2 p1 -> 64 1.27 vs 1.47 (the DCGAN's first layer): unit strides only.
 # (The forward was measured too and stays on oneDNN's convolution: 1.24 vs 1.12 ms on MNIST
 # conv1, slower on every other shape above.)
 _PATCH_MAX_CHANNELS = 3
@@ -576,20 +579,22 @@ def _patches(x, geom, kernel, ones):
 
 
 def _patches_weight_grad(x, gy, geom, kernel, bias):
-    """``gw[o, c K + k] = sum_n gy[n, o, :] . P[n, c K + k, :]`` (``_patches``): per sample an
-    (O x positions) @ (positions x C K) product in one batched oneDNN matmul, then the sum over
+    """``gw[o, c K + k] = sum_n gy[n, o, :] . P[n, c K + k, :]`` (``_patches``): per sample a
+    (C K x positions) @ (positions x O) product in one batched oneDNN matmul, then the sum over
     the batch; with ``bias`` the row of ones gives ``gb[o] = sum_{n, i} gy[n, o, i]`` as the last
-    column. Returns ``gw`` or ``(gw, gb)`` as ``conv_weight_grad`` does, or None where oneDNN's
+    row. Returns ``gw`` or ``(gw, gb)`` as ``conv_weight_grad`` does, or None where oneDNN's
     matmul has only its reference loops for these operands (the convolution kernel then runs)."""
     from ._matmul import matmul
     N, O = gy.shape[:2]
     P = _patches(x, geom, kernel, bias)
-    per_sample = np.empty((N, O, P.shape[1]), dtype=_F32)
-    if not matmul(gy.reshape(N, O, -1), P, per_sample, trans_b=True):
+    # computed transposed, P[n] gy[n]^T (C K x O): with the short side as M oneDNN's matmul ran
+    # 0.57 ms instead of 0.98 for MNIST conv1 (one thread, loaded machine)
+    per_sample = np.empty((N, P.shape[1], O), dtype=_F32)
+    if not matmul(P, gy.reshape(N, O, -1), per_sample, trans_b=True):
         return None
     total = per_sample.sum(axis=0)
-    gw = np.ascontiguousarray(total[:, :x.shape[1] * math.prod(kernel)]).reshape((O, x.shape[1]) + tuple(kernel))
-    return (gw, np.ascontiguousarray(total[:, -1])) if bias else gw
+    gw = np.ascontiguousarray(total[:x.shape[1] * math.prod(kernel)].T).reshape((O, x.shape[1]) + tuple(kernel))
+    return (gw, np.ascontiguousarray(total[-1])) if bias else gw
 
 
 def conv_backward(x, gy, w, geom, need_x=True, bias=False):
