@@ -891,10 +891,12 @@ def test_strided_input_gradient_with_few_channels_takes_gemm(monkeypatch, d, xs,
     (1, (4, 1, 30), (8, 1, 5), dict(padding=2)),
     (1, (2, 3, 17), (16, 3, 3), dict(padding="same", dilation=3)),
     (3, (2, 1, 6, 5, 7), (32, 1, 3, 3, 2), dict(padding=1)),
+    (2, (3, 2, 11, 10), (40, 2, 4, 3), dict(stride=(2, 3), padding=1)),
+    (1, (2, 1, 23), (8, 1, 3), dict(stride=2, dilation=2)),
 ])
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_channel_weight_gradient_runs_as_patches_matmul(monkeypatch, d, xs, ws, kw, bias):
-    """With 1-3 input channels and unit strides the weight (and bias) gradient is one batched
+    """With 1-3 input channels (1-2 when strided) the weight (and bias) gradient is one batched
     matmul over the input's patches: it ran, and every gradient, the second derivative through
     the create_graph path included, agrees with PyTorch in float64."""
     ran = []
@@ -929,7 +931,7 @@ def test_few_channel_weight_gradient_runs_as_patches_matmul(monkeypatch, d, xs, 
 
 
 def test_patches_weight_gradient_rule():
-    """Only ungrouped, unit-stride convolutions with 1-3 input channels whose patches matrix is no
+    """Only ungrouped convolutions with 1-3 input channels (1-2 when strided) whose patches matrix is no
     larger than the output gradient take the patches product; the rest keep oneDNN's kernel."""
     from avila_ml.ops._conv_geometry import ConvGeometry
 
@@ -938,7 +940,8 @@ def test_patches_weight_gradient_rule():
     rule = accel._patches_weight_grad_applies
     assert rule((64, 1, 28, 28), (3, 3), 32, geom(2))
     assert rule((2, 3, 9), (3,), 16, geom(1)) and rule((2, 3, 9, 9, 9), (2, 2, 2), 25, geom(3))
-    assert not rule((32, 3, 32, 32), (4, 4), 64, geom(2, stride=2))   # the DCGAN's first layer: strided
+    assert not rule((32, 3, 32, 32), (4, 4), 64, geom(2, stride=2))   # the DCGAN's first layer: strided, 3
+    assert rule((32, 2, 32, 32), (4, 4), 64, geom(2, stride=2))       # strided with 1-2 channels
     assert not rule((8, 4, 16, 16), (3, 3), 64, geom(2))              # 4 channels
     assert not rule((8, 2, 16, 16), (3, 3), 64, geom(2, groups=2))    # grouped
     assert not rule((8, 1, 16, 16), (3, 3), 9, geom(2))               # 10 patch rows > 9 outputs

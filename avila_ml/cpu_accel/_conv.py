@@ -544,7 +544,10 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
 # 3.45 vs 2.57; (8,3,16^3) -> 96 15.2 vs 9.1; an earlier form of the product (per sample
 # O x C K, 0.98 instead of 0.57 ms for the matmul of MNIST conv1) measured (64,1,28^2) k5 p2
 # 9.32 vs 3.18, (16,2,64^2) k3 p1 -> 16 3.41 vs 2.44, (32,3,32^2) k3 p1 -> 64 4.10 vs 3.48, but
-# strided (32,3,32^2) k4 s2 p1 -> 64 1.27 vs 1.47 (the DCGAN's first layer): unit strides only.
+# strided (32,3,32^2) k4 s2 p1 -> 64 1.27 vs 1.47 (the DCGAN's first layer). Strided, with the
+# product as now: (32,3,32^2) k4 s2 p1 -> 64 1.16 vs 1.25, (16,3,64^2) k3 s2 p1 -> 32 0.92 vs
+# 1.03, but (32,2,32^2) k4 s2 p1 -> 64 2.20 vs 0.92 and (32,1,28^2) k3 s2 p1 -> 32 0.69 vs 0.32:
+# strided convolutions only with 1-2 channels.
 # (The forward was measured too and stays on oneDNN's convolution: 1.24 vs 1.12 ms on MNIST
 # conv1, slower on every other shape above.)
 _PATCH_MAX_CHANNELS = 3
@@ -552,11 +555,13 @@ _PATCH_MAX_CHANNELS = 3
 
 def _patches_weight_grad_applies(x_shape, kernel, O, geom) -> bool:
     """Whether the weight gradient runs as one matrix product over the input's patches: 1-3
-    spatial dims, one group, at most ``_PATCH_MAX_CHANNELS`` input channels, unit strides, and a
-    patches matrix no larger than the output gradient (``C K + 1 <= O`` rows per position)."""
+    spatial dims, one group, at most ``_PATCH_MAX_CHANNELS`` input channels (strided: at most
+    2), and a patches matrix no larger than the output gradient (``C K + 1 <= O`` rows per
+    position)."""
     d = len(x_shape) - 2
-    return (1 <= d <= 3 and geom.groups == 1 and x_shape[1] <= _PATCH_MAX_CHANNELS
-            and all(s == 1 for s in geom.stride) and x_shape[1] * math.prod(kernel) + 1 <= O)
+    strided = any(s != 1 for s in geom.stride)
+    return (1 <= d <= 3 and geom.groups == 1 and x_shape[1] <= (2 if strided else _PATCH_MAX_CHANNELS)
+            and x_shape[1] * math.prod(kernel) + 1 <= O)
 
 
 def _patches(x, geom, kernel, ones):
