@@ -31,6 +31,13 @@ A bias is added inside the forward convolution, and the weight gradient can retu
 gradient from the same pass (``forward_bias``, ``weight_bias``). oneDNN's first implementation
 is taken everywhere except for strided backward-data with few channels, where its im2col + GEMM
 one is faster (``_prefer_gemm_data_grad``).
+
+Three routes around oneDNN 3.2's AVX2 kernels where they measured slower (each rule, with its
+figures, at its function): a unit-stride 2-d forward without bias runs on the backward-data
+kernel as the adjoint convolution (``_forward_as_data_grad``); the weight gradient with 1-3
+input channels is one batched matmul over the input's patches (``_patches_weight_grad``); and
+the input and weight gradients of one backward run as one submission that reorders their shared
+operand once (``conv_backward``, ``conv_transpose_backward``, ``run_together``).
 """
 from __future__ import annotations
 
