@@ -179,7 +179,20 @@ def run_together(jobs) -> None:
     earlier plan already reordered into the same layout taken from that plan's buffer (the
     output gradient that the input- and the weight-gradient passes both read: one reorder of
     it instead of two; 0.58-0.80 ms of the MNIST CNN's second layer at 2 threads, oneDNN's
-    verbose times, loaded machine)."""
+    verbose times, loaded machine). No PyTorch counterpart (its convolution_backward reorders
+    the output gradient once per pass).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _conv, _dnnl
+        >>> lib = _dnnl.load()
+        >>> if lib is not None:  # nothing to run without oneDNN
+        ...     plan = _conv._plan(lib, "forward", (1, 8, 4, 4), (8, 8, 1, 1), (1, 8, 4, 4),
+        ...                        ((1, 1), (1, 1), (0, 0), (0, 0)))
+        ...     x, y = np.ones((1, 8, 4, 4), np.float32), np.empty((1, 8, 4, 4), np.float32)
+        ...     _conv.run_together([(plan, {"x": x, "w": np.ones((8, 8, 1, 1), np.float32), "y": y})])
+        ...     assert np.allclose(y, 8.0)
+    """
     calls, given = [], {}
     for i, (plan, arrays) in enumerate(jobs):
         c, inputs = plan.calls(arrays, given)
@@ -614,14 +627,41 @@ def conv_backward(x, gy, w, geom, need_x=True, bias=False):
     passes do not run as single 1-3 d oneDNN convolutions (4-d, batch parts, a weight gradient on
     the patches product or on stacked offsets): then ``conv_transpose`` and ``conv_weight_grad``
     run separately. Returns ``(gx or None, gw, gb or None)``; the output gradient is reordered
-    into oneDNN's blocked layout once for both passes (``run_together``)."""
+    into oneDNN's blocked layout once for both passes (``run_together``).
+
+    Math: ``gx = conv^T(gy, w)``, ``gw[o, c, k] = sum_{n, i} gy[n, o, i] x_pad[n, c, i s + k d]``,
+    ``gb[o] = sum_{n, i} gy[n, o, i]``. PyTorch: ``torch.ops.aten.convolution_backward``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops._conv_geometry import ConvGeometry
+        >>> from avila_ml.cpu_accel._conv import conv_backward
+        >>> g = ConvGeometry((1, 1), (1, 1), (1, 1), (1, 1), 1)
+        >>> x, w = np.ones((2, 8, 5, 5), np.float32), np.ones((8, 8, 3, 3), np.float32)
+        >>> out = conv_backward(x, np.ones((2, 8, 5, 5), np.float32), w, g, bias=True)
+        >>> out is None or ([a.shape for a in out[:2]], float(out[2][0])) == (
+        ...     [(2, 8, 5, 5), (8, 8, 3, 3)], 50.0)  # None: no oneDNN, or batch parts
+        True
+    """
     return _pair("conv", x, gy, w, geom, need_x, bias)
 
 
 def conv_transpose_backward(u, gz, w, geom, need_u=True):
     """The gradients of ``z = conv^T(u, w)`` from one submission, or None (as ``conv_backward``):
     ``(gu or None, gw)`` with ``gu = conv(gz, w)`` and ``gw = corr(gz, u)``; ``gz`` is reordered
-    once for both passes."""
+    once for both passes. PyTorch: ``torch.ops.aten.convolution_backward`` with
+    ``transposed=True``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops._conv_geometry import ConvGeometry
+        >>> from avila_ml.cpu_accel._conv import conv_transpose_backward
+        >>> g = ConvGeometry((2, 2), (1, 1), (1, 1), (1, 1), 1)
+        >>> u, w = np.ones((2, 16, 4, 4), np.float32), np.ones((16, 8, 4, 4), np.float32)
+        >>> out = conv_transpose_backward(u, np.ones((2, 8, 8, 8), np.float32), w, g)
+        >>> out is None or [a.shape for a in out] == [(2, 16, 4, 4), (16, 8, 4, 4)]
+        True
+    """
     out = _pair("transpose", gz, u, w, geom, need_u, False)
     return None if out is None else out[:2]
 
