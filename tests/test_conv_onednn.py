@@ -882,3 +882,231 @@ def test_strided_input_gradient_with_few_channels_takes_gemm(monkeypatch, d, xs,
         y_shape = xs[:1] + (ws[0],) + tuple(conv(am.zeros(*xs), am.zeros(*ws), **kw).shape[2:])
         _conv_vs_torch(d, [rng.standard_normal(y_shape), tw, rng.standard_normal(ws[1])], kw, rng, transposed=True)
         check_plans()
+
+
+@needs_onednn
+@pytest.mark.parametrize("d, xs, ws, kw", [
+    (2, (5, 1, 12, 11), (16, 1, 3, 3), {}),                                   # MNIST conv1's form
+    (2, (3, 2, 10, 9), (24, 2, 3, 2), dict(padding=(1, 2), dilation=(2, 1))),
+    (1, (4, 1, 30), (8, 1, 5), dict(padding=2)),
+    (1, (2, 3, 17), (16, 3, 3), dict(padding="same", dilation=3)),
+    (3, (2, 1, 6, 5, 7), (32, 1, 3, 3, 2), dict(padding=1)),
+    (2, (3, 2, 11, 10), (40, 2, 4, 3), dict(stride=(2, 3), padding=1)),
+    (1, (2, 1, 23), (8, 1, 3), dict(stride=2, dilation=2)),
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_channel_weight_gradient_runs_as_patches_matmul(monkeypatch, d, xs, ws, kw, bias):
+    """With 1-3 input channels (1-2 when strided) the weight (and bias) gradient is one batched
+    matmul over the input's patches: it ran, and every gradient, the second derivative through
+    the create_graph path included, agrees with PyTorch in float64."""
+    ran = []
+    real = accel._patches_weight_grad
+
+    def spy(*args):
+        out = real(*args)
+        ran.append(out is not None)
+        return out
+    monkeypatch.setattr(accel, "_patches_weight_grad", spy)
+    rng = np.random.default_rng(47)
+    arrs = [rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32),
+            rng.standard_normal(ws[0]).astype(np.float32)]
+    fn, tfn = getattr(F, f"conv{d}d"), getattr(TF, f"conv{d}d")
+    tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in arrs)
+    ty = tfn(tx, tw, tb if bias else None, **kw)
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    tgrads = torch.autograd.grad(ty, [tx, tw] + ([tb] if bias else []), torch.tensor(g.astype(np.float64)),
+                                 create_graph=True)
+    (tsecond,) = torch.autograd.grad(tgrads[1].square().sum(), [tx])  # d/dx of |dL/dw|^2
+    for create_graph in (False, True):
+        ran.clear()
+        x, w, b = (am.tensor(a, requires_grad=True) for a in arrs)
+        y = fn(x, w, b if bias else None, **kw)
+        grads = am.autograd.grad(y, [x, w] + ([b] if bias else []), am.tensor(g), create_graph=create_graph)
+        for ours, theirs in zip(grads, tgrads):
+            _f32_close(ours.detach().numpy(), theirs.detach().numpy())
+        assert ran == [True], ran
+        if create_graph:
+            (second,) = am.autograd.grad(grads[1].square().sum(), [x])
+            _f32_close(second.numpy(), tsecond.numpy(), rtol=5e-5)
+
+
+def test_patches_weight_gradient_rule():
+    """Only ungrouped convolutions with 1-3 input channels (1-2 when strided) whose patches matrix is no
+    larger than the output gradient take the patches product; the rest keep oneDNN's kernel."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+
+    def geom(d, stride=1, groups=1):
+        return ConvGeometry((stride,) * d, (0,) * d, (0,) * d, (1,) * d, groups)
+    rule = accel._patches_weight_grad_applies
+    assert rule((64, 1, 28, 28), (3, 3), 32, geom(2))
+    assert rule((2, 3, 9), (3,), 16, geom(1)) and rule((2, 3, 9, 9, 9), (2, 2, 2), 25, geom(3))
+    assert not rule((32, 3, 32, 32), (4, 4), 64, geom(2, stride=2))   # the DCGAN's first layer: strided, 3
+    assert rule((32, 2, 32, 32), (4, 4), 64, geom(2, stride=2))       # strided with 1-2 channels
+    assert not rule((8, 4, 16, 16), (3, 3), 64, geom(2))              # 4 channels
+    assert not rule((8, 2, 16, 16), (3, 3), 64, geom(2, groups=2))    # grouped
+    assert not rule((8, 1, 16, 16), (3, 3), 9, geom(2))               # 10 patch rows > 9 outputs
+    assert not rule((2, 1, 8, 8, 8, 8), (3, 3, 3, 3), 128, geom(4))   # 4-d: the stacked paths
+
+
+@pytest.fixture
+def together(monkeypatch):
+    """Records the kinds of every ``run_together`` submission, with oneDNN's OpenMP threads taken
+    as waiting passively (one call per pass, no batch parts: what a program without PyTorch
+    loaded gets; in this process PyTorch's OpenMP runtime came first)."""
+    monkeypatch.setattr(dnnl, "passive_wait", lambda: True)
+    seen = []
+    real = accel.run_together
+
+    def spy(jobs):
+        seen.append([plan.kind for plan, _ in jobs])
+        return real(jobs)
+    monkeypatch.setattr(accel, "run_together", spy)
+    return seen
+
+
+def _pair_expected(d, cin, cout, S, K, kw, transposed):
+    """Whether the backward must take the one-submission pair: 1-2 d (3-d weight gradients have no
+    JIT kernel here and go to the stacked path), no output_padding (the adjoint's size then does
+    not follow the geometry), and not the few-channel patches product (whose input is gz, with
+    ``cout`` channels, for a transposed convolution)."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    if d == 3 or any(kw.get("output_padding", 0) if isinstance(kw.get("output_padding", 0), tuple)
+                     else (kw.get("output_padding", 0),)):
+        return False
+    stride = kw.get("stride", 1)
+    stride = (stride,) * d if isinstance(stride, int) else stride
+    geom = ConvGeometry(tuple(stride), (0,) * d, (0,) * d, (1,) * d, kw.get("groups", 1))
+    return not accel._patches_weight_grad_applies((1, cout if transposed else cin) + S, K, 2 ** 20, geom)
+
+
+@needs_onednn
+@pytest.mark.parametrize("row", [(r, False) for r in CONV_TABLE] + [(r, True) for r in CONVT_TABLE],
+                         ids=lambda r: f"{'convT' if r[1] else 'conv'}{r[0][0]}d-{r[0][6]}")
+def test_backward_pair_in_one_submission_matches_torch(row, together):
+    """Without create_graph the input and weight (and bias) gradients of a convolution, and the
+    input and weight gradients of a transposed one, run as one submission (the shared operand
+    reordered once): every gradient against PyTorch in float64, on the module tables."""
+    (d, N, cin, cout, S, K, kw), transposed = row
+    rng = np.random.default_rng(2)
+    shape = ((N,) if N else ()) + (cin,) + S
+    groups = kw.get("groups", 1)
+    wshape = (cin, cout // groups) + K if transposed else (cout, cin // groups) + K
+    _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal(wshape), rng.standard_normal(cout)], kw,
+                   rng, transposed=transposed)
+    want = [["forward", "weight"]] if transposed else [["transpose", "weight_bias"]]
+    assert together in ([], want), together
+    if _pair_expected(d, cin, cout, S, K, kw, transposed):
+        assert together == want, together
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", ["conv1d", "conv2d", "conv2d-no-input-grad", "conv_transpose2d"])
+def test_backward_pair_reorders_the_shared_operand_once(case, together, monkeypatch):
+    """The output gradient (for a transposed convolution: its input gradient gz) is reordered into
+    oneDNN's blocked layout once for both passes: one execution fewer than the two passes on their
+    own, and the same values as PyTorch's float64 gradients, with and without a bias."""
+    executed = []
+    real = accel._Plan._run_all
+
+    def count(self, calls):
+        executed.append(len(calls))
+        return real(self, calls)
+    monkeypatch.setattr(accel._Plan, "_run_all", count)
+    rng = np.random.default_rng(3)
+    d = 1 if case == "conv1d" else 2
+    xs = (2, 16) + ((37,) if d == 1 else (9, 10))
+    transposed = case == "conv_transpose2d"
+    ws = (16, 24) + (3,) * d if transposed else (24, 16) + (3,) * d
+    kw = dict(stride=2, padding=1) if transposed else dict(padding=1)
+    for bias in ((False,) if transposed else (False, True)):
+        arrs = [rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32),
+                rng.standard_normal(24).astype(np.float32)]
+        need_x = case != "conv2d-no-input-grad"
+        x = am.tensor(arrs[0], requires_grad=need_x)
+        w, b = am.tensor(arrs[1], requires_grad=True), am.tensor(arrs[2], requires_grad=True)
+        tx = torch.tensor(arrs[0].astype(np.float64), requires_grad=need_x)
+        tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in arrs[1:])
+        fn, tfn = (F.conv_transpose2d, TF.conv_transpose2d) if transposed else (getattr(F, f"conv{d}d"),
+                                                                                getattr(TF, f"conv{d}d"))
+        y = fn(x, w, b if bias else None, **kw)
+        ty = tfn(tx, tw, tb if bias else None, **kw)
+        g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+        together.clear()
+        executed.clear()
+        y.backward(am.tensor(g))
+        ty.backward(torch.tensor(g.astype(np.float64)))
+        for ours, theirs in ((x, tx), (w, tw)) + (((b, tb),) if bias else ()):
+            if ours.requires_grad:
+                _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+        kinds = ["forward" if transposed else "transpose"] * need_x + ["weight_bias" if bias else "weight"]
+        assert together == [kinds], together
+        assert len(executed) == 1, executed
+        # the same passes one by one: the sum of each plan's own executions, one more with two
+        lib = dnnl.load()
+        x_arr, g_arr = (g, arrs[0]) if transposed else (arrs[0], g)
+        separate = sum(len(accel._plan(lib, kind, x_arr.shape, ws, g_arr.shape, _geom_of(d, kw))
+                           .calls(_plan_arrays(accel._plan(lib, kind, x_arr.shape, ws, g_arr.shape, _geom_of(d, kw)),
+                                               x_arr, g_arr))[0])
+                       for kind in kinds)
+        assert executed[0] == separate - (len(kinds) - 1), (executed, separate)
+
+
+def _geom_of(d, kw):
+    s, p = kw.get("stride", 1), kw.get("padding", 0)
+    return ((s,) * d, (1,) * d, (p,) * d, (p,) * d)
+
+
+def _plan_arrays(plan, x, y):
+    """Arrays of the right shapes for ``plan.calls`` (the values are not used)."""
+    shapes = {r: d.shape for r, d in plan.user.items()}
+    return {r: np.empty(s, np.float32) if r not in ("x", "y") else (x if r == "x" else y).reshape(s)
+            for r, s in shapes.items()}
+
+
+@needs_onednn
+@pytest.mark.parametrize("xs, ws, kw", [
+    ((2, 16, 9, 10), (24, 16, 3, 3), dict(padding=1)),                     # bench_conv's Conv2d form
+    ((2, 16, 8, 7), (16, 16, 3, 2), dict()),                              # no padding (MNIST conv2 form)
+    ((1, 32, 7, 9), (16, 32, 4, 2), dict(padding="same")),                # asymmetric (even kernel)
+    ((2, 16, 11, 9), (32, 16, 3, 3), dict(padding=(4, 1), dilation=(2, 1))),  # padding = the dilated span
+])
+def test_forward_runs_on_the_data_gradient_kernel(xs, ws, kw, calls):
+    """A unit-stride 2-d forward without bias runs as the adjoint convolution on oneDNN's
+    backward-data kernel (flipped, transposed weight, mirrored padding): values, gradients and the
+    second derivative through it (double backward reaches this forward again) against PyTorch in
+    float64."""
+    rng = np.random.default_rng(53)
+    xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    x, w = am.tensor(xa, requires_grad=True), am.tensor(wa, requires_grad=True)
+    tx, tw = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa))
+    y, ty = F.conv2d(x, w, **kw), TF.conv2d(tx, tw, **kw)
+    assert calls == ["transpose"], calls
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    gx, gw = am.autograd.grad(y, [x, w], am.tensor(g), create_graph=True)
+    tgx, tgw = torch.autograd.grad(ty, [tx, tw], torch.tensor(g.astype(np.float64)), create_graph=True)
+    _f32_close(gx.detach().numpy(), tgx.detach().numpy())
+    _f32_close(gw.detach().numpy(), tgw.detach().numpy())
+    (second,) = am.autograd.grad((gw * gw).sum(), [x])  # d/dx |dL/dw|^2 = 2 conv^T(g, dL/dw): a forward again
+    (tsecond,) = torch.autograd.grad((tgw * tgw).sum(), [tx])
+    _f32_close(second.numpy(), tsecond.numpy(), rtol=5e-5)
+
+
+def test_forward_as_data_gradient_rule(monkeypatch):
+    """Only 2-d, ungrouped, unit-stride convolutions with >= 16 channels in and out whose padding
+    is at most the dilated kernel span run on the backward-data kernel (a bias keeps the forward:
+    ``conv_forward`` asks only without one)."""
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    rule = accel._forward_as_data_grad
+
+    def geom(stride=1, lo=1, hi=1, dil=1, groups=1, d=2):
+        return ConvGeometry((stride,) * d, (lo,) * d, (hi,) * d, (dil,) * d, groups)
+    assert rule((16, 64, 32, 32), (64, 64, 3, 3), geom())
+    assert rule((16, 64, 32, 32), (64, 64, 3, 3), geom(lo=4, hi=4, dil=2))
+    assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom(lo=3, hi=3))       # padding beyond the span
+    assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom(stride=2))
+    assert not rule((16, 64, 32, 32), (64, 32, 3, 3), geom(groups=2))
+    assert not rule((16, 8, 32, 32), (64, 8, 3, 3), geom())                  # few input channels
+    assert not rule((4, 16, 16, 16, 16), (32, 16, 3, 3, 3), geom(d=3))
+    monkeypatch.setattr(accel, "FORWARD_AS_DATA_GRAD", "never")
+    assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom())

@@ -31,6 +31,13 @@ A bias is added inside the forward convolution, and the weight gradient can retu
 gradient from the same pass (``forward_bias``, ``weight_bias``). oneDNN's first implementation
 is taken everywhere except for strided backward-data with few channels, where its im2col + GEMM
 one is faster (``_prefer_gemm_data_grad``).
+
+Three routes around oneDNN 3.2's AVX2 kernels where they measured slower (each rule, with its
+figures, at its function): a unit-stride 2-d forward without bias runs on the backward-data
+kernel as the adjoint convolution (``_forward_as_data_grad``); the weight gradient with 1-3
+input channels is one batched matmul over the input's patches (``_patches_weight_grad``); and
+the input and weight gradients of one backward run as one submission that reorders their shared
+operand once (``conv_backward``, ``conv_transpose_backward``, ``run_together``).
 """
 from __future__ import annotations
 
@@ -134,23 +141,64 @@ class _Plan(Executor):
 
     def run(self, arrays: dict) -> None:
         """Execute with the user arrays ``{"x", "w", "y"}`` (the output one is written)."""
+        self._run_all(self.calls(arrays)[0])
+
+    def calls(self, arrays: dict, given=None):
+        """``(calls, inputs)``: the executions for ``arrays`` -- inputs reordered into the
+        primitive's layouts, the primitive, outputs reordered back -- and ``{role: (inner desc,
+        buffer, array)}`` of the inputs it reordered. ``given`` holds such entries from another
+        plan's ``calls``: an input whose array is the same object in the same inner layout is not
+        reordered again (``run_together``)."""
         for role, a in arrays.items():
             D.check_buffer(a, _F32, self.user[role].nbytes, f"{'output' if role in _OUT[self.kind] else 'input'} "
                                                             f"{role} of the oneDNN convolution ({self.kind})")
-        # inputs reordered into the primitive's layouts, the primitive, outputs reordered back
-        before, args, after = [], [], []
+        before, args, after, inputs = [], [], [], {}
+        equal = self.lib.fn("dnnl_memory_desc_equal")
         for arg, role, out, reorder, inner, size in self.steps:
             a = arrays[role]
             if reorder is None:
                 args.append((arg, self.user[role].h, a))
+                continue
+            reuse = None if out else next((buf for desc, buf, src in (given or {}).values()
+                                           if src is a and equal(desc.h, inner.h)), None)
+            if reuse is not None:
+                args.append((arg, inner.h, reuse))
                 continue
             buf = D.aligned_empty(size, np.uint8)
             if out:
                 after.append((reorder, [(D.ARG_FROM, inner.h, buf), (D.ARG_TO, self.user[role].h, a)]))
             else:
                 before.append((reorder, [(D.ARG_FROM, self.user[role].h, a), (D.ARG_TO, inner.h, buf)]))
+                inputs[role] = (inner, buf, a)
             args.append((arg, inner.h, buf))
-        self._run_all(before + [(self.prim, args)] + after)
+        return before + [(self.prim, args)] + after, inputs
+
+
+def run_together(jobs) -> None:
+    """Execute ``[(plan, arrays)]`` in order in one stream submission, an input array that an
+    earlier plan already reordered into the same layout taken from that plan's buffer (the
+    output gradient that the input- and the weight-gradient passes both read: one reorder of
+    it instead of two; 0.58-0.80 ms of the MNIST CNN's second layer at 2 threads, oneDNN's
+    verbose times, loaded machine). No PyTorch counterpart (its convolution_backward reorders
+    the output gradient once per pass).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _conv, _dnnl
+        >>> lib = _dnnl.load()
+        >>> if lib is not None:  # nothing to run without oneDNN
+        ...     plan = _conv._plan(lib, "forward", (1, 8, 4, 4), (8, 8, 1, 1), (1, 8, 4, 4),
+        ...                        ((1, 1), (1, 1), (0, 0), (0, 0)))
+        ...     x, y = np.ones((1, 8, 4, 4), np.float32), np.empty((1, 8, 4, 4), np.float32)
+        ...     _conv.run_together([(plan, {"x": x, "w": np.ones((8, 8, 1, 1), np.float32), "y": y})])
+        ...     assert np.allclose(y, 8.0)
+    """
+    calls, given = [], {}
+    for i, (plan, arrays) in enumerate(jobs):
+        c, inputs = plan.calls(arrays, given)
+        calls += c
+        given.update({(i, r): v for r, v in inputs.items()})
+    jobs[0][0]._run_all(calls)
 
 
 # the first choice _prefer_gemm_data_grad was measured against; on other CPUs (AVX-512 ...) oneDNN's
@@ -393,11 +441,46 @@ def conv_forward(x, w, geom, b=None):
             return _OutputStacking(geom, x.shape, w.shape[2:], w.shape[0]).forward(_c(x), _c(w), b)
         return _Stacking(geom, x.shape, w.shape[2:], w.shape[0], 1).forward(_c(x), _c(w), b)
     y = np.empty((x.shape[0], w.shape[0]) + tuple(o), dtype=_F32)
+    if b is None and _forward_as_data_grad(x.shape, w.shape, geom):
+        # y = conv^T(x, w') with w'[c, o, k] = w[o, c, K - 1 - k] and the padding mirrored
+        d = x.ndim - 2
+        K = w.shape[2:]
+        span = [dl * (k - 1) for dl, k in zip(geom.dilation, K)]
+        geom3 = ((1,) * d, tuple(geom.dilation), tuple(e - lo for e, lo in zip(span, geom.pad_lo)),
+                 tuple(e - hi for e, hi in zip(span, geom.pad_hi)))
+        wt = np.ascontiguousarray(np.flip(w, axis=tuple(range(2, 2 + d))).swapaxes(0, 1))
+        _run3("transpose", y.shape, wt.shape, x.shape, 1, geom3, {"x": y, "w": wt, "y": _c(x)})
+        return y
     arrays = {"x": _c(x), "w": _c(w), "y": y}
     if b is not None:
         arrays["b"] = b
     _run3("forward" if b is None else "forward_bias", x.shape, w.shape, y.shape, geom.groups, _geom(geom), arrays)
     return y
+
+
+FORWARD_AS_DATA_GRAD = "auto"  # "auto" (the rule below), "never" (tests, A/B)
+
+
+def _forward_as_data_grad(x_shape, w_shape, geom) -> bool:
+    """Whether a forward runs on oneDNN's backward-data kernel: a unit-stride convolution is the
+    adjoint of another one, ``conv(x, w)[i] = sum_k x[i - lo + k d] w[k] = conv^T(x, w')[i]`` with
+    ``w'[c, o, k] = w[o, c, K - 1 - k]`` and the padding mirrored (``lo' = d (K - 1) - lo``,
+    ``hi' = d (K - 1) - hi``, which must not be negative), and oneDNN 3.2's AVX2 backward-data
+    kernel is faster than its forward one on the same problem. 2-d, ungrouped, no bias (that
+    kernel adds none; a separate pass over y costs more than the gain), at least 16 channels on
+    both sides. In-process A/B, loaded 2-core AMD EPYC (AVX2), 2026-12-06, CPU ms forward vs
+    data kernel, 1 / 2 threads: (16,64,32^2)->64 p1 (bench_conv's Conv2d) 14.43 vs 13.89 /
+    14.68 vs 14.41, (64,32,26^2)->64 17.90 vs 17.08 / 18.16 vs 17.31, (32,64,16^2)->128 p1 16.00
+    vs 15.18 / 15.91 vs 14.95, (8,128,16^2)->128 p1 7.82 vs 7.35 / 8.26 vs 7.91; equal on
+    (16,32,64^2)->32 p1 (15.34 vs 15.48 / 15.42 vs 15.38; taken) and on 3-d (4,16,16^3)->32 p1
+    (4.97 vs 4.99; 3-d keeps the forward kernel). oneDNN's verbose times of the Conv2d shape at
+    2 threads: forward 6.63 ms, backward-data 6.03 ms. Figures taken under load."""
+    if FORWARD_AS_DATA_GRAD != "auto" or len(x_shape) != 4 or geom.groups != 1:
+        return False
+    if any(s != 1 for s in geom.stride) or min(x_shape[1], w_shape[0]) < 16:
+        return False
+    span = [dl * (k - 1) for dl, k in zip(geom.dilation, w_shape[2:])]
+    return all(lo <= e and hi <= e for lo, hi, e in zip(geom.pad_lo, geom.pad_hi, span))
 
 
 OUTPUT_STACKING = "auto"  # 4-d forward: "auto" (the rule below), "always", "never" (tests, A/B)
@@ -456,6 +539,10 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
     if m == 0 and d == 3 and not _direct("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape,
                                          geom).jit:
         m = 1
+    if _patches_weight_grad_applies(x.shape, kernel, gy.shape[1], geom):
+        out = _patches_weight_grad(_c(x), _c(gy), geom, kernel, bias)
+        if out is not None:
+            return out
     if m:
         gw = _weight_stacking(geom, x.shape, kernel, gy.shape[1], m).weight_grad(_c(x), _c(gy))
         return (gw, gy.sum(axis=(0,) + tuple(range(2, gy.ndim)), dtype=_F32)) if bias else gw
@@ -465,6 +552,156 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
         arrays["b"] = np.empty(gy.shape[1], dtype=_F32)
     _run3("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape, G, _geom(geom), arrays)
     return (gw, arrays["b"]) if bias else gw
+
+
+# ----------------------------------------------------------------------------- few input channels
+# oneDNN's weight-gradient kernels block the input channels by 8; with 1-3 of them most vector
+# lanes idle. With so few channels the patches matrix (C K taps x output positions) is small, and
+# the weight gradient is one batched matrix product over it. In-process A/B, one thread, loaded
+# 2-core AMD EPYC (AVX2), 2026-12-06, CPU ms of oneDNN's weight_bias pass vs patches + matmul:
+# (64,1,28^2) k3 -> 32 (MNIST conv1) 3.84 vs 0.98; (16,1,4096) k5 p2 -> 32 4.93 vs 1.52;
+# (16,3,4096) k3 p1 -> 64 6.41 vs 3.19; (4,1,16^3) k3 p1 -> 32 1.31 vs 0.98; (4,2,16^3) -> 64
+# 3.45 vs 2.57; (8,3,16^3) -> 96 15.2 vs 9.1; an earlier form of the product (per sample
+# O x C K, 0.98 instead of 0.57 ms for the matmul of MNIST conv1) measured (64,1,28^2) k5 p2
+# 9.32 vs 3.18, (16,2,64^2) k3 p1 -> 16 3.41 vs 2.44, (32,3,32^2) k3 p1 -> 64 4.10 vs 3.48, but
+# strided (32,3,32^2) k4 s2 p1 -> 64 1.27 vs 1.47 (the DCGAN's first layer). Strided, with the
+# product as now: (32,3,32^2) k4 s2 p1 -> 64 1.16 vs 1.25, (16,3,64^2) k3 s2 p1 -> 32 0.92 vs
+# 1.03, but (32,2,32^2) k4 s2 p1 -> 64 2.20 vs 0.92 and (32,1,28^2) k3 s2 p1 -> 32 0.69 vs 0.32:
+# strided convolutions only with 1-2 channels.
+# (The forward was measured too and stays on oneDNN's convolution: 1.24 vs 1.12 ms on MNIST
+# conv1, slower on every other shape above.)
+_PATCH_MAX_CHANNELS = 3
+
+
+def _patches_weight_grad_applies(x_shape, kernel, O, geom) -> bool:
+    """Whether the weight gradient runs as one matrix product over the input's patches: 1-3
+    spatial dims, one group, at most ``_PATCH_MAX_CHANNELS`` input channels (strided: at most
+    2), and a patches matrix no larger than the output gradient (``C K + 1 <= O`` rows per
+    position)."""
+    d = len(x_shape) - 2
+    strided = any(s != 1 for s in geom.stride)
+    return (1 <= d <= 3 and geom.groups == 1 and x_shape[1] <= (2 if strided else _PATCH_MAX_CHANNELS)
+            and x_shape[1] * math.prod(kernel) + 1 <= O)
+
+
+def _patches(x, geom, kernel, ones):
+    """``P (N, C K [+ 1], prod(out))``: ``P[n, c K + k, i] = x_pad[n, c, i stride + k dilation]``
+    (k, i flattened in C order), and a last row of ones where ``ones`` (for the bias gradient)."""
+    N, C = x.shape[:2]
+    out = geom.out_size(x.shape[2:], kernel)
+    if any(geom.pad_lo) or any(geom.pad_hi):
+        x = np.pad(x, [(0, 0), (0, 0)] + list(zip(geom.pad_lo, geom.pad_hi)))
+    T = math.prod(kernel)
+    P = np.empty((N, C * T + int(ones)) + tuple(out), dtype=_F32)
+    for c in range(C):
+        for t, ks in enumerate(itertools.product(*(range(k) for k in kernel))):
+            window = tuple(slice(k * dl, k * dl + s * (o - 1) + 1, s)
+                           for k, dl, s, o in zip(ks, geom.dilation, geom.stride, out))
+            P[:, c * T + t] = x[(slice(None), c) + window]
+    if ones:
+        P[:, C * T] = 1.0
+    return P.reshape(N, P.shape[1], -1)
+
+
+def _patches_weight_grad(x, gy, geom, kernel, bias):
+    """``gw[o, c K + k] = sum_n gy[n, o, :] . P[n, c K + k, :]`` (``_patches``): per sample a
+    (C K x positions) @ (positions x O) product in one batched oneDNN matmul, then the sum over
+    the batch; with ``bias`` the row of ones gives ``gb[o] = sum_{n, i} gy[n, o, i]`` as the last
+    row. Returns ``gw`` or ``(gw, gb)`` as ``conv_weight_grad`` does, or None where oneDNN's
+    matmul has only its reference loops for these operands (the convolution kernel then runs)."""
+    from ._matmul import matmul
+    N, O = gy.shape[:2]
+    P = _patches(x, geom, kernel, bias)
+    # computed transposed, P[n] gy[n]^T (C K x O): with the short side as M oneDNN's matmul ran
+    # 0.57 ms instead of 0.98 for MNIST conv1 (one thread, loaded machine)
+    per_sample = np.empty((N, P.shape[1], O), dtype=_F32)
+    if not matmul(P, gy.reshape(N, O, -1), per_sample, trans_b=True):
+        return None
+    total = per_sample.sum(axis=0)
+    gw = np.ascontiguousarray(total[:x.shape[1] * math.prod(kernel)].T).reshape((O, x.shape[1]) + tuple(kernel))
+    return (gw, np.ascontiguousarray(total[-1])) if bias else gw
+
+
+def conv_backward(x, gy, w, geom, need_x=True, bias=False):
+    """The gradients of ``y = conv(x, w) (+ b)`` from one submission, or None where the two
+    passes do not run as single 1-3 d oneDNN convolutions (4-d, batch parts, a weight gradient on
+    the patches product or on stacked offsets): then ``conv_transpose`` and ``conv_weight_grad``
+    run separately. Returns ``(gx or None, gw, gb or None)``; the output gradient is reordered
+    into oneDNN's blocked layout once for both passes (``run_together``).
+
+    Math: ``gx = conv^T(gy, w)``, ``gw[o, c, k] = sum_{n, i} gy[n, o, i] x_pad[n, c, i s + k d]``,
+    ``gb[o] = sum_{n, i} gy[n, o, i]``. PyTorch: ``torch.ops.aten.convolution_backward``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops._conv_geometry import ConvGeometry
+        >>> from avila_ml.cpu_accel._conv import conv_backward
+        >>> g = ConvGeometry((1, 1), (1, 1), (1, 1), (1, 1), 1)
+        >>> x, w = np.ones((2, 8, 5, 5), np.float32), np.ones((8, 8, 3, 3), np.float32)
+        >>> out = conv_backward(x, np.ones((2, 8, 5, 5), np.float32), w, g, bias=True)
+        >>> out is None or ([a.shape for a in out[:2]], float(out[2][0])) == (
+        ...     [(2, 8, 5, 5), (8, 8, 3, 3)], 50.0)  # None: no oneDNN, or batch parts
+        True
+    """
+    return _pair("conv", x, gy, w, geom, need_x, bias)
+
+
+def conv_transpose_backward(u, gz, w, geom, need_u=True):
+    """The gradients of ``z = conv^T(u, w)`` from one submission, or None (as ``conv_backward``):
+    ``(gu or None, gw)`` with ``gu = conv(gz, w)`` and ``gw = corr(gz, u)``; ``gz`` is reordered
+    once for both passes. PyTorch: ``torch.ops.aten.convolution_backward`` with
+    ``transposed=True``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.ops._conv_geometry import ConvGeometry
+        >>> from avila_ml.cpu_accel._conv import conv_transpose_backward
+        >>> g = ConvGeometry((2, 2), (1, 1), (1, 1), (1, 1), 1)
+        >>> u, w = np.ones((2, 16, 4, 4), np.float32), np.ones((16, 8, 4, 4), np.float32)
+        >>> out = conv_transpose_backward(u, np.ones((2, 8, 8, 8), np.float32), w, g)
+        >>> out is None or [a.shape for a in out] == [(2, 16, 4, 4), (16, 8, 4, 4)]
+        True
+    """
+    out = _pair("transpose", gz, u, w, geom, need_u, False)
+    return None if out is None else out[:2]
+
+
+def _pair(which, x, gy, w, geom, need_data, bias):
+    """``conv_backward`` (``which="conv"``: x, gy -> gx, gw, gb) and ``conv_transpose_backward``
+    (``"transpose"``: the forward's input is gz in ``x``, its output u in ``gy`` -> gu, gw)."""
+    lib = D.load()
+    if (not _usable(lib, x, gy, w) or x.ndim not in (3, 4, 5) or _parts_wanted()
+            or geom.out_size(x.shape[2:], w.shape[2:]) != tuple(gy.shape[2:])):
+        return None
+    G, kernel = geom.groups, tuple(w.shape[2:])
+    w_shape = (gy.shape[1], x.shape[1] // G) + kernel
+    if tuple(w.shape) != w_shape:  # (a transposed convolution's weight is its adjoint's convolution weight)
+        return None
+    if _patches_weight_grad_applies(x.shape, kernel, gy.shape[1], geom):
+        return None
+    D.quiet_blas()
+    x, gy, w = _c(x), _c(gy), _c(w)
+    wkind = "weight_bias" if bias else "weight"
+    wplan = _direct(wkind, x.shape, w_shape, gy.shape, geom)
+    if not wplan.jit and x.ndim == 5:
+        return None  # 3-d without a JIT weight kernel: conv_weight_grad stacks the offsets
+    gw = np.empty(w_shape, dtype=_F32)
+    warrays = {"x": x, "w": gw.reshape(wplan.user["w"].shape), "y": gy}
+    if bias:
+        warrays["b"] = np.empty(gy.shape[1], dtype=_F32)
+    jobs, gd = [], None
+    if need_data:
+        if which == "conv":  # gx = conv^T(gy, w)
+            gd = np.empty(x.shape, dtype=_F32)
+            plan = _direct("transpose", x.shape, w_shape, gy.shape, geom)
+            jobs.append((plan, {"x": gd, "w": w.reshape(plan.user["w"].shape), "y": gy}))
+        else:  # gu = conv(gz, w)
+            gd = np.empty(gy.shape, dtype=_F32)
+            plan = _direct("forward", x.shape, tuple(w.shape), gy.shape, geom)
+            jobs.append((plan, {"x": x, "w": w.reshape(plan.user["w"].shape), "y": gd}))
+    jobs.append((wplan, warrays))
+    run_together(jobs)
+    return gd, gw, warrays.get("b")
 
 
 def _weight_stacking(geom, x_shape, kernel, O, m):

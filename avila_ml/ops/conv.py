@@ -187,6 +187,28 @@ def _onednn(kind, a, b, geom, extra, bias=None):
         return None
 
 
+def _onednn_pair(which, a, gy, w, geom, need_data, bias):
+    """Both gradients of a convolution (``which="conv"``: ``a`` = x, ``gy``; ``"transpose"``: ``a``
+    = gz, ``gy`` = u) from one oneDNN submission that reorders the shared operand once
+    (``cpu_accel._conv.conv_backward`` / ``conv_transpose_backward``), without create_graph only
+    (with it the gradients are Functions of the graph); None where that does not apply, and the
+    caller runs the two passes on their own."""
+    name = get_conv_algorithm()
+    if (_state.enabled or name not in ("auto", "onednn") or a.dtype != np.float32
+            or backend_of(a).name != "numpy" or (name == "auto" and not mkldnn.enabled)
+            or _dense_applies("weight", a, gy, geom, tuple(w.shape[2:]))):
+        return None
+    from ..cpu_accel import _conv as accel, _dnnl as dnnl
+    if not dnnl.available():
+        return None
+    try:
+        if which == "conv":
+            return accel.conv_backward(a, gy, w, geom, need_data, bias)
+        return accel.conv_transpose_backward(gy, a, w, geom, need_data)  # (u, gz)
+    except dnnl.DnnlError:  # a configuration this oneDNN build refuses: the passes one by one
+        return None
+
+
 def _dense_applies(kind, a, b, geom, extra) -> bool:
     """Whether ``_dense`` runs this convolution: under ``"auto"``, a kernel covering the input."""
     if get_conv_algorithm() != "auto" or 0 in a.shape or 0 in b.shape:
@@ -281,6 +303,11 @@ class ConvNd(Function):
     def backward(self, gy):
         x, w = self.saved_inputs
         need = self.needs_input_grad
+        bias = len(need) == 3 and need[2]
+        pair = _onednn_pair("conv", x.array, gy.array, w.array, self.geom, need[0], bias) if need[1] else None
+        if pair is not None:
+            gx, gw, gb = (None if a is None else Tensor._wrap(a) for a in pair)
+            return (gx, gw, gb) if len(need) == 3 else (gx, gw)
         gx = ConvTransposeNd.apply(gy, w, None, self.geom, tuple(x.shape[2:])) if need[0] else None
         if (len(need) == 3 and need[1] and need[2] and not _state.enabled
                 and not _dense_applies("weight", x.array, gy.array, self.geom, tuple(w.shape[2:]))):
@@ -311,8 +338,12 @@ class ConvTransposeNd(Function):
     def backward(self, gz):
         u, w = self.saved_inputs
         need = self.needs_input_grad
-        gu = ConvNd.apply(gz, w, None, self.geom, tuple(u.shape[2:])) if need[0] else None
-        gw = ConvWeightGrad.apply(gz, u, self.geom, tuple(w.shape[2:])) if need[1] else None
+        pair = _onednn_pair("transpose", gz.array, u.array, w.array, self.geom, need[0], False) if need[1] else None
+        if pair is not None:
+            gu, gw = (None if a is None else Tensor._wrap(a) for a in pair[:2])
+        else:
+            gu = ConvNd.apply(gz, w, None, self.geom, tuple(u.shape[2:])) if need[0] else None
+            gw = ConvWeightGrad.apply(gz, u, self.geom, tuple(w.shape[2:])) if need[1] else None
         if len(need) == 3:
             gb = gz.sum(dim=(0,) + tuple(range(2, gz.ndim))) if need[2] else None
             return gu, gw, gb
