@@ -27,7 +27,7 @@ from ._cpu_threads import over_batch
 from ._scalar_rows import scalar_ufunc
 from .elementwise import _arr, _xp, erf, exp, sigmoid, sign as _sgn, tanh, where
 
-__all__ = ["relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
+__all__ = ["relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
            "softplus", "hardtanh", "hardsigmoid", "hardswish", "softsign", "logsigmoid"]
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -96,15 +96,28 @@ def _const(array, like: Tensor) -> Tensor:
     return Tensor._wrap(_arr(array.astype(like.array.dtype, copy=False)))
 
 
-def _finish(input: Tensor, inplace: bool, fn, *args) -> Tensor:
+def _finish(input: Tensor, inplace: bool, fn, *args, name: str = "") -> Tensor:
     """``fn(input, *args)``, or with ``inplace=True`` its result written into ``input`` (recorded
     in the graph like PyTorch's in-place activations when autograd tracks ``input``)."""
     if not inplace:
         return fn(input, *args)
+    name = name or f"{fn.__self__.__name__.lower()}(inplace=True)"
     if _inplace.needs_graph(input, ()):
-        return _inplace.inplace(input, f"{fn.__self__.__name__.lower()}(inplace=True)", fn, *args)
+        return _inplace.inplace(input, name, fn, *args)
+    _inplace.check_writeable(input, name)
     out = fn(input, *args)
     input.array[...] = out.array
+    return input._bump()
+
+
+def _finish_into(input: Tensor, fn, *args, name: str) -> Tensor:
+    """The in-place form of an op whose forward writes into its input when given a trailing
+    ``True`` and whose backward needs only its output (ReLU): no result array, no copy back.
+    Recorded like ``_finish``'s (``autograd/inplace.py`` ``inplace_into``)."""
+    if _inplace.needs_graph(input, ()):
+        return _inplace.inplace_into(input, name, fn, *args, True)
+    _inplace.check_writeable(input, name)
+    fn(input, *args, True)
     return input._bump()
 
 
@@ -123,17 +136,23 @@ def _sigmoid_array(z):
 
 # ------------------------------------------------------------------------------ piecewise linear
 class ReLU(Function):
-    # oneDNN's relu maps NaN to 0 (PyTorch keeps NaN), so it stays on the ufuncs
-    def forward(self, x):
+    # oneDNN's relu maps NaN to 0 (PyTorch keeps NaN), so it stays on the ufuncs.
+    # ``into=True`` (the in-place forms, via ``_finish_into``) writes the result into ``x``'s own
+    # memory: the backward reads only the output, so nothing of the input need survive.
+    def forward(self, x, into=False):
         self.save_outputs(0)
         zero = x.dtype.type(0)
         if isinstance(x, np.ndarray) and x.ndim:
             # host arrays: ``maximum`` against a row of zeros (NumPy's SIMD loop; with the scalar
             # it is ~4x slower, see ``_scalar_rows``), large ones split over the CPU threads
-            y = np.empty(x.shape, dtype=x.dtype)
+            y = x if into else np.empty(x.shape, dtype=x.dtype)
             over_batch(lambda b: scalar_ufunc(np.maximum, x[b], zero, y[b]), x.shape[0], x.size, _SPLIT_MIN)
             return y
-        return _arr(_xp(x).maximum(x, zero))
+        xp = _xp(x)
+        if into:
+            xp.maximum(x, zero, out=x)
+            return x
+        return _arr(xp.maximum(x, zero))
 
     def backward(self, g):
         (y,) = self.saved_outputs
@@ -440,7 +459,31 @@ def relu(input, inplace: bool = False):
         tensor([0., 0., 2.])
     """
     _check(input, "relu", float_only=False)
-    return _finish(input, inplace, ReLU.apply)
+    if inplace:
+        return _finish_into(input, ReLU.apply, name="relu(inplace=True)")
+    return ReLU.apply(input)
+
+
+def relu_(input):
+    """In-place ReLU: ``input`` is overwritten with ``max(input, 0)`` and returned
+    (``torch.nn.functional.relu_``, ``torch.relu_``, ``Tensor.relu_``).
+
+    Math: y = max(x, 0), written into x's memory (no new array); dy/dx = 1 where y > 0, else
+    0, computed from y alone, so nothing else is kept for the backward. The write bumps the
+    tensor's version: a backward that saved the old value refuses to run, as in PyTorch; a leaf
+    that requires grad (or a view of one) is refused before anything is written.
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([-1.0, 0.5, 2.0], requires_grad=True)
+        >>> h = x * 2
+        >>> am.nn.functional.relu_(h) is h
+        True
+        >>> h.sum().backward(); h, x.grad
+        (tensor([0., 1., 4.], grad_fn=<ReLUBackward0>), tensor([0., 2., 2.]))
+    """
+    _check(input, "relu_", float_only=False)
+    return _finish_into(input, ReLU.apply, name="relu_")
 
 
 def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):

@@ -1,0 +1,229 @@
+"""In-place ReLU written into the input's own memory (``relu_``, ``F.relu(inplace=True)``,
+``nn.ReLU(inplace=True)``, ``F.relu_``): no new result array, PyTorch's autograd semantics
+(version bump, the saved-tensor check, leaf and view refusals, views of the modified tensor,
+double backward), values and gradients against PyTorch in float64 and bit for bit in float32.
+"""
+import numpy as np
+import pytest
+import torch
+
+import avila_ml as am
+
+F = am.nn.functional
+TF = torch.nn.functional
+
+# the three spellings of an in-place ReLU, for both libraries
+FORMS = {
+    "method": lambda lib, h: h.relu_(),
+    "functional": lambda lib, h: lib.nn.functional.relu(h, inplace=True),
+    "functional_": lambda lib, h: lib.nn.functional.relu_(h),
+    "module": lambda lib, h: lib.nn.ReLU(inplace=True)(h),
+}
+
+
+def _np(t):
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t.detach().numpy()
+
+
+def _ver(t):
+    return t._version if isinstance(t._version, int) else t._version[0]
+
+
+def _specials(shape, dtype, seed=0):
+    a = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    flat = a.reshape(-1)
+    flat[:6] = [np.nan, 0.0, -0.0, np.inf, -np.inf, -np.nan]
+    return a
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("shape", [(3, 4), (7, 300, 130), ()], ids=["small", "split", "0d"])
+def test_writes_into_the_input_buffer_and_matches_torch(form, shape):
+    """The result is the input tensor, its array is the same object (nothing allocated for the
+    result, nothing copied back), the version moves by one, and values and gradients are
+    PyTorch's bit for bit (float32, NaN/+-0/inf inputs; 7 x 300 x 130 takes the batch split)."""
+    a = _specials(shape, np.float32) if shape else np.array(-1.5, np.float32)
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    out = {}
+    for lib in (am, torch):
+        x = lib.tensor(a.copy(), requires_grad=True)
+        h = x * 1
+        arr = h.array if lib is am else h.data_ptr()
+        v0 = _ver(h)
+        r = FORMS[form](lib, h)
+        assert r is h and _ver(h) == v0 + 1
+        if lib is am:
+            assert h.array is arr
+        h.backward(lib.tensor(g))
+        out[lib] = (_np(h), _np(x.grad))
+    np.testing.assert_array_equal(out[am][0], out[torch][0])
+    np.testing.assert_array_equal(out[am][1], out[torch][1])
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_without_autograd_writes_in_place(form):
+    """No graph (plain tensor, or a leaf under no_grad): the same buffer is written and the
+    version still moves, as PyTorch's."""
+    a = _specials((5, 6), np.float64)
+    for lib in (am, torch):
+        t = lib.tensor(a.copy())
+        arr = t.array if lib is am else None
+        FORMS[form](lib, t)
+        assert _ver(t) == 1
+        if lib is am:
+            assert t.array is arr
+            np.testing.assert_array_equal(t.numpy(), torch.relu(torch.tensor(a)).numpy())
+    for lib in (am, torch):
+        leaf = lib.tensor(a.copy(), requires_grad=True)
+        with lib.no_grad():
+            FORMS[form](lib, leaf)
+        assert _ver(leaf) == 1 and leaf.grad_fn is None and leaf.requires_grad
+        np.testing.assert_array_equal(_np(leaf), np.where(a > 0, a, 0) + np.where(np.isnan(a), a, 0))
+
+
+def test_integer_tensor_in_place_like_torch():
+    for lib in (am, torch):
+        t = lib.tensor([-2, 0, 3])
+        t.relu_()
+        assert t.tolist() == [0, 0, 3]
+
+
+def _messages(fn):
+    msgs = {}
+    for lib in (am, torch):
+        with pytest.raises(RuntimeError) as e:
+            fn(lib)
+        msgs[lib] = str(e.value)
+    return msgs
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_saved_input_modified_raises_like_torch(form):
+    """A node that saved the tensor before the in-place ReLU refuses its backward."""
+    def fn(lib):
+        x = lib.tensor([1.0, -2.0, 3.0], dtype=lib.float64, requires_grad=True)
+        a = x * 1
+        y = (a * a).sum()      # saves a
+        FORMS[form](lib, a)
+        y.backward()
+    msgs = _messages(fn)
+    for part in ("modified by an inplace operation", "is at version 1; expected version 0 instead"):
+        assert part in msgs[torch] and part in msgs[am]
+
+
+def test_saved_output_modified_after_relu_raises_like_torch():
+    """The ReLU's own saved output is the tensor's memory: a later in-place write to it is
+    detected at the ReLU's backward (version 2, expected 1), as in PyTorch."""
+    def fn(lib):
+        x = lib.tensor([1.0, -2.0, 3.0], dtype=lib.float64, requires_grad=True)
+        h = x * 1
+        h.relu_()
+        h.mul_(2)
+        h.sum().backward()
+    msgs = _messages(fn)
+    for part in ("modified by an inplace operation", "is at version 2; expected version 1 instead"):
+        assert part in msgs[torch] and part in msgs[am]
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("target", ["leaf", "view_of_leaf"])
+def test_leaf_refusals_match_torch_and_write_nothing(form, target):
+    keep = {}
+
+    def fn(lib):
+        x = lib.tensor([[1.0, -2.0], [-3.0, 4.0]], dtype=lib.float64, requires_grad=True)
+        keep[lib] = x
+        FORMS[form](lib, x if target == "leaf" else x[0])
+    msgs = _messages(fn)
+    assert msgs[torch].strip() in msgs[am]
+    np.testing.assert_array_equal(keep[am].detach().numpy(), [[1.0, -2.0], [-3.0, 4.0]])
+
+
+def test_expanded_tensor_refused_before_writing():
+    """Elements sharing memory (an expanded view): PyTorch's error, raised before any write."""
+    msgs = {}
+    for lib in (am, torch):
+        base = lib.tensor([[-1.0, 2.0]])
+        with pytest.raises(RuntimeError) as e:
+            base.expand(3, 2).relu_()
+        msgs[lib] = str(e.value)
+        assert base.tolist() == [[-1.0, 2.0]]
+    assert "more than one element of the written-to tensor refers to a single memory location" in msgs[am]
+    assert "more than one element of the written-to tensor refers to a single memory location" in msgs[torch]
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_relu_of_a_view_and_views_of_the_result_match_torch(form):
+    """ReLU written through a view of a non-leaf (the base takes CopySlices), an older view of the
+    base seeing the new values, and a view taken after: values and all gradients as PyTorch's
+    (float64)."""
+    a = np.random.default_rng(2).standard_normal((4, 5))
+    w = np.random.default_rng(3).standard_normal((4, 5))
+    res = {}
+    for lib in (am, torch):
+        x = lib.tensor(a, requires_grad=True)
+        h = x * 2
+        old_view = h[1:3]                 # made before the write
+        r = FORMS[form](lib, h[:, 1:4])   # written through a view
+        later = h.t()                      # made after
+        loss = (h * lib.tensor(w)).sum() + (old_view ** 2).sum() + (r * 3).sum() + later[0].sum()
+        loss.backward()
+        res[lib] = [_np(h), _np(old_view), _np(r), _np(x.grad)]
+    for ours, theirs in zip(res[am], res[torch]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-13, atol=1e-13)
+
+
+def test_double_backward_through_in_place_relu_matches_torch():
+    """create_graph through relu_: the second derivative of sum((relu(x w) )^2) w.r.t. w."""
+    a = np.random.default_rng(4).standard_normal((6, 3))
+    wv = np.random.default_rng(5).standard_normal((3,))
+    res = {}
+    for lib in (am, torch):
+        x = lib.tensor(a)
+        w = lib.tensor(wv, requires_grad=True)
+        h = x * w
+        h.relu_()
+        (gw,) = lib.autograd.grad((h ** 2).sum(), w, create_graph=True)
+        (ggw,) = lib.autograd.grad((gw ** 2).sum(), w)
+        res[lib] = (_np(gw), _np(ggw))
+    for ours, theirs in zip(res[am], res[torch]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_resnet_tail_in_place_chain_matches_torch():
+    """``out += identity; out.relu_()`` after a ReLU(inplace) of a batch-norm output, as the
+    residual CNN's block: float64 values and gradients of every leaf."""
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((4, 3, 5, 5))
+    res = {}
+    for lib in (am, torch):
+        x = lib.tensor(a, requires_grad=True)
+        bn = lib.nn.BatchNorm2d(3).double()
+        out = lib.nn.ReLU(inplace=True)(bn(x * 1.5))
+        out = out * 0.5
+        out += x
+        y = out.relu_()
+        (y * y).sum().backward()
+        res[lib] = [_np(y), _np(x.grad), _np(bn.weight.grad), _np(bn.bias.grad)]
+    for ours, theirs in zip(res[am], res[torch]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("graph", [True, False])
+def test_no_result_array_is_allocated(form, graph):
+    """The write goes straight into the input (no result array, no copy back): the traced peak
+    during the call stays far below one array (4 MiB), with and without a recorded graph.
+    (NumPy reports its data buffers to tracemalloc.)"""
+    import tracemalloc
+    x = am.randn(64, 64, 256, requires_grad=graph)
+    h = x * 1 if graph else x
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        FORMS[form](am, h)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < h.array.nbytes // 8, (peak - base, h.array.nbytes)
+    assert float(h.min()) >= 0
