@@ -227,3 +227,114 @@ def test_no_result_array_is_allocated(form, graph):
         tracemalloc.stop()
     assert peak - base < h.array.nbytes // 8, (peak - base, h.array.nbytes)
     assert float(h.min()) >= 0
+
+
+# ------------------------------------------------------------------ LeakyReLU, Hardtanh, ReLU6
+OTHERS = {
+    "leaky_0.2": (lambda F_, h: F_.leaky_relu(h, 0.2, inplace=True), lambda t: TF.leaky_relu(t, 0.2)),
+    "leaky_0": (lambda F_, h: F_.leaky_relu(h, 0.0, inplace=True), lambda t: TF.leaky_relu(t, 0.0)),
+    "leaky_1.5": (lambda F_, h: F_.leaky_relu(h, 1.5, inplace=True), lambda t: TF.leaky_relu(t, 1.5)),
+    "hardtanh": (lambda F_, h: F_.hardtanh(h, -0.5, 0.7, inplace=True), lambda t: TF.hardtanh(t, -0.5, 0.7)),
+    "relu6": (lambda F_, h: F_.relu6(h, inplace=True), TF.relu6),
+    "module_leaky": (lambda F_, h: am.nn.LeakyReLU(0.2, inplace=True)(h), lambda t: TF.leaky_relu(t, 0.2)),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHERS))
+@pytest.mark.parametrize("layout", ["small", "large", "transposed"])
+def test_other_in_place_activations_write_into_the_input_and_match_torch(name, layout):
+    """In place into the input's array (the oneDNN forward of LeakyReLU included, large and
+    contiguous; a transposed view takes the NumPy path): values and gradients bit for bit
+    PyTorch's out-of-place op (float32, NaN/+-0/inf inputs; hardtanh without NaN, where PyTorch's
+    scalar tail differs), and the version moves by one."""
+    ours, theirs = OTHERS[name]
+    shape = {"small": (3, 4), "large": (64, 32, 40), "transposed": (40, 64, 32)}[layout]
+    a = _specials(shape, np.float32)
+    if name in ("hardtanh", "relu6"):
+        a = np.nan_to_num(a, nan=0.25)
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x = am.tensor(a, requires_grad=True)
+    h = x * 1
+    if layout == "transposed":
+        h = h.transpose(0, 2)
+    arr, v0 = h.array, _ver(h)
+    r = ours(F, h)
+    assert r is h and h.array is arr and _ver(h) == v0 + 1
+    gg = g if layout != "transposed" else g.transpose(2, 1, 0)
+    h.backward(am.tensor(np.ascontiguousarray(gg)))
+    tx = torch.tensor(a, requires_grad=True)
+    th = tx.transpose(0, 2) if layout == "transposed" else tx
+    ty = theirs(th)
+    ty.backward(torch.tensor(np.ascontiguousarray(gg)))
+    np.testing.assert_array_equal(h.detach().numpy(), ty.detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+@pytest.mark.parametrize("name", list(OTHERS))
+def test_other_in_place_activations_refusals_and_saved_checks(name):
+    """The leaf refusal (nothing written) and a node that saved the input refusing its
+    backward after the in-place write, as PyTorch."""
+    ours, _ = OTHERS[name]
+    leaf = am.tensor([[1.0, -2.0]], requires_grad=True)
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
+        ours(F, leaf)
+    assert leaf.tolist() == [[1.0, -2.0]]
+    x = am.tensor([1.0, -2.0, 3.0], dtype=am.float64, requires_grad=True)
+    a = x * 1
+    y = (a * a).sum()
+    ours(F, a)
+    with pytest.raises(RuntimeError, match="is at version 1; expected version 0 instead"):
+        y.backward()
+
+
+@pytest.mark.parametrize("name", ["leaky_0.2", "hardtanh"])
+def test_other_in_place_activations_double_backward_match_torch(name):
+    ours, theirs = OTHERS[name]
+    a = np.random.default_rng(4).standard_normal((6, 3))
+    wv = np.random.default_rng(5).standard_normal((3,))
+    res = {}
+    for lib in (am, torch):
+        x, w = lib.tensor(a), lib.tensor(wv, requires_grad=True)
+        h = x * w
+        h = ours(F, h) if lib is am else theirs(h)
+        (gw,) = lib.autograd.grad((h ** 3).sum(), w, create_graph=True)
+        (ggw,) = lib.autograd.grad((gw ** 2).sum(), w)
+        res[lib] = (_np(gw), _np(ggw))
+    for o, t in zip(res[am], res[torch]):
+        np.testing.assert_allclose(o, t, rtol=1e-12, atol=1e-12)
+
+
+def test_leaky_relu_negative_slope_in_place_keeps_the_input_for_its_gradient():
+    """A negative slope in place: the result cannot tell the input's sign, so the input is kept
+    (computed aside and copied in); the gradient is exact (PyTorch refuses this backward)."""
+    a = np.array([[-2.0, -0.5, 0.0, 1.5]])
+    x = am.tensor(a, requires_grad=True)
+    h = x * 1
+    F.leaky_relu(h, -0.3, inplace=True)
+    h.sum().backward()
+    np.testing.assert_array_equal(h.detach().numpy(), np.where(a > 0, a, -0.3 * a))
+    np.testing.assert_array_equal(x.grad.numpy(), np.where(a > 0, 1.0, -0.3))
+
+
+@pytest.mark.parametrize("name", ["leaky_0.2", "hardtanh", "relu6"])
+def test_other_in_place_activations_allocate_no_result(name):
+    """No result array: the traced peak stays below three quarters of one array (Hardtanh's
+    bool mask, a quarter of it, is what its backward keeps, and the two comparisons it is made
+    from), an eighth for LeakyReLU (oneDNN's forward writes straight into the input)."""
+    import tracemalloc
+    ours, _ = OTHERS[name]
+    x = am.randn(64, 64, 256, requires_grad=True)
+    h = x * 1
+    if name == "leaky_0.2":
+        from avila_ml.cpu_accel import _eltwise
+        if not _eltwise.usable(h.array):
+            pytest.skip("oneDNN unavailable: LeakyReLU's NumPy forward makes a slope * x temporary")
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        ours(F, h)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    limit = h.array.nbytes * 3 // 4 if name != "leaky_0.2" else h.array.nbytes // 8
+    assert peak - base < limit, (peak - base, h.array.nbytes)

@@ -112,7 +112,8 @@ def _finish(input: Tensor, inplace: bool, fn, *args, name: str = "") -> Tensor:
 
 def _finish_into(input: Tensor, fn, *args, name: str) -> Tensor:
     """The in-place form of an op whose forward writes into its input when given a trailing
-    ``True`` and whose backward needs only its output (ReLU): no result array, no copy back.
+    ``True`` and whose backward needs no saved input (ReLU and LeakyReLU with slope >= 0 save
+    their output, Hardtanh a mask taken before the write): no result array, no copy back.
     Recorded like ``_finish``'s (``autograd/inplace.py`` ``inplace_into``)."""
     if _inplace.needs_graph(input, ()):
         return _inplace.inplace_into(input, name, fn, *args, True)
@@ -214,10 +215,15 @@ def _gated_gradient(g, a, slope):
 
 
 class Hardtanh(Function):
-    def forward(self, x, lo, hi):
+    def forward(self, x, lo, hi, into=False):
         # at a NaN, 0: PyTorch's vectorised CPU kernel (its scalar tail, the last < 8 elements,
-        # passes g there instead; tests/test_hardening_properties.py lists the deviation)
+        # passes g there instead; tests/test_hardening_properties.py lists the deviation).
+        # The mask is all the backward needs, so ``into=True`` (the in-place forms) may clip
+        # straight into ``x``.
         self.mask = (x > lo) & (x < hi)
+        if into:
+            _xp(x).clip(x, lo, hi, out=x)
+            return x
         return _arr(_xp(x).clip(x, lo, hi))
 
     def backward(self, g):
@@ -233,22 +239,34 @@ class LeakyReLU(Function):
     without NaN (:func:`_gated_gradient`), else raw array code (oneDNN's own relu backward
     passes g at a NaN input where PyTorch gives slope g, so it is not used)."""
 
-    def forward(self, x, slope):
-        self.save_inputs(0)
+    def forward(self, x, slope, into=False):
+        # ``into=True`` (the in-place form, slope >= 0 only): the result is written into ``x`` and
+        # saved instead of it, as PyTorch's ``leaky_relu_`` saves its result: for slope >= 0,
+        # y > 0 exactly where x > 0 and y is NaN exactly where x is, so the backward's
+        # ``x > 0`` and NaN tests read the same from y
+        self.from_output = into
+        if into:
+            self.save_outputs(0)
+        else:
+            self.save_inputs(0)
         self.slope = slope
-        if slope != 0 and _np_f32(x):
-            y = _accel_eltwise().forward("relu", x, slope)
+        if slope != 0 and _np_f32(x) and (not into or x.flags.c_contiguous):  # (oneDNN writes a C-contiguous out)
+            y = _accel_eltwise().forward("relu", x, slope, out=x if into else None)
             if y is not None:
                 return y
         xp = _xp(x)
         y = _arr(x * x.dtype.type(slope))
         if slope == 0:  # inf * 0 is NaN: select, as PyTorch does
-            return _arr(xp.where(x > 0, x, y))
-        (xp.maximum if slope <= 1 else xp.minimum)(x, y, out=y)
-        return y
+            y = _arr(xp.where(x > 0, x, y))
+            if into:
+                xp.copyto(x, y)
+                return x
+            return y
+        (xp.maximum if slope <= 1 else xp.minimum)(x, y, out=x if into else y)
+        return x if into else y
 
     def backward(self, g):
-        (x,) = self.saved_inputs
+        (x,) = self.saved_outputs if self.from_output else self.saved_inputs  # x: or y (see forward)
         if (not _grad_state.enabled and 0 < self.slope <= 1
                 and _accel_eltwise().usable(g.array, x.array, min_size=_GATED_MIN)
                 and not np.isnan(np.maximum.reduce(x.array, axis=None))):  # (NaN scan only where oneDNN runs)
@@ -499,7 +517,9 @@ def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0, inplace: bool =
     _check(input, "hardtanh")
     if min_val > max_val:
         raise ValueError(f"hardtanh: min_val ({min_val}) cannot be greater than max_val ({max_val})")
-    return _finish(input, inplace, Hardtanh.apply, float(min_val), float(max_val))
+    if inplace:
+        return _finish_into(input, Hardtanh.apply, float(min_val), float(max_val), name="hardtanh(inplace=True)")
+    return Hardtanh.apply(input, float(min_val), float(max_val))
 
 
 def relu6(input, inplace: bool = False):
@@ -513,7 +533,9 @@ def relu6(input, inplace: bool = False):
         tensor([0., 3., 6.])
     """
     _check(input, "relu6")
-    return _finish(input, inplace, Hardtanh.apply, 0.0, 6.0)
+    if inplace:
+        return _finish_into(input, Hardtanh.apply, 0.0, 6.0, name="relu6(inplace=True)")
+    return Hardtanh.apply(input, 0.0, 6.0)
 
 
 def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
@@ -527,6 +549,10 @@ def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):
         tensor([-1.,  2.])
     """
     _check(input, "leaky_relu")
+    if inplace and negative_slope >= 0:  # written in place, the result saved (see LeakyReLU.forward)
+        return _finish_into(input, LeakyReLU.apply, float(negative_slope), name="leaky_relu(inplace=True)")
+    # a negative slope in place: computed aside and copied in, the input saved (PyTorch refuses
+    # the backward of this case; here it is exact)
     return _finish(input, inplace, LeakyReLU.apply, float(negative_slope))
 
 
