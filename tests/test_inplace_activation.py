@@ -338,3 +338,69 @@ def test_other_in_place_activations_allocate_no_result(name):
         tracemalloc.stop()
     limit = h.array.nbytes * 3 // 4 if name != "leaky_0.2" else h.array.nbytes // 8
     assert peak - base < limit, (peak - base, h.array.nbytes)
+
+
+ELUS = {
+    "elu": (lambda h, ip: F.elu(h, 0.7, inplace=ip), lambda t: TF.elu(t, 0.7)),
+    "selu": (lambda h, ip: F.selu(h, inplace=ip), TF.selu),
+    # CELU's reference is its formula in float64 torch ops: torch.celu's float64 gradient is
+    # 3e-8 (relative) off the exact value (checked with mpmath at x = -0.52; its 1/alpha is
+    # rounded to a lower precision), ours agrees with the exact value to 1e-16
+    "celu": (lambda h, ip: F.celu(h, 1.3, inplace=ip), lambda t: torch.where(t > 0, t, 1.3 * torch.expm1(t / 1.3))),
+}
+
+
+@pytest.mark.parametrize("name", list(ELUS))
+@pytest.mark.parametrize("layout", ["small", "large", "transposed"])
+def test_elu_family_in_place_equals_out_of_place_and_torch(name, layout):
+    """ELU/SELU/CELU in place (oneDNN's ELU forward into a large contiguous input; NumPy
+    otherwise): into the input's array, values and gradients bit for bit the out-of-place op's
+    (float32, specials included), and PyTorch's in float64 to 1e-12."""
+    fn, tfn = ELUS[name]
+    shape = {"small": (3, 4), "large": (64, 32, 40), "transposed": (40, 64, 32)}[layout]
+    a = _specials(shape, np.float32)
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    gg = g if layout != "transposed" else np.ascontiguousarray(g.transpose(2, 1, 0))
+    res = []
+    for ip in (True, False):
+        x = am.tensor(a, requires_grad=True)
+        h = x * 1
+        if layout == "transposed":
+            h = h.transpose(0, 2)
+        arr = h.array
+        r = fn(h, ip)
+        assert (r is h and h.array is arr and _ver(h) == 1) if ip else r is not h
+        r.backward(am.tensor(gg))
+        res.append((r.detach().numpy(), x.grad.numpy()))
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    np.testing.assert_array_equal(res[0][1], res[1][1])
+    b = np.random.default_rng(2).standard_normal((5, 7))
+    x, tx = am.tensor(b, requires_grad=True), torch.tensor(b, requires_grad=True)
+    h, th = x * 1, tx * 1
+    fn(h, True)
+    ty = tfn(th)
+    (h * h).sum().backward()
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(h.detach().numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_elu_in_place_allocates_no_result_and_refuses_saved_input():
+    import tracemalloc
+    from avila_ml.cpu_accel import _eltwise
+    x = am.randn(64, 64, 256, requires_grad=True)
+    h = x * 1
+    if _eltwise.usable(h.array):  # oneDNN's forward writes into the input; NumPy's makes temporaries
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            F.elu(h, inplace=True)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak - base < h.array.nbytes // 2  # the sign mask (a quarter), no result array
+    a = am.tensor([1.0, -2.0], dtype=am.float64, requires_grad=True) * 1
+    y = (a * a).sum()
+    F.elu(a, inplace=True)
+    with pytest.raises(RuntimeError, match="is at version 1; expected version 0 instead"):
+        y.backward()

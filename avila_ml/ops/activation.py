@@ -113,7 +113,8 @@ def _finish(input: Tensor, inplace: bool, fn, *args, name: str = "") -> Tensor:
 def _finish_into(input: Tensor, fn, *args, name: str) -> Tensor:
     """The in-place form of an op whose forward writes into its input when given a trailing
     ``True`` and whose backward needs no saved input (ReLU and LeakyReLU with slope >= 0 save
-    their output, Hardtanh a mask taken before the write): no result array, no copy back.
+    their output, Hardtanh a mask taken before the write, ELU/SELU/CELU their output and a
+    mask): no result array, no copy back.
     Recorded like ``_finish``'s (``autograd/inplace.py`` ``inplace_into``)."""
     if _inplace.needs_graph(input, ()):
         return _inplace.inplace_into(input, name, fn, *args, True)
@@ -317,23 +318,32 @@ class Hardswish(Function):
 class ELU(Function):
     """y = scale * (x if x > 0 else alpha * (exp(x * input_scale) - 1)): ELU, SELU and CELU."""
 
-    def forward(self, x, alpha, scale, input_scale):
+    def forward(self, x, alpha, scale, input_scale, into=False):
+        # the backward reads the output and the sign mask (taken first), never x: ``into=True``
+        # (the in-place forms) writes the result into x
         xp = _xp(x)
         t = x.dtype.type
+        self.pos = x > 0
+        self.consts = (alpha, scale, input_scale)
+        self.save_outputs(0)
         if scale == 1 and input_scale == 1 and alpha >= 0 and _np_f32(x):
-            # plain ELU: oneDNN's elu in one pass (NumPy's float32 expm1 is a slow scalar loop)
-            y = _accel_eltwise().forward("elu", x, alpha)
+            # plain ELU: oneDNN's elu in one pass (NumPy's float32 expm1 is a slow scalar loop).
+            # oneDNN writes a C-contiguous ``out``; a strided x gets its result copied in, so the
+            # in-place values are the out-of-place op's (oneDNN's elu and NumPy's expm1 differ
+            # in the last bits)
+            direct = into and x.flags.c_contiguous
+            y = _accel_eltwise().forward("elu", x, alpha, out=x if direct else None)
             if y is not None:
-                self.pos = x > 0
-                self.consts = (alpha, scale, input_scale)
-                self.save_outputs(0)
+                if into and not direct:
+                    xp.copyto(x, y)
+                    return x
                 return y
         # a NaN takes the exponential branch (a NaN gradient), as PyTorch's vectorised CPU kernel
         # (its scalar tail, the last < 8 elements, takes the linear one)
-        self.pos = x > 0
-        self.consts = (alpha, scale, input_scale)
         neg = t(alpha) * xp.expm1(xp.minimum(x, 0) * t(input_scale))  # min(): no overflow in the unused branch
-        self.save_outputs(0)
+        if into:
+            xp.multiply(xp.where(self.pos, x, neg), t(scale), out=x)
+            return x
         return _arr(xp.where(self.pos, x, neg) * t(scale))
 
     def backward(self, g):
@@ -567,7 +577,9 @@ def elu(input, alpha: float = 1.0, inplace: bool = False):
         tensor([-1.0000, -0.6321,  1.0000])
     """
     _check(input, "elu")
-    return _finish(input, inplace, ELU.apply, float(alpha), 1.0, 1.0)
+    if inplace:
+        return _finish_into(input, ELU.apply, float(alpha), 1.0, 1.0, name="elu(inplace=True)")
+    return ELU.apply(input, float(alpha), 1.0, 1.0)
 
 
 def selu(input, inplace: bool = False):
@@ -582,7 +594,9 @@ def selu(input, inplace: bool = False):
         tensor([0.0000, 1.0507])
     """
     _check(input, "selu")
-    return _finish(input, inplace, ELU.apply, _SELU_ALPHA, _SELU_SCALE, 1.0)
+    if inplace:
+        return _finish_into(input, ELU.apply, _SELU_ALPHA, _SELU_SCALE, 1.0, name="selu(inplace=True)")
+    return ELU.apply(input, _SELU_ALPHA, _SELU_SCALE, 1.0)
 
 
 def celu(input, alpha: float = 1.0, inplace: bool = False):
@@ -598,7 +612,9 @@ def celu(input, alpha: float = 1.0, inplace: bool = False):
     _check(input, "celu")
     if alpha == 0:
         raise ValueError("celu: alpha must be non-zero (the formula divides by alpha)")
-    return _finish(input, inplace, ELU.apply, float(alpha), 1.0, 1.0 / alpha)
+    if inplace:
+        return _finish_into(input, ELU.apply, float(alpha), 1.0, 1.0 / alpha, name="celu(inplace=True)")
+    return ELU.apply(input, float(alpha), 1.0, 1.0 / alpha)
 
 
 def gelu(input, approximate: str = "none"):
