@@ -154,21 +154,6 @@ def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onedn
                                        atol=1e-5 * np.abs(ref.grad.numpy()).max())
 
 
-@pytest.mark.parametrize("shape", [(8, 16, 24, 24), (4, 8, 6, 20, 20), (2, 4, 9000), (64, 128, 3, 3)])
-@pytest.mark.parametrize("onednn", [True, False])
-@pytest.mark.parametrize("split", [True, False])
-@pytest.mark.parametrize("chunk", [1, 30000])
-def test_batch_norm_centred_path_in_sample_chunks_matches_torch(monkeypatch, shape, onednn, split, chunk):
-    """The per-channel statistics and the backward's sums taken over chunks of samples (one
-    sample per chunk, or uneven chunks of a few: 3, 3, 2 samples for the first shape), as large
-    arrays do: the same values and gradients as PyTorch in float64."""
-    from avila_ml.ops import normalization as N
-    monkeypatch.setattr(N, "_CHUNK", chunk)
-    if chunk == 30000 and shape[0] == 8:
-        assert [b.stop - b.start for b in N._sample_chunks(np.empty(shape))] == [3, 3, 2]
-    test_batch_norm_centred_path_matches_torch(monkeypatch, shape, "both", onednn, split)
-
-
 def test_normalize_with_other_weight_layouts_skips_the_channel_paths():
     """The per-channel paths take only the batch-norm layout (weight (1, C, 1, ...)): with the
     batch-norm reduction axes but a weight along the last dim ((1, 1, 256), C = 256 too) the
