@@ -244,7 +244,19 @@ def write_into(t, array, name: str) -> None:
 
 def check_writeable(t, name: str) -> None:
     """PyTorch's refusal to write into a tensor whose elements share memory (an ``expand``ed
-    view: read-only here), raised before any element is written."""
+    view: read-only here), raised before any element is written (PyTorch checks the same
+    "internal overlap" in ``assert_no_internal_overlap``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.autograd.inplace import check_writeable
+        >>> check_writeable(am.zeros(2), "relu_")        # an ordinary tensor: nothing raised
+        >>> try:
+        ...     check_writeable(am.zeros(1, 2).expand(3, 2), "relu_")
+        ... except RuntimeError as e:
+        ...     print(str(e)[:44])
+        relu_: unsupported operation: more than one
+    """
     if not getattr(t.array.flags, "writeable", True):
         raise RuntimeError(
             f"{name}: unsupported operation: more than one element of the written-to tensor refers "
