@@ -167,8 +167,11 @@ class ReLU(Function):
             dx = np.empty(ga.shape, dtype=ga.dtype)
 
             def part(b):  # g * {0, 1}: the select, except an inf/NaN g where y <= 0 (0 * inf)
-                keep = ya[b] <= 0
-                np.logical_not(keep, out=keep)
+                # y is this ReLU's output (version-checked): >= 0 or NaN, so "not y <= 0" is
+                # "y != 0" (NaN != 0 passes g, -0.0 == 0 does not), one pass instead of a
+                # compare and a logical_not (in-process, loaded: 0.90 -> 0.84-0.91 ms min,
+                # median 1.02 -> 0.95-0.97 for the whole 2^20-element gradient, one thread)
+                keep = ya[b] != 0
                 d = dx[b]
                 np.copyto(d, keep, casting="unsafe")
                 with np.errstate(invalid="ignore"):  # inf * 0, handled below
