@@ -10,8 +10,9 @@ Workloads (issue 2):
     and log_softmax forward + backward (issue 17);
   * activations forward + backward (issue 17): exact GELU on (2048, 512) (a GPT MLP's hidden
     layer), tanh GELU on (3072, 512) (the char GPT's), LeakyReLU(0.2) on (32, 128, 16, 16) (a
-    DCGAN discriminator's feature map), ReLU and amax over (2, 3) on (32, 32, 32, 32) (the
-    residual CNN's feature map and global max pooling), binary cross entropy on (128, 784) (the
+    DCGAN discriminator's feature map), ReLU (also in place: ``relu_()`` in a graph and
+    without grad) and amax over (2, 3) on (32, 32, 32, 32) (the residual CNN's feature map and
+    global max pooling), binary cross entropy on (128, 784) (the
     VAE's loss) and the rotary embedding of a (32, 4, 96, 32) query view (the char GPT's);
   * per-op autograd overhead: a 10-op graph on (4,) tensors, forward + backward, forward only,
     and forward without grad (divide by 10 for the time per op).
@@ -189,6 +190,26 @@ def relu_backward(L):
     return _activation_backward(L, (32, 32, 32, 32), L.nn.functional.relu)
 
 
+def relu_inplace_backward(L):
+    """In-place ReLU of a non-leaf inside a graph, forward + backward, as the residual CNN's
+    ``ReLU(inplace=True)`` / ``relu_()`` (the product ``x * 2`` before it is part of the row)."""
+    rng = np.random.default_rng(4)
+    x = L.from_numpy(rng.standard_normal((32, 32, 32, 32), dtype=np.float32)).requires_grad_()
+    g = L.from_numpy(rng.standard_normal((32, 32, 32, 32), dtype=np.float32))
+
+    def run():
+        x.grad = None
+        (x * 2).relu_().backward(g)
+    return run
+
+
+def relu_inplace_no_grad(L):
+    """``relu_()`` of a (32, 32, 32, 32) tensor without autograd (the same tensor each call:
+    every call still reads and writes all of it)."""
+    t = L.from_numpy(np.random.default_rng(4).standard_normal((32, 32, 32, 32), dtype=np.float32))
+    return lambda: t.relu_()
+
+
 def amax_backward(L):
     """amax over the spatial dims, the residual CNN's global max pooling (``x.amax(dim=(2, 3))``)."""
     rng = np.random.default_rng(7)
@@ -247,6 +268,8 @@ CASES = [
     Case("GELU (tanh) (3072, 512) f32, forward + backward", gelu_tanh_backward),
     Case("LeakyReLU(0.2) (32, 128, 16, 16) f32, forward + backward", leaky_relu_backward),
     Case("ReLU (32, 32, 32, 32) f32, forward + backward", relu_backward),
+    Case("ReLU in place (x * 2).relu_() (32, 32, 32, 32) f32, forward + backward", relu_inplace_backward),
+    Case("ReLU in place relu_() (32, 32, 32, 32) f32, no grad", relu_inplace_no_grad),
     Case("amax over (2, 3) of (32, 32, 32, 32) f32, forward + backward", amax_backward),
     Case("binary_cross_entropy (128, 784) f32 sum, forward + backward", bce_backward),
     Case("rotary embedding (32, 4, 96, 32) f32 view, forward + backward", rotary_backward),

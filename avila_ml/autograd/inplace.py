@@ -26,7 +26,7 @@ from .._grad_state import InferenceVersion, state as _state
 from ..backends import backend_of
 from .function import Function, _edge_of
 
-__all__ = ["inplace", "inplace_method", "rebase_history", "CopySlices"]
+__all__ = ["inplace", "inplace_into", "inplace_method", "rebase_history", "CopySlices"]
 
 
 # ------------------------------------------------------------------------------ view records
@@ -238,12 +238,30 @@ def write_into(t, array, name: str) -> None:
             f"{name}: result type {_dt.from_numpy_dtype(array.dtype)} can't be cast to the desired "
             f"output type {_dt.from_numpy_dtype(dst.dtype)}"
         )
-    if not getattr(dst.flags, "writeable", True):
+    check_writeable(t, name)
+    xp.copyto(dst, array, casting="unsafe")
+
+
+def check_writeable(t, name: str) -> None:
+    """PyTorch's refusal to write into a tensor whose elements share memory (an ``expand``ed
+    view: read-only here), raised before any element is written (PyTorch checks the same
+    "internal overlap" in ``assert_no_internal_overlap``).
+
+    Example:
+        >>> import avila_ml as am
+        >>> from avila_ml.autograd.inplace import check_writeable
+        >>> check_writeable(am.zeros(2), "relu_")        # an ordinary tensor: nothing raised
+        >>> try:
+        ...     check_writeable(am.zeros(1, 2).expand(3, 2), "relu_")
+        ... except RuntimeError as e:
+        ...     print(str(e)[:44])
+        relu_: unsupported operation: more than one
+    """
+    if not getattr(t.array.flags, "writeable", True):
         raise RuntimeError(
             f"{name}: unsupported operation: more than one element of the written-to tensor refers "
             "to a single memory location. Please clone() the tensor before performing the operation."
         )
-    xp.copyto(dst, array, casting="unsafe")
 
 
 def _protect_saved(result, old, t, args) -> None:
@@ -312,6 +330,42 @@ def inplace(t, name: str, fn, *args, **kwargs):
     write_into(t, result.array, name)
     t._version[0] += 1
     old._version[0] += 1  # anything still holding the stand-in (or a view of it) sees the write
+    _redirect_saved_output(result, t)
+    rebase_history(t, result)
+    return t
+
+
+def inplace_into(t, name: str, fn, *args):
+    """``inplace`` for an op that writes its result straight into its first argument's memory
+    (``fn(t, *args)`` returns a Tensor around ``t``'s own array): no fresh result array and no
+    copy back, as PyTorch's ``relu_`` / ``threshold_``. Returns ``t``.
+
+    The contract that makes the early write safe: the node ``fn`` records saves its *output*,
+    never its input (a ReLU's gradient from its result's sign), so there is no saved input to
+    protect. Everything else is ``inplace``'s: the leaf / view / inference refusals before the
+    write, the version bump (a node that saved ``t`` earlier refuses its backward), the saved
+    output redirected to ``t`` (a later write to ``t`` is detected), and the history rebased
+    (``CopySlices`` on the base of a view).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.tensor([-1.0, 2.0], requires_grad=True)
+        >>> h = x * 1
+        >>> am.nn.functional.relu_(h) is h, h.grad_fn.name()
+        (True, 'ReLUBackward0')
+    """
+    check_inplace_allowed(t, name)
+    check_writeable(t, name)
+    v = t._view
+    if v is not None and v[2] != t._version[0]:
+        _refresh_view(t)
+    old = _Tensor._wrap(t.array, t.grad_fn, t._output_nr)
+    old._requires_grad = t._requires_grad
+    result = fn(old, *args)
+    if result.array is not t.array:
+        raise TypeError(f"{name}: the op did not write into its input's memory (inplace_into's contract)")
+    t._version[0] += 1
+    old._version[0] += 1
     _redirect_saved_output(result, t)
     rebase_history(t, result)
     return t

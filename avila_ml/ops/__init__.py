@@ -93,11 +93,6 @@ Tensor.__hash__ = lambda self: id(self)  # __eq__ is elementwise, so hash by ide
 from ..autograd.inplace import inplace_method as _inplace_method  # noqa: E402
 
 
-def _relu(input):
-    from .activation import relu
-    return relu(input)
-
-
 _INPLACE = {
     "neg_": E.neg, "abs_": E.abs, "sign_": E.sign, "exp_": E.exp, "log_": E.log,
     "log2_": E.log2, "log10_": E.log10, "log1p_": E.log1p, "expm1_": E.expm1,
@@ -105,7 +100,7 @@ _INPLACE = {
     "sigmoid_": E.sigmoid, "erf_": E.erf, "square_": E.square, "reciprocal_": E.reciprocal,
     "floor_": E.floor, "ceil_": E.ceil, "round_": E.round, "trunc_": E.trunc,
     "pow_": E.pow, "remainder_": E.remainder, "floor_divide_": E.floor_divide,
-    "atan2_": E.atan2, "relu_": _relu,
+    "atan2_": E.atan2,
     "masked_fill_": I.masked_fill, "index_add_": I.index_add, "scatter_": I.scatter,
     "scatter_add_": I.scatter_add, "index_fill_": write.index_fill,
 }
@@ -113,6 +108,9 @@ Tensor.index_fill = write.index_fill
 
 for _name, _fn in _INPLACE.items():
     setattr(Tensor, _name, _inplace_method(_name, _fn))
+
+from .activation import relu_ as _relu_  # noqa: E402
+Tensor.relu_ = _relu_  # writes into the tensor's own memory (no result array, no copy back)
 
 def t(input):
     """Transpose a tensor of at most 2 dims; 0-d and 1-d come back as they are (``torch.t``).
