@@ -675,6 +675,8 @@ class Tensor:
             tensor([3., 5.], grad_fn=<AddBackward0>)
         """
         if _inplace.needs_graph(self, (other,)):
+            if alpha == 1 and _ops.elementwise.writes_into(self, other):  # no result array, no copy back
+                return _inplace.inplace_into(self, "add_", _ops.elementwise.Add.apply, other, True)
             return _inplace.inplace(self, "add_", _ops.elementwise.add, other, alpha=alpha)
         if alpha != 1:  # device check first: a CPU operand must not reach a CUDA ufunc
             other = self._other_array(other, "add_") * alpha
@@ -683,6 +685,8 @@ class Tensor:
     def sub_(self, other, alpha=1) -> "Tensor":
         """In place ``self -= alpha * other`` (``Tensor.sub_``)."""
         if _inplace.needs_graph(self, (other,)):
+            if alpha == 1 and _ops.elementwise.writes_into(self, other):  # (as add_)
+                return _inplace.inplace_into(self, "sub_", _ops.elementwise.Sub.apply, other, True)
             return _inplace.inplace(self, "sub_", _ops.elementwise.sub, other, alpha=alpha)
         if alpha != 1:  # device check first: a CPU operand must not reach a CUDA ufunc
             other = self._other_array(other, "sub_") * alpha

@@ -404,3 +404,108 @@ def test_elu_in_place_allocates_no_result_and_refuses_saved_input():
     F.elu(a, inplace=True)
     with pytest.raises(RuntimeError, match="is at version 1; expected version 0 instead"):
         y.backward()
+
+
+# -- add_ / sub_ (``+=``, ``-=``) written into the input under autograd -------------------------
+
+@pytest.mark.parametrize("op", ["add_", "sub_", "iadd", "isub"])
+@pytest.mark.parametrize("other_shape", [(4, 5, 6), (6,), (5, 1)], ids=["same", "row", "col"])
+def test_add_sub_in_place_write_into_the_input_and_match_torch(op, other_shape):
+    """Under autograd, ``h += o`` / ``h.add_(o)`` (and sub) with ``o`` of h's dtype write into
+    h's own array (no result array): values, version bump and gradients of both operands
+    (the broadcast one summed) against PyTorch in float64, bit for bit in float32."""
+    rng = np.random.default_rng(3)
+    xa, oa, ga = rng.standard_normal((4, 5, 6)), rng.standard_normal(other_shape), rng.standard_normal((4, 5, 6))
+
+    def run(lib, x, o):
+        h = x * 2
+        keep = h.array if lib is am else None
+        v = _ver(h)
+        if op == "iadd":
+            h += o
+        elif op == "isub":
+            h -= o
+        else:
+            h = getattr(h, op)(o)
+        assert _ver(h) == v + 1
+        if keep is not None:
+            assert h.array is keep
+            assert h.grad_fn.name() == ("AddBackward0" if "add" in op else "SubBackward0")
+        (h * h).backward(lib.tensor(ga) if lib is am else torch.tensor(ga))
+        return h
+
+    for dt in (np.float64, np.float32):
+        x, o = am.tensor(xa.astype(dt), requires_grad=True), am.tensor(oa.astype(dt), requires_grad=True)
+        xt, ot = (torch.tensor(a.astype(dt), requires_grad=True) for a in (xa, oa))
+        h, ht = run(am, x, o), run(torch, xt, ot)
+        cmp = np.testing.assert_array_equal if dt == np.float32 else np.testing.assert_allclose
+        for a, b in ((h, ht), (x.grad, xt.grad)):
+            cmp(_np(a), _np(b))
+        # the broadcast operand's gradient is a sum whose order differs between the libraries
+        np.testing.assert_allclose(_np(o.grad), _np(ot.grad), rtol=1e-6 if dt == np.float32 else 1e-12)
+
+
+def test_add_in_place_saved_tensor_and_refusals_like_torch():
+    """The write is refused for a leaf that requires grad and, for a tensor another node saved,
+    its backward refuses to run (as PyTorch); promotion, a Python number and alpha keep the
+    general path with PyTorch's values."""
+    for lib in (am, torch):
+        x = lib.ones(3, requires_grad=True)
+        with pytest.raises(RuntimeError, match="leaf"):
+            x += lib.ones(3)
+        h = x * 2
+        z = h * h  # saves h
+        h += lib.ones(3)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            z.sum().backward()
+    xa = np.array([1.0, -2.0, 3.0])
+    outs = []
+    for lib in (am, torch):
+        x = lib.tensor(xa.astype(np.float32), requires_grad=True)
+        h = x * 1
+        h += lib.tensor(xa)  # float64 onto float32: computed promoted, cast back
+        h.add_(2.5)
+        h.sub_(lib.tensor(xa.astype(np.float32)), alpha=0.5)
+        h.sum().backward()
+        outs.append((_np(h), _np(x.grad), str(h.dtype).split(".")[-1]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    assert outs[0][2] == outs[1][2] == "float32"
+
+
+def test_add_in_place_of_a_view_matches_torch():
+    """``v += o`` on a view of a non-leaf: the base sees the write and the gradient flows
+    through CopySlices, as in PyTorch."""
+    rng = np.random.default_rng(4)
+    xa, oa = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    res = []
+    for lib in (am, torch):
+        x, o = lib.tensor(xa, requires_grad=True), lib.tensor(oa, requires_grad=True)
+        h = x * 3
+        v = h[1]
+        v += o
+        (h ** 2).sum().backward()
+        res.append([_np(t) for t in (h, x.grad, o.grad)])
+    for a, b in zip(*res):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["iadd", "isub"])
+def test_add_sub_in_place_allocate_no_result(op):
+    """``h += o`` under autograd traces far less than one array of h's size (no result array,
+    no copy back; NumPy reports its buffers to tracemalloc)."""
+    import tracemalloc
+    x = am.randn(64, 64, 256, requires_grad=True)
+    o = am.randn(64, 64, 256)
+    h = x * 1
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        if op == "iadd":
+            h += o
+        else:
+            h -= o
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < h.array.nbytes // 8, (peak - base, h.array.nbytes)

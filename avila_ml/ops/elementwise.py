@@ -223,8 +223,13 @@ def expand_array(a, shape: tuple):
 
 # --------------------------------------------------------------------------- binary arithmetic
 class Add(Function):
-    def forward(self, a, b):
+    # ``into=True`` (``Tensor.add_`` / ``+=`` under autograd, via ``inplace_into``) writes the
+    # sum into ``a``'s own memory: the backward needs only the shapes, nothing of ``a`` survives
+    def forward(self, a, b, into=False):
         self.shapes = (a.shape, b.shape)
+        if into:
+            _xp(a).add(a, b, out=a)
+            return a
         return a + b
 
     def backward(self, g):
@@ -237,8 +242,11 @@ class Add(Function):
 
 
 class Sub(Function):
-    def forward(self, a, b):
+    def forward(self, a, b, into=False):  # ``into``: as Add's (``Tensor.sub_``)
         self.shapes = (a.shape, b.shape)
+        if into:
+            _xp(a).subtract(a, b, out=a)
+            return a
         return a - b
 
     def backward(self, g):
@@ -450,6 +458,17 @@ def _check_broadcast(a, b, op):
             f"{op}: the size of tensor a {tuple(a.shape)} must match the size of tensor b "
             f"{tuple(b.shape)} at every non-singleton dimension (they cannot be broadcast together)"
         ) from None
+
+
+def writes_into(t, other) -> bool:
+    """Whether ``t += other`` / ``t -= other`` can run as Add / Sub writing straight into
+    ``t``'s memory (``Tensor.add_`` / ``sub_`` under autograd): ``other`` a tensor of ``t``'s
+    dtype and array type whose broadcast leaves ``t``'s shape unchanged. Other cases (a Python
+    number, promotion, a CPU/CUDA mix, a bad shape) take the general in-place path, which
+    promotes, casts back and names the problem as before."""
+    return (isinstance(other, Tensor) and type(other.array) is type(t.array) and other.array.dtype == t.array.dtype
+            and t.array.dtype != np.bool_ and len(other.shape) <= len(t.shape)
+            and all(o in (1, n) for o, n in zip(reversed(other.shape), reversed(t.shape))))
 
 
 def add(input, other, alpha=1):
