@@ -336,6 +336,62 @@ def _onednn_layer_forward(fn, x, weight, bias, axes, eps):
 _refused: list = []
 
 
+class _LayerNormRows(Normalize):
+    """Layer norm of a float32 host ``x`` over its trailing dims through a oneDNN plan chosen by
+    :func:`_layer_rows_plan`, with ``weight``/``bias`` in their own shape (``normalized_shape``):
+    returns ``y`` only. The general path (``Normalize`` on weight and bias reshaped to
+    broadcast) records two Reshape nodes, three outputs and copies at each call; at the GPT's
+    shapes that bookkeeping cost about as much as oneDNN's two kernels. Backward: oneDNN's, or
+    ``Normalize``'s differentiable formula under ``create_graph``."""
+
+    non_differentiable = ()
+
+    def forward(self, x, weight, bias, plan, k, eps):
+        self.axes, self.eps, self.out_dtype = tuple(range(x.ndim - k, x.ndim)), eps, x.dtype
+        self.xc = self.xhat = None
+        self.count = plan.x.shape[1]
+        self.has_weight, self.has_bias = weight is not None, bias is not None
+        w = None if weight is None else np.ascontiguousarray(weight).reshape(-1)
+        b = None if bias is None else np.ascontiguousarray(bias).reshape(-1)
+        y, mean, var = plan.forward(np.ascontiguousarray(x).reshape(plan.x.shape), w, b)
+        self.onednn = (plan, mean, var)
+        self.save_inputs(*range(1 + self.has_weight + self.has_bias))
+        return y.reshape(x.shape)
+
+    @classmethod
+    def _name(cls) -> str:
+        return "NormalizeBackward0"  # the node the general path records for the same op
+
+    def backward(self, g):
+        return super().backward(g, None, None)
+
+    def release(self) -> None:
+        super().release()
+        self.onednn = None
+
+
+def _layer_rows_plan(input, weight, bias, k, eps):
+    """The oneDNN plan for :class:`_LayerNormRows` (the conditions of
+    :func:`_onednn_layer_forward`), or None: the caller then takes the general path."""
+    from ..backends import mkldnn
+    x = input.array
+    if (not mkldnn.enabled or type(x) is not np.ndarray or x.dtype != np.float32
+            or x.size < _ONEDNN_MIN_SIZE or _state.autocast is not None):
+        return None
+    for t in (weight, bias):
+        if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != np.float32):
+            return None
+    from ..cpu_accel import _dnnl, _norm
+    if not _dnnl.available():
+        return None
+    lead = x.ndim - k
+    rows = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:]))
+    try:
+        return _norm.plan("layer", rows, eps, weight is not None, bias is not None)
+    except _dnnl.DnnlError:  # refused: the general path says so (once) and runs NumPy
+        return None
+
+
 # Batch norm of float32 host arrays from this many elements keeps the centred input and applies
 # its affine maps (forward y = xc (rstd w) + b, backward dx = A (g - xc k1 - k2)) as fused
 # per-channel oneDNN chains (``cpu_accel/_chain.py``), one pass each instead of three or four
@@ -722,6 +778,9 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
         )
     _check_vector(op, "weight", weight, ns, input)
     _check_vector(op, "bias", bias, ns, input)
+    plan = _layer_rows_plan(input, weight, bias, k, eps)
+    if plan is not None:
+        return _LayerNormRows.apply(input, weight, bias, plan, k, eps)
     axes = tuple(range(input.ndim - k, input.ndim))
     shape = (1,) * (input.ndim - k) + ns
     return Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)[0]
