@@ -109,3 +109,94 @@ def test_layer_norm_rows_path_only_where_onednn_applies(monkeypatch):
     monkeypatch.setattr(mkldnn, "enabled", False)
     off = F.layer_norm(am.tensor(xa, requires_grad=True), (512,))
     assert type(off.grad_fn) is N.Normalize
+
+
+# -- Linear as one node (ops/linalg.py Linear) -----------------------------------------------------
+from avila_ml.ops import linalg as LA  # noqa: E402
+
+
+@pytest.mark.parametrize("shape,bias,x_grad", [((16, 128, 128), True, True), ((128, 784), True, False),
+                                                ((4, 3, 5, 32), False, True), ((32,), True, True)], ids=str)
+def test_linear_one_node_matches_torch_float64(shape, bias, x_grad):
+    rng = np.random.default_rng(5)
+    n = 48
+    xa = rng.standard_normal(shape).astype(np.float32)
+    wa = (rng.standard_normal((n, shape[-1])) / 8).astype(np.float32)
+    ba = rng.standard_normal(n).astype(np.float32)
+    ga = rng.standard_normal(shape[:-1] + (n,)).astype(np.float32)
+    x = am.tensor(xa, requires_grad=x_grad)
+    w = am.tensor(wa, requires_grad=True)
+    b = am.tensor(ba, requires_grad=True) if bias else None
+    y = F.linear(x, w, b)
+    assert type(y.grad_fn) is LA.Linear
+    assert y.grad_fn.name() == ("AddmmBackward0" if bias else "MmBackward0")
+    y.backward(am.tensor(ga))
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=x_grad)
+    tw = torch.tensor(wa.astype(np.float64), requires_grad=True)
+    tb = torch.tensor(ba.astype(np.float64), requires_grad=True) if bias else None
+    ty = TF.linear(tx, tw, tb)
+    ty.backward(torch.tensor(ga.astype(np.float64)))
+    _close(y.detach().numpy(), ty.detach().numpy(), 2e-6)
+    _close(w.grad.numpy(), tw.grad.numpy(), 2e-6)
+    if bias:
+        _close(b.grad.numpy(), tb.grad.numpy(), 2e-6)
+    if x_grad:
+        _close(x.grad.numpy(), tx.grad.numpy(), 2e-6)
+    else:
+        assert x.grad is None
+    # the weight's gradient arrives C-ordered and fresh: its leaf took it without a copy
+    assert w.grad.array.flags.c_contiguous and w.grad.array.flags.owndata
+
+
+def test_linear_one_node_forward_bitwise_as_composed_path(monkeypatch):
+    rng = np.random.default_rng(6)
+    x = am.tensor(rng.standard_normal((8, 64, 96)).astype(np.float32))
+    w = am.tensor(rng.standard_normal((80, 96)).astype(np.float32))
+    b = am.tensor(rng.standard_normal(80).astype(np.float32))
+    one = F.linear(x, w, b).numpy()
+    monkeypatch.setattr(LA, "_one_linear_node", lambda *a: False)
+    composed = F.linear(x, w, b).numpy()
+    np.testing.assert_array_equal(one, composed)
+
+
+def test_linear_one_node_gradcheck_and_double_backward():
+    rng = np.random.default_rng(7)
+    x = am.tensor(rng.standard_normal((3, 24, 5)), requires_grad=True)  # 72 rows: the 1^T g bias sum
+    w = am.tensor(rng.standard_normal((4, 5)), requires_grad=True)
+    b = am.tensor(rng.standard_normal(4), requires_grad=True)
+    assert type(F.linear(x, w, b).grad_fn) is LA.Linear
+    f = lambda x, w, b: F.linear(x, w, b).tanh()  # noqa: E731  (a non-linear output: real 2nd derivatives)
+    assert am.autograd.gradcheck(f, (x, w, b))
+    assert am.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_linear_one_node_second_derivative_matches_torch():
+    rng = np.random.default_rng(8)
+    xa, wa, ba = rng.standard_normal((70, 6)), rng.standard_normal((3, 6)), rng.standard_normal(3)
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    (gw,) = am.autograd.grad((F.linear(x, w, b) ** 2).sum(), (w,), create_graph=True)
+    (tgw,) = torch.autograd.grad((TF.linear(tx, tw, tb) ** 2).sum(), (tw,), create_graph=True)
+    gw.sum().backward()
+    tgw.sum().backward()
+    for ours, ref in ((gw, tgw), (x.grad, tx.grad), (b.grad, tb.grad)):
+        np.testing.assert_allclose(ours.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_linear_one_node_sees_in_place_change_of_input():
+    x = am.randn(4, 3, requires_grad=True)
+    h = x * 1.0
+    w = am.randn(2, 3, requires_grad=True)
+    y = F.linear(h, w)
+    h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_linear_composed_path_kept_for_mixed_dtypes_and_half():
+    x32 = am.randn(4, 3)
+    w64 = am.randn(2, 3, dtype=am.float64, requires_grad=True)
+    y = F.linear(x32, w64)
+    assert type(y.grad_fn) is not LA.Linear and y.dtype == am.float64
+    xh, wh = am.randn(4, 3).half(), am.randn(2, 3).half().requires_grad_()
+    assert type(F.linear(xh, wh).grad_fn) is not LA.Linear
