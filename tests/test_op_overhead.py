@@ -200,3 +200,34 @@ def test_linear_composed_path_kept_for_mixed_dtypes_and_half():
     assert type(y.grad_fn) is not LA.Linear and y.dtype == am.float64
     xh, wh = am.randn(4, 3).half(), am.randn(2, 3).half().requires_grad_()
     assert type(F.linear(xh, wh).grad_fn) is not LA.Linear
+
+
+# -- binary cross-entropy's clamps as rows (ops/loss.py _max_into) -------------------------------
+def test_bce_clamps_on_rows_bitwise_and_vs_torch():
+    from avila_ml.backends._log1p_float32 import log1p as log1p32
+    rng = np.random.default_rng(9)
+    xa = rng.random((128, 784), dtype=np.float32)
+    xa.reshape(-1)[::997] = 0.0  # log x = -inf -> -100
+    xa.reshape(-1)[5::991] = 1.0  # log(1 - x) = -inf -> -100
+    ya = rng.random((128, 784), dtype=np.float32)
+    ga = rng.standard_normal((128, 784)).astype(np.float32)
+    x, y = am.tensor(xa, requires_grad=True), am.tensor(ya, requires_grad=True)
+    loss = F.binary_cross_entropy(x, y, reduction="none")
+    with np.errstate(divide="ignore"):  # the scalar-operand formula, op for op
+        a = np.maximum(log1p32(-xa), np.float32(-100))
+        b = np.maximum(np.log(xa), np.float32(-100))
+    a *= ya - 1
+    b *= ya
+    a -= b
+    np.testing.assert_array_equal(loss.detach().numpy(), a)
+    loss.backward(am.tensor(ga))
+    tx, ty = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (xa, ya))
+    tl = TF.binary_cross_entropy(tx, ty, reduction="none")
+    tl.backward(torch.tensor(ga.astype(np.float64)))
+    _close(loss.detach().numpy(), tl.detach().numpy(), 2e-6)
+    # dx = g (x - y) / max(x (1 - x), 1e-12): huge at the clamped ends, compared relatively
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=2e-5, atol=1e-5)
+    # dl/dy at x = 0 or 1: PyTorch's is -logit(x) = +-inf, ours the clamped -100 difference
+    # (unchanged by the row clamps): compared inside (0, 1) only
+    inner = (xa > 0) & (xa < 1)
+    _close(y.grad.numpy()[inner], ty.grad.numpy()[inner], 2e-6)
