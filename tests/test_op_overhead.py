@@ -231,3 +231,37 @@ def test_bce_clamps_on_rows_bitwise_and_vs_torch():
     # (unchanged by the row clamps): compared inside (0, 1) only
     inner = (xa > 0) & (xa < 1)
     _close(y.grad.numpy()[inner], ty.grad.numpy()[inner], 2e-6)
+
+
+# -- optimizer updates follow am.set_num_threads (optim/_fused.py _num_threads) ----------------------
+def _adamw_run(threads):
+    from avila_ml.optim import _fused
+    before = am.get_num_threads()
+    am.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(10)
+        p = am.nn.Parameter(am.tensor(rng.standard_normal((512, 640)).astype(np.float32)))  # >= 2^17 elements
+        q = am.nn.Parameter(am.tensor(rng.standard_normal(300).astype(np.float32)))
+        opt = am.optim.AdamW([p, q], lr=1e-2, weight_decay=0.1)
+        for k in range(3):
+            p.grad = am.tensor(rng.standard_normal((512, 640)).astype(np.float32))
+            q.grad = am.tensor(rng.standard_normal(300).astype(np.float32))
+            opt.step()
+        return p.detach().numpy().copy(), q.detach().numpy().copy()
+    finally:
+        am.set_num_threads(before)
+
+
+def test_optimizer_threads_follow_set_num_threads(monkeypatch):
+    from avila_ml.optim import _fused
+    if _fused._cores() < 2:
+        pytest.skip("one core: every update runs in the calling thread")
+    submitted = []
+    real = _fused._executor
+    monkeypatch.setattr(_fused, "_executor", lambda: submitted.append(am.get_num_threads()) or real())
+    one = _adamw_run(1)
+    assert submitted == []  # one thread asked for: no hand-off to the pool
+    two = _adamw_run(2)
+    assert submitted and set(submitted) == {2}
+    for a, b in zip(one, two):  # element-wise arithmetic: the split changes no bit
+        np.testing.assert_array_equal(a, b)
