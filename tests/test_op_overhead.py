@@ -55,7 +55,7 @@ def test_layer_norm_rows_path_equals_general_path(monkeypatch):
     """The lean node and Normalize run the same oneDNN kernels: bitwise equal results."""
     xa, wa, ba, ga = _ln_case((16, 128, 128), seed=3)
     _, *fast = _ln_grads(xa, wa, ba, ga)
-    monkeypatch.setattr(N, "_layer_rows_plan", lambda *a: None)
+    monkeypatch.setattr(N, "_layer_rows_route", lambda *a: (False, None))
     node, *general = _ln_grads(xa, wa, ba, ga)
     assert type(node) is N.Normalize
     for a, b in zip(fast, general):
@@ -100,15 +100,59 @@ def test_layer_norm_rows_path_from_two_threads():
             np.testing.assert_array_equal(a, b)
 
 
-@needs_onednn
-def test_layer_norm_rows_path_only_where_onednn_applies(monkeypatch):
+def test_layer_norm_rows_route():
     xa, wa, ba, _ = _ln_case((256, 512))
+    x = am.tensor(xa, requires_grad=True)
     small = F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,), am.tensor(wa), am.tensor(ba))
-    f64 = F.layer_norm(am.tensor(xa.astype(np.float64), requires_grad=True), (512,))
-    assert type(small.grad_fn) is N.Normalize and type(f64.grad_fn) is N.Normalize
+    assert type(small.grad_fn) is N._LayerNormRows and small.grad_fn.onednn is None  # NumPy, lean
+    no_weight = F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,))
+    assert type(no_weight.grad_fn) is N.Normalize  # (y would be xhat itself: the general path)
+    half = F.layer_norm(am.tensor(xa[:4]).half().requires_grad_(), (512,), am.tensor(wa).half())
+    assert type(half.grad_fn) is N.Normalize
+    if dnnl.available():
+        big = F.layer_norm(x, (512,))
+        assert type(big.grad_fn) is N._LayerNormRows and big.grad_fn.onednn is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_rows_numpy_bitwise_as_general_path(dtype, bias, monkeypatch):
     monkeypatch.setattr(mkldnn, "enabled", False)
-    off = F.layer_norm(am.tensor(xa, requires_grad=True), (512,))
-    assert type(off.grad_fn) is N.Normalize
+    xa, wa, ba, ga = (a.astype(dtype) for a in _ln_case((6, 40, 96), seed=11))
+    ba = ba if bias else None
+
+    def run():
+        x, w = am.tensor(xa, requires_grad=True), am.tensor(wa, requires_grad=True)
+        b = None if ba is None else am.tensor(ba, requires_grad=True)
+        y = F.layer_norm(x, (96,), w, b)
+        node = y.grad_fn
+        y.backward(am.tensor(ga))
+        return node, [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()] + ([] if b is None else [b.grad.numpy()])
+    node, lean = run()
+    assert type(node) is N._LayerNormRows and node.onednn is None
+    monkeypatch.setattr(N, "_layer_rows_route", lambda *a: (False, None))
+    node, general = run()
+    assert type(node) is N.Normalize
+    for a, b in zip(lean, general):
+        np.testing.assert_array_equal(a, b)
+    tx, tw = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa))
+    tb = None if ba is None else torch.tensor(ba.astype(np.float64), requires_grad=True)
+    ty = TF.layer_norm(tx, (96,), tw, tb)
+    ty.backward(torch.tensor(ga.astype(np.float64)))
+    rtol = 3e-5 if dtype == np.float32 else 1e-11
+    for ours, ref in zip(lean, [ty, tx.grad, tw.grad] + ([] if tb is None else [tb.grad])):
+        _close(ours, ref.detach().numpy(), rtol)
+
+
+def test_layer_norm_rows_numpy_gradcheck_and_double_backward():
+    rng = np.random.default_rng(12)
+    x = am.tensor(rng.standard_normal((3, 4, 2, 5)), requires_grad=True)
+    w = am.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    b = am.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    assert type(F.layer_norm(x, (2, 5), w, b).grad_fn) is N._LayerNormRows
+    f = lambda x, w, b: F.layer_norm(x, (2, 5), w, b)  # noqa: E731
+    assert am.autograd.gradcheck(f, (x, w, b))
+    assert am.autograd.gradgradcheck(f, (x, w, b))
 
 
 # -- Linear as one node (ops/linalg.py Linear) -----------------------------------------------------
