@@ -60,6 +60,17 @@ class Linear(Function):
     ``create_graph`` the same formulas run as Tensor ops (double backward). Used by
     :func:`linear` for real floating host/device arrays of one dtype, outside autocast; values
     are bitwise those of the composed path's forward.
+
+    Math: y = x W^T + b; dx = g W, dW = g^T x, db = sum_rows g (rows: every dim of x but the last).
+
+    Example:
+        >>> import avila_ml as am
+        >>> x = am.ones(2, 3, 4, requires_grad=True)
+        >>> w, b = am.ones(5, 4, requires_grad=True), am.zeros(5, requires_grad=True)
+        >>> y = am.nn.functional.linear(x, w, b); y.grad_fn.name(), y.shape
+        ('AddmmBackward0', (2, 3, 5))
+        >>> y.sum().backward(); w.grad[0], b.grad
+        (tensor([6., 6., 6., 6.]), tensor([6., 6., 6., 6., 6.]))
     """
 
     def forward(self, x, w, b):
