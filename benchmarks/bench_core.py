@@ -145,6 +145,21 @@ def gelu_tanh_backward(L):
     return _activation_backward(L, (3072, 512), lambda x: L.nn.functional.gelu(x, approximate="tanh"))
 
 
+def linear_backward(L):
+    """nn.Linear(128, 384) on (16, 128, 128) f32 (the small GPT's qkv projection), forward +
+    backward of input, weight and bias (issue 17: one node, the bias added into the product)."""
+    rng = np.random.default_rng(6)
+    L.manual_seed(0)
+    lin = L.nn.Linear(128, 384)
+    x = L.from_numpy(rng.standard_normal((16, 128, 128)).astype(np.float32)).requires_grad_()
+    g = L.from_numpy(rng.standard_normal((16, 128, 384)).astype(np.float32))
+
+    def step():
+        x.grad = lin.weight.grad = lin.bias.grad = None
+        lin(x).backward(g)
+    return step
+
+
 def bce_backward(L):
     """Binary cross entropy (sum) of a VAE's sigmoid output (128, 784), forward + backward."""
     rng = np.random.default_rng(5)
@@ -272,6 +287,8 @@ CASES = [
     Case("ReLU in place relu_() (32, 32, 32, 32) f32, no grad", relu_inplace_no_grad),
     Case("amax over (2, 3) of (32, 32, 32, 32) f32, forward + backward", amax_backward),
     Case("binary_cross_entropy (128, 784) f32 sum, forward + backward", bce_backward),
+    Case("Linear 128->384 on (16, 128, 128) f32 (small GPT qkv), forward + backward", linear_backward,
+         flops=3 * 2 * 16 * 128 * 128 * 384),
     Case("rotary embedding (32, 4, 96, 32) f32 view, forward + backward", rotary_backward),
     Case("autograd: 10-op graph on (4,), fwd + bwd", overhead_fwd_bwd, min_time=0.2, target=1.2),
     Case("  forward only (graph recorded)", overhead_fwd, min_time=0.2, quick=False),

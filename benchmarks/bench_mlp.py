@@ -147,6 +147,8 @@ CASES = [
     Case("  batch_norm fwd+bwd (32, 128, 8, 8) (DCGAN)", _norm_case("batch", (32, 128, 8, 8)),
          nbytes=5 * 4 * 32 * 128 * 8 * 8, quick=False),
     Case("  layer_norm fwd+bwd (256, 512)", _norm_case("layer", (256, 512)), nbytes=5 * 4 * 256 * 512, quick=False),
+    Case("  layer_norm fwd+bwd (16, 128, 128) (small GPT)", _norm_case("layer", (16, 128, 128)),
+         nbytes=5 * 4 * 16 * 128 * 128, quick=False),
     Case("  max_pool2d k2 fwd+bwd (64, 64, 24, 24)", _max_pool_case((64, 64, 24, 24), 2, 2),
          nbytes=(2 + 2 * 0.25) * 4 * 64 * 64 * 24 * 24),
     Case("  max_pool2d k2 fwd+bwd (64, 32, 26, 26)", _max_pool_case((64, 32, 26, 26), 2, 2),

@@ -12,6 +12,7 @@ than NumPy on plain NCHW arrays and is not used).
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import numpy as np
 
@@ -55,9 +56,57 @@ class NormPlan(Executor):
         finally:
             lib.fn("dnnl_primitive_attr_destroy")(attr)
         self.impl = impl_name(lib, fwd)
+        self.local = threading.local()
+        self.all_mems = []
+        self.lock = threading.Lock()
+
+    def _bound(self, prim, args):
+        """This thread's memory objects and argument array for ``prim`` (one per argument of
+        ``args``, made once, their data handles set per call; each plan always passes the same
+        arguments in the same order). Creating and destroying the memory objects per call cost
+        about 5 us each, a third of a (256, 512) forward (in-process, loaded 2-core EPYC)."""
+        local = self.local.__dict__
+        got = local.get(id(prim))
+        if got is None:
+            n = len(args) + (1 if prim.scratch else 0)
+            arr = (D.ExecArg * n)()
+            mems = []
+            for i, (arg, md, _) in enumerate(args):
+                mem = ctypes.c_void_p()
+                self.lib.call("dnnl_memory_create", ctypes.byref(mem), md, self.lib.engine, None)
+                mems.append(mem)
+                arr[i].arg, arr[i].memory = arg, mem
+            pad = None
+            if prim.scratch:  # a per-thread scratchpad, owned by this plan
+                pad = D.aligned_empty(prim.scratch, np.uint8)
+                mem = ctypes.c_void_p()
+                self.lib.call("dnnl_memory_create", ctypes.byref(mem), prim.md(D.QUERY_SCRATCHPAD_MD),
+                              self.lib.engine, ctypes.c_void_p(pad.ctypes.data))
+                with self.lock:
+                    self.all_mems.append(mem)
+                arr[n - 1].arg, arr[n - 1].memory = D.ARG_SCRATCHPAD, mem
+            with self.lock:
+                self.all_mems.extend(mems)
+            got = local[id(prim)] = (mems, arr, pad)
+        return got
 
     def _run(self, prim, args):
-        self._run_all([(prim, args)])
+        """Execute ``prim`` on ``args`` [(arg id, md, array)]; the caller keeps every array
+        referenced until this returns (after the stream has finished)."""
+        mems, arr, _ = self._bound(prim, args)
+        set_handle = self.lib.fn("dnnl_memory_set_data_handle")
+        for mem, (_, _, a) in zip(mems, args):
+            if set_handle(mem, ctypes.c_void_p(a.ctypes.data)) != D.SUCCESS:
+                raise D.DnnlError(f"oneDNN: dnnl_memory_set_data_handle failed for the {self.kind} norm")
+        D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
+        self.lib.call("dnnl_primitive_execute", prim.prim, self.lib.stream, len(arr), arr)
+        self.lib.call("dnnl_stream_wait", self.lib.stream)
+
+    def __del__(self):
+        fn = getattr(self.lib, "fn", None)
+        if fn is not None:
+            for mem in getattr(self, "all_mems", ()):
+                fn("dnnl_memory_destroy")(mem)
 
     def _affine_args(self, scale, shift, what):
         args = []

@@ -34,6 +34,7 @@ from .elementwise import abs as _abs, clamp, exp, log, log1p, sigmoid, sqrt, sum
 from .indexing import IndexPutAdd
 from .reduction import Softmax, _exp_fast, log_softmax, log_softmax_array, mean as _mean, sum as _sum
 from .shape import reshape, unsqueeze
+from ._scalar_rows import scalar_ufunc
 
 __all__ = ["mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
            "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div",
@@ -572,10 +573,19 @@ def _log1p_array(a, xp):
     return xp.log1p(a)
 
 
+def _max_into(a, value, xp):
+    """``a = max(a, value)`` in place for a scalar ``value`` of a's dtype: on NumPy arrays as rows
+    against a cached row of ``value`` (``ops/_scalar_rows.py``: NumPy's SIMD loop, bitwise the
+    scalar call's result; one thread, (128, 784) float32: 21 vs 73 us)."""
+    if type(a) is np.ndarray:
+        return scalar_ufunc(np.maximum, a, a.dtype.type(value), a)
+    return xp.maximum(a, a.dtype.type(value), out=a)
+
+
 def _clamped_log(a, xp):
     """max(log a, -100) on arrays: log 0 = -inf becomes -100 (PyTorch's BCE clamp)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return xp.maximum(xp.log(a), a.dtype.type(-100))
+        return _max_into(xp.log(a), -100, xp)
 
 
 class BinaryCrossEntropy(Function):
@@ -594,8 +604,7 @@ class BinaryCrossEntropy(Function):
     def forward(self, x, y):
         xp = backend_of(x).xp
         with np.errstate(divide="ignore", invalid="ignore"):
-            log1mx = _log1p_array(-x, xp)
-            xp.maximum(log1mx, x.dtype.type(-100), out=log1mx)
+            log1mx = _max_into(_log1p_array(-x, xp), -100, xp)
         logx = _clamped_log(x, xp)
         self.save_inputs(0, 1)
         # (y - 1) log1mx - y logx, in place (kept in this form: y = 1 gives exactly -logx)
@@ -615,15 +624,14 @@ class BinaryCrossEntropy(Function):
             if nx:
                 d = xp.subtract(1, xa, dtype=xa.dtype)
                 d *= xa
-                xp.maximum(d, xa.dtype.type(1e-12), out=d)
+                _max_into(d, 1e-12, xp)
                 gx = xp.subtract(xa, ya)
                 gx /= d
                 gx *= ga
                 gx = Tensor._wrap(gx)
             if ny:
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    a = _log1p_array(-xa, xp)
-                    xp.maximum(a, xa.dtype.type(-100), out=a)
+                    a = _max_into(_log1p_array(-xa, xp), -100, xp)
                     a -= _clamped_log(xa, xp)
                 a *= ga
                 gy = Tensor._wrap(a)

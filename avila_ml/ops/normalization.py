@@ -336,6 +336,101 @@ def _onednn_layer_forward(fn, x, weight, bias, axes, eps):
 _refused: list = []
 
 
+class _LayerNormRows(Normalize):
+    """Layer norm of a float32/float64 host ``x`` over its trailing dims, seen as (rows, D), with
+    ``weight``/``bias`` in their own shape (``normalized_shape``): returns ``y`` only. Through
+    the oneDNN plan ``plan`` when :func:`_layer_rows_route` found one, else NumPy passes (the
+    general path's helpers on the (rows, D) view: bitwise its results). The general path
+    (``Normalize`` on weight and bias reshaped to broadcast) records two Reshape nodes and three
+    outputs per call; at the GPT's shapes that bookkeeping cost about as much as oneDNN's two
+    kernels. Backward: oneDNN's or the NumPy formula of ``Normalize``; under ``create_graph``
+    ``Normalize``'s differentiable one."""
+
+    non_differentiable = ()
+
+    def forward(self, x, weight, bias, plan, k, eps):
+        self.axes, self.eps, self.out_dtype = tuple(range(x.ndim - k, x.ndim)), eps, x.dtype
+        self.xc = self.xhat = self.onednn = None
+        lead = x.ndim - k
+        rows = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:]))
+        self.count = rows[1]
+        self.has_weight, self.has_bias = weight is not None, bias is not None
+        w = None if weight is None else np.ascontiguousarray(weight).reshape(-1)
+        b = None if bias is None else np.ascontiguousarray(bias).reshape(-1)
+        x2 = np.ascontiguousarray(x).reshape(rows)
+        if plan is not None:
+            y, mean, var = plan.forward(x2, w, b)
+            self.onednn = (plan, mean, var)
+        else:  # (the route asks for a weight: y is never xhat itself)
+            inv_m = x.dtype.type(1.0 / rows[1]) if rows[1] else x.dtype.type(math.nan)
+            _, _, self.rstd, self.xhat = _standardize(x2, (1,), inv_m, eps, np)
+            y = self.xhat * w
+            if b is not None:
+                y += b
+        self.save_inputs(*range(1 + self.has_weight + self.has_bias))
+        return y.reshape(x.shape)
+
+    @classmethod
+    def _name(cls) -> str:
+        return "NormalizeBackward0"  # the node the general path records for the same op
+
+    def backward(self, g):
+        if _state.enabled or self.onednn is not None:
+            return super().backward(g, None, None)
+        saved = self.saved_inputs  # version-checked: x, weight, [bias]
+        needs = self.needs_input_grad
+        xhat, rows = self.xhat, self.xhat.shape
+        ga = g.array.reshape(rows)
+        out = [None] * len(saved)
+        if needs[0]:  # Normalize.backward's NumPy formula, on the (rows, D) view
+            gxh = ga * saved[1].array.reshape(-1)
+            inv_m = ga.dtype.type(1.0 / self.count) if self.count else ga.dtype.type(0)
+            mean_g = _sum(gxh, (1,))
+            mean_g *= inv_m
+            mean_gx = _sum_prod(gxh, xhat, (1,), np)
+            mean_gx *= inv_m
+            dx = xhat * mean_gx
+            np.subtract(gxh, dx, out=dx)
+            dx -= mean_g
+            dx *= self.rstd
+            out[0] = Tensor._wrap(dx.reshape(saved[0].shape))
+        if needs[1]:
+            out[1] = Tensor._wrap(_sum_prod(ga, xhat, (0,), np).reshape(saved[1].shape))
+        if self.has_bias and needs[-1]:
+            out[-1] = Tensor._wrap(_sum(ga, (0,)).reshape(saved[-1].shape))
+        return tuple(out)
+
+    def release(self) -> None:
+        super().release()
+        self.onednn = None
+
+
+def _layer_rows_route(input, weight, bias, k, eps):
+    """``(lean, plan)``: whether :class:`_LayerNormRows` applies (a float32/float64 host input
+    of one dtype with its parameters, outside autocast) and the oneDNN plan it uses (the
+    conditions of :func:`_onednn_layer_forward`; None: NumPy, which needs a ``weight``)."""
+    from ..backends import mkldnn
+    x = input.array
+    if type(x) is not np.ndarray or x.dtype.type not in (np.float32, np.float64) or _state.autocast is not None:
+        return False, None
+    for t in (weight, bias):
+        if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != x.dtype):
+            return False, None
+    plan = None
+    if mkldnn.enabled and x.dtype == np.float32 and x.size >= _ONEDNN_MIN_SIZE:
+        from ..cpu_accel import _dnnl, _norm
+        if not _dnnl.available():
+            _dnnl.note_absent()  # (once per process, as the general path does)
+        else:
+            lead = x.ndim - k
+            rows = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:]))
+            try:
+                plan = _norm.plan("layer", rows, eps, weight is not None, bias is not None)
+            except _dnnl.DnnlError:  # refused: the general path says so (once) and runs NumPy
+                return False, None
+    return (plan is not None or weight is not None), plan
+
+
 # Batch norm of float32 host arrays from this many elements keeps the centred input and applies
 # its affine maps (forward y = xc (rstd w) + b, backward dx = A (g - xc k1 - k2)) as fused
 # per-channel oneDNN chains (``cpu_accel/_chain.py``), one pass each instead of three or four
@@ -722,6 +817,9 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
         )
     _check_vector(op, "weight", weight, ns, input)
     _check_vector(op, "bias", bias, ns, input)
+    lean, plan = _layer_rows_route(input, weight, bias, k, eps)
+    if lean:
+        return _LayerNormRows.apply(input, weight, bias, plan, k, eps)
     axes = tuple(range(input.ndim - k, input.ndim))
     shape = (1,) * (input.ndim - k) + ns
     return Normalize.apply(input, _as_broadcast(weight, shape), _as_broadcast(bias, shape), axes, eps)[0]

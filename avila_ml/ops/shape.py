@@ -6,6 +6,7 @@ broadcast axes, ...), written with these same ops so it differentiates again.
 from __future__ import annotations
 
 import builtins
+import math
 
 import operator
 
@@ -32,7 +33,7 @@ def _shape_arg(shape, op: str = "shape") -> tuple:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
     try:
-        return tuple(operator.index(s) for s in shape)
+        return tuple(map(operator.index, shape))  # (map: no generator frame per call)
     except TypeError:
         raise TypeError(f"{op}: expected a sequence of ints, got {tuple(shape)!r}") from None
 
@@ -113,6 +114,10 @@ def reshape(input, *shape):
 
 
 def _resolve_shape(shape, size):
+    if shape and min(shape) >= 0:  # no -1 (the common case, kept free of Python loops)
+        if math.prod(shape) != size:
+            raise ValueError
+        return shape
     neg = [i for i, s in enumerate(shape) if s == -1]
     if len(neg) > 1 or any(s < -1 for s in shape):
         raise ValueError

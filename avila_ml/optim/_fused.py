@@ -633,7 +633,8 @@ _pool: list = [None, None]   # [executor, pid that created it]
 _pool_lock = threading.Lock()
 
 
-def _num_threads() -> int:
+def _cores() -> int:
+    """The cores this process may run on, at most 8 (the pool's size)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -641,12 +642,20 @@ def _num_threads() -> int:
     return max(1, min(n, 8))
 
 
+def _num_threads() -> int:
+    """Threads a CPU update is shared among: the cores, but no more than ``am.set_num_threads``
+    asked for (as PyTorch's optimizers follow ``torch.set_num_threads``; before, a one-thread
+    run still handed every large update to a second thread)."""
+    from ..settings import get_num_threads
+    return max(1, min(_cores(), get_num_threads()))
+
+
 def _executor():
     """The shared thread pool, created on first use (and again in a forked child)."""
     with _pool_lock:
         if _pool[0] is None or _pool[1] != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
-            _pool[0] = ThreadPoolExecutor(max_workers=_num_threads() - 1,
+            _pool[0] = ThreadPoolExecutor(max_workers=max(1, _cores() - 1),
                                           thread_name_prefix="avila_ml_optim")
             _pool[1] = os.getpid()
         return _pool[0]

@@ -1,0 +1,311 @@
+"""Issue 17, per-op overhead: the lean paths that skip bookkeeping (layer norm straight through a
+oneDNN plan with cached memory objects) against PyTorch float64 and against the general path."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avila_ml as am
+from avila_ml.nn import functional as F
+from avila_ml.backends import mkldnn
+from avila_ml.cpu_accel import _dnnl as dnnl
+from avila_ml.ops import normalization as N
+
+needs_onednn = pytest.mark.skipif(not dnnl.available(), reason="oneDNN is not installed")
+
+
+def _close(ours, ref64, rtol):
+    np.testing.assert_allclose(ours.astype(np.float64), ref64, rtol=rtol, atol=rtol * np.abs(ref64).max())
+
+
+def _ln_case(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    xa = (1.5 + rng.standard_normal(shape)).astype(np.float32)
+    wa = rng.standard_normal(shape[-1]).astype(np.float32)
+    ba = rng.standard_normal(shape[-1]).astype(np.float32)
+    ga = rng.standard_normal(shape).astype(np.float32)
+    return xa, wa, ba, ga
+
+
+def _ln_grads(xa, wa, ba, ga):
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    y = F.layer_norm(x, (xa.shape[-1],), w, b)
+    node = y.grad_fn
+    y.backward(am.tensor(ga))
+    return node, y.detach().numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(16, 128, 128), (2048, 128), (256, 512)], ids=str)
+def test_layer_norm_rows_path_matches_torch_float64(shape):
+    xa, wa, ba, ga = _ln_case(shape)
+    node, y, gx, gw, gb = _ln_grads(xa, wa, ba, ga)
+    assert type(node) is N._LayerNormRows and node.name() == "NormalizeBackward0"
+    tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa, ba))
+    ty = TF.layer_norm(tx, (shape[-1],), tw, tb)
+    ty.backward(torch.tensor(ga.astype(np.float64)))
+    for ours, ref in ((y, ty), (gx, tx.grad), (gw, tw.grad), (gb, tb.grad)):
+        _close(ours, ref.detach().numpy(), 3e-5)
+
+
+@needs_onednn
+def test_layer_norm_rows_path_equals_general_path(monkeypatch):
+    """The lean node and Normalize run the same oneDNN kernels: bitwise equal results."""
+    xa, wa, ba, ga = _ln_case((16, 128, 128), seed=3)
+    _, *fast = _ln_grads(xa, wa, ba, ga)
+    monkeypatch.setattr(N, "_layer_rows_route", lambda *a: (False, None))
+    node, *general = _ln_grads(xa, wa, ba, ga)
+    assert type(node) is N.Normalize
+    for a, b in zip(fast, general):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_onednn
+def test_layer_norm_rows_path_retain_graph_and_freed_graph():
+    xa, wa, ba, ga = _ln_case((64, 512), seed=4)
+    x = am.tensor(xa, requires_grad=True)
+    y = F.layer_norm(x, (512,), am.tensor(wa), am.tensor(ba))
+    y.backward(am.tensor(ga), retain_graph=True)
+    first = x.grad.numpy().copy()
+    y.backward(am.tensor(ga))
+    np.testing.assert_array_equal(x.grad.numpy(), 2 * first)  # (x + x is exact)
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward(am.tensor(ga))
+
+
+@needs_onednn
+def test_layer_norm_rows_path_from_two_threads():
+    """Each thread gets its own memory objects in the plan: concurrent calls give the serial results."""
+    cases = [_ln_case((256, 512), seed=s) for s in range(4)]
+    want = [_ln_grads(*c)[1:] for c in cases]
+    got = [None] * len(cases)
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(15):
+                got[i] = _ln_grads(*cases[i])[1:]
+        except Exception as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for w, g in zip(want, got):
+        for a, b in zip(w, g):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_layer_norm_rows_route():
+    xa, wa, ba, _ = _ln_case((256, 512))
+    x = am.tensor(xa, requires_grad=True)
+    small = F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,), am.tensor(wa), am.tensor(ba))
+    assert type(small.grad_fn) is N._LayerNormRows and small.grad_fn.onednn is None  # NumPy, lean
+    no_weight = F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,))
+    assert type(no_weight.grad_fn) is N.Normalize  # (y would be xhat itself: the general path)
+    half = F.layer_norm(am.tensor(xa[:4]).half().requires_grad_(), (512,), am.tensor(wa).half())
+    assert type(half.grad_fn) is N.Normalize
+    if dnnl.available():
+        big = F.layer_norm(x, (512,))
+        assert type(big.grad_fn) is N._LayerNormRows and big.grad_fn.onednn is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_rows_numpy_bitwise_as_general_path(dtype, bias, monkeypatch):
+    monkeypatch.setattr(mkldnn, "enabled", False)
+    xa, wa, ba, ga = (a.astype(dtype) for a in _ln_case((6, 40, 96), seed=11))
+    ba = ba if bias else None
+
+    def run():
+        x, w = am.tensor(xa, requires_grad=True), am.tensor(wa, requires_grad=True)
+        b = None if ba is None else am.tensor(ba, requires_grad=True)
+        y = F.layer_norm(x, (96,), w, b)
+        node = y.grad_fn
+        y.backward(am.tensor(ga))
+        return node, [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()] + ([] if b is None else [b.grad.numpy()])
+    node, lean = run()
+    assert type(node) is N._LayerNormRows and node.onednn is None
+    monkeypatch.setattr(N, "_layer_rows_route", lambda *a: (False, None))
+    node, general = run()
+    assert type(node) is N.Normalize
+    for a, b in zip(lean, general):
+        np.testing.assert_array_equal(a, b)
+    tx, tw = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa))
+    tb = None if ba is None else torch.tensor(ba.astype(np.float64), requires_grad=True)
+    ty = TF.layer_norm(tx, (96,), tw, tb)
+    ty.backward(torch.tensor(ga.astype(np.float64)))
+    rtol = 3e-5 if dtype == np.float32 else 1e-11
+    for ours, ref in zip(lean, [ty, tx.grad, tw.grad] + ([] if tb is None else [tb.grad])):
+        _close(ours, ref.detach().numpy(), rtol)
+
+
+def test_layer_norm_rows_numpy_gradcheck_and_double_backward():
+    rng = np.random.default_rng(12)
+    x = am.tensor(rng.standard_normal((3, 4, 2, 5)), requires_grad=True)
+    w = am.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    b = am.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    assert type(F.layer_norm(x, (2, 5), w, b).grad_fn) is N._LayerNormRows
+    f = lambda x, w, b: F.layer_norm(x, (2, 5), w, b)  # noqa: E731
+    assert am.autograd.gradcheck(f, (x, w, b))
+    assert am.autograd.gradgradcheck(f, (x, w, b))
+
+
+# -- Linear as one node (ops/linalg.py Linear) -----------------------------------------------------
+from avila_ml.ops import linalg as LA  # noqa: E402
+
+
+@pytest.mark.parametrize("shape,bias,x_grad", [((16, 128, 128), True, True), ((128, 784), True, False),
+                                                ((4, 3, 5, 32), False, True), ((32,), True, True)], ids=str)
+def test_linear_one_node_matches_torch_float64(shape, bias, x_grad):
+    rng = np.random.default_rng(5)
+    n = 48
+    xa = rng.standard_normal(shape).astype(np.float32)
+    wa = (rng.standard_normal((n, shape[-1])) / 8).astype(np.float32)
+    ba = rng.standard_normal(n).astype(np.float32)
+    ga = rng.standard_normal(shape[:-1] + (n,)).astype(np.float32)
+    x = am.tensor(xa, requires_grad=x_grad)
+    w = am.tensor(wa, requires_grad=True)
+    b = am.tensor(ba, requires_grad=True) if bias else None
+    y = F.linear(x, w, b)
+    assert type(y.grad_fn) is LA.Linear
+    assert y.grad_fn.name() == ("AddmmBackward0" if bias else "MmBackward0")
+    y.backward(am.tensor(ga))
+    tx = torch.tensor(xa.astype(np.float64), requires_grad=x_grad)
+    tw = torch.tensor(wa.astype(np.float64), requires_grad=True)
+    tb = torch.tensor(ba.astype(np.float64), requires_grad=True) if bias else None
+    ty = TF.linear(tx, tw, tb)
+    ty.backward(torch.tensor(ga.astype(np.float64)))
+    _close(y.detach().numpy(), ty.detach().numpy(), 2e-6)
+    _close(w.grad.numpy(), tw.grad.numpy(), 2e-6)
+    if bias:
+        _close(b.grad.numpy(), tb.grad.numpy(), 2e-6)
+    if x_grad:
+        _close(x.grad.numpy(), tx.grad.numpy(), 2e-6)
+    else:
+        assert x.grad is None
+    # the weight's gradient arrives C-ordered and fresh: its leaf took it without a copy
+    assert w.grad.array.flags.c_contiguous and w.grad.array.flags.owndata
+
+
+def test_linear_one_node_forward_bitwise_as_composed_path(monkeypatch):
+    rng = np.random.default_rng(6)
+    x = am.tensor(rng.standard_normal((8, 64, 96)).astype(np.float32))
+    w = am.tensor(rng.standard_normal((80, 96)).astype(np.float32))
+    b = am.tensor(rng.standard_normal(80).astype(np.float32))
+    one = F.linear(x, w, b).numpy()
+    monkeypatch.setattr(LA, "_one_linear_node", lambda *a: False)
+    composed = F.linear(x, w, b).numpy()
+    np.testing.assert_array_equal(one, composed)
+
+
+def test_linear_one_node_gradcheck_and_double_backward():
+    rng = np.random.default_rng(7)
+    x = am.tensor(rng.standard_normal((3, 24, 5)), requires_grad=True)  # 72 rows: the 1^T g bias sum
+    w = am.tensor(rng.standard_normal((4, 5)), requires_grad=True)
+    b = am.tensor(rng.standard_normal(4), requires_grad=True)
+    assert type(F.linear(x, w, b).grad_fn) is LA.Linear
+    f = lambda x, w, b: F.linear(x, w, b).tanh()  # noqa: E731  (a non-linear output: real 2nd derivatives)
+    assert am.autograd.gradcheck(f, (x, w, b))
+    assert am.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_linear_one_node_second_derivative_matches_torch():
+    rng = np.random.default_rng(8)
+    xa, wa, ba = rng.standard_normal((70, 6)), rng.standard_normal((3, 6)), rng.standard_normal(3)
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    (gw,) = am.autograd.grad((F.linear(x, w, b) ** 2).sum(), (w,), create_graph=True)
+    (tgw,) = torch.autograd.grad((TF.linear(tx, tw, tb) ** 2).sum(), (tw,), create_graph=True)
+    gw.sum().backward()
+    tgw.sum().backward()
+    for ours, ref in ((gw, tgw), (x.grad, tx.grad), (b.grad, tb.grad)):
+        np.testing.assert_allclose(ours.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_linear_one_node_sees_in_place_change_of_input():
+    x = am.randn(4, 3, requires_grad=True)
+    h = x * 1.0
+    w = am.randn(2, 3, requires_grad=True)
+    y = F.linear(h, w)
+    h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_linear_composed_path_kept_for_mixed_dtypes_and_half():
+    x32 = am.randn(4, 3)
+    w64 = am.randn(2, 3, dtype=am.float64, requires_grad=True)
+    y = F.linear(x32, w64)
+    assert type(y.grad_fn) is not LA.Linear and y.dtype == am.float64
+    xh, wh = am.randn(4, 3).half(), am.randn(2, 3).half().requires_grad_()
+    assert type(F.linear(xh, wh).grad_fn) is not LA.Linear
+
+
+# -- binary cross-entropy's clamps as rows (ops/loss.py _max_into) -------------------------------
+def test_bce_clamps_on_rows_bitwise_and_vs_torch():
+    from avila_ml.backends._log1p_float32 import log1p as log1p32
+    rng = np.random.default_rng(9)
+    xa = rng.random((128, 784), dtype=np.float32)
+    xa.reshape(-1)[::997] = 0.0  # log x = -inf -> -100
+    xa.reshape(-1)[5::991] = 1.0  # log(1 - x) = -inf -> -100
+    ya = rng.random((128, 784), dtype=np.float32)
+    ga = rng.standard_normal((128, 784)).astype(np.float32)
+    x, y = am.tensor(xa, requires_grad=True), am.tensor(ya, requires_grad=True)
+    loss = F.binary_cross_entropy(x, y, reduction="none")
+    with np.errstate(divide="ignore"):  # the scalar-operand formula, op for op
+        a = np.maximum(log1p32(-xa), np.float32(-100))
+        b = np.maximum(np.log(xa), np.float32(-100))
+    a *= ya - 1
+    b *= ya
+    a -= b
+    np.testing.assert_array_equal(loss.detach().numpy(), a)
+    loss.backward(am.tensor(ga))
+    tx, ty = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (xa, ya))
+    tl = TF.binary_cross_entropy(tx, ty, reduction="none")
+    tl.backward(torch.tensor(ga.astype(np.float64)))
+    _close(loss.detach().numpy(), tl.detach().numpy(), 2e-6)
+    # dx = g (x - y) / max(x (1 - x), 1e-12): huge at the clamped ends, compared relatively
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=2e-5, atol=1e-5)
+    # dl/dy at x = 0 or 1: PyTorch's is -logit(x) = +-inf, ours the clamped -100 difference
+    # (unchanged by the row clamps): compared inside (0, 1) only
+    inner = (xa > 0) & (xa < 1)
+    _close(y.grad.numpy()[inner], ty.grad.numpy()[inner], 2e-6)
+
+
+# -- optimizer updates follow am.set_num_threads (optim/_fused.py _num_threads) ----------------------
+def _adamw_run(threads):
+    from avila_ml.optim import _fused
+    before = am.get_num_threads()
+    am.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(10)
+        p = am.nn.Parameter(am.tensor(rng.standard_normal((512, 640)).astype(np.float32)))  # >= 2^17 elements
+        q = am.nn.Parameter(am.tensor(rng.standard_normal(300).astype(np.float32)))
+        opt = am.optim.AdamW([p, q], lr=1e-2, weight_decay=0.1)
+        for k in range(3):
+            p.grad = am.tensor(rng.standard_normal((512, 640)).astype(np.float32))
+            q.grad = am.tensor(rng.standard_normal(300).astype(np.float32))
+            opt.step()
+        return p.detach().numpy().copy(), q.detach().numpy().copy()
+    finally:
+        am.set_num_threads(before)
+
+
+def test_optimizer_threads_follow_set_num_threads(monkeypatch):
+    from avila_ml.optim import _fused
+    if _fused._cores() < 2:
+        pytest.skip("one core: every update runs in the calling thread")
+    submitted = []
+    real = _fused._executor
+    monkeypatch.setattr(_fused, "_executor", lambda: submitted.append(am.get_num_threads()) or real())
+    one = _adamw_run(1)
+    assert submitted == []  # one thread asked for: no hand-off to the pool
+    two = _adamw_run(2)
+    assert submitted and set(submitted) == {2}
+    for a, b in zip(one, two):  # element-wise arithmetic: the split changes no bit
+        np.testing.assert_array_equal(a, b)
