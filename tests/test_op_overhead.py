@@ -309,3 +309,23 @@ def test_optimizer_threads_follow_set_num_threads(monkeypatch):
     assert submitted and set(submitted) == {2}
     for a, b in zip(one, two):  # element-wise arithmetic: the split changes no bit
         np.testing.assert_array_equal(a, b)
+
+
+def test_optimizer_hand_off_stops_spinning_blas_workers(monkeypatch):
+    """A CPU update shared with the pool first stops NumPy's spinning OpenBLAS workers (they
+    would hold the pool thread's core), only then: not at one thread; the results stay
+    bitwise those of one thread."""
+    from avila_ml.cpu_accel import _dnnl
+    from avila_ml.optim import _fused
+    if _fused._cores() < 2:
+        pytest.skip("one core: every update runs in the calling thread")
+    order = []
+    real_quiet, real_exec = _dnnl.quiet_blas, _fused._executor
+    monkeypatch.setattr(_dnnl, "quiet_blas", lambda: order.append("quiet") or real_quiet())
+    monkeypatch.setattr(_fused, "_executor", lambda: order.append("pool") or real_exec())
+    one = _adamw_run(1)
+    assert "quiet" not in order and "pool" not in order
+    two = _adamw_run(2)
+    assert "pool" in order and order.index("quiet") < order.index("pool")
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
