@@ -202,9 +202,9 @@ def test_batch_norm_centred_path_views_and_double_backward():
 @pytest.mark.parametrize("specials", [False, True])
 @pytest.mark.parametrize("onednn", [True, False])
 def test_relu_and_leaky_relu_gradients_match_torch_bitwise(monkeypatch, slope, specials, onednn):
-    """float32 gradients of >= 2^15 elements (LeakyReLU: one oneDNN chain,
-    ``activation._gated_gradient``, when its input has no NaN; ReLU: NumPy passes over the
-    threads, measured faster; an inf gradient where ReLU's output is 0 takes the NumPy select):
+    """float32 gradients of >= 2^15 elements (ReLU and LeakyReLU: NumPy passes over the
+    threads, measured faster than a oneDNN chain; an inf gradient where ReLU's output is 0
+    takes the NumPy select):
     equal to PyTorch's, bit for bit (signed zeros compared as values: PyTorch's own select
     gives +0 where ours may give -0 = 0 * negative g)."""
     from avila_ml.cpu_accel import _chain
@@ -226,6 +226,31 @@ def test_relu_and_leaky_relu_gradients_match_torch_bitwise(monkeypatch, slope, s
     ty = torch.relu(tx) if slope is None else torch.nn.functional.leaky_relu(tx, slope)
     ty.backward(torch.tensor(g))
     np.testing.assert_array_equal(t.grad.numpy(), tx.grad.numpy())
-    from avila_ml.cpu_accel import _dnnl
-    # LeakyReLU checks its input (NaN) first, then runs the chain; ReLU never does
-    assert bool(ran) == (onednn and _dnnl.available() and slope is not None and not specials)
+    assert not ran  # neither gradient runs a oneDNN chain
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.2, 1.0])
+def test_leaky_relu_gradient_split_over_threads_matches_torch_bitwise(monkeypatch, slope):
+    """LeakyReLU's gradient of an array large enough to be split over the CPU threads (parts
+    of the leading dim, uneven) equals PyTorch's bit for bit, NaN/inf inputs and gradients
+    included, and the parts cover every element."""
+    from avila_ml.ops import activation
+    parts = []
+    real = activation.over_batch
+    monkeypatch.setattr(activation, "over_batch", lambda fn, n, size, least: parts.append(n) or real(fn, n, size, least))
+    shape = (9, 129, 257)  # > activation._SPLIT_MIN elements
+    x = _specials(int(np.prod(shape)), np.float32, seed=9).reshape(shape)
+    g = _rng(10).standard_normal(shape).astype(np.float32)
+    g.reshape(-1)[::307] = np.inf
+    g.reshape(-1)[5::311] = np.nan
+    before = am.get_num_threads()
+    am.set_num_threads(2)
+    try:
+        t = am.tensor(x, requires_grad=True)
+        am.nn.functional.leaky_relu(t, slope).backward(am.tensor(g))
+    finally:
+        am.set_num_threads(before)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.leaky_relu(tx, slope).backward(torch.tensor(g))
+    np.testing.assert_array_equal(t.grad.numpy(), tx.grad.numpy())
+    assert parts == [9] and x.size >= activation._SPLIT_MIN

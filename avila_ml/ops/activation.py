@@ -186,38 +186,6 @@ class ReLU(Function):
         return g * _const(~(y.array <= 0), g)
 
 
-# LeakyReLU gradients of float32 host arrays from this many elements: one fused oneDNN pass
-# (``_gated_gradient``) instead of four or five NumPy passes. Measured on 2^20 elements, 2-core
-# EPYC under load (average 4), in-process A/B of the whole backward, min of 40: LeakyReLU 0.85 vs
-# 0.96 ms on one thread, equal (0.90) on two; quiet, 2 threads, fwd+bwd (32,32,32,32): 1.76 vs
-# 2.13 ms (median of 30). ReLU took it too until the quiet A/B showed it 2x slower there than its
-# NumPy passes split over the threads (1.81 vs 0.89 ms), so ReLU keeps those. The chain alone:
-# 0.41 ms against 0.83 for the NumPy passes (one thread, loaded).
-_GATED_MIN = 1 << 15
-
-
-def _gated_gradient(g, a, slope):
-    """``g * (1 if a > 0 else slope)`` in one oneDNN pass for same-shaped float32 host arrays
-    of at least ``_GATED_MIN`` elements: ``a > 0`` as 1.0 / 0.0 (oneDNN's compare gives 1.0 at a
-    NaN ``a``), mapped to ``m (1 - slope) + slope`` (exactly 1 or slope for 0 <= slope <= 1:
-    ``1 - slope`` is rounded in float32 first, so that ``(1 - slope) + slope`` rounds to 1, as in
-    the NumPy path of ``LeakyReLU.backward``), times ``g``; None where oneDNN does not apply.
-
-    Its one caller is ``LeakyReLU.backward`` (0 < slope <= 1; ReLU's gradient keeps its NumPy
-    passes, measured faster): PyTorch's ``leaky_relu_backward`` gives ``slope g`` at a NaN input,
-    so the caller sends NaN inputs elsewhere."""
-    if g.size < _GATED_MIN or g.dtype != np.float32 or not isinstance(g, np.ndarray):
-        return None
-    from ..cpu_accel import _chain
-    n = g.size
-    zero = np.zeros(1, np.float32)
-    s = np.float32(slope)
-    steps = (("elt", _chain.LINEAR, float(np.float32(1) - s), float(s)), ("bin", _chain.MUL))
-    dx = _chain.run_broadcast(_chain.GT, steps, np.ascontiguousarray(a).reshape(n), zero,
-                              np.ascontiguousarray(g).reshape(n))
-    return None if dx is None else dx.reshape(g.shape)
-
-
 class Hardtanh(Function):
     def forward(self, x, lo, hi, into=False):
         # at a NaN, 0: PyTorch's vectorised CPU kernel (its scalar tail, the last < 8 elements,
@@ -239,9 +207,9 @@ class LeakyReLU(Function):
     NumPy arrays take oneDNN's relu with the slope as alpha for the forward (slope != 0: with
     0 oneDNN maps NaN to 0); the NumPy forward is one multiply and one max (min for slope > 1),
     which propagate NaN as PyTorch's select does (slope 0 selects: inf * 0 would be NaN). Without
-    a graph of the gradient the backward is one fused oneDNN chain for large float32 arrays
-    without NaN (:func:`_gated_gradient`), else raw array code (oneDNN's own relu backward
-    passes g at a NaN input where PyTorch gives slope g, so it is not used)."""
+    a graph of the gradient the backward is array code, large arrays split over the CPU threads
+    (oneDNN's own relu backward passes g at a NaN input where PyTorch gives slope g, so it is
+    not used)."""
 
     def forward(self, x, slope, into=False):
         # ``into=True`` (the in-place form, slope >= 0 only): the result is written into ``x`` and
@@ -271,23 +239,27 @@ class LeakyReLU(Function):
 
     def backward(self, g):
         (x,) = self.saved_outputs if self.from_output else self.saved_inputs  # x: or y (see forward)
-        if (not _grad_state.enabled and 0 < self.slope <= 1
-                and _accel_eltwise().usable(g.array, x.array, min_size=_GATED_MIN)
-                and not np.isnan(np.maximum.reduce(x.array, axis=None))):  # (NaN scan only where oneDNN runs)
-            dx = _gated_gradient(g.array, x.array, self.slope)  # (a NaN x: oneDNN's x > 0 is true there)
-            if dx is not None:
-                return Tensor._wrap(dx)
+        # (not a fused oneDNN chain: quiet in-process A/B, 2 threads, (32, 128, 16, 16) fwd+bwd:
+        # 1.67 ms with the chain and its NaN scan, 0.64 ms with these passes split over the
+        # threads; one thread 2.06 vs 1.79 ms)
         if not _grad_state.enabled and _raw(g.array, x.array) and 0 <= self.slope <= 1:
             # g * (1 if x > 0 else slope), PyTorch's formula, with the factor built by SIMD
             # ufuncs (np.where/copyto with a mask are ~8x slower, measured): m (1 - s) + s is
             # exactly 1 or s for 0 <= s <= 1 (the rounding error of 1 - s, taken in that dtype, is at
-            # most half an ulp of 1 and ties round to 1)
-            s = g.array.dtype.type(self.slope)
-            dx = (x.array > 0).astype(g.array.dtype)
-            dx *= g.array.dtype.type(1) - s  # 1 - s rounded in g's dtype, so that (1 - s) + s == 1
-            dx += s
-            dx *= g.array
-            return Tensor._wrap(dx)
+            # most half an ulp of 1 and ties round to 1); large arrays split over the CPU threads
+            ga, xa = (g.array, x.array) if g.array.ndim else (g.array.reshape(1), x.array.reshape(1))
+            s = ga.dtype.type(self.slope)
+            one_minus = ga.dtype.type(1) - s  # 1 - s rounded in g's dtype, so that (1 - s) + s == 1
+            dx = np.empty(ga.shape, dtype=ga.dtype)
+
+            def part(b):
+                d = dx[b]
+                np.greater(xa[b], 0, out=d)
+                d *= one_minus
+                d += s
+                d *= ga[b]
+            over_batch(part, ga.shape[0], ga.size, _SPLIT_MIN)
+            return Tensor._wrap(dx.reshape(g.array.shape))
         xp = _xp(g.array)
         return g * _const(xp.where(x.array > 0, 1.0, self.slope), g)
 
