@@ -66,6 +66,7 @@ def small_tiles(monkeypatch):
     """Ragged tiles: 3 batch entries x 5 rows x 7 keys (two or more key blocks per row); causal
     query blocks down to 2 rows."""
     monkeypatch.setattr(fused, "_TILE", 7 * 5 * 3)
+    monkeypatch.setattr(fused, "_DROPOUT_TILE", 7 * 5 * 3)
     monkeypatch.setattr(fused, "_KEY_BLOCK", 7)
     monkeypatch.setattr(fused, "_CAUSAL_MIN_ROWS", 2)
 
@@ -420,10 +421,12 @@ def test_short_path_causal_query_blocks():
 
 
 def test_causal_tiles_shorten_the_query_block():
-    """L = 128 causal (the GPT program): query blocks of 32 rows, the whole batch in a tile."""
+    """L = 128 causal: query blocks of 32 rows, the whole batch in a tile; L = 2048 causal:
+    blocks of 256 rows (a tile of 2^19 scores), one batch entry."""
+    assert fused._TILE == 1 << 19
     assert fused._block_sizes(64, 128, 128, causal=True) == (64, 32, 128)
-    assert fused._block_sizes(64, 128, 128) == (16, 128, 128)
-    assert fused._block_sizes(4, 2048, 2048, causal=True) == (1, 128, 2048)
+    assert fused._block_sizes(64, 128, 128) == (32, 128, 128)
+    assert fused._block_sizes(4, 2048, 2048, causal=True) == (1, 256, 2048)
 
 
 def test_matmul_nt_epilogues_match_numpy():

@@ -42,11 +42,15 @@ import numpy as np
 
 from . import _cpu_threads
 
-# one tile: (batch chunk, query rows, key columns) with at most _TILE scores (1 MiB float32);
+# one tile: (batch chunk, query rows, key columns) with at most _TILE scores (2 MiB float32);
 # keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^19 scores and
 # key blocks of 512/2048 (see the report of issue 17): larger tiles won, as fewer tiles mean
-# fewer per-call overheads (about 15 us per oneDNN call, a few us per NumPy call).
-_TILE = 1 << 18
+# fewer per-call overheads (about 15 us per oneDNN call, a few us per NumPy call) and less
+# Python between calls for the two threads' shares under one GIL. Quiet in-process A/B, 2
+# threads, B H = 32, L = 2048, E = 64, 2^18 -> 2^19: forward 290.5 -> 276.9 ms, fwd+bwd
+# 965.6 -> 955.6, causal 200.2 -> 183.4 / 610.7 -> 580.5 (2^20: forward 268.0, causal 189.9)
+_TILE = 1 << 19
+_DROPOUT_TILE = 1 << 18  # with dropout (its keep masks are tile-sized too): the memory bound stays
 _KEY_BLOCK = 2048
 _CAUSAL_MIN_ROWS = 32  # shortest query block of a causal tile (see _block_sizes)
 _SHORT_CAUSAL_ROWS = 48  # the short path's causal query blocks: up to 4, this many rows or more
@@ -82,15 +86,21 @@ def usable(xp, ct, mask, S, L=None) -> bool:
     return _dnnl.load() is not None
 
 
-def _block_sizes(batch: int, L: int, S: int, causal: bool = False) -> tuple[int, int, int]:
+def _tile(op) -> int:
+    """Scores per tile for this call (:data:`_TILE`, or :data:`_DROPOUT_TILE` with dropout)."""
+    return _TILE if op.dropout is None else _DROPOUT_TILE
+
+
+def _block_sizes(batch: int, L: int, S: int, causal: bool = False, tile: int = None) -> tuple[int, int, int]:
+    tile = _TILE if tile is None else tile
     bk = min(S, _KEY_BLOCK)
-    bq = max(1, min(L, _TILE // bk))
+    bq = max(1, min(L, tile // bk))
     if causal:
         # every product of a tile on the diagonal computes its masked half too: short query
         # blocks (whose key range ends at their last row) waste less; L = 128 in blocks of 32
         # does 5/8 of the work of one 128-row block. The batch chunk grows to fill the tile.
         bq = min(bq, max(_CAUSAL_MIN_ROWS, -(-L // 4)))
-    bb = max(1, min(batch, _TILE // (bq * bk)))
+    bb = max(1, min(batch, tile // (bq * bk)))
     return bb, bq, bk
 
 
@@ -110,8 +120,8 @@ def _augment(a, col, dtype, scale=None, out=None):
     return out
 
 
-def _units(B, L, S, causal, short=True):
-    bb, bq, bk = _block_sizes(B, L, S, causal and short)
+def _units(B, L, S, causal, short=True, tile=None):
+    bb, bq, bk = _block_sizes(B, L, S, causal and short, tile)
     units = [(b0, min(B, b0 + bb), i0, min(L, i0 + bq)) for b0 in range(0, B, bb) for i0 in range(0, L, bq)]
     if causal:  # the long rows first: the threads' shares come out even
         units.sort(key=lambda u: -u[3])
@@ -312,12 +322,12 @@ def _forward(op, q, k, v, B, ct):
     out = np.empty((B, L, Ev), dtype=ct)
     lsum = np.empty((B, L), dtype=ct)
     vm = va if dropout else va[..., :Ev]  # (V's columns of [V, 1])
-    units, bk = _units(B, L, S, op.is_causal)
+    units, bk = _units(B, L, S, op.is_causal, tile=_tile(op))
     least = ct.type(S * _UNDERFLOW)  # per row n_keys * 2^-40 with n_keys <= S: a safe side
     redo = []
 
     def body(us):
-        buf = np.empty(_TILE if len(us) > 1 else 0, dtype=ct)  # P~ tiles reuse one buffer
+        buf = np.empty(_tile(op) if len(us) > 1 else 0, dtype=ct)  # P~ tiles reuse one buffer
         for b0, b1, i0, i1 in us:
             qi = _contiguous(qa[b0:b1, i0:i1])
             acc = l = None
@@ -361,11 +371,11 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
     kc = ka[..., :E]
     dropout = op.dropout is not None
     dq, dk, dv = _gradients(op, B, ct, ((L, E), (S, E), (S, Ev)), zero=True)
-    units, bk = _units(B, L, S, op.is_causal, short=_SHORT_CAUSAL_BACKWARD)
+    units, bk = _units(B, L, S, op.is_causal, short=_SHORT_CAUSAL_BACKWARD, tile=_tile(op))
 
     def body(args):
         us, dk_, dv_ = args
-        bufs = np.empty((2, _TILE if len(us) > 1 else 0), dtype=ct)  # P and dS tiles reuse these
+        bufs = np.empty((2, _tile(op) if len(us) > 1 else 0), dtype=ct)  # P and dS tiles reuse these
         for b0, b1, i0, i1 in us:
             qi = _contiguous(qa[b0:b1, i0:i1])
             gi = g[b0:b1, i0:i1]
