@@ -316,20 +316,34 @@ def _redirect_saved_output(result, t) -> None:
 def inplace(t, name: str, fn, *args, **kwargs):
     """Run ``fn(t, *args, **kwargs)`` (an out-of-place op) and write the result into ``t``,
     recording it in the graph as PyTorch records ``t.op_(...)``. Returns ``t``."""
-    check_inplace_allowed(t, name)
-    v = t._view
-    if v is not None and v[2] != t._version[0]:
-        _refresh_view(t)
-    # a stand-in for t's current value: same memory and history, its own version counter
-    old = _Tensor._wrap(t.array, t.grad_fn, t._output_nr)
-    old._requires_grad = t._requires_grad
+    old = _stand_in(t, name)
     result = fn(old, *args, **kwargs)
     if not isinstance(result, _Tensor):
         raise TypeError(f"{name}: the out-of-place op returned {type(result).__name__}, expected a Tensor")
     _protect_saved(result, old, t, tuple(args) + tuple(kwargs.values()))
     write_into(t, result.array, name)
+    return _written(t, old, result)
+
+
+def _stand_in(t, name: str):
+    """The refusals before an in-place write (``check_inplace_allowed``), a stale view
+    refreshed, and a stand-in for t's current value: same memory and history, its own version
+    counter (what the op records as its input)."""
+    check_inplace_allowed(t, name)
+    v = t._view
+    if v is not None and v[2] != t._version[0]:
+        _refresh_view(t)
+    old = _Tensor._wrap(t.array, t.grad_fn, t._output_nr)
+    old._requires_grad = t._requires_grad
+    return old
+
+
+def _written(t, old, result):
+    """After the write into ``t``: both version counters bumped (anything still holding the
+    stand-in, or a view of it, sees the write), the op's saved output redirected to ``t`` and
+    t's history rebased onto the op. Returns ``t``."""
     t._version[0] += 1
-    old._version[0] += 1  # anything still holding the stand-in (or a view of it) sees the write
+    old._version[0] += 1
     _redirect_saved_output(result, t)
     rebase_history(t, result)
     return t
@@ -356,19 +370,11 @@ def inplace_into(t, name: str, fn, *args):
     """
     check_inplace_allowed(t, name)
     check_writeable(t, name)
-    v = t._view
-    if v is not None and v[2] != t._version[0]:
-        _refresh_view(t)
-    old = _Tensor._wrap(t.array, t.grad_fn, t._output_nr)
-    old._requires_grad = t._requires_grad
+    old = _stand_in(t, name)
     result = fn(old, *args)
     if result.array is not t.array:
         raise TypeError(f"{name}: the op did not write into its input's memory (inplace_into's contract)")
-    t._version[0] += 1
-    old._version[0] += 1
-    _redirect_saved_output(result, t)
-    rebase_history(t, result)
-    return t
+    return _written(t, old, result)
 
 
 def fast_inplace(t, name: str, fn, *args, **kwargs):
