@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import PlanCache, _Desc, _Prim, _attr, impl_name
+from ._prim import PlanCache, _Desc, _Prim, _attr, destroy_memories, execute_bound, impl_name
 
 __all__ = ["matmul", "matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -157,19 +157,11 @@ class _Plan:
         ptrs = [a.ctypes.data, b.ctypes.data, out.ctypes.data]
         ptrs += [check(x, _F32, desc.nbytes, what) for x, (_, desc, what) in zip(extra, self.extra)]
         mems, args = self._bound()
-        set_handle = self.lib.fn("dnnl_memory_set_data_handle")
-        for mem, ptr in zip(mems, ptrs):
-            set_handle(mem, ptr)
-        D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
         # every buffer is referenced by the caller until this returns (after the wait)
-        self.lib.call("dnnl_primitive_execute", self.prim.prim, self.lib.stream, len(args), args)
-        self.lib.call("dnnl_stream_wait", self.lib.stream)
+        execute_bound(self.lib, self.prim.prim, mems, ptrs, args, "matmul")
 
     def __del__(self):
-        fn = getattr(self.lib, "fn", None)
-        if fn is not None:
-            for mem in getattr(self, "all_mems", ()):
-                fn("dnnl_memory_destroy")(mem)
+        destroy_memories(getattr(self, "lib", None), getattr(self, "all_mems", ()))
 
 
 def _plan(lib, key):

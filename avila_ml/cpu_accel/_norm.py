@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 from . import _dnnl as D
-from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
+from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, destroy_memories, execute_bound, impl_name
 
 __all__ = ["NormPlan", "plan", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -94,19 +94,10 @@ class NormPlan(Executor):
         """Execute ``prim`` on ``args`` [(arg id, md, array)]; the caller keeps every array
         referenced until this returns (after the stream has finished)."""
         mems, arr, _ = self._bound(prim, args)
-        set_handle = self.lib.fn("dnnl_memory_set_data_handle")
-        for mem, (_, _, a) in zip(mems, args):
-            if set_handle(mem, ctypes.c_void_p(a.ctypes.data)) != D.SUCCESS:
-                raise D.DnnlError(f"oneDNN: dnnl_memory_set_data_handle failed for the {self.kind} norm")
-        D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
-        self.lib.call("dnnl_primitive_execute", prim.prim, self.lib.stream, len(arr), arr)
-        self.lib.call("dnnl_stream_wait", self.lib.stream)
+        execute_bound(self.lib, prim.prim, mems, [a.ctypes.data for _, _, a in args], arr, f"{self.kind} norm")
 
     def __del__(self):
-        fn = getattr(self.lib, "fn", None)
-        if fn is not None:
-            for mem in getattr(self, "all_mems", ()):
-                fn("dnnl_memory_destroy")(mem)
+        destroy_memories(getattr(self, "lib", None), getattr(self, "all_mems", ()))
 
     def _affine_args(self, scale, shift, what):
         args = []

@@ -127,6 +127,30 @@ class Executor:
             del keep
 
 
+def execute_bound(lib, prim, mems, ptrs, args, what: str) -> None:
+    """Run the primitive handle ``prim`` on memory objects ``mems`` made once per thread (their
+    data handles set to the addresses ``ptrs`` here) with the argument array ``args``, then wait
+    for the stream. The caller keeps every buffer referenced until this returns. (The plans of
+    ``_matmul.py`` and ``_norm.py``: creating and destroying memories per call cost more than a
+    small call itself.)"""
+    set_handle = lib.fn("dnnl_memory_set_data_handle")
+    for mem, ptr in zip(mems, ptrs):
+        if set_handle(mem, ctypes.c_void_p(ptr)) != D.SUCCESS:
+            raise D.DnnlError(f"oneDNN: dnnl_memory_set_data_handle failed for the {what}")
+    D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
+    lib.call("dnnl_primitive_execute", prim, lib.stream, len(args), args)
+    lib.call("dnnl_stream_wait", lib.stream)
+
+
+def destroy_memories(lib, mems) -> None:
+    """Destroy memory objects made by ``dnnl_memory_create`` (a plan's ``__del__``; nothing
+    once the library is gone at interpreter exit)."""
+    fn = getattr(lib, "fn", None)
+    if fn is not None:
+        for mem in mems:
+            fn("dnnl_memory_destroy")(mem)
+
+
 class FlatPlan(Executor):
     """A primitive over float32 buffers that all have one 1-d descriptor (``self.desc``), its
     argument ids in ``self.args`` (outputs last) and a name for messages (``self.what``): the
