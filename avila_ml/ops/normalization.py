@@ -148,16 +148,7 @@ class Normalize(Function):
         if need_x and (w is None or _constant_over(w.shape, axes)):
             return self._backward_per_group(ga, xhat, w, b_shape, out, need_w, need_b, xp)
         if need_x:
-            gxh = ga * w.array if w is not None else ga
-            inv_m = ga.dtype.type(1.0 / self.count) if self.count else ga.dtype.type(0)  # empty: no terms
-            mean_g = _sum(gxh, axes)
-            mean_g *= inv_m
-            mean_gx = _sum_prod(gxh, xhat, axes, xp)
-            mean_gx *= inv_m
-            dx = xhat * mean_gx
-            xp.subtract(gxh, dx, out=dx)
-            dx -= mean_g
-            dx *= self.rstd
+            dx = _input_grad(ga * w.array if w is not None else ga, xhat, self.rstd, self.count, axes, xp)
             out[0] = Tensor._wrap(dx.astype(self.out_dtype, copy=False))
         if need_w:
             wa = w.array
@@ -383,16 +374,7 @@ class _LayerNormRows(Normalize):
         ga = g.array.reshape(rows)
         out = [None] * len(saved)
         if needs[0]:  # Normalize.backward's NumPy formula, on the (rows, D) view
-            gxh = ga * saved[1].array.reshape(-1)
-            inv_m = ga.dtype.type(1.0 / self.count) if self.count else ga.dtype.type(0)
-            mean_g = _sum(gxh, (1,))
-            mean_g *= inv_m
-            mean_gx = _sum_prod(gxh, xhat, (1,), np)
-            mean_gx *= inv_m
-            dx = xhat * mean_gx
-            np.subtract(gxh, dx, out=dx)
-            dx -= mean_g
-            dx *= self.rstd
+            dx = _input_grad(ga * saved[1].array.reshape(-1), xhat, self.rstd, self.count, (1,), np)
             out[0] = Tensor._wrap(dx.reshape(saved[0].shape))
         if needs[1]:
             out[1] = Tensor._wrap(_sum_prod(ga, xhat, (0,), np).reshape(saved[1].shape))
@@ -555,6 +537,22 @@ def _batch_norm_pattern(x, axes, weight, bias) -> bool:
         return False
     c = x.shape[1]
     return all(t is None or (t.ndim == x.ndim and t.shape[1] == c and t.size == c) for t in (weight, bias))
+
+
+def _input_grad(gxh, xhat, rstd, count, axes, xp):
+    """dx = rstd (gxh - mean(gxh) - xhat mean(gxh xhat)) over ``axes`` (``count`` elements each;
+    0: no terms), with gxh = g * weight: the norms' input gradient on arrays
+    (``native_layer_norm_backward``'s / ``native_batch_norm_backward``'s formula)."""
+    inv_m = gxh.dtype.type(1.0 / count) if count else gxh.dtype.type(0)
+    mean_g = _sum(gxh, axes)
+    mean_g *= inv_m
+    mean_gx = _sum_prod(gxh, xhat, axes, xp)
+    mean_gx *= inv_m
+    dx = xhat * mean_gx
+    xp.subtract(gxh, dx, out=dx)
+    dx -= mean_g
+    dx *= rstd
+    return dx
 
 
 def _standardize(x, axes, inv_m, eps, xp, out=None):
