@@ -203,6 +203,51 @@ def test_linear_one_node_forward_bitwise_as_composed_path(monkeypatch):
     np.testing.assert_array_equal(one, composed)
 
 
+@needs_onednn
+@pytest.mark.parametrize("shape,n", [((16, 128, 128), 384), ((700, 200), 1000), ((256, 784), 400)], ids=str)
+def test_linear_bias_inside_onednn_gemm_matches_torch_float64(shape, n, monkeypatch):
+    """Large float32 products with a bias take oneDNN's GEMM with the bias in its kernel
+    (``_bias_in_gemm``); values and gradients against float64 PyTorch, and the NumPy path
+    (oneDNN switched off) agrees to float32 rounding."""
+    rng = np.random.default_rng(11)
+    xa = rng.standard_normal(shape).astype(np.float32)
+    wa = (rng.standard_normal((n, shape[-1])) / 8).astype(np.float32)
+    ba = rng.standard_normal(n).astype(np.float32)
+    ga = rng.standard_normal(shape[:-1] + (n,)).astype(np.float32)
+    taken = []
+    real = LA._bias_in_gemm
+    monkeypatch.setattr(LA, "_bias_in_gemm", lambda *a: taken.append(1) or real(*a))
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    y = F.linear(x, w, b)
+    assert taken
+    assert real(xa.reshape(-1, shape[-1]), wa, ba) is not None  # the fused path applies to this shape
+    y.backward(am.tensor(ga))
+    tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa, ba))
+    ty = TF.linear(tx, tw, tb)
+    ty.backward(torch.tensor(ga.astype(np.float64)))
+    _close(y.detach().numpy(), ty.detach().numpy(), 2e-6)
+    for ours, ref in ((x.grad, tx.grad), (w.grad, tw.grad), (b.grad, tb.grad)):
+        _close(ours.numpy(), ref.numpy(), 2e-6)
+    monkeypatch.setattr(mkldnn, "enabled", False)
+    numpy_path = F.linear(am.tensor(xa), am.tensor(wa), am.tensor(ba)).numpy()
+    np.testing.assert_allclose(y.detach().numpy(), numpy_path, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_bias_in_gemm_declines_what_it_does_not_handle():
+    """The fused-bias product applies to contiguous float32 NumPy operands with many outputs
+    and at least half as many out features as in features; everything else takes NumPy."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2048, 128)).astype(np.float32)
+    w, b = rng.standard_normal((384, 128)).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    assert LA._bias_in_gemm(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)) is None
+    assert LA._bias_in_gemm(x[:8], w, b) is None                                   # 8 x 384 outputs: small
+    assert LA._bias_in_gemm(x.repeat(5, axis=1), w[:128].repeat(5, axis=1), b[:128]) is None  # 640 in, 128 out
+    assert LA._bias_in_gemm(x[:, ::2], w[:, :64], b) is None                       # strided input rows
+    if dnnl.available():
+        out = LA._bias_in_gemm(x, w, b)
+        np.testing.assert_allclose(out, x.astype(np.float64) @ w.T.astype(np.float64) + b, rtol=1e-4, atol=1e-4)
+
+
 def test_linear_one_node_gradcheck_and_double_backward():
     rng = np.random.default_rng(7)
     x = am.tensor(rng.standard_normal((3, 24, 5)), requires_grad=True)  # 72 rows: the 1^T g bias sum

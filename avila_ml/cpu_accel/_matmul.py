@@ -71,13 +71,14 @@ class _Plan:
 
     A is logically (n, M, K), B (n, K, N), out (n, M, N); each is a strided view given by its
     element strides (batch, row, column), so a transposed operand or a block of rows of a larger
-    array is read in place (no copy). ``post`` = ``exp``, then ``* mul`` (C-order (n, M, N)),
+    array is read in place (no copy). ``bias`` (N,) is added to every row of the product (oneDNN's
+    matmul bias); ``post`` = ``exp``, then ``* mul`` (C-order (n, M, N)),
     then ``+ out`` (``accumulate``: oneDNN's sum post-op), each optional. ``fast`` is False when
     oneDNN has only its reference loops for the combination (oneDNN 3.2 on AVX2: a binary
     post-op into a strided destination); the caller then uses NumPy.
     """
 
-    def __init__(self, lib, n, M, K, N, a_st, b_st, c_st, exp, mul, accumulate):
+    def __init__(self, lib, n, M, K, N, a_st, b_st, c_st, exp, mul, accumulate, bias=False):
         self.lib = lib
         self.a = self._md(lib, (n, M, K), a_st)
         self.b = self._md(lib, (n, K, N), b_st)
@@ -89,7 +90,11 @@ class _Plan:
         po = ctypes.c_void_p()
         try:
             lib.call("dnnl_post_ops_create", ctypes.byref(po))
-            self.extra = []  # (post-op argument id, descriptor, name) of the epilogue's inputs
+            self.extra = []  # (argument id, descriptor, name) of the bias and the epilogue's inputs
+            self.bias_desc = None
+            if bias:  # one row (N,) added to every output row, inside the kernel
+                self.bias_desc = _Desc(lib, (1, 1, N))
+                self.extra.append((D.ARG_BIAS, self.bias_desc, "bias"))
             index = 0
             if exp:
                 lib.call("dnnl_post_ops_append_eltwise", po, _ELTWISE_EXP, 0.0, 0.0)
@@ -103,7 +108,7 @@ class _Plan:
             lib.call("dnnl_primitive_attr_set_post_ops", attr, po)
             pd = ctypes.c_void_p()
             lib.call("dnnl_matmul_primitive_desc_create", ctypes.byref(pd), lib.engine, self.a.h, self.b.h,
-                     None, self.c.h, attr)
+                     None if self.bias_desc is None else self.bias_desc.h, self.c.h, attr)
         finally:
             if po:
                 lib.fn("dnnl_post_ops_destroy")(po)
@@ -191,18 +196,19 @@ def _operand(x, what, name, transposed=False, writable=False):
 
 
 def matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, exp: bool = False, mul=None,
-           accumulate: bool = False) -> bool:
+           accumulate: bool = False, bias=None) -> bool:
     """``out (+)= exp(op(a) @ op(b)) * mul`` batched over the leading dim, in one oneDNN call.
 
     a (n, M, K) -- or (n, K, M) read transposed when ``trans_a`` --, b (n, K, N) -- or (n, N, K)
     when ``trans_b`` --, out (n, M, N): float32 NumPy views with any positive strides that keep
     the rows or the columns of each matrix contiguous (a block of rows of a larger array is read
     and written in place); ``mul`` (n, M, N) C-contiguous float32. ``exp`` and ``mul`` are
-    optional; ``accumulate`` adds the result to what ``out`` holds. Returns False (nothing
+    optional; ``accumulate`` adds the result to what ``out`` holds; ``bias`` (N,) C-contiguous
+    float32 is added to every row of the product inside the kernel, before the epilogue. Returns False (nothing
     written) when oneDNN is not installed or has only its reference loops for this layout and
     epilogue (a ``mul`` into a strided ``out``); the caller then computes it with NumPy.
 
-    Math: ``out[i] = f(A_i B_i) (+ out[i])`` with ``A_i = a[i]`` or ``a[i]^T``, ``B_i = b[i]`` or
+    Math: ``out[i] = f(A_i B_i + bias) (+ out[i])`` with ``A_i = a[i]`` or ``a[i]^T``, ``B_i = b[i]`` or
     ``b[i]^T``, ``f(x) = exp(x) * mul``, float32, by oneDNN's matmul primitive with
     eltwise/binary/sum post-ops (the epilogue runs on the product while it is still in
     registers). No PyTorch function mirrors it (``torch.baddbmm`` + ``exp`` + ``mul`` computes
@@ -216,10 +222,10 @@ def matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, exp: bool
         >>> (not done) or bool(np.allclose(out, 3.0))
         True
     """
-    return _run("matmul", a, b, out, trans_a, trans_b, exp, mul, accumulate)
+    return _run("matmul", a, b, out, trans_a, trans_b, exp, mul, accumulate, bias)
 
 
-def _run(name, a, b, out, trans_a, trans_b, exp, mul, accumulate=False) -> bool:
+def _run(name, a, b, out, trans_a, trans_b, exp, mul, accumulate=False, bias=None) -> bool:
     lib = D.load()
     if lib is None:
         return False
@@ -231,10 +237,13 @@ def _run(name, a, b, out, trans_a, trans_b, exp, mul, accumulate=False) -> bool:
         raise ValueError(f"{name}: shapes a {a.shape}{' (transposed)' if trans_a else ''}, b {b.shape}"
                          f"{' (transposed)' if trans_b else ''}, out {out.shape}"
                          f"{'' if mul is None else f', mul {mul.shape}'} do not fit (n, M, K) x (n, K, N) -> (n, M, N)")
-    plan = _plan(lib, (n, M, K, N, a_st, b_st, c_st, bool(exp), mul is not None, bool(accumulate)))
+    if bias is not None and getattr(bias, "shape", None) != (N,):
+        raise ValueError(f"{name}: bias of shape {getattr(bias, 'shape', type(bias).__name__)} does not fit "
+                         f"the output's {N} columns (expected ({N},))")
+    plan = _plan(lib, (n, M, K, N, a_st, b_st, c_st, bool(exp), mul is not None, bool(accumulate), bias is not None))
     if not plan.fast:
         return False
-    plan.run(a, b, out, [] if mul is None else [mul])
+    plan.run(a, b, out, ([] if bias is None else [bias]) + ([] if mul is None else [mul]))
     return True
 
 
