@@ -133,13 +133,15 @@ def execute_bound(lib, prim, mems, ptrs, args, what: str) -> None:
     for the stream. The caller keeps every buffer referenced until this returns. (The plans of
     ``_matmul.py`` and ``_norm.py``: creating and destroying memories per call cost more than a
     small call itself.)"""
-    set_handle = lib.fn("dnnl_memory_set_data_handle")
+    set_handle = lib.fn_keeping_gil("dnnl_memory_set_data_handle")  # cheap: no GIL hand-off
     for mem, ptr in zip(mems, ptrs):
         if set_handle(mem, ctypes.c_void_p(ptr)) != D.SUCCESS:
             raise D.DnnlError(f"oneDNN: dnnl_memory_set_data_handle failed for the {what}")
     D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
-    lib.call("dnnl_primitive_execute", prim, lib.stream, len(args), args)
-    lib.call("dnnl_stream_wait", lib.stream)
+    lib.call("dnnl_primitive_execute", prim, lib.stream, len(args), args)  # releases the GIL
+    status = lib.fn_keeping_gil("dnnl_stream_wait")(lib.stream)
+    if status != D.SUCCESS:
+        raise D.DnnlError(f"oneDNN: dnnl_stream_wait failed with status {status} for the {what}")
 
 
 def destroy_memories(lib, mems) -> None:
