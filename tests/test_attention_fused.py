@@ -493,6 +493,33 @@ def test_plans_are_kept_per_openmp_team_size():
     _matmul.clear_cache()
 
 
+def test_matmul_repeated_layout_still_checks_dtype_writability_and_bias():
+    """A layout seen before skips the stride checks (``_matmul._validated``) but not the checks
+    that differ between arrays of one layout: a float64 operand, a read-only output, a bias of
+    the wrong length are refused by name on the second call too; the bias lands in every row."""
+    from avila_ml.cpu_accel import _dnnl, _matmul
+    if _dnnl.load() is None:
+        pytest.skip("oneDNN is not installed")
+    rng = np.random.default_rng(21)
+    a = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    b = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    out = np.empty((2, 5, 4), np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    for _ in range(2):
+        assert _matmul.matmul(a, b, out, bias=bias)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b + bias, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="float32"):
+        _matmul.matmul(a.astype(np.float64), b, out, bias=bias)
+    ro = np.empty((2, 5, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _matmul.matmul(a, b, ro, bias=bias)
+    with pytest.raises(ValueError, match="bias"):
+        _matmul.matmul(a, b, out, bias=bias[:3])
+    with pytest.raises(TypeError, match="float32"):
+        _matmul.matmul(a, b, out, bias=bias.astype(np.float64))
+
+
 def test_matmul_strided_views_transposes_and_epilogues_match_numpy():
     """cpu_accel._matmul.matmul on views: blocks of rows of larger arrays, transposed reads,
     exp, mul and accumulate, against float64 NumPy; oneDNN's JIT GEMM runs every call it

@@ -158,9 +158,10 @@ class _Plan:
     def run(self, a, b, out, extra):
         """Execute on views whose logical shapes and strides were checked by ``_run`` to be this
         plan's (they are part of its cache key); the epilogue's inputs are checked here."""
-        check = D.check_buffer
         ptrs = [a.ctypes.data, b.ctypes.data, out.ctypes.data]
-        ptrs += [check(x, _F32, desc.nbytes, what) for x, (_, desc, what) in zip(extra, self.extra)]
+        if extra:
+            check = D.check_buffer
+            ptrs += [check(x, _F32, desc.nbytes, what) for x, (_, desc, what) in zip(extra, self.extra)]
         mems, args = self._bound()
         # every buffer is referenced by the caller until this returns (after the wait)
         execute_bound(self.lib, self.prim.prim, mems, ptrs, args, "matmul")
@@ -225,10 +226,39 @@ def matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, exp: bool
     return _run("matmul", a, b, out, trans_a, trans_b, exp, mul, accumulate, bias)
 
 
+# layouts already validated by the full checks of _run (shapes, strides, options of the three
+# operands and the epilogue's inputs) -> their plan key: a repeated call checks only what can
+# differ between arrays of one layout (type, dtype, writability). The full checks cost ~12 us
+# of Python per call, as much as a GPT-sized attention tile's product, and two threads sharing
+# attention tiles run that Python one at a time under the GIL.
+_validated: dict = {}
+_VALIDATED_MAX = 4096
+
+
 def _run(name, a, b, out, trans_a, trans_b, exp, mul, accumulate=False, bias=None) -> bool:
     lib = D.load()
     if lib is None:
         return False
+    ta = type(a) is np.ndarray and type(b) is np.ndarray and type(out) is np.ndarray
+    layout = (a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, trans_a, trans_b, bool(exp),
+              None if mul is None else (mul.shape, mul.strides), bool(accumulate),
+              None if bias is None else (bias.shape, bias.strides)) if ta else None
+    key = _validated.get(layout) if ta else None
+    if key is None or not (a.dtype == _F32 and b.dtype == _F32 and out.dtype == _F32 and out.flags.writeable):
+        key = _checked_key(lib, name, a, b, out, trans_a, trans_b, exp, mul, accumulate, bias)
+        if ta:
+            if len(_validated) >= _VALIDATED_MAX:
+                _validated.clear()
+            _validated[layout] = key
+    plan = _plan(lib, key)
+    if not plan.fast:
+        return False
+    plan.run(a, b, out, ([] if bias is None else [bias]) + ([] if mul is None else [mul]))
+    return True
+
+
+def _checked_key(lib, name, a, b, out, trans_a, trans_b, exp, mul, accumulate, bias):
+    """The plan key of a call after every check of the operands (raises naming what is wrong)."""
     _declare(lib)
     (n, M, K), a_st = _operand(a, "input a", name, trans_a)
     (nb, Kb, N), b_st = _operand(b, "input b", name, trans_b)
@@ -240,11 +270,7 @@ def _run(name, a, b, out, trans_a, trans_b, exp, mul, accumulate=False, bias=Non
     if bias is not None and getattr(bias, "shape", None) != (N,):
         raise ValueError(f"{name}: bias of shape {getattr(bias, 'shape', type(bias).__name__)} does not fit "
                          f"the output's {N} columns (expected ({N},))")
-    plan = _plan(lib, (n, M, K, N, a_st, b_st, c_st, bool(exp), mul is not None, bool(accumulate), bias is not None))
-    if not plan.fast:
-        return False
-    plan.run(a, b, out, ([] if bias is None else [bias]) + ([] if mul is None else [mul]))
-    return True
+    return (n, M, K, N, a_st, b_st, c_st, bool(exp), mul is not None, bool(accumulate), bias is not None)
 
 
 def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) -> bool:
@@ -291,7 +317,8 @@ def one_omp_thread():
     get = set_ = None
     if lib is not None:
         try:
-            get, set_ = lib.cdll.omp_get_max_threads, lib.cdll.omp_set_num_threads
+            # (cheap calls: kept under the GIL; AttributeError where the runtime is not OpenMP)
+            get, set_ = lib.fn_keeping_gil("omp_get_max_threads"), lib.fn_keeping_gil("omp_set_num_threads")
         except AttributeError:  # a oneDNN not built on OpenMP (threadpool/TBB): nothing to set
             get = set_ = None
     if set_ is None:
@@ -313,3 +340,4 @@ def cache_info() -> dict:
 def clear_cache() -> None:
     """Drop every cached plan (their JIT code and descriptors are freed)."""
     _cache.clear()
+    _validated.clear()

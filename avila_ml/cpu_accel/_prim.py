@@ -186,7 +186,8 @@ def team_size() -> int:
     f = _team.get("f")
     if f is None:
         lib = D.load()
-        f = getattr(getattr(lib, "cdll", None), "omp_get_max_threads", None) or (lambda: 0)
+        f = (lambda: 0) if getattr(getattr(lib, "cdll", None), "omp_get_max_threads", None) is None else \
+            lib.fn_keeping_gil("omp_get_max_threads")  # asked before every plan lookup: no GIL hand-off
         _team["f"] = f
     return f()
 
