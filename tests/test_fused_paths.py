@@ -81,6 +81,36 @@ def test_iteration_is_unbind_with_one_backward_node_and_torch_gradients():
     assert am.autograd.gradgradcheck(lambda t: sum(r * r for r in t), (am.tensor(x0[0, 0], requires_grad=True),))
 
 
+def test_unbind_gradient_keeps_the_input_layout_so_the_reshape_back_is_a_view(monkeypatch):
+    """The GPT pattern ``q, k, v = qkv.reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)``: the
+    slices' gradients are written into one array laid out as the permuted input, so the
+    permute's and the reshape's backward pass it on as views (no Reshape copy node runs);
+    values against PyTorch, an unused slice gets zeros."""
+    from avila_ml.ops import shape as S
+    x0 = _rng(4).standard_normal((2, 5, 24))
+    copies = []
+    real = S.Reshape.forward
+    monkeypatch.setattr(S.Reshape, "forward", lambda self, x, shape: copies.append(type(self)) or real(self, x, shape))
+    x = am.tensor(x0, requires_grad=True)
+    q, k, v = x.reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    copies.clear()
+    ((q * k).sum() + q.sin().sum()).backward()  # v unused
+    assert S.Reshape not in copies  # only View nodes ran (View subclasses Reshape)
+    tx = torch.tensor(x0, requires_grad=True)
+    tq, tk, tv = tx.reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    ((tq * tk).sum() + tq.sin().sum()).backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=0)
+    assert x.grad.array.flags.c_contiguous
+    # split along a middle dim of a C-ordered array keeps C order; the layout helper on odd views
+    a = am.tensor(x0, requires_grad=True)
+    sum(p.sum() * (i + 1) for i, p in enumerate(am.split(a, [1, 3, 1], dim=1))).backward()
+    np.testing.assert_allclose(a.grad.numpy(), np.repeat([1.0, 2, 2, 2, 3], 1)[None, :, None] * np.ones((2, 5, 24)))
+    assert S._empty_in_layout((3, 4), (0, 8), np.float64, np).flags.c_contiguous        # broadcast
+    assert S._empty_in_layout((3, 4), (-32, 8), np.float64, np).flags.c_contiguous      # flipped
+    e = S._empty_in_layout((4, 3), (8, 32), np.float64, np)                              # transposed
+    assert e.shape == (4, 3) and e.strides == (8, 32)
+
+
 # ----------------------------------------------------------------------- float32 log1p
 def test_float32_log1p_within_a_few_ulps_of_float64():
     from avila_ml.backends._log1p_float32 import log1p as log1p32

@@ -500,12 +500,45 @@ class Split(Function):
 
     def forward(self, x, sizes, dim):
         self.dim = dim
+        self.sizes = sizes
+        self.in_layout = (x.shape, x.strides, x.dtype)
         idx = np.cumsum(sizes)[:-1]
         xp = backend_of(x).xp
         return tuple(xp.split(x, idx, axis=dim))
 
     def backward(self, *gs):
-        return cat(list(gs), self.dim)
+        if _grad_state.enabled or not all(isinstance(g, Tensor) for g in gs):
+            return cat(list(gs), self.dim)
+        # The slices' gradients go into one array laid out in memory as the input was (PyTorch
+        # keeps the layout too): for ``q, k, v = qkv.reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)``
+        # the gradient then reaches the permute and the reshape as views, where a C-ordered
+        # concatenation was copied once more by the reshape (3 MB per layer of the small GPT)
+        shape, strides, dtype = self.in_layout
+        out = _empty_in_layout(shape, strides, gs[0].array.dtype, backend_of(gs[0].array).xp)
+        start = 0
+        index = [slice(None)] * len(shape)
+        for g, n in zip(gs, self.sizes):
+            index[self.dim] = slice(start, start + n)
+            out[tuple(index)] = g.array
+            start += n
+        return Tensor._wrap(out)
+
+
+def _empty_in_layout(shape, strides, dtype, xp):
+    """An uninitialised array of ``shape`` whose dims are ordered in memory as a dense array with
+    ``strides`` has them (a permuted C-order array's layout is kept); C order for any other
+    layout (overlapping or gapped views, zero strides, size-1 ambiguity handled by the sort)."""
+    order = sorted(range(len(shape)), key=lambda i: -abs(strides[i]))
+    dense, expect = True, 1
+    for i in reversed(order):
+        if shape[i] != 1 and strides[i] != expect * np.dtype(dtype).itemsize:
+            dense = False
+            break
+        expect *= shape[i]
+    if not dense or order == list(range(len(shape))):
+        return xp.empty(shape, dtype=dtype)
+    base = xp.empty(tuple(shape[i] for i in order), dtype=dtype)
+    return base.transpose(tuple(order.index(i) for i in range(len(shape))))
 
 
 def split(tensor, split_size_or_sections, dim: int = 0):
