@@ -646,15 +646,21 @@ def _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq_all, dk_all, dv
     dq = dq_all[base:base + nb]
     dk = dk_all[base:base + nb]
     dv = dv_all[base:base + nb]
-    dk[...] = 0
-    dv[...] = 0
     bb, bq = _short_blocks(nb, L, S, op.is_causal)
+    # the query blocks from the last: its key range is the longest (all S keys unless a causal
+    # L < S), so its dK/dV products write where the others accumulate -- no zero-fill pass
+    # (0.14 ms of a GPT-shape part's 6.8 ms, one thread); shorter ranges are zeroed first
+    starts = list(range(0, L, bq))[::-1]
+    if (min(S, L) if op.is_causal else S) < S:
+        dk[...] = 0
+        dv[...] = 0
     bufs = np.empty((2, bb * bq * S), dtype=ct)
     for b0 in range(0, nb, bb):
         b1 = min(nb, b0 + bb)
-        for i0 in range(0, L, bq):
+        for i0 in starts:
             i1 = min(L, i0 + bq)
             j1 = min(S, i1) if op.is_causal else S
+            acc = i0 != starts[0] or j1 < S
             n = (b1 - b0) * (i1 - i0) * j1
             p, ds = bufs[0, :n].reshape(b1 - b0, i1 - i0, j1), bufs[1, :n].reshape(b1 - b0, i1 - i0, j1)
             _mm(qa[b0:b1, i0:i1], ka[b0:b1, :j1], p, trans_b=True, exp=True)  # P = exp(Q K^T scale - lse)
@@ -671,6 +677,6 @@ def _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq_all, dk_all, dv
                 del z
             else:
                 _mm(ga[b0:b1, i0:i1], va[b0:b1, :j1], ds, trans_b=True, mul=p)  # ([dO, -D] [V, 1]^T) o P
-            _mm(p, gi, dv[b0:b1, :j1], trans_a=True, accumulate=True)                 # dV += P^T dO
+            _mm(p, gi, dv[b0:b1, :j1], trans_a=True, accumulate=acc)                  # dV += P^T dO
             _mm(ds, ka[b0:b1, :j1, :E], dq[b0:b1, i0:i1])                           # dQ = dS K
-            _mm(ds, qa[b0:b1, i0:i1, :E], dk[b0:b1, :j1], trans_a=True, accumulate=True)  # dK += dS^T Q scale
+            _mm(ds, qa[b0:b1, i0:i1, :E], dk[b0:b1, :j1], trans_a=True, accumulate=acc)  # dK += dS^T Q scale
