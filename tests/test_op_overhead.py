@@ -329,3 +329,61 @@ def test_optimizer_hand_off_stops_spinning_blas_workers(monkeypatch):
     assert "pool" in order and order.index("quiet") < order.index("pool")
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+# -- mid-sized parameters dealt whole to the optimizer's threads (optim/_fused.py _flush_cpu) -------
+_GPT_LIKE = [(384, 128), (128, 128), (512, 128), (128, 512), (384,), (128,), (6000,), (4096,), (4095,)]
+
+
+def _mid_sized_run(name, kwargs, threads, monkeypatch, dtype=np.float32):
+    from avila_ml.optim import _fused
+    monkeypatch.setattr(_fused, "_num_threads", lambda: threads)
+    monkeypatch.setattr(_fused, "_pool", [None, None])
+    rng = np.random.default_rng(3)
+    ps = [am.nn.Parameter(am.tensor(rng.standard_normal(s).astype(dtype))) for s in _GPT_LIKE]
+    opt = getattr(am.optim, name)(ps, **kwargs)
+    for _ in range(3):
+        for p in ps:
+            p.grad = am.tensor(rng.standard_normal(p.shape).astype(dtype))
+        opt.step()
+    return [p.detach().numpy().copy() for p in ps]
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1)), ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("Adadelta", dict(lr=1.0)),
+])
+def test_mid_sized_parameters_are_dealt_whole_to_threads(name, kwargs, monkeypatch):
+    """Parameters of SHARED_MIN_SIZE up to PARALLEL_MIN_SIZE elements (the small GPT's: none is
+    over 65,536) are queued and updated whole, one thread each, in one hand-off; those below
+    stay in the calling thread. Element-wise arithmetic: bitwise the one-thread result."""
+    from avila_ml.optim import _fused
+    one = _mid_sized_run(name, kwargs, 1, monkeypatch)
+    flushed, dealt = [], []
+    real_flush, real_share = _fused._flush_cpu, _fused._share_whole
+    monkeypatch.setattr(_fused, "_flush_cpu", lambda entries: flushed.append(
+        sorted(e[1].size for e in entries)) or real_flush(entries))
+    monkeypatch.setattr(_fused, "_share_whole", lambda entries, k: dealt.append(
+        [sum(e[1].size for e in part) for part in real_share(entries, k)]) or real_share(entries, k))
+    three = _mid_sized_run(name, kwargs, 3, monkeypatch)
+    mid = sorted(int(np.prod(s)) for s in _GPT_LIKE if _fused.SHARED_MIN_SIZE <= np.prod(s) < _fused.PARALLEL_MIN_SIZE)
+    assert flushed == [mid] * 3  # every step: the mid-sized ones, queued together; 384, 128, 4095 not
+    # largest first, each to the least-loaded thread (the first of equals): 65536 | 65536 | 49152,
+    # then 16384 to the third, 6000 to the first, 4096 to the second
+    assert dealt[0] == [65536 + 6000, 65536 + 4096, 49152 + 16384]
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mid_sized_parameters_shared_follow_torch_adamw(monkeypatch):
+    """The same split in float64 against torch.optim.AdamW (foreach=False) on the same data."""
+    ours = _mid_sized_run("AdamW", dict(lr=1e-2, weight_decay=0.1), 2, monkeypatch, np.float64)
+    rng = np.random.default_rng(3)
+    ps = [torch.nn.Parameter(torch.tensor(rng.standard_normal(s))) for s in _GPT_LIKE]
+    opt = torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.tensor(rng.standard_normal(tuple(p.shape)))
+        opt.step()
+    for a, p in zip(ours, ps):
+        np.testing.assert_allclose(a, p.detach().numpy(), rtol=1e-13, atol=1e-15)
