@@ -387,3 +387,65 @@ def test_mid_sized_parameters_shared_follow_torch_adamw(monkeypatch):
         opt.step()
     for a, p in zip(ours, ps):
         np.testing.assert_allclose(a, p.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+# -- cross-entropy in row blocks on the CPU threads (ops/loss.py _row_blocks) -------------------------
+from avila_ml.ops.loss import _on_threads as _REAL_ON_THREADS  # noqa: E402 - (before any test patches it)
+
+def _ce_run(xa, ta, split, monkeypatch, **kw):
+    from avila_ml.ops import loss as L
+    monkeypatch.setattr(L, "_ROWS_SPLIT_MIN", 1 if split else 1 << 62)
+    calls, real = [], _REAL_ON_THREADS
+    monkeypatch.setattr(L, "_on_threads", lambda fn, blocks: calls.append(len(blocks)) or real(fn, blocks))
+    x = am.tensor(xa, requires_grad=True)
+    loss = F.cross_entropy(x, am.tensor(ta), **kw)
+    g = np.random.default_rng(5).standard_normal(loss.shape).astype(np.float32)
+    loss.backward(am.tensor(g))
+    return loss.detach().numpy(), x.grad.numpy(), calls, g
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(2048, 512), (1001, 300)])
+@pytest.mark.parametrize("kw", [dict(), dict(reduction="sum"), dict(reduction="none", ignore_index=3),
+                                dict(label_smoothing=0.0, weight="w")], ids=["mean", "sum", "none-ignore", "weight"])
+def test_cross_entropy_row_blocks_bitwise_and_vs_torch(shape, kw, monkeypatch):
+    """float32 logits of >= 2^18 elements: log-softmax forward and softmax backward in row
+    blocks on the threads (each block's oneDNN exp on one OpenMP thread) give bitwise the
+    one-block results, and match PyTorch float64."""
+    from avila_ml.ops import _cpu_threads
+    if _cpu_threads.blas_threads() < 2:
+        pytest.skip("one thread: no row blocks")
+    rng = np.random.default_rng(4)
+    xa = (3 * rng.standard_normal(shape)).astype(np.float32)
+    ta = rng.integers(0, shape[1], shape[0])
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        wa = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+        kw["weight"] = am.tensor(wa)
+    l1, g1, c1, _ = _ce_run(xa, ta, False, monkeypatch, **kw)
+    l2, g2, c2, ga = _ce_run(xa, ta, True, monkeypatch, **kw)
+    assert c1 == [] and c2 == [2, 2]  # forward and backward each ran as two row blocks
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(g1, g2)
+    tkw = {k: (torch.tensor(v.numpy(), dtype=torch.float64) if k == "weight" else v) for k, v in kw.items()}
+    xt = torch.tensor(xa, dtype=torch.float64, requires_grad=True)
+    lt = TF.cross_entropy(xt, torch.tensor(ta), **tkw)
+    lt.backward(torch.tensor(ga, dtype=torch.float64))
+    _close(l2, lt.detach().numpy(), 1e-5)
+    _close(g2, xt.grad.numpy(), 1e-5)
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_cross_entropy_row_blocks_keep_nan_rows(monkeypatch):
+    """A NaN or +inf logit makes its row's loss NaN in the row-block path too (PyTorch), silently
+    as in one block (the pool threads run under the caller's np.errstate)."""
+    rng = np.random.default_rng(6)
+    xa = rng.standard_normal((1024, 512)).astype(np.float32)
+    xa[3, 7], xa[900, 0] = np.nan, np.inf
+    ta = rng.integers(0, 512, 1024)
+    loss, grad, calls, _ = _ce_run(xa, ta, True, monkeypatch, reduction="none")
+    ref, ref_grad, _, _ = _ce_run(xa, ta, False, monkeypatch, reduction="none")
+    assert np.isnan(loss[[3, 900]]).all() and np.isfinite(np.delete(loss, [3, 900])).all()
+    np.testing.assert_array_equal(loss, ref)
+    np.testing.assert_array_equal(grad, ref_grad)
