@@ -633,8 +633,10 @@ PARALLEL_MIN_SIZE = 1 << 17  # elements; smaller parameters are not cut into sli
 # Inside ``Optimizer.step`` parameters from this many elements up to PARALLEL_MIN_SIZE are queued
 # too and handed out whole, one thread each (``_flush_cpu``): a model of many mid-sized
 # parameters (the small GPT of bench_programs: 53, none over 65,536 elements) otherwise ran its
-# whole update on one core while PyTorch's foreach kernels use all of them. Below this, a
-# parameter's 13 ufunc passes are shorter than the Python calls around them: not worth a thread.
+# whole update on one core while PyTorch's foreach kernels use all of them. Below this a
+# parameter's update is a few microseconds of arithmetic in about a dozen ufunc calls, mostly
+# GIL-bound Python: it stays in the calling thread. (Chosen, not tuned: the small GPT has no
+# parameter between 512 and 16,384 elements, so any bound in that range treats it alike.)
 SHARED_MIN_SIZE = 1 << 12
 _pool: list = [None, None]   # [executor, pid that created it]
 _pool_lock = threading.Lock()
