@@ -172,6 +172,19 @@ def bce_backward(L):
     return run
 
 
+def cross_entropy_gpt(L):
+    """Cross entropy (mean) of the small GPT's logits (16 x 128 positions, vocabulary 512),
+    forward + backward (issue 17: the rows in blocks on the threads)."""
+    rng = np.random.default_rng(7)
+    x = L.from_numpy(rng.standard_normal((2048, 512), dtype=np.float32)).requires_grad_()
+    t = L.from_numpy(rng.integers(0, 512, 2048))
+
+    def run():
+        x.grad = None
+        L.nn.functional.cross_entropy(x, t).backward()
+    return run
+
+
 def rotary_backward(L):
     """Rotary embedding ("rotate half") of a char-GPT query, (32, 4, 96, 32) viewed out of the
     fused qkv projection, forward + backward: ``nn.RotaryEmbedding`` against PyTorch's usual
@@ -287,6 +300,7 @@ CASES = [
     Case("ReLU in place relu_() (32, 32, 32, 32) f32, no grad", relu_inplace_no_grad),
     Case("amax over (2, 3) of (32, 32, 32, 32) f32, forward + backward", amax_backward),
     Case("binary_cross_entropy (128, 784) f32 sum, forward + backward", bce_backward),
+    Case("cross_entropy (2048, 512) f32 mean (small GPT logits), forward + backward", cross_entropy_gpt),
     Case("Linear 128->384 on (16, 128, 128) f32 (small GPT qkv), forward + backward", linear_backward,
          flops=3 * 2 * 16 * 128 * 128 * 384),
     Case("rotary embedding (32, 4, 96, 32) f32 view, forward + backward", rotary_backward),

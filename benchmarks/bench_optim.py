@@ -34,6 +34,24 @@ def optimizer_step(cls, kwargs, foreach=None):
     return make
 
 
+def _gpt_shapes():
+    """The 53 parameter shapes of bench_programs' small GPT (4 blocks, d 128, vocabulary 512,
+    block 128): none over 65,536 elements."""
+    d, blocks, vocab, block = 128, 4, 512, 128
+    per_block = [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    return per_block * blocks + [(vocab, d), (block, d), (d,), (d,), (vocab, d)]
+
+
+def gpt_adamw_step(L):
+    """AdamW (lr 3e-4) on parameters shaped as the small GPT's, fixed gradients (issue 17: the
+    mid-sized parameters dealt whole to the threads)."""
+    rng = np.random.default_rng(0)
+    params = [L.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True) for s in _gpt_shapes()]
+    for p in params:
+        p.grad = L.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
+    return L.optim.AdamW(params, lr=3e-4).step
+
+
 CASES = []
 # label, optimizer class, kwargs, arrays read + written per step (in units of one model)
 for label, cls, kwargs, arrays in [
@@ -46,6 +64,9 @@ for label, cls, kwargs, arrays in [
                       nbytes=arrays * MODEL_BYTES, target=1.0))
     CASES.append(Case(f"{label} step, 1M params (torch foreach=True)", optimizer_step(cls, kwargs, foreach=True),
                       nbytes=arrays * MODEL_BYTES, quick=False))
+
+CASES.append(Case("AdamW step, the small GPT's 53 parameters (940,800 elements; torch default)", gpt_adamw_step,
+                  nbytes=7 * 940_800 * 4))
 
 if __name__ == "__main__":
     main("optim", CASES, __doc__)

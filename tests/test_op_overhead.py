@@ -374,3 +374,129 @@ def test_optimizer_hand_off_stops_spinning_blas_workers(monkeypatch):
     assert "pool" in order and order.index("quiet") < order.index("pool")
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+# -- mid-sized parameters dealt whole to the optimizer's threads (optim/_fused.py _flush_cpu) -------
+_GPT_LIKE = [(384, 128), (128, 128), (512, 128), (128, 512), (384,), (128,), (6000,), (4096,), (4095,)]
+
+
+def _mid_sized_run(name, kwargs, threads, monkeypatch, dtype=np.float32):
+    from avila_ml.optim import _fused
+    monkeypatch.setattr(_fused, "_num_threads", lambda: threads)
+    monkeypatch.setattr(_fused, "_pool", [None, None])
+    rng = np.random.default_rng(3)
+    ps = [am.nn.Parameter(am.tensor(rng.standard_normal(s).astype(dtype))) for s in _GPT_LIKE]
+    opt = getattr(am.optim, name)(ps, **kwargs)
+    for _ in range(3):
+        for p in ps:
+            p.grad = am.tensor(rng.standard_normal(p.shape).astype(dtype))
+        opt.step()
+    return [p.detach().numpy().copy() for p in ps]
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1)), ("Adam", dict(lr=1e-2, amsgrad=True)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("Adadelta", dict(lr=1.0)),
+])
+def test_mid_sized_parameters_are_dealt_whole_to_threads(name, kwargs, monkeypatch):
+    """Parameters of SHARED_MIN_SIZE up to PARALLEL_MIN_SIZE elements (the small GPT's: none is
+    over 65,536) are queued and updated whole, one thread each, in one hand-off; those below
+    stay in the calling thread. Element-wise arithmetic: bitwise the one-thread result."""
+    from avila_ml.optim import _fused
+    one = _mid_sized_run(name, kwargs, 1, monkeypatch)
+    flushed, dealt = [], []
+    real_flush, real_share = _fused._flush_cpu, _fused._share_whole
+    monkeypatch.setattr(_fused, "_flush_cpu", lambda entries: flushed.append(
+        sorted(e[1].size for e in entries)) or real_flush(entries))
+    monkeypatch.setattr(_fused, "_share_whole", lambda entries, k: dealt.append(
+        [sum(e[1].size for e in part) for part in real_share(entries, k)]) or real_share(entries, k))
+    three = _mid_sized_run(name, kwargs, 3, monkeypatch)
+    mid = sorted(int(np.prod(s)) for s in _GPT_LIKE if _fused.SHARED_MIN_SIZE <= np.prod(s) < _fused.PARALLEL_MIN_SIZE)
+    assert flushed == [mid] * 3  # every step: the mid-sized ones, queued together; 384, 128, 4095 not
+    # largest first, each to the least-loaded thread (the first of equals): 65536 | 65536 | 49152,
+    # then 16384 to the third, 6000 to the first, 4096 to the second
+    assert dealt[0] == [65536 + 6000, 65536 + 4096, 49152 + 16384]
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mid_sized_parameters_shared_follow_torch_adamw(monkeypatch):
+    """The same split in float64 against torch.optim.AdamW (foreach=False) on the same data."""
+    ours = _mid_sized_run("AdamW", dict(lr=1e-2, weight_decay=0.1), 2, monkeypatch, np.float64)
+    rng = np.random.default_rng(3)
+    ps = [torch.nn.Parameter(torch.tensor(rng.standard_normal(s))) for s in _GPT_LIKE]
+    opt = torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.tensor(rng.standard_normal(tuple(p.shape)))
+        opt.step()
+    for a, p in zip(ours, ps):
+        np.testing.assert_allclose(a, p.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+# -- cross-entropy in row blocks on the CPU threads (ops/loss.py _row_blocks) -------------------------
+from avila_ml.ops.loss import _on_threads as _REAL_ON_THREADS  # noqa: E402 - (before any test patches it)
+
+def _ce_run(xa, ta, split, monkeypatch, **kw):
+    from avila_ml.ops import loss as L
+    monkeypatch.setattr(L, "_ROWS_SPLIT_MIN", 1 if split else 1 << 62)
+    calls, real = [], _REAL_ON_THREADS
+    monkeypatch.setattr(L, "_on_threads", lambda fn, blocks: calls.append(len(blocks)) or real(fn, blocks))
+    x = am.tensor(xa, requires_grad=True)
+    loss = F.cross_entropy(x, am.tensor(ta), **kw)
+    g = np.random.default_rng(5).standard_normal(loss.shape).astype(np.float32)
+    loss.backward(am.tensor(g))
+    return loss.detach().numpy(), x.grad.numpy(), calls, g
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(2048, 512), (1001, 300)])
+@pytest.mark.parametrize("kw", [dict(), dict(reduction="sum"), dict(reduction="none", ignore_index=3),
+                                dict(label_smoothing=0.0, weight="w")], ids=["mean", "sum", "none-ignore", "weight"])
+def test_cross_entropy_row_blocks_bitwise_and_vs_torch(shape, kw, monkeypatch):
+    """float32 logits of >= 2^18 elements: log-softmax forward and softmax backward in row
+    blocks on the threads (each block's oneDNN exp on one OpenMP thread) give bitwise the
+    one-block results, and match PyTorch float64."""
+    from avila_ml.ops import _cpu_threads
+    if _cpu_threads.controller() is None:
+        pytest.skip("no threadpoolctl: no row blocks")
+    monkeypatch.setattr(_cpu_threads, "blas_threads", lambda: 2)  # (also on a one-core machine)
+    rng = np.random.default_rng(4)
+    xa = (3 * rng.standard_normal(shape)).astype(np.float32)
+    ta = rng.integers(0, shape[1], shape[0])
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        wa = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+        kw["weight"] = am.tensor(wa)
+    l1, g1, c1, _ = _ce_run(xa, ta, False, monkeypatch, **kw)
+    l2, g2, c2, ga = _ce_run(xa, ta, True, monkeypatch, **kw)
+    assert c1 == [] and c2 == [2, 2]  # forward and backward each ran as two row blocks
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(g1, g2)
+    tkw = {k: (torch.tensor(v.numpy(), dtype=torch.float64) if k == "weight" else v) for k, v in kw.items()}
+    xt = torch.tensor(xa, dtype=torch.float64, requires_grad=True)
+    lt = TF.cross_entropy(xt, torch.tensor(ta), **tkw)
+    lt.backward(torch.tensor(ga, dtype=torch.float64))
+    _close(l2, lt.detach().numpy(), 1e-5)
+    _close(g2, xt.grad.numpy(), 1e-5)
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_cross_entropy_row_blocks_keep_nan_rows(monkeypatch):
+    """A NaN or +inf logit makes its row's loss NaN in the row-block path too (PyTorch), silently
+    as in one block (the pool threads run under the caller's np.errstate)."""
+    from avila_ml.ops import _cpu_threads
+    if _cpu_threads.controller() is None:
+        pytest.skip("no threadpoolctl: no row blocks")
+    monkeypatch.setattr(_cpu_threads, "blas_threads", lambda: 2)
+    rng = np.random.default_rng(6)
+    xa = rng.standard_normal((1024, 512)).astype(np.float32)
+    xa[3, 7], xa[900, 0] = np.nan, np.inf
+    ta = rng.integers(0, 512, 1024)
+    loss, grad, calls, _ = _ce_run(xa, ta, True, monkeypatch, reduction="none")
+    ref, ref_grad, _, _ = _ce_run(xa, ta, False, monkeypatch, reduction="none")
+    assert calls == [2, 2]
+    assert np.isnan(loss[[3, 900]]).all() and np.isfinite(np.delete(loss, [3, 900])).all()
+    np.testing.assert_array_equal(loss, ref)
+    np.testing.assert_array_equal(grad, ref_grad)

@@ -374,13 +374,51 @@ class NLLLoss(Function):
         return IndexPutAdd.apply(gs, self.in_shape, self.key, True)
 
 
+# Cross-entropy logits from this many elements (2-d, float32, oneDNN's exp) are split into row
+# blocks on the CPU threads, forward and backward: only the exp of the unsplit path used the second
+# core (as a oneDNN team), its max, shift, row sums, log and scaling passes ran on one. PyTorch's
+# log_softmax splits its rows over its threads too.
+_ROWS_SPLIT_MIN = 1 << 18
+
+
 def _accel_log_softmax(x):
     """log_softmax(x, 1) with oneDNN's exp when that applies to ``x`` (a large float32 NumPy
-    array, oneDNN installed and enabled), else None: then the single-exp NumPy path is faster."""
+    array, oneDNN installed and enabled), else None: then the single-exp NumPy path is faster.
+    A large 2-d ``x`` is done in row blocks on the CPU threads (:func:`_row_blocks`), each row
+    exactly as in one block."""
     from ..cpu_accel import _eltwise
     if not _eltwise.usable(x, min_size=_eltwise.MIN_SIZE["exp"]):
         return None
-    return log_softmax_array(x, 1)
+    blocks = _row_blocks(x)
+    if len(blocks) == 1:
+        return log_softmax_array(x, 1)
+    out = np.empty_like(x)
+    _on_threads(lambda b: log_softmax_array(x[b], 1, out=out[b]), blocks)
+    return out
+
+
+def _row_blocks(x) -> list:
+    """Row slices of a 2-d C-contiguous ``x``, one per CPU thread when it has at least
+    ``_ROWS_SPLIT_MIN`` elements (else one: ``[slice(None)]``)."""
+    from ._cpu_threads import batch_slices
+    if x.ndim != 2 or not x.flags.c_contiguous:
+        return [slice(None)]
+    return batch_slices(x.shape[0], x.size, _ROWS_SPLIT_MIN)
+
+
+def _on_threads(fn, blocks) -> None:
+    """``fn(b)`` for every row block ``b`` at once on the CPU threads, each block's oneDNN calls
+    on one OpenMP thread (the blocks already share the cores; a full team per block would
+    oversubscribe them), under the caller's ``np.errstate`` (a per-thread setting: the pool's
+    threads would otherwise warn where the caller silenced NumPy, e.g. inf - inf of +inf logits)."""
+    from ._cpu_threads import run_parts
+    from ..cpu_accel._matmul import one_omp_thread
+    err = np.geterr()
+
+    def part(b):
+        with one_omp_thread(), np.errstate(**err):
+            fn(b)
+    run_parts(part, blocks, limit_blas=False)
 
 
 class CrossEntropy(Function):
@@ -403,9 +441,9 @@ class CrossEntropy(Function):
         self.save_inputs(0)
         # large float32 on NumPy: the log-softmax with oneDNN's exp (ops/reduction.py), its exp
         # taken again in the backward (cheap there); None where it does not apply
-        self.logp = _accel_log_softmax(x)
         self.p = None
         with np.errstate(invalid="ignore", divide="ignore"):  # inf/nan logits give nan, silently (PyTorch)
+            self.logp = _accel_log_softmax(x)
             if self.logp is not None:
                 loss = -self.logp[key] * w_t
             else:
@@ -428,7 +466,11 @@ class CrossEntropy(Function):
     def backward(self, g):
         if not _state.enabled:
             gs = g.array * self.scale
-            if self.p is None:  # a fresh array: scaled in place
+            blocks = _row_blocks(self.logp) if self.p is None else [slice(None)]
+            if len(blocks) > 1:  # softmax = exp(logp) and its scaling per row block, on the threads
+                dx = np.empty_like(self.logp)
+                _on_threads(lambda b: np.multiply(_exp_fast(self.logp[b]), gs[b, None], out=dx[b]), blocks)
+            elif self.p is None:  # a fresh array: scaled in place
                 dx = _exp_fast(self.logp)
                 dx *= gs[:, None]
             else:

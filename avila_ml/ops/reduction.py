@@ -606,12 +606,13 @@ def _exp_fast(z, check_nan=True):
     return backend_of(z).xp.exp(z)
 
 
-def log_softmax_array(x, axis):
+def log_softmax_array(x, axis, out=None):
     """log-softmax of an array along ``axis``: ``z - log(sum(exp(z)))``, ``z = x - max``, with
     the exponentials from :func:`_exp_fast` and NumPy's pairwise sums and ``log`` (oneDNN's own
     ``softmax_log`` primitive is faster still but was measured 2x less accurate than PyTorch's
     float32 kernel near 0, where the gradient weighs most; this is within 2 ulps there).
-    The array-level body of :func:`log_softmax` (``torch.log_softmax``), no autograd.
+    The array-level body of :func:`log_softmax` (``torch.log_softmax``), no autograd; the
+    result is written into ``out`` when given (a block of a larger result: no copy).
 
     Example:
         >>> import numpy as np
@@ -620,7 +621,7 @@ def log_softmax_array(x, axis):
         array([[-0.6931, -0.6931]], dtype=float32)
     """
     xp = backend_of(x).xp
-    z = x - _shift(x, axis, xp)
+    z = xp.subtract(x, _shift(x, axis, xp), out=out)
     acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
     s = _exp_fast(z, check_nan=False).sum(axis=axis, keepdims=True, dtype=acc)
     # each term is <= 1, so an infinite sum means oneDNN's exp met a NaN (a NaN or +inf logit):

@@ -6,9 +6,10 @@ parameter's device picks the implementation:
 * CPU (NumPy): ufunc calls with ``out=`` into the optimizer state and two scratch buffers, so no
   array is allocated after the first step. A large contiguous parameter is cut into one slice
   per core and the slices run in a small thread pool (NumPy releases the GIL inside ufuncs);
-  inside ``Optimizer.step`` (``batched``) these updates are queued and run together at the end,
-  each thread taking its slice of every parameter, so a step costs one pool hand-off; the
-  arithmetic is elementwise, so the result is bitwise the same as in one thread;
+  inside ``Optimizer.step`` (``batched``) these updates, and those of mid-sized parameters, are
+  queued and run together at the end, each thread taking its slice of every large parameter and
+  a share of the mid-sized ones whole, so a step costs one pool hand-off; the arithmetic is
+  elementwise, so the result is bitwise the same as in one thread;
 * CUDA (CuPy): one ``cupy.ElementwiseKernel`` per algorithm doing the same arithmetic in
   registers, i.e. one read and one write of each array per step. Kernels are built on first use
   and cached per dtype; CuPy is imported only then.
@@ -501,7 +502,7 @@ def _cuda_kernel(kind: str, present: tuple, dtype):
 # from its arguments when pointers changed (fresh gradients: one extra small launch per step).
 MULTI_TENSOR = True  # False: one launch per parameter (tests compare the two bitwise)
 _pending: list = []   # queued CUDA updates while a batched() block runs
-_cpu_pending: list = []  # queued large CPU updates (run by all threads at the end: see _flush_cpu)
+_cpu_pending: list = []  # queued CPU updates (run by all threads at the end: see _flush_cpu)
 _batch_depth = [0]
 _pointer_tables: dict = {}  # (group, sizes) -> [device pointer table, device offsets, pointers written]
 _C_TYPE_NAMES = {np.dtype(np.float32): ("float32", "float"), np.dtype(np.float64): ("float64", "double")}
@@ -628,7 +629,15 @@ def _launch_single(param, grad, kind, buffers, scalars) -> None:
 
 
 # -- CPU threads -----------------------------------------------------------------------------------
-PARALLEL_MIN_SIZE = 1 << 17  # elements; smaller parameters are updated in one thread
+PARALLEL_MIN_SIZE = 1 << 17  # elements; smaller parameters are not cut into slices
+# Inside ``Optimizer.step`` parameters from this many elements up to PARALLEL_MIN_SIZE are queued
+# too and handed out whole, one thread each (``_flush_cpu``): a model of many mid-sized
+# parameters (the small GPT of bench_programs: 53, none over 65,536 elements) otherwise ran its
+# whole update on one core while PyTorch's foreach kernels use all of them. Below this a
+# parameter's update is a few microseconds of arithmetic in about a dozen ufunc calls, mostly
+# GIL-bound Python: it stays in the calling thread. (Chosen, not tuned: the small GPT has no
+# parameter between 512 and 16,384 elements, so any bound in that range treats it alike.)
+SHARED_MIN_SIZE = 1 << 12
 _pool: list = [None, None]   # [executor, pid that created it]
 _pool_lock = threading.Lock()
 
@@ -696,15 +705,24 @@ def _cpu_update(cpu, param, grad, s, t, buffers: dict, scalars: dict) -> None:
 
 
 def _flush_cpu(entries) -> None:
-    """Run the queued large CPU updates of one optimizer step: thread ``i`` updates slice ``i``
-    of every parameter in turn, so the whole step costs one hand-off to the pool instead of one
-    per parameter (a hand-off is tens of microseconds; a 250k-element SGD update is ~100)."""
+    """Run the queued CPU updates of one optimizer step on the threads: a parameter of at least
+    ``PARALLEL_MIN_SIZE`` elements is cut into one slice per thread (thread ``i`` updates slice
+    ``i`` of every such parameter), a smaller one is updated whole by one thread (largest first,
+    each to the thread with the least work so far). The whole step costs one hand-off to the pool
+    instead of one per parameter (a hand-off is tens of microseconds; a 250k-element SGD update
+    is ~100). Every update is element-wise, so the split changes no bit of the result."""
     if not entries:
         return
     k = _num_threads()
+    sliced = [e for e in entries if e[1].size >= PARALLEL_MIN_SIZE]
+    mine = _share_whole([e for e in entries if e[1].size < PARALLEL_MIN_SIZE], k)
 
     def run(i):
-        for cpu, param, grad, buffers, scalars, workspace, count in entries:
+        for cpu, param, grad, buffers, scalars, workspace, count in mine[i]:
+            s, t, *more = workspace.for_thread(i).scratch(param, count)
+            bufs = dict(buffers, scratch=more[0]) if more else buffers
+            cpu(param, grad, s, t, **bufs, **scalars)
+        for cpu, param, grad, buffers, scalars, workspace, count in sliced:
             n = param.size
             lo, hi = n * i // k, n * (i + 1) // k
             if lo == hi:
@@ -716,12 +734,25 @@ def _flush_cpu(entries) -> None:
                 bufs["scratch"] = more[0]
             cpu(p, grad.reshape(-1)[lo:hi], s, t, **bufs, **scalars)
 
-    if k > 1:
+    busy = [i for i in range(1, k) if sliced or mine[i]]
+    if busy:
         _quiet_blas()
-    pending = [_executor().submit(run, i) for i in range(1, k)]
-    run(0)  # the calling thread takes the first slices
+    pending = [_executor().submit(run, i) for i in busy]
+    run(0)  # the calling thread takes its own share
     for f in pending:
         f.result()
+
+
+def _share_whole(entries, k: int) -> list:
+    """``entries`` (queued updates of parameters updated whole) dealt to ``k`` threads: largest
+    first, each to the thread with the fewest elements so far (so each thread's scratch is sized
+    by its first parameter and later steps, dealt the same way, allocate nothing)."""
+    mine, load = [[] for _ in range(k)], [0] * k
+    for e in sorted(entries, key=lambda e: -e[1].size):
+        i = load.index(min(load))
+        mine[i].append(e)
+        load[i] += e[1].size
+    return mine
 
 
 def _cuda_update_half(kind, param, grad, buffers, scalars) -> None:
@@ -765,7 +796,7 @@ def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Work
         _launch_single(param, grad, kind, buffers, scalars)
     else:
         extra = spec.get("cpu_scratch", 0)
-        if (_batch_depth[0] and param.size >= PARALLEL_MIN_SIZE and param.flags.c_contiguous
+        if (_batch_depth[0] and param.size >= min(SHARED_MIN_SIZE, PARALLEL_MIN_SIZE) and param.flags.c_contiguous
                 and grad.flags.c_contiguous and all(b.flags.c_contiguous for b in buffers.values())
                 and _num_threads() > 1):
             _cpu_pending.append((spec["cpu"], param, grad, buffers, scalars, workspace, 2 + extra))
