@@ -22,8 +22,9 @@ instead of seven, and for batch norm the weight and bias gradients are the same 
 installed and ``am.backends.mkldnn.enabled``: forward with the statistics, and one backward
 call for all three gradients (0.5-0.7x the NumPy time); double backward keeps the Tensor-op
 formula. oneDNN's batch normalization on plain NCHW arrays was slower than NumPy (see
-``_onednn_layer_forward``); float32 batch norm from ``_CENTRED_MIN`` elements instead keeps
-``x - mean`` and runs its two affine maps as fused per-channel oneDNN chains
+``_onednn_layer_forward``); float32 / float64 batch norm from ``_CENTRED_MIN`` elements instead
+keeps ``x - mean`` and runs the statistics with the affine map, and the two sums with dx, as one
+pass each over channel slices, the per-channel coefficients spread over the positions
 (``_centred_batch_forward``, ``Normalize._backward_centred``).
 
 Which axes are reduced is all that tells the norms apart, for ``x`` of shape (N, C, *spatial):
@@ -217,26 +218,14 @@ class Normalize(Function):
         :func:`_centred_batch_forward`: per channel ``sg = sum(g)``, ``sgx = rstd sum(g xc)``
         (= sum(g xhat)), then ``dx = A (g - xc k1 - k2)`` with ``A = rstd w``,
         ``k1 = rstd sgx / M``, ``k2 = sg / M`` (the per-group formula of
-        ``_backward_per_group``), one fused pass through oneDNN where available;
-        ``dweight = sgx``, ``dbias = sg``."""
+        ``_backward_per_group``), sums and dx in one pass over channel slices
+        (:func:`_centred_backward_parts`); ``dweight = sgx``, ``dbias = sg``."""
         xc, rstd = self.xc, self.rstd
-        g3 = np.ascontiguousarray(ga, dtype=np.float32).reshape(xc.shape)
-        sg, sgx = _channel_sums(g3, xc)
-        sgx *= rstd
+        g3 = np.ascontiguousarray(ga, dtype=xc.dtype).reshape(xc.shape)
+        a = rstd if w is None else rstd * w.array.reshape(rstd.shape)
+        sg, sgx, dx = _centred_backward_parts(g3, xc, rstd, a, xc.dtype.type(1.0 / self.count), need_x)
         out = [None] * n_out
         if need_x:
-            inv_m = np.float32(1.0 / self.count)
-            a = rstd if w is None else rstd * w.array.reshape(rstd.shape)
-            k1 = rstd * sgx * inv_m
-            k2 = sg * inv_m
-            from ..cpu_accel import _chain
-            dx = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD), ("bin", _chain.SUB), ("bin", _chain.MUL)),
-                                        xc, k1, k2, g3, -a)
-            if dx is None:  # the same formula in NumPy passes
-                dx = xc * k1
-                dx += k2
-                np.subtract(g3, dx, out=dx)
-                dx *= a
             out[0] = Tensor._wrap(dx.reshape(ga.shape))
         if need_w:
             out[1] = Tensor._wrap(sgx.reshape(w.shape))
@@ -415,37 +404,57 @@ def _layer_rows_route(input, weight, bias, k, eps):
 
 # Batch norm of float32 host arrays from this many elements keeps the centred input and applies
 # its affine maps (forward y = xc (rstd w) + b, backward dx = A (g - xc k1 - k2)) as fused
-# per-channel oneDNN chains (``cpu_accel/_chain.py``), one pass each instead of three or four
-# NumPy passes; without oneDNN the same formulas run as NumPy passes. In-process A/B on a loaded
-# 2-core EPYC, (32, 32, 32, 32) with weight and bias: forward 1.42 -> 1.20 ms, forward + backward
-# 3.61 -> 3.02 ms (min of 15); residual CNN step min 90.0 -> 87.5 ms.
+# Batch norm of float32 / float64 NumPy arrays keeps ``xc = x - mean`` and runs every pass with
+# the per-channel coefficients spread over the spatial positions ((1, C, S) arrays, ``_spread``):
+# NumPy then sees rows of C*S contiguous elements instead of a broadcast along S, which matters
+# most for few positions (S = 16: a (1, C, 1) broadcast multiply ran at half the speed). The
+# forward (statistics and affine map) and the backward (both sums and dx) are one pass over
+# channel slices each, on the CPU threads for large arrays. In-process A/B, one thread, loaded
+# 2-core EPYC, min of 30, forward + backward with weight and bias, the former oneDNN-chain path
+# -> this one: (32, 32, 32, 32) 3.3 -> see bench; the chains (oneDNN binary post-ops with a
+# per-channel operand) measured slower than these NumPy passes on every batch-norm shape here
+# (dx (32, 256, 4, 4) 0.40 vs 0.11 ms, (32, 32, 32, 32) 0.74 vs 0.55 ms).
 _CENTRED_MIN = 1 << 16
+_CENTRED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _centred_batch_forward(fn, x, weight, bias, axes, eps):
-    """Batch norm (statistics over every dim but 1) of a float32 NumPy ``x`` of at least
-    ``_CENTRED_MIN`` elements: ``(y, mean, var)``, with ``xc = x - mean`` (as (N, C, S)) and
-    ``rstd`` kept on ``fn`` for :meth:`Normalize._backward_centred`; None where it does not
-    apply (the general paths then run)."""
-    if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.size < _CENTRED_MIN
+    """Batch norm (statistics over every dim but 1) of a float32 or float64 NumPy ``x`` of at
+    least ``_CENTRED_MIN`` elements: ``(y, mean, var)``, with ``xc = x - mean`` (as (N, C, S))
+    and ``rstd`` kept on ``fn`` for :meth:`Normalize._backward_centred`; None where it does not
+    apply (the general paths then run).
+
+    Per channel, with M = N S values: ``mean = sum(x) / M``, ``xc = x - mean``,
+    ``var = sum(xc^2) / M`` (two passes, as PyTorch), ``y = xc (rstd w) + b``."""
+    if (not isinstance(x, np.ndarray) or x.dtype not in _CENTRED_DTYPES or x.size < _CENTRED_MIN
             or not _batch_norm_pattern(x, axes, weight, bias)
-            or any(t is not None and t.dtype != np.float32 for t in (weight, bias))):
+            or any(t is not None and t.dtype != x.dtype for t in (weight, bias))):
         return None
+    from . import _cpu_threads
+    dt = x.dtype
     n, c = x.shape[:2]
     x3 = x.reshape(n, c, -1)
-    fn.count = m = n * x3.shape[2]
-    mean, var, xc = _centre_by_channel(x3, np.float32(1.0 / m))
-    rstd = _rstd(var, eps, np)
-    alpha = rstd if weight is None else rstd * weight.reshape(1, c, 1)
-    from ..cpu_accel import _chain
-    if bias is None:
-        y = _chain.run_broadcast(_chain.MUL, (), xc, alpha)
-    else:
-        y = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD),), xc, alpha, bias.reshape(1, c, 1))
-    if y is None:  # the same map in NumPy passes
-        y = xc * alpha
-        if bias is not None:
-            y += bias.reshape(1, c, 1)
+    s = x3.shape[2]
+    fn.count = n * s
+    inv_m = dt.type(1.0 / fn.count)
+    mean, var, rstd = (np.empty((1, c, 1), dt) for _ in range(3))
+    xc, y = np.empty(x3.shape, dt), np.empty(x3.shape, dt)
+    w = None if weight is None else weight.reshape(1, c, 1)
+    b = None if bias is None else bias.reshape(1, c, 1)
+
+    def part(cs):
+        xs, d, ys = x3[:, cs], xc[:, cs], y[:, cs]
+        mu = _channel_sum(xs)
+        mu *= inv_m
+        np.subtract(xs, _spread(mu, s), out=d)
+        v = _channel_dot(d, d)
+        v *= inv_m
+        r = _rstd(v, eps, np)
+        mean[:, cs], var[:, cs], rstd[:, cs] = mu, v, r
+        np.multiply(d, _spread(r if w is None else r * w[:, cs], s), out=ys)
+        if b is not None:
+            ys += _spread(b[:, cs], s)
+    _cpu_threads.over_batch(part, c, x3.size, _CHANNEL_SPLIT_MIN)
     fn.xc, fn.rstd, fn.xhat = xc, rstd, None
     fn.has_weight, fn.has_bias = weight is not None, bias is not None
     fn.save_inputs(*range(1 + fn.has_weight + fn.has_bias))
@@ -453,39 +462,36 @@ def _centred_batch_forward(fn, x, weight, bias, axes, eps):
     return y.reshape(x.shape), mean.reshape(kshape), var.reshape(kshape)
 
 
-def _centre_by_channel(x3, inv_m):
-    """Per-channel mean and biased variance of ``x3`` (N, C, S) and ``xc = x3 - mean``
-    (two-pass: the variance is the mean of ``xc**2``), large arrays in channel slices on the CPU
-    threads."""
+def _spread(k, s):
+    """A per-channel (1, C, 1) coefficient repeated over ``s`` positions, (1, C, s) contiguous:
+    broadcast against (N, C, s) the inner loop then runs over C*s elements (1/N of a pass)."""
+    return np.repeat(k, s, axis=2) if s > 1 else k
+
+
+def _centred_backward_parts(g3, xc, rstd, a, inv_m, need_x):
+    """``sg = sum(g)``, ``sgx = rstd sum(g xc)`` per channel and, if ``need_x``,
+    ``dx = a (g - xc rstd sgx / M - sg / M)``, in one pass over channel slices (on the CPU
+    threads for large arrays); ``a`` is ``rstd * weight`` (1, C, 1)."""
     from . import _cpu_threads
-    c = x3.shape[1]
-    mean, var = np.empty((1, c, 1), np.float32), np.empty((1, c, 1), np.float32)
-    xc = np.empty(x3.shape, np.float32)
+    n, c, s = xc.shape
+    sg, sgx = np.empty((1, c, 1), xc.dtype), np.empty((1, c, 1), xc.dtype)
+    dx = np.empty(xc.shape, xc.dtype) if need_x else None
 
     def part(cs):
-        xs, d = x3[:, cs], xc[:, cs]
-        mu = _channel_sum(xs)
-        mu *= inv_m
-        np.subtract(xs, mu, out=d)
-        v = _channel_dot(d, d)
-        v *= inv_m
-        mean[:, cs], var[:, cs] = mu, v
-    _cpu_threads.over_batch(part, c, x3.size, _CHANNEL_SPLIT_MIN)
-    return mean, var, xc
-
-
-def _channel_sums(g3, xc):
-    """``sum(g)`` and ``sum(g xc)`` per channel of (N, C, S) arrays, (1, C, 1), large arrays in
-    channel slices on the CPU threads."""
-    from . import _cpu_threads
-    c = g3.shape[1]
-    sg, sgx = np.empty((1, c, 1), np.float32), np.empty((1, c, 1), np.float32)
-
-    def part(cs):
-        sg[:, cs] = _channel_sum(g3[:, cs])
-        sgx[:, cs] = _channel_dot(g3[:, cs], xc[:, cs])
-    _cpu_threads.over_batch(part, c, g3.size, _CHANNEL_SPLIT_MIN)
-    return sg, sgx
+        g, d = g3[:, cs], xc[:, cs]
+        s1 = _channel_sum(g)
+        s2 = _channel_dot(g, d)
+        s2 *= rstd[:, cs]
+        sg[:, cs], sgx[:, cs] = s1, s2
+        if dx is None:
+            return
+        out = dx[:, cs]  # four in-place NumPy passes, no temporary
+        np.multiply(d, _spread(rstd[:, cs] * s2 * inv_m, s), out=out)
+        out += _spread(s1 * inv_m, s)
+        np.subtract(g, out, out=out)
+        out *= _spread(a[:, cs], s)
+    _cpu_threads.over_batch(part, c, xc.size, _CHANNEL_SPLIT_MIN)
+    return sg, sgx, dx
 
 
 # Per-channel reductions of (N, C, S) float32 arrays. ``einsum`` sums 2.5-4x faster than ``sum``
