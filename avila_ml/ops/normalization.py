@@ -503,14 +503,27 @@ def _centred_backward_parts(g3, xc, rstd, a, inv_m, need_x):
 _DOT_MIN_S, _DOT_MAX_S = 128, 8192
 
 
+# With few positions (S < _ROWS_MAX_S, where the dot products are not taken) the sums run down the N rows of C*S elements first (one
+# vectorised add per sample, then C short sums): (32, 256, 16) sum 0.043 -> 0.013 ms, sum of
+# products 0.064 -> 0.025 ms (one thread, in-process, loaded).
+_ROWS_MAX_S = 128
+
+
 def _channel_sum(a):
     """``a.sum(axis=(0, 2))`` of an (N, C, S) array, as (1, C, 1)."""
+    n, c, s = a.shape
+    if s < _ROWS_MAX_S:
+        return np.add.reduce(a.reshape(n, c * s), axis=0).reshape(c, s).sum(axis=1).reshape(1, c, 1)
     return np.einsum("ncs->c", a).reshape(1, -1, 1)
 
 
 def _channel_dot(a, b):
     """``(a * b).sum(axis=(0, 2))`` of (N, C, S) arrays, as (1, C, 1), no full-size temporary."""
-    if _DOT_MIN_S <= a.shape[2] <= _DOT_MAX_S:
+    n, c, s = a.shape
+    if s < _ROWS_MAX_S:
+        rows = np.einsum("nk,nk->k", a.reshape(n, c * s), b.reshape(n, c * s))
+        return rows.reshape(c, s).sum(axis=1).reshape(1, c, 1)
+    if _DOT_MIN_S <= s <= _DOT_MAX_S:
         return np.matmul(a[:, :, None, :], b[:, :, :, None]).sum(axis=0).reshape(1, -1, 1)
     return np.einsum("ncs,ncs->c", a, b).reshape(1, -1, 1)
 
