@@ -159,6 +159,49 @@ def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onedn
                                        atol=tol * np.abs(ref.grad.numpy()).max())
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("split", [True, False])
+def test_batch_norm_centred_path_half_computes_in_float32(monkeypatch, dtype, split):
+    """float16 / bfloat16 batch norm takes the centred path in float32 (as PyTorch's CPU kernels
+    accumulate in float32) and rounds the output and gradients to the input's dtype: compared
+    with PyTorch's float64 result on the same half inputs, within the half rounding of the
+    result, and with PyTorch's own half batch norm."""
+    from avila_ml.ops import normalization as N
+    if split:
+        monkeypatch.setattr(N, "_CHANNEL_SPLIT_MIN", 0)
+    rng = _rng(8)
+    shape, c = (16, 64, 8, 8), 64
+    td = getattr(torch, dtype)
+    # the inputs rounded to the half dtype once, so both libraries see the same values
+    x = torch.tensor(rng.standard_normal(shape) * 2 + 1).to(td)
+    g = torch.tensor(rng.standard_normal(shape)).to(td)
+    w = torch.tensor(rng.standard_normal(c) + 1).to(td)
+    b = torch.tensor(rng.standard_normal(c)).to(td)
+    ad = getattr(am, dtype)
+    conv = lambda t: am.tensor(t.to(torch.float32).numpy()).to(ad)  # noqa: E731
+    ax, aw, ab = (conv(t).requires_grad_() for t in (x, w, b))
+    rm, rv = am.zeros(c), am.ones(c)
+    y = am.nn.functional.batch_norm(ax, rm, rv, aw, ab, training=True)
+    assert y.grad_fn.xc is not None and y.grad_fn.xc.dtype == np.float32
+    y.backward(conv(g))
+    assert y.dtype == ax.grad.dtype == aw.grad.dtype == ab.grad.dtype == ad
+    rx, rw, rb = (t.double().requires_grad_() for t in (x, w, b))
+    trm, trv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    ry = torch.nn.functional.batch_norm(rx, trm, trv, rw, rb, training=True)
+    ry.backward(g.double())
+    eps = 1e-3 if dtype == "float16" else 8e-3  # half an ulp at 1 and a few ulps of the sums
+    f32 = lambda t: t.to(am.float32).detach().numpy().astype(np.float64)  # noqa: E731
+    np.testing.assert_allclose(f32(y), ry.detach().numpy(), rtol=eps, atol=eps)
+    np.testing.assert_allclose(rm.numpy(), trm.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rv.numpy(), trv.numpy(), rtol=1e-5, atol=1e-5)
+    for ours, ref in ((ax, rx), (aw, rw), (ab, rb)):
+        r = ref.grad.numpy()
+        np.testing.assert_allclose(f32(ours.grad), r, rtol=eps, atol=eps * np.abs(r).max())
+    # and PyTorch's own half kernel gives the same rounded output up to one rounding step
+    th = torch.nn.functional.batch_norm(x, None, None, w, b, training=True)
+    np.testing.assert_allclose(f32(y), th.double().numpy(), rtol=2 * eps, atol=2 * eps)
+
+
 def test_normalize_with_other_weight_layouts_skips_the_channel_paths():
     """The per-channel paths take only the batch-norm layout (weight (1, C, 1, ...)): with the
     batch-norm reduction axes but a weight along the last dim ((1, 1, 256), C = 256 too) the
