@@ -10,7 +10,8 @@
 * The convolution layers of the example and benchmark models (``bench_programs.py``), each
   forward + backward as the model's training step runs it (bias and its gradient where the layer
   has one, the input gradient only where an earlier layer needs it): the MNIST CNN's two Conv2d,
-  the DCGAN's first and middle Conv2d / ConvTranspose2d, and the Conv4d example's two layers
+  the DCGAN's Conv2d / ConvTranspose2d layers, the residual CNN's stem and block convolutions,
+  and the Conv4d example's two layers
   (causal-in-time, circular-in-space padding; PyTorch pads and runs workaround (b) with the
   stride, as ``bench_programs.spacetime_step`` does). Target (issue 17): <= 1.0x PyTorch.
 * The algorithms of ours on the first conv4d shape, vs (b): ``onednn`` (what ``"auto"`` runs
@@ -218,6 +219,13 @@ MODEL_LAYERS = [
      1, False, True),
     ("DCGAN G last ConvT2d(64,3,4,2,1) (32,64,16^2)", "conv_transpose2d", (32, 64, 16, 16), (64, 3, 4, 4), 2, 1,
      False, True),
+    ("DCGAN D third Conv2d(128,256,4,2,1) (32,128,8^2)", "conv2d", (32, 128, 8, 8), (256, 128, 4, 4), 2, 1, False,
+     True),
+    ("DCGAN G third ConvT2d(128,64,4,2,1) (32,128,8^2)", "conv_transpose2d", (32, 128, 8, 8), (128, 64, 4, 4), 2,
+     1, False, True),
+    ("residual CNN stem Conv2d(3,32,3,p1) (32,3,32^2)", "conv2d", (32, 3, 32, 32), (32, 3, 3, 3), 1, 1, True, False),
+    ("residual CNN block Conv2d(32,32,3,p1) (32,32,32^2)", "conv2d", (32, 32, 32, 32), (32, 32, 3, 3), 1, 1, False,
+     True),
     ("Conv4d example conv1 (32,1,8,12^3)->12 s(1,2,2,2)", "spacetime4d", (32, 1, 8, 12, 12, 12), (12, 1, 3, 3, 3, 3),
      (1, 2, 2, 2), 1, True, False),
     ("Conv4d example conv2 (32,12,8,6^3)->16 s2", "spacetime4d", (32, 12, 8, 6, 6, 6), (16, 12, 3, 3, 3, 3),

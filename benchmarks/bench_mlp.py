@@ -146,6 +146,8 @@ CASES = [
          nbytes=5 * 4 * 32 * 32 * 32 * 32, quick=False),
     Case("  batch_norm fwd+bwd (32, 128, 8, 8) (DCGAN)", _norm_case("batch", (32, 128, 8, 8)),
          nbytes=5 * 4 * 32 * 128 * 8 * 8, quick=False),
+    Case("  batch_norm fwd+bwd (32, 256, 4, 4) (DCGAN G first, D last)", _norm_case("batch", (32, 256, 4, 4)),
+         nbytes=5 * 4 * 32 * 256 * 4 * 4, quick=False),
     Case("  layer_norm fwd+bwd (256, 512)", _norm_case("layer", (256, 512)), nbytes=5 * 4 * 256 * 512, quick=False),
     Case("  layer_norm fwd+bwd (16, 128, 128) (small GPT)", _norm_case("layer", (16, 128, 128)),
          nbytes=5 * 4 * 16 * 128 * 128, quick=False),

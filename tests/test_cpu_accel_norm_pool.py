@@ -544,14 +544,16 @@ def test_batch_norm_split_over_channels_matches_torch(monkeypatch, affine, dtype
     if _cpu_threads.controller() is None or _cpu_threads.blas_threads() < 2:
         pytest.skip("one BLAS thread: the channels are not split")
     monkeypatch.setattr(normalization, "_CHANNEL_SPLIT_MIN", 0)
+    monkeypatch.setattr(normalization, "_CENTRED_MIN", 0)
     rng = np.random.default_rng(15)
     xa = rng.standard_normal((4, 5, 6, 7)) * 3 + 1
     ga = rng.standard_normal(xa.shape)
-    assert normalization._channel_parts(xa, (0, 2, 3), None, None, np) > 1
+    assert len(_cpu_threads.batch_slices(5, xa.size, 0)) > 1
     ran = []
-    for name in ("_forward_by_channel", "_backward_by_channel"):
-        real = getattr(normalization, name)
-        monkeypatch.setattr(normalization, name, lambda *a, _r=real, _n=name: ran.append(_n) or _r(*a))
+    real = _cpu_threads.over_batch
+    monkeypatch.setattr(_cpu_threads, "over_batch",
+                        lambda fn, n, size, m=1 << 18: ran.append(len(_cpu_threads.batch_slices(n, size, m)))
+                        or real(fn, n, size, m))
     m = am.nn.BatchNorm2d(5, affine=affine).to(dtype=getattr(am, np.dtype(dtype).name))
     t = torch.nn.BatchNorm2d(5, affine=affine).to(getattr(torch, np.dtype(dtype).name))
     if affine:
@@ -575,4 +577,4 @@ def test_batch_norm_split_over_channels_matches_torch(monkeypatch, affine, dtype
     if affine:
         np.testing.assert_allclose(m.weight.grad.numpy(), t.weight.grad.numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(m.bias.grad.numpy(), t.bias.grad.numpy(), rtol=tol, atol=tol)
-    assert ran == ["_forward_by_channel", "_backward_by_channel"]
+    assert len(ran) == 2 and min(ran) > 1  # the centred forward and backward, both split

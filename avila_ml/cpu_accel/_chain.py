@@ -12,8 +12,9 @@ coefficients up with vector gathers, which are slow on AMD Zen (8.0 ms for 1.6 M
 :func:`gelu_tanh_backward`).
 
 The operands of a :func:`run` chain have one shape; :func:`run_broadcast` also takes operands
-broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output for batch norm's
-affine maps, a (1,) constant for the comparison of the LeakyReLU gradient). One plan per
+broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output, a (1,) constant
+against an (n,) array; batch norm and the LeakyReLU gradient, its former callers, now run NumPy
+passes, which measured faster). One plan per
 (chain, operand shapes), LRU-cached as in ``_conv.py``.
 Functions return None where oneDNN does not apply (not float32 NumPy arrays of the expected
 shapes, fewer than :data:`MIN_SIZE` elements, the library absent or disabled), so the caller
@@ -132,12 +133,10 @@ def run(alg, steps, src0, src1, *tensors, out=None):
 
 def run_broadcast(alg, steps, src0, src1, *tensors, out=None):
     """Like :func:`run`, but an operand may also be broadcast by oneDNN: of src0's number of
-    dims, with size 1 where it differs from src0 (the output has src0's shape). Used for
-    per-channel (1, C, 1) operands of an (N, C, S) output (batch norm's affine maps,
-    ``ops/normalization.py``) and for a (1,) constant against an (n,) array (the comparisons of
-    the LeakyReLU gradient, ``ops/activation.py``). None where oneDNN does not apply (not float32
-    NumPy arrays of such shapes, src0 below :data:`MIN_SIZE` elements, the library absent or
-    disabled).
+    dims, with size 1 where it differs from src0 (the output has src0's shape): per-channel
+    (1, C, 1) operands of an (N, C, S) output, or a (1,) constant against an (n,) array. None
+    where oneDNN does not apply (not float32 NumPy arrays of such shapes, src0 below
+    :data:`MIN_SIZE` elements, the library absent or disabled).
 
     Example:
         >>> import numpy as np
