@@ -635,9 +635,11 @@ PARALLEL_MIN_SIZE = 1 << 17  # elements; smaller parameters are not cut into sli
 # parameters (the small GPT of bench_programs: 53, none over 65,536 elements) otherwise ran its
 # whole update on one core while PyTorch's foreach kernels use all of them. Below this a
 # parameter's update is a few microseconds of arithmetic in about a dozen ufunc calls, mostly
-# GIL-bound Python: it stays in the calling thread. (Chosen, not tuned: the small GPT has no
-# parameter between 512 and 16,384 elements, so any bound in that range treats it alike.)
-SHARED_MIN_SIZE = 1 << 12
+# GIL-bound Python: it stays in the calling thread. 2^15, not 2^12: the digits MLP's two weights
+# (8,192 and 16,384 elements) dealt to two threads took its step from 0.96 to 1.13 ms (quiet,
+# in-process A/B; 2^15 and 2^17 both 0.96 ms); the small GPT keeps most of its volume shared
+# (its 49,152- and 65,536-element weights; only the 16,384-element ones stay in the caller).
+SHARED_MIN_SIZE = 1 << 15
 _pool: list = [None, None]   # [executor, pid that created it]
 _pool_lock = threading.Lock()
 
