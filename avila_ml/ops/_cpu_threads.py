@@ -84,13 +84,15 @@ def run_parts(fn, parts, limit_blas: bool = True) -> list:
     ctl = controller()
     if ctl is None or len(parts) <= 1:
         return [fn(p) for p in parts]
-    # NumPy's OpenBLAS workers spin for a while after each threaded product; one spinning
-    # through these parts takes a core from them. Stopped from this (the calling) thread, where
-    # no part has started yet: from inside a part the caller counts as a thread that could be in
-    # a BLAS call, and they were left spinning (the small GPT's attention forward ran its two
-    # parts at 1.05x the one-thread speed)
-    from ..cpu_accel import _dnnl
-    _dnnl.quiet_blas()
+    if not limit_blas:
+        # NumPy's OpenBLAS workers spin for a while after each threaded product; one spinning
+        # through these parts takes a core from them. Stopped from this (the calling) thread,
+        # where no part has started yet: from inside a part the caller counts as a thread that
+        # could be in a BLAS call, and they were left spinning (the small GPT's attention
+        # forward ran its two parts at 1.05x the one-thread speed). Not for parts that call
+        # BLAS (``limit_blas``): there stopped workers made the NumPy attention path 1.9x slower
+        from ..cpu_accel import _dnnl
+        _dnnl.quiet_blas()
 
     def run():
         futures = [_pool(len(parts) - 1).submit(fn, p) for p in parts[1:]]
