@@ -170,7 +170,9 @@ def _run(fn, units, work):
     def part(us):
         with one_omp_thread():
             fn(us)
-    _cpu_threads.run_parts(part, [units[t::n] for t in range(n)])
+    # limit_blas=False: the caller already holds BLAS at one thread (_one_thread_libraries), and
+    # run_parts then stops OpenBLAS's spinning workers before the parts start
+    _cpu_threads.run_parts(part, [units[t::n] for t in range(n)], limit_blas=False)
 
 
 @contextlib.contextmanager
@@ -424,7 +426,7 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
         def part(args):
             with one_omp_thread():
                 body(args)
-        _cpu_threads.run_parts(part, parts)
+        _cpu_threads.run_parts(part, parts, limit_blas=False)  # (BLAS held at one thread: see _run)
     for _, dk_, dv_ in parts[1:]:
         if dk_ is not dk:
             dk += dk_
