@@ -505,7 +505,14 @@ ALLOC = [
 @pytest.mark.parametrize("size", [20_000, 1 << 17], ids=["one-thread", "sliced-over-threads"])
 @pytest.mark.parametrize("name,kwargs", ALLOC, ids=_ids(ALLOC))
 def test_no_allocation_after_first_step(name, kwargs, size):
-    """Steps 2..10 allocate no array: the traced peak stays far below one parameter's size."""
+    """Steps 2..10 allocate no array: the traced peak stays far below one parameter's size; and
+    nothing leaks: steps 111..210 leave the traced memory within 1 KiB of where step 110 left
+    it (a leak of 11 bytes a step would show). The growth is taken that late because, once
+    tracing starts, the traced memory creeps up by ~3 KiB of small blocks over the first
+    100-200 steps and then stays flat (SGD, sliced: +2,720 bytes after 200 steps, +2,888 after
+    400, 600 and 800, +2,952 after 1,000): a one-time fill of interpreter/NumPy caches, not a
+    per-step leak, which made the former "growth over steps 2..10 < 4 KiB" check fail or pass
+    with the order of earlier tests."""
     from avila_ml.optim import _fused
     assert (size >= _fused.PARALLEL_MIN_SIZE) == (size == 1 << 17)
     rng = np.random.default_rng(0)
@@ -522,11 +529,17 @@ def test_no_allocation_after_first_step(name, kwargs, size):
         tracemalloc.reset_peak()
         for _ in range(9):
             opt.step()
-        current, peak = tracemalloc.get_traced_memory()
+        _, peak = tracemalloc.get_traced_memory()
+        for _ in range(100):
+            opt.step()
+        settled, _ = tracemalloc.get_traced_memory()
+        for _ in range(100):
+            opt.step()
+        current, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak - base < 16_384 < one_param, f"a step allocated {peak - base} bytes"
-    assert current - base < 4096, f"memory grew by {current - base} bytes over 9 steps"
+    assert current - settled < 1024, f"memory grew by {current - settled} bytes over steps 111..210"
 
 
 def test_float32_and_noncontiguous_grad(device):
