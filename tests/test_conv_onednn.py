@@ -930,6 +930,27 @@ def test_few_channel_weight_gradient_runs_as_patches_matmul(monkeypatch, d, xs, 
             _f32_close(second.numpy(), tsecond.numpy(), rtol=5e-5)
 
 
+def test_patches_built_on_threads_equal_the_windows(monkeypatch):
+    """The patches matrix of the few-channel weight gradient is filled batch slice by batch
+    slice on the CPU threads (residual CNN stem size, so the split happens): every row equals its
+    padded, strided input window, and the ones row is there."""
+    from avila_ml.ops import _cpu_threads
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    slices = []
+    real = _cpu_threads.over_batch
+    monkeypatch.setattr(_cpu_threads, "over_batch", lambda fn, n, size, *a: slices.append(
+        len(_cpu_threads.batch_slices(n, size, *(a or (1 << 18,))))) or real(fn, n, size, *a))
+    x = np.random.default_rng(48).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    geom = ConvGeometry((1, 1), (1, 1), (1, 1), (1, 1), 1)
+    P = accel._patches(x, geom, (3, 3), True)
+    xp = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    ref = np.stack([xp[:, c, i:i + 32, j:j + 32] for c in range(3) for i in range(3) for j in range(3)], axis=1)
+    np.testing.assert_array_equal(P[:, :27], ref.reshape(32, 27, -1))
+    assert np.all(P[:, 27] == 1.0)
+    if _cpu_threads.controller() is not None and _cpu_threads.blas_threads() > 1:
+        assert slices == [2]
+
+
 def test_patches_weight_gradient_rule():
     """Only ungrouped convolutions with 1-3 input channels (1-2 when strided) whose patches matrix is no
     larger than the output gradient take the patches product; the rest keep oneDNN's kernel."""

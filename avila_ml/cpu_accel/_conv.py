@@ -593,13 +593,19 @@ def _patches(x, geom, kernel, ones):
         x = np.pad(x, [(0, 0), (0, 0)] + list(zip(geom.pad_lo, geom.pad_hi)))
     T = math.prod(kernel)
     P = np.empty((N, C * T + int(ones)) + tuple(out), dtype=_F32)
-    for c in range(C):
-        for t, ks in enumerate(itertools.product(*(range(k) for k in kernel))):
-            window = tuple(slice(k * dl, k * dl + s * (o - 1) + 1, s)
-                           for k, dl, s, o in zip(ks, geom.dilation, geom.stride, out))
-            P[:, c * T + t] = x[(slice(None), c) + window]
-    if ones:
-        P[:, C * T] = 1.0
+    windows = [tuple(slice(k * dl, k * dl + s * (o - 1) + 1, s) for k, dl, s, o in zip(ks, geom.dilation, geom.stride, out))
+               for ks in itertools.product(*(range(k) for k in kernel))]
+
+    def fill(b):  # the samples b: C T strided copies (NumPy releases the GIL in them)
+        for c in range(C):
+            for t, window in enumerate(windows):
+                P[(b, c * T + t)] = x[(b, c) + window]
+        if ones:
+            P[b, C * T] = 1.0
+    # split over the batch on the CPU threads: single-threaded, building the residual CNN stem's
+    # patches (32 x 27 x 1024) took 0.8 ms of its 1.7 ms weight-gradient pass at two threads
+    from ..ops._cpu_threads import over_batch
+    over_batch(fill, N, P.size)
     return P.reshape(N, P.shape[1], -1)
 
 
