@@ -11,10 +11,9 @@ coefficients up with vector gathers, which are slow on AMD Zen (8.0 ms for 1.6 M
 ``x``: one chain of multiplications and one logistic. Its gradient is three chains (see
 :func:`gelu_tanh_backward`).
 
-The operands of a :func:`run` chain have one shape; :func:`run_broadcast` also takes operands
-broadcast by oneDNN (per-channel (1, C, 1) values over an (N, C, S) output, a (1,) constant
-against an (n,) array; batch norm and the LeakyReLU gradient, its former callers, now run NumPy
-passes, which measured faster). One plan per
+The operands of a :func:`run` chain have one shape (a broadcasting form, used by batch norm and
+the LeakyReLU gradient, was removed when both moved to NumPy passes, which measured faster). One
+plan per
 (chain, operand shapes), LRU-cached as in ``_conv.py``.
 Functions return None where oneDNN does not apply (not float32 NumPy arrays of the expected
 shapes, fewer than :data:`MIN_SIZE` elements, the library absent or disabled), so the caller
@@ -30,7 +29,7 @@ import numpy as np
 from . import _dnnl as D
 from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
-__all__ = ["run", "run_broadcast", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
+__all__ = ["run", "gelu_tanh_forward", "gelu_tanh_backward", "MIN_SIZE", "cache_info", "clear_cache",
            "CACHE_SIZE"]
 
 CACHE_SIZE = 64  # plans kept (LRU)
@@ -54,8 +53,7 @@ class _Plan(Executor):
     """``dst = steps(src0 alg src1)`` in float32; ``steps`` is a tuple of ``("elt", alg, alpha,
     beta)`` and ``("bin", alg)`` (the latter each takes one more tensor). ``shapes`` holds one
     plain C-order shape per operand (src0, src1, the binary steps' tensors) and the output's
-    last: all one 1-d shape for the flat chains, or a (N, C, S) output with (1, C, 1) per-channel
-    operands broadcast by oneDNN (:func:`run_broadcast`)."""
+    last (all one 1-d shape: :func:`run`)."""
 
     def __init__(self, lib, shapes, alg, steps):
         self.lib, self.what = lib, "element-wise chain"
@@ -128,44 +126,6 @@ def run(alg, steps, src0, src1, *tensors, out=None):
         return None
     y = np.empty(src0.shape, _F32) if out is None else out
     plan.run(*(np.ascontiguousarray(a).reshape(-1) for a in arrays), y.reshape(-1))
-    return y
-
-
-def run_broadcast(alg, steps, src0, src1, *tensors, out=None):
-    """Like :func:`run`, but an operand may also be broadcast by oneDNN: of src0's number of
-    dims, with size 1 where it differs from src0 (the output has src0's shape): per-channel
-    (1, C, 1) operands of an (N, C, S) output, or a (1,) constant against an (n,) array. None
-    where oneDNN does not apply (not float32 NumPy arrays of such shapes, src0 below
-    :data:`MIN_SIZE` elements, the library absent or disabled).
-
-    Example:
-        >>> import numpy as np
-        >>> from avila_ml.cpu_accel import _chain
-        >>> x = np.ones((8, 4, 256), np.float32)
-        >>> a = np.arange(4, dtype=np.float32).reshape(1, 4, 1)
-        >>> y = _chain.run_broadcast(_chain.MUL, (("bin", _chain.ADD),), x, a, a)   # x a + a
-        >>> y is None or y[0, :, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
-        True
-    """
-    from ..backends import mkldnn
-    arrays = (src0, src1) + tensors
-    if not mkldnn.enabled or src0.size < MIN_SIZE or sum(s[0] == "bin" for s in steps) != len(tensors):
-        return None
-    full = src0.shape
-    for a in arrays:
-        if not (isinstance(a, np.ndarray) and a.dtype == _F32 and a.ndim == len(full)
-                and all(d == f or d == 1 for d, f in zip(a.shape, full))):
-            return None
-    lib = D.load()
-    if lib is None:
-        return None
-    _declare(lib)
-    shapes = tuple(a.shape for a in arrays) + (full,)
-    plan = _cache.get((alg, tuple(steps), shapes), lambda: _Plan(lib, shapes, alg, steps))
-    if not plan.jit:
-        return None
-    y = np.empty(full, _F32) if out is None else out
-    plan.run(*(np.ascontiguousarray(a) for a in arrays), y)
     return y
 
 

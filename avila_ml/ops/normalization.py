@@ -395,9 +395,8 @@ def _layer_rows_route(input, weight, bias, k, eps):
     return (plan is not None or weight is not None), plan
 
 
-# Batch norm of float32 host arrays from this many elements keeps the centred input and applies
-# its affine maps (forward y = xc (rstd w) + b, backward dx = A (g - xc k1 - k2)) as fused
-# Batch norm of NumPy arrays (float32 / float64; float16 / bfloat16 computed in float32) keeps
+# Batch norm of NumPy arrays of at least _CENTRED_MIN elements (float32 / float64; float16 /
+# bfloat16 computed in float32) keeps
 # ``xc = x - mean`` and runs every pass with the per-channel coefficients spread over the
 # spatial positions ((1, C, S) arrays, ``_spread``): NumPy then sees rows of C*S contiguous
 # elements instead of a broadcast along S, which matters most for few positions (S = 16: a
