@@ -171,3 +171,43 @@ def test_sigmoid_float32_relative_accuracy_down_to_tiny_values():
     assert np.all(np.abs(y[rel] - ref[rel]) <= 4 * np.finfo(np.float32).eps * ref[rel])
     assert np.all(np.abs(y[:-3][~rel[:-3]] - ref[:-3][~rel[:-3]]) <= 10 * tiny)
     assert np.isnan(y[-3]) and y[-2] == 1 and y[-1] == 0
+
+
+# ----------------------------------------------------------------------- thread hand-offs
+def test_run_parts_quiets_openblas_only_before_parts_that_never_call_blas(monkeypatch):
+    """``run_parts(limit_blas=False)`` stops OpenBLAS's spinning workers once, from the calling
+    thread, before any part starts; parts that call BLAS (``limit_blas=True``, the default)
+    leave them alone (stopping them there made the NumPy attention path 1.9x slower)."""
+    import threading
+    from avila_ml.cpu_accel import _dnnl
+    from avila_ml.ops import _cpu_threads
+    if _cpu_threads.controller() is None:
+        pytest.skip("no thread control (threadpoolctl)")
+    events = []
+    monkeypatch.setattr(_dnnl, "quiet_blas", lambda: events.append(("quiet", threading.current_thread())))
+    part = lambda p: events.append(("part", p))  # noqa: E731
+    _cpu_threads.run_parts(part, [0, 1], limit_blas=False)
+    assert events[0] == ("quiet", threading.current_thread())
+    assert sorted(e[1] for e in events[1:]) == [0, 1] and all(e[0] == "part" for e in events[1:])
+    events.clear()
+    _cpu_threads.run_parts(part, [0, 1])
+    assert [e[0] for e in events] == ["part", "part"]
+
+
+def test_calls_keeping_the_gil_reach_the_same_c_functions():
+    """``_Lib.fn_keeping_gil`` returns a PyDLL-style prototype (no GIL release) of the same C
+    function: OpenMP's thread count set through it is what the ordinary ctypes call reads back."""
+    import ctypes
+    from avila_ml.cpu_accel import _dnnl
+    lib = _dnnl.load()
+    if lib is None or not hasattr(lib.cdll, "omp_get_max_threads"):
+        pytest.skip("oneDNN on OpenMP is not installed")
+    get, set_ = lib.fn_keeping_gil("omp_get_max_threads"), lib.fn_keeping_gil("omp_set_num_threads")
+    assert get._flags_ & ctypes._FUNCFLAG_PYTHONAPI  # called with the GIL held
+    before = lib.cdll.omp_get_max_threads()
+    try:
+        set_(1)
+        assert lib.cdll.omp_get_max_threads() == 1 == get()
+    finally:
+        set_(before)
+    assert get() == before == lib.cdll.omp_get_max_threads()
