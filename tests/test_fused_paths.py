@@ -105,10 +105,16 @@ def test_unbind_gradient_keeps_the_input_layout_so_the_reshape_back_is_a_view(mo
     a = am.tensor(x0, requires_grad=True)
     sum(p.sum() * (i + 1) for i, p in enumerate(am.split(a, [1, 3, 1], dim=1))).backward()
     np.testing.assert_allclose(a.grad.numpy(), np.repeat([1.0, 2, 2, 2, 3], 1)[None, :, None] * np.ones((2, 5, 24)))
-    assert S._empty_in_layout((3, 4), (0, 8), np.float64, np).flags.c_contiguous        # broadcast
-    assert S._empty_in_layout((3, 4), (-32, 8), np.float64, np).flags.c_contiguous      # flipped
-    e = S._empty_in_layout((4, 3), (8, 32), np.float64, np)                              # transposed
+    assert S._empty_in_layout((3, 4), (0, 1), np.float64, np).flags.c_contiguous        # broadcast
+    assert S._empty_in_layout((3, 4), (-4, 1), np.float64, np).flags.c_contiguous       # flipped
+    e = S._empty_in_layout((4, 3), (1, 4), np.float64, np)                              # transposed
     assert e.shape == (4, 3) and e.strides == (8, 32)
+    # a float32 input's layout kept for its gradient (strides counted in elements, not bytes)
+    h = am.tensor(x0.astype(np.float32), requires_grad=True)
+    q32, k32, _ = h.reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    copies.clear()
+    (q32 * k32).sum().backward()
+    assert S.Reshape not in copies
 
 
 # ----------------------------------------------------------------------- float32 log1p

@@ -228,8 +228,8 @@ def matmul(a, b, out, *, trans_a: bool = False, trans_b: bool = False, exp: bool
 
 # layouts already validated by the full checks of _run (shapes, strides, options of the three
 # operands and the epilogue's inputs) -> their plan key: a repeated call checks only what can
-# differ between arrays of one layout (type, dtype, writability). The full checks cost ~12 us
-# of Python per call, as much as a GPT-sized attention tile's product, and two threads sharing
+# differ between arrays of one layout (type, dtype, writability). Skipping the full checks took
+# a tiny product's call from 25.6 to 18.9 us of Python (one thread); two threads sharing
 # attention tiles run that Python one at a time under the GIL.
 _validated: dict = {}
 _VALIDATED_MAX = 4096

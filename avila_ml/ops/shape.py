@@ -509,12 +509,13 @@ class Split(Function):
     def backward(self, *gs):
         if _grad_state.enabled or not all(isinstance(g, Tensor) for g in gs):
             return cat(list(gs), self.dim)
-        # The slices' gradients go into one array laid out in memory as the input was (PyTorch
-        # keeps the layout too): for ``q, k, v = qkv.reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)``
-        # the gradient then reaches the permute and the reshape as views, where a C-ordered
-        # concatenation was copied once more by the reshape (3 MB per layer of the small GPT)
+        # The slices' gradients go into one array laid out in memory as the input was: for
+        # ``q, k, v = qkv.reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)`` the gradient then
+        # reaches the permute and the reshape as views, where a C-ordered concatenation was
+        # copied once more by the reshape (3 MB per layer of the small GPT)
         shape, strides, dtype = self.in_layout
-        out = _empty_in_layout(shape, strides, gs[0].array.dtype, backend_of(gs[0].array).xp)
+        elem = tuple(st // dtype.itemsize if st % dtype.itemsize == 0 else 0 for st in strides)
+        out = _empty_in_layout(shape, elem, gs[0].array.dtype, backend_of(gs[0].array).xp)
         start = 0
         index = [slice(None)] * len(shape)
         for g, n in zip(gs, self.sizes):
@@ -525,13 +526,14 @@ class Split(Function):
 
 
 def _empty_in_layout(shape, strides, dtype, xp):
-    """An uninitialised array of ``shape`` whose dims are ordered in memory as a dense array with
-    ``strides`` has them (a permuted C-order array's layout is kept); C order for any other
-    layout (overlapping or gapped views, zero strides, size-1 ambiguity handled by the sort)."""
+    """An uninitialised ``dtype`` array of ``shape`` whose dims are ordered in memory as a dense
+    array with element ``strides`` has them (a permuted C-order array's layout is kept); C order
+    for any other layout (overlapping or gapped views, zero or negative strides; size-1 dims may
+    have any stride)."""
     order = sorted(range(len(shape)), key=lambda i: -abs(strides[i]))
     dense, expect = True, 1
     for i in reversed(order):
-        if shape[i] != 1 and strides[i] != expect * np.dtype(dtype).itemsize:
+        if shape[i] != 1 and strides[i] != expect:
             dense = False
             break
         expect *= shape[i]
