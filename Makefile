@@ -8,8 +8,10 @@ VPY := $(VENV)/bin/python
 $(VPY):
 	$(PY) -m venv $(VENV)
 
-# $(VENV)/.installed-<extras>: `pip install -e .[<extras>]`, redone when pyproject.toml changes
-$(VENV)/.installed-%: pyproject.toml | $(VPY)
+# $(VENV)/.installed-<extras>: `pip install -e .[<extras>]`, redone when pyproject.toml changes or
+# the compiled kernels' source does (an editable install builds avila_ml/cpu_accel/_kernels.c once,
+# in place, and never rebuilds it by itself)
+$(VENV)/.installed-%: pyproject.toml setup.py avila_ml/cpu_accel/_kernels.c | $(VPY)
 	$(VPY) -m pip install -q -e ".[$*]"
 	touch $@
 

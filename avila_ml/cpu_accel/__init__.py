@@ -19,6 +19,11 @@ and backward (``_rnn.py``). Each is used only where it measured faster than the 
 where oneDNN's kernel is its scalar reference code. oneDNN is loaded with its OpenMP threads
 waiting passively (``_dnnl._passive_openmp``) unless the user chose a wait policy.
 
+Separately from oneDNN, a few element-wise kernels are C compiled with the package (the
+optional extension ``_kernels``, built by ``pip install`` where a C compiler is present; see
+``_native.py``): ReLU forward and backward and LeakyReLU's backward, one pass over memory each on
+the OpenMP threads. :func:`kernels_available` says whether they are built.
+
 Example:
     >>> import avila_ml as am
     >>> am.cpu_accel.is_available() in (True, False)
@@ -27,8 +32,10 @@ Example:
 from __future__ import annotations
 
 from . import _dnnl as dnnl
+from . import _native
 
-__all__ = ["is_available", "version", "library_path", "absent_reason"]
+__all__ = ["is_available", "version", "library_path", "absent_reason", "kernels_available",
+           "kernels_absent_reason"]
 
 
 def is_available() -> bool:
@@ -80,3 +87,30 @@ def absent_reason():
         True
     """
     return dnnl.absent_reason()
+
+
+def kernels_available() -> bool:
+    """True when the element-wise kernels compiled with the package (``_kernels.c``: ReLU
+    forward/backward, LeakyReLU backward) are built and switched on; without them the same ops
+    run as NumPy passes (same results). Switch them off with ``AVILA_ML_NATIVE_KERNELS=0``. No
+    PyTorch counterpart (PyTorch's CPU kernels are always compiled).
+
+    Example:
+        >>> import avila_ml as am
+        >>> isinstance(am.cpu_accel.kernels_available(), bool)
+        True
+    """
+    return _native.available()
+
+
+def kernels_absent_reason():
+    """Why the compiled element-wise kernels are not used, as a sentence, or None when they are
+    (no PyTorch counterpart).
+
+    Example:
+        >>> import avila_ml as am
+        >>> r = am.cpu_accel.kernels_absent_reason()
+        >>> (r is None) == am.cpu_accel.kernels_available()
+        True
+    """
+    return _native.absent_reason()

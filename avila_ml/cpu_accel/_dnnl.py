@@ -245,6 +245,7 @@ def load():
                 lib = None
         if lib is not None:
             _sync_threads(lib)
+            guard_fork(lib.cdll)
         _state["lib"], _state["why"] = lib, why
         return lib
 
@@ -315,6 +316,38 @@ def version() -> tuple | None:
     """oneDNN's ``(major, minor, patch)``, or None when it is not available."""
     lib = load()
     return None if lib is None else lib.version
+
+
+def guard_fork(cdll) -> None:
+    """Make a child process forked after this point (a DataLoader worker, ``multiprocessing``
+    with 'fork') run OpenMP regions on one thread: GNU libgomp's thread pool does not survive
+    ``fork``, and a parallel region in the child waited forever for the parent's threads (a
+    Conv2d in a forked child hung, AMD EPYC, 2026-12-07). ``cdll``: a library whose symbols
+    resolve ``omp_set_num_threads`` (oneDNN's, or the compiled kernels'). Registered once per
+    process. PyTorch's DataLoader workers likewise run ``torch.set_num_threads(1)``.
+
+    Example:
+        >>> import ctypes
+        >>> from avila_ml.cpu_accel import _dnnl
+        >>> _dnnl.guard_fork(ctypes.CDLL(None))  # no OpenMP symbol there: nothing registered
+    """
+    if _state.get("fork_guard"):
+        return
+    setter = getattr(cdll, "omp_set_num_threads", None)
+    if setter is None:
+        return
+    setter.argtypes, setter.restype = [ctypes.c_int], None
+
+    def one_thread():
+        _state["forked"] = True
+        setter(1)
+    os.register_at_fork(after_in_child=one_thread)
+    _state["fork_guard"] = True
+
+
+def forked() -> bool:
+    """True in a child forked after :func:`guard_fork` (its OpenMP regions run on one thread)."""
+    return _state.get("forked", False)
 
 
 def _sync_threads(lib) -> None:

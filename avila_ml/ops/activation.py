@@ -52,6 +52,13 @@ def _raw(g, a) -> bool:
     return isinstance(g, np.ndarray) and isinstance(a, np.ndarray) and g.dtype == a.dtype and g.shape == a.shape
 
 
+def _native():
+    """``avila_ml.cpu_accel._native``: the compiled one-pass kernels (each returns False where
+    they are not built or do not apply, and the caller runs the NumPy passes)."""
+    from ..cpu_accel import _native as native
+    return native
+
+
 def _accel_eltwise():
     """``avila_ml.cpu_accel._eltwise`` (imported on first use; its functions return None when
     oneDNN is absent, disabled by ``avila_ml.backends.mkldnn.enabled = False``, or does not
@@ -145,9 +152,11 @@ class ReLU(Function):
         self.save_outputs(0)
         zero = x.dtype.type(0)
         if isinstance(x, np.ndarray) and x.ndim:
-            # host arrays: ``maximum`` against a row of zeros (NumPy's SIMD loop; with the scalar
-            # it is ~4x slower, see ``_scalar_rows``), large ones split over the CPU threads
             y = x if into else np.empty(x.shape, dtype=x.dtype)
+            if _native().relu_forward(x, y):  # the compiled kernel: one pass, split over the threads
+                return y
+            # else ``maximum`` against a row of zeros (NumPy's SIMD loop; with the scalar it is
+            # ~4x slower, see ``_scalar_rows``), large arrays split over the CPU threads
             over_batch(lambda b: scalar_ufunc(np.maximum, x[b], zero, y[b]), x.shape[0], x.size, _SPLIT_MIN)
             return y
         xp = _xp(x)
@@ -165,6 +174,8 @@ class ReLU(Function):
             # as 1-d views for a 0-d gradient: the parts index the leading axis
             ga, ya = (g.array, y.array) if g.array.ndim else (g.array.reshape(1), y.array.reshape(1))
             dx = np.empty(ga.shape, dtype=ga.dtype)
+            if _native().relu_backward(ga, ya, dx):  # one pass (the compiled kernel); else NumPy's
+                return Tensor._wrap(dx.reshape(g.array.shape))
 
             def part(b):  # g * {0, 1}: the select, except an inf/NaN g where y <= 0 (0 * inf)
                 # y is this ReLU's output (version-checked): >= 0 or NaN, so "not y <= 0" is
@@ -242,6 +253,10 @@ class LeakyReLU(Function):
         # (not a fused oneDNN chain: quiet in-process A/B, 2 threads, (32, 128, 16, 16) fwd+bwd:
         # 1.67 ms with the chain and its NaN scan, 0.64 ms with these passes split over the
         # threads; one thread 2.06 vs 1.79 ms)
+        if not _grad_state.enabled and _raw(g.array, x.array):
+            dx = np.empty(g.array.shape, dtype=g.array.dtype)
+            if _native().leaky_relu_backward(g.array, x.array, self.slope, dx):  # one pass, compiled
+                return Tensor._wrap(dx)
         if not _grad_state.enabled and _raw(g.array, x.array) and 0 <= self.slope <= 1:
             # g * (1 if x > 0 else slope), PyTorch's formula, with the factor built by SIMD
             # ufuncs (np.where/copyto with a mask are ~8x slower, measured): m (1 - s) + s is

@@ -1,0 +1,240 @@
+"""The element-wise kernels compiled with the package (``avila_ml/cpu_accel/_kernels.c`` through
+``_native.py``, issue 17): ReLU forward and backward, LeakyReLU backward.
+
+Each kernel against PyTorch's CPU kernel on the values where formulas differ (NaN, +-inf, +-0),
+float32 and float64, sizes below and above the threading cut (so the OpenMP split runs) and
+lengths that are not multiples of the vector width; that they do not apply (return False, write
+nothing) to other dtypes, strided or mismatched arrays; that the public ops give bitwise the
+NumPy formulas' results with the kernels on and off, and PyTorch's gradients; that they are
+built wherever a C compiler is present; and, in fresh processes, that loading them keeps
+oneDNN's passive OpenMP waiting and that a forked child (a DataLoader worker) still runs them
+and oneDNN's convolutions instead of hanging in the OpenMP runtime.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avila_ml as am
+from avila_ml.cpu_accel import _native
+from avila_ml.nn import functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_kernels = pytest.mark.skipif(not _native.available(), reason=f"no compiled kernels: {_native.absent_reason()}")
+SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0]
+
+
+def _values(n, dtype, seed=0):
+    """n values: the specials first, then normal samples."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(n).astype(dtype)
+    k = min(n, len(SPECIALS))
+    v[:k] = np.array(SPECIALS[:k], dtype=dtype)
+    return v
+
+
+def _same(a, b):
+    """Bitwise-equal values where both are numbers (a NaN matches a NaN; -0 and +0 compared by
+    value, as PyTorch's kernels do not promise a zero's sign)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.all((a == b) | (np.isnan(a) & np.isnan(b))))
+
+
+def test_built_where_a_compiler_is():
+    """``pip install -e .`` builds the extension wherever a C compiler is present (the Makefile
+    and CI install that way): then the kernels must load, not silently fall back."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}): the extension is optional and not built")
+    if os.environ.get("AVILA_ML_NATIVE_KERNELS") == "0":
+        pytest.skip("switched off by AVILA_ML_NATIVE_KERNELS=0")
+    assert _native.available(), _native.absent_reason()
+    assert am.cpu_accel.kernels_available() and am.cpu_accel.kernels_absent_reason() is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 33, (1 << 16) + 5, (1 << 18) + 3])
+def test_relu_forward_matches_torch(dtype, n):
+    x = _values(n, dtype)
+    y = np.full_like(x, 7.0)
+    assert _native.relu_forward(x, y)
+    assert _same(y, torch.relu(torch.from_numpy(x)).numpy())
+    z = x.copy()  # in place (out is x)
+    assert _native.relu_forward(z, z)
+    assert _same(z, y)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 9, 40, (1 << 16) + 5, (1 << 18) + 3])
+def test_relu_backward_matches_threshold_backward(dtype, n):
+    # every (g, y) pair of specials, then random ones
+    g = _values(n, dtype, seed=1)
+    y = np.maximum(_values(n, dtype, seed=2), 0)  # a ReLU output: >= 0 or NaN
+    k = len(SPECIALS)
+    if n >= k * k:
+        g[:k * k] = np.repeat(np.array(SPECIALS, dtype), k)
+        y[:k * k] = np.tile(np.array(SPECIALS, dtype), k)  # negative y too: the formula's y <= 0
+    out = np.empty_like(g)
+    assert _native.relu_backward(g, y, out)
+    ref = torch.ops.aten.threshold_backward(torch.from_numpy(g), torch.from_numpy(y), 0).numpy()
+    assert _same(out, ref)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope", [0.01, 0.2, 0.0, 1.0, 3.5, -0.5])
+@pytest.mark.parametrize("n", [5, 81, (1 << 18) + 3])
+def test_leaky_relu_backward_matches_torch(dtype, slope, n):
+    g = _values(n, dtype, seed=3)
+    x = _values(n, dtype, seed=4)
+    k = len(SPECIALS)
+    if n >= k * k:
+        g[:k * k] = np.repeat(np.array(SPECIALS, dtype), k)
+        x[:k * k] = np.tile(np.array(SPECIALS, dtype), k)
+    out = np.empty_like(g)
+    assert _native.leaky_relu_backward(g, x, slope, out)
+    ref = torch.ops.aten.leaky_relu_backward(torch.from_numpy(g), torch.from_numpy(x), slope, False).numpy()
+    assert _same(out, ref)
+
+
+@needs_kernels
+def test_declines_what_it_does_not_take():
+    """Other dtypes, strided views, shape or dtype mismatches and read-only outputs: False,
+    nothing written (the caller runs NumPy)."""
+    x = np.arange(-8, 8, dtype=np.float32)
+    for args in [(x.astype(np.float16), np.empty(16, np.float16)),
+                 (x.astype(np.int32), np.empty(16, np.int32)),
+                 (x[::2], np.empty(8, np.float32)),
+                 (x, np.empty(15, np.float32)),
+                 (x, np.empty(16, np.float64)),
+                 ([1.0, 2.0], np.empty(2, np.float32))]:
+        out = args[1]
+        before = out.copy() if isinstance(out, np.ndarray) else None
+        assert not _native.relu_forward(*args)
+        assert before is None or np.array_equal(out, before, equal_nan=True)
+    ro = np.empty(16, np.float32)
+    ro.flags.writeable = False
+    assert not _native.relu_forward(x, ro)
+    assert not _native.relu_backward(x, x, np.empty((4, 4), np.float32))
+    assert not _native.leaky_relu_backward(x, x[::-1], 0.1, np.empty(16, np.float32))
+
+
+@needs_kernels
+def test_switched_off(monkeypatch):
+    monkeypatch.setattr(_native, "ENABLED", False)
+    x = np.ones(4, np.float32)
+    assert not _native.available() and "switched off" in _native.absent_reason()
+    assert not _native.relu_forward(x, np.empty_like(x))
+
+
+def _grads(fn, x, g, native, monkeypatch):
+    monkeypatch.setattr(_native, "ENABLED", native)
+    xt = am.tensor(x.copy(), requires_grad=True)
+    y = fn(xt * 1.0)  # (a non-leaf, so the in-place forms may write into it)
+    y.backward(am.tensor(g))
+    return y.detach().numpy(), xt.grad.numpy()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["relu", "relu_", "relu_inplace", "leaky", "leaky_inplace", "leaky_neg"])
+def test_ops_same_with_and_without_kernels_and_match_torch(name, dtype, monkeypatch):
+    ours, theirs = {
+        "relu": (F.relu, TF.relu),
+        "relu_": (lambda t: t.relu_(), lambda t: t.relu_()),
+        "relu_inplace": (lambda t: F.relu(t, inplace=True), lambda t: TF.relu(t, inplace=True)),
+        "leaky": (lambda t: F.leaky_relu(t, 0.1), lambda t: TF.leaky_relu(t, 0.1)),
+        "leaky_inplace": (lambda t: F.leaky_relu(t, 0.2, inplace=True), lambda t: TF.leaky_relu(t, 0.2, inplace=True)),
+        "leaky_neg": (lambda t: F.leaky_relu(t, -0.3), lambda t: TF.leaky_relu(t, -0.3)),
+    }[name]
+    shape = (4, 8, 96, 96)  # 2^18+ elements: the threaded split
+    x = _values(int(np.prod(shape)), dtype, seed=5).reshape(shape)
+    g = _values(x.size, dtype, seed=6).reshape(shape)
+    y1, gx1 = _grads(ours, x, g, True, monkeypatch)
+    y0, gx0 = _grads(ours, x, g, False, monkeypatch)
+    assert _same(y1, y0) and _same(gx1, gx0)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt * 1.0)
+    yt.backward(torch.tensor(g))
+    assert _same(y1, yt.detach().numpy())
+    assert _same(gx1, xt.grad.numpy())
+
+
+@needs_kernels
+def test_kernels_ran_for_relu(monkeypatch):
+    """The ops reach the kernels (a spy), and double backward (a graph of the gradient) does
+    not: it stays on Tensor ops, checked against PyTorch."""
+    seen = []
+    for name in ("relu_forward", "relu_backward", "leaky_relu_backward"):
+        real = getattr(_native, name)
+        monkeypatch.setattr(_native, name, lambda *a, _r=real, _n=name: seen.append(_n) or _r(*a))
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    xt = am.tensor(x, requires_grad=True)
+    F.relu(xt).sum().backward()
+    F.leaky_relu(am.tensor(x, requires_grad=True), 0.1).sum().backward()
+    assert seen == ["relu_forward", "relu_backward", "leaky_relu_backward"]
+    seen.clear()
+    x64 = x.astype(np.float64)
+    a = am.tensor(x64, requires_grad=True)
+    (gx,) = am.autograd.grad((F.leaky_relu(a, 0.1) ** 2).sum(), a, create_graph=True)
+    assert "leaky_relu_backward" not in seen  # building a graph: the Tensor-op backward
+    (gg,) = am.autograd.grad(gx.sum(), a)
+    t = torch.tensor(x64, requires_grad=True)
+    (tgx,) = torch.autograd.grad((TF.leaky_relu(t, 0.1) ** 2).sum(), t, create_graph=True)
+    (tgg,) = torch.autograd.grad(tgx.sum(), t)
+    assert np.allclose(gg.numpy(), tgg.numpy(), rtol=1e-12, atol=0)
+
+
+def _run(code, env=None):
+    e = dict(os.environ, PYTHONPATH=ROOT)
+    for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "AVILA_ML_NATIVE_KERNELS"):
+        e.pop(v, None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+
+
+@needs_kernels
+def test_loading_keeps_onednn_passive():
+    """Loading the kernels (OpenMP) in a fresh process, before any convolution, leaves oneDNN
+    loaded with passive OpenMP waits (a first version reset that flag, which sent every
+    convolution down the batch-parts path: DCGAN step 137 -> 200 ms)."""
+    r = _run("import numpy as np\n"
+             "from avila_ml.cpu_accel import _native, _dnnl\n"
+             "x = np.ones(1 << 20, np.float32)\n"
+             "assert _native.relu_forward(x, np.empty_like(x))\n"
+             "print(_dnnl.available(), _dnnl.passive_wait())\n")
+    assert r.returncode == 0, r.stderr
+    available, passive = r.stdout.split()
+    assert passive == available  # passive wherever oneDNN is there
+
+
+@needs_kernels
+def test_forked_child_runs_openmp_work():
+    """A child forked after the parent ran OpenMP regions (the kernels and, with oneDNN, a
+    convolution) runs them on one thread instead of hanging in GNU libgomp
+    (``_dnnl.guard_fork``), as a DataLoader worker with the 'fork' start method does."""
+    code = ("import multiprocessing as mp, numpy as np, avila_ml as am\n"
+            "from avila_ml.nn import functional as F\n"
+            "x = am.randn(4, 8, 64, 64); w = am.randn(8, 8, 3, 3)\n"
+            "def work():\n"
+            "    y = F.relu(x)\n"
+            "    c = F.conv2d(x, w, padding=1)\n"
+            "    return float(y.sum().item()), float(c.sum().item())\n"
+            "expect = work()\n"
+            "def child(q):\n"
+            "    q.put(work())\n"
+            "ctx = mp.get_context('fork'); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,))\n"
+            "p.start(); got = q.get(timeout=60); p.join(30)\n"
+            "assert p.exitcode == 0, p.exitcode\n"
+            "assert np.allclose(got, expect, rtol=1e-5), (got, expect)\n"
+            "print('ok')\n")
+    r = _run(code)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
