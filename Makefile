@@ -9,9 +9,9 @@ $(VPY):
 	$(PY) -m venv $(VENV)
 
 # $(VENV)/.installed-<extras>: `pip install -e .[<extras>]`, redone when pyproject.toml changes or
-# the compiled kernels' source does (an editable install builds avila_ml/cpu_accel/_kernels.c once,
-# in place, and never rebuilds it by itself)
-$(VENV)/.installed-%: pyproject.toml setup.py avila_ml/cpu_accel/_kernels.c | $(VPY)
+# the compiled kernels' sources do (an editable install builds avila_ml/cpu_accel/kernels/*.c once,
+# in place, and never rebuilds them by itself)
+$(VENV)/.installed-%: pyproject.toml setup.py $(wildcard avila_ml/cpu_accel/kernels/*) | $(VPY)
 	$(VPY) -m pip install -q -e ".[$*]"
 	touch $@
 

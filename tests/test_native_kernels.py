@@ -1,4 +1,4 @@
-"""The element-wise kernels compiled with the package (``avila_ml/cpu_accel/_kernels.c`` through
+"""The element-wise kernels compiled with the package (``avila_ml/cpu_accel/kernels/*.c`` through
 ``_native.py``, issue 17): ReLU forward and backward, LeakyReLU backward.
 
 Each kernel against PyTorch's CPU kernel on the values where formulas differ (NaN, +-inf, +-0),
@@ -56,6 +56,7 @@ def test_built_where_a_compiler_is():
         pytest.skip("switched off by AVILA_ML_NATIVE_KERNELS=0")
     assert _native.available(), _native.absent_reason()
     assert am.cpu_accel.kernels_available() and am.cpu_accel.kernels_absent_reason() is None
+    assert _native.missing() == []  # every registered kernel is in the build (not a stale one)
 
 
 @needs_kernels

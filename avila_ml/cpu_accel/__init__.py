@@ -90,7 +90,7 @@ def absent_reason():
 
 
 def kernels_available() -> bool:
-    """True when the element-wise kernels compiled with the package (``_kernels.c``: ReLU
+    """True when the element-wise kernels compiled with the package (``kernels/*.c``: ReLU
     forward/backward, LeakyReLU backward) are built and switched on; without them the same ops
     run as NumPy passes (same results). Switch them off with ``AVILA_ML_NATIVE_KERNELS=0``. No
     PyTorch counterpart (PyTorch's CPU kernels are always compiled).

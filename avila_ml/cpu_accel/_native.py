@@ -1,6 +1,8 @@
-"""Fused element-wise CPU kernels compiled with the package: ``_kernels.c``, built by
-``setup.py`` as the optional extension ``avila_ml.cpu_accel._kernels`` and called through
-``ctypes`` (which releases the GIL around each call).
+"""Element-wise CPU kernels compiled with the package: ``kernels/*.c``, built by ``setup.py``
+as the optional extension ``avila_ml.cpu_accel._kernels`` and called through ``ctypes`` (which
+releases the GIL around each call). This module loads the library, binds a kernel by name
+(``avila_<name>_f32`` / ``_f64``, signatures declared with :func:`register`) and holds the
+activation kernels' wrappers; other wrapper modules use :func:`kernel` and :func:`call`.
 
 Each kernel is one pass over memory where the NumPy formula takes two to four (compare, cast,
 multiply, NaN scan). Large arrays are cut into one contiguous range per CPU thread inside the C
@@ -9,12 +11,15 @@ oneDNN's kernels, loaded with its threads waiting passively like oneDNN's
 (``_dnnl._passive_openmp``). Not the Python pool of ``ops._cpu_threads.over_batch``: handing a
 part to a Python thread costs a GIL round trip, ~44 us on the 2-core AMD EPYC, against the
 ~60 us the whole in-place ReLU of a (32, 32, 32, 32) float32 array takes on the OpenMP team
-(2026-12-07). Every function takes
-same-shaped C-contiguous float32 or float64 NumPy arrays and returns False, having written
-nothing, where it does not apply (no compiled kernels, another dtype or layout, switched off
-with ``AVILA_ML_NATIVE_KERNELS=0`` or ``ENABLED = False``): the caller then runs its NumPy
-formula, which stays the reference in the tests. The results are PyTorch's, NaN and infinities
-included (``_kernels.c`` lists each formula).
+(2026-12-07).
+
+The wrappers take same-shaped C-contiguous float32 or float64 NumPy arrays and return False,
+having written nothing, where they do not apply (no compiled kernels, another dtype or layout,
+switched off with ``AVILA_ML_NATIVE_KERNELS=0`` or ``ENABLED = False``): the caller then runs
+its NumPy formula, which stays the reference in the tests. The results are PyTorch's, NaN and
+infinities included (each ``kernels/*.c`` file lists its formulas). A library built from older
+sources (an editable install not rebuilt) lacks some symbols: those kernels report False, the
+others run (:func:`missing` lists them).
 
 No PyTorch counterpart as a module: PyTorch's own CPU kernels are compiled C++ (ATen), which is
 what these stand in for.
@@ -28,59 +33,81 @@ import threading
 
 import numpy as np
 
-__all__ = ["available", "absent_reason", "relu_forward", "relu_backward", "leaky_relu_backward", "ENABLED"]
+__all__ = ["available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
+           "relu_backward", "leaky_relu_backward", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
-_VERSION = 2  # avila_kernels_version() of the _kernels.c this file was written for
-_SPLIT_MIN = 1 << 16  # from this many elements the range is split over the CPU threads
+_SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
 _state: dict = {}
-_P, _N = ctypes.c_void_p, ctypes.c_ssize_t
-_SIGNATURES = {  # name: argument types after the pointers' count
-    "relu_fwd": [_P, _P, _N, ctypes.c_int],
-    "relu_bwd": [_P, _P, _P, _N, ctypes.c_int],
-    "leaky_bwd": [_P, _P, _P, None, _N, ctypes.c_int],  # None: the scalar in the array's dtype
-}
-_SCALAR = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+_lock = threading.Lock()
+PTR, COUNT, THREADS = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int
+SCALAR = "scalar"  # in a signature: a scalar in the arrays' dtype (C float or double)
+_SIGNATURES: dict = {}
+_CTYPE = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
+def register(name: str, *argtypes) -> None:
+    """Declare the C signature of ``avila_<name>_f32`` / ``_f64``: ``PTR``, ``COUNT``,
+    ``THREADS``, ``SCALAR`` (the dtype's float) or any ctypes type, in order.
+
+    Example:
+        >>> from avila_ml.cpu_accel import _native
+        >>> _native.register("relu_fwd", _native.PTR, _native.PTR, _native.COUNT, _native.THREADS)
+    """
+    _SIGNATURES[name] = argtypes
+    if "bound" in _state:
+        _state["bound"] = {k: v for k, v in _state["bound"].items() if k[0] != name}
+
+
+register("relu_fwd", PTR, PTR, COUNT, THREADS)
+register("relu_bwd", PTR, PTR, PTR, COUNT, THREADS)
+register("leaky_bwd", PTR, PTR, PTR, SCALAR, COUNT, THREADS)
+
+
 def _load():
-    if "lib" in _state:
-        return _state["lib"]
-    lib, reason = None, None
-    spec = importlib.util.find_spec("avila_ml.cpu_accel._kernels")
-    if spec is None or not spec.origin:
-        reason = ("the compiled kernels (avila_ml.cpu_accel._kernels) are not built: reinstall with a C "
-                  "compiler present (pip install -e . builds them)")
-    else:
-        from . import _dnnl
-        # oneDNN first, where installed: it loads the OpenMP runtime with passive waits (and
-        # records that for its own use); else the runtime is loaded here the same way
-        loaded = _dnnl.load() is not None
-        try:
-            if loaded:
-                cdll = ctypes.CDLL(spec.origin)
-            else:
-                with _dnnl._passive_openmp():
-                    cdll = ctypes.CDLL(spec.origin)
-            version = cdll.avila_kernels_version()
-        except (OSError, AttributeError) as exc:
-            reason = f"the compiled kernels at {spec.origin} could not be loaded: {exc}"
+    """The loaded library (a ``ctypes.CDLL``) or None; the reason it is absent is kept."""
+    if "cdll" in _state:
+        return _state["cdll"]
+    with _lock:
+        if "cdll" in _state:
+            return _state["cdll"]
+        cdll, reason = None, None
+        spec = importlib.util.find_spec("avila_ml.cpu_accel._kernels")
+        if spec is None or not spec.origin:
+            reason = ("the compiled kernels (avila_ml.cpu_accel._kernels) are not built: reinstall with a C "
+                      "compiler present (pip install -e . builds them)")
         else:
-            if version != _VERSION:
-                reason = (f"the compiled kernels at {spec.origin} are version {version}, this code needs "
-                          f"{_VERSION}: rebuild them (pip install -e .)")
+            from . import _dnnl
+            # oneDNN first, where installed: it loads the OpenMP runtime with passive waits (and
+            # records that for its own use); else the runtime is loaded here the same way
+            try:
+                if _dnnl.load() is not None:
+                    cdll = ctypes.CDLL(spec.origin)
+                else:
+                    with _dnnl._passive_openmp():
+                        cdll = ctypes.CDLL(spec.origin)
+            except OSError as exc:
+                reason = f"the compiled kernels at {spec.origin} could not be loaded: {exc}"
             else:
                 _dnnl.guard_fork(cdll)
-                lib = {}
-                for name, args in _SIGNATURES.items():
-                    for dtype, suffix in _SUFFIX.items():
-                        fn = getattr(cdll, f"avila_{name}_{suffix}")
-                        fn.argtypes = [_SCALAR[dtype] if a is None else a for a in args]
-                        fn.restype = None
-                        lib[(name, dtype)] = fn
-    _state["lib"], _state["reason"] = lib, reason
-    return lib
+        _state["bound"] = {}
+        _state["cdll"], _state["reason"] = cdll, reason
+        return cdll
+
+
+def _bind(name, dtype):
+    """The C function ``avila_<name>_<f32|f64>`` with its argument types, or None when the
+    library lacks it (built from older sources)."""
+    key = (name, dtype)
+    fn = _state["bound"].get(key, False)
+    if fn is False:
+        fn = getattr(_state["cdll"], f"avila_{name}_{_SUFFIX[dtype]}", None)
+        if fn is not None:
+            fn.argtypes = [_CTYPE[dtype] if a is SCALAR else a for a in _SIGNATURES[name]]
+            fn.restype = None
+        _state["bound"][key] = fn
+    return fn
 
 
 def available() -> bool:
@@ -108,36 +135,96 @@ def absent_reason():
     return _state["reason"]
 
 
-def _kernel(name, *arrays):
-    """The C function for ``arrays`` (same shape and dtype, C-contiguous, writeable output
-    last), or None."""
+def missing() -> list:
+    """The registered kernels the loaded library lacks (built from older sources), as
+    ``avila_<name>_<f32|f64>`` names; empty when it has them all or is not loaded.
+
+    Example:
+        >>> from avila_ml.cpu_accel import _native
+        >>> isinstance(_native.missing(), list)
+        True
+    """
+    if _load() is None:
+        return []
+    return [f"avila_{n}_{_SUFFIX[d]}" for n in _SIGNATURES for d in _SUFFIX if _bind(n, d) is None]
+
+
+def kernel(name, *arrays):
+    """The C function ``name`` for ``arrays`` (same shape and dtype, float32 or float64,
+    C-contiguous, the output -- the last one -- writeable), or None: then the caller runs its
+    NumPy formula. Kernels over arrays of different shapes check them themselves and use
+    :func:`kernel_for`.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> x = np.ones(3, np.float32)
+        >>> _native.kernel("relu_fwd", x, x[::-1]) is None  # a reversed view is not C-contiguous
+        True
+    """
+    first = arrays[0]
+    if not isinstance(first, np.ndarray):
+        return None
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.shape == first.shape):
+            return None
+    return kernel_for(name, *arrays)
+
+
+def kernel_for(name, *arrays):
+    """As :func:`kernel` for arrays of any shapes: one float dtype, all C-contiguous, the last
+    writeable; the caller has checked the shapes.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> _native.kernel_for("relu_fwd", np.ones(3, np.float16), np.ones(3, np.float16)) is None
+        True
+    """
     if not ENABLED:
         return None
     first = arrays[0]
     if not isinstance(first, np.ndarray) or first.dtype not in _SUFFIX:
         return None
     for a in arrays:
-        if not (isinstance(a, np.ndarray) and a.dtype == first.dtype and a.shape == first.shape
-                and a.flags.c_contiguous):
+        if not (isinstance(a, np.ndarray) and a.dtype == first.dtype and a.flags.c_contiguous):
             return None
-    if not arrays[-1].flags.writeable:
+    if not arrays[-1].flags.writeable or _load() is None:
         return None
-    lib = _load()
-    return None if lib is None else lib[(name, first.dtype)]
+    return _bind(name, first.dtype)
 
 
-def _run(fn, arrays, scalars=()):
-    """``fn(pointers..., scalars..., count, threads)``: one C call over the flat arrays, on as
-    many OpenMP threads as BLAS uses for large arrays (one inside a pool thread of
-    ``ops._cpu_threads``, whose siblings hold the other cores)."""
+def threads_for(size: int) -> int:
+    """The OpenMP team size for work over ``size`` elements: as many threads as BLAS uses from
+    ``_SPLIT_MIN`` elements on, else 1; 1 inside a pool thread of ``ops._cpu_threads`` (its
+    siblings hold the other cores) and in a child forked after OpenMP ran (``_dnnl.guard_fork``).
+
+    Example:
+        >>> from avila_ml.cpu_accel import _native
+        >>> _native.threads_for(10)
+        1
+    """
     from ..ops._cpu_threads import blas_threads
     from . import _dnnl
-    n = arrays[0].size
-    threads = 1
-    if (n >= _SPLIT_MIN and not threading.current_thread().name.startswith("avila-cpu")
-            and not _dnnl.forked()):  # (a forked child: one thread, see _dnnl.guard_fork)
-        threads = blas_threads()
-    fn(*[a.ctypes.data for a in arrays], *scalars, n, threads)
+    if size < _SPLIT_MIN or threading.current_thread().name.startswith("avila-cpu") or _dnnl.forked():
+        return 1
+    return blas_threads()
+
+
+def call(fn, arrays, scalars=(), size=None) -> bool:
+    """``fn(pointers of arrays..., scalars..., size, threads)`` (``size``: the first array's
+    element count by default); True.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> x = np.array([-1.0, 2.0], np.float32)
+        >>> fn = _native.kernel("relu_fwd", x, x)
+        >>> fn is None or (_native.call(fn, (x, x)) and x.tolist() == [0.0, 2.0])
+        True
+    """
+    n = arrays[0].size if size is None else size
+    fn(*[a.ctypes.data for a in arrays], *scalars, n, threads_for(n))
     return True
 
 
@@ -154,8 +241,8 @@ def relu_forward(x, out) -> bool:
         >>> (not done) or (y[0] == 0 and y[1] == 0.5 and bool(np.isnan(y[2])))
         True
     """
-    fn = _kernel("relu_fwd", x, out)
-    return fn is not None and _run(fn, (x, out))
+    fn = kernel("relu_fwd", x, out)
+    return fn is not None and call(fn, (x, out))
 
 
 def relu_backward(g, y, out) -> bool:
@@ -172,8 +259,8 @@ def relu_backward(g, y, out) -> bool:
         >>> (not _native.relu_backward(g, y, out)) or out.tolist() == [0.0, 2.0]
         True
     """
-    fn = _kernel("relu_bwd", g, y, out)
-    return fn is not None and _run(fn, (g, y, out))
+    fn = kernel("relu_bwd", g, y, out)
+    return fn is not None and call(fn, (g, y, out))
 
 
 def leaky_relu_backward(g, x, slope, out) -> bool:
@@ -189,5 +276,5 @@ def leaky_relu_backward(g, x, slope, out) -> bool:
         >>> (not _native.leaky_relu_backward(g, x, 0.25, out)) or out.tolist() == [0.25, 1.0]
         True
     """
-    fn = _kernel("leaky_bwd", g, x, out)
-    return fn is not None and _run(fn, (g, x, out), (slope,))
+    fn = kernel("leaky_bwd", g, x, out)
+    return fn is not None and call(fn, (g, x, out), (slope,))
