@@ -109,17 +109,22 @@ def test_amax_double_backward_keeps_the_graph():
 @pytest.mark.parametrize("shape", [(8, 16, 24, 24), (4, 8, 6, 20, 20), (2, 4, 9000), (64, 128, 3, 3)])
 @pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
 @pytest.mark.parametrize("onednn", [True, False])
-@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("path", ["numpy", "numpy-split", "native"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onednn, split, dtype):
-    """float32 / float64 batch norm of >= 2^16 elements keeps x - mean and runs its passes in
-    NumPy over channel slices (oneDNN on or off: no oneDNN chain runs, the per-channel chains
-    measured slower): output, running statistics and all gradients against PyTorch in float64
-    (S > 8192 and S < 128: einsum, not dot products; S = 9: coefficients spread over few
-    positions)."""
+def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onednn, path, dtype):
+    """float32 / float64 batch norm of >= 2^16 elements runs the compiled kernel
+    (``cpu_accel/_native_batchnorm.py``, ``path="native"``) or, without it, keeps x - mean and
+    runs its passes in NumPy over channel slices (oneDNN on or off: no oneDNN chain runs, the
+    per-channel chains measured slower): output, running statistics and all gradients against
+    PyTorch in float64 (S > 8192 and S < 128: einsum, not dot products; S = 9: coefficients
+    spread over few positions)."""
+    from avila_ml.cpu_accel import _native
     from avila_ml.ops import normalization as N
+    if path == "native" and not _native.available():
+        pytest.skip(f"no compiled kernels: {_native.absent_reason()}")
+    monkeypatch.setattr(_native, "ENABLED", path == "native")
     monkeypatch.setattr(am.backends.mkldnn, "enabled", onednn)
-    if split:
+    if path == "numpy-split":
         monkeypatch.setattr(N, "_CHANNEL_SPLIT_MIN", 0)
     rng = _rng(5)
     c = shape[1]
@@ -137,10 +142,13 @@ def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onedn
     monkeypatch.setattr(_chain._Plan, "run", lambda self, *a: (chains.append(1), real_run(self, *a))[1])
     y = am.nn.functional.batch_norm(t, rm, rv, tw, tb, training=True, momentum=0.3)
     node = y.grad_fn
-    assert node.xc is not None and node.xc.dtype == dtype  # the centred path ran
+    if path == "native":
+        assert node.xc is None and node.bn is not None  # the kernel ran (no x - mean kept)
+    else:
+        assert node.xc is not None and node.xc.dtype == dtype  # the centred path ran
     y.backward(am.tensor(g))
-    assert chains == []  # NumPy passes only
-    assert node.xc is None  # released with the graph
+    assert chains == []  # NumPy passes or the kernel only
+    assert node.xc is None and node.bn is None  # released with the graph
     assert y.dtype == t.grad.dtype == t.dtype
     d = lambda a: None if a is None else torch.tensor(a.astype(np.float64), requires_grad=True)  # noqa: E731
     rx, rw, rb = d(x), d(w), d(b)
@@ -212,7 +220,7 @@ def test_normalize_with_other_weight_layouts_skips_the_channel_paths():
     w = (rng.standard_normal(256) + 1).astype(np.float32)
     tx, tw = am.tensor(x, requires_grad=True), am.tensor(w.reshape(1, 1, 256), requires_grad=True)
     y, mean, var = Normalize.apply(tx, tw, None, (0, 2), 1e-5)
-    assert y.grad_fn.xc is None  # not the centred path
+    assert y.grad_fn.xc is None and y.grad_fn.bn is None  # neither the centred path nor the kernel
     y.sum().backward()
     rx = torch.tensor(x.astype(np.float64), requires_grad=True)
     rw = torch.tensor(w.astype(np.float64), requires_grad=True)

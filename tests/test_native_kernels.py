@@ -239,3 +239,127 @@ def test_forked_child_runs_openmp_work():
             "print('ok')\n")
     r = _run(code)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# ------------------------------------------------------------------------------ batch norm
+def _bn_case(shape, dtype, affine, seed, offset=2.0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * scale + offset).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    w = (rng.standard_normal(c) + 1).astype(dtype) if affine in ("both", "weight") else None
+    b = rng.standard_normal(c).astype(dtype) if affine in ("both", "bias") else None
+    return x, g, w, b
+
+
+def _bn_ours(x, g, w, b, momentum=0.3):
+    c = x.shape[1]
+    t = am.tensor(x, requires_grad=True)
+    tw = None if w is None else am.tensor(w, requires_grad=True)
+    tb = None if b is None else am.tensor(b, requires_grad=True)
+    rm, rv = am.zeros(c, dtype=t.dtype), am.ones(c, dtype=t.dtype)
+    y = F.batch_norm(t, rm, rv, tw, tb, training=True, momentum=momentum)
+    ran = y.grad_fn.bn is not None and y.grad_fn.xc is None  # the kernel ran (before release)
+    y.backward(am.tensor(g))
+    grads = [t.grad.numpy()] + [v.grad.numpy() for v in (tw, tb) if v is not None]
+    return ran, y.detach().numpy(), rm.numpy(), rv.numpy(), grads
+
+
+def _bn_torch64(x, g, w, b, momentum=0.3):
+    c = x.shape[1]
+    d = lambda a: None if a is None else torch.tensor(a.astype(np.float64), requires_grad=True)  # noqa: E731
+    rx, rw, rb = d(x), d(w), d(b)
+    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    y = TF.batch_norm(rx, rm, rv, rw, rb, training=True, momentum=momentum)
+    y.backward(torch.tensor(g.astype(np.float64)))
+    grads = [rx.grad.numpy()] + [v.grad.numpy() for v in (rw, rb) if v is not None]
+    return y.detach().numpy(), rm.numpy(), rv.numpy(), grads
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(512, 256), (16, 32, 300), (8, 16, 24, 24), (32, 256, 4, 4), (2, 4, 12, 40, 40)])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_kernel_matches_torch(shape, affine, dtype, monkeypatch):
+    """The compiled batch norm (training): output, running statistics (unbiased variance) and
+    every gradient against PyTorch in float64, BatchNorm1d (S = 1) to 3-d volumes."""
+    monkeypatch.setattr(_native, "ENABLED", True)
+    x, g, w, b = _bn_case(shape, dtype, affine, seed=11)
+    ran, y, rm, rv, grads = _bn_ours(x, g, w, b)
+    assert ran
+    ry, rrm, rrv, rgrads = _bn_torch64(x, g, w, b)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, ry, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(rm, rrm, rtol=tol, atol=tol)
+    np.testing.assert_allclose(rv, rrv, rtol=tol, atol=tol)
+    for ours, ref in zip(grads, rgrads):
+        np.testing.assert_allclose(ours, ref, rtol=10 * tol, atol=10 * tol * np.abs(ref).max())
+
+
+@needs_kernels
+def test_batch_norm_kernel_large_mean_and_thread_count(monkeypatch):
+    """A large mean over a small spread (the variance from x - mean, two passes, in double: no
+    cancellation), against PyTorch in float64; and bitwise the same on one and two threads
+    (each channel is summed by one thread in one order)."""
+    monkeypatch.setattr(_native, "ENABLED", True)
+    x, g, w, b = _bn_case((16, 8, 32, 32), np.float32, "both", seed=12, offset=1e4, scale=0.01)
+    ry, _, rrv, rgrads = _bn_torch64(x, g, w, b)
+    before = am.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            am.set_num_threads(n)
+            results.append(_bn_ours(x, g, w, b))
+    finally:
+        am.set_num_threads(before)
+    (_, y1, _, v1, g1), (_, y2, _, v2, g2) = results
+    assert np.array_equal(y1, y2) and np.array_equal(v1, v2)
+    assert all(np.array_equal(a, c) for a, c in zip(g1, g2))
+    np.testing.assert_allclose(v1, rrv, rtol=1e-5)
+    # y = x a + (b - mean a) in float32, PyTorch's form: an absolute error of a few ulps of x a
+    np.testing.assert_allclose(y1, ry, atol=8 * np.finfo(np.float32).eps * np.abs(x * (w / 0.01)[None, :, None, None]).max())
+    # dx from x - mean (PyTorch's order): relative to the gradient's scale
+    np.testing.assert_allclose(g1[0], rgrads[0], atol=1e-3 * np.abs(rgrads[0]).max())
+
+
+@needs_kernels
+def test_batch_norm_kernel_switched_off_before_backward(monkeypatch):
+    """Kernels switched off between the forward and the backward: the backward falls back to the
+    NumPy passes on a recomputed x - mean, same gradients."""
+    x, g, w, b = _bn_case((8, 16, 24, 24), np.float64, "both", seed=13)
+    monkeypatch.setattr(_native, "ENABLED", True)
+    t = am.tensor(x, requires_grad=True)
+    tw, tb = am.tensor(w, requires_grad=True), am.tensor(b, requires_grad=True)
+    y = F.batch_norm(t, None, None, tw, tb, training=True)
+    assert y.grad_fn.bn is not None
+    monkeypatch.setattr(_native, "ENABLED", False)
+    y.backward(am.tensor(g))
+    _, _, _, rgrads = _bn_torch64(x, g, w, b)
+    for ours, ref in zip((t.grad, tw.grad, tb.grad), rgrads):
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+
+
+@needs_kernels
+def test_batch_norm_kernel_double_backward_and_inplace_check(monkeypatch):
+    """create_graph keeps the Tensor-op formula (second derivatives vs PyTorch), and an in-place
+    change of the input after the forward is refused at the backward, as for every saved input."""
+    monkeypatch.setattr(_native, "ENABLED", True)
+    x, g, w, b = _bn_case((8, 8, 32, 32), np.float64, "both", seed=14)
+    t, tw = am.tensor(x, requires_grad=True), am.tensor(w, requires_grad=True)
+    y = F.batch_norm(t, None, None, tw, None, training=True)
+    assert y.grad_fn.bn is not None
+    (gx,) = am.autograd.grad((y ** 3).sum(), t, create_graph=True)
+    (gw,) = am.autograd.grad((gx ** 2).sum(), tw)
+    rx, rw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ry = TF.batch_norm(rx, None, None, rw, None, training=True)
+    (rgx,) = torch.autograd.grad((ry ** 3).sum(), rx, create_graph=True)
+    (rgw,) = torch.autograd.grad((rgx ** 2).sum(), rw)
+    np.testing.assert_allclose(gw.numpy(), rgw.numpy(), rtol=1e-9)
+    z = am.tensor(x.copy(), requires_grad=True)
+    h = z * 1.0
+    out = F.batch_norm(h, None, None, None, None, training=True)
+    assert out.grad_fn.bn is not None
+    with am.no_grad():
+        h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation|in-place|inplace"):
+        out.sum().backward()

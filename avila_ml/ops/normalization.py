@@ -83,7 +83,7 @@ class Normalize(Function):
         xp = backend_of(x).xp
         self.axes, self.eps = axes, eps
         self.out_dtype = x.dtype
-        self.onednn = self.xc = None
+        self.onednn = self.xc = self.bn = None
         out = _onednn_layer_forward(self, x, weight, bias, axes, eps)
         if out is None:
             out = _centred_batch_forward(self, x, weight, bias, axes, eps)
@@ -121,7 +121,7 @@ class Normalize(Function):
     def release(self) -> None:
         """Drop the saved tensors and the centred path's ``x - mean`` (as large as x)."""
         super().release()
-        self.xc = self.xhat = None
+        self.xc = self.xhat = self.bn = None
 
     def backward(self, g, _g_mean, _g_var):
         saved = self.saved_inputs  # version-checked: x, [weight], [bias]
@@ -134,6 +134,8 @@ class Normalize(Function):
             return self._backward_graph(g, saved[0], w, b_shape, need_x, need_w, need_b)
         if self.onednn is not None:
             return self._backward_onednn(g, saved, need_x, need_w, need_b)
+        if self.bn is not None:
+            return self._backward_native_bn(g.array, w, b_shape, len(saved), need_x, need_w, need_b)
         if self.xc is not None:
             return self._backward_centred(g.array, w, b_shape, len(saved), need_x, need_w, need_b)
         ga, axes = g.array, self.axes
@@ -218,6 +220,30 @@ class Normalize(Function):
         a = rstd if w is None else rstd * w.array.reshape(rstd.shape).astype(rstd.dtype, copy=False)
         sg, sgx, dx = _centred_backward_parts(g3, xc, rstd, a, xc.dtype.type(1.0 / self.count), need_x)
         out, dt = [None] * n_out, self.out_dtype  # (float16 / bfloat16 ran in float32)
+        if need_x:
+            out[0] = Tensor._wrap(dx.reshape(ga.shape).astype(dt, copy=False))
+        if need_w:
+            out[1] = Tensor._wrap(sgx.reshape(w.shape).astype(dt, copy=False))
+        if need_b:
+            out[-1] = Tensor._wrap(sg.reshape(b_shape).astype(dt, copy=False))
+        return tuple(out) if len(out) > 1 else out[0]
+
+    def _backward_native_bn(self, ga, w, b_shape, n_out, need_x, need_w, need_b):
+        """The batch-norm gradients by the compiled kernel (``cpu_accel/_native_batchnorm.py``)
+        from the forward's input and per-channel ``mean`` and ``rstd`` (``self.bn``); where the
+        kernels were switched off since the forward, the NumPy passes of
+        :meth:`_backward_centred` on a recomputed ``x - mean``."""
+        from ..cpu_accel import _native_batchnorm
+        x3, mean, rstd = self.bn
+        g3 = np.ascontiguousarray(ga, dtype=x3.dtype).reshape(x3.shape)
+        wa = None if w is None else w.array
+        res = _native_batchnorm.backward(g3, x3, mean, rstd, wa, need_x)
+        if res is None:
+            self.xc = x3 - mean.reshape(1, -1, 1)
+            self.rstd = rstd.reshape(1, -1, 1)
+            return self._backward_centred(ga, w, b_shape, n_out, need_x, need_w, need_b)
+        dx, sgx, sg = res
+        out, dt = [None] * n_out, self.out_dtype
         if need_x:
             out[0] = Tensor._wrap(dx.reshape(ga.shape).astype(dt, copy=False))
         if need_w:
@@ -424,7 +450,7 @@ def _centred_batch_forward(fn, x, weight, bias, axes, eps):
     ``var = sum(xc^2) / M`` (two passes, as PyTorch), ``y = xc (rstd w) + b``."""
     if (not isinstance(x, np.ndarray) or x.size < _CENTRED_MIN
             or (host_compute_dtype(x) or x.dtype) not in _CENTRED_DTYPES
-            or not _batch_norm_pattern(x, axes, weight, bias)
+            or not _batch_norm_pattern(x, axes, weight, bias, min_ndim=2)
             or any(t is not None and t.dtype != x.dtype for t in (weight, bias))):
         return None
     from . import _cpu_threads
@@ -436,6 +462,20 @@ def _centred_batch_forward(fn, x, weight, bias, axes, eps):
     x3 = x.reshape(n, c, -1)
     s = x3.shape[2]
     fn.count = n * s
+    kshape = (1, c) + (1,) * (x.ndim - 2)
+    fn.has_weight, fn.has_bias = weight is not None, bias is not None
+    if dt == fn.out_dtype:  # (not float16 / bfloat16, which ran in float32 above)
+        # the compiled kernel (float32 / float64 input): statistics and y in one call, and the
+        # backward from x itself (no full-size x - mean kept)
+        from ..cpu_accel import _native_batchnorm
+        res = _native_batchnorm.forward(x3, weight, bias, eps)
+        if res is not None:
+            y3, mean, var, rstd = res
+            fn.bn, fn.xc, fn.rstd, fn.xhat = (x3, mean, rstd), None, None, None
+            fn.save_inputs(*range(1 + fn.has_weight + fn.has_bias))
+            return y3.reshape(x.shape), mean.reshape(kshape), var.reshape(kshape)
+    if x.ndim < 3:  # (N, C): the kernel only; the NumPy passes are written for positions
+        return None
     inv_m = dt.type(1.0 / fn.count)
     mean, var, rstd = (np.empty((1, c, 1), dt) for _ in range(3))
     xc, y = np.empty(x3.shape, dt), np.empty(x3.shape, dt)
@@ -456,9 +496,7 @@ def _centred_batch_forward(fn, x, weight, bias, axes, eps):
             ys += _spread(b[:, cs], s)
     _cpu_threads.over_batch(part, c, x3.size, _CHANNEL_SPLIT_MIN)
     fn.xc, fn.rstd, fn.xhat = xc, rstd, None
-    fn.has_weight, fn.has_bias = weight is not None, bias is not None
     fn.save_inputs(*range(1 + fn.has_weight + fn.has_bias))
-    kshape = (1, c) + (1,) * (x.ndim - 2)
     return y.reshape(x.shape).astype(fn.out_dtype, copy=False), mean.reshape(kshape), var.reshape(kshape)
 
 
@@ -546,10 +584,10 @@ def _constant_over(w_shape, axes) -> bool:
 _CHANNEL_SPLIT_MIN = 1 << 20
 
 
-def _batch_norm_pattern(x, axes, weight, bias) -> bool:
-    """Statistics over every dim of ``x`` but 1 (ndim >= 3), weight and bias None or shaped
-    (1, C, 1, ...): the layout the per-channel paths are written for."""
-    if x.ndim < 3 or tuple(axes) != (0,) + tuple(range(2, x.ndim)):
+def _batch_norm_pattern(x, axes, weight, bias, min_ndim: int = 3) -> bool:
+    """Statistics over every dim of ``x`` but 1 (ndim >= ``min_ndim``), weight and bias None or
+    shaped (1, C, 1, ...): the layout the per-channel paths are written for."""
+    if x.ndim < min_ndim or tuple(axes) != (0,) + tuple(range(2, x.ndim)):
         return False
     c = x.shape[1]
     return all(t is None or (t.ndim == x.ndim and t.shape[1] == c and t.size == c) for t in (weight, bias))

@@ -7,7 +7,7 @@
 static struct PyModuleDef kernels_module = {
     PyModuleDef_HEAD_INIT, "_kernels",
     "Element-wise CPU kernels of Avila ML, called through ctypes (avila_ml.cpu_accel._native).",
-    -1, NULL,
+    -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
