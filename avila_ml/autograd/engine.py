@@ -16,6 +16,7 @@ from .function import AccumulateGrad, _edge_of
 from .grad_mode import _state
 from .inplace import _refresh_view
 from ..backends import backend_of, nvtx as _nvtx
+from ..cpu_accel import _native
 
 __all__ = ["run_backward", "queue_callback"]
 
@@ -94,7 +95,9 @@ def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
     elif create_graph:
         leaf.grad = leaf.grad + g
     else:
-        leaf.grad = Tensor._wrap(leaf.grad.array + g.array)
+        old, new = leaf.grad.array, g.array
+        fresh = _native.binary("add", old, new) if type(old) is np.ndarray and old.dtype == new.dtype else None
+        leaf.grad = Tensor._wrap(old + new if fresh is None else fresh)
 
 
 def _add_into(old, g, owned):
@@ -106,12 +109,14 @@ def _add_into(old, g, owned):
         return old + g  # PyTorch's promotion, through the op
     if id(a) in owned:
         if type(a) is np.ndarray:
-            np.add(a, b, out=a)
+            if _native.binary("add", a, b, a) is None:  # (large arrays: on the CPU threads)
+                np.add(a, b, out=a)
         else:
             backend_of(a).xp.add(a, b, out=a)
         return old
     if type(a) is np.ndarray:
-        s = Tensor._wrap(np.add(a, b) if a.ndim else np.asarray(a + b))  # (0-d: NumPy gives a scalar)
+        fresh = _native.binary("add", a, b)
+        s = Tensor._wrap(fresh if fresh is not None else np.add(a, b) if a.ndim else np.asarray(a + b))  # (0-d: NumPy gives a scalar)
     else:
         s = old + g
     owned.add(id(s.array))

@@ -16,6 +16,7 @@ from ..amp.autocast_mode import autocast_op
 from ..backends import backend_of
 from ..debug import host_checks
 from ..tensor import Tensor
+from ..cpu_accel import _native
 
 __all__ = [
     "add", "sub", "mul", "div", "true_divide", "floor_divide", "remainder", "pow", "neg",
@@ -222,15 +223,22 @@ def expand_array(a, shape: tuple):
 
 
 # --------------------------------------------------------------------------- binary arithmetic
+def _or(done, u, v):
+    """``done`` (a product the compiled kernel made), else ``u * v`` in NumPy."""
+    return u * v if done is None else done
+
+
 class Add(Function):
     # ``into=True`` (``Tensor.add_`` / ``+=`` under autograd, via ``inplace_into``) writes the
     # sum into ``a``'s own memory: the backward needs only the shapes, nothing of ``a`` survives
     def forward(self, a, b, into=False):
         self.shapes = (a.shape, b.shape)
         if into:
-            _xp(a).add(a, b, out=a)
+            if _native.binary("add", a, b, a) is None:  # (large host arrays: on the CPU threads)
+                _xp(a).add(a, b, out=a)
             return a
-        return a + b
+        out = _native.binary("add", a, b)
+        return a + b if out is None else out
 
     def backward(self, g):
         sa, sb = self.shapes
@@ -245,9 +253,11 @@ class Sub(Function):
     def forward(self, a, b, into=False):  # ``into``: as Add's (``Tensor.sub_``)
         self.shapes = (a.shape, b.shape)
         if into:
-            _xp(a).subtract(a, b, out=a)
+            if _native.binary("sub", a, b, a) is None:
+                _xp(a).subtract(a, b, out=a)
             return a
-        return a - b
+        out = _native.binary("sub", a, b)
+        return a - b if out is None else out
 
     def backward(self, g):
         sa, sb = self.shapes
@@ -261,22 +271,25 @@ class Sub(Function):
 class Mul(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        return a * b
+        out = _native.binary("mul", a, b)  # (large host arrays: on the CPU threads)
+        return a * b if out is None else out
 
     def backward(self, g):
         a, b = self.saved_inputs
         na, nb = self.needs_input_grad
         ga, aa, ba = g.array, a.array, b.array
         if _fast(ga, aa, ba):
-            return ((sum_to_array(_arr(ga * ba), aa.shape) if na else None),
-                    (sum_to_array(_arr(ga * aa), ba.shape) if nb else None))
+            mul = lambda u, v: _native.binary("mul", u, v) if u.shape == v.shape else None  # noqa: E731
+            return ((sum_to_array(_arr(_or(mul(ga, ba), ga, ba)), aa.shape) if na else None),
+                    (sum_to_array(_arr(_or(mul(ga, aa), ga, aa)), ba.shape) if nb else None))
         return (sum_to(g * b, a.shape) if na else None), (sum_to(g * a, b.shape) if nb else None)
 
 
 class Div(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        return a / b
+        out = _native.binary("div", a, b)
+        return a / b if out is None else out
 
     def backward(self, g):
         a, b = self.saved_inputs
