@@ -20,6 +20,7 @@ import avila_ml as am
 from avila_ml.backends import set_conv_algorithm
 from avila_ml.cpu_accel import _conv as accel
 from avila_ml.cpu_accel import _dnnl as dnnl
+from avila_ml.cpu_accel import _native
 from avila_ml.nn import functional as F
 
 from test_conv import CONV_TABLE, CONVT_TABLE, _torch_conv
@@ -27,6 +28,9 @@ from test_conv4d import TABLE as CONV4D_TABLE, TTABLE as CONVT4D_TABLE, torch_re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
+# the weight-gradient plan of a convolution with a bias: "weight" where the compiled channel sum
+# takes the bias gradient (accel._bias_apart), else oneDNN's "weight_bias" pass
+BIAS_KIND = "weight" if accel._BIAS_APART and _native.available() else "weight_bias"
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel lengths")
 
 
@@ -92,8 +96,9 @@ def test_conv_float32_onednn_matches_torch(row, calls):
     _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal((cout, cin // groups) + K),
                        rng.standard_normal(cout)], kw, rng)
     # the bias is added inside the forward convolution and its gradient comes from the weight
-    # gradient's pass (where that is one oneDNN convolution, not offsets stacked into a 2-d one)
-    weight_kind = {"weight_bias"} if d < 3 else {"weight", "weight_bias"}
+    # gradient's pass or the compiled channel sum (BIAS_KIND; where the weight gradient is one
+    # oneDNN convolution, not offsets stacked into a 2-d one)
+    weight_kind = {BIAS_KIND} if d < 3 else {"weight", "weight_bias"}
     assert "forward_bias" in calls and "transpose" in calls and "forward" not in calls, calls
     assert len(set(calls) & weight_kind) == 1 and len(set(calls)) == 3, calls
 
@@ -495,7 +500,7 @@ def test_batch_parts_match_torch(row, parts):
     kinds = {k for k, _ in parts}
     # a 3-d weight gradient without a JIT kernel runs stacked, in frame blocks on the same workers
     # (the bias inside the forward, its gradient summed over the parts with the weight gradient)
-    assert (kinds == {"forward_bias", "transpose", "weight_bias"}
+    assert (kinds == {"forward_bias", "transpose", BIAS_KIND}
             or (d == 3 and kinds == {"forward_bias", "transpose"})), kinds
     for _, cut in parts:  # contiguous equal slices from 0 (a 3-d weight gradient cuts its stacked frames)
         assert cut[0][0] == 0 and len({b - a for a, b in cut}) == 1, cut
@@ -817,7 +822,11 @@ def test_bias_in_onednn_passes_and_create_graph_keeps_the_graph(calls, d):
         grads = am.autograd.grad(y, [x, w, b], am.tensor(g), create_graph=create_graph)
         for ours, theirs in zip(grads, tgrads):
             _f32_close(ours.detach().numpy(), theirs.detach().numpy())
-        assert ("weight_bias" in calls) == (not create_graph) and "forward_bias" in calls, calls
+        assert "forward_bias" in calls, calls
+        if not create_graph:
+            assert BIAS_KIND in calls and ({"weight", "weight_bias"} - {BIAS_KIND}).isdisjoint(calls), calls
+        else:
+            assert "weight_bias" not in calls, calls
         if create_graph:  # the graph path differentiates again
             (second,) = am.autograd.grad(grads[0].square().sum(), [w])
             _f32_close(second.numpy(), tsecond.numpy())
@@ -1014,7 +1023,7 @@ def test_backward_pair_in_one_submission_matches_torch(row, together):
     wshape = (cin, cout // groups) + K if transposed else (cout, cin // groups) + K
     _conv_vs_torch(d, [rng.standard_normal(shape), rng.standard_normal(wshape), rng.standard_normal(cout)], kw,
                    rng, transposed=transposed)
-    want = [["forward", "weight"]] if transposed else [["transpose", "weight_bias"]]
+    want = [["forward", "weight"]] if transposed else [["transpose", BIAS_KIND]]
     assert together in ([], want), together
     if _pair_expected(d, cin, cout, S, K, kw, transposed):
         assert together == want, together
@@ -1059,7 +1068,7 @@ def test_backward_pair_reorders_the_shared_operand_once(case, together, monkeypa
         for ours, theirs in ((x, tx), (w, tw)) + (((b, tb),) if bias else ()):
             if ours.requires_grad:
                 _f32_close(ours.grad.numpy(), theirs.grad.numpy())
-        kinds = ["forward" if transposed else "transpose"] * need_x + ["weight_bias" if bias else "weight"]
+        kinds = ["forward" if transposed else "transpose"] * need_x + [BIAS_KIND if bias else "weight"]
         assert together == [kinds], together
         assert len(executed) == 1, executed
         # the same passes one by one: the sum of each plan's own executions, one more with two
@@ -1131,3 +1140,51 @@ def test_forward_as_data_gradient_rule(monkeypatch):
     assert not rule((4, 16, 16, 16, 16), (32, 16, 3, 3, 3), geom(d=3))
     monkeypatch.setattr(accel, "FORWARD_AS_DATA_GRAD", "never")
     assert not rule((16, 64, 32, 32), (64, 64, 3, 3), geom())
+
+
+@needs_onednn
+@pytest.mark.parametrize("apart", [True, False])
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_bias_gradient_apart_or_in_the_weight_pass_matches_torch(d, apart, calls, monkeypatch):
+    """The bias gradient by the compiled channel sum (``_bias_apart``) or by oneDNN's weight pass
+    (``weight_bias``) gives PyTorch's gradients in float64, 1-4 d (4-d: the stacked path's sum)."""
+    if apart and not _native.available():
+        pytest.skip(f"no compiled kernels: {_native.absent_reason()}")
+    monkeypatch.setattr(accel, "_BIAS_APART", apart)
+    rng = np.random.default_rng(40 + d)
+    xs = (4, 8) + (9,) * d
+    ws = (12, 8) + (3,) * d
+    arrs = [rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(12)]
+    x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in arrs)
+    y = getattr(F, f"conv{d}d")(x, w, b, padding=1)
+    g = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(am.tensor(g))
+    tb = torch.tensor(arrs[2].astype(np.float32).astype(np.float64), requires_grad=True)
+    ref = g.astype(np.float64).sum(axis=(0,) + tuple(range(2, g.ndim)))
+    _f32_close(b.grad.numpy(), ref)
+    if d <= 2:
+        assert ("weight_bias" in calls) == (not apart), calls
+    tx = torch.tensor(arrs[0].astype(np.float32).astype(np.float64), requires_grad=True)
+    tw = torch.tensor(arrs[1].astype(np.float32).astype(np.float64), requires_grad=True)
+    if d <= 3:
+        ty = getattr(TF, f"conv{d}d")(tx, tw, tb, padding=1)
+        ty.backward(torch.tensor(g.astype(np.float64)))
+        for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+            _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+
+
+@needs_onednn
+@pytest.mark.parametrize("cout, patches", [(32, False), (48, False), (64, True)])
+def test_rgb_stem_weight_gradient_route(cout, patches, monkeypatch):
+    """2-d, 3 input channels, unit stride: with the bias summed apart (compiled kernels) up to 48
+    outputs run oneDNN's weight kernel, more run the patches product (accel._RGB_FEW_OUTPUTS);
+    gradients vs PyTorch in float64 either way."""
+    if not _native.available():
+        pytest.skip(f"no compiled kernels: {_native.absent_reason()}")
+    ran = []
+    real = accel._patches_weight_grad
+    monkeypatch.setattr(accel, "_patches_weight_grad", lambda *a: ran.append(1) or real(*a))
+    rng = np.random.default_rng(48)
+    arrs = [rng.standard_normal((4, 3, 10, 10)), rng.standard_normal((cout, 3, 3, 3)), rng.standard_normal(cout)]
+    _conv_vs_torch(2, arrs, dict(padding=1), rng)
+    assert bool(ran) == patches, ran

@@ -534,24 +534,48 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
     G = geom.groups
     w_shape = (gy.shape[1], x.shape[1] // G) + kernel
     m = max(0, d - 3)
-    # (only 3-d asks, for the plan that will run: a plain "weight" plan built for a layer with a
-    # bias was a JIT compile never used)
-    if m == 0 and d == 3 and not _direct("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape,
-                                         geom).jit:
-        m = 1
     if _patches_weight_grad_applies(x.shape, kernel, gy.shape[1], geom):
         out = _patches_weight_grad(_c(x), _c(gy), geom, kernel, bias)
         if out is not None:
             return out
+    apart = _bias_apart(gy) if bias else None  # the bias gradient by the compiled channel sum
+    wkind = "weight_bias" if bias and apart is None else "weight"
+    # (only 3-d asks, for the plan that will run: a plan of the other kind would be a JIT compile
+    # never used)
+    if m == 0 and d == 3 and not _direct(wkind, x.shape, w_shape, gy.shape, geom).jit:
+        m = 1
     if m:
         gw = _weight_stacking(geom, x.shape, kernel, gy.shape[1], m).weight_grad(_c(x), _c(gy))
-        return (gw, gy.sum(axis=(0,) + tuple(range(2, gy.ndim)), dtype=_F32)) if bias else gw
+        if not bias:
+            return gw
+        return gw, (apart if apart is not None else gy.sum(axis=(0,) + tuple(range(2, gy.ndim)), dtype=_F32))
     gw = np.empty(w_shape, dtype=_F32)
     arrays = {"x": _c(x), "w": gw, "y": _c(gy)}
-    if bias:
+    if wkind == "weight_bias":
         arrays["b"] = np.empty(gy.shape[1], dtype=_F32)
-    _run3("weight_bias" if bias else "weight", x.shape, w_shape, gy.shape, G, _geom(geom), arrays)
-    return (gw, arrays["b"]) if bias else gw
+    _run3(wkind, x.shape, w_shape, gy.shape, G, _geom(geom), arrays)
+    if not bias:
+        return gw
+    return gw, (apart if apart is not None else arrays["b"])
+
+
+# The bias gradient as a separate channel sum of gy (the compiled kernel, ``_native_batchnorm.
+# channel_sum``: one pass, channels over the OpenMP threads) instead of inside oneDNN 3.2's
+# weight-gradient pass, whose bias reduction cost more than the pass it adds: AMD EPYC, 2 threads,
+# quiet, weight vs weight_bias plan (reorders included): MNIST CNN conv2 (64,32,26^2) -> 64
+# 8.99-9.02 vs 9.56-9.88 ms, (32,32,32^2) k3 p1 -> 32 4.74-4.76 vs 5.39-5.43 ms, the residual
+# CNN stem (32,3,32^2) 0.63 vs 1.01-1.29 ms; the channel sum of the (64,64,24^2) gradient took
+# 0.37 ms (loaded machine), NumPy's gy.sum over (0, 2, 3) 0.57 ms (the 4-d path's before).
+_BIAS_APART = True
+
+
+def _bias_apart(gy):
+    """``gy``'s channel sums by the compiled kernel, or None (switched off, or no kernels: oneDNN
+    or NumPy then sums)."""
+    if not _BIAS_APART:
+        return None
+    from ._native_batchnorm import channel_sum
+    return channel_sum(_c(gy))
 
 
 # ----------------------------------------------------------------------------- few input channels
@@ -580,8 +604,23 @@ def _patches_weight_grad_applies(x_shape, kernel, O, geom) -> bool:
     position)."""
     d = len(x_shape) - 2
     strided = any(s != 1 for s in geom.stride)
+    if d == 2 and x_shape[1] == 3 and O <= 48 and not strided and _BIAS_APART and _native_kernels():
+        return False  # oneDNN's kernel with the bias summed apart (_RGB_FEW_OUTPUTS)
     return (1 <= d <= 3 and geom.groups == 1 and x_shape[1] <= (2 if strided else _PATCH_MAX_CHANNELS)
             and x_shape[1] * math.prod(kernel) + 1 <= O)
+
+
+# _RGB_FEW_OUTPUTS: with the bias gradient summed apart (_bias_apart), oneDNN's weight-gradient
+# kernel beats the patches product for 2-d, 3 input channels and few outputs (the residual CNN's
+# stem), not otherwise (1-d and 3-d not measured: they keep the patches). In-process, AMD EPYC, 1 thread CPU ms / 2 threads wall ms (the second on
+# a loaded machine), k3 p1, patches vs oneDNN "weight" + channel sum: (32,3,32^2) -> 32
+# 1.47 / 1.13 vs 1.24 / 0.89; -> 48 1.96 / 1.48 vs 1.96 / 1.26; -> 64 2.50 / 1.53 vs 2.82 / 1.60;
+# (16,3,64^2) -> 64 4.96 / 2.79 vs 6.51 / 3.49; (32,2,32^2) -> 32 1.17 / 0.88 vs 2.48 / 1.60.
+
+
+def _native_kernels() -> bool:
+    from . import _native
+    return _native.available()
 
 
 def _patches(x, geom, kernel, ones):
@@ -688,13 +727,14 @@ def _pair(which, x, gy, w, geom, need_data, bias):
         return None
     D.quiet_blas()
     x, gy, w = _c(x), _c(gy), _c(w)
-    wkind = "weight_bias" if bias else "weight"
+    gb = _bias_apart(gy) if bias and which == "conv" else None
+    wkind = "weight_bias" if bias and gb is None else "weight"
     wplan = _direct(wkind, x.shape, w_shape, gy.shape, geom)
     if not wplan.jit and x.ndim == 5:
         return None  # 3-d without a JIT weight kernel: conv_weight_grad stacks the offsets
     gw = np.empty(w_shape, dtype=_F32)
     warrays = {"x": x, "w": gw.reshape(wplan.user["w"].shape), "y": gy}
-    if bias:
+    if wkind == "weight_bias":
         warrays["b"] = np.empty(gy.shape[1], dtype=_F32)
     jobs, gd = [], None
     if need_data:
@@ -708,7 +748,7 @@ def _pair(which, x, gy, w, geom, need_data, bias):
             jobs.append((plan, {"x": x, "w": w.reshape(plan.user["w"].shape), "y": gd}))
     jobs.append((wplan, warrays))
     run_together(jobs)
-    return gd, gw, warrays.get("b")
+    return gd, gw, (gb if gb is not None else warrays.get("b"))
 
 
 def _weight_stacking(geom, x_shape, kernel, O, m):

@@ -17,11 +17,12 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "channel_sum"]
 
 _P, _N, _T = _native.PTR, _native.COUNT, _native.THREADS
 _native.register("bn_fwd", _P, _P, _P, _P, _P, _P, _P, ctypes.c_double, _N, _N, _N, _T)
 _native.register("bn_bwd", _P, _P, _P, _P, _P, _P, _P, _P, _N, _N, _N, _T)
+_native.register("chan_sum", _P, _P, _N, _N, _N, _T)
 
 
 def _vector(v, c, dtype):
@@ -99,3 +100,29 @@ def backward(g3, x3, mean, rstd, weight, need_x=True):
     fn(g3.ctypes.data, x3.ctypes.data, mean.ctypes.data, rstd.ctypes.data, ptr(w), ptr(dx), sg.ctypes.data,
        sgx.ctypes.data, n, c, s, _native.threads_for(x3.size))
     return dx, sgx, sg
+
+
+def channel_sum(a):
+    """``a.sum(axis=(0, 2, 3, ...))`` of an (N, C, ...) C-contiguous float32/float64 array as a
+    (C,) array of its dtype (accumulated in double, channels over the OpenMP team), or None where
+    the kernels do not apply. A convolution's bias gradient.
+
+    Math: ``out[c] = sum_{n, i} a[n, c, i]``. PyTorch: ``grad_output.sum((0, 2, 3))`` in
+    ``convolution_backward``'s bias gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native_batchnorm
+        >>> r = _native_batchnorm.channel_sum(np.ones((2, 3, 4), np.float32))
+        >>> r is None or r.tolist() == [8.0, 8.0, 8.0]
+        True
+    """
+    if not isinstance(a, np.ndarray) or a.ndim < 2:
+        return None
+    n, c = a.shape[:2]
+    out = np.empty(c, a.dtype) if a.dtype in (np.float32, np.float64) else None
+    fn = None if out is None else _native.kernel_for("chan_sum", a, out)
+    if fn is None:
+        return None
+    fn(a.ctypes.data, out.ctypes.data, n, c, a.size // max(n * c, 1), _native.threads_for(a.size))
+    return out

@@ -7,6 +7,7 @@
  *            (PyTorch's batch_norm_cpu_transform_input form)
  *   bn_bwd   sg = sum(g),  sgx = rstd sum(g (x - mean))  (= sum(g xhat): dweight = sgx, dbias = sg)
  *            dx = (g - (x - mean) rstd sgx / M - sg / M) a   (native_batch_norm_backward's order)
+ *   chan_sum out = sum(x) per channel (a convolution's bias gradient)
  *
  * Sums are accumulated in double (PyTorch's CPU accumulation type for float), over 16
  * independent lanes, so GCC vectorises them without reassociating anything: the result does not
@@ -137,5 +138,26 @@
         }                                                                                       \
     }
 
+/* chan_sum: out[c] = sum over n and s of x[n, c, s] (a convolution's bias gradient), the same
+ * double lanes as the statistics above, one thread per channel */
+#define DEFINE_CHAN_SUM(T, SUF)                                                                 \
+    static void chan_sum_channel_##SUF(const T *x, T *out, ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, \
+                                       ptrdiff_t ch) {                                          \
+        double acc[LANES] = {0};                                                                \
+        for (ptrdiff_t k = 0; k < n; k++) bn_sum_##SUF(x + (k * c + ch) * s, s, acc);           \
+        out[ch] = (T)bn_total_##SUF(acc);                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_chan_sum_##SUF(const T *x, T *out, ptrdiff_t n, ptrdiff_t c,        \
+                                           ptrdiff_t s, int threads) {                          \
+        if (threads > 1) {                                                                      \
+            _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+            for (ptrdiff_t ch = 0; ch < c; ch++) chan_sum_channel_##SUF(x, out, n, c, s, ch);   \
+        } else {                                                                                \
+            for (ptrdiff_t ch = 0; ch < c; ch++) chan_sum_channel_##SUF(x, out, n, c, s, ch);   \
+        }                                                                                       \
+    }
+
 DEFINE_BATCHNORM(float, f32)
 DEFINE_BATCHNORM(double, f64)
+DEFINE_CHAN_SUM(float, f32)
+DEFINE_CHAN_SUM(double, f64)
