@@ -424,3 +424,54 @@ def test_binary_ops_same_with_and_without_kernels(monkeypatch):
     z.sum().backward()
     for ours, ref in zip(on, (z.detach().numpy(), x.grad.numpy(), y.grad.numpy())):
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)  # float32, a few ops: a few ulps
+
+
+# ------------------------------------------------------------------------------ max pooling
+POOL_CASES = [  # kernel, stride, padding, dilation, ceil_mode
+    (2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 2, False), (3, 2, 1, 1, True),
+    ((2, 3), (1, 2), (1, 0), (1, 2), True), (1, 1, 0, 1, False), ((4, 2), (3, 3), (2, 1), 1, True),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_kernel_matches_torch_and_numpy(case, dtype, monkeypatch):
+    """2-d max pooling by the compiled kernel and by the NumPy passes: outputs, indices
+    (return_indices) and input gradients bitwise equal to each other and to PyTorch's, with a
+    NaN (the last NaN wins), an all--inf window (its first inside position), ties (the first
+    maximum), padding, dilation and ceil mode; double backward through the Tensor-op adjoint."""
+    k, s, p, d, ceil = case
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((3, 4, 13, 11)).astype(dtype)
+    x[0, 0, 3, 3] = x[0, 0, 3, 5] = np.nan
+    x[1, 1, :5, :5] = -np.inf
+    x[2, 2, 5, 5] = x[2, 2, 5, 6] = x[2, 2, 6, 5] = 9.0
+
+    def run(native):
+        monkeypatch.setattr(_native, "ENABLED", native)
+        t = am.tensor(x, requires_grad=True)
+        y, idx = F.max_pool2d(t, k, s, p, d, ceil_mode=ceil, return_indices=True)
+        g = np.random.default_rng(32).standard_normal(y.shape).astype(dtype)
+        y.backward(am.tensor(g))
+        return y.detach().numpy(), idx.numpy(), t.grad.numpy(), g
+
+    on, off = run(True), run(False)
+    tx = torch.tensor(x, requires_grad=True)
+    ty, ti = TF.max_pool2d(tx, k, s, p, d, ceil_mode=ceil, return_indices=True)
+    ty.backward(torch.tensor(on[3]))
+    for a, b, ref in zip(on[:2], off[:2], (ty.detach().numpy(), ti.numpy())):
+        assert _same(a, b) and _same(a, ref)
+    # the gradient: the kernel adds overlapping windows' values in PyTorch's order (bitwise); the
+    # NumPy scatter sums them in another order (bincount), equal up to rounding
+    assert _same(on[2], tx.grad.numpy())
+    np.testing.assert_allclose(off[2], on[2], rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+    monkeypatch.setattr(_native, "ENABLED", True)
+    x64 = rng.standard_normal((2, 3, 8, 8))
+    t = am.tensor(x64, requires_grad=True)
+    (gx,) = am.autograd.grad((F.max_pool2d(t, 2) ** 2).sum(), t, create_graph=True)
+    (gg,) = am.autograd.grad((gx ** 2).sum(), t)
+    r = torch.tensor(x64, requires_grad=True)
+    (rgx,) = torch.autograd.grad((TF.max_pool2d(r, 2) ** 2).sum(), r, create_graph=True)
+    (rgg,) = torch.autograd.grad((rgx ** 2).sum(), r)
+    np.testing.assert_allclose(gg.numpy(), rgg.numpy(), rtol=1e-12)

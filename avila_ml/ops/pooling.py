@@ -281,6 +281,12 @@ class MaxPool(Function):
 
     def forward(self, x, k, s, p, dl, o, hi):
         xp = backend_of(x).xp
+        if len(k) == 2 and isinstance(x, np.ndarray):
+            from ..cpu_accel import _native_pool  # the compiled kernel: one pass, planes over the threads
+            res = _native_pool.max_pool2d_forward(x, k, s, p, dl, o, _code_dtype(math.prod(k)))
+            if res is not None:
+                self.geom = _PoolGeometry(x.shape, k, s, p, dl, o, hi, res[1])
+                return res[0]
         if any(p) or any(hi):
             xpad = xp.full(x.shape[:2] + tuple(n + a + b for n, a, b in zip(x.shape[2:], p, hi)), _lowest(x.dtype),
                            dtype=x.dtype)
@@ -344,6 +350,12 @@ class MaxPoolAdjoint(Function):
 
     def forward(self, g, geom):
         self.geom = geom
+        if len(geom.k) == 2 and isinstance(g, np.ndarray):
+            from ..cpu_accel import _native_pool  # the compiled kernel
+            gx = _native_pool.max_pool2d_backward(np.ascontiguousarray(g), geom.code, geom.x_shape, geom.k, geom.s,
+                                                  geom.p, geom.dl)
+            if gx is not None:
+                return gx
         b = backend_of(g)
         xp = b.xp
         gpad = (xp.empty if geom.covering else xp.zeros)(geom.pad_shape, dtype=g.dtype)
