@@ -219,9 +219,15 @@ class Normalize(Function):
         g3 = np.ascontiguousarray(ga, dtype=xc.dtype).reshape(xc.shape)
         a = rstd if w is None else rstd * w.array.reshape(rstd.shape).astype(rstd.dtype, copy=False)
         sg, sgx, dx = _centred_backward_parts(g3, xc, rstd, a, xc.dtype.type(1.0 / self.count), need_x)
-        out, dt = [None] * n_out, self.out_dtype  # (float16 / bfloat16 ran in float32)
+        return self._channel_grads(dx, sgx, sg, ga.shape, w, b_shape, n_out, need_x, need_w, need_b)
+
+    def _channel_grads(self, dx, sgx, sg, g_shape, w, b_shape, n_out, need_x, need_w, need_b):
+        """The backward's outputs from the input gradient ``dx`` and the per-channel sums
+        ``sgx`` (weight gradient) and ``sg`` (bias gradient), in the output dtype (float16 /
+        bfloat16 ran in float32)."""
+        out, dt = [None] * n_out, self.out_dtype
         if need_x:
-            out[0] = Tensor._wrap(dx.reshape(ga.shape).astype(dt, copy=False))
+            out[0] = Tensor._wrap(dx.reshape(g_shape).astype(dt, copy=False))
         if need_w:
             out[1] = Tensor._wrap(sgx.reshape(w.shape).astype(dt, copy=False))
         if need_b:
@@ -243,14 +249,7 @@ class Normalize(Function):
             self.rstd = rstd.reshape(1, -1, 1)
             return self._backward_centred(ga, w, b_shape, n_out, need_x, need_w, need_b)
         dx, sgx, sg = res
-        out, dt = [None] * n_out, self.out_dtype
-        if need_x:
-            out[0] = Tensor._wrap(dx.reshape(ga.shape).astype(dt, copy=False))
-        if need_w:
-            out[1] = Tensor._wrap(sgx.reshape(w.shape).astype(dt, copy=False))
-        if need_b:
-            out[-1] = Tensor._wrap(sg.reshape(b_shape).astype(dt, copy=False))
-        return tuple(out) if len(out) > 1 else out[0]
+        return self._channel_grads(dx, sgx, sg, ga.shape, w, b_shape, n_out, need_x, need_w, need_b)
 
     def _backward_graph(self, g, x, w, b_shape, need_x, need_w, need_b):
         """The same backward with differentiable Tensor ops (for ``create_graph=True``)."""

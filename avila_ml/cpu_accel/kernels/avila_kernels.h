@@ -61,4 +61,25 @@ static inline void avila_part(ptrdiff_t n, int t, int T, ptrdiff_t *lo, ptrdiff_
     } while (0)
 #endif
 
+/* CALL (an expression using the item index it_) for every it_ in [0, n): items (channels,
+ * planes) split statically over an OpenMP team of `threads` threads, or in the calling thread
+ * alone when threads <= 1 */
+#ifdef _OPENMP
+#define AVILA_FOR_ITEMS(n, CALL)                                                                \
+    do {                                                                                        \
+        if (threads > 1) {                                                                      \
+            _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
+            for (ptrdiff_t it_ = 0; it_ < (n); it_++) CALL;                                     \
+        } else {                                                                                \
+            for (ptrdiff_t it_ = 0; it_ < (n); it_++) CALL;                                     \
+        }                                                                                       \
+    } while (0)
+#else
+#define AVILA_FOR_ITEMS(n, CALL)                                                                \
+    do {                                                                                        \
+        (void)threads;                                                                          \
+        for (ptrdiff_t it_ = 0; it_ < (n); it_++) CALL;                                         \
+    } while (0)
+#endif
+
 #endif /* AVILA_KERNELS_H */

@@ -98,14 +98,7 @@
     AVILA_EXPORT void avila_bn_fwd_##SUF(const T *x, const T *w, const T *b, T *y, T *mean, T *var, \
                                          T *rstd, double eps, ptrdiff_t n, ptrdiff_t c,         \
                                          ptrdiff_t s, int threads) {                            \
-        if (threads > 1) {                                                                      \
-            _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-            for (ptrdiff_t ch = 0; ch < c; ch++)                                                \
-                bn_fwd_channel_##SUF(x, w, b, y, mean, var, rstd, n, c, s, ch, eps);            \
-        } else {                                                                                \
-            for (ptrdiff_t ch = 0; ch < c; ch++)                                                \
-                bn_fwd_channel_##SUF(x, w, b, y, mean, var, rstd, n, c, s, ch, eps);            \
-        }                                                                                       \
+        AVILA_FOR_ITEMS(c, bn_fwd_channel_##SUF(x, w, b, y, mean, var, rstd, n, c, s, it_, eps)); \
     }                                                                                           \
     static void bn_bwd_channel_##SUF(const T *g, const T *x, const T *mean, const T *rstd,      \
                                      const T *w, T *dx, T *sg, T *sgx, ptrdiff_t n, ptrdiff_t c, \
@@ -128,14 +121,7 @@
     AVILA_EXPORT void avila_bn_bwd_##SUF(const T *g, const T *x, const T *mean, const T *rstd,  \
                                          const T *w, T *dx, T *sg, T *sgx, ptrdiff_t n,         \
                                          ptrdiff_t c, ptrdiff_t s, int threads) {               \
-        if (threads > 1) {                                                                      \
-            _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-            for (ptrdiff_t ch = 0; ch < c; ch++)                                                \
-                bn_bwd_channel_##SUF(g, x, mean, rstd, w, dx, sg, sgx, n, c, s, ch);            \
-        } else {                                                                                \
-            for (ptrdiff_t ch = 0; ch < c; ch++)                                                \
-                bn_bwd_channel_##SUF(g, x, mean, rstd, w, dx, sg, sgx, n, c, s, ch);            \
-        }                                                                                       \
+        AVILA_FOR_ITEMS(c, bn_bwd_channel_##SUF(g, x, mean, rstd, w, dx, sg, sgx, n, c, s, it_)); \
     }
 
 /* chan_sum: out[c] = sum over n and s of x[n, c, s] (a convolution's bias gradient), the same
@@ -149,12 +135,7 @@
     }                                                                                           \
     AVILA_EXPORT void avila_chan_sum_##SUF(const T *x, T *out, ptrdiff_t n, ptrdiff_t c,        \
                                            ptrdiff_t s, int threads) {                          \
-        if (threads > 1) {                                                                      \
-            _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-            for (ptrdiff_t ch = 0; ch < c; ch++) chan_sum_channel_##SUF(x, out, n, c, s, ch);   \
-        } else {                                                                                \
-            for (ptrdiff_t ch = 0; ch < c; ch++) chan_sum_channel_##SUF(x, out, n, c, s, ch);   \
-        }                                                                                       \
+        AVILA_FOR_ITEMS(c, chan_sum_channel_##SUF(x, out, n, c, s, it_));                    \
     }
 
 DEFINE_BATCHNORM(float, f32)

@@ -113,7 +113,10 @@ DEFINE_CODES(code32)
         }                                                                                       \
     }                                                                                           \
     static void maxpool2d_fwd_plane_##SUF(const T *x, T *y, void *code, int code_size,          \
-                                          const pool2d_geom *g, ptrdiff_t p, int *arg) {        \
+                                          const pool2d_geom *g, ptrdiff_t p) {                  \
+        int small[256]; /* the row's argmax codes, before they are stored in the code's size */ \
+        int *arg = g->ow <= 256 ? small : malloc(sizeof(int) * (size_t)g->ow);                  \
+        if (!arg) return; /* (out of memory: the caller's y and code stay unwritten) */         \
         const T *xp = x + p * g->h * g->w;                                                      \
         for (ptrdiff_t i = 0; i < g->oh; i++) {                                                 \
             ptrdiff_t o = (p * g->oh + i) * g->ow;                                              \
@@ -122,6 +125,7 @@ DEFINE_CODES(code32)
             else if (code_size == 2) store_codes_code16((code16 *)code + o, arg, g->ow);        \
             else store_codes_code32((code32 *)code + o, arg, g->ow);                            \
         }                                                                                       \
+        if (arg != small) free(arg);                                                            \
     }                                                                                           \
     /* the adjoint of one plane: each output's value added at its argmax, whose flat offset    \
        from the window start is looked up per code (no division per element) */               \
@@ -152,21 +156,7 @@ DEFINE_CODES(code32)
         pool2d_geom g = {geom[0], geom[1], geom[2], geom[3], (int)geom[4], (int)geom[5],        \
                          (int)geom[6], (int)geom[7], (int)geom[8], (int)geom[9], (int)geom[10], \
                          (int)geom[11]};                                                        \
-        if (threads > 1) {                                                                      \
-            _Pragma("omp parallel num_threads(threads)")                                        \
-            {                                                                                   \
-                int *arg = malloc(sizeof(int) * (size_t)(g.ow > 0 ? g.ow : 1));                  \
-                _Pragma("omp for schedule(static)")                                             \
-                for (ptrdiff_t p = 0; p < planes; p++)                                          \
-                    maxpool2d_fwd_plane_##SUF(x, y, code, code_size, &g, p, arg);               \
-                free(arg);                                                                      \
-            }                                                                                   \
-        } else {                                                                                \
-            int *arg = malloc(sizeof(int) * (size_t)(g.ow > 0 ? g.ow : 1));                      \
-            for (ptrdiff_t p = 0; p < planes; p++)                                              \
-                maxpool2d_fwd_plane_##SUF(x, y, code, code_size, &g, p, arg);                   \
-            free(arg);                                                                          \
-        }                                                                                       \
+        AVILA_FOR_ITEMS(planes, maxpool2d_fwd_plane_##SUF(x, y, code, code_size, &g, it_));     \
     }                                                                                           \
     AVILA_EXPORT void avila_maxpool2d_bwd_##SUF(const T *gy, const void *code, int code_size,   \
                                                 T *gx, const long long *geom, ptrdiff_t planes, \
@@ -177,14 +167,7 @@ DEFINE_CODES(code32)
         ptrdiff_t *off = malloc(sizeof(ptrdiff_t) * (size_t)(g.kh * g.kw));                    \
         for (int c = 0; c < g.kh * g.kw; c++)                                                   \
             off[c] = (ptrdiff_t)(c / g.kw) * g.dh * g.w + (ptrdiff_t)(c % g.kw) * g.dw;          \
-        if (threads > 1) {                                                                      \
-            _Pragma("omp parallel for schedule(static) num_threads(threads)")                   \
-            for (ptrdiff_t p = 0; p < planes; p++)                                              \
-                maxpool2d_bwd_plane_##SUF(gy, code, code_size, gx, &g, p, off);                 \
-        } else {                                                                                \
-            for (ptrdiff_t p = 0; p < planes; p++)                                              \
-                maxpool2d_bwd_plane_##SUF(gy, code, code_size, gx, &g, p, off);                 \
-        }                                                                                       \
+        AVILA_FOR_ITEMS(planes, maxpool2d_bwd_plane_##SUF(gy, code, code_size, gx, &g, it_, off)); \
         free(off);                                                                              \
     }
 
