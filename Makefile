@@ -29,9 +29,15 @@ install: $(VENV)/.installed-test,examples
 demo: $(VENV)/.installed-examples
 	$(VPY) examples/conv4d_spacetime.py
 
+# The NumPy fallbacks of the compiled element-wise kernels (what runs where no C compiler built
+# them) get their own short run with the kernels switched off: the files whose ops have both paths.
+NUMPY_FALLBACK_TESTS := tests/test_pooling.py tests/test_normalization.py tests/test_activations.py \
+	tests/test_cpu_fast_paths.py
+
 test: $(VENV)/.installed-test,examples
 	$(VPY) -m pytest avila_ml tests
 	AVILA_ML_TEST_DEVICE=cuda-emulated $(VPY) -m pytest -p no:cacheprovider -k cuda $(CUDA_EMULATED_TESTS)
+	AVILA_ML_NATIVE_KERNELS=0 $(VPY) -m pytest -p no:cacheprovider $(NUMPY_FALLBACK_TESTS)
 
 test-cuda-emulated: $(VENV)/.installed-test,examples
 	AVILA_ML_TEST_DEVICE=cuda-emulated $(VPY) -m pytest -p no:cacheprovider -k "cuda and not nvcc" tests
