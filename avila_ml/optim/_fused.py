@@ -770,6 +770,19 @@ def _cuda_update_half(kind, param, grad, buffers, scalars) -> None:
         b[...] = wide[n].astype(np.float16)
 
 
+# Algorithms with a compiled CPU update (float32/float64 C-contiguous NumPy arrays): one pass
+# over memory split over the OpenMP team, instead of the ufunc passes below and the hand-off to
+# the thread pool. In-process A/B on the benchmark's 4 x 250k float32 parameters: see
+# avila_ml/cpu_accel/_native_optim.py and benchmarks/bench_optim.py.
+_NATIVE_KINDS = ("sgd", "rmsprop")
+
+
+def _native_optim():
+    """The compiled updates' module (imported on first use: it binds nothing until called)."""
+    from ..cpu_accel import _native_optim as mod
+    return mod
+
+
 def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Workspace) -> None:
     """One in-place step of algorithm ``kind`` on the array ``param`` with gradient ``grad``.
 
@@ -797,6 +810,8 @@ def update(kind: str, param, grad, buffers: dict, scalars: dict, workspace: Work
             return
         _launch_single(param, grad, kind, buffers, scalars)
     else:
+        if kind in _NATIVE_KINDS and _native_optim().step(kind, param, grad, buffers, scalars):
+            return  # one compiled pass (cpu_accel/kernels/optim.c), bitwise the NumPy path's result
         extra = spec.get("cpu_scratch", 0)
         if (_batch_depth[0] and param.size >= min(SHARED_MIN_SIZE, PARALLEL_MIN_SIZE) and param.flags.c_contiguous
                 and grad.flags.c_contiguous and all(b.flags.c_contiguous for b in buffers.values())
