@@ -297,3 +297,22 @@ def test_gradcheck_through_kernels():
     b = am.tensor(rng.standard_normal(11), requires_grad=True)
     assert am.autograd.gradcheck(lambda x, w, b: F.layer_norm(x, (11,), w, b), (x, w, b))
     assert am.autograd.gradcheck(lambda x: F.layer_norm(x, (11,)), (x,))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_switched_off_between_forward_and_backward(dtype, monkeypatch):
+    """The backward of a kernel forward falls back to the NumPy formula on the kernel's saved
+    statistics (mean + mean_lo, rstd) and still gives PyTorch's gradients."""
+    rng = np.random.default_rng(12)
+    xa = (1e3 + rng.standard_normal((30, 300))).astype(dtype)
+    wa, ba, ga = (rng.standard_normal(s).astype(dtype) for s in (300, 300, (30, 300)))
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    y = F.layer_norm(x, (300,), w, b)
+    assert y.grad_fn.native is not None
+    monkeypatch.setattr(_native, "ENABLED", False)
+    y.backward(am.tensor(ga))
+    ref = _public_torch(xa, (300,), wa, ba, ga)
+    for o, r, s in zip([y.detach().numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()], ref,
+                       [1.0, float(np.abs(ref[1]).max()) + 1, np.sqrt(30), np.sqrt(30)]):
+        _close(o, r, dtype, scale=s)
