@@ -412,7 +412,11 @@ def test_mid_sized_parameters_are_dealt_whole_to_threads(name, kwargs, monkeypat
     stay in the calling thread. Element-wise arithmetic: bitwise the one-thread result. (The
     bound is pinned at 4,096 here so the dealing of six mid-sized shapes is exercised; the
     default, 2^15, keeps a digits-MLP-sized model in the calling thread.)"""
+    from avila_ml.cpu_accel import _native
     from avila_ml.optim import _fused
+    # (the Python pool's path: SGD otherwise takes the compiled kernel, one OpenMP-split call
+    # per parameter, tested bitwise against this arithmetic in tests/test_native_optim.py)
+    monkeypatch.setattr(_native, "ENABLED", False)
     monkeypatch.setattr(_fused, "SHARED_MIN_SIZE", 1 << 12)
     one = _mid_sized_run(name, kwargs, 1, monkeypatch)
     flushed, dealt = [], []

@@ -28,7 +28,10 @@
  */
 #include "avila_kernels.h"
 
-#ifndef _OPENMP /* built without OpenMP: one thread runs every row */
+#ifdef _OPENMP
+#define LN_PARALLEL _Pragma("omp parallel num_threads(threads)")
+#else /* built without OpenMP: one thread runs every row */
+#define LN_PARALLEL
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 #endif
@@ -214,7 +217,7 @@ LN_INLINE v8f ln_load8f(const float *p) { v8f v; __builtin_memcpy(&v, p, sizeof 
                                             T *rstd, double eps, ptrdiff_t rows, ptrdiff_t D,   \
                                             int threads) {                                      \
         if (threads > 1) {                                                                      \
-            _Pragma("omp parallel num_threads(threads)")                                        \
+            LN_PARALLEL                                        \
             {                                                                                   \
                 ptrdiff_t lo, hi;                                                               \
                 avila_rows(rows, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);        \
@@ -235,7 +238,7 @@ LN_INLINE v8f ln_load8f(const float *p) { v8f v; __builtin_memcpy(&v, p, sizeof 
         if (sums)                                                                               \
             for (ptrdiff_t i = 0; i < (ptrdiff_t)team * 2 * D; i++) work[i] = 0.0;              \
         if (threads > 1) {                                                                      \
-            _Pragma("omp parallel num_threads(threads)")                                        \
+            LN_PARALLEL                                        \
             {                                                                                   \
                 int t = omp_get_thread_num();                                                   \
                 ptrdiff_t lo, hi;                                                               \
