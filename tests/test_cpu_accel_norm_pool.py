@@ -299,6 +299,15 @@ def norm_plans(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def no_native(monkeypatch):
+    """The compiled layer-norm kernels switched off: float32 layer norm from _ONEDNN_MIN_SIZE
+    elements then takes oneDNN's primitive for every row length (with them, rows of
+    ``N._NATIVE_MIN_ROW`` values or more take the kernels; tests/test_native_norm.py)."""
+    from avila_ml.cpu_accel import _native
+    monkeypatch.setattr(_native, "ENABLED", False)
+
+
 def _affine(rng, shape, affine, dtype):
     w = b = None
     if affine in ("wb", "w"):
@@ -331,7 +340,7 @@ LN_ROWS = [((256, 512), (512,)), ((8, 40, 128), (128,)), ((16, 48, 48), (48, 48)
 @needs_onednn
 @pytest.mark.parametrize("affine", ["wb", "w", "none"])
 @pytest.mark.parametrize("shape,ns", LN_ROWS, ids=str)
-def test_layer_norm_float32_through_onednn_matches_torch(shape, ns, affine, norm_plans):
+def test_layer_norm_float32_through_onednn_matches_torch(shape, ns, affine, norm_plans, no_native):
     rng = np.random.default_rng(20)
     xa = (3.0 + 2.0 * rng.standard_normal(shape)).astype(np.float32)  # an offset mean
     w, b = _affine(rng, ns, affine, np.float32)
@@ -366,7 +375,7 @@ def test_layer_norm_off_switch_keeps_numpy(norm_plans, monkeypatch):
 
 
 @needs_onednn
-def test_layer_norm_non_contiguous_input_through_onednn(norm_plans):
+def test_layer_norm_non_contiguous_input_through_onednn(norm_plans, no_native):
     rng = np.random.default_rng(23)
     base = rng.standard_normal((512, 256)).astype(np.float32)
     x = am.tensor(base, requires_grad=True)
@@ -386,7 +395,7 @@ def test_layer_norm_non_contiguous_input_through_onednn(norm_plans):
 
 
 @needs_onednn
-def test_layer_norm_double_backward_after_onednn_forward(norm_plans):
+def test_layer_norm_double_backward_after_onednn_forward(norm_plans, no_native):
     """create_graph=True: the Tensor-op backward runs (recomputing from x), so second
     derivatives match PyTorch's."""
     rng = np.random.default_rng(24)
@@ -477,7 +486,8 @@ ref = torch.nn.functional.layer_norm(torch.tensor(x, dtype=torch.float64), (512,
 err = np.abs(F.layer_norm(am.tensor(x), (512,)).numpy() - ref).max()
 print(err < 1e-5, sum("oneDNN" in str(r.message) for r in rec), am.cpu_accel.is_available())
 """
-    r = _python(code, AVILA_ML_DNNL_LIBRARY="/nonexistent/libdnnl.so.3")
+    # (the compiled kernels off too: with them, rows of 512 values never consult oneDNN)
+    r = _python(code, AVILA_ML_DNNL_LIBRARY="/nonexistent/libdnnl.so.3", AVILA_ML_NATIVE_KERNELS="0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[0] == "True 1 False", r.stdout
 

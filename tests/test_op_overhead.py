@@ -100,15 +100,21 @@ def test_layer_norm_rows_path_from_two_threads():
             np.testing.assert_array_equal(a, b)
 
 
-def test_layer_norm_rows_route():
+def test_layer_norm_rows_route(monkeypatch):
+    from avila_ml.cpu_accel import _native
     xa, wa, ba, _ = _ln_case((256, 512))
     x = am.tensor(xa, requires_grad=True)
+    half = F.layer_norm(am.tensor(xa[:4]).half().requires_grad_(), (512,), am.tensor(wa).half())
+    assert type(half.grad_fn) is N.Normalize
+    if _native.available():  # the compiled row kernels (tests/test_native_norm.py), weight or not
+        for out in (F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,), am.tensor(wa), am.tensor(ba)),
+                    F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,)), F.layer_norm(x, (512,))):
+            assert type(out.grad_fn) is N._LayerNormRows and out.grad_fn.native is not None
+    monkeypatch.setattr(_native, "ENABLED", False)
     small = F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,), am.tensor(wa), am.tensor(ba))
     assert type(small.grad_fn) is N._LayerNormRows and small.grad_fn.onednn is None  # NumPy, lean
     no_weight = F.layer_norm(am.tensor(xa[:4], requires_grad=True), (512,))
     assert type(no_weight.grad_fn) is N.Normalize  # (y would be xhat itself: the general path)
-    half = F.layer_norm(am.tensor(xa[:4]).half().requires_grad_(), (512,), am.tensor(wa).half())
-    assert type(half.grad_fn) is N.Normalize
     if dnnl.available():
         big = F.layer_norm(x, (512,))
         assert type(big.grad_fn) is N._LayerNormRows and big.grad_fn.onednn is not None
@@ -117,7 +123,9 @@ def test_layer_norm_rows_route():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 def test_layer_norm_rows_numpy_bitwise_as_general_path(dtype, bias, monkeypatch):
+    from avila_ml.cpu_accel import _native
     monkeypatch.setattr(mkldnn, "enabled", False)
+    monkeypatch.setattr(_native, "ENABLED", False)  # (the compiled kernels: tests/test_native_norm.py)
     xa, wa, ba, ga = (a.astype(dtype) for a in _ln_case((6, 40, 96), seed=11))
     ba = ba if bias else None
 
@@ -404,7 +412,11 @@ def test_mid_sized_parameters_are_dealt_whole_to_threads(name, kwargs, monkeypat
     stay in the calling thread. Element-wise arithmetic: bitwise the one-thread result. (The
     bound is pinned at 4,096 here so the dealing of six mid-sized shapes is exercised; the
     default, 2^15, keeps a digits-MLP-sized model in the calling thread.)"""
+    from avila_ml.cpu_accel import _native
     from avila_ml.optim import _fused
+    # (the Python pool's path: SGD otherwise takes the compiled kernel, one OpenMP-split call
+    # per parameter, tested bitwise against this arithmetic in tests/test_native_optim.py)
+    monkeypatch.setattr(_native, "ENABLED", False)
     monkeypatch.setattr(_fused, "SHARED_MIN_SIZE", 1 << 12)
     one = _mid_sized_run(name, kwargs, 1, monkeypatch)
     flushed, dealt = [], []

@@ -22,7 +22,8 @@ waiting passively (``_dnnl._passive_openmp``) unless the user chose a wait polic
 Separately from oneDNN, a few element-wise kernels are C compiled with the package (the
 optional extension ``_kernels``, built by ``pip install`` where a C compiler is present; see
 ``_native.py``): ReLU forward and backward and LeakyReLU's backward, one pass over memory each on
-the OpenMP threads. :func:`kernels_available` says whether they are built.
+the OpenMP threads; layer norm forward and backward over rows (``_native_norm.py``); the SGD and
+RMSprop updates (``_native_optim.py``). :func:`kernels_available` says whether they are built.
 
 Example:
     >>> import avila_ml as am

@@ -17,11 +17,13 @@ it against PyTorch.
 Where the weight is constant over each normalised group (batch and instance norm, or no
 weight) the backward is ``dx = A g + B xhat + C`` with per-group coefficients: four passes
 instead of seven, and for batch norm the weight and bias gradients are the same two sums
-(about 0.8x the former time in float32). Layer norm of float32 CPU arrays from
-``_ONEDNN_MIN_SIZE`` elements runs through oneDNN (``avila_ml.cpu_accel``) when it is
-installed and ``am.backends.mkldnn.enabled``: forward with the statistics, and one backward
-call for all three gradients (0.5-0.7x the NumPy time); double backward keeps the Tensor-op
-formula. oneDNN's batch normalization on plain NCHW arrays was slower than NumPy (see
+(about 0.8x the former time in float32). Layer norm of float32/float64 CPU arrays runs through
+the compiled row kernels (``cpu_accel/kernels/layernorm.c``, ``_LayerNormRows``) where they are
+built: forward with the statistics in one call, all three gradients in another; float32 rows
+shorter than ``_NATIVE_MIN_ROW`` values from ``_ONEDNN_MIN_SIZE`` elements go through oneDNN
+(``avila_ml.cpu_accel``) instead when it is installed and ``am.backends.mkldnn.enabled``
+(faster there), as do all float32 ones from that size without the kernels (0.5-0.7x the NumPy
+time); double backward keeps the Tensor-op formula. oneDNN's batch normalization on plain NCHW arrays was slower than NumPy (see
 ``_onednn_layer_forward``); batch norm of NumPy arrays from ``_CENTRED_MIN`` elements instead
 keeps ``x - mean`` and runs the statistics with the affine map, and the two sums with dx, as one
 pass each over channel slices, the per-channel coefficients spread over the positions
@@ -337,18 +339,19 @@ _refused: list = []
 class _LayerNormRows(Normalize):
     """Layer norm of a float32/float64 host ``x`` over its trailing dims, seen as (rows, D), with
     ``weight``/``bias`` in their own shape (``normalized_shape``): returns ``y`` only. Through
-    the oneDNN plan ``plan`` when :func:`_layer_rows_route` found one, else NumPy passes (the
-    general path's helpers on the (rows, D) view: bitwise its results). The general path
-    (``Normalize`` on weight and bias reshaped to broadcast) records two Reshape nodes and three
-    outputs per call; at the GPT's shapes that bookkeeping cost about as much as oneDNN's two
-    kernels. Backward: oneDNN's or the NumPy formula of ``Normalize``; under ``create_graph``
-    ``Normalize``'s differentiable one."""
+    the compiled row kernels when :func:`_layer_rows_route` chose them (``plan`` is
+    ``_NATIVE``), the oneDNN plan ``plan`` when it found one, else NumPy passes (the general
+    path's helpers on the (rows, D) view: bitwise its results). The general path (``Normalize``
+    on weight and bias reshaped to broadcast) records two Reshape nodes and three outputs per
+    call; at the GPT's shapes that bookkeeping cost about as much as oneDNN's two kernels.
+    Backward: the compiled kernel's, oneDNN's or the NumPy formula of ``Normalize``; under
+    ``create_graph`` ``Normalize``'s differentiable one."""
 
     non_differentiable = ()
 
     def forward(self, x, weight, bias, plan, k, eps):
         self.axes, self.eps, self.out_dtype = tuple(range(x.ndim - k, x.ndim)), eps, x.dtype
-        self.xc = self.xhat = self.onednn = None
+        self.xc = self.xhat = self.onednn = self.native = None
         lead = x.ndim - k
         rows = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:]))
         self.count = rows[1]
@@ -356,13 +359,20 @@ class _LayerNormRows(Normalize):
         w = None if weight is None else np.ascontiguousarray(weight).reshape(-1)
         b = None if bias is None else np.ascontiguousarray(bias).reshape(-1)
         x2 = np.ascontiguousarray(x).reshape(rows)
-        if plan is not None:
+        out = None
+        if plan is _NATIVE:
+            from ..cpu_accel import _native_norm
+            out = _native_norm.layer_norm_forward(x2, w, b, eps)
+        if out is not None:  # (the kernels keep mean, rstd and mean_lo, (rows,), for their backward)
+            y, mean, rstd, mean_lo = out
+            self.native = (mean, rstd, mean_lo)
+        elif plan is not None and plan is not _NATIVE:
             y, mean, var = plan.forward(x2, w, b)
             self.onednn = (plan, mean, var)
-        else:  # (the route asks for a weight: y is never xhat itself)
+        else:
             inv_m = x.dtype.type(1.0 / rows[1]) if rows[1] else x.dtype.type(math.nan)
             _, _, self.rstd, self.xhat = _standardize(x2, (1,), inv_m, eps, np)
-            y = self.xhat * w
+            y = self.xhat * w if w is not None else self.xhat.copy()  # (y must not be xhat itself)
             if b is not None:
                 y += b
         self.save_inputs(*range(1 + self.has_weight + self.has_bias))
@@ -375,29 +385,81 @@ class _LayerNormRows(Normalize):
     def backward(self, g):
         if _state.enabled or self.onednn is not None:
             return super().backward(g, None, None)
-        saved = self.saved_inputs  # version-checked: x, weight, [bias]
+        saved = self.saved_inputs  # version-checked: x, [weight], [bias]
         needs = self.needs_input_grad
+        out = [None] * len(saved)
+        if self.native is not None:
+            return self._backward_native(g, saved, needs, out)
         xhat, rows = self.xhat, self.xhat.shape
         ga = g.array.reshape(rows)
-        out = [None] * len(saved)
         if needs[0]:  # Normalize.backward's NumPy formula, on the (rows, D) view
-            dx = _input_grad(ga * saved[1].array.reshape(-1), xhat, self.rstd, self.count, (1,), np)
+            gxh = ga * saved[1].array.reshape(-1) if self.has_weight else ga
+            dx = _input_grad(gxh, xhat, self.rstd, self.count, (1,), np)
             out[0] = Tensor._wrap(dx.reshape(saved[0].shape))
-        if needs[1]:
+        if self.has_weight and needs[1]:
             out[1] = Tensor._wrap(_sum_prod(ga, xhat, (0,), np).reshape(saved[1].shape))
         if self.has_bias and needs[-1]:
             out[-1] = Tensor._wrap(_sum(ga, (0,)).reshape(saved[-1].shape))
-        return tuple(out)
+        return tuple(out) if len(out) > 1 else out[0]
+
+    def _backward_native(self, g, saved, needs, out):
+        """dx, dweight, dbias from the compiled kernel: two passes over each row of ``g`` and
+        ``x`` (x - mean recomputed from the saved statistics, as PyTorch's kernel does)."""
+        from ..cpu_accel import _native_norm
+        mean, rstd, mean_lo = self.native
+        x = saved[0].array
+        rows = (mean.shape[0], self.count)
+        x2 = np.ascontiguousarray(x).reshape(rows)
+        ga = np.ascontiguousarray(g.array, dtype=x.dtype).reshape(rows)
+        w = np.ascontiguousarray(saved[1].array).reshape(-1) if self.has_weight else None
+        grads = _native_norm.layer_norm_backward(ga, x2, mean, rstd, w, needs[0], self.has_weight and needs[1],
+                                                 self.has_bias and needs[-1], mean_lo)
+        if grads is None:  # the kernels were switched off between forward and backward
+            return self._backward_numpy_from_stats(ga, x2, w, saved, needs, out)
+        dx, dw, db = grads
+        if dx is not None:
+            out[0] = Tensor._wrap(dx.reshape(x.shape))
+        if dw is not None:
+            out[1] = Tensor._wrap(dw.reshape(saved[1].shape))
+        if db is not None:
+            out[-1] = Tensor._wrap(db.reshape(saved[-1].shape))
+        return tuple(out) if len(out) > 1 else out[0]
+
+    def _backward_numpy_from_stats(self, ga, x2, w, saved, needs, out):
+        """The NumPy formula from the kernel's saved mean and rstd (rows,)."""
+        mean, rstd, mean_lo = (a[:, None] for a in self.native)
+        xhat = (x2 - mean) - mean_lo
+        xhat *= rstd
+        if needs[0]:
+            dx = _input_grad(ga * w if w is not None else ga, xhat, rstd, self.count, (1,), np)
+            out[0] = Tensor._wrap(dx.reshape(saved[0].shape))
+        if self.has_weight and needs[1]:
+            out[1] = Tensor._wrap(_sum_prod(ga, xhat, (0,), np).reshape(saved[1].shape))
+        if self.has_bias and needs[-1]:
+            out[-1] = Tensor._wrap(_sum(ga, (0,)).reshape(saved[-1].shape))
+        return tuple(out) if len(out) > 1 else out[0]
 
     def release(self) -> None:
         super().release()
-        self.onednn = None
+        self.onednn = self.native = None
+
+
+# plan value of _layer_rows_route: the compiled row kernels (cpu_accel/kernels/layernorm.c)
+_NATIVE = "native"
+# float32 rows shorter than this go through oneDNN's layer-norm primitive when it is installed
+# (from _ONEDNN_MIN_SIZE elements), longer ones through the compiled kernels. In-process A/B,
+# alternating, min of 30, 2 threads, loaded 2-core AMD EPYC (2026-12-07), forward / backward
+# in us, oneDNN vs compiled: (4096, 64) 99/129 vs 145/162, (2048, 128) 85/126 vs 107/139;
+# (128, 256) 36/58 vs 39/53; (256, 512) 51/92 vs 54/95; (32, 768) 34/62 vs 33/48.
+_NATIVE_MIN_ROW = 256
 
 
 def _layer_rows_route(input, weight, bias, k, eps):
     """``(lean, plan)``: whether :class:`_LayerNormRows` applies (a float32/float64 host input
-    of one dtype with its parameters, outside autocast) and the oneDNN plan it uses (the
-    conditions of :func:`_onednn_layer_forward`; None: NumPy, which needs a ``weight``)."""
+    of one dtype with its parameters, outside autocast) and how it runs: ``_NATIVE`` (the
+    compiled kernels), a oneDNN plan (the conditions of :func:`_onednn_layer_forward`, for
+    float32 rows shorter than ``_NATIVE_MIN_ROW``, or all rows without the compiled kernels) or
+    None (NumPy)."""
     from ..backends import mkldnn
     x = input.array
     if type(x) is not np.ndarray or x.dtype.type not in (np.float32, np.float64) or _state.autocast is not None:
@@ -405,18 +467,23 @@ def _layer_rows_route(input, weight, bias, k, eps):
     for t in (weight, bias):
         if t is not None and (type(t.array) is not np.ndarray or t.array.dtype != x.dtype):
             return False, None
+    from ..cpu_accel import _native
+    lead = x.ndim - k
+    rows = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:]))
+    native = x.size > 0 and _native.available()
     plan = None
-    if mkldnn.enabled and x.dtype == np.float32 and x.size >= _ONEDNN_MIN_SIZE:
+    if (mkldnn.enabled and x.dtype == np.float32 and x.size >= _ONEDNN_MIN_SIZE
+            and not (native and rows[1] >= _NATIVE_MIN_ROW)):
         from ..cpu_accel import _dnnl, _norm
         if not _dnnl.available():
             _dnnl.note_absent()  # (once per process, as the general path does)
         else:
-            lead = x.ndim - k
-            rows = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:]))
             try:
                 plan = _norm.plan("layer", rows, eps, weight is not None, bias is not None)
             except _dnnl.DnnlError:  # refused: the general path says so (once) and runs NumPy
                 return False, None
+    if plan is None and native:
+        return True, _NATIVE
     return (plan is not None or weight is not None), plan
 
 
