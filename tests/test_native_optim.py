@@ -1,8 +1,8 @@
-"""Fused SGD and RMSprop updates as compiled kernels (``avila_ml/cpu_accel/kernels/optim.c``
+"""Fused SGD, RMSprop and Adam/AdamW updates as compiled kernels (``avila_ml/cpu_accel/kernels/optim.c``
 through ``_native_optim.py``, used by ``optim/_fused.update``; issue 17).
 
 Each configuration (momentum, dampening, nesterov, weight decay, maximize; alpha, eps, momentum,
-centered) runs several steps with fresh random gradients, float32 and float64, on parameters
+centered; betas, weight decay L2 or decoupled, amsgrad) runs several steps with fresh random gradients, float32 and float64, on parameters
 below and above the threading cut and of lengths that are not multiples of the vector width:
 the kernel path gives bitwise the NumPy path's parameters and state (kernels switched off), and
 torch.optim's trajectory (float64 to rounding, float32 to float32 rounding); the first step
@@ -28,6 +28,11 @@ CONFIGS = [
     ("RMSprop", dict(lr=0.01, momentum=0.9)),
     ("RMSprop", dict(lr=0.01, centered=True)),
     ("RMSprop", dict(lr=0.005, alpha=0.3, centered=True, momentum=0.5, weight_decay=0.1)),  # lerp_low off
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1, maximize=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, betas=(0.3, 0.99), amsgrad=True, maximize=True)),  # lerp_low off
 ]
 SIZES = [1, 7, 33, 1000, (1 << 16) + 5, (1 << 18) + 3]
 STEPS = 4
@@ -126,7 +131,8 @@ def test_nan_and_inf_gradients_as_numpy(monkeypatch):
 
     def run():
         out = []
-        for name, kw in (("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)), ("RMSprop", dict(lr=0.1, centered=True))):
+        for name, kw in (("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)), ("RMSprop", dict(lr=0.1, centered=True)),
+                         ("Adam", dict(lr=0.1, amsgrad=True)), ("AdamW", dict(lr=0.1))):
             p = am.tensor(np.linspace(-1, 1, 7).astype(np.float32), requires_grad=True)
             opt = getattr(am.optim, name)([p], **kw)
             for _ in range(2):
@@ -145,7 +151,7 @@ def test_kernels_refuse_what_they_do_not_handle():
                    maximize=False, first=False)
     p = np.ones(8, np.float32)
     g = np.ones(8, np.float32)
-    assert not _native_optim.step("adam", p, g, {}, scalars)  # no kernel for it
+    assert not _native_optim.step("adagrad", p, g, {}, scalars)  # no kernel for it
     assert not _native_optim.step("sgd", p.astype(np.float16), g.astype(np.float16), {}, scalars)
     assert not _native_optim.step("sgd", p, g.astype(np.float64), {}, scalars)  # mixed dtypes
     assert not _native_optim.step("sgd", np.ones((4, 4), np.float32)[:, ::2], np.ones((4, 2), np.float32), {}, scalars)

@@ -350,9 +350,12 @@ def _adamw_run(threads):
 
 
 def test_optimizer_threads_follow_set_num_threads(monkeypatch):
+    from avila_ml.cpu_accel import _native
     from avila_ml.optim import _fused
     if _fused._cores() < 2:
         pytest.skip("one core: every update runs in the calling thread")
+    # the Python pool's path (the compiled Adam/AdamW update needs no pool: tests/test_native_optim.py)
+    monkeypatch.setattr(_native, "ENABLED", False)
     submitted = []
     real = _fused._executor
     monkeypatch.setattr(_fused, "_executor", lambda: submitted.append(am.get_num_threads()) or real())
@@ -368,10 +371,11 @@ def test_optimizer_hand_off_stops_spinning_blas_workers(monkeypatch):
     """A CPU update shared with the pool first stops NumPy's spinning OpenBLAS workers (they
     would hold the pool thread's core), only then: not at one thread; the results stay
     bitwise those of one thread."""
-    from avila_ml.cpu_accel import _dnnl
+    from avila_ml.cpu_accel import _dnnl, _native
     from avila_ml.optim import _fused
     if _fused._cores() < 2:
         pytest.skip("one core: every update runs in the calling thread")
+    monkeypatch.setattr(_native, "ENABLED", False)  # the Python pool's path (as above)
     order = []
     real_quiet, real_exec = _dnnl.quiet_blas, _fused._executor
     monkeypatch.setattr(_dnnl, "quiet_blas", lambda: order.append("quiet") or real_quiet())

@@ -1,4 +1,4 @@
-"""Fused SGD and RMSprop updates as compiled kernels (``kernels/optim.c``, bound through
+"""Fused SGD, RMSprop and Adam/AdamW updates as compiled kernels (``kernels/optim.c``, bound through
 :mod:`._native`): one pass over each parameter, its gradient and its state, split over the
 OpenMP team, in place of the dozen ``out=`` ufunc passes of ``avila_ml/optim/_fused.py`` (which
 stay the reference and the fallback).
@@ -10,9 +10,9 @@ a dtype other than float32/float64, arrays of mixed dtypes or shapes, or not C-c
 
 The arithmetic is the NumPy path's, operation by operation in the parameter's dtype (the scalars
 rounded to it, as NumPy does with Python floats), so the two agree bitwise; that path follows
-PyTorch's ``_single_tensor_sgd`` / ``_single_tensor_rmsprop``.
+PyTorch's ``_single_tensor_sgd`` / ``_single_tensor_rmsprop`` / ``_single_tensor_adam``.
 
-PyTorch: the updates of ``torch.optim.SGD`` and ``torch.optim.RMSprop`` (its ``foreach`` and
+PyTorch: the updates of ``torch.optim.SGD``, ``RMSprop``, ``Adam`` and ``AdamW`` (its ``foreach`` and
 ``fused`` kernels do the same fusion in C++).
 """
 from __future__ import annotations
@@ -31,11 +31,19 @@ _native.register("sgd", _P, _P, _P, _S, _S, _S, _S, _I, _I, _I, _N, _T)
 # weight_decay, momentum | lerp_low, maximize | n, threads
 _native.register("rmsprop", _P, _P, _P, _P, _P, _S, _S, _S, _S, _S, _S, _S, _S, _I, _I, _N, _T)
 
+# p, g, exp_avg, exp_avg_sq, max_exp_avg_sq | weight, 1 - weight, beta2, 1 - beta2, weight_decay,
+# decay, eps, sqrt(bias correction 2), -step_size | lerp_low, decoupled, maximize | n, threads
+_native.register("adam", _P, _P, _P, _P, _P, _S, _S, _S, _S, _S, _S, _S, _S, _S, _I, _I, _I, _N, _T)
+
 # per algorithm: the required state arrays, the optional ones (None -> NULL), the scalars and
 # the flags, in the C function's order
 KINDS = {
     "sgd": ((), ("momentum_buffer",), ("lr", "momentum", "one_minus_dampening", "weight_decay"),
             ("nesterov", "maximize", "first")),
+    "adam": (("exp_avg", "exp_avg_sq"), ("max_exp_avg_sq",),
+             ("weight", "one_minus_weight", "beta2", "one_minus_beta2", "weight_decay", "decay", "eps",
+              "bias_correction2_sqrt", "neg_step_size"),
+             ("lerp_low", "decoupled", "maximize")),
     "rmsprop": (("square_avg",), ("grad_avg", "momentum_buffer"),
                 ("lr", "alpha", "one_minus_alpha", "weight", "one_minus_weight", "eps", "weight_decay", "momentum"),
                 ("lerp_low", "maximize")),
@@ -43,16 +51,19 @@ KINDS = {
 
 
 def step(kind, param, grad, buffers, scalars) -> bool:
-    """One in-place update of algorithm ``kind`` ("sgd" or "rmsprop") on the NumPy array
+    """One in-place update of algorithm ``kind`` ("sgd", "rmsprop" or "adam") on the NumPy array
     ``param``; True when done, False (nothing written) where the kernels do not apply.
 
     Math (``d``: the gradient after ``maximize`` and L2 weight decay): SGD
     ``b = d`` (first step) or ``b = b momentum + d (1 - dampening)``,
     ``θ = θ - lr (d + momentum b if nesterov else b)``; RMSprop
     ``v = alpha v + (1 - alpha) d^2``, ``a = sqrt(v - ḡ^2 if centered else v) + eps``,
-    ``θ = θ - lr d / a`` (or through a momentum buffer ``b = momentum b + d / a``).
+    ``θ = θ - lr d / a`` (or through a momentum buffer ``b = momentum b + d / a``); Adam
+    ``m = lerp(m, d, 1 - beta1)``, ``v = beta2 v + (1 - beta2) d^2`` (amsgrad: its running max),
+    ``θ = θ (1 - lr wd)`` for AdamW, ``θ = θ - step m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``.
 
-    PyTorch: ``torch.optim.SGD.step`` / ``torch.optim.RMSprop.step`` for one parameter.
+    PyTorch: ``torch.optim.SGD.step`` / ``RMSprop.step`` / ``Adam.step`` / ``AdamW.step`` for one
+    parameter.
 
     Example:
         >>> import numpy as np

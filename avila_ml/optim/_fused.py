@@ -778,8 +778,9 @@ def _cuda_update_half(kind, param, grad, buffers, scalars) -> None:
 # over memory split over the OpenMP team, instead of the ufunc passes below and the hand-off to
 # the thread pool. In-process A/B, min of 30, alternating, on bench_optim's 4 x 250k float32
 # parameters, heavily loaded 2-core AMD EPYC (load average 5-7; 2026-12-07): SGD momentum 0.9
-# 664 -> 258 us (PyTorch 296 in the same process), RMSprop 1810 -> 344 us (PyTorch 838).
-_NATIVE_KINDS = ("sgd", "rmsprop")
+# 664 -> 258 us (PyTorch 296 in the same process), RMSprop 1810 -> 344 us (PyTorch 838); AdamW
+# 1505 -> 517 us (load average ~1.3).
+_NATIVE_KINDS = ("sgd", "rmsprop", "adam")
 
 
 def _native_optim():

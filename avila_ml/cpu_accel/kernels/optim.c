@@ -19,6 +19,8 @@
  *            centered: ga = lerp(ga, d, 1 - alpha);  a = sqrt(v - ga ga) + eps,  else sqrt(v) + eps
  *            momentum: b = b mom + d / a;  p = p + b (-lr),  else  p = p + (d (-lr)) / a
  *
+ *   adam     see ADAM_LOOP (Adam and AdamW, amsgrad)
+ *
  * lerp(x, d, w) is PyTorch's: x + w (d - x) when w < 0.5 (lerp_low), else d - (d - x)(1 - w).
  */
 #include "avila_kernels.h"
@@ -82,6 +84,40 @@
         }                                                                                       \
     }
 
+/* Adam / AdamW's update over [lo, hi), named adam_NAME_SUF (AMSGRAD: with max_exp_avg_sq); the
+ * operation order of _fused._adam_cpu (PyTorch's _single_tensor_adam):
+ *   d = maximize ? -g : g;  L2 (not decoupled): d = p wd + d (p wd - g when maximizing)
+ *   AdamW (decoupled): p = p (1 - lr wd)
+ *   m = lerp(m, d, 1 - beta1);  v = v beta2 + (d (1 - beta2)) d;  amsgrad: vmax = max(vmax, v)
+ *   p = p + (m (-step_size)) / (sqrt(v or vmax) / sqrt(1 - beta2^t) + eps) */
+#define ADAM_LOOP(T, SUF, SQRT, NAME, AMSGRAD)                                                  \
+    AVILA_CLONES static void adam_##NAME##_##SUF(                                               \
+        T *restrict p, const T *restrict g, T *restrict m, T *restrict v, T *restrict vmax,     \
+        T weight, T omw, T beta2, T omb2, T wd, T decay, T eps, T bc2s, T nss, int lerp_low,    \
+        int decoupled, int maximize, ptrdiff_t lo, ptrdiff_t hi) {                              \
+        (void)vmax;                                                                             \
+        int l2 = wd != 0 && !decoupled, shrink = wd != 0 && decoupled;                          \
+        for (ptrdiff_t i = lo; i < hi; i++) {                                                   \
+            T gi = g[i], pi = p[i];                                                             \
+            T d = maximize ? -gi : gi;                                                          \
+            if (l2) d = maximize ? pi * wd - gi : pi * wd + gi;                                 \
+            if (shrink) pi = pi * decay;                                                        \
+            T mi = m[i], diff = d - mi;                                                         \
+            mi = lerp_low ? mi + diff * weight : d - diff * omw;                                \
+            m[i] = mi;                                                                          \
+            T vi = v[i] * beta2 + (d * omb2) * d;                                               \
+            v[i] = vi;                                                                          \
+            T src = vi;                                                                         \
+            if (AMSGRAD) {                                                                      \
+                T mx = vmax[i];                                                                 \
+                mx = (mx != mx || mx > vi) ? mx : vi; /* NaN-propagating, as np.maximum */     \
+                vmax[i] = mx;                                                                   \
+                src = mx;                                                                       \
+            }                                                                                   \
+            p[i] = pi + (mi * nss) / (SQRT(src) / bc2s + eps);                                  \
+        }                                                                                       \
+    }
+
 #define DEFINE_OPTIM(T, SUF, SQRT)                                                                   \
     /* one loop per momentum case (none, first step, later steps) and nesterov: the buffer's   \
      * store is then unconditional and each loop vectorises */                                  \
@@ -123,6 +159,22 @@
         else                                                                                    \
             rmsprop_plain_##SUF(p, g, sq, ga, buf, lr, alpha, oma, weight, omw, eps, wd, mom,   \
                                 lerp_low, maximize, lo, hi);                                    \
+    }                                                                                           \
+    ADAM_LOOP(T, SUF, SQRT, plain, 0)                                                           \
+    ADAM_LOOP(T, SUF, SQRT, amsgrad, 1)                                                         \
+    /* vmax NULL: no amsgrad */                                                                 \
+    AVILA_EXPORT void avila_adam_##SUF(T *p, const T *g, T *m, T *v, T *vmax, T weight, T omw,  \
+                                       T beta2, T omb2, T wd, T decay, T eps, T bc2s, T nss,    \
+                                       int lerp_low, int decoupled, int maximize, ptrdiff_t n,  \
+                                       int threads) {                                           \
+        if (vmax)                                                                               \
+            AVILA_FOR_PARTS(n, adam_amsgrad_##SUF(p, g, m, v, vmax, weight, omw, beta2, omb2,   \
+                                                  wd, decay, eps, bc2s, nss, lerp_low,          \
+                                                  decoupled, maximize, lo_, hi_));              \
+        else                                                                                    \
+            AVILA_FOR_PARTS(n, adam_plain_##SUF(p, g, m, v, vmax, weight, omw, beta2, omb2, wd, \
+                                                decay, eps, bc2s, nss, lerp_low, decoupled,     \
+                                                maximize, lo_, hi_));                           \
     }                                                                                           \
     /* buf NULL: no momentum */                                                                 \
     AVILA_EXPORT void avila_sgd_##SUF(T *p, const T *g, T *buf, T lr, T mom, T omd, T wd,       \
