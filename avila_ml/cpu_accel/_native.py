@@ -206,11 +206,16 @@ def threads_for(size: int) -> int:
         >>> _native.threads_for(10)
         1
     """
-    from ..ops._cpu_threads import blas_threads
-    from . import _dnnl
-    if size < _SPLIT_MIN or threading.current_thread().name.startswith("avila-cpu") or _dnnl.forked():
+    if size < _SPLIT_MIN:
         return 1
-    return blas_threads()
+    refs = _state.get("threads")
+    if refs is None:  # (imported once: an import statement per call cost ~3 us)
+        from ..ops._cpu_threads import blas_threads
+        from . import _dnnl
+        refs = _state["threads"] = (blas_threads, _dnnl.forked)
+    if threading.current_thread().name.startswith("avila-cpu") or refs[1]():
+        return 1
+    return refs[0]()
 
 
 def call(fn, arrays, scalars=(), size=None) -> bool:
