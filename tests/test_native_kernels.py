@@ -467,3 +467,47 @@ def test_max_pool2d_kernel_matches_torch_and_numpy(case, dtype, monkeypatch):
     (rgx,) = torch.autograd.grad((TF.max_pool2d(r, 2) ** 2).sum(), r, create_graph=True)
     (rgg,) = torch.autograd.grad((rgx ** 2).sum(), r)
     np.testing.assert_allclose(gg.numpy(), rgg.numpy(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------ amax / amin backward
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["amax23", "amin123", "max_all", "min_all"])
+def test_amax_backward_kernel_matches_torch_and_numpy(op, dtype, monkeypatch):
+    """amax/amin's gradient over trailing axes by the compiled kernel and by the NumPy formula:
+    bitwise PyTorch's, with ties (shared as (g / count) * mask), a NaN result (NaN over its
+    row; max()/min() of everything: the NaN elements share g), an infinite g; double backward
+    through the Tensor-op formula."""
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((8, 16, 20, 20)).astype(dtype)
+    x[0, 0, 0, :3] = 50.0
+    x[1, 1, 2, 2] = np.nan
+    x[3, 3] = 7.0
+    x[4, 5, 6, 7] = x[4, 5, 7, 6] = -60.0
+
+    def run(lib, native=True):
+        monkeypatch.setattr(_native, "ENABLED", native)
+        t = lib.tensor(x, requires_grad=True)
+        if op == "amax23":
+            y = lib.amax(t, dim=(2, 3))
+        elif op == "amin123":
+            y = lib.amin(t, dim=(1, 2, 3))
+        else:
+            y = t.max() if op == "max_all" else t.min()
+        g = np.random.default_rng(42).standard_normal(tuple(y.shape)).astype(dtype)
+        if g.ndim:
+            g.reshape(-1)[2] = np.inf
+        y.backward(lib.tensor(g))
+        return t.grad.numpy()
+
+    ref = run(torch)
+    assert _same(run(am, True), ref) and _same(run(am, False), ref)
+    monkeypatch.setattr(_native, "ENABLED", True)
+    x64 = rng.standard_normal((3, 4, 5, 6))
+    t = am.tensor(x64, requires_grad=True)
+    (gx,) = am.autograd.grad((am.amax(t, dim=(2, 3)) ** 2).sum(), t, create_graph=True)
+    (gg,) = am.autograd.grad((gx * t).sum(), t)
+    r = torch.tensor(x64, requires_grad=True)
+    (rgx,) = torch.autograd.grad((torch.amax(r, dim=(2, 3)) ** 2).sum(), r, create_graph=True)
+    (rgg,) = torch.autograd.grad((rgx * r).sum(), r)
+    np.testing.assert_allclose(gg.numpy(), rgg.numpy(), rtol=1e-12)

@@ -34,7 +34,7 @@ import threading
 import numpy as np
 
 __all__ = ["available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -61,6 +61,7 @@ def register(name: str, *argtypes) -> None:
 
 
 register("relu_fwd", PTR, PTR, COUNT, THREADS)
+register("amax_bwd", PTR, PTR, PTR, PTR, COUNT, COUNT, ctypes.c_int, THREADS)
 for _op in ("add", "sub", "mul", "div"):
     register(_op, PTR, PTR, PTR, COUNT, THREADS)
 register("relu_bwd", PTR, PTR, PTR, COUNT, THREADS)
@@ -318,3 +319,36 @@ def binary(op: str, a, b, out=None):
         return None
     call(fn, (a, b, out))
     return out
+
+
+def amax_backward(x, out, g, nan_ties=False):
+    """The gradient of ``amax`` / ``amin`` over the trailing axes of ``x`` (C-contiguous
+    float32/float64, seen as ``out.size`` rows): ``g`` shared evenly among each row's elements
+    equal to its result ``out`` (with ``nan_ties``, the NaN elements of a NaN row too), NaN over
+    a row where none matches; a fresh array shaped like ``x``, or None where the kernel does not
+    apply (then the caller's NumPy formula runs).
+
+    Math: ``dx = g * (x == out) / count(x == out)`` per row. PyTorch: ``amax``'s backward
+    (``scale_grad_by_count``; ``evenly_distribute_backward`` for ``max()``).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> x = np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]], np.float32)
+        >>> dx = _native.amax_backward(x, x.max(axis=1), np.array([1.0, 4.0], np.float32))
+        >>> dx is None or dx.tolist() == [[0.0, 0.5, 0.5], [4.0, 0.0, 0.0]]
+        True
+    """
+    if not (type(x) is np.ndarray and type(out) is np.ndarray and type(g) is np.ndarray):
+        return None
+    rows = out.size
+    if rows == 0 or x.size % rows or g.size != rows:
+        return None
+    o, gr = np.ascontiguousarray(out).reshape(-1), np.ascontiguousarray(g).reshape(-1)
+    dx = np.empty(x.shape, x.dtype)
+    fn = kernel_for("amax_bwd", x, o, gr, dx)
+    if fn is None:
+        return None
+    fn(x.ctypes.data, o.ctypes.data, gr.ctypes.data, dx.ctypes.data, rows, x.size // rows, int(bool(nan_ties)),
+       threads_for(x.size))
+    return dx

@@ -327,6 +327,11 @@ class AMax(Function):
         (out,) = self.saved_outputs
         ks = _keep_shape(self.in_shape, self.axes)
         o = out.array.reshape(ks)
+        if not _grad_state.enabled and _trailing(self.axes, x.array.ndim):
+            from ..cpu_accel import _native  # the compiled kernel: two passes per row, rows over the threads
+            dx = _native.amax_backward(x.array, out.array, g.array, self.nan_ties)
+            if dx is not None:
+                return Tensor._wrap(dx)
         mask = x.array == o
         if not _grad_state.enabled and _single_maxima(mask, o, g.array):
             # every slice has exactly one maximum (the usual case): g scattered through the mask,
@@ -339,9 +344,17 @@ class AMax(Function):
             xp = backend_of(o).xp
             mask = mask | (xp.isnan(x.array) & xp.isnan(o))
         cnt = mask.sum(axis=self.axes, keepdims=True)
+        # PyTorch's order, (g / count) * mask: a tie's share rounds as PyTorch's does (g * (1 /
+        # count) differed in the last bit); where nothing matches (a NaN result) (g / 0) * 0 is NaN
         with np.errstate(invalid="ignore", divide="ignore"):
-            w = Tensor._wrap((mask / cnt).astype(x.array.dtype))
-        return broadcast_to(reshape(g, ks), self.in_shape) * w
+            share = reshape(g, ks) / Tensor._wrap(cnt.astype(x.array.dtype))
+            return broadcast_to(share, self.in_shape) * Tensor._wrap(mask.astype(x.array.dtype))
+
+
+def _trailing(axes, ndim) -> bool:
+    """Whether ``axes`` (sorted, non-empty) are the last ones of an ``ndim``-d array (each slice
+    of a C-contiguous array is then one contiguous row)."""
+    return bool(axes) and tuple(axes) == tuple(range(ndim - len(axes), ndim))
 
 
 def _single_maxima(mask, o, g) -> bool:
