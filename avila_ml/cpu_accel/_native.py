@@ -149,7 +149,14 @@ def missing() -> list:
     """
     if _load() is None:
         return []
+    import importlib
+    for module in _WRAPPERS:  # their signatures are registered when they are imported
+        importlib.import_module(f"{__package__}.{module}")
     return [f"avila_{n}_{_SUFFIX[d]}" for n in _SIGNATURES for d in _SUFFIX if _bind(n, d) is None]
+
+
+# the modules that register kernels of their own (imported on first use by the ops)
+_WRAPPERS = ("_native_batchnorm", "_native_pool", "_native_norm", "_native_optim")
 
 
 def kernel(name, *arrays):
