@@ -381,6 +381,15 @@ class NLLLoss(Function):
 _ROWS_SPLIT_MIN = 1 << 18
 
 
+def _native_log_softmax(x):
+    """log_softmax(x, 1) of (N, C) logits by the compiled row kernel (float32/float64, C-contiguous
+    NumPy), else None."""
+    if not (isinstance(x, np.ndarray) and x.ndim == 2):
+        return None
+    from ..cpu_accel import _native_softmax
+    return _native_softmax.log_softmax_forward(x)
+
+
 def _accel_log_softmax(x):
     """log_softmax(x, 1) with oneDNN's exp when that applies to ``x`` (a large float32 NumPy
     array, oneDNN installed and enabled), else None: then the single-exp NumPy path is faster.
@@ -443,7 +452,11 @@ class CrossEntropy(Function):
         # taken again in the backward (cheap there); None where it does not apply
         self.p = None
         with np.errstate(invalid="ignore", divide="ignore"):  # inf/nan logits give nan, silently (PyTorch)
-            self.logp = _accel_log_softmax(x)
+            # (N, C) logits on NumPy: the compiled log-softmax rows (cpu_accel/_native_softmax.py);
+            # the backward then takes its softmax - onehot in one pass too
+            self.logp = _native_log_softmax(x)
+            if self.logp is None:
+                self.logp = _accel_log_softmax(x)
             if self.logp is not None:
                 loss = -self.logp[key] * w_t
             else:
@@ -466,6 +479,11 @@ class CrossEntropy(Function):
     def backward(self, g):
         if not _state.enabled:
             gs = g.array * self.scale
+            if self.p is None and self.logp.ndim == 2:
+                from ..cpu_accel import _native_softmax
+                dx = _native_softmax.cross_entropy_backward(self.logp, gs, self.key[1])
+                if dx is not None:
+                    return Tensor._wrap(dx)
             blocks = _row_blocks(self.logp) if self.p is None else [slice(None)]
             if len(blocks) > 1:  # softmax = exp(logp) and its scaling per row block, on the threads
                 dx = np.empty_like(self.logp)
