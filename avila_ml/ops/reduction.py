@@ -550,6 +550,17 @@ def _native_rows(x, axis):
     return x.reshape(-1, x.shape[axis])
 
 
+def _native_backward(name, g, y, axis):
+    """The compiled row kernel ``name`` (``softmax_backward`` / ``log_softmax_backward``) on
+    ``g`` and the forward's output ``y`` seen as ``(rows, n)`` (:func:`_native_rows`), shaped as
+    ``y``; None where it does not apply."""
+    rows = _native_rows(y, axis)
+    if rows is None or not g.flags.c_contiguous:
+        return None
+    dx = getattr(_native_softmax(), name)(g.reshape(rows.shape), rows)
+    return None if dx is None else dx.reshape(y.shape)
+
+
 def _raw_backward(g, y) -> bool:
     """The gradient may be computed by raw NumPy code: no graph of it is wanted
     (``create_graph=False``) and ``g``, ``y`` are same-shaped float32/float64 NumPy arrays."""
@@ -603,7 +614,7 @@ class Softmax(Function):
         (y,) = self.saved_outputs
         if _raw_backward(g.array, y.array):
             ga, ya = g.array, y.array
-            dx = _native_softmax().softmax_backward(ga, ya) if _native_rows(ya, self.axis) is not None else None
+            dx = _native_backward("softmax_backward", ga, ya, self.axis)
             if dx is None:
                 dx = _accel_softmax().backward(ga, ya, self.axis) if _np_f32(ya) else None
             if dx is None:
@@ -679,7 +690,7 @@ class LogSoftmax(Function):
         (y,) = self.saved_outputs
         if _raw_backward(g.array, y.array):
             ga, ya = g.array, y.array
-            dx = _native_softmax().log_softmax_backward(ga, ya) if _native_rows(ya, self.axis) is not None else None
+            dx = _native_backward("log_softmax_backward", ga, ya, self.axis)
             if dx is not None:
                 return Tensor._wrap(dx)
             e = _exp_fast(ya)
