@@ -22,7 +22,9 @@ waiting passively (``_dnnl._passive_openmp``) unless the user chose a wait polic
 Separately from oneDNN, a few element-wise kernels are C compiled with the package (the
 optional extension ``_kernels``, built by ``pip install`` where a C compiler is present; see
 ``_native.py``): ReLU forward and backward and LeakyReLU's backward, one pass over memory each on
-the OpenMP threads. :func:`kernels_available` says whether they are built.
+the OpenMP threads; softmax, log-softmax and cross-entropy over rows of the last axis, forward and
+backward (``_native_softmax.py``), used before oneDNN's softmax paths. :func:`kernels_available`
+says whether they are built.
 
 Example:
     >>> import avila_ml as am

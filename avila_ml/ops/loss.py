@@ -374,10 +374,11 @@ class NLLLoss(Function):
         return IndexPutAdd.apply(gs, self.in_shape, self.key, True)
 
 
-# Cross-entropy logits from this many elements (2-d, float32, oneDNN's exp) are split into row
-# blocks on the CPU threads, forward and backward: only the exp of the unsplit path used the second
-# core (as a oneDNN team), its max, shift, row sums, log and scaling passes ran on one. PyTorch's
-# log_softmax splits its rows over its threads too.
+# Without the compiled row kernels (cpu_accel/_native_softmax.py, which split (N, C) rows over
+# the OpenMP team themselves): cross-entropy logits from this many elements (2-d, float32,
+# oneDNN's exp) are split into row blocks on the CPU threads, forward and backward: only the exp
+# of the unsplit path used the second core (as a oneDNN team), its max, shift, row sums, log and
+# scaling passes ran on one. PyTorch's log_softmax splits its rows over its threads too.
 _ROWS_SPLIT_MIN = 1 << 18
 
 
@@ -432,7 +433,9 @@ def _on_threads(fn, blocks) -> None:
 
 class CrossEntropy(Function):
     """The op behind :func:`cross_entropy` with class indices: fused log-softmax + NLL over
-    the class dim 1 of (N, C, d...) (PyTorch's ``cross_entropy_loss``).
+    the class dim 1 of (N, C, d...) (PyTorch's ``cross_entropy_loss``). (N, C) NumPy logits take
+    the compiled row kernels (log-softmax forward, then ``softmax - onehot`` scaled in one pass
+    backward), others the NumPy/oneDNN passes.
 
     Math: forward l = -w[t] (x_t - m - log sum_c exp(x_c - m)), m = max_c x_c; backward
     dx = (softmax(x) - onehot(t)) g w[t] (divided by the kept weight sum for 'mean').
