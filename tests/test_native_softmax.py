@@ -112,7 +112,8 @@ def test_exp_does_not_apply_to_other_dtypes_or_layouts():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_softmax_and_log_softmax_forward_match_torch(shape, dtype):
     x = _logits(shape, dtype, seed=2)
-    for log, ours_fn, ref_fn in ((False, NS.softmax_forward, torch.softmax), (True, NS.log_softmax_forward, torch.log_softmax)):
+    for log, ours_fn, ref_fn in ((False, NS.softmax_forward, torch.softmax),
+                                 (True, NS.log_softmax_forward, torch.log_softmax)):
         y = ours_fn(x)
         assert y.dtype == dtype and y.shape == shape
         ref = _exact_forward(x, -1, log)

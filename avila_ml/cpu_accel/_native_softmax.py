@@ -1,7 +1,7 @@
 """Softmax, log-softmax and cross-entropy over the last axis through the compiled kernels
 (``kernels/softmax.c``): each row's max, exponentials, sum and scaling in one thread while the row
 is in cache, rows split over the OpenMP team, so an array is read once and written once; the
-exponentials by a vectorised polynomial (within 2 ulps; ``exp`` below exposes it for tests).
+exponentials by a vectorised polynomial (within 1.5 ulps; ``exp`` below exposes it for tests).
 
 Each wrapper takes C-contiguous float32/float64 NumPy arrays with the softmax axis last and
 returns the result, or None where the kernels do not apply (not built, switched off, another

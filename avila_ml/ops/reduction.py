@@ -647,10 +647,11 @@ def _exp_fast(z, check_nan=True):
 def log_softmax_array(x, axis, out=None):
     """log-softmax of an array along ``axis``: ``z - log(sum(exp(z)))``, ``z = x - max``. A
     C-contiguous float32/float64 NumPy array over its last axis (and no ``out``) takes the
-    compiled row kernel (``cpu_accel/_native_softmax.py``, within 2 ulps of PyTorch's float32
-    kernel); else the exponentials come from :func:`_exp_fast` and NumPy's pairwise sums and ``log`` (oneDNN's own
-    ``softmax_log`` primitive is faster still but was measured 2x less accurate than PyTorch's
-    float32 kernel near 0, where the gradient weighs most; this is within 2 ulps there).
+    compiled row kernel (``cpu_accel/_native_softmax.py``: one read and one write, its ``exp``
+    within 1.5 ulps); else the exponentials come from :func:`_exp_fast` and NumPy's pairwise
+    sums and ``log`` (oneDNN's own ``softmax_log`` primitive is faster still but was measured 2x
+    less accurate than PyTorch's float32 kernel near 0, where the gradient weighs most; this is
+    within 2 ulps there).
     The array-level body of :func:`log_softmax` (``torch.log_softmax``), no autograd; the
     result is written into ``out`` when given (a block of a larger result: no copy).
 
