@@ -84,7 +84,7 @@ def test_exp_within_one_ulp_over_the_whole_range(dtype):
     normal = np.isfinite(rounded) & (rounded != 0)
     ulp = np.spacing(rounded[normal]).astype(np.longdouble)
     err = np.abs(y[normal].astype(np.longdouble) - ref[normal]) / ulp
-    assert float(err.max()) <= 1.5  # measured: 1.006 (float32, FMA clone), 0.99 (float64)
+    assert float(err.max()) <= 1.5  # measured: 1.006 (float32, FMA clone), 1.055 (float64)
     # overflow to +inf and underflow to 0 exactly where the correctly rounded result does
     np.testing.assert_array_equal(y[~normal], rounded[~normal])
 
