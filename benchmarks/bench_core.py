@@ -7,7 +7,7 @@ Workloads (issue 2):
     Avila ML code, it shows what the array libraries themselves give;
   * matmul 1024 x 1024 x 1024 float32;
   * softmax over the last dim of a (64, 4096) float32 tensor (forward, and forward + backward),
-    and log_softmax forward + backward (issue 17);
+    and log_softmax forward + backward, float32 and float64 (issue 17);
   * activations forward + backward (issue 17): exact GELU on (2048, 512) (a GPT MLP's hidden
     layer), tanh GELU on (3072, 512) (the char GPT's), LeakyReLU(0.2) on (32, 128, 16, 16) (a
     DCGAN discriminator's feature map), ReLU (also in place: ``relu_()`` in a graph and
@@ -112,10 +112,10 @@ def softmax_backward(L):
     return run
 
 
-def log_softmax_backward(L):
+def log_softmax_backward(L, dtype=np.float32):
     rng = np.random.default_rng(2)
-    x = L.from_numpy(rng.standard_normal((64, 4096), dtype=np.float32)).requires_grad_()
-    g = L.from_numpy(rng.standard_normal((64, 4096), dtype=np.float32))
+    x = L.from_numpy(rng.standard_normal((64, 4096), dtype=dtype)).requires_grad_()
+    g = L.from_numpy(rng.standard_normal((64, 4096), dtype=dtype))
 
     def run():
         x.grad = None
@@ -170,6 +170,11 @@ def bce_backward(L):
         p.grad = None
         L.nn.functional.binary_cross_entropy(p, y, reduction="sum").backward()
     return run
+
+
+def log_softmax_backward_f64(L):
+    """The float64 log_softmax row (issue 17: the compiled row kernels take float64 too)."""
+    return log_softmax_backward(L, np.float64)
 
 
 def cross_entropy_gpt(L):
@@ -292,6 +297,7 @@ CASES = [
     Case("softmax (64, 4096) f32, dim=-1", softmax, nbytes=2 * 4 * 64 * 4096),
     Case("  softmax forward + backward", softmax_backward),
     Case("log_softmax (64, 4096) f32, forward + backward", log_softmax_backward),
+    Case("  log_softmax in f64, forward + backward", log_softmax_backward_f64),
     Case("GELU (exact) (2048, 512) f32, forward + backward", gelu_backward),
     Case("GELU (tanh) (3072, 512) f32, forward + backward", gelu_tanh_backward),
     Case("LeakyReLU(0.2) (32, 128, 16, 16) f32, forward + backward", leaky_relu_backward),

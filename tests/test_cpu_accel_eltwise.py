@@ -1,5 +1,6 @@
 """The CPU fast paths of activations and softmax (issue 17): oneDNN's eltwise and softmax
-primitives (``avila_ml/cpu_accel/_eltwise.py``, ``_softmax.py``) and the vectorised float32 erf
+primitives (``avila_ml/cpu_accel/_eltwise.py``, ``_softmax.py``; with and without the compiled softmax
+row kernels, which take the last axis before them) and the vectorised float32 erf
 (``avila_ml/backends/_erf_float32.py``) used without oneDNN.
 
 Every accelerated path is checked against PyTorch in float64 (forward and input gradient, with
@@ -20,7 +21,7 @@ import torch.nn.functional as TF
 
 import avila_ml as am
 from avila_ml.backends import _erf_float32 as erf32
-from avila_ml.cpu_accel import _chain, _dnnl as dnnl, _eltwise, _softmax
+from avila_ml.cpu_accel import _chain, _dnnl as dnnl, _eltwise, _native, _softmax
 from avila_ml.nn import functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,15 @@ def accel(request, monkeypatch):
     """Each test body once with oneDNN allowed (when installed) and once with it switched off."""
     monkeypatch.setattr(am.backends.mkldnn, "enabled", request.param)
     return request.param and dnnl.available()
+
+
+@pytest.fixture(params=[False, True], ids=["no-native", "native"])
+def native(request, monkeypatch):
+    """The compiled row kernels (``cpu_accel/_native_softmax.py``) switched off, then allowed:
+    where they apply (C-contiguous rows over the last axis) they run before oneDNN, which then
+    must not be called; tests/test_native_softmax.py checks those kernels themselves."""
+    monkeypatch.setattr(_native, "ENABLED", request.param)
+    return request.param and _native.available()
 
 
 def _rng(seed=0):
@@ -181,7 +191,7 @@ SOFTMAX_CASES = [((64, 4096), -1), ((8, 64, 32, 32), 1), ((4, 6, 96), -1), ((512
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
-def test_softmax_float32_forward_backward_vs_torch_float64(shape, dim, log, accel, calls):
+def test_softmax_float32_forward_backward_vs_torch_float64(shape, dim, log, accel, calls, native):
     x = (_rng(12).standard_normal(shape) * 4).astype(np.float32)
     g = _rng(13).standard_normal(shape).astype(np.float32)
     ours = am.log_softmax if log else am.softmax
@@ -197,10 +207,11 @@ def test_softmax_float32_forward_backward_vs_torch_float64(shape, dim, log, acce
         torch_err = np.abs(torch32 - ref_v).max()
         assert np.abs(ours_v - ref_v).max() <= 2 * torch_err + 4 * EPS * scale
     last = dim % len(shape) == len(shape) - 1
+    dnnl_path = accel and not (native and last)  # the compiled row kernels take the last axis first
     if log:  # oneDNN's exp inside the NumPy log-softmax, forward and backward
-        assert calls == (["eltwise exp forward"] * 2 if accel and x.size >= _eltwise.MIN_SIZE["exp"] else [])
+        assert calls == (["eltwise exp forward"] * 2 if dnnl_path and x.size >= _eltwise.MIN_SIZE["exp"] else [])
     else:
-        assert ("softmax forward" in calls) == (accel and last and x.size >= _softmax.MIN_SIZE)
+        assert ("softmax forward" in calls) == (dnnl_path and last and x.size >= _softmax.MIN_SIZE)
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
@@ -265,7 +276,7 @@ def test_softmax_float64_never_goes_to_onednn(calls):
 # ------------------------------------------------------------------------------------ cross entropy
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_cross_entropy_float32_vs_torch_float64(weighted, reduction, accel, calls):
+def test_cross_entropy_float32_vs_torch_float64(weighted, reduction, accel, calls, native):
     N, C = 300, 200
     x = (_rng(22).standard_normal((N, C)) * 5).astype(np.float32)
     x[0, 0] = 80.0  # a very confident row: its other log-probabilities are about -80
@@ -283,7 +294,8 @@ def test_cross_entropy_float32_vs_torch_float64(weighted, reduction, accel, call
     rl.backward(torch.tensor(g.astype(np.float64)))
     _close(loss.detach().numpy(), rl.detach().numpy(), np.abs(rl.detach().numpy()) + 1, 8 * (N if reduction == "sum" else 1))
     np.testing.assert_allclose(xa.grad.numpy(), xt.grad.numpy(), rtol=0, atol=1e-6 * (N if reduction != "mean" else 1))
-    assert calls == (["eltwise exp forward"] * 2 if accel else [])  # log-softmax forward, exp in the backward
+    # log-softmax forward, exp in the backward; none with the compiled row kernels
+    assert calls == (["eltwise exp forward"] * 2 if accel and not native else [])
 
 
 def test_cross_entropy_double_backward_float32_vs_torch(accel):

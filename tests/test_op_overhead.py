@@ -457,7 +457,11 @@ def test_mid_sized_parameters_shared_follow_torch_adamw(monkeypatch):
 from avila_ml.ops.loss import _on_threads as _REAL_ON_THREADS  # noqa: E402 - (before any test patches it)
 
 def _ce_run(xa, ta, split, monkeypatch, **kw):
+    from avila_ml.cpu_accel import _native
     from avila_ml.ops import loss as L
+    # the row-block path is the one without the compiled row kernels (tests/test_native_softmax.py
+    # covers those), which would take these (N, C) logits first
+    monkeypatch.setattr(_native, "ENABLED", False)
     monkeypatch.setattr(L, "_ROWS_SPLIT_MIN", 1 if split else 1 << 62)
     calls, real = [], _REAL_ON_THREADS
     monkeypatch.setattr(L, "_on_threads", lambda fn, blocks: calls.append(len(blocks)) or real(fn, blocks))

@@ -22,8 +22,12 @@ waiting passively (``_dnnl._passive_openmp``) unless the user chose a wait polic
 Separately from oneDNN, a few element-wise kernels are C compiled with the package (the
 optional extension ``_kernels``, built by ``pip install`` where a C compiler is present; see
 ``_native.py``): ReLU forward and backward and LeakyReLU's backward, one pass over memory each on
-the OpenMP threads; layer norm forward and backward over rows (``_native_norm.py``); the SGD and
-RMSprop updates (``_native_optim.py``). :func:`kernels_available` says whether they are built.
+the OpenMP threads; batch norm, 2-d max pooling, amax's gradient, a convolution's bias gradient
+and large add/sub/mul/div (``_native.py``, ``_native_batchnorm.py``, ``_native_pool.py``); layer
+norm forward and backward over rows (``_native_norm.py``); softmax, log-softmax and cross-entropy
+over rows of the last axis, forward and backward (``_native_softmax.py``), used before oneDNN's
+softmax paths; the SGD, RMSprop and Adam/AdamW updates (``_native_optim.py``).
+:func:`kernels_available` says whether they are built.
 
 Example:
     >>> import avila_ml as am

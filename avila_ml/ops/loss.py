@@ -374,11 +374,21 @@ class NLLLoss(Function):
         return IndexPutAdd.apply(gs, self.in_shape, self.key, True)
 
 
-# Cross-entropy logits from this many elements (2-d, float32, oneDNN's exp) are split into row
-# blocks on the CPU threads, forward and backward: only the exp of the unsplit path used the second
-# core (as a oneDNN team), its max, shift, row sums, log and scaling passes ran on one. PyTorch's
-# log_softmax splits its rows over its threads too.
+# Without the compiled row kernels (cpu_accel/_native_softmax.py, which split (N, C) rows over
+# the OpenMP team themselves): cross-entropy logits from this many elements (2-d, float32,
+# oneDNN's exp) are split into row blocks on the CPU threads, forward and backward: only the exp
+# of the unsplit path used the second core (as a oneDNN team), its max, shift, row sums, log and
+# scaling passes ran on one. PyTorch's log_softmax splits its rows over its threads too.
 _ROWS_SPLIT_MIN = 1 << 18
+
+
+def _native_log_softmax(x):
+    """log_softmax(x, 1) of (N, C) logits by the compiled row kernel (float32/float64, C-contiguous
+    NumPy), else None."""
+    if not (isinstance(x, np.ndarray) and x.ndim == 2):
+        return None
+    from ..cpu_accel import _native_softmax
+    return _native_softmax.log_softmax_forward(x)
 
 
 def _accel_log_softmax(x):
@@ -423,7 +433,9 @@ def _on_threads(fn, blocks) -> None:
 
 class CrossEntropy(Function):
     """The op behind :func:`cross_entropy` with class indices: fused log-softmax + NLL over
-    the class dim 1 of (N, C, d...) (PyTorch's ``cross_entropy_loss``).
+    the class dim 1 of (N, C, d...) (PyTorch's ``cross_entropy_loss``). (N, C) NumPy logits take
+    the compiled row kernels (log-softmax forward, then ``softmax - onehot`` scaled in one pass
+    backward), others the NumPy/oneDNN passes.
 
     Math: forward l = -w[t] (x_t - m - log sum_c exp(x_c - m)), m = max_c x_c; backward
     dx = (softmax(x) - onehot(t)) g w[t] (divided by the kept weight sum for 'mean').
@@ -443,7 +455,11 @@ class CrossEntropy(Function):
         # taken again in the backward (cheap there); None where it does not apply
         self.p = None
         with np.errstate(invalid="ignore", divide="ignore"):  # inf/nan logits give nan, silently (PyTorch)
-            self.logp = _accel_log_softmax(x)
+            # (N, C) logits on NumPy: the compiled log-softmax rows (cpu_accel/_native_softmax.py);
+            # the backward then takes its softmax - onehot in one pass too
+            self.logp = _native_log_softmax(x)
+            if self.logp is None:
+                self.logp = _accel_log_softmax(x)
             if self.logp is not None:
                 loss = -self.logp[key] * w_t
             else:
@@ -466,6 +482,11 @@ class CrossEntropy(Function):
     def backward(self, g):
         if not _state.enabled:
             gs = g.array * self.scale
+            if self.p is None and self.logp.ndim == 2:
+                from ..cpu_accel import _native_softmax
+                dx = _native_softmax.cross_entropy_backward(self.logp, gs, self.key[1])
+                if dx is not None:
+                    return Tensor._wrap(dx)
             blocks = _row_blocks(self.logp) if self.p is None else [slice(None)]
             if len(blocks) > 1:  # softmax = exp(logp) and its scaling per row block, on the threads
                 dx = np.empty_like(self.logp)

@@ -544,6 +544,36 @@ def _accel_softmax():
     return _softmax
 
 
+def _native_softmax():
+    """``avila_ml.cpu_accel._native_softmax``, the compiled row kernels (imported on first use;
+    its functions return None where the kernels are not built or switched off)."""
+    from ..cpu_accel import _native_softmax
+    return _native_softmax
+
+
+def _native_rows(x, axis):
+    """``x`` as a ``(rows, n)`` view with ``axis`` along its rows, for the compiled row kernels:
+    a C-contiguous float32/float64 NumPy array with no elements after ``axis`` to stride over
+    (the last axis, or only size-1 axes after it); else None (other layouts keep the NumPy path)."""
+    if not (isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+            and x.size and x.ndim):
+        return None
+    if math.prod(x.shape[axis + 1:]) != 1:
+        return None
+    return x.reshape(-1, x.shape[axis])
+
+
+def _native_backward(name, g, y, axis):
+    """The compiled row kernel ``name`` (``softmax_backward`` / ``log_softmax_backward``) on
+    ``g`` and the forward's output ``y`` seen as ``(rows, n)`` (:func:`_native_rows`), shaped as
+    ``y``; None where it does not apply."""
+    rows = _native_rows(y, axis)
+    if rows is None or not g.flags.c_contiguous:
+        return None
+    dx = getattr(_native_softmax(), name)(g.reshape(rows.shape), rows)
+    return None if dx is None else dx.reshape(y.shape)
+
+
 def _raw_backward(g, y) -> bool:
     """The gradient may be computed by raw NumPy code: no graph of it is wanted
     (``create_graph=False``) and ``g``, ``y`` are same-shaped float32/float64 NumPy arrays."""
@@ -567,15 +597,21 @@ def _shift(x, axis, xp):
 
 
 class Softmax(Function):
-    """Softmax along ``axis``. Float32 NumPy arrays over the last axis take oneDNN's softmax
-    primitive when it is installed (about 5x NumPy's float32 ``exp`` path); the NumPy path makes
-    four passes (max, shift, exp in place, sum) and scales by the reciprocal of the sums. The
-    backward ``y (g - sum(g y))`` is raw array code (the row dot products by ``einsum``, no
-    temporary) unless the graph of the gradient is built."""
+    """Softmax along ``axis``. C-contiguous float32/float64 NumPy arrays over the last axis take
+    the compiled row kernels (``cpu_accel/_native_softmax.py``: one read and one write of the
+    array, rows over the OpenMP team); else float32 NumPy arrays take oneDNN's softmax primitive
+    when it is installed (about 5x NumPy's float32 ``exp`` path); the NumPy path makes four passes
+    (max, shift, exp in place, sum) and scales by the reciprocal of the sums. The backward
+    ``y (g - sum(g y))`` is raw array code (the compiled kernel, else the row dot products by
+    ``einsum``, no temporary) unless the graph of the gradient is built."""
 
     def forward(self, x, axis):
         self.axis = axis
         self.save_outputs(0)
+        rows = _native_rows(x, axis)
+        y = None if rows is None else _native_softmax().softmax_forward(rows)
+        if y is not None:
+            return y.reshape(x.shape)
         y = _accel_softmax().forward(x, axis) if _np_f32(x) else None
         if y is not None:
             return y
@@ -591,7 +627,9 @@ class Softmax(Function):
         (y,) = self.saved_outputs
         if _raw_backward(g.array, y.array):
             ga, ya = g.array, y.array
-            dx = _accel_softmax().backward(ga, ya, self.axis) if _np_f32(ya) else None
+            dx = _native_backward("softmax_backward", ga, ya, self.axis)
+            if dx is None:
+                dx = _accel_softmax().backward(ga, ya, self.axis) if _np_f32(ya) else None
             if dx is None:
                 g3, y3 = _rows(ga, self.axis), _rows(ya, self.axis)
                 dx = g3 - np.einsum("onk,onk->ok", g3, y3)[:, None, :]
@@ -620,10 +658,13 @@ def _exp_fast(z, check_nan=True):
 
 
 def log_softmax_array(x, axis, out=None):
-    """log-softmax of an array along ``axis``: ``z - log(sum(exp(z)))``, ``z = x - max``, with
-    the exponentials from :func:`_exp_fast` and NumPy's pairwise sums and ``log`` (oneDNN's own
-    ``softmax_log`` primitive is faster still but was measured 2x less accurate than PyTorch's
-    float32 kernel near 0, where the gradient weighs most; this is within 2 ulps there).
+    """log-softmax of an array along ``axis``: ``z - log(sum(exp(z)))``, ``z = x - max``. A
+    C-contiguous float32/float64 NumPy array over its last axis (and no ``out``) takes the
+    compiled row kernel (``cpu_accel/_native_softmax.py``: one read and one write, its ``exp``
+    within 1.5 ulps); else the exponentials come from :func:`_exp_fast` and NumPy's pairwise
+    sums and ``log`` (oneDNN's own ``softmax_log`` primitive is faster still but was measured 2x
+    less accurate than PyTorch's float32 kernel near 0, where the gradient weighs most; this is
+    within 2 ulps there).
     The array-level body of :func:`log_softmax` (``torch.log_softmax``), no autograd; the
     result is written into ``out`` when given (a block of a larger result: no copy).
 
@@ -633,6 +674,10 @@ def log_softmax_array(x, axis, out=None):
         >>> np.round(log_softmax_array(np.array([[1e4, 1e4]], np.float32), 1), 4)
         array([[-0.6931, -0.6931]], dtype=float32)
     """
+    rows = _native_rows(x, axis) if out is None else None
+    y = None if rows is None else _native_softmax().log_softmax_forward(rows)
+    if y is not None:
+        return y.reshape(x.shape)
     xp = backend_of(x).xp
     z = xp.subtract(x, _shift(x, axis, xp), out=out)
     acc = _acc_dtype(x)  # float16: the sum of exponentials in float32, as PyTorch
@@ -646,8 +691,9 @@ def log_softmax_array(x, axis, out=None):
 
 class LogSoftmax(Function):
     """Log-softmax along ``axis`` (:func:`log_softmax_array`). The backward
-    ``g - exp(y) sum(g)`` is raw array code (``exp`` through oneDNN's eltwise primitive for
-    large float32 arrays) unless the graph of the gradient is built."""
+    ``g - exp(y) sum(g)`` is raw array code (the compiled row kernel over the last axis, else
+    ``exp`` through oneDNN's eltwise primitive for large float32 arrays) unless the graph of the
+    gradient is built."""
 
     def forward(self, x, axis):
         self.axis = axis
@@ -658,6 +704,9 @@ class LogSoftmax(Function):
         (y,) = self.saved_outputs
         if _raw_backward(g.array, y.array):
             ga, ya = g.array, y.array
+            dx = _native_backward("log_softmax_backward", ga, ya, self.axis)
+            if dx is not None:
+                return Tensor._wrap(dx)
             e = _exp_fast(ya)
             e3, g3 = _rows(e, self.axis), _rows(ga, self.axis)
             e3 *= g3.sum(axis=1, keepdims=True)

@@ -1,0 +1,287 @@
+/* Softmax, log-softmax and cross-entropy kernels of Avila ML over rows: a C-contiguous
+ * (rows, cols) array, the softmax axis the last one (avila_kernels.h has the build and the
+ * conventions; avila_ml/cpu_accel/_native_softmax.py the Python side). Whole rows are split over
+ * the OpenMP team; each row is done in one thread, its passes over it running while it is in
+ * cache, so an array is read once and written once (NumPy's formula makes four to six passes over
+ * memory and uses a scalar-speed float32 exp).
+ *
+ * Semantics are PyTorch's CPU kernels' (aten/src/ATen/native/cpu/SoftMaxKernel.cpp):
+ *   softmax_fwd       m = max(x); e = exp(x - m); y = e * (1 / sum(e))
+ *   softmax_bwd       dx = y * (g - sum(g * y))
+ *   log_softmax_fwd   y = x - m - log(sum(exp(x - m)))
+ *   log_softmax_bwd   dx = g - exp(y) * sum(g)
+ *   ce_bwd            dx = exp(logp) * gs[r], then dx[r, t[r]] -= gs[r]: cross-entropy's input
+ *                     gradient (log_softmax_bwd of nll_loss's one-entry-per-row gradient -gs)
+ * A NaN or +inf in a row, or a row of only -inf, makes the whole row NaN (x - m or exp gives a
+ * NaN that the row sum carries): the maximum here skips NaN, the sum does not.
+ *
+ * exp: glibc's expf/exp calls are not vectorised without -ffast-math (which this build must not
+ * use: it changes NaN/inf handling), so exp_f32/exp_f64 below are an inline range reduction and
+ * polynomial that GCC vectorises: exp(x) = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in two
+ * parts (Cody-Waite), e^r by a polynomial on |r| <= ln(2)/2, 2^n built in the exponent bits as
+ * two factors (so subnormal results are rounded once and 2^128 / 2^1024 are reachable). NaN
+ * stays NaN, +inf and overflow give +inf, -inf and underflow give 0. Accuracy against
+ * long-double exp over the whole range (tests/test_native_softmax.py asserts 1.5 ulps): 1.01 ulps
+ * float32, 1.05 ulps float64, measured 2026-12-07.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "avila_kernels.h"
+
+/* Here the vector clone is x86-64-v3 (AVX2 with FMA) rather than the header's AVX2 alone: exp's
+ * polynomial and the row sums are chains of multiply-adds, and GCC contracts them into FMAs
+ * (-ffp-contract=fast, GCC's default for GNU C). The baseline clone rounds each step: its exp
+ * measured 0.97 ulps float32 and 1.03 float64 (this file built without clones, SSE2).
+ * Softmax forward on (64, 4096) float32, one thread: 310 -> 256 us with FMA (AMD EPYC,
+ * 2026-12-07, under load). GCC learnt the x86-64-v3 name in version 11; older ones keep the
+ * header's clones. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
+#undef AVILA_CLONES
+#define AVILA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+
+/* rows [lo_, hi_) of `rows`: on an OpenMP team of `threads` threads (the enclosing function's
+ * parameter), one contiguous block of rows each, or in the calling thread when threads <= 1
+ * (then no OpenMP region is entered: a forked child must not enter one) */
+#ifdef _OPENMP
+#define FOR_ROW_BLOCKS(rows, CALL)                                                              \
+    do {                                                                                        \
+        if (threads > 1) {                                                                      \
+            _Pragma("omp parallel num_threads(threads)")                                        \
+            {                                                                                   \
+                ptrdiff_t t_ = omp_get_thread_num(), T_ = omp_get_num_threads();                \
+                ptrdiff_t lo_ = (rows) * t_ / T_, hi_ = (rows) * (t_ + 1) / T_;                  \
+                if (hi_ > lo_) CALL;                                                            \
+            }                                                                                   \
+        } else {                                                                                \
+            ptrdiff_t lo_ = 0, hi_ = (rows);                                                    \
+            CALL;                                                                               \
+        }                                                                                       \
+    } while (0)
+#else
+#define FOR_ROW_BLOCKS(rows, CALL)                                                              \
+    do {                                                                                        \
+        (void)threads;                                                                          \
+        ptrdiff_t lo_ = 0, hi_ = (rows);                                                        \
+        CALL;                                                                                   \
+    } while (0)
+#endif
+
+/* partial maxima and sums in ACCS vectors of VBYTES bytes (GCC's vector extension: the loop
+ * vectoriser does not reorder a float sum or a NaN-aware maximum without -ffast-math) */
+#define VBYTES 32
+#define ACCS 4
+typedef float Vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t VIf32 __attribute__((vector_size(VBYTES)));
+typedef double Vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t VIf64 __attribute__((vector_size(VBYTES)));
+#define CHUNK 1024 /* a row's exponentials are summed per chunk while it is in L1 */
+
+static inline float bits_to_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline double bits_to_f64(uint64_t u) { double f; memcpy(&f, &u, 8); return f; }
+static inline uint64_t f64_to_bits(double f) { uint64_t u; memcpy(&u, &f, 8); return u; }
+
+/* round-to-nearest of |v| < 2^22 by the 1.5 * 2^23 trick (valid without -ffast-math) */
+#define RND_F32 12582912.0f
+#define RND_F64 6755399441055744.0
+
+static inline float exp_f32(float x) {
+    /* beyond these e^x is 0 or +inf in float32; clamping keeps n in range (NaN passes through:
+     * both compares are false) */
+    float xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float n = (xc * 1.44269504088896341f + RND_F32) - RND_F32;
+    float r = xc - n * 0.693359375f;  /* ln 2 split: the high part has 9 bits, n r exact */
+    r = r - n * -2.12194440e-4f;
+    /* e^r - 1 - r on |r| <= ln(2)/2 (Cephes expf's minimax coefficients) */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    /* 2^n = 2^n1 2^n2, each a valid float exponent; the bits from the rounding trick */
+    float n1 = (n * 0.5f + RND_F32) - RND_F32, n2 = n - n1;
+    float s1 = bits_to_f32(f32_to_bits(n1 + (RND_F32 + 127.0f)) << 23);
+    float s2 = bits_to_f32(f32_to_bits(n2 + (RND_F32 + 127.0f)) << 23);
+    float v = p * s1 * s2;
+    return x < -104.0f ? 0.0f : v; /* the clamp's e^-104 rounds to 0 already; explicit for -inf */
+}
+
+static inline double exp_f64(double x) {
+    double xc = x < -746.0 ? -746.0 : x;
+    xc = xc > 710.0 ? 710.0 : xc;
+    double n = (xc * 1.4426950408889634074 + RND_F64) - RND_F64;
+    double r = xc - n * 6.93147180369123816490e-01; /* fdlibm's ln 2 split: n r_hi exact */
+    r = r - n * 1.90821492927058770002e-10;
+    /* (e^r - 1 - r) / r^2 on |r| <= ln(2)/2: a degree-9 least-squares fit on Chebyshev nodes
+     * against long-double expm1 (error 1.7e-17 relative to e^r; Taylor needs terms to 1/13!) */
+    double p = 2.5105405452654892e-08;
+    p = p * r + 2.7620080971863934e-07;
+    p = p * r + 2.7557254895258852e-06;
+    p = p * r + 2.4801521318366146e-05;
+    p = p * r + 1.9841269875255234e-04;
+    p = p * r + 1.3888888917191666e-03;
+    p = p * r + 8.3333333333260057e-03;
+    p = p * r + 4.1666666666624205e-02;
+    p = p * r + 1.6666666666666671e-01;
+    p = p * r + 5.0000000000000011e-01;
+    p = p * (r * r) + r + 1.0;
+    double n1 = (n * 0.5 + RND_F64) - RND_F64, n2 = n - n1;
+    double s1 = bits_to_f64(f64_to_bits(n1 + (RND_F64 + 1023.0)) << 52);
+    double s2 = bits_to_f64(f64_to_bits(n2 + (RND_F64 + 1023.0)) << 52);
+    double v = p * s1 * s2;
+    return x < -746.0 ? 0.0 : v;
+}
+
+/* y[i] = exp(x[i]), exported as avila_exp_* for the accuracy test */
+AVILA_CLONES static void exp_range_f32(const float *restrict x, float *restrict y, ptrdiff_t lo, ptrdiff_t hi) {
+    for (ptrdiff_t i = lo; i < hi; i++) y[i] = exp_f32(x[i]);
+}
+AVILA_CLONES static void exp_range_f64(const double *restrict x, double *restrict y, ptrdiff_t lo, ptrdiff_t hi) {
+    for (ptrdiff_t i = lo; i < hi; i++) y[i] = exp_f64(x[i]);
+}
+
+#define DEFINE_KERNELS(T, SUF, LOG, NEG_INF)                                                    \
+    /* the row maximum, NaN skipped (a NaN's own exp makes the row NaN later) */                \
+    static inline T row_max_##SUF(const T *restrict x, ptrdiff_t n) {                           \
+        const ptrdiff_t W = VBYTES / sizeof(T);                                                 \
+        V##SUF a[ACCS];                                                                         \
+        for (int j = 0; j < ACCS; j++) a[j] = (V##SUF){0} + NEG_INF;                            \
+        ptrdiff_t i = 0;                                                                        \
+        for (; i + ACCS * W <= n; i += ACCS * W)                                                \
+            for (int j = 0; j < ACCS; j++) {                                                    \
+                V##SUF v;                                                                       \
+                memcpy(&v, x + i + j * W, VBYTES);                                              \
+                VI##SUF gt = v > a[j]; /* NaN: false, the lane keeps its maximum */             \
+                a[j] = (V##SUF)(((VI##SUF)v & gt) | ((VI##SUF)a[j] & ~gt));                     \
+            }                                                                                   \
+        T m = NEG_INF;                                                                          \
+        for (int j = 0; j < ACCS; j++)                                                          \
+            for (ptrdiff_t k = 0; k < W; k++) m = a[j][k] > m ? a[j][k] : m;                    \
+        for (; i < n; i++) m = x[i] > m ? x[i] : m;                                             \
+        return m;                                                                               \
+    }                                                                                           \
+    /* sum(a * b), or sum(a) when b is NULL, in ACCS vector accumulators (no -ffast-math) */     \
+    static inline T row_dot_##SUF(const T *restrict a, const T *restrict b, ptrdiff_t n) {      \
+        const ptrdiff_t W = VBYTES / sizeof(T);                                                 \
+        V##SUF acc[ACCS];                                                                       \
+        for (int j = 0; j < ACCS; j++) acc[j] = (V##SUF){0};                                    \
+        ptrdiff_t i = 0;                                                                        \
+        for (; i + ACCS * W <= n; i += ACCS * W)                                                \
+            for (int j = 0; j < ACCS; j++) {                                                    \
+                V##SUF u, v;                                                                    \
+                memcpy(&u, a + i + j * W, VBYTES);                                              \
+                if (b) {                                                                        \
+                    memcpy(&v, b + i + j * W, VBYTES);                                          \
+                    u = u * v;                                                                  \
+                }                                                                               \
+                acc[j] += u;                                                                    \
+            }                                                                                   \
+        for (int j = 1; j < ACCS; j++) acc[0] += acc[j];                                        \
+        T s = 0;                                                                                \
+        for (ptrdiff_t k = 0; k < W; k++) s += acc[0][k];                                       \
+        for (; i < n; i++) s += b ? a[i] * b[i] : a[i];                                         \
+        return s;                                                                               \
+    }                                                                                           \
+    static inline T row_sum_##SUF(const T *restrict x, ptrdiff_t n) {                           \
+        return row_dot_##SUF(x, NULL, n);                                                       \
+    }                                                                                           \
+    /* e[i] = exp(x[i] - m) */                                                                  \
+    static inline void exp_shift_##SUF(const T *restrict x, T m, T *restrict e, ptrdiff_t n) {  \
+        for (ptrdiff_t i = 0; i < n; i++) e[i] = exp_##SUF(x[i] - m);                           \
+    }                                                                                           \
+    /* sum(exp(x - m)) chunk by chunk, the exponentials in `buf` (no write to the output) */    \
+    static inline T sum_exp_##SUF(const T *restrict x, T m, T *restrict buf, ptrdiff_t n) {     \
+        T s = 0;                                                                                \
+        for (ptrdiff_t c = 0; c < n; c += CHUNK) {                                              \
+            ptrdiff_t k = n - c < CHUNK ? n - c : CHUNK;                                        \
+            exp_shift_##SUF(x + c, m, buf, k);                                                  \
+            s += row_sum_##SUF(buf, k);                                                         \
+        }                                                                                       \
+        return s;                                                                               \
+    }                                                                                           \
+    AVILA_CLONES static void softmax_fwd_rows_##SUF(const T *x, T *y, ptrdiff_t cols, ptrdiff_t lo, \
+                                                    ptrdiff_t hi) {                             \
+        for (ptrdiff_t r = lo; r < hi; r++) {                                                   \
+            const T *xr = x + r * cols;                                                         \
+            T *yr = y + r * cols;                                                               \
+            T m = row_max_##SUF(xr, cols), s = 0;                                               \
+            for (ptrdiff_t c = 0; c < cols; c += CHUNK) {                                       \
+                ptrdiff_t k = cols - c < CHUNK ? cols - c : CHUNK;                              \
+                exp_shift_##SUF(xr + c, m, yr + c, k);                                          \
+                s += row_sum_##SUF(yr + c, k);                                                  \
+            }                                                                                   \
+            T inv = (T)1 / s;                                                                   \
+            for (ptrdiff_t i = 0; i < cols; i++) yr[i] *= inv;                                  \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_CLONES static void log_softmax_fwd_rows_##SUF(const T *x, T *y, ptrdiff_t cols,       \
+                                                        ptrdiff_t lo, ptrdiff_t hi) {           \
+        T buf[CHUNK];                                                                           \
+        for (ptrdiff_t r = lo; r < hi; r++) {                                                   \
+            const T *xr = x + r * cols;                                                         \
+            T *yr = y + r * cols;                                                               \
+            T m = row_max_##SUF(xr, cols);                                                      \
+            T lse = LOG(sum_exp_##SUF(xr, m, buf, cols));                                       \
+            for (ptrdiff_t i = 0; i < cols; i++) yr[i] = xr[i] - m - lse;                       \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_CLONES static void softmax_bwd_rows_##SUF(const T *g, const T *y, T *dx, ptrdiff_t cols, \
+                                                    ptrdiff_t lo, ptrdiff_t hi) {               \
+        for (ptrdiff_t r = lo; r < hi; r++) {                                                   \
+            const T *restrict gr = g + r * cols, *restrict yr = y + r * cols;                   \
+            T *restrict dr = dx + r * cols;                                                     \
+            T dot = row_dot_##SUF(gr, yr, cols);                                                \
+            for (ptrdiff_t i = 0; i < cols; i++) dr[i] = yr[i] * (gr[i] - dot);                 \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_CLONES static void log_softmax_bwd_rows_##SUF(const T *g, const T *y, T *dx, ptrdiff_t cols, \
+                                                        ptrdiff_t lo, ptrdiff_t hi) {           \
+        for (ptrdiff_t r = lo; r < hi; r++) {                                                   \
+            const T *restrict gr = g + r * cols, *restrict yr = y + r * cols;                   \
+            T *restrict dr = dx + r * cols;                                                     \
+            T s = row_sum_##SUF(gr, cols);                                                      \
+            for (ptrdiff_t i = 0; i < cols; i++) dr[i] = gr[i] - exp_##SUF(yr[i]) * s;          \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_CLONES static void ce_bwd_rows_##SUF(const T *logp, const T *gs, const int64_t *t, T *dx, \
+                                               ptrdiff_t cols, ptrdiff_t lo, ptrdiff_t hi) {    \
+        for (ptrdiff_t r = lo; r < hi; r++) {                                                   \
+            const T *restrict lr = logp + r * cols;                                             \
+            T *restrict dr = dx + r * cols;                                                     \
+            T s = gs[r];                                                                        \
+            for (ptrdiff_t i = 0; i < cols; i++) dr[i] = exp_##SUF(lr[i]) * s;                  \
+            dr[t[r]] -= s;                                                                      \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_exp_##SUF(const T *x, T *y, ptrdiff_t n, int threads) {             \
+        AVILA_FOR_PARTS(n, exp_range_##SUF(x, y, lo_, hi_));                                    \
+    }                                                                                           \
+    AVILA_EXPORT void avila_softmax_fwd_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols, \
+                                              int threads) {                                    \
+        FOR_ROW_BLOCKS(rows, softmax_fwd_rows_##SUF(x, y, cols, lo_, hi_));                     \
+    }                                                                                           \
+    AVILA_EXPORT void avila_log_softmax_fwd_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols, \
+                                                  int threads) {                                \
+        FOR_ROW_BLOCKS(rows, log_softmax_fwd_rows_##SUF(x, y, cols, lo_, hi_));                 \
+    }                                                                                           \
+    AVILA_EXPORT void avila_softmax_bwd_##SUF(const T *g, const T *y, T *dx, ptrdiff_t rows,    \
+                                              ptrdiff_t cols, int threads) {                    \
+        FOR_ROW_BLOCKS(rows, softmax_bwd_rows_##SUF(g, y, dx, cols, lo_, hi_));                 \
+    }                                                                                           \
+    AVILA_EXPORT void avila_log_softmax_bwd_##SUF(const T *g, const T *y, T *dx, ptrdiff_t rows, \
+                                                  ptrdiff_t cols, int threads) {                \
+        FOR_ROW_BLOCKS(rows, log_softmax_bwd_rows_##SUF(g, y, dx, cols, lo_, hi_));             \
+    }                                                                                           \
+    AVILA_EXPORT void avila_ce_bwd_##SUF(const T *logp, const T *gs, const int64_t *t, T *dx,   \
+                                         ptrdiff_t rows, ptrdiff_t cols, int threads) {         \
+        FOR_ROW_BLOCKS(rows, ce_bwd_rows_##SUF(logp, gs, t, dx, cols, lo_, hi_));               \
+    }
+
+DEFINE_KERNELS(float, f32, logf, -INFINITY)
+DEFINE_KERNELS(double, f64, log, -(double)INFINITY)
