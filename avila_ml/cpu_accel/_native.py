@@ -208,6 +208,8 @@ def threads_for(size: int) -> int:
     """The OpenMP team size for work over ``size`` elements: as many threads as BLAS uses from
     ``_SPLIT_MIN`` elements on, else 1; 1 inside a pool thread of ``ops._cpu_threads`` (its
     siblings hold the other cores) and in a child forked after OpenMP ran (``_dnnl.guard_fork``).
+    Before a team of several threads runs, spinning OpenBLAS workers are stopped
+    (``_dnnl.quiet_blas``), as before every oneDNN execution.
 
     Example:
         >>> from avila_ml.cpu_accel import _native
@@ -220,10 +222,16 @@ def threads_for(size: int) -> int:
     if refs is None:  # (imported once: an import statement per call cost ~3 us)
         from ..ops._cpu_threads import blas_threads
         from . import _dnnl
-        refs = _state["threads"] = (blas_threads, _dnnl.forked)
+        refs = _state["threads"] = (blas_threads, _dnnl.forked, _dnnl.quiet_blas)
     if threading.current_thread().name.startswith("avila-cpu") or refs[1]():
         return 1
-    return refs[0]()
+    n = refs[0]()
+    if n > 1:
+        # NumPy's OpenBLAS workers spin for ~0.1 s after a threaded product and would hold a
+        # core the team needs, as before a oneDNN execution (_dnnl.stop_blas_spinning): the
+        # softmax forward row of bench_core ran 284 us right after its matmul row, 171 us alone
+        refs[2]()
+    return n
 
 
 def call(fn, arrays, scalars=(), size=None) -> bool:
