@@ -145,7 +145,7 @@ def test_batch_norm_centred_path_matches_torch(monkeypatch, shape, affine, onedn
     monkeypatch.setattr(_chain._Plan, "run", lambda self, *a: (chains.append(1), real_run(self, *a))[1])
     y = am.nn.functional.batch_norm(t, rm, rv, tw, tb, training=True, momentum=0.3)
     node = y.grad_fn
-    if path == "native":
+    if path == "native" and int(np.prod(shape[2:])) >= N._NATIVE_MIN_S:
         assert node.xc is None and node.bn is not None  # the kernel ran (no x - mean kept)
     else:
         assert node.xc is not None and node.xc.dtype == dtype  # the centred path ran

@@ -277,12 +277,12 @@ def _bn_torch64(x, g, w, b, momentum=0.3):
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape", [(512, 256), (16, 32, 300), (8, 16, 24, 24), (32, 256, 4, 4), (2, 4, 12, 40, 40)])
+@pytest.mark.parametrize("shape", [(16, 64, 64), (16, 32, 300), (8, 16, 24, 24), (64, 64, 6, 6), (2, 4, 12, 40, 40)])
 @pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm_kernel_matches_torch(shape, affine, dtype, monkeypatch):
     """The compiled batch norm (training): output, running statistics (unbiased variance) and
-    every gradient against PyTorch in float64, BatchNorm1d (S = 1) to 3-d volumes."""
+    every gradient against PyTorch in float64, BatchNorm1d over positions to 3-d volumes."""
     monkeypatch.setattr(_native, "ENABLED", True)
     x, g, w, b = _bn_case(shape, dtype, affine, seed=11)
     ran, y, rm, rv, grads = _bn_ours(x, g, w, b)
@@ -511,3 +511,19 @@ def test_amax_backward_kernel_matches_torch_and_numpy(op, dtype, monkeypatch):
     (rgx,) = torch.autograd.grad((torch.amax(r, dim=(2, 3)) ** 2).sum(), r, create_graph=True)
     (rgg,) = torch.autograd.grad((rgx * r).sum(), r)
     np.testing.assert_allclose(gg.numpy(), rgg.numpy(), rtol=1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(512, 256), (32, 256, 4, 4), (32, 512, 4)])
+def test_batch_norm_few_positions_stay_on_numpy(shape, monkeypatch):
+    """Fewer than 32 positions per channel row (normalization._NATIVE_MIN_S; BatchNorm1d of
+    (N, C) has one): the kernel's row-by-row sums lose to the NumPy passes, which run instead;
+    values against PyTorch in float64."""
+    monkeypatch.setattr(_native, "ENABLED", True)
+    x, g, w, b = _bn_case(shape, np.float32, "both", seed=15)
+    ran, y, rm, rv, grads = _bn_ours(x, g, w, b)
+    assert not ran
+    ry, rrm, rrv, rgrads = _bn_torch64(x, g, w, b)
+    np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-5)
+    for ours, ref in zip(grads, rgrads):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
