@@ -391,10 +391,14 @@ class _LayerNormRows(Normalize):
         if self.native is not None:
             return self._backward_native(g, saved, needs, out)
         xhat, rows = self.xhat, self.xhat.shape
-        ga = g.array.reshape(rows)
-        if needs[0]:  # Normalize.backward's NumPy formula, on the (rows, D) view
-            gxh = ga * saved[1].array.reshape(-1) if self.has_weight else ga
-            dx = _input_grad(gxh, xhat, self.rstd, self.count, (1,), np)
+        w = saved[1].array.reshape(-1) if self.has_weight else None
+        return self._numpy_grads(g.array.reshape(rows), xhat, self.rstd, w, saved, needs, out)
+
+    def _numpy_grads(self, ga, xhat, rstd, w, saved, needs, out):
+        """Normalize.backward's NumPy formula on the (rows, D) views ``ga`` and ``xhat`` (``w``
+        the flat weight or None): dx, dweight, dbias into ``out`` as asked."""
+        if needs[0]:
+            dx = _input_grad(ga * w if w is not None else ga, xhat, rstd, self.count, (1,), np)
             out[0] = Tensor._wrap(dx.reshape(saved[0].shape))
         if self.has_weight and needs[1]:
             out[1] = Tensor._wrap(_sum_prod(ga, xhat, (0,), np).reshape(saved[1].shape))
@@ -430,14 +434,7 @@ class _LayerNormRows(Normalize):
         mean, rstd, mean_lo = (a[:, None] for a in self.native)
         xhat = (x2 - mean) - mean_lo
         xhat *= rstd
-        if needs[0]:
-            dx = _input_grad(ga * w if w is not None else ga, xhat, rstd, self.count, (1,), np)
-            out[0] = Tensor._wrap(dx.reshape(saved[0].shape))
-        if self.has_weight and needs[1]:
-            out[1] = Tensor._wrap(_sum_prod(ga, xhat, (0,), np).reshape(saved[1].shape))
-        if self.has_bias and needs[-1]:
-            out[-1] = Tensor._wrap(_sum(ga, (0,)).reshape(saved[-1].shape))
-        return tuple(out) if len(out) > 1 else out[0]
+        return self._numpy_grads(ga, xhat, rstd, w, saved, needs, out)
 
     def release(self) -> None:
         super().release()

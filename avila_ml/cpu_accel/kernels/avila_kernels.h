@@ -82,4 +82,33 @@ static inline void avila_part(ptrdiff_t n, int t, int T, ptrdiff_t *lo, ptrdiff_
     } while (0)
 #endif
 
+/* CALL (an expression using lo_, hi_ and the thread index t_) over rows [0, rows): on an OpenMP
+ * team of `threads` threads, one contiguous block of rows each (block t_ of T_: rows t_/T_ to
+ * (t_+1)/T_), or in the calling thread alone (t_ = 0, all rows) when threads <= 1 */
+#ifdef _OPENMP
+#define AVILA_FOR_ROW_BLOCKS(rows, CALL)                                                        \
+    do {                                                                                        \
+        if (threads > 1) {                                                                      \
+            _Pragma("omp parallel num_threads(threads)")                                        \
+            {                                                                                   \
+                ptrdiff_t t_ = omp_get_thread_num(), T_ = omp_get_num_threads();                \
+                ptrdiff_t lo_ = (rows) * t_ / T_, hi_ = (rows) * (t_ + 1) / T_;                  \
+                if (hi_ > lo_) CALL;                                                            \
+            }                                                                                   \
+        } else {                                                                                \
+            ptrdiff_t t_ = 0, lo_ = 0, hi_ = (rows);                                            \
+            (void)t_;                                                                           \
+            CALL;                                                                               \
+        }                                                                                       \
+    } while (0)
+#else
+#define AVILA_FOR_ROW_BLOCKS(rows, CALL)                                                        \
+    do {                                                                                        \
+        (void)threads;                                                                          \
+        ptrdiff_t t_ = 0, lo_ = 0, hi_ = (rows);                                                \
+        (void)t_;                                                                               \
+        CALL;                                                                                   \
+    } while (0)
+#endif
+
 #endif /* AVILA_KERNELS_H */

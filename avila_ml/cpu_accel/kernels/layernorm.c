@@ -28,19 +28,7 @@
  */
 #include "avila_kernels.h"
 
-#ifdef _OPENMP
-#define LN_PARALLEL _Pragma("omp parallel num_threads(threads)")
-#else /* built without OpenMP: one thread runs every row */
-#define LN_PARALLEL
-static inline int omp_get_thread_num(void) { return 0; }
-static inline int omp_get_num_threads(void) { return 1; }
-#endif
 
-/* [lo, hi) of block t of n rows cut into T blocks */
-static inline void avila_rows(ptrdiff_t n, int t, int T, ptrdiff_t *lo, ptrdiff_t *hi) {
-    *lo = n * t / T;
-    *hi = n * (t + 1) / T;
-}
 
 /* Row sums in GCC vector types (32 bytes: one AVX2 register, two SSE ones in the baseline clone)
  * with two to four independent accumulators. Plain C reductions are not vectorised without
@@ -216,16 +204,7 @@ LN_INLINE v8f ln_load8f(const float *p) { v8f v; __builtin_memcpy(&v, p, sizeof 
                                             T *mlo,                                             \
                                             T *rstd, double eps, ptrdiff_t rows, ptrdiff_t D,   \
                                             int threads) {                                      \
-        if (threads > 1) {                                                                      \
-            LN_PARALLEL                                        \
-            {                                                                                   \
-                ptrdiff_t lo, hi;                                                               \
-                avila_rows(rows, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);        \
-                layer_fwd_rows_##SUF(x, w, b, y, mean, mlo, rstd, eps, D, lo, hi);              \
-            }                                                                                   \
-        } else {                                                                                \
-            layer_fwd_rows_##SUF(x, w, b, y, mean, mlo, rstd, eps, D, 0, rows);                 \
-        }                                                                                       \
+        AVILA_FOR_ROW_BLOCKS(rows, layer_fwd_rows_##SUF(x, w, b, y, mean, mlo, rstd, eps, D, lo_, hi_)); \
     }                                                                                           \
     /* dx, dw, db: each NULL when not wanted; w NULL for no weight. work: (threads, 2 D)        \
      * doubles when dw or db is wanted (zeroed here). */                                        \
@@ -237,18 +216,8 @@ LN_INLINE v8f ln_load8f(const float *p) { v8f v; __builtin_memcpy(&v, p, sizeof 
         int sums = (dw || db) && work;                                                          \
         if (sums)                                                                               \
             for (ptrdiff_t i = 0; i < (ptrdiff_t)team * 2 * D; i++) work[i] = 0.0;              \
-        if (threads > 1) {                                                                      \
-            LN_PARALLEL                                        \
-            {                                                                                   \
-                int t = omp_get_thread_num();                                                   \
-                ptrdiff_t lo, hi;                                                               \
-                avila_rows(rows, t, omp_get_num_threads(), &lo, &hi);                           \
-                double *acc = sums ? work + (ptrdiff_t)t * 2 * D : NULL;                        \
-                layer_bwd_rows_##SUF(g, x, mean, mlo, rstd, w, dx, acc, D, lo, hi);             \
-            }                                                                                   \
-        } else {                                                                                \
-            layer_bwd_rows_##SUF(g, x, mean, mlo, rstd, w, dx, sums ? work : NULL, D, 0, rows); \
-        }                                                                                       \
+        AVILA_FOR_ROW_BLOCKS(rows, layer_bwd_rows_##SUF(g, x, mean, mlo, rstd, w, dx,              \
+                                                    sums ? work + t_ * 2 * D : NULL, D, lo_, hi_)); \
         if (!sums) return;                                                                      \
         /* the per-thread column sums, added in thread order (a team smaller than asked for    \
          * left its rows of work at zero) */                                                    \

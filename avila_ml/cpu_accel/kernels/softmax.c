@@ -42,32 +42,6 @@
 #define AVILA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 
-/* rows [lo_, hi_) of `rows`: on an OpenMP team of `threads` threads (the enclosing function's
- * parameter), one contiguous block of rows each, or in the calling thread when threads <= 1
- * (then no OpenMP region is entered: a forked child must not enter one) */
-#ifdef _OPENMP
-#define FOR_ROW_BLOCKS(rows, CALL)                                                              \
-    do {                                                                                        \
-        if (threads > 1) {                                                                      \
-            _Pragma("omp parallel num_threads(threads)")                                        \
-            {                                                                                   \
-                ptrdiff_t t_ = omp_get_thread_num(), T_ = omp_get_num_threads();                \
-                ptrdiff_t lo_ = (rows) * t_ / T_, hi_ = (rows) * (t_ + 1) / T_;                  \
-                if (hi_ > lo_) CALL;                                                            \
-            }                                                                                   \
-        } else {                                                                                \
-            ptrdiff_t lo_ = 0, hi_ = (rows);                                                    \
-            CALL;                                                                               \
-        }                                                                                       \
-    } while (0)
-#else
-#define FOR_ROW_BLOCKS(rows, CALL)                                                              \
-    do {                                                                                        \
-        (void)threads;                                                                          \
-        ptrdiff_t lo_ = 0, hi_ = (rows);                                                        \
-        CALL;                                                                                   \
-    } while (0)
-#endif
 
 /* partial maxima and sums in ACCS vectors of VBYTES bytes (GCC's vector extension: the loop
  * vectoriser does not reorder a float sum or a NaN-aware maximum without -ffast-math) */
@@ -264,23 +238,23 @@ AVILA_CLONES static void exp_range_f64(const double *restrict x, double *restric
     }                                                                                           \
     AVILA_EXPORT void avila_softmax_fwd_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols, \
                                               int threads) {                                    \
-        FOR_ROW_BLOCKS(rows, softmax_fwd_rows_##SUF(x, y, cols, lo_, hi_));                     \
+        AVILA_FOR_ROW_BLOCKS(rows, softmax_fwd_rows_##SUF(x, y, cols, lo_, hi_));                     \
     }                                                                                           \
     AVILA_EXPORT void avila_log_softmax_fwd_##SUF(const T *x, T *y, ptrdiff_t rows, ptrdiff_t cols, \
                                                   int threads) {                                \
-        FOR_ROW_BLOCKS(rows, log_softmax_fwd_rows_##SUF(x, y, cols, lo_, hi_));                 \
+        AVILA_FOR_ROW_BLOCKS(rows, log_softmax_fwd_rows_##SUF(x, y, cols, lo_, hi_));                 \
     }                                                                                           \
     AVILA_EXPORT void avila_softmax_bwd_##SUF(const T *g, const T *y, T *dx, ptrdiff_t rows,    \
                                               ptrdiff_t cols, int threads) {                    \
-        FOR_ROW_BLOCKS(rows, softmax_bwd_rows_##SUF(g, y, dx, cols, lo_, hi_));                 \
+        AVILA_FOR_ROW_BLOCKS(rows, softmax_bwd_rows_##SUF(g, y, dx, cols, lo_, hi_));                 \
     }                                                                                           \
     AVILA_EXPORT void avila_log_softmax_bwd_##SUF(const T *g, const T *y, T *dx, ptrdiff_t rows, \
                                                   ptrdiff_t cols, int threads) {                \
-        FOR_ROW_BLOCKS(rows, log_softmax_bwd_rows_##SUF(g, y, dx, cols, lo_, hi_));             \
+        AVILA_FOR_ROW_BLOCKS(rows, log_softmax_bwd_rows_##SUF(g, y, dx, cols, lo_, hi_));             \
     }                                                                                           \
     AVILA_EXPORT void avila_ce_bwd_##SUF(const T *logp, const T *gs, const int64_t *t, T *dx,   \
                                          ptrdiff_t rows, ptrdiff_t cols, int threads) {         \
-        FOR_ROW_BLOCKS(rows, ce_bwd_rows_##SUF(logp, gs, t, dx, cols, lo_, hi_));               \
+        AVILA_FOR_ROW_BLOCKS(rows, ce_bwd_rows_##SUF(logp, gs, t, dx, cols, lo_, hi_));               \
     }
 
 DEFINE_KERNELS(float, f32, logf, -INFINITY)
