@@ -370,9 +370,10 @@ def test_batch_norm_kernel_double_backward_and_inplace_check(monkeypatch):
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_binary_bitwise_numpy(op, dtype):
-    """add/sub/mul/div on the OpenMP team: bitwise NumPy's result (specials included), fresh or
-    in place into either operand; None (nothing written) below the threading cut, for mixed
-    shapes or dtypes, and for an output overlapping an operand at an offset."""
+    """add/sub/mul/div on the OpenMP team: bitwise NumPy's and PyTorch's result (specials
+    included), fresh or in place into either operand; None (nothing written) below the
+    threading cut, for mixed shapes or dtypes, and for an output overlapping an operand at an
+    offset."""
     n = (1 << 16) + 7
     a, b = _values(n, dtype, seed=21), _values(n, dtype, seed=22)[::-1].copy()
     ufunc = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[op]
@@ -380,6 +381,8 @@ def test_binary_bitwise_numpy(op, dtype):
         ref = ufunc(a, b)
     out = _native.binary(op, a, b)
     assert out is not None and _same(out, ref) and np.array_equal(np.signbit(out), np.signbit(ref))
+    tref = getattr(torch, op)(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    assert _same(out, tref)  # and PyTorch's (IEEE operations: the same bits)
     for target in ("a", "b"):
         x, y = a.copy(), b.copy()
         dst = x if target == "a" else y

@@ -49,25 +49,25 @@ def _data(n, dtype, seed):
     return init, grads
 
 
-def _ours(name, kwargs, init, grads):
-    params = [am.tensor(a.copy(), requires_grad=True) for a in init]
-    opt = getattr(am.optim, name)(params, **kwargs)
+def _run(lib, name, kwargs, init, grads):
+    """Parameters (and, for Avila ML, the optimizer's state arrays) after the steps, with
+    ``lib`` avila_ml or torch."""
+    params = [lib.tensor(a.copy(), requires_grad=True) for a in init]
+    opt = getattr(lib.optim, name)(params, **kwargs)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
-            p.grad = am.tensor(g.copy())
+            p.grad = lib.tensor(g.copy())
         opt.step()
-    state = [{k: v.numpy().copy() for k, v in opt.state[p].items() if isinstance(v, am.Tensor)} for p in params]
+    state = [{k: v.numpy().copy() for k, v in opt.state[p].items() if isinstance(v, lib.Tensor)} for p in params]
     return [p.detach().numpy().copy() for p in params], state
 
 
+def _ours(name, kwargs, init, grads):
+    return _run(am, name, kwargs, init, grads)
+
+
 def _torch(name, kwargs, init, grads):
-    params = [torch.tensor(a.copy(), requires_grad=True) for a in init]
-    opt = getattr(torch.optim, name)(params, **kwargs)
-    for step_grads in grads:
-        for p, g in zip(params, step_grads):
-            p.grad = torch.tensor(g.copy())
-        opt.step()
-    return [p.detach().numpy() for p in params]
+    return _run(torch, name, kwargs, init, grads)[0]
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@
  * Sums are accumulated in double (PyTorch's CPU accumulation type for float), over 16
  * independent lanes, so GCC vectorises them without reassociating anything: the result does not
  * depend on the thread count (each channel is summed by one thread, in one order). Channels are
- * split over the OpenMP team; one channel's N S values (128 KiB for (32, 32, 32, 32) float32)
- * stay in the core's cache between the passes over it, so only the first pass reads memory.
+ * split over the OpenMP team, and a channel's passes follow each other, so its N S values (128
+ * KiB for (32, 32, 32, 32) float32) can still be in the core's 512 KiB L2 for the second and
+ * third (a design choice, not measured separately; the whole kernel's figures are at
+ * ops/normalization.py's _NATIVE_MIN_S).
  * Without the input's saved copy of x - mean the backward needs no full-size temporary.
  */
 #include <math.h>

@@ -5,8 +5,9 @@
  *
  * Why C: each kernel here is one pass over memory where the NumPy formula needs two to four
  * (a compare, a cast, a multiply, a NaN scan), and these arrays are bandwidth-bound: ReLU's
- * backward on a (32, 32, 32, 32) float32 gradient took 0.88 ms in NumPy passes and 0.32 ms here
- * (two threads, AMD EPYC, 2026-12-07; benchmarks/bench_core.py has the rows).
+ * backward on a (32, 32, 32, 32) float32 gradient took 0.88 ms per call in the residual CNN step
+ * as NumPy passes and 0.35 ms here (per-op profile of benchmarks/bench_programs.py's step, two
+ * threads, AMD EPYC, 2026-12-07; bench_core.py's ReLU rows time the ops).
  *
  * Semantics are PyTorch's CPU kernels', NaN and infinities included:
  *   relu_fwd         y = x <= 0 ? 0 : x           (NaN stays NaN; -0 -> 0)
