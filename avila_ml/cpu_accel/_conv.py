@@ -50,6 +50,7 @@ import threading
 import numpy as np
 
 from . import _dnnl as D
+from . import _native_stacking
 from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "clear_cache", "CACHE_SIZE"]
@@ -121,6 +122,7 @@ class _Plan(Executor):
             # oneDNN's fallbacks: "x64:gemm:jit" (im2col + GEMM), "ref:any" (scalar loops)
             self.jit = not self.impl.startswith(("gemm", "x64:gemm", "ref"))
             self.steps = []  # (arg id, user role, is output, reorder _Prim or None, inner size)
+            self.blocks = {}  # role -> channel block B of the primitive's layout (_native_stacking.block_of)
             for arg, query, role, out in _ROLES[kind]:
                 if query is None:  # given in the user's layout
                     self.steps.append((arg, role, out, None, None, 0))
@@ -135,26 +137,40 @@ class _Plan(Executor):
                          lib.engine, attr)
                 # the primitive's layout, cloned: the queried one lives only as long as its descriptor
                 inner_desc = _Desc(lib, user[role].shape, clone_of=inner)
+                self.blocks[role] = _native_stacking.block_of(lib, inner_desc.h, user[role].shape)
                 self.steps.append((arg, role, out, _Prim(lib, rpd), inner_desc, inner_desc.nbytes))
         finally:
             lib.fn("dnnl_primitive_attr_destroy")(attr)
 
-    def run(self, arrays: dict) -> None:
-        """Execute with the user arrays ``{"x", "w", "y"}`` (the output one is written)."""
-        self._run_all(self.calls(arrays)[0])
+    def run(self, arrays: dict, own=None) -> None:
+        """Execute with the user arrays ``{"x", "w", "y"}`` (the output one is written); roles
+        in ``own`` are buffers in the primitive's own layout instead (:meth:`calls`)."""
+        self._run_all(self.calls(arrays, own=own)[0])
 
-    def calls(self, arrays: dict, given=None):
+    def inner_nbytes(self, role) -> int:
+        """Bytes of ``role``'s buffer in the primitive's own layout (for :meth:`run` ``inner``)."""
+        return next(size for _, r, _, reorder, _, size in self.steps if r == role and reorder is not None)
+
+    def calls(self, arrays: dict, given=None, own=None):
         """``(calls, inputs)``: the executions for ``arrays`` -- inputs reordered into the
         primitive's layouts, the primitive, outputs reordered back -- and ``{role: (inner desc,
         buffer, array)}`` of the inputs it reordered. ``given`` holds such entries from another
         plan's ``calls``: an input whose array is the same object in the same inner layout is not
-        reordered again (``run_together``)."""
+        reordered again (``run_together``). ``own`` maps roles to buffers already in (or, for
+        an output, to be left in) the primitive's own layout (``self.blocks``): no reorder."""
+        own = own or {}
         for role, a in arrays.items():
             D.check_buffer(a, _F32, self.user[role].nbytes, f"{'output' if role in _OUT[self.kind] else 'input'} "
                                                             f"{role} of the oneDNN convolution ({self.kind})")
+        for role, a in own.items():
+            D.check_buffer(a, a.dtype, self.inner_nbytes(role), f"{role} of the oneDNN convolution ({self.kind}) "
+                                                                f"in its own layout")
         before, args, after, inputs = [], [], [], {}
         equal = self.lib.fn("dnnl_memory_desc_equal")
         for arg, role, out, reorder, inner, size in self.steps:
+            if role in own:
+                args.append((arg, inner.h, own[role]))
+                continue
             a = arrays[role]
             if reorder is None:
                 args.append((arg, self.user[role].h, a))
@@ -264,18 +280,19 @@ def _geom(geom, axes=slice(None)):
     return (tuple(geom.stride[axes]), tuple(geom.dilation[axes]), tuple(geom.pad_lo[axes]), tuple(geom.pad_hi[axes]))
 
 
-def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False):
+def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False, own=None):
     """One 1-3 d oneDNN convolution; ``serial``: called from a worker thread (``_workers``), it
-    runs there as one single-threaded call."""
+    runs there as one single-threaded call. ``own``: roles given in the primitive's own layout
+    (``_Plan.calls``), which only the one-call route takes."""
     lib = D.load()
     ws = _wshape(w_shape, G)
-    parts = None if serial or not _parts_wanted() else _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
+    parts = None if serial or own or not _parts_wanted() else _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
     if parts is not None and _workers.start(lib):
         _run3_parts(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, arrays, parts)
         return
     plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial)
     arrays = {r: (a if r != "w" else a.reshape(plan.user["w"].shape)) for r, a in arrays.items()}
-    plan.run(arrays)
+    plan.run(arrays, own)
 
 
 # ----------------------------------------------------------------------------- batch parts
@@ -1068,10 +1085,14 @@ class _Stacking:
         nr = len(self.rest)
         return v.transpose((0,) + tuple(range(3, 3 + m)) + (1, 2) + tuple(range(3 + m, 3 + m + nr)))
 
-    def stack(self, x, blk):
-        """The stacked input of block ``blk``, a new C-contiguous array."""
+    def stack(self, x, blk, serial=False):
+        """The stacked input of block ``blk``, a new C-contiguous array (``serial``: on a worker
+        thread, which must not start an OpenMP team)."""
         fr = self._frames(blk)
         st = np.empty(fr + (self.G, self.cgp) + self.rest, dtype=_F32)
+        if self.m == 1 and self.G == 1 and _native_stacking.stack_blocked(  # one row copy each
+                x, st, self._own_geometry(x, blk, 0, True), True, 1 if serial else None):
+            return st.reshape(self.shapes(blk)[0])
         xt = self._channels_last_view(x)
         pairs, zeros = self._maps(blk)
         for idx in zeros:
@@ -1098,22 +1119,79 @@ class _Stacking:
     def _each(self, fn, blocks):
         return _each_block(fn, blocks)
 
+    # -- the stacked input and the frames in the inner convolution's own layout
+    def _own_plan(self, kind, blk, serial):
+        """The inner convolution's plan for block ``blk`` where its operands can be built
+        straight in the plan's own layout (``_native_stacking``: one stacked axis, ungrouped,
+        the compiled kernel present, one call rather than ``_run3``'s batch parts); else None.
+        In-process A/B on the Conv4d example's layers, fwd+bwd, quiet 2-core AMD EPYC: in
+        ``_native_stacking``'s docstring."""
+        if self.m != 1 or self.G != 1 or (not serial and _parts_wanted()) or not _native_stacking.available():
+            return None
+        xs, ws, ys = self.shapes(blk)
+        return _plan(D.load(), kind, xs, ws, ys, self.inner, serial)
+
+    def _own(self, plan, role, a, blk, serial, stacked):
+        """Block ``blk`` of ``a`` in ``plan``'s layout of ``role`` -- the stacked input
+        (``stacked``) or the frames of an (N, O, To, *orest) output gradient -- as a new buffer,
+        or None where that layout is not channel-blocked."""
+        B = plan.blocks.get(role)
+        if B is None:
+            return None
+        buf = D.aligned_empty(plan.inner_nbytes(role), np.uint8)
+        ok = _native_stacking.stack_blocked(a, buf, self._own_geometry(a, blk, B, stacked), True, 1 if serial else None)
+        return buf if ok else None
+
+    def _own_geometry(self, a, blk, B, stacked):
+        """``kernels/stacking.c``'s geometry of block ``blk``: the stacked input of ``a`` (N, C,
+        T, *rest), or the frames of ``a`` (N, O, To, *orest); ``B = 0``: the plain stacked array."""
+        n0, n1, i0, i1 = blk
+        R = math.prod(a.shape[3:])
+        if stacked:
+            g = self.geom
+            return (self.cg, self.S[0], R, self.P, g.stride[0], g.dilation[0], g.pad_lo[0], self.real,
+                    n0, n1 - n0, i0, i1 - i0, B, -(-self.cgp // B) if B else self.cgp)
+        O = a.shape[1]
+        return (O, a.shape[2], R, 1, 1, 1, 0, O, n0, n1 - n0, i0, i1 - i0, B, -(-O // B))
+
+    def _run(self, kind, blk, serial, arrays, own):
+        xs, ws, ys = self.shapes(blk)
+        _run3(kind, xs, ws, ys, self.G, self.inner, arrays, serial, own)
+
     def forward(self, x, w, b=None):
         ws = self._weight(w)
         y = np.empty((self.N, self.O) + self.To + self.orest, dtype=_F32)
         m = self.m
+        kind = "forward" if b is None else "forward_bias"
 
         def one(blk, serial):  # writes its own region of y
             xs, _, ys = self.shapes(blk)
-            st = self.stack(x, blk)
-            y3 = np.empty(ys, dtype=_F32)
-            arrays = {"x": st, "w": ws, "y": y3}
-            if b is not None:
-                arrays["b"] = b
-            _run3("forward" if b is None else "forward_bias", xs, ws.shape, ys, self.G, self.inner, arrays, serial)
-            del st
+            plan = self._own_plan(kind, blk, serial)
+            own = {}
+            if plan is not None:
+                st = self._own(plan, "x", x, blk, serial, True)
+                if st is not None:
+                    own["x"] = st
+                if plan.blocks.get("y") is not None:
+                    own["y"] = D.aligned_empty(plan.inner_nbytes("y"), np.uint8)
+            arrays = {"w": ws} if b is None else {"w": ws, "b": b}
+            if "x" not in own:
+                arrays["x"] = self.stack(x, blk, serial)
+            if "y" not in own:
+                arrays["y"] = np.empty(ys, dtype=_F32)
+            self._run(kind, blk, serial, arrays, own)
             n0, n1, i0, i1 = blk
-            y3 = y3.reshape(self._frames(blk) + (self.O,) + self.orest)
+            if "y" in own:  # the frames written straight into y
+                B = plan.blocks["y"]
+                if _native_stacking.stack_blocked(y, own["y"], self._own_geometry(y, blk, B, False), False,
+                                                  1 if serial else None):
+                    return
+                # (the kernels switched off meanwhile) NumPy's reading of the blocked layout
+                F, R, nb = ys[0], math.prod(self.orest), -(-self.O // B)
+                y3 = own["y"].view(_F32)[:F * nb * R * B].reshape(F, nb, R, B).transpose(0, 1, 3, 2)
+                y3 = y3.reshape(F, nb * B, R)[:, :self.O].reshape(self._frames(blk) + (self.O,) + self.orest)
+            else:
+                y3 = arrays["y"].reshape(self._frames(blk) + (self.O,) + self.orest)
             y[n0:n1, :, i0:i1] = y3.transpose((0, m + 1) + tuple(range(1, m + 1)) + tuple(range(m + 2, y3.ndim)))
         for _ in self._each(one, self.blocks(y.nbytes, x.nbytes)):
             pass
@@ -1126,9 +1204,12 @@ class _Stacking:
 
         def one(blk, serial):
             xs, _, ys = self.shapes(blk)
-            gyf = self._frames_of(gy, blk)
+            plan = self._own_plan("transpose", blk, serial)
+            gyo = None if plan is None else self._own(plan, "y", gy, blk, serial, False)
+            own = {} if gyo is None else {"y": gyo}
             gst = np.empty(xs, dtype=_F32)
-            _run3("transpose", xs, ws.shape, ys, self.G, self.inner, {"x": gst, "w": ws, "y": gyf}, serial)
+            arrays = {"x": gst, "w": ws} if own else {"x": gst, "w": ws, "y": self._frames_of(gy, blk)}
+            self._run("transpose", blk, serial, arrays, own)
             return blk, gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
         # neighbouring blocks scatter onto shared input frames: added here, in block order
         for blk, gst in self._each(one, self.blocks(gx.nbytes, gy.nbytes, minimum=_MIN_TRANSPOSE_BLOCK_BYTES)):
@@ -1140,10 +1221,20 @@ class _Stacking:
     def weight_grad(self, x, gy):
         def one(blk, serial):
             xs, wsh, ys = self.shapes(blk)
-            st = self.stack(x, blk)
-            gyf = self._frames_of(gy, blk)
+            plan = self._own_plan("weight", blk, serial)
+            own = {}
+            if plan is not None:
+                for role, a, stacked in (("x", x, True), ("y", gy, False)):
+                    buf = self._own(plan, role, a, blk, serial, stacked)
+                    if buf is not None:
+                        own[role] = buf
             part = np.empty(wsh, dtype=_F32)
-            _run3("weight", xs, wsh, ys, self.G, self.inner, {"x": st, "w": part, "y": gyf}, serial)
+            arrays = {"w": part}
+            if "x" not in own:
+                arrays["x"] = self.stack(x, blk, serial)
+            if "y" not in own:
+                arrays["y"] = self._frames_of(gy, blk)
+            self._run("weight", blk, serial, arrays, own)
             return part
         gws = None
         for part in self._each(one, self.blocks(x.nbytes, gy.nbytes)):  # summed in block order

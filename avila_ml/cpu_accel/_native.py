@@ -156,7 +156,7 @@ def missing() -> list:
 
 
 # the modules that register kernels of their own (imported on first use by the ops)
-_WRAPPERS = ("_native_batchnorm", "_native_pool", "_native_norm", "_native_optim", "_native_softmax")
+_WRAPPERS = ("_native_batchnorm", "_native_pool", "_native_norm", "_native_optim", "_native_softmax", "_native_stacking", "_native_pad")
 
 
 def kernel(name, *arrays):

@@ -737,6 +737,24 @@ def _border_index(backend, n, lo, hi, mode, side, offset=0):
     return device_constant(backend, ("pad-border", n, lo, hi, mode, side, offset), lambda: np.ascontiguousarray(idx))
 
 
+def _native_border_pad(a, per_axis, mode, in_shape=None):
+    """:class:`BorderPad`'s forward (``in_shape`` None) or its adjoint back to ``in_shape``
+    through the compiled kernels (``cpu_accel._native_pad``), or None where they do not apply."""
+    if type(a) is not np.ndarray:
+        return None
+    from ..cpu_accel import _native_pad
+    shape = a.shape if in_shape is None else tuple(in_shape)
+    if len(shape) != len(per_axis):
+        return None
+    def maps():  # built once per shape, widths and mode (the kernels keep their metadata)
+        return [np.arange(n) if not (lo or hi) else _pad_index(n, lo, hi, mode, "pad")
+                for n, (lo, hi) in zip(shape, per_axis)]
+    key = (tuple(per_axis), mode)
+    if in_shape is None:
+        return _native_pad.border_pad(a, key, maps, tuple(n + lo + hi for n, (lo, hi) in zip(shape, per_axis)))
+    return _native_pad.border_pad_adjoint(a, shape, key, maps)
+
+
 class BorderPad(Function):
     """Reflect / replicate / circular padding of several axes in one op (``torch.nn.functional.pad``
     with a non-constant mode): ``out[p] = x[m_1(p_1), ..., m_d(p_d)]`` with one index map ``m_a``
@@ -761,6 +779,9 @@ class BorderPad(Function):
 
     def forward(self, x, per_axis, mode):
         self.in_shape, self.per_axis, self.mode = x.shape, per_axis, mode
+        out = _native_border_pad(x, per_axis, mode)
+        if out is not None:
+            return out
         b = backend_of(x)
         xp = b.xp
         out = xp.empty(tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, per_axis)), dtype=x.dtype)
@@ -797,6 +818,9 @@ class BorderPadAdjoint(Function):
 
     def forward(self, g, in_shape, per_axis, mode):
         self.per_axis, self.mode = per_axis, mode
+        gx = _native_border_pad(g, per_axis, mode, in_shape)
+        if gx is not None:
+            return gx
         b = backend_of(g)
         xp = b.xp
         acc, owned = g, False
