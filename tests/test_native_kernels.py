@@ -530,3 +530,34 @@ def test_batch_norm_few_positions_stay_on_numpy(shape, monkeypatch):
     np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-5)
     for ours, ref in zip(grads, rgrads):
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,i0,j0", [((3, 5, 7), 0, 0), ((2, 4, 9), 3, 0), ((1, 6, 5), 0, 2), ((2, 3, 4), 0, 8),
+                                          ((4, 64, 300), 40, 16)])
+def test_causal_zero_matches_the_numpy_mask(shape, i0, j0, dtype, monkeypatch):
+    """The attention's causal mask: zeros exactly where key j0 + c lies after query i0 + r,
+    everything else untouched (infinities and NaN included: a store, not a product)."""
+    from avila_ml.ops import _attention_fused as A
+    p = _values(int(np.prod(shape)), dtype, seed=3).reshape(shape)
+    ours = p.copy()
+    assert _native.causal_zero(ours, i0, j0)
+    ref = p.copy()
+    monkeypatch.setattr(_native, "causal_zero", lambda *a: False)
+    A._zero_above_diagonal(ref, i0, j0)
+    assert _same(ours, ref)
+    later = np.arange(j0, j0 + shape[2])[None, :] > np.arange(i0, i0 + shape[1])[:, None]
+    assert np.all(ours[:, later] == 0) and _same(ours[:, ~later], p[:, ~later])
+
+
+@needs_kernels
+def test_kernels_use_one_thread_where_the_thread_asks_for_one():
+    """A thread under ``one_omp_thread`` (a part of the fused attention or of a matmul split
+    among Python threads) gets no OpenMP team of its own: the other parts hold the cores."""
+    from avila_ml.cpu_accel import _dnnl
+    from avila_ml.cpu_accel._matmul import one_omp_thread
+    if _dnnl.load() is None:
+        pytest.skip("one_omp_thread sets oneDNN's OpenMP runtime: oneDNN not installed")
+    with one_omp_thread():
+        assert _native.threads_for(1 << 24) == 1

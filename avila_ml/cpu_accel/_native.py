@@ -34,7 +34,7 @@ import threading
 import numpy as np
 
 __all__ = ["available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "causal_zero", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -66,6 +66,7 @@ for _op in ("add", "sub", "mul", "div"):
     register(_op, PTR, PTR, PTR, COUNT, THREADS)
 register("relu_bwd", PTR, PTR, PTR, COUNT, THREADS)
 register("leaky_bwd", PTR, PTR, PTR, SCALAR, COUNT, THREADS)
+register("causal_zero", PTR, COUNT, COUNT, COUNT, COUNT, COUNT, THREADS)
 
 
 def _load():
@@ -207,7 +208,8 @@ def kernel_for(name, *arrays):
 def threads_for(size: int) -> int:
     """The OpenMP team size for work over ``size`` elements: as many threads as BLAS uses from
     ``_SPLIT_MIN`` elements on, else 1; 1 inside a pool thread of ``ops._cpu_threads`` (its
-    siblings hold the other cores) and in a child forked after OpenMP ran (``_dnnl.guard_fork``).
+    siblings hold the other cores), in a thread whose OpenMP setting is one thread
+    (``_matmul.one_omp_thread``) and in a child forked after OpenMP ran (``_dnnl.guard_fork``).
     Before a team of several threads runs, spinning OpenBLAS workers are stopped
     (``_dnnl.quiet_blas``), as before every oneDNN execution.
 
@@ -222,9 +224,12 @@ def threads_for(size: int) -> int:
     if refs is None:  # (imported once: an import statement per call cost ~3 us)
         from ..ops._cpu_threads import blas_threads
         from . import _dnnl
-        refs = _state["threads"] = (blas_threads, _dnnl.forked, _dnnl.quiet_blas)
+        from ._prim import team_size
+        refs = _state["threads"] = (blas_threads, _dnnl.forked, _dnnl.quiet_blas, team_size)
     if threading.current_thread().name.startswith("avila-cpu") or refs[1]():
         return 1
+    if refs[3]() == 1:  # this thread's OpenMP setting (``_matmul.one_omp_thread``: a part among
+        return 1        # Python threads that share the cores, as the fused attention's)
     n = refs[0]()
     if n > 1:
         # NumPy's OpenBLAS workers spin for ~0.1 s after a threaded product and would hold a
@@ -367,3 +372,29 @@ def amax_backward(x, out, g, nan_ties=False):
     fn(x.ctypes.data, o.ctypes.data, gr.ctypes.data, dx.ctypes.data, rows, x.size // rows, int(bool(nan_ties)),
        threads_for(x.size))
     return dx
+
+
+def causal_zero(p, i0: int, j0: int) -> bool:
+    """``p[..., r, c] = 0`` where key ``j0 + c`` lies after query ``i0 + r`` (a C-contiguous
+    float32/float64 block of attention probabilities, any leading dims); False, nothing
+    written, where the kernel does not apply.
+
+    Math: ``p[b, r, c] = 0`` for ``j0 + c > i0 + r``. PyTorch: the causal mask inside
+    ``scaled_dot_product_attention(..., is_causal=True)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> p = np.ones((1, 2, 3), np.float32)
+        >>> (not _native.causal_zero(p, 0, 0)) or p[0].tolist() == [[1, 0, 0], [1, 1, 0]]
+        True
+    """
+    if type(p) is not np.ndarray or p.ndim < 2 or p.size == 0:
+        return False
+    fn = kernel_for("causal_zero", p)
+    if fn is None:
+        return False
+    n, m = p.shape[-2:]
+    fn(p.ctypes.data, p.size // (n * m), n, m, int(i0), int(j0), threads_for(p.size))
+    return True
+

@@ -41,6 +41,7 @@ import functools
 import numpy as np
 
 from . import _cpu_threads
+from ..cpu_accel import _native
 
 # one tile: (batch chunk, query rows, key columns) with at most _TILE scores (2 MiB float32);
 # keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^19 scores and
@@ -139,7 +140,11 @@ def _zero_above_diagonal(p, i0, j0):
     The columns past the last row's diagonal are cleared by slicing (a memset); the band where
     the diagonal runs through the tile takes one masked copy with a cached triangle (a call per
     strip of rows cost ~15 us each: 15% of a causal L = 2048 forward in cProfile, one thread).
-    Not ``p *= mask``: a masked entry may have overflowed to inf, and inf * 0 is NaN."""
+    Not ``p *= mask``: a masked entry may have overflowed to inf, and inf * 0 is NaN. The
+    compiled kernel (``cpu_accel._native.causal_zero``) does it in one pass where built:
+    the GPT programs' attention (B=16 H=4 L=128 E=32, causal) spent ~90 us per call here."""
+    if _native.causal_zero(p, i0, j0):
+        return
     n, m = p.shape[-2:]
     full = max(0, i0 + n - j0)  # from this column on, every row's key is later
     if full < m:
