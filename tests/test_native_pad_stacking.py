@@ -165,6 +165,37 @@ def test_stack_blocked_writes_frames_back(seed):
 
 
 @needs_kernels
+@pytest.mark.parametrize("seed", range(8))
+def test_unstack_add_is_the_adjoint_of_stacking(seed):
+    """Adds each stacked row back onto the row of x it was stacked from: element by element
+    against the formula (float64 sums)."""
+    rng = np.random.default_rng(200 + seed)
+    N, C, T = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(2, 8))
+    rest = tuple(int(v) for v in rng.integers(1, 5, size=3))
+    P, s, d, lo = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(0, 3))
+    To = max(1, (T + lo - (P - 1) * d - 1) // s + 1)
+    n0, i0 = int(rng.integers(0, N)), int(rng.integers(0, To))
+    nn, ni = int(rng.integers(1, N - n0 + 1)), int(rng.integers(1, To - i0 + 1))
+    R, real, B = int(np.prod(rest)), C * P, int(rng.choice([8, 16]))
+    nb = -(-real // B)
+    g = (C, T, R, P, s, d, lo, real, n0, nn, i0, ni, B, nb)
+    blocked = rng.standard_normal((nn * ni, nb, R, B)).astype(np.float32)
+    base = rng.standard_normal((N, C, T) + rest).astype(np.float32)
+    x = base.copy()
+    assert _native_stacking.unstack_add(x, blocked, g, threads=2)
+    want = base.astype(np.float64).reshape(N, C, T, R)
+    rows = blocked.astype(np.float64).transpose(0, 1, 3, 2).reshape(nn * ni, nb * B, R)
+    for k in range(P):
+        for f in range(nn * ni):
+            n, i = n0 + f // ni, i0 + f % ni
+            t = i * s + k * d - lo
+            if 0 <= t < T:
+                for c in range(C):
+                    want[n, c, t] += rows[f, c * P + k]
+    np.testing.assert_allclose(x.reshape(N, C, T, R), want, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernels
 def test_stack_blocked_declines_bad_geometry():
     x = np.ones((1, 1, 2, 2), np.float32)
     small = np.empty(4, np.float32)  # a buffer too small for the block
@@ -211,6 +242,7 @@ def test_conv4d_with_stacked_operands_in_onednn_layout(xs, ws, kw, monkeypatch):
     ours = run()
     assert any(B > 0 and to for B, to in calls), calls  # an operand was built in the blocked layout
     monkeypatch.setattr(_native_stacking, "stack_blocked", lambda *a, **k: False)
+    monkeypatch.setattr(_native_stacking, "unstack_add", lambda *a, **k: False)
     twopass = run()
     for a, b in zip(ours, twopass):
         assert np.array_equal(a, b)

@@ -1205,14 +1205,35 @@ class _Stacking:
         def one(blk, serial):
             xs, _, ys = self.shapes(blk)
             plan = self._own_plan("transpose", blk, serial)
-            gyo = None if plan is None else self._own(plan, "y", gy, blk, serial, False)
-            own = {} if gyo is None else {"y": gyo}
-            gst = np.empty(xs, dtype=_F32)
-            arrays = {"x": gst, "w": ws} if own else {"x": gst, "w": ws, "y": self._frames_of(gy, blk)}
+            own = {}
+            if plan is not None:
+                gyo = self._own(plan, "y", gy, blk, serial, False)
+                if gyo is not None:
+                    own["y"] = gyo
+                if plan.blocks.get("x") is not None:  # left in the blocked layout for unstack_add
+                    own["x"] = D.aligned_empty(plan.inner_nbytes("x"), np.uint8)
+            arrays = {"w": ws}
+            if "y" not in own:
+                arrays["y"] = self._frames_of(gy, blk)
+            if "x" not in own:
+                arrays["x"] = np.empty(xs, dtype=_F32)
             self._run("transpose", blk, serial, arrays, own)
-            return blk, gst.reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
+            if "x" in own:
+                return blk, (own["x"], plan.blocks["x"])
+            return blk, arrays["x"].reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
         # neighbouring blocks scatter onto shared input frames: added here, in block order
-        for blk, gst in self._each(one, self.blocks(gx.nbytes, gy.nbytes, minimum=_MIN_TRANSPOSE_BLOCK_BYTES)):
+        blocks = self.blocks(gx.nbytes, gy.nbytes, minimum=_MIN_TRANSPOSE_BLOCK_BYTES)
+        for blk, gst in self._each(one, blocks):
+            if isinstance(gst, tuple):  # the stacked gradient in oneDNN's blocked layout
+                buf, B = gst
+                # one thread while the workers compute the next blocks (the NumPy adds were too)
+                if _native_stacking.unstack_add(gx, buf, self._own_geometry(gx, blk, B, True),
+                                                1 if len(blocks) > 1 else None):
+                    continue
+                F, R, nb = math.prod(self._frames(blk)), math.prod(self.rest), -(-self.cgp // B)
+                gst = buf.view(_F32)[:F * nb * R * B].reshape(F, nb, R, B).transpose(0, 1, 3, 2)
+                gst = gst.reshape(F, nb * B, R)[:, :self.cgp].reshape(self._frames(blk) + (self.G, self.cgp)
+                                                                      + self.rest)
             for flat, dst, src in self._pairs(blk):
                 # one offset maps distinct stacked positions to distinct input positions: no overlap
                 gxt[src] += gst[dst + (slice(None), slice(flat, self.real, self.P))]

@@ -20,9 +20,10 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["block_of", "stack_blocked", "available"]
+__all__ = ["block_of", "stack_blocked", "unstack_add", "available"]
 
 _native.register("stack_blocked", _native.PTR, _native.PTR, _native.PTR, ctypes.c_int, _native.THREADS)
+_native.register("unstack_add", _native.PTR, _native.PTR, _native.PTR, _native.THREADS)
 
 # dnnl_query_t values of oneDNN 3.x's memory-descriptor queries and dnnl_format_kind_t's blocked
 _Q_STRIDES = 14
@@ -139,4 +140,37 @@ def stack_blocked(x, blocked, geometry, to_blocked: bool, threads=None) -> bool:
         return False
     fn(x.ctypes.data, blocked.ctypes.data, geometry.ctypes.data, int(bool(to_blocked)),
        _native.threads_for(nn * ni * nb * R * max(B, 1)) if threads is None else int(threads))
+    return True
+
+
+def unstack_add(x, blocked, geometry, threads=None) -> bool:
+    """The adjoint of :func:`stack_blocked` added into ``x``: every row of the channel-blocked
+    buffer ``blocked`` (the input gradient of the stacked 3-d convolution) added onto the row
+    of the plain float32 array ``x`` (N, C, T, *rest) it was stacked from; ``geometry`` as
+    there (B > 0). False, nothing written, where the kernels are absent or switched off.
+
+    Math: ``x[n, ch // P, i s + (ch % P) d - lo, r] += blocked[f, ch // B, r, ch % B]`` for
+    ``ch < real`` and times inside ``[0, T)``. PyTorch: no counterpart (the backward of the
+    copies a kt-stacked conv3d workaround makes).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native_stacking as S
+        >>> x = np.zeros((1, 1, 2, 2), np.float32)
+        >>> blocked = np.arange(32, dtype=np.float32)  # 2 frames, 1 block of 8, 2 positions
+        >>> g = (1, 2, 2, 2, 1, 1, 1, 2, 0, 1, 0, 2, 8, 1)  # K_t = 2 offsets, pad 1 in time
+        >>> S.unstack_add(x, blocked, g) is False or x[0, 0].tolist() == [[1 + 16, 9 + 24], [17, 25]]
+        True
+    """
+    geometry = np.asarray(geometry, dtype=np.int64)
+    C, T, R, P, s, d, lo, real, n0, nn, i0, ni, B, nb = (int(v) for v in geometry)
+    blocked = blocked.view(np.float32) if blocked.dtype == np.uint8 else blocked
+    if (x.dtype != np.float32 or blocked.dtype != np.float32 or not (1 <= B <= 64) or nb * B < real
+            or x.size < (n0 + nn) * C * T * R or blocked.size < nn * ni * nb * R * B):
+        return False
+    fn = _native.kernel_for("unstack_add", blocked, x)
+    if fn is None:
+        return False
+    fn(x.ctypes.data, blocked.ctypes.data, geometry.ctypes.data,
+       _native.threads_for(nn * C * T * R) if threads is None else int(threads))
     return True

@@ -24,6 +24,11 @@
  *
  * g: C, T, R, P, s, d, lo, real, n0, nn, i0, ni, B, nb (nb B >= real: the blocks).
  *
+ * unstack_add (the input gradient): x[n, c, i s + k d - lo, r] += blocked[f, ch / B, r, ch % B]
+ * for every row of the block that exists, ch = c P + k; each (n, c) pair is one work item, so
+ * no two threads add into one row of x, and its sums run offset by offset (k outermost), the
+ * order of _conv._Stacking's NumPy adds, so both give the same bits.
+ *
  * B = 0 asks for the plain stacked array instead (oneDNN's layout when it takes the input as
  * is, e.g. 3 stacked channels): plain[f, ch, r] = row(f, ch)[r] for ch < nb (to_blocked only),
  * one row copy each, where NumPy's stacking took a strided copy per offset and a zeroing pass.
@@ -135,6 +140,24 @@ static int stack_avx(void) {
             if (off < 0) memset(o, 0, (size_t)R * sizeof(T));                                   \
             else memcpy(o, x + off, (size_t)R * sizeof(T));                                     \
         }                                                                                       \
+    }                                                                                           \
+    /* work item of unstack_add: sample n0 + q / C, channel q % C */                          \
+    AVILA_CLONES static void unstack_item_##SUF(T *x, const T *blocked, const int64_t *g, ptrdiff_t q) { \
+        ptrdiff_t C = g[G_C], R = g[G_R], P = g[G_P], B = g[G_B], nb = g[G_NB], ni = g[G_NI];      \
+        ptrdiff_t nl = q / C, c = q % C;                                                        \
+        for (ptrdiff_t k = 0; k < P; k++) { /* offsets outermost: NumPy's order of the sums */  \
+            for (ptrdiff_t il = 0; il < ni; il++) {                                             \
+                ptrdiff_t f = nl * ni + il, ch = c * P + k, off = row_offset(g, f, ch);         \
+                if (off < 0) continue;                                                          \
+                T *row = x + off;                                                               \
+                const T *src = blocked + (f * nb + ch / B) * R * B + ch % B;                    \
+                for (ptrdiff_t r = 0; r < R; r++) row[r] += src[r * B];                         \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_unstack_add_##SUF(T *x, const T *blocked, const int64_t *g, int threads) { \
+        if (g[G_B] > 64 || g[G_B] < 1) return;                                                  \
+        AVILA_FOR_ITEMS(g[G_NN] * g[G_C], unstack_item_##SUF(x, blocked, g, it_));              \
     }                                                                                           \
     AVILA_EXPORT void avila_stack_blocked_##SUF(T *x, T *blocked, const int64_t *g, int to_blocked, \
                                                 int threads) {                                  \
