@@ -396,6 +396,34 @@ def test_binary_bitwise_numpy(op, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_with_a_number_bitwise_numpy(op, dtype):
+    """One operand a single element (``x * 2``: the number as a 0-d array of x's dtype) on
+    either side: bitwise NumPy's and PyTorch's result, specials included, fresh or in place;
+    None for a number of another dtype or a broadcast that grows the result."""
+    n = (1 << 16) + 5
+    a = _values(n, dtype, seed=31)
+    ufunc = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[op]
+    for value in (2.5, -0.0, np.inf, np.nan, 3e-39):
+        num = np.array(value, dtype)
+        for left in (False, True):
+            x, y = (num, a) if left else (a, num)
+            with np.errstate(all="ignore"):
+                ref = ufunc(x, y)
+            out = _native.binary(op, x, y)
+            assert out is not None and _same(out, ref) and np.array_equal(np.signbit(out), np.signbit(ref))
+            tref = getattr(torch, op)(torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))).numpy()
+            assert _same(out, tref)
+        inplace = a.copy()
+        assert _native.binary(op, inplace, num, inplace) is inplace
+        with np.errstate(all="ignore"):
+            assert _same(inplace, ufunc(a, num))
+    assert _native.binary(op, a, np.array(2.0, np.float16)) is None
+    assert _native.binary(op, a, np.ones((1, 1), dtype)) is None  # (1, n): not a's shape
+
+
+@needs_kernels
 def test_binary_ops_same_with_and_without_kernels(monkeypatch):
     """The autograd ops (forward, backward, in-place add/sub, gradient accumulation of a leaf used
     twice) give bitwise the same values with the kernels on and off, and PyTorch's values."""
@@ -412,6 +440,7 @@ def test_binary_ops_same_with_and_without_kernels(monkeypatch):
         z = h * 1.0
         z += y
         z -= x
+        z = (2.0 - z) / 3.0 + 0.5 * (1.0 / y)  # numbers on either side (the scalar kernels)
         z.sum().backward()
         return z.detach().numpy(), x.grad.numpy(), y.grad.numpy()
 

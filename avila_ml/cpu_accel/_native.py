@@ -64,6 +64,10 @@ register("relu_fwd", PTR, PTR, COUNT, THREADS)
 register("amax_bwd", PTR, PTR, PTR, PTR, COUNT, COUNT, ctypes.c_int, THREADS)
 for _op in ("add", "sub", "mul", "div"):
     register(_op, PTR, PTR, PTR, COUNT, THREADS)
+for _op in ("add_s", "sub_s", "rsub_s", "mul_s", "div_s", "rdiv_s"):
+    register(_op, PTR, SCALAR, PTR, COUNT, THREADS)
+_SCALAR_FORMS = {"add": ("add_s", "add_s"), "sub": ("sub_s", "rsub_s"), "mul": ("mul_s", "mul_s"),
+                 "div": ("div_s", "rdiv_s")}  # op -> (number on the right, number on the left)
 register("relu_bwd", PTR, PTR, PTR, COUNT, THREADS)
 register("leaky_bwd", PTR, PTR, PTR, SCALAR, COUNT, THREADS)
 register("causal_zero", PTR, COUNT, COUNT, COUNT, COUNT, COUNT, THREADS)
@@ -311,8 +315,9 @@ def leaky_relu_backward(g, x, slope, out) -> bool:
 def binary(op: str, a, b, out=None):
     """``out = a <op> b`` for ``op`` in add/sub/mul/div on the OpenMP team: ``a`` and ``b``
     same-shaped C-contiguous float32/float64 NumPy arrays of at least ``_SPLIT_MIN`` elements
-    (below that NumPy's single-threaded loop is as fast); ``out`` a fresh array when None, or
-    ``a`` / ``b`` / another array for in place. Returns ``out``, or None (nothing written) where
+    (below that NumPy's single-threaded loop is as fast), or one of them a single element
+    broadcast over the other (``x * 2``: the number as a 0-d array of x's dtype); ``out`` a
+    fresh array when None, or ``a`` / ``b`` / another array for in place. Returns ``out``, or None (nothing written) where
     it does not apply. Bitwise NumPy's result (each IEEE operation correctly rounded).
 
     Math: ``out[i] = a[i] + b[i]`` (etc.). PyTorch: ``torch.add`` / ``sub`` / ``mul`` / ``div``
@@ -326,10 +331,12 @@ def binary(op: str, a, b, out=None):
         >>> r is None or float(r[0]) == 2.0
         True
     """
-    if not (type(a) is np.ndarray and type(b) is np.ndarray and a.size >= _SPLIT_MIN):
+    if not (type(a) is np.ndarray and type(b) is np.ndarray and (a.size >= _SPLIT_MIN or b.size >= _SPLIT_MIN)):
         return None
+    if a.shape != b.shape:
+        return _binary_number(op, a, b, out)
     if out is None:
-        if a.shape != b.shape or a.dtype != b.dtype or a.dtype not in _SUFFIX:
+        if a.dtype != b.dtype or a.dtype not in _SUFFIX:
             return None
         out = np.empty(a.shape, a.dtype)
     elif any(x is not out and np.may_share_memory(x, out) for x in (a, b)):
@@ -338,6 +345,30 @@ def binary(op: str, a, b, out=None):
     if fn is None:
         return None
     call(fn, (a, b, out))
+    return out
+
+
+def _binary_number(op, a, b, out):
+    """:func:`binary` where one operand holds a single element (a Python number made a 0-d
+    array of the other's dtype, ``x * 2``) broadcast over the other, whose shape is the
+    result's; None otherwise."""
+    if b.size == 1 and b.ndim <= a.ndim:
+        arr, num, form = a, b, _SCALAR_FORMS[op][0]
+    elif a.size == 1 and a.ndim <= b.ndim:
+        arr, num, form = b, a, _SCALAR_FORMS[op][1]
+    else:
+        return None
+    if num.dtype != arr.dtype or arr.dtype not in _SUFFIX:
+        return None
+    if out is None:
+        out = np.empty(arr.shape, arr.dtype)
+    elif out.shape != arr.shape or (out is not arr and np.may_share_memory(arr, out)):
+        return None
+    fn = kernel(form, arr, out)
+    if fn is None:
+        return None
+    value = num.reshape(()).item()  # the element itself: a C float/double holds it exactly
+    fn(arr.ctypes.data, value, out.ctypes.data, arr.size, threads_for(arr.size))
     return out
 
 

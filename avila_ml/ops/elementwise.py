@@ -279,7 +279,7 @@ class Mul(Function):
         na, nb = self.needs_input_grad
         ga, aa, ba = g.array, a.array, b.array
         if _fast(ga, aa, ba):
-            mul = lambda u, v: _native.binary("mul", u, v) if u.shape == v.shape else None  # noqa: E731
+            mul = lambda u, v: _native.binary("mul", u, v) if u.shape == v.shape or v.size == 1 else None  # noqa: E731
             return ((sum_to_array(_arr(_or(mul(ga, ba), ga, ba)), aa.shape) if na else None),
                     (sum_to_array(_arr(_or(mul(ga, aa), ga, aa)), ba.shape) if nb else None))
         return (sum_to(g * b, a.shape) if na else None), (sum_to(g * a, b.shape) if nb else None)
@@ -296,7 +296,8 @@ class Div(Function):
         na, nb = self.needs_input_grad
         gr, aa, ba = g.array, a.array, b.array
         if _fast(gr, aa, ba):
-            return ((sum_to_array(_arr(gr / ba), aa.shape) if na else None),
+            quot = _native.binary("div", gr, ba) if na and (ba.shape == gr.shape or ba.size == 1) else None
+            return ((sum_to_array(_arr(gr / ba if quot is None else quot), aa.shape) if na else None),
                     (sum_to_array(_arr(-gr * aa / (ba * ba)), ba.shape) if nb else None))
         ga = sum_to(g / b, a.shape) if na else None
         gb = sum_to(-g * a / (b * b), b.shape) if nb else None
