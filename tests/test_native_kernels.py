@@ -590,3 +590,20 @@ def test_kernels_use_one_thread_where_the_thread_asks_for_one():
         pytest.skip("one_omp_thread sets oneDNN's OpenMP runtime: oneDNN not installed")
     with one_omp_thread():
         assert _native.threads_for(1 << 24) == 1
+
+
+@needs_kernels
+def test_addr_is_the_arrays_data_pointer():
+    """The compiled module's address() (the buffer protocol) that the wrappers hand to the C
+    calls: the same pointer as NumPy's ``a.ctypes.data`` for every kind of array they see."""
+    import ml_dtypes
+    from avila_ml.cpu_accel import _kernels
+    assert _native.addr is _kernels.address  # (the kernels loaded: the fast form is in place)
+    a = np.arange(60, dtype=np.float32).reshape(6, 10)
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    for v in (a, a[:, ::3], a.T, a[2:], np.array(1.5, np.float32), np.ones(0), np.ones(4, np.float16),
+              np.ones(4, ml_dtypes.bfloat16), np.ones(3, bool), ro):
+        assert _native.addr(v) == v.ctypes.data
+    with pytest.raises(TypeError):
+        _native.addr([1.0, 2.0])  # not a buffer: refused, never a wrong pointer

@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from . import _native
+
 __all__ = ["DnnlError", "library_path", "load", "available", "check_buffer", "aligned_empty", "version"]
 
 ENV_VAR = "AVILA_ML_DNNL_LIBRARY"
@@ -471,7 +473,7 @@ def check_buffer(a, dtype, nbytes: int, what: str) -> int:
         raise ValueError(f"oneDNN boundary: {what} has {a.nbytes} bytes, the primitive expects {nbytes}")
     if not a.flags.writeable and what.startswith("output"):
         raise ValueError(f"oneDNN boundary: {what} is read-only")
-    return a.ctypes.data
+    return _native.addr(a)
 
 
 # -- issue 17, normalization (cpu_accel/_norm.py) -----------------------------------------------

@@ -24,6 +24,7 @@ import threading
 import numpy as np
 
 from . import _dnnl as D
+from . import _native
 from ._prim import PlanCache, _Desc, _Prim, _attr, destroy_memories, execute_bound, impl_name
 
 __all__ = ["matmul", "matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
@@ -158,7 +159,7 @@ class _Plan:
     def run(self, a, b, out, extra):
         """Execute on views whose logical shapes and strides were checked by ``_run`` to be this
         plan's (they are part of its cache key); the epilogue's inputs are checked here."""
-        ptrs = [a.ctypes.data, b.ctypes.data, out.ctypes.data]
+        ptrs = [_native.addr(a), _native.addr(b), _native.addr(out)]
         if extra:
             check = D.check_buffer
             ptrs += [check(x, _F32, desc.nbytes, what) for x, (_, desc, what) in zip(extra, self.extra)]

@@ -60,8 +60,8 @@ def forward(x3, weight, bias, eps):
     if fn is None or w is False or b is False:
         return None
     mean, var, rstd = (np.empty(c, x3.dtype) for _ in range(3))
-    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731 - NULL for an absent weight/bias
-    fn(x3.ctypes.data, ptr(w), ptr(b), y.ctypes.data, mean.ctypes.data, var.ctypes.data, rstd.ctypes.data,
+    ptr = lambda a: None if a is None else _native.addr(a)  # noqa: E731 - NULL for an absent weight/bias
+    fn(_native.addr(x3), ptr(w), ptr(b), _native.addr(y), _native.addr(mean), _native.addr(var), _native.addr(rstd),
        float(eps), n, c, s, _native.threads_for(x3.size))
     return y, mean, var, rstd
 
@@ -96,9 +96,9 @@ def backward(g3, x3, mean, rstd, weight, need_x=True):
         return None
     if dx is not None and _native.kernel_for("bn_bwd", x3, dx) is None:
         return None
-    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
-    fn(g3.ctypes.data, x3.ctypes.data, mean.ctypes.data, rstd.ctypes.data, ptr(w), ptr(dx), sg.ctypes.data,
-       sgx.ctypes.data, n, c, s, _native.threads_for(x3.size))
+    ptr = lambda a: None if a is None else _native.addr(a)  # noqa: E731
+    fn(_native.addr(g3), _native.addr(x3), _native.addr(mean), _native.addr(rstd), ptr(w), ptr(dx), _native.addr(sg),
+       _native.addr(sgx), n, c, s, _native.threads_for(x3.size))
     return dx, sgx, sg
 
 
@@ -124,5 +124,5 @@ def channel_sum(a):
     fn = None if out is None else _native.kernel_for("chan_sum", a, out)
     if fn is None:
         return None
-    fn(a.ctypes.data, out.ctypes.data, n, c, a.size // max(n * c, 1), _native.threads_for(a.size))
+    fn(_native.addr(a), _native.addr(out), n, c, a.size // max(n * c, 1), _native.threads_for(a.size))
     return out

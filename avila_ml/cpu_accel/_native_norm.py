@@ -30,7 +30,7 @@ _native.register("layer_bwd", _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _N, _N, _T
 
 
 def _ptr(a):
-    return None if a is None else a.ctypes.data
+    return None if a is None else _native.addr(a)
 
 
 def layer_norm_forward(x, weight, bias, eps):
@@ -65,8 +65,8 @@ def layer_norm_forward(x, weight, bias, eps):
         return None
     stats = np.empty((3, rows), x.dtype)  # mean, mean_lo, rstd
     mean, mean_lo, rstd = stats
-    fn(x.ctypes.data, _ptr(weight), _ptr(bias), y.ctypes.data, mean.ctypes.data, mean_lo.ctypes.data,
-       rstd.ctypes.data, float(eps), rows, d, _native.threads_for(x.size))
+    fn(_native.addr(x), _ptr(weight), _ptr(bias), _native.addr(y), _native.addr(mean), _native.addr(mean_lo),
+       _native.addr(rstd), float(eps), rows, d, _native.threads_for(x.size))
     return y, mean, rstd, mean_lo
 
 
@@ -112,6 +112,6 @@ def layer_norm_backward(g, x, mean, rstd, weight, need_x=True, need_weight=True,
         return None
     threads = _native.threads_for(x.size)
     work = np.empty((threads, 2 * d), np.float64) if (need_weight or need_bias) else None
-    fn(g.ctypes.data, x.ctypes.data, mean.ctypes.data, mean_lo.ctypes.data, rstd.ctypes.data, _ptr(weight),
+    fn(_native.addr(g), _native.addr(x), _native.addr(mean), _native.addr(mean_lo), _native.addr(rstd), _ptr(weight),
        _ptr(dx), _ptr(dw), _ptr(db), _ptr(work), rows, d, threads)
     return dx, dw, db

@@ -86,8 +86,8 @@ def step(kind, param, grad, buffers, scalars) -> bool:
     fn = _native.kernel(kind, *arrays)
     if fn is None:
         return False
-    ptrs = [None if a is None else a.ctypes.data for a in state]
+    ptrs = [None if a is None else _native.addr(a) for a in state]
     n = param.size
-    fn(param.ctypes.data, grad.ctypes.data, *ptrs, *(scalars[s] for s in scalar_names),
+    fn(_native.addr(param), _native.addr(grad), *ptrs, *(scalars[s] for s in scalar_names),
        *(int(bool(scalars[f])) for f in flag_names), n, _native.threads_for(n))
     return True

@@ -100,7 +100,7 @@ def border_pad(x, key, maps, out_shape=None):
     if fn is None:
         return None
     meta = _meta(x.shape, key, _as_maker(maps))
-    fn(x.ctypes.data, out.ctypes.data, meta.ctypes.data, _native.threads_for(out.size))
+    fn(_native.addr(x), _native.addr(out), _native.addr(meta), _native.threads_for(out.size))
     return out
 
 
@@ -129,5 +129,5 @@ def border_pad_adjoint(g, in_shape, key, maps):
     if fn is None:
         return None
     meta = _meta(tuple(in_shape), key, _as_maker(maps))
-    fn(g.ctypes.data, gx.ctypes.data, meta.ctypes.data, _native.threads_for(g.size))
+    fn(_native.addr(g), _native.addr(gx), _native.addr(meta), _native.threads_for(g.size))
     return gx

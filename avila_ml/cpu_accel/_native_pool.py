@@ -55,7 +55,7 @@ def max_pool2d_forward(x, k, s, p, dl, o, code_dtype):
         return None
     code = np.empty(y.shape, code_dtype)
     geom = _geometry(x.shape, k, s, p, dl, o)
-    fn(x.ctypes.data, y.ctypes.data, code.ctypes.data, _CODE_SIZES[code.dtype], geom.ctypes.data,
+    fn(_native.addr(x), _native.addr(y), _native.addr(code), _CODE_SIZES[code.dtype], _native.addr(geom),
        x.shape[0] * x.shape[1], _native.threads_for(x.size))
     return y, code
 
@@ -84,6 +84,6 @@ def max_pool2d_backward(g, code, x_shape, k, s, p, dl):
     if fn is None:
         return None
     geom = _geometry(x_shape, k, s, p, dl, g.shape[2:])
-    fn(g.ctypes.data, code.ctypes.data, _CODE_SIZES[code.dtype], gx.ctypes.data, geom.ctypes.data,
+    fn(_native.addr(g), _native.addr(code), _CODE_SIZES[code.dtype], _native.addr(gx), _native.addr(geom),
        x_shape[0] * x_shape[1], _native.threads_for(gx.size))
     return gx

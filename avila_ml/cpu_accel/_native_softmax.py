@@ -40,7 +40,7 @@ def _rows_call(name, inputs, out):
     if fn is None:
         return None
     cols = out.shape[-1]
-    fn(*[a.ctypes.data for a in (*inputs, out)], out.size // cols, cols, _native.threads_for(out.size))
+    fn(*[_native.addr(a) for a in (*inputs, out)], out.size // cols, cols, _native.threads_for(out.size))
     return out
 
 
@@ -164,6 +164,6 @@ def cross_entropy_backward(logp, gs, target):
     if fn is None:
         return None
     rows, cols = logp.shape
-    fn(logp.ctypes.data, gs.ctypes.data, target.ctypes.data, out.ctypes.data, rows, cols,
+    fn(_native.addr(logp), _native.addr(gs), _native.addr(target), _native.addr(out), rows, cols,
        _native.threads_for(logp.size))
     return out

@@ -138,7 +138,7 @@ def stack_blocked(x, blocked, geometry, to_blocked: bool, threads=None) -> bool:
     fn = _native.kernel_for("stack_blocked", x, blocked)
     if fn is None:
         return False
-    fn(x.ctypes.data, blocked.ctypes.data, geometry.ctypes.data, int(bool(to_blocked)),
+    fn(_native.addr(x), _native.addr(blocked), _native.addr(geometry), int(bool(to_blocked)),
        _native.threads_for(nn * ni * nb * R * max(B, 1)) if threads is None else int(threads))
     return True
 
@@ -171,6 +171,6 @@ def unstack_add(x, blocked, geometry, threads=None) -> bool:
     fn = _native.kernel_for("unstack_add", blocked, x)
     if fn is None:
         return False
-    fn(x.ctypes.data, blocked.ctypes.data, geometry.ctypes.data,
+    fn(_native.addr(x), _native.addr(blocked), _native.addr(geometry),
        _native.threads_for(nn * C * T * R) if threads is None else int(threads))
     return True

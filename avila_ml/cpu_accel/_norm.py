@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from . import _dnnl as D
+from . import _native
 from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, destroy_memories, execute_bound, impl_name
 
 __all__ = ["NormPlan", "plan", "cache_info", "clear_cache", "CACHE_SIZE"]
@@ -115,8 +116,8 @@ class NormPlan(Executor):
         px = D.check_buffer(x, _F32, self.x.nbytes, f"input x of the oneDNN {self.kind} norm")
         y = np.empty(self.x.shape, dtype=_F32)
         mean, var = np.empty(self.stat_shape, dtype=_F32), np.empty(self.stat_shape, dtype=_F32)
-        args = [(D.ARG_SRC, self.x.h, px), (D.ARG_DST, self.x.h, y.ctypes.data), (D.ARG_MEAN, self.stat.h, mean.ctypes.data),
-                (D.ARG_VARIANCE, self.stat.h, var.ctypes.data)] + self._affine_args(scale, shift, "forward")
+        args = [(D.ARG_SRC, self.x.h, px), (D.ARG_DST, self.x.h, _native.addr(y)), (D.ARG_MEAN, self.stat.h, _native.addr(mean)),
+                (D.ARG_VARIANCE, self.stat.h, _native.addr(var))] + self._affine_args(scale, shift, "forward")
         self._run(self.fwd, args)
         return y, mean, var
 
@@ -130,14 +131,14 @@ class NormPlan(Executor):
                                                    (mean, D.ARG_MEAN, self.stat.h, self.stat.nbytes, "mean"),
                                                    (var, D.ARG_VARIANCE, self.stat.h, self.stat.nbytes, "var"))]
         dx = np.empty(self.x.shape, dtype=_F32)
-        args.append((D.ARG_DIFF_SRC, self.x.h, dx.ctypes.data))
+        args.append((D.ARG_DIFF_SRC, self.x.h, _native.addr(dx)))
         args += self._affine_args(scale, shift, "backward")
         dscale = np.empty(self.aff_shape, dtype=_F32) if self.scale else None
         dshift = np.empty(self.aff_shape, dtype=_F32) if self.shift else None
         if self.scale:
-            args.append((D.ARG_DIFF_SCALE, self.aff.h, dscale.ctypes.data))
+            args.append((D.ARG_DIFF_SCALE, self.aff.h, _native.addr(dscale)))
         if self.shift:
-            args.append((D.ARG_DIFF_SHIFT, self.aff.h, dshift.ctypes.data))
+            args.append((D.ARG_DIFF_SHIFT, self.aff.h, _native.addr(dshift)))
         self._run(self.bwd, args)
         return dx, dscale, dshift
 

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _dnnl as D
+from . import _native
 
 __all__ = ["Executor", "FlatPlan", "PlanCache", "impl_name", "_Desc", "_Prim", "_attr", "_strides"]
 
@@ -92,7 +93,7 @@ class Executor:
     def _memory(self, md, array, made):
         mem = ctypes.c_void_p()
         self.lib.call("dnnl_memory_create", ctypes.byref(mem), md, self.lib.engine,
-                      ctypes.c_void_p(array.ctypes.data))
+                      ctypes.c_void_p(_native.addr(array)))
         made.append(mem)
         return mem
 
