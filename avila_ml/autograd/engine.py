@@ -62,7 +62,7 @@ def _whole_view(a, base) -> bool:
     layout): the leaf then takes ``base`` itself, whose id is recorded like a taken array's.
     Host arrays only (a device gradient view is copied, as before)."""
     return (type(a) is np.ndarray and type(base) is np.ndarray and base.base is None and base.flags.owndata
-            and base.shape == a.shape and base.strides == a.strides and base.ctypes.data == a.ctypes.data)
+            and base.shape == a.shape and base.strides == a.strides and _native.addr(base) == _native.addr(a))
 
 
 def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
