@@ -18,6 +18,8 @@ from .inplace import _refresh_view
 from ..backends import backend_of, nvtx as _nvtx
 from ..cpu_accel import _native
 
+_BIG = _native._SPLIT_MIN  # gradients from this size are summed by the compiled kernel (asked inline)
+
 __all__ = ["run_backward", "queue_callback"]
 
 # callbacks to run once the current backward pass has finished (DistributedDataParallel waits
@@ -96,7 +98,8 @@ def _accumulate_leaf(leaf, g, create_graph, handed_out=None):
         leaf.grad = leaf.grad + g
     else:
         old, new = leaf.grad.array, g.array
-        fresh = _native.binary("add", old, new) if type(old) is np.ndarray and old.dtype == new.dtype else None
+        fresh = (_native.binary("add", old, new) if type(old) is np.ndarray and old.size >= _BIG and old.dtype == new.dtype
+                 else None)
         leaf.grad = Tensor._wrap(old + new if fresh is None else fresh)
 
 
@@ -109,13 +112,13 @@ def _add_into(old, g, owned):
         return old + g  # PyTorch's promotion, through the op
     if id(a) in owned:
         if type(a) is np.ndarray:
-            if _native.binary("add", a, b, a) is None:  # (large arrays: on the CPU threads)
+            if a.size < _BIG or _native.binary("add", a, b, a) is None:  # (large arrays: on the CPU threads)
                 np.add(a, b, out=a)
         else:
             backend_of(a).xp.add(a, b, out=a)
         return old
     if type(a) is np.ndarray:
-        fresh = _native.binary("add", a, b)
+        fresh = _native.binary("add", a, b) if a.size >= _BIG else None
         s = Tensor._wrap(fresh if fresh is not None else np.add(a, b) if a.ndim else np.asarray(a + b))  # (0-d: NumPy gives a scalar)
     else:
         s = old + g

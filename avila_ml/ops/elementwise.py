@@ -223,6 +223,12 @@ def expand_array(a, shape: tuple):
 
 
 # --------------------------------------------------------------------------- binary arithmetic
+# below this many elements NumPy's own loop runs: the callers test the size inline, since asking
+# _native.binary for every small array (a Python call that returns None) cost ~10 us of the
+# 10-op autograd row's ~230
+_BIG = _native._SPLIT_MIN
+
+
 def _or(done, u, v):
     """``done`` (a product the compiled kernel made), else ``u * v`` in NumPy."""
     return u * v if done is None else done
@@ -234,10 +240,10 @@ class Add(Function):
     def forward(self, a, b, into=False):
         self.shapes = (a.shape, b.shape)
         if into:
-            if _native.binary("add", a, b, a) is None:  # (large host arrays: on the CPU threads)
+            if a.size < _BIG or _native.binary("add", a, b, a) is None:  # (large host arrays: on the CPU threads)
                 _xp(a).add(a, b, out=a)
             return a
-        out = _native.binary("add", a, b)
+        out = _native.binary("add", a, b) if a.size >= _BIG or b.size >= _BIG else None
         return a + b if out is None else out
 
     def backward(self, g):
@@ -253,10 +259,10 @@ class Sub(Function):
     def forward(self, a, b, into=False):  # ``into``: as Add's (``Tensor.sub_``)
         self.shapes = (a.shape, b.shape)
         if into:
-            if _native.binary("sub", a, b, a) is None:
+            if a.size < _BIG or _native.binary("sub", a, b, a) is None:
                 _xp(a).subtract(a, b, out=a)
             return a
-        out = _native.binary("sub", a, b)
+        out = _native.binary("sub", a, b) if a.size >= _BIG or b.size >= _BIG else None
         return a - b if out is None else out
 
     def backward(self, g):
@@ -271,7 +277,7 @@ class Sub(Function):
 class Mul(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        out = _native.binary("mul", a, b)  # (large host arrays: on the CPU threads)
+        out = _native.binary("mul", a, b) if a.size >= _BIG or b.size >= _BIG else None  # (large host arrays: on the CPU threads)
         return a * b if out is None else out
 
     def backward(self, g):
@@ -279,6 +285,9 @@ class Mul(Function):
         na, nb = self.needs_input_grad
         ga, aa, ba = g.array, a.array, b.array
         if _fast(ga, aa, ba):
+            if ga.size < _BIG:  # (small: NumPy's products, no kernel asked)
+                return ((sum_to_array(_arr(ga * ba), aa.shape) if na else None),
+                        (sum_to_array(_arr(ga * aa), ba.shape) if nb else None))
             mul = lambda u, v: _native.binary("mul", u, v) if u.shape == v.shape or v.size == 1 else None  # noqa: E731
             return ((sum_to_array(_arr(_or(mul(ga, ba), ga, ba)), aa.shape) if na else None),
                     (sum_to_array(_arr(_or(mul(ga, aa), ga, aa)), ba.shape) if nb else None))
@@ -288,7 +297,7 @@ class Mul(Function):
 class Div(Function):
     def forward(self, a, b):
         self.save_inputs(0, 1)
-        out = _native.binary("div", a, b)
+        out = _native.binary("div", a, b) if a.size >= _BIG or b.size >= _BIG else None
         return a / b if out is None else out
 
     def backward(self, g):
@@ -296,7 +305,8 @@ class Div(Function):
         na, nb = self.needs_input_grad
         gr, aa, ba = g.array, a.array, b.array
         if _fast(gr, aa, ba):
-            quot = _native.binary("div", gr, ba) if na and (ba.shape == gr.shape or ba.size == 1) else None
+            quot = (_native.binary("div", gr, ba) if na and gr.size >= _BIG and (ba.shape == gr.shape or ba.size == 1)
+                    else None)
             return ((sum_to_array(_arr(gr / ba if quot is None else quot), aa.shape) if na else None),
                     (sum_to_array(_arr(-gr * aa / (ba * ba)), ba.shape) if nb else None))
         ga = sum_to(g / b, a.shape) if na else None
