@@ -607,3 +607,20 @@ def test_addr_is_the_arrays_data_pointer():
         assert _native.addr(v) == v.ctypes.data
     with pytest.raises(TypeError):
         _native.addr([1.0, 2.0])  # not a buffer: refused, never a wrong pointer
+
+
+@needs_kernels
+@pytest.mark.parametrize("n", [7, (1 << 16) + 3])
+def test_erf_rational_bitwise_the_numpy_passes(n, monkeypatch):
+    """erf, the normal CDF and exact GELU of backends/_erf_float32.py: the one-pass kernel gives
+    bitwise the NumPy passes' float32 results (signs of zero, NaN and +-inf included), below and
+    above the threading cut."""
+    from avila_ml.backends import _erf_float32 as E
+    x = (_values(n, np.float32, seed=41) * np.float32(2.5)).astype(np.float32)
+    fns = (E.erf, E.normal_cdf, E.gelu)
+    with np.errstate(all="ignore"):
+        ours = [f(x) for f in fns]
+        monkeypatch.setattr(_native, "ENABLED", False)
+        ref = [f(x) for f in fns]
+    for a, b in zip(ours, ref):
+        assert _same(a, b) and np.array_equal(np.signbit(a), np.signbit(b))

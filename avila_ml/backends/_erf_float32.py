@@ -32,6 +32,7 @@ _P = (1.1283791461572865, 0.19040666138532097, 0.052748754135785905, 0.003765626
 _Q = (1.0, 0.5020762510521597, 0.11410919686404324, 0.01496923592262917, 0.0011625382300559216,
       3.8091751829005815e-05)
 _CHUNK = 1 << 16  # elements per chunk: the few float32 temporaries stay in L2
+_COEFS: dict = {}  # id of _ERF / _CDF -> their 12 coefficients as one array (the compiled kernel)
 
 
 def _scaled(coefs, s):
@@ -54,8 +55,17 @@ def _horner(coefs, t, out):
 
 
 def _evaluate(x, params, add=None, times_x=False):
-    """``a P(a²)/Q(a²) (+ add) (* x)`` elementwise, in chunks; ``x`` float32."""
+    """``a P(a²)/Q(a²) (+ add) (* x)`` elementwise, in chunks; ``x`` float32. One pass in the
+    compiled kernel where built (``cpu_accel._native.erf_rational``, bitwise these passes)."""
     p, q, clip = params
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        from ..cpu_accel import _native
+        coefs = _COEFS.get(id(params))
+        if coefs is None:
+            coefs = _COEFS[id(params)] = np.array(p + q, dtype=np.float32)
+        out = _native.erf_rational(x, coefs, clip, 0.0 if add is None else add, times_x)
+        if out is not None:
+            return out
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(flat.shape, np.float32)
     n = flat.size

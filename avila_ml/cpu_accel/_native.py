@@ -34,7 +34,7 @@ import threading
 import numpy as np
 
 __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "causal_zero", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -71,6 +71,7 @@ _SCALAR_FORMS = {"add": ("add_s", "add_s"), "sub": ("sub_s", "rsub_s"), "mul": (
 register("relu_bwd", PTR, PTR, PTR, COUNT, THREADS)
 register("leaky_bwd", PTR, PTR, PTR, SCALAR, COUNT, THREADS)
 register("causal_zero", PTR, COUNT, COUNT, COUNT, COUNT, COUNT, THREADS)
+register("erf_rational", PTR, PTR, PTR, SCALAR, SCALAR, ctypes.c_int, COUNT, THREADS)
 
 
 def _ctypes_address(a) -> int:
@@ -448,3 +449,32 @@ def causal_zero(p, i0: int, j0: int) -> bool:
     fn(addr(p), p.size // (n * m), n, m, int(i0), int(j0), threads_for(p.size))
     return True
 
+
+
+def erf_rational(x, coefs, clip, add, times_x):
+    """``(a P(a²) / Q(a²) + add) * (x if times_x)`` with ``a = clip(x, -clip, clip)`` for a
+    C-contiguous float32/float64 NumPy array ``x`` and the 12 coefficients ``coefs`` (P then Q,
+    ascending, in x's dtype): a fresh array, bitwise the NumPy passes of
+    ``backends/_erf_float32.py`` (same operations, same order); None where the kernel does not
+    apply.
+
+    Math: the rational error function of that module (``erf``, ``normal_cdf``, exact ``gelu``).
+    PyTorch: ``torch.erf`` / ``torch.special.ndtr`` / ``torch.nn.functional.gelu`` on the CPU.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> one = np.array([1.0, 0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 0], np.float32)  # P = Q = 1: a
+        >>> y = _native.erf_rational(np.array([-5.0, 0.5, np.nan], np.float32), one, 3.0, 0.0, False)
+        >>> y is None or (y[:2].tolist() == [-3.0, 0.5] and bool(np.isnan(y[2])))
+        True
+    """
+    if type(x) is not np.ndarray or x.size == 0:
+        return None
+    out = np.empty(x.shape, x.dtype) if x.dtype in _SUFFIX else None
+    fn = None if out is None else kernel_for("erf_rational", x, out)
+    if fn is None or type(coefs) is not np.ndarray or coefs.dtype != x.dtype or coefs.size != 12 \
+            or not coefs.flags.c_contiguous:
+        return None
+    fn(addr(x), addr(out), addr(coefs), float(clip), float(add), int(bool(times_x)), x.size, threads_for(x.size))
+    return out
