@@ -148,7 +148,7 @@ class _Plan(Executor):
         self._run_all(self.calls(arrays, own=own)[0])
 
     def inner_nbytes(self, role) -> int:
-        """Bytes of ``role``'s buffer in the primitive's own layout (for :meth:`run` ``inner``)."""
+        """Bytes of ``role``'s buffer in the primitive's own layout (for :meth:`run`'s ``own``)."""
         return next(size for _, r, _, reorder, _, size in self.steps if r == role and reorder is not None)
 
     def calls(self, arrays: dict, given=None, own=None):
@@ -1124,8 +1124,8 @@ class _Stacking:
         """The inner convolution's plan for block ``blk`` where its operands can be built
         straight in the plan's own layout (``_native_stacking``: one stacked axis, ungrouped,
         the compiled kernel present, one call rather than ``_run3``'s batch parts); else None.
-        In-process A/B on the Conv4d example's layers, fwd+bwd, quiet 2-core AMD EPYC: in
-        ``_native_stacking``'s docstring."""
+        The figures (in-process A/B, Conv4d example's layers) are in ``_native_stacking``'s
+        docstring."""
         if self.m != 1 or self.G != 1 or (not serial and _parts_wanted()) or not _native_stacking.available():
             return None
         xs, ws, ys = self.shapes(blk)
