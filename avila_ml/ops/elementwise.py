@@ -237,13 +237,15 @@ def _or(done, u, v):
 class Add(Function):
     # ``into=True`` (``Tensor.add_`` / ``+=`` under autograd, via ``inplace_into``) writes the
     # sum into ``a``'s own memory: the backward needs only the shapes, nothing of ``a`` survives
-    def forward(self, a, b, into=False):
+    def forward(self, a, b, into=False, _big=_BIG):
         self.shapes = (a.shape, b.shape)
         if into:
-            if a.size < _BIG or _native.binary("add", a, b, a) is None:  # (large host arrays: on the CPU threads)
+            if a.size < _big or _native.binary("add", a, b, a) is None:  # (large host arrays: on the CPU threads)
                 _xp(a).add(a, b, out=a)
             return a
-        out = _native.binary("add", a, b) if a.size >= _BIG or b.size >= _BIG else None
+        if a.size < _big and b.size < _big:
+            return a + b
+        out = _native.binary("add", a, b)
         return a + b if out is None else out
 
     def backward(self, g):
@@ -256,13 +258,15 @@ class Add(Function):
 
 
 class Sub(Function):
-    def forward(self, a, b, into=False):  # ``into``: as Add's (``Tensor.sub_``)
+    def forward(self, a, b, into=False, _big=_BIG):  # ``into``: as Add's (``Tensor.sub_``)
         self.shapes = (a.shape, b.shape)
         if into:
-            if a.size < _BIG or _native.binary("sub", a, b, a) is None:
+            if a.size < _big or _native.binary("sub", a, b, a) is None:
                 _xp(a).subtract(a, b, out=a)
             return a
-        out = _native.binary("sub", a, b) if a.size >= _BIG or b.size >= _BIG else None
+        if a.size < _big and b.size < _big:
+            return a - b
+        out = _native.binary("sub", a, b)
         return a - b if out is None else out
 
     def backward(self, g):
@@ -275,9 +279,11 @@ class Sub(Function):
 
 
 class Mul(Function):
-    def forward(self, a, b):
+    def forward(self, a, b, _big=_BIG):
         self.save_inputs(0, 1)
-        out = _native.binary("mul", a, b) if a.size >= _BIG or b.size >= _BIG else None  # (large host arrays: on the CPU threads)
+        if a.size < _big and b.size < _big:
+            return a * b
+        out = _native.binary("mul", a, b)  # (large host arrays: on the CPU threads)
         return a * b if out is None else out
 
     def backward(self, g):
@@ -295,9 +301,11 @@ class Mul(Function):
 
 
 class Div(Function):
-    def forward(self, a, b):
+    def forward(self, a, b, _big=_BIG):
         self.save_inputs(0, 1)
-        out = _native.binary("div", a, b) if a.size >= _BIG or b.size >= _BIG else None
+        if a.size < _big and b.size < _big:
+            return a / b
+        out = _native.binary("div", a, b)
         return a / b if out is None else out
 
     def backward(self, g):
