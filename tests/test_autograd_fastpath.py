@@ -13,6 +13,7 @@ import torch
 
 import avila_ml as am
 from avila_ml.ops import elementwise as E
+from test_native_optim import _run as _optimizer_run  # (the same loop of steps for both tests)
 
 RNG = np.random.default_rng(17)
 
@@ -243,13 +244,7 @@ def test_batched_cpu_step_is_bitwise_the_single_thread_step(name, kwargs, monkey
     grads = [[RNG.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
 
     def run():
-        ps = [am.tensor(a.copy(), requires_grad=True) for a in init]
-        opt = getattr(am.optim, name)(ps, **kwargs)
-        for gs in grads:
-            for p, g in zip(ps, gs):
-                p.grad = am.tensor(g.copy())
-            opt.step()
-        return [p.detach().numpy().copy() for p in ps]
+        return _optimizer_run(am, name, kwargs, init, grads)[0]  # the parameters after the steps
 
     monkeypatch.setattr(_fused, "_num_threads", lambda: 1)
     single = run()

@@ -41,6 +41,15 @@ def _torch(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+def like_torch_at_specials(ours, ref, rtol=1e-5, atol=1e-6):
+    """NaN exactly where PyTorch's ``ref`` has NaN, finite exactly where it is finite, and the
+    finite values within ``rtol`` / ``atol`` (also used by tests/test_cpu_accel_eltwise.py)."""
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(np.isfinite(ours), fin)
+    np.testing.assert_allclose(ours[fin], ref[fin], rtol=rtol, atol=atol)
+
+
 def _close_to_float64(ours, ours_dtype, ref64, torch_lowp, k=4.0, scale=1.0):
     """``ours`` (computed in ``ours_dtype``) is within ``2 x`` PyTorch's own error in that dtype
     plus ``k`` eps of the float64 reference (scaled by ``scale``), elementwise over the finite
@@ -299,10 +308,7 @@ def test_ops_non_finite_rows_as_torch_with_and_without_kernels(log, monkeypatch)
     for enabled in (True, False):
         monkeypatch.setattr(_native, "ENABLED", enabled)
         y = fn(am.tensor(x), -1).numpy()
-        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
-        fin = np.isfinite(ref)
-        np.testing.assert_array_equal(np.isfinite(y), fin)
-        np.testing.assert_allclose(y[fin], ref[fin], rtol=1e-5, atol=1e-6)
+        like_torch_at_specials(y, ref)
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])

@@ -450,13 +450,12 @@ def causal_zero(p, i0: int, j0: int) -> bool:
     return True
 
 
-
 def erf_rational(x, coefs, clip, add, times_x):
     """``(a P(a²) / Q(a²) + add) * (x if times_x)`` with ``a = clip(x, -clip, clip)`` for a
     C-contiguous float32/float64 NumPy array ``x`` and the 12 coefficients ``coefs`` (P then Q,
-    ascending, in x's dtype): a fresh array, bitwise the NumPy passes of
-    ``backends/_erf_float32.py`` (same operations, same order); None where the kernel does not
-    apply.
+    ascending, in x's dtype; ``add = 0``: no addition, as the NumPy form without one): a fresh
+    array, bitwise the NumPy passes of ``backends/_erf_float32.py`` (same operations, same
+    order); None where the kernel does not apply.
 
     Math: the rational error function of that module (``erf``, ``normal_cdf``, exact ``gelu``).
     PyTorch: ``torch.erf`` / ``torch.special.ndtr`` / ``torch.nn.functional.gelu`` on the CPU.

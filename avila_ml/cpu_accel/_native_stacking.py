@@ -14,8 +14,8 @@ Measured (2026-12-07, quiet 2-core AMD EPYC, in-process A/B alternating 15 times
 example's first layer (32,1,8,12^3)->12 8.71 -> 7.47 ms and second layer (32,12,8,6^3)->16
 25.89 -> 23.81 ms with these kernels against NumPy's copies plus oneDNN's reorders; the input
 gradient added straight from the blocked layout (``unstack_add``) on (2,4,16^4)->8 26.21 ->
-25.46 ms and (1,2,32^4)->4 101.29 -> 100.56 ms (9 alternations; small, but in the same
-direction in every pairing). No PyTorch counterpart (PyTorch has no 4-d convolution).
+25.46 ms (ranges 25.56-27.63 and 24.82-32.06 over 9 alternations) and (1,2,32^4)->4 101.29 ->
+100.56 ms: a small gain. No PyTorch counterpart (PyTorch has no 4-d convolution).
 """
 from __future__ import annotations
 
