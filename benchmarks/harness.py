@@ -167,9 +167,54 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_slug(model: str | None = None) -> str:
-    """A file-name form of the CPU model: ``intel-xeon-platinum-8481c-2-70ghz``."""
-    s = (model or cpu_model()).lower()
+def _cpuinfo_fields() -> dict:
+    """The first processor's ``/proc/cpuinfo`` fields (empty where there is none)."""
+    out = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def cpu_isa(flags: str | None = None) -> str:
+    """The widest x86 vector instruction set the CPU reports: ``AVX-512``, ``AVX2``, ``AVX`` or ``""``.
+
+    Ratios depend on it (oneDNN and PyTorch pick different kernels per ISA), and a virtual
+    machine's model name ("AMD EPYC") does not tell an AVX2 host from an AVX-512 one.
+    """
+    fl = set((_cpuinfo_fields().get("flags", "") if flags is None else flags).split())
+    if "avx512f" in fl:
+        return "AVX-512"
+    if "avx2" in fl:
+        return "AVX2"
+    return "AVX" if "avx" in fl else ""
+
+
+def cpu_description() -> str:
+    """The model name, with family/model where the name has no model number, and the ISA:
+    ``AMD EPYC (family 25 model 17, AVX-512)``."""
+    model, info, isa = cpu_model(), _cpuinfo_fields(), cpu_isa()
+    extra = []
+    if not re.search(r"\d", model) and "cpu family" in info:
+        extra.append(f"family {info['cpu family']} model {info.get('model', '?')}")
+    if isa:
+        extra.append(isa)
+    return f"{model} ({', '.join(extra)})" if extra else model
+
+
+def cpu_slug(model: str | None = None, isa: str | None = None) -> str:
+    """A file-name form of the CPU model and ISA: ``intel-xeon-platinum-8481c-2-70ghz-avx512``.
+
+    The ISA suffix is left out for the AVX2 machines of the earlier result files (``amd-epyc``).
+    """
+    isa = cpu_isa() if isa is None else isa
+    s = (model or cpu_model()).lower() + (" avx512" if isa == "AVX-512" else "")
     s = re.sub(r"\((r|tm)\)|\bcpu\b|@", " ", s)
     return re.sub(r"[^a-z0-9]+", "-", s).strip("-")[:48] or "unknown-cpu"
 
@@ -251,7 +296,7 @@ def machine_header(limits: dict, load: tuple, threads: int | None, started=None,
         commit = "?"
     lines = [
         f"started {(started or datetime.datetime.now().astimezone()):%Y-%m-%d %H:%M %Z}; commit {commit}",
-        f"cpu: {cpu_model()}, {cpus} logical cores; float32 GEMM {limits['gemm_gflops']:.1f} GFLOP/s "
+        f"cpu: {cpu_description()}, {cpus} logical cores; float32 GEMM {limits['gemm_gflops']:.1f} GFLOP/s "
         f"(NumPy BLAS); copy bandwidth {limits['copy_gbs']:.1f} GB/s",
         f"versions: Python {platform.python_version()}, NumPy {_version('numpy')}, "
         f"PyTorch {_version('torch')}, Avila ML {_version('avila-ml', 'avila_ml')}",

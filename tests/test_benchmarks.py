@@ -16,8 +16,16 @@ import harness  # noqa: E402
 
 
 def test_cpu_slug_is_a_file_name():
-    assert harness.cpu_slug("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz") == "intel-xeon-platinum-8481c-2-70ghz"
-    assert harness.cpu_slug("AMD EPYC 7B13 64-Core Processor") == "amd-epyc-7b13-64-core-processor"
+    assert harness.cpu_slug("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "") == "intel-xeon-platinum-8481c-2-70ghz"
+    assert harness.cpu_slug("AMD EPYC 7B13 64-Core Processor", "AVX2") == "amd-epyc-7b13-64-core-processor"
+    assert harness.cpu_slug("AMD EPYC", "AVX-512") == "amd-epyc-avx512"
+
+
+def test_cpu_isa_names_the_widest_vector_set():
+    assert harness.cpu_isa("fpu sse2 avx avx2 fma avx512f avx512bw") == "AVX-512"
+    assert harness.cpu_isa("fpu sse2 avx avx2 fma") == "AVX2"
+    assert harness.cpu_isa("fpu sse2") == ""
+    assert harness.cpu_isa() in harness.cpu_description()
 
 
 def test_results_path_never_reuses_a_name(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_onednn = pytest.mark.skipif(not dnnl.available(), reason=f"oneDNN not available: {dnnl.absent_reason()}")
 # the weight-gradient plan of a convolution with a bias: "weight" where the compiled channel sum
 # takes the bias gradient (accel._bias_apart), else oneDNN's "weight_bias" pass
-BIAS_KIND = "weight" if accel._BIAS_APART and _native.available() else "weight_bias"
+BIAS_KIND = "weight" if accel._bias_apart_on() and _native.available() else "weight_bias"
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel lengths")
 
 
@@ -907,7 +907,9 @@ def test_strided_input_gradient_with_few_channels_takes_gemm(monkeypatch, d, xs,
 def test_few_channel_weight_gradient_runs_as_patches_matmul(monkeypatch, d, xs, ws, kw, bias):
     """With 1-3 input channels (1-2 when strided) the weight (and bias) gradient is one batched
     matmul over the input's patches: it ran, and every gradient, the second derivative through
-    the create_graph path included, agrees with PyTorch in float64."""
+    the create_graph path included, agrees with PyTorch in float64. (The routing of AVX2 CPUs:
+    on AVX-512 only 1-d convolutions take the product.)"""
+    monkeypatch.setattr(dnnl, "avx512", lambda: False)
     ran = []
     real = accel._patches_weight_grad
 
@@ -960,14 +962,22 @@ def test_patches_built_on_threads_equal_the_windows(monkeypatch):
         assert slices == [2]
 
 
-def test_patches_weight_gradient_rule():
+@pytest.mark.parametrize("avx512", [False, True])
+def test_patches_weight_gradient_rule(monkeypatch, avx512):
     """Only ungrouped convolutions with 1-3 input channels (1-2 when strided) whose patches matrix is no
-    larger than the output gradient take the patches product; the rest keep oneDNN's kernel."""
+    larger than the output gradient take the patches product; the rest keep oneDNN's kernel. On
+    AVX-512 only 1-d ones do (oneDNN's kernel measured faster in 2-d and 3-d there)."""
     from avila_ml.ops._conv_geometry import ConvGeometry
 
     def geom(d, stride=1, groups=1):
         return ConvGeometry((stride,) * d, (0,) * d, (0,) * d, (1,) * d, groups)
+    monkeypatch.setattr(dnnl, "avx512", lambda: avx512)
     rule = accel._patches_weight_grad_applies
+    assert rule((2, 3, 9), (3,), 16, geom(1)) and rule((16, 1, 4096), (5,), 32, geom(1))
+    if avx512:
+        assert not rule((64, 1, 28, 28), (3, 3), 32, geom(2)) and not rule((2, 3, 9, 9, 9), (2, 2, 2), 25, geom(3))
+        assert not rule((32, 2, 32, 32), (4, 4), 64, geom(2, stride=2))
+        return
     assert rule((64, 1, 28, 28), (3, 3), 32, geom(2))
     assert rule((2, 3, 9), (3,), 16, geom(1)) and rule((2, 3, 9, 9, 9), (2, 2, 2), 25, geom(3))
     assert not rule((32, 3, 32, 32), (4, 4), 64, geom(2, stride=2))   # the DCGAN's first layer: strided, 3
@@ -1178,9 +1188,11 @@ def test_bias_gradient_apart_or_in_the_weight_pass_matches_torch(d, apart, calls
 def test_rgb_stem_weight_gradient_route(cout, patches, monkeypatch):
     """2-d, 3 input channels, unit stride: with the bias summed apart (compiled kernels) up to 48
     outputs run oneDNN's weight kernel, more run the patches product (accel._RGB_FEW_OUTPUTS);
-    gradients vs PyTorch in float64 either way."""
+    gradients vs PyTorch in float64 either way. (The routing of AVX2 CPUs: on AVX-512 oneDNN's
+    kernel takes them all, test_patches_weight_gradient_rule.)"""
     if not _native.available():
         pytest.skip(f"no compiled kernels: {_native.absent_reason()}")
+    monkeypatch.setattr(dnnl, "avx512", lambda: False)
     ran = []
     real = accel._patches_weight_grad
     monkeypatch.setattr(accel, "_patches_weight_grad", lambda *a: ran.append(1) or real(*a))

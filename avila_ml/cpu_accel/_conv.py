@@ -217,9 +217,9 @@ def run_together(jobs) -> None:
     jobs[0][0]._run_all(calls)
 
 
-# the first choice _prefer_gemm_data_grad was measured against; on other CPUs (AVX-512 ...) oneDNN's
-# own choice stays
-_GEMM_OVER = "brgconv_strided:avx2"
+# the first choices _prefer_gemm_data_grad was measured against (its docstring); any other first
+# choice (a JIT kernel of another instruction set) stays
+_GEMM_OVER = ("brgconv_strided:avx2", "brgconv_strided:avx512_core")
 
 
 def _prefer_gemm_data_grad(xs, ws, stride) -> bool:
@@ -234,7 +234,15 @@ def _prefer_gemm_data_grad(xs, ws, stride) -> bool:
     (12,36,8^3) <- (12,16,3^3) (the Conv4d example's second layer, stacked) 1.40 vs 0.87,
     (12,36,14^3) 6.0 vs 4.5, (8,8,16^3) 2.08 vs 1.31, (4,16,16^3) 1.72 vs 1.56, (4,32,16^3)
     4.53 vs 4.34, but (4,48,16^3) 5.83 vs 6.60 and (4,64,16^3) 13.9 vs 14.9. 1-d: not measured,
-    oneDNN's choice."""
+    oneDNN's choice.
+
+    The same rule holds on AVX-512, where the first choice is ``brgconv_strided:avx512_core``:
+    in-process A/B, 2-core AMD EPYC (Zen 4, AVX-512), 2026-12-07, whole layer forward + backward
+    with the input gradient, 2 threads, median wall ms, brgconv vs gemm: (32,3,32^2) k4 s2 p1 ->
+    64 (the DCGAN's first layer) 4.16 vs 2.35; its generator's last ConvT2d(64,3,4,2,1) 3.85 vs
+    2.01; (16,4,64^2) k3 s2 -> 32 4.23 vs 2.73; (32,8,32^2) k4 s2 -> 16 2.42 vs 2.30; 3-d
+    (48,3,14^3) k3 s2 -> 12 4.52 vs 2.09, (12,36,8^3) -> 16 2.26 vs 2.08, (4,16,16^3) -> 32
+    3.09 vs 2.78."""
     limit = {2: 8, 3: 36}.get(len(stride), 0)
     return any(s > 1 for s in stride) and ws[-len(stride) - 1] <= limit
 
@@ -583,13 +591,26 @@ def conv_weight_grad(x, gy, geom, kernel, bias=False):
 # 8.99-9.02 vs 9.56-9.88 ms, (32,32,32^2) k3 p1 -> 32 4.74-4.76 vs 5.39-5.43 ms, the residual
 # CNN stem (32,3,32^2) 0.63 vs 1.01-1.29 ms; the channel sum of the (64,64,24^2) gradient took
 # 0.37 ms (loaded machine), NumPy's gy.sum over (0, 2, 3) 0.57 ms (the 4-d path's before).
-_BIAS_APART = True
+# On AVX-512 oneDNN's weight pass sums the bias cheaply and the separate sum was not faster:
+# in-process A/B, 2-core AMD EPYC (Zen 4, AVX-512), 2026-12-07, layer fwd+bwd median ms, apart vs
+# inside: MNIST CNN conv2 24.8 / 25.2 vs 24.5 / 24.8, DCGAN D middle 9.47 / 9.60 vs 9.87 / 9.24,
+# D third 10.1 / 10.7 vs 10.4 / 10.7 (two pairs each: equal within the noise), and with 1-3 input
+# channels inside was faster: (64,1,28^2) k3 -> 32 1.78 vs 1.45, (32,3,32^2) k3 p1 -> 64 4.51 vs
+# 3.64, (4,2,16^3) k3 p1 -> 64 2.81 vs 2.50. "auto": apart on the other instruction sets only.
+_BIAS_APART = "auto"  # "auto", True, False (tests, A/B)
+
+
+def _bias_apart_on() -> bool:
+    """Whether the bias gradient is summed apart (``_BIAS_APART``; "auto": not on AVX-512)."""
+    if _BIAS_APART == "auto":
+        return not D.avx512()
+    return bool(_BIAS_APART)
 
 
 def _bias_apart(gy):
     """``gy``'s channel sums by the compiled kernel, or None (switched off, or no kernels: oneDNN
     or NumPy then sums)."""
-    if not _BIAS_APART:
+    if not _bias_apart_on():
         return None
     from ._native_batchnorm import channel_sum
     return channel_sum(_c(gy))
@@ -616,16 +637,27 @@ _PATCH_MAX_CHANNELS = 3
 
 def _patches_weight_grad_applies(x_shape, kernel, O, geom) -> bool:
     """Whether the weight gradient runs as one matrix product over the input's patches: 1-3
-    spatial dims, one group, at most ``_PATCH_MAX_CHANNELS`` input channels (strided: at most
-    2), and a patches matrix no larger than the output gradient (``C K + 1 <= O`` rows per
-    position)."""
+    spatial dims (on AVX-512: 1-d only, ``_PATCHES_AVX512``), one group, at most
+    ``_PATCH_MAX_CHANNELS`` input channels (strided: at most 2), and a patches matrix no larger
+    than the output gradient (``C K + 1 <= O`` rows per position)."""
     d = len(x_shape) - 2
     strided = any(s != 1 for s in geom.stride)
-    if d == 2 and x_shape[1] == 3 and O <= 48 and not strided and _BIAS_APART and _native_kernels():
+    if d > 1 and D.avx512():
+        return False
+    if d == 2 and x_shape[1] == 3 and O <= 48 and not strided and _bias_apart_on() and _native_kernels():
         return False  # oneDNN's kernel with the bias summed apart (_RGB_FEW_OUTPUTS)
     return (1 <= d <= 3 and geom.groups == 1 and x_shape[1] <= (2 if strided else _PATCH_MAX_CHANNELS)
             and x_shape[1] * math.prod(kernel) + 1 <= O)
 
+
+# _PATCHES_AVX512: oneDNN's AVX-512 weight-gradient kernel (bias inside) beat the patches product
+# in 2-d and 3-d. In-process A/B, 2-core AMD EPYC (Zen 4, AVX-512), 2026-12-07, layer fwd+bwd
+# with bias, 2 threads, median ms, patches vs oneDNN: (64,1,28^2) k3 -> 32 (MNIST conv1) 1.80 vs
+# 1.45, k5 p2 3.24 vs 2.51; (32,1,28^2) k3 s2 p1 0.88 vs 0.84; (16,2,64^2) k3 p1 -> 16 1.83 vs
+# 1.62; (32,2,32^2) k4 s2 p1 -> 64 1.88 vs 1.38; (32,3,32^2) k3 p1 -> 64 4.18 vs 3.64; 3-d
+# (4,1,16^3) k3 p1 -> 32 1.84 vs 1.36, (4,2,16^3) -> 64 3.56 vs 2.50, (8,3,16^3) -> 96 11.7 vs
+# 8.7. 1-d kept the patches: (16,3,4096) k3 p1 -> 64 5.77 vs 6.08, (16,1,4096) k5 p2 -> 32 2.50
+# vs 2.44.
 
 # _RGB_FEW_OUTPUTS: with the bias gradient summed apart (_bias_apart), oneDNN's weight-gradient
 # kernel beats the patches product for 2-d, 3 input channels and few outputs (the residual CNN's

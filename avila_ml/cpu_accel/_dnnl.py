@@ -320,6 +320,36 @@ def version() -> tuple | None:
     return None if lib is None else lib.version
 
 
+# the avx512_core bit of oneDNN's dnnl_cpu_isa_t (avx512_core 0x27, its vnni/bf16/fp16/amx
+# extensions 0x67 ... 0x1fe7 carry it; avx2 0x7, avx2_vnni 0xf, avx2_vnni_2 0x1f do not)
+_ISA_AVX512_CORE_BIT = 0x20
+
+
+def cpu_isa() -> int | None:
+    """The instruction set oneDNN's JIT kernels use here (``dnnl_get_effective_cpu_isa``, a
+    ``dnnl_cpu_isa_t`` value), or None without the library."""
+    lib = load()
+    if lib is None:
+        return None
+    if "isa" not in _state:
+        _state["isa"] = int(lib.fn("dnnl_get_effective_cpu_isa")())
+    return _state["isa"]
+
+
+def avx512() -> bool:
+    """True when oneDNN's kernels are its AVX-512 ones (``avx512_core`` and up). The routing rules
+    of ``_conv`` were measured per instruction set: oneDNN 3.2's AVX2 and AVX-512 kernels differ in
+    which problems they handle badly.
+
+    Example:
+        >>> from avila_ml.cpu_accel import _dnnl
+        >>> _dnnl.avx512() in (True, False)
+        True
+    """
+    isa = cpu_isa()
+    return bool(isa is not None and isa & _ISA_AVX512_CORE_BIT)
+
+
 def guard_fork(cdll) -> None:
     """Make a child process forked after this point (a DataLoader worker, ``multiprocessing``
     with 'fork') run OpenMP regions on one thread: GNU libgomp's thread pool does not survive
