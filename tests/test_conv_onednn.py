@@ -631,18 +631,21 @@ _WAIT_PROBE = ("import os, sys, avila_ml as am\n"
                "lib = _dnnl.load()\n"
                "print(_dnnl.passive_wait(), os.environ.get('OMP_WAIT_POLICY'), _conv._parts_wanted())\n"
                "sys.stdout.flush()\n"
-               "lib.cdll.omp_display_env(0)\n")
+               "lib.cdll.omp_display_env(1)\n")  # verbose: GNU libgomp then lists GOMP_SPINCOUNT
 
 
 @needs_onednn
 def test_openmp_loaded_with_passive_waiting_and_environment_restored():
-    """With no policy chosen by the user, oneDNN's OpenMP runtime starts with passive waiting (as
-    the runtime itself reports), the variable is gone again afterwards (children do not inherit
-    it), and the convolutions then run as one call each (no batch parts)."""
+    """With no policy chosen by the user, oneDNN's OpenMP runtime starts with passive waiting
+    after a short spin (as the runtime itself reports), the variables are gone again afterwards
+    (children do not inherit them), and the convolutions then run as one call each (no batch
+    parts)."""
     r = _python(_WAIT_PROBE, drop=dnnl._WAIT_VARS)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "None", "False"]
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in r.stderr, r.stderr
+    if "GOMP_SPINCOUNT" in r.stderr:  # GNU libgomp (the gomp wheel); Intel's libiomp5 has no such line
+        assert f"GOMP_SPINCOUNT = '{dnnl._SPIN_COUNT}'" in r.stderr, r.stderr
 
 
 @needs_onednn
@@ -1200,3 +1203,38 @@ def test_rgb_stem_weight_gradient_route(cout, patches, monkeypatch):
     arrs = [rng.standard_normal((4, 3, 10, 10)), rng.standard_normal((cout, 3, 3, 3)), rng.standard_normal(cout)]
     _conv_vs_torch(2, arrs, dict(padding=1), rng)
     assert bool(ran) == patches, ran
+
+
+@needs_onednn
+def test_small_reorders_run_serially_and_the_thread_count_comes_back():
+    """Reorders that move at most ``SERIAL_REORDER_BYTES`` are flagged to run on the calling
+    thread alone (waking the OpenMP team cost more than the copy); larger ones keep the team.
+    ``serial_region`` sets one OpenMP thread for the calling thread and restores the count; the
+    convolution through the flagged reorders still matches PyTorch in float64."""
+    from avila_ml.cpu_accel import _prim
+    from avila_ml.cpu_accel._prim import SERIAL_REORDER_BYTES, serial_region, team_size
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    g = ConvGeometry((1, 1), (1, 1), (1, 1), (1, 1), 1)
+    small = accel._direct("forward", (2, 8, 5, 5), (16, 8, 3, 3), (2, 16, 5, 5), g)
+    big = accel._direct("forward", (16, 64, 32, 32), (64, 64, 3, 3), (16, 64, 32, 32), g)
+    for plan in (small, big):
+        for _, role, _, reorder, inner, _ in plan.steps:
+            if reorder is not None:
+                size = max(inner.nbytes, plan.user[role].nbytes)
+                assert reorder.serial == (size <= SERIAL_REORDER_BYTES), (role, size)
+    assert any(step[3] is not None and not step[3].serial for step in big.steps)  # the 4 MiB ones
+    before = team_size()
+    with serial_region():
+        assert team_size() in (0, 1)
+    assert team_size() == before
+    seen = []
+    real = _prim.serial_region.__enter__
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(_prim.serial_region, "__enter__", lambda self: seen.append(1) or real(self))
+    try:
+        rng = np.random.default_rng(49)
+        arrs = [rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((16, 8, 3, 3)), rng.standard_normal(16)]
+        _conv_vs_torch(2, arrs, dict(padding=1), rng)
+    finally:
+        monkey.undo()
+    assert seen  # the small reorders above went through serial_region

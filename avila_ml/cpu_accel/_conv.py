@@ -51,7 +51,7 @@ import numpy as np
 
 from . import _dnnl as D
 from . import _native_stacking
-from ._prim import Executor, PlanCache, _Desc, _Prim, _attr, impl_name
+from ._prim import SERIAL_REORDER_BYTES, Executor, PlanCache, _Desc, _Prim, _attr, impl_name
 
 __all__ = ["conv_forward", "conv_transpose", "conv_weight_grad", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -138,7 +138,9 @@ class _Plan(Executor):
                 # the primitive's layout, cloned: the queried one lives only as long as its descriptor
                 inner_desc = _Desc(lib, user[role].shape, clone_of=inner)
                 self.blocks[role] = _native_stacking.block_of(lib, inner_desc.h, user[role].shape)
-                self.steps.append((arg, role, out, _Prim(lib, rpd), inner_desc, inner_desc.nbytes))
+                reorder = _Prim(lib, rpd)
+                reorder.serial = max(inner_desc.nbytes, user[role].nbytes) <= SERIAL_REORDER_BYTES
+                self.steps.append((arg, role, out, reorder, inner_desc, inner_desc.nbytes))
         finally:
             lib.fn("dnnl_primitive_attr_destroy")(attr)
 

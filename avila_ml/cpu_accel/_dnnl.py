@@ -260,7 +260,24 @@ def load():
 # and _6.txt; PyTorch 137-140 ms, which runs BLAS and oneDNN on one OpenMP pool). The runtime reads its policy once, when it is loaded, which is
 # when libdnnl is loaded here: the variable is set for that moment only (children of this process
 # do not inherit it) and only where the user set no policy and no other code loaded the runtime.
+#
+# Passive, a thread sleeps at once, and waking it for the next primitive costs more on some
+# machines than others: on a 2-core AMD EPYC virtual machine (Zen 4, AVX-512, 2026-12-07) a 288-float
+# weight reorder took 45-50 us at two threads (PyTorch's spinning team: 2-4 us) and a tiny
+# Conv2d forward + backward 277 us against 148 us on one thread. So GNU libgomp also gets
+# GOMP_SPINCOUNT=_SPIN_COUNT (it takes precedence over the policy): a thread spins that many
+# rounds (~0.1-0.2 ms) before it sleeps, which bridges the gaps between the primitives of one layer
+# and between layers, and gives the cores back soon after. bench_programs.py, same machine, two
+# runs each, PyTorch ratios, passive vs short spin: small GPT 1.28 / 1.25 vs 1.08 / 1.17, DCGAN
+# 1.03 / 1.14 vs 0.79 / 1.10, word LM 0.93 / 0.89 vs 0.75 / 0.78, MNIST VAE 0.96 / 0.96 vs
+# 0.80 / 0.92, residual CNN 1.18 / 0.97 vs 0.97 / 1.00, char GPT 1.11 / 0.92 vs 1.02 / 1.03,
+# Conv4d example 0.70 / 0.47 vs 0.55 / 0.69 (in-process program steps, 4 alternating process
+# rounds, ms: word LM 104.9 vs 81.3, VAE 6.87 vs 5.11, DCGAN 115.0 vs 99.5, MNIST CNN 38.8 vs
+# 35.8, small GPT 131.6 / 132.1 vs 130.2 / 126.3, Conv4d example 22.1 vs 24.1); 30000 rounds
+# made the GPT steps slower again (141.5 ms), as the full default spin did above. Intel's
+# libiomp5 ignores the variable and waits passively.
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+_SPIN_COUNT = 10000
 
 
 def _openmp_loaded() -> bool:
@@ -274,25 +291,30 @@ def _openmp_loaded() -> bool:
 
 
 class _passive_openmp:
-    """Load oneDNN with ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy or the runtime
-    is already loaded; records in ``_state["passive"]`` whether its threads wait passively."""
+    """Load oneDNN with ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT=_SPIN_COUNT`` (a short
+    spin before the sleep, GNU libgomp only) unless the user chose a policy or the runtime is
+    already loaded; records in ``_state["passive"]`` whether its threads give the cores back soon
+    after a parallel region (passive, or the short spin set here)."""
 
     def __enter__(self):
         self.set = not any(v in os.environ for v in _WAIT_VARS) and not _openmp_loaded()
         if self.set:
             os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            os.environ["GOMP_SPINCOUNT"] = str(_SPIN_COUNT)
         return self
 
     def __exit__(self, *exc):
         if self.set:
             os.environ.pop("OMP_WAIT_POLICY", None)
+            os.environ.pop("GOMP_SPINCOUNT", None)
         _state["passive"] = self.set or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
         return False
 
 
 def passive_wait() -> bool:
-    """True when oneDNN's OpenMP threads sleep instead of spinning between parallel regions
-    (see ``_passive_openmp``); False without the library."""
+    """True when oneDNN's OpenMP threads sleep between parallel regions, at once or after the
+    short spin set by ``_passive_openmp``, instead of spinning for long; False without the
+    library."""
     return load() is not None and _state.get("passive", False)
 
 

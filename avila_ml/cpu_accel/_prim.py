@@ -27,8 +27,21 @@ def _strides(shape):
     return tuple(reversed(st))
 
 
+# A reorder that moves at most this many bytes runs on the calling thread alone (``_Prim.serial``):
+# waking oneDNN's passively waiting OpenMP team costs more than the copy. Measured in-process on a
+# 2-core AMD EPYC (Zen 4, AVX-512, a virtual machine), 2026-12-07: the weight reorders of a small
+# conv (32x1x3x3, 288 floats) took 45-50 us each at two threads (oneDNN's verbose times; PyTorch's
+# spinning team: 2-4 us), and a tiny Conv2d forward + backward (1,1,6^2) -> 16 took 277 us at two
+# threads against 148 us with OMP_NUM_THREADS=1. At ~10 GB/s for one core and a wake-up of 15-40
+# us, one thread is the faster below ~2 x wake-up x bandwidth = 300-800 KB: the bound stays under it.
+SERIAL_REORDER_BYTES = 256 << 10
+
+
 class _Prim:
-    """A primitive, its descriptor and its scratchpad size; destroyed with the Python object."""
+    """A primitive, its descriptor and its scratchpad size; destroyed with the Python object.
+    ``serial``: executed on the calling thread alone (set by the owner; small reorders)."""
+
+    serial = False
 
     def __init__(self, lib, pd):
         self.lib, self.pd = lib, pd
@@ -119,7 +132,11 @@ class Executor:
         D.quiet_blas()  # NumPy's OpenBLAS workers would spin through the call (_dnnl.stop_blas_spinning)
         try:
             for prim, args in calls:
-                self._exec(prim, args, made, keep)
+                if prim.serial:
+                    with serial_region():
+                        self._exec(prim, args, made, keep)
+                else:
+                    self._exec(prim, args, made, keep)
             self.lib.call("dnnl_stream_wait", self.lib.stream)
         finally:
             destroy = self.lib.fn("dnnl_memory_destroy")
@@ -177,6 +194,42 @@ def impl_name(lib, pd) -> str:
 
 
 _team = {}
+
+
+class serial_region:
+    """Within it, oneDNN primitives executed by the calling thread that size their OpenMP team at
+    execution (reorders, element-wise) run on that thread alone: ``omp_set_num_threads(1)``,
+    restored on exit (a per-thread setting: other threads keep theirs). Nothing happens where
+    oneDNN is not built on OpenMP. (PyTorch has no per-call form; ``torch.set_num_threads`` is
+    process-wide.)
+
+    Example:
+        >>> from avila_ml.cpu_accel._prim import serial_region
+        >>> with serial_region():
+        ...     pass  # a small reorder here forks no OpenMP team
+    """
+
+    __slots__ = ("before",)
+
+    def __enter__(self):
+        fns = _team.get("get_set")
+        if fns is None:
+            lib = D.load()
+            cdll = getattr(lib, "cdll", None)
+            fns = (lib.fn_keeping_gil("omp_get_max_threads"), lib.fn_keeping_gil("omp_set_num_threads")) \
+                if getattr(cdll, "omp_set_num_threads", None) is not None else ()
+            _team["get_set"] = fns
+        self.before = None
+        if fns:
+            self.before = fns[0]()
+            if self.before != 1:
+                fns[1](1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.before not in (None, 1):
+            _team["get_set"][1](self.before)
+        return False
 
 
 def team_size() -> int:
