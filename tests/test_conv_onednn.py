@@ -1238,3 +1238,43 @@ def test_small_reorders_run_serially_and_the_thread_count_comes_back():
     finally:
         monkey.undo()
     assert seen  # the small reorders above went through serial_region
+
+
+def test_padded_parts_rule():
+    """A forward or data-gradient plan whose reordered x/y buffers exceed 1.5x the plain array
+    they stand for (and 8 MiB) runs in the fewest equal batch slices that bring them to the
+    plain size; weight-gradient plans and unpadded ones run whole."""
+    class Plan:
+        def __init__(self, kind, steps, user):
+            self.kind, self.steps = kind, steps
+            self.user = {r: type("U", (), {"nbytes": n})() for r, n in user.items()}
+    MiB = 1 << 20
+    r = object()
+    # AVX-512, (2,4,48^3) -> 8: y blocked 13.5 MiB for a 6.75 MiB array
+    fwd = Plan("forward", [(0, "w", False, r, None, 1), (0, "y", True, r, None, 13.5 * MiB)], {"w": 1, "y": 6.75 * MiB})
+    assert accel._padded_parts(fwd, 2) == 2 and accel._padded_parts(fwd, 8) == 2 and accel._padded_parts(fwd, 1) == 1
+    gx = Plan("transpose", [(0, "y", False, r, None, 13.5 * MiB), (0, "x", True, r, None, 13.5 * MiB)],
+              {"y": 6.75 * MiB, "x": 3.4 * MiB})
+    assert accel._padded_parts(gx, 4) == 4 and accel._padded_parts(gx, 6) == 6 and accel._padded_parts(gx, 3) == 3
+    same = Plan("forward", [(0, "y", True, r, None, 20 * MiB)], {"y": 20 * MiB})
+    assert accel._padded_parts(same, 4) == 1
+    small = Plan("forward", [(0, "y", True, r, None, 4 * MiB)], {"y": 1 * MiB})
+    assert accel._padded_parts(small, 4) == 1
+    assert accel._padded_parts(Plan("weight", fwd.steps, {"w": 1, "y": 6.75 * MiB}), 2) == 1
+
+
+@needs_onednn
+@pytest.mark.parametrize("transposed", [False, True])
+def test_batch_slices_for_padded_layouts_match_torch(monkeypatch, transposed):
+    """With the slicing forced (any padding, any size), the forward and the input gradient run
+    slice by slice and still match PyTorch in float64."""
+    monkeypatch.setattr(accel, "_PAD_RATIO", 0.0)
+    monkeypatch.setattr(accel, "_PAD_MIN_BYTES", 0)
+    sliced = []
+    real = accel._padded_parts
+    monkeypatch.setattr(accel, "_padded_parts", lambda plan, N: sliced.append(real(plan, N)) or sliced[-1])
+    rng = np.random.default_rng(50)
+    ws = (4, 3, 3, 3, 3) if transposed else (3, 4, 3, 3, 3)
+    arrs = [rng.standard_normal((4, 4, 6, 5, 7)), rng.standard_normal(ws), rng.standard_normal(3)]
+    _conv_vs_torch(3, arrs, dict(padding=1), rng, transposed=transposed)
+    assert any(k > 1 for k in sliced), sliced

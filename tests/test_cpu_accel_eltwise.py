@@ -430,7 +430,13 @@ def test_activation_non_finite_as_torch(name, ours, ref, plans, accel):
     tt = torch.tensor(x, requires_grad=True)
     ty = ref(tt)
     ty.backward(torch.tensor(g))
-    for a, b in ((y.detach().numpy(), ty.detach().numpy()), (t.grad.numpy(), tt.grad.numpy())):
+    ya, yb = y.detach().numpy().copy(), ty.detach().numpy().copy()
+    if name == "gelu" and np.isnan(yb[1]) and ya[1] == np.inf:
+        # exact GELU at x = +inf: PyTorch 2.13 gives NaN on a Zen 4 (AVX-512) CPU, at every
+        # ATEN_CPU_CAPABILITY; on the AVX2 machines of earlier runs this comparison passed with
+        # our form giving the limit +inf as here, so PyTorch gave +inf there. Either is taken.
+        ya[1] = yb[1] = 0.0
+    for a, b in ((ya, yb), (t.grad.numpy(), tt.grad.numpy())):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
         # finite values: float32 vs float32, within a few ulps of |x| |g| <= 10 (accuracy is
         # checked against float64 above)

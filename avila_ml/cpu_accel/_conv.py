@@ -290,19 +290,58 @@ def _geom(geom, axes=slice(None)):
     return (tuple(geom.stride[axes]), tuple(geom.dilation[axes]), tuple(geom.pad_lo[axes]), tuple(geom.pad_hi[axes]))
 
 
-def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False, own=None):
+def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False, own=None, split=True):
     """One 1-3 d oneDNN convolution; ``serial``: called from a worker thread (``_workers``), it
     runs there as one single-threaded call. ``own``: roles given in the primitive's own layout
     (``_Plan.calls``), which only the one-call route takes."""
     lib = D.load()
     ws = _wshape(w_shape, G)
-    parts = None if serial or own or not _parts_wanted() else _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
+    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial)
+    k = 1 if serial or own or not split else _padded_parts(plan, x_shape[0])
+    parts = None if k > 1 or serial or own or not split or not _parts_wanted() else \
+        _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
     if parts is not None and _workers.start(lib):
         _run3_parts(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, arrays, parts)
         return
-    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial)
+    if k > 1:  # batch slices one after the other: their blocked buffers are 1/k the size
+        step = x_shape[0] // k
+        for n0 in range(0, x_shape[0], step):
+            part = {r: (a[n0:n0 + step] if r in ("x", "y") else a) for r, a in arrays.items()}
+            _run3(kind, (step,) + tuple(x_shape[1:]), w_shape, (step,) + tuple(y_shape[1:]), G, geom3, part,
+                  serial=False, own=None, split=False)
+        return
     arrays = {r: (a if r != "w" else a.reshape(plan.user["w"].shape)) for r, a in arrays.items()}
     plan.run(arrays, own)
+
+
+# oneDNN's blocked layouts round the channels up to a block (16 on AVX-512, 8 on AVX2): a 3-d
+# convolution with 4 input and 8 output channels on AVX-512 holds its output and the gradients
+# in buffers 2-4x the size of the plain arrays (a (2,4,48^3) -> 8 forward + backward took 27.1
+# MiB beyond its results, AMD EPYC Zen 4, 2026-12-07, against the 16.9 MiB bound of
+# tests/test_conv.py). Where the reordered buffers of a forward or data-gradient plan exceed
+# _PAD_RATIO x the plain arrays they stand for and _PAD_MIN_BYTES, the batch runs in slices one
+# after the other, each with the whole OpenMP team, so those buffers shrink with the slice.
+_PAD_RATIO = 1.5
+_PAD_MIN_BYTES = 8 << 20
+
+
+def _padded_parts(plan, N) -> int:
+    """How many equal batch slices ``plan`` (a forward or data-gradient plan) should run in:
+    the smallest divisor of ``N`` that brings its reordered buffers down to the plain size of
+    the largest array they stand for, 1 where they are not padded beyond ``_PAD_RATIO``."""
+    if plan.kind not in ("forward", "forward_bias", "transpose") or N < 2:
+        return 1
+    inner = plain = 0
+    for _, role, _, reorder, _, size in plan.steps:
+        if reorder is not None and role in ("x", "y"):
+            inner += size
+            plain = max(plain, plan.user[role].nbytes)
+    if inner <= _PAD_MIN_BYTES or inner <= _PAD_RATIO * plain:
+        return 1
+    for k in range(2, N + 1):
+        if N % k == 0 and inner / k <= plain:
+            return k
+    return N
 
 
 # ----------------------------------------------------------------------------- batch parts

@@ -47,6 +47,7 @@
  * vectoriser does not reorder a float sum or a NaN-aware maximum without -ffast-math) */
 #define VBYTES 32
 #define ACCS 4
+#define DOT_CHUNK 64 /* vectors per accumulator in one chunk of row_dot */
 typedef float Vf32 __attribute__((vector_size(VBYTES)));
 typedef int32_t VIf32 __attribute__((vector_size(VBYTES)));
 typedef double Vf64 __attribute__((vector_size(VBYTES)));
@@ -140,25 +141,34 @@ AVILA_CLONES static void exp_range_f64(const double *restrict x, double *restric
         for (; i < n; i++) m = x[i] > m ? x[i] : m;                                             \
         return m;                                                                               \
     }                                                                                           \
-    /* sum(a * b), or sum(a) when b is NULL, in ACCS vector accumulators (no -ffast-math) */     \
+    /* sum(a * b), or sum(a) when b is NULL, in ACCS vector accumulators (no -ffast-math),     \
+     * chunk by chunk of DOT_CHUNK vectors per accumulator whose sums are then added: each     \
+     * lane adds at most DOT_CHUNK terms, so a long row's rounding error grows with            \
+     * DOT_CHUNK + n / (DOT_CHUNK ACCS W) terms instead of n / (ACCS W) (a 70001-wide float64  \
+     * row: 2x PyTorch's AVX-512 error with one pass, below it chunked) */                     \
     static inline T row_dot_##SUF(const T *restrict a, const T *restrict b, ptrdiff_t n) {      \
-        const ptrdiff_t W = VBYTES / sizeof(T);                                                 \
-        V##SUF acc[ACCS];                                                                       \
-        for (int j = 0; j < ACCS; j++) acc[j] = (V##SUF){0};                                    \
-        ptrdiff_t i = 0;                                                                        \
-        for (; i + ACCS * W <= n; i += ACCS * W)                                                \
-            for (int j = 0; j < ACCS; j++) {                                                    \
-                V##SUF u, v;                                                                    \
-                memcpy(&u, a + i + j * W, VBYTES);                                              \
-                if (b) {                                                                        \
-                    memcpy(&v, b + i + j * W, VBYTES);                                          \
-                    u = u * v;                                                                  \
-                }                                                                               \
-                acc[j] += u;                                                                    \
-            }                                                                                   \
-        for (int j = 1; j < ACCS; j++) acc[0] += acc[j];                                        \
+        const ptrdiff_t W = VBYTES / sizeof(T), STEP = ACCS * W;                                \
         T s = 0;                                                                                \
-        for (ptrdiff_t k = 0; k < W; k++) s += acc[0][k];                                       \
+        ptrdiff_t i = 0;                                                                        \
+        while (i + STEP <= n) {                                                                 \
+            const ptrdiff_t end = i + STEP * DOT_CHUNK < n ? i + STEP * DOT_CHUNK : n;          \
+            V##SUF acc[ACCS];                                                                   \
+            for (int j = 0; j < ACCS; j++) acc[j] = (V##SUF){0};                                \
+            for (; i + STEP <= end; i += STEP)                                                  \
+                for (int j = 0; j < ACCS; j++) {                                                \
+                    V##SUF u, v;                                                                \
+                    memcpy(&u, a + i + j * W, VBYTES);                                          \
+                    if (b) {                                                                    \
+                        memcpy(&v, b + i + j * W, VBYTES);                                      \
+                        u = u * v;                                                              \
+                    }                                                                           \
+                    acc[j] += u;                                                                \
+                }                                                                               \
+            for (int j = 1; j < ACCS; j++) acc[0] += acc[j];                                    \
+            T c = 0;                                                                            \
+            for (ptrdiff_t k = 0; k < W; k++) c += acc[0][k];                                   \
+            s += c;                                                                             \
+        }                                                                                       \
         for (; i < n; i++) s += b ? a[i] * b[i] : a[i];                                         \
         return s;                                                                               \
     }                                                                                           \
