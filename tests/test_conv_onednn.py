@@ -48,9 +48,9 @@ def calls(monkeypatch):
     seen = []
     real = accel._run3
 
-    def spy(kind, *args):
+    def spy(kind, *args, **kwargs):
         seen.append(kind)
-        return real(kind, *args)
+        return real(kind, *args, **kwargs)
     monkeypatch.setattr(accel, "_run3", spy)
     return seen
 
@@ -480,9 +480,9 @@ def parts(monkeypatch):
     monkeypatch.setattr(accel, "_PARTS", "always")
     monkeypatch.setattr(accel._workers, "_n", 2)
 
-    def spy(lib, kind, xs, ws, ys, geom3, arrays, cut):
+    def spy(lib, kind, xs, ws, ys, geom3, arrays, cut, *rest):
         seen.append((kind, cut))
-        return real(lib, kind, xs, ws, ys, geom3, arrays, cut)
+        return real(lib, kind, xs, ws, ys, geom3, arrays, cut, *rest)
     monkeypatch.setattr(accel, "_run3_parts", spy)
     return seen
 
@@ -1278,3 +1278,43 @@ def test_batch_slices_for_padded_layouts_match_torch(monkeypatch, transposed):
     arrs = [rng.standard_normal((4, 4, 6, 5, 7)), rng.standard_normal(ws), rng.standard_normal(3)]
     _conv_vs_torch(3, arrs, dict(padding=1), rng, transposed=transposed)
     assert any(k > 1 for k in sliced), sliced
+
+
+def test_prefer_avx2_rule(monkeypatch):
+    """4-d convolutions with at most 8 outputs, ungrouped, take oneDNN's AVX2 kernels on AVX-512
+    CPUs (``_prefer_avx2``); nothing changes elsewhere."""
+    monkeypatch.setattr(dnnl, "avx512", lambda: True)
+    assert accel._prefer_avx2(8, 1) and accel._prefer_avx2(1, 1)
+    assert not accel._prefer_avx2(9, 1) and not accel._prefer_avx2(8, 2)
+    monkeypatch.setattr(accel, "PREFER_AVX2", "never")
+    assert not accel._prefer_avx2(4, 1)
+    monkeypatch.setattr(accel, "PREFER_AVX2", "auto")
+    monkeypatch.setattr(dnnl, "avx512", lambda: False)
+    assert not accel._prefer_avx2(4, 1)
+
+
+@needs_onednn
+def test_conv4d_few_outputs_on_avx2_kernels_matches_torch():
+    """A 4-d convolution with 8 outputs runs its inner convolutions on oneDNN's AVX2 kernels
+    where the CPU has AVX-512 (where oneDNN has them: forward and input gradient) and its
+    output and gradients match PyTorch's conv3d-sum reference in float64."""
+    rng = np.random.default_rng(51)
+    xa = rng.standard_normal((2, 4, 5, 6, 5, 6)).astype(np.float32)
+    wa = (rng.standard_normal((8, 4, 3, 3, 3, 3)) * 0.2).astype(np.float32)
+    ba = rng.standard_normal(8).astype(np.float32)
+    kw = dict(padding=1)
+    accel.clear_cache()
+    x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    y = F.conv4d(x, w, b, **kw)
+    g = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(am.tensor(g))
+    tx, tw, tb, ty = torch_reference(xa, wa, ba, kw, False)
+    ty.backward(torch.tensor(g.astype(np.float64)))
+    _f32_close(y.detach().numpy(), ty.detach().numpy())
+    for ours, theirs in ((x, tx), (w, tw), (b, tb)):
+        _f32_close(ours.grad.numpy(), theirs.grad.numpy())
+    keys = {k[0]: (k[-1], p.impl) for k, p in accel._cache.items()}
+    if dnnl.avx512():
+        assert keys["forward"] == (True, "jit:avx2") and keys["transpose"] == (True, "jit:avx2"), keys
+    else:
+        assert all(not avx2 for avx2, _ in keys.values()), keys

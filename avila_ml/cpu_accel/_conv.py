@@ -38,6 +38,12 @@ kernel as the adjoint convolution (``_forward_as_data_grad``); the weight gradie
 input channels is one batched matmul over the input's patches (``_patches_weight_grad``); and
 the input and weight gradients of one backward run as one submission that reorders their shared
 operand once (``conv_backward``, ``conv_transpose_backward``, ``run_together``).
+
+The rules were measured per instruction set (``_dnnl.avx512``): on AVX-512 CPUs the 2-d/3-d
+weight gradient keeps oneDNN's kernel with the bias inside it, the inner convolutions of a 4-d
+one with at most 8 outputs take oneDNN's AVX2 kernels (``_prefer_avx2``: no rounding of 8
+channels up to 16), and a forward or input gradient whose blocked buffers pad the channels
+beyond 1.5x runs in batch slices (``_padded_parts``: the memory bound).
 """
 from __future__ import annotations
 
@@ -81,7 +87,7 @@ class _Plan(Executor):
     """One convolution kind for one set of shapes: the primitive and, per argument, the reorder
     between the user's plain array and the layout the primitive chose (None when they agree)."""
 
-    def __init__(self, lib, kind, xs, ws, ys, stride, dilation, pad_lo, pad_hi):
+    def __init__(self, lib, kind, xs, ws, ys, stride, dilation, pad_lo, pad_hi, prefer_avx2=False):
         self.lib, self.kind = lib, kind
         user = {"x": _Desc(lib, xs), "w": _Desc(lib, ws), "y": _Desc(lib, ys)}
         anyd = {k: _Desc(lib, d.shape, any_format=True) for k, d in user.items()}
@@ -91,31 +97,45 @@ class _Plan(Executor):
         dims = [D.Dims(*v) for v in (stride, tuple(d - 1 for d in dilation), pad_lo, pad_hi)]
         attr = _attr(lib)
         try:
-            fwd = ctypes.c_void_p()
-            lib.call("dnnl_convolution_forward_primitive_desc_create", ctypes.byref(fwd), lib.engine,
-                     D.FORWARD_TRAINING, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h,
-                     user["b"].h if "b" in user else None, anyd["y"].h, *dims, attr)
-            if kind in ("forward", "forward_bias"):
-                pd = fwd
-                fwd = None
-            else:
+            hints = []  # forward descriptors the backward ones were made with: alive until the search ends
+
+            def create():
+                """The primitive descriptor of this kind at oneDNN's first choice."""
+                fwd = ctypes.c_void_p()
+                lib.call("dnnl_convolution_forward_primitive_desc_create", ctypes.byref(fwd), lib.engine,
+                         D.FORWARD_TRAINING, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h,
+                         user["b"].h if "b" in user else None, anyd["y"].h, *dims, attr)
+                if kind in ("forward", "forward_bias"):
+                    return fwd
+                hints.append(fwd)
                 pd = ctypes.c_void_p()
-                try:
-                    if kind == "transpose":
-                        def create():
-                            lib.call("dnnl_convolution_backward_data_primitive_desc_create", ctypes.byref(pd),
-                                     lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h, anyd["y"].h,
-                                     *dims, fwd, attr)
-                        create()
-                        if (_prefer_gemm_data_grad(xs, ws, stride)
-                                and impl_name(lib, pd).startswith(_GEMM_OVER) and not _next_impl(lib, pd, "x64:gemm")):
-                            lib.fn("dnnl_primitive_desc_destroy")(pd)
-                            create()  # no GEMM implementation here: oneDNN's own first choice
-                    else:
-                        lib.call("dnnl_convolution_backward_weights_primitive_desc_create", ctypes.byref(pd),
-                                 lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h,
-                                 user["b"].h if "b" in user else None, anyd["y"].h, *dims, fwd, attr)
-                finally:
+                if kind == "transpose":
+                    lib.call("dnnl_convolution_backward_data_primitive_desc_create", ctypes.byref(pd),
+                             lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h, anyd["y"].h,
+                             *dims, fwd, attr)
+                else:
+                    lib.call("dnnl_convolution_backward_weights_primitive_desc_create", ctypes.byref(pd),
+                             lib.engine, D.CONVOLUTION_DIRECT, anyd["x"].h, anyd["w"].h,
+                             user["b"].h if "b" in user else None, anyd["y"].h, *dims, fwd, attr)
+                return pd
+
+            def move_to(pd, prefix):
+                """``pd`` at oneDNN's next implementation named ``prefix...``, else a new one at
+                its first choice (the search leaves ``pd`` at its last implementation)."""
+                if _next_impl(lib, pd, prefix):
+                    return pd
+                lib.fn("dnnl_primitive_desc_destroy")(pd)
+                return create()
+
+            try:
+                pd = create()
+                if (kind == "transpose" and _prefer_gemm_data_grad(xs, ws, stride)
+                        and impl_name(lib, pd).startswith(_GEMM_OVER)):
+                    pd = move_to(pd, "x64:gemm")
+                elif prefer_avx2 and impl_name(lib, pd).startswith("jit:avx512_core"):
+                    pd = move_to(pd, "jit:avx2")
+            finally:
+                for fwd in hints:
                     lib.fn("dnnl_primitive_desc_destroy")(fwd)
             self.prim = _Prim(lib, pd)
             self.impl = impl_name(lib, pd)
@@ -249,6 +269,23 @@ def _prefer_gemm_data_grad(xs, ws, stride) -> bool:
     return any(s > 1 for s in stride) and ws[-len(stride) - 1] <= limit
 
 
+PREFER_AVX2 = "auto"  # "auto" (the rule below), "never" (tests, A/B)
+
+
+def _prefer_avx2(O, G) -> bool:
+    """Whether the inner 3-d convolutions of a 4-d one take oneDNN's AVX2 kernels on an AVX-512
+    CPU: ungrouped with at most 8 output channels, where the AVX-512 layouts round the output
+    channels (and the stacked ``K_t O`` or ``C K_t`` ones) up to blocks of 16, twice the work or
+    more, and the AVX2 ones to blocks of 8. In-process A/B, 2-core AMD EPYC (Zen 4, AVX-512, whose
+    AVX-512 units are 256 bits wide, so AVX2 code loses no width there), 2026-12-07, forward +
+    backward median ms, AVX-512 vs AVX2 kernels: (2,4,16^4) -> 8 27.9 vs 24.1, (1,2,32^4) -> 4
+    174 vs 130. With full blocks the AVX-512 kernels were faster, so the rule stops at 8 outputs:
+    the Conv4d example's (32,1,8,12^3) -> 12 6.36 vs 7.51, (32,12,8,6^3) -> 16 16.8 vs 17.3, and
+    every 1-3 d row of bench_conv.py (e.g. its Conv3d 7.6 vs 9.4, MNIST CNN conv1 0.79 vs 3.1).
+    The weight gradient keeps AVX-512 where oneDNN has no AVX2 JIT kernel for the problem."""
+    return PREFER_AVX2 == "auto" and G == 1 and O <= 8 and D.avx512()
+
+
 def _next_impl(lib, pd, prefix) -> bool:
     """Move the primitive descriptor ``pd`` on to oneDNN's next implementation whose name starts
     with ``prefix``; False when there is none (``pd`` is then left at oneDNN's last
@@ -260,10 +297,12 @@ def _next_impl(lib, pd, prefix) -> bool:
     return False
 
 
-def _plan(lib, kind, xs, ws, ys, geom3, serial=False):
+def _plan(lib, kind, xs, ws, ys, geom3, serial=False, avx2=False):
     """The cached plan; ``serial`` plans are built (and run) in a worker thread of ``_workers``,
-    whose OpenMP runtime has one thread, so their kernels never fork an OpenMP team."""
-    return _cache.get((kind, xs, ws, ys, geom3, serial), lambda: _Plan(lib, kind, xs, ws, ys, *geom3))
+    whose OpenMP runtime has one thread, so their kernels never fork an OpenMP team; ``avx2``:
+    oneDNN's AVX2 kernel where it has one (``_prefer_avx2``)."""
+    return _cache.get((kind, xs, ws, ys, geom3, serial, avx2),
+                      lambda: _Plan(lib, kind, xs, ws, ys, *geom3, prefer_avx2=avx2))
 
 
 def cache_info() -> dict:
@@ -290,25 +329,25 @@ def _geom(geom, axes=slice(None)):
     return (tuple(geom.stride[axes]), tuple(geom.dilation[axes]), tuple(geom.pad_lo[axes]), tuple(geom.pad_hi[axes]))
 
 
-def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False, own=None, split=True):
+def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False, own=None, split=True, avx2=False):
     """One 1-3 d oneDNN convolution; ``serial``: called from a worker thread (``_workers``), it
     runs there as one single-threaded call. ``own``: roles given in the primitive's own layout
     (``_Plan.calls``), which only the one-call route takes."""
     lib = D.load()
     ws = _wshape(w_shape, G)
-    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial)
+    plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial, avx2)
     k = 1 if serial or own or not split else _padded_parts(plan, x_shape[0])
     parts = None if k > 1 or serial or own or not split or not _parts_wanted() else \
         _batch_parts(x_shape[0], math.prod(y_shape) * math.prod(w_shape[1:]))
     if parts is not None and _workers.start(lib):
-        _run3_parts(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, arrays, parts)
+        _run3_parts(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, arrays, parts, avx2)
         return
     if k > 1:  # batch slices one after the other: their blocked buffers are 1/k the size
         step = x_shape[0] // k
         for n0 in range(0, x_shape[0], step):
             part = {r: (a[n0:n0 + step] if r in ("x", "y") else a) for r, a in arrays.items()}
             _run3(kind, (step,) + tuple(x_shape[1:]), w_shape, (step,) + tuple(y_shape[1:]), G, geom3, part,
-                  serial=False, own=None, split=False)
+                  serial=False, own=None, split=False, avx2=avx2)
         return
     arrays = {r: (a if r != "w" else a.reshape(plan.user["w"].shape)) for r, a in arrays.items()}
     plan.run(arrays, own)
@@ -387,12 +426,12 @@ def _batch_parts(N, macs):
     return [(n0, n0 + size) for n0 in range(0, N, size)]
 
 
-def _run3_parts(lib, kind, xs, ws, ys, geom3, arrays, parts):
+def _run3_parts(lib, kind, xs, ws, ys, geom3, arrays, parts, avx2=False):
     x, y, w = arrays["x"], arrays["y"], arrays["w"].reshape(ws)
 
     def one(part):
         n0, n1 = part
-        plan = _plan(lib, kind, (n1 - n0,) + xs[1:], ws, (n1 - n0,) + ys[1:], geom3, serial=True)
+        plan = _plan(lib, kind, (n1 - n0,) + xs[1:], ws, (n1 - n0,) + ys[1:], geom3, serial=True, avx2=avx2)
         part_arrays = {"x": x[n0:n1], "y": y[n0:n1], "w": w}
         if "b" in arrays:
             part_arrays["b"] = arrays["b"]
@@ -953,6 +992,7 @@ class _OutputStacking:
 
     def __init__(self, geom, x_shape, kernel, O):
         self.geom, self.O = geom, O
+        self.avx2 = _prefer_avx2(O, 1)  # (ungrouped: _stack_outputs)
         self.N, self.C, self.T = x_shape[:3]
         self.rest, self.Kt, self.Krest = tuple(x_shape[3:]), kernel[0], tuple(kernel[1:])
         o = geom.out_size(x_shape[2:], kernel)
@@ -996,7 +1036,8 @@ class _OutputStacking:
             frames = np.ascontiguousarray(np.moveaxis(x[n0 + sa:n0 + sb, :, fa:fb], 2, 1))
             frames = frames.reshape((nb * (fb - fa), self.C) + self.rest)
             z = np.empty((nb * (fb - fa), Kt * O) + self.orest, dtype=_F32)
-            _run3("forward", frames.shape, wz.shape, z.shape, 1, self.inner, {"x": frames, "w": wz, "y": z}, serial)
+            _run3("forward", frames.shape, wz.shape, z.shape, 1, self.inner, {"x": frames, "w": wz, "y": z}, serial,
+                  avx2=self.avx2)
             z = z.reshape((nb, fb - fa, Kt, O) + self.orest)
             for k in range(Kt):
                 # outputs i of the segment whose frame i s + k d - lo lies in the chunk [fa, fb)
@@ -1052,6 +1093,7 @@ class _Stacking:
         o = geom.out_size(S, kernel)
         self.To, self.orest = o[:m], o[m:]
         self.G = G = geom.groups
+        self.avx2 = len(x_shape) == 6 and _prefer_avx2(O, G)  # 4-d only: where it was measured
         self.P = math.prod(self.K)
         self.cg = C // G
         self.real = self.cg * self.P
@@ -1081,7 +1123,7 @@ class _Stacking:
 
     def weight_plan(self):
         xs, ws, ys = self.shapes(self.blocks(0)[0])
-        return _plan(D.load(), "weight", xs, _wshape(ws, self.G), ys, self.inner)
+        return _plan(D.load(), "weight", xs, _wshape(ws, self.G), ys, self.inner, avx2=self.avx2)
 
     def _pairs(self, blk):
         """Per stacked kernel offset: (flat k, index into the stacked block, index into the
@@ -1202,7 +1244,7 @@ class _Stacking:
         if self.m != 1 or self.G != 1 or (not serial and _parts_wanted()) or not _native_stacking.available():
             return None
         xs, ws, ys = self.shapes(blk)
-        return _plan(D.load(), kind, xs, ws, ys, self.inner, serial)
+        return _plan(D.load(), kind, xs, ws, ys, self.inner, serial, self.avx2)
 
     def _own(self, plan, role, a, blk, serial, stacked):
         """Block ``blk`` of ``a`` in ``plan``'s layout of ``role`` -- the stacked input
@@ -1229,7 +1271,7 @@ class _Stacking:
 
     def _run(self, kind, blk, serial, arrays, own):
         xs, ws, ys = self.shapes(blk)
-        _run3(kind, xs, ws, ys, self.G, self.inner, arrays, serial, own)
+        _run3(kind, xs, ws, ys, self.G, self.inner, arrays, serial, own, avx2=self.avx2)
 
     def forward(self, x, w, b=None):
         ws = self._weight(w)
