@@ -1318,3 +1318,31 @@ def test_conv4d_few_outputs_on_avx2_kernels_matches_torch():
         assert keys["forward"] == (True, "jit:avx2") and keys["transpose"] == (True, "jit:avx2"), keys
     else:
         assert all(not avx2 for avx2, _ in keys.values()), keys
+
+
+@needs_onednn
+def test_plans_keep_their_memory_objects_per_thread():
+    """A convolution plan makes its oneDNN memory objects once per thread and argument and
+    re-points them at each call's buffers: a second call makes none, a call from another thread
+    makes its own, and every result matches PyTorch in float64."""
+    import threading
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    g = ConvGeometry((1, 1), (1, 1), (1, 1), (1, 1), 1)
+    rng = np.random.default_rng(52)
+    x = rng.standard_normal((2, 8, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    ref = TF.conv2d(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64), padding=1).numpy()
+    accel.clear_cache()
+    _f32_close(accel.conv_forward(x, w, g), ref)
+    plan = accel._direct("forward", x.shape, w.shape, ref.shape, g)
+    made = dict(plan._mems)
+    assert made
+    _f32_close(accel.conv_forward(x + 0, w, g), ref)  # new buffers, the same memory objects
+    assert plan._mems == made
+    out = []
+    t = threading.Thread(target=lambda: out.append(accel.conv_forward(x, w, g)))
+    t.start()
+    t.join()
+    _f32_close(out[0], ref)
+    assert len(plan._mems) == 2 * len(made)
+    accel.clear_cache()  # the plan and its memory objects go

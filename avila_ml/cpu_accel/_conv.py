@@ -85,7 +85,13 @@ _OUT = {"forward": ("y",), "forward_bias": ("y",), "transpose": ("x",), "weight"
 
 class _Plan(Executor):
     """One convolution kind for one set of shapes: the primitive and, per argument, the reorder
-    between the user's plain array and the layout the primitive chose (None when they agree)."""
+    between the user's plain array and the layout the primitive chose (None when they agree).
+    Its memory objects are kept per thread and argument (``Executor.keep_memories``)."""
+
+    keep_memories = True
+
+    def __del__(self):
+        self._destroy_memories()
 
     def __init__(self, lib, kind, xs, ws, ys, stride, dilation, pad_lo, pad_hi, prefer_avx2=False):
         self.lib, self.kind = lib, kind
