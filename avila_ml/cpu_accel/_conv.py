@@ -338,7 +338,10 @@ def _geom(geom, axes=slice(None)):
 def _run3(kind, x_shape, w_shape, y_shape, G, geom3, arrays, serial=False, own=None, split=True, avx2=False):
     """One 1-3 d oneDNN convolution; ``serial``: called from a worker thread (``_workers``), it
     runs there as one single-threaded call. ``own``: roles given in the primitive's own layout
-    (``_Plan.calls``), which only the one-call route takes."""
+    (``_Plan.calls``), which only the one-call route takes. ``split``: a plan with padded blocked
+    buffers may run in batch slices (``_padded_parts``; False for the slices themselves).
+    ``avx2``: the plan prefers oneDNN's AVX2 kernels (``_prefer_avx2``). The whole-batch plan is
+    built first in every route: its layouts decide the slicing."""
     lib = D.load()
     ws = _wshape(w_shape, G)
     plan = _plan(lib, kind, tuple(x_shape), ws, tuple(y_shape), geom3, serial, avx2)
