@@ -1206,13 +1206,13 @@ def test_rgb_stem_weight_gradient_route(cout, patches, monkeypatch):
 
 
 @needs_onednn
-def test_small_reorders_run_serially_and_the_thread_count_comes_back():
+def test_small_reorders_run_serially_and_the_thread_count_comes_back(monkeypatch):
     """Reorders that move at most ``SERIAL_REORDER_BYTES`` are flagged to run on the calling
     thread alone (waking the OpenMP team cost more than the copy); larger ones keep the team.
-    ``serial_region`` sets one OpenMP thread for the calling thread and restores the count; the
+    ``one_omp_thread`` sets one OpenMP thread for the calling thread and restores the count; the
     convolution through the flagged reorders still matches PyTorch in float64."""
     from avila_ml.cpu_accel import _prim
-    from avila_ml.cpu_accel._prim import SERIAL_REORDER_BYTES, serial_region, team_size
+    from avila_ml.cpu_accel._prim import SERIAL_REORDER_BYTES, one_omp_thread, team_size
     from avila_ml.ops._conv_geometry import ConvGeometry
     g = ConvGeometry((1, 1), (1, 1), (1, 1), (1, 1), 1)
     small = accel._direct("forward", (2, 8, 5, 5), (16, 8, 3, 3), (2, 16, 5, 5), g)
@@ -1222,22 +1222,19 @@ def test_small_reorders_run_serially_and_the_thread_count_comes_back():
             if reorder is not None:
                 size = max(inner.nbytes, plan.user[role].nbytes)
                 assert reorder.serial == (size <= SERIAL_REORDER_BYTES), (role, size)
+    assert any(step[3] is not None and step[3].serial for step in small.steps)
     assert any(step[3] is not None and not step[3].serial for step in big.steps)  # the 4 MiB ones
     before = team_size()
-    with serial_region():
+    with one_omp_thread():
         assert team_size() in (0, 1)
     assert team_size() == before
     seen = []
-    real = _prim.serial_region.__enter__
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(_prim.serial_region, "__enter__", lambda self: seen.append(1) or real(self))
-    try:
-        rng = np.random.default_rng(49)
-        arrs = [rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((16, 8, 3, 3)), rng.standard_normal(16)]
-        _conv_vs_torch(2, arrs, dict(padding=1), rng)
-    finally:
-        monkey.undo()
-    assert seen  # the small reorders above went through serial_region
+    real = _prim.one_omp_thread.__enter__
+    monkeypatch.setattr(_prim.one_omp_thread, "__enter__", lambda self: seen.append(1) or real(self))
+    rng = np.random.default_rng(49)
+    arrs = [rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((16, 8, 3, 3)), rng.standard_normal(16)]
+    _conv_vs_torch(2, arrs, dict(padding=1), rng)
+    assert seen  # the small reorders above went through one_omp_thread
 
 
 def test_padded_parts_rule():

@@ -282,12 +282,13 @@ def _prefer_avx2(O, G) -> bool:
     """Whether the inner 3-d convolutions of a 4-d one take oneDNN's AVX2 kernels on an AVX-512
     CPU: ungrouped with at most 8 output channels, where the AVX-512 layouts round the output
     channels (and the stacked ``K_t O`` or ``C K_t`` ones) up to blocks of 16, twice the work or
-    more, and the AVX2 ones to blocks of 8. In-process A/B, 2-core AMD EPYC (Zen 4, AVX-512, whose
-    AVX-512 units are 256 bits wide, so AVX2 code loses no width there), 2026-12-07, forward +
-    backward median ms, AVX-512 vs AVX2 kernels: (2,4,16^4) -> 8 27.9 vs 24.1, (1,2,32^4) -> 4
-    174 vs 130. With full blocks the AVX-512 kernels were faster, so the rule stops at 8 outputs:
-    the Conv4d example's (32,1,8,12^3) -> 12 6.36 vs 7.51, (32,12,8,6^3) -> 16 16.8 vs 17.3, and
-    every 1-3 d row of bench_conv.py (e.g. its Conv3d 7.6 vs 9.4, MNIST CNN conv1 0.79 vs 3.1).
+    more, and the AVX2 ones to blocks of 8. In-process A/B, 2-core AMD EPYC (Zen 4, AVX-512),
+    2026-12-07, forward + backward median ms, AVX-512 vs AVX2 kernels: (2,4,16^4) -> 8 27.9 vs
+    24.1, (1,2,32^4) -> 4 174 vs 130. With full blocks the AVX-512 kernels were faster, so the rule
+    stops at 8 outputs: the Conv4d example's (32,1,8,12^3) -> 12 6.36 vs 7.51, (32,12,8,6^3) -> 16
+    16.8 vs 17.3, and 11 1-3 d rows of bench_conv.py measured with every plan on AVX2 (e.g. its Conv3d
+    7.6 vs 9.4, MNIST CNN conv1 0.79 vs 3.1; DCGAN D first / D last / G first / G last not
+    measured).
     The weight gradient keeps AVX-512 where oneDNN has no AVX2 JIT kernel for the problem."""
     return PREFER_AVX2 == "auto" and G == 1 and O <= 8 and D.avx512()
 

@@ -17,7 +17,6 @@ the convolutions' (:mod:`avila_ml.cpu_accel._conv`); every operand is checked at
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import _dnnl as D
 from . import _native
-from ._prim import PlanCache, _Desc, _Prim, _attr, destroy_memories, execute_bound, impl_name
+from ._prim import PlanCache, _Desc, _Prim, _attr, destroy_memories, execute_bound, impl_name, one_omp_thread  # noqa: F401 (re-exported)
 
 __all__ = ["matmul", "matmul_nt", "one_omp_thread", "cache_info", "clear_cache", "CACHE_SIZE"]
 
@@ -297,40 +296,6 @@ def matmul_nt(a, b, out, exp: bool = False, mul=None, transpose_b: bool = True) 
         if isinstance(x, np.ndarray) and not x.flags.c_contiguous:
             raise ValueError(f"matmul_nt: {what} of shape {x.shape} must be C-contiguous (strides {x.strides})")
     return _run("matmul_nt", a, b, out, False, transpose_b, exp, mul)
-
-
-@contextlib.contextmanager
-def one_omp_thread():
-    """Run oneDNN calls made by THIS thread on one OpenMP thread (restored on exit).
-
-    For code that shares tiles among Python threads (``ops._cpu_threads``): each would
-    otherwise fork a full OpenMP team per call and oversubscribe the cores. OpenMP's thread
-    count is a per-thread setting, so this changes nothing for other threads; the functions are
-    found through oneDNN's own handle (its OpenMP runtime, whichever it links). (PyTorch:
-    ``torch.set_num_threads`` is process-wide; this is per calling thread.)
-
-    Example:
-        >>> from avila_ml.cpu_accel._matmul import one_omp_thread
-        >>> with one_omp_thread():
-        ...     pass  # oneDNN calls here use one thread
-    """
-    lib = D.load()
-    get = set_ = None
-    if lib is not None:
-        try:
-            # (cheap calls: kept under the GIL; AttributeError where the runtime is not OpenMP)
-            get, set_ = lib.fn_keeping_gil("omp_get_max_threads"), lib.fn_keeping_gil("omp_set_num_threads")
-        except AttributeError:  # a oneDNN not built on OpenMP (threadpool/TBB): nothing to set
-            get = set_ = None
-    if set_ is None:
-        yield
-        return
-    before = get()
-    set_(1)
-    try:
-        yield
-    finally:
-        set_(before)
 
 
 def cache_info() -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from . import _dnnl as D
 from . import _native
 
-__all__ = ["Executor", "FlatPlan", "PlanCache", "impl_name", "_Desc", "_Prim", "_attr", "_strides"]
+__all__ = ["Executor", "FlatPlan", "PlanCache", "impl_name", "one_omp_thread", "_Desc", "_Prim", "_attr", "_strides"]
 
 
 def _strides(shape):
@@ -32,8 +32,10 @@ def _strides(shape):
 # 2-core AMD EPYC (Zen 4, AVX-512, a virtual machine), 2026-12-07: the weight reorders of a small
 # conv (32x1x3x3, 288 floats) took 45-50 us each at two threads (oneDNN's verbose times; PyTorch's
 # spinning team: 2-4 us), and a tiny Conv2d forward + backward (1,1,6^2) -> 16 took 277 us at two
-# threads against 148 us with OMP_NUM_THREADS=1. At ~10 GB/s for one core and a wake-up of 15-40
-# us, one thread is the faster below ~2 x wake-up x bandwidth = 300-800 KB: the bound stays under it.
+# threads against 148 us with OMP_NUM_THREADS=1; with the flag those reorders took 1-2 us (verbose).
+# The bound is an estimate, not a measured crossover: one thread wins while the copy at one core
+# (~10 GB/s assumed) takes less than twice a wake-up (15-50 us on the two EPYCs measured), i.e.
+# below roughly 300 KB-1 MB; 256 KiB stays under it.
 SERIAL_REORDER_BYTES = 256 << 10
 
 
@@ -164,7 +166,7 @@ class Executor:
         try:
             for prim, args in calls:
                 if prim.serial:
-                    with serial_region():
+                    with one_omp_thread():
                         self._exec(prim, args, made, keep)
                 else:
                     self._exec(prim, args, made, keep)
@@ -227,17 +229,22 @@ def impl_name(lib, pd) -> str:
 _team = {}
 
 
-class serial_region:
-    """Within it, oneDNN primitives executed by the calling thread that size their OpenMP team at
-    execution (reorders, element-wise) run on that thread alone: ``omp_set_num_threads(1)``,
-    restored on exit (a per-thread setting: other threads keep theirs). Nothing happens where
-    oneDNN is not built on OpenMP. (PyTorch has no per-call form; ``torch.set_num_threads`` is
-    process-wide.)
+class one_omp_thread:
+    """Run the oneDNN calls (and the compiled kernels) of THIS thread on one OpenMP thread:
+    ``omp_set_num_threads(1)`` on entry, the count restored on exit.
+
+    For code that shares tiles among Python threads (``ops._cpu_threads``), each of which would
+    otherwise fork a full OpenMP team per call and oversubscribe the cores, and around a small
+    reorder (``_Prim.serial``), which costs less than waking the team. OpenMP's thread count is
+    a per-thread setting, so other threads keep theirs; the functions are found through oneDNN's
+    own handle (its OpenMP runtime, whichever it links), and nothing is set where oneDNN is absent
+    or not built on OpenMP. Primitives that fix their team when created (convolutions) still
+    start it. (PyTorch: ``torch.set_num_threads`` is process-wide; this is per calling thread.)
 
     Example:
-        >>> from avila_ml.cpu_accel._prim import serial_region
-        >>> with serial_region():
-        ...     pass  # a small reorder here forks no OpenMP team
+        >>> from avila_ml.cpu_accel._prim import one_omp_thread
+        >>> with one_omp_thread():
+        ...     pass  # oneDNN calls here use one thread
     """
 
     __slots__ = ("before",)
@@ -247,6 +254,7 @@ class serial_region:
         if fns is None:
             lib = D.load()
             cdll = getattr(lib, "cdll", None)
+            # (cheap calls: kept under the GIL)
             fns = (lib.fn_keeping_gil("omp_get_max_threads"), lib.fn_keeping_gil("omp_set_num_threads")) \
                 if getattr(cdll, "omp_set_num_threads", None) is not None else ()
             _team["get_set"] = fns
@@ -266,7 +274,7 @@ class serial_region:
 def team_size() -> int:
     """The size of the OpenMP team oneDNN would start from the calling thread
     (``omp_get_max_threads`` of oneDNN's own OpenMP runtime: a per-thread setting, 1 inside
-    :func:`avila_ml.cpu_accel._matmul.one_omp_thread`), or 0 when oneDNN is absent or not built
+    :class:`one_omp_thread`), or 0 when oneDNN is absent or not built
     on OpenMP."""
     f = _team.get("f")
     if f is None:
