@@ -158,6 +158,45 @@ def test_whole_problems_match_torch(whole, calls, case, monkeypatch):
     assert calls["matmul"] > 0 and calls["redo"] == 0
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["probabilities kept", "recomputed"])
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_whole_problems_backward_with_kept_or_recomputed_probabilities(whole, case, keep, monkeypatch):
+    """The short path's backward from the forward's probability blocks P~ (dO and D scaled by
+    1 / l; no exp product) and, above the memory bound, from P recomputed: both against PyTorch,
+    and the backward's products are the expected kind."""
+    monkeypatch.setattr(fused, "_KEEP_PROBS_BYTES", 1 << 40 if keep else 0)
+    from avila_ml.cpu_accel import _matmul
+    real, exps = _matmul.matmul, []
+    monkeypatch.setattr(_matmul, "matmul", lambda *a, **kw: exps.append(bool(kw.get("exp"))) or real(*a, **kw))
+    _, qs, ks, vs, causal, scale = case
+    rng = np.random.default_rng(len(case[0]) + 400)
+    qa, ka, va = (rng.standard_normal(s) for s in (qs, ks, vs))
+    go = rng.standard_normal(np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2]) + (qs[-2], vs[-1]))
+    q, k, v = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (qa, ka, va))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    kept = [part[3] for part in out.grad_fn._whole_operands.values()]
+    assert all((p is not None) == keep for p in kept) and kept
+    n_forward = len(exps)
+    out.backward(am.tensor(go.astype(np.float32)))
+    backward_exps = exps[n_forward:]
+    assert backward_exps and any(backward_exps) != keep  # an exp product per block only when recomputing
+    ours = [t.detach().numpy().astype(np.float64) for t in (out, q.grad, k.grad, v.grad)]
+    _close(ours, _torch(qa, ka, va, causal, scale, go=go))
+
+
+def test_kept_probabilities_bound():
+    """Whether a call keeps its probability blocks: all B problems' query blocks (causal ones
+    end at their last row) against _KEEP_PROBS_BYTES."""
+    bound = fused._KEEP_PROBS_BYTES
+    assert fused._keep_probs(64, 128, 128, True)  # the GPT program's attention: 3 MiB
+    assert fused._keep_probs(32, 512, 512, False)  # exactly 32 MiB
+    assert not fused._keep_probs(33, 512, 512, False)
+    bq = fused._short_blocks(64, 128, 128, True)[1]
+    per = sum((min(128, i + bq) - i) * min(128, i + bq) for i in range(0, 128, bq))
+    assert per < 128 * 128 and fused._keep_probs(bound // (4 * per), 128, 128, True)
+    assert not fused._keep_probs(bound // (4 * per) + 1, 128, 128, True)
+
+
 @pytest.fixture
 def split(monkeypatch):
     """The short path's batch split among Python threads for any size, three parts where the
