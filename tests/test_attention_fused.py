@@ -158,13 +158,21 @@ def test_whole_problems_match_torch(whole, calls, case, monkeypatch):
     assert calls["matmul"] > 0 and calls["redo"] == 0
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["probability kernel", "exp post-op"])
 @pytest.mark.parametrize("keep", [True, False], ids=["probabilities kept", "recomputed"])
 @pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
-def test_whole_problems_backward_with_kept_or_recomputed_probabilities(whole, case, keep, monkeypatch):
-    """The short path's backward from the forward's probability blocks P~ (dO and D scaled by
-    1 / l; no exp product) and, above the memory bound, from P recomputed: both against PyTorch,
-    and the backward's products are the expected kind."""
+def test_whole_problems_backward_with_kept_or_recomputed_probabilities(whole, case, keep, kernel, monkeypatch):
+    """The short path's forward with the compiled probability kernel (P normalised in place) or
+    oneDNN's exp post-op (P~ = P l); its backward from the kept probability blocks (P~: dO and D
+    scaled by 1 / l; no exp product) and, above the memory bound, from P recomputed: each against
+    PyTorch, and the backward's products are the expected kind."""
     monkeypatch.setattr(fused, "_KEEP_PROBS_BYTES", 1 << 40 if keep else 0)
+    if not kernel:
+        real_kernel = fused._native.kernel_for
+        monkeypatch.setattr(fused._native, "kernel_for",
+                            lambda name, *a: None if name == "attn_probs" else real_kernel(name, *a))
+    elif fused._native.kernel_for("attn_probs", np.ones((1, 1, 1), np.float32), np.ones((1, 1), np.float32)) is None:
+        pytest.skip("no compiled kernels")
     from avila_ml.cpu_accel import _matmul
     real, exps = _matmul.matmul, []
     monkeypatch.setattr(_matmul, "matmul", lambda *a, **kw: exps.append(bool(kw.get("exp"))) or real(*a, **kw))
@@ -174,8 +182,10 @@ def test_whole_problems_backward_with_kept_or_recomputed_probabilities(whole, ca
     go = rng.standard_normal(np.broadcast_shapes(qs[:-2], ks[:-2], vs[:-2]) + (qs[-2], vs[-1]))
     q, k, v = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (qa, ka, va))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    kept = [part[3] for part in out.grad_fn._whole_operands.values()]
-    assert all((p is not None) == keep for p in kept) and kept
+    kept = list(out.grad_fn._whole_operands.values())
+    assert kept and all((part[3] is not None) == keep for part in kept)
+    assert all((part[4] is None) == (kernel or not keep) for part in kept)  # 1 / l only with P~
+    assert any(exps) != kernel  # the forward's score products: exp post-ops only without the kernel
     n_forward = len(exps)
     out.backward(am.tensor(go.astype(np.float32)))
     backward_exps = exps[n_forward:]
@@ -333,6 +343,29 @@ def test_whole_problems_dropout_and_offsets(whole, calls, monkeypatch):
     qa[0, 0, 0] = 10.0 * u0
     _close(_run(qa, ka, va, scale=1.0, go=go), _torch(qa, ka, va, scale=1.0, go=go), tol=1e-4)
     assert calls["redo"] > 0
+
+
+def test_whole_problems_redo_in_one_chunk_of_several(whole, calls):
+    """A chunk in the middle of the batch redone exactly (its sampled offsets fail too) while
+    the forward keeps probability blocks: the later chunks still run, the backward recomputes P
+    for the call, and values and gradients match PyTorch."""
+    rng = np.random.default_rng(18)
+    E, n = 8, 40
+    u0, u1 = np.eye(E)[0], np.eye(E)[1]
+    qa, ka, va, go = (rng.standard_normal((3, 1, n, E)) for _ in range(4))
+    # problem 1 as in test_whole_problems_dropout_and_offsets' last case: a loose bound, and a
+    # key far above the sampled ones
+    ka[1, 0, 25] = 300.0 * u1
+    qa[1, 0, :, 1] = 0.0
+    ka[1, 0, 30] = 15.0 * u0
+    qa[1, 0, 0] = 10.0 * u0
+    q, k, v = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (qa, ka, va))
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    assert calls["redo"] > 0
+    assert all(part[3] is None for part in out.grad_fn._whole_operands.values())
+    out.backward(am.tensor(go.astype(np.float32)))
+    ours = [t.detach().numpy().astype(np.float64) for t in (out, q.grad, k.grad, v.grad)]
+    _close(ours, _torch(qa, ka, va, scale=1.0, go=go), tol=1e-4)
 
 
 def test_fused_default_tiles_match_torch(calls):

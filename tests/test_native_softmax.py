@@ -237,6 +237,49 @@ def test_disabled_kernels_return_none(monkeypatch):
     assert NS.softmax_forward(x) is None and NS.log_softmax_forward(x) is None and NS.exp(x) is None
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal, i0, j0", [(False, 0, 0), (True, 0, 0), (True, 5, 0), (True, 3, 6), (True, 0, 9)],
+                         ids=["full", "causal", "causal rows from 5", "causal keys from 6", "causal all masked"])
+def test_attention_probs_match_a_float64_softmax(dtype, causal, i0, j0):
+    """Offset scores -> exp (later keys 0 when causal), row sums, rows divided by them: against
+    NumPy in float64 on (nb, n, m) blocks whose rows start at query i0 and key j0, odd sizes."""
+    s = _logits((3, 11, 37), dtype, seed=9, scale=3.0)
+    p, l = s.copy(), np.full((3, 11), -1.0, dtype)
+    assert NS.attention_probs(p, l, i0, j0, causal)
+    masked = (np.arange(j0, j0 + 37)[None, :] > np.arange(i0, i0 + 11)[:, None]) if causal else np.zeros((11, 37), bool)
+    e = np.where(masked, 0.0, np.exp(s.astype(np.float64)))
+    ref_l = e.sum(-1)
+    np.testing.assert_allclose(l, ref_l, rtol=8 * EPS[dtype], atol=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref_p = e / ref_l[..., None]
+    live = ref_l > 0
+    np.testing.assert_allclose(p[live], ref_p[live], rtol=8 * EPS[dtype], atol=0)
+    assert np.all(p[np.broadcast_to(masked, p.shape)] == 0)  # stored zeros, also under inf offsets
+    if causal and j0 > i0 + 10:  # every key after every query: sums 0 (the caller's check refuses them)
+        assert np.all(l == 0)
+
+
+def test_attention_probs_overflow_and_bad_arguments(monkeypatch):
+    """An overflowing score makes its row's sum inf (the fused attention then redoes the rows);
+    a masked inf stays 0; row sums of the wrong shape are refused; other dtypes, layouts and
+    switched-off kernels return False."""
+    p = np.array([[[1.0, 200.0, 0.0], [0.0, 0.0, np.inf]]], np.float32)
+    l = np.empty((1, 2), np.float32)
+    assert NS.attention_probs(p, l, 0, 0, True)
+    # the 200 and the inf lie after the query: zeros
+    assert p[0].tolist() == [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]] and l[0, 1] == 2.0
+    assert abs(float(l[0, 0]) - np.e) < 1e-6
+    q, lq = np.array([[[1.0, 200.0]]], np.float32), np.empty((1, 1), np.float32)
+    assert NS.attention_probs(q, lq, 0, 0, False)
+    assert lq[0, 0] == np.inf
+    with pytest.raises(ValueError, match="row sums of shape"):
+        NS.attention_probs(np.ones((2, 3, 4), np.float32), np.ones((2, 4), np.float32), 0, 0, False)
+    assert not NS.attention_probs(np.ones((1, 2, 2), np.float16), np.ones((1, 2), np.float16), 0, 0, False)
+    assert not NS.attention_probs(np.ones((1, 2, 4), np.float32)[..., ::2], np.ones((1, 2), np.float32), 0, 0, False)
+    monkeypatch.setattr(_native, "ENABLED", False)
+    assert not NS.attention_probs(np.ones((1, 2, 2), np.float32), np.ones((1, 2), np.float32), 0, 0, False)
+
+
 # ------------------------------------------------------------------------------------ through the ops
 @pytest.fixture
 def spy(monkeypatch):

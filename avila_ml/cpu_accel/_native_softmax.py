@@ -21,7 +21,7 @@ from . import _native
 from ._native import COUNT, PTR, THREADS
 
 __all__ = ["exp", "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-           "cross_entropy_backward"]
+           "cross_entropy_backward", "attention_probs"]
 
 _native.register("exp", PTR, PTR, COUNT, THREADS)
 _native.register("softmax_fwd", PTR, PTR, COUNT, COUNT, THREADS)
@@ -29,6 +29,7 @@ _native.register("log_softmax_fwd", PTR, PTR, COUNT, COUNT, THREADS)
 _native.register("softmax_bwd", PTR, PTR, PTR, COUNT, COUNT, THREADS)
 _native.register("log_softmax_bwd", PTR, PTR, PTR, COUNT, COUNT, THREADS)
 _native.register("ce_bwd", PTR, PTR, PTR, PTR, COUNT, COUNT, THREADS)
+_native.register("attn_probs", PTR, PTR, COUNT, COUNT, COUNT, COUNT, COUNT, COUNT, THREADS)
 
 
 def _rows_call(name, inputs, out):
@@ -167,3 +168,35 @@ def cross_entropy_backward(logp, gs, target):
     fn(_native.addr(logp), _native.addr(gs), _native.addr(target), _native.addr(out), rows, cols,
        _native.threads_for(logp.size))
     return out
+
+
+def attention_probs(p, l, i0: int, j0: int, causal: bool) -> bool:
+    """Rows of offset attention scores to probabilities in place: ``p`` (nb, n, m) C-contiguous,
+    entry ``[b, r, c]`` the score of query ``i0 + r`` and key ``j0 + c`` minus the row's offset;
+    ``l`` (nb, n) C-contiguous receives each row's sum of exponentials. False (nothing written)
+    where the kernels do not apply.
+
+    Math: ``e = exp(p)`` (0 for a key after the query when ``causal``), ``l = sum_c e``,
+    ``p = e / l``: the softmax of the scores when the offset keeps ``exp`` finite (the fused
+    attention's bound; the caller checks ``l``). No max pass. PyTorch: the softmax step inside
+    ``scaled_dot_product_attention``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native_softmax
+        >>> p = np.zeros((1, 2, 2), np.float32); l = np.empty((1, 2), np.float32)
+        >>> done = _native_softmax.attention_probs(p, l, 0, 0, True)
+        >>> (not done) or (p[0].tolist() == [[1.0, 0.0], [0.5, 0.5]] and l.tolist() == [[1.0, 2.0]])
+        True
+    """
+    if not (isinstance(p, np.ndarray) and isinstance(l, np.ndarray)) or p.ndim != 3 or p.size == 0:
+        return False
+    if l.shape != p.shape[:2]:
+        raise ValueError(f"attention_probs: row sums of shape {l.shape} do not fit probabilities {p.shape}")
+    fn = _native.kernel_for("attn_probs", p, l)
+    if fn is None:
+        return False
+    nb, n, m = p.shape
+    fn(_native.addr(p), _native.addr(l), nb, n, m, int(i0), int(j0), int(bool(causal)),
+       _native.threads_for(p.size))
+    return True

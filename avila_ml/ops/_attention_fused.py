@@ -26,10 +26,15 @@ is saved for the backward, which knows its offset exactly: ``P = exp([Q scale, -
 
 Sequences with L S <= 2^18 (:func:`_whole`, e.g. L = S = 512) take a second layout: whole
 (L, S) problems per oneDNN call, the batch shared among threads, and the Cauchy-Schwarz bound
-as the row offset (see ``_forward_whole``). Longer ones take the query tiles above. Where a
-short call's probability blocks fit in ``_KEEP_PROBS_BYTES``, its forward keeps ``P~`` and
-``1 / l`` and the backward uses them instead of recomputing P (``P = P~ / l``, so dO's and D's
-rows are scaled by ``1 / l``: ``dS = P~ o ([dO, -D] / l) [V, 1]^T``, ``dV = P~^T (dO / l)``).
+as the row offset (see ``_forward_whole``). Longer ones take the query tiles above. There the
+compiled kernel ``attn_probs`` (``kernels/softmax.c``) replaces the exp post-op where it is
+built: a plain score product, then one pass per row (exp, causal zeros, row sum, times 1 / l)
+while the row is in L1, and ``P V`` is the output (oneDNN's GEMM-based matmul applies an exp
+post-op as a second pass over the whole tile: for (64, 64, 33) x (64, 33, 128), one thread,
+0.72 ms with it, 0.39 ms without). Where a short call's probability blocks fit in
+``_KEEP_PROBS_BYTES``, its forward keeps them and the backward uses them instead of recomputing
+P: P itself from the kernel, or ``P~`` with ``1 / l`` (``P = P~ / l``, so dO's and D's rows are
+scaled by ``1 / l``: ``dS = P~ o ([dO, -D] / l) [V, 1]^T``, ``dV = P~^T (dO / l)``).
 
 Used for float32 (and float16, computed in float32) NumPy arrays without ``attn_mask`` when
 oneDNN is installed and ``am.backends.mkldnn.enabled``, for whole problems or from 128 keys;
@@ -44,7 +49,7 @@ import functools
 import numpy as np
 
 from . import _cpu_threads
-from ..cpu_accel import _native
+from ..cpu_accel import _native, _native_softmax
 
 # one tile: (batch chunk, query rows, key columns) with at most _TILE scores (2 MiB float32);
 # keys up to _KEY_BLOCK form one block. Chosen with an in-process sweep of 2^16-2^19 scores and
@@ -601,6 +606,14 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
     keep = {} if recording and _keep_probs(B, L, S, op.is_causal) else None
     buf = None if keep is not None else np.empty(bb * bq * S, dtype=ct)
     least = ct.type(S * _SHORT_LEAST)
+    # the compiled kernel turns offset scores into normalised probabilities in one pass per row
+    # (exp, causal zeros, row sum, 1 / l), after a plain score product; else oneDNN's exp
+    # post-op, the causal zeros, NumPy's row sums and O / l. In-process A/B, 2 threads, fwd+bwd,
+    # post-op -> kernel (medians of 5 rounds, AVX-512 EPYC): B H = 64 L = 128 E = 32 causal
+    # 4.25 -> 3.99 ms (forward alone 1.89 -> 1.65), the GPT programs' strided q, k, v 5.26 ->
+    # 4.63 (T = 128) and 7.21 -> 6.41 (T = 96); L = 512 unchanged (40.9 / 41.1, causal 29.7 / 29.4)
+    probs = _native.kernel_for("attn_probs", np.empty((1, 1, 1), ct), np.empty((1, 1), ct)) is not None
+    lbuf = np.empty(bb * bq, dtype=ct) if probs else None
 
     def chunk(b0, b1):
         """The chunk's rows with the offsets in qa[b0:b1, :, E]; False if a row sum failed the check.
@@ -616,20 +629,27 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
                 p = buf[:(b1 - b0) * (i1 - i0) * j1].reshape(b1 - b0, i1 - i0, j1)
             else:
                 p = keep[(b0, i0)] = np.empty((b1 - b0, i1 - i0, j1), dtype=ct)
-            _mm(qa[b0:b1, i0:i1], ka[b0:b1, :j1], p, trans_b=True, exp=True)  # exp(S - m)
-            if op.is_causal:  # the block's own square holds the masked keys
-                _zero_above_diagonal(p, i0, 0)
-            l = np.einsum("bij->bi", p)  # (with dropout: the normaliser is the sum before it)
+            if probs:  # S - m, then P = exp(S - m) / l and l in one pass per row
+                _mm(qa[b0:b1, i0:i1], ka[b0:b1, :j1], p, trans_b=True)
+                l = lbuf[:(b1 - b0) * (i1 - i0)].reshape(b1 - b0, i1 - i0)
+                _native_softmax.attention_probs(p, l, i0, 0, op.is_causal)
+            else:
+                _mm(qa[b0:b1, i0:i1], ka[b0:b1, :j1], p, trans_b=True, exp=True)  # exp(S - m)
+                if op.is_causal:  # the block's own square holds the masked keys
+                    _zero_above_diagonal(p, i0, 0)
+                l = np.einsum("bij->bi", p)  # (with dropout: the normaliser is the sum before it)
             if not (l.min() >= least and np.isfinite(l.max())):  # (NaN fails too)
                 return False
             if dropout:
                 p *= op._keep_tile(base + b0, base + b1, i0, i1, 0, j1, np, ct)
             o = out[b0:b1, i0:i1]
             _mm(p, vm[b0:b1, :j1], o)
-            o /= l[..., None]
+            if not probs:
+                o /= l[..., None]
             lsum[b0:b1, i0:i1] = l
         return True
 
+    kept = keep is not None
     for b0 in range(0, nb, bb):
         b1 = min(nb, b0 + bb)
         if chunk(b0, b1):
@@ -640,9 +660,9 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
         m[b0:b1] = ms
         if not chunk(b0, b1):
             redo.append((base + b0, base + b1, 0, L))
-            keep = None  # the caller redoes these rows exactly: the backward recomputes P
+            kept = False  # the caller redoes these rows exactly: the backward recomputes P
     inv_l = None
-    if keep is not None:
+    if kept and not probs:
         inv_l = np.divide(ct.type(1), lsum)  # P = P~ / l: the backward scales dO's rows instead
     with np.errstate(divide="ignore", invalid="ignore"):  # rows to redo may hold anything
         np.log(lsum, out=lsum)
@@ -650,9 +670,9 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
     if recording:
         # the backward reads the same [Q scale, .], [K, 1], [V, 1] (its own last column of Q):
         # kept rather than copied again from the (often strided) inputs; [V, 1] is None where
-        # the forward read V in place (the backward makes it); and the P~ blocks with 1 / l
-        # where they were kept
-        op._whole_operands[part] = (qa, ka, va, keep, inv_l)
+        # the forward read V in place (the backward makes it); and the probability blocks where
+        # they were kept: P itself (inv_l None) or P~ = P l with 1 / l
+        op._whole_operands[part] = (qa, ka, va, keep if kept else None, inv_l)
 
 
 def _backward_whole(op, q, k, v, o, g, lse, B, ct):
@@ -679,7 +699,7 @@ def _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq_all, dk_all, dv
         g, delta, ga = _grad_operands(op, o, g, B, ct, a0, a1)
         if probs is None:
             qa[..., E] = -lse[base:base + nb]
-        else:  # P = P~ / l: dS = P~ o ([dO, -D] / l) [V, 1]^T and dV = P~^T (dO / l)
+        elif inv_l is not None:  # P = P~ / l: dS = P~ o ([dO, -D] / l) [V, 1]^T and dV = P~^T (dO / l)
             ga *= inv_l[..., None]
     else:
         _, g, delta, qa, ka, ga, va = _backward_operands(op, q, k, v, o, g, lse, B, ct, a0, a1)
@@ -704,10 +724,10 @@ def _backward_whole_part(op, q, k, v, o, g, lse, B, ct, part, dq_all, dk_all, dv
             acc = i0 != starts[0] or j1 < S
             n = (b1 - b0) * (i1 - i0) * j1
             ds = bufs[-1, :n].reshape(b1 - b0, i1 - i0, j1)
-            if probs is not None:  # the forward's P~ (causal zeros included); ga carries 1 / l
+            if probs is not None:  # the forward's P or P~ (causal zeros included; ga carries 1 / l for P~)
                 p = probs[(b0, i0)]
                 _mm(ga[b0:b1, i0:i1], va[b0:b1, :j1], ds, trans_b=True, mul=p)        # dS
-                _mm(p, ga[b0:b1, i0:i1, :Ev], dv[b0:b1, :j1], trans_a=True, accumulate=acc)  # dV += P~^T dO / l
+                _mm(p, ga[b0:b1, i0:i1, :Ev], dv[b0:b1, :j1], trans_a=True, accumulate=acc)  # dV += P^T dO
                 _mm(ds, ka[b0:b1, :j1, :E], dq[b0:b1, i0:i1])
                 _mm(ds, qa[b0:b1, i0:i1, :E], dk[b0:b1, :j1], trans_a=True, accumulate=acc)
                 continue

@@ -12,6 +12,9 @@
  *   log_softmax_bwd   dx = g - exp(y) * sum(g)
  *   ce_bwd            dx = exp(logp) * gs[r], then dx[r, t[r]] -= gs[r]: cross-entropy's input
  *                     gradient (log_softmax_bwd of nll_loss's one-entry-per-row gradient -gs)
+ *   attn_probs        p = exp(p) (causal: later keys 0), l = sum(p), p *= 1 / l: the fused
+ *                     attention's probability blocks from offset scores (no max pass: the
+ *                     caller's offset bounds the scores and it checks l)
  * A NaN or +inf in a row, or a row of only -inf, makes the whole row NaN (x - m or exp gives a
  * NaN that the row sum carries): the maximum here skips NaN, the sum does not.
  *
@@ -243,6 +246,32 @@ AVILA_CLONES static void exp_range_f64(const double *restrict x, double *restric
             for (ptrdiff_t i = 0; i < cols; i++) dr[i] = exp_##SUF(lr[i]) * s;                  \
             dr[t[r]] -= s;                                                                      \
         }                                                                                       \
+    }                                                                                           \
+    /* the fused CPU attention's probability blocks (ops/_attention_fused.py): each row of a    \
+     * C-contiguous (nb, n, m) block of offset scores S - m_i in p becomes its exponentials,    \
+     * the keys after the row's query 0 when causal (key j0 + c > query i0 + r: stored zeros,   \
+     * not products with a mask, as an entry may have overflowed to inf), l[row] = their sum,  \
+     * then the row times 1 / l: P = softmax, while the row is in L1 */                          \
+    AVILA_CLONES static void attn_probs_rows_##SUF(T *p, T *l, ptrdiff_t n, ptrdiff_t m, ptrdiff_t i0, \
+                                                   ptrdiff_t j0, int causal, ptrdiff_t lo, ptrdiff_t hi) { \
+        for (ptrdiff_t row = lo; row < hi; row++) {                                             \
+            T *restrict pr = p + row * m;                                                       \
+            ptrdiff_t keep = m;                                                                 \
+            if (causal) {                                                                       \
+                keep = i0 + row % n + 1 - j0;                                                   \
+                keep = keep < 0 ? 0 : (keep > m ? m : keep);                                    \
+            }                                                                                   \
+            for (ptrdiff_t i = 0; i < keep; i++) pr[i] = exp_##SUF(pr[i]);                      \
+            if (keep < m) memset(pr + keep, 0, (size_t)(m - keep) * sizeof(T));                 \
+            T s = row_sum_##SUF(pr, keep);                                                      \
+            l[row] = s;                                                                         \
+            T inv = (T)1 / s;                                                                   \
+            for (ptrdiff_t i = 0; i < keep; i++) pr[i] *= inv;                                  \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_attn_probs_##SUF(T *p, T *l, ptrdiff_t nb, ptrdiff_t n, ptrdiff_t m, \
+                                             ptrdiff_t i0, ptrdiff_t j0, ptrdiff_t causal, int threads) { \
+        AVILA_FOR_ROW_BLOCKS(nb * n, attn_probs_rows_##SUF(p, l, n, m, i0, j0, (int)causal, lo_, hi_)); \
     }                                                                                           \
     AVILA_EXPORT void avila_exp_##SUF(const T *x, T *y, ptrdiff_t n, int threads) {             \
         AVILA_FOR_PARTS(n, exp_range_##SUF(x, y, lo_, hi_));                                    \
