@@ -80,9 +80,10 @@ _WHOLE_TILE = 1 << 19  # scores per batch chunk
 # (2^-126) may come out of the exp as 0, which is harmless while the sum is at least S 2^-100
 # (at most S such terms: their loss is below 2^-26 of the sum)
 _SHORT_LEAST = 2.0 ** -100
-# The short path's forward keeps its probability blocks P~ = exp(S - m) for the backward (which
-# then runs 4 products per block instead of 5, none with an exp) when all of a call's blocks
-# take at most this many bytes; larger calls recompute them (FlashAttention's way, O(L) memory).
+# The short path's forward keeps its probability blocks (P from the compiled kernel, else
+# P~ = exp(S - m)) for the backward (which then runs 4 products per block instead of 5, none
+# with an exp) when all of a call's blocks take at most this many bytes; larger calls recompute
+# them (FlashAttention's way, O(L) memory).
 # Quiet in-process A/B, 2 threads, fwd+bwd, recompute -> keep (medians of 5 rounds; AVX-512
 # EPYC): B H = 64 L = 128 E = 32 causal 4.48 -> 3.80 ms, B H = 128 L = 96 causal 5.60 -> 5.17,
 # B H = 32 E = 64: L = 256 12.41 -> 10.96, L = 512 44.17 -> 40.83 (keeps 32 MiB), L = 512
@@ -601,8 +602,8 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
     out = out_all[base:base + nb]
     lsum = lse_all[base:base + nb]
     bb, bq = _short_blocks(nb, L, S, op.is_causal)
-    # recording: the probability tiles P~ = exp(S - m) are kept for the backward (see
-    # _KEEP_PROBS_BYTES), each block in its own array; else one buffer serves every block
+    # recording: the probability blocks are kept for the backward (see _KEEP_PROBS_BYTES), each
+    # in its own array; else one buffer serves every block
     keep = {} if recording and _keep_probs(B, L, S, op.is_causal) else None
     buf = None if keep is not None else np.empty(bb * bq * S, dtype=ct)
     least = ct.type(S * _SHORT_LEAST)
