@@ -593,6 +593,28 @@ def test_kernels_use_one_thread_where_the_thread_asks_for_one():
 
 
 @needs_kernels
+def test_medium_work_leaves_openblas_workers_up(monkeypatch):
+    """Work between _SPLIT_MIN and _SPLIT_MIN_BLAS_UP elements runs on one thread while NumPy's
+    OpenBLAS has its workers up (a recurrent layer's step loop: a team would stop them and the
+    next product restart them), and is split once they are down; larger work is split and stops
+    them."""
+    from avila_ml.cpu_accel import _dnnl
+    from avila_ml.ops import _cpu_threads
+    monkeypatch.setattr(_cpu_threads, "blas_threads", lambda: 2)
+    # the refs are taken at the first call: dropped here, restored by monkeypatch afterwards
+    monkeypatch.delitem(_native._state, "threads", raising=False)
+    up, stopped = [True], []
+    monkeypatch.setattr(_dnnl, "blas_workers_up", lambda: up[0])
+    monkeypatch.setattr(_dnnl, "quiet_blas", lambda: stopped.append(1))
+    medium, large = _native._SPLIT_MIN, _native._SPLIT_MIN_BLAS_UP
+    assert _native.threads_for(medium) == 1 and not stopped
+    assert _native.threads_for(large) == 2 and stopped == [1]
+    up[0] = False
+    assert _native.threads_for(medium) == 2
+    assert _native.threads_for(medium - 1) == 1
+
+
+@needs_kernels
 def test_addr_is_the_arrays_data_pointer():
     """The compiled module's address() (the buffer protocol) that the wrappers hand to the C
     calls: the same pointer as NumPy's ``a.ctypes.data`` for every kind of array they see."""

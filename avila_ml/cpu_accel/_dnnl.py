@@ -478,6 +478,18 @@ def quiet_blas() -> None:
         stop_blas_spinning()
 
 
+def blas_workers_up() -> bool:
+    """Whether NumPy's OpenBLAS has its worker threads up (a threaded product ran since they were
+    last stopped): stopping them now means restarting them at its next threaded product.
+
+    Example:
+        >>> from avila_ml.cpu_accel._dnnl import blas_workers_up
+        >>> blas_workers_up() in (True, False)
+        True
+    """
+    return any(avail.value for avail, _ in _openblas_handles())
+
+
 def stop_blas_spinning() -> bool:
     """Stop NumPy's OpenBLAS worker threads (see the comment above) when they are running and no
     foreign Python thread could be inside a BLAS call; True when some were stopped. Called

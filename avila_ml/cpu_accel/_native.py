@@ -38,6 +38,14 @@ __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel"
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
+# ... but from this many only while NumPy's OpenBLAS has its workers up (a product ran since they
+# were last stopped): the team would stop them and the next product restart them, ~0.1 ms, more
+# than a second thread saves on a smaller array. Without oneDNN an LSTM layer's step loop
+# alternates products and (64, 2048) adds: 512->512 T=100 N=64 forward, AVX-512 EPYC, three
+# alternating process rounds: 2^16 here 214 / 249 / 217 ms, 2^18 201 / 197 / 222 ms, the code
+# before the compiled kernels (025e84e) 204 / 222 / 200 ms; with oneDNN the programs of
+# bench_programs.py were unchanged (in-process A/B, the minima within 1%)
+_SPLIT_MIN_BLAS_UP = 1 << 18
 _state: dict = {}
 _lock = threading.Lock()
 PTR, COUNT, THREADS = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int
@@ -249,12 +257,14 @@ def threads_for(size: int) -> int:
         from ..ops._cpu_threads import blas_threads
         from . import _dnnl
         from ._prim import team_size
-        refs = _state["threads"] = (blas_threads, _dnnl.forked, _dnnl.quiet_blas, team_size)
+        refs = _state["threads"] = (blas_threads, _dnnl.forked, _dnnl.quiet_blas, team_size, _dnnl.blas_workers_up)
     if threading.current_thread().name.startswith("avila-cpu") or refs[1]():
         return 1
     if refs[3]() == 1:  # this thread's OpenMP setting (``_matmul.one_omp_thread``: a part among
         return 1        # Python threads that share the cores, as the fused attention's)
     n = refs[0]()
+    if n > 1 and size < _SPLIT_MIN_BLAS_UP and refs[4]():
+        return 1  # (see _SPLIT_MIN_BLAS_UP: a recurrent layer's step loop, products between adds)
     if n > 1:
         # NumPy's OpenBLAS workers spin for ~0.1 s after a threaded product and would hold a
         # core the team needs, as before a oneDNN execution (_dnnl.stop_blas_spinning): the
