@@ -230,6 +230,41 @@ def test_stacked_channels_padded_to_16_and_weight_layout():
     assert not st[:, :, real:].any()
 
 
+@needs_onednn
+@pytest.mark.parametrize("deeper", [True, False], ids=["deeper before padding", "padding before deeper"])
+def test_weight_stacking_order_and_gradient(monkeypatch, deeper):
+    """The Conv4d weight gradient's stacking: with DEEPER_BEFORE_PADDING an unpadded deeper
+    stacking (kernel offsets of two axes in channels, a 2-d inner convolution) is taken before
+    a padded shallower one; without it each depth tries unpadded then padded first. Either way
+    the chosen plan is a JIT kernel where one exists, and the weight gradient matches PyTorch's
+    float64 reference (conv3d summed over the time offsets)."""
+    monkeypatch.setattr(accel, "DEEPER_BEFORE_PADDING", deeper)
+    from avila_ml.ops._conv_geometry import ConvGeometry
+    xs, ws = (1, 2, 6, 5, 5, 5), (4, 2, 3, 3, 3, 3)
+    geom = ConvGeometry((1,) * 4, (1,) * 4, (1,) * 4, (1,) * 4, 1)
+    st = accel._weight_stacking(geom, xs, ws[2:], ws[0], 1)
+    first = accel._Stacking(geom, xs, ws[2:], ws[0], 1)  # 6 real channels: JIT only padded?
+    two = accel._Stacking(geom, xs, ws[2:], ws[0], 2)
+    if first.weight_plan().jit:
+        assert (st.m, st.cgp) == (1, first.real)
+    elif deeper and two.weight_plan().jit:
+        assert (st.m, st.cgp) == (2, two.real)  # 18 channels, no padding
+    else:
+        assert st.m == 1 and st.cgp == 16
+    rng = np.random.default_rng(21)
+    xa, wa, ga = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal((1, 4, 6, 5, 5, 5))
+    set_conv_algorithm("onednn")
+    try:
+        x, w = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (xa, wa))
+        F.conv4d(x, w, padding=1).backward(am.tensor(ga.astype(np.float32)))
+    finally:
+        set_conv_algorithm("auto")
+    tx, tw, tb, ty = torch_reference(xa.astype(np.float32), wa.astype(np.float32), np.zeros(4), {"padding": 1}, False)
+    ty.backward(torch.tensor(ga.astype(np.float32).astype(np.float64)))
+    _f32_close(w.grad.numpy(), tw.grad.numpy())
+    _f32_close(x.grad.numpy(), tx.grad.numpy())
+
+
 # ------------------------------------------------------------------------------ dispatch rules
 @needs_onednn
 def test_float64_stays_on_numpy_and_auto_uses_onednn_for_float32(calls):
