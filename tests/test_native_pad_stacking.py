@@ -250,3 +250,49 @@ def test_conv4d_with_stacked_operands_in_onednn_layout(xs, ws, kw, monkeypatch):
     ty.backward(torch.tensor(np.cos(np.arange(ty.numel())).reshape(tuple(ty.shape))))
     for a, ref in zip(ours, (ty.detach(), tx.grad, tw.grad, tb.grad)):
         _f32_close(a, ref.numpy())
+
+
+@needs_kernels
+@needs_onednn
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=(1, 2, 1, 0), stride=(1, 2, 1, 1), dilation=(1, 2, 1, 1))],
+                         ids=["padding 1", "x strided and dilated"])
+def test_conv4d_weight_gradient_with_two_stacked_axes(kw, monkeypatch):
+    """The weight gradient with the kernel offsets of t and x stacked into channels (a 2-d inner
+    convolution), its stacked input built by the one-axis kernel twice (t into a plain array,
+    then x into oneDNN's blocked layout): bitwise the NumPy-copy + reorder route, and PyTorch's
+    float64 reference within float32 rounding."""
+    from avila_ml.cpu_accel import _conv as accel
+    from test_conv4d import torch_reference
+    from test_conv_onednn import _f32_close
+    monkeypatch.setattr(accel, "DEEPER_BEFORE_PADDING", True)
+    xs, ws = (2, 2, 6, 7, 5, 5), (4, 2, 3, 3, 3, 3)
+    rng = np.random.default_rng(4)
+    xa, wa = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    chosen = []
+    real_choice = accel._weight_stacking
+    monkeypatch.setattr(accel, "_weight_stacking", lambda *a: chosen.append(real_choice(*a)) or chosen[-1])
+    calls = []
+    real = _native_stacking.stack_blocked
+
+    def spy(x, blocked, g, to_blocked, threads=None):
+        calls.append((int(g[12]), to_blocked))
+        return real(x, blocked, g, to_blocked, threads)
+
+    def run():
+        x, w = (am.tensor(a, requires_grad=True) for a in (xa, wa))
+        y = F.conv4d(x, w, **kw)
+        y.backward(am.tensor(np.sin(np.arange(y.numel())).reshape(tuple(y.shape)).astype(np.float32)))
+        return [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()]
+    monkeypatch.setattr(_native_stacking, "stack_blocked", spy)
+    ours = run()
+    if not (chosen and chosen[0].m == 2):
+        pytest.skip("oneDNN has a JIT weight kernel for the one-axis stacking here")
+    assert (0, True) in calls and any(B > 0 and to for B, to in calls), calls  # the plain pass, then blocked
+    monkeypatch.setattr(_native_stacking, "stack_blocked", lambda *a, **k: False)
+    monkeypatch.setattr(_native_stacking, "unstack_add", lambda *a, **k: False)
+    for a, b in zip(ours, run()):
+        assert np.array_equal(a, b)
+    tx, tw, _, ty = torch_reference(xa, wa, np.zeros(ws[0]), kw, False)
+    ty.backward(torch.tensor(np.sin(np.arange(ty.numel())).reshape(tuple(ty.shape))))
+    for a, ref in zip(ours, (ty.detach(), tx.grad, tw.grad)):
+        _f32_close(a, ref.numpy())
