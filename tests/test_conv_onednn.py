@@ -265,6 +265,41 @@ def test_weight_stacking_order_and_gradient(monkeypatch, deeper):
     _f32_close(x.grad.numpy(), tx.grad.numpy())
 
 
+@needs_onednn
+@pytest.mark.parametrize("route", ["workers", "team", "spinning policy"])
+def test_stacked_blocks_on_workers_or_the_team(monkeypatch, route):
+    """Blocks of a stacked Conv4d run on the worker threads, or (below _WORKER_MIN_MACS per
+    block) one after the other on the calling thread's OpenMP team, except under a spinning
+    OpenMP policy (``_parts_wanted``: a process that loaded another OpenMP runtime first, as
+    this test process does with PyTorch), where they stay on the workers: forward and the three
+    gradients match PyTorch's float64 reference either way, with the example's padding modes
+    and strides and several blocks per pass."""
+    monkeypatch.setattr(accel, "_WORKER_MIN_MACS", 0 if route == "workers" else 1 << 62)
+    monkeypatch.setattr(accel, "_parts_wanted", lambda: route == "spinning policy")
+    monkeypatch.setattr(accel, "_MIN_BLOCK_BYTES", 1 << 14)  # several blocks
+    monkeypatch.setattr(accel, "_MIN_TRANSPOSE_BLOCK_BYTES", 1 << 14)
+    seen = []
+    real = accel._Stacking._on_workers
+    monkeypatch.setattr(accel._Stacking, "_on_workers", lambda self, b: seen.append((len(b), real(self, b))) or seen[-1][1])
+    kw = dict(stride=(1, 2, 2, 2), padding=1, padding_mode=("causal", "circular", "circular", "circular"))
+    rng = np.random.default_rng(22)
+    xa, wa, ba = rng.standard_normal((3, 2, 5, 6, 6, 6)), rng.standard_normal((5, 2, 3, 3, 3, 3)), rng.standard_normal(5)
+    set_conv_algorithm("onednn")
+    try:
+        x, w, b = (am.tensor(a.astype(np.float32), requires_grad=True) for a in (xa, wa, ba))
+        y = F.conv4d(x, w, b, **kw)
+        ga = np.cos(np.arange(y.numel())).reshape(tuple(y.shape))
+        y.backward(am.tensor(ga.astype(np.float32)))
+    finally:
+        set_conv_algorithm("auto")
+    assert any(n > 1 for n, _ in seen) and all(on == (route != "team") for n, on in seen if n > 1)
+    tx, tw, tb, ty = torch_reference(*(a.astype(np.float32) for a in (xa, wa, ba)), kw, False)
+    ty.backward(torch.tensor(ga))
+    for ours, ref in ((y.detach().numpy(), ty), (x.grad.numpy(), tx.grad), (w.grad.numpy(), tw.grad),
+                      (b.grad.numpy(), tb.grad)):
+        _f32_close(ours, ref.detach().numpy())
+
+
 # ------------------------------------------------------------------------------ dispatch rules
 @needs_onednn
 def test_float64_stays_on_numpy_and_auto_uses_onednn_for_float32(calls):

@@ -933,6 +933,15 @@ def _deeper_before_padding() -> bool:
 
 # ----------------------------------------------------------------------------- stacked offsets
 _MIN_BLOCK_BYTES = 4 << 20
+# Blocks of a stacked convolution with fewer multiply-adds than this run one after the other on
+# the calling thread, each oneDNN call and copy on the whole OpenMP team, instead of on the
+# worker threads (``_Stacking._each``). In-process A/B, 2-core AMD EPYC (Zen 4, AVX-512),
+# 2026-12-07, fwd+bwd median of 8 rounds, workers vs the team for every block: the Conv4d
+# example's layers (blocks of 8.4M and 3.4M) 4.55 vs 3.75 ms and 12.21 vs 11.65 ms; with
+# 21.2M-42.5M per block, (2,4,16^4) -> 8 19.1 vs 18.2 ms (another pair 18.4 / 18.4) and
+# (1,2,32^4) -> 4 69.8 vs 74.6 ms (input and weight gradients 26.0 / 25.9 vs 26.7 / 27.1),
+# so the larger blocks keep the workers
+_WORKER_MIN_MACS = 16_000_000
 _MIN_TRANSPOSE_BLOCK_BYTES = 2 << 20
 
 
@@ -1264,7 +1273,27 @@ class _Stacking:
         return np.ascontiguousarray(v).reshape((-1, a.shape[1]) + a.shape[2 + m:])
 
     def _each(self, fn, blocks):
+        """``fn(block, serial)`` over ``blocks``: on the worker threads (:func:`_each_block`),
+        or, for blocks of less than _WORKER_MIN_MACS multiply-adds each, here, one after the
+        other, each call on the whole OpenMP team (its Python between the calls then runs once,
+        not on two threads sharing the GIL)."""
+        if not self._on_workers(blocks):
+            return (fn(blk, False) for blk in blocks)
         return _each_block(fn, blocks)
+
+    def _on_workers(self, blocks) -> bool:
+        """Whether :meth:`_each` hands ``blocks`` to the worker threads: several blocks of at
+        least _WORKER_MIN_MACS each, or several blocks at all where the user's OpenMP policy
+        spins (``_parts_wanted``: every call goes to the workers there, as measured for it); a
+        single block runs here, its call cut by ``_run3``."""
+        if len(blocks) < 2:
+            return False
+        return _parts_wanted() or self._block_macs(blocks[0]) >= _WORKER_MIN_MACS
+
+    def _block_macs(self, blk) -> int:
+        """Multiply-adds of the inner convolution of block ``blk``."""
+        _, ws, ys = self.shapes(blk)
+        return ys[0] * ws[0] * ws[1] * math.prod(ws[2:]) * math.prod(ys[2:])
 
     # -- the stacked input and the frames in the inner convolution's own layout
     def _own_plan(self, kind, blk, serial):
@@ -1401,12 +1430,13 @@ class _Stacking:
             return blk, arrays["x"].reshape(self._frames(blk) + (self.G, self.cgp) + self.rest)
         # neighbouring blocks scatter onto shared input frames: added here, in block order
         blocks = self.blocks(gx.nbytes, gy.nbytes, minimum=_MIN_TRANSPOSE_BLOCK_BYTES)
+        workers = self._on_workers(blocks) and _workers.threads() > 1
         for blk, gst in self._each(one, blocks):
             if isinstance(gst, tuple):  # the stacked gradient in oneDNN's blocked layout
                 buf, B = gst
                 # one thread while the workers compute the next blocks (the NumPy adds were too)
                 if _native_stacking.unstack_add(gx, buf, self._own_geometry(gx, blk, B, True),
-                                                1 if len(blocks) > 1 else None):
+                                                1 if workers else None):
                     continue
                 F, R, nb = math.prod(self._frames(blk)), math.prod(self.rest), -(-self.cgp // B)
                 gst = buf.view(_F32)[:F * nb * R * B].reshape(F, nb, R, B).transpose(0, 1, 3, 2)
