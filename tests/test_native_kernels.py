@@ -593,24 +593,32 @@ def test_kernels_use_one_thread_where_the_thread_asks_for_one():
 
 
 @needs_kernels
-def test_medium_work_leaves_openblas_workers_up(monkeypatch):
-    """Work between _SPLIT_MIN and _SPLIT_MIN_BLAS_UP elements runs on one thread while NumPy's
-    OpenBLAS has its workers up (a recurrent layer's step loop: a team would stop them and the
-    next product restart them), and is split once they are down; larger work is split and stops
-    them."""
+def test_medium_work_leaves_openblas_workers_up_in_a_product_loop(monkeypatch):
+    """Work between _SPLIT_MIN and _SPLIT_MIN_BLAS_UP elements stops NumPy's OpenBLAS workers
+    and splits when they are up; if they are up again within _RESTART_WINDOW of that stop
+    (products and element-wise work alternating, a recurrent layer's step loop) it runs on one
+    thread and leaves them up; after the window it stops them again. Larger work always stops
+    them and splits."""
     from avila_ml.cpu_accel import _dnnl
     from avila_ml.ops import _cpu_threads
     monkeypatch.setattr(_cpu_threads, "blas_threads", lambda: 2)
     # the refs are taken at the first call: dropped here, restored by monkeypatch afterwards
     monkeypatch.delitem(_native._state, "threads", raising=False)
-    up, stopped = [True], []
+    monkeypatch.delitem(_native._state, "blas_stopped", raising=False)
+    up, stopped, clock = [True], [], [100.0]
     monkeypatch.setattr(_dnnl, "blas_workers_up", lambda: up[0])
-    monkeypatch.setattr(_dnnl, "quiet_blas", lambda: stopped.append(1))
-    medium, large = _native._SPLIT_MIN, _native._SPLIT_MIN_BLAS_UP
-    assert _native.threads_for(medium) == 1 and not stopped
-    assert _native.threads_for(large) == 2 and stopped == [1]
-    up[0] = False
-    assert _native.threads_for(medium) == 2
+    monkeypatch.setattr(_dnnl, "quiet_blas", lambda: stopped.append(clock[0]) or up.__setitem__(0, False))
+    monkeypatch.setattr(_native.time, "perf_counter", lambda: clock[0])
+    medium, large, window = _native._SPLIT_MIN, _native._SPLIT_MIN_BLAS_UP, _native._RESTART_WINDOW
+    assert _native.threads_for(medium) == 2 and stopped == [100.0]  # up since long ago: stopped once
+    assert _native.threads_for(medium) == 2 and len(stopped) == 1  # down: split, nothing to stop
+    up[0] = True  # a product restarted them
+    clock[0] += window / 2
+    assert _native.threads_for(medium) == 1 and len(stopped) == 1  # alternating: left up
+    assert _native.threads_for(large) == 2 and len(stopped) == 2  # large work stops them
+    up[0] = True
+    clock[0] += 2 * window
+    assert _native.threads_for(medium) == 2 and len(stopped) == 3  # the window has passed
     assert _native.threads_for(medium - 1) == 1
 
 

@@ -30,6 +30,7 @@ import ctypes
 import importlib.util
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -38,14 +39,20 @@ __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel"
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
-# ... but from this many only while NumPy's OpenBLAS has its workers up (a product ran since they
-# were last stopped): the team would stop them and the next product restart them, ~0.1 ms, more
-# than a second thread saves on a smaller array. Without oneDNN an LSTM layer's step loop
+# ... but from this many only, while NumPy's OpenBLAS has its workers up again within
+# _RESTART_WINDOW seconds of this module stopping them: products and element-wise work then
+# alternate (a recurrent layer's step loop), and each stop makes the next product restart the
+# workers (~0.1 ms), more than a second thread saves on a smaller array. Outside such a loop
+# the workers are stopped once and the work is split. Without oneDNN an LSTM layer's step loop
 # alternates products and (64, 2048) adds: 512->512 T=100 N=64 forward, AVX-512 EPYC, three
-# alternating process rounds: 2^16 here 214 / 249 / 217 ms, 2^18 201 / 197 / 222 ms, the code
-# before the compiled kernels (025e84e) 204 / 222 / 200 ms; with oneDNN the programs of
-# bench_programs.py were unchanged (in-process A/B, the minima within 1%)
+# alternating process rounds: stopping every time 214 / 249 / 217 ms, never for medium work
+# 201 / 197 / 222 ms, the code before the compiled kernels (025e84e) 204 / 222 / 200 ms; with
+# this window, five pairs before / now: 211 / 207, 207 / 231, 218 / 216, 227 / 236, 265 / 210
+# (the machine's noise). Never stopping for medium work made a 1M-parameter SGD step 1.6x slower
+# (bench_optim 153-164 -> 244 us) where an earlier product left the workers up and no product
+# ran after it; with the window 151 us.
 _SPLIT_MIN_BLAS_UP = 1 << 18
+_RESTART_WINDOW = 0.05
 _state: dict = {}
 _lock = threading.Lock()
 PTR, COUNT, THREADS = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int
@@ -263,13 +270,15 @@ def threads_for(size: int) -> int:
     if refs[3]() == 1:  # this thread's OpenMP setting (``_matmul.one_omp_thread``: a part among
         return 1        # Python threads that share the cores, as the fused attention's)
     n = refs[0]()
-    if n > 1 and size < _SPLIT_MIN_BLAS_UP and refs[4]():
-        return 1  # (see _SPLIT_MIN_BLAS_UP: a recurrent layer's step loop, products between adds)
-    if n > 1:
+    if n > 1 and refs[4]():
+        now = time.perf_counter()
+        if size < _SPLIT_MIN_BLAS_UP and now - _state.get("blas_stopped", -1.0) < _RESTART_WINDOW:
+            return 1  # (see _SPLIT_MIN_BLAS_UP: products between adds, a recurrent step loop)
         # NumPy's OpenBLAS workers spin for ~0.1 s after a threaded product and would hold a
         # core the team needs, as before a oneDNN execution (_dnnl.stop_blas_spinning): the
         # softmax forward row of bench_core ran 284 us right after its matmul row, 171 us alone
         refs[2]()
+        _state["blas_stopped"] = now
     return n
 
 
