@@ -250,7 +250,9 @@ def threads_for(size: int) -> int:
     siblings hold the other cores), in a thread whose OpenMP setting is one thread
     (``_matmul.one_omp_thread``) and in a child forked after OpenMP ran (``_dnnl.guard_fork``).
     Before a team of several threads runs, spinning OpenBLAS workers are stopped
-    (``_dnnl.quiet_blas``), as before every oneDNN execution.
+    (``_dnnl.quiet_blas``), as before every oneDNN execution; work below ``_SPLIT_MIN_BLAS_UP``
+    elements runs on one thread instead, leaving them up, when they are up again within
+    ``_RESTART_WINDOW`` seconds of the last stop (products alternating with element-wise work).
 
     Example:
         >>> from avila_ml.cpu_accel import _native
