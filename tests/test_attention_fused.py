@@ -197,14 +197,14 @@ def test_whole_problems_backward_with_kept_or_recomputed_probabilities(whole, ca
 def test_kept_probabilities_bound():
     """Whether a call keeps its probability blocks: all B problems' query blocks (causal ones
     end at their last row) against _KEEP_PROBS_BYTES."""
-    bound = fused._KEEP_PROBS_BYTES
+    assert fused._KEEP_PROBS_BYTES == 32 << 20
     assert fused._keep_probs(64, 128, 128, True)  # the GPT program's attention: 3 MiB
     assert fused._keep_probs(32, 512, 512, False)  # exactly 32 MiB
     assert not fused._keep_probs(33, 512, 512, False)
-    bq = fused._short_blocks(64, 128, 128, True)[1]
-    per = sum((min(128, i + bq) - i) * min(128, i + bq) for i in range(0, 128, bq))
-    assert per < 128 * 128 and fused._keep_probs(bound // (4 * per), 128, 128, True)
-    assert not fused._keep_probs(bound // (4 * per) + 1, 128, 128, True)
+    # causal L = 128 in two query blocks of 64 rows: 64 x 64 + 64 x 128 = 12288 scores per
+    # problem (3/4 of 128 x 128), so 682 problems fit in 32 MiB and 683 do not
+    assert fused._short_blocks(64, 128, 128, True)[1] == 64
+    assert fused._keep_probs(682, 128, 128, True) and not fused._keep_probs(683, 128, 128, True)
 
 
 @pytest.fixture

@@ -608,7 +608,7 @@ def test_medium_work_leaves_openblas_workers_up_in_a_product_loop(monkeypatch):
     up, stopped, clock = [True], [], [100.0]
     monkeypatch.setattr(_dnnl, "blas_workers_up", lambda: up[0])
     monkeypatch.setattr(_dnnl, "quiet_blas", lambda: stopped.append(clock[0]) or up.__setitem__(0, False))
-    monkeypatch.setattr(_native.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(_native, "_clock", lambda: clock[0])
     medium, large, window = _native._SPLIT_MIN, _native._SPLIT_MIN_BLAS_UP, _native._RESTART_WINDOW
     assert _native.threads_for(medium) == 2 and stopped == [100.0]  # up since long ago: stopped once
     assert _native.threads_for(medium) == 2 and len(stopped) == 1  # down: split, nothing to stop

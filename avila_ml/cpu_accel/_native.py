@@ -53,6 +53,7 @@ _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU t
 # ran after it; with the window 151 us.
 _SPLIT_MIN_BLAS_UP = 1 << 18
 _RESTART_WINDOW = 0.05
+_clock = time.perf_counter  # (replaced in tests)
 _state: dict = {}
 _lock = threading.Lock()
 PTR, COUNT, THREADS = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int
@@ -273,7 +274,7 @@ def threads_for(size: int) -> int:
         return 1        # Python threads that share the cores, as the fused attention's)
     n = refs[0]()
     if n > 1 and refs[4]():
-        now = time.perf_counter()
+        now = _clock()
         if size < _SPLIT_MIN_BLAS_UP and now - _state.get("blas_stopped", -1.0) < _RESTART_WINDOW:
             return 1  # (see _SPLIT_MIN_BLAS_UP: products between adds, a recurrent step loop)
         # NumPy's OpenBLAS workers spin for ~0.1 s after a threaded product and would hold a

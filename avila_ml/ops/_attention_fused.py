@@ -29,9 +29,10 @@ Sequences with L S <= 2^18 (:func:`_whole`, e.g. L = S = 512) take a second layo
 as the row offset (see ``_forward_whole``). Longer ones take the query tiles above. There the
 compiled kernel ``attn_probs`` (``kernels/softmax.c``) replaces the exp post-op where it is
 built: a plain score product, then one pass per row (exp, causal zeros, row sum, times 1 / l)
-while the row is in L1, and ``P V`` is the output (oneDNN's GEMM-based matmul applies an exp
-post-op as a second pass over the whole tile: for (64, 64, 33) x (64, 33, 128), one thread,
-0.72 ms with it, 0.39 ms without). Where a short call's probability blocks fit in
+while the row is in L1, and ``P V`` is the output (on these strided row blocks oneDNN takes its
+GEMM-based matmul, ``gemm:jit``, whose exp post-op cost as much as the product: (64, 64, 33) x
+(64, 33, 128), one thread, 0.72 ms with it, 0.39 ms without; with dense operands its
+``brg:avx512_core`` kernel took 0.50 ms with the exp). Where a short call's probability blocks fit in
 ``_KEEP_PROBS_BYTES``, its forward keeps them and the backward uses them instead of recomputing
 P: P itself from the kernel, or ``P~`` with ``1 / l`` (``P = P~ / l``, so dO's and D's rows are
 scaled by ``1 / l``: ``dS = P~ o ([dO, -D] / l) [V, 1]^T``, ``dV = P~^T (dO / l)``).
