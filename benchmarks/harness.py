@@ -29,6 +29,13 @@ A benchmark file declares cases and calls ``main``::
 
 Results go to ``benchmarks/results/<name>_<cpu-model>_<date>.txt`` (a new file each run, never
 overwriting a tracked one).
+
+``--against PATH`` races this checkout against ANOTHER CHECKOUT of Avila ML (e.g. a
+``git worktree`` of an older commit) instead of PyTorch: the reference worker imports
+``avila_ml`` from PATH, with the same settings (``--no-accel`` applies to both), the rounds
+alternate as above and the ratio is this checkout / that one; the file is
+``<name>[_noaccel]_vs<commit>_...``. It answers "is this change slower than before?" with the
+same method as the races against PyTorch.
 """
 from __future__ import annotations
 
@@ -289,11 +296,7 @@ def machine_header(limits: dict, load: tuple, threads: int | None, started=None,
                    foreign: float | None = None) -> list:
     """Lines that say on what, with what and in which state the table was measured."""
     cpus = os.cpu_count()
-    try:
-        commit = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True,
-                                         stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "?"
+    commit = _commit(ROOT)
     lines = [
         f"started {(started or datetime.datetime.now().astimezone()):%Y-%m-%d %H:%M %Z}; commit {commit}",
         f"cpu: {cpu_description()}, {cpus} logical cores; float32 GEMM {limits['gemm_gflops']:.1f} GFLOP/s "
@@ -338,11 +341,13 @@ def _cell(times: list) -> str:
     return f"{_fmt_time(med)} [{_fmt_time(min(times))}-{_fmt_time(max(times))}]"
 
 
-def format_table(title: str, header: list, cases: list, results: dict, loaded: bool = False) -> str:
-    """The result table as text (also used by the tests of this harness)."""
+def format_table(title: str, header: list, cases: list, results: dict, loaded: bool = False,
+                 reference: str = "pytorch") -> str:
+    """The result table as text (also used by the tests of this harness); ``reference`` names
+    the second column's library ("pytorch", or another Avila ML checkout with ``--against``)."""
     lines = [f"== {title} =="] + header
     w = max([len(c.name) for _, c in cases] + [8])
-    lines.append(f"{'workload':{w}s}  {'avila_ml median [min-max]':>30s}  {'pytorch median [min-max]':>30s}  "
+    lines.append(f"{'workload':{w}s}  {'avila_ml median [min-max]':>30s}  {reference + ' median [min-max]':>30s}  "
                  f"{'ratio':>6s}  notes")
     verdicts = []
     for i, c in cases:
@@ -362,11 +367,12 @@ def format_table(title: str, header: list, cases: list, results: dict, loaded: b
             fmt = lambda b: "n/a" if b is None else f"{b / 2**20:.1f} MiB"  # noqa: E731
             notes.append(f"peak memory {fmt(mo)} / {fmt(mt)}")
         lines.append(f"{c.name:{w}s}  {_cell(to):>30s}  {_cell(tt):>30s}  {ratio:5.2f}x  {'; '.join(notes)}")
-        if c.target:
+        if c.target and reference == "pytorch":  # (targets are ratios to PyTorch)
             verdict = "not judged (loaded machine)" if loaded else ("met" if ratio <= c.target else "NOT met")
             verdicts.append(f"{c.name}: ratio {ratio:.2f}x, target <= {c.target}x {verdict}")
-    torch_threads = {r.get("threads") for i, _ in cases for r in results[i]["torch"]}
-    lines.append(f"(PyTorch intra-op threads: {', '.join(str(t) for t in sorted(torch_threads - {None}))})")
+    torch_threads = {r.get("threads") for i, _ in cases for r in results[i]["torch"]} - {None}
+    if torch_threads:
+        lines.append(f"(PyTorch intra-op threads: {', '.join(str(t) for t in sorted(torch_threads))})")
     return "\n".join(lines + verdicts)
 
 
@@ -413,14 +419,19 @@ def child_env(threads: int | None = None, **extra) -> dict:
 
 
 def _run_round(script: str, lib: str, idx: list, args) -> dict:
-    cmd = [sys.executable, script, "--worker", lib, "--cases", ",".join(map(str, idx)),
+    against = getattr(args, "against", None)
+    worker = "avila_ml" if against else lib  # (--against: the reference column is Avila ML too)
+    cmd = [sys.executable, script, "--worker", worker, "--cases", ",".join(map(str, idx)),
            "--inner", str(args.inner)] + (["--threads", str(args.threads)] if args.threads else [])
     extra = {}
     if lib == "avila_ml":
         extra.update(v.split("=", 1) for v in getattr(args, "ours_env", []))
-        if getattr(args, "no_accel", False):
-            extra["AVILA_ML_DNNL_LIBRARY"] = "none"
-    proc = subprocess.run(cmd, env=child_env(args.threads, **extra), capture_output=True, text=True)
+    if worker == "avila_ml" and getattr(args, "no_accel", False):
+        extra["AVILA_ML_DNNL_LIBRARY"] = "none"
+    env = child_env(args.threads, **extra)
+    if against and lib == "torch":  # the other checkout's avila_ml first on the path
+        env["PYTHONPATH"] = os.pathsep.join([against] + env["PYTHONPATH"].split(os.pathsep))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_TAG):
             return {int(k): v for k, v in json.loads(line[len(_TAG):]).items()}
@@ -443,6 +454,9 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
     p.add_argument("--no-accel", action="store_true",
                    help="Avila ML without its CPU accelerator (oneDNN unloaded: the NumPy paths of a machine "
                         "without the cpu extra); results file <name>_noaccel_...")
+    p.add_argument("--against", default=None, metavar="PATH",
+                   help="race another checkout of Avila ML (its root folder, e.g. a git worktree of an "
+                        "older commit) instead of PyTorch; results file <name>_vs<commit>_...")
     p.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     p.add_argument("--cases", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -456,6 +470,12 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
     bad = [v for v in args.ours_env if "=" not in v or not v.split("=", 1)[0]]
     if bad:
         sys.exit(f"--ours-env expects VAR=VALUE, got {bad}")
+    other = None
+    if args.against:
+        args.against = os.path.abspath(args.against)
+        if not os.path.isfile(os.path.join(args.against, "avila_ml", "__init__.py")):
+            sys.exit(f"--against {args.against}: no avila_ml package there (give the root of a checkout)")
+        other = _commit(args.against)
     chosen = [(i, c) for i, c in enumerate(cases)
               if (not args.quick or c.quick) and (args.only is None or args.only in c.name)]
     if not chosen:
@@ -477,13 +497,27 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
     if args.ours_env:
         header.append(f"Avila ML's worker only: {' '.join(args.ours_env)}")
     if args.no_accel:
-        header.append("Avila ML WITHOUT its CPU accelerator: AVILA_ML_DNNL_LIBRARY=none in its process "
+        header.append(f"Avila ML WITHOUT its CPU accelerator: AVILA_ML_DNNL_LIBRARY=none in its process"
+                      f"{'es (both columns)' if other else ''} "
                       "(oneDNN unloaded, the NumPy paths of a machine without the cpu extra)")
-    text = format_table(f"Avila ML vs PyTorch: {name} (CPU)", header, chosen, results,
-                        loaded=is_loaded(load, foreign))
+    if other:
+        header.append(f"AGAINST ANOTHER CHECKOUT: the reference column is Avila ML at commit {other} "
+                      f"({args.against}), not PyTorch; ratio = this checkout / that one")
+    title = f"Avila ML vs {'Avila ML ' + other if other else 'PyTorch'}: {name} (CPU)"
+    text = format_table(title, header, chosen, results, loaded=is_loaded(load, foreign),
+                        reference=f"avila_ml {other}" if other else "pytorch")
     print(text, flush=True)
     if not args.no_save:
         # a run with a non-default setting for our worker never takes a defaults run's file name
-        save_text(name + ("_noaccel" if args.no_accel else "") + ("_oursenv" if args.ours_env else ""), text,
-                  args.threads)
+        save_text(name + ("_noaccel" if args.no_accel else "") + ("_oursenv" if args.ours_env else "")
+                  + (f"_vs{other}" if other else ""), text, args.threads)
     return text
+
+
+def _commit(root: str) -> str:
+    """The short commit of the checkout at ``root`` ("?" where git cannot say)."""
+    try:
+        return subprocess.check_output(["git", "-C", root, "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"

@@ -109,6 +109,32 @@ def test_no_accel_unloads_onednn_in_our_worker_only(monkeypatch):
     assert out.returncode == 0 and out.stdout.split() == ["None", "None", "True"], out.stderr[-2000:]
 
 
+def test_against_runs_another_checkout_as_the_reference(monkeypatch, tmp_path):
+    """``--against PATH``: the reference worker is Avila ML imported from PATH (first on its
+    PYTHONPATH), this checkout's worker is as always, ``--no-accel`` reaches both; the table
+    names the reference and judges no PyTorch target."""
+    seen = {}
+
+    def run(cmd, env, **kw):
+        seen.setdefault(env["PYTHONPATH"].split(os.pathsep)[0], []).append(
+            (cmd[cmd.index("--worker") + 1], env.get("AVILA_ML_DNNL_LIBRARY")))
+        return subprocess.CompletedProcess(cmd, 0, stdout=harness._TAG + "{}", stderr="")
+    monkeypatch.setattr(harness.subprocess, "run", run)
+    monkeypatch.delenv("AVILA_ML_DNNL_LIBRARY", raising=False)
+    args = type("A", (), {"threads": None, "inner": 1, "no_accel": True, "ours_env": [],
+                          "against": str(tmp_path)})()
+    for lib in harness.LIBS:
+        harness._run_round("x.py", lib, [0], args)
+    assert seen == {harness.ROOT: [("avila_ml", "none")], str(tmp_path): [("avila_ml", "none")]}
+    cases = [(0, harness.Case("c", lambda L: None, target=1.0))]
+    results = {0: {"avila_ml": [{"s": 2.0}], "torch": [{"s": 1.0}]}}
+    text = harness.format_table("t", [], cases, results, reference="avila_ml abc1234")
+    assert "avila_ml abc1234 median" in text and " 2.00x" in text
+    assert "target" not in text and "PyTorch intra-op" not in text
+    with pytest.raises(SystemExit, match="no avila_ml package"):
+        harness.main("t", cases, argv=["--against", str(tmp_path), "--no-save"])
+
+
 def test_a_benchmark_runs_end_to_end_in_separate_processes():
     """One cheap case of the real-program benchmark, one round: both workers start, time, report."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_programs.py"), "--rounds", "1",
