@@ -467,6 +467,8 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
         _worker(args.worker, [(i, cases[i]) for i in idx], args.threads, args.inner)
         return None
 
+    if os.environ.get("AVILA_ML_DNNL_LIBRARY", "").strip().lower() in ("none", "off", "0"):
+        args.no_accel = True  # (set for the whole run, e.g. bench_conv.py's: its file and header say so)
     bad = [v for v in args.ours_env if "=" not in v or not v.split("=", 1)[0]]
     if bad:
         sys.exit(f"--ours-env expects VAR=VALUE, got {bad}")

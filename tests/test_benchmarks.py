@@ -165,3 +165,32 @@ def test_no_benchmark_names_its_own_result_file():
         with open(path) as f:
             text = f.read()
         assert not re.search(r"""join\([^)]*["']results["']""", text), os.path.basename(path)
+
+
+def test_onednn_trace_reads_both_verbose_formats_and_matches_rows():
+    """``onednn_trace.parse``: oneDNN 3.2's and 3.12's verbose lines of the same execution give
+    one key (so the side-by-side table matches them); times are per key in call order, and the
+    table's per-step sums weigh each execution by its calls per step."""
+    import onednn_trace
+    old = ("onednn_verbose,exec,cpu,convolution,jit:avx512_core,forward_training,src_f32::blocked:aBcd16b::f0 "
+           "wei_f32::blocked:ABcd16b16a::f0 bia_undef::undef::: dst_f32::blocked:aBcd16b::f0,attr-scratchpad:user ,"
+           "alg:convolution_direct,mb2_ic16oc16_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1,{t}")
+    new = ("onednn_verbose,v1,primitive,exec,cpu,convolution,brg:avx512_core,forward_training,"
+           "src:f32:a:blocked:aBcd16b::f0 wei:f32:a:blocked:ABcd16b16a::f0 bia:undef::undef::: "
+           "dst:f32:a:blocked:aBcd16b::f0,attr-scratchpad:user,alg:convolution_direct,"
+           "mb2_ic16oc16_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1,{t}")
+    reorder = ("onednn_verbose,exec,cpu,reorder,jit:blk,undef,src_f32::blocked:abcd::f0 "
+               "dst_f32::blocked:aBcd16b::f0,attr-scratchpad:user ,,2x16x8x8,{t}")
+    a = onednn_trace.parse([old.format(t=1.0), reorder.format(t=0.1), old.format(t=3.0), reorder.format(t=0.3)])
+    b = onednn_trace.parse([new.format(t=2.0), new.format(t=2.0)])
+    key = ("convolution", "forward_training", "src:aBcd16b wei:ABcd16b16a bia:- dst:aBcd16b",
+           "mb2_ic16oc16_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1")
+    assert list(a)[0] == key and list(b) == [key]
+    assert a[key] == ("jit:avx512_core", [1.0, 3.0]) and b[key] == ("brg:avx512_core", [2.0, 2.0])
+    runs = {"avila_ml": {"info": {"steps": 2}, "execs": [old.format(t=1.0), reorder.format(t=0.1),
+                                                          old.format(t=3.0), reorder.format(t=0.3)], "wall": 4e-3},
+            "torch": {"info": {"steps": 2}, "execs": [new.format(t=2.0), new.format(t=2.0)], "wall": 2.5e-3}}
+    text = onednn_trace.table("t", runs)
+    # per step: ours 1 conv (median of the last half: 3.0) + 1 reorder (0.3); PyTorch 1 conv (2.0)
+    assert re.search(r"sum of the executions per step\s+3\.300 ms\s+2\.000 ms", text), text
+    assert re.search(r"without verbose output\s+4\.000 ms\s+2\.500 ms", text), text
