@@ -267,6 +267,50 @@ def test_whole_problems_split_strided_inputs_and_dropout(whole, calls, split):
     _dropout_matches_blocked(rng)  # batch (2, 3): two parts
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "broadcast"])
+def test_fused_tiles_products_on_plain_operands(small_tiles, calls, layout, monkeypatch):
+    """The query tiles run P V on V itself where it is C-contiguous (no copy), else on a copy,
+    and the backward's dQ and dK products on plain copies of Q scale and K; every product is
+    oneDNN's (no NumPy matmul in the tiles), the results match PyTorch's in float64."""
+    rng = np.random.default_rng(23)
+    B, H, T, D = 2, 3, 11, 4
+    xa, go = rng.standard_normal((B, T, 3, H, D)), rng.standard_normal((B, H, T, D))
+    x = am.tensor(xa.astype(np.float32), requires_grad=True)
+    if layout == "contiguous":
+        q, k, v = (x[:, :, i].permute(0, 2, 1, 3).contiguous() for i in range(3))
+    elif layout == "strided":  # heads permuted out of one projection (the GPT programs)
+        q, k, v = x.permute(2, 0, 3, 1, 4)
+    else:  # one key/value batch entry shared by both queries' entries
+        q = x[:, :, 0].permute(0, 2, 1, 3)
+        k, v = (x[:1, :, i].permute(0, 2, 1, 3) for i in (1, 2))
+    from avila_ml.cpu_accel import _matmul
+    seen = []
+    counted = _matmul.matmul  # (the calls fixture's counting wrapper)
+
+    def matmul(a, b, out, **kw):
+        done = counted(a, b, out, **kw)
+        seen.append((kw.get("trans_a", False), kw.get("accumulate", False), done, b.flags.c_contiguous))
+        return done
+    monkeypatch.setattr(_matmul, "matmul", matmul)
+    out = F.scaled_dot_product_attention(q, k, v)
+    out.backward(am.tensor(go.astype(np.float32)))
+    assert calls["matmul"] > 0 and calls["redo"] == 0
+    # P V (accumulating over the key blocks), dV and dK (transposed P, dS), dQ: all taken by
+    # oneDNN (none fell back to NumPy), every right-hand operand C-contiguous
+    assert seen and all(done and plain for _, _, done, plain in seen)
+    assert {(ta, acc) for ta, acc, _, _ in seen} == {(False, False), (False, True), (True, True)}
+    xt = torch.tensor(xa.astype(np.float32).astype(np.float64), requires_grad=True)
+    if layout == "broadcast":
+        qt = xt[:, :, 0].permute(0, 2, 1, 3)
+        kt, vt = (xt[:1, :, i].permute(0, 2, 1, 3).expand(B, H, T, D) for i in (1, 2))
+    else:
+        qt, kt, vt = (xt[:, :, i].permute(0, 2, 1, 3) for i in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+    ref.backward(torch.tensor(go.astype(np.float32).astype(np.float64)))
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=0, atol=3e-5)
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=0, atol=3e-5 * float(xt.grad.abs().max()))
+
+
 def test_whole_problems_keep_forward_operands(whole, calls, split):
     """The backward reads the operand copies the forward kept (not the inputs again): a second
     backward (retain_graph) gives the same gradients, in-place writes to the inputs after the

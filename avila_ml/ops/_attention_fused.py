@@ -10,7 +10,12 @@ matmul, so everything folds into the two BLAS calls of a tile:
   so the score tile comes out of one call as ``P~ = exp(S - m)``;
 - the row sums l come from one pass over P~ (``einsum``), and ``P~ V`` from a product with V's
   own columns (a ones column on V, ``P~ [V, 1] = [P~ V, l]``, was 10-20% slower: the product
-  runs an extra column block).
+  runs an extra column block). On the query tiles every product of the forward and backward
+  is oneDNN's, on C-contiguous operands: V itself (the caller's array where it is one), and in
+  the backward copies of Q scale and K without their augmented columns (in-process A/B, 2
+  threads, B H = 32, E = 64, L = 2048, against NumPy's BLAS for those products and strided
+  columns: forward 208.8 -> 194.7 ms, causal 132.2 -> 121.3, forward + backward 714.7 -> 681.6;
+  L = 1024 forward 59.0 -> 54.9).
 
 The forward cannot know the row max in advance, and does not need it: any offset m keeps
 ``exp(S - m)`` finite and its sum well scaled as long as m is within a few dozen of the max.
@@ -274,10 +279,12 @@ def _backward_operands(op, q, k, v, o, g, lse, B, ct, a0=0, a1=None, out=None):
             _augment(_lead(k, op, a0, a1), 1, ct, out=out[4]), ga, _augment(vl, 1, ct, out=out[6]))
 
 
-def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
+def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct, plain=False):
     """:func:`_backward_operands` for the whole batch, its parts filled by threads (the long
     path's copies would otherwise run in one thread before its tiles run in several); Q, K, V
-    are the forward's copies where it kept them (``op._whole_operands["all"]``)."""
+    are the forward's copies where it kept them (``op._whole_operands["all"]``). ``plain``:
+    two more, C-contiguous copies of Q scale (B, L, E) and K (B, S, E) without the augmented
+    column, for the dK and dQ products of the long path."""
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
     dropout = op.dropout is not None
     kept = (getattr(op, "_whole_operands", None) or {}).get("all")
@@ -288,6 +295,7 @@ def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
         qa, ka, va = (np.empty((B, n, d + 1), dtype=ct) for n, d in ((L, E), (S, E), (S, Ev)))
     out = (np.empty((B, S, Ev), dtype=ct) if dropout else None, gf, np.empty((B, L), dtype=ct), qa, ka,
            None if dropout else np.empty((B, L, Ev + 1), dtype=ct), va)
+    flat = (np.empty((B, L, E), dtype=ct), np.empty((B, S, E), dtype=ct)) if plain else ()
     per = B // (op.batch or (1,))[0]
 
     def fill(part):
@@ -298,8 +306,10 @@ def _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct):
         else:  # the forward's [Q scale, .]: its last column becomes -lse (redone rows' final values)
             _grad_operands(op, o, g, B, ct, part[0], part[1], out=mine[1:3] + mine[5:6])
             np.negative(lse[b0:b1], out=mine[3][..., E])
+        for dst, src in zip(flat, (mine[3], mine[4])):
+            np.copyto(dst[b0:b1], src[..., :E])
     _run_whole(fill, _whole_parts(op, B * (L + S) * (E + 1)))
-    return out
+    return out + flat
 
 
 def _gradients(op, B, ct, shapes, zero):
@@ -323,6 +333,12 @@ def _forward(op, q, k, v, B, ct):
     qa = np.empty((B, L, E + 1), dtype=ct)  # [Q scale, -m]
     ka = np.empty((B, S, E + 1), dtype=ct)  # [K, 1]
     va = np.empty((B, S, Ev + (0 if dropout else 1)), dtype=ct)  # [V, 1] (V with dropout)
+    # V for the P V products, C-contiguous (B, S, Ev) (oneDNN's matmul took 0.59 ms on it, 0.66
+    # on the strided columns of [V, 1], NumPy 0.69: (1, 256, 2048) x 64, one thread): the
+    # caller's own array where it is one, else a copy; with dropout va is that copy
+    own_v = (not dropout and v.dtype == ct and v.flags.c_contiguous
+             and tuple(v.shape[:-2]) == tuple(op.batch or (1,)))
+    vc = va if dropout else (v.reshape(B, S, Ev) if own_v else np.empty((B, S, Ev), dtype=ct))
     m = np.empty((B, L), dtype=ct)
     ns = min(S, _SAMPLE_KEYS)
     per = B // (op.batch or (1,))[0]
@@ -343,10 +359,11 @@ def _forward(op, q, k, v, B, ct):
             va[b0:b1].reshape(vl.shape)[...] = vl
         else:
             _augment(vl, 1, ct, out=va[b0:b1])
+            if not own_v:
+                vc[b0:b1].reshape(vl.shape)[...] = vl
     _run_whole(prep, _whole_parts(op, B * (L + S) * (E + 1)))
     out = np.empty((B, L, Ev), dtype=ct)
     lsum = np.empty((B, L), dtype=ct)
-    vm = va if dropout else va[..., :Ev]  # (V's columns of [V, 1])
     units, bk = _units(B, L, S, op.is_causal, tile=_tile(op))
     least = ct.type(S * _UNDERFLOW)  # per row n_keys * 2^-40 with n_keys <= S: a safe side
     redo = []
@@ -369,10 +386,10 @@ def _forward(op, q, k, v, B, ct):
                 l = part_l if l is None else l + part_l
                 if dropout:
                     p *= op._keep_tile(b0, b1, i0, i1, j0, j1, np, ct)
-                if acc is None:  # NumPy's BLAS: measured as fast as oneDNN for P V
-                    acc = np.matmul(p, vm[b0:b1, j0:j1])
-                else:
-                    acc += p @ vm[b0:b1, j0:j1]
+                first = acc is None  # (oneDNN's matmul, summing over the key blocks in place)
+                if first:
+                    acc = np.empty((b1 - b0, i1 - i0, Ev), dtype=ct)
+                _mm(p, vc[b0:b1, j0:j1], acc, accumulate=not first)
             if not (np.isfinite(acc).all() and np.isfinite(l).all() and l.min() >= least):
                 redo.append((b0, b1, i0, i1))
                 continue
@@ -391,9 +408,10 @@ def _forward(op, q, k, v, B, ct):
 def _backward(op, q, k, v, o, g, lse, B, ct):
     from ..cpu_accel._matmul import matmul_nt
     L, S, E, Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
-    vb, g, delta, qa, ka, ga, va = _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct)
-    qs = qa[..., :E]  # Q scale, a view
-    kc = ka[..., :E]
+    # (with Q scale and K as C-contiguous copies: the dQ and dK products in oneDNN took 0.59 and
+    # 0.68 ms on them, 0.66 and 0.77 ms on the strided columns of [Q scale, .] and [K, 1], NumPy
+    # 0.69 and 0.77 ms; (1, 256, 2048) tiles x 64, one thread)
+    vb, g, delta, qa, ka, ga, va, qs, kc = _backward_operands_parallel(op, q, k, v, o, g, lse, B, ct, plain=True)
     dropout = op.dropout is not None
     dq, dk, dv = _gradients(op, B, ct, ((L, E), (S, E), (S, Ev)), zero=True)
     units, bk = _units(B, L, S, op.is_causal, short=_SHORT_CAUSAL_BACKWARD, tile=_tile(op))
@@ -426,9 +444,10 @@ def _backward(op, q, k, v, o, g, lse, B, ct):
                     del z
                 else:
                     matmul_nt(gai, _contiguous(va[b0:b1, j0:j1]), ds, mul=p)  # ([dO, -D] [V, 1]^T) o P
-                dv_[b0:b1, j0:j1] += p.swapaxes(-1, -2) @ gi
-                dq[b0:b1, i0:i1] += ds @ kc[b0:b1, j0:j1]
-                dk_[b0:b1, j0:j1] += ds.swapaxes(-1, -2) @ qs[b0:b1, i0:i1]
+                # (oneDNN's matmul, summing into the gradients in place)
+                _mm(p, gi, dv_[b0:b1, j0:j1], trans_a=True, accumulate=True)
+                _mm(ds, kc[b0:b1, j0:j1], dq[b0:b1, i0:i1], accumulate=True)
+                _mm(ds, qs[b0:b1, i0:i1], dk_[b0:b1, j0:j1], trans_a=True, accumulate=True)
 
     work = B * L * S // (2 if op.is_causal else 1)
     n = 1
