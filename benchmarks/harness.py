@@ -400,6 +400,9 @@ def save_text(name: str, text: str, threads: int | None = None) -> str:
 # OpenMP waiting settings a shell may carry: each changes how PyTorch's (and oneDNN's) threads
 # wait, so no worker inherits them; ``--ours-env`` can give one to Avila ML's worker alone
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# values of AVILA_ML_DNNL_LIBRARY that keep oneDNN unloaded (avila_ml.cpu_accel._dnnl._OFF, which a
+# test keeps equal; not imported here: the parent process never imports avila_ml)
+_DNNL_OFF = ("none", "off", "0")
 
 
 def child_env(threads: int | None = None, **extra) -> dict:
@@ -467,8 +470,8 @@ def main(name: str, cases: list, doc: str | None = None, argv: list | None = Non
         _worker(args.worker, [(i, cases[i]) for i in idx], args.threads, args.inner)
         return None
 
-    if os.environ.get("AVILA_ML_DNNL_LIBRARY", "").strip().lower() in ("none", "off", "0"):
-        args.no_accel = True  # (set for the whole run, e.g. bench_conv.py's: its file and header say so)
+    if os.environ.get("AVILA_ML_DNNL_LIBRARY", "").strip().lower() in _DNNL_OFF:
+        args.no_accel = True  # (set for the whole run, as bench_conv.py needs: its file and header say so)
     bad = [v for v in args.ours_env if "=" not in v or not v.split("=", 1)[0]]
     if bad:
         sys.exit(f"--ours-env expects VAR=VALUE, got {bad}")

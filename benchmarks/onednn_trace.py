@@ -59,11 +59,16 @@ def _run(lib: str, only: str, warmup: int, steps: int, verbose: bool) -> tuple[d
     proc = subprocess.run(cmd, env=child_env(None, **extra), capture_output=True, text=True)
     info = None
     execs = []
+    version = "?"
     for line in proc.stdout.splitlines():
         if line.startswith(_TAG):
             info = json.loads(line[len(_TAG):])
         elif line.startswith("onednn_verbose") and ",exec," in line:
             execs.append(line)
+        elif line.startswith("onednn_verbose") and ",oneDNN v" in line:  # the library's banner
+            version = line.split(",oneDNN ", 1)[1].split(" (")[0]
+    if info is not None:
+        info["onednn"] = version
     if info is None:
         raise RuntimeError(f"{lib} worker failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-4000:]}")
@@ -106,6 +111,7 @@ def table(name: str, runs: dict) -> str:
     parsed = {lib: parse(r["execs"]) for lib, r in runs.items()}
     keys = list(parsed["avila_ml"]) + [k for k in parsed["torch"] if k not in parsed["avila_ml"]]
     lines = [f"== oneDNN executions per step: {name} ==", f"cpu: {cpu_description()}",
+             "oneDNN: " + ", ".join(f"{lib} {runs[lib]['info'].get('onednn', '?')}" for lib in LIBS),
              "per execution: calls per step x median verbose time (last half of its calls); "
              "implementation names as each library's oneDNN reports them",
              f"{'kind':13s} {'propagation':17s} {'layouts / problem':66s} {'avila_ml':>30s} {'pytorch':>30s}"]

@@ -133,6 +133,8 @@ def test_against_runs_another_checkout_as_the_reference(monkeypatch, tmp_path):
     assert "target" not in text and "PyTorch intra-op" not in text
     with pytest.raises(SystemExit, match="no avila_ml package"):
         harness.main("t", cases, argv=["--against", str(tmp_path), "--no-save"])
+    from avila_ml.cpu_accel import _dnnl  # a whole run with oneDNN switched off counts as --no-accel
+    assert harness._DNNL_OFF == _dnnl._OFF
 
 
 def test_a_benchmark_runs_end_to_end_in_separate_processes():
@@ -187,10 +189,13 @@ def test_onednn_trace_reads_both_verbose_formats_and_matches_rows():
            "mb2_ic16oc16_ih8oh8kh3sh1dh0ph1_iw8ow8kw3sw1dw0pw1")
     assert list(a)[0] == key and list(b) == [key]
     assert a[key] == ("jit:avx512_core", [1.0, 3.0]) and b[key] == ("brg:avx512_core", [2.0, 2.0])
-    runs = {"avila_ml": {"info": {"steps": 2}, "execs": [old.format(t=1.0), reorder.format(t=0.1),
-                                                          old.format(t=3.0), reorder.format(t=0.3)], "wall": 4e-3},
-            "torch": {"info": {"steps": 2}, "execs": [new.format(t=2.0), new.format(t=2.0)], "wall": 2.5e-3}}
+    runs = {"avila_ml": {"info": {"steps": 2, "onednn": "v3.2.0"},
+                         "execs": [old.format(t=1.0), reorder.format(t=0.1), old.format(t=3.0), reorder.format(t=0.3)],
+                         "wall": 4e-3},
+            "torch": {"info": {"steps": 2, "onednn": "v3.12.0"}, "execs": [new.format(t=2.0), new.format(t=2.0)],
+                      "wall": 2.5e-3}}
     text = onednn_trace.table("t", runs)
+    assert "oneDNN: avila_ml v3.2.0, torch v3.12.0" in text
     # per step: ours 1 conv (median of the last half: 3.0) + 1 reorder (0.3); PyTorch 1 conv (2.0)
     assert re.search(r"sum of the executions per step\s+3\.300 ms\s+2\.000 ms", text), text
     assert re.search(r"without verbose output\s+4\.000 ms\s+2\.500 ms", text), text
