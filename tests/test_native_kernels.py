@@ -654,3 +654,34 @@ def test_erf_rational_bitwise_the_numpy_passes(n, monkeypatch):
         ref = [f(x) for f in fns]
     for a, b in zip(ours, ref):
         assert _same(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 5), (2, 3), (63, 17), (2048, 384), (700, 1000), (5, 70000), (0, 4), (9, 0)],
+                         ids=str)
+def test_column_sums_match_float64_sums(dtype, shape, monkeypatch):
+    """The linear layers' bias gradient (``column_sums``): against float64 sums within the
+    error of a two-level float32 sum, on one thread and on teams of 2 and 3 (row blocks split
+    unevenly), the same bits on a repeat of one team size; NaN and infinities propagate as in
+    a plain sum; no 2-d C-contiguous operands, no kernel."""
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(shape).astype(dtype)
+    if g.size > 3:
+        g.flat[1], g.flat[2] = np.nan, np.inf
+    ref = g.astype(np.float64).sum(0)
+    tol = 1e-12 if dtype == np.float64 else 2e-6 * (64 + shape[0] / 64)
+    outs = []
+    for threads in (1, 2, 3, 2):
+        monkeypatch.setattr(_native, "threads_for", lambda n, t=threads: t)
+        out = np.full(shape[1], -7.0, dtype)
+        assert _native.column_sums(g, out)
+        assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(np.isinf(out), np.isinf(ref))
+        fin = np.isfinite(ref)
+        np.testing.assert_allclose(out[fin], ref[fin], rtol=0, atol=tol * max(1.0, np.abs(g[:, fin]).max(initial=0)))
+        outs.append(out)
+    assert _same(outs[1], outs[3])
+    if shape[0] > 1 and shape[1] > 2:
+        assert not _native.column_sums(g[:, ::2], np.empty(g[:, ::2].shape[1], dtype))  # strided rows
+    assert not _native.column_sums(g.astype(np.float16), np.empty(shape[1], np.float16))
+    assert not _native.column_sums(g, np.empty(shape[1] + 1, dtype))

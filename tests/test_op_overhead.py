@@ -212,24 +212,24 @@ def test_linear_one_node_forward_bitwise_as_composed_path(monkeypatch):
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape,n", [((16, 128, 128), 384), ((700, 200), 1000), ((256, 784), 400)], ids=str)
-def test_linear_bias_inside_onednn_gemm_matches_torch_float64(shape, n, monkeypatch):
-    """Large float32 products with a bias take oneDNN's GEMM with the bias in its kernel
-    (``_bias_in_gemm``); values and gradients against float64 PyTorch, and the NumPy path
-    (oneDNN switched off) agrees to float32 rounding."""
+@pytest.mark.parametrize("shape,n", [((16, 128, 128), 384), ((700, 200), 1000), ((256, 784), 400),
+                                     ((2048, 512), 128), ((64, 128), 128)], ids=str)
+def test_linear_products_on_onednn_gemm_match_torch_float64(shape, n, monkeypatch):
+    """Large float32 linear layers run forward (bias inside the kernel), dx and dW on oneDNN's
+    GEMM (``_onednn_gemm``) and db on the compiled column sums; values and gradients against
+    float64 PyTorch, and the NumPy path (oneDNN switched off) agrees to float32 rounding."""
     rng = np.random.default_rng(11)
     xa = rng.standard_normal(shape).astype(np.float32)
     wa = (rng.standard_normal((n, shape[-1])) / 8).astype(np.float32)
     ba = rng.standard_normal(n).astype(np.float32)
     ga = rng.standard_normal(shape[:-1] + (n,)).astype(np.float32)
     taken = []
-    real = LA._bias_in_gemm
-    monkeypatch.setattr(LA, "_bias_in_gemm", lambda *a: taken.append(1) or real(*a))
+    real = LA._onednn_gemm
+    monkeypatch.setattr(LA, "_onednn_gemm", lambda *a, **k: taken.append(r := real(*a, **k)) or r)
     x, w, b = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
     y = F.linear(x, w, b)
-    assert taken
-    assert real(xa.reshape(-1, shape[-1]), wa, ba) is not None  # the fused path applies to this shape
     y.backward(am.tensor(ga))
+    assert len(taken) == 3 and all(t is not None for t in taken)  # forward, dx, dW: none fell back
     tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (xa, wa, ba))
     ty = TF.linear(tx, tw, tb)
     ty.backward(torch.tensor(ga.astype(np.float64)))
@@ -237,23 +237,36 @@ def test_linear_bias_inside_onednn_gemm_matches_torch_float64(shape, n, monkeypa
     for ours, ref in ((x.grad, tx.grad), (w.grad, tw.grad), (b.grad, tb.grad)):
         _close(ours.numpy(), ref.numpy(), 2e-6)
     monkeypatch.setattr(mkldnn, "enabled", False)
-    numpy_path = F.linear(am.tensor(xa), am.tensor(wa), am.tensor(ba)).numpy()
-    np.testing.assert_allclose(y.detach().numpy(), numpy_path, rtol=1e-5, atol=1e-5)
+    taken.clear()
+    x2, w2, b2 = (am.tensor(a, requires_grad=True) for a in (xa, wa, ba))
+    y2 = F.linear(x2, w2, b2)
+    y2.backward(am.tensor(ga))
+    assert taken == [None, None, None]
+    np.testing.assert_allclose(y.detach().numpy(), y2.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for ours, numpy_path in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
+        np.testing.assert_allclose(ours.numpy(), numpy_path.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_linear_bias_in_gemm_declines_what_it_does_not_handle():
-    """The fused-bias product applies to contiguous float32 NumPy operands with many outputs
-    and at least half as many out features as in features; everything else takes NumPy."""
+def test_linear_onednn_gemm_declines_what_it_does_not_handle():
+    """oneDNN's GEMM takes 2-d float32 NumPy operands that are C- or F-contiguous, a contiguous
+    (n,) float32 bias and products of at least _ONEDNN_GEMM_MIN multiply-adds; everything else
+    takes NumPy."""
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2048, 128)).astype(np.float32)
     w, b = rng.standard_normal((384, 128)).astype(np.float32), rng.standard_normal(384).astype(np.float32)
-    assert LA._bias_in_gemm(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)) is None
-    assert LA._bias_in_gemm(x[:8], w, b) is None                                   # 8 x 384 outputs: small
-    assert LA._bias_in_gemm(x.repeat(5, axis=1), w[:128].repeat(5, axis=1), b[:128]) is None  # 640 in, 128 out
-    assert LA._bias_in_gemm(x[:, ::2], w[:, :64], b) is None                       # strided input rows
+    assert LA._onednn_gemm(x.astype(np.float64), w.astype(np.float64), trans_b=True) is None
+    assert LA._onednn_gemm(x[:8, :64], w[:64, :64], trans_b=True) is None           # 32k multiply-adds: small
+    assert LA._onednn_gemm(x[:, ::2], w[:, :64], trans_b=True) is None               # strided input rows
+    assert LA._onednn_gemm(x, w, trans_b=True, bias=b[::2].repeat(2)[::-1]) is None  # reversed bias
+    assert LA._onednn_gemm(x, w, trans_b=True, bias=b.astype(np.float64)) is None
+    assert LA._onednn_gemm(x[None], w, trans_b=True) is None                         # 3-d
     if dnnl.available():
-        out = LA._bias_in_gemm(x, w, b)
-        np.testing.assert_allclose(out, x.astype(np.float64) @ w.T.astype(np.float64) + b, rtol=1e-4, atol=1e-4)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64)
+        np.testing.assert_allclose(LA._onednn_gemm(x, w, trans_b=True, bias=b), ref + b, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(LA._onednn_gemm(x, w.T), ref, rtol=1e-4, atol=1e-4)  # F-contiguous b
+        g = rng.standard_normal((2048, 384)).astype(np.float32)
+        np.testing.assert_allclose(LA._onednn_gemm(g, x, trans_a=True), g.T.astype(np.float64) @ x,
+                                   rtol=1e-4, atol=1e-3)
 
 
 def test_linear_one_node_gradcheck_and_double_backward():

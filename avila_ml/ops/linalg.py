@@ -51,7 +51,8 @@ class MatMul(Function):
 class Linear(Function):
     """``x W^T + b`` over the last dim of ``x`` as ONE node (``torch.nn.functional.linear``'s
     addmm): ``x`` (..., in) is read as (rows, in) (a view when its rows are contiguous), the
-    product is one GEMM and the bias is added in place into its fresh output.
+    product is one GEMM (oneDNN's, with the bias inside its kernel, for large float32 products:
+    :func:`_onednn_gemm`; else NumPy's, the bias added in place into its fresh output).
 
     The composed path records Permute (``W.mT``), Reshape, MatMul, Reshape and Add nodes for a
     3-d input (three for a 2-d one), and its backward passes the gradient through all of them;
@@ -59,8 +60,9 @@ class Linear(Function):
     weight's leaf takes it without a copy), db = sum of g over the rows. Under
     ``create_graph`` the same formulas run as Tensor ops (double backward). Used by
     :func:`linear` for real floating host/device arrays of one dtype, outside autocast; values
-    are bitwise those of the composed path's forward, except where a large float32 product's
-    bias is added inside oneDNN's GEMM (:func:`_bias_in_gemm`: equal to float32 rounding).
+    are bitwise those of the composed path's forward, except where a large float32 product
+    runs on oneDNN's GEMM (:func:`_onednn_gemm`: equal to float32 rounding), forward and
+    backward alike.
 
     Math: y = x W^T + b; dx = g W, dW = g^T x, db = sum_rows g (rows: every dim of x but the last).
 
@@ -82,7 +84,7 @@ class Linear(Function):
             rows *= d
         self.rows = rows
         x2 = x.reshape(rows, k)
-        out = _bias_in_gemm(x2, w, b) if b is not None else None
+        out = _onednn_gemm(x2, w, trans_b=True, bias=b)
         if out is None:
             out = backend_of(x).xp.matmul(x2, w.T)
             if b is not None:
@@ -107,32 +109,55 @@ class Linear(Function):
             ga = g.array
             xp = backend_of(ga).xp
             g2 = ga.reshape(rows, n)
-            gx = Tensor._wrap(xp.matmul(g2, w.array).reshape(x.shape)) if need_x else None
-            gw = Tensor._wrap(xp.matmul(g2.T, x.array.reshape(rows, k))) if need_w else None
-            gb = Tensor._wrap(_column_sums(g2, xp)) if need_b else None
+            gx = gw = gb = None
+            if need_x:
+                gx = _onednn_gemm(g2, w.array)
+                gx = Tensor._wrap((xp.matmul(g2, w.array) if gx is None else gx).reshape(x.shape))
+            if need_w:
+                x2 = x.array.reshape(rows, k)
+                gw = _onednn_gemm(g2, x2, trans_a=True)
+                gw = Tensor._wrap(xp.matmul(g2.T, x2) if gw is None else gw)
+            if need_b:
+                gb = Tensor._wrap(_column_sums(g2, xp))
         return (gx, gw, gb) if len(needs) > 2 else (gx, gw)
 
 
-# outputs (rows x out features) from which the bias is added inside oneDNN's GEMM; below, the
-# fixed cost of a oneDNN call (~20-40 us of Python and ctypes) exceeds the separate add
-_BIAS_IN_GEMM_MIN = 1 << 16
+# products of at least this many multiply-adds (rows x in x out features) run on oneDNN's matmul;
+# below, its fixed cost (~16-20 us of Python and ctypes a call) exceeds what its kernel saves.
+# Quiet 2-core AVX-512 EPYC, 2 threads, float32, OpenBLAS / oneDNN us (forward, dx, dW):
+# (64, 64) x 128 out: 22/20, 10/16, 10/19; (64, 128) x 128: 41/31, 36/23, 49/25; (128, 784) x 400:
+# 574/471, 521/366, 641/378; (2048, 512) x 128: 1364/1214, 1319/1226, 1424/1362; (700, 200) x 10000:
+# 16.5/14.8, 15.5/14.5, 15.4/14.8 ms.
+_ONEDNN_GEMM_MIN = 1 << 20
 
 
-def _bias_in_gemm(x2, w, b):
-    """``x2 w^T + b`` by oneDNN's matmul with the bias in its kernel (PyTorch's addmm also folds
-    the bias into the GEMM), or None where that path does not apply: oneDNN off or absent, not
-    float32 NumPy, non-contiguous operands, small products, or fewer out than half the in
-    features (for (2048, 512) x (512, 128) + bias the fused product measured 1.58 ms against
-    1.49-1.53 ms for OpenBLAS's product and the add: quiet, 2 threads).
+def _onednn_gemm(a, b, trans_a=False, trans_b=False, bias=None):
+    """``op(a) @ op(b) (+ bias)`` of two 2-d float32 NumPy arrays by oneDNN's matmul (``op``:
+    the transpose where asked), as a new C-order array, or None where that path does not apply:
+    oneDNN off or absent, not float32 NumPy, an operand neither C- nor F-contiguous, or fewer
+    than ``_ONEDNN_GEMM_MIN`` multiply-adds. The caller then uses NumPy's product.
 
-    NumPy's ``out += b`` after the product is a separate single-threaded pass over the output:
-    with 2 threads on the 2-core EPYC, quiet, (2048, 128) x (128, 384) + bias took 1.46 ms vs
-    1.05 ms without the bias and 1.10 ms fused; (2048, 128) x (128, 512) 1.61-1.97 vs 1.49 ms."""
-    rows, k = x2.shape
-    n = w.shape[0]
-    if (type(x2) is not np.ndarray or x2.dtype != np.float32 or w.dtype != np.float32 or b.dtype != np.float32
-            or rows * n < _BIAS_IN_GEMM_MIN or 2 * n < k or not (x2.flags.c_contiguous and w.flags.c_contiguous
-                                                               and b.flags.c_contiguous)):
+    Why: the linear layers' forward and backward products are most of a transformer's step, and
+    oneDNN's GEMM ran them 5-20% faster than NumPy's OpenBLAS here (table above); it also adds
+    the bias inside its kernel (as PyTorch's addmm folds it into the GEMM), where NumPy's
+    ``out += b`` is one more single-threaded pass over the output. Every product of a step on
+    oneDNN also keeps OpenBLAS's worker threads down: they were stopped before each oneDNN call
+    and restarted by the next OpenBLAS product, 23 times a step of the small GPT of
+    bench_programs.py; in that step the linear layers' time went from 22.7 + 45.2 to 20.3 + 39.9
+    ms (forward + backward, medians of 8 alternations in one process).
+
+    Math: ``out = A B (+ 1 bias^T)``, ``A = a`` or ``a^T``, ``B = b`` or ``b^T``, in float32.
+    PyTorch: ``torch.addmm`` / ``torch.mm`` (which reach oneDNN's or MKL's GEMM the same way)."""
+    if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != np.float32 or b.dtype != np.float32
+            or a.ndim != 2 or b.ndim != 2):
+        return None
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    n = b.shape[0] if trans_b else b.shape[1]
+    if m * k * n < _ONEDNN_GEMM_MIN or not ((a.flags.c_contiguous or a.flags.f_contiguous)
+                                           and (b.flags.c_contiguous or b.flags.f_contiguous)):
+        return None
+    if bias is not None and (type(bias) is not np.ndarray or bias.dtype != np.float32 or bias.shape != (n,)
+                             or not bias.flags.c_contiguous):
         return None
     from ..backends import mkldnn
     if not mkldnn.enabled:
@@ -141,19 +166,27 @@ def _bias_in_gemm(x2, w, b):
     if _dnnl.load() is None:
         return None
     from ..cpu_accel._matmul import matmul
-    out = np.empty((rows, n), dtype=np.float32)
-    if not matmul(x2[None], w[None], out[None], trans_b=True, bias=b):
+    out = np.empty((m, n), dtype=np.float32)
+    if not matmul(a[None], b[None], out[None], trans_a=trans_a, trans_b=trans_b, bias=bias):
         return None
     return out
 
 
 def _column_sums(g2, xp):
-    """``g2.sum(axis=0)`` of a (rows, n) gradient as the product ``1^T g2``: one BLAS call,
-    threaded, instead of NumPy's single-threaded reduction (one thread, loaded 2-core EPYC:
-    (2048, 384) float32 48 us vs 101 us). The summation order is BLAS's, so the result may
-    differ from ``sum(axis=0)`` in the last bits (tests compare it with PyTorch in float64)."""
+    """``g2.sum(axis=0)`` of a (rows, n) gradient: the compiled kernel's threaded two-level sum
+    (:func:`avila_ml.cpu_accel._native.column_sums`) for C-contiguous float32/float64 NumPy
+    arrays, else the product ``1^T g2`` (one BLAS call, threaded, where NumPy's reduction is
+    single-threaded: (2048, 384) float32 48 us vs 101 us on a loaded 2-core EPYC). The kernel
+    matched OpenBLAS's product ((2048, 384) float32: 27-37 vs 28-35 us) without waking OpenBLAS's
+    worker threads. The summation order differs from ``sum(axis=0)``, so the result may differ
+    in the last bits (tests compare it with PyTorch in float64)."""
     if g2.shape[0] < 64 or not g2.flags.c_contiguous:
         return g2.sum(axis=0)
+    if type(g2) is np.ndarray:
+        from ..cpu_accel import _native
+        out = np.empty(g2.shape[1], dtype=g2.dtype)
+        if _native.column_sums(g2, out):
+            return out
     return xp.matmul(xp.ones(g2.shape[0], dtype=g2.dtype), g2)
 
 

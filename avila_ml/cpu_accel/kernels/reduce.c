@@ -12,6 +12,7 @@
  * rows are split over the OpenMP team.
  */
 #include "avila_kernels.h"
+#include <stdlib.h>
 
 #define DEFINE_AMAX(T, SUF)                                                                     \
     AVILA_CLONES static void amax_bwd_row_##SUF(const T *restrict x, T o, T g, T *restrict dx,  \
@@ -40,3 +41,84 @@
 
 DEFINE_AMAX(float, f32)
 DEFINE_AMAX(double, f64)
+
+/* CALL (using the thread index t_ of a team of T_) on a team of `threads` threads, recording the
+ * team's real size in `used`; in the calling thread alone (t_ = 0, T_ = 1) when threads <= 1 */
+#ifdef _OPENMP
+#define COLSUM_TEAM(CALL)                                                                       \
+    do {                                                                                        \
+        if (threads > 1) {                                                                      \
+            _Pragma("omp parallel num_threads(threads)")                                        \
+            {                                                                                   \
+                ptrdiff_t t_ = omp_get_thread_num(), T_ = omp_get_num_threads();                \
+                if (t_ == 0) used = (int)T_;                                                    \
+                CALL;                                                                           \
+            }                                                                                   \
+        } else {                                                                                \
+            ptrdiff_t t_ = 0, T_ = 1;                                                           \
+            CALL;                                                                               \
+        }                                                                                       \
+    } while (0)
+#else
+#define COLSUM_TEAM(CALL)                                                                       \
+    do {                                                                                        \
+        ptrdiff_t t_ = 0, T_ = 1;                                                               \
+        CALL;                                                                                   \
+    } while (0)
+#endif
+
+/* colsum: out[j] = sum over rows i of g[i, j] for a C-contiguous (m, n) array -- the bias
+ * gradient of a linear layer, PyTorch's g.sum(0). Each thread of the team sums a contiguous
+ * block of rows: chunks of COLSUM_CHUNK rows are summed into a chunk buffer (the inner loop
+ * runs along a row, so it is vectorised and reads memory in order), and each chunk's sums are
+ * added to the thread's total (a two-level sum: the rounding error grows with
+ * COLSUM_CHUNK + m / COLSUM_CHUNK additions, not m). The threads' totals are added in thread
+ * order after the team, so a given team size gives the same bits every time. */
+#define COLSUM_CHUNK 64
+#define COLSUM_COLUMNS 65536 /* columns summed per pass: 256 KiB of float32 sums */
+
+#define DEFINE_COLSUM(T, SUF)                                                                   \
+    AVILA_CLONES static void colsum_rows_##SUF(const T *restrict g, T *restrict total,          \
+                                               T *restrict chunk, ptrdiff_t lo, ptrdiff_t hi,   \
+                                               ptrdiff_t n) {                                   \
+        for (ptrdiff_t j = 0; j < n; j++) total[j] = 0;                                         \
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += COLSUM_COLUMNS) { /* chunk sums stay in L2 */      \
+            ptrdiff_t w = n - c0 < COLSUM_COLUMNS ? n - c0 : COLSUM_COLUMNS;                     \
+            T *restrict c = chunk + c0, *restrict t = total + c0;                               \
+            for (ptrdiff_t r0 = lo; r0 < hi; r0 += COLSUM_CHUNK) {                              \
+                ptrdiff_t r1 = r0 + COLSUM_CHUNK < hi ? r0 + COLSUM_CHUNK : hi, r = r0;         \
+                for (ptrdiff_t j = 0; j < w; j++) c[j] = 0;                                     \
+                for (; r + 4 <= r1; r += 4) { /* four rows a pass: one load and store of c */   \
+                    const T *a = g + r * n + c0, *b = a + n, *d = b + n, *e = d + n;            \
+                    for (ptrdiff_t j = 0; j < w; j++) c[j] += (a[j] + b[j]) + (d[j] + e[j]);    \
+                }                                                                               \
+                for (; r < r1; r++) {                                                           \
+                    const T *a = g + r * n + c0;                                                \
+                    for (ptrdiff_t j = 0; j < w; j++) c[j] += a[j];                             \
+                }                                                                               \
+                for (ptrdiff_t j = 0; j < w; j++) t[j] += c[j];                                 \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_colsum_##SUF(const T *g, T *out, ptrdiff_t m, ptrdiff_t n,          \
+                                         int threads) {                                         \
+        if (threads < 1 || m < 2) threads = 1;                                                  \
+        /* two buffers of n per thread: its total (thread 0's is out) and its chunk sums */    \
+        T *scratch = (T *)malloc(sizeof(T) * (size_t)(n > 0 ? n : 1) * (size_t)(2 * threads));  \
+        if (scratch == NULL) { /* no memory for the buffers: one-level sums, one thread */      \
+            for (ptrdiff_t j = 0; j < n; j++) out[j] = 0;                                       \
+            for (ptrdiff_t r = 0; r < m; r++)                                                   \
+                for (ptrdiff_t j = 0; j < n; j++) out[j] += g[r * n + j];                       \
+            return;                                                                             \
+        }                                                                                       \
+        int used = 1;                                                                           \
+        COLSUM_TEAM(colsum_rows_##SUF(g, t_ == 0 ? out : scratch + 2 * t_ * n,                  \
+                                      scratch + (2 * t_ + 1) * n, m * t_ / T_,                  \
+                                      m * (t_ + 1) / T_, n));                                   \
+        for (int t = 1; t < used; t++)                                                          \
+            for (ptrdiff_t j = 0; j < n; j++) out[j] += scratch[2 * t * n + j];                 \
+        free(scratch);                                                                          \
+    }
+
+DEFINE_COLSUM(float, f32)
+DEFINE_COLSUM(double, f64)
