@@ -685,3 +685,33 @@ def test_column_sums_match_float64_sums(dtype, shape, monkeypatch):
         assert not _native.column_sums(g[:, ::2], np.empty(g[:, ::2].shape[1], dtype))  # strided rows
     assert not _native.column_sums(g.astype(np.float16), np.empty(shape[1], np.float16))
     assert not _native.column_sums(g, np.empty(shape[1] + 1, dtype))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [7, 1000, (1 << 18) + 3])
+def test_gelu_backward_kernel_matches_torch(dtype, n):
+    """Exact GELU's input gradient by the compiled kernel (float32: the rational normal CDF and
+    the kernels' exp; float64: libm's erf) against PyTorch's gelu_backward in float64: within
+    6 float32 ulps (float32) or 20 float64 ulps (float64) of max(|x|, 1) |g|; NaN where PyTorch
+    gives NaN (x NaN or +-inf); the op takes it, and gives the same values with the kernels off
+    to the NumPy formula's accuracy."""
+    from avila_ml.backends import _erf_float32 as erf32
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(n) * 3).astype(dtype)
+    x[:7] = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 40.0, -40.0], dtype)[:len(x[:7])]
+    g = rng.standard_normal(n).astype(dtype)
+    ref = torch.ops.aten.gelu_backward(torch.from_numpy(g.astype(np.float64)), torch.from_numpy(x.astype(np.float64))).numpy()
+    dx = erf32.gelu_backward(g, x)
+    assert dx is not None and dx.dtype == dtype
+    assert np.array_equal(np.isnan(dx), np.isnan(ref))
+    fin = ~np.isnan(ref)
+    ulps = 6 if dtype == np.float32 else 20  # (Phi + x phi cancels near x = -0.75: no relative bound there)
+    tol = ulps * np.finfo(dtype).eps * np.maximum(np.abs(x[fin].astype(np.float64)), 1) * np.abs(g[fin])
+    assert np.all(np.abs(dx[fin] - ref[fin]) <= tol)
+    assert erf32.gelu_backward(g[::2], x[::2]) is None                      # strided
+    assert erf32.gelu_backward(g[:-1], x[1:].copy()[:-1].reshape(-1)[:0]) is None  # shapes differ / empty
+    assert erf32.gelu_backward(g.astype(np.float16), x.astype(np.float16)) is None
+    t = am.tensor(x, requires_grad=True)
+    F.gelu(t).backward(am.tensor(g))
+    assert _same(t.grad.numpy(), dx)                                        # the op's backward is the kernel

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-__all__ = ["erf", "normal_cdf", "gelu"]
+__all__ = ["erf", "normal_cdf", "gelu", "gelu_backward"]
 
 _CLIP = 3.92
 # ascending powers of t = a²
@@ -123,3 +123,33 @@ def gelu(x):
         array([-0.1587,  0.    ,  0.8413], dtype=float32)
     """
     return _evaluate(x, _CDF, add=np.float32(0.5), times_x=True)
+
+
+_F64_UNUSED = np.zeros(12)  # the float64 kernel takes libm's erf: no coefficients
+
+
+def gelu_backward(g, x):
+    """Exact GELU's input gradient ``g (Φ(x) + x φ(x))`` of same-shaped C-contiguous float32 or
+    float64 NumPy arrays by the compiled kernel (one pass; float32 with this module's normal CDF,
+    float64 with libm's erf), or None where it does not apply (not built, other dtypes or
+    layouts): the caller then runs its NumPy passes.
+
+    Math: ``dx = g (Φ(x) + x exp(-x²/2) / √(2π))``. PyTorch: ``torch.ops.aten.gelu_backward``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.backends._erf_float32 import gelu_backward
+        >>> dx = gelu_backward(np.ones(2, np.float32), np.array([0.0, 1.0], np.float32))
+        >>> dx is None or bool(np.allclose(dx, [0.5, 1.0833155], atol=1e-6))
+        True
+    """
+    from ..cpu_accel import _native
+    if x.dtype == np.float64:
+        return _native.gelu_backward(g, x, _F64_UNUSED, 0.0)
+    if x.dtype != np.float32:
+        return None
+    p, q, clip = _CDF
+    coefs = _COEFS.get(id(_CDF))
+    if coefs is None:
+        coefs = _COEFS[id(_CDF)] = np.array(p + q, dtype=np.float32)
+    return _native.gelu_backward(g, x, coefs, clip)

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -530,3 +530,34 @@ def column_sums(g, out) -> bool:
         return False
     fn(addr(g), addr(out), g.shape[0], g.shape[1], threads_for(g.size))
     return True
+
+
+register("gelu_bwd", PTR, PTR, PTR, PTR, SCALAR, COUNT, THREADS)
+
+
+def gelu_backward(g, x, coefs, clip):
+    """Exact GELU's input gradient ``g (Phi(x) + x phi(x))`` for same-shaped C-contiguous
+    float32/float64 NumPy arrays, as a fresh array, or None where the kernel does not apply.
+    float32 evaluates Phi by the rational normal CDF of ``backends/_erf_float32.py`` (``coefs``:
+    its 12 float32 coefficients, ``clip`` its clip) and phi with the kernels' vectorised exp;
+    float64 uses libm's erf (``coefs`` unused, pass a float64 array of 12).
+
+    Math: ``dx = g (Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi))``. PyTorch: ``torch.ops.aten.gelu_backward``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> x = np.array([0.0, 1.0], np.float64); g = np.ones(2)
+        >>> dx = _native.gelu_backward(g, x, np.zeros(12), 0.0)
+        >>> dx is None or bool(np.allclose(dx, [0.5, 0.8413447 + 0.2419707]))
+        True
+    """
+    if not (type(g) is np.ndarray and type(x) is np.ndarray and g.shape == x.shape and x.size):
+        return None
+    out = np.empty(x.shape, x.dtype) if x.dtype in _SUFFIX else None
+    fn = None if out is None else kernel_for("gelu_bwd", g, x, out)
+    if fn is None or type(coefs) is not np.ndarray or coefs.dtype != x.dtype or coefs.size != 12 \
+            or not coefs.flags.c_contiguous:
+        return None
+    fn(addr(g), addr(x), addr(out), addr(coefs), float(clip), x.size, threads_for(x.size))
+    return out
