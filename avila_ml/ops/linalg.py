@@ -122,20 +122,25 @@ class Linear(Function):
         return (gx, gw, gb) if len(needs) > 2 else (gx, gw)
 
 
-# products of at least this many multiply-adds (rows x in x out features) run on oneDNN's matmul;
-# below, its fixed cost (~16-20 us of Python and ctypes a call) exceeds what its kernel saves.
+# products of at least this many multiply-adds (rows x in x out features) run on oneDNN's matmul.
 # Quiet 2-core AVX-512 EPYC, 2 threads, float32, OpenBLAS / oneDNN us (forward, dx, dW):
 # (64, 64) x 128 out: 22/20, 10/16, 10/19; (64, 128) x 128: 41/31, 36/23, 49/25; (128, 784) x 400:
 # 574/471, 521/366, 641/378; (2048, 512) x 128: 1364/1214, 1319/1226, 1424/1362; (700, 200) x 10000:
-# 16.5/14.8, 15.5/14.5, 15.4/14.8 ms.
-_ONEDNN_GEMM_MIN = 1 << 20
+# 16.5/14.8, 15.5/14.5, 15.4/14.8 ms. In a program, a step that mixes the two libraries pays for it:
+# each oneDNN call stops OpenBLAS's spinning workers and the next OpenBLAS product restarts them.
+# Program steps (bench_programs.py's, in-process alternations, medians of 10) with this bound at
+# 2^16 / 2^19 / 2^20 / 2^22: digits MLP (64 rows; 0.5M, 1M and 82k multiply-adds) 0.659 / 0.626 /
+# 0.808 / 0.557 ms, MNIST VAE (128 rows; 40M and 1M) 4.86 / 4.78 / 5.80 / 5.74 ms; word LM at 2^19
+# / 2^22 / 2^28 73.2 / 72.2 / 72.2 ms, MNIST CNN 32.9 / 33.5 / 34.1 ms.
+_ONEDNN_GEMM_MIN = 1 << 19
 
 
 def _onednn_gemm(a, b, trans_a=False, trans_b=False, bias=None):
     """``op(a) @ op(b) (+ bias)`` of two 2-d float32 NumPy arrays by oneDNN's matmul (``op``:
     the transpose where asked), as a new C-order array, or None where that path does not apply:
     oneDNN off or absent, not float32 NumPy, an operand neither C- nor F-contiguous, or fewer
-    than ``_ONEDNN_GEMM_MIN`` multiply-adds. The caller then uses NumPy's product.
+    than ``_ONEDNN_GEMM_MIN`` multiply-adds (below, oneDNN's fixed cost of ~16-20 us of Python
+    and ctypes a call exceeds what its kernel saves). The caller then uses NumPy's product.
 
     Why: the linear layers' forward and backward products are most of a transformer's step, and
     oneDNN's GEMM ran them 5-20% faster than NumPy's OpenBLAS here (table above); it also adds
