@@ -715,3 +715,48 @@ def test_gelu_backward_kernel_matches_torch(dtype, n):
     t = am.tensor(x, requires_grad=True)
     F.gelu(t).backward(am.tensor(g))
     assert _same(t.grad.numpy(), dx)                                        # the op's backward is the kernel
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_copy_strided_matches_numpy_assignment(dtype, monkeypatch):
+    """The threaded strided copy: permuted, sliced and reversed views as destination and source,
+    on teams of 1, 2 and 3 threads, bitwise NumPy's assignment; it declines what it does not take
+    (last axis strided, dtypes or shapes differing, small, overlapping)."""
+    rng = np.random.default_rng(10)
+    src = rng.standard_normal((3, 5, 7, 64, 33)).astype(dtype)
+    base = np.zeros((5, 64, 3, 7, 40), dtype)
+    cases = [
+        (lambda b: b[..., :33].transpose(2, 0, 3, 1, 4), lambda s: s),              # permuted, padded rows
+        (lambda b: b[::-1, :, :, :, 2:35].transpose(2, 0, 3, 1, 4), lambda s: s),   # a reversed axis
+        (lambda b: b[..., :33].transpose(2, 0, 3, 1, 4), lambda s: s.transpose(0, 1, 2, 3, 4)[:, ::-1]),  # reversed source
+    ]
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(_native, "threads_for", lambda n, t=threads: t)
+        for make_dst, make_src in cases:
+            ours, ref = base.copy(), base.copy()
+            assert _native.copy_strided(make_dst(ours), make_src(src))
+            make_dst(ref)[...] = make_src(src)
+            assert np.array_equal(ours, ref)
+    dst = base[..., :33].transpose(2, 0, 3, 1, 4)
+    assert not _native.copy_strided(base[..., :66:2].transpose(2, 0, 3, 1, 4), src)  # last axis strided
+    assert not _native.copy_strided(dst, src.astype(np.float16 if dtype == np.float32 else np.float32))
+    assert not _native.copy_strided(dst[:, :, :, :10], src[:, :, :, :10][:1])
+    assert not _native.copy_strided(np.empty((4, 8), dtype), np.ones((4, 8), dtype))  # below _COPY_MIN
+    big = np.arange(2 * 40000, dtype=dtype).reshape(2, 40000)
+    assert not _native.copy_strided(big[:, 1:], big[:, :-1])                            # overlapping
+
+
+def test_split_backward_gradient_layout_and_values():
+    """q, k, v = qkv.reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4): the gradient of qkv against
+    PyTorch's, the split's backward writing into the input's layout (threaded copy where built)."""
+    rng = np.random.default_rng(11)
+    xa = rng.standard_normal((4, 32, 3 * 4 * 64)).astype(np.float32)
+    ga = [rng.standard_normal((4, 4, 32, 64)).astype(np.float32) for _ in range(3)]
+    x = am.tensor(xa, requires_grad=True)
+    q, k, v = x.reshape(4, 32, 3, 4, 64).permute(2, 0, 3, 1, 4)
+    ((q * am.tensor(ga[0])).sum() + (k * am.tensor(ga[1])).sum() + (v * am.tensor(ga[2])).sum()).backward()
+    tx = torch.tensor(xa, requires_grad=True)
+    tq, tk, tv = tx.reshape(4, 32, 3, 4, 64).permute(2, 0, 3, 1, 4)
+    ((tq * torch.tensor(ga[0])).sum() + (tk * torch.tensor(ga[1])).sum() + (tv * torch.tensor(ga[2])).sum()).backward()
+    assert np.array_equal(x.grad.numpy(), tx.grad.numpy())

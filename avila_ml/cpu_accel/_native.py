@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "copy_strided", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -561,3 +561,47 @@ def gelu_backward(g, x, coefs, clip):
         return None
     fn(addr(g), addr(x), addr(out), addr(coefs), float(clip), x.size, threads_for(x.size))
     return out
+
+
+register("copy_nd", PTR, PTR, PTR, COUNT, THREADS)
+_COPY_MIN = 1 << 15  # elements from which the threaded copy is used (below: NumPy's assignment)
+
+
+def copy_strided(dst, src) -> bool:
+    """``dst[...] = src`` for two float32/float64 NumPy arrays of one shape and dtype whose last
+    axis is contiguous in both (any positive or negative whole-element strides elsewhere), split
+    over the OpenMP team; False, having written nothing, where it does not apply (other dtypes,
+    layouts or sizes, fewer than ``_COPY_MIN`` elements, 1 or more than 16 dims, overlapping
+    memory): the caller then assigns with NumPy.
+
+    Math: ``dst_i = src_i`` for every index ``i``. PyTorch: ``Tensor.copy_`` (threaded too).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> src = np.arange(2 * 3 * 4 * 8 * 512, dtype=np.float32).reshape(2, 3, 4, 8, 512)
+        >>> dst = np.empty((2, 4, 3, 8, 512), np.float32)
+        >>> done = _native.copy_strided(dst.transpose(0, 2, 1, 3, 4), src)
+        >>> (not done) or bool((dst.transpose(0, 2, 1, 3, 4) == src).all())
+        True
+    """
+    if not (type(dst) is np.ndarray and type(src) is np.ndarray and dst.shape == src.shape
+            and dst.dtype == src.dtype and dst.dtype in _SUFFIX and 2 <= dst.ndim <= 16
+            and dst.size >= _COPY_MIN and dst.flags.writeable):
+        return False
+    item = dst.dtype.itemsize
+    if dst.strides[-1] != item or src.strides[-1] != item or any(s % item for s in dst.strides + src.strides):
+        return False
+    if np.may_share_memory(dst, src):
+        return False
+    if not ENABLED or _load() is None:
+        return False
+    fn = _bind("copy_nd", dst.dtype)
+    if fn is None:
+        return False
+    d = dst.ndim
+    meta = np.array((d,) + dst.shape + tuple(s // item for s in src.strides[:-1])
+                    + tuple(s // item for s in dst.strides[:-1]), dtype=np.int64)
+    rows = dst.size // dst.shape[-1]
+    fn(addr(src), addr(dst), addr(meta), rows, threads_for(dst.size))
+    return True
