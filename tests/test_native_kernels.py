@@ -760,3 +760,40 @@ def test_split_backward_gradient_layout_and_values():
     tq, tk, tv = tx.reshape(4, 32, 3, 4, 64).permute(2, 0, 3, 1, 4)
     ((tq * torch.tensor(ga[0])).sum() + (tk * torch.tensor(ga[1])).sum() + (tv * torch.tensor(ga[2])).sum()).backward()
     assert np.array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_index_add_rows_bitwise_add_at(dtype, monkeypatch):
+    """index_add along the first axis by the compiled kernel: bitwise np.add.at (repeated
+    indices accumulate in index order; NaN and inf propagate), on teams of 1, 2 and 3 threads;
+    negative indices counted from the end; an index out of range raises IndexError naming it;
+    the embedding gradient against PyTorch's."""
+    from avila_ml.backends.numpy_backend import NumpyBackend
+    rng = np.random.default_rng(12)
+    n, m, d = 300, 2000, 24
+    idx = rng.integers(-n, n, m)
+    v = rng.standard_normal((m, d)).astype(dtype)
+    v[5, 3], v[9, 0] = np.nan, np.inf
+    ref = np.zeros((n, d), dtype)
+    np.add.at(ref, idx, v)
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(_native, "threads_for", lambda k, t=threads: t)
+        out = np.zeros((n, d), dtype)
+        NumpyBackend.index_add(out, 0, idx, v)
+        assert _same(out, ref)
+        direct = np.zeros((n, d), dtype)
+        assert _native.index_add_rows(direct, np.where(idx < 0, idx + n, idx), v)
+        assert _same(direct, ref)
+    with pytest.raises(IndexError, match="out of bounds for dimension 0 of size 300"):
+        NumpyBackend.index_add(np.zeros((n, d), dtype), 0, np.concatenate([idx[:-1], [n]]), v)
+    assert not _native.index_add_rows(np.zeros((n, d), dtype), idx % n, np.asfortranarray(v))  # F-order values
+    w = rng.standard_normal((n, d)).astype(dtype)
+    tok = rng.integers(0, n, (16, 128))
+    g = rng.standard_normal((16, 128, d)).astype(dtype)
+    wt = am.tensor(w, requires_grad=True)
+    F.embedding(am.tensor(tok), wt).backward(am.tensor(g))
+    tw = torch.tensor(w, requires_grad=True)
+    TF.embedding(torch.tensor(tok), tw).backward(torch.tensor(g))
+    np.testing.assert_allclose(wt.grad.numpy(), tw.grad.numpy(), rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)

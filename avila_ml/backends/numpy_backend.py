@@ -34,6 +34,7 @@ class PCG64Draws:
 
 
 _INDEX_ADD_LOOP = 64  # index_add: up to this many entries, one slice add per entry
+_INDEX_ADD_KERNEL_MIN = 1 << 14  # index_add: values from this size try the compiled kernel
 
 
 class NumpyBackend(PCG64Draws):
@@ -114,6 +115,18 @@ class NumpyBackend(PCG64Draws):
         t = np.moveaxis(target, axis, 0)
         v = np.moveaxis(values, axis, 0)
         n, m = t.shape[0], index.shape[0]
+        if axis == 0 and m and v.size >= _INDEX_ADD_KERNEL_MIN:
+            from ..cpu_accel import _native
+            # the compiled kernel (C-contiguous float arrays): threads own blocks of rows, each
+            # row gets its entries in index order (np.add.at's bits); the small GPT's token and
+            # position embedding gradients took 2.4 ms a step on the paths below
+            index = np.asarray(index)
+            if index.min() < -n or index.max() >= n:
+                raise IndexError(f"index_add: an index is out of bounds for dimension {axis} of size {n} "
+                                 f"(indices from {index.min()} to {index.max()})")
+            if _native.index_add_rows(target, np.where(index < 0, index + n, index) if index.min() < 0 else index,
+                                      values):
+                return
         if m <= _INDEX_ADD_LOOP and v.size >= 256 * m:  # slices big enough to outweigh a Python loop
             for i, j in enumerate(np.asarray(index).tolist()):
                 t[j] += v[i]  # distinct calls: a repeated index accumulates

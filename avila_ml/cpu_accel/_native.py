@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "copy_strided", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "copy_strided", "index_add_rows", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -604,4 +604,40 @@ def copy_strided(dst, src) -> bool:
                     + tuple(s // item for s in dst.strides[:-1]), dtype=np.int64)
     rows = dst.size // dst.shape[-1]
     fn(addr(src), addr(dst), addr(meta), rows, threads_for(dst.size))
+    return True
+
+
+register("index_add_rows", PTR, PTR, PTR, COUNT, COUNT, COUNT, THREADS)
+_INDEX_ADD_MIN = 1 << 14  # elements of values from which the kernel is used (numpy_backend: the same)
+
+
+def index_add_rows(out, index, values) -> bool:
+    """``out[index[i]] += values[i]`` for every i, repeated indices accumulating in order (the
+    bits of ``np.add.at``): ``out`` (n, ...) and ``values`` (m, ...) C-contiguous float32/float64
+    of one dtype and trailing shape, ``index`` (m,) integers already in [0, n). Threads own blocks
+    of ``out``'s rows. False, having written nothing, where it does not apply (other dtypes or
+    layouts, fewer than ``_INDEX_ADD_MIN`` values): the caller then uses NumPy.
+
+    Math: ``out_r += sum over {i : index_i = r} of values_i``. PyTorch: ``Tensor.index_add_``
+    along dim 0 (``embedding_dense_backward``).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> out = np.zeros((3, 8192), np.float32); v = np.ones((4, 8192), np.float32)
+        >>> done = _native.index_add_rows(out, np.array([2, 0, 2, 2]), v)
+        >>> (not done) or out[:, 0].tolist() == [1.0, 0.0, 3.0]
+        True
+    """
+    if not (type(out) is np.ndarray and type(values) is np.ndarray and out.ndim >= 1
+            and values.shape[1:] == out.shape[1:] and values.ndim == out.ndim
+            and values.size >= _INDEX_ADD_MIN and values.shape[0] == len(index)):
+        return False
+    fn = kernel_for("index_add_rows", values, out)
+    if fn is None:
+        return False
+    idx = np.ascontiguousarray(index, dtype=np.int64)
+    n, m = out.shape[0], values.shape[0]
+    d = values.size // m
+    fn(addr(out), addr(idx), addr(values), n, m, d, threads_for(values.size))
     return True

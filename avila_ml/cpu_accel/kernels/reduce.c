@@ -12,6 +12,7 @@
  * rows are split over the OpenMP team.
  */
 #include "avila_kernels.h"
+#include <stdint.h>
 #include <stdlib.h>
 
 #define DEFINE_AMAX(T, SUF)                                                                     \
@@ -122,3 +123,30 @@ DEFINE_AMAX(double, f64)
 
 DEFINE_COLSUM(float, f32)
 DEFINE_COLSUM(double, f64)
+
+/* index_add_rows: out[index[i], :] += values[i, :] for i = 0 .. m-1, out (n, D) and values (m, D)
+ * C-contiguous, index int64 in [0, n) (checked by the caller) -- the embedding gradient and
+ * index_add along the first axis. Each thread of the team owns a contiguous block of out's rows
+ * and walks the whole index, adding the entries that fall in its block: no two threads write one
+ * row, and each row receives its entries in index order, as np.add.at adds them (the same
+ * bits). */
+#define DEFINE_INDEX_ADD(T, SUF)                                                                \
+    AVILA_CLONES static void index_add_block_##SUF(T *restrict out, const int64_t *restrict index, \
+                                                   const T *restrict values, ptrdiff_t m,       \
+                                                   ptrdiff_t d, ptrdiff_t lo, ptrdiff_t hi) {   \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                     \
+            int64_t r = index[i];                                                               \
+            if (r < lo || r >= hi) continue;                                                    \
+            T *restrict o = out + r * d;                                                        \
+            const T *restrict v = values + i * d;                                               \
+            for (ptrdiff_t j = 0; j < d; j++) o[j] += v[j];                                     \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_index_add_rows_##SUF(T *out, const int64_t *index, const T *values, \
+                                                 ptrdiff_t n, ptrdiff_t m, ptrdiff_t d,         \
+                                                 int threads) {                                 \
+        AVILA_FOR_ROW_BLOCKS(n, index_add_block_##SUF(out, index, values, m, d, lo_, hi_));     \
+    }
+
+DEFINE_INDEX_ADD(float, f32)
+DEFINE_INDEX_ADD(double, f64)
