@@ -797,3 +797,29 @@ def test_index_add_rows_bitwise_add_at(dtype, monkeypatch):
     TF.embedding(torch.tensor(tok), tw).backward(torch.tensor(g))
     np.testing.assert_allclose(wt.grad.numpy(), tw.grad.numpy(), rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_augment_rows_matches_numpy(dtype, monkeypatch):
+    """The fused attention's augmented operands [a scale, c] from permuted and broadcast views,
+    on teams of 1 and 2 threads: bitwise NumPy's scaled copy; the row sums of squares within
+    rounding of float64's; it declines a strided last axis, another dtype, a wrong out size."""
+    rng = np.random.default_rng(13)
+    qkv = rng.standard_normal((6, 40, 3, 4, 32)).astype(dtype)
+    views = [qkv.transpose(2, 0, 3, 1, 4)[1], np.broadcast_to(qkv[0, :, 0, 0], (5, 40, 32))]
+    for threads in (1, 2):
+        monkeypatch.setattr(_native, "threads_for", lambda k, t=threads: t)
+        for a in views:
+            rows, n = a.size // a.shape[-1], a.shape[-1]
+            out = np.full((rows, n + 1), np.nan, dtype)
+            sq = np.full(rows, np.nan, dtype)
+            assert _native.augment_rows(a, out, 0.25, -2.0, sq)
+            ref = np.concatenate([(a * dtype(0.25)).reshape(rows, n), np.full((rows, 1), -2.0, dtype)], axis=1)
+            assert np.array_equal(out, ref)
+            np.testing.assert_allclose(sq, (ref[:, :n].astype(np.float64) ** 2).sum(1),
+                                       rtol=1e-6 if dtype == np.float32 else 1e-13)
+    out = np.empty((6 * 4 * 40, 33), dtype)
+    assert not _native.augment_rows(qkv.transpose(2, 0, 3, 1, 4)[1][..., ::2], out, 1.0, 0.0)
+    assert not _native.augment_rows(views[0].astype(np.float16), out.astype(np.float16), 1.0, 0.0)
+    assert not _native.augment_rows(views[0], out[:-1], 1.0, 0.0)

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "copy_strided", "index_add_rows", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "copy_strided", "index_add_rows", "augment_rows", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -640,4 +640,48 @@ def index_add_rows(out, index, values) -> bool:
     n, m = out.shape[0], values.shape[0]
     d = values.size // m
     fn(addr(out), addr(idx), addr(values), n, m, d, threads_for(values.size))
+    return True
+
+
+register("augment_rows", PTR, PTR, PTR, PTR, SCALAR, SCALAR, COUNT, THREADS)
+
+
+def augment_rows(a, out, scale, col, sq=None) -> bool:
+    """``out[r] = [a_r * scale, col]`` for every row ``a_r`` (last axis) of ``a``, with ``sq[r]``
+    the sum of squares of ``a_r * scale`` when ``sq`` is given: ``a`` a float32/float64 NumPy
+    array of two or more dims (at most 16) with a contiguous last axis and any whole-element
+    strides elsewhere (a permuted or broadcast view), ``out`` C-contiguous of ``a.size / n`` rows
+    of ``n + 1`` in its dtype, ``sq`` C-contiguous of that many rows. False, having written
+    nothing, where it does not apply: the caller then uses NumPy (``_attention_fused._augment``).
+
+    Math: ``out_{r, j} = s a_{r, j}`` (j < n), ``out_{r, n} = c``, ``sq_r = sum_j (s a_{r, j})^2``.
+    No PyTorch counterpart (the augmented operands are the fused attention's own).
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> a = np.ones((2, 3, 4), np.float32).transpose(1, 0, 2)
+        >>> out = np.empty((6, 5), np.float32); sq = np.empty(6, np.float32)
+        >>> done = _native.augment_rows(a, out, 0.5, 1.0, sq)
+        >>> (not done) or bool(out[0].tolist() == [0.5] * 4 + [1.0] and sq[0] == 1.0)
+        True
+    """
+    if not (type(a) is np.ndarray and type(out) is np.ndarray and a.dtype == out.dtype and a.dtype in _SUFFIX
+            and 2 <= a.ndim <= 16 and a.size and out.flags.c_contiguous and out.flags.writeable):
+        return False
+    item, n = a.dtype.itemsize, a.shape[-1]
+    rows = a.size // n
+    if (a.strides[-1] != item and n > 1) or any(s % item for s in a.strides) or out.size != rows * (n + 1):
+        return False
+    if sq is not None and not (type(sq) is np.ndarray and sq.dtype == a.dtype and sq.flags.c_contiguous
+                               and sq.size == rows and sq.flags.writeable):
+        return False
+    if not ENABLED or _load() is None:
+        return False
+    fn = _bind("augment_rows", a.dtype)
+    if fn is None:
+        return False
+    meta = np.array((a.ndim,) + a.shape + tuple(s // item for s in a.strides[:-1]), dtype=np.int64)
+    fn(addr(a), addr(out), None if sq is None else addr(sq), addr(meta), float(scale), float(col), rows,
+       threads_for(out.size))
     return True

@@ -128,19 +128,33 @@ def _block_sizes(batch: int, L: int, S: int, causal: bool = False, tile: int = N
     return bb, bq, bk
 
 
-def _augment(a, col, dtype, scale=None, out=None):
+def _augment(a, col, dtype, scale=None, out=None, sq=None):
     """[a (scaled), col] along the last dim, as one C-contiguous array (nb, n, d + 1) where a is
     any (..., n, d) view whose leading dims flatten into nb (one copy, however a is strided);
-    ``col`` a scalar or (nb, n); written into ``out`` (C-contiguous) when given."""
+    ``col`` a scalar or (nb, n); written into ``out`` (C-contiguous) when given. ``sq`` (nb, n):
+    also filled with each row's sum of squares of a (scaled).
+
+    One pass of the compiled kernel (``_native.augment_rows``) where it applies, else NumPy's
+    strided copy (plus a pass for ``sq``). The small GPT's q, k, v (two (32, 128, 32) halves of
+    (16, 4, 128, 32) views of the qkv product, one thread each): the forward's three copies and
+    two row-norm passes took 0.77-0.92 ms of its 2.05-2.27 ms with NumPy."""
     n, d = a.shape[-2:]
     if out is None:
         out = np.empty((int(np.prod(a.shape[:-2], dtype=np.int64)), n, d + 1), dtype=dtype)
+    scalar = np.ndim(col) == 0
+    if _native.augment_rows(a, out, 1.0 if scale is None else scale, col if scalar else 0.0, sq):
+        if not scalar:
+            out[..., -1] = col
+        return out
     body = out.reshape(a.shape[:-1] + (d + 1,))[..., :-1]
     if scale is None:
         body[...] = a
     else:
         np.multiply(a, dtype.type(scale), out=body)
     out[..., -1] = col
+    if sq is not None:
+        b = out[..., :d]
+        np.einsum("bne,bne->bn", b, b, out=sq.reshape(b.shape[:-1]))
     return out
 
 
@@ -602,12 +616,12 @@ def _forward_whole_part(op, q, k, v, B, ct, part, out_all, lse_all, redo):
     a0, a1 = part
     per = B // (op.batch or (1,))[0]
     base, nb = a0 * per, (a1 - a0) * per
-    qa = _augment(_lead(q, op, a0, a1), 0, ct, scale=op.scale)  # [Q scale, -m] (m below)
-    qs = qa[..., :E]
-    ka = _augment(_lead(k, op, a0, a1), 1, ct)
-    kc = ka[..., :E]  # K in the compute dtype
-    kmax = np.sqrt(np.einsum("bse,bse->bs", kc, kc).max(axis=-1))  # (nb,)
-    m = np.sqrt(np.einsum("ble,ble->bl", qs, qs))
+    m = np.empty((nb, L), dtype=ct)  # |Q_i scale|^2, then the offsets
+    ksq = np.empty((nb, S), dtype=ct)
+    qa = _augment(_lead(q, op, a0, a1), 0, ct, scale=op.scale, sq=m)  # [Q scale, -m] (m below)
+    ka = _augment(_lead(k, op, a0, a1), 1, ct, sq=ksq)
+    kmax = np.sqrt(ksq.max(axis=-1))  # (nb,)
+    np.sqrt(m, out=m)
     m *= kmax[:, None]
     np.negative(m, out=qa[..., E])
     dropout = op.dropout is not None

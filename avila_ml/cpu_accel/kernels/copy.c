@@ -17,30 +17,46 @@
 
 #define COPY_MAX_DIMS 16
 
+/* an odometer over the leading d - 1 axes of `shape`, with the element offsets of two arrays */
+typedef struct {
+    ptrdiff_t d, idx[COPY_MAX_DIMS], a, b;
+    const int64_t *shape, *sa, *sb;
+} odometer;
+
+/* positioned at run `lo` (runs counted in C order over the leading axes) */
+static inline void odo_start(odometer *o, ptrdiff_t d, const int64_t *shape, const int64_t *sa, const int64_t *sb,
+                             ptrdiff_t lo) {
+    o->d = d, o->shape = shape, o->sa = sa, o->sb = sb, o->a = 0, o->b = 0;
+    ptrdiff_t rest = lo;
+    for (ptrdiff_t k = d - 2; k >= 0; k--) {
+        o->idx[k] = rest % shape[k];
+        rest /= shape[k];
+        o->a += o->idx[k] * sa[k];
+        o->b += o->idx[k] * (sb != NULL ? sb[k] : 0);
+    }
+}
+
+static inline void odo_step(odometer *o) {
+    for (ptrdiff_t k = o->d - 2; k >= 0; k--) {
+        o->idx[k]++;
+        o->a += o->sa[k];
+        if (o->sb != NULL) o->b += o->sb[k];
+        if (o->idx[k] < o->shape[k]) return;
+        o->a -= o->sa[k] * o->shape[k];
+        if (o->sb != NULL) o->b -= o->sb[k] * o->shape[k];
+        o->idx[k] = 0;
+    }
+}
+
 static void copy_runs(const char *src, char *dst, const int64_t *meta, size_t elem, ptrdiff_t lo, ptrdiff_t hi) {
     ptrdiff_t d = meta[0];
-    const int64_t *shape = meta + 1, *ss = meta + 1 + d, *ds = meta + 1 + d + (d - 1);
+    const int64_t *shape = meta + 1;
     size_t run = (size_t)shape[d - 1] * elem;
-    ptrdiff_t idx[COPY_MAX_DIMS];
-    /* the multi-index of run lo over the leading d - 1 axes, and its offsets */
-    ptrdiff_t rest = lo, so = 0, dof = 0;
-    for (ptrdiff_t a = d - 2; a >= 0; a--) {
-        idx[a] = rest % shape[a];
-        rest /= shape[a];
-        so += idx[a] * ss[a];
-        dof += idx[a] * ds[a];
-    }
+    odometer o;
+    odo_start(&o, d, shape, meta + 1 + d, meta + 1 + d + (d - 1), lo);
     for (ptrdiff_t r = lo; r < hi; r++) {
-        memcpy(dst + dof * (ptrdiff_t)elem, src + so * (ptrdiff_t)elem, run);
-        for (ptrdiff_t a = d - 2; a >= 0; a--) { /* odometer step */
-            idx[a]++;
-            so += ss[a];
-            dof += ds[a];
-            if (idx[a] < shape[a]) break;
-            so -= ss[a] * shape[a];
-            dof -= ds[a] * shape[a];
-            idx[a] = 0;
-        }
+        memcpy(dst + o.b * (ptrdiff_t)elem, src + o.a * (ptrdiff_t)elem, run);
+        odo_step(&o);
     }
 }
 
@@ -54,3 +70,38 @@ static void copy_runs(const char *src, char *dst, const int64_t *meta, size_t el
 
 DEFINE_COPY(float, f32)
 DEFINE_COPY(double, f64)
+
+/* augment_rows: the fused attention's augmented operands [a scale, c] (avila_ml/ops/
+ * _attention_fused.py's _augment): for every run r of the source (its last axis, n elements,
+ * contiguous), dst[r, :n] = src_run * scale and dst[r, n] = c, dst C-contiguous (rows, n + 1);
+ * with sq non-NULL also sq[r] = the sum of squares of dst[r, :n] (the row norms the short path
+ * bounds its scores with). meta: d, shape[d], src_strides[d - 1] (elements). Runs split over the
+ * team like copy_nd's. */
+#define DEFINE_AUGMENT(T, SUF)                                                                  \
+    AVILA_CLONES static void augment_part_##SUF(const T *restrict src, T *restrict dst, T *restrict sq, \
+                                                const int64_t *meta, T scale, T c, ptrdiff_t lo, \
+                                                ptrdiff_t hi) {                                 \
+        ptrdiff_t d = meta[0], n = meta[d];                                                     \
+        odometer o;                                                                             \
+        odo_start(&o, d, meta + 1, meta + 1 + d, NULL, lo);                                     \
+        for (ptrdiff_t r = lo; r < hi; r++) {                                                   \
+            const T *restrict a = src + o.a;                                                    \
+            T *restrict out = dst + r * (n + 1);                                                \
+            for (ptrdiff_t j = 0; j < n; j++) out[j] = a[j] * scale;                            \
+            out[n] = c;                                                                         \
+            if (sq != NULL) {                                                                   \
+                T acc = 0;                                                                      \
+                for (ptrdiff_t j = 0; j < n; j++) acc += out[j] * out[j];                       \
+                sq[r] = acc;                                                                    \
+            }                                                                                   \
+            odo_step(&o);                                                                       \
+        }                                                                                       \
+    }                                                                                           \
+    AVILA_EXPORT void avila_augment_rows_##SUF(const T *src, T *dst, T *sq, const int64_t *meta, T scale, \
+                                               T c, ptrdiff_t rows, int threads) {              \
+        if (meta[0] < 1 || meta[0] > COPY_MAX_DIMS) return;                                    \
+        AVILA_FOR_ROW_BLOCKS(rows, augment_part_##SUF(src, dst, sq, meta, scale, c, lo_, hi_)); \
+    }
+
+DEFINE_AUGMENT(float, f32)
+DEFINE_AUGMENT(double, f64)
