@@ -211,7 +211,7 @@ def test_kept_probabilities_bound():
 def split(monkeypatch):
     """The short path's batch split among Python threads for any size, three parts where the
     batch's first dim allows (uneven ones); records the parts of each call."""
-    monkeypatch.setattr(fused, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(fused, "_WHOLE_PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(fused._cpu_threads, "blas_threads", lambda: 3)
     seen = []
     real = fused._whole_parts

@@ -75,6 +75,13 @@ _SAMPLE_KEYS = 16      # the first keys, whose exact scores give the forward's r
 _SAMPLE_MARGIN = 16.0  # offset = sampled max + this: the true max may lie above it (checked)
 _UNDERFLOW = 2.0 ** -40  # a row sum below S * this is recomputed exactly
 _PARALLEL_MIN_WORK = 1 << 18
+# the short path's work (B L S, halved when causal) from which the batch is shared among Python
+# threads (one OpenMP thread each); below, one thread runs it with oneDNN's and the kernels' own
+# two threads: no GIL hand-offs between two threads' many small calls. Program steps
+# (bench_programs.py, in-process alternations, medians of 10) at 2^18 / 2^21: small GPT (B H = 64,
+# L = 128 causal: 2^19) 106.2 / 98.3 and 106.7 / 100.7 ms; char GPT (128, 96: 2^19.2) 132.8 / 134.7
+# and 113.3 / 112.0 ms (level).
+_WHOLE_PARALLEL_MIN_WORK = 1 << 20
 # Short sequences (L S <= _WHOLE_MAX) are computed a batch chunk of whole (L, S) problems at a
 # time, every product one oneDNN call, the batch shared among threads (see _forward_whole).
 # Quiet in-process A/B against the query tiles, 2 threads, B H = 32, E = 64: L = 512 forward
@@ -574,7 +581,7 @@ def _whole_parts(op, work):
     ``_cpu_threads.batch_slices``)."""
     lead = (op.batch or (1,))[0]
     return [(s.start or 0, lead if s.stop is None else s.stop)
-            for s in _cpu_threads.batch_slices(lead, work, _PARALLEL_MIN_WORK)]
+            for s in _cpu_threads.batch_slices(lead, work, _WHOLE_PARALLEL_MIN_WORK)]
 
 
 def _run_whole(fn, parts):
