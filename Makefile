@@ -32,7 +32,7 @@ demo: $(VENV)/.installed-examples
 # The NumPy fallbacks of the compiled element-wise kernels (what runs where no C compiler built
 # them) get their own short run with the kernels switched off: the files whose ops have both paths.
 NUMPY_FALLBACK_TESTS := tests/test_pooling.py tests/test_normalization.py tests/test_activations.py \
-	tests/test_cpu_fast_paths.py tests/test_conv4d.py tests/test_conv_onednn.py
+	tests/test_cpu_fast_paths.py tests/test_conv4d.py tests/test_conv_onednn.py tests/test_cpu_accel_eltwise.py
 
 test: $(VENV)/.installed-test,examples
 	$(VPY) -m pytest avila_ml tests

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-__all__ = ["erf", "normal_cdf", "gelu", "gelu_backward"]
+__all__ = ["erf", "normal_cdf", "gelu", "gelu_forward", "gelu_backward"]
 
 _CLIP = 3.92
 # ascending powers of t = a²
@@ -144,12 +144,37 @@ def gelu_backward(g, x):
         True
     """
     from ..cpu_accel import _native
+    params = _kernel_params(x)
+    return None if params is None else _native.gelu_backward(g, x, *params)
+
+
+def gelu_forward(x):
+    """Exact GELU ``x Φ(x)`` of a C-contiguous float32 or float64 NumPy array by the compiled
+    kernel (AVX-512 / AVX2 clones; float32 with this module's normal CDF, not bitwise
+    :func:`gelu`'s passes, float64 with libm's erf), or None where it does not apply.
+
+    Math: ``y = x Φ(x)``. PyTorch: ``torch.nn.functional.gelu``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.backends._erf_float32 import gelu_forward
+        >>> y = gelu_forward(np.array([-1.0, 0.0, 1.0], np.float32))
+        >>> y is None or bool(np.allclose(y, [-0.1586553, 0.0, 0.8413447], atol=1e-6))
+        True
+    """
+    from ..cpu_accel import _native
+    params = _kernel_params(x)
+    return None if params is None else _native.gelu_forward(x, *params)
+
+
+def _kernel_params(x):
+    """(coefficients, clip) of the compiled GELU kernels for x's dtype, or None."""
     if x.dtype == np.float64:
-        return _native.gelu_backward(g, x, _F64_UNUSED, 0.0)
+        return _F64_UNUSED, 0.0
     if x.dtype != np.float32:
         return None
     p, q, clip = _CDF
     coefs = _COEFS.get(id(_CDF))
     if coefs is None:
         coefs = _COEFS[id(_CDF)] = np.array(p + q, dtype=np.float32)
-    return _native.gelu_backward(g, x, coefs, clip)
+    return coefs, clip

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 __all__ = ["addr", "available", "absent_reason", "missing", "register", "kernel", "call", "threads_for", "relu_forward",
-           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_backward", "copy_strided", "index_add_rows", "augment_rows", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
+           "relu_backward", "leaky_relu_backward", "binary", "amax_backward", "column_sums", "gelu_forward", "gelu_backward", "copy_strided", "index_add_rows", "augment_rows", "causal_zero", "erf_rational", "kernel_for", "ENABLED", "PTR", "COUNT", "THREADS", "SCALAR"]
 
 ENABLED = os.environ.get("AVILA_ML_NATIVE_KERNELS", "1") != "0"
 _SPLIT_MIN = 1 << 16  # from this many elements the work is split over the CPU threads
@@ -685,3 +685,31 @@ def augment_rows(a, out, scale, col, sq=None) -> bool:
     fn(addr(a), addr(out), None if sq is None else addr(sq), addr(meta), float(scale), float(col), rows,
        threads_for(out.size))
     return True
+
+
+register("gelu_fwd", PTR, PTR, PTR, SCALAR, COUNT, THREADS)
+
+
+def gelu_forward(x, coefs, clip):
+    """Exact GELU ``x Phi(x)`` of a C-contiguous float32/float64 NumPy array, as a fresh array, or
+    None where the kernel does not apply; ``coefs`` / ``clip`` as :func:`gelu_backward`'s (float32:
+    the rational normal CDF of ``backends/_erf_float32.py``; float64: libm's erf).
+
+    Math: ``y = x (1 + erf(x / sqrt 2)) / 2``. PyTorch: ``torch.nn.functional.gelu``.
+
+    Example:
+        >>> import numpy as np
+        >>> from avila_ml.cpu_accel import _native
+        >>> y = _native.gelu_forward(np.array([0.0, 1.0]), np.zeros(12), 0.0)
+        >>> y is None or bool(np.allclose(y, [0.0, 0.8413447]))
+        True
+    """
+    if not (type(x) is np.ndarray and x.size):
+        return None
+    out = np.empty(x.shape, x.dtype) if x.dtype in _SUFFIX else None
+    fn = None if out is None else kernel_for("gelu_fwd", x, out)
+    if fn is None or type(coefs) is not np.ndarray or coefs.dtype != x.dtype or coefs.size != 12 \
+            or not coefs.flags.c_contiguous:
+        return None
+    fn(addr(x), addr(out), addr(coefs), float(clip), x.size, threads_for(x.size))
+    return out

@@ -373,14 +373,20 @@ class LogSigmoid(Function):
 class GELU(Function):
     """Exact or tanh GELU. Float32 NumPy arrays take oneDNN's eltwise primitive when it is
     installed (``_accel_eltwise``); without it, exact GELU takes the vectorised float32 normal
-    CDF of ``backends/_erf_float32.py`` instead of SciPy's erf. The exact backward takes the
-    compiled kernel (``_erf_float32.gelu_backward``, float32 and float64) first, then oneDNN,
-    then NumPy; all unless the graph of the gradient is built (``create_graph=True``)."""
+    CDF of ``backends/_erf_float32.py`` instead of SciPy's erf. Exact GELU takes the compiled
+    kernels first (``_erf_float32.gelu_forward`` / ``gelu_backward``, float32 and float64,
+    C-contiguous), then oneDNN, then NumPy; the backward's fast code runs unless the graph of
+    the gradient is built (``create_graph=True``)."""
 
     def forward(self, x, approximate):
         self.save_inputs(0)
         self.approximate = approximate
         self.alg = "gelu_tanh" if approximate == "tanh" else "gelu_erf"
+        if approximate != "tanh" and type(x) is np.ndarray:
+            # the compiled kernel ((2048, 512) float32: 0.22 ms against oneDNN's 0.29-0.31)
+            y = _erf32.gelu_forward(x)
+            if y is not None:
+                return y
         y = _accel_gelu(self.alg).forward(x) if _np_f32(x) else None
         if y is not None:
             return y

@@ -18,7 +18,10 @@
  *                 of GELU.backward's NumPy passes (p = x x; p *= -1/2; p = exp(p); p *= x;
  *                 p *= 1/sqrt(2 pi); d = Phi + p; dx = d g); float64 takes Phi = (1 + erf(x /
  *                 sqrt 2)) / 2 with libm's erf (its coefficients unused), as the float64 formula
- *                 of GELU.backward. x = +-inf gives NaN (inf times exp(-inf) = 0), as PyTorch's.
+ *                 of GELU.backward. Beyond the clip (|x| >= c) Phi is exactly 0 or 1, as float32's
+ *                 erf rounds to -+1 there (the FMA-contracted clones would leave a ~3e-7 residue
+ *                 the NumPy form does not have). x = +-inf gives NaN (inf times exp(-inf) = 0),
+ *                 as PyTorch's.
  */
 #include <math.h>
 
@@ -70,6 +73,7 @@ GELU_CLONES static void gelu_bwd_part_f32(const float *restrict g, const float *
         u *= a;
         float cdf = u / w;
         cdf += 0.5f;
+        cdf = v <= -c ? 0.0f : (v >= c ? 1.0f : cdf); /* saturated: exactly, whatever FMA rounded */
         float e = v * v;
         e *= -0.5f;
         e = exp_f32(e);
@@ -99,4 +103,41 @@ AVILA_EXPORT void avila_gelu_bwd_f64(const double *g, const double *x, double *d
     (void)coefs;
     (void)c;
     AVILA_FOR_PARTS(n, gelu_bwd_part_f64(g, x, dx, lo_, hi_));
+}
+
+/* gelu_fwd: exact GELU y = x Phi(x): float32 with the rational normal CDF (coefficients as
+ * gelu_bwd's), float64 with libm's erf (coefficients unused); the clones of gelu_bwd. */
+GELU_CLONES static void gelu_fwd_part_f32(const float *restrict x, float *restrict y, const float *p, const float *q,
+                                          float c, ptrdiff_t lo, ptrdiff_t hi) {
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        float v = x[i];
+        float a = v < -c ? -c : (v > c ? c : v);
+        float t = a * a;
+        float u = t * p[5], w = t * q[5];
+        u += p[4]; u *= t; u += p[3]; u *= t; u += p[2]; u *= t; u += p[1]; u *= t; u += p[0];
+        w += q[4]; w *= t; w += q[3]; w *= t; w += q[2]; w *= t; w += q[1]; w *= t; w += q[0];
+        u *= a;
+        float cdf = u / w;
+        cdf += 0.5f;
+        cdf = v <= -c ? 0.0f : (v >= c ? 1.0f : cdf); /* saturated: exactly (PyTorch's -0.0 / x) */
+        y[i] = cdf * v;
+    }
+}
+
+GELU_CLONES static void gelu_fwd_part_f64(const double *restrict x, double *restrict y, ptrdiff_t lo, ptrdiff_t hi) {
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        double v = x[i];
+        y[i] = v * (0.5 * (1.0 + erf(v * INV_SQRT_2)));
+    }
+}
+
+AVILA_EXPORT void avila_gelu_fwd_f32(const float *x, float *y, const float *coefs, float c, ptrdiff_t n, int threads) {
+    AVILA_FOR_PARTS(n, gelu_fwd_part_f32(x, y, coefs, coefs + 6, c, lo_, hi_));
+}
+
+AVILA_EXPORT void avila_gelu_fwd_f64(const double *x, double *y, const double *coefs, double c, ptrdiff_t n,
+                                     int threads) {
+    (void)coefs;
+    (void)c;
+    AVILA_FOR_PARTS(n, gelu_fwd_part_f64(x, y, lo_, hi_));
 }
