@@ -61,19 +61,26 @@ DEFINE_ERF(double, f64)
 #define INV_SQRT_2PI 0.3989422804014327
 #define INV_SQRT_2 0.7071067811865476
 
+/* Phi(v) by the rational form (coefficients of _erf_float32's normal CDF, add = 1/2), exactly 0
+ * or 1 beyond the clip: float32's erf rounds to -+1 there, and the FMA-contracted clones would
+ * leave a ~3e-7 residue the NumPy form does not have (PyTorch's GELU gives -0.0 / x there) */
+static inline float normal_cdf_f32(float v, const float *p, const float *q, float c) {
+    float a = v < -c ? -c : (v > c ? c : v);
+    float t = a * a;
+    float u = t * p[5], w = t * q[5];
+    u += p[4]; u *= t; u += p[3]; u *= t; u += p[2]; u *= t; u += p[1]; u *= t; u += p[0];
+    w += q[4]; w *= t; w += q[3]; w *= t; w += q[2]; w *= t; w += q[1]; w *= t; w += q[0];
+    u *= a;
+    float cdf = u / w;
+    cdf += 0.5f;
+    return v <= -c ? 0.0f : (v >= c ? 1.0f : cdf);
+}
+
 GELU_CLONES static void gelu_bwd_part_f32(const float *restrict g, const float *restrict x, float *restrict dx,
                                            const float *p, const float *q, float c, ptrdiff_t lo, ptrdiff_t hi) {
     for (ptrdiff_t i = lo; i < hi; i++) {
         float v = x[i];
-        float a = v < -c ? -c : (v > c ? c : v);
-        float t = a * a;
-        float u = t * p[5], w = t * q[5];
-        u += p[4]; u *= t; u += p[3]; u *= t; u += p[2]; u *= t; u += p[1]; u *= t; u += p[0];
-        w += q[4]; w *= t; w += q[3]; w *= t; w += q[2]; w *= t; w += q[1]; w *= t; w += q[0];
-        u *= a;
-        float cdf = u / w;
-        cdf += 0.5f;
-        cdf = v <= -c ? 0.0f : (v >= c ? 1.0f : cdf); /* saturated: exactly, whatever FMA rounded */
+        float cdf = normal_cdf_f32(v, p, q, c);
         float e = v * v;
         e *= -0.5f;
         e = exp_f32(e);
@@ -111,16 +118,7 @@ GELU_CLONES static void gelu_fwd_part_f32(const float *restrict x, float *restri
                                           float c, ptrdiff_t lo, ptrdiff_t hi) {
     for (ptrdiff_t i = lo; i < hi; i++) {
         float v = x[i];
-        float a = v < -c ? -c : (v > c ? c : v);
-        float t = a * a;
-        float u = t * p[5], w = t * q[5];
-        u += p[4]; u *= t; u += p[3]; u *= t; u += p[2]; u *= t; u += p[1]; u *= t; u += p[0];
-        w += q[4]; w *= t; w += q[3]; w *= t; w += q[2]; w *= t; w += q[1]; w *= t; w += q[0];
-        u *= a;
-        float cdf = u / w;
-        cdf += 0.5f;
-        cdf = v <= -c ? 0.0f : (v >= c ? 1.0f : cdf); /* saturated: exactly (PyTorch's -0.0 / x) */
-        y[i] = cdf * v;
+        y[i] = normal_cdf_f32(v, p, q, c) * v;
     }
 }
 
