@@ -180,19 +180,32 @@ def _onednn_gemm(a, b, trans_a=False, trans_b=False, bias=None):
 def _column_sums(g2, xp):
     """``g2.sum(axis=0)`` of a (rows, n) gradient: the compiled kernel's threaded two-level sum
     (:func:`avila_ml.cpu_accel._native.column_sums`) for C-contiguous float32/float64 NumPy
-    arrays, else the product ``1^T g2`` (one BLAS call, threaded, where NumPy's reduction is
-    single-threaded: (2048, 384) float32 48 us vs 101 us on a loaded 2-core EPYC). The kernel
-    matched OpenBLAS's product ((2048, 384) float32: 27-37 vs 28-35 us) without waking OpenBLAS's
-    worker threads. The summation order differs from ``sum(axis=0)``, so the result may differ
+    arrays where the products run on oneDNN (:func:`_products_on_onednn`), else the product
+    ``1^T g2`` (one BLAS call, threaded, where NumPy's reduction is single-threaded: (2048, 384)
+    float32 48 us vs 101 us on a loaded 2-core EPYC). The kernel matched OpenBLAS's product
+    ((2048, 384) float32: 27-37 vs 28-35 us) without waking OpenBLAS's worker threads. The summation order differs from ``sum(axis=0)``, so the result may differ
     in the last bits (tests compare it with PyTorch in float64)."""
     if g2.shape[0] < 64 or not g2.flags.c_contiguous:
         return g2.sum(axis=0)
-    if type(g2) is np.ndarray:
+    if type(g2) is np.ndarray and _products_on_onednn():
         from ..cpu_accel import _native
         out = np.empty(g2.shape[1], dtype=g2.dtype)
         if _native.column_sums(g2, out):
             return out
     return xp.matmul(xp.ones(g2.shape[0], dtype=g2.dtype), g2)
+
+
+def _products_on_onednn() -> bool:
+    """Whether the large float32 products run on oneDNN (installed, loaded, not switched off).
+    Without it they run on OpenBLAS, and the column sums stay there too: the compiled kernel's
+    OpenMP team would stop OpenBLAS's workers, which the next product restarts (one GRU layer
+    200->200, T = 35, N = 20, fwd+bwd without oneDNN: 25.48 ms with OpenBLAS's sums, 26.13 with
+    the kernel's, in-process A/B, medians of 10)."""
+    from ..backends import mkldnn
+    if not mkldnn.enabled:
+        return False
+    from ..cpu_accel import _dnnl
+    return _dnnl.load() is not None
 
 
 def _one_linear_node(input, weight, bias) -> bool:
