@@ -156,6 +156,9 @@ def _onednn_gemm(a, b, trans_a=False, trans_b=False, bias=None):
     if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != np.float32 or b.dtype != np.float32
             or a.ndim != 2 or b.ndim != 2):
         return None
+    mkldnn, lib, matmul = _ACCEL or _accel_modules()
+    if lib is None or not mkldnn.enabled:
+        return None
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
     n = b.shape[0] if trans_b else b.shape[1]
     if m * k * n < _ONEDNN_GEMM_MIN or not ((a.flags.c_contiguous or a.flags.f_contiguous)
@@ -164,13 +167,6 @@ def _onednn_gemm(a, b, trans_a=False, trans_b=False, bias=None):
     if bias is not None and (type(bias) is not np.ndarray or bias.dtype != np.float32 or bias.shape != (n,)
                              or not bias.flags.c_contiguous):
         return None
-    from ..backends import mkldnn
-    if not mkldnn.enabled:
-        return None
-    from ..cpu_accel import _dnnl
-    if _dnnl.load() is None:
-        return None
-    from ..cpu_accel._matmul import matmul
     out = np.empty((m, n), dtype=np.float32)
     if not matmul(a[None], b[None], out[None], trans_a=trans_a, trans_b=trans_b, bias=bias):
         return None
@@ -201,11 +197,24 @@ def _products_on_onednn() -> bool:
     OpenMP team would stop OpenBLAS's workers, which the next product restarts (one GRU layer
     200->200, T = 35, N = 20, fwd+bwd without oneDNN: 25.48 ms with OpenBLAS's sums, 26.13 with
     the kernel's, in-process A/B, medians of 10)."""
+    mkldnn, lib, _ = _ACCEL or _accel_modules()
+    return lib is not None and mkldnn.enabled
+
+
+_ACCEL = None  # (backends.mkldnn, the loaded oneDNN library or None, cpu_accel._matmul.matmul)
+
+
+def _accel_modules():
+    """What :func:`_onednn_gemm` consults, imported (and oneDNN loaded, once per process, as
+    ``_dnnl.load`` does) on first use and kept: import statements in every call cost ~5 us, and
+    a recurrent layer's step loop makes hundreds of calls (one GRU layer 200->200, T = 35,
+    without oneDNN: 1.06x slower than before with them)."""
+    global _ACCEL
     from ..backends import mkldnn
-    if not mkldnn.enabled:
-        return False
     from ..cpu_accel import _dnnl
-    return _dnnl.load() is not None
+    from ..cpu_accel._matmul import matmul
+    _ACCEL = (mkldnn, _dnnl.load(), matmul)
+    return _ACCEL
 
 
 def _one_linear_node(input, weight, bias) -> bool:
