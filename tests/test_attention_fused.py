@@ -707,3 +707,54 @@ def test_fused_gradients_reach_the_leaves_without_a_copy(small_tiles, calls, mon
     out.backward(am.tensor(go.astype(np.float32)))
     for a, t in zip(first, (q, k, v)):
         np.testing.assert_allclose(t.grad.numpy(), 2 * a, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["augment_kernel", "numpy_augment"])
+def test_short_path_augmented_operands_kernel_and_numpy_match_torch(kernel, monkeypatch):
+    """The short path's augmented operands [Q scale, -m], [K, 1] and their row norms (the
+    offsets' bound) come from the compiled ``augment_rows`` or, where it does not apply, NumPy's
+    copy and einsum: both give PyTorch's outputs and gradients (float64 reference) for the GPT
+    programs' strided q, k, v views of one qkv product, causal."""
+    from avila_ml.cpu_accel import _native
+    real = _native.augment_rows
+    used = []
+    monkeypatch.setattr(_native, "augment_rows",
+                        (lambda *a, **k: used.append(r := real(*a, **k)) or r) if kernel else (lambda *a, **k: False))
+    rng = np.random.default_rng(21)
+    qkv_a = rng.standard_normal((4, 64, 3, 2, 16)).astype(np.float32)
+    go = rng.standard_normal((4, 2, 64, 16)).astype(np.float32)
+    qkv = am.tensor(qkv_a, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    out = am.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out.backward(am.tensor(go))
+    tqkv = torch.tensor(qkv_a.astype(np.float64), requires_grad=True)
+    tq, tk, tv = tqkv.permute(2, 0, 3, 1, 4)
+    tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    tout.backward(torch.tensor(go.astype(np.float64)))
+    np.testing.assert_allclose(out.detach().numpy(), tout.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(qkv.grad.numpy(), tqkv.grad.numpy(), rtol=1e-4, atol=1e-4)
+    if kernel and _native.available():
+        assert used and all(used)  # the kernel ran (and applied) for Q and K
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["augment_kernel", "numpy_augment"])
+def test_augment_values_and_row_norms(kernel, monkeypatch):
+    """``_augment`` itself, kernel and NumPy routes: [a scale, col] and the row sums of squares
+    of a scale against float64 arithmetic, for a permuted view, a scalar and a per-row column."""
+    from avila_ml.cpu_accel import _native
+    if not kernel:
+        monkeypatch.setattr(_native, "augment_rows", lambda *a, **k: False)
+    rng = np.random.default_rng(22)
+    qkv = rng.standard_normal((3, 40, 3, 2, 16)).astype(np.float32)
+    a = qkv.transpose(2, 0, 3, 1, 4)[0]  # (3, 2, 40, 16), strided
+    ct = np.dtype(np.float32)
+    ref = (a.astype(np.float64) * 0.25).reshape(6, 40, 16)
+    sq = np.full((6, 40), np.nan, np.float32)
+    out = fused._augment(a, 0.0, ct, scale=0.25, sq=sq)
+    np.testing.assert_allclose(out[..., :16], ref, rtol=1e-7)
+    assert (out[..., 16] == 0).all()
+    np.testing.assert_allclose(sq, (ref ** 2).sum(-1), rtol=1e-6)
+    col = rng.standard_normal((6, 40)).astype(np.float32)
+    out = fused._augment(a, col, ct)
+    np.testing.assert_array_equal(out[..., 16], col)
+    np.testing.assert_allclose(out[..., :16], a.astype(np.float64).reshape(6, 40, 16), rtol=0)

@@ -747,9 +747,12 @@ def test_copy_strided_matches_numpy_assignment(dtype, monkeypatch):
     assert not _native.copy_strided(big[:, 1:], big[:, :-1])                            # overlapping
 
 
-def test_split_backward_gradient_layout_and_values():
+def test_split_backward_gradient_layout_and_values(monkeypatch):
     """q, k, v = qkv.reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4): the gradient of qkv against
-    PyTorch's, the split's backward writing into the input's layout (threaded copy where built)."""
+    PyTorch's, the split's backward writing into the input's layout (threaded copy where built:
+    each of the three slices went through it)."""
+    real, used = _native.copy_strided, []
+    monkeypatch.setattr(_native, "copy_strided", lambda d, s: used.append(r := real(d, s)) or r)
     rng = np.random.default_rng(11)
     xa = rng.standard_normal((4, 32, 3 * 4 * 64)).astype(np.float32)
     ga = [rng.standard_normal((4, 4, 32, 64)).astype(np.float32) for _ in range(3)]
@@ -760,6 +763,8 @@ def test_split_backward_gradient_layout_and_values():
     tq, tk, tv = tx.reshape(4, 32, 3, 4, 64).permute(2, 0, 3, 1, 4)
     ((tq * torch.tensor(ga[0])).sum() + (tk * torch.tensor(ga[1])).sum() + (tv * torch.tensor(ga[2])).sum()).backward()
     assert np.array_equal(x.grad.numpy(), tx.grad.numpy())
+    if _native.available():
+        assert used == [True, True, True]
 
 
 @needs_kernels

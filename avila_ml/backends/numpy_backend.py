@@ -37,6 +37,17 @@ _INDEX_ADD_LOOP = 64  # index_add: up to this many entries, one slice add per en
 _INDEX_ADD_KERNEL_MIN = 1 << 14  # index_add: values from this size try the compiled kernel
 
 
+def _index_in_range(index, n, axis):
+    """``index`` as a non-negative integer array (negative entries counted from the end of a
+    dim of size ``n``), or IndexError naming the offending range."""
+    index = np.asarray(index)
+    lo, hi = index.min(), index.max()
+    if lo < -n or hi >= n:
+        raise IndexError(f"index_add: an index is out of bounds for dimension {axis} of size {n} "
+                         f"(indices from {lo} to {hi})")
+    return np.where(index < 0, index + n, index) if lo < 0 else index
+
+
 class NumpyBackend(PCG64Draws):
     """Array namespace and RNG for ``device("cpu")``."""
 
@@ -100,7 +111,10 @@ class NumpyBackend(PCG64Draws):
     def index_add(target, axis, index, values) -> None:
         """``target[..., index, ...] += values`` along ``axis``, repeated indices accumulating.
 
-        A short index (at most ``_INDEX_ADD_LOOP`` entries, slices of at least 256 elements:
+        Along the first axis, C-contiguous float32/float64 arrays of at least
+        ``_INDEX_ADD_KERNEL_MIN`` values take the compiled kernel (``_native.index_add_rows``:
+        bitwise ``np.add.at``, threads owning blocks of rows; (512 x 2048 -> 128) float32 0.047
+        ms against 1.2-2.3 ms on the paths below, one process, 2 threads). Otherwise: a short index (at most ``_INDEX_ADD_LOOP`` entries, slices of at least 256 elements:
         the wrap-around copies of circular padding) adds one slice per entry, in order, on
         views (no copy of ``values``; exact, NaN included): in the Conv4d example's circular
         padding this ran 2-3x faster than the one-hot product it replaced there (in-process,
@@ -120,12 +134,8 @@ class NumpyBackend(PCG64Draws):
             # the compiled kernel (C-contiguous float arrays): threads own blocks of rows, each
             # row gets its entries in index order (np.add.at's bits); the small GPT's token and
             # position embedding gradients took 2.4 ms a step on the paths below
-            index = np.asarray(index)
-            if index.min() < -n or index.max() >= n:
-                raise IndexError(f"index_add: an index is out of bounds for dimension {axis} of size {n} "
-                                 f"(indices from {index.min()} to {index.max()})")
-            if _native.index_add_rows(target, np.where(index < 0, index + n, index) if index.min() < 0 else index,
-                                      values):
+            index = _index_in_range(index, n, axis)
+            if _native.index_add_rows(target, index, values):
                 return
         if m <= _INDEX_ADD_LOOP and v.size >= 256 * m:  # slices big enough to outweigh a Python loop
             for i, j in enumerate(np.asarray(index).tolist()):
@@ -136,11 +146,7 @@ class NumpyBackend(PCG64Draws):
             onehot[index, np.arange(m)] = 1
             t += (onehot @ v.reshape(m, -1)).reshape(t.shape)
         elif m and v.size:
-            index = np.asarray(index)
-            if index.min() < -n or index.max() >= n:
-                raise IndexError(f"index_add: an index is out of bounds for dimension {axis} of size {n} "
-                                 f"(indices from {index.min()} to {index.max()})")
-            index = np.where(index < 0, index + n, index)  # -1 and n - 1 are one segment
+            index = _index_in_range(index, n, axis)  # (-1 and n - 1 are one segment)
             order = np.argsort(index, kind="stable")
             ordered = index[order]
             starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))

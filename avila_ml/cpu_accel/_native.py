@@ -472,6 +472,12 @@ def causal_zero(p, i0: int, j0: int) -> bool:
     return True
 
 
+def _coefficients_fit(coefs, dtype) -> bool:
+    """Whether ``coefs`` are the 12 rational-function coefficients (P then Q) the erf / GELU
+    kernels read: a C-contiguous NumPy array of ``dtype``."""
+    return type(coefs) is np.ndarray and coefs.dtype == dtype and coefs.size == 12 and coefs.flags.c_contiguous
+
+
 def erf_rational(x, coefs, clip, add, times_x):
     """``(a P(a²) / Q(a²) + add) * (x if times_x)`` with ``a = clip(x, -clip, clip)`` for a
     C-contiguous float32/float64 NumPy array ``x`` and the 12 coefficients ``coefs`` (P then Q,
@@ -494,8 +500,7 @@ def erf_rational(x, coefs, clip, add, times_x):
         return None
     out = np.empty(x.shape, x.dtype) if x.dtype in _SUFFIX else None
     fn = None if out is None else kernel_for("erf_rational", x, out)
-    if fn is None or type(coefs) is not np.ndarray or coefs.dtype != x.dtype or coefs.size != 12 \
-            or not coefs.flags.c_contiguous:
+    if fn is None or not _coefficients_fit(coefs, x.dtype):
         return None
     fn(addr(x), addr(out), addr(coefs), float(clip), float(add), int(bool(times_x)), x.size, threads_for(x.size))
     return out
@@ -556,11 +561,20 @@ def gelu_backward(g, x, coefs, clip):
         return None
     out = np.empty(x.shape, x.dtype) if x.dtype in _SUFFIX else None
     fn = None if out is None else kernel_for("gelu_bwd", g, x, out)
-    if fn is None or type(coefs) is not np.ndarray or coefs.dtype != x.dtype or coefs.size != 12 \
-            or not coefs.flags.c_contiguous:
+    if fn is None or not _coefficients_fit(coefs, x.dtype):
         return None
     fn(addr(g), addr(x), addr(out), addr(coefs), float(clip), x.size, threads_for(x.size))
     return out
+
+
+def _row_strides(a):
+    """The element strides of ``a``'s leading axes (a tuple), for the kernels that walk its last
+    axis as contiguous runs (``kernels/copy.c``); None where that axis is not contiguous (a
+    length-1 last axis may have any stride) or a stride is not a whole number of elements."""
+    item = a.dtype.itemsize
+    if (a.strides[-1] != item and a.shape[-1] > 1) or any(s % item for s in a.strides):
+        return None
+    return tuple(s // item for s in a.strides[:-1])
 
 
 register("copy_nd", PTR, PTR, PTR, COUNT, THREADS)
@@ -589,19 +603,15 @@ def copy_strided(dst, src) -> bool:
             and dst.dtype == src.dtype and dst.dtype in _SUFFIX and 2 <= dst.ndim <= 16
             and dst.size >= _COPY_MIN and dst.flags.writeable):
         return False
-    item = dst.dtype.itemsize
-    if dst.strides[-1] != item or src.strides[-1] != item or any(s % item for s in dst.strides + src.strides):
-        return False
-    if np.may_share_memory(dst, src):
+    ss, ds = _row_strides(src), _row_strides(dst)
+    if ss is None or ds is None or np.may_share_memory(dst, src):
         return False
     if not ENABLED or _load() is None:
         return False
     fn = _bind("copy_nd", dst.dtype)
     if fn is None:
         return False
-    d = dst.ndim
-    meta = np.array((d,) + dst.shape + tuple(s // item for s in src.strides[:-1])
-                    + tuple(s // item for s in dst.strides[:-1]), dtype=np.int64)
+    meta = np.array((dst.ndim,) + dst.shape + ss + ds, dtype=np.int64)
     rows = dst.size // dst.shape[-1]
     fn(addr(src), addr(dst), addr(meta), rows, threads_for(dst.size))
     return True
@@ -669,9 +679,10 @@ def augment_rows(a, out, scale, col, sq=None) -> bool:
     if not (type(a) is np.ndarray and type(out) is np.ndarray and a.dtype == out.dtype and a.dtype in _SUFFIX
             and 2 <= a.ndim <= 16 and a.size and out.flags.c_contiguous and out.flags.writeable):
         return False
-    item, n = a.dtype.itemsize, a.shape[-1]
+    n = a.shape[-1]
     rows = a.size // n
-    if (a.strides[-1] != item and n > 1) or any(s % item for s in a.strides) or out.size != rows * (n + 1):
+    st = _row_strides(a)
+    if st is None or out.size != rows * (n + 1):
         return False
     if sq is not None and not (type(sq) is np.ndarray and sq.dtype == a.dtype and sq.flags.c_contiguous
                                and sq.size == rows and sq.flags.writeable):
@@ -681,7 +692,7 @@ def augment_rows(a, out, scale, col, sq=None) -> bool:
     fn = _bind("augment_rows", a.dtype)
     if fn is None:
         return False
-    meta = np.array((a.ndim,) + a.shape + tuple(s // item for s in a.strides[:-1]), dtype=np.int64)
+    meta = np.array((a.ndim,) + a.shape + st, dtype=np.int64)
     fn(addr(a), addr(out), None if sq is None else addr(sq), addr(meta), float(scale), float(col), rows,
        threads_for(out.size))
     return True
@@ -708,8 +719,7 @@ def gelu_forward(x, coefs, clip):
         return None
     out = np.empty(x.shape, x.dtype) if x.dtype in _SUFFIX else None
     fn = None if out is None else kernel_for("gelu_fwd", x, out)
-    if fn is None or type(coefs) is not np.ndarray or coefs.dtype != x.dtype or coefs.size != 12 \
-            or not coefs.flags.c_contiguous:
+    if fn is None or not _coefficients_fit(coefs, x.dtype):
         return None
     fn(addr(x), addr(out), addr(coefs), float(clip), x.size, threads_for(x.size))
     return out

@@ -371,12 +371,13 @@ class LogSigmoid(Function):
 
 
 class GELU(Function):
-    """Exact or tanh GELU. Float32 NumPy arrays take oneDNN's eltwise primitive when it is
-    installed (``_accel_eltwise``); without it, exact GELU takes the vectorised float32 normal
-    CDF of ``backends/_erf_float32.py`` instead of SciPy's erf. Exact GELU takes the compiled
-    kernels first (``_erf_float32.gelu_forward`` / ``gelu_backward``, float32 and float64,
-    C-contiguous), then oneDNN, then NumPy; the backward's fast code runs unless the graph of
-    the gradient is built (``create_graph=True``)."""
+    """Exact or tanh GELU. Exact GELU of C-contiguous float32/float64 NumPy arrays takes the
+    compiled one-pass kernels (``_erf_float32.gelu_forward`` / ``gelu_backward``); where they
+    do not apply, float32 takes oneDNN's eltwise primitive when it is installed
+    (``_accel_gelu``), else the vectorised float32 normal CDF of ``backends/_erf_float32.py``
+    instead of SciPy's erf. Tanh GELU takes the fused chains of ``cpu_accel/_chain.py`` for
+    float32. The backward's fast code runs unless the graph of the gradient is built
+    (``create_graph=True``)."""
 
     def forward(self, x, approximate):
         self.save_inputs(0)
